@@ -1,0 +1,181 @@
+// cnnnative public API. Owns: dtypes, shapes, the error type, the graph builder, the parameter store
+// and compiled sessions. Promises: no oneDNN or CUDA types here, so embedders need neither.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace cnn {
+
+enum class DType : int { f32 = 0, f64 = 1, i32 = 2, u8 = 3, bf16 = 4 };
+size_t dtype_size(DType t);
+const char* dtype_name(DType t);
+bool is_float(DType t);
+
+using Shape = std::vector<int64_t>;
+int64_t numel(const Shape& s);
+std::string shape_str(const Shape& s);
+
+// The one exception type of the library; its text names the op, the node and the shapes involved.
+class Error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct TensorDesc {
+  Shape shape;
+  DType dtype = DType::f32;
+  size_t bytes() const { return size_t(numel(shape)) * dtype_size(dtype); }
+};
+
+// Node attributes: integer lists and floats, by name.
+struct Attrs {
+  std::map<std::string, std::vector<int64_t>> ints;
+  std::map<std::string, double> floats;
+  int64_t i(const std::string& k, int64_t dflt) const;
+  int64_t i(const std::string& k) const;  // throws when missing
+  std::vector<int64_t> is(const std::string& k, std::vector<int64_t> dflt) const;
+  double f(const std::string& k, double dflt) const;
+  bool has(const std::string& k) const { return ints.count(k) || floats.count(k); }
+};
+
+enum class ValueKind : int { Input = 0, Param = 1, Buffer = 2, Intermediate = 3 };
+
+struct Value {
+  std::string name;
+  TensorDesc desc;
+  ValueKind kind = ValueKind::Intermediate;
+  int producer = -1;  // node index, -1 for inputs/params/buffers
+};
+
+struct Node {
+  std::string op;
+  std::string name;
+  Attrs attrs;
+  std::vector<int> inputs;
+  std::vector<int> outputs;
+};
+
+// A dataflow graph of values and nodes in topological order (nodes only consume existing values).
+// Shape inference runs as each node is added, so errors surface while building, naming the node.
+class Graph {
+ public:
+  int add_input(const std::string& name, const Shape& shape, DType dtype = DType::f32);
+  // A named parameter (trainable) or buffer (e.g. BN running stats) living in a ParamStore.
+  int add_param(const std::string& name, const Shape& shape, bool trainable = true);
+  std::vector<int> add_node(const std::string& op, const std::vector<int>& inputs, const Attrs& attrs,
+                            const std::string& name);
+  void set_outputs(const std::vector<int>& outs);
+
+  std::vector<Value> values;
+  std::vector<Node> nodes;
+  std::vector<int> inputs;
+  std::vector<int> outputs;
+  std::vector<int> params;  // params and buffers, in creation order
+};
+
+// Parameters and buffers of one model: two flat float blocks allocated once, shared by every session
+// compiled from the model. Python sees each entry as a numpy view.
+class ParamStore {
+ public:
+  struct Entry {
+    std::string name;
+    Shape shape;
+    bool trainable;
+    size_t offset;  // in floats, inside params() (trainable) or buffers()
+  };
+  explicit ParamStore(const std::vector<Entry>& entries);  // offsets are computed here
+  ~ParamStore();
+  ParamStore(const ParamStore&) = delete;
+  ParamStore& operator=(const ParamStore&) = delete;
+  const std::vector<Entry>& entries() const { return entries_; }
+  const Entry& find(const std::string& name) const;  // throws Error when missing
+  float* params() { return params_; }
+  float* buffers() { return buffers_; }
+  size_t num_params() const { return n_params_; }
+  size_t num_buffers() const { return n_buffers_; }
+  float* data(const Entry& e) { return (e.trainable ? params_ : buffers_) + e.offset; }
+
+ private:
+  std::vector<Entry> entries_;
+  std::map<std::string, size_t> index_;
+  float* params_ = nullptr;
+  float* buffers_ = nullptr;
+  size_t n_params_ = 0, n_buffers_ = 0;
+};
+
+enum class Mode : int { Infer = 0, Train = 1, Grad = 2 };
+
+struct OptimConfig {
+  std::string kind = "sgd";  // sgd | adam | adamw
+  double lr = 0.01, momentum = 0, dampening = 0, weight_decay = 0;
+  bool nesterov = false;
+  double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
+  bool amsgrad = false;
+};
+
+struct CompileOptions {
+  Mode mode = Mode::Infer;
+  std::string backend = "cpu";  // cpu (oneDNN + native kernels) | reference (naive loops)
+  DType compute = DType::f32;   // f64 only with the reference backend
+  int loss = -1;                // Train: scalar value to minimise
+  std::vector<int> grad_of;     // Grad: values whose gradients are fed (seeds)
+  std::vector<int> wrt;         // Grad: inputs whose gradients are fetched (params always are)
+  OptimConfig optim;
+  bool plan_memory = true;      // false: no reuse (every buffer its own range), for comparison
+  uint64_t seed = 0;            // dropout and other random ops
+};
+
+struct MemoryReport {
+  size_t arena_bytes = 0, lower_bound_bytes = 0, naive_bytes = 0;
+  size_t param_bytes = 0, grad_bytes = 0, optimizer_state_bytes = 0, buffer_bytes = 0, scratch_bytes = 0;
+  size_t num_planned = 0, num_inplace = 0;
+  size_t persistent_bytes() const { return param_bytes + grad_bytes + optimizer_state_bytes + buffer_bytes; }
+};
+
+struct FeedInfo {
+  std::string name;
+  TensorDesc desc;
+};
+
+class SessionImpl;
+
+// A graph compiled for one input shape and mode: kernels created once, one arena allocated once.
+// run()/step() perform no allocation of their own.
+class Session {
+ public:
+  Session(const Graph& g, std::shared_ptr<ParamStore> store, const CompileOptions& opt);
+  ~Session();
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  const std::vector<FeedInfo>& feeds() const;    // graph inputs, then (Grad) one seed per grad_of
+  const std::vector<FeedInfo>& fetches() const;  // graph outputs, then (Grad) grads of wrt, then param grads
+  // Runs the whole schedule on caller buffers (one per feed, dtype as feeds() says; f32 values are f64
+  // in an f64 session). Train: forward, checks the loss is finite, backward, optimizer update.
+  void run(const std::vector<const void*>& feeds);
+  const void* fetch(size_t i) const;  // valid until the next run
+  double loss() const;                // Train: the last loss
+  void set_lr(double lr);
+  double lr() const;
+  int64_t step_count() const;
+  MemoryReport memory_report() const;
+  std::vector<std::string> schedule() const;  // "op name" per step, for inspection
+  float* grads();                              // Train/Grad: the flat gradient block (params order)
+  size_t num_grads() const;
+
+ private:
+  std::unique_ptr<SessionImpl> impl_;
+};
+
+// Number of buffers the core has allocated since the process started (arena, parameters, gradients,
+// optimizer state, scratch). A step after the first must leave it unchanged.
+uint64_t allocation_count();
+void set_num_threads(int n);
+int get_num_threads();
+
+}  // namespace cnn

@@ -1,0 +1,256 @@
+// pybind11 bindings: cnnnative._core. Owns the numpy <-> core boundary: input checks (shape, dtype,
+// contiguity) with clear messages, zero-copy use of float32 C-contiguous inputs, numpy views of the
+// parameter store. Maps cnn::Error to cnnnative._core.Error (a ValueError).
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cnnnative/cnnnative.hpp>
+
+#include "core/op.hpp"
+
+namespace py = pybind11;
+using namespace cnn;
+
+void bind_planner(py::module_& m);
+
+namespace {
+
+DType parse_dtype(const std::string& s) {
+  if (s == "float32") return DType::f32;
+  if (s == "float64") return DType::f64;
+  if (s == "int32") return DType::i32;
+  if (s == "uint8") return DType::u8;
+  if (s == "bfloat16") return DType::bf16;
+  throw Error("unknown dtype '" + s + "'");
+}
+
+py::dtype np_dtype(DType t) {
+  switch (t) {
+    case DType::f32: return py::dtype::of<float>();
+    case DType::f64: return py::dtype::of<double>();
+    case DType::i32: return py::dtype::of<int32_t>();
+    case DType::u8: return py::dtype::of<uint8_t>();
+    default: throw Error(std::string("no numpy dtype for ") + dtype_name(t));
+  }
+}
+
+Attrs parse_attrs(const py::dict& d) {
+  Attrs a;
+  for (auto kv : d) {
+    std::string k = py::str(kv.first);
+    py::handle v = kv.second;
+    if (py::isinstance<py::bool_>(v) || py::isinstance<py::int_>(v)) {
+      a.ints[k] = {v.cast<int64_t>()};
+    } else if (py::isinstance<py::float_>(v)) {
+      a.floats[k] = v.cast<double>();
+    } else if (py::isinstance<py::list>(v) || py::isinstance<py::tuple>(v)) {
+      a.ints[k] = v.cast<std::vector<int64_t>>();
+    } else {
+      throw Error("attribute '" + k + "' must be an int, float or list of ints");
+    }
+  }
+  return a;
+}
+
+std::string shape_dtype(const py::array& a) {
+  Shape s(a.shape(), a.shape() + a.ndim());
+  return shape_str(s) + " " + std::string(py::str(a.dtype()));
+}
+
+// A session plus the numpy glue; feed pointers live in a reused vector.
+class PySession {
+ public:
+  PySession(const Graph& g, std::shared_ptr<ParamStore> store, const CompileOptions& o)
+      : s_(g, std::move(store), o), compute_(o.compute), ptrs_(s_.feeds().size()), keep_(s_.feeds().size()) {}
+
+  void run(const py::sequence& inputs) {
+    const auto& feeds = s_.feeds();
+    if (size_t(py::len(inputs)) != feeds.size())
+      throw Error("expected " + std::to_string(feeds.size()) + " input arrays, got " + std::to_string(py::len(inputs)));
+    for (size_t i = 0; i < feeds.size(); ++i) ptrs_[i] = prepare(i, inputs[i]);
+    {
+      py::gil_scoped_release nogil;
+      s_.run(ptrs_);
+    }
+    for (auto& k : keep_) k = py::object();
+  }
+
+  double step(py::handle x, py::handle y) {
+    if (s_.feeds().size() != 2) throw Error("step(x, y) needs a training session with inputs (x, labels)");
+    ptrs_[0] = prepare(0, x);
+    ptrs_[1] = prepare(1, y);
+    {
+      py::gil_scoped_release nogil;
+      s_.run(ptrs_);
+    }
+    keep_[0] = py::object();
+    keep_[1] = py::object();
+    return s_.loss();
+  }
+
+  py::array fetch(size_t i) {
+    const auto& f = s_.fetches().at(i);
+    DType t = is_float(f.desc.dtype) ? compute_ : f.desc.dtype;
+    py::array out(np_dtype(t), f.desc.shape);
+    std::memcpy(out.mutable_data(), s_.fetch(i), size_t(numel(f.desc.shape)) * dtype_size(t));
+    return out;
+  }
+
+  Session& s() { return s_; }
+
+ private:
+  const void* prepare(size_t i, py::handle obj) {
+    const FeedInfo& f = s_.feeds()[i];
+    DType want = is_float(f.desc.dtype) ? compute_ : f.desc.dtype;
+    py::array a;
+    if (py::isinstance<py::array>(obj)) {
+      a = py::reinterpret_borrow<py::array>(obj);
+    } else {
+      a = py::array::ensure(obj);
+      if (!a) throw Error("input '" + f.name + "': expected a numpy array");
+    }
+    Shape got(a.shape(), a.shape() + a.ndim());
+    if (got != f.desc.shape)
+      throw Error("input '" + f.name + "': expected shape " + shape_str(f.desc.shape) + " " + dtype_name(want) + ", got " + shape_dtype(a));
+    char kind = a.dtype().kind();
+    bool float_want = is_float(want);
+    if (float_want ? !(kind == 'f' || kind == 'i' || kind == 'u') : !(kind == 'i' || kind == 'u'))
+      throw Error("input '" + f.name + "': expected dtype " + dtype_name(want) + ", got " + std::string(py::str(a.dtype())));
+    py::dtype dt = np_dtype(want);
+    bool ok = a.dtype().is(dt) && (a.flags() & py::array::c_style);
+    if (!ok) {  // convert once (dtype or layout)
+      keep_[i] = py::array(py::module_::import("numpy").attr("ascontiguousarray")(a, dt));
+      a = py::reinterpret_borrow<py::array>(keep_[i]);
+    }
+    return a.data();
+  }
+
+  Session s_;
+  DType compute_;
+  std::vector<const void*> ptrs_;
+  std::vector<py::object> keep_;
+};
+
+py::dict report_dict(const MemoryReport& r) {
+  py::dict d;
+  d["arena_bytes"] = r.arena_bytes;
+  d["lower_bound_bytes"] = r.lower_bound_bytes;
+  d["naive_bytes"] = r.naive_bytes;
+  d["param_bytes"] = r.param_bytes;
+  d["grad_bytes"] = r.grad_bytes;
+  d["optimizer_state_bytes"] = r.optimizer_state_bytes;
+  d["buffer_bytes"] = r.buffer_bytes;
+  d["scratch_bytes"] = r.scratch_bytes;
+  d["persistent_bytes"] = r.persistent_bytes();
+  d["num_planned_buffers"] = r.num_planned;
+  d["num_inplace"] = r.num_inplace;
+  return d;
+}
+
+py::list infos(const std::vector<FeedInfo>& v) {
+  py::list l;
+  for (auto& f : v) l.append(py::make_tuple(f.name, f.desc.shape, dtype_name(f.desc.dtype)));
+  return l;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "cnnnative C++ core";
+  py::register_exception<Error>(m, "Error", PyExc_ValueError);
+
+  py::class_<Graph>(m, "Graph")
+      .def(py::init<>())
+      .def("add_input", [](Graph& g, const std::string& n, const Shape& s, const std::string& dt) { return g.add_input(n, s, parse_dtype(dt)); },
+           py::arg("name"), py::arg("shape"), py::arg("dtype") = "float32")
+      .def("add_param", &Graph::add_param, py::arg("name"), py::arg("shape"), py::arg("trainable") = true)
+      .def("add_node", [](Graph& g, const std::string& op, const std::vector<int>& ins, const py::dict& attrs, const std::string& name) {
+            return g.add_node(op, ins, parse_attrs(attrs), name);
+          }, py::arg("op"), py::arg("inputs"), py::arg("attrs") = py::dict(), py::arg("name") = "")
+      .def("set_outputs", &Graph::set_outputs)
+      .def("shape", [](const Graph& g, int v) { return g.values.at(v).desc.shape; })
+      .def("dtype", [](const Graph& g, int v) { return std::string(dtype_name(g.values.at(v).desc.dtype)); })
+      .def("value_name", [](const Graph& g, int v) { return g.values.at(v).name; })
+      .def_property_readonly("num_nodes", [](const Graph& g) { return g.nodes.size(); })
+      .def_property_readonly("num_values", [](const Graph& g) { return g.values.size(); })
+      .def_property_readonly("outputs", [](const Graph& g) { return g.outputs; })
+      .def_property_readonly("inputs", [](const Graph& g) { return g.inputs; })
+      .def("node_ops", [](const Graph& g) {
+        std::vector<std::string> v;
+        for (auto& n : g.nodes) v.push_back(n.op + " " + n.name);
+        return v;
+      });
+
+  py::class_<ParamStore, std::shared_ptr<ParamStore>>(m, "ParamStore")
+      .def(py::init([](const std::vector<std::tuple<std::string, Shape, bool>>& entries) {
+        std::vector<ParamStore::Entry> e;
+        for (auto& t : entries) e.push_back({std::get<0>(t), std::get<1>(t), std::get<2>(t), 0});
+        return std::make_shared<ParamStore>(e);
+      }))
+      .def("array", [](std::shared_ptr<ParamStore> s, const std::string& name) {
+        const auto& e = s->find(name);
+        py::capsule owner(new std::shared_ptr<ParamStore>(s), [](void* p) { delete static_cast<std::shared_ptr<ParamStore>*>(p); });
+        return py::array_t<float>(e.shape, s->data(e), owner);
+      })
+      .def_property_readonly("num_params", &ParamStore::num_params)
+      .def_property_readonly("num_buffers", &ParamStore::num_buffers)
+      .def("names", [](const ParamStore& s) {
+        std::vector<std::string> v;
+        for (auto& e : s.entries()) v.push_back(e.name);
+        return v;
+      });
+
+  py::class_<PySession>(m, "Session")
+      .def(py::init([](const Graph& g, std::shared_ptr<ParamStore> store, const std::string& mode, const std::string& backend,
+                       const std::string& compute, int loss, const std::vector<int>& grad_of, const std::vector<int>& wrt,
+                       const py::dict& optim, bool plan_memory, uint64_t seed) {
+             CompileOptions o;
+             if (mode == "infer") o.mode = Mode::Infer;
+             else if (mode == "train") o.mode = Mode::Train;
+             else if (mode == "grad") o.mode = Mode::Grad;
+             else throw Error("mode must be 'infer', 'train' or 'grad', got '" + mode + "'");
+             o.backend = backend;
+             o.compute = parse_dtype(compute);
+             o.loss = loss;
+             o.grad_of = grad_of;
+             o.wrt = wrt;
+             o.plan_memory = plan_memory;
+             o.seed = seed;
+             for (auto kv : optim) {
+               std::string k = py::str(kv.first);
+               py::handle v = kv.second;
+               if (k == "kind") o.optim.kind = v.cast<std::string>();
+               else if (k == "lr") o.optim.lr = v.cast<double>();
+               else if (k == "momentum") o.optim.momentum = v.cast<double>();
+               else if (k == "dampening") o.optim.dampening = v.cast<double>();
+               else if (k == "weight_decay") o.optim.weight_decay = v.cast<double>();
+               else if (k == "nesterov") o.optim.nesterov = v.cast<bool>();
+               else if (k == "beta1") o.optim.beta1 = v.cast<double>();
+               else if (k == "beta2") o.optim.beta2 = v.cast<double>();
+               else if (k == "eps") o.optim.eps = v.cast<double>();
+               else if (k == "amsgrad") o.optim.amsgrad = v.cast<bool>();
+               else throw Error("unknown optimizer option '" + k + "'");
+             }
+             return new PySession(g, std::move(store), o);
+           }),
+           py::arg("graph"), py::arg("store"), py::arg("mode") = "infer", py::arg("backend") = "cpu", py::arg("compute") = "float32",
+           py::arg("loss") = -1, py::arg("grad_of") = std::vector<int>{}, py::arg("wrt") = std::vector<int>{},
+           py::arg("optim") = py::dict(), py::arg("plan_memory") = true, py::arg("seed") = 0)
+      .def("run", &PySession::run)
+      .def("step", &PySession::step)
+      .def("fetch", &PySession::fetch)
+      .def_property_readonly("feeds", [](PySession& p) { return infos(p.s().feeds()); })
+      .def_property_readonly("fetches", [](PySession& p) { return infos(p.s().fetches()); })
+      .def_property_readonly("loss", [](PySession& p) { return p.s().loss(); })
+      .def_property("lr", [](PySession& p) { return p.s().lr(); }, [](PySession& p, double lr) { p.s().set_lr(lr); })
+      .def_property_readonly("step_count", [](PySession& p) { return p.s().step_count(); })
+      .def("memory_report", [](PySession& p) { return report_dict(p.s().memory_report()); })
+      .def("schedule", [](PySession& p) { return p.s().schedule(); });
+
+  m.def("allocation_count", &allocation_count);
+  m.def("set_num_threads", &set_num_threads);
+  m.def("get_num_threads", &get_num_threads);
+  m.def("op_names", &op_names);
+  bind_planner(m);
+}

@@ -1,0 +1,16 @@
+// Counted, aligned allocation: every buffer the core owns (arena, parameters, gradients, optimizer
+// state, scratch) goes through here, so tests can prove a step allocates nothing.
+#pragma once
+#include <cstddef>
+#include <memory>
+
+namespace cnn {
+void* counted_alloc(size_t bytes, size_t alignment = 64);  // zero-filled; never returns null (throws Error)
+void counted_free(void* p);
+
+struct CountedDeleter {
+  void operator()(void* p) const { counted_free(p); }
+};
+using Buffer = std::unique_ptr<void, CountedDeleter>;
+inline Buffer make_buffer(size_t bytes) { return Buffer(counted_alloc(bytes)); }
+}  // namespace cnn

@@ -1,0 +1,130 @@
+// Op registry and kernel interface. Owns: the OpSchema each op file registers (shape inference,
+// capabilities, autodiff rule, reference kernel) and the per-backend kernel factories.
+// Promises: ops declare, the planner decides; kernels are created once per session and run() allocates nothing.
+#pragma once
+#include <cnnnative/cnnnative.hpp>
+
+#include <functional>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace cnn {
+
+// What an op's backward reads besides the upstream gradient (declarative; used by docs and checks).
+enum BwdNeeds : unsigned { kNeedsNothing = 0, kNeedsInput = 1, kNeedsOutput = 2, kNeedsWorkspace = 4 };
+
+struct KernelCtx {
+  const Node& node;
+  std::vector<TensorDesc> in, out;  // float tensors carry the session's compute dtype here
+  DType compute = DType::f32;
+};
+
+struct RunCtx {
+  void* const* in;   // one pointer per node input
+  void* const* out;  // one pointer per node output
+  void* scratch;     // shared scratch, at least scratch_bytes()
+  uint64_t seed;
+  int64_t step;      // 0-based count of completed runs of this session
+};
+
+class Kernel {
+ public:
+  virtual ~Kernel() = default;
+  virtual size_t scratch_bytes() const { return 0; }
+  virtual void run(const RunCtx& ctx) = 0;
+};
+
+using KernelFactory = std::function<std::unique_ptr<Kernel>(const KernelCtx&)>;
+
+class GradCtx;
+
+struct OpSchema {
+  std::string name;
+  // Output descs from input descs; throws via op_error() on bad shapes.
+  std::function<std::vector<TensorDesc>(const Node&, const std::vector<TensorDesc>&)> infer;
+  bool inplace = false;         // output 0 may share input 0's buffer
+  unsigned bwd_needs = kNeedsNothing;
+  std::function<void(GradCtx&)> grad;  // empty: not differentiable
+  KernelFactory ref;                    // naive loops, float and double (ctx.compute)
+};
+
+void register_op(OpSchema s);
+const OpSchema& get_op(const std::string& name);  // throws Error for an unknown op
+bool has_op(const std::string& name);
+std::vector<std::string> op_names();
+void register_kernel(const std::string& backend, const std::string& op, KernelFactory f);
+const KernelFactory* find_kernel(const std::string& backend, const std::string& op);
+
+// Static registration helpers: `static OpRegistrar reg{schema};`
+struct OpRegistrar {
+  explicit OpRegistrar(OpSchema s) { register_op(std::move(s)); }
+};
+struct KernelRegistrar {
+  KernelRegistrar(const char* backend, const char* op, KernelFactory f) { register_kernel(backend, op, std::move(f)); }
+};
+
+// "op 'conv2d' (node 'features.0'): <msg>"
+[[noreturn]] void op_error(const Node& n, const std::string& msg);
+std::string descs_str(const std::vector<TensorDesc>& d);
+
+// Autodiff context handed to an op's grad rule for one forward node.
+class GradCtx {
+ public:
+  GradCtx(Graph& g, int node_index, std::vector<int> dys, std::vector<bool> need_dx)
+      : g_(g), node_(node_index), dys_(std::move(dys)), need_dx_(std::move(need_dx)), dx_(need_dx_.size(), -1) {}
+  const Node& node() const { return g_.nodes[node_]; }
+  int input(int i) const { return node().inputs[i]; }
+  int output(int i) const { return node().outputs[i]; }
+  const TensorDesc& desc(int value) const { return g_.values[value].desc; }
+  int dy(int k) const { return dys_[k]; }          // -1: output k receives no gradient
+  bool need_dx(int i) const { return need_dx_[i]; }  // input i is on a path to something trained/requested
+  void set_dx(int i, int grad_value) { dx_[i] = grad_value; }
+  const std::vector<int>& dxs() const { return dx_; }
+  // Adds a backward node named "<forward name>/<suffix>".
+  std::vector<int> emit(const std::string& op, const std::vector<int>& inputs, const Attrs& attrs,
+                        const std::string& suffix = "grad");
+
+ private:
+  Graph& g_;
+  int node_;
+  std::vector<int> dys_;
+  std::vector<bool> need_dx_;
+  std::vector<int> dx_;
+};
+
+// Typed access for reference kernels: float tensors are T (float or double) in ctx.compute.
+template <class T>
+struct RefArgs {
+  const KernelCtx& k;
+  const RunCtx& r;
+  const Attrs& attrs() const { return k.node.attrs; }
+  template <class U = T>
+  const U* in(int i) const { return static_cast<const U*>(r.in[i]); }
+  template <class U = T>
+  U* out(int i) const { return static_cast<U*>(r.out[i]); }
+  const Shape& in_shape(int i) const { return k.in[i].shape; }
+  const Shape& out_shape(int i) const { return k.out[i].shape; }
+};
+
+// Wraps `Fn<T>::run(RefArgs<T>)` for T = float and double into a kernel factory.
+template <template <class> class Fn>
+KernelFactory ref_kernel() {
+  struct K : Kernel {
+    KernelCtx ctx;
+    explicit K(const KernelCtx& c) : ctx(c) {}
+    void run(const RunCtx& r) override {
+      if (ctx.compute == DType::f64)
+        Fn<double>::run(RefArgs<double>{ctx, r});
+      else
+        Fn<float>::run(RefArgs<float>{ctx, r});
+    }
+  };
+  return [](const KernelCtx& c) -> std::unique_ptr<Kernel> { return std::make_unique<K>(c); };
+}
+
+// Plain-stride helpers for reference kernels.
+inline int64_t dim(const Shape& s, int i) { return s[i < 0 ? s.size() + i : i]; }
+
+}  // namespace cnn

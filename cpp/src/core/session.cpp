@@ -1,0 +1,358 @@
+// Session: compile once (autodiff, schedule, in-place aliasing, memory plan, kernels), then run many
+// times. Owns the arena, the scratch buffer, the gradient block and optimizer state; borrows parameters
+// and buffers from the shared ParamStore. run() allocates nothing: every pointer table is built here.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+
+#include "core/alloc.hpp"
+#include "core/autodiff.hpp"
+#include "core/op.hpp"
+#include "core/planner.hpp"
+#include "cpu/optim.hpp"
+
+namespace cnn {
+
+enum class Storage { Feed, Param, Buffer, Grad, Planned };
+
+class SessionImpl {
+ public:
+  SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, const CompileOptions& o);
+  void run(const std::vector<const void*>& feeds);
+  void update();
+
+  Graph g;
+  std::shared_ptr<ParamStore> store;
+  CompileOptions opt;
+  int nf = 0;
+  int loss_value = -1;
+  std::vector<FeedInfo> feeds, fetches;
+  std::vector<int> feed_values, fetch_values;
+
+  std::vector<Storage> storage;
+  std::vector<void*> ptr;  // per value
+  std::vector<std::unique_ptr<Kernel>> kernels;
+  std::vector<std::vector<void*>> node_in, node_out;
+  struct Patch { int node, slot, feed; };
+  std::vector<Patch> patches;
+  std::vector<int> feed_fetch;  // fetch index -> feed index when a fetched value is a feed, else -1
+
+  Buffer arena, scratch, grad_block, state_m, state_v, state_vmax, private_params, private_buffers;
+  size_t n_grad = 0;
+  MemoryReport report;
+  double lr = 0;
+  int64_t steps = 0;
+  double last_loss = NAN;
+  std::vector<std::string> uses_reference;
+};
+
+namespace {
+size_t value_bytes(const TensorDesc& d, DType compute) {
+  DType t = is_float(d.dtype) ? compute : d.dtype;
+  return size_t(numel(d.shape)) * dtype_size(t);
+}
+}  // namespace
+
+SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, const CompileOptions& o)
+    : g(graph), store(std::move(st)), opt(o), lr(o.optim.lr) {
+  if (!store) throw Error("compile: no parameter store");
+  if (opt.backend != "cpu" && opt.backend != "reference") throw Error("compile: unknown backend '" + opt.backend + "' (cpu, reference)");
+  if (opt.compute != DType::f32 && opt.compute != DType::f64) throw Error("compile: compute dtype must be float32 or float64");
+  if (opt.compute == DType::f64 && opt.backend != "reference") throw Error("compile: float64 runs only on the reference backend");
+  if (opt.compute == DType::f64 && opt.mode == Mode::Train) throw Error("compile: training runs in float32");
+  if (g.outputs.empty() && opt.mode != Mode::Train) throw Error("compile: the graph has no outputs");
+  for (int p : g.params) {
+    const auto& e = store->find(g.values[p].name);
+    if (e.shape != g.values[p].desc.shape)
+      throw Error("parameter '" + e.name + "': graph expects " + shape_str(g.values[p].desc.shape) + ", store holds " + shape_str(e.shape));
+    if (e.trainable != (g.values[p].kind == ValueKind::Param))
+      throw Error("parameter '" + e.name + "': trainable flag differs between graph and store");
+  }
+
+  // ---- feeds ----
+  for (int v : g.inputs) {
+    feeds.push_back({g.values[v].name, g.values[v].desc});
+    feed_values.push_back(v);
+  }
+
+  // ---- autodiff ----
+  AutodiffResult ad;
+  ad.num_forward_nodes = int(g.nodes.size());
+  if (opt.mode == Mode::Train) {
+    if (opt.loss < 0 || opt.loss >= int(g.values.size())) throw Error("compile(train): no loss value given");
+    if (numel(g.values[opt.loss].desc.shape) != 1 || !is_float(g.values[opt.loss].desc.dtype))
+      throw Error("compile(train): the loss must be a float scalar, got " + shape_str(g.values[opt.loss].desc.shape));
+    loss_value = opt.loss;
+    int nfw = int(g.nodes.size());
+    Attrs a;
+    a.ints["shape"] = g.values[opt.loss].desc.shape;
+    a.floats["value"] = 1.0;
+    int seed = g.add_node("fill", {}, a, "loss/seed")[0];
+    ad = autodiff(g, {{opt.loss, seed}}, {});
+    ad.num_forward_nodes = nfw;
+  } else if (opt.mode == Mode::Grad) {
+    std::vector<std::pair<int, int>> seeds;
+    for (int v : opt.grad_of) {
+      if (v < 0 || v >= int(g.values.size())) throw Error("compile(grad): bad value id in grad_of");
+      int s = g.add_input(g.values[v].name + ".grad", g.values[v].desc.shape, g.values[v].desc.dtype);
+      feeds.push_back({g.values[s].name, g.values[s].desc});
+      feed_values.push_back(s);
+      seeds.push_back({v, s});
+    }
+    ad = autodiff(g, seeds, opt.wrt);
+  }
+  nf = ad.num_forward_nodes;
+  const int n_steps = int(g.nodes.size());
+
+  // ---- fetches ----
+  for (int v : g.outputs) {
+    fetches.push_back({g.values[v].name, g.values[v].desc});
+    fetch_values.push_back(v);
+  }
+  if (opt.mode == Mode::Grad) {
+    for (size_t i = 0; i < opt.wrt.size(); ++i) {
+      int gv = ad.wrt_grads[i];
+      if (gv < 0) throw Error("compile(grad): '" + g.values[opt.wrt[i]].name + "' gets no gradient from the seeded outputs");
+      fetches.push_back({g.values[opt.wrt[i]].name + ".grad", g.values[gv].desc});
+      fetch_values.push_back(gv);
+    }
+  }
+
+  // ---- storage ----
+  const size_t nv = g.values.size();
+  storage.assign(nv, Storage::Planned);
+  ptr.assign(nv, nullptr);
+  for (int v : feed_values) storage[v] = Storage::Feed;
+  for (int p : g.params) storage[p] = g.values[p].kind == ValueKind::Param ? Storage::Param : Storage::Buffer;
+
+  const size_t fsz = dtype_size(opt.compute);
+  float* pblock = store->params();
+  float* bblock = store->buffers();
+  if (opt.compute == DType::f64) {  // private float64 copies for the reference backend
+    private_params = make_buffer(std::max<size_t>(store->num_params(), 1) * 8);
+    private_buffers = make_buffer(std::max<size_t>(store->num_buffers(), 1) * 8);
+    double* pp = static_cast<double*>(private_params.get());
+    double* pb = static_cast<double*>(private_buffers.get());
+    for (size_t i = 0; i < store->num_params(); ++i) pp[i] = store->params()[i];
+    for (size_t i = 0; i < store->num_buffers(); ++i) pb[i] = store->buffers()[i];
+  }
+  for (int p : g.params) {
+    const auto& e = store->find(g.values[p].name);
+    char* base = opt.compute == DType::f64 ? static_cast<char*>(e.trainable ? private_params.get() : private_buffers.get())
+                                           : reinterpret_cast<char*>(e.trainable ? pblock : bblock);
+    ptr[p] = base + e.offset * fsz;
+  }
+  if (opt.mode != Mode::Infer) {
+    n_grad = store->num_params();
+    grad_block = make_buffer(std::max<size_t>(n_grad, 1) * fsz);
+    report.grad_bytes = n_grad * fsz;
+    for (size_t i = 0; i < g.params.size(); ++i) {
+      int gv = ad.param_grads[i];
+      if (gv < 0) continue;
+      if (storage[gv] != Storage::Planned) {  // gradient is itself a feed/param (identity paths): copy not supported
+        throw Error("compile: gradient of parameter '" + g.values[g.params[i]].name + "' is not produced by a node");
+      }
+      const auto& e = store->find(g.values[g.params[i]].name);
+      storage[gv] = Storage::Grad;
+      ptr[gv] = static_cast<char*>(grad_block.get()) + e.offset * fsz;
+      if (opt.mode == Mode::Grad) {
+        fetches.push_back({e.name + ".grad", g.values[gv].desc});
+        fetch_values.push_back(gv);
+      }
+    }
+  }
+  if (opt.mode == Mode::Train) {
+    fetches.push_back({"loss", g.values[loss_value].desc});
+    fetch_values.push_back(loss_value);
+  }
+
+  // ---- lifetimes and in-place aliasing ----
+  std::vector<int> first(nv, -1), last(nv, -1);
+  for (int s = 0; s < n_steps; ++s) {
+    for (int v : g.nodes[s].outputs) first[v] = last[v] = s;
+    for (int v : g.nodes[s].inputs) last[v] = std::max(last[v], s);
+  }
+  std::vector<bool> fetched(nv, false);
+  for (int v : fetch_values) fetched[v] = true;
+  for (int v : fetch_values) last[v] = n_steps;
+  std::vector<int> root(nv);
+  std::iota(root.begin(), root.end(), 0);
+  for (int s = 0; s < n_steps; ++s) {
+    const Node& n = g.nodes[s];
+    if (!get_op(n.op).inplace || n.inputs.empty() || n.outputs.empty()) continue;
+    int a = root[n.inputs[0]], b = n.outputs[0];
+    if (storage[a] != Storage::Planned || storage[b] != Storage::Planned) continue;
+    if (last[a] != s || fetched[a]) continue;
+    if (value_bytes(g.values[a].desc, opt.compute) != value_bytes(g.values[b].desc, opt.compute)) continue;
+    if (std::count(n.inputs.begin(), n.inputs.end(), n.inputs[0]) > 1) continue;
+    root[b] = a;
+    last[a] = std::max(last[a], last[b]);
+    report.num_inplace++;
+  }
+
+  std::vector<int> planned;
+  std::vector<BufferReq> reqs;
+  for (size_t v = 0; v < nv; ++v) {
+    if (storage[v] != Storage::Planned || root[v] != int(v)) continue;
+    if (first[v] < 0) continue;  // never produced (unused)
+    planned.push_back(int(v));
+    reqs.push_back(BufferReq{value_bytes(g.values[v].desc, opt.compute), first[v], last[v]});
+  }
+  MemoryPlan plan = plan_memory(reqs, 64, opt.plan_memory);
+  std::string bad = validate_plan(reqs, plan, 64);
+  if (!bad.empty()) throw Error("internal: memory plan failed validation: " + bad);
+  arena = make_buffer(std::max<size_t>(plan.arena_bytes, 64));
+  for (size_t i = 0; i < planned.size(); ++i) ptr[planned[i]] = static_cast<char*>(arena.get()) + plan.offsets[i];
+  for (size_t v = 0; v < nv; ++v)
+    if (root[v] != int(v)) ptr[v] = ptr[root[v]];
+  report.arena_bytes = plan.arena_bytes;
+  report.lower_bound_bytes = plan.lower_bound;
+  report.naive_bytes = plan.naive_sum;
+  report.num_planned = planned.size();
+  report.param_bytes = store->num_params() * fsz;
+  report.buffer_bytes = store->num_buffers() * fsz;
+
+  // ---- kernels ----
+  size_t scratch_bytes = 0;
+  for (int s = 0; s < n_steps; ++s) {
+    const Node& n = g.nodes[s];
+    KernelCtx kc{n, {}, {}, opt.compute};
+    for (int v : n.inputs) {
+      TensorDesc d = g.values[v].desc;
+      if (is_float(d.dtype)) d.dtype = opt.compute;
+      kc.in.push_back(d);
+    }
+    for (int v : n.outputs) {
+      TensorDesc d = g.values[v].desc;
+      if (is_float(d.dtype)) d.dtype = opt.compute;
+      kc.out.push_back(d);
+    }
+    const KernelFactory* f = opt.backend == "cpu" ? find_kernel("cpu", n.op) : nullptr;
+    if (!f) {
+      f = &get_op(n.op).ref;
+      if (opt.backend == "cpu") uses_reference.push_back(n.op + " " + n.name);
+    }
+    kernels.push_back((*f)(kc));
+    scratch_bytes = std::max(scratch_bytes, kernels.back()->scratch_bytes());
+    std::vector<void*> in, out;
+    for (size_t i = 0; i < n.inputs.size(); ++i) {
+      in.push_back(ptr[n.inputs[i]]);
+      if (storage[n.inputs[i]] == Storage::Feed) {
+        int fi = int(std::find(feed_values.begin(), feed_values.end(), n.inputs[i]) - feed_values.begin());
+        patches.push_back({s, int(i), fi});
+      }
+    }
+    for (int v : n.outputs) out.push_back(ptr[v]);
+    node_in.push_back(std::move(in));
+    node_out.push_back(std::move(out));
+  }
+  scratch = make_buffer(std::max<size_t>(scratch_bytes, 64));
+  report.scratch_bytes = scratch_bytes;
+  for (int v : fetch_values) {
+    auto it = std::find(feed_values.begin(), feed_values.end(), v);
+    feed_fetch.push_back(it == feed_values.end() ? -1 : int(it - feed_values.begin()));
+  }
+
+  // ---- optimizer state ----
+  if (opt.mode == Mode::Train) {
+    const auto& oc = opt.optim;
+    size_t n = std::max<size_t>(n_grad, 1) * 4;
+    if (oc.kind == "sgd") {
+      if (oc.momentum != 0) state_m = make_buffer(n);
+      if (oc.nesterov && (oc.momentum <= 0 || oc.dampening != 0))
+        throw Error("SGD: nesterov momentum requires momentum > 0 and dampening = 0");
+    } else if (oc.kind == "adam" || oc.kind == "adamw") {
+      state_m = make_buffer(n);
+      state_v = make_buffer(n);
+      if (oc.amsgrad) state_vmax = make_buffer(n);
+    } else {
+      throw Error("unknown optimizer '" + oc.kind + "' (sgd, adam, adamw)");
+    }
+    report.optimizer_state_bytes = (state_m ? n_grad * 4 : 0) + (state_v ? n_grad * 4 : 0) + (state_vmax ? n_grad * 4 : 0);
+  }
+}
+
+void SessionImpl::update() {
+  const auto& oc = opt.optim;
+  float* p = store->params();
+  const float* gr = static_cast<const float*>(grad_block.get());
+  long t = long(steps + 1);
+  if (oc.kind == "sgd") {
+    SGDConfig c;
+    c.lr = float(lr);
+    c.momentum = float(oc.momentum);
+    c.dampening = float(oc.dampening);
+    c.weight_decay = float(oc.weight_decay);
+    c.nesterov = oc.nesterov;
+    sgd_update(p, gr, static_cast<float*>(state_m.get()), n_grad, c, t);
+  } else {
+    AdamConfig c;
+    c.lr = float(lr);
+    c.beta1 = float(oc.beta1);
+    c.beta2 = float(oc.beta2);
+    c.eps = float(oc.eps);
+    c.weight_decay = float(oc.weight_decay);
+    c.decoupled = oc.kind == "adamw";
+    c.amsgrad = oc.amsgrad;
+    adam_update(p, gr, static_cast<float*>(state_m.get()), static_cast<float*>(state_v.get()),
+                static_cast<float*>(state_vmax.get()), n_grad, c, t);
+  }
+}
+
+void SessionImpl::run(const std::vector<const void*>& fd) {
+  if (fd.size() != feeds.size())
+    throw Error("run: expected " + std::to_string(feeds.size()) + " inputs, got " + std::to_string(fd.size()));
+  for (auto& p : patches) node_in[p.node][p.slot] = const_cast<void*>(fd[p.feed]);
+  for (size_t i = 0; i < feed_values.size(); ++i) ptr[feed_values[i]] = const_cast<void*>(fd[i]);
+  RunCtx rc{nullptr, nullptr, scratch.get(), opt.seed, steps};
+  auto exec = [&](int s) {
+    rc.in = node_in[s].data();
+    rc.out = node_out[s].data();
+    kernels[s]->run(rc);
+  };
+  const int n = int(kernels.size());
+  if (opt.mode == Mode::Train) {
+    for (int s = 0; s < nf; ++s) exec(s);
+    double L = *static_cast<const float*>(ptr[loss_value]);
+    if (!std::isfinite(L)) {
+      throw Error(std::string("non-finite loss (") + (std::isnan(L) ? "nan" : "inf") + ") at step " + std::to_string(steps) +
+                  "; parameters were not updated");
+    }
+    last_loss = L;
+    for (int s = nf; s < n; ++s) exec(s);
+    update();
+  } else {
+    for (int s = 0; s < n; ++s) exec(s);
+  }
+  ++steps;
+}
+
+// ---- Session facade ----
+Session::Session(const Graph& g, std::shared_ptr<ParamStore> store, const CompileOptions& opt)
+    : impl_(std::make_unique<SessionImpl>(g, std::move(store), opt)) {}
+Session::~Session() = default;
+const std::vector<FeedInfo>& Session::feeds() const { return impl_->feeds; }
+const std::vector<FeedInfo>& Session::fetches() const { return impl_->fetches; }
+void Session::run(const std::vector<const void*>& feeds) { impl_->run(feeds); }
+const void* Session::fetch(size_t i) const {
+  if (i >= impl_->fetch_values.size()) throw Error("fetch index out of range");
+  return impl_->ptr[impl_->fetch_values[i]];
+}
+double Session::loss() const { return impl_->last_loss; }
+void Session::set_lr(double lr) {
+  if (!(lr >= 0) || !std::isfinite(lr)) throw Error("learning rate must be finite and >= 0");
+  impl_->lr = lr;
+}
+double Session::lr() const { return impl_->lr; }
+int64_t Session::step_count() const { return impl_->steps; }
+MemoryReport Session::memory_report() const { return impl_->report; }
+std::vector<std::string> Session::schedule() const {
+  std::vector<std::string> v;
+  for (auto& n : impl_->g.nodes) v.push_back(n.op + " " + n.name);
+  return v;
+}
+float* Session::grads() { return static_cast<float*>(impl_->grad_block.get()); }
+size_t Session::num_grads() const { return impl_->n_grad; }
+
+}  // namespace cnn

@@ -1,0 +1,63 @@
+// oneDNN glue for CPU kernels. Owns: the process-wide engine and stream, plain memory descriptors, and
+// DnnlExec (a primitive plus its argument map whose memory handles are refreshed from RunCtx pointers
+// before each execute). Only files under cpp/src/cpu/ include this (and oneDNN).
+#pragma once
+#include <dnnl.hpp>
+
+#include <unordered_map>
+#include <vector>
+
+#include "core/op.hpp"
+
+namespace cnn {
+namespace cpu {
+
+dnnl::engine& engine();
+dnnl::stream& stream();
+
+dnnl::memory::dims dims_of(const Shape& s);
+dnnl::memory::data_type dt_of(DType t);
+// Plain row-major (abcd...) descriptor for a tensor.
+dnnl::memory::desc plain_desc(const TensorDesc& d);
+dnnl::memory::desc plain_desc(const Shape& s, DType t);
+
+// Where a memory handle comes from at run time.
+struct Src {
+  enum Kind { In, Out, Scratch } kind;
+  int index = 0;        // input/output index
+  size_t offset = 0;    // byte offset inside scratch
+  static Src in(int i) { return {In, i, 0}; }
+  static Src out(int i) { return {Out, i, 0}; }
+  static Src scratch(size_t off) { return {Scratch, 0, off}; }
+};
+
+// One primitive execution with bound arguments. bind() at compile time; run() only swaps handles.
+class DnnlExec {
+ public:
+  DnnlExec() = default;
+  DnnlExec(dnnl::primitive p) : prim_(std::move(p)) {}
+  void bind(int arg, const dnnl::memory::desc& md, Src src);
+  void run(const RunCtx& ctx);
+  bool empty() const { return !prim_; }
+
+ private:
+  dnnl::primitive prim_;
+  std::unordered_map<int, dnnl::memory> args_;
+  std::vector<std::pair<dnnl::memory, Src>> handles_;
+};
+
+// Lays out sub-buffers inside a kernel's scratch region (64-byte aligned).
+struct ScratchLayout {
+  size_t total = 0;
+  size_t add(size_t bytes) {
+    size_t off = total;
+    total += (bytes + 63) / 64 * 64;
+    return off;
+  }
+};
+
+// Primitive attributes with a user-managed scratchpad (the session's shared scratch buffer).
+dnnl::primitive_attr user_scratchpad_attr();
+
+}  // namespace cpu
+}  // namespace cnn

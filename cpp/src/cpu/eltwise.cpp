@@ -1,0 +1,82 @@
+// oneDNN kernels for activations (eltwise forward/backward) and add (binary add).
+#include "cpu/dnnl_common.hpp"
+
+namespace cnn {
+namespace cpu {
+namespace {
+
+using alg = dnnl::algorithm;
+
+struct EltwiseFwd : Kernel {
+  DnnlExec ex;
+  size_t scratch = 0;
+  EltwiseFwd(const KernelCtx& c, alg a, float alpha) {
+    auto md = plain_desc(c.in[0]);
+    auto attr = user_scratchpad_attr();
+    dnnl::eltwise_forward::primitive_desc pd(engine(), dnnl::prop_kind::forward_training, a, md, md, alpha, 0.f, attr);
+    ex = DnnlExec(dnnl::eltwise_forward(pd));
+    ex.bind(DNNL_ARG_SRC, md, Src::in(0));
+    ex.bind(DNNL_ARG_DST, md, Src::out(0));
+    scratch = pd.scratchpad_desc().get_size();
+    if (scratch) ex.bind(DNNL_ARG_SCRATCHPAD, pd.scratchpad_desc(), Src::scratch(0));
+  }
+  size_t scratch_bytes() const override { return scratch; }
+  void run(const RunCtx& r) override { ex.run(r); }
+};
+
+// dy = in 0, saved = in 1 (dst for *_use_dst_for_bwd algorithms, src otherwise)
+struct EltwiseBwd : Kernel {
+  DnnlExec ex;
+  size_t scratch = 0;
+  EltwiseBwd(const KernelCtx& c, alg fwd_alg, alg bwd_alg, float alpha, bool use_dst) {
+    auto md = plain_desc(c.in[0]);
+    dnnl::eltwise_forward::primitive_desc hint(engine(), dnnl::prop_kind::forward_training, fwd_alg, md, md, alpha, 0.f);
+    auto attr = user_scratchpad_attr();
+    dnnl::eltwise_backward::primitive_desc pd(engine(), bwd_alg, md, md, md, alpha, 0.f, hint, attr);
+    ex = DnnlExec(dnnl::eltwise_backward(pd));
+    ex.bind(DNNL_ARG_DIFF_DST, md, Src::in(0));
+    ex.bind(use_dst ? DNNL_ARG_DST : DNNL_ARG_SRC, md, Src::in(1));
+    ex.bind(DNNL_ARG_DIFF_SRC, md, Src::out(0));
+    scratch = pd.scratchpad_desc().get_size();
+    if (scratch) ex.bind(DNNL_ARG_SCRATCHPAD, pd.scratchpad_desc(), Src::scratch(0));
+  }
+  size_t scratch_bytes() const override { return scratch; }
+  void run(const RunCtx& r) override { ex.run(r); }
+};
+
+struct Add : Kernel {
+  DnnlExec ex;
+  explicit Add(const KernelCtx& c) {
+    auto md = plain_desc(c.in[0]);
+    dnnl::binary::primitive_desc pd(engine(), alg::binary_add, md, md, md);
+    ex = DnnlExec(dnnl::binary(pd));
+    ex.bind(DNNL_ARG_SRC_0, md, Src::in(0));
+    ex.bind(DNNL_ARG_SRC_1, md, Src::in(1));
+    ex.bind(DNNL_ARG_DST, md, Src::out(0));
+  }
+  void run(const RunCtx& r) override { ex.run(r); }
+};
+
+float slope(const KernelCtx& c) { return float(c.node.attrs.f("negative_slope", 0.01)); }
+
+KernelRegistrar r1("cpu", "relu", [](const KernelCtx& c) { return std::make_unique<EltwiseFwd>(c, alg::eltwise_relu, 0.f); });
+KernelRegistrar r2("cpu", "sigmoid", [](const KernelCtx& c) { return std::make_unique<EltwiseFwd>(c, alg::eltwise_logistic, 0.f); });
+KernelRegistrar r3("cpu", "tanh", [](const KernelCtx& c) { return std::make_unique<EltwiseFwd>(c, alg::eltwise_tanh, 0.f); });
+KernelRegistrar r4("cpu", "leaky_relu", [](const KernelCtx& c) { return std::make_unique<EltwiseFwd>(c, alg::eltwise_relu, slope(c)); });
+KernelRegistrar r5("cpu", "relu_grad", [](const KernelCtx& c) {
+  return std::make_unique<EltwiseBwd>(c, alg::eltwise_relu_use_dst_for_bwd, alg::eltwise_relu_use_dst_for_bwd, 0.f, true);
+});
+KernelRegistrar r6("cpu", "sigmoid_grad", [](const KernelCtx& c) {
+  return std::make_unique<EltwiseBwd>(c, alg::eltwise_logistic_use_dst_for_bwd, alg::eltwise_logistic_use_dst_for_bwd, 0.f, true);
+});
+KernelRegistrar r7("cpu", "tanh_grad", [](const KernelCtx& c) {
+  return std::make_unique<EltwiseBwd>(c, alg::eltwise_tanh_use_dst_for_bwd, alg::eltwise_tanh_use_dst_for_bwd, 0.f, true);
+});
+KernelRegistrar r8("cpu", "leaky_relu_grad", [](const KernelCtx& c) {
+  return std::make_unique<EltwiseBwd>(c, alg::eltwise_relu, alg::eltwise_relu, slope(c), false);
+});
+KernelRegistrar r9("cpu", "add", [](const KernelCtx& c) { return std::make_unique<Add>(c); });
+
+}  // namespace
+}  // namespace cpu
+}  // namespace cnn

@@ -1,0 +1,540 @@
+// cnnnative — optimizer update kernels (cpp/src/cpu/optim.cpp)
+//
+// Owns: the float SGD / Adam / AdamW update kernels over flat parameter,
+// gradient and state arrays, their double-precision references, argument
+// validation, OpenMP chunking and the run-time SIMD dispatch.
+//
+// Promises (see optim.hpp for the math):
+//  * Same arithmetic, in the same order, as torch.optim's single-tensor float
+//    path: scalar coefficients in double rounded once to float; element math
+//    in float; Adam's m update as PyTorch's lerp (m + w*(d-m) for |w| < 0.5,
+//    d - (d-m)*(1-w) otherwise), v = b2*v + ((1-b2)*d)*d, and
+//    p += (-step_size*m) / (sqrt(v)/sqrt(bc2) + eps).
+//  * Vectorization: hand-written AVX-512F and AVX2 kernels compiled with
+//    function-level target attributes (the translation unit itself needs no
+//    -m flags and runs on any x86-64), chosen once via __builtin_cpu_supports;
+//    scalar fallback everywhere else (and on non-x86 builds). Vector kernels
+//    use separate mul/add (no FMA) and masked loads/stores for the tail so all
+//    paths round identically when the compiler does not contract mul+add.
+//  * Parallelism: OpenMP static schedule over 16Ki-float chunks when
+//    n > 1<<15 and not already inside a parallel region; elements are
+//    independent, so results do not depend on the thread count.
+//  * No heap allocation; validation throws std::invalid_argument before any
+//    buffer is written.
+#include "cpu/optim.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstddef>
+#include <stdexcept>
+#include <string>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#if (defined(__x86_64__) || defined(__i386__)) && \
+    (defined(__GNUC__) || defined(__clang__))
+#define CNN_OPTIM_X86 1
+#include <immintrin.h>
+#else
+#define CNN_OPTIM_X86 0
+#endif
+
+namespace cnn {
+namespace {
+
+constexpr std::size_t kChunk = std::size_t(1) << 14;        // floats per task
+constexpr std::size_t kParallelMin = std::size_t(1) << 15;  // serial at or below
+
+// ---------------------------------------------------------------- validation
+
+[[noreturn]] void bad(const std::string& what) {
+  throw std::invalid_argument("cnn optim: " + what);
+}
+
+bool finite_nonneg(float x) { return std::isfinite(x) && x >= 0.f; }
+
+void check_sgd(const void* p, const void* g, const void* buf, std::size_t n,
+               const SGDConfig& c, long step) {
+  if (!finite_nonneg(c.lr)) bad("SGD learning rate must be finite and >= 0");
+  if (!finite_nonneg(c.momentum)) bad("SGD momentum must be finite and >= 0");
+  if (!std::isfinite(c.dampening)) bad("SGD dampening must be finite");
+  if (!finite_nonneg(c.weight_decay))
+    bad("SGD weight_decay must be finite and >= 0");
+  if (c.nesterov && (c.momentum <= 0.f || c.dampening != 0.f))
+    bad("Nesterov momentum requires a momentum > 0 and zero dampening");
+  if (step < 1) bad("step must be >= 1 (1-based count of updates)");
+  if (n > 0) {
+    if (p == nullptr || g == nullptr) bad("null parameter or gradient buffer");
+    if (c.momentum != 0.f && buf == nullptr)
+      bad("SGD with momentum needs a momentum buffer");
+  }
+}
+
+void check_adam(const void* p, const void* g, const void* m, const void* v,
+                const void* vmax, std::size_t n, const AdamConfig& c,
+                long step) {
+  if (!finite_nonneg(c.lr)) bad("Adam learning rate must be finite and >= 0");
+  if (!finite_nonneg(c.eps)) bad("Adam eps must be finite and >= 0");
+  if (!(c.beta1 >= 0.f && c.beta1 < 1.f)) bad("Adam beta1 must be in [0, 1)");
+  if (!(c.beta2 >= 0.f && c.beta2 < 1.f)) bad("Adam beta2 must be in [0, 1)");
+  if (!finite_nonneg(c.weight_decay))
+    bad("Adam weight_decay must be finite and >= 0");
+  if (step < 1) bad("step must be >= 1 (1-based count of updates)");
+  if (n > 0) {
+    if (p == nullptr || g == nullptr) bad("null parameter or gradient buffer");
+    if (m == nullptr || v == nullptr) bad("Adam needs m and v buffers");
+    if (c.amsgrad && vmax == nullptr) bad("AMSGrad needs a vmax buffer");
+  }
+}
+
+// ------------------------------------------------------ per-call coefficients
+
+struct SgdK {
+  float lr, wd, mu, omd;  // omd = 1 - dampening
+  bool has_wd;
+  int mom;  // 0: no momentum, 1: first step (buf = d), 2: buf = mu*buf + omd*d
+  bool nesterov;
+};
+
+SgdK make_sgd(const SGDConfig& c, long step) {
+  SgdK k;
+  k.lr = c.lr;
+  k.wd = c.weight_decay;
+  k.mu = c.momentum;
+  k.omd = static_cast<float>(1.0 - static_cast<double>(c.dampening));
+  k.has_wd = c.weight_decay != 0.f;
+  k.mom = c.momentum == 0.f ? 0 : (step == 1 ? 1 : 2);
+  k.nesterov = c.nesterov;
+  return k;
+}
+
+struct AdamK {
+  float decay;  // AdamW: p *= decay (= 1 - lr*wd)
+  bool has_decay;
+  float wd;  // Adam: d = g + wd*p
+  bool has_wd;
+  float w1, omw1;  // lerp weight 1-b1 and 1-w1
+  bool lerp_lo;    // |w1| < 0.5: m + w1*(d-m), else d - (d-m)*omw1
+  float b2, omb2;
+  float step_size, bc2s, eps;
+  bool ams;
+};
+
+AdamK make_adam(const AdamConfig& c, long step) {
+  const double lr = c.lr, wd = c.weight_decay, b1 = c.beta1, b2 = c.beta2;
+  const double t = static_cast<double>(step);
+  AdamK k;
+  k.has_decay = c.decoupled && c.weight_decay != 0.f;
+  k.decay = static_cast<float>(1.0 - lr * wd);
+  k.has_wd = !c.decoupled && c.weight_decay != 0.f;
+  k.wd = c.weight_decay;
+  k.w1 = static_cast<float>(1.0 - b1);
+  k.omw1 = 1.f - k.w1;
+  k.lerp_lo = std::fabs(k.w1) < 0.5f;
+  k.b2 = c.beta2;
+  k.omb2 = static_cast<float>(1.0 - b2);
+  const double bc1 = 1.0 - std::pow(b1, t);
+  const double bc2 = 1.0 - std::pow(b2, t);
+  k.step_size = static_cast<float>(lr / bc1);
+  k.bc2s = static_cast<float>(std::sqrt(bc2));
+  k.eps = c.eps;
+  k.ams = c.amsgrad;
+  return k;
+}
+
+// ------------------------------------------------------------ scalar kernels
+
+inline void sgd_elem(float* p, const float* g, float* buf, const SgdK& k) {
+  const float pv = *p;
+  float d = *g;
+  if (k.has_wd) d = d + k.wd * pv;
+  if (k.mom != 0) {
+    const float b = (k.mom == 1) ? d : k.mu * *buf + k.omd * d;
+    *buf = b;
+    d = k.nesterov ? d + k.mu * b : b;
+  }
+  *p = pv - k.lr * d;
+}
+
+inline void adam_elem(float* p, const float* g, float* m, float* v,
+                      float* vmax, const AdamK& k) {
+  float pv = *p;
+  if (k.has_decay) pv = pv * k.decay;
+  float d = *g;
+  if (k.has_wd) d = d + k.wd * pv;
+  const float mo = *m;
+  const float mn = k.lerp_lo ? mo + k.w1 * (d - mo) : d - (d - mo) * k.omw1;
+  const float vn = k.b2 * *v + (k.omb2 * d) * d;
+  *m = mn;
+  *v = vn;
+  float s = vn;
+  if (k.ams) {
+    const float x = *vmax;
+    s = (x > vn) ? x : vn;  // same NaN behaviour as (v)maxps(vmax, v)
+    *vmax = s;
+  }
+  const float den = std::sqrt(s) / k.bc2s + k.eps;
+  *p = pv - (k.step_size * mn) / den;
+}
+
+void sgd_scalar(float* p, const float* g, float* buf, std::size_t n,
+                const SgdK& k) {
+  for (std::size_t i = 0; i < n; ++i)
+    sgd_elem(p + i, g + i, k.mom ? buf + i : nullptr, k);
+}
+
+void adam_scalar(float* p, const float* g, float* m, float* v, float* vmax,
+                 std::size_t n, const AdamK& k) {
+  for (std::size_t i = 0; i < n; ++i)
+    adam_elem(p + i, g + i, m + i, v + i, k.ams ? vmax + i : nullptr, k);
+}
+
+#if CNN_OPTIM_X86
+// --------------------------------------------------------------- AVX2 kernels
+
+#define CNN_AVX2 __attribute__((target("avx2"), always_inline)) inline
+
+CNN_AVX2 __m256i avx2_tail_mask(std::size_t r) {  // first r (< 8) lanes on
+  const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(r)), idx);
+}
+
+template <bool Full>
+CNN_AVX2 __m256 ld8(const float* a, __m256i mk) {
+  if (Full) return _mm256_loadu_ps(a);
+  return _mm256_maskload_ps(a, mk);
+}
+
+template <bool Full>
+CNN_AVX2 void st8(float* a, __m256i mk, __m256 x) {
+  if (Full)
+    _mm256_storeu_ps(a, x);
+  else
+    _mm256_maskstore_ps(a, mk, x);
+}
+
+template <bool Full>
+CNN_AVX2 void sgd8(float* p, const float* g, float* buf, __m256i mk,
+                   const SgdK& k) {
+  const __m256 pv = ld8<Full>(p, mk);
+  __m256 d = ld8<Full>(g, mk);
+  if (k.has_wd) d = _mm256_add_ps(d, _mm256_mul_ps(_mm256_set1_ps(k.wd), pv));
+  if (k.mom != 0) {
+    const __m256 mu = _mm256_set1_ps(k.mu);
+    __m256 b = d;
+    if (k.mom == 2)
+      b = _mm256_add_ps(_mm256_mul_ps(mu, ld8<Full>(buf, mk)),
+                        _mm256_mul_ps(_mm256_set1_ps(k.omd), d));
+    st8<Full>(buf, mk, b);
+    d = k.nesterov ? _mm256_add_ps(d, _mm256_mul_ps(mu, b)) : b;
+  }
+  st8<Full>(p, mk, _mm256_sub_ps(pv, _mm256_mul_ps(_mm256_set1_ps(k.lr), d)));
+}
+
+template <bool Full>
+CNN_AVX2 void adam8(float* p, const float* g, float* m, float* v, float* vmax,
+                    __m256i mk, const AdamK& k) {
+  __m256 pv = ld8<Full>(p, mk);
+  if (k.has_decay) pv = _mm256_mul_ps(pv, _mm256_set1_ps(k.decay));
+  __m256 d = ld8<Full>(g, mk);
+  if (k.has_wd) d = _mm256_add_ps(d, _mm256_mul_ps(_mm256_set1_ps(k.wd), pv));
+  const __m256 mo = ld8<Full>(m, mk);
+  const __m256 dm = _mm256_sub_ps(d, mo);
+  const __m256 mn =
+      k.lerp_lo ? _mm256_add_ps(mo, _mm256_mul_ps(_mm256_set1_ps(k.w1), dm))
+                : _mm256_sub_ps(d, _mm256_mul_ps(dm, _mm256_set1_ps(k.omw1)));
+  const __m256 vn = _mm256_add_ps(
+      _mm256_mul_ps(_mm256_set1_ps(k.b2), ld8<Full>(v, mk)),
+      _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(k.omb2), d), d));
+  st8<Full>(m, mk, mn);
+  st8<Full>(v, mk, vn);
+  __m256 s = vn;
+  if (k.ams) {
+    s = _mm256_max_ps(ld8<Full>(vmax, mk), vn);
+    st8<Full>(vmax, mk, s);
+  }
+  const __m256 den =
+      _mm256_add_ps(_mm256_div_ps(_mm256_sqrt_ps(s), _mm256_set1_ps(k.bc2s)),
+                    _mm256_set1_ps(k.eps));
+  const __m256 upd =
+      _mm256_div_ps(_mm256_mul_ps(_mm256_set1_ps(k.step_size), mn), den);
+  st8<Full>(p, mk, _mm256_sub_ps(pv, upd));
+}
+
+__attribute__((target("avx2"))) void sgd_avx2(float* p, const float* g,
+                                              float* buf, std::size_t n,
+                                              const SgdK& k) {
+  const __m256i all = _mm256_set1_epi32(-1);
+  std::size_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    sgd8<true>(p + i, g + i, k.mom ? buf + i : nullptr, all, k);
+  if (i < n)
+    sgd8<false>(p + i, g + i, k.mom ? buf + i : nullptr, avx2_tail_mask(n - i),
+                k);
+}
+
+__attribute__((target("avx2"))) void adam_avx2(float* p, const float* g,
+                                               float* m, float* v, float* vmax,
+                                               std::size_t n, const AdamK& k) {
+  const __m256i all = _mm256_set1_epi32(-1);
+  std::size_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    adam8<true>(p + i, g + i, m + i, v + i, k.ams ? vmax + i : nullptr, all,
+                k);
+  if (i < n)
+    adam8<false>(p + i, g + i, m + i, v + i, k.ams ? vmax + i : nullptr,
+                 avx2_tail_mask(n - i), k);
+}
+
+#undef CNN_AVX2
+
+// ------------------------------------------------------------ AVX-512 kernels
+
+#define CNN_AVX512 __attribute__((target("avx512f"), always_inline)) inline
+
+CNN_AVX512 __m512 ld16(const float* a, __mmask16 mk) {
+  return _mm512_maskz_loadu_ps(mk, a);
+}
+CNN_AVX512 void st16(float* a, __mmask16 mk, __m512 x) {
+  _mm512_mask_storeu_ps(a, mk, x);
+}
+
+CNN_AVX512 void sgd16(float* p, const float* g, float* buf, __mmask16 mk,
+                      const SgdK& k) {
+  const __m512 pv = ld16(p, mk);
+  __m512 d = ld16(g, mk);
+  if (k.has_wd) d = _mm512_add_ps(d, _mm512_mul_ps(_mm512_set1_ps(k.wd), pv));
+  if (k.mom != 0) {
+    const __m512 mu = _mm512_set1_ps(k.mu);
+    __m512 b = d;
+    if (k.mom == 2)
+      b = _mm512_add_ps(_mm512_mul_ps(mu, ld16(buf, mk)),
+                        _mm512_mul_ps(_mm512_set1_ps(k.omd), d));
+    st16(buf, mk, b);
+    d = k.nesterov ? _mm512_add_ps(d, _mm512_mul_ps(mu, b)) : b;
+  }
+  st16(p, mk, _mm512_sub_ps(pv, _mm512_mul_ps(_mm512_set1_ps(k.lr), d)));
+}
+
+CNN_AVX512 void adam16(float* p, const float* g, float* m, float* v,
+                       float* vmax, __mmask16 mk, const AdamK& k) {
+  __m512 pv = ld16(p, mk);
+  if (k.has_decay) pv = _mm512_mul_ps(pv, _mm512_set1_ps(k.decay));
+  __m512 d = ld16(g, mk);
+  if (k.has_wd) d = _mm512_add_ps(d, _mm512_mul_ps(_mm512_set1_ps(k.wd), pv));
+  const __m512 mo = ld16(m, mk);
+  const __m512 dm = _mm512_sub_ps(d, mo);
+  const __m512 mn =
+      k.lerp_lo ? _mm512_add_ps(mo, _mm512_mul_ps(_mm512_set1_ps(k.w1), dm))
+                : _mm512_sub_ps(d, _mm512_mul_ps(dm, _mm512_set1_ps(k.omw1)));
+  const __m512 vn =
+      _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(k.b2), ld16(v, mk)),
+                    _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(k.omb2), d), d));
+  st16(m, mk, mn);
+  st16(v, mk, vn);
+  __m512 s = vn;
+  if (k.ams) {
+    s = _mm512_max_ps(ld16(vmax, mk), vn);
+    st16(vmax, mk, s);
+  }
+  const __m512 den =
+      _mm512_add_ps(_mm512_div_ps(_mm512_sqrt_ps(s), _mm512_set1_ps(k.bc2s)),
+                    _mm512_set1_ps(k.eps));
+  const __m512 upd =
+      _mm512_div_ps(_mm512_mul_ps(_mm512_set1_ps(k.step_size), mn), den);
+  st16(p, mk, _mm512_sub_ps(pv, upd));
+}
+
+__attribute__((target("avx512f"))) void sgd_avx512(float* p, const float* g,
+                                                   float* buf, std::size_t n,
+                                                   const SgdK& k) {
+  std::size_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    sgd16(p + i, g + i, k.mom ? buf + i : nullptr, __mmask16(0xFFFF), k);
+  if (i < n) {
+    const __mmask16 mk = static_cast<__mmask16>((1u << (n - i)) - 1u);
+    sgd16(p + i, g + i, k.mom ? buf + i : nullptr, mk, k);
+  }
+}
+
+__attribute__((target("avx512f"))) void adam_avx512(float* p, const float* g,
+                                                    float* m, float* v,
+                                                    float* vmax, std::size_t n,
+                                                    const AdamK& k) {
+  std::size_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    adam16(p + i, g + i, m + i, v + i, k.ams ? vmax + i : nullptr,
+           __mmask16(0xFFFF), k);
+  if (i < n) {
+    const __mmask16 mk = static_cast<__mmask16>((1u << (n - i)) - 1u);
+    adam16(p + i, g + i, m + i, v + i, k.ams ? vmax + i : nullptr, mk, k);
+  }
+}
+
+#undef CNN_AVX512
+#endif  // CNN_OPTIM_X86
+
+// ---------------------------------------------------------------- dispatch
+
+using SgdFn = void (*)(float*, const float*, float*, std::size_t, const SgdK&);
+using AdamFn = void (*)(float*, const float*, float*, float*, float*,
+                        std::size_t, const AdamK&);
+
+int detect_best() {
+#if CNN_OPTIM_X86
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f")) return 2;
+  if (__builtin_cpu_supports("avx2")) return 1;
+#endif
+  return 0;
+}
+
+int best_level() {
+  static const int best = detect_best();
+  return best;
+}
+
+std::atomic<int> g_level{-1};  // -1: not chosen yet (use best)
+
+int active_level() {
+  const int l = g_level.load(std::memory_order_relaxed);
+  return l < 0 ? best_level() : l;
+}
+
+SgdFn sgd_kernel() {
+#if CNN_OPTIM_X86
+  switch (active_level()) {
+    case 2: return sgd_avx512;
+    case 1: return sgd_avx2;
+    default: break;
+  }
+#endif
+  return sgd_scalar;
+}
+
+AdamFn adam_kernel() {
+#if CNN_OPTIM_X86
+  switch (active_level()) {
+    case 2: return adam_avx512;
+    case 1: return adam_avx2;
+    default: break;
+  }
+#endif
+  return adam_scalar;
+}
+
+// Calls f(begin, count) over [0, n): one call when small, otherwise OpenMP
+// static schedule over kChunk-sized pieces.
+template <class F>
+void for_chunks(std::size_t n, const F& f) {
+  if (n <= kParallelMin) {
+    f(std::size_t(0), n);
+    return;
+  }
+  const long nchunks = static_cast<long>((n + kChunk - 1) / kChunk);
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if (!omp_in_parallel())
+#endif
+  for (long c = 0; c < nchunks; ++c) {
+    const std::size_t b = static_cast<std::size_t>(c) * kChunk;
+    f(b, std::min(kChunk, n - b));
+  }
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------ public
+
+void sgd_update(float* p, const float* g, float* momentum_buf, std::size_t n,
+                const SGDConfig& c, long step) {
+  check_sgd(p, g, momentum_buf, n, c, step);
+  if (n == 0) return;
+  const SgdK k = make_sgd(c, step);
+  const SgdFn fn = sgd_kernel();
+  for_chunks(n, [&](std::size_t b, std::size_t cnt) {
+    fn(p + b, g + b, k.mom ? momentum_buf + b : nullptr, cnt, k);
+  });
+}
+
+void adam_update(float* p, const float* g, float* m, float* v, float* vmax,
+                 std::size_t n, const AdamConfig& c, long step) {
+  check_adam(p, g, m, v, vmax, n, c, step);
+  if (n == 0) return;
+  const AdamK k = make_adam(c, step);
+  const AdamFn fn = adam_kernel();
+  for_chunks(n, [&](std::size_t b, std::size_t cnt) {
+    fn(p + b, g + b, m + b, v + b, k.ams ? vmax + b : nullptr, cnt, k);
+  });
+}
+
+void sgd_update_ref(double* p, const double* g, double* buf, std::size_t n,
+                    const SGDConfig& c, long step) {
+  check_sgd(p, g, buf, n, c, step);
+  const double lr = c.lr, wd = c.weight_decay, mu = c.momentum,
+               damp = c.dampening;
+  for (std::size_t i = 0; i < n; ++i) {
+    double d = g[i] + wd * p[i];
+    if (mu != 0.0) {
+      buf[i] = (step == 1) ? d : mu * buf[i] + (1.0 - damp) * d;
+      d = c.nesterov ? d + mu * buf[i] : buf[i];
+    }
+    p[i] -= lr * d;
+  }
+}
+
+void adam_update_ref(double* p, const double* g, double* m, double* v,
+                     double* vmax, std::size_t n, const AdamConfig& c,
+                     long step) {
+  check_adam(p, g, m, v, vmax, n, c, step);
+  const double lr = c.lr, wd = c.weight_decay, b1 = c.beta1, b2 = c.beta2,
+               eps = c.eps;
+  const double t = static_cast<double>(step);
+  const double bc1 = 1.0 - std::pow(b1, t);
+  const double bc2 = 1.0 - std::pow(b2, t);
+  for (std::size_t i = 0; i < n; ++i) {
+    double pv = p[i];
+    double d = g[i];
+    if (c.decoupled)
+      pv *= 1.0 - lr * wd;
+    else
+      d += wd * pv;
+    m[i] = b1 * m[i] + (1.0 - b1) * d;
+    v[i] = b2 * v[i] + (1.0 - b2) * d * d;
+    double s = v[i];
+    if (c.amsgrad) {
+      vmax[i] = std::max(vmax[i], v[i]);
+      s = vmax[i];
+    }
+    const double denom = std::sqrt(s) / std::sqrt(bc2) + eps;
+    p[i] = pv - (lr / bc1) * m[i] / denom;
+  }
+}
+
+// -------------------------------------------------------- SIMD level control
+
+OptimSimd optim_simd_level() { return static_cast<OptimSimd>(active_level()); }
+
+OptimSimd optim_best_simd_level() {
+  return static_cast<OptimSimd>(best_level());
+}
+
+OptimSimd optim_set_simd_level(OptimSimd level) {
+  int l = static_cast<int>(level);
+  l = std::max(0, std::min(l, best_level()));
+  g_level.store(l, std::memory_order_relaxed);
+  return static_cast<OptimSimd>(l);
+}
+
+const char* optim_simd_name(OptimSimd level) {
+  switch (level) {
+    case OptimSimd::AVX512: return "avx512f";
+    case OptimSimd::AVX2: return "avx2";
+    case OptimSimd::Scalar: return "scalar";
+  }
+  return "unknown";
+}
+
+}  // namespace cnn

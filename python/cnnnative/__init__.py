@@ -1,0 +1,32 @@
+"""cnnnative: a native CNN engine (C++/oneDNN core, planned memory) with a PyTorch-like API."""
+from __future__ import annotations
+
+import os as _os
+
+
+def _preload_dnnl() -> None:
+    # The RPATH of _core reaches <prefix>/lib in a normal install; editable/in-place builds may not,
+    # so load libdnnl.so.3 from the onednn-cpu-gomp wheel by path before importing _core.
+    import ctypes
+    import sys
+
+    for base in {sys.prefix, sys.base_prefix, _os.path.dirname(_os.path.dirname(sys.executable))}:
+        lib = _os.path.join(base, "lib", "libdnnl.so.3")
+        if _os.path.exists(lib):
+            try:
+                ctypes.CDLL(lib, mode=ctypes.RTLD_GLOBAL)
+            except OSError:
+                pass
+            return
+
+
+try:
+    from . import _core
+except ImportError:  # pragma: no cover - only in editable/in-place layouts
+    _preload_dnnl()
+    from . import _core
+
+from ._core import Error, allocation_count, get_num_threads, set_num_threads
+
+__version__ = "0.1.0"
+__all__ = ["Error", "allocation_count", "get_num_threads", "set_num_threads"]

@@ -1,0 +1,370 @@
+"""Datasets and batching for cnnnative.
+
+Owns the scikit-learn digits loader, the IDX (MNIST / Fashion-MNIST) reader and
+writer, the MNIST directory loaders and the shuffling mini-batch DataLoader.
+"""
+
+import gzip
+import math
+import os
+import zlib
+
+import numpy as np
+
+__all__ = [
+    "load_digits",
+    "read_idx",
+    "write_idx",
+    "load_mnist",
+    "load_mnist_dataset",
+    "DataLoader",
+]
+
+# IDX type code -> big-endian numpy dtype.
+_IDX_TYPES = {
+    0x08: np.dtype(">u1"),
+    0x09: np.dtype(">i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+# (numpy kind, itemsize) -> IDX type code, for the writer.
+_IDX_CODES = {(dt.kind, dt.itemsize): code for code, dt in _IDX_TYPES.items()}
+
+# Deflate cannot expand data by more than ~1032x; anything beyond this is a lie.
+_GZIP_MAX_RATIO = 1100
+_CHUNK = 1 << 20
+
+
+# --------------------------------------------------------------------------
+# normalization / split helpers
+# --------------------------------------------------------------------------
+
+def _normalize(x_train, *others):
+    """Normalize in place with the train mean/std; returns (mean, std)."""
+    mean = float(x_train.mean(dtype=np.float64))
+    std = float(x_train.std(dtype=np.float64))
+    if not std > 1e-12:
+        std = 1.0
+    for arr in (x_train,) + others:
+        arr -= np.float32(mean)
+        arr /= np.float32(std)
+    return mean, std
+
+
+def _stratified_split(y, n_test, rng):
+    """Seeded, per-class proportional split; returns (train_idx, test_idx)."""
+    n = y.shape[0]
+    perm = rng.permutation(n)
+    yp = y[perm]
+    order = np.argsort(yp, kind="stable")  # grouped by class, random within
+    labels = yp[order]
+    counts = np.bincount(labels)
+    starts = np.cumsum(counts) - counts
+    rank = np.arange(n) - starts[labels]
+    frac = (rank + 0.5) / counts[labels]  # position inside its class, in (0,1)
+    pick = np.lexsort((rng.permutation(n), frac))  # random tie-break
+    chosen = perm[order[pick]]
+    test_idx = rng.permutation(chosen[:n_test])
+    train_idx = rng.permutation(chosen[n_test:])
+    return train_idx, test_idx
+
+
+# --------------------------------------------------------------------------
+# scikit-learn digits
+# --------------------------------------------------------------------------
+
+def _bilinear_matrix(out_size, in_size):
+    """(out_size, in_size) bilinear interpolation matrix, half-pixel centers."""
+    pos = (np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5
+    pos = np.clip(pos, 0.0, in_size - 1)
+    lo = np.floor(pos).astype(np.intp)
+    hi = np.minimum(lo + 1, in_size - 1)
+    w = pos - lo
+    rows = np.arange(out_size)
+    a = np.zeros((out_size, in_size), dtype=np.float64)
+    a[rows, lo] = 1.0 - w
+    a[rows, hi] += w
+    return a
+
+
+def _upscale(images, size):
+    """Bilinear resize of (N, h, w) images to (N, size, size): A @ img @ B.T."""
+    a = _bilinear_matrix(size, images.shape[1])
+    b = _bilinear_matrix(size, images.shape[2])
+    return np.matmul(np.matmul(a, images), b.T)
+
+
+def load_digits(size=28, test_fraction=0.2, seed=0, return_stats=False):
+    """scikit-learn 8x8 digits, upscaled to size x size and train-normalized.
+
+    Returns (x_train, y_train, x_test, y_test); with return_stats=True also
+    the (mean, std) used for normalization as a fifth element.
+    """
+    if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1:
+        raise ValueError(f"size must be a positive integer, got {size!r}")
+    test_fraction = float(test_fraction)
+    if not 0.2 <= test_fraction < 1.0:
+        raise ValueError(
+            f"test_fraction must be in [0.2, 1), got {test_fraction} "
+            "(at least 20% of the data is held out for testing)")
+    try:
+        from sklearn.datasets import load_digits as _sk_load_digits
+    except ImportError as exc:
+        raise ImportError(
+            "cnnnative.data.load_digits needs scikit-learn for its bundled "
+            "digits dataset: pip install scikit-learn") from exc
+
+    bunch = _sk_load_digits()
+    images = np.asarray(bunch.images, dtype=np.float64) / 16.0
+    y = np.asarray(bunch.target, dtype=np.int32)
+    x = _upscale(images, int(size)).astype(np.float32)[:, None, :, :]
+
+    n = y.shape[0]
+    n_test = int(math.ceil(n * test_fraction - 1e-9))
+    if n_test >= n:
+        raise ValueError(
+            f"test_fraction={test_fraction} leaves no training samples "
+            f"out of {n}")
+    rng = np.random.default_rng(seed)
+    train_idx, test_idx = _stratified_split(y, n_test, rng)
+
+    x_train = np.ascontiguousarray(x[train_idx])
+    x_test = np.ascontiguousarray(x[test_idx])
+    y_train = np.ascontiguousarray(y[train_idx])
+    y_test = np.ascontiguousarray(y[test_idx])
+    stats = _normalize(x_train, x_test)
+    out = (x_train, y_train, x_test, y_test)
+    return out + (stats,) if return_stats else out
+
+
+# --------------------------------------------------------------------------
+# IDX files
+# --------------------------------------------------------------------------
+
+def _read_exact(f, n, path, what):
+    data = f.read(n)
+    if len(data) != n:
+        raise ValueError(
+            f"{path}: truncated {what}: expected {n} bytes, got {len(data)}")
+    return data
+
+
+def _read_gz_payload(f, nbytes, path):
+    """Read exactly nbytes from a gzip stream in bounded chunks."""
+    buf = bytearray()
+    while len(buf) < nbytes:
+        chunk = f.read(min(_CHUNK, nbytes - len(buf)))
+        if not chunk:
+            break
+        buf += chunk
+    if len(buf) != nbytes:
+        raise ValueError(
+            f"{path}: truncated data: expected {nbytes} bytes, got {len(buf)}")
+    extra = f.read(_CHUNK)
+    if extra:
+        more = len(extra)
+        while True:
+            chunk = f.read(_CHUNK)
+            if not chunk:
+                break
+            more += len(chunk)
+        raise ValueError(
+            f"{path}: trailing garbage: {more} extra bytes after the "
+            f"{nbytes} data bytes")
+    return bytes(buf)
+
+
+def read_idx(path):
+    """Read an IDX file (optionally gzip-compressed) into a numpy array."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(2, f"IDX file not found: {path}", path)
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: not a regular file")
+    file_size = os.path.getsize(path)
+
+    with open(path, "rb") as raw:
+        is_gz = raw.read(2) == b"\x1f\x8b"
+    if not is_gz:
+        with open(path, "rb") as f:
+            return _parse_idx(f, path, file_size, False)
+    try:
+        with gzip.open(path, "rb") as f:
+            return _parse_idx(f, path, file_size, True)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise ValueError(f"{path}: corrupt gzip stream ({exc})") from exc
+
+
+def _parse_idx(f, path, file_size, is_gz):
+    magic = _read_exact(f, 4, path, "header")
+    if magic[0] != 0 or magic[1] != 0:
+        raise ValueError(
+            f"{path}: bad magic 0x{magic.hex()}: IDX files start with two "
+            "zero bytes")
+    code, ndim = magic[2], magic[3]
+    if code not in _IDX_TYPES:
+        raise ValueError(
+            f"{path}: unknown IDX type code 0x{code:02X} (magic 0x{magic.hex()})")
+    if ndim == 0:
+        raise ValueError(f"{path}: IDX header declares 0 dimensions")
+    dtype = _IDX_TYPES[code]
+    dims = tuple(int(d) for d in np.frombuffer(
+        _read_exact(f, 4 * ndim, path, "dimension header"), dtype=">u4"))
+    header_len = 4 + 4 * ndim
+    count = math.prod(dims)
+    nbytes = count * dtype.itemsize
+
+    if is_gz:
+        limit = file_size * _GZIP_MAX_RATIO
+        if nbytes > limit:
+            raise ValueError(
+                f"{path}: header dims {dims} claim {nbytes} data bytes, more "
+                f"than a {file_size}-byte gzip file can hold (corrupt header?)")
+        data = np.frombuffer(_read_gz_payload(f, nbytes, path), dtype=dtype)
+    else:
+        available = file_size - header_len
+        if nbytes > available:
+            raise ValueError(
+                f"{path}: truncated data or absurd header dims {dims}: "
+                f"expected {nbytes} bytes, got {available}")
+        if nbytes < available:
+            raise ValueError(
+                f"{path}: trailing garbage: {available - nbytes} extra bytes "
+                f"after the {nbytes} data bytes")
+        data = np.fromfile(f, dtype=dtype, count=count)
+        if data.size != count:
+            raise ValueError(
+                f"{path}: truncated data: expected {nbytes} bytes, got "
+                f"{data.size * dtype.itemsize}")
+    return data.astype(dtype.newbyteorder("="), copy=True).reshape(dims)
+
+
+def write_idx(path, array):
+    """Write array as an IDX file; gzip-compressed when path ends in .gz."""
+    path = os.fspath(path)
+    arr = np.asarray(array)
+    code = _IDX_CODES.get((arr.dtype.kind, arr.dtype.itemsize))
+    if code is None:
+        raise ValueError(
+            f"write_idx: unsupported dtype {arr.dtype} (use uint8, int8, "
+            "int16, int32, float32 or float64)")
+    if not 1 <= arr.ndim <= 255:
+        raise ValueError(f"write_idx: ndim must be in 1..255, got {arr.ndim}")
+    if any(d >= 2 ** 32 for d in arr.shape):
+        raise ValueError(f"write_idx: dimension too large in {arr.shape}")
+    header = bytes([0, 0, code, arr.ndim]) + np.asarray(
+        arr.shape, dtype=">u4").tobytes()
+    payload = np.ascontiguousarray(arr, dtype=_IDX_TYPES[code]).tobytes()
+    if path.endswith(".gz"):
+        with open(path, "wb") as raw, gzip.GzipFile(
+                fileobj=raw, mode="wb", mtime=0) as f:
+            f.write(header)
+            f.write(payload)
+    else:
+        with open(path, "wb") as f:
+            f.write(header)
+            f.write(payload)
+
+
+# --------------------------------------------------------------------------
+# MNIST-style directories
+# --------------------------------------------------------------------------
+
+def _find_idx(directory, name):
+    for candidate in (name, name + ".gz"):
+        full = os.path.join(directory, candidate)
+        if os.path.isfile(full):
+            return full
+    raise FileNotFoundError(
+        2, f"neither {name} nor {name}.gz found in {directory}",
+        os.path.join(directory, name))
+
+
+def load_mnist(path, kind="train"):
+    """Load {kind}-images/labels from an MNIST-layout directory.
+
+    Returns x float32 (N, 1, H, W) in [0, 1] and y int32 (N,).
+    """
+    if kind not in ("train", "t10k"):
+        raise ValueError(f"kind must be 'train' or 't10k', got {kind!r}")
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(2, f"MNIST directory not found: {path}", path)
+    img_path = _find_idx(path, f"{kind}-images-idx3-ubyte")
+    lbl_path = _find_idx(path, f"{kind}-labels-idx1-ubyte")
+    images = read_idx(img_path)
+    labels = read_idx(lbl_path)
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise ValueError(
+            f"{img_path}: expected a 3-D uint8 image array, got "
+            f"{images.ndim}-D {images.dtype}")
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise ValueError(
+            f"{lbl_path}: expected a 1-D integer label array, got "
+            f"{labels.ndim}-D {labels.dtype}")
+    if images.shape[0] != labels.shape[0]:
+        raise ValueError(
+            f"count mismatch: {img_path} has {images.shape[0]} images but "
+            f"{lbl_path} has {labels.shape[0]} labels")
+    x = images.astype(np.float32)[:, None, :, :]
+    x *= np.float32(1.0 / 255.0)
+    return np.ascontiguousarray(x), labels.astype(np.int32)
+
+
+def load_mnist_dataset(path, seed=0, return_stats=False):
+    """Train and t10k splits, normalized with the train mean/std.
+
+    The seed shuffles the order of the training set. Returns
+    (x_train, y_train, x_test, y_test), plus (mean, std) if return_stats.
+    """
+    x_train, y_train = load_mnist(path, "train")
+    x_test, y_test = load_mnist(path, "t10k")
+    perm = np.random.default_rng(seed).permutation(x_train.shape[0])
+    x_train = np.ascontiguousarray(x_train[perm])
+    y_train = np.ascontiguousarray(y_train[perm])
+    stats = _normalize(x_train, x_test)
+    out = (x_train, y_train, x_test, y_test)
+    return out + (stats,) if return_stats else out
+
+
+# --------------------------------------------------------------------------
+# batching
+# --------------------------------------------------------------------------
+
+class DataLoader:
+    """Mini-batch iterator; each iter() is one epoch with a fresh permutation."""
+
+    def __init__(self, x, y, batch_size, shuffle=True, seed=0, drop_last=False):
+        x = np.asarray(x, dtype=np.float32)
+        y = np.asarray(y)
+        if x.ndim < 1 or y.ndim < 1:
+            raise ValueError("x and y must be arrays with a leading sample axis")
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(
+                f"x has {x.shape[0]} samples but y has {y.shape[0]}")
+        if (isinstance(batch_size, bool)
+                or not isinstance(batch_size, (int, np.integer))
+                or batch_size < 1):
+            raise ValueError(
+                f"batch_size must be a positive integer, got {batch_size!r}")
+        self.x = x
+        self.y = y.astype(np.int32, copy=False)
+        self.batch_size = int(batch_size)
+        self.shuffle = bool(shuffle)
+        self.drop_last = bool(drop_last)
+        self._rng = np.random.default_rng(seed)
+
+    def __len__(self):
+        n, bs = self.x.shape[0], self.batch_size
+        return n // bs if self.drop_last else -(-n // bs)
+
+    def __iter__(self):
+        n = self.x.shape[0]
+        order = self._rng.permutation(n) if self.shuffle else np.arange(n)
+        bs = self.batch_size
+        for b in range(len(self)):
+            idx = order[b * bs:(b + 1) * bs]
+            yield (np.ascontiguousarray(self.x[idx]),
+                   np.ascontiguousarray(self.y[idx]))
