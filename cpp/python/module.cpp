@@ -108,7 +108,10 @@ class PySession {
       a = py::reinterpret_borrow<py::array>(obj);
     } else {
       a = py::array::ensure(obj);
-      if (!a) throw Error("input '" + f.name + "': expected a numpy array");
+      char k = a ? a.dtype().kind() : '?';
+      if (!a || !(k == 'f' || k == 'i' || k == 'u' || k == 'b'))
+        throw Error("input '" + f.name + "': expected a numpy array of shape " + shape_str(f.desc.shape) + " " + dtype_name(want) +
+                    ", got " + std::string(py::str(py::type::of(obj).attr("__name__"))));
     }
     Shape got(a.shape(), a.shape() + a.ndim());
     if (got != f.desc.shape)

@@ -1,19 +1,21 @@
-// cnnnative — tests for the optimizer update kernels (cpp/tests/test_optim.cpp)
+// cnnnative — optimizer update kernel tests (cpp/tests/test_optim.cpp)
 //
 // Owns: a standalone check of cpu/optim.{hpp,cpp}. Promises: exits 0 only if
 //  * for every config variant (SGD plain / momentum / dampening / nesterov /
 //    weight decay; Adam / Adam+wd / AdamW / AMSGrad (+wd)) and sizes
 //    1, 17, 1000, 100003, several steps of the float kernel track the double
-//    reference (relative error < 1e-5 with a small magnitude floor), and each
+//    reference (relative error < 1e-5, with a floor of 0.1 * rms of the
+//    array so that values near zero are judged against their operands' scale
+//    — float rounding of the operands is ~6e-8 of that scale), and each
 //    single float step, started from the same state, matches a double step
 //    to within 1e-5 of the update size plus float rounding of the result;
-//  * every SIMD level the CPU supports gives the same results as the scalar
-//    path (bit-identical expected when FP contraction is off; a 1e-6
-//    relative agreement is what is required);
+//  * every SIMD level the CPU supports gives bit-identical results to the
+//    scalar path (only 1e-6 relative agreement under -ffast-math);
 //  * results do not depend on the OpenMP thread count (bitwise);
 //  * hand-computed values hold and invalid arguments throw.
-// Build: g++ -std=c++17 -O2 -fopenmp -Icpp/src cpp/src/cpu/optim.cpp \
-//        cpp/tests/test_optim.cpp -o /tmp/to && /tmp/to
+// Build (from the repository root):
+//   g++ -std=c++17 -O2 -fopenmp -Icpp/src cpp/src/cpu/optim.cpp
+//       cpp/tests/test_optim.cpp -o /tmp/to && /tmp/to
 #include "cpu/optim.hpp"
 
 #include <algorithm>
@@ -31,6 +33,12 @@
 #endif
 
 using namespace cnn;
+
+#ifdef __FAST_MATH__
+static constexpr bool kExpectBitwise = false;
+#else
+static constexpr bool kExpectBitwise = true;
+#endif
 
 static int g_fail = 0;
 static int g_checks = 0;
@@ -63,9 +71,10 @@ static double rms(const std::vector<double>& x) {
   return x.empty() ? 0.0 : std::sqrt(s / double(x.size()));
 }
 
-// max over i of |a-b| / (|b| + floor), floor = 1e-3 * rms(b) (+ tiny).
-static double max_rel(const std::vector<float>& a, const std::vector<double>& b) {
-  const double floor = 1e-3 * rms(b) + 1e-30;
+// max over i of |a-b| / (|b| + floor), floor = 0.1 * rms(b) (+ tiny).
+static double max_rel(const std::vector<float>& a,
+                      const std::vector<double>& b) {
+  const double floor = 0.1 * rms(b) + 1e-30;
   double worst = 0;
   for (std::size_t i = 0; i < a.size(); ++i) {
     const double e = std::fabs(double(a[i]) - b[i]) / (std::fabs(b[i]) + floor);
@@ -74,15 +83,22 @@ static double max_rel(const std::vector<float>& a, const std::vector<double>& b)
   return worst;
 }
 
-// Single-step check: float result pf vs double result pd from the same start
-// p0: |pf-pd| <= 1e-5*|pd-p0| + 2^-23*|pd| + tiny (one float rounding of p).
+// Single-step check: float result pf vs double result pd, both from the same
+// start p0 (and the same state). With u = pd - p0 the exact update:
+// |pf - pd| <= 1e-5 * (|u| + 0.1 * rms(u)) + 2^-22 * |pd|. The last term is
+// four half-ulps of p: the final rounding of p, and for AdamW the rounding of
+// the float decay factor and of p * decay. The rms floor covers elements
+// whose update cancels to near zero.
 static double max_step_excess(const std::vector<float>& pf,
                               const std::vector<double>& pd,
                               const std::vector<double>& p0) {
+  std::vector<double> u(pd.size());
+  for (std::size_t i = 0; i < pd.size(); ++i) u[i] = pd[i] - p0[i];
+  const double floor = 0.1 * rms(u);
   double worst = 0;
   for (std::size_t i = 0; i < pf.size(); ++i) {
-    const double allowed = 1e-5 * std::fabs(pd[i] - p0[i]) +
-                           std::ldexp(std::fabs(pd[i]), -23) + 1e-30;
+    const double allowed = 1e-5 * (std::fabs(u[i]) + floor) +
+                           std::ldexp(std::fabs(pd[i]), -22) + 1e-30;
     const double e = std::fabs(double(pf[i]) - pd[i]) / allowed;
     if (!(e <= worst)) worst = e;
   }
@@ -157,12 +173,15 @@ static void test_sgd_variant(const char* name, const SGDConfig& c) {
     for (int l = 1; l <= int(best); ++l) {
       optim_set_simd_level(OptimSimd(l));
       const SgdState s = run_sgd_float(p0, grads, c);
-      const double e = std::max(max_rel_ff(s.p, ref.p), max_rel_ff(s.buf, ref.buf));
+      const double e =
+          std::max(max_rel_ff(s.p, ref.p), max_rel_ff(s.buf, ref.buf));
       CHECK(e < 1e-6, "SGD %s n=%zu %s vs scalar rel %.3g", name, n,
             optim_simd_name(OptimSimd(l)), e);
-      if (!bitwise_equal(s.p, ref.p))
-        std::printf("  note: SGD %s n=%zu %s not bitwise equal to scalar\n",
-                    name, n, optim_simd_name(OptimSimd(l)));
+      CHECK(kExpectBitwise ? bitwise_equal(s.p, ref.p) &&
+                                 bitwise_equal(s.buf, ref.buf)
+                           : true,
+            "SGD %s n=%zu %s not bitwise equal to scalar", name, n,
+            optim_simd_name(OptimSimd(l)));
     }
     optim_set_simd_level(best);
   }
@@ -237,9 +256,13 @@ static void test_adam_variant(const char* name, const AdamConfig& c) {
                                max_rel_ff(s.vmax, ref.vmax)));
       CHECK(e < 1e-6, "Adam %s n=%zu %s vs scalar rel %.3g", name, n,
             optim_simd_name(OptimSimd(l)), e);
-      if (!bitwise_equal(s.p, ref.p))
-        std::printf("  note: Adam %s n=%zu %s not bitwise equal to scalar\n",
-                    name, n, optim_simd_name(OptimSimd(l)));
+      CHECK(kExpectBitwise ? bitwise_equal(s.p, ref.p) &&
+                                 bitwise_equal(s.m, ref.m) &&
+                                 bitwise_equal(s.v, ref.v) &&
+                                 bitwise_equal(s.vmax, ref.vmax)
+                           : true,
+            "Adam %s n=%zu %s not bitwise equal to scalar", name, n,
+            optim_simd_name(OptimSimd(l)));
     }
     optim_set_simd_level(best);
   }
@@ -272,14 +295,17 @@ static void test_hand_values() {
     mom.momentum = 0.9f;
     mom.dampening = 0.5f;
     std::mt19937 rng(5);
-    const std::vector<float> p0 = randn(1000, rng, 1.f), g = randn(1000, rng, 1.f);
+    const std::vector<float> p0 = randn(1000, rng, 1.f);
+    const std::vector<float> g = randn(1000, rng, 1.f);
     std::vector<float> pa = p0, pb = p0, buf(1000, 123.f);
     sgd_update(pa.data(), g.data(), nullptr, 1000, plain, 1);
     sgd_update(pb.data(), g.data(), buf.data(), 1000, mom, 1);
     CHECK(bitwise_equal(pa, pb), "first momentum step != plain step");
     bool buf_ok = true;
-    for (int i = 0; i < 1000; ++i)
-      buf_ok = buf_ok && buf[i] == g[i] + 0.01f * p0[i];
+    for (int i = 0; i < 1000; ++i) {
+      const double want = double(g[i]) + double(0.01f) * double(p0[i]);
+      buf_ok = buf_ok && near(buf[i], want, 1e-6 * (std::fabs(want) + 1.0));
+    }
     CHECK(buf_ok, "first momentum step: buf != g + wd*p");
   }
   {  // momentum 0.9, lr 0.1, g = 1 twice: p = 0.9, then buf 1.9, p = 0.71
@@ -319,8 +345,11 @@ static void test_hand_values() {
     CHECK(near(p[0], 1.0 - 1e-3, 1e-6), "adam1 p0=%.9g", p[0]);
     CHECK(near(p[1], 1.0 + 1e-3, 1e-6), "adam1 p1=%.9g", p[1]);
     CHECK(near(p[2], -2.0 - 1e-3, 1e-6), "adam1 p2=%.9g", p[2]);
-    CHECK(near(m[0], 0.1 * 0.3, 1e-8) && near(v[0], 0.001 * 0.09, 1e-9),
-          "adam1 m=%.9g v=%.9g", m[0], v[0]);
+    // m = (1-b1)*g, v = (1-b2)*g^2 with the float-rounded betas
+    const double wm = (1.0 - double(0.9f)) * double(0.3f);
+    const double wv = (1.0 - double(0.999f)) * double(0.3f) * double(0.3f);
+    CHECK(near(m[0], wm, 1e-6 * wm) && near(v[0], wv, 1e-6 * wv),
+          "adam1 m=%.9g (%.9g) v=%.9g (%.9g)", m[0], wm, v[0], wv);
   }
   {  // AdamW with g = 0: only the decay acts: 2*(1 - 1e-3*0.1) = 1.9998
     AdamConfig c;
@@ -379,9 +408,11 @@ static void test_invalid() {
   CHECK(!sgd(c, nullptr, 1), "valid plain SGD threw");
   c.lr = -0.1f;
   CHECK(sgd(c, nullptr, 1), "negative lr");
+#ifndef __FAST_MATH__  // -ffast-math assumes NaN never occurs
   c = SGDConfig();
   c.lr = NAN;
   CHECK(sgd(c, nullptr, 1), "NaN lr");
+#endif
   c = SGDConfig();
   c.momentum = -0.5f;
   CHECK(sgd(c, &b, 1), "negative momentum");

@@ -30,3 +30,10 @@ from ._core import Error, allocation_count, get_num_threads, set_num_threads
 
 __version__ = "0.1.0"
 __all__ = ["Error", "allocation_count", "get_num_threads", "set_num_threads"]
+
+from . import data, models, nn, optim  # noqa: E402
+from .nn import manual_seed  # noqa: E402
+from .session import Session  # noqa: E402
+from .train import load_checkpoint, save_checkpoint  # noqa: E402
+
+__all__ += ["data", "models", "nn", "optim", "manual_seed", "Session", "load_checkpoint", "save_checkpoint"]

@@ -155,7 +155,7 @@ void Graph::set_outputs(const std::vector<int>& outs) {
 
 std::vector<int> GradCtx::emit(const std::string& op, const std::vector<int>& inputs, const Attrs& attrs,
                                const std::string& suffix) {
-  std::string name = g_.nodes[node_].name + "/" + suffix;
+  std::string name = fwd_.name + "/" + suffix;
   return g_.add_node(op, inputs, attrs, name);
 }
 

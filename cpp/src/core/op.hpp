@@ -73,8 +73,10 @@ std::string descs_str(const std::vector<TensorDesc>& d);
 class GradCtx {
  public:
   GradCtx(Graph& g, int node_index, std::vector<int> dys, std::vector<bool> need_dx)
-      : g_(g), node_(node_index), dys_(std::move(dys)), need_dx_(std::move(need_dx)), dx_(need_dx_.size(), -1) {}
-  const Node& node() const { return g_.nodes[node_]; }
+      : g_(g), node_(node_index), fwd_(g.nodes[node_index]), dys_(std::move(dys)), need_dx_(std::move(need_dx)),
+        dx_(need_dx_.size(), -1) {}
+  // A copy of the forward node: emit() may reallocate the graph's node list.
+  const Node& node() const { return fwd_; }
   int input(int i) const { return node().inputs[i]; }
   int output(int i) const { return node().outputs[i]; }
   const TensorDesc& desc(int value) const { return g_.values[value].desc; }
@@ -89,6 +91,7 @@ class GradCtx {
  private:
   Graph& g_;
   int node_;
+  Node fwd_;
   std::vector<int> dys_;
   std::vector<bool> need_dx_;
   std::vector<int> dx_;
@@ -109,8 +112,11 @@ struct RefArgs {
 };
 
 // Wraps `Fn<T>::run(RefArgs<T>)` for T = float and double into a kernel factory.
+// `static`: op files name their kernels alike (FwdRef, ...) in anonymous namespaces, and GCC does not
+// give internal linkage to a template instantiated with such a *template* template argument, so without
+// it the linker merges different ops' instantiations.
 template <template <class> class Fn>
-KernelFactory ref_kernel() {
+static KernelFactory ref_kernel() {
   struct K : Kernel {
     KernelCtx ctx;
     explicit K(const KernelCtx& c) : ctx(c) {}

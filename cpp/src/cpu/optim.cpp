@@ -5,22 +5,26 @@
 // validation, OpenMP chunking and the run-time SIMD dispatch.
 //
 // Promises (see optim.hpp for the math):
-//  * Same arithmetic, in the same order, as torch.optim's single-tensor float
-//    path: scalar coefficients in double rounded once to float; element math
-//    in float; Adam's m update as PyTorch's lerp (m + w*(d-m) for |w| < 0.5,
+//  * Follows torch.optim's single-tensor float path operation by operation:
+//    scalar coefficients in double rounded once to float; element math in
+//    float; Adam's m update as PyTorch's lerp (m + w*(d-m) for |w| < 0.5,
 //    d - (d-m)*(1-w) otherwise), v = b2*v + ((1-b2)*d)*d, and
-//    p += (-step_size*m) / (sqrt(v)/sqrt(bc2) + eps).
+//    p += (-step_size*m) / (sqrt(v)/sqrt(bc2) + eps). PyTorch's CPU kernels
+//    may fuse some of these into FMAs, so results agree to a few ulp, not
+//    bitwise.
 //  * Vectorization: hand-written AVX-512F and AVX2 kernels compiled with
 //    function-level target attributes (the translation unit itself needs no
 //    -m flags and runs on any x86-64), chosen once via __builtin_cpu_supports;
 //    scalar fallback everywhere else (and on non-x86 builds). Vector kernels
-//    use separate mul/add (no FMA) and masked loads/stores for the tail so all
-//    paths round identically when the compiler does not contract mul+add.
+//    use masked loads/stores for the tail (no scalar remainder loop) and
+//    separate, contraction-proof mul and add (no FMA), so the scalar, AVX2 and
+//    AVX-512 paths give bit-identical results (barring -ffast-math).
 //  * Parallelism: OpenMP static schedule over 16Ki-float chunks when
 //    n > 1<<15 and not already inside a parallel region; elements are
 //    independent, so results do not depend on the thread count.
-//  * No heap allocation; validation throws std::invalid_argument before any
-//    buffer is written.
+//  * No heap allocation on the update path (only the error message of a
+//    rejected call allocates); validation throws std::invalid_argument before
+//    any buffer is written.
 #include "cpu/optim.hpp"
 
 #include <algorithm>
@@ -147,16 +151,32 @@ AdamK make_adam(const AdamConfig& c, long step) {
 
 // ------------------------------------------------------------ scalar kernels
 
+// Products that feed an add/sub go through mulf / mul8 / mul16: an empty asm
+// makes the product opaque so the compiler cannot contract it into an FMA
+// (GCC contracts by default in C++, also inside intrinsics). Every path then
+// rounds each product and sum separately, in the same order, which keeps the
+// scalar, AVX2 and AVX-512 results bit-identical. FMA would buy nothing here:
+// these loops are bound by memory bandwidth.
+#if CNN_OPTIM_X86 && defined(__FMA__)
+inline float mulf(float a, float b) {
+  float r = a * b;
+  __asm__("" : "+x"(r));
+  return r;
+}
+#else
+inline float mulf(float a, float b) { return a * b; }  // no FMA to contract to
+#endif
+
 inline void sgd_elem(float* p, const float* g, float* buf, const SgdK& k) {
   const float pv = *p;
   float d = *g;
-  if (k.has_wd) d = d + k.wd * pv;
+  if (k.has_wd) d = d + mulf(k.wd, pv);
   if (k.mom != 0) {
-    const float b = (k.mom == 1) ? d : k.mu * *buf + k.omd * d;
+    const float b = (k.mom == 1) ? d : mulf(k.mu, *buf) + mulf(k.omd, d);
     *buf = b;
-    d = k.nesterov ? d + k.mu * b : b;
+    d = k.nesterov ? d + mulf(k.mu, b) : b;
   }
-  *p = pv - k.lr * d;
+  *p = pv - mulf(k.lr, d);
 }
 
 inline void adam_elem(float* p, const float* g, float* m, float* v,
@@ -164,10 +184,11 @@ inline void adam_elem(float* p, const float* g, float* m, float* v,
   float pv = *p;
   if (k.has_decay) pv = pv * k.decay;
   float d = *g;
-  if (k.has_wd) d = d + k.wd * pv;
+  if (k.has_wd) d = d + mulf(k.wd, pv);
   const float mo = *m;
-  const float mn = k.lerp_lo ? mo + k.w1 * (d - mo) : d - (d - mo) * k.omw1;
-  const float vn = k.b2 * *v + (k.omb2 * d) * d;
+  const float mn =
+      k.lerp_lo ? mo + mulf(k.w1, d - mo) : d - mulf(d - mo, k.omw1);
+  const float vn = mulf(k.b2, *v) + mulf(k.omb2 * d, d);
   *m = mn;
   *v = vn;
   float s = vn;
@@ -202,6 +223,12 @@ CNN_AVX2 __m256i avx2_tail_mask(std::size_t r) {  // first r (< 8) lanes on
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(r)), idx);
 }
 
+CNN_AVX2 __m256 mul8(__m256 a, __m256 b) {  // unfusable product, see mulf
+  __m256 r = _mm256_mul_ps(a, b);
+  __asm__("" : "+x"(r));
+  return r;
+}
+
 template <bool Full>
 CNN_AVX2 __m256 ld8(const float* a, __m256i mk) {
   if (Full) return _mm256_loadu_ps(a);
@@ -221,34 +248,34 @@ CNN_AVX2 void sgd8(float* p, const float* g, float* buf, __m256i mk,
                    const SgdK& k) {
   const __m256 pv = ld8<Full>(p, mk);
   __m256 d = ld8<Full>(g, mk);
-  if (k.has_wd) d = _mm256_add_ps(d, _mm256_mul_ps(_mm256_set1_ps(k.wd), pv));
+  if (k.has_wd) d = _mm256_add_ps(d, mul8(_mm256_set1_ps(k.wd), pv));
   if (k.mom != 0) {
     const __m256 mu = _mm256_set1_ps(k.mu);
     __m256 b = d;
     if (k.mom == 2)
-      b = _mm256_add_ps(_mm256_mul_ps(mu, ld8<Full>(buf, mk)),
-                        _mm256_mul_ps(_mm256_set1_ps(k.omd), d));
+      b = _mm256_add_ps(mul8(mu, ld8<Full>(buf, mk)),
+                        mul8(_mm256_set1_ps(k.omd), d));
     st8<Full>(buf, mk, b);
-    d = k.nesterov ? _mm256_add_ps(d, _mm256_mul_ps(mu, b)) : b;
+    d = k.nesterov ? _mm256_add_ps(d, mul8(mu, b)) : b;
   }
-  st8<Full>(p, mk, _mm256_sub_ps(pv, _mm256_mul_ps(_mm256_set1_ps(k.lr), d)));
+  st8<Full>(p, mk, _mm256_sub_ps(pv, mul8(_mm256_set1_ps(k.lr), d)));
 }
 
 template <bool Full>
 CNN_AVX2 void adam8(float* p, const float* g, float* m, float* v, float* vmax,
                     __m256i mk, const AdamK& k) {
   __m256 pv = ld8<Full>(p, mk);
-  if (k.has_decay) pv = _mm256_mul_ps(pv, _mm256_set1_ps(k.decay));
+  if (k.has_decay) pv = mul8(pv, _mm256_set1_ps(k.decay));
   __m256 d = ld8<Full>(g, mk);
-  if (k.has_wd) d = _mm256_add_ps(d, _mm256_mul_ps(_mm256_set1_ps(k.wd), pv));
+  if (k.has_wd) d = _mm256_add_ps(d, mul8(_mm256_set1_ps(k.wd), pv));
   const __m256 mo = ld8<Full>(m, mk);
   const __m256 dm = _mm256_sub_ps(d, mo);
   const __m256 mn =
-      k.lerp_lo ? _mm256_add_ps(mo, _mm256_mul_ps(_mm256_set1_ps(k.w1), dm))
-                : _mm256_sub_ps(d, _mm256_mul_ps(dm, _mm256_set1_ps(k.omw1)));
+      k.lerp_lo ? _mm256_add_ps(mo, mul8(_mm256_set1_ps(k.w1), dm))
+                : _mm256_sub_ps(d, mul8(dm, _mm256_set1_ps(k.omw1)));
   const __m256 vn = _mm256_add_ps(
-      _mm256_mul_ps(_mm256_set1_ps(k.b2), ld8<Full>(v, mk)),
-      _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(k.omb2), d), d));
+      mul8(_mm256_set1_ps(k.b2), ld8<Full>(v, mk)),
+      mul8(mul8(_mm256_set1_ps(k.omb2), d), d));
   st8<Full>(m, mk, mn);
   st8<Full>(v, mk, vn);
   __m256 s = vn;
@@ -260,13 +287,14 @@ CNN_AVX2 void adam8(float* p, const float* g, float* m, float* v, float* vmax,
       _mm256_add_ps(_mm256_div_ps(_mm256_sqrt_ps(s), _mm256_set1_ps(k.bc2s)),
                     _mm256_set1_ps(k.eps));
   const __m256 upd =
-      _mm256_div_ps(_mm256_mul_ps(_mm256_set1_ps(k.step_size), mn), den);
+      _mm256_div_ps(mul8(_mm256_set1_ps(k.step_size), mn), den);
   st8<Full>(p, mk, _mm256_sub_ps(pv, upd));
 }
 
 __attribute__((target("avx2"))) void sgd_avx2(float* p, const float* g,
                                               float* buf, std::size_t n,
-                                              const SgdK& k) {
+                                              const SgdK& kref) {
+  const SgdK k = kref;  // local copy: stores through p cannot alias it
   const __m256i all = _mm256_set1_epi32(-1);
   std::size_t i = 0;
   for (; i + 8 <= n; i += 8)
@@ -278,7 +306,9 @@ __attribute__((target("avx2"))) void sgd_avx2(float* p, const float* g,
 
 __attribute__((target("avx2"))) void adam_avx2(float* p, const float* g,
                                                float* m, float* v, float* vmax,
-                                               std::size_t n, const AdamK& k) {
+                                               std::size_t n,
+                                               const AdamK& kref) {
+  const AdamK k = kref;  // local copy: stores through p cannot alias it
   const __m256i all = _mm256_set1_epi32(-1);
   std::size_t i = 0;
   for (; i + 8 <= n; i += 8)
@@ -295,6 +325,12 @@ __attribute__((target("avx2"))) void adam_avx2(float* p, const float* g,
 
 #define CNN_AVX512 __attribute__((target("avx512f"), always_inline)) inline
 
+CNN_AVX512 __m512 mul16(__m512 a, __m512 b) {  // unfusable product, see mulf
+  __m512 r = _mm512_mul_ps(a, b);
+  __asm__("" : "+v"(r));
+  return r;
+}
+
 CNN_AVX512 __m512 ld16(const float* a, __mmask16 mk) {
   return _mm512_maskz_loadu_ps(mk, a);
 }
@@ -306,51 +342,52 @@ CNN_AVX512 void sgd16(float* p, const float* g, float* buf, __mmask16 mk,
                       const SgdK& k) {
   const __m512 pv = ld16(p, mk);
   __m512 d = ld16(g, mk);
-  if (k.has_wd) d = _mm512_add_ps(d, _mm512_mul_ps(_mm512_set1_ps(k.wd), pv));
+  if (k.has_wd) d = _mm512_add_ps(d, mul16(_mm512_set1_ps(k.wd), pv));
   if (k.mom != 0) {
     const __m512 mu = _mm512_set1_ps(k.mu);
     __m512 b = d;
     if (k.mom == 2)
-      b = _mm512_add_ps(_mm512_mul_ps(mu, ld16(buf, mk)),
-                        _mm512_mul_ps(_mm512_set1_ps(k.omd), d));
+      b = _mm512_add_ps(mul16(mu, ld16(buf, mk)),
+                        mul16(_mm512_set1_ps(k.omd), d));
     st16(buf, mk, b);
-    d = k.nesterov ? _mm512_add_ps(d, _mm512_mul_ps(mu, b)) : b;
+    d = k.nesterov ? _mm512_add_ps(d, mul16(mu, b)) : b;
   }
-  st16(p, mk, _mm512_sub_ps(pv, _mm512_mul_ps(_mm512_set1_ps(k.lr), d)));
+  st16(p, mk, _mm512_sub_ps(pv, mul16(_mm512_set1_ps(k.lr), d)));
 }
 
 CNN_AVX512 void adam16(float* p, const float* g, float* m, float* v,
                        float* vmax, __mmask16 mk, const AdamK& k) {
   __m512 pv = ld16(p, mk);
-  if (k.has_decay) pv = _mm512_mul_ps(pv, _mm512_set1_ps(k.decay));
+  if (k.has_decay) pv = mul16(pv, _mm512_set1_ps(k.decay));
   __m512 d = ld16(g, mk);
-  if (k.has_wd) d = _mm512_add_ps(d, _mm512_mul_ps(_mm512_set1_ps(k.wd), pv));
+  if (k.has_wd) d = _mm512_add_ps(d, mul16(_mm512_set1_ps(k.wd), pv));
   const __m512 mo = ld16(m, mk);
   const __m512 dm = _mm512_sub_ps(d, mo);
   const __m512 mn =
-      k.lerp_lo ? _mm512_add_ps(mo, _mm512_mul_ps(_mm512_set1_ps(k.w1), dm))
-                : _mm512_sub_ps(d, _mm512_mul_ps(dm, _mm512_set1_ps(k.omw1)));
+      k.lerp_lo ? _mm512_add_ps(mo, mul16(_mm512_set1_ps(k.w1), dm))
+                : _mm512_sub_ps(d, mul16(dm, _mm512_set1_ps(k.omw1)));
   const __m512 vn =
-      _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(k.b2), ld16(v, mk)),
-                    _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(k.omb2), d), d));
+      _mm512_add_ps(mul16(_mm512_set1_ps(k.b2), ld16(v, mk)),
+                    mul16(mul16(_mm512_set1_ps(k.omb2), d), d));
   st16(m, mk, mn);
   st16(v, mk, vn);
   __m512 s = vn;
   if (k.ams) {
-    s = _mm512_max_ps(ld16(vmax, mk), vn);
+    s = _mm512_maskz_max_ps(mk, ld16(vmax, mk), vn);
     st16(vmax, mk, s);
   }
-  const __m512 den =
-      _mm512_add_ps(_mm512_div_ps(_mm512_sqrt_ps(s), _mm512_set1_ps(k.bc2s)),
-                    _mm512_set1_ps(k.eps));
+  const __m512 root = _mm512_maskz_sqrt_ps(mk, s);
+  const __m512 den = _mm512_add_ps(_mm512_div_ps(root, _mm512_set1_ps(k.bc2s)),
+                                   _mm512_set1_ps(k.eps));
   const __m512 upd =
-      _mm512_div_ps(_mm512_mul_ps(_mm512_set1_ps(k.step_size), mn), den);
+      _mm512_div_ps(mul16(_mm512_set1_ps(k.step_size), mn), den);
   st16(p, mk, _mm512_sub_ps(pv, upd));
 }
 
 __attribute__((target("avx512f"))) void sgd_avx512(float* p, const float* g,
                                                    float* buf, std::size_t n,
-                                                   const SgdK& k) {
+                                                   const SgdK& kref) {
+  const SgdK k = kref;  // local copy: stores through p cannot alias it
   std::size_t i = 0;
   for (; i + 16 <= n; i += 16)
     sgd16(p + i, g + i, k.mom ? buf + i : nullptr, __mmask16(0xFFFF), k);
@@ -363,7 +400,8 @@ __attribute__((target("avx512f"))) void sgd_avx512(float* p, const float* g,
 __attribute__((target("avx512f"))) void adam_avx512(float* p, const float* g,
                                                     float* m, float* v,
                                                     float* vmax, std::size_t n,
-                                                    const AdamK& k) {
+                                                    const AdamK& kref) {
+  const AdamK k = kref;  // local copy: stores through p cannot alias it
   std::size_t i = 0;
   for (; i + 16 <= n; i += 16)
     adam16(p + i, g + i, m + i, v + i, k.ams ? vmax + i : nullptr,

@@ -12,11 +12,11 @@
 //    foreach/fused irrelevant), element-wise, in float, with the scalar
 //    coefficients (bias corrections, step size, 1 - lr*wd) computed in double
 //    and rounded to float once, as PyTorch does for float tensors.
-//  * Elements are independent: results do not depend on the thread count and
-//    the SIMD path (AVX-512F / AVX2+FMA / scalar, picked once at run time) only
-//    changes rounding through the order-preserving use of vector instructions;
-//    with FP contraction off (GCC's default for -std=c++17) all paths give
-//    bit-identical results.
+//  * Elements are independent, so results do not depend on the thread count;
+//    the SIMD path (AVX-512F / AVX2 / scalar, picked once at run time) does
+//    not change them either: every path rounds the same operations in the same
+//    order (no FMA contraction), so results are bit-identical across paths and
+//    x86 machines unless the engine is built with -ffast-math.
 //  * No heap allocation; OpenMP threads are used only when n > 1<<15 and the
 //    call is not already inside a parallel region.
 //  * Invalid hyper-parameters or missing buffers throw std::invalid_argument

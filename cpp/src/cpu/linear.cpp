@@ -1,0 +1,87 @@
+// oneDNN kernels for linear, linear_grad_data and linear_grad_weights (inner_product forward /
+// backward_data / backward_weights). Every tensor is plain: x, dx, y, dy are nc and w, dw are oi
+// ([OUT, IN] row-major, PyTorch's layout), which oneDNN's gemm-based inner product takes directly, so no
+// reorder runs. Primitives are created once; run() only swaps handles.
+#include "cpu/dnnl_common.hpp"
+
+namespace cnn {
+namespace cpu {
+namespace {
+
+using dnnl::memory;
+
+dnnl::inner_product_forward::primitive_desc fwd_pd(const memory::desc& x, const memory::desc& w, const memory::desc* b,
+                                                   const memory::desc& y) {
+  using pd_t = dnnl::inner_product_forward::primitive_desc;
+  auto attr = user_scratchpad_attr();
+  return b ? pd_t(engine(), dnnl::prop_kind::forward_training, x, w, *b, y, attr)
+           : pd_t(engine(), dnnl::prop_kind::forward_training, x, w, y, attr);
+}
+
+struct LinearKernel : Kernel {
+  DnnlExec ex;
+  size_t scratch = 0;
+  size_t scratch_bytes() const override { return scratch; }
+  void run(const RunCtx& r) override { ex.run(r); }
+  void bind_scratchpad(const memory::desc& pad) {
+    scratch = pad.get_size();
+    if (scratch) ex.bind(DNNL_ARG_SCRATCHPAD, pad, Src::scratch(0));
+  }
+};
+
+// x = in 0 [N, IN], w = in 1 [OUT, IN], b = in 2 [OUT] -> y = out 0 [N, OUT]
+struct LinearFwd : LinearKernel {
+  explicit LinearFwd(const KernelCtx& c) {
+    const bool has_bias = c.in.size() == 3;
+    auto x = plain_desc(c.in[0]), w = plain_desc(c.in[1]), y = plain_desc(c.out[0]);
+    memory::desc b = has_bias ? plain_desc(c.in[2]) : memory::desc();
+    auto pd = fwd_pd(x, w, has_bias ? &b : nullptr, y);
+    ex = DnnlExec(dnnl::inner_product_forward(pd));
+    ex.bind(DNNL_ARG_SRC, x, Src::in(0));
+    ex.bind(DNNL_ARG_WEIGHTS, w, Src::in(1));
+    if (has_bias) ex.bind(DNNL_ARG_BIAS, b, Src::in(2));
+    ex.bind(DNNL_ARG_DST, y, Src::out(0));
+    bind_scratchpad(pd.scratchpad_desc());
+  }
+};
+
+// dy = in 0 [N, OUT], w = in 1 [OUT, IN] -> dx = out 0 [N, IN]
+struct LinearGradData : LinearKernel {
+  explicit LinearGradData(const KernelCtx& c) {
+    auto dy = plain_desc(c.in[0]), w = plain_desc(c.in[1]), dx = plain_desc(c.out[0]);
+    auto hint = fwd_pd(dx, w, nullptr, dy);
+    dnnl::inner_product_backward_data::primitive_desc pd(engine(), dx, w, dy, hint, user_scratchpad_attr());
+    ex = DnnlExec(dnnl::inner_product_backward_data(pd));
+    ex.bind(DNNL_ARG_DIFF_DST, dy, Src::in(0));
+    ex.bind(DNNL_ARG_WEIGHTS, w, Src::in(1));
+    ex.bind(DNNL_ARG_DIFF_SRC, dx, Src::out(0));
+    bind_scratchpad(pd.scratchpad_desc());
+  }
+};
+
+// dy = in 0 [N, OUT], x = in 1 [N, IN] -> dw = out 0 [OUT, IN] (+ db = out 1 [OUT])
+struct LinearGradWeights : LinearKernel {
+  explicit LinearGradWeights(const KernelCtx& c) {
+    const bool has_bias = c.out.size() == 2;
+    auto dy = plain_desc(c.in[0]), x = plain_desc(c.in[1]), dw = plain_desc(c.out[0]);
+    memory::desc db = has_bias ? plain_desc(c.out[1]) : memory::desc();
+    using pd_t = dnnl::inner_product_backward_weights::primitive_desc;
+    auto hint = fwd_pd(x, dw, has_bias ? &db : nullptr, dy);
+    auto attr = user_scratchpad_attr();
+    pd_t pd = has_bias ? pd_t(engine(), x, dw, db, dy, hint, attr) : pd_t(engine(), x, dw, dy, hint, attr);
+    ex = DnnlExec(dnnl::inner_product_backward_weights(pd));
+    ex.bind(DNNL_ARG_SRC, x, Src::in(1));
+    ex.bind(DNNL_ARG_DIFF_DST, dy, Src::in(0));
+    ex.bind(DNNL_ARG_DIFF_WEIGHTS, dw, Src::out(0));
+    if (has_bias) ex.bind(DNNL_ARG_DIFF_BIAS, db, Src::out(1));
+    bind_scratchpad(pd.scratchpad_desc());
+  }
+};
+
+KernelRegistrar r1("cpu", "linear", [](const KernelCtx& c) { return std::make_unique<LinearFwd>(c); });
+KernelRegistrar r2("cpu", "linear_grad_data", [](const KernelCtx& c) { return std::make_unique<LinearGradData>(c); });
+KernelRegistrar r3("cpu", "linear_grad_weights", [](const KernelCtx& c) { return std::make_unique<LinearGradWeights>(c); });
+
+}  // namespace
+}  // namespace cpu
+}  // namespace cnn

@@ -1,0 +1,185 @@
+// oneDNN kernels for max_pool2d, avg_pool2d, global_avg_pool and their *_grad ops (plain nchw, f32).
+// Output sizes come from ops/pool.cpp's shape inference; padding_r is chosen so oneDNN's floor rule
+// reproduces them (ceil_mode becomes extra right padding). The max-pool workspace is oneDNN's own, stored in
+// the int32 [N,C,OH,OW] workspace value. One configuration runs natively: see AvgNative.
+#include <algorithm>
+
+#include "cpu/dnnl_common.hpp"
+
+namespace cnn {
+namespace cpu {
+namespace {
+
+using dims = dnnl::memory::dims;
+using alg = dnnl::algorithm;
+
+void pair_attr(const Attrs& a, const char* key, int64_t dh, int64_t dw, int64_t& h, int64_t& w) {
+  std::vector<int64_t> v = a.is(key, {});
+  h = v.empty() ? dh : v[0];
+  w = v.empty() ? dw : v.size() > 1 ? v[1] : v[0];
+}
+
+// oneDNN geometry for input x [N,C,H,W] pooled to y [N,C,OH,OW] (shapes already validated).
+struct Geometry {
+  int64_t kh, kw, sh, sw, ph, pw, dh = 1, dw = 1, prh, prw;
+  dims kernel() const { return {kh, kw}; }
+  dims strides() const { return {sh, sw}; }
+  dims dilation() const { return {dh - 1, dw - 1}; }  // oneDNN counts dilation from 0
+  dims pad_l() const { return {ph, pw}; }
+  dims pad_r() const { return {prh, prw}; }
+  bool extra_right_pad() const { return prh > ph || prw > pw; }
+};
+
+Geometry geometry(const Attrs& a, const Shape& x, const Shape& y) {
+  Geometry g;
+  pair_attr(a, "kernel", 0, 0, g.kh, g.kw);
+  pair_attr(a, "stride", g.kh, g.kw, g.sh, g.sw);
+  pair_attr(a, "padding", 0, 0, g.ph, g.pw);
+  pair_attr(a, "dilation", 1, 1, g.dh, g.dw);
+  g.prh = std::max(g.ph, (y[2] - 1) * g.sh + g.dh * (g.kh - 1) + 1 - x[2] - g.ph);
+  g.prw = std::max(g.pw, (y[3] - 1) * g.sw + g.dw * (g.kw - 1) + 1 - x[3] - g.pw);
+  return g;
+}
+
+dnnl::pooling_forward::primitive_desc fwd_pd(dnnl::prop_kind prop, alg a, const TensorDesc& x, const TensorDesc& y,
+                                             const Geometry& g) {
+  return dnnl::pooling_forward::primitive_desc(engine(), prop, a, plain_desc(x), plain_desc(y), g.strides(), g.kernel(),
+                                               g.dilation(), g.pad_l(), g.pad_r(), user_scratchpad_attr());
+}
+
+// in: x; out: y [, workspace]
+struct PoolFwd : Kernel {
+  DnnlExec ex;
+  size_t scratch = 0;
+  PoolFwd(const KernelCtx& c, alg a, const Geometry& g) {
+    bool train = c.out.size() > 1;
+    auto pd = fwd_pd(train ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference, a, c.in[0], c.out[0], g);
+    ex = DnnlExec(dnnl::pooling_forward(pd));
+    ex.bind(DNNL_ARG_SRC, plain_desc(c.in[0]), Src::in(0));
+    ex.bind(DNNL_ARG_DST, plain_desc(c.out[0]), Src::out(0));
+    if (train) {
+      if (pd.workspace_desc().get_size() > c.out[1].bytes())
+        op_error(c.node, "oneDNN's max-pool workspace (" + std::to_string(pd.workspace_desc().get_size()) +
+                             " bytes) exceeds the declared int32 workspace " + shape_str(c.out[1].shape));
+      ex.bind(DNNL_ARG_WORKSPACE, pd.workspace_desc(), Src::out(1));
+    }
+    scratch = pd.scratchpad_desc().get_size();
+    if (scratch) ex.bind(DNNL_ARG_SCRATCHPAD, pd.scratchpad_desc(), Src::scratch(0));
+  }
+  size_t scratch_bytes() const override { return scratch; }
+  void run(const RunCtx& r) override { ex.run(r); }
+};
+
+// in: dy (max: dy, x, workspace; x is not read); out: dx
+struct PoolBwd : Kernel {
+  DnnlExec ex;
+  size_t scratch = 0;
+  PoolBwd(const KernelCtx& c, alg a, const Geometry& g) {
+    const TensorDesc &dy = c.in[0], &dx = c.out[0];
+    auto hint = fwd_pd(dnnl::prop_kind::forward_training, a, dx, dy, g);
+    dnnl::pooling_backward::primitive_desc pd(engine(), a, plain_desc(dx), plain_desc(dy), g.strides(), g.kernel(),
+                                              g.dilation(), g.pad_l(), g.pad_r(), hint, user_scratchpad_attr());
+    ex = DnnlExec(dnnl::pooling_backward(pd));
+    ex.bind(DNNL_ARG_DIFF_DST, plain_desc(dy), Src::in(0));
+    ex.bind(DNNL_ARG_DIFF_SRC, plain_desc(dx), Src::out(0));
+    if (a == alg::pooling_max) {
+      if (pd.workspace_desc().get_size() > c.in[2].bytes())
+        op_error(c.node, "oneDNN's max-pool workspace (" + std::to_string(pd.workspace_desc().get_size()) +
+                             " bytes) exceeds the declared int32 workspace " + shape_str(c.in[2].shape));
+      ex.bind(DNNL_ARG_WORKSPACE, pd.workspace_desc(), Src::in(2));
+    }
+    scratch = pd.scratchpad_desc().get_size();
+    if (scratch) ex.bind(DNNL_ARG_SCRATCHPAD, pd.scratchpad_desc(), Src::scratch(0));
+  }
+  size_t scratch_bytes() const override { return scratch; }
+  void run(const RunCtx& r) override { ex.run(r); }
+};
+
+// avg_pool2d with count_include_pad=1 and a ceil_mode window running past H+padding: PyTorch divides by the
+// window clipped to the padded border, oneDNN's pooling_avg_include_padding by the full kernel, so this
+// configuration runs as plain loops over (n, c) planes in parallel. Forward and backward share the geometry.
+struct AvgNative : Kernel {
+  Geometry g;
+  int64_t NC, H, W, OH, OW;
+  bool backward;
+  AvgNative(const KernelCtx& c, const Geometry& geo, bool bwd) : g(geo), backward(bwd) {
+    const Shape &x = bwd ? c.out[0].shape : c.in[0].shape, &y = bwd ? c.in[0].shape : c.out[0].shape;
+    NC = x[0] * x[1];
+    H = x[2];
+    W = x[3];
+    OH = y[2];
+    OW = y[3];
+  }
+  void run(const RunCtx& r) override {
+    const float* src = static_cast<const float*>(r.in[0]);
+    float* dst = static_cast<float*>(r.out[0]);
+#pragma omp parallel for
+    for (int64_t nc = 0; nc < NC; ++nc) {
+      const float* xp = backward ? nullptr : src + nc * H * W;
+      const float* dyp = backward ? src + nc * OH * OW : nullptr;
+      float* yp = backward ? nullptr : dst + nc * OH * OW;
+      float* dxp = backward ? dst + nc * H * W : nullptr;
+      if (backward) std::fill(dxp, dxp + H * W, 0.f);
+      for (int64_t oh = 0; oh < OH; ++oh) {
+        int64_t h0 = oh * g.sh - g.ph, h1 = std::min(h0 + g.kh, H + g.ph);
+        int64_t dh = h1 - h0;
+        h0 = std::max<int64_t>(h0, 0);
+        h1 = std::min(h1, H);
+        for (int64_t ow = 0; ow < OW; ++ow) {
+          int64_t w0 = ow * g.sw - g.pw, w1 = std::min(w0 + g.kw, W + g.pw);
+          float inv = 1.f / float(dh * (w1 - w0));
+          w0 = std::max<int64_t>(w0, 0);
+          w1 = std::min(w1, W);
+          if (backward) {
+            float d = dyp[oh * OW + ow] * inv;
+            for (int64_t h = h0; h < h1; ++h)
+              for (int64_t w = w0; w < w1; ++w) dxp[h * W + w] += d;
+          } else {
+            float sum = 0.f;
+            for (int64_t h = h0; h < h1; ++h)
+              for (int64_t w = w0; w < w1; ++w) sum += xp[h * W + w];
+            yp[oh * OW + ow] = sum * inv;
+          }
+        }
+      }
+    }
+  }
+};
+
+std::unique_ptr<Kernel> avg_kernel(const KernelCtx& c, bool bwd) {
+  const Shape &x = bwd ? c.out[0].shape : c.in[0].shape, &y = bwd ? c.in[0].shape : c.out[0].shape;
+  Geometry g = geometry(c.node.attrs, x, y);
+  bool cip = c.node.attrs.i("count_include_pad", 1) != 0;
+  if (cip && g.extra_right_pad()) return std::make_unique<AvgNative>(c, g, bwd);
+  alg a = cip ? alg::pooling_avg_include_padding : alg::pooling_avg_exclude_padding;
+  if (bwd) return std::make_unique<PoolBwd>(c, a, g);
+  return std::make_unique<PoolFwd>(c, a, g);
+}
+
+Geometry global_geometry(const Shape& x) {
+  Geometry g;
+  g.kh = x[2];
+  g.kw = x[3];
+  g.sh = g.sw = 1;
+  g.ph = g.pw = g.prh = g.prw = 0;
+  return g;
+}
+
+KernelRegistrar r1("cpu", "max_pool2d", [](const KernelCtx& c) -> std::unique_ptr<Kernel> {
+  return std::make_unique<PoolFwd>(c, alg::pooling_max, geometry(c.node.attrs, c.in[0].shape, c.out[0].shape));
+});
+KernelRegistrar r2("cpu", "max_pool2d_grad", [](const KernelCtx& c) -> std::unique_ptr<Kernel> {
+  return std::make_unique<PoolBwd>(c, alg::pooling_max, geometry(c.node.attrs, c.out[0].shape, c.in[0].shape));
+});
+KernelRegistrar r3("cpu", "avg_pool2d", [](const KernelCtx& c) { return avg_kernel(c, false); });
+KernelRegistrar r4("cpu", "avg_pool2d_grad", [](const KernelCtx& c) { return avg_kernel(c, true); });
+KernelRegistrar r5("cpu", "global_avg_pool", [](const KernelCtx& c) -> std::unique_ptr<Kernel> {
+  return std::make_unique<PoolFwd>(c, alg::pooling_avg_exclude_padding, global_geometry(c.in[0].shape));
+});
+KernelRegistrar r6("cpu", "global_avg_pool_grad", [](const KernelCtx& c) -> std::unique_ptr<Kernel> {
+  return std::make_unique<PoolBwd>(c, alg::pooling_avg_exclude_padding, global_geometry(c.out[0].shape));
+});
+
+}  // namespace
+}  // namespace cpu
+}  // namespace cnn

@@ -1,0 +1,93 @@
+"""Session: a model compiled for one input shape and mode. Wraps _core.Session: run(x) for inference,
+step(x, y) for one training step, memory_report(). No Python runs per element; a step's work is one
+call into C++."""
+from __future__ import annotations
+
+import numpy as np
+
+from . import _core
+from . import functional as F
+
+_LOSSES = ("cross_entropy",)
+
+
+class Session:
+    def __init__(self, model, input_shape, mode="infer", optimizer=None, loss="cross_entropy", seed=0,
+                 backend="cpu", plan_memory=True):
+        if mode not in ("infer", "train"):
+            raise ValueError(f"compile: mode must be 'infer' or 'train', got {mode!r}")
+        input_shape = tuple(int(s) for s in input_shape)
+        if len(input_shape) < 2 or any(s <= 0 for s in input_shape):
+            raise ValueError(f"compile: input_shape must be (N, C, ...) with positive sizes, got {input_shape}")
+        self.model = model
+        self.mode = mode
+        self.input_shape = input_shape
+        store = model._ensure_store()
+        b, x, y = model.trace(input_shape, training=(mode == "train"))
+        self.output_shape = y.shape
+        g = b.graph
+        kw = {}
+        if mode == "train":
+            if loss not in _LOSSES:
+                raise ValueError(f"compile: unknown loss {loss!r} (supported: {', '.join(_LOSSES)})")
+            if len(y.shape) != 2:
+                raise ValueError(f"compile: cross_entropy needs [N, classes] logits, the model gives {list(y.shape)}")
+            with b:
+                labels = b.input("labels", [input_shape[0]], "int32")
+                lv = F.cross_entropy(y, labels)
+            if optimizer is None:
+                from .optim import SGD
+                optimizer = SGD(lr=0.01)
+            kw = dict(loss=lv.vid, optim=optimizer.config())
+            self.num_classes = y.shape[1]
+        g.set_outputs([y.vid])
+        self.graph = g
+        self.optimizer = optimizer
+        self._s = _core.Session(g, store, mode, backend=backend, plan_memory=plan_memory, seed=int(seed), **kw)
+        if optimizer is not None:
+            optimizer._attach(self)
+        self._bn = [m for m in model.modules() if hasattr(m, "_extra_state")] if mode == "train" else []
+
+    # ---- running ----
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Inference on one batch of exactly input_shape; returns a new array."""
+        if self.mode != "infer":
+            raise ValueError("run(): this session was compiled with mode='train'; use step(x, y)")
+        self._s.run([x])
+        return self._s.fetch(0)
+
+    __call__ = run
+
+    def step(self, x: np.ndarray, y: np.ndarray) -> float:
+        """One training step (forward, loss, backward, update). Returns the loss."""
+        if self.mode != "train":
+            raise ValueError("step(): this session was compiled with mode='infer'; use run(x)")
+        loss = self._s.step(x, y)
+        for m in self._bn:
+            m._extra_state["num_batches_tracked"] += 1
+        return loss
+
+    def output(self) -> np.ndarray:
+        """The model output (logits) of the last run or step."""
+        return self._s.fetch(0)
+
+    @property
+    def lr(self) -> float:
+        return self._s.lr
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        self._s.lr = float(value)
+
+    @property
+    def step_count(self) -> int:
+        return self._s.step_count
+
+    def memory_report(self) -> dict:
+        return self._s.memory_report()
+
+    def schedule(self) -> list:
+        return self._s.schedule()
+
+    def __repr__(self):
+        return f"Session(mode={self.mode!r}, input_shape={self.input_shape}, output_shape={self.output_shape})"

@@ -1,0 +1,61 @@
+import numpy as np
+import pytest
+
+import cnnnative as cn
+from cnnnative import nn
+
+
+def test_lenet_names_and_count():
+    m = cn.models.lenet5(seed=0)
+    names = [n for n, _ in m.named_parameters()]
+    assert names == ["conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias", "fc1.weight", "fc1.bias",
+                     "fc2.weight", "fc2.bias", "fc3.weight", "fc3.bias"]
+    assert m.num_parameters() == 61706  # same as the torch definition (6*25+6 + 16*150+16 + 400*120+120 + ...)
+
+
+def test_parameters_are_views_of_one_block():
+    m = cn.models.lenet5(seed=0)
+    sd = m.state_dict()
+    bases = {id(np.asarray(v).base if np.asarray(v).base is not None else v) for v in sd.values()}
+    # every array is a view (not an owner) of the core's store
+    assert all(not v.flags.owndata for v in sd.values())
+    w = m.conv1.weight
+    w[0, 0, 0, 0] = 42.0
+    assert m.state_dict()["conv1.weight"][0, 0, 0, 0] == 42.0
+    assert len(bases) >= 1
+
+
+def test_init_is_seeded_and_torch_like():
+    a = cn.models.lenet5(seed=3).state_dict()
+    b = cn.models.lenet5(seed=3).state_dict()
+    c = cn.models.lenet5(seed=4).state_dict()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    assert not np.array_equal(a["fc1.weight"], c["fc1.weight"])
+    bound = 1 / np.sqrt(400)  # kaiming_uniform(a=sqrt(5)) bound for fc1 (fan_in 400)
+    w = a["fc1.weight"]
+    assert np.abs(w).max() <= bound and np.abs(w).max() > 0.9 * bound
+
+
+def test_state_dict_round_trip_and_errors():
+    m1, m2 = cn.models.lenet5(seed=1), cn.models.lenet5(seed=2)
+    m2.load_state_dict(m1.state_dict())
+    for k, v in m1.state_dict().items():
+        np.testing.assert_array_equal(v, m2.state_dict()[k])
+    sd = dict(m1.state_dict())
+    sd.pop("fc3.bias")
+    sd["extra.weight"] = np.zeros(3, np.float32)
+    sd["fc1.weight"] = np.zeros((3, 3), np.float32)
+    with pytest.raises(ValueError, match=r"missing keys: fc3.bias.*unexpected keys: extra.weight.*fc1.weight"):
+        m2.load_state_dict(sd)
+
+
+def test_batchnorm_buffers_in_state_dict():
+    m = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU())
+    keys = list(m.state_dict())
+    assert keys == ["0.weight", "1.weight", "1.bias", "1.running_mean", "1.running_var", "1.num_batches_tracked"]
+
+
+def test_calling_model_outside_compile_is_a_clear_error():
+    with pytest.raises(RuntimeError, match="compile"):
+        cn.models.lenet5()(np.zeros((1, 1, 28, 28), np.float32))

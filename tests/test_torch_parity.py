@@ -1,0 +1,72 @@
+"""LeNet-5: one training step and eval outputs against plain PyTorch (skipped without torch)."""
+import numpy as np
+import pytest
+
+import cnnnative as cn
+
+torch = pytest.importorskip("torch")
+
+
+class TorchLeNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(1, 6, 5, padding=2)
+        self.conv2 = torch.nn.Conv2d(6, 16, 5)
+        self.fc1 = torch.nn.Linear(400, 120)
+        self.fc2 = torch.nn.Linear(120, 84)
+        self.fc3 = torch.nn.Linear(84, 10)
+
+    def forward(self, x):
+        F = torch.nn.functional
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = x.flatten(1)
+        return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
+
+
+def _pair(seed=0):
+    ours = cn.models.lenet5(seed=seed)
+    ref = TorchLeNet()
+    ref.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in ours.state_dict().items()})
+    return ours, ref
+
+
+def _rel(a, b):
+    return float(np.max(np.abs(a - b)) / (np.max(np.abs(b)) + 1e-12))
+
+
+def test_eval_outputs_match():
+    ours, ref = _pair()
+    x = np.random.default_rng(0).standard_normal((8, 1, 28, 28)).astype(np.float32)
+    out = ours.compile(x.shape).run(x)
+    with torch.no_grad():
+        expected = ref(torch.from_numpy(x)).numpy()
+    assert _rel(out, expected) < 1e-4
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adam", "adamw"])
+def test_training_steps_match(kind):
+    ours, ref = _pair()
+    if kind == "sgd":
+        o = cn.optim.SGD(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3)
+        t = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3)
+    elif kind == "adam":
+        o = cn.optim.Adam(lr=1e-3, weight_decay=1e-4)
+        t = torch.optim.Adam(ref.parameters(), lr=1e-3, weight_decay=1e-4)
+    else:
+        o = cn.optim.AdamW(lr=1e-3, weight_decay=1e-2)
+        t = torch.optim.AdamW(ref.parameters(), lr=1e-3, weight_decay=1e-2)
+    sess = ours.compile((16, 1, 28, 28), mode="train", optimizer=o)
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        x = rng.standard_normal((16, 1, 28, 28)).astype(np.float32)
+        y = rng.integers(0, 10, 16).astype(np.int32)
+        loss = sess.step(x, y)
+        t.zero_grad()
+        tl = torch.nn.functional.cross_entropy(ref(torch.from_numpy(x)), torch.from_numpy(y).long())
+        tl.backward()
+        t.step()
+        assert abs(loss - tl.item()) <= 1e-4 * abs(tl.item()), (i, loss, tl.item())
+    sd = ref.state_dict()
+    for k, v in ours.state_dict().items():
+        assert _rel(np.array(v), sd[k].numpy()) < 1e-3, k

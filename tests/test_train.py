@@ -1,0 +1,97 @@
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import cnnnative as cn
+from cnnnative.train import fit, load_checkpoint, predict, save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def digits():
+    pytest.importorskip("sklearn")
+    return cn.data.load_digits(size=28, test_fraction=0.2, seed=0)
+
+
+def test_lenet5_learns_digits(digits):
+    m = cn.models.lenet5(seed=0)
+    opt = cn.optim.SGD(lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    hist, _ = fit(m, digits, epochs=6, batch_size=32, optimizer=opt,
+                  schedule=cn.optim.CosineAnnealingLR(opt, 6), progress=False, log=lambda s: None)
+    assert hist[-1]["test_acc"] >= 0.95, hist
+    assert hist[-1]["loss"] < hist[0]["loss"]
+
+
+def test_predict_pads_last_batch(digits):
+    m = cn.models.lenet5(seed=0)
+    x = digits[2][:37]
+    full = predict(m, x, batch_size=37)
+    padded = predict(m, x, batch_size=16)
+    np.testing.assert_allclose(full, padded, rtol=1e-5, atol=1e-6)
+
+
+def test_checkpoint_round_trip_and_atomicity(tmp_path):
+    m = cn.models.lenet5(seed=0)
+    p = save_checkpoint(m, str(tmp_path / "ck" / "m.npz"))
+    m2 = load_checkpoint(cn.models.lenet5(seed=5), p)
+    for k, v in m.state_dict().items():
+        np.testing.assert_array_equal(v, m2.state_dict()[k])
+    assert os.listdir(tmp_path / "ck") == ["m.npz"]  # no temp file left behind
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(ValueError, match="not a readable .npz"):
+        load_checkpoint(m, str(bad))
+
+
+def test_checkpoint_write_failure_leaves_no_partial_file(tmp_path, monkeypatch):
+    m = cn.models.lenet5(seed=0)
+    target = tmp_path / "m.npz"
+    target.write_bytes(b"old")
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+    monkeypatch.setattr(np, "savez", boom)
+    with pytest.raises(OSError):
+        save_checkpoint(m, str(target))
+    assert target.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["m.npz"]
+
+
+def _cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "cnnnative", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_train_short_run(tmp_path):
+    pytest.importorskip("sklearn")
+    r = _cli("train", "lenet5", "--epochs", "2", "--no-progress", "--threads", "1", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert lines[-1].startswith("test accuracy: 0.")
+    assert any(l.startswith("epoch  1/2") and "img/s" in l for l in lines)
+    ck = [l for l in lines if l.startswith("checkpoint saved to ")][0].split(" to ", 1)[1]
+    assert os.path.exists(ck) and ck.startswith(str(tmp_path))
+
+
+def test_cli_errors(tmp_path):
+    r = _cli("train", "nosuchnet", cwd=tmp_path)
+    assert r.returncode == 2 and "unknown model 'nosuchnet'" in r.stderr
+    r = _cli("train", "lenet5", "--data", str(tmp_path / "missing"), "--no-progress", cwd=tmp_path)
+    assert r.returncode == 1 and "error:" in r.stderr and "Traceback" not in r.stderr
+    r = _cli("train", "lenet5", "--epochs", "0", cwd=tmp_path)
+    assert r.returncode == 2 and "--epochs must be positive" in r.stderr
+
+
+def test_cli_trains_on_idx_files(tmp_path):
+    rng = np.random.default_rng(0)
+    for kind, n in (("train", 64), ("t10k", 32)):
+        y = rng.integers(0, 10, n).astype(np.uint8)
+        x = (rng.random((n, 28, 28)) * 40).astype(np.uint8)
+        x[np.arange(n), y * 2 + 3, :] = 255  # a learnable stripe per class
+        cn.data.write_idx(str(tmp_path / f"{kind}-images-idx3-ubyte"), x)
+        cn.data.write_idx(str(tmp_path / f"{kind}-labels-idx1-ubyte"), y)
+    r = _cli("train", "lenet5", "--data", str(tmp_path), "--epochs", "1", "--batch-size", "16", "--no-progress",
+             "--out", str(tmp_path / "ck.npz"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "test accuracy:" in r.stdout and (tmp_path / "ck.npz").exists()
