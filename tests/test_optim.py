@@ -1,0 +1,98 @@
+import math
+
+import numpy as np
+import pytest
+
+import cnnnative as cn
+from cnnnative import nn
+
+
+def _linear_problem():
+    m = nn.Sequential(nn.Flatten(), nn.Linear(6, 3))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 1, 2, 3)).astype(np.float32)
+    y = np.array([0, 2, 1, 2], np.int32)
+    return m, x, y
+
+
+def _grads(m, x, y):
+    """Gradient of the mean cross-entropy of Linear(6,3), by hand in float64."""
+    w = m.state_dict()["1.weight"].astype(np.float64)
+    b = m.state_dict()["1.bias"].astype(np.float64)
+    xf = x.reshape(4, -1).astype(np.float64)
+    z = xf @ w.T + b
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    p[np.arange(4), y] -= 1
+    p /= 4
+    return p.T @ xf, p.sum(0)
+
+
+def test_sgd_nesterov_weight_decay_matches_numpy():
+    m, x, y = _linear_problem()
+    sess = m.compile(x.shape, mode="train", optimizer=cn.optim.SGD(lr=0.1, momentum=0.9, nesterov=True,
+                                                                    weight_decay=0.01))
+    w = m.state_dict()["1.weight"].astype(np.float64).copy()
+    buf = None
+    for step in range(3):
+        gw, _ = _grads(m, x, y)
+        d = gw + 0.01 * w
+        buf = d if buf is None else 0.9 * buf + d
+        w = w - 0.1 * (d + 0.9 * buf)
+        sess.step(x, y)
+        np.testing.assert_allclose(m.state_dict()["1.weight"], w, rtol=1e-5, atol=1e-6)
+
+
+def test_adamw_matches_numpy():
+    m, x, y = _linear_problem()
+    sess = m.compile(x.shape, mode="train", optimizer=cn.optim.AdamW(lr=0.01, weight_decay=0.1))
+    b = m.state_dict()["1.bias"].astype(np.float64).copy()
+    mm = np.zeros_like(b)
+    vv = np.zeros_like(b)
+    for t in range(1, 4):
+        _, gb = _grads(m, x, y)
+        b *= 1 - 0.01 * 0.1
+        mm = 0.9 * mm + 0.1 * gb
+        vv = 0.999 * vv + 0.001 * gb * gb
+        b -= 0.01 / (1 - 0.9 ** t) * mm / (np.sqrt(vv) / math.sqrt(1 - 0.999 ** t) + 1e-8)
+        sess.step(x, y)
+        np.testing.assert_allclose(m.state_dict()["1.bias"], b, rtol=1e-5, atol=1e-6)
+
+
+def test_schedules_drive_the_session_lr():
+    m, x, y = _linear_problem()
+    opt = cn.optim.SGD(lr=0.1)
+    sess = m.compile(x.shape, mode="train", optimizer=opt)
+    step = cn.optim.StepLR(opt, step_size=2, gamma=0.5)
+    lrs = []
+    for _ in range(4):
+        step.step()
+        lrs.append(sess.lr)
+    assert lrs == pytest.approx([0.1, 0.05, 0.05, 0.025])
+    opt2 = cn.optim.SGD(lr=1.0)
+    cos = cn.optim.CosineAnnealingLR(opt2, T_max=4)
+    vals = []
+    for _ in range(4):
+        cos.step()
+        vals.append(opt2.lr)
+    assert vals == pytest.approx([(1 + math.cos(math.pi * t / 4)) / 2 for t in range(1, 5)])
+
+
+def test_lr_zero_freezes_parameters():
+    m, x, y = _linear_problem()
+    sess = m.compile(x.shape, mode="train", optimizer=cn.optim.SGD(lr=0.1))
+    sess.lr = 0.0
+    before = m.state_dict()["1.weight"].copy()
+    sess.step(x, y)
+    np.testing.assert_array_equal(m.state_dict()["1.weight"], before)
+
+
+def test_bad_hyperparameters():
+    with pytest.raises(ValueError, match="nesterov"):
+        cn.optim.SGD(lr=0.1, nesterov=True)
+    with pytest.raises(ValueError, match="lr"):
+        cn.optim.Adam(lr=float("nan"))
+    m, x, y = _linear_problem()
+    sess = m.compile(x.shape, mode="train", optimizer=cn.optim.SGD(lr=0.1))
+    with pytest.raises(cn.Error, match="learning rate"):
+        sess.lr = -1.0
