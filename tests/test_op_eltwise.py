@@ -47,3 +47,14 @@ def test_add_shape_mismatch_names_node():
     b = g.add_input("b", [3, 2])
     with pytest.raises(_core.Error, match=r"op 'add' \(node 'block.add'\).*\[2, 3\].*\[3, 2\]"):
         g.add_node("add", [a, b], {}, "block.add")
+
+
+@pytest.mark.parametrize("start,end", [(1, -1), (0, -1), (1, 2), (2, 3)])
+def test_flatten(start, end):
+    x = np.random.default_rng(3).standard_normal((2, 3, 2, 2)).astype(np.float32)
+
+    def ref(x):
+        s = list(x.shape)
+        e = end % 4
+        return [x.reshape(s[:start] + [-1] + s[e + 1:])]
+    check_op("flatten", [x], {"start_dim": start, "end_dim": end}, numpy_ref=ref)

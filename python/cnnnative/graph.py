@@ -106,10 +106,7 @@ class Tensor:
     view = reshape
 
     def flatten(self, start_dim: int = 0, end_dim: int = -1) -> "Tensor":
-        s = list(self.shape)
-        end = end_dim % len(s)
-        new = s[:start_dim] + [-1] + s[end + 1:]
-        return self.reshape(*new)
+        return self.b.op("flatten", [self], {"start_dim": int(start_dim), "end_dim": int(end_dim)})[0]
 
     def relu(self) -> "Tensor":
         return self.b.op("relu", [self])[0]

@@ -1,5 +1,7 @@
-// Structural ops: add (same-shape elementwise sum, residuals), reshape (attr shape, one -1 allowed;
-// flatten is reshape), fill (attrs shape, value; no inputs, seeds autodiff).
+// Structural ops: add (same-shape elementwise sum, residuals), reshape (attr shape, one -1 allowed),
+// flatten (attrs start_dim, end_dim; batch-size agnostic, so a graph can be re-shaped for another
+// batch), fill (attrs shape, value; no inputs, seeds autodiff). reshape/flatten copy only when the
+// planner did not alias output to input.
 #include <algorithm>
 #include <cstring>
 
@@ -86,6 +88,33 @@ struct Registrar {
     };
     rs.ref = ref_kernel<CopyRef>();
     register_op(rs);
+
+    OpSchema fl;
+    fl.name = "flatten";
+    fl.infer = [](const Node& n, const std::vector<TensorDesc>& in) -> std::vector<TensorDesc> {
+      if (in.size() != 1) op_error(n, "expects 1 input");
+      const Shape& s = in[0].shape;
+      int64_t r = int64_t(s.size());
+      int64_t a = n.attrs.i("start_dim", 1), b = n.attrs.i("end_dim", -1);
+      if (a < 0) a += r;
+      if (b < 0) b += r;
+      if (a < 0 || b >= r || a > b)
+        op_error(n, "start_dim/end_dim out of range for input " + shape_str(s));
+      Shape out(s.begin(), s.begin() + a);
+      int64_t m = 1;
+      for (int64_t i = a; i <= b; ++i) m *= s[i];
+      out.push_back(m);
+      out.insert(out.end(), s.begin() + b + 1, s.end());
+      return {TensorDesc{out, in[0].dtype}};
+    };
+    fl.inplace = true;
+    fl.grad = [](GradCtx& c) {
+      Attrs a;
+      a.ints["shape"] = c.desc(c.input(0)).shape;
+      c.set_dx(0, c.emit("reshape", {c.dy(0)}, a)[0]);
+    };
+    fl.ref = ref_kernel<CopyRef>();
+    register_op(fl);
 
     OpSchema fill;
     fill.name = "fill";
