@@ -7,8 +7,9 @@ dnnl::engine& engine() {
   static dnnl::engine e(dnnl::engine::kind::cpu, 0);
   return e;
 }
+// One stream per calling thread: oneDNN streams are not thread-safe, and sessions may run concurrently.
 dnnl::stream& stream() {
-  static dnnl::stream s(engine());
+  thread_local dnnl::stream s(engine());
   return s;
 }
 
