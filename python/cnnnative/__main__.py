@@ -33,8 +33,9 @@ def _train(args) -> int:
         opt = optim.AdamW(lr=args.lr, weight_decay=args.weight_decay)
     sched = optim.CosineAnnealingLR(opt, T_max=args.epochs)
     t0 = time.perf_counter()
+    transform = data.default_augment(flip=False) if args.augment else None
     history, sess = fit(model, ds, args.epochs, args.batch_size, opt, sched, seed=args.seed,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, transform=transform)
     elapsed = time.perf_counter() - t0
     rep = sess.memory_report()
     mib = 1 / 2**20
@@ -64,6 +65,7 @@ def main(argv=None) -> int:
     t.add_argument("--data", default=None, help="folder with MNIST/Fashion-MNIST IDX files (default: bundled digits)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", default=None, help="checkpoint path (default: checkpoints/MODEL.npz)")
+    t.add_argument("--augment", action="store_true", help="random shift/rotation/brightness per batch")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     if args.cmake_dir:

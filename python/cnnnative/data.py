@@ -1,7 +1,8 @@
 """Datasets and batching for cnnnative.
 
 Owns the scikit-learn digits loader, the IDX (MNIST / Fashion-MNIST) reader and
-writer, the MNIST directory loaders and the shuffling mini-batch DataLoader.
+writer, the MNIST directory loaders, the shuffling mini-batch DataLoader and batch
+augmentation (seeded, vectorized numpy over a whole (N, C, H, W) batch).
 """
 
 import gzip
@@ -18,6 +19,14 @@ __all__ = [
     "load_mnist",
     "load_mnist_dataset",
     "DataLoader",
+    "Compose",
+    "RandomFlip",
+    "RandomTranslate",
+    "RandomRotation",
+    "GaussianNoise",
+    "BrightnessContrast",
+    "GaussianBlur",
+    "default_augment",
 ]
 
 # IDX type code -> big-endian numpy dtype.
@@ -336,7 +345,7 @@ def load_mnist_dataset(path, seed=0, return_stats=False):
 class DataLoader:
     """Mini-batch iterator; each iter() is one epoch with a fresh permutation."""
 
-    def __init__(self, x, y, batch_size, shuffle=True, seed=0, drop_last=False):
+    def __init__(self, x, y, batch_size, shuffle=True, seed=0, drop_last=False, transform=None):
         x = np.asarray(x, dtype=np.float32)
         y = np.asarray(y)
         if x.ndim < 1 or y.ndim < 1:
@@ -350,7 +359,10 @@ class DataLoader:
             raise ValueError(
                 f"batch_size must be a positive integer, got {batch_size!r}")
         self.x = x
-        self.y = y.astype(np.int32, copy=False)
+        # class labels become int32; float targets (regression, masks) stay float32
+        self.y = y.astype(np.float32 if y.dtype.kind == "f" else np.int32, copy=False)
+        self.transform = transform
+        self._aug_rng = np.random.default_rng([int(seed), 1])
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
@@ -366,5 +378,150 @@ class DataLoader:
         bs = self.batch_size
         for b in range(len(self)):
             idx = order[b * bs:(b + 1) * bs]
-            yield (np.ascontiguousarray(self.x[idx]),
+            xb = self.x[idx]
+            if self.transform is not None:
+                xb = self.transform(xb, self._aug_rng)
+            yield (np.ascontiguousarray(xb, dtype=np.float32),
                    np.ascontiguousarray(self.y[idx]))
+
+
+# --------------------------------------------------------------------------
+# augmentation: each transform maps a float (N, C, H, W) batch and a numpy
+# Generator to a new batch of the same shape and dtype; parameters are drawn
+# per sample, the work is whole-batch numpy.
+# --------------------------------------------------------------------------
+
+def _check_batch(x):
+    if x.ndim != 4:
+        raise ValueError(f"augmentation expects an (N, C, H, W) batch, got shape {x.shape}")
+    return x
+
+
+def _gather(x, src_y, src_x):
+    """out[n, c, i, j] = x[n, c, src_y[n, i, j], src_x[n, i, j]], zero where the source is outside."""
+    n, c, h, w = x.shape
+    inside = (src_y >= 0) & (src_y < h) & (src_x >= 0) & (src_x < w)
+    sy = np.clip(src_y, 0, h - 1)
+    sx = np.clip(src_x, 0, w - 1)
+    ni = np.arange(n)[:, None, None, None]
+    ci = np.arange(c)[None, :, None, None]
+    out = x[ni, ci, sy[:, None], sx[:, None]]
+    return out * inside[:, None].astype(x.dtype)
+
+
+class Compose:
+    """Applies transforms in order."""
+
+    def __init__(self, transforms):
+        self.transforms = list(transforms)
+
+    def __call__(self, x, rng):
+        for t in self.transforms:
+            x = t(x, rng)
+        return x
+
+
+class RandomFlip:
+    """Mirrors each sample with probability p (horizontal: last axis; vertical: H axis)."""
+
+    def __init__(self, p=0.5, vertical=False):
+        self.p, self.axis = float(p), 2 if vertical else 3
+
+    def __call__(self, x, rng):
+        x = _check_batch(x).copy()
+        m = rng.random(x.shape[0]) < self.p
+        x[m] = np.flip(x[m], axis=self.axis)
+        return x
+
+
+class RandomTranslate:
+    """Random crop of the zero-padded image = a shift of up to max_shift pixels in each direction."""
+
+    def __init__(self, max_shift=2):
+        self.max_shift = int(max_shift)
+
+    def __call__(self, x, rng):
+        n, _, h, w = _check_batch(x).shape
+        s = self.max_shift
+        dy = rng.integers(-s, s + 1, n)
+        dx = rng.integers(-s, s + 1, n)
+        yy = np.arange(h)[None, :, None] - dy[:, None, None]
+        xx = np.arange(w)[None, None, :] - dx[:, None, None]
+        return _gather(x, np.broadcast_to(yy, (n, h, w)), np.broadcast_to(xx, (n, h, w)))
+
+
+class RandomRotation:
+    """Rotates each sample by an angle drawn from [-degrees, degrees] (or [lo, hi] when a pair is
+    given) about its centre; bilinear sampling, zero fill."""
+
+    def __init__(self, degrees=10.0):
+        lo, hi = (-float(degrees), float(degrees)) if np.isscalar(degrees) else map(float, degrees)
+        self.range = (lo, hi)
+
+    def __call__(self, x, rng):
+        n, _, h, w = _check_batch(x).shape
+        a = np.deg2rad(rng.uniform(*self.range, n))[:, None, None]
+        cy, cx = (h - 1) / 2, (w - 1) / 2
+        yy, xx = np.meshgrid(np.arange(h) - cy, np.arange(w) - cx, indexing="ij")
+        # inverse map: source = R(-a) @ destination
+        sy = np.cos(a) * yy[None] - np.sin(a) * xx[None] + cy
+        sx = np.sin(a) * yy[None] + np.cos(a) * xx[None] + cx
+        y0, x0 = np.floor(sy).astype(np.int64), np.floor(sx).astype(np.int64)
+        fy, fx = (sy - y0)[:, None].astype(x.dtype), (sx - x0)[:, None].astype(x.dtype)
+        out = (_gather(x, y0, x0) * (1 - fy) * (1 - fx) + _gather(x, y0, x0 + 1) * (1 - fy) * fx
+               + _gather(x, y0 + 1, x0) * fy * (1 - fx) + _gather(x, y0 + 1, x0 + 1) * fy * fx)
+        return out.astype(x.dtype, copy=False)
+
+
+class GaussianNoise:
+    """Adds N(0, std^2) noise."""
+
+    def __init__(self, std=0.1):
+        self.std = float(std)
+
+    def __call__(self, x, rng):
+        return (_check_batch(x) + rng.standard_normal(x.shape, dtype=np.float32) * np.float32(self.std)).astype(x.dtype)
+
+
+class BrightnessContrast:
+    """Per sample: x' = (x - mean) * c + mean + b, c ~ U(1-contrast, 1+contrast), b ~ U(-brightness, brightness)."""
+
+    def __init__(self, brightness=0.2, contrast=0.2):
+        self.brightness, self.contrast = float(brightness), float(contrast)
+
+    def __call__(self, x, rng):
+        n = _check_batch(x).shape[0]
+        c = rng.uniform(1 - self.contrast, 1 + self.contrast, n).astype(x.dtype)[:, None, None, None]
+        b = rng.uniform(-self.brightness, self.brightness, n).astype(x.dtype)[:, None, None, None]
+        mean = x.mean(axis=(1, 2, 3), keepdims=True)
+        return ((x - mean) * c + mean + b).astype(x.dtype, copy=False)
+
+
+class GaussianBlur:
+    """Separable Gaussian blur with a per-sample sigma ~ U(sigma_min, sigma_max), reflect-free zero padding."""
+
+    def __init__(self, sigma=(0.1, 1.0), kernel_size=5):
+        if kernel_size % 2 == 0 or kernel_size < 1:
+            raise ValueError(f"GaussianBlur: kernel_size must be odd and positive, got {kernel_size}")
+        self.sigma, self.k = (float(sigma[0]), float(sigma[1])), int(kernel_size)
+
+    def __call__(self, x, rng):
+        n, c, h, w = _check_batch(x).shape
+        r = self.k // 2
+        sig = rng.uniform(*self.sigma, n)
+        t = np.arange(-r, r + 1)
+        k = np.exp(-(t[None, :] ** 2) / (2 * sig[:, None] ** 2))
+        k = (k / k.sum(1, keepdims=True)).astype(x.dtype)  # (n, K)
+        p = np.pad(x, ((0, 0), (0, 0), (r, r), (r, r)))
+        rows = sum(k[:, i, None, None, None] * p[:, :, i:i + h, :] for i in range(self.k))
+        out = sum(k[:, i, None, None, None] * rows[:, :, :, i:i + w] for i in range(self.k))
+        return out.astype(x.dtype, copy=False)
+
+
+def default_augment(flip=False):
+    """A light default for small images: shift by 2, rotate by 10 degrees, brightness/contrast 0.1
+    (plus horizontal flips when the classes allow it, e.g. CIFAR but not digits)."""
+    t = [RandomTranslate(2), RandomRotation(10), BrightnessContrast(0.1, 0.1)]
+    if flip:
+        t.insert(0, RandomFlip())
+    return Compose(t)

@@ -63,13 +63,13 @@ def load_checkpoint(model, path: str, strict: bool = True):
 
 
 def fit(model, data, epochs, batch_size, optimizer, schedule=None, seed=0, progress=True, log=print,
-        eval_batch_size=256):
+        eval_batch_size=256, transform=None):
     """Trains on data = (x_train, y_train, x_test, y_test); returns the history (one dict per epoch)."""
     from tqdm import tqdm
 
     x_tr, y_tr, x_te, y_te = data
     num_classes = None
-    loader = DataLoader(x_tr, y_tr, batch_size, shuffle=True, seed=seed, drop_last=True)
+    loader = DataLoader(x_tr, y_tr, batch_size, shuffle=True, seed=seed, drop_last=True, transform=transform)
     if len(loader) == 0:
         raise ValueError(f"batch size {batch_size} is larger than the training set ({len(x_tr)} samples)")
     sess = model.compile((batch_size,) + tuple(x_tr.shape[1:]), mode="train", optimizer=optimizer, seed=seed)
