@@ -160,3 +160,22 @@ def test_residual_module_traces_and_trains():
     assert any("add" in s for s in sess.schedule())
     sd = net.state_dict()
     assert sd["1.bn.running_mean"].any() and sd["1.bn.num_batches_tracked"] == 30
+
+
+def test_profile_reports_every_node_and_flops():
+    m = cn.models.lenet5(seed=0)
+    sess = m.compile((16, 1, 28, 28), mode="train", optimizer=cn.optim.SGD(lr=0.01))
+    x, y = _batch()
+    for _ in range(3):
+        sess.step(x, y)
+    prof = sess.profile()
+    assert len(prof) == len(sess.schedule()) + 1  # + optimizer update
+    assert all(r["calls"] == 3 for r in prof)
+    conv1 = [r for r in prof if r["name"] == "conv1"][0]
+    assert conv1["op"] == "conv2d" and conv1["gflops"] > 0
+    # 2 * N*K*OH*OW * C*R*S for conv1: 16*6*28*28 outputs, 25 MACs each
+    rows = sess._s.profile()
+    assert [r for r in rows if r["name"] == "conv1"][0]["flops"] == 2 * 16 * 6 * 28 * 28 * 25
+    assert abs(sum(r["share"] for r in prof) - 1) < 1e-9
+    sess.profile(reset=True)
+    assert all(r["calls"] == 0 for r in sess.profile())

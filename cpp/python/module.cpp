@@ -249,7 +249,21 @@ PYBIND11_MODULE(_core, m) {
       .def_property("lr", [](PySession& p) { return p.s().lr(); }, [](PySession& p, double lr) { p.s().set_lr(lr); })
       .def_property_readonly("step_count", [](PySession& p) { return p.s().step_count(); })
       .def("memory_report", [](PySession& p) { return report_dict(p.s().memory_report()); })
-      .def("schedule", [](PySession& p) { return p.s().schedule(); });
+      .def("schedule", [](PySession& p) { return p.s().schedule(); })
+      .def("profile", [](PySession& p) {
+        py::list l;
+        for (auto& e : p.s().profile()) {
+          py::dict d;
+          d["op"] = e.op;
+          d["name"] = e.name;
+          d["total_ms"] = e.total_ms;
+          d["calls"] = e.calls;
+          d["flops"] = e.flops;
+          l.append(d);
+        }
+        return l;
+      })
+      .def("reset_profile", [](PySession& p) { p.s().reset_profile(); });
 
   m.def("allocation_count", &allocation_count);
   m.def("set_num_threads", &set_num_threads);

@@ -89,5 +89,28 @@ class Session:
     def schedule(self) -> list:
         return self._s.schedule()
 
+    def profile(self, reset: bool = False, top: int | None = None) -> list:
+        """Per-node time since the last reset: op, name, calls, ms per call, GFLOP/s (conv/linear),
+        share of the total; sorted by time. The optimizer update is its own entry in training."""
+        rows = self._s.profile()
+        total = sum(r["total_ms"] for r in rows) or 1.0
+        out = []
+        for r in rows:
+            calls = max(r["calls"], 1)
+            ms = r["total_ms"] / calls
+            out.append({"op": r["op"], "name": r["name"], "calls": r["calls"], "ms": ms,
+                        "gflops": (r["flops"] / (ms * 1e6)) if r["flops"] and ms > 0 else None,
+                        "share": r["total_ms"] / total})
+        out.sort(key=lambda r: -r["ms"] * max(r["calls"], 1))
+        if reset:
+            self._s.reset_profile()
+        return out[:top] if top else out
+
+    def print_profile(self, top: int = 15) -> None:
+        print(f"{'op':<24}{'node':<28}{'calls':>6}{'ms/call':>10}{'GFLOP/s':>9}{'share':>7}")
+        for r in self.profile(top=top):
+            g = f"{r['gflops']:.1f}" if r["gflops"] else "-"
+            print(f"{r['op']:<24}{r['name'][:27]:<28}{r['calls']:>6}{r['ms']:>10.3f}{g:>9}{r['share']:>7.1%}")
+
     def __repr__(self):
         return f"Session(mode={self.mode!r}, input_shape={self.input_shape}, output_shape={self.output_shape})"

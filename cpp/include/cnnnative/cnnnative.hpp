@@ -142,6 +142,14 @@ struct FeedInfo {
   TensorDesc desc;
 };
 
+// Time spent per schedule step since the last reset (the last entry is the optimizer update).
+struct NodeProfile {
+  std::string op, name;
+  double total_ms = 0;
+  int64_t calls = 0;
+  double flops = 0;  // per call; 0 when the op does not count them
+};
+
 class SessionImpl;
 
 // A graph compiled for one input shape and mode: kernels created once, one arena allocated once.
@@ -165,6 +173,8 @@ class Session {
   int64_t step_count() const;
   MemoryReport memory_report() const;
   std::vector<std::string> schedule() const;  // "op name" per step, for inspection
+  std::vector<NodeProfile> profile() const;
+  void reset_profile();
   float* grads();                              // Train/Grad: the flat gradient block (params order)
   size_t num_grads() const;
 

@@ -48,7 +48,15 @@ struct OpSchema {
   unsigned bwd_needs = kNeedsNothing;
   std::function<void(GradCtx&)> grad;  // empty: not differentiable
   KernelFactory ref;                    // naive loops, float and double (ctx.compute)
+  // Floating-point operations of one run (for profiles); empty: not counted.
+  std::function<double(const std::vector<TensorDesc>& in, const std::vector<TensorDesc>& out)> flops;
 };
+
+// 2 * (output elements) * (weight elements per output channel): conv, linear and their gradients,
+// given the tensor that has the output's shape and the weight tensor [K, ...].
+inline double mac_flops(const TensorDesc& out_like, const TensorDesc& w) {
+  return 2.0 * double(numel(out_like.shape)) * double(numel(w.shape)) / double(w.shape[0]);
+}
 
 void register_op(OpSchema s);
 const OpSchema& get_op(const std::string& name);  // throws Error for an unknown op

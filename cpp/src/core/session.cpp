@@ -2,6 +2,7 @@
 // times. Owns the arena, the scratch buffer, the gradient block and optimizer state; borrows parameters
 // and buffers from the shared ParamStore. run() allocates nothing: every pointer table is built here.
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <numeric>
@@ -45,6 +46,9 @@ class SessionImpl {
   int64_t steps = 0;
   double last_loss = NAN;
   std::vector<std::string> uses_reference;
+  std::vector<double> prof_ns;  // per step, plus one for the optimizer update
+  std::vector<int64_t> prof_calls;
+  std::vector<double> node_flops;
 };
 
 namespace {
@@ -234,6 +238,8 @@ SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, con
       if (opt.backend == "cpu") uses_reference.push_back(n.op + " " + n.name);
     }
     kernels.push_back((*f)(kc));
+    const auto& fl = get_op(n.op).flops;
+    node_flops.push_back(fl ? fl(kc.in, kc.out) : 0.0);
     scratch_bytes = std::max(scratch_bytes, kernels.back()->scratch_bytes());
     std::vector<void*> in, out;
     for (size_t i = 0; i < n.inputs.size(); ++i) {
@@ -248,6 +254,8 @@ SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, con
     node_out.push_back(std::move(out));
   }
   scratch = make_buffer(std::max<size_t>(scratch_bytes, 64));
+  prof_ns.assign(n_steps + 1, 0.0);
+  prof_calls.assign(n_steps + 1, 0);
   report.scratch_bytes = scratch_bytes;
   for (int v : fetch_values) {
     auto it = std::find(feed_values.begin(), feed_values.end(), v);
@@ -306,10 +314,14 @@ void SessionImpl::run(const std::vector<const void*>& fd) {
   for (auto& p : patches) node_in[p.node][p.slot] = const_cast<void*>(fd[p.feed]);
   for (size_t i = 0; i < feed_values.size(); ++i) ptr[feed_values[i]] = const_cast<void*>(fd[i]);
   RunCtx rc{nullptr, nullptr, scratch.get(), opt.seed, steps};
+  using clock = std::chrono::steady_clock;
   auto exec = [&](int s) {
     rc.in = node_in[s].data();
     rc.out = node_out[s].data();
+    auto t0 = clock::now();
     kernels[s]->run(rc);
+    prof_ns[s] += std::chrono::duration<double, std::nano>(clock::now() - t0).count();
+    prof_calls[s]++;
   };
   const int n = int(kernels.size());
   if (opt.mode == Mode::Train) {
@@ -321,7 +333,10 @@ void SessionImpl::run(const std::vector<const void*>& fd) {
     }
     last_loss = L;
     for (int s = nf; s < n; ++s) exec(s);
+    auto t0 = clock::now();
     update();
+    prof_ns[n] += std::chrono::duration<double, std::nano>(clock::now() - t0).count();
+    prof_calls[n]++;
   } else {
     for (int s = 0; s < n; ++s) exec(s);
   }
@@ -351,6 +366,19 @@ std::vector<std::string> Session::schedule() const {
   std::vector<std::string> v;
   for (auto& n : impl_->g.nodes) v.push_back(n.op + " " + n.name);
   return v;
+}
+std::vector<NodeProfile> Session::profile() const {
+  std::vector<NodeProfile> v;
+  const auto& I = *impl_;
+  for (size_t s = 0; s < I.kernels.size(); ++s)
+    v.push_back({I.g.nodes[s].op, I.g.nodes[s].name, I.prof_ns[s] * 1e-6, I.prof_calls[s], I.node_flops[s]});
+  if (I.opt.mode == Mode::Train)
+    v.push_back({"optimizer_update", I.opt.optim.kind, I.prof_ns.back() * 1e-6, I.prof_calls.back(), 0.0});
+  return v;
+}
+void Session::reset_profile() {
+  std::fill(impl_->prof_ns.begin(), impl_->prof_ns.end(), 0.0);
+  std::fill(impl_->prof_calls.begin(), impl_->prof_calls.end(), 0);
 }
 float* Session::grads() { return static_cast<float*>(impl_->grad_block.get()); }
 size_t Session::num_grads() const { return impl_->n_grad; }

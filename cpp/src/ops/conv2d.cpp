@@ -200,6 +200,7 @@ struct Registrar {
       }
     };
     f.ref = ref_kernel<FwdRef>();
+    f.flops = [](const std::vector<TensorDesc>& in, const std::vector<TensorDesc>& out) { return mac_flops(out[0], in[1]); };
     register_op(f);
 
     OpSchema bd;
@@ -213,6 +214,7 @@ struct Registrar {
       return {TensorDesc{xs, in[0].dtype}};
     };
     bd.ref = ref_kernel<GradDataRef>();
+    bd.flops = [](const std::vector<TensorDesc>& in, const std::vector<TensorDesc>& out) { return mac_flops(in[0], in[1]); };
     register_op(bd);
 
     OpSchema bw;
@@ -228,6 +230,7 @@ struct Registrar {
       return out;
     };
     bw.ref = ref_kernel<GradWeightsRef>();
+    bw.flops = [](const std::vector<TensorDesc>& in, const std::vector<TensorDesc>& out) { return mac_flops(in[0], out[0]); };
     register_op(bw);
   }
 } registrar;

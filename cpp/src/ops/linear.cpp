@@ -112,18 +112,21 @@ struct Registrar {
       }
     };
     f.ref = ref_kernel<LinearRef>();
+    f.flops = [](const std::vector<TensorDesc>& in, const std::vector<TensorDesc>& out) { return mac_flops(out[0], in[1]); };
     register_op(f);
 
     OpSchema gd;
     gd.name = "linear_grad_data";
     gd.infer = infer_grad_data;
     gd.ref = ref_kernel<GradDataRef>();
+    gd.flops = [](const std::vector<TensorDesc>& in, const std::vector<TensorDesc>& out) { return mac_flops(in[0], in[1]); };
     register_op(gd);
 
     OpSchema gw;
     gw.name = "linear_grad_weights";
     gw.infer = infer_grad_weights;
     gw.ref = ref_kernel<GradWeightsRef>();
+    gw.flops = [](const std::vector<TensorDesc>& in, const std::vector<TensorDesc>& out) { return mac_flops(in[0], out[0]); };
     register_op(gw);
   }
 } registrar;
