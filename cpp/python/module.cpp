@@ -13,6 +13,7 @@ namespace py = pybind11;
 using namespace cnn;
 
 void bind_planner(py::module_& m);
+void bind_probe(py::module_& m);
 
 namespace {
 
@@ -270,4 +271,5 @@ PYBIND11_MODULE(_core, m) {
   m.def("get_num_threads", &get_num_threads);
   m.def("op_names", &op_names);
   bind_planner(m);
+  bind_probe(m);
 }

@@ -1,0 +1,76 @@
+// FMA peak probe: every OpenMP thread runs independent chains of fused multiply-adds on registers
+// (AVX-512, else AVX2+FMA, else scalar) for a fixed count; returns the measured GFLOP/s of all threads
+// together. Benchmarks report their GFLOP/s as a share of this number.
+#include <immintrin.h>
+#include <omp.h>
+
+#include <chrono>
+#include <utility>
+
+namespace cnn {
+namespace {
+
+#if defined(__x86_64__)
+__attribute__((target("avx512f"))) float chains_avx512(long iters) {
+  __m512 a[12];
+  const __m512 m = _mm512_set1_ps(0.999999f), c = _mm512_set1_ps(1e-7f);
+  for (int k = 0; k < 12; ++k) a[k] = _mm512_set1_ps(float(k));
+  for (long i = 0; i < iters; ++i)
+    for (int k = 0; k < 12; ++k) a[k] = _mm512_fmadd_ps(a[k], m, c);
+  __m512 s = a[0];
+  for (int k = 1; k < 12; ++k) s = _mm512_add_ps(s, a[k]);
+  return _mm512_reduce_add_ps(s);
+}
+__attribute__((target("avx2,fma"))) float chains_avx2(long iters) {
+  __m256 a[12];
+  const __m256 m = _mm256_set1_ps(0.999999f), c = _mm256_set1_ps(1e-7f);
+  for (int k = 0; k < 12; ++k) a[k] = _mm256_set1_ps(float(k));
+  for (long i = 0; i < iters; ++i)
+    for (int k = 0; k < 12; ++k) a[k] = _mm256_fmadd_ps(a[k], m, c);
+  __m256 s = a[0];
+  for (int k = 1; k < 12; ++k) s = _mm256_add_ps(s, a[k]);
+  float out[8];
+  _mm256_storeu_ps(out, s);
+  return out[0] + out[1] + out[2] + out[3] + out[4] + out[5] + out[6] + out[7];
+}
+#endif
+
+float chains_scalar(long iters) {
+  float a[12];
+  for (int k = 0; k < 12; ++k) a[k] = float(k);
+  for (long i = 0; i < iters; ++i)
+    for (int k = 0; k < 12; ++k) a[k] = a[k] * 0.999999f + 1e-7f;
+  float s = 0;
+  for (int k = 0; k < 12; ++k) s += a[k];
+  return s;
+}
+
+}  // namespace
+
+// Returns {gflops, lanes}: lanes is 16 (AVX-512), 8 (AVX2) or 1.
+std::pair<double, int> fma_peak_gflops(long iters) {
+  int lanes = 1;
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f")) lanes = 16;
+  else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) lanes = 8;
+#endif
+  volatile float sink = 0;
+  int threads = 1;
+  auto t0 = std::chrono::steady_clock::now();
+#pragma omp parallel reduction(+ : sink)
+  {
+#pragma omp single
+    threads = omp_get_num_threads();
+#if defined(__x86_64__)
+    sink += lanes == 16 ? chains_avx512(iters) : lanes == 8 ? chains_avx2(iters) : chains_scalar(iters);
+#else
+    sink += chains_scalar(iters);
+#endif
+  }
+  double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  double flops = double(iters) * 12 * lanes * 2 * threads;
+  return {flops / s * 1e-9, lanes};
+}
+
+}  // namespace cnn
