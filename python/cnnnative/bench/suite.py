@@ -1,0 +1,301 @@
+"""Benchmark suite implementation; see the package docstring."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+# name: (model, model kwargs, input shape (C, H, W), batch, mode)
+WORKLOADS = {
+    "resnet50_infer_mb16": ("resnet50", {"num_classes": 1000}, (3, 224, 224), 16, "infer"),
+    "resnet50_infer_mb1": ("resnet50", {"num_classes": 1000}, (3, 224, 224), 1, "infer"),
+    "resnet18_infer_mb16": ("resnet18", {"num_classes": 1000}, (3, 224, 224), 16, "infer"),
+    "lenet5_infer_mb256": ("lenet5", {}, (1, 28, 28), 256, "infer"),
+    "lenet5_infer_mb1": ("lenet5", {}, (1, 28, 28), 1, "infer"),
+    "lenet5_train_mb64": ("lenet5", {}, (1, 28, 28), 64, "train"),
+    "resnet18cifar_train_mb64": ("resnet18", {"num_classes": 10, "cifar": True}, (3, 32, 32), 64, "train"),
+    "resnet50_train_mb16": ("resnet50", {"num_classes": 1000}, (3, 224, 224), 16, "train"),
+}
+QUICK = ["lenet5_infer_mb256", "lenet5_infer_mb1", "lenet5_train_mb64", "resnet18_infer_mb16"]
+
+
+def _build(workload):
+    """cnnnative model, PyTorch twin (or None) with identical weights, input x and labels y."""
+    import cnnnative as cn
+
+    name, kw, chw, bs, mode = WORKLOADS[workload]
+    model = cn.models.get_model(name, seed=0, **kw)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((bs,) + chw).astype(np.float32)
+    ncls = kw.get("num_classes", 10)
+    y = rng.integers(0, ncls, bs).astype(np.int32)
+    twin = None
+    try:
+        import torch
+
+        from .torch_models import build
+        twin = build(name, num_classes=ncls, **{k: v for k, v in kw.items() if k != "num_classes"})
+        twin.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in model.state_dict().items()})
+    except ImportError:
+        pass
+    return model, twin, x, y, mode
+
+
+def _engines(workload, threads, check=True):
+    """Returns {engine: zero-arg callable}, the model FLOPs per call, and an agreement note."""
+    import cnnnative as cn
+
+    model, twin, x, y, mode = _build(workload)
+    engines, note = {}, ""
+    if mode == "infer":
+        sess = model.compile(x.shape, mode="infer")
+        engines["cnnnative"] = lambda: sess.run(x)
+        ours = sess.run(x)
+    else:
+        sess = model.compile(x.shape, mode="train", optimizer=cn.optim.SGD(lr=1e-3, momentum=0.9))
+        engines["cnnnative"] = lambda: sess.step(x, y)
+    flops = sum(r["flops"] for r in sess._s.profile())
+    if twin is not None:
+        import torch
+        torch.set_num_threads(threads)
+        tx = torch.from_numpy(x)
+        if mode == "infer":
+            twin.eval()
+            with torch.inference_mode():
+                ref = twin(tx).numpy()
+            err = float(np.max(np.abs(ours - ref)) / (np.max(np.abs(ref)) + 1e-12))
+            if check and err > 1e-3:
+                raise RuntimeError(f"{workload}: cnnnative and PyTorch outputs differ (rel err {err:.2e})")
+            note = f"max rel err vs PyTorch {err:.1e}"
+
+            def t_infer():
+                with torch.inference_mode():
+                    twin(tx)
+            engines["pytorch"] = t_infer
+            try:
+                import onnxruntime as ort
+                f = tempfile.NamedTemporaryFile(suffix=".onnx", delete=False)
+                f.close()
+                torch.onnx.export(twin, tx, f.name, opset_version=17, dynamo=False,
+                                  input_names=["x"], output_names=["y"])
+                so = ort.SessionOptions()
+                so.intra_op_num_threads = threads
+                so.inter_op_num_threads = 1
+                osess = ort.InferenceSession(f.name, so, providers=["CPUExecutionProvider"])
+                os.unlink(f.name)
+                oref = osess.run(None, {"x": x})[0]
+                oerr = float(np.max(np.abs(oref - ours)) / (np.max(np.abs(oref)) + 1e-12))
+                if check and oerr > 1e-3:
+                    raise RuntimeError(f"{workload}: cnnnative and ONNX Runtime outputs differ ({oerr:.2e})")
+                note += f", vs ORT {oerr:.1e}"
+                engines["onnxruntime"] = lambda: osess.run(None, {"x": x})
+            except ImportError:
+                pass
+        else:
+            twin.train()
+            opt = torch.optim.SGD(twin.parameters(), lr=1e-3, momentum=0.9)
+            ty = torch.from_numpy(y).long()
+
+            def t_step():
+                opt.zero_grad(set_to_none=True)
+                torch.nn.functional.cross_entropy(twin(tx), ty).backward()
+                opt.step()
+            engines["pytorch"] = t_step
+    return engines, flops, note, x.shape[0]
+
+
+def _time(engines, rounds, reps):
+    times = {k: [] for k in engines}
+    for fn in engines.values():  # warm-up
+        for _ in range(2):
+            fn()
+    for _ in range(rounds):
+        for k, fn in engines.items():
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                fn()
+                times[k].append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def _child(workload, engine, threads):
+    """Fresh process: peak RSS increase of building and running one engine on one workload. The
+    baseline is taken after that engine's libraries are imported (and, for ORT, the model exported)."""
+    name, kw, chw, bs, mode = WORKLOADS[workload]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((bs,) + chw).astype(np.float32)
+    ncls = kw.get("num_classes", 10)
+    y = rng.integers(0, ncls, bs).astype(np.int32)
+    rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if engine == "cnnnative":
+        import cnnnative as cn
+        cn.set_num_threads(threads)
+        base = rss()
+        model = cn.models.get_model(name, seed=0, **kw)
+        if mode == "infer":
+            sess = model.compile(x.shape)
+            fn = lambda: sess.run(x)
+        else:
+            sess = model.compile(x.shape, mode="train", optimizer=cn.optim.SGD(lr=1e-3, momentum=0.9))
+            fn = lambda: sess.step(x, y)
+    else:
+        import torch
+
+        from .torch_models import build
+        torch.set_num_threads(threads)
+        twin = build(name, num_classes=ncls, **{k: v for k, v in kw.items() if k != "num_classes"})
+        tx = torch.from_numpy(x)
+        if engine == "pytorch":
+            base = rss()
+            if mode == "infer":
+                twin.eval()
+
+                def fn():
+                    with torch.inference_mode():
+                        twin(tx)
+            else:
+                opt = torch.optim.SGD(twin.parameters(), lr=1e-3, momentum=0.9)
+                ty = torch.from_numpy(y).long()
+
+                def fn():
+                    opt.zero_grad(set_to_none=True)
+                    torch.nn.functional.cross_entropy(twin(tx), ty).backward()
+                    opt.step()
+        else:
+            import io
+
+            import onnxruntime as ort
+            buf = io.BytesIO()
+            twin.eval()
+            torch.onnx.export(twin, tx, buf, opset_version=17, dynamo=False, input_names=["x"], output_names=["y"])
+            data = buf.getvalue()
+            del twin, buf
+            base = rss()
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = threads
+            osess = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+            fn = lambda: osess.run(None, {"x": x})
+    for _ in range(3):
+        fn()
+    print(json.dumps({"rss_increase_mib": (rss() - base) / 1024}))
+
+
+def _rss(workload, engine, threads):
+    r = subprocess.run([sys.executable, "-m", "cnnnative.bench", "--child", workload, engine, "--threads",
+                        str(threads)], capture_output=True, text=True, timeout=1800)
+    try:
+        return json.loads(r.stdout.strip().splitlines()[-1])["rss_increase_mib"]
+    except (IndexError, ValueError, KeyError):
+        return None
+
+
+def _chart(rows, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    names = [r["workload"] for r in rows]
+    fig, ax = plt.subplots(figsize=(9, 0.5 + 0.45 * len(rows)))
+    ys = np.arange(len(rows))
+    for off, key, label in ((-0.2, "ratio_vs_pytorch", "cnnnative / PyTorch"),
+                            (0.2, "ratio_vs_onnxruntime", "cnnnative / ONNX Runtime")):
+        vals = [r.get(key) or 0 for r in rows]
+        ax.barh(ys + off, vals, height=0.38, label=label)
+    ax.axvline(1.0, color="k", lw=0.8)
+    ax.set_yticks(ys, names)
+    ax.set_xlabel("time ratio (lower is better for cnnnative)")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m cnnnative.bench")
+    ap.add_argument("--quick", action="store_true", help="small workloads, few reps (< 3 minutes)")
+    ap.add_argument("--workloads", default=None, help="comma-separated names (default: all)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--rounds", type=int, default=None)
+    ap.add_argument("--out", default="bench_results", help="folder for results.md/json/png")
+    ap.add_argument("--no-rss", action="store_true", help="skip the fresh-process peak RSS runs")
+    ap.add_argument("--child", nargs=2, metavar=("WORKLOAD", "ENGINE"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    import cnnnative as cn
+    from cnnnative import _core
+
+    if args.child:
+        _child(args.child[0], args.child[1], args.threads)
+        return 0
+    cn.set_num_threads(args.threads)
+    names = args.workloads.split(",") if args.workloads else (QUICK if args.quick else list(WORKLOADS))
+    for n in names:
+        if n not in WORKLOADS:
+            ap.error(f"unknown workload {n!r}; known: {', '.join(WORKLOADS)}")
+    peak, lanes = max(_core.fma_peak_gflops(20_000_000) for _ in range(3))
+    rounds = args.rounds or (3 if args.quick else 5)
+    try:
+        import torch
+        tv = torch.__version__
+    except ImportError:
+        tv = "absent"
+    try:
+        import onnxruntime
+        ov = onnxruntime.__version__
+    except ImportError:
+        ov = "absent"
+    head = (f"machine: {platform.machine()}, {os.cpu_count()} cores, threads {args.threads}, float32; measured "
+            f"FMA peak {peak:.0f} GFLOP/s ({lanes} lanes); cnnnative {cn.__version__}, torch {tv}, onnxruntime {ov}")
+    print(head, flush=True)
+    rows = []
+    for n in names:
+        engines, flops, note, bs = _engines(n, args.threads)
+        one = statistics.median(_time({"cnnnative": engines["cnnnative"]}, 1, 2)["cnnnative"])
+        reps = max(1, min(50, int((300 if args.quick else 1500) / max(one, 1e-3) / rounds / len(engines))))
+        times = _time(engines, rounds, reps)
+        row = {"workload": n, "note": note, "flops": flops, "reps": rounds * reps}
+        for k, v in times.items():
+            med = statistics.median(v)
+            row[k] = {"median_ms": med, "min_ms": min(v), "max_ms": max(v), "images_per_s": bs / med * 1e3,
+                      "gflops": flops / med * 1e-6, "pct_peak": flops / med * 1e-6 / peak * 100}
+            if not args.no_rss:
+                row[k]["rss_increase_mib"] = _rss(n, k, args.threads)
+        for k in ("pytorch", "onnxruntime"):
+            if k in row:
+                row[f"ratio_vs_{k}"] = row["cnnnative"]["median_ms"] / row[k]["median_ms"]
+        rows.append(row)
+        print(f"{n}: " + ", ".join(f"{k} {row[k]['median_ms']:.2f} ms" for k in times) + f" ({note})", flush=True)
+    lines = [head, "", "| workload | engine | median ms (min-max) | img/s | GFLOP/s | % peak | peak RSS +MiB | ratio |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        for k in ("cnnnative", "pytorch", "onnxruntime"):
+            if k not in r:
+                continue
+            e = r[k]
+            rss = f"{e['rss_increase_mib']:.0f}" if e.get("rss_increase_mib") is not None else "-"
+            ratio = "1.00" if k == "cnnnative" else f"{r['cnnnative']['median_ms'] / e['median_ms']:.2f}"
+            lines.append(f"| {r['workload']} | {k} | {e['median_ms']:.2f} ({e['min_ms']:.2f}-{e['max_ms']:.2f}) | "
+                         f"{e['images_per_s']:.0f} | {e['gflops']:.1f} | {e['pct_peak']:.1f} | {rss} | {ratio} |")
+    lines.append("")
+    lines.append("ratio = cnnnative median time / that engine's median time (below 1: cnnnative faster).")
+    md = "\n".join(lines)
+    print()
+    print(md)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write(md + "\n")
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump({"header": head, "peak_gflops": peak, "rows": rows}, f, indent=1)
+    png = _chart(rows, os.path.join(args.out, "ratios.png"))
+    print(f"\nwrote {args.out}/results.md, results.json" + (", ratios.png" if png else " (no matplotlib: no chart)"))
+    return 0
