@@ -1,0 +1,182 @@
+// oneDNN kernels for conv_transpose2d, conv_transpose2d_grad_data and conv_transpose2d_grad_weights
+// (deconvolution_direct). Activations stay plain nchw. The PyTorch weight [C, K/groups, R, S] is oneDNN's iohw over
+// logical dims [K, C, R, S] (giohw over [G, K/G, C/G, R, S] with groups, same bytes); primitives take weights as
+// format_tag::any and reorder through the kernel scratch when oneDNN picks another layout. output_padding enters
+// through the dst dims: padding_r = padding - output_padding. Scratch: oneDNN scratchpad first, then the reordered
+// weights. Primitives are built once; run() only binds. See kernel_for() for the one configuration oneDNN refuses.
+#include <algorithm>
+#include <optional>
+
+#include "cpu/dnnl_common.hpp"
+
+namespace cnn {
+namespace cpu {
+namespace {
+
+using dims = dnnl::memory::dims;
+using mdesc = dnnl::memory::desc;
+using tag = dnnl::memory::format_tag;
+using reorder_pd = dnnl::reorder::primitive_desc;
+constexpr auto kAlg = dnnl::algorithm::deconvolution_direct;
+
+dims pair_attr(const Attrs& a, const char* name, int64_t dflt) {
+  std::vector<int64_t> v = a.is(name, {dflt, dflt});
+  return {v[0], v.back()};
+}
+
+// Descriptors and geometry shared by the three kernels; x, w, y are the forward shapes.
+struct DeconvDescs {
+  mdesc src, dst, w_user, w_any, bias;
+  dims strides, dilates, pad_l, pad_r;
+  DeconvDescs(const KernelCtx& c, const Shape& x, const Shape& w, const Shape& y) {
+    DType t = c.in[0].dtype;
+    int64_t G = c.node.attrs.i("groups", 1), C = x[1], K = y[1];
+    dims wd = G > 1 ? dims{G, K / G, C / G, w[2], w[3]} : dims{K, C, w[2], w[3]};
+    src = plain_desc(x, t);
+    dst = plain_desc(y, t);
+    w_user = mdesc(wd, dt_of(t), G > 1 ? tag::giohw : tag::iohw);
+    w_any = mdesc(wd, dt_of(t), tag::any);
+    bias = plain_desc(Shape{K}, t);
+    strides = pair_attr(c.node.attrs, "stride", 1);
+    pad_l = pair_attr(c.node.attrs, "padding", 0);
+    dims op = pair_attr(c.node.attrs, "output_padding", 0), d = pair_attr(c.node.attrs, "dilation", 1);
+    pad_r = {pad_l[0] - op[0], pad_l[1] - op[1]};
+    dilates = {d[0] - 1, d[1] - 1};
+  }
+  // oneDNN accepts padding_r > -stride only; PyTorch also allows output_padding >= stride when below dilation.
+  bool supported() const { return pad_r[0] + strides[0] > 0 && pad_r[1] + strides[1] > 0; }
+  dnnl::deconvolution_forward::primitive_desc fwd(bool with_bias, const dnnl::primitive_attr& attr = {}) const {
+    using fpd = dnnl::deconvolution_forward::primitive_desc;
+    auto pk = dnnl::prop_kind::forward_training;
+    return with_bias ? fpd(engine(), pk, kAlg, src, w_any, bias, dst, strides, dilates, pad_l, pad_r, attr)
+                     : fpd(engine(), pk, kAlg, src, w_any, dst, strides, dilates, pad_l, pad_r, attr);
+  }
+};
+
+// The weight reorder between the plain parameter layout and the one a primitive chose; none when equal.
+std::optional<reorder_pd> weight_reorder(const mdesc& from, const mdesc& to) {
+  if (from == to) return std::nullopt;
+  return reorder_pd(engine(), from, engine(), to, user_scratchpad_attr());
+}
+
+// Scratch layout: oneDNN scratchpad of the largest user first, reordered weights after it.
+struct Scratch {
+  size_t weights = 0, total = 0;
+  Scratch(size_t pad, const std::optional<reorder_pd>& r, size_t weight_bytes) {
+    ScratchLayout L;
+    L.add(std::max(pad, r ? r->scratchpad_desc().get_size() : size_t(0)));
+    if (r) weights = L.add(weight_bytes);
+    total = L.total;
+  }
+};
+
+void bind_scratchpad(DnnlExec& ex, const mdesc& md) {
+  if (md.get_size()) ex.bind(DNNL_ARG_SCRATCHPAD, md, Src::scratch(0));
+}
+
+DnnlExec bind_reorder(const reorder_pd& pd, Src from, Src to) {
+  DnnlExec ex{dnnl::reorder(pd)};
+  ex.bind(DNNL_ARG_FROM, pd.src_desc(), from);
+  ex.bind(DNNL_ARG_TO, pd.dst_desc(), to);
+  bind_scratchpad(ex, pd.scratchpad_desc());
+  return ex;
+}
+
+struct DeconvFwd : Kernel {  // (x, w [, b]) -> y
+  DnnlExec reorder_w, deconv;
+  size_t scratch = 0;
+  DeconvFwd(const KernelCtx& c, const DeconvDescs& d) {
+    bool with_bias = c.in.size() > 2;
+    auto pd = d.fwd(with_bias, user_scratchpad_attr());
+    auto r = weight_reorder(d.w_user, pd.weights_desc());
+    Scratch sc(pd.scratchpad_desc().get_size(), r, pd.weights_desc().get_size());
+    scratch = sc.total;
+    if (r) reorder_w = bind_reorder(*r, Src::in(1), Src::scratch(sc.weights));
+    deconv = DnnlExec(dnnl::deconvolution_forward(pd));
+    deconv.bind(DNNL_ARG_SRC, d.src, Src::in(0));
+    deconv.bind(DNNL_ARG_WEIGHTS, pd.weights_desc(), r ? Src::scratch(sc.weights) : Src::in(1));
+    if (with_bias) deconv.bind(DNNL_ARG_BIAS, d.bias, Src::in(2));
+    deconv.bind(DNNL_ARG_DST, d.dst, Src::out(0));
+    bind_scratchpad(deconv, pd.scratchpad_desc());
+  }
+  size_t scratch_bytes() const override { return scratch; }
+  void run(const RunCtx& r) override {
+    if (!reorder_w.empty()) reorder_w.run(r);
+    deconv.run(r);
+  }
+};
+
+struct DeconvBwdData : Kernel {  // (dy, w) -> dx
+  DnnlExec reorder_w, deconv;
+  size_t scratch = 0;
+  explicit DeconvBwdData(const DeconvDescs& d) {
+    auto hint = d.fwd(false);
+    dnnl::deconvolution_backward_data::primitive_desc pd(engine(), kAlg, d.src, d.w_any, d.dst, d.strides, d.dilates,
+                                                         d.pad_l, d.pad_r, hint, user_scratchpad_attr());
+    auto r = weight_reorder(d.w_user, pd.weights_desc());
+    Scratch sc(pd.scratchpad_desc().get_size(), r, pd.weights_desc().get_size());
+    scratch = sc.total;
+    if (r) reorder_w = bind_reorder(*r, Src::in(1), Src::scratch(sc.weights));
+    deconv = DnnlExec(dnnl::deconvolution_backward_data(pd));
+    deconv.bind(DNNL_ARG_DIFF_DST, d.dst, Src::in(0));
+    deconv.bind(DNNL_ARG_WEIGHTS, pd.weights_desc(), r ? Src::scratch(sc.weights) : Src::in(1));
+    deconv.bind(DNNL_ARG_DIFF_SRC, d.src, Src::out(0));
+    bind_scratchpad(deconv, pd.scratchpad_desc());
+  }
+  size_t scratch_bytes() const override { return scratch; }
+  void run(const RunCtx& r) override {
+    if (!reorder_w.empty()) reorder_w.run(r);
+    deconv.run(r);
+  }
+};
+
+struct DeconvBwdWeights : Kernel {  // (dy, x) -> dw [, db]
+  DnnlExec deconv, reorder_dw;
+  size_t scratch = 0;
+  DeconvBwdWeights(const KernelCtx& c, const DeconvDescs& d) {
+    bool with_bias = c.out.size() > 1;
+    auto hint = d.fwd(with_bias);
+    using bpd = dnnl::deconvolution_backward_weights::primitive_desc;
+    auto attr = user_scratchpad_attr();
+    bpd pd = with_bias ? bpd(engine(), kAlg, d.src, d.w_any, d.bias, d.dst, d.strides, d.dilates, d.pad_l, d.pad_r, hint, attr)
+                       : bpd(engine(), kAlg, d.src, d.w_any, d.dst, d.strides, d.dilates, d.pad_l, d.pad_r, hint, attr);
+    auto r = weight_reorder(pd.diff_weights_desc(), d.w_user);
+    Scratch sc(pd.scratchpad_desc().get_size(), r, pd.diff_weights_desc().get_size());
+    scratch = sc.total;
+    deconv = DnnlExec(dnnl::deconvolution_backward_weights(pd));
+    deconv.bind(DNNL_ARG_DIFF_DST, d.dst, Src::in(0));
+    deconv.bind(DNNL_ARG_SRC, d.src, Src::in(1));
+    deconv.bind(DNNL_ARG_DIFF_WEIGHTS, pd.diff_weights_desc(), r ? Src::scratch(sc.weights) : Src::out(0));
+    if (with_bias) deconv.bind(DNNL_ARG_DIFF_BIAS, d.bias, Src::out(1));
+    bind_scratchpad(deconv, pd.scratchpad_desc());
+    if (r) reorder_dw = bind_reorder(*r, Src::scratch(sc.weights), Src::out(0));
+  }
+  size_t scratch_bytes() const override { return scratch; }
+  void run(const RunCtx& r) override {
+    deconv.run(r);
+    if (!reorder_dw.empty()) reorder_dw.run(r);
+  }
+};
+
+enum class Dir { Fwd, BwdData, BwdWeights };
+
+// x, w, y are the forward shapes. When output_padding >= stride (legal in PyTorch while below dilation) makes
+// padding_r <= -stride, oneDNN rejects the descriptor; that rare configuration runs the op's reference kernel.
+std::unique_ptr<Kernel> kernel_for(const KernelCtx& c, Dir dir) {
+  const Shape& x = dir == Dir::Fwd ? c.in[0].shape : dir == Dir::BwdData ? c.out[0].shape : c.in[1].shape;
+  const Shape& w = dir == Dir::BwdWeights ? c.out[0].shape : c.in[1].shape;
+  const Shape& y = dir == Dir::Fwd ? c.out[0].shape : c.in[0].shape;
+  DeconvDescs d(c, x, w, y);
+  if (!d.supported()) return get_op(c.node.op).ref(c);
+  if (dir == Dir::Fwd) return std::make_unique<DeconvFwd>(c, d);
+  if (dir == Dir::BwdData) return std::make_unique<DeconvBwdData>(d);
+  return std::make_unique<DeconvBwdWeights>(c, d);
+}
+
+KernelRegistrar r1("cpu", "conv_transpose2d", [](const KernelCtx& c) { return kernel_for(c, Dir::Fwd); });
+KernelRegistrar r2("cpu", "conv_transpose2d_grad_data", [](const KernelCtx& c) { return kernel_for(c, Dir::BwdData); });
+KernelRegistrar r3("cpu", "conv_transpose2d_grad_weights", [](const KernelCtx& c) { return kernel_for(c, Dir::BwdWeights); });
+
+}  // namespace
+}  // namespace cpu
+}  // namespace cnn
