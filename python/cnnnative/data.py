@@ -27,6 +27,8 @@ __all__ = [
     "BrightnessContrast",
     "GaussianBlur",
     "default_augment",
+    "synthetic_images",
+    "synthetic_shapes",
 ]
 
 # IDX type code -> big-endian numpy dtype.
@@ -383,6 +385,55 @@ class DataLoader:
                 xb = self.transform(xb, self._aug_rng)
             yield (np.ascontiguousarray(xb, dtype=np.float32),
                    np.ascontiguousarray(self.y[idx]))
+
+
+# --------------------------------------------------------------------------
+# synthetic tasks (no download): a 10-class image task and shape segmentation
+# --------------------------------------------------------------------------
+
+def synthetic_images(n=2000, size=32, channels=3, num_classes=10, test_fraction=0.2, noise=0.5, seed=0):
+    """Class c = a sinusoidal grating at angle c*pi/num_classes with a random phase and frequency,
+    tinted per class across channels, plus Gaussian noise. Returns normalized
+    (x_train, y_train, x_test, y_test) like load_digits."""
+    if not 0.2 <= test_fraction < 1:
+        raise ValueError(f"test_fraction must be in [0.2, 1), got {test_fraction}")
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, num_classes, n).astype(np.int32)
+    ang = y * np.pi / num_classes
+    freq = rng.uniform(2.0, 4.0, n) * 2 * np.pi / size
+    phase = rng.uniform(0, 2 * np.pi, n)
+    yy, xx = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+    proj = np.cos(ang)[:, None, None] * xx[None] + np.sin(ang)[:, None, None] * yy[None]
+    g = np.sin(freq[:, None, None] * proj + phase[:, None, None])
+    tint = 0.6 + 0.4 * np.cos(2 * np.pi * (np.arange(channels)[None, :] / max(channels, 1)
+                                           + y[:, None] / num_classes))
+    x = tint[:, :, None, None] * g[:, None] + noise * rng.standard_normal((n, channels, size, size))
+    x = x.astype(np.float32)
+    tr, te = _stratified_split(y, int(math.ceil(n * test_fraction)), rng)
+    xs = [np.ascontiguousarray(x[tr]), np.ascontiguousarray(x[te])]
+    _normalize(*xs)
+    return xs[0], y[tr], xs[1], y[te]
+
+
+def synthetic_shapes(n=512, size=64, max_shapes=3, noise=0.3, seed=0):
+    """Segmentation of circles and squares on noise: images (n, 1, size, size) float32 and binary
+    masks (n, 1, size, size) float32 (1 inside any shape)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+    masks = np.zeros((n, size, size), bool)
+    for _ in range(max_shapes):
+        present = rng.random(n) < 0.8
+        cy, cx = rng.uniform(0.15, 0.85, (2, n)) * size
+        r = rng.uniform(0.08, 0.2, n) * size
+        circle = rng.random(n) < 0.5
+        dy = yy[None] - cy[:, None, None]
+        dx = xx[None] - cx[:, None, None]
+        rr = r[:, None, None]
+        inside = np.where(circle[:, None, None], dy ** 2 + dx ** 2 <= rr ** 2,
+                          (np.abs(dy) <= rr) & (np.abs(dx) <= rr))
+        masks |= inside & present[:, None, None]
+    img = masks * rng.uniform(0.6, 1.0, (n, 1, 1)) + noise * rng.standard_normal((n, size, size))
+    return img[:, None].astype(np.float32), masks[:, None].astype(np.float32)
 
 
 # --------------------------------------------------------------------------
