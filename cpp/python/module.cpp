@@ -14,6 +14,7 @@ using namespace cnn;
 
 void bind_planner(py::module_& m);
 void bind_probe(py::module_& m);
+void bind_model(py::module_& m);
 
 namespace {
 
@@ -272,4 +273,5 @@ PYBIND11_MODULE(_core, m) {
   m.def("op_names", &op_names);
   bind_planner(m);
   bind_probe(m);
+  bind_model(m);
 }

@@ -35,5 +35,7 @@ from . import data, models, nn, optim  # noqa: E402
 from .nn import manual_seed  # noqa: E402
 from .session import Session  # noqa: E402
 from .train import load_checkpoint, save_checkpoint  # noqa: E402
+from .io import GraphModule, load, save  # noqa: E402
 
-__all__ += ["data", "models", "nn", "optim", "manual_seed", "Session", "load_checkpoint", "save_checkpoint"]
+__all__ += ["data", "models", "nn", "optim", "manual_seed", "Session", "load_checkpoint", "save_checkpoint",
+            "GraphModule", "load", "save"]

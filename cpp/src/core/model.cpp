@@ -1,0 +1,158 @@
+// cnn::Model, model file I/O and rebatching. Owns: the checks that a graph, a ParamStore and an input shape
+// form a model; reading a file whole (read(2), never mmap, so a file shrinking under us is an error, not a
+// SIGBUS) before fmt::decode validates it; atomic writes (temporary file in the target's folder, fsync,
+// rename; on any failure the temporary file is removed and the target is untouched).
+// Never: links sessions or kernels (core/inference.cpp does), so the fuzzer builds with this file alone.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <set>
+
+#include "core/serialize.hpp"
+
+namespace cnn {
+
+Model::Model(Graph graph, std::shared_ptr<ParamStore> params, Shape input_shape, ExtraState extra_state)
+    : graph_(std::move(graph)), params_(std::move(params)), input_shape_(std::move(input_shape)), extra_(std::move(extra_state)) {
+  const int nv = int(graph_.values.size());
+  if (!params_) throw Error("model: no parameter store");
+  if (graph_.inputs.size() != 1) throw Error("model: the graph must have exactly one input, it has " + std::to_string(graph_.inputs.size()));
+  if (graph_.outputs.size() != 1) throw Error("model: the graph must have exactly one output, it has " + std::to_string(graph_.outputs.size()));
+  for (int v : {graph_.inputs[0], graph_.outputs[0]})
+    if (v < 0 || v >= nv) throw Error("model: graph input/output id " + std::to_string(v) + " does not exist");
+  const Value& in = graph_.values[graph_.inputs[0]];
+  if (in.desc.dtype != DType::f32) throw Error(std::string("model: the input must be float32, got ") + dtype_name(in.desc.dtype));
+  if (input_shape_.empty()) throw Error("model: the input shape must be [N, ...], got []");
+  if (in.desc.shape != input_shape_)
+    throw Error("model: the graph's input is " + shape_str(in.desc.shape) + ", the input shape given is " + shape_str(input_shape_));
+  const Value& out = graph_.values[graph_.outputs[0]];
+  if (out.desc.dtype != DType::f32) throw Error(std::string("model: the output must be float32, got ") + dtype_name(out.desc.dtype));
+  for (int p : graph_.params) {
+    if (p < 0 || p >= nv) throw Error("model: parameter id " + std::to_string(p) + " does not exist");
+    const Value& v = graph_.values[p];
+    const auto& e = params_->find(v.name);
+    const bool trainable = v.kind == ValueKind::Param;
+    if (e.shape != v.desc.shape || e.trainable != trainable)
+      throw Error("model: parameter '" + v.name + "': the graph expects " + shape_str(v.desc.shape) + (trainable ? " trainable" : " non-trainable") +
+                  ", the store holds " + shape_str(e.shape) + (e.trainable ? " trainable" : " non-trainable"));
+  }
+  std::set<std::string> names;
+  for (auto& e : params_->entries()) names.insert(e.name);
+  for (auto& kv : extra_)
+    if (kv.first.empty() || !names.insert(kv.first).second)
+      throw Error("model: extra state name '" + kv.first + "' is empty or already used");
+}
+
+const Shape& Model::output_shape() const { return graph_.values[graph_.outputs[0]].desc.shape; }
+
+Model Model::from_bytes(const void* data, size_t size) { return fmt::decode(static_cast<const uint8_t*>(data), size, "<bytes>"); }
+std::vector<uint8_t> Model::to_bytes() const {
+  try {
+    return fmt::encode(*this);
+  } catch (const Error& e) {
+    throw Error(std::string("save_model: ") + e.what());
+  }
+}
+Model Model::load(const std::string& path) { return load_model(path); }
+void Model::save(const std::string& path) const { save_model(*this, path); }
+
+// ---- files ----
+namespace {
+
+struct Fd {
+  int fd = -1;
+  ~Fd() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+std::string errno_str(int e) { return std::strerror(e); }
+
+std::vector<uint8_t> read_whole(const std::string& path) {
+  auto fail = [&](const std::string& m) -> Error { return Error("model file '" + path + "': " + m); };
+  Fd f;
+  f.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (f.fd < 0) throw fail("cannot open: " + errno_str(errno));
+  struct stat st;
+  if (::fstat(f.fd, &st) != 0) throw fail("cannot stat: " + errno_str(errno));
+  if (!S_ISREG(st.st_mode)) throw fail("not a regular file");
+  std::vector<uint8_t> buf(size_t(st.st_size));
+  size_t got = 0;
+  while (got < buf.size()) {
+    ssize_t r = ::read(f.fd, buf.data() + got, buf.size() - got);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) throw fail("read failed: " + errno_str(errno));
+    if (r == 0) throw fail("the file shrank while it was read");
+    got += size_t(r);
+  }
+  return buf;
+}
+
+void write_atomic(const std::string& path, const std::vector<uint8_t>& bytes) {
+  static std::atomic<unsigned> counter{0};
+  const std::string tmp = path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(counter++);
+  auto fail = [&](const std::string& m, int e) {
+    ::unlink(tmp.c_str());
+    throw Error("save_model('" + path + "'): " + m + ": " + errno_str(e));
+  };
+  Fd f;
+  f.fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (f.fd < 0) throw Error("save_model('" + path + "'): cannot create '" + tmp + "': " + errno_str(errno));
+  size_t done = 0;
+  while (done < bytes.size()) {
+    ssize_t w = ::write(f.fd, bytes.data() + done, bytes.size() - done);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) fail("write failed after " + std::to_string(done) + " of " + std::to_string(bytes.size()) + " bytes", w < 0 ? errno : EIO);
+    done += size_t(w);
+  }
+  if (::fsync(f.fd) != 0) fail("fsync failed", errno);
+  int fd = f.fd;
+  f.fd = -1;
+  if (::close(fd) != 0) fail("close failed", errno);
+  if (::rename(tmp.c_str(), path.c_str()) != 0) fail("cannot rename the temporary file over it", errno);
+  // Make the rename durable too (best effort: some file systems refuse fsync on a folder).
+  std::string dir = path.find('/') == std::string::npos ? "." : path.substr(0, path.rfind('/') + 1);
+  Fd d;
+  d.fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (d.fd >= 0) ::fsync(d.fd);
+}
+
+}  // namespace
+
+Model load_model(const std::string& path) {
+  std::vector<uint8_t> bytes = read_whole(path);
+  return fmt::decode(bytes.data(), bytes.size(), path);
+}
+
+void save_model(const Model& model, const std::string& path) {
+  std::vector<uint8_t> bytes;
+  try {
+    bytes = fmt::encode(model);
+  } catch (const Error& e) {
+    throw Error("save_model('" + path + "'): " + e.what());
+  }
+  write_atomic(path, bytes);
+}
+
+// ---- rebatching ----
+Graph rebatch(const Graph& graph, int64_t batch) {
+  if (batch < 1) throw Error("rebatch: the batch size must be >= 1, got " + std::to_string(batch));
+  std::vector<Shape> shapes;
+  for (int v : graph.inputs) {
+    Shape s = graph.values.at(v).desc.shape;
+    if (s.empty()) throw Error("rebatch: input '" + graph.values[v].name + "' has no batch dimension");
+    s[0] = batch;
+    shapes.push_back(s);
+  }
+  try {
+    return fmt::replay(graph, shapes, false);
+  } catch (const Error& e) {
+    throw Error("batch size " + std::to_string(batch) + ": " + e.what());
+  }
+}
+
+}  // namespace cnn

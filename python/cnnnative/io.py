@@ -1,0 +1,143 @@
+"""Model files (.cnn). save(model, path, input_shape) traces the model in inference mode and writes its graph,
+parameters, buffers and input shape into one checksummed file, atomically; load(path or bytes) validates the
+file in C++ and returns a GraphModule: state_dict()/load_state_dict() by name, compile(input_shape) for any
+batch size. The format and its checks live in cpp/src/core/serialize.cpp; the layout is in docs/cpp.md."""
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+
+import numpy as np
+
+from . import _core
+from .nn import Module, Parameter
+from .session import Session
+
+__all__ = ["save", "load", "dumps", "GraphModule", "FORMAT_VERSION"]
+
+FORMAT_VERSION = _core.MODEL_FORMAT_VERSION
+
+
+def _shape(input_shape) -> tuple:
+    s = tuple(int(d) for d in input_shape)
+    if len(s) < 1 or any(d <= 0 for d in s):
+        raise ValueError(f"save: input_shape must be (N, C, ...) with positive sizes, got {input_shape}")
+    return s
+
+
+def _core_model(model, input_shape) -> "_core.Model":
+    if isinstance(model, GraphModule):
+        shape = model.input_shape if input_shape is None else _shape(input_shape)
+        return _core.Model(model._graph_for(shape), model._ensure_store(), list(shape), model._extra_list())
+    if not isinstance(model, Module):
+        raise TypeError(f"save: expected a cnnnative.nn.Module, got {type(model).__name__}")
+    if input_shape is None:
+        raise ValueError("save: input_shape is required to trace the model, e.g. (1, 1, 28, 28)")
+    shape = _shape(input_shape)
+    store = model._ensure_store()
+    b, _, y = model.trace(shape, training=False)
+    b.graph.set_outputs([y.vid])
+    extra = []
+    for mname, m in model.named_modules():
+        for n, v in getattr(m, "_extra_state", {}).items():
+            extra.append((f"{mname}.{n}" if mname else n, int(np.asarray(v))))
+    return _core.Model(b.graph, store, list(shape), extra)
+
+
+def save(model, path, input_shape=None) -> str:
+    """Writes `model` to `path` (a .cnn file): traced with input_shape in inference mode (BatchNorm uses its
+    running statistics, dropout is off). A GraphModule keeps its input shape unless one is given (only the
+    batch size may change). The write is atomic: on failure `path` is unchanged. Returns the path."""
+    path = os.fspath(path)
+    _core_model(model, input_shape).save(path)
+    return path
+
+
+def dumps(model, input_shape=None) -> bytes:
+    """The bytes save() would write."""
+    return _core_model(model, input_shape).to_bytes()
+
+
+def load(source) -> "GraphModule":
+    """Loads a .cnn file from a path or from bytes; every problem with the file raises cnnnative.Error."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        m = _core.Model.from_bytes(memoryview(source).cast("B"))
+    else:
+        m = _core.Model.load(os.fspath(source))
+    return GraphModule(m)
+
+
+class GraphModule(Module):
+    """A model loaded from a .cnn file: its graph, parameters and buffers (by their saved names, so
+    state_dict() and load_state_dict() match the original model's), the input shape it was saved with.
+    compile(input_shape) builds an inference session for any batch size; training is not supported."""
+
+    def __init__(self, core_model: "_core.Model"):
+        super().__init__()
+        graph = core_model.graph
+        store = core_model.store
+        object.__setattr__(self, "graph", graph)
+        object.__setattr__(self, "input_shape", tuple(core_model.input_shape))
+        object.__setattr__(self, "output_shape", tuple(core_model.output_shape))
+        for name, _, trainable in core_model.tensors:
+            view = store.array(name)
+            if trainable:
+                self._parameters[name] = view.view(Parameter)
+            else:
+                self._buffers[name] = view
+        object.__setattr__(self, "_extra_state",
+                           OrderedDict((n, np.array(v, dtype=np.int64)) for n, v in core_model.extra_state))
+        # Module._ensure_store() keeps a store whose signature matches: this one, already holding the weights.
+        sig = [(n, p.shape, True) for n, p in self.named_parameters()] + \
+              [(n, b.shape, False) for n, b in self.named_buffers()]
+        object.__setattr__(self, "_store", (store, sig))
+
+    def _extra_list(self):
+        return [(n, int(v)) for n, v in self._extra_state.items()]
+
+    def _graph_for(self, input_shape):
+        input_shape = tuple(int(d) for d in input_shape)
+        if len(input_shape) != len(self.input_shape) or input_shape[1:] != self.input_shape[1:]:
+            want = ", ".join(["N"] + [str(d) for d in self.input_shape[1:]])
+            raise _core.Error(f"this model takes input [{want}] (any batch size N), got {list(input_shape)}")
+        if input_shape == self.input_shape:
+            return self.graph
+        return _core.rebatch(self.graph, input_shape[0])
+
+    def forward(self, *args):
+        raise _core.Error("a loaded GraphModule runs through compile(input_shape); it cannot be called inside "
+                          "another module's forward()")
+
+    def compile(self, input_shape=None, mode: str = "infer", optimizer=None, loss: str = "cross_entropy",
+                seed: int = 0, backend: str = "cpu", plan_memory: bool = True):
+        """An inference Session for input_shape (default: the saved shape; an int is a batch size)."""
+        if mode != "infer":
+            raise _core.Error(f"compile: a model loaded from a file compiles for inference only (mode='infer'), "
+                              f"got mode={mode!r}; training a loaded model is not supported")
+        if input_shape is None:
+            input_shape = self.input_shape
+        elif isinstance(input_shape, (int, np.integer)):
+            input_shape = (int(input_shape),) + self.input_shape[1:]
+        return _GraphSession(self, input_shape, backend=backend, plan_memory=plan_memory, seed=seed)
+
+    def extra_repr(self) -> str:
+        return (f"input_shape={list(self.input_shape)}, output_shape={list(self.output_shape)}, "
+                f"nodes={self.graph.num_nodes}, parameters={self.num_parameters():,}")
+
+
+class _GraphSession(Session):
+    """A Session over a loaded graph (no tracing): inference only."""
+
+    def __init__(self, gm: GraphModule, input_shape, backend="cpu", plan_memory=True, seed=0):
+        input_shape = tuple(int(s) for s in input_shape)
+        if len(input_shape) < 1 or any(s <= 0 for s in input_shape):
+            raise ValueError(f"compile: input_shape must be (N, C, ...) with positive sizes, got {input_shape}")
+        g = gm._graph_for(input_shape)
+        self.model = gm
+        self.mode = "infer"
+        self.input_shape = input_shape
+        self.graph = g
+        self.optimizer = None
+        self._bn = []
+        self._s = _core.Session(g, gm._ensure_store(), "infer", backend=backend, plan_memory=plan_memory, seed=int(seed))
+        self.output_shape = tuple(self._s.fetches[0][1])
