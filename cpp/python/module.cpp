@@ -181,6 +181,26 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("num_values", [](const Graph& g) { return g.values.size(); })
       .def_property_readonly("outputs", [](const Graph& g) { return g.outputs; })
       .def_property_readonly("inputs", [](const Graph& g) { return g.inputs; })
+      .def("nodes", [](const Graph& g) {
+        // {op, name, inputs, outputs, attrs}: one-element integer lists read back as ints (the Python
+        // layer passes scalars), longer ones as lists.
+        py::list l;
+        for (auto& n : g.nodes) {
+          py::dict d, a;
+          for (auto& kv : n.attrs.ints) {
+            if (kv.second.size() == 1) a[py::str(kv.first)] = kv.second[0];
+            else a[py::str(kv.first)] = kv.second;
+          }
+          for (auto& kv : n.attrs.floats) a[py::str(kv.first)] = kv.second;
+          d["op"] = n.op;
+          d["name"] = n.name;
+          d["inputs"] = n.inputs;
+          d["outputs"] = n.outputs;
+          d["attrs"] = a;
+          l.append(d);
+        }
+        return l;
+      })
       .def("node_ops", [](const Graph& g) {
         std::vector<std::string> v;
         for (auto& n : g.nodes) v.push_back(n.op + " " + n.name);

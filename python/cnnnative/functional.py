@@ -55,14 +55,86 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_in
 
 
 def adaptive_avg_pool2d(x, output_size, *, name=None) -> Tensor:
-    oh, ow = _pair(output_size) if output_size is not None else list(x.shape[2:])
+    """PyTorch's adaptive average pooling: output bin i covers input rows floor(i*H/oh) .. ceil((i+1)*H/oh).
+    output_size: int, (oh, ow), with None keeping that input dim. 1x1 runs as global_avg_pool and an exact
+    divisor as avg_pool2d (the same numbers); anything else (including oh > H) as adaptive_avg_pool2d."""
+    if x.dim() != 4:
+        raise ValueError(f"adaptive_avg_pool2d: expected x [N, C, H, W], got {list(x.shape)}")
     h, w = x.shape[2], x.shape[3]
+    size = [output_size, output_size] if output_size is None or isinstance(output_size, int) else list(output_size)
+    oh, ow = (int(s) if s is not None else d for s, d in zip(size, (h, w)))
     if (oh, ow) == (1, 1):
         return _op("global_avg_pool", [x], name=name)[0]
-    if h % oh == 0 and w % ow == 0:
+    if oh > 0 and ow > 0 and h % oh == 0 and w % ow == 0:
         return avg_pool2d(x, (h // oh, w // ow), name=name)
-    raise ValueError(f"adaptive_avg_pool2d: output {oh}x{ow} must divide the input {h}x{w} "
-                     "(general adaptive pooling is not implemented yet)")
+    return _op("adaptive_avg_pool2d", [x], {"output": [oh, ow]}, name=name)[0]
+
+
+def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1, *,
+                     name=None) -> Tensor:
+    """Transposed convolution (torch argument order); weight [C_in, K/groups, R, S], bias [K]."""
+    attrs = {"stride": _pair(stride), "padding": _pair(padding), "output_padding": _pair(output_padding),
+             "dilation": _pair(dilation), "groups": int(groups)}
+    ins = [x, weight] + ([bias] if bias is not None else [])
+    return _op("conv_transpose2d", ins, attrs, name=name)[0]
+
+
+def local_response_norm(x, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0, *,
+                        name=None) -> Tensor:
+    """x / (k + alpha/size * sum over `size` neighbouring channels of x^2)^beta, as torch."""
+    attrs = {"size": int(size), "alpha": float(alpha), "beta": float(beta), "k": float(k)}
+    return _op("lrn", [x], attrs, name=name)[0]
+
+
+def _int_scale(v, what):
+    f = float(v)
+    if not (f >= 1 and f == int(f)):
+        raise ValueError(f"interpolate(mode='nearest'): only integer {what} >= 1 are supported, got {v}")
+    return int(f)
+
+
+def interpolate(x, size=None, scale_factor=None, mode: str = "nearest", align_corners=None,
+                recompute_scale_factor=None, antialias=False, *, name=None) -> Tensor:
+    """Nearest-neighbour upsampling of x [N, C, H, W] by integer factors: scale_factor (a number or
+    (sh, sw)) or a size that is an integer multiple of the input. Other modes or factors raise."""
+    where = f"layer '{name}': " if name else ""
+    if mode != "nearest":
+        raise ValueError(f"{where}interpolate: only mode='nearest' is supported, got {mode!r}")
+    if x.dim() != 4:
+        raise ValueError(f"{where}interpolate: expected x [N, C, H, W], got {list(x.shape)}")
+    if (size is None) == (scale_factor is None):
+        raise ValueError(f"{where}interpolate: give exactly one of size and scale_factor")
+    h, w = x.shape[2], x.shape[3]
+    if size is not None:
+        oh, ow = _pair(size)
+        if oh % h or ow % w:
+            raise ValueError(f"{where}interpolate: size {[oh, ow]} must be an integer multiple of the input "
+                             f"{[h, w]} (only integer scale factors are supported)")
+        scale = [oh // h, ow // w]
+    else:
+        sf = scale_factor if isinstance(scale_factor, (list, tuple)) else (scale_factor, scale_factor)
+        try:
+            scale = [_int_scale(s, "scale factors") for s in sf]
+        except ValueError as e:
+            raise ValueError(f"{where}{e}") from None
+    return _op("upsample_nearest2d", [x], {"scale": scale}, name=name)[0]
+
+
+def cat(tensors, dim: int = 0, *, name=None) -> Tensor:
+    """Concatenates tensors of one rank along dim (torch.cat; the default dim is torch's, 0)."""
+    tensors = list(tensors)
+    if not tensors:
+        raise ValueError("cat: expected a non-empty list of tensors")
+    rank = tensors[0].dim()
+    axis = dim + rank if dim < 0 else dim
+    if not 0 <= axis < rank:
+        raise ValueError(f"cat: dim {dim} out of range for tensors of rank {rank}")
+    if len(tensors) == 1:
+        return tensors[0]
+    return _op("concat", tensors, {"axis": int(axis)}, name=name)[0]
+
+
+concat = cat
 
 
 def batch_norm(x, running_mean, running_var, weight, bias, training=False, momentum=0.1, eps=1e-5,
@@ -84,8 +156,33 @@ def softmax(x, dim: int = 1, *, name=None) -> Tensor:
     return _op("softmax", [x], name=name)[0]
 
 
-def cross_entropy(logits, labels, *, name=None) -> Tensor:
+def _mean_only(fn, reduction):
+    if reduction != "mean":
+        raise ValueError(f"{fn}: only reduction='mean' is supported, got {reduction!r}")
+
+
+def cross_entropy(logits, labels, reduction: str = "mean", *, name=None) -> Tensor:
+    _mean_only("cross_entropy", reduction)
     return _op("softmax_cross_entropy", [logits, labels], name=name or "loss")[0]
+
+
+def _same_shape(fn, a, b):
+    if a.shape != b.shape:
+        raise ValueError(f"{fn}: input {list(a.shape)} and target {list(b.shape)} must have one shape")
+
+
+def mse_loss(input, target, reduction: str = "mean", *, name=None) -> Tensor:
+    """mean((input - target)^2) over every element, as a [1] tensor."""
+    _mean_only("mse_loss", reduction)
+    _same_shape("mse_loss", input, target)
+    return _op("mse_loss", [input, target], name=name or "loss")[0]
+
+
+def binary_cross_entropy_with_logits(input, target, reduction: str = "mean", *, name=None) -> Tensor:
+    """mean(max(x, 0) - x*t + log(1 + exp(-|x|))) over every element (torch's stable form), as a [1] tensor."""
+    _mean_only("binary_cross_entropy_with_logits", reduction)
+    _same_shape("binary_cross_entropy_with_logits", input, target)
+    return _op("bce_with_logits", [input, target], name=name or "loss")[0]
 
 
 def flatten(x, start_dim: int = 0, end_dim: int = -1) -> Tensor:

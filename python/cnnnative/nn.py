@@ -4,7 +4,9 @@ first compile every parameter is a numpy view of the model's ParamStore (one fla
 sessions compiled from the model."""
 from __future__ import annotations
 
+import contextlib
 import math
+import types
 from collections import OrderedDict
 from typing import Iterator
 
@@ -14,9 +16,10 @@ from . import _core
 from . import functional as F
 from .graph import GraphBuilder, Tensor, current
 
-__all__ = ["Module", "Parameter", "Sequential", "Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d",
-           "Linear", "BatchNorm2d", "ReLU", "Sigmoid", "Tanh", "LeakyReLU", "Dropout", "Flatten", "Identity",
-           "functional", "manual_seed"]
+__all__ = ["Module", "Parameter", "Sequential", "ModuleList", "Conv2d", "ConvTranspose2d", "MaxPool2d",
+           "AvgPool2d", "AdaptiveAvgPool2d", "Linear", "BatchNorm2d", "LocalResponseNorm", "Upsample", "ReLU",
+           "Sigmoid", "Tanh", "LeakyReLU", "Dropout", "Flatten", "Identity", "functional", "init", "manual_seed",
+           "no_init"]
 
 functional = F
 
@@ -36,10 +39,103 @@ class Parameter(np.ndarray):
         return np.ascontiguousarray(data, dtype=np.float32).view(cls)
 
 
+_skip_init = False
+
+
+@contextlib.contextmanager
+def no_init():
+    """Modules built inside draw no initial values: weights are left zero (lazily allocated) and the
+    init functions do nothing, so building VGG-16 costs nothing. For counting parameters or loading a
+    state_dict right after (as torch's skip_init / meta-device construction)."""
+    global _skip_init
+    prev, _skip_init = _skip_init, True
+    try:
+        yield
+    finally:
+        _skip_init = prev
+
+
+def _uniform(shape, bound):
+    if _skip_init:
+        return np.zeros(shape, np.float32)
+    # float64 draws rounded to float32: the numbers every earlier version drew for a seed
+    return _rng.uniform(-bound, bound, size=shape).astype(np.float32)
+
+
 def _kaiming_uniform(shape, fan_in):
     # torch's default for Conv/Linear weights: kaiming_uniform_(a=sqrt(5)) -> U(-1/sqrt(fan_in), 1/sqrt(fan_in))
     bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
-    return Parameter(_rng.uniform(-bound, bound, size=shape))
+    return Parameter(_uniform(shape, bound))
+
+
+# ---- torch.nn.init counterparts: fill a parameter in place from the seeded generator ----
+def _fans(t):
+    # torch's _calculate_fan_in_and_fan_out: dims 1 and 0 times the receptive field, whatever the layer
+    # (so a ConvTranspose2d weight [C_in, K/groups, R, S] has fan_in = K/groups * R * S)
+    if t.ndim < 2:
+        raise ValueError(f"init: fan in/out needs a tensor with at least 2 dims, got shape {t.shape}")
+    rf = int(np.prod(t.shape[2:])) if t.ndim > 2 else 1
+    return t.shape[1] * rf, t.shape[0] * rf
+
+
+def _gain(nonlinearity, param=None):
+    if nonlinearity in ("linear", "conv2d", "sigmoid", "conv_transpose2d"):
+        return 1.0
+    if nonlinearity == "tanh":
+        return 5.0 / 3
+    if nonlinearity == "relu":
+        return math.sqrt(2.0)
+    if nonlinearity == "leaky_relu":
+        return math.sqrt(2.0 / (1 + (0.01 if param is None else param) ** 2))
+    raise ValueError(f"init: unsupported nonlinearity {nonlinearity!r}")
+
+
+def _fill(t, values):
+    if not _skip_init:
+        t[...] = values
+    return t
+
+
+def _normal(shape, mean, std):
+    if _skip_init:
+        return np.zeros(shape, np.float32)
+    return _rng.standard_normal(shape, dtype=np.float32) * np.float32(std) + np.float32(mean)
+
+
+def _init_uniform_(tensor, a=0.0, b=1.0):
+    return _fill(tensor, _uniform(tensor.shape, (b - a) / 2) + np.float32((a + b) / 2))
+
+
+def _init_normal_(tensor, mean=0.0, std=1.0):
+    return _fill(tensor, _normal(tensor.shape, mean, std))
+
+
+def _init_trunc_normal_(tensor, mean=0.0, std=1.0, a=-2.0, b=2.0):
+    """normal(mean, std) truncated to [a, b] (absolute bounds, as torch); out-of-range draws are redrawn."""
+    v = _normal(tensor.shape, mean, std)
+    bad = (v < a) | (v > b)
+    while bad.any():
+        v[bad] = _normal(int(bad.sum()), mean, std)
+        bad = (v < a) | (v > b)
+    return _fill(tensor, v)
+
+
+def _init_kaiming_uniform_(tensor, a=0.0, mode="fan_in", nonlinearity="leaky_relu"):
+    fan = _fans(tensor)[0 if mode == "fan_in" else 1]
+    return _fill(tensor, _uniform(tensor.shape, _gain(nonlinearity, a) * math.sqrt(3.0 / fan)))
+
+
+def _init_kaiming_normal_(tensor, a=0.0, mode="fan_in", nonlinearity="leaky_relu"):
+    fan = _fans(tensor)[0 if mode == "fan_in" else 1]
+    return _init_normal_(tensor, 0.0, _gain(nonlinearity, a) / math.sqrt(fan))
+
+
+init = types.SimpleNamespace(
+    uniform_=_init_uniform_, normal_=_init_normal_, trunc_normal_=_init_trunc_normal_, constant_=_fill,
+    zeros_=lambda t: _fill(t, 0.0), ones_=lambda t: _fill(t, 1.0), kaiming_uniform_=_init_kaiming_uniform_,
+    kaiming_normal_=_init_kaiming_normal_, calculate_gain=_gain)
+init.__doc__ = ("In-place initializers named as torch.nn.init's, drawing from the generator seeded by "
+                "manual_seed (same distributions as torch, not the same numbers).")
 
 
 class Module:
@@ -107,6 +203,13 @@ class Module:
     def buffers(self):
         for _, b in self.named_buffers():
             yield b
+
+    def apply(self, fn):
+        """Calls fn(module) on every submodule, children first, then self (as torch's Module.apply)."""
+        for m in self.children():
+            m.apply(fn)
+        fn(self)
+        return self
 
     def num_parameters(self) -> int:
         return int(sum(p.size for p in self.parameters()))
@@ -253,6 +356,33 @@ class Sequential(Module):
         return x
 
 
+class ModuleList(Module):
+    """Holds submodules in a list, named "0", "1", ... (as torch.nn.ModuleList); it has no forward()."""
+
+    def __init__(self, modules=None):
+        super().__init__()
+        for m in modules or []:
+            self.append(m)
+
+    def append(self, module: Module) -> "ModuleList":
+        self.add_module(str(len(self._modules)), module)
+        return self
+
+    def extend(self, modules) -> "ModuleList":
+        for m in modules:
+            self.append(m)
+        return self
+
+    def __getitem__(self, i):
+        return list(self._modules.values())[i]
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+
 def _pair(v):
     return (int(v), int(v)) if isinstance(v, int) else tuple(int(x) for x in v)
 
@@ -284,6 +414,44 @@ class Conv2d(Module):
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding}" + (f", groups={self.groups}" if self.groups > 1 else "")
+                + ("" if "bias" in self._parameters else ", bias=False"))
+
+
+class ConvTranspose2d(Module):
+    """torch.nn.ConvTranspose2d: weight [in_channels, out_channels/groups, R, S], output size
+    (H-1)*stride - 2*padding + dilation*(R-1) + output_padding + 1. Init as torch: kaiming_uniform(a=sqrt(5))
+    whose fan_in is weight.size(1)*R*S = out_channels/groups*R*S (torch's fan rule), bias U(+-1/sqrt(fan_in))."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, output_padding=0, groups=1,
+                 bias=True, dilation=1, padding_mode="zeros"):
+        super().__init__()
+        if padding_mode != "zeros":
+            raise ValueError("ConvTranspose2d: only padding_mode='zeros' is supported")
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"ConvTranspose2d: in_channels ({in_channels}) and out_channels ({out_channels}) "
+                             f"must be divisible by groups ({groups})")
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.kernel_size, self.stride, self.padding = _pair(kernel_size), _pair(stride), _pair(padding)
+        self.output_padding, self.dilation, self.groups = _pair(output_padding), _pair(dilation), int(groups)
+        if any(op >= max(s, d) for op, s, d in zip(self.output_padding, self.stride, self.dilation)):
+            raise ValueError(f"ConvTranspose2d: output_padding {self.output_padding} must be smaller than either "
+                             f"stride {self.stride} or dilation {self.dilation}")
+        fan_in = out_channels // groups * self.kernel_size[0] * self.kernel_size[1]
+        self.weight = _kaiming_uniform((in_channels, out_channels // groups, *self.kernel_size), fan_in)
+        if bias:
+            self.bias = _kaiming_uniform((out_channels,), fan_in)
+
+    def forward(self, x):
+        b = current()
+        return F.conv_transpose2d(x, self._tensor("weight"),
+                                  self._tensor("bias") if "bias" in self._parameters else None, self.stride,
+                                  self.padding, self.output_padding, self.groups, self.dilation, name=b.scope_name())
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}" + (f", output_padding={self.output_padding}" if any(self.output_padding)
+                                             else "")
+                + (f", groups={self.groups}" if self.groups > 1 else "")
                 + ("" if "bias" in self._parameters else ", bias=False"))
 
 
@@ -330,6 +498,40 @@ class BatchNorm2d(Module):
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
 
 
+class LocalResponseNorm(Module):
+    """torch.nn.LocalResponseNorm: x / (k + alpha/size * sum of x^2 over `size` neighbouring channels)^beta."""
+
+    def __init__(self, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0):
+        super().__init__()
+        self.size, self.alpha, self.beta, self.k = int(size), float(alpha), float(beta), float(k)
+
+    def forward(self, x):
+        return F.local_response_norm(x, self.size, self.alpha, self.beta, self.k, name=current().scope_name())
+
+    def extra_repr(self):
+        return f"{self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
+
+
+class Upsample(Module):
+    """torch.nn.Upsample for mode='nearest' with integer scale factors (or a size that is an integer
+    multiple of the input); anything else is a clear error at compile."""
+
+    def __init__(self, size=None, scale_factor=None, mode: str = "nearest", align_corners=None):
+        super().__init__()
+        if mode != "nearest":
+            raise ValueError(f"Upsample: only mode='nearest' is supported, got {mode!r}")
+        if (size is None) == (scale_factor is None):
+            raise ValueError("Upsample: give exactly one of size and scale_factor")
+        self.size, self.scale_factor, self.mode = size, scale_factor, mode
+
+    def forward(self, x):
+        return F.interpolate(x, self.size, self.scale_factor, self.mode, name=current().scope_name())
+
+    def extra_repr(self):
+        what = f"size={self.size}" if self.size is not None else f"scale_factor={self.scale_factor}"
+        return f"{what}, mode={self.mode!r}"
+
+
 class MaxPool2d(Module):
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
         super().__init__()
@@ -356,6 +558,9 @@ class AvgPool2d(Module):
 
 
 class AdaptiveAvgPool2d(Module):
+    """torch.nn.AdaptiveAvgPool2d(output_size): any output size (an int, (oh, ow), None keeps that dim);
+    1x1 runs as a global average, an exact divisor as avg_pool2d, anything else as adaptive_avg_pool2d."""
+
     def __init__(self, output_size):
         super().__init__()
         self.output_size = output_size

@@ -1,6 +1,6 @@
 """Session: a model compiled for one input shape and mode. Wraps _core.Session: run(x) for inference,
-step(x, y) for one training step, memory_report(). No Python runs per element; a step's work is one
-call into C++."""
+step(x, y) for one training step (loss 'cross_entropy', 'mse' or 'bce_with_logits'), memory_report().
+No Python runs per element; a step's work is one call into C++."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +8,13 @@ import numpy as np
 from . import _core
 from . import functional as F
 
-_LOSSES = ("cross_entropy",)
+# loss name -> (functional, target dtype); cross_entropy takes int32 class labels [N], the others float32
+# targets of the model output's shape.
+_LOSSES = {
+    "cross_entropy": (F.cross_entropy, "int32"),
+    "mse": (F.mse_loss, "float32"),
+    "bce_with_logits": (F.binary_cross_entropy_with_logits, "float32"),
+}
 
 
 class Session:
@@ -30,16 +36,23 @@ class Session:
         if mode == "train":
             if loss not in _LOSSES:
                 raise ValueError(f"compile: unknown loss {loss!r} (supported: {', '.join(_LOSSES)})")
-            if len(y.shape) != 2:
-                raise ValueError(f"compile: cross_entropy needs [N, classes] logits, the model gives {list(y.shape)}")
+            fn, target_dtype = _LOSSES[loss]
+            if loss == "cross_entropy":
+                if len(y.shape) != 2:
+                    raise ValueError(f"compile: cross_entropy needs [N, classes] logits, the model gives "
+                                     f"{list(y.shape)}")
+                target_shape, self.num_classes = [input_shape[0]], y.shape[1]
+            else:
+                target_shape, self.num_classes = list(y.shape), None
             with b:
-                labels = b.input("labels", [input_shape[0]], "int32")
-                lv = F.cross_entropy(y, labels)
+                target = b.input("labels" if loss == "cross_entropy" else "target", target_shape, target_dtype)
+                lv = fn(y, target)
             if optimizer is None:
                 from .optim import SGD
                 optimizer = SGD(lr=0.01)
             kw = dict(loss=lv.vid, optim=optimizer.config())
-            self.num_classes = y.shape[1]
+            self.loss = loss
+            self.target_shape = tuple(target_shape)
         g.set_outputs([y.vid])
         self.graph = g
         self.optimizer = optimizer
@@ -59,7 +72,8 @@ class Session:
     __call__ = run
 
     def step(self, x: np.ndarray, y: np.ndarray) -> float:
-        """One training step (forward, loss, backward, update). Returns the loss."""
+        """One training step (forward, loss, backward, update). Returns the loss. y: int32 labels [N] for
+        loss='cross_entropy', a float32 target of the output's shape for 'mse' and 'bce_with_logits'."""
         if self.mode != "train":
             raise ValueError("step(): this session was compiled with mode='infer'; use run(x)")
         loss = self._s.step(x, y)

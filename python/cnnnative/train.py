@@ -103,3 +103,62 @@ def fit(model, data, epochs, batch_size, optimizer, schedule=None, seed=0, progr
         log(f"epoch {epoch:2d}/{epochs}  loss {rec['loss']:.4f}  train acc {rec['train_acc']:.4f}  "
             f"test acc {test_acc:.4f}  {rec['images_per_s']:.0f} img/s")
     return history, sess
+
+
+def iou(logits: np.ndarray, masks: np.ndarray) -> float:
+    """Intersection over union of (logits > 0) with binary masks, over the whole set."""
+    pred = logits > 0
+    truth = masks > 0.5
+    union = np.logical_or(pred, truth).sum()
+    return float(np.logical_and(pred, truth).sum() / union) if union else 1.0
+
+
+def fit_dense(model, x_tr, t_tr, x_te, t_te, epochs, batch_size, optimizer, loss, schedule=None, seed=0,
+              progress=True, log=print, metric=None, metric_name="metric"):
+    """Trains a dense-output model (segmentation, denoising) with loss 'mse' or 'bce_with_logits' on float
+    targets of the output's shape; metric(pred, target) -> float is reported on the test set per epoch."""
+    from tqdm import tqdm
+
+    loader = DataLoader(x_tr, t_tr.astype(np.float32), batch_size, shuffle=True, seed=seed, drop_last=True)
+    if len(loader) == 0:
+        raise ValueError(f"batch size {batch_size} is larger than the training set ({len(x_tr)} samples)")
+    sess = model.compile((batch_size,) + tuple(x_tr.shape[1:]), mode="train", optimizer=optimizer, loss=loss,
+                         seed=seed)
+    bs_eval = min(batch_size, len(x_te))
+    eval_sess = model.compile((bs_eval,) + tuple(x_te.shape[1:]), mode="infer")
+    history = []
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        loss_sum, seen = 0.0, 0
+        bar = tqdm(loader, desc=f"epoch {epoch}/{epochs}", leave=False, disable=not progress, unit="batch")
+        for xb, tb in bar:
+            lv = sess.step(xb, tb)
+            loss_sum += lv * len(xb)
+            seen += len(xb)
+            bar.set_postfix(loss=f"{lv:.4f}")
+        bar.close()
+        dt = time.perf_counter() - t0
+        if schedule is not None:
+            schedule.step()
+        pred = predict(model, x_te, bs_eval, eval_sess)
+        rec = {"epoch": epoch, "loss": loss_sum / seen, "images_per_s": seen / dt, "seconds": dt}
+        if metric is not None:
+            rec[metric_name] = metric(pred, t_te)
+        history.append(rec)
+        extra = f"  test {metric_name} {rec[metric_name]:.4f}" if metric is not None else ""
+        log(f"epoch {epoch:2d}/{epochs}  loss {rec['loss']:.4f}{extra}  {rec['images_per_s']:.0f} img/s")
+    return history, sess
+
+
+def noisy_digits(size=28, noise=0.4, seed=0):
+    """Denoising task on the bundled digits in [0, 1]: (noisy_train, clean_train, noisy_test, clean_test)."""
+    from .data import load_digits
+
+    x_tr, _, x_te, _, (mean, std) = load_digits(size=size, seed=seed, return_stats=True)
+    rng = np.random.default_rng(seed + 1)
+    out = []
+    for x in (x_tr, x_te):
+        clean = np.clip(x * np.float32(std) + np.float32(mean), 0, 1).astype(np.float32)
+        noisy = np.clip(clean + rng.normal(0, noise, clean.shape).astype(np.float32), 0, 1)
+        out += [noisy, clean]
+    return tuple(out)
