@@ -391,7 +391,7 @@ class DataLoader:
 # synthetic tasks (no download): a 10-class image task and shape segmentation
 # --------------------------------------------------------------------------
 
-def synthetic_images(n=2000, size=32, channels=3, num_classes=10, test_fraction=0.2, noise=0.5, seed=0):
+def synthetic_images(n=2000, size=32, channels=3, num_classes=10, test_fraction=0.2, noise=0.3, seed=0):
     """Class c = a sinusoidal grating at angle c*pi/num_classes with a random phase and frequency,
     tinted per class across channels, plus Gaussian noise. Returns normalized
     (x_train, y_train, x_test, y_test) like load_digits."""
