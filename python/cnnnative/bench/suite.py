@@ -90,6 +90,8 @@ def _engines(workload, threads, check=True):
                 so = ort.SessionOptions()
                 so.intra_op_num_threads = threads
                 so.inter_op_num_threads = 1
+                # idle ORT threads must not spin on the cores the other engines run on next
+                so.add_session_config_entry("session.intra_op.allow_spinning", "0")
                 osess = ort.InferenceSession(f.name, so, providers=["CPUExecutionProvider"])
                 os.unlink(f.name)
                 oref = osess.run(None, {"x": x})[0]
@@ -120,11 +122,25 @@ def _time(engines, rounds, reps):
             fn()
     for _ in range(rounds):
         for k, fn in engines.items():
+            time.sleep(0.02)  # let the previous engine's OpenMP threads stop spinning before timing this one
             for _ in range(reps):
                 t0 = time.perf_counter()
                 fn()
                 times[k].append((time.perf_counter() - t0) * 1e3)
     return times
+
+
+def _peak_rss_kib():
+    """This process's peak resident set (VmHWM, KiB). Unlike getrusage's ru_maxrss it starts afresh at
+    exec, so a child forked from a large parent does not inherit the parent's peak."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def _child(workload, engine, threads):
@@ -135,7 +151,7 @@ def _child(workload, engine, threads):
     x = rng.standard_normal((bs,) + chw).astype(np.float32)
     ncls = kw.get("num_classes", 10)
     y = rng.integers(0, ncls, bs).astype(np.int32)
-    rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss = _peak_rss_kib
     if engine == "cnnnative":
         import cnnnative as cn
         cn.set_num_threads(threads)
