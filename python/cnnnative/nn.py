@@ -313,12 +313,15 @@ class Module:
         return b, x, y
 
     def compile(self, input_shape, mode: str = "infer", optimizer=None, loss: str = "cross_entropy",
-                seed: int = 0, backend: str = "cpu", plan_memory: bool = True):
+                seed: int = 0, backend: str = "cpu", plan_memory: bool = True, optimize: bool = True,
+                layout: str = "auto"):
         """Compiles the model for one input shape: mode 'infer' (eval behaviour of BN/dropout) or
-        'train' (one step = forward, loss, backward, optimizer update). Returns a Session."""
+        'train' (one step = forward, loss, backward, optimizer update). optimize: fuse conv/BN/add/ReLU
+        chains in inference; layout: 'auto' (oneDNN's blocked layouts between capable kernels) or
+        'plain' (NCHW everywhere), for comparison. Returns a Session."""
         from .session import Session
         return Session(self, input_shape, mode=mode, optimizer=optimizer, loss=loss, seed=seed,
-                       backend=backend, plan_memory=plan_memory)
+                       backend=backend, plan_memory=plan_memory, optimize=optimize, layout=layout)
 
     def extra_repr(self) -> str:
         return ""

@@ -128,6 +128,15 @@ struct CompileOptions {
   OptimConfig optim;
   bool plan_memory = true;      // false: no reuse (every buffer its own range), for comparison
   uint64_t seed = 0;            // dropout and other random ops
+  // Graph optimizations of the cpu backend. Infer mode: conv2d [-> batch_norm(eval)] [-> add] [-> relu] chains
+  // and linear -> relu run as one fused kernel (oneDNN post-ops). false: the graph runs as built, for comparison.
+  bool optimize = true;
+  // Activation layouts between layout-capable cpu kernels (the reference backend is always plain):
+  // "auto" = "blocked" (nChw16c, or nChw8c without AVX-512; C padded to the block; oneDNN's own preference),
+  // "nChw16c" / "nChw8c" (a block size forced), "nhwc", or "plain" (NCHW everywhere, no reorders).
+  // Graph inputs and outputs are plain.
+  // "auto" keeps Grad-mode sessions (gradient checks) plain; an explicit layout applies to them too.
+  std::string layout = "auto";
 };
 
 struct MemoryReport {

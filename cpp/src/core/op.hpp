@@ -15,10 +15,24 @@ namespace cnn {
 // What an op's backward reads besides the upstream gradient (declarative; used by docs and checks).
 enum BwdNeeds : unsigned { kNeedsNothing = 0, kNeedsInput = 1, kNeedsOutput = 2, kNeedsWorkspace = 4 };
 
+// Memory layout of an activation, chosen per value by the session's layout pass (core/layout.hpp). plain is
+// row-major in the logical shape (NCHW for 4-D), the only layout of graph inputs/outputs, parameters and every
+// kernel that does not declare a layout rule. The others exist only for 4-D tensors [N, C, H, W]:
+// nhwc (channels last), nChw16c / nChw8c (channel blocks of 16 / 8, C padded up to the block; the padding
+// holds zeros). A workspace of a layout-capable kernel (max-pool indices) carries the layout it was written in.
+enum class Layout : int { plain = 0, nhwc = 1, nChw16c = 2, nChw8c = 3 };
+const char* layout_name(Layout l);
+// Bytes a tensor occupies in a layout (padding included), for dtype d.dtype.
+size_t layout_bytes(const TensorDesc& d, Layout l);
+
 struct KernelCtx {
   const Node& node;
   std::vector<TensorDesc> in, out;  // float tensors carry the session's compute dtype here
   DType compute = DType::f32;
+  bool training = false;            // false in an inference session: kernels may use inference-only paths
+  std::vector<Layout> in_layout{}, out_layout{};  // empty or one per input/output; missing entries are plain
+  Layout layout_in(size_t i) const { return i < in_layout.size() ? in_layout[i] : Layout::plain; }
+  Layout layout_out(size_t i) const { return i < out_layout.size() ? out_layout[i] : Layout::plain; }
 };
 
 struct RunCtx {
@@ -45,6 +59,9 @@ struct OpSchema {
   // Output descs from input descs; throws via op_error() on bad shapes.
   std::function<std::vector<TensorDesc>(const Node&, const std::vector<TensorDesc>&)> infer;
   bool inplace = false;         // output 0 may share input 0's buffer
+  // Generalizes `inplace`: which input output 0 may share its buffer with (-1: none), e.g. the residual of a
+  // fused convolution. When set it is asked instead of `inplace`.
+  std::function<int(const Node&)> inplace_input;
   unsigned bwd_needs = kNeedsNothing;
   std::function<void(GradCtx&)> grad;  // empty: not differentiable
   KernelFactory ref;                    // naive loops, float and double (ctx.compute)

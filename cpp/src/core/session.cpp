@@ -1,6 +1,7 @@
-// Session: compile once (autodiff, schedule, in-place aliasing, memory plan, kernels), then run many
-// times. Owns the arena, the scratch buffer, the gradient block and optimizer state; borrows parameters
-// and buffers from the shared ParamStore. run() allocates nothing: every pointer table is built here.
+// Session: compile once (inference fusion, autodiff, layout pass, schedule, in-place aliasing, memory plan,
+// kernels), then run many times. Owns the arena, the scratch buffer, the gradient block and optimizer state;
+// borrows parameters and buffers from the shared ParamStore. run() allocates nothing: every pointer table is
+// built here. Values are sized by the layout they are stored in (blocked layouts pad C).
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -9,6 +10,8 @@
 
 #include "core/alloc.hpp"
 #include "core/autodiff.hpp"
+#include "core/fuse.hpp"
+#include "core/layout.hpp"
 #include "core/op.hpp"
 #include "core/planner.hpp"
 #include "cpu/optim.hpp"
@@ -32,6 +35,8 @@ class SessionImpl {
   std::vector<int> feed_values, fetch_values;
 
   std::vector<Storage> storage;
+  std::vector<Layout> layout;  // per value: its stored layout (all plain unless the layout pass ran)
+  std::vector<std::vector<Layout>> in_view;  // per node and input: the layout the kernel reads it in
   std::vector<void*> ptr;  // per value
   std::vector<std::unique_ptr<Kernel>> kernels;
   std::vector<std::vector<void*>> node_in, node_out;
@@ -52,9 +57,11 @@ class SessionImpl {
 };
 
 namespace {
-size_t value_bytes(const TensorDesc& d, DType compute) {
-  DType t = is_float(d.dtype) ? compute : d.dtype;
-  return size_t(numel(d.shape)) * dtype_size(t);
+// Bytes of a value as stored: compute dtype for floats, padding of blocked layouts included.
+size_t value_bytes(const TensorDesc& d, DType compute, Layout l) {
+  TensorDesc t = d;
+  if (is_float(d.dtype)) t.dtype = compute;
+  return layout_bytes(t, l);
 }
 }  // namespace
 
@@ -74,11 +81,19 @@ SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, con
       throw Error("parameter '" + e.name + "': trainable flag differs between graph and store");
   }
 
+  // Layouts: cpu backend only; "auto" leaves grad-mode sessions (gradient checks) plain, an explicit choice
+  // applies to them too.
+  LayoutPolicy policy = LayoutPolicy::parse(opt.layout);
+  if (opt.backend != "cpu" || (opt.mode == Mode::Grad && opt.layout == "auto")) policy.kind = LayoutPolicy::plain;
+
   // ---- feeds ----
   for (int v : g.inputs) {
     feeds.push_back({g.values[v].name, g.values[v].desc});
     feed_values.push_back(v);
   }
+
+  // ---- inference fusion (cpu backend) ----
+  if (opt.mode == Mode::Infer && opt.backend == "cpu" && opt.optimize) fuse_for_inference(g, g.outputs);
 
   // ---- autodiff ----
   AutodiffResult ad;
@@ -107,11 +122,38 @@ SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, con
     ad = autodiff(g, seeds, opt.wrt);
   }
   nf = ad.num_forward_nodes;
+
+  const std::vector<int> outputs_as_built = g.outputs;  // fetch names: before plain copies are swapped in
+  // ---- layouts (cpu backend): reorders only where a layout-capable kernel meets one that is not ----
+  if (policy.kind != LayoutPolicy::plain) {
+    std::vector<int*> plain_vals;
+    for (int& v : g.outputs) plain_vals.push_back(&v);
+    for (int& v : ad.wrt_grads) plain_vals.push_back(&v);
+    for (int& v : ad.param_grads) plain_vals.push_back(&v);
+    LayoutResult lr = assign_layouts(g, opt.backend, policy, opt.mode != Mode::Infer, nf, plain_vals);
+    nf = lr.num_forward_nodes;
+    layout = std::move(lr.layout);
+    in_view = std::move(lr.in_view);
+  } else {
+    layout.assign(g.values.size(), Layout::plain);
+    for (const Node& n : g.nodes) {  // explicit reorders in a graph built by hand set their output's layout
+      in_view.emplace_back();
+      for (int v : n.inputs) in_view.back().push_back(layout[v]);
+      if (n.op == "reorder") layout[n.outputs[0]] = Layout(n.attrs.i("to", 0));
+    }
+  }
+  for (size_t s = 0; s < g.nodes.size(); ++s) {
+    const Node& n = g.nodes[s];
+    if (n.op == "reorder" && !layouts_alias(in_view[s][0], Layout(n.attrs.i("from", 0)), g.values[n.inputs[0]].desc.shape))
+      op_error(n, std::string("input is ") + layout_name(in_view[s][0]) + ", attribute 'from' says " +
+                      layout_name(Layout(n.attrs.i("from", 0))));
+  }
   const int n_steps = int(g.nodes.size());
 
   // ---- fetches ----
-  for (int v : g.outputs) {
-    fetches.push_back({g.values[v].name, g.values[v].desc});
+  for (size_t i = 0; i < g.outputs.size(); ++i) {
+    int v = g.outputs[i];
+    fetches.push_back({g.values[outputs_as_built[i]].name, g.values[v].desc});
     fetch_values.push_back(v);
   }
   if (opt.mode == Mode::Grad) {
@@ -184,12 +226,17 @@ SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, con
   std::iota(root.begin(), root.end(), 0);
   for (int s = 0; s < n_steps; ++s) {
     const Node& n = g.nodes[s];
-    if (!get_op(n.op).inplace || n.inputs.empty() || n.outputs.empty()) continue;
-    int a = root[n.inputs[0]], b = n.outputs[0];
+    const OpSchema& op = get_op(n.op);
+    const int k = op.inplace_input ? op.inplace_input(n) : op.inplace ? 0 : -1;
+    if (k < 0 || k >= int(n.inputs.size()) || n.outputs.empty()) continue;
+    int a = root[n.inputs[k]], b = n.outputs[0];
     if (storage[a] != Storage::Planned || storage[b] != Storage::Planned) continue;
     if (last[a] != s || fetched[a]) continue;
-    if (value_bytes(g.values[a].desc, opt.compute) != value_bytes(g.values[b].desc, opt.compute)) continue;
-    if (std::count(n.inputs.begin(), n.inputs.end(), n.inputs[0]) > 1) continue;
+    // same bytes in the same places: the node reads input k in a layout that its output is stored in
+    if (!layouts_alias(in_view[s][k], layout[b], g.values[b].desc.shape)) continue;
+    if (!layouts_alias(layout[n.inputs[k]], in_view[s][k], g.values[n.inputs[k]].desc.shape)) continue;
+    if (value_bytes(g.values[a].desc, opt.compute, layout[a]) != value_bytes(g.values[b].desc, opt.compute, layout[b])) continue;
+    if (std::count(n.inputs.begin(), n.inputs.end(), n.inputs[k]) > 1) continue;
     root[b] = a;
     last[a] = std::max(last[a], last[b]);
     report.num_inplace++;
@@ -201,7 +248,7 @@ SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, con
     if (storage[v] != Storage::Planned || root[v] != int(v)) continue;
     if (first[v] < 0) continue;  // never produced (unused)
     planned.push_back(int(v));
-    reqs.push_back(BufferReq{value_bytes(g.values[v].desc, opt.compute), first[v], last[v]});
+    reqs.push_back(BufferReq{value_bytes(g.values[v].desc, opt.compute, layout[v]), first[v], last[v]});
   }
   MemoryPlan plan = plan_memory(reqs, 64, opt.plan_memory);
   std::string bad = validate_plan(reqs, plan, 64);
@@ -222,15 +269,18 @@ SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, con
   for (int s = 0; s < n_steps; ++s) {
     const Node& n = g.nodes[s];
     KernelCtx kc{n, {}, {}, opt.compute};
-    for (int v : n.inputs) {
-      TensorDesc d = g.values[v].desc;
+    kc.training = opt.mode != Mode::Infer;
+    for (size_t i = 0; i < n.inputs.size(); ++i) {
+      TensorDesc d = g.values[n.inputs[i]].desc;
       if (is_float(d.dtype)) d.dtype = opt.compute;
       kc.in.push_back(d);
+      kc.in_layout.push_back(in_view[s][i]);
     }
     for (int v : n.outputs) {
       TensorDesc d = g.values[v].desc;
       if (is_float(d.dtype)) d.dtype = opt.compute;
       kc.out.push_back(d);
+      kc.out_layout.push_back(layout[v]);
     }
     const KernelFactory* f = opt.backend == "cpu" ? find_kernel("cpu", n.op) : nullptr;
     if (!f) {

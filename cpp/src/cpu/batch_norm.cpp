@@ -1,7 +1,9 @@
-// oneDNN kernels for batch_norm and batch_norm_grad. x is viewed as plain [N, C, H, W] ([N, C] as
-// [N, C, 1, 1]); gamma and beta go in as separate scale/shift memories. Training runs forward_training
+// oneDNN kernels for batch_norm and batch_norm_grad. x is viewed as [N, C, H, W] in its layout ([N, C] as
+// plain [N, C, 1, 1]); y, dy and dx share x's layout (layout rule); gamma and beta go in as separate
+// scale/shift memories. Training runs forward_training
 // (mean, biased variance out), then a native loop over C updates running_mean/running_var (inputs 3, 4)
 // in place when track_running_stats=1. Eval runs with use_global_stats. Primitives are created once.
+#include "core/layout.hpp"
 #include "cpu/dnnl_common.hpp"
 
 namespace cnn {
@@ -32,7 +34,7 @@ struct BatchNormFwd : Kernel {
     Shape s = as_nchw(c.in[0].shape);
     C = s[1];
     m = s[0] * s[2] * s[3];
-    auto md = plain_desc(s, c.in[0].dtype);
+    auto md = md_of(s, c.in[0].dtype, c.layout_in(0));
     auto cmd = plain_desc(Shape{C}, DType::f32);
     dnnl::batch_normalization_forward::primitive_desc pd(
         engine(), training ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference, md, md,
@@ -72,7 +74,7 @@ struct BatchNormBwd : Kernel {
     const bool training = c.node.attrs.i("training", 0);
     const float eps = float(c.node.attrs.f("eps", 1e-5));
     Shape s = as_nchw(c.in[1].shape);
-    auto md = plain_desc(s, c.in[1].dtype);
+    auto md = md_of(s, c.in[1].dtype, c.layout_in(1));
     auto cmd = plain_desc(Shape{s[1]}, DType::f32);
     dnnl::batch_normalization_forward::primitive_desc hint(engine(), dnnl::prop_kind::forward_training, md, md, eps,
                                                            bn_flags(training));
@@ -96,6 +98,8 @@ struct BatchNormBwd : Kernel {
 
 KernelRegistrar r1("cpu", "batch_norm", [](const KernelCtx& c) { return std::make_unique<BatchNormFwd>(c); });
 KernelRegistrar r2("cpu", "batch_norm_grad", [](const KernelCtx& c) { return std::make_unique<BatchNormBwd>(c); });
+LayoutRuleRegistrar l1("cpu", "batch_norm", rule_follow_input(0));
+LayoutRuleRegistrar l2("cpu", "batch_norm_grad", rule_follow_input(1));
 
 }  // namespace
 }  // namespace cpu

@@ -1,11 +1,23 @@
-// oneDNN kernels for conv2d, conv2d_grad_data and conv2d_grad_weights (convolution_direct).
-// Activations stay plain nchw; weights are created with format_tag::any and, when oneDNN picks a blocked
-// layout, reordered between the plain [K, C/groups, R, S] parameter (goihw when groups > 1, same bytes)
-// and the kernel's scratch region. Scratch: the oneDNN scratchpad (shared by the kernel's primitives, which
-// run one after another) first, then the blocked weights. Primitives are built once; run() only binds.
+// oneDNN kernels for conv2d, conv2d_grad_data, conv2d_grad_weights and fused_conv2d (convolution_direct),
+// and their layout rules. Activations come in the layouts the session's layout pass gave them (KernelCtx);
+// the rules (conv_layouts) pick, per node and direction, the (x, y) layout pair whose oneDNN implementation
+// ranks best, starting from the policy's layout for y and oneDNN's own pick for x. Weights are created with
+// format_tag::any and, when oneDNN picks a blocked layout, reordered on every run between the plain
+// [K, C/groups, R, S] parameter (goihw when groups > 1, same bytes) and the kernel's scratch region, so
+// parameter updates are always seen. fused_conv2d folds BN(eval) into that weight reorder (per-channel scale)
+// and the bias, both computed from the live parameters on each run (K floats), and runs the residual as a sum
+// post-op and relu / leaky_relu as an eltwise post-op. Scratch: the oneDNN scratchpad (shared by the kernel's
+// primitives, which run one after another) first, then the blocked weights, then the BN scale and shift.
+// Primitives are built once; run() only binds.
 #include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <mutex>
 #include <optional>
+#include <string>
 
+#include "core/layout.hpp"
 #include "cpu/dnnl_common.hpp"
 
 namespace cnn {
@@ -21,32 +33,122 @@ dims pair_attr(const Attrs& a, const char* name, int64_t dflt) {
   return {v[0], v.back()};
 }
 
-// Descriptors and geometry shared by the three kernels; x, w, y are the forward shapes.
+// Descriptors and geometry shared by the kernels; x, w, y are the forward shapes, lx, ly the layouts of x
+// and y (src md = format_tag::any when lx is not given, for the layout rules' query).
 struct ConvDescs {
   mdesc src, dst, w_user, w_any, bias;
   dims strides, dilates, pad;
-  ConvDescs(const KernelCtx& c, const Shape& x, const Shape& w, const Shape& y) {
-    DType t = c.in[0].dtype;
-    int64_t G = c.node.attrs.i("groups", 1);
+  ConvDescs(const Attrs& a, DType t, const Shape& x, const Shape& w, const Shape& y, std::optional<Layout> lx, Layout ly) {
+    int64_t G = a.i("groups", 1);
     Shape ws = G > 1 ? Shape{G, w[0] / G, w[1], w[2], w[3]} : w;
-    src = plain_desc(x, t);
-    dst = plain_desc(y, t);
+    src = lx ? md_of(x, t, *lx) : mdesc(dims_of(x), dt_of(t), dnnl::memory::format_tag::any);
+    dst = md_of(y, t, ly);
     w_user = plain_desc(ws, t);
     w_any = mdesc(dims_of(ws), dt_of(t), dnnl::memory::format_tag::any);
     bias = plain_desc(Shape{w[0]}, t);
-    strides = pair_attr(c.node.attrs, "stride", 1);
-    pad = pair_attr(c.node.attrs, "padding", 0);
-    dims d = pair_attr(c.node.attrs, "dilation", 1);
+    strides = pair_attr(a, "stride", 1);
+    pad = pair_attr(a, "padding", 0);
+    dims d = pair_attr(a, "dilation", 1);
     dilates = {d[0] - 1, d[1] - 1};
   }
-  dnnl::convolution_forward::primitive_desc fwd(bool with_bias, const dnnl::primitive_attr& attr = {}) const {
+  ConvDescs(const KernelCtx& c, const Shape& x, const Shape& w, const Shape& y, Layout lx, Layout ly)
+      : ConvDescs(c.node.attrs, c.in[0].dtype, x, w, y, lx, ly) {}
+  dnnl::convolution_forward::primitive_desc fwd(bool with_bias, const dnnl::primitive_attr& attr = {},
+                                                dnnl::prop_kind pk = dnnl::prop_kind::forward_training) const {
     using fpd = dnnl::convolution_forward::primitive_desc;
-    auto pk = dnnl::prop_kind::forward_training;
     auto alg = dnnl::algorithm::convolution_direct;
     return with_bias ? fpd(engine(), pk, alg, src, w_any, bias, dst, strides, dilates, pad, pad, attr)
                      : fpd(engine(), pk, alg, src, w_any, dst, strides, dilates, pad, pad, attr);
   }
 };
+
+// ---- layout rules ----
+// The layouts (x, y) one convolution node runs in: the candidate whose oneDNN implementation of that node's
+// direction ranks best (AVX-512 jit/brgemm > other jit > gemm > ref:any), the earliest on ties. Candidates, in
+// order: the source layout oneDNN picks given the policy's destination layout; the policy's layouts for both;
+// nhwc for both; the blocked layout for both; plain source; plain for both. Mixed pairs (e.g. nchw -> nChw16c)
+// have real kernels for some directions only, so the backward nodes of a convolution may land on another
+// candidate than its forward; the layout pass then reorders between them (cheap next to a ref:any or gemm
+// convolution). Memoized: pd creation is not free and training graphs ask three times per convolution.
+struct ConvLayouts {
+  Layout x, y;
+};
+enum class Dir { fwd_infer, fwd_train, bwd_data, bwd_weights };
+
+int impl_rank(const std::string& impl) {
+  if (impl.rfind("ref", 0) == 0) return 0;
+  if (impl.find("gemm") != std::string::npos) return 1;
+  return impl.find("avx512") != std::string::npos ? 3 : 2;
+}
+
+int rank_of(const Attrs& a, DType t, const Shape& x, const Shape& w, const Shape& y, ConvLayouts l, Dir dir) {
+  try {
+    ConvDescs d(a, t, x, w, y, l.x, l.y);
+    auto f = d.fwd(false, {}, dir == Dir::fwd_infer ? dnnl::prop_kind::forward_inference : dnnl::prop_kind::forward_training);
+    auto alg = dnnl::algorithm::convolution_direct;
+    if (dir == Dir::bwd_data)
+      return impl_rank(dnnl::convolution_backward_data::primitive_desc(engine(), alg, d.src, d.w_any, d.dst, d.strides,
+                                                                       d.dilates, d.pad, d.pad, f)
+                           .impl_info_str());
+    if (dir == Dir::bwd_weights)
+      return impl_rank(dnnl::convolution_backward_weights::primitive_desc(engine(), alg, d.src, d.w_any, d.dst, d.strides,
+                                                                          d.dilates, d.pad, d.pad, f)
+                           .impl_info_str());
+    return impl_rank(f.impl_info_str());
+  } catch (const dnnl::error&) {
+    return -1;
+  }
+}
+
+ConvLayouts conv_layouts(const Attrs& a, DType t, const Shape& x, const Shape& w, const Shape& y, const LayoutPolicy& p,
+                         Dir dir) {
+  static std::mutex mu;
+  static std::map<std::string, ConvLayouts> memo;
+  std::string key = shape_str(x) + shape_str(w) + shape_str(y) + shape_str(a.is("stride", {})) + shape_str(a.is("padding", {})) +
+                    shape_str(a.is("dilation", {})) + std::to_string(a.i("groups", 1)) + "/" + std::to_string(int(p.kind)) +
+                    "/" + std::to_string(p.block) + "/" + std::to_string(int(dir)) + dtype_name(t);
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = memo.find(key);
+  if (it != memo.end()) return it->second;
+  const Layout ax = p.act(TensorDesc{x, t}), ay = p.act(TensorDesc{y, t}), b = p.blocked_layout();
+  std::vector<ConvLayouts> cands;
+  Layout chosen;
+  try {
+    ConvDescs q(a, t, x, w, y, std::nullopt, ay);
+    if (layout_of(q.fwd(false).src_desc(), x, t, &chosen)) cands.push_back({chosen, ay});
+  } catch (const dnnl::error&) {
+  }
+  cands.insert(cands.end(), {{ax, ay}, {Layout::nhwc, Layout::nhwc}, {b, b}, {Layout::plain, ay}, {Layout::plain, Layout::plain}});
+  ConvLayouts pick = cands.back();
+  int best = -2;
+  for (auto c : cands) {
+    int r = rank_of(a, t, x, w, y, c, dir);
+    if (r > best) best = r, pick = c;
+    if (r == 3) break;
+  }
+  memo[key] = pick;
+  return pick;
+}
+
+LayoutChoice conv_fwd_rule(const LayoutQuery& q) {  // conv2d and fused_conv2d: (x, w, [b], [bn x4], [residual]) -> y
+  ConvLayouts l = conv_layouts(q.node.attrs, q.in[0].dtype, q.in[0].shape, q.in[1].shape, q.out[0].shape, q.policy,
+                               q.training ? Dir::fwd_train : Dir::fwd_infer);
+  LayoutChoice c;
+  c.in.assign(q.in.size(), Layout::plain);
+  c.in[0] = l.x;
+  if (q.node.op == "fused_conv2d" && q.node.attrs.i("sum", 0)) c.in.back() = l.y;
+  c.out = {l.y};
+  return c;
+}
+LayoutChoice conv_grad_data_rule(const LayoutQuery& q) {  // (dy, w) -> dx
+  ConvLayouts l = conv_layouts(q.node.attrs, q.in[0].dtype, q.out[0].shape, q.in[1].shape, q.in[0].shape, q.policy, Dir::bwd_data);
+  return {{l.y, Layout::plain}, {l.x}};
+}
+LayoutChoice conv_grad_weights_rule(const LayoutQuery& q) {  // (dy, x) -> dw [, db]
+  ConvLayouts l = conv_layouts(q.node.attrs, q.in[0].dtype, q.in[1].shape, q.out[0].shape, q.in[0].shape, q.policy,
+                               Dir::bwd_weights);
+  return {{l.y, l.x}, std::vector<Layout>(q.out.size(), Layout::plain)};
+}
 
 // The weight reorder between the plain parameter layout and the one a primitive chose; none when equal.
 std::optional<reorder_pd> weight_reorder(const mdesc& from, const mdesc& to) {
@@ -82,8 +184,9 @@ struct ConvFwd : Kernel {  // (x, w [, b]) -> y
   size_t scratch = 0;
   explicit ConvFwd(const KernelCtx& c) {
     bool with_bias = c.in.size() > 2;
-    ConvDescs d(c, c.in[0].shape, c.in[1].shape, c.out[0].shape);
-    auto pd = d.fwd(with_bias, user_scratchpad_attr());
+    ConvDescs d(c, c.in[0].shape, c.in[1].shape, c.out[0].shape, c.layout_in(0), c.layout_out(0));
+    auto pd = d.fwd(with_bias, user_scratchpad_attr(),
+                    c.training ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference);
     auto r = weight_reorder(d.w_user, pd.weights_desc());
     Scratch sc(pd.scratchpad_desc().get_size(), r, pd.weights_desc().get_size());
     scratch = sc.total;
@@ -106,7 +209,7 @@ struct ConvBwdData : Kernel {  // (dy, w) -> dx
   DnnlExec reorder_w, conv;
   size_t scratch = 0;
   explicit ConvBwdData(const KernelCtx& c) {
-    ConvDescs d(c, c.out[0].shape, c.in[1].shape, c.in[0].shape);
+    ConvDescs d(c, c.out[0].shape, c.in[1].shape, c.in[0].shape, c.layout_out(0), c.layout_in(0));
     auto hint = d.fwd(false);
     dnnl::convolution_backward_data::primitive_desc pd(engine(), dnnl::algorithm::convolution_direct, d.src, d.w_any, d.dst,
                                                        d.strides, d.dilates, d.pad, d.pad, hint, user_scratchpad_attr());
@@ -132,7 +235,7 @@ struct ConvBwdWeights : Kernel {  // (dy, x) -> dw [, db]
   size_t scratch = 0;
   explicit ConvBwdWeights(const KernelCtx& c) {
     bool with_bias = c.out.size() > 1;
-    ConvDescs d(c, c.in[1].shape, c.out[0].shape, c.in[0].shape);
+    ConvDescs d(c, c.in[1].shape, c.out[0].shape, c.in[0].shape, c.layout_in(1), c.layout_in(0));
     auto hint = d.fwd(with_bias);
     using bpd = dnnl::convolution_backward_weights::primitive_desc;
     auto alg = dnnl::algorithm::convolution_direct;
@@ -157,9 +260,110 @@ struct ConvBwdWeights : Kernel {  // (dy, x) -> dw [, db]
   }
 };
 
+// fused_conv2d (x, w, [b], [gamma, beta, mean, var], [residual]) -> y, inference only (see ops/conv_fused.cpp).
+// BN folds into the convolution on every run: s = gamma / sqrt(var + eps) scales the weights per output channel
+// inside the weight reorder (a runtime-scales reorder into scratch), t = beta + (b - mean) * s is the bias.
+// The residual is a sum post-op, the activation an eltwise post-op: post-ops every oneDNN convolution
+// implementation takes (binary per-channel post-ops combined with sum push some, e.g. jit_1x1, to ref:any).
+// The one exception: gemm (plain nchw) convolutions apply an eltwise post-op in a slow separate pass, so there
+// the activation runs as its own in-place eltwise primitive after the convolution.
+struct ConvFused : Kernel {
+  DnnlExec reorder_w, conv, act_ex;
+  size_t scratch = 0, scale_off = 0, shift_off = 0, res_bytes = 0;
+  bool bias = false, bn = false, sum = false;
+  int bn0 = 0, res = 0;
+  int64_t K = 0;
+  float eps = 0;
+  explicit ConvFused(const KernelCtx& c) {
+    const Attrs& a = c.node.attrs;
+    bias = a.i("has_bias", 0);
+    bn = a.i("bn", 0);
+    sum = a.i("sum", 0);
+    bn0 = 2 + (bias ? 1 : 0);
+    res = bn0 + (bn ? 4 : 0);
+    eps = float(a.f("bn_eps", 1e-5));
+    K = c.in[1].shape[0];
+    const int64_t G = a.i("groups", 1);
+    int act = int(a.i("act", 0));
+    ConvDescs d(c, c.in[0].shape, c.in[1].shape, c.out[0].shape, c.layout_in(0), c.layout_out(0));
+    const float alpha = act == 2 ? float(a.f("negative_slope", 0.01)) : 0.f;
+    auto make_pd = [&](bool with_act) {
+      dnnl::post_ops po;
+      if (sum) po.append_sum(1.f);
+      if (with_act) po.append_eltwise(dnnl::algorithm::eltwise_relu, alpha, 0.f);
+      auto attr = user_scratchpad_attr();
+      attr.set_post_ops(po);
+      return d.fwd(bias || bn, attr, dnnl::prop_kind::forward_inference);
+    };
+    auto pd = make_pd(act != 0);
+    size_t act_pad = 0;
+    if (act && std::string(pd.impl_info_str()).find("gemm") != std::string::npos) {
+      pd = make_pd(false);
+      dnnl::eltwise_forward::primitive_desc epd(engine(), dnnl::prop_kind::forward_inference, dnnl::algorithm::eltwise_relu,
+                                                d.dst, d.dst, alpha, 0.f, user_scratchpad_attr());
+      act_ex = DnnlExec(dnnl::eltwise_forward(epd));
+      act_ex.bind(DNNL_ARG_SRC, d.dst, Src::out(0));
+      act_ex.bind(DNNL_ARG_DST, d.dst, Src::out(0));
+      act_pad = epd.scratchpad_desc().get_size();
+      bind_scratchpad(act_ex, epd.scratchpad_desc());
+    }
+    std::optional<reorder_pd> r;
+    if (bn) {  // always a reorder: it applies the per-output-channel scale
+      auto rattr = user_scratchpad_attr();
+      rattr.set_scales_mask(DNNL_ARG_SRC, G > 1 ? 3 : 1);
+      r = reorder_pd(engine(), d.w_user, engine(), pd.weights_desc(), rattr);
+    } else {
+      r = weight_reorder(d.w_user, pd.weights_desc());
+    }
+    ScratchLayout L;
+    L.add(std::max({pd.scratchpad_desc().get_size(), r ? r->scratchpad_desc().get_size() : size_t(0), act_pad}));
+    size_t w_off = r ? L.add(pd.weights_desc().get_size()) : 0;
+    if (bn) {
+      scale_off = L.add(size_t(K) * 4);
+      shift_off = L.add(size_t(K) * 4);
+    }
+    scratch = L.total;
+    if (r) {
+      reorder_w = bind_reorder(*r, Src::in(1), Src::scratch(w_off));
+      if (bn) reorder_w.bind(DNNL_ARG_ATTR_SCALES | DNNL_ARG_SRC, plain_desc(Shape{K}, DType::f32), Src::scratch(scale_off));
+    }
+    conv = DnnlExec(dnnl::convolution_forward(pd));
+    conv.bind(DNNL_ARG_SRC, d.src, Src::in(0));
+    conv.bind(DNNL_ARG_WEIGHTS, pd.weights_desc(), r ? Src::scratch(w_off) : Src::in(1));
+    if (bn) conv.bind(DNNL_ARG_BIAS, d.bias, Src::scratch(shift_off));
+    else if (bias) conv.bind(DNNL_ARG_BIAS, d.bias, Src::in(2));
+    conv.bind(DNNL_ARG_DST, d.dst, Src::out(0));
+    bind_scratchpad(conv, pd.scratchpad_desc());
+    res_bytes = layout_bytes(c.out[0], c.layout_out(0));
+  }
+  size_t scratch_bytes() const override { return scratch; }
+  void run(const RunCtx& r) override {
+    if (bn) {  // BN(conv(x, w) + b) = conv(x, w * s) + t
+      const float *gamma = static_cast<const float*>(r.in[bn0]), *beta = static_cast<const float*>(r.in[bn0 + 1]);
+      const float *mean = static_cast<const float*>(r.in[bn0 + 2]), *var = static_cast<const float*>(r.in[bn0 + 3]);
+      const float* b = bias ? static_cast<const float*>(r.in[2]) : nullptr;
+      float* s = reinterpret_cast<float*>(static_cast<char*>(r.scratch) + scale_off);
+      float* t = reinterpret_cast<float*>(static_cast<char*>(r.scratch) + shift_off);
+      for (int64_t k = 0; k < K; ++k) {
+        s[k] = gamma[k] / std::sqrt(var[k] + eps);
+        t[k] = beta[k] + ((b ? b[k] : 0.f) - mean[k]) * s[k];
+      }
+    }
+    if (sum && r.out[0] != r.in[res]) std::memcpy(r.out[0], r.in[res], res_bytes);  // the residual is still live
+    if (!reorder_w.empty()) reorder_w.run(r);
+    conv.run(r);
+    if (!act_ex.empty()) act_ex.run(r);
+  }
+};
+
 KernelRegistrar r1("cpu", "conv2d", [](const KernelCtx& c) { return std::make_unique<ConvFwd>(c); });
 KernelRegistrar r2("cpu", "conv2d_grad_data", [](const KernelCtx& c) { return std::make_unique<ConvBwdData>(c); });
 KernelRegistrar r3("cpu", "conv2d_grad_weights", [](const KernelCtx& c) { return std::make_unique<ConvBwdWeights>(c); });
+KernelRegistrar r4("cpu", "fused_conv2d", [](const KernelCtx& c) { return std::make_unique<ConvFused>(c); });
+LayoutRuleRegistrar l1("cpu", "conv2d", conv_fwd_rule);
+LayoutRuleRegistrar l2("cpu", "fused_conv2d", conv_fwd_rule);
+LayoutRuleRegistrar l3("cpu", "conv2d_grad_data", conv_grad_data_rule);
+LayoutRuleRegistrar l4("cpu", "conv2d_grad_weights", conv_grad_weights_rule);
 
 }  // namespace
 }  // namespace cpu

@@ -1,5 +1,7 @@
 #include "cpu/dnnl_common.hpp"
 
+#include <cstring>
+
 namespace cnn {
 namespace cpu {
 
@@ -33,6 +35,26 @@ dnnl::memory::desc plain_desc(const Shape& s, DType t) {
 }
 dnnl::memory::desc plain_desc(const TensorDesc& d) { return plain_desc(d.shape, d.dtype); }
 
+dnnl::memory::desc md_of(const Shape& s, DType t, Layout l) {
+  using tag = dnnl::memory::format_tag;
+  if (l == Layout::plain) return plain_desc(s, t);
+  if (s.size() != 4) throw Error("internal: layout " + std::string(layout_name(l)) + " for a " + shape_str(s) + " tensor");
+  tag f = l == Layout::nhwc ? tag::nhwc : l == Layout::nChw16c ? tag::aBcd16b : tag::aBcd8b;
+  return dnnl::memory::desc(dims_of(s), dt_of(t), f);
+}
+dnnl::memory::desc md_of(const TensorDesc& d, Layout l) { return md_of(d.shape, d.dtype, l); }
+
+bool layout_of(const dnnl::memory::desc& md, const Shape& s, DType t, Layout* out) {
+  for (Layout l : {Layout::plain, Layout::nhwc, Layout::nChw16c, Layout::nChw8c}) {
+    if (l != Layout::plain && s.size() != 4) break;
+    if (md == md_of(s, t, l)) {
+      *out = l;
+      return true;
+    }
+  }
+  return false;
+}
+
 void DnnlExec::bind(int arg, const dnnl::memory::desc& md, Src src) {
   dnnl::memory m(md, engine(), DNNL_MEMORY_NONE);
   args_[arg] = m;
@@ -54,6 +76,36 @@ dnnl::primitive_attr user_scratchpad_attr() {
   a.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   return a;
 }
+
+namespace {
+
+// reorder (x) -> y: the same tensor in layout attrs `to` (from `from`); the padding of blocked outputs is zeroed.
+struct Reorder : Kernel {
+  DnnlExec ex;
+  size_t bytes = 0, scratch = 0;
+  explicit Reorder(const KernelCtx& c) {
+    Layout from = Layout(c.node.attrs.i("from", 0)), to = Layout(c.node.attrs.i("to", 0));
+    if (from == to) {
+      bytes = layout_bytes(c.in[0], from);
+      return;
+    }
+    dnnl::reorder::primitive_desc pd(engine(), md_of(c.in[0], from), engine(), md_of(c.out[0], to), user_scratchpad_attr());
+    ex = DnnlExec(dnnl::reorder(pd));
+    ex.bind(DNNL_ARG_FROM, pd.src_desc(), Src::in(0));
+    ex.bind(DNNL_ARG_TO, pd.dst_desc(), Src::out(0));
+    scratch = pd.scratchpad_desc().get_size();
+    if (scratch) ex.bind(DNNL_ARG_SCRATCHPAD, pd.scratchpad_desc(), Src::scratch(0));
+  }
+  size_t scratch_bytes() const override { return scratch; }
+  void run(const RunCtx& r) override {
+    if (!ex.empty()) ex.run(r);
+    else if (r.out[0] != r.in[0]) std::memcpy(r.out[0], r.in[0], bytes);
+  }
+};
+
+KernelRegistrar reorder_reg("cpu", "reorder", [](const KernelCtx& c) { return std::make_unique<Reorder>(c); });
+
+}  // namespace
 
 }  // namespace cpu
 }  // namespace cnn

@@ -1,5 +1,5 @@
-// oneDNN glue for CPU kernels. Owns: the process-wide engine and stream, plain memory descriptors, and
-// DnnlExec (a primitive plus its argument map whose memory handles are refreshed from RunCtx pointers
+// oneDNN glue for CPU kernels. Owns: the process-wide engine and stream, memory descriptors for the
+// session's layouts (core/op.hpp's Layout), the cpu `reorder` kernel, and DnnlExec (a primitive plus its argument map whose memory handles are refreshed from RunCtx pointers
 // before each execute). Only files under cpp/src/cpu/ include this (and oneDNN).
 #pragma once
 #include <dnnl.hpp>
@@ -20,6 +20,11 @@ dnnl::memory::data_type dt_of(DType t);
 // Plain row-major (abcd...) descriptor for a tensor.
 dnnl::memory::desc plain_desc(const TensorDesc& d);
 dnnl::memory::desc plain_desc(const Shape& s, DType t);
+// Descriptor of a tensor in one of the session's layouts (non-plain layouts are 4-D only).
+dnnl::memory::desc md_of(const Shape& s, DType t, Layout l);
+dnnl::memory::desc md_of(const TensorDesc& d, Layout l);
+// The session layout a oneDNN descriptor is, if any (false for layouts the session does not know).
+bool layout_of(const dnnl::memory::desc& md, const Shape& s, DType t, Layout* out);
 
 // Where a memory handle comes from at run time.
 struct Src {

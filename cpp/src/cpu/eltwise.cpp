@@ -1,4 +1,7 @@
-// oneDNN kernels for activations (eltwise forward/backward) and add (binary add).
+// oneDNN kernels for activations (eltwise forward/backward) and add (binary add), and their layout rules:
+// elementwise, so any layout works as long as every operand shares it. Forward keeps the input's layout,
+// backward takes the saved tensor's (dy is reordered to it if it differs), add the first non-plain operand's.
+#include "core/layout.hpp"
 #include "cpu/dnnl_common.hpp"
 
 namespace cnn {
@@ -11,9 +14,10 @@ struct EltwiseFwd : Kernel {
   DnnlExec ex;
   size_t scratch = 0;
   EltwiseFwd(const KernelCtx& c, alg a, float alpha) {
-    auto md = plain_desc(c.in[0]);
+    auto md = md_of(c.in[0], c.layout_in(0));
     auto attr = user_scratchpad_attr();
-    dnnl::eltwise_forward::primitive_desc pd(engine(), dnnl::prop_kind::forward_training, a, md, md, alpha, 0.f, attr);
+    auto pk = c.training ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference;
+    dnnl::eltwise_forward::primitive_desc pd(engine(), pk, a, md, md, alpha, 0.f, attr);
     ex = DnnlExec(dnnl::eltwise_forward(pd));
     ex.bind(DNNL_ARG_SRC, md, Src::in(0));
     ex.bind(DNNL_ARG_DST, md, Src::out(0));
@@ -29,7 +33,7 @@ struct EltwiseBwd : Kernel {
   DnnlExec ex;
   size_t scratch = 0;
   EltwiseBwd(const KernelCtx& c, alg fwd_alg, alg bwd_alg, float alpha, bool use_dst) {
-    auto md = plain_desc(c.in[0]);
+    auto md = md_of(c.in[0], c.layout_in(0));
     dnnl::eltwise_forward::primitive_desc hint(engine(), dnnl::prop_kind::forward_training, fwd_alg, md, md, alpha, 0.f);
     auto attr = user_scratchpad_attr();
     dnnl::eltwise_backward::primitive_desc pd(engine(), bwd_alg, md, md, md, alpha, 0.f, hint, attr);
@@ -47,7 +51,7 @@ struct EltwiseBwd : Kernel {
 struct Add : Kernel {
   DnnlExec ex;
   explicit Add(const KernelCtx& c) {
-    auto md = plain_desc(c.in[0]);
+    auto md = md_of(c.in[0], c.layout_in(0));
     dnnl::binary::primitive_desc pd(engine(), alg::binary_add, md, md, md);
     ex = DnnlExec(dnnl::binary(pd));
     ex.bind(DNNL_ARG_SRC_0, md, Src::in(0));
@@ -76,6 +80,18 @@ KernelRegistrar r8("cpu", "leaky_relu_grad", [](const KernelCtx& c) {
   return std::make_unique<EltwiseBwd>(c, alg::eltwise_relu, alg::eltwise_relu, slope(c), false);
 });
 KernelRegistrar r9("cpu", "add", [](const KernelCtx& c) { return std::make_unique<Add>(c); });
+
+struct Rules {
+  Rules() {
+    for (const char* op : {"relu", "sigmoid", "tanh", "leaky_relu"}) {
+      register_layout_rule("cpu", op, rule_follow_input(0));
+      register_layout_rule("cpu", std::string(op) + "_grad", rule_follow_input(1));
+    }
+    register_layout_rule("cpu", "add", [](const LayoutQuery& q) {
+      return rule_follow_input(q.in_layout[0] == Layout::plain ? 1 : 0)(q);
+    });
+  }
+} rules;
 
 }  // namespace
 }  // namespace cpu

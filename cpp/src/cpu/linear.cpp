@@ -1,7 +1,8 @@
 // oneDNN kernels for linear, linear_grad_data and linear_grad_weights (inner_product forward /
 // backward_data / backward_weights). Every tensor is plain: x, dx, y, dy are nc and w, dw are oi
 // ([OUT, IN] row-major, PyTorch's layout), which oneDNN's gemm-based inner product takes directly, so no
-// reorder runs. Primitives are created once; run() only swaps handles.
+// reorder runs. fused_linear (inference) adds relu / leaky_relu as an eltwise post-op. Primitives are created
+// once; run() only swaps handles.
 #include "cpu/dnnl_common.hpp"
 
 namespace cnn {
@@ -11,11 +12,11 @@ namespace {
 using dnnl::memory;
 
 dnnl::inner_product_forward::primitive_desc fwd_pd(const memory::desc& x, const memory::desc& w, const memory::desc* b,
-                                                   const memory::desc& y) {
+                                                   const memory::desc& y,
+                                                   dnnl::prop_kind pk = dnnl::prop_kind::forward_training,
+                                                   dnnl::primitive_attr attr = user_scratchpad_attr()) {
   using pd_t = dnnl::inner_product_forward::primitive_desc;
-  auto attr = user_scratchpad_attr();
-  return b ? pd_t(engine(), dnnl::prop_kind::forward_training, x, w, *b, y, attr)
-           : pd_t(engine(), dnnl::prop_kind::forward_training, x, w, y, attr);
+  return b ? pd_t(engine(), pk, x, w, *b, y, attr) : pd_t(engine(), pk, x, w, y, attr);
 }
 
 struct LinearKernel : Kernel {
@@ -29,13 +30,22 @@ struct LinearKernel : Kernel {
   }
 };
 
-// x = in 0 [N, IN], w = in 1 [OUT, IN], b = in 2 [OUT] -> y = out 0 [N, OUT]
+// x = in 0 [N, IN], w = in 1 [OUT, IN], b = in 2 [OUT] -> y = out 0 [N, OUT]; fused_linear: act (1 relu,
+// 2 leaky_relu with negative_slope) as a post-op.
 struct LinearFwd : LinearKernel {
   explicit LinearFwd(const KernelCtx& c) {
     const bool has_bias = c.in.size() == 3;
     auto x = plain_desc(c.in[0]), w = plain_desc(c.in[1]), y = plain_desc(c.out[0]);
     memory::desc b = has_bias ? plain_desc(c.in[2]) : memory::desc();
-    auto pd = fwd_pd(x, w, has_bias ? &b : nullptr, y);
+    auto attr = user_scratchpad_attr();
+    int act = c.node.op == "fused_linear" ? int(c.node.attrs.i("act", 0)) : 0;
+    if (act) {
+      dnnl::post_ops po;
+      po.append_eltwise(dnnl::algorithm::eltwise_relu, act == 2 ? float(c.node.attrs.f("negative_slope", 0.01)) : 0.f, 0.f);
+      attr.set_post_ops(po);
+    }
+    auto pk = c.training ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference;
+    auto pd = fwd_pd(x, w, has_bias ? &b : nullptr, y, pk, attr);
     ex = DnnlExec(dnnl::inner_product_forward(pd));
     ex.bind(DNNL_ARG_SRC, x, Src::in(0));
     ex.bind(DNNL_ARG_WEIGHTS, w, Src::in(1));
@@ -79,6 +89,7 @@ struct LinearGradWeights : LinearKernel {
 };
 
 KernelRegistrar r1("cpu", "linear", [](const KernelCtx& c) { return std::make_unique<LinearFwd>(c); });
+KernelRegistrar r4("cpu", "fused_linear", [](const KernelCtx& c) { return std::make_unique<LinearFwd>(c); });
 KernelRegistrar r2("cpu", "linear_grad_data", [](const KernelCtx& c) { return std::make_unique<LinearGradData>(c); });
 KernelRegistrar r3("cpu", "linear_grad_weights", [](const KernelCtx& c) { return std::make_unique<LinearGradWeights>(c); });
 

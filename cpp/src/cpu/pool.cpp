@@ -1,9 +1,13 @@
-// oneDNN kernels for max_pool2d, avg_pool2d, global_avg_pool and their *_grad ops (plain nchw, f32).
+// oneDNN kernels for max_pool2d, avg_pool2d, global_avg_pool and their *_grad ops (f32), and their layout
+// rules: forward pooling keeps its input's layout; the max-pool workspace is written in y's layout and its
+// backward consumes dy and produces dx in that same layout; the other backward ops use the policy's layout.
 // Output sizes come from ops/pool.cpp's shape inference; padding_r is chosen so oneDNN's floor rule
 // reproduces them (ceil_mode becomes extra right padding). The max-pool workspace is oneDNN's own, stored in
-// the int32 [N,C,OH,OW] workspace value. One configuration runs natively: see AvgNative.
+// the int32 [N,C,OH,OW] workspace value (sized for y's layout). One configuration runs natively (plain only):
+// see AvgNative.
 #include <algorithm>
 
+#include "core/layout.hpp"
 #include "cpu/dnnl_common.hpp"
 
 namespace cnn {
@@ -41,10 +45,10 @@ Geometry geometry(const Attrs& a, const Shape& x, const Shape& y) {
   return g;
 }
 
-dnnl::pooling_forward::primitive_desc fwd_pd(dnnl::prop_kind prop, alg a, const TensorDesc& x, const TensorDesc& y,
-                                             const Geometry& g) {
-  return dnnl::pooling_forward::primitive_desc(engine(), prop, a, plain_desc(x), plain_desc(y), g.strides(), g.kernel(),
-                                               g.dilation(), g.pad_l(), g.pad_r(), user_scratchpad_attr());
+dnnl::pooling_forward::primitive_desc fwd_pd(dnnl::prop_kind prop, alg a, const dnnl::memory::desc& x,
+                                             const dnnl::memory::desc& y, const Geometry& g) {
+  return dnnl::pooling_forward::primitive_desc(engine(), prop, a, x, y, g.strides(), g.kernel(), g.dilation(), g.pad_l(),
+                                               g.pad_r(), user_scratchpad_attr());
 }
 
 // in: x; out: y [, workspace]
@@ -53,12 +57,13 @@ struct PoolFwd : Kernel {
   size_t scratch = 0;
   PoolFwd(const KernelCtx& c, alg a, const Geometry& g) {
     bool train = c.out.size() > 1;
-    auto pd = fwd_pd(train ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference, a, c.in[0], c.out[0], g);
+    auto x = md_of(c.in[0], c.layout_in(0)), y = md_of(c.out[0], c.layout_out(0));
+    auto pd = fwd_pd(train ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference, a, x, y, g);
     ex = DnnlExec(dnnl::pooling_forward(pd));
-    ex.bind(DNNL_ARG_SRC, plain_desc(c.in[0]), Src::in(0));
-    ex.bind(DNNL_ARG_DST, plain_desc(c.out[0]), Src::out(0));
+    ex.bind(DNNL_ARG_SRC, x, Src::in(0));
+    ex.bind(DNNL_ARG_DST, y, Src::out(0));
     if (train) {
-      if (pd.workspace_desc().get_size() > c.out[1].bytes())
+      if (pd.workspace_desc().get_size() > layout_bytes(c.out[1], c.layout_out(1)))
         op_error(c.node, "oneDNN's max-pool workspace (" + std::to_string(pd.workspace_desc().get_size()) +
                              " bytes) exceeds the declared int32 workspace " + shape_str(c.out[1].shape));
       ex.bind(DNNL_ARG_WORKSPACE, pd.workspace_desc(), Src::out(1));
@@ -75,15 +80,15 @@ struct PoolBwd : Kernel {
   DnnlExec ex;
   size_t scratch = 0;
   PoolBwd(const KernelCtx& c, alg a, const Geometry& g) {
-    const TensorDesc &dy = c.in[0], &dx = c.out[0];
+    auto dy = md_of(c.in[0], c.layout_in(0)), dx = md_of(c.out[0], c.layout_out(0));
     auto hint = fwd_pd(dnnl::prop_kind::forward_training, a, dx, dy, g);
-    dnnl::pooling_backward::primitive_desc pd(engine(), a, plain_desc(dx), plain_desc(dy), g.strides(), g.kernel(),
-                                              g.dilation(), g.pad_l(), g.pad_r(), hint, user_scratchpad_attr());
+    dnnl::pooling_backward::primitive_desc pd(engine(), a, dx, dy, g.strides(), g.kernel(), g.dilation(), g.pad_l(),
+                                              g.pad_r(), hint, user_scratchpad_attr());
     ex = DnnlExec(dnnl::pooling_backward(pd));
-    ex.bind(DNNL_ARG_DIFF_DST, plain_desc(dy), Src::in(0));
-    ex.bind(DNNL_ARG_DIFF_SRC, plain_desc(dx), Src::out(0));
+    ex.bind(DNNL_ARG_DIFF_DST, dy, Src::in(0));
+    ex.bind(DNNL_ARG_DIFF_SRC, dx, Src::out(0));
     if (a == alg::pooling_max) {
-      if (pd.workspace_desc().get_size() > c.in[2].bytes())
+      if (pd.workspace_desc().get_size() > layout_bytes(c.in[2], c.layout_in(2)))
         op_error(c.node, "oneDNN's max-pool workspace (" + std::to_string(pd.workspace_desc().get_size()) +
                              " bytes) exceeds the declared int32 workspace " + shape_str(c.in[2].shape));
       ex.bind(DNNL_ARG_WORKSPACE, pd.workspace_desc(), Src::in(2));
@@ -146,11 +151,15 @@ struct AvgNative : Kernel {
   }
 };
 
+bool avg_native(const Attrs& a, const Shape& x, const Shape& y) {
+  return a.i("count_include_pad", 1) != 0 && geometry(a, x, y).extra_right_pad();
+}
+
 std::unique_ptr<Kernel> avg_kernel(const KernelCtx& c, bool bwd) {
   const Shape &x = bwd ? c.out[0].shape : c.in[0].shape, &y = bwd ? c.in[0].shape : c.out[0].shape;
   Geometry g = geometry(c.node.attrs, x, y);
   bool cip = c.node.attrs.i("count_include_pad", 1) != 0;
-  if (cip && g.extra_right_pad()) return std::make_unique<AvgNative>(c, g, bwd);
+  if (avg_native(c.node.attrs, x, y)) return std::make_unique<AvgNative>(c, g, bwd);
   alg a = cip ? alg::pooling_avg_include_padding : alg::pooling_avg_exclude_padding;
   if (bwd) return std::make_unique<PoolBwd>(c, a, g);
   return std::make_unique<PoolFwd>(c, a, g);
@@ -178,6 +187,24 @@ KernelRegistrar r5("cpu", "global_avg_pool", [](const KernelCtx& c) -> std::uniq
 });
 KernelRegistrar r6("cpu", "global_avg_pool_grad", [](const KernelCtx& c) -> std::unique_ptr<Kernel> {
   return std::make_unique<PoolBwd>(c, alg::pooling_avg_exclude_padding, global_geometry(c.out[0].shape));
+});
+
+// ---- layout rules ----
+LayoutChoice all_plain(const LayoutQuery& q) {
+  return {std::vector<Layout>(q.in.size(), Layout::plain), std::vector<Layout>(q.out.size(), Layout::plain)};
+}
+LayoutRuleRegistrar l1("cpu", "max_pool2d", rule_follow_input(0));
+LayoutRuleRegistrar l2("cpu", "global_avg_pool", rule_follow_input(0));
+LayoutRuleRegistrar l3("cpu", "global_avg_pool_grad", rule_policy());
+LayoutRuleRegistrar l4("cpu", "avg_pool2d", [](const LayoutQuery& q) {
+  return avg_native(q.node.attrs, q.in[0].shape, q.out[0].shape) ? all_plain(q) : rule_follow_input(0)(q);
+});
+LayoutRuleRegistrar l5("cpu", "avg_pool2d_grad", [](const LayoutQuery& q) {
+  return avg_native(q.node.attrs, q.out[0].shape, q.in[0].shape) ? all_plain(q) : rule_policy()(q);
+});
+LayoutRuleRegistrar l6("cpu", "max_pool2d_grad", [](const LayoutQuery& q) {  // (dy, x (not read), workspace) -> dx
+  Layout L = q.in_layout[2];
+  return LayoutChoice{{L, q.in_layout[1], L}, {L}};
 });
 
 }  // namespace

@@ -1,0 +1,103 @@
+// Inference fusion pass (see fuse.hpp). Attributes of the fused nodes (ops/conv_fused.cpp):
+//   fused_conv2d: the conv2d attrs, plus has_bias, bn (0/1, with bn_eps), sum (0/1), act (0 none, 1 relu,
+//                 2 leaky_relu with negative_slope); inputs x, w, [b], [gamma, beta, mean, var], [residual]
+//   fused_linear: has_bias, act, negative_slope; inputs x, w, [b]
+#include "core/fuse.hpp"
+
+#include <algorithm>
+
+namespace cnn {
+
+FusionReport fuse_for_inference(Graph& g, const std::vector<int>& keep) {
+  FusionReport rep;
+  const int n = int(g.nodes.size());
+  std::vector<int> uses(g.values.size(), 0), consumer(g.values.size(), -1);
+  for (int s = 0; s < n; ++s)
+    for (int v : g.nodes[s].inputs) {
+      uses[v]++;
+      consumer[v] = s;
+    }
+  for (int v : keep) uses[v] += 2;  // a kept value is never an internal link of a chain
+  // The single consumer of value v, or -1.
+  std::vector<bool> removed(n, false);  // absorbed into a chain already
+  auto next_of = [&](int v) { return uses[v] == 1 && !removed[consumer[v]] ? consumer[v] : -1; };
+  auto is_act = [&](int s) { return s >= 0 && (g.nodes[s].op == "relu" || g.nodes[s].op == "leaky_relu"); };
+
+  std::vector<int> replace_at(n, -1);  // node index -> index into fused
+  std::vector<Node> fused;
+
+  for (int s = 0; s < n; ++s) {
+    const Node& c = g.nodes[s];
+    const bool conv = c.op == "conv2d", lin = c.op == "linear";
+    if ((!conv && !lin) || removed[s] || c.outputs.size() != 1) continue;
+    Node f;
+    f.op = conv ? "fused_conv2d" : "fused_linear";
+    f.name = c.name;
+    f.attrs = c.attrs;
+    f.inputs = c.inputs;
+    f.attrs.ints["has_bias"] = {c.inputs.size() > 2 ? 1 : 0};
+    std::vector<int> chain{s};
+    int y = c.outputs[0];
+    int t = next_of(y);
+    if (conv && t >= 0 && g.nodes[t].op == "batch_norm" && g.nodes[t].attrs.i("training", 0) == 0 &&
+        g.nodes[t].inputs[0] == y && g.nodes[t].outputs.size() == 1 && g.nodes[t].inputs.size() == 5) {
+      const Node& bn = g.nodes[t];
+      f.inputs.insert(f.inputs.end(), bn.inputs.begin() + 1, bn.inputs.end());
+      f.attrs.ints["bn"] = {1};
+      f.attrs.floats["bn_eps"] = bn.attrs.f("eps", 1e-5);
+      chain.push_back(t);
+      y = bn.outputs[0];
+      t = next_of(y);
+    }
+    if (conv && t >= 0 && g.nodes[t].op == "add") {
+      const Node& a = g.nodes[t];
+      int other = a.inputs[0] == y ? a.inputs[1] : a.inputs[0];
+      if ((a.inputs[0] == y) != (a.inputs[1] == y)) {  // y is exactly one of the two
+        f.inputs.push_back(other);
+        f.attrs.ints["sum"] = {1};
+        chain.push_back(t);
+        y = a.outputs[0];
+        t = next_of(y);
+      }
+    }
+    if (is_act(t)) {
+      const Node& r = g.nodes[t];
+      bool leaky = r.op == "leaky_relu";
+      f.attrs.ints["act"] = {leaky ? 2 : 1};
+      if (leaky) f.attrs.floats["negative_slope"] = r.attrs.f("negative_slope", 0.01);
+      chain.push_back(t);
+      y = r.outputs[0];
+    }
+    if (chain.size() == 1) continue;
+    f.outputs = {y};
+    for (int k : chain) removed[k] = true;
+    replace_at[chain.back()] = int(fused.size());
+    fused.push_back(std::move(f));
+    (conv ? rep.fused_conv : rep.fused_linear)++;
+    rep.removed_nodes += int(chain.size()) - 1;
+  }
+  if (fused.empty()) return rep;
+
+  std::vector<Node> nodes;
+  for (int s = 0; s < n; ++s) {
+    if (replace_at[s] >= 0) nodes.push_back(std::move(fused[replace_at[s]]));
+    else if (!removed[s]) nodes.push_back(std::move(g.nodes[s]));
+  }
+  g.nodes = std::move(nodes);
+  for (auto& v : g.values)
+    if (v.kind == ValueKind::Intermediate) v.producer = -1;
+  for (size_t i = 0; i < g.nodes.size(); ++i) {
+    Node& nd = g.nodes[i];
+    if (nd.op == "fused_conv2d" || nd.op == "fused_linear") {  // checks the fused node like add_node would
+      std::vector<TensorDesc> in;
+      for (int v : nd.inputs) in.push_back(g.values[v].desc);
+      std::vector<TensorDesc> out = get_op(nd.op).infer(nd, in);
+      if (out.size() != 1 || out[0].shape != g.values[nd.outputs[0]].desc.shape)
+        op_error(nd, "internal: fused node's shape differs from the chain's " + shape_str(g.values[nd.outputs[0]].desc.shape));
+    }
+    for (int v : nd.outputs) g.values[v].producer = int(i);
+  }
+  return rep;
+}
+
+}  // namespace cnn

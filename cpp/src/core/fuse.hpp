@@ -1,0 +1,22 @@
+// Inference fusion pass. Rewrites, in an inference graph,
+//   conv2d -> [batch_norm(training=0)] -> [add(residual)] -> [relu | leaky_relu]   into one fused_conv2d node,
+//   linear -> relu | leaky_relu                                                       into one fused_linear node
+// (ops/conv_fused.cpp), when each intermediate value has exactly one consumer and is not kept (a graph
+// output). The fused node takes the chain's last output value and the position of the chain's last node, so
+// every consumer and the topological order stay valid. Parameters are not folded: the fused kernel reads
+// gamma, beta and the running statistics on every run, so later parameter updates are seen.
+// Promises: pure graph rewrite (no kernels, no memory); the fused op computes exactly the composition.
+#pragma once
+#include <vector>
+
+#include "core/op.hpp"
+
+namespace cnn {
+
+struct FusionReport {
+  int fused_conv = 0, fused_linear = 0, removed_nodes = 0;
+};
+
+FusionReport fuse_for_inference(Graph& g, const std::vector<int>& keep);
+
+}  // namespace cnn
