@@ -125,7 +125,7 @@ def test_non_finite_loss_is_reported_and_nothing_updated():
     x, y = _batch()
     m.fc3.bias[0] = np.inf  # an inf logit makes the loss nan
     before = {k: v.copy() for k, v in m.state_dict().items()}
-    with pytest.raises(cn.Error, match=r"non-finite loss \((nan|inf)\) at step 0; parameters were not updated"):
+    with pytest.raises(cn.Error, match=r"non-finite loss \((nan|inf)\) at step 0; parameters and running statistics were not updated"):
         sess.step(x, y)
     for k, v in m.state_dict().items():
         np.testing.assert_array_equal(v, before[k])
@@ -179,3 +179,24 @@ def test_profile_reports_every_node_and_flops():
     assert abs(sum(r["share"] for r in prof) - 1) < 1e-9
     sess.profile(reset=True)
     assert all(r["calls"] == 0 for r in sess.profile())
+
+
+def test_failed_step_leaves_batchnorm_running_stats_untouched():
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    sess = net.compile((8, 1, 6, 6), mode="train", optimizer=cn.optim.SGD(lr=0.1))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 1, 6, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 8).astype(np.int32)
+    sess.step(x, y)
+    before = {k: v.copy() for k, v in net.state_dict().items()}
+    bad = y.copy()
+    bad[0] = 7
+    with pytest.raises(cn.Error, match="out of range"):
+        sess.step(x, bad)
+    net[5].bias[0] = np.inf
+    with pytest.raises(cn.Error, match="non-finite loss"):
+        sess.step(x, y)
+    net[5].bias[0] = before["5.bias"][0]
+    for k, v in net.state_dict().items():
+        np.testing.assert_array_equal(v, before[k], err_msg=k)

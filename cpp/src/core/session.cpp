@@ -44,6 +44,7 @@ class SessionImpl {
   std::vector<Patch> patches;
   std::vector<int> feed_fetch;  // fetch index -> feed index when a fetched value is a feed, else -1
 
+  Buffer buffers_backup;  // Train: the store's buffers before the running step
   Buffer arena, scratch, grad_block, state_m, state_v, state_vmax, private_params, private_buffers;
   size_t n_grad = 0;
   MemoryReport report;
@@ -328,6 +329,8 @@ SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, con
       throw Error("unknown optimizer '" + oc.kind + "' (sgd, adam, adamw)");
     }
     report.optimizer_state_bytes = (state_m ? n_grad * 4 : 0) + (state_v ? n_grad * 4 : 0) + (state_vmax ? n_grad * 4 : 0);
+    // BN running statistics change during the forward pass; a step that fails restores them from here.
+    if (store->num_buffers()) buffers_backup = make_buffer(store->num_buffers() * 4);
   }
 }
 
@@ -375,11 +378,20 @@ void SessionImpl::run(const std::vector<const void*>& fd) {
   };
   const int n = int(kernels.size());
   if (opt.mode == Mode::Train) {
-    for (int s = 0; s < nf; ++s) exec(s);
+    float* bufs = store->buffers();
+    const size_t nb = buffers_backup ? store->num_buffers() * 4 : 0;
+    if (nb) std::memcpy(buffers_backup.get(), bufs, nb);
+    try {
+      for (int s = 0; s < nf; ++s) exec(s);
+    } catch (...) {  // e.g. a label out of range: leave the running statistics as they were
+      if (nb) std::memcpy(bufs, buffers_backup.get(), nb);
+      throw;
+    }
     double L = *static_cast<const float*>(ptr[loss_value]);
     if (!std::isfinite(L)) {
+      if (nb) std::memcpy(bufs, buffers_backup.get(), nb);
       throw Error(std::string("non-finite loss (") + (std::isnan(L) ? "nan" : "inf") + ") at step " + std::to_string(steps) +
-                  "; parameters were not updated");
+                  "; parameters and running statistics were not updated");
     }
     last_loss = L;
     for (int s = nf; s < n; ++s) exec(s);
