@@ -93,7 +93,7 @@ def _engines(workload, threads, check=True):
                 # idle ORT threads must not spin on the cores the other engines run on next
                 so.add_session_config_entry("session.intra_op.allow_spinning", "0")
                 osess = ort.InferenceSession(f.name, so, providers=["CPUExecutionProvider"])
-                os.unlink(f.name)
+                _ONNX_FILES[workload] = f.name
                 oref = osess.run(None, {"x": x})[0]
                 oerr = float(np.max(np.abs(oref - ours)) / (np.max(np.abs(oref)) + 1e-12))
                 if check and oerr > 1e-3:
@@ -113,6 +113,9 @@ def _engines(workload, threads, check=True):
                 opt.step()
             engines["pytorch"] = t_step
     return engines, flops, note, x.shape[0]
+
+
+_ONNX_FILES = {}  # workload -> exported .onnx (for the ORT fresh-process run), removed after use
 
 
 def _time(engines, rounds, reps):
@@ -187,18 +190,15 @@ def _child(workload, engine, threads):
                     torch.nn.functional.cross_entropy(twin(tx), ty).backward()
                     opt.step()
         else:
-            import io
-
             import onnxruntime as ort
-            buf = io.BytesIO()
-            twin.eval()
-            torch.onnx.export(twin, tx, buf, opset_version=17, dynamo=False, input_names=["x"], output_names=["y"])
-            data = buf.getvalue()
-            del twin, buf
+            path = os.environ.get("CNN_BENCH_ONNX")
+            if not path:
+                raise RuntimeError("the onnxruntime child needs CNN_BENCH_ONNX (an exported model)")
+            del twin
             base = rss()
             so = ort.SessionOptions()
             so.intra_op_num_threads = threads
-            osess = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+            osess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
             fn = lambda: osess.run(None, {"x": x})
     for _ in range(3):
         fn()
@@ -206,8 +206,11 @@ def _child(workload, engine, threads):
 
 
 def _rss(workload, engine, threads):
+    env = dict(os.environ)
+    if engine == "onnxruntime":
+        env["CNN_BENCH_ONNX"] = _ONNX_FILES.get(workload, "")
     r = subprocess.run([sys.executable, "-m", "cnnnative.bench", "--child", workload, engine, "--threads",
-                        str(threads)], capture_output=True, text=True, timeout=1800)
+                        str(threads)], capture_output=True, text=True, timeout=1800, env=env)
     try:
         return json.loads(r.stdout.strip().splitlines()[-1])["rss_increase_mib"]
     except (IndexError, ValueError, KeyError):
@@ -286,6 +289,8 @@ def main(argv=None) -> int:
                       "gflops": flops / med * 1e-6, "pct_peak": flops / med * 1e-6 / peak * 100}
             if not args.no_rss:
                 row[k]["rss_increase_mib"] = _rss(n, k, args.threads)
+        if workload_onnx := _ONNX_FILES.pop(n, None):
+            os.unlink(workload_onnx)
         for k in ("pytorch", "onnxruntime"):
             if k in row:
                 row[f"ratio_vs_{k}"] = row["cnnnative"]["median_ms"] / row[k]["median_ms"]
