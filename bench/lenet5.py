@@ -46,24 +46,6 @@ def main():
     rng = np.random.default_rng(0)
     results = []
 
-    def torch_lenet():
-        F = torch.nn.functional
-
-        class T(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.conv1 = torch.nn.Conv2d(1, 6, 5, padding=2)
-                self.conv2 = torch.nn.Conv2d(6, 16, 5)
-                self.fc1 = torch.nn.Linear(400, 120)
-                self.fc2 = torch.nn.Linear(120, 84)
-                self.fc3 = torch.nn.Linear(84, 10)
-
-            def forward(self, x):
-                x = F.max_pool2d(F.relu(self.conv1(x)), 2)
-                x = F.max_pool2d(F.relu(self.conv2(x)), 2)
-                return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x.flatten(1))))))
-        return T()
-
     # ---- training step, batch 64 ----
     x = rng.standard_normal((64, 1, 28, 28)).astype(np.float32)
     y = rng.integers(0, 10, 64).astype(np.int32)
@@ -71,7 +53,8 @@ def main():
     sess = m.compile(x.shape, mode="train", optimizer=cn.optim.SGD(lr=0.01, momentum=0.9))
     engines = {"cnnnative": lambda: sess.step(x, y)}
     if torch is not None:
-        tm = torch_lenet()
+        from cnnnative.bench.torch_models import build
+        tm = build("lenet5")
         topt = torch.optim.SGD(tm.parameters(), lr=0.01, momentum=0.9)
         tx, ty = torch.from_numpy(x), torch.from_numpy(y).long()
 

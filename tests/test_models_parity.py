@@ -1,4 +1,4 @@
-"""The model zoo against PyTorch twins with torchvision's structure and names (tests/torch_twins.py): the
+"""The model zoo against PyTorch twins with torchvision's structure and names (cnnnative/bench/torch_models.py): the
 torch model's state_dict loads into ours strictly, eval outputs agree (max|a-b|/max|b| <= 1e-4), and one
 SGD-with-momentum training run (two steps) agrees in losses, every parameter's update and the BN running
 statistics (<= 1e-3 relative; measured ~1e-5). A gradient jumps where a ReLU input crosses zero, so before
@@ -16,7 +16,7 @@ from cnnnative import functional as F
 from cnnnative import nn
 
 torch = pytest.importorskip("torch")
-import torch_twins as tw  # noqa: E402  (imports torch)
+from cnnnative.bench import torch_models as tw  # noqa: E402  (imports torch)
 
 
 def _rel(a, b):

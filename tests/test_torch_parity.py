@@ -7,26 +7,12 @@ import cnnnative as cn
 torch = pytest.importorskip("torch")
 
 
-class TorchLeNet(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv1 = torch.nn.Conv2d(1, 6, 5, padding=2)
-        self.conv2 = torch.nn.Conv2d(6, 16, 5)
-        self.fc1 = torch.nn.Linear(400, 120)
-        self.fc2 = torch.nn.Linear(120, 84)
-        self.fc3 = torch.nn.Linear(84, 10)
-
-    def forward(self, x):
-        F = torch.nn.functional
-        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
-        x = x.flatten(1)
-        return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
+from cnnnative.bench import torch_models  # noqa: E402  (imports torch)
 
 
 def _pair(seed=0):
     ours = cn.models.lenet5(seed=seed)
-    ref = TorchLeNet()
+    ref = torch_models.build("lenet5")
     ref.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in ours.state_dict().items()})
     return ours, ref
 
