@@ -150,35 +150,6 @@ LayoutChoice conv_grad_weights_rule(const LayoutQuery& q) {  // (dy, x) -> dw [,
   return {{l.y, l.x}, std::vector<Layout>(q.out.size(), Layout::plain)};
 }
 
-// The weight reorder between the plain parameter layout and the one a primitive chose; none when equal.
-std::optional<reorder_pd> weight_reorder(const mdesc& from, const mdesc& to) {
-  if (from == to) return std::nullopt;
-  return reorder_pd(engine(), from, engine(), to, user_scratchpad_attr());
-}
-
-// Scratch layout: oneDNN scratchpad of the largest user first, blocked weights after it.
-struct Scratch {
-  size_t weights = 0, total = 0;
-  Scratch(size_t pad, const std::optional<reorder_pd>& r, size_t weight_bytes) {
-    ScratchLayout L;
-    L.add(std::max(pad, r ? r->scratchpad_desc().get_size() : size_t(0)));
-    if (r) weights = L.add(weight_bytes);
-    total = L.total;
-  }
-};
-
-void bind_scratchpad(DnnlExec& ex, const mdesc& md) {
-  if (md.get_size()) ex.bind(DNNL_ARG_SCRATCHPAD, md, Src::scratch(0));
-}
-
-DnnlExec bind_reorder(const reorder_pd& pd, Src from, Src to) {
-  DnnlExec ex{dnnl::reorder(pd)};
-  ex.bind(DNNL_ARG_FROM, pd.src_desc(), from);
-  ex.bind(DNNL_ARG_TO, pd.dst_desc(), to);
-  bind_scratchpad(ex, pd.scratchpad_desc());
-  return ex;
-}
-
 struct ConvFwd : Kernel {  // (x, w [, b]) -> y
   DnnlExec reorder_w, conv;
   size_t scratch = 0;
@@ -188,7 +159,7 @@ struct ConvFwd : Kernel {  // (x, w [, b]) -> y
     auto pd = d.fwd(with_bias, user_scratchpad_attr(),
                     c.training ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference);
     auto r = weight_reorder(d.w_user, pd.weights_desc());
-    Scratch sc(pd.scratchpad_desc().get_size(), r, pd.weights_desc().get_size());
+    WeightScratch sc(pd.scratchpad_desc().get_size(), r, pd.weights_desc().get_size());
     scratch = sc.total;
     if (r) reorder_w = bind_reorder(*r, Src::in(1), Src::scratch(sc.weights));
     conv = DnnlExec(dnnl::convolution_forward(pd));
@@ -214,7 +185,7 @@ struct ConvBwdData : Kernel {  // (dy, w) -> dx
     dnnl::convolution_backward_data::primitive_desc pd(engine(), dnnl::algorithm::convolution_direct, d.src, d.w_any, d.dst,
                                                        d.strides, d.dilates, d.pad, d.pad, hint, user_scratchpad_attr());
     auto r = weight_reorder(d.w_user, pd.weights_desc());
-    Scratch sc(pd.scratchpad_desc().get_size(), r, pd.weights_desc().get_size());
+    WeightScratch sc(pd.scratchpad_desc().get_size(), r, pd.weights_desc().get_size());
     scratch = sc.total;
     if (r) reorder_w = bind_reorder(*r, Src::in(1), Src::scratch(sc.weights));
     conv = DnnlExec(dnnl::convolution_backward_data(pd));
@@ -243,7 +214,7 @@ struct ConvBwdWeights : Kernel {  // (dy, x) -> dw [, db]
     bpd pd = with_bias ? bpd(engine(), alg, d.src, d.w_any, d.bias, d.dst, d.strides, d.dilates, d.pad, d.pad, hint, attr)
                        : bpd(engine(), alg, d.src, d.w_any, d.dst, d.strides, d.dilates, d.pad, d.pad, hint, attr);
     auto r = weight_reorder(pd.diff_weights_desc(), d.w_user);
-    Scratch sc(pd.scratchpad_desc().get_size(), r, pd.diff_weights_desc().get_size());
+    WeightScratch sc(pd.scratchpad_desc().get_size(), r, pd.diff_weights_desc().get_size());
     scratch = sc.total;
     conv = DnnlExec(dnnl::convolution_backward_weights(pd));
     conv.bind(DNNL_ARG_DIFF_DST, d.dst, Src::in(0));

@@ -1,5 +1,7 @@
 #include "cpu/dnnl_common.hpp"
 
+#include <algorithm>
+
 #include <cstring>
 
 namespace cnn {
@@ -106,6 +108,31 @@ struct Reorder : Kernel {
 KernelRegistrar reorder_reg("cpu", "reorder", [](const KernelCtx& c) { return std::make_unique<Reorder>(c); });
 
 }  // namespace
+
+std::optional<dnnl::reorder::primitive_desc> weight_reorder(const dnnl::memory::desc& from,
+                                                            const dnnl::memory::desc& to) {
+  if (from == to) return std::nullopt;
+  return dnnl::reorder::primitive_desc(engine(), from, engine(), to, user_scratchpad_attr());
+}
+
+WeightScratch::WeightScratch(size_t pad, const std::optional<dnnl::reorder::primitive_desc>& r, size_t weight_bytes) {
+  ScratchLayout L;
+  L.add(std::max(pad, r ? r->scratchpad_desc().get_size() : size_t(0)));
+  if (r) weights = L.add(weight_bytes);
+  total = L.total;
+}
+
+void bind_scratchpad(DnnlExec& ex, const dnnl::memory::desc& md) {
+  if (md.get_size()) ex.bind(DNNL_ARG_SCRATCHPAD, md, Src::scratch(0));
+}
+
+DnnlExec bind_reorder(const dnnl::reorder::primitive_desc& pd, Src from, Src to) {
+  DnnlExec ex{dnnl::reorder(pd)};
+  ex.bind(DNNL_ARG_FROM, pd.src_desc(), from);
+  ex.bind(DNNL_ARG_TO, pd.dst_desc(), to);
+  bind_scratchpad(ex, pd.scratchpad_desc());
+  return ex;
+}
 
 }  // namespace cpu
 }  // namespace cnn

@@ -4,6 +4,7 @@
 #pragma once
 #include <dnnl.hpp>
 
+#include <optional>
 #include <unordered_map>
 #include <vector>
 
@@ -63,6 +64,18 @@ struct ScratchLayout {
 
 // Primitive attributes with a user-managed scratchpad (the session's shared scratch buffer).
 dnnl::primitive_attr user_scratchpad_attr();
+
+// Weight handling shared by the convolution-like kernels (conv2d, conv_transpose2d): the reorder between
+// the plain parameter layout and the one a primitive chose (none when equal), and a kernel scratch laid out
+// as [oneDNN scratchpad of the largest user | reordered weights].
+std::optional<dnnl::reorder::primitive_desc> weight_reorder(const dnnl::memory::desc& from,
+                                                            const dnnl::memory::desc& to);
+struct WeightScratch {
+  size_t weights = 0, total = 0;
+  WeightScratch(size_t pad, const std::optional<dnnl::reorder::primitive_desc>& r, size_t weight_bytes);
+};
+void bind_scratchpad(DnnlExec& ex, const dnnl::memory::desc& md);  // binds when the primitive needs one
+DnnlExec bind_reorder(const dnnl::reorder::primitive_desc& pd, Src from, Src to);
 
 }  // namespace cpu
 }  // namespace cnn

@@ -29,10 +29,6 @@ dnnl::lrn_forward::primitive_desc fwd_pd(dnnl::prop_kind prop, const TensorDesc&
                                            p.alpha, p.beta, p.k, user_scratchpad_attr());
 }
 
-void bind_scratchpad(DnnlExec& ex, const dnnl::memory::desc& md) {
-  if (md.get_size()) ex.bind(DNNL_ARG_SCRATCHPAD, md, Src::scratch(0));
-}
-
 struct LrnFwd : Kernel {  // x -> y
   DnnlExec ex;
   size_t scratch = 0;

@@ -10,10 +10,6 @@ namespace {
 
 using alg = dnnl::algorithm;
 
-void bind_scratchpad(DnnlExec& ex, const dnnl::memory::desc& md) {
-  if (md.get_size()) ex.bind(DNNL_ARG_SCRATCHPAD, md, Src::scratch(0));
-}
-
 dnnl::resampling_forward::primitive_desc fwd_pd(dnnl::prop_kind prop, const TensorDesc& x, const TensorDesc& y) {
   return dnnl::resampling_forward::primitive_desc(engine(), prop, alg::resampling_nearest, plain_desc(x), plain_desc(y),
                                                   user_scratchpad_attr());
