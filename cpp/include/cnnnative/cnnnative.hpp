@@ -1,6 +1,7 @@
 // cnnnative public API. Owns: dtypes, shapes, the error type, the graph builder, the parameter store
 // and compiled sessions. Promises: no oneDNN or CUDA types here, so embedders need neither.
 #pragma once
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <map>
@@ -80,6 +81,13 @@ class Graph {
 
 // Parameters and buffers of one model: two flat float blocks allocated once, shared by every session
 // compiled from the model. Python sees each entry as a numpy view.
+//
+// Version: a counter that every writer bumps (touch()) after changing any parameter or buffer, so inference
+// sessions can keep weights prepared from it (reordered into oneDNN's layout, BatchNorm folded in) and redo
+// them only when version() moved. The core bumps it itself in every run of a train/grad session (optimizer
+// update, BN running statistics); the Python layer bumps it on every write through the arrays it hands out
+// (docs/ARCHITECTURE.md, "Prepared weights"). Code that writes through params()/buffers()/data() directly
+// must call touch() afterwards, before the next run of an inference session on this store.
 class ParamStore {
  public:
   struct Entry {
@@ -99,6 +107,8 @@ class ParamStore {
   size_t num_params() const { return n_params_; }
   size_t num_buffers() const { return n_buffers_; }
   float* data(const Entry& e) { return (e.trainable ? params_ : buffers_) + e.offset; }
+  uint64_t version() const { return version_.load(std::memory_order_acquire); }  // starts at 1
+  void touch() { version_.fetch_add(1, std::memory_order_acq_rel); }
 
  private:
   std::vector<Entry> entries_;
@@ -106,6 +116,7 @@ class ParamStore {
   float* params_ = nullptr;
   float* buffers_ = nullptr;
   size_t n_params_ = 0, n_buffers_ = 0;
+  std::atomic<uint64_t> version_{1};
 };
 
 enum class Mode : int { Infer = 0, Train = 1, Grad = 2 };
@@ -137,13 +148,18 @@ struct CompileOptions {
   // Graph inputs and outputs are plain.
   // "auto" keeps Grad-mode sessions (gradient checks) plain; an explicit layout applies to them too.
   std::string layout = "auto";
+  // Infer mode, cpu backend: kernels keep weights prepared (reordered into the primitive's layout, BatchNorm
+  // folded) between runs and rebuild them when the ParamStore's version moves. false: prepare them on every run
+  // (the behaviour before prepared weights; for comparison and tests).
+  bool cache_weights = true;
 };
 
 struct MemoryReport {
   size_t arena_bytes = 0, lower_bound_bytes = 0, naive_bytes = 0;
   size_t param_bytes = 0, grad_bytes = 0, optimizer_state_bytes = 0, buffer_bytes = 0, scratch_bytes = 0;
+  size_t prepared_bytes = 0;  // inference: weights kept prepared (reordered, BN folded) by the kernels
   size_t num_planned = 0, num_inplace = 0;
-  size_t persistent_bytes() const { return param_bytes + grad_bytes + optimizer_state_bytes + buffer_bytes; }
+  size_t persistent_bytes() const { return param_bytes + grad_bytes + optimizer_state_bytes + buffer_bytes + prepared_bytes; }
 };
 
 struct FeedInfo {

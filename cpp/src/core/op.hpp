@@ -30,6 +30,7 @@ struct KernelCtx {
   std::vector<TensorDesc> in, out;  // float tensors carry the session's compute dtype here
   DType compute = DType::f32;
   bool training = false;            // false in an inference session: kernels may use inference-only paths
+  bool cache_weights = true;        // inference: keep prepared weights between runs (CompileOptions::cache_weights)
   std::vector<Layout> in_layout{}, out_layout{};  // empty or one per input/output; missing entries are plain
   Layout layout_in(size_t i) const { return i < in_layout.size() ? in_layout[i] : Layout::plain; }
   Layout layout_out(size_t i) const { return i < out_layout.size() ? out_layout[i] : Layout::plain; }
@@ -41,12 +42,18 @@ struct RunCtx {
   void* scratch;     // shared scratch, at least scratch_bytes()
   uint64_t seed;
   int64_t step;      // 0-based count of completed runs of this session
+  void* persist = nullptr;      // this kernel's own persistent region, persistent_bytes() (kept between runs)
+  uint64_t params_version = 0;  // the ParamStore's version() when this run started (>= 1)
 };
 
 class Kernel {
  public:
   virtual ~Kernel() = default;
   virtual size_t scratch_bytes() const { return 0; }
+  // Bytes the kernel keeps between runs (prepared weights), in RunCtx::persist. The session allocates them
+  // once at compile time. Whatever a kernel derives from parameters or buffers and keeps there must be
+  // rebuilt when RunCtx::params_version differs from the version it was built at.
+  virtual size_t persistent_bytes() const { return 0; }
   virtual void run(const RunCtx& ctx) = 0;
 };
 

@@ -1,10 +1,13 @@
 // Session: compile once (inference fusion, autodiff, layout pass, schedule, in-place aliasing, memory plan,
-// kernels), then run many times. Owns the arena, the scratch buffer, the gradient block and optimizer state;
-// borrows parameters and buffers from the shared ParamStore. run() allocates nothing: every pointer table is
-// built here. Values are sized by the layout they are stored in (blocked layouts pad C).
+// kernels), then run many times. Owns the arena, the scratch buffer, the kernels' persistent regions (prepared
+// weights), the gradient block and optimizer state; borrows parameters and buffers from the shared ParamStore.
+// run() allocates nothing: every pointer table is built here. Values are sized by the layout they are stored in
+// (blocked layouts pad C). Every run hands the kernels the store's version (prepared weights are rebuilt when it
+// moved); a train/grad run that writes the store bumps it when it ends.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <numeric>
 
@@ -45,7 +48,17 @@ class SessionImpl {
   std::vector<int> feed_fetch;  // fetch index -> feed index when a fetched value is a feed, else -1
 
   Buffer buffers_backup;  // Train: the store's buffers before the running step
-  Buffer arena, scratch, grad_block, state_m, state_v, state_vmax, private_params, private_buffers;
+  Buffer arena, scratch, grad_block, state_m, state_v, state_vmax, private_params, private_buffers, prepared;
+  std::vector<void*> persist_ptr;  // per step: the kernel's persistent region (nullptr when it keeps none)
+  uint64_t private_version = 0;   // f64: the store version the private copies were taken at
+  bool writes_store = false;      // train/grad in float32: BN running statistics, optimizer update
+  // CNNNATIVE_CHECK_PREPARED=1 (the test suite sets it): every inference run checksums the store and raises when
+  // it changed while its version did not, i.e. a writer forgot ParamStore::touch() and prepared weights would be
+  // stale.
+  bool check_prepared = false;
+  uint64_t checked_version = 0, checked_sum = 0;
+  void refresh_private();
+  void check_store_unchanged();
   size_t n_grad = 0;
   MemoryReport report;
   double lr = 0;
@@ -176,14 +189,13 @@ SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, con
   const size_t fsz = dtype_size(opt.compute);
   float* pblock = store->params();
   float* bblock = store->buffers();
-  if (opt.compute == DType::f64) {  // private float64 copies for the reference backend
+  if (opt.compute == DType::f64) {  // private float64 copies for the reference backend, refreshed per version
     private_params = make_buffer(std::max<size_t>(store->num_params(), 1) * 8);
     private_buffers = make_buffer(std::max<size_t>(store->num_buffers(), 1) * 8);
-    double* pp = static_cast<double*>(private_params.get());
-    double* pb = static_cast<double*>(private_buffers.get());
-    for (size_t i = 0; i < store->num_params(); ++i) pp[i] = store->params()[i];
-    for (size_t i = 0; i < store->num_buffers(); ++i) pb[i] = store->buffers()[i];
+    refresh_private();
   }
+  writes_store = opt.mode != Mode::Infer && opt.compute == DType::f32;
+  if (const char* e = std::getenv("CNNNATIVE_CHECK_PREPARED")) check_prepared = opt.mode == Mode::Infer && std::string(e) == "1";
   for (int p : g.params) {
     const auto& e = store->find(g.values[p].name);
     char* base = opt.compute == DType::f64 ? static_cast<char*>(e.trainable ? private_params.get() : private_buffers.get())
@@ -271,6 +283,7 @@ SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, con
     const Node& n = g.nodes[s];
     KernelCtx kc{n, {}, {}, opt.compute};
     kc.training = opt.mode != Mode::Infer;
+    kc.cache_weights = opt.mode == Mode::Infer && opt.cache_weights;
     for (size_t i = 0; i < n.inputs.size(); ++i) {
       TensorDesc d = g.values[n.inputs[i]].desc;
       if (is_float(d.dtype)) d.dtype = opt.compute;
@@ -305,6 +318,17 @@ SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, con
     node_out.push_back(std::move(out));
   }
   scratch = make_buffer(std::max<size_t>(scratch_bytes, 64));
+  // kernels' persistent regions (prepared weights): one block, 64-byte aligned slices, filled on the first run
+  std::vector<size_t> persist_off;
+  size_t persist_total = 0;
+  for (auto& k : kernels) {
+    persist_off.push_back(persist_total);
+    persist_total += (k->persistent_bytes() + 63) / 64 * 64;
+  }
+  if (persist_total) prepared = make_buffer(persist_total);
+  for (size_t s = 0; s < kernels.size(); ++s)
+    persist_ptr.push_back(kernels[s]->persistent_bytes() ? static_cast<char*>(prepared.get()) + persist_off[s] : nullptr);
+  report.prepared_bytes = persist_total;
   prof_ns.assign(n_steps + 1, 0.0);
   prof_calls.assign(n_steps + 1, 0);
   report.scratch_bytes = scratch_bytes;
@@ -361,16 +385,51 @@ void SessionImpl::update() {
   }
 }
 
+void SessionImpl::refresh_private() {
+  private_version = store->version();
+  double* pp = static_cast<double*>(private_params.get());
+  double* pb = static_cast<double*>(private_buffers.get());
+  for (size_t i = 0; i < store->num_params(); ++i) pp[i] = store->params()[i];
+  for (size_t i = 0; i < store->num_buffers(); ++i) pb[i] = store->buffers()[i];
+}
+
+void SessionImpl::check_store_unchanged() {
+  auto mix = [](uint64_t h, const float* p, size_t n) {
+    const uint32_t* w = reinterpret_cast<const uint32_t*>(p);
+    for (size_t i = 0; i < n; ++i) h = (h ^ w[i]) * 0x100000001b3ull;
+    return h;
+  };
+  uint64_t h = mix(mix(0xcbf29ce484222325ull, store->params(), store->num_params()), store->buffers(), store->num_buffers());
+  uint64_t v = store->version();
+  if (v == checked_version && h != checked_sum)
+    throw Error("run: the parameter store changed while its version did not (a writer skipped ParamStore::touch()); "
+                "prepared weights would be stale");
+  checked_version = v;
+  checked_sum = h;
+}
+
 void SessionImpl::run(const std::vector<const void*>& fd) {
   if (fd.size() != feeds.size())
     throw Error("run: expected " + std::to_string(feeds.size()) + " inputs, got " + std::to_string(fd.size()));
   for (auto& p : patches) node_in[p.node][p.slot] = const_cast<void*>(fd[p.feed]);
   for (size_t i = 0; i < feed_values.size(); ++i) ptr[feed_values[i]] = const_cast<void*>(fd[i]);
+  if (private_params && store->version() != private_version) refresh_private();
+  if (check_prepared && prepared) check_store_unchanged();
   RunCtx rc{nullptr, nullptr, scratch.get(), opt.seed, steps};
+  rc.params_version = store->version();
+  // A train/grad run writes the store (BN running statistics in the forward pass, the optimizer update): the
+  // version moves when it ends, whether it succeeded or not, so inference sessions sharing the store re-prepare.
+  struct Bump {
+    ParamStore* s;
+    ~Bump() {
+      if (s) s->touch();
+    }
+  } bump{writes_store ? store.get() : nullptr};
   using clock = std::chrono::steady_clock;
   auto exec = [&](int s) {
     rc.in = node_in[s].data();
     rc.out = node_out[s].data();
+    rc.persist = persist_ptr[s];
     auto t0 = clock::now();
     kernels[s]->run(rc);
     prof_ns[s] += std::chrono::duration<double, std::nano>(clock::now() - t0).count();

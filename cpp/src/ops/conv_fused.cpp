@@ -111,7 +111,9 @@ struct FusedRef : Kernel {
     for (size_t i = 0; i < ks.size(); ++i) {
       for (size_t j = 0; j < in_codes[i].size(); ++j) in_ptrs[i][j] = ptr(in_codes[i][j]);
       out_ptrs[i][0] = ptr(out_codes[i][0]);
-      RunCtx sub{in_ptrs[i].data(), out_ptrs[i].data(), r.scratch, r.seed, r.step};
+      RunCtx sub = r;
+      sub.in = in_ptrs[i].data();
+      sub.out = out_ptrs[i].data();
       ks[i]->run(sub);
     }
   }
