@@ -2,12 +2,13 @@
 // and their layout rules. Activations come in the layouts the session's layout pass gave them (KernelCtx);
 // the rules (conv_layouts) pick, per node and direction, the (x, y) layout pair whose oneDNN implementation
 // ranks best, starting from the policy's layout for y and oneDNN's own pick for x. Weights are created with
-// format_tag::any and, when oneDNN picks a blocked layout, reordered on every run between the plain
-// [K, C/groups, R, S] parameter (goihw when groups > 1, same bytes) and the kernel's scratch region, so
-// parameter updates are always seen. fused_conv2d folds BN(eval) into that weight reorder (per-channel scale)
-// and the bias, both computed from the live parameters on each run (K floats), and runs the residual as a sum
+// format_tag::any and, when oneDNN picks a blocked layout, reordered from the plain [K, C/groups, R, S]
+// parameter (goihw when groups > 1, same bytes). Inference kernels keep the reordered weights in their
+// persistent region and reorder again only when the parameter store's version moved (RunCtx::params_version);
+// training kernels reorder into scratch on every run. fused_conv2d folds BN(eval) into that weight reorder
+// (per-channel scale) and the bias (K floats), both prepared with the weights, and runs the residual as a sum
 // post-op and relu / leaky_relu as an eltwise post-op. Scratch: the oneDNN scratchpad (shared by the kernel's
-// primitives, which run one after another) first, then the blocked weights, then the BN scale and shift.
+// primitives, which run one after another), then (training) the blocked weights.
 // Primitives are built once; run() only binds.
 #include <algorithm>
 #include <cmath>
@@ -152,26 +153,33 @@ LayoutChoice conv_grad_weights_rule(const LayoutQuery& q) {  // (dy, x) -> dw [,
 
 struct ConvFwd : Kernel {  // (x, w [, b]) -> y
   DnnlExec reorder_w, conv;
-  size_t scratch = 0;
+  size_t scratch = 0, persist = 0;
+  PreparedVersion prepared;
   explicit ConvFwd(const KernelCtx& c) {
     bool with_bias = c.in.size() > 2;
     ConvDescs d(c, c.in[0].shape, c.in[1].shape, c.out[0].shape, c.layout_in(0), c.layout_out(0));
     auto pd = d.fwd(with_bias, user_scratchpad_attr(),
                     c.training ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference);
     auto r = weight_reorder(d.w_user, pd.weights_desc());
-    WeightScratch sc(pd.scratchpad_desc().get_size(), r, pd.weights_desc().get_size());
+    prepared.cached = c.cache_weights;
+    WeightScratch sc(pd.scratchpad_desc().get_size(), r, pd.weights_desc().get_size(), prepared.cached);
     scratch = sc.total;
-    if (r) reorder_w = bind_reorder(*r, Src::in(1), Src::scratch(sc.weights));
+    persist = sc.persist;
+    if (r) reorder_w = bind_reorder(*r, Src::in(1), sc.weights);
     conv = DnnlExec(dnnl::convolution_forward(pd));
     conv.bind(DNNL_ARG_SRC, d.src, Src::in(0));
-    conv.bind(DNNL_ARG_WEIGHTS, pd.weights_desc(), r ? Src::scratch(sc.weights) : Src::in(1));
+    conv.bind(DNNL_ARG_WEIGHTS, pd.weights_desc(), r ? sc.weights : Src::in(1));
     if (with_bias) conv.bind(DNNL_ARG_BIAS, d.bias, Src::in(2));
     conv.bind(DNNL_ARG_DST, d.dst, Src::out(0));
     bind_scratchpad(conv, pd.scratchpad_desc());
   }
   size_t scratch_bytes() const override { return scratch; }
+  size_t persistent_bytes() const override { return persist; }
   void run(const RunCtx& r) override {
-    if (!reorder_w.empty()) reorder_w.run(r);
+    if (!reorder_w.empty() && prepared.stale(r)) {
+      reorder_w.run(r);
+      prepared.mark(r);
+    }
     conv.run(r);
   }
 };
@@ -187,10 +195,10 @@ struct ConvBwdData : Kernel {  // (dy, w) -> dx
     auto r = weight_reorder(d.w_user, pd.weights_desc());
     WeightScratch sc(pd.scratchpad_desc().get_size(), r, pd.weights_desc().get_size());
     scratch = sc.total;
-    if (r) reorder_w = bind_reorder(*r, Src::in(1), Src::scratch(sc.weights));
+    if (r) reorder_w = bind_reorder(*r, Src::in(1), sc.weights);
     conv = DnnlExec(dnnl::convolution_backward_data(pd));
     conv.bind(DNNL_ARG_DIFF_DST, d.dst, Src::in(0));
-    conv.bind(DNNL_ARG_WEIGHTS, pd.weights_desc(), r ? Src::scratch(sc.weights) : Src::in(1));
+    conv.bind(DNNL_ARG_WEIGHTS, pd.weights_desc(), r ? sc.weights : Src::in(1));
     conv.bind(DNNL_ARG_DIFF_SRC, d.src, Src::out(0));
     bind_scratchpad(conv, pd.scratchpad_desc());
   }
@@ -219,10 +227,10 @@ struct ConvBwdWeights : Kernel {  // (dy, x) -> dw [, db]
     conv = DnnlExec(dnnl::convolution_backward_weights(pd));
     conv.bind(DNNL_ARG_DIFF_DST, d.dst, Src::in(0));
     conv.bind(DNNL_ARG_SRC, d.src, Src::in(1));
-    conv.bind(DNNL_ARG_DIFF_WEIGHTS, pd.diff_weights_desc(), r ? Src::scratch(sc.weights) : Src::out(0));
+    conv.bind(DNNL_ARG_DIFF_WEIGHTS, pd.diff_weights_desc(), r ? sc.weights : Src::out(0));
     if (with_bias) conv.bind(DNNL_ARG_DIFF_BIAS, d.bias, Src::out(1));
     bind_scratchpad(conv, pd.scratchpad_desc());
-    if (r) reorder_dw = bind_reorder(*r, Src::scratch(sc.weights), Src::out(0));
+    if (r) reorder_dw = bind_reorder(*r, sc.weights, Src::out(0));
   }
   size_t scratch_bytes() const override { return scratch; }
   void run(const RunCtx& r) override {
@@ -232,15 +240,17 @@ struct ConvBwdWeights : Kernel {  // (dy, x) -> dw [, db]
 };
 
 // fused_conv2d (x, w, [b], [gamma, beta, mean, var], [residual]) -> y, inference only (see ops/conv_fused.cpp).
-// BN folds into the convolution on every run: s = gamma / sqrt(var + eps) scales the weights per output channel
-// inside the weight reorder (a runtime-scales reorder into scratch), t = beta + (b - mean) * s is the bias.
+// BN folds into the convolution: s = gamma / sqrt(var + eps) scales the weights per output channel inside the
+// weight reorder (a runtime-scales reorder), t = beta + (b - mean) * s is the bias. Weights, s and t are
+// prepared into the kernel's persistent region and rebuilt when the parameter store's version moved.
 // The residual is a sum post-op, the activation an eltwise post-op: post-ops every oneDNN convolution
 // implementation takes (binary per-channel post-ops combined with sum push some, e.g. jit_1x1, to ref:any).
 // The one exception: gemm (plain nchw) convolutions apply an eltwise post-op in a slow separate pass, so there
 // the activation runs as its own in-place eltwise primitive after the convolution.
 struct ConvFused : Kernel {
   DnnlExec reorder_w, conv, act_ex;
-  size_t scratch = 0, scale_off = 0, shift_off = 0, res_bytes = 0;
+  size_t scratch = 0, persist = 0, scale_off = 0, shift_off = 0, res_bytes = 0;
+  PreparedVersion prepared;
   bool bias = false, bn = false, sum = false;
   int bn0 = 0, res = 0;
   int64_t K = 0;
@@ -254,6 +264,7 @@ struct ConvFused : Kernel {
     res = bn0 + (bn ? 4 : 0);
     eps = float(a.f("bn_eps", 1e-5));
     K = c.in[1].shape[0];
+    prepared.cached = c.cache_weights;
     const int64_t G = a.i("groups", 1);
     int act = int(a.i("act", 0));
     ConvDescs d(c, c.in[0].shape, c.in[1].shape, c.out[0].shape, c.layout_in(0), c.layout_out(0));
@@ -286,42 +297,47 @@ struct ConvFused : Kernel {
     } else {
       r = weight_reorder(d.w_user, pd.weights_desc());
     }
-    ScratchLayout L;
+    ScratchLayout L, P;  // scratch: the scratchpads; persistent: prepared weights, BN scale and shift
     L.add(std::max({pd.scratchpad_desc().get_size(), r ? r->scratchpad_desc().get_size() : size_t(0), act_pad}));
-    size_t w_off = r ? L.add(pd.weights_desc().get_size()) : 0;
+    size_t w_off = r ? P.add(pd.weights_desc().get_size()) : 0;
     if (bn) {
-      scale_off = L.add(size_t(K) * 4);
-      shift_off = L.add(size_t(K) * 4);
+      scale_off = P.add(size_t(K) * 4);
+      shift_off = P.add(size_t(K) * 4);
     }
     scratch = L.total;
+    persist = P.total;
     if (r) {
-      reorder_w = bind_reorder(*r, Src::in(1), Src::scratch(w_off));
-      if (bn) reorder_w.bind(DNNL_ARG_ATTR_SCALES | DNNL_ARG_SRC, plain_desc(Shape{K}, DType::f32), Src::scratch(scale_off));
+      reorder_w = bind_reorder(*r, Src::in(1), Src::persist(w_off));
+      if (bn) reorder_w.bind(DNNL_ARG_ATTR_SCALES | DNNL_ARG_SRC, plain_desc(Shape{K}, DType::f32), Src::persist(scale_off));
     }
     conv = DnnlExec(dnnl::convolution_forward(pd));
     conv.bind(DNNL_ARG_SRC, d.src, Src::in(0));
-    conv.bind(DNNL_ARG_WEIGHTS, pd.weights_desc(), r ? Src::scratch(w_off) : Src::in(1));
-    if (bn) conv.bind(DNNL_ARG_BIAS, d.bias, Src::scratch(shift_off));
+    conv.bind(DNNL_ARG_WEIGHTS, pd.weights_desc(), r ? Src::persist(w_off) : Src::in(1));
+    if (bn) conv.bind(DNNL_ARG_BIAS, d.bias, Src::persist(shift_off));
     else if (bias) conv.bind(DNNL_ARG_BIAS, d.bias, Src::in(2));
     conv.bind(DNNL_ARG_DST, d.dst, Src::out(0));
     bind_scratchpad(conv, pd.scratchpad_desc());
     res_bytes = layout_bytes(c.out[0], c.layout_out(0));
   }
   size_t scratch_bytes() const override { return scratch; }
+  size_t persistent_bytes() const override { return persist; }
   void run(const RunCtx& r) override {
-    if (bn) {  // BN(conv(x, w) + b) = conv(x, w * s) + t
-      const float *gamma = static_cast<const float*>(r.in[bn0]), *beta = static_cast<const float*>(r.in[bn0 + 1]);
-      const float *mean = static_cast<const float*>(r.in[bn0 + 2]), *var = static_cast<const float*>(r.in[bn0 + 3]);
-      const float* b = bias ? static_cast<const float*>(r.in[2]) : nullptr;
-      float* s = reinterpret_cast<float*>(static_cast<char*>(r.scratch) + scale_off);
-      float* t = reinterpret_cast<float*>(static_cast<char*>(r.scratch) + shift_off);
-      for (int64_t k = 0; k < K; ++k) {
-        s[k] = gamma[k] / std::sqrt(var[k] + eps);
-        t[k] = beta[k] + ((b ? b[k] : 0.f) - mean[k]) * s[k];
+    if (persist && prepared.stale(r)) {
+      if (bn) {  // BN(conv(x, w) + b) = conv(x, w * s) + t
+        const float *gamma = static_cast<const float*>(r.in[bn0]), *beta = static_cast<const float*>(r.in[bn0 + 1]);
+        const float *mean = static_cast<const float*>(r.in[bn0 + 2]), *var = static_cast<const float*>(r.in[bn0 + 3]);
+        const float* b = bias ? static_cast<const float*>(r.in[2]) : nullptr;
+        float* s = reinterpret_cast<float*>(static_cast<char*>(r.persist) + scale_off);
+        float* t = reinterpret_cast<float*>(static_cast<char*>(r.persist) + shift_off);
+        for (int64_t k = 0; k < K; ++k) {
+          s[k] = gamma[k] / std::sqrt(var[k] + eps);
+          t[k] = beta[k] + ((b ? b[k] : 0.f) - mean[k]) * s[k];
+        }
       }
+      if (!reorder_w.empty()) reorder_w.run(r);
+      prepared.mark(r);
     }
     if (sum && r.out[0] != r.in[res]) std::memcpy(r.out[0], r.in[res], res_bytes);  // the residual is still live
-    if (!reorder_w.empty()) reorder_w.run(r);
     conv.run(r);
     if (!act_ex.empty()) act_ex.run(r);
   }

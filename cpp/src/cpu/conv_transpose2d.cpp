@@ -1,9 +1,10 @@
 // oneDNN kernels for conv_transpose2d, conv_transpose2d_grad_data and conv_transpose2d_grad_weights
 // (deconvolution_direct). Activations stay plain nchw. The PyTorch weight [C, K/groups, R, S] is oneDNN's iohw over
 // logical dims [K, C, R, S] (giohw over [G, K/G, C/G, R, S] with groups, same bytes); primitives take weights as
-// format_tag::any and reorder through the kernel scratch when oneDNN picks another layout. output_padding enters
-// through the dst dims: padding_r = padding - output_padding. Scratch: oneDNN scratchpad first, then the reordered
-// weights. Primitives are built once; run() only binds. See kernel_for() for the one configuration oneDNN refuses.
+// format_tag::any and reorder when oneDNN picks another layout (inference: once into the kernel's persistent
+// region, again when the parameter store's version moved; training: into scratch on every run). output_padding
+// enters through the dst dims: padding_r = padding - output_padding. Scratch: oneDNN scratchpad first, then the
+// reordered weights (training). Primitives are built once; run() only binds. See kernel_for() for the one configuration oneDNN refuses.
 #include <algorithm>
 #include <optional>
 
@@ -55,24 +56,31 @@ struct DeconvDescs {
 
 struct DeconvFwd : Kernel {  // (x, w [, b]) -> y
   DnnlExec reorder_w, deconv;
-  size_t scratch = 0;
+  size_t scratch = 0, persist = 0;
+  PreparedVersion prepared;  // inference: the reordered weights are kept (dnnl_common.hpp, WeightScratch)
   DeconvFwd(const KernelCtx& c, const DeconvDescs& d) {
     bool with_bias = c.in.size() > 2;
     auto pd = d.fwd(with_bias, user_scratchpad_attr());
     auto r = weight_reorder(d.w_user, pd.weights_desc());
-    WeightScratch sc(pd.scratchpad_desc().get_size(), r, pd.weights_desc().get_size());
+    prepared.cached = c.cache_weights;
+    WeightScratch sc(pd.scratchpad_desc().get_size(), r, pd.weights_desc().get_size(), prepared.cached);
     scratch = sc.total;
-    if (r) reorder_w = bind_reorder(*r, Src::in(1), Src::scratch(sc.weights));
+    persist = sc.persist;
+    if (r) reorder_w = bind_reorder(*r, Src::in(1), sc.weights);
     deconv = DnnlExec(dnnl::deconvolution_forward(pd));
     deconv.bind(DNNL_ARG_SRC, d.src, Src::in(0));
-    deconv.bind(DNNL_ARG_WEIGHTS, pd.weights_desc(), r ? Src::scratch(sc.weights) : Src::in(1));
+    deconv.bind(DNNL_ARG_WEIGHTS, pd.weights_desc(), r ? sc.weights : Src::in(1));
     if (with_bias) deconv.bind(DNNL_ARG_BIAS, d.bias, Src::in(2));
     deconv.bind(DNNL_ARG_DST, d.dst, Src::out(0));
     bind_scratchpad(deconv, pd.scratchpad_desc());
   }
   size_t scratch_bytes() const override { return scratch; }
+  size_t persistent_bytes() const override { return persist; }
   void run(const RunCtx& r) override {
-    if (!reorder_w.empty()) reorder_w.run(r);
+    if (!reorder_w.empty() && prepared.stale(r)) {
+      reorder_w.run(r);
+      prepared.mark(r);
+    }
     deconv.run(r);
   }
 };
@@ -87,10 +95,10 @@ struct DeconvBwdData : Kernel {  // (dy, w) -> dx
     auto r = weight_reorder(d.w_user, pd.weights_desc());
     WeightScratch sc(pd.scratchpad_desc().get_size(), r, pd.weights_desc().get_size());
     scratch = sc.total;
-    if (r) reorder_w = bind_reorder(*r, Src::in(1), Src::scratch(sc.weights));
+    if (r) reorder_w = bind_reorder(*r, Src::in(1), sc.weights);
     deconv = DnnlExec(dnnl::deconvolution_backward_data(pd));
     deconv.bind(DNNL_ARG_DIFF_DST, d.dst, Src::in(0));
-    deconv.bind(DNNL_ARG_WEIGHTS, pd.weights_desc(), r ? Src::scratch(sc.weights) : Src::in(1));
+    deconv.bind(DNNL_ARG_WEIGHTS, pd.weights_desc(), r ? sc.weights : Src::in(1));
     deconv.bind(DNNL_ARG_DIFF_SRC, d.src, Src::out(0));
     bind_scratchpad(deconv, pd.scratchpad_desc());
   }
@@ -117,10 +125,10 @@ struct DeconvBwdWeights : Kernel {  // (dy, x) -> dw [, db]
     deconv = DnnlExec(dnnl::deconvolution_backward_weights(pd));
     deconv.bind(DNNL_ARG_DIFF_DST, d.dst, Src::in(0));
     deconv.bind(DNNL_ARG_SRC, d.src, Src::in(1));
-    deconv.bind(DNNL_ARG_DIFF_WEIGHTS, pd.diff_weights_desc(), r ? Src::scratch(sc.weights) : Src::out(0));
+    deconv.bind(DNNL_ARG_DIFF_WEIGHTS, pd.diff_weights_desc(), r ? sc.weights : Src::out(0));
     if (with_bias) deconv.bind(DNNL_ARG_DIFF_BIAS, d.bias, Src::out(1));
     bind_scratchpad(deconv, pd.scratchpad_desc());
-    if (r) reorder_dw = bind_reorder(*r, Src::scratch(sc.weights), Src::out(0));
+    if (r) reorder_dw = bind_reorder(*r, sc.weights, Src::out(0));
   }
   size_t scratch_bytes() const override { return scratch; }
   void run(const RunCtx& r) override {

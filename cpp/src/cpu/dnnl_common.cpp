@@ -65,9 +65,10 @@ void DnnlExec::bind(int arg, const dnnl::memory::desc& md, Src src) {
 
 void DnnlExec::run(const RunCtx& ctx) {
   for (auto& h : handles_) {
-    void* p = h.second.kind == Src::In    ? ctx.in[h.second.index]
-              : h.second.kind == Src::Out ? ctx.out[h.second.index]
-                                          : static_cast<char*>(ctx.scratch) + h.second.offset;
+    void* p = h.second.kind == Src::In        ? ctx.in[h.second.index]
+              : h.second.kind == Src::Out     ? ctx.out[h.second.index]
+              : h.second.kind == Src::Persist ? static_cast<char*>(ctx.persist) + h.second.offset
+                                              : static_cast<char*>(ctx.scratch) + h.second.offset;
     h.first.set_data_handle(p);
   }
   prim_.execute(stream(), args_);
@@ -115,10 +116,17 @@ std::optional<dnnl::reorder::primitive_desc> weight_reorder(const dnnl::memory::
   return dnnl::reorder::primitive_desc(engine(), from, engine(), to, user_scratchpad_attr());
 }
 
-WeightScratch::WeightScratch(size_t pad, const std::optional<dnnl::reorder::primitive_desc>& r, size_t weight_bytes) {
+WeightScratch::WeightScratch(size_t pad, const std::optional<dnnl::reorder::primitive_desc>& r, size_t weight_bytes,
+                             bool cached) {
   ScratchLayout L;
   L.add(std::max(pad, r ? r->scratchpad_desc().get_size() : size_t(0)));
-  if (r) weights = L.add(weight_bytes);
+  if (r && cached) {
+    ScratchLayout P;
+    weights = Src::persist(P.add(weight_bytes));
+    persist = P.total;
+  } else if (r) {
+    weights = Src::scratch(L.add(weight_bytes));
+  }
   total = L.total;
 }
 

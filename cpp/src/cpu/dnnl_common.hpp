@@ -29,12 +29,13 @@ bool layout_of(const dnnl::memory::desc& md, const Shape& s, DType t, Layout* ou
 
 // Where a memory handle comes from at run time.
 struct Src {
-  enum Kind { In, Out, Scratch } kind;
+  enum Kind { In, Out, Scratch, Persist } kind;
   int index = 0;        // input/output index
-  size_t offset = 0;    // byte offset inside scratch
+  size_t offset = 0;    // byte offset inside scratch / the kernel's persistent region
   static Src in(int i) { return {In, i, 0}; }
   static Src out(int i) { return {Out, i, 0}; }
   static Src scratch(size_t off) { return {Scratch, 0, off}; }
+  static Src persist(size_t off) { return {Persist, 0, off}; }
 };
 
 // One primitive execution with bound arguments. bind() at compile time; run() only swaps handles.
@@ -66,13 +67,26 @@ struct ScratchLayout {
 dnnl::primitive_attr user_scratchpad_attr();
 
 // Weight handling shared by the convolution-like kernels (conv2d, conv_transpose2d): the reorder between
-// the plain parameter layout and the one a primitive chose (none when equal), and a kernel scratch laid out
-// as [oneDNN scratchpad of the largest user | reordered weights].
+// the plain parameter layout and the one a primitive chose (none when equal), and where the reordered
+// weights live. Training kernels (parameters change every step): in the kernel scratch, laid out as
+// [oneDNN scratchpad of the largest user | reordered weights], reordered on every run. Inference kernels
+// (`cached`): in the kernel's persistent region, reordered once and again only when the parameter store's
+// version moved (PreparedVersion); the scratch then holds only the scratchpad.
 std::optional<dnnl::reorder::primitive_desc> weight_reorder(const dnnl::memory::desc& from,
                                                             const dnnl::memory::desc& to);
 struct WeightScratch {
-  size_t weights = 0, total = 0;
-  WeightScratch(size_t pad, const std::optional<dnnl::reorder::primitive_desc>& r, size_t weight_bytes);
+  size_t total = 0;    // scratch bytes
+  size_t persist = 0;  // persistent bytes
+  Src weights{Src::Scratch, 0, 0};  // where the reordered weights go (when there is a reorder)
+  WeightScratch(size_t pad, const std::optional<dnnl::reorder::primitive_desc>& r, size_t weight_bytes, bool cached = false);
+};
+// When a kernel's prepared data (derived from parameters/buffers) must be rebuilt: always when not cached,
+// else when the store's version differs from the one it was built at (0: never built).
+struct PreparedVersion {
+  bool cached = false;
+  uint64_t version = 0;
+  bool stale(const RunCtx& r) const { return !cached || version != r.params_version; }
+  void mark(const RunCtx& r) { version = r.params_version; }
 };
 void bind_scratchpad(DnnlExec& ex, const dnnl::memory::desc& md);  // binds when the primitive needs one
 DnnlExec bind_reorder(const dnnl::reorder::primitive_desc& pd, Src from, Src to);
