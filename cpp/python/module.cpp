@@ -147,6 +147,7 @@ py::dict report_dict(const MemoryReport& r) {
   d["optimizer_state_bytes"] = r.optimizer_state_bytes;
   d["buffer_bytes"] = r.buffer_bytes;
   d["scratch_bytes"] = r.scratch_bytes;
+  d["prepared_bytes"] = r.prepared_bytes;
   d["persistent_bytes"] = r.persistent_bytes();
   d["num_planned_buffers"] = r.num_planned;
   d["num_inplace"] = r.num_inplace;
@@ -213,11 +214,16 @@ PYBIND11_MODULE(_core, m) {
         for (auto& t : entries) e.push_back({std::get<0>(t), std::get<1>(t), std::get<2>(t), 0});
         return std::make_shared<ParamStore>(e);
       }))
+      // A numpy view of one entry, as cnnnative._params' tracked array (Parameter for trainable entries): every
+      // write through it bumps the store's version (see ParamStore in cnnnative.hpp).
       .def("array", [](std::shared_ptr<ParamStore> s, const std::string& name) {
         const auto& e = s->find(name);
         py::capsule owner(new std::shared_ptr<ParamStore>(s), [](void* p) { delete static_cast<std::shared_ptr<ParamStore>*>(p); });
-        return py::array_t<float>(e.shape, s->data(e), owner);
+        py::array_t<float> a(e.shape, s->data(e), owner);
+        return py::module_::import("cnnnative._params").attr("track")(a, py::cast(s), e.trainable);
       })
+      .def("touch", &ParamStore::touch, "Marks the parameters/buffers as changed (prepared weights are rebuilt).")
+      .def_property_readonly("version", &ParamStore::version)
       .def_property_readonly("num_params", &ParamStore::num_params)
       .def_property_readonly("num_buffers", &ParamStore::num_buffers)
       .def("names", [](const ParamStore& s) {
@@ -229,7 +235,8 @@ PYBIND11_MODULE(_core, m) {
   py::class_<PySession>(m, "Session")
       .def(py::init([](const Graph& g, std::shared_ptr<ParamStore> store, const std::string& mode, const std::string& backend,
                        const std::string& compute, int loss, const std::vector<int>& grad_of, const std::vector<int>& wrt,
-                       const py::dict& optim, bool plan_memory, uint64_t seed, bool optimize, const std::string& layout) {
+                       const py::dict& optim, bool plan_memory, uint64_t seed, bool optimize, const std::string& layout,
+                       bool cache_weights) {
              CompileOptions o;
              if (mode == "infer") o.mode = Mode::Infer;
              else if (mode == "train") o.mode = Mode::Train;
@@ -244,6 +251,7 @@ PYBIND11_MODULE(_core, m) {
              o.seed = seed;
              o.optimize = optimize;
              o.layout = layout;
+             o.cache_weights = cache_weights;
              for (auto kv : optim) {
                std::string k = py::str(kv.first);
                py::handle v = kv.second;
@@ -264,7 +272,7 @@ PYBIND11_MODULE(_core, m) {
            py::arg("graph"), py::arg("store"), py::arg("mode") = "infer", py::arg("backend") = "cpu", py::arg("compute") = "float32",
            py::arg("loss") = -1, py::arg("grad_of") = std::vector<int>{}, py::arg("wrt") = std::vector<int>{},
            py::arg("optim") = py::dict(), py::arg("plan_memory") = true, py::arg("seed") = 0,
-           py::arg("optimize") = true, py::arg("layout") = "auto")
+           py::arg("optimize") = true, py::arg("layout") = "auto", py::arg("cache_weights") = true)
       .def("run", &PySession::run)
       .def("step", &PySession::step)
       .def("fetch", &PySession::fetch)

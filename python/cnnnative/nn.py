@@ -14,6 +14,7 @@ import numpy as np
 
 from . import _core
 from . import functional as F
+from ._params import Buffer, Parameter
 from .graph import GraphBuilder, Tensor, current
 
 __all__ = ["Module", "Parameter", "Sequential", "ModuleList", "Conv2d", "ConvTranspose2d", "MaxPool2d",
@@ -30,13 +31,6 @@ def manual_seed(seed: int) -> None:
     """Seeds parameter initialization (like torch.manual_seed for init)."""
     global _rng
     _rng = np.random.default_rng(int(seed))
-
-
-class Parameter(np.ndarray):
-    """A trainable float32 array (marks module attributes as parameters)."""
-
-    def __new__(cls, data):
-        return np.ascontiguousarray(data, dtype=np.float32).view(cls)
 
 
 _skip_init = False
@@ -248,7 +242,17 @@ class Module:
                 if not np.all(np.isfinite(src)) and arr.dtype.kind == "f":
                     raise ValueError(f"load_state_dict: {k} holds non-finite values")
                 np.copyto(arr, src, casting="unsafe")
+        self.weights_changed()
         return {"missing_keys": missing, "unexpected_keys": unexpected}
+
+    def weights_changed(self) -> None:
+        """Tells compiled sessions that parameters or buffers changed, so inference sessions rebuild the
+        weights they keep prepared (reordered, BatchNorm folded). Writes through the arrays this module hands
+        out (attributes, state_dict() values) do this by themselves; call it after writing through a plain
+        ndarray made from one (np.asarray(p), p.view(np.ndarray), torch.from_numpy(p), a memoryview)."""
+        st = self.__dict__.get("_store")
+        if st is not None:
+            st[0].touch()
 
     def _ensure_store(self):
         """Moves every parameter and buffer into one ParamStore (flat blocks) and replaces the
@@ -314,14 +318,17 @@ class Module:
 
     def compile(self, input_shape, mode: str = "infer", optimizer=None, loss: str = "cross_entropy",
                 seed: int = 0, backend: str = "cpu", plan_memory: bool = True, optimize: bool = True,
-                layout: str = "auto"):
+                layout: str = "auto", cache_weights: bool = True):
         """Compiles the model for one input shape: mode 'infer' (eval behaviour of BN/dropout) or
         'train' (one step = forward, loss, backward, optimizer update). optimize: fuse conv/BN/add/ReLU
         chains in inference; layout: 'auto' (oneDNN's blocked layouts between capable kernels) or
-        'plain' (NCHW everywhere), for comparison. Returns a Session."""
+        'plain' (NCHW everywhere), for comparison; cache_weights: inference keeps weights prepared
+        (reordered, BN folded) between runs, rebuilt when they change (False: every run, for comparison).
+        Returns a Session."""
         from .session import Session
         return Session(self, input_shape, mode=mode, optimizer=optimizer, loss=loss, seed=seed,
-                       backend=backend, plan_memory=plan_memory, optimize=optimize, layout=layout)
+                       backend=backend, plan_memory=plan_memory, optimize=optimize, layout=layout,
+                       cache_weights=cache_weights)
 
     def extra_repr(self) -> str:
         return ""

@@ -19,7 +19,7 @@ _LOSSES = {
 
 class Session:
     def __init__(self, model, input_shape, mode="infer", optimizer=None, loss="cross_entropy", seed=0,
-                 backend="cpu", plan_memory=True, optimize=True, layout="auto"):
+                 backend="cpu", plan_memory=True, optimize=True, layout="auto", cache_weights=True):
         if mode not in ("infer", "train"):
             raise ValueError(f"compile: mode must be 'infer' or 'train', got {mode!r}")
         input_shape = tuple(int(s) for s in input_shape)
@@ -57,7 +57,7 @@ class Session:
         self.graph = g
         self.optimizer = optimizer
         self._s = _core.Session(g, store, mode, backend=backend, plan_memory=plan_memory, seed=int(seed),
-                                optimize=bool(optimize), layout=str(layout), **kw)
+                                optimize=bool(optimize), layout=str(layout), cache_weights=bool(cache_weights), **kw)
         if optimizer is not None:
             optimizer._attach(self)
         self._bn = [m for m in model.modules() if hasattr(m, "_extra_state")] if mode == "train" else []
