@@ -50,8 +50,9 @@ def _build(workload):
     return model, twin, x, y, mode
 
 
-def _engines(workload, threads, check=True):
-    """Returns {engine: zero-arg callable}, the model FLOPs per call, and an agreement note."""
+def _engines(workload, threads, check=True, percall=False):
+    """Returns {engine: zero-arg callable}, the model FLOPs per call, and an agreement note. percall: also
+    'cnnnative_percall', inference with weights prepared on every run (cache_weights=False), for comparison."""
     import cnnnative as cn
 
     model, twin, x, y, mode = _build(workload)
@@ -60,6 +61,11 @@ def _engines(workload, threads, check=True):
         sess = model.compile(x.shape, mode="infer")
         engines["cnnnative"] = lambda: sess.run(x)
         ours = sess.run(x)
+        if percall:
+            sess_pc = model.compile(x.shape, mode="infer", cache_weights=False)
+            engines["cnnnative_percall"] = lambda: sess_pc.run(x)
+            if not np.array_equal(sess_pc.run(x), ours):
+                raise RuntimeError(f"{workload}: cached and per-call prepared weights give different outputs")
     else:
         sess = model.compile(x.shape, mode="train", optimizer=cn.optim.SGD(lr=1e-3, momentum=0.9))
         engines["cnnnative"] = lambda: sess.step(x, y)
@@ -155,13 +161,13 @@ def _child(workload, engine, threads):
     ncls = kw.get("num_classes", 10)
     y = rng.integers(0, ncls, bs).astype(np.int32)
     rss = _peak_rss_kib
-    if engine == "cnnnative":
+    if engine in ("cnnnative", "cnnnative_percall"):
         import cnnnative as cn
         cn.set_num_threads(threads)
         base = rss()
         model = cn.models.get_model(name, seed=0, **kw)
         if mode == "infer":
-            sess = model.compile(x.shape)
+            sess = model.compile(x.shape, cache_weights=engine == "cnnnative")
             fn = lambda: sess.run(x)
         else:
             sess = model.compile(x.shape, mode="train", optimizer=cn.optim.SGD(lr=1e-3, momentum=0.9))
@@ -244,6 +250,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m cnnnative.bench")
     ap.add_argument("--quick", action="store_true", help="small workloads, few reps (< 3 minutes)")
     ap.add_argument("--workloads", default=None, help="comma-separated names (default: all)")
+    ap.add_argument("--only", default=None,
+                    help="comma-separated substrings: the workloads whose name contains one (e.g. resnet50_infer)")
+    ap.add_argument("--percall", action="store_true",
+                    help="also time cnnnative with weights prepared on every run (cache_weights=False)")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--out", default="bench_results", help="folder for results.md/json/png")
@@ -261,6 +271,11 @@ def main(argv=None) -> int:
     for n in names:
         if n not in WORKLOADS:
             ap.error(f"unknown workload {n!r}; known: {', '.join(WORKLOADS)}")
+    if args.only:
+        subs = [s for s in args.only.split(",") if s]
+        names = [n for n in (names if args.workloads else WORKLOADS) if any(s in n for s in subs)]
+        if not names:
+            ap.error(f"--only {args.only!r} matches no workload; known: {', '.join(WORKLOADS)}")
     peak, lanes = max(_core.fma_peak_gflops(20_000_000) for _ in range(3))
     rounds = args.rounds or (3 if args.quick else 5)
     try:
@@ -278,7 +293,7 @@ def main(argv=None) -> int:
     print(head, flush=True)
     rows = []
     for n in names:
-        engines, flops, note, bs = _engines(n, args.threads)
+        engines, flops, note, bs = _engines(n, args.threads, percall=args.percall)
         one = statistics.median(_time({"cnnnative": engines["cnnnative"]}, 1, 2)["cnnnative"])
         reps = max(1, min(50, int((300 if args.quick else 1500) / max(one, 1e-3) / rounds / len(engines))))
         times = _time(engines, rounds, reps)
@@ -291,7 +306,7 @@ def main(argv=None) -> int:
                 row[k]["rss_increase_mib"] = _rss(n, k, args.threads)
         if workload_onnx := _ONNX_FILES.pop(n, None):
             os.unlink(workload_onnx)
-        for k in ("pytorch", "onnxruntime"):
+        for k in ("cnnnative_percall", "pytorch", "onnxruntime"):
             if k in row:
                 row[f"ratio_vs_{k}"] = row["cnnnative"]["median_ms"] / row[k]["median_ms"]
         rows.append(row)
@@ -299,7 +314,7 @@ def main(argv=None) -> int:
     lines = [head, "", "| workload | engine | median ms (min-max) | img/s | GFLOP/s | % peak | peak RSS +MiB | ratio |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        for k in ("cnnnative", "pytorch", "onnxruntime"):
+        for k in ("cnnnative", "cnnnative_percall", "pytorch", "onnxruntime"):
             if k not in r:
                 continue
             e = r[k]
