@@ -70,6 +70,16 @@ def test_direct_writes_are_seen(how):
     _check_follows(s, net, x, before)
 
 
+def test_assigning_a_new_parameter_is_seen():
+    net = resnet_stack()
+    x = _x((2, 3, 12, 12))
+    s, before = _warm(net, x)
+    w = net[3].conv2.weight
+    net[3].conv2.weight = nn.Parameter(np.full(w.shape, 0.05, np.float32))
+    assert net[3].conv2.weight is w and np.all(w == np.float32(0.05))  # still the store's view
+    _check_follows(s, net, x, before)
+
+
 def test_load_state_dict_is_seen():
     net, other = resnet_stack(seed=0), resnet_stack(seed=7)
     x = _x((2, 3, 12, 12))

@@ -14,7 +14,7 @@ import numpy as np
 
 from . import _core
 from . import functional as F
-from ._params import Buffer, Parameter
+from ._params import Buffer, Parameter, TrackedArray
 from .graph import GraphBuilder, Tensor, current
 
 __all__ = ["Module", "Parameter", "Sequential", "ModuleList", "Conv2d", "ConvTranspose2d", "MaxPool2d",
@@ -144,6 +144,13 @@ class Module:
     def __setattr__(self, name, value):
         if "_parameters" not in self.__dict__:
             raise RuntimeError("call super().__init__() in the module's __init__ before assigning attributes")
+        old = self._parameters.get(name)
+        if (isinstance(value, Parameter) and isinstance(old, TrackedArray) and old._cn_store is not None
+                and value is not old and value.shape == old.shape):
+            # a parameter already in a ParamStore: the new values go into the store (compiled sessions see them),
+            # the attribute stays the store's view
+            old[...] = value
+            return
         for d in (self._parameters, self._buffers, self._modules):
             d.pop(name, None)
         if isinstance(value, Parameter):

@@ -394,10 +394,14 @@ void SessionImpl::refresh_private() {
 }
 
 void SessionImpl::check_store_unchanged() {
-  auto mix = [](uint64_t h, const float* p, size_t n) {
+  auto mix = [](uint64_t h, const float* p, size_t n) {  // FNV-1a over 32-bit words, four independent lanes
     const uint32_t* w = reinterpret_cast<const uint32_t*>(p);
-    for (size_t i = 0; i < n; ++i) h = (h ^ w[i]) * 0x100000001b3ull;
-    return h;
+    uint64_t l[4] = {h, h + 1, h + 2, h + 3};
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4)
+      for (int k = 0; k < 4; ++k) l[k] = (l[k] ^ w[i + k]) * 0x100000001b3ull;
+    for (; i < n; ++i) l[0] = (l[0] ^ w[i]) * 0x100000001b3ull;
+    return ((l[0] * 31 + l[1]) * 31 + l[2]) * 31 + l[3];
   };
   uint64_t h = mix(mix(0xcbf29ce484222325ull, store->params(), store->num_params()), store->buffers(), store->num_buffers());
   uint64_t v = store->version();
