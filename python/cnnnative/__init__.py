@@ -3,6 +3,14 @@ from __future__ import annotations
 
 import os as _os
 
+# GNU OpenMP spins 300000 rounds (~0.1-0.3 ms) in every barrier before it sleeps. One oneDNN primitive is one
+# parallel region split statically over the threads, so when another process takes a core the spinning threads
+# burn the time slices the descheduled one needs: ResNet-50 batch 1 on 2 busy cores went from ~130 ms to
+# 270-440 ms. A short spin keeps the back-to-back regions of one run hot and yields quickly otherwise. Read by
+# libgomp when it loads (with _core below); an explicit OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
+if "OMP_WAIT_POLICY" not in _os.environ and "GOMP_SPINCOUNT" not in _os.environ:
+    _os.environ["GOMP_SPINCOUNT"] = "10000"
+
 
 def _preload_dnnl() -> None:
     # The RPATH of _core reaches <prefix>/lib in a normal install; editable/in-place builds may not,
