@@ -8,7 +8,7 @@
 // training kernels reorder into scratch on every run. fused_conv2d folds BN(eval) into that weight reorder
 // (per-channel scale) and the bias (K floats), both prepared with the weights, and runs the residual as a sum
 // post-op and relu / leaky_relu as an eltwise post-op. Scratch: the oneDNN scratchpad (shared by the kernel's
-// primitives, which run one after another), then (training) the blocked weights.
+// primitives, which run one after another), then (training, or cache_weights off) the blocked weights.
 // Primitives are built once; run() only binds.
 #include <algorithm>
 #include <cmath>
@@ -297,23 +297,27 @@ struct ConvFused : Kernel {
     } else {
       r = weight_reorder(d.w_user, pd.weights_desc());
     }
-    ScratchLayout L, P;  // scratch: the scratchpads; persistent: prepared weights, BN scale and shift
+    // scratch: the scratchpads; prepared weights, BN scale and shift in the persistent region (cached) or, with
+    // cache_weights off, in scratch after the scratchpads (rebuilt every run, as before prepared weights)
+    ScratchLayout L, P;
     L.add(std::max({pd.scratchpad_desc().get_size(), r ? r->scratchpad_desc().get_size() : size_t(0), act_pad}));
-    size_t w_off = r ? P.add(pd.weights_desc().get_size()) : 0;
+    ScratchLayout& W = prepared.cached ? P : L;
+    auto at = [&](size_t off) { return prepared.cached ? Src::persist(off) : Src::scratch(off); };
+    Src w_at = at(r ? W.add(pd.weights_desc().get_size()) : 0);
     if (bn) {
-      scale_off = P.add(size_t(K) * 4);
-      shift_off = P.add(size_t(K) * 4);
+      scale_off = W.add(size_t(K) * 4);
+      shift_off = W.add(size_t(K) * 4);
     }
     scratch = L.total;
     persist = P.total;
     if (r) {
-      reorder_w = bind_reorder(*r, Src::in(1), Src::persist(w_off));
-      if (bn) reorder_w.bind(DNNL_ARG_ATTR_SCALES | DNNL_ARG_SRC, plain_desc(Shape{K}, DType::f32), Src::persist(scale_off));
+      reorder_w = bind_reorder(*r, Src::in(1), w_at);
+      if (bn) reorder_w.bind(DNNL_ARG_ATTR_SCALES | DNNL_ARG_SRC, plain_desc(Shape{K}, DType::f32), at(scale_off));
     }
     conv = DnnlExec(dnnl::convolution_forward(pd));
     conv.bind(DNNL_ARG_SRC, d.src, Src::in(0));
-    conv.bind(DNNL_ARG_WEIGHTS, pd.weights_desc(), r ? Src::persist(w_off) : Src::in(1));
-    if (bn) conv.bind(DNNL_ARG_BIAS, d.bias, Src::persist(shift_off));
+    conv.bind(DNNL_ARG_WEIGHTS, pd.weights_desc(), r ? w_at : Src::in(1));
+    if (bn) conv.bind(DNNL_ARG_BIAS, d.bias, at(shift_off));
     else if (bias) conv.bind(DNNL_ARG_BIAS, d.bias, Src::in(2));
     conv.bind(DNNL_ARG_DST, d.dst, Src::out(0));
     bind_scratchpad(conv, pd.scratchpad_desc());
@@ -322,13 +326,14 @@ struct ConvFused : Kernel {
   size_t scratch_bytes() const override { return scratch; }
   size_t persistent_bytes() const override { return persist; }
   void run(const RunCtx& r) override {
-    if (persist && prepared.stale(r)) {
+    if ((bn || !reorder_w.empty()) && prepared.stale(r)) {
       if (bn) {  // BN(conv(x, w) + b) = conv(x, w * s) + t
         const float *gamma = static_cast<const float*>(r.in[bn0]), *beta = static_cast<const float*>(r.in[bn0 + 1]);
         const float *mean = static_cast<const float*>(r.in[bn0 + 2]), *var = static_cast<const float*>(r.in[bn0 + 3]);
         const float* b = bias ? static_cast<const float*>(r.in[2]) : nullptr;
-        float* s = reinterpret_cast<float*>(static_cast<char*>(r.persist) + scale_off);
-        float* t = reinterpret_cast<float*>(static_cast<char*>(r.persist) + shift_off);
+        char* base = static_cast<char*>(prepared.cached ? r.persist : r.scratch);
+        float* s = reinterpret_cast<float*>(base + scale_off);
+        float* t = reinterpret_cast<float*>(base + shift_off);
         for (int64_t k = 0; k < K; ++k) {
           s[k] = gamma[k] / std::sqrt(var[k] + eps);
           t[k] = beta[k] + ((b ? b[k] : 0.f) - mean[k]) * s[k];
