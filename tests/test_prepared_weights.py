@@ -149,6 +149,8 @@ def test_version_moves_only_on_writes():
     assert isinstance(w * 2, nn.Parameter) and isinstance(net[1].running_var, cn.nn.Buffer)
     w[0, 0, 0, 0] = 1.0
     assert store.version == v + 1
+    nn.Parameter(w)[0, 0, 0, 0] = 2.0  # a Parameter made from a view shares its memory: tracked
+    assert store.version == v + 2 and w[0, 0, 0, 0] == 2.0
 
 
 def test_no_allocation_per_run_when_weights_change():

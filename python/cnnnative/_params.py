@@ -132,7 +132,10 @@ class Parameter(TrackedArray):
     """A trainable float32 array (marks module attributes as parameters)."""
 
     def __new__(cls, data):
-        return np.ascontiguousarray(data, dtype=np.float32).view(cls)
+        a = np.ascontiguousarray(data, dtype=np.float32).view(cls)
+        if isinstance(data, TrackedArray) and np.may_share_memory(a, data):  # Parameter(view): still tracked
+            a._cn_store = data._cn_store
+        return a
 
 
 class Buffer(TrackedArray):
