@@ -17,7 +17,7 @@ from . import functional as F
 from ._params import Buffer, Parameter, TrackedArray
 from .graph import GraphBuilder, Tensor, current
 
-__all__ = ["Module", "Parameter", "Sequential", "ModuleList", "Conv2d", "ConvTranspose2d", "MaxPool2d",
+__all__ = ["Module", "Parameter", "Buffer", "Sequential", "ModuleList", "Conv2d", "ConvTranspose2d", "MaxPool2d",
            "AvgPool2d", "AdaptiveAvgPool2d", "Linear", "BatchNorm2d", "LocalResponseNorm", "Upsample", "ReLU",
            "Sigmoid", "Tanh", "LeakyReLU", "Dropout", "Flatten", "Identity", "functional", "init", "manual_seed",
            "no_init"]
@@ -257,9 +257,16 @@ class Module:
         weights they keep prepared (reordered, BatchNorm folded). Writes through the arrays this module hands
         out (attributes, state_dict() values) do this by themselves; call it after writing through a plain
         ndarray made from one (np.asarray(p), p.view(np.ndarray), torch.from_numpy(p), a memoryview)."""
+        stores = {}  # the stores this module's arrays live in (a submodule holds no _store of its own)
         st = self.__dict__.get("_store")
         if st is not None:
-            st[0].touch()
+            stores[id(st[0])] = st[0]
+        for a in list(self.parameters()) + list(self.buffers()):
+            s = getattr(a, "_cn_store", None)
+            if s is not None:
+                stores[id(s)] = s
+        for s in stores.values():
+            s.touch()
 
     def _ensure_store(self):
         """Moves every parameter and buffer into one ParamStore (flat blocks) and replaces the
