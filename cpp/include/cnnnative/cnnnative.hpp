@@ -137,12 +137,17 @@ struct CompileOptions {
   // Graph inputs and outputs are plain.
   // "auto" keeps Grad-mode sessions (gradient checks) plain; an explicit layout applies to them too.
   std::string layout = "auto";
+  // Train/Grad: forward activations the backward pass recomputes instead of keeping (core/recompute.hpp):
+  // "none", "cheap" (BN/ReLU/add outputs, recomputed from kept conv outputs) or "segments" (only segment
+  // boundaries such as ResNet block outputs are kept; one extra forward over the rest).
+  std::string recompute = "none";
 };
 
 struct MemoryReport {
   size_t arena_bytes = 0, lower_bound_bytes = 0, naive_bytes = 0;
   size_t param_bytes = 0, grad_bytes = 0, optimizer_state_bytes = 0, buffer_bytes = 0, scratch_bytes = 0;
   size_t num_planned = 0, num_inplace = 0;
+  size_t num_recomputed = 0;  // nodes the recompute option added to the backward pass
   size_t persistent_bytes() const { return param_bytes + grad_bytes + optimizer_state_bytes + buffer_bytes; }
 };
 

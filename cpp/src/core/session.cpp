@@ -14,6 +14,7 @@
 #include "core/layout.hpp"
 #include "core/op.hpp"
 #include "core/planner.hpp"
+#include "core/recompute.hpp"
 #include "cpu/optim.hpp"
 
 namespace cnn {
@@ -123,6 +124,12 @@ SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, con
     ad = autodiff(g, seeds, opt.wrt);
   }
   nf = ad.num_forward_nodes;
+  const Recompute rmode = parse_recompute(opt.recompute);
+  if (opt.mode != Mode::Infer && rmode != Recompute::none) {
+    std::vector<int> keep = g.outputs;
+    if (loss_value >= 0) keep.push_back(loss_value);
+    report.num_recomputed = size_t(recompute_pass(g, nf, rmode, keep).num_cloned_nodes);
+  }
 
   const std::vector<int> outputs_as_built = g.outputs;  // fetch names: before plain copies are swapped in
   // ---- layouts (cpu backend): reorders only where a layout-capable kernel meets one that is not ----
@@ -361,9 +368,45 @@ void SessionImpl::update() {
   }
 }
 
+namespace {
+// Index of the first NaN/inf in x, or -1. One vectorized pass (x * 0 is 0 for finite x, NaN otherwise).
+template <class T>
+int64_t first_non_finite(const T* x, int64_t n) {
+  T acc = 0;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t i = 0; i < n; ++i) acc += x[i] * T(0);
+  if (acc == T(0)) return -1;
+  for (int64_t i = 0; i < n; ++i)
+    if (!std::isfinite(x[i])) return i;
+  return -1;
+}
+std::string index_str(const Shape& s, int64_t flat) {
+  Shape idx(s.size());
+  for (size_t d = s.size(); d-- > 0;) {
+    idx[d] = flat % s[d];
+    flat /= s[d];
+  }
+  return shape_str(idx);
+}
+}  // namespace
+
 void SessionImpl::run(const std::vector<const void*>& fd) {
   if (fd.size() != feeds.size())
     throw Error("run: expected " + std::to_string(feeds.size()) + " inputs, got " + std::to_string(fd.size()));
+  // A NaN/inf input would not always reach the loss (ReLU maps NaN to 0) yet poison BN statistics: refuse it
+  // before anything runs.
+  for (size_t i = 0; i < feeds.size(); ++i) {
+    const TensorDesc& d = feeds[i].desc;
+    if (!is_float(d.dtype)) continue;
+    const int64_t n = numel(d.shape);
+    int64_t bad = opt.compute == DType::f64 ? first_non_finite(static_cast<const double*>(fd[i]), n)
+                                            : first_non_finite(static_cast<const float*>(fd[i]), n);
+    if (bad >= 0) {
+      double v = opt.compute == DType::f64 ? static_cast<const double*>(fd[i])[bad] : static_cast<const float*>(fd[i])[bad];
+      throw Error("input '" + feeds[i].name + "' has a non-finite value (" + (std::isnan(v) ? "nan" : "inf") + ") at " +
+                  index_str(d.shape, bad) + "; nothing was run or updated");
+    }
+  }
   for (auto& p : patches) node_in[p.node][p.slot] = const_cast<void*>(fd[p.feed]);
   for (size_t i = 0; i < feed_values.size(); ++i) ptr[feed_values[i]] = const_cast<void*>(fd[i]);
   RunCtx rc{nullptr, nullptr, scratch.get(), opt.seed, steps};

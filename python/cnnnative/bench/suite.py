@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-# name: (model, model kwargs, input shape (C, H, W), batch, mode)
+# name: (model, model kwargs, input shape (C, H, W), batch, mode[, cnnnative compile kwargs])
 WORKLOADS = {
     "resnet50_infer_mb16": ("resnet50", {"num_classes": 1000}, (3, 224, 224), 16, "infer"),
     "resnet50_infer_mb1": ("resnet50", {"num_classes": 1000}, (3, 224, 224), 1, "infer"),
@@ -24,7 +24,15 @@ WORKLOADS = {
     "lenet5_train_mb64": ("lenet5", {}, (1, 28, 28), 64, "train"),
     "resnet18cifar_train_mb64": ("resnet18", {"num_classes": 10, "cifar": True}, (3, 32, 32), 64, "train"),
     "resnet50_train_mb16": ("resnet50", {"num_classes": 1000}, (3, 224, 224), 16, "train"),
+    # the same step with recomputation (cnnnative keeps only block outputs; PyTorch runs as usual)
+    "resnet50_train_mb16_recompute": ("resnet50", {"num_classes": 1000}, (3, 224, 224), 16, "train",
+                                      {"recompute": "segments"}),
 }
+
+
+def _spec(workload):
+    w = WORKLOADS[workload]
+    return w[:5] + ((w[5] if len(w) > 5 else {}),)
 QUICK = ["lenet5_infer_mb256", "lenet5_infer_mb1", "lenet5_train_mb64", "resnet18_infer_mb16"]
 
 
@@ -32,7 +40,7 @@ def _build(workload):
     """cnnnative model, PyTorch twin (or None) with identical weights, input x and labels y."""
     import cnnnative as cn
 
-    name, kw, chw, bs, mode = WORKLOADS[workload]
+    name, kw, chw, bs, mode, _ = _spec(workload)
     model = cn.models.get_model(name, seed=0, **kw)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((bs,) + chw).astype(np.float32)
@@ -55,13 +63,14 @@ def _engines(workload, threads, check=True):
     import cnnnative as cn
 
     model, twin, x, y, mode = _build(workload)
+    ckw = _spec(workload)[5]
     engines, note = {}, ""
     if mode == "infer":
-        sess = model.compile(x.shape, mode="infer")
+        sess = model.compile(x.shape, mode="infer", **ckw)
         engines["cnnnative"] = lambda: sess.run(x)
         ours = sess.run(x)
     else:
-        sess = model.compile(x.shape, mode="train", optimizer=cn.optim.SGD(lr=1e-3, momentum=0.9))
+        sess = model.compile(x.shape, mode="train", optimizer=cn.optim.SGD(lr=1e-3, momentum=0.9), **ckw)
         engines["cnnnative"] = lambda: sess.step(x, y)
     flops = sum(r["flops"] for r in sess._s.profile())
     if twin is not None:
@@ -149,7 +158,7 @@ def _peak_rss_kib():
 def _child(workload, engine, threads):
     """Fresh process: peak RSS increase of building and running one engine on one workload. The
     baseline is taken after that engine's libraries are imported (and, for ORT, the model exported)."""
-    name, kw, chw, bs, mode = WORKLOADS[workload]
+    name, kw, chw, bs, mode, ckw = _spec(workload)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((bs,) + chw).astype(np.float32)
     ncls = kw.get("num_classes", 10)
@@ -161,10 +170,10 @@ def _child(workload, engine, threads):
         base = rss()
         model = cn.models.get_model(name, seed=0, **kw)
         if mode == "infer":
-            sess = model.compile(x.shape)
+            sess = model.compile(x.shape, **ckw)
             fn = lambda: sess.run(x)
         else:
-            sess = model.compile(x.shape, mode="train", optimizer=cn.optim.SGD(lr=1e-3, momentum=0.9))
+            sess = model.compile(x.shape, mode="train", optimizer=cn.optim.SGD(lr=1e-3, momentum=0.9), **ckw)
             fn = lambda: sess.step(x, y)
     else:
         import torch
