@@ -231,7 +231,7 @@ PYBIND11_MODULE(_core, m) {
       .def(py::init([](const Graph& g, std::shared_ptr<ParamStore> store, const std::string& mode, const std::string& backend,
                        const std::string& compute, int loss, const std::vector<int>& grad_of, const std::vector<int>& wrt,
                        const py::dict& optim, bool plan_memory, uint64_t seed, bool optimize, const std::string& layout,
-                       const std::string& recompute) {
+                       const std::string& recompute, const std::string& dtype) {
              CompileOptions o;
              if (mode == "infer") o.mode = Mode::Infer;
              else if (mode == "train") o.mode = Mode::Train;
@@ -247,6 +247,7 @@ PYBIND11_MODULE(_core, m) {
              o.optimize = optimize;
              o.layout = layout;
              o.recompute = recompute;
+             o.activations = parse_dtype(dtype);
              for (auto kv : optim) {
                std::string k = py::str(kv.first);
                py::handle v = kv.second;
@@ -267,7 +268,8 @@ PYBIND11_MODULE(_core, m) {
            py::arg("graph"), py::arg("store"), py::arg("mode") = "infer", py::arg("backend") = "cpu", py::arg("compute") = "float32",
            py::arg("loss") = -1, py::arg("grad_of") = std::vector<int>{}, py::arg("wrt") = std::vector<int>{},
            py::arg("optim") = py::dict(), py::arg("plan_memory") = true, py::arg("seed") = 0,
-           py::arg("optimize") = true, py::arg("layout") = "auto", py::arg("recompute") = "none")
+           py::arg("optimize") = true, py::arg("layout") = "auto", py::arg("recompute") = "none",
+           py::arg("dtype") = "float32")
       .def("run", &PySession::run)
       .def("step", &PySession::step)
       .def("fetch", &PySession::fetch)

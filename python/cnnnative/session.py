@@ -19,7 +19,8 @@ _LOSSES = {
 
 class Session:
     def __init__(self, model, input_shape, mode="infer", optimizer=None, loss="cross_entropy", seed=0,
-                 backend="cpu", plan_memory=True, optimize=True, layout="auto", recompute="none"):
+                 backend="cpu", plan_memory=True, optimize=True, layout="auto", recompute="none",
+                 dtype="float32"):
         if mode not in ("infer", "train"):
             raise ValueError(f"compile: mode must be 'infer' or 'train', got {mode!r}")
         input_shape = tuple(int(s) for s in input_shape)
@@ -31,10 +32,15 @@ class Session:
             recompute = "none"
         if recompute not in ("none", "cheap", "segments"):
             raise ValueError(f"compile: recompute must be 'none', 'cheap', 'segments' (or True/False), got {recompute!r}")
+        if dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"compile: dtype must be 'float32' or 'bfloat16', got {dtype!r}")
+        if dtype == "bfloat16" and mode != "infer":
+            raise ValueError("compile: dtype='bfloat16' is for inference (mode='infer'); training runs in float32")
         if recompute != "none" and mode != "train":
             raise ValueError("compile: recompute applies to mode='train' only (inference keeps no activations for backward)")
         self.model = model
         self.mode = mode
+        self.dtype = dtype
         self.input_shape = input_shape
         store = model._ensure_store()
         b, x, y = model.trace(input_shape, training=(mode == "train"))
@@ -65,7 +71,7 @@ class Session:
         self.graph = g
         self.optimizer = optimizer
         self._s = _core.Session(g, store, mode, backend=backend, plan_memory=plan_memory, seed=int(seed),
-                                optimize=bool(optimize), layout=str(layout), recompute=recompute, **kw)
+                                optimize=bool(optimize), layout=str(layout), recompute=recompute, dtype=dtype, **kw)
         if optimizer is not None:
             optimizer._attach(self)
         self._bn = [m for m in model.modules() if hasattr(m, "_extra_state")] if mode == "train" else []

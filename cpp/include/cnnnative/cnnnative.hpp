@@ -118,6 +118,9 @@ struct OptimConfig {
   bool amsgrad = false;
 };
 
+// Whether this CPU has AVX512-BF16 (CompileOptions::activations = bf16 needs it).
+bool cpu_has_avx512_bf16();
+
 struct CompileOptions {
   Mode mode = Mode::Infer;
   std::string backend = "cpu";  // cpu (oneDNN + native kernels) | reference (naive loops)
@@ -141,6 +144,9 @@ struct CompileOptions {
   // "none", "cheap" (BN/ReLU/add outputs, recomputed from kept conv outputs) or "segments" (only segment
   // boundaries such as ResNet block outputs are kept; one extra forward over the rest).
   std::string recompute = "none";
+  // Infer, cpu backend: bf16 stores activations between bf16-capable kernels as bfloat16 in blocked layouts
+  // (oneDNN computes with f32 accumulation); inputs, outputs and parameters stay float32. Needs AVX512-BF16.
+  DType activations = DType::f32;
 };
 
 struct MemoryReport {

@@ -87,6 +87,17 @@ SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, con
   // applies to them too.
   LayoutPolicy policy = LayoutPolicy::parse(opt.layout);
   if (opt.backend != "cpu" || (opt.mode == Mode::Grad && opt.layout == "auto")) policy.kind = LayoutPolicy::plain;
+  if (opt.activations == DType::bf16) {
+    if (opt.mode != Mode::Infer) throw Error("compile: bfloat16 activations are for inference (mode='infer') only");
+    if (opt.backend != "cpu" || opt.compute != DType::f32) throw Error("compile: bfloat16 activations need the cpu backend");
+    if (policy.kind != LayoutPolicy::blocked)
+      throw Error("compile: bfloat16 activations live in blocked layouts; layout '" + opt.layout + "' has none (use 'auto')");
+    if (!cpu_has_avx512_bf16())
+      throw Error("compile: bfloat16 activations need a CPU with AVX512-BF16 instructions; this one has none");
+    policy.bf16 = true;
+  } else if (opt.activations != DType::f32) {
+    throw Error(std::string("compile: activations must be float32 or bfloat16, got ") + dtype_name(opt.activations));
+  }
 
   // ---- feeds ----
   for (int v : g.inputs) {
@@ -157,6 +168,11 @@ SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, con
                       layout_name(Layout(n.attrs.i("from", 0))));
   }
   const int n_steps = int(g.nodes.size());
+  // the dtype a value is stored in: the compute dtype, or bf16 for blocked activations in a bf16 session
+  auto vtype = [&](int v) {
+    const TensorDesc& d = g.values[v].desc;
+    return is_float(d.dtype) ? policy.dtype_in(layout[v], opt.compute) : d.dtype;
+  };
 
   // ---- fetches ----
   for (size_t i = 0; i < g.outputs.size(); ++i) {
@@ -243,7 +259,8 @@ SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, con
     // same bytes in the same places: the node reads input k in a layout that its output is stored in
     if (!layouts_alias(in_view[s][k], layout[b], g.values[b].desc.shape)) continue;
     if (!layouts_alias(layout[n.inputs[k]], in_view[s][k], g.values[n.inputs[k]].desc.shape)) continue;
-    if (value_bytes(g.values[a].desc, opt.compute, layout[a]) != value_bytes(g.values[b].desc, opt.compute, layout[b])) continue;
+    if (vtype(a) != vtype(b)) continue;
+    if (value_bytes(g.values[a].desc, vtype(a), layout[a]) != value_bytes(g.values[b].desc, vtype(b), layout[b])) continue;
     if (std::count(n.inputs.begin(), n.inputs.end(), n.inputs[k]) > 1) continue;
     root[b] = a;
     last[a] = std::max(last[a], last[b]);
@@ -256,7 +273,7 @@ SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, con
     if (storage[v] != Storage::Planned || root[v] != int(v)) continue;
     if (first[v] < 0) continue;  // never produced (unused)
     planned.push_back(int(v));
-    reqs.push_back(BufferReq{value_bytes(g.values[v].desc, opt.compute, layout[v]), first[v], last[v]});
+    reqs.push_back(BufferReq{value_bytes(g.values[v].desc, vtype(int(v)), layout[v]), first[v], last[v]});
   }
   MemoryPlan plan = plan_memory(reqs, 64, opt.plan_memory);
   std::string bad = validate_plan(reqs, plan, 64);
@@ -280,13 +297,13 @@ SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, con
     kc.training = opt.mode != Mode::Infer;
     for (size_t i = 0; i < n.inputs.size(); ++i) {
       TensorDesc d = g.values[n.inputs[i]].desc;
-      if (is_float(d.dtype)) d.dtype = opt.compute;
+      d.dtype = vtype(n.inputs[i]);
       kc.in.push_back(d);
       kc.in_layout.push_back(in_view[s][i]);
     }
     for (int v : n.outputs) {
       TensorDesc d = g.values[v].desc;
-      if (is_float(d.dtype)) d.dtype = opt.compute;
+      d.dtype = vtype(v);
       kc.out.push_back(d);
       kc.out_layout.push_back(layout[v]);
     }

@@ -38,21 +38,28 @@ dims pair_attr(const Attrs& a, const char* name, int64_t dflt) {
 struct ConvDescs {
   mdesc src, dst, w_user, w_any, bias;
   dims strides, dilates, pad;
-  ConvDescs(const Attrs& a, DType t, const Shape& x, const Shape& w, const Shape& y, std::optional<Layout> lx, Layout ly) {
+  DType compute = DType::f32;  // src/weights dtype: bf16 when either activation is bf16 (bf16 sessions)
+  ConvDescs(const Attrs& a, DType ts, DType td, const Shape& x, const Shape& w, const Shape& y, std::optional<Layout> lx,
+            Layout ly) {
     int64_t G = a.i("groups", 1);
     Shape ws = G > 1 ? Shape{G, w[0] / G, w[1], w[2], w[3]} : w;
-    src = lx ? md_of(x, t, *lx) : mdesc(dims_of(x), dt_of(t), dnnl::memory::format_tag::any);
-    dst = md_of(y, t, ly);
-    w_user = plain_desc(ws, t);
-    w_any = mdesc(dims_of(ws), dt_of(t), dnnl::memory::format_tag::any);
-    bias = plain_desc(Shape{w[0]}, t);
+    compute = ts == DType::bf16 || td == DType::bf16 ? DType::bf16 : ts;
+    const DType tp = compute == DType::bf16 ? DType::f32 : compute;  // parameters (and the bias) stay float32
+    src = lx ? md_of(x, compute, *lx) : mdesc(dims_of(x), dt_of(compute), dnnl::memory::format_tag::any);
+    dst = md_of(y, td, ly);
+    w_user = plain_desc(ws, tp);
+    w_any = mdesc(dims_of(ws), dt_of(compute), dnnl::memory::format_tag::any);
+    bias = plain_desc(Shape{w[0]}, tp);
     strides = pair_attr(a, "stride", 1);
     pad = pair_attr(a, "padding", 0);
     dims d = pair_attr(a, "dilation", 1);
     dilates = {d[0] - 1, d[1] - 1};
   }
+  ConvDescs(const Attrs& a, DType t, const Shape& x, const Shape& w, const Shape& y, std::optional<Layout> lx, Layout ly)
+      : ConvDescs(a, t, t, x, w, y, lx, ly) {}
+  // forward kernels: (x, ...) -> y; backward kernels run in float32 only, so in/out dtypes agree there
   ConvDescs(const KernelCtx& c, const Shape& x, const Shape& w, const Shape& y, Layout lx, Layout ly)
-      : ConvDescs(c.node.attrs, c.in[0].dtype, x, w, y, lx, ly) {}
+      : ConvDescs(c.node.attrs, c.in[0].dtype, c.out[0].dtype, x, w, y, lx, ly) {}
   dnnl::convolution_forward::primitive_desc fwd(bool with_bias, const dnnl::primitive_attr& attr = {},
                                                 dnnl::prop_kind pk = dnnl::prop_kind::forward_training) const {
     using fpd = dnnl::convolution_forward::primitive_desc;
@@ -131,7 +138,7 @@ ConvLayouts conv_layouts(const Attrs& a, DType t, const Shape& x, const Shape& w
 }
 
 LayoutChoice conv_fwd_rule(const LayoutQuery& q) {  // conv2d and fused_conv2d: (x, w, [b], [bn x4], [residual]) -> y
-  ConvLayouts l = conv_layouts(q.node.attrs, q.in[0].dtype, q.in[0].shape, q.in[1].shape, q.out[0].shape, q.policy,
+  ConvLayouts l = conv_layouts(q.node.attrs, q.policy.bf16 ? DType::bf16 : q.in[0].dtype, q.in[0].shape, q.in[1].shape, q.out[0].shape, q.policy,
                                q.training ? Dir::fwd_train : Dir::fwd_infer);
   LayoutChoice c;
   c.in.assign(q.in.size(), Layout::plain);
@@ -150,8 +157,31 @@ LayoutChoice conv_grad_weights_rule(const LayoutQuery& q) {  // (dy, x) -> dw [,
   return {{l.y, l.x}, std::vector<Layout>(q.out.size(), Layout::plain)};
 }
 
+// A bf16 convolution whose input arrives as float32 (a plain graph input in a bf16 session: the stem, where
+// oneDNN's bf16 kernel wants plain bf16): the kernel converts it into its scratch first.
+struct SrcConvert {
+  std::optional<reorder_pd> pd;
+  DnnlExec ex;
+  size_t off = 0;
+  SrcConvert(const KernelCtx& c, const ConvDescs& d) {
+    if (c.in[0].dtype != d.compute) pd = reorder_pd(engine(), md_of(c.in[0], c.layout_in(0)), engine(), d.src, user_scratchpad_attr());
+  }
+  size_t pad() const { return pd ? pd->scratchpad_desc().get_size() : 0; }
+  void place(ScratchLayout& L) {
+    if (!pd) return;
+    off = L.add(d_bytes());
+    ex = bind_reorder(*pd, Src::in(0), Src::scratch(off));
+  }
+  size_t d_bytes() const { return pd->dst_desc().get_size(); }
+  Src src() const { return pd ? Src::scratch(off) : Src::in(0); }
+  void run(const RunCtx& r) {
+    if (!ex.empty()) ex.run(r);
+  }
+};
+
 struct ConvFwd : Kernel {  // (x, w [, b]) -> y
   DnnlExec reorder_w, conv;
+  std::optional<SrcConvert> cvt;
   size_t scratch = 0;
   explicit ConvFwd(const KernelCtx& c) {
     bool with_bias = c.in.size() > 2;
@@ -159,11 +189,15 @@ struct ConvFwd : Kernel {  // (x, w [, b]) -> y
     auto pd = d.fwd(with_bias, user_scratchpad_attr(),
                     c.training ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference);
     auto r = weight_reorder(d.w_user, pd.weights_desc());
-    WeightScratch sc(pd.scratchpad_desc().get_size(), r, pd.weights_desc().get_size());
-    scratch = sc.total;
+    cvt.emplace(c, d);
+    WeightScratch sc(std::max(pd.scratchpad_desc().get_size(), cvt->pad()), r, pd.weights_desc().get_size());
+    ScratchLayout L;
+    L.total = sc.total;
+    cvt->place(L);
+    scratch = L.total;
     if (r) reorder_w = bind_reorder(*r, Src::in(1), Src::scratch(sc.weights));
     conv = DnnlExec(dnnl::convolution_forward(pd));
-    conv.bind(DNNL_ARG_SRC, d.src, Src::in(0));
+    conv.bind(DNNL_ARG_SRC, d.src, cvt->src());
     conv.bind(DNNL_ARG_WEIGHTS, pd.weights_desc(), r ? Src::scratch(sc.weights) : Src::in(1));
     if (with_bias) conv.bind(DNNL_ARG_BIAS, d.bias, Src::in(2));
     conv.bind(DNNL_ARG_DST, d.dst, Src::out(0));
@@ -172,6 +206,7 @@ struct ConvFwd : Kernel {  // (x, w [, b]) -> y
   size_t scratch_bytes() const override { return scratch; }
   void run(const RunCtx& r) override {
     if (!reorder_w.empty()) reorder_w.run(r);
+    cvt->run(r);
     conv.run(r);
   }
 };
@@ -240,6 +275,7 @@ struct ConvBwdWeights : Kernel {  // (dy, x) -> dw [, db]
 // the activation runs as its own in-place eltwise primitive after the convolution.
 struct ConvFused : Kernel {
   DnnlExec reorder_w, conv, act_ex;
+  std::optional<SrcConvert> cvt;
   size_t scratch = 0, scale_off = 0, shift_off = 0, res_bytes = 0;
   bool bias = false, bn = false, sum = false;
   int bn0 = 0, res = 0;
@@ -286,20 +322,22 @@ struct ConvFused : Kernel {
     } else {
       r = weight_reorder(d.w_user, pd.weights_desc());
     }
+    cvt.emplace(c, d);
     ScratchLayout L;
-    L.add(std::max({pd.scratchpad_desc().get_size(), r ? r->scratchpad_desc().get_size() : size_t(0), act_pad}));
+    L.add(std::max({pd.scratchpad_desc().get_size(), r ? r->scratchpad_desc().get_size() : size_t(0), act_pad, cvt->pad()}));
     size_t w_off = r ? L.add(pd.weights_desc().get_size()) : 0;
     if (bn) {
       scale_off = L.add(size_t(K) * 4);
       shift_off = L.add(size_t(K) * 4);
     }
+    cvt->place(L);
     scratch = L.total;
     if (r) {
       reorder_w = bind_reorder(*r, Src::in(1), Src::scratch(w_off));
       if (bn) reorder_w.bind(DNNL_ARG_ATTR_SCALES | DNNL_ARG_SRC, plain_desc(Shape{K}, DType::f32), Src::scratch(scale_off));
     }
     conv = DnnlExec(dnnl::convolution_forward(pd));
-    conv.bind(DNNL_ARG_SRC, d.src, Src::in(0));
+    conv.bind(DNNL_ARG_SRC, d.src, cvt->src());
     conv.bind(DNNL_ARG_WEIGHTS, pd.weights_desc(), r ? Src::scratch(w_off) : Src::in(1));
     if (bn) conv.bind(DNNL_ARG_BIAS, d.bias, Src::scratch(shift_off));
     else if (bias) conv.bind(DNNL_ARG_BIAS, d.bias, Src::in(2));
@@ -322,6 +360,7 @@ struct ConvFused : Kernel {
     }
     if (sum && r.out[0] != r.in[res]) std::memcpy(r.out[0], r.in[res], res_bytes);  // the residual is still live
     if (!reorder_w.empty()) reorder_w.run(r);
+    cvt->run(r);
     conv.run(r);
     if (!act_ex.empty()) act_ex.run(r);
   }
@@ -335,6 +374,8 @@ LayoutRuleRegistrar l1("cpu", "conv2d", conv_fwd_rule);
 LayoutRuleRegistrar l2("cpu", "fused_conv2d", conv_fwd_rule);
 LayoutRuleRegistrar l3("cpu", "conv2d_grad_data", conv_grad_data_rule);
 LayoutRuleRegistrar l4("cpu", "conv2d_grad_weights", conv_grad_weights_rule);
+Bf16Registrar b1("cpu", "conv2d");
+Bf16Registrar b2("cpu", "fused_conv2d");
 
 }  // namespace
 }  // namespace cpu

@@ -194,6 +194,13 @@ LayoutChoice all_plain(const LayoutQuery& q) {
   return {std::vector<Layout>(q.in.size(), Layout::plain), std::vector<Layout>(q.out.size(), Layout::plain)};
 }
 LayoutRuleRegistrar l1("cpu", "max_pool2d", rule_follow_input(0));
+// bf16 sessions (inference): max pooling without a workspace, oneDNN's average pooling (not the native loops)
+using TDs = std::vector<TensorDesc>;
+Bf16Registrar b1("cpu", "max_pool2d", [](const Node& n, const TDs&, const TDs&) { return n.outputs.size() == 1; });
+Bf16Registrar b2("cpu", "global_avg_pool");
+Bf16Registrar b3("cpu", "avg_pool2d", [](const Node& n, const TDs& in, const TDs& out) {
+  return !avg_native(n.attrs, in[0].shape, out[0].shape);
+});
 LayoutRuleRegistrar l2("cpu", "global_avg_pool", rule_follow_input(0));
 LayoutRuleRegistrar l3("cpu", "global_avg_pool_grad", rule_policy());
 LayoutRuleRegistrar l4("cpu", "avg_pool2d", [](const LayoutQuery& q) {

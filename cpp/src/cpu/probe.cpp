@@ -6,6 +6,9 @@
 
 #include <chrono>
 #include <utility>
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
 
 namespace cnn {
 namespace {
@@ -46,6 +49,20 @@ float chains_scalar(long iters) {
 }
 
 }  // namespace
+
+// AVX512-BF16 (vdpbf16ps): CPUID leaf 7 subleaf 1, EAX bit 5, and AVX-512F with OS support (leaf 7/0 EBX
+// bit 16; oneDNN dispatches its bf16 kernels on the same bits).
+bool cpu_has_avx512_bf16() {
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw")) return false;
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!__get_cpuid_count(7, 1, &a, &b, &c, &d)) return false;
+  return (a >> 5) & 1u;
+#else
+  return false;
+#endif
+}
 
 // Returns {gflops, lanes}: lanes is 16 (AVX-512), 8 (AVX2) or 1.
 std::pair<double, int> fma_peak_gflops(long iters) {
