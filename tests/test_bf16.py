@@ -110,11 +110,68 @@ def test_bf16_runs_allocate_nothing():
 
 def test_bf16_errors():
     m = cn.models.lenet5(seed=0)
-    with pytest.raises(ValueError, match="inference"):
-        m.compile((2, 1, 28, 28), mode="train", dtype="bfloat16")
     with pytest.raises(ValueError, match="dtype must be"):
         m.compile((2, 1, 28, 28), dtype="float16")
     with pytest.raises(cn.Error, match="blocked layouts"):
         m.compile((2, 1, 28, 28), dtype="bfloat16", layout="plain")
     with pytest.raises(cn.Error, match="cpu backend"):
         m.compile((2, 1, 28, 28), dtype="bfloat16", backend="reference")
+
+
+# ---- mixed-precision training (bf16 activations and activation gradients, float32 master weights) ----
+
+@pytest.mark.parametrize("name,kw,shape", [
+    ("resnet18", {"num_classes": 10, "cifar": True}, (8, 3, 16, 16)),
+    ("vgg11_bn", {"num_classes": 10}, (4, 3, 32, 32)),
+])
+def test_mixed_precision_steps_track_float32(name, kw, shape):
+    x = _x(shape)
+    y = (np.arange(shape[0]) % 10).astype(np.int32)
+    runs = {}
+    sd0 = cn.models.get_model(name, seed=0, **kw).state_dict()
+    for dt in ("float32", "bfloat16"):
+        m = cn.models.get_model(name, seed=0, **kw)
+        s = m.compile(shape, mode="train", optimizer=cn.optim.SGD(lr=0.002, momentum=0.9), dtype=dt)
+        losses = [s.step(x, y) for _ in range(4)]
+        runs[dt] = (losses, {k: v.copy() for k, v in m.state_dict().items()}, s)
+    (l32, sd32, s32), (l16, sd16, s16) = runs["float32"], runs["bfloat16"]
+    np.testing.assert_allclose(l16, l32, rtol=8e-2)
+    assert l16[-1] < l16[0]
+    # weights stay float32 and the bf16 run's updates point where the float32 run's do. bf16 rounding of the
+    # activation gradients perturbs cancelling sums (BN biases, the stem) by up to ~40 % per tensor after one
+    # step - PyTorch's CPU autocast(bfloat16) shows the same figures on CIFAR ResNet-18 - so the bar is global.
+    keys = [k for k in sd32 if k.endswith(("weight", "bias"))]
+    assert all(sd16[k].dtype == np.float32 for k in keys)
+    upd = np.concatenate([(sd32[k] - sd0[k]).ravel() for k in keys])
+    diff = np.concatenate([(sd16[k] - sd32[k]).ravel() for k in keys])
+    assert np.linalg.norm(diff) < 0.5 * np.linalg.norm(upd), np.linalg.norm(diff) / np.linalg.norm(upd)
+    assert any(not np.array_equal(sd16[k], sd32[k]) for k in sd32)  # it really ran in bf16
+    assert s16.memory_report()["arena_bytes"] < 0.7 * s32.memory_report()["arena_bytes"]
+    assert s16.memory_report()["grad_bytes"] == s32.memory_report()["grad_bytes"]
+
+
+def test_mixed_precision_lenet_learns_digits():
+    from cnnnative.data import load_digits
+    from cnnnative.train import fit
+    data = load_digits(seed=0)
+    acc = {}
+    for dt in ("float32", "bfloat16"):
+        hist, sess = fit(cn.models.lenet5(seed=0), data, epochs=6, batch_size=64,
+                         optimizer=cn.optim.SGD(lr=0.05, momentum=0.9), progress=False, log=lambda *a: None, dtype=dt)
+        assert sess.dtype == dt
+        acc[dt] = hist[-1]["test_acc"]
+    assert acc["bfloat16"] >= 0.9 and acc["bfloat16"] >= acc["float32"] - 0.03, acc
+
+
+def test_mixed_precision_with_recompute_and_no_allocations():
+    m = cn.models.resnet18(seed=0, num_classes=10, cifar=True)
+    shape = (4, 3, 16, 16)
+    x, y = _x(shape), np.arange(4, dtype=np.int32)
+    ref = m.compile(shape, mode="train", dtype="bfloat16")
+    m2 = cn.models.resnet18(seed=0, num_classes=10, cifar=True)
+    s = m2.compile(shape, mode="train", dtype="bfloat16", recompute="segments")
+    for _ in range(2):
+        assert s.step(x, y) == pytest.approx(ref.step(x, y), rel=1e-6)
+    before = cn.allocation_count()
+    s.step(x, y)
+    assert cn.allocation_count() == before

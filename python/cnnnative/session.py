@@ -34,8 +34,6 @@ class Session:
             raise ValueError(f"compile: recompute must be 'none', 'cheap', 'segments' (or True/False), got {recompute!r}")
         if dtype not in ("float32", "bfloat16"):
             raise ValueError(f"compile: dtype must be 'float32' or 'bfloat16', got {dtype!r}")
-        if dtype == "bfloat16" and mode != "infer":
-            raise ValueError("compile: dtype='bfloat16' is for inference (mode='infer'); training runs in float32")
         if recompute != "none" and mode != "train":
             raise ValueError("compile: recompute applies to mode='train' only (inference keeps no activations for backward)")
         self.model = model

@@ -144,8 +144,9 @@ struct CompileOptions {
   // "none", "cheap" (BN/ReLU/add outputs, recomputed from kept conv outputs) or "segments" (only segment
   // boundaries such as ResNet block outputs are kept; one extra forward over the rest).
   std::string recompute = "none";
-  // Infer, cpu backend: bf16 stores activations between bf16-capable kernels as bfloat16 in blocked layouts
-  // (oneDNN computes with f32 accumulation); inputs, outputs and parameters stay float32. Needs AVX512-BF16.
+  // cpu backend: bf16 stores activations (and in training their gradients) between bf16-capable kernels as
+  // bfloat16 in blocked layouts (oneDNN accumulates in f32); inputs, outputs, parameters, their gradients and
+  // optimizer state stay float32 (mixed-precision training with float32 master weights). Needs AVX512-BF16.
   DType activations = DType::f32;
 };
 

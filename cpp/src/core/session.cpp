@@ -88,7 +88,7 @@ SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, con
   LayoutPolicy policy = LayoutPolicy::parse(opt.layout);
   if (opt.backend != "cpu" || (opt.mode == Mode::Grad && opt.layout == "auto")) policy.kind = LayoutPolicy::plain;
   if (opt.activations == DType::bf16) {
-    if (opt.mode != Mode::Infer) throw Error("compile: bfloat16 activations are for inference (mode='infer') only");
+    if (opt.mode == Mode::Grad) throw Error("compile: bfloat16 activations are for inference and training sessions");
     if (opt.backend != "cpu" || opt.compute != DType::f32) throw Error("compile: bfloat16 activations need the cpu backend");
     if (policy.kind != LayoutPolicy::blocked)
       throw Error("compile: bfloat16 activations live in blocked layouts; layout '" + opt.layout + "' has none (use 'auto')");

@@ -194,12 +194,17 @@ LayoutChoice all_plain(const LayoutQuery& q) {
   return {std::vector<Layout>(q.in.size(), Layout::plain), std::vector<Layout>(q.out.size(), Layout::plain)};
 }
 LayoutRuleRegistrar l1("cpu", "max_pool2d", rule_follow_input(0));
-// bf16 sessions (inference): max pooling without a workspace, oneDNN's average pooling (not the native loops)
+// bf16 sessions: oneDNN's pooling (the workspace stays int32), not the native average-pooling loops
 using TDs = std::vector<TensorDesc>;
-Bf16Registrar b1("cpu", "max_pool2d", [](const Node& n, const TDs&, const TDs&) { return n.outputs.size() == 1; });
-Bf16Registrar b2("cpu", "global_avg_pool");
-Bf16Registrar b3("cpu", "avg_pool2d", [](const Node& n, const TDs& in, const TDs& out) {
+Bf16Registrar b1("cpu", "max_pool2d");
+Bf16Registrar b2("cpu", "max_pool2d_grad");
+Bf16Registrar b3("cpu", "global_avg_pool");
+Bf16Registrar b4("cpu", "global_avg_pool_grad");
+Bf16Registrar b5("cpu", "avg_pool2d", [](const Node& n, const TDs& in, const TDs& out) {
   return !avg_native(n.attrs, in[0].shape, out[0].shape);
+});
+Bf16Registrar b6("cpu", "avg_pool2d_grad", [](const Node& n, const TDs& in, const TDs& out) {
+  return !avg_native(n.attrs, out[0].shape, in[0].shape);
 });
 LayoutRuleRegistrar l2("cpu", "global_avg_pool", rule_follow_input(0));
 LayoutRuleRegistrar l3("cpu", "global_avg_pool_grad", rule_policy());
