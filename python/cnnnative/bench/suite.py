@@ -27,6 +27,11 @@ WORKLOADS = {
     # bfloat16 activations (AVX512-BF16 CPUs; skipped elsewhere), against float32 PyTorch and ORT
     "resnet50_infer_mb16_bf16": ("resnet50", {"num_classes": 1000}, (3, 224, 224), 16, "infer",
                                  {"dtype": "bfloat16"}),
+    # mixed-precision training (bf16 activations, float32 master weights) against float32 PyTorch
+    "resnet18cifar_train_mb64_bf16": ("resnet18", {"num_classes": 10, "cifar": True}, (3, 32, 32), 64, "train",
+                                      {"dtype": "bfloat16"}),
+    "resnet50_train_mb16_bf16": ("resnet50", {"num_classes": 1000}, (3, 224, 224), 16, "train",
+                                 {"dtype": "bfloat16"}),
     # the same step with recomputation (cnnnative keeps only block outputs; PyTorch runs as usual)
     "resnet50_train_mb16_recompute": ("resnet50", {"num_classes": 1000}, (3, 224, 224), 16, "train",
                                       {"recompute": "segments"}),
