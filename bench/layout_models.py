@@ -7,8 +7,9 @@ under the default (blocked) layout and layout="plain".
                                                                # (a directory holding a cnnnative package)
 
 Timings alternate between the variants (processes for --compare, sessions otherwise) round by round and
-report the median and the minimum ms per run / step (the minimum is the steadier figure on a loaded machine);
-the machine is shared, so compare ratios taken in one run."""
+report the median and the minimum wall ms and the median process CPU ms per run / step. On a loaded shared
+machine run with OMP_NUM_THREADS=1 and compare the CPU ms (contention barely moves one thread's CPU time, while
+it dominates wall time); compare ratios taken in one run."""
 from __future__ import annotations
 
 import argparse
@@ -53,15 +54,16 @@ def reorders(sess):
 def _child(workload, layout, reps):
     s, fn = _session(workload, layout)
     fn()
-    ts = []
+    ts, cpu = [], []
     for _ in range(reps):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         fn()
         ts.append((time.perf_counter() - t) * 1e3)
+        cpu.append((time.process_time() - c) * 1e3)
     prof = s.profile()
     tot = sum(r["ms"] * r["calls"] for r in prof) or 1.0
     rs = sum(r["ms"] * r["calls"] for r in prof if r["op"] == "reorder")
-    print(json.dumps({"ms": ts, "reorders": len(reorders(s)), "reorder_share": rs / tot}))
+    print(json.dumps({"ms": ts, "cpu_ms": cpu, "reorders": len(reorders(s)), "reorder_share": rs / tot}))
 
 
 def _run_child(pkg, workload, layout, reps):
@@ -88,19 +90,22 @@ def main(argv=None):
     if a.compare:
         variants = [("before", a.compare, "auto"), ("after", None, "auto")]
     for w in a.workloads:
-        res = {v: {"ms": []} for v in variants}
+        res = {v: {"ms": [], "cpu_ms": []} for v in variants}
         for _ in range(a.rounds):
             for v in variants:
                 r = _run_child(v[1], w, v[2], a.reps)
                 res[v]["ms"] += r["ms"]
+                res[v]["cpu_ms"] += r["cpu_ms"]
                 res[v].update(reorders=r["reorders"], reorder_share=r["reorder_share"])
         base = statistics.median(res[variants[0]]["ms"])
         base_min = min(res[variants[0]]["ms"])
+        base_cpu = statistics.median(res[variants[0]]["cpu_ms"])
         for v in variants:
-            m, lo = statistics.median(res[v]["ms"]), min(res[v]["ms"])
+            m, lo, c = statistics.median(res[v]["ms"]), min(res[v]["ms"]), statistics.median(res[v]["cpu_ms"])
             print(f"{w:<24} {v[0]:<7} layout={v[2]:<6} reorders={res[v]['reorders']:<4} "
                   f"reorder share={res[v]['reorder_share']:6.1%}  median {m:9.1f} ms (ratio {m / base:5.3f})  "
-                  f"min {lo:9.1f} ms (ratio {lo / base_min:5.3f})", flush=True)
+                  f"min {lo:9.1f} ms (ratio {lo / base_min:5.3f})  cpu {c:9.1f} ms (ratio {c / base_cpu:5.3f})",
+                  flush=True)
     return 0
 
 
