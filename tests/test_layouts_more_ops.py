@@ -1,4 +1,5 @@
-"""Layout rules of concat / split, conv_transpose2d, upsample_nearest2d, lrn, adaptive_avg_pool2d and dropout:
+"""Layout rules of concat / split, conv_transpose2d, upsample_nearest2d, lrn, adaptive_avg_pool2d, dropout and the
+native avg_pool2d configuration:
 each op forward and backward in every non-plain layout against the reference backend (plain), channel counts
 that are not multiples of the block (so concat / split pieces straddle blocks and padding lanes exist), and the
 concat-heavy models (DenseNet, GoogLeNet, U-Net) compiled with reorders only at the graph edges and the same
@@ -41,6 +42,8 @@ CASES = {
     "adaptive_divisible": ("adaptive_avg_pool2d", lambda r: [_n(r, (2, 20, 6, 6))], {"output": [3, 2]}, [0]),
     "adaptive_native": ("adaptive_avg_pool2d", lambda r: [_n(r, (2, 20, 7, 5))], {"output": [3, 4]}, [0]),
     "adaptive_upsizing": ("adaptive_avg_pool2d", lambda r: [_n(r, (2, 9, 3, 3))], {"output": [5, 5]}, [0]),
+    "avg_pool_native": ("avg_pool2d", lambda r: [_n(r, (2, 20, 8, 7))],
+                        {"kernel": [3, 3], "stride": [2, 2], "padding": [1, 1], "ceil_mode": 1}, [0]),
     "dropout": ("dropout", lambda r: [_n(r, (2, 20, 5, 3))], {"p": 0.4, "training": 1}, [0]),
     "dropout_eval": ("dropout", lambda r: [_n(r, (2, 20, 5, 3))], {"p": 0.4, "training": 0}, [0]),
 }
