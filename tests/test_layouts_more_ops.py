@@ -170,8 +170,12 @@ def test_small_models_same_output_and_training_as_plain(name):
             assert len(_reorders(inf)) <= max_infer, _reorders(inf)
             assert len(_reorders(s)) <= max_train, _reorders(s)
         y = (np.arange(shape[0]) % 10).astype(np.int32) if loss == "cross_entropy" else _x(s.output_shape, 1)
-        res[lay] = (inf.run(x), [s.step(x, y) for _ in range(2)],
-                    {k: np.array(v, copy=True) for k, v in m.state_dict().items()})
+        out, losses = inf.run(x), [s.step(x, y)]
+        before = cn.allocation_count()
+        losses.append(s.step(x, y))
+        inf.run(x)
+        assert cn.allocation_count() == before  # kernels allocate nothing per run
+        res[lay] = (out, losses, {k: np.array(v, copy=True) for k, v in m.state_dict().items()})
     np.testing.assert_allclose(res["nChw16c"][0], res["plain"][0], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(res["nChw16c"][1], res["plain"][1], rtol=1e-4)
     for k, v in res["plain"][2].items():
