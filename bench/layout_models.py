@@ -27,6 +27,7 @@ WORKLOADS = {
     "densenet121_infer_b16": ("densenet121", {}, (3, 224, 224), 16, "infer"),
     "googlenet_infer_b16": ("googlenet", {}, (3, 224, 224), 16, "infer"),
     "unet_infer_b16": ("unet", {}, (1, 64, 64), 16, "infer"),
+    "unet128_infer_b16": ("unet", {}, (1, 128, 128), 16, "infer"),
     "unet_train_b16": ("unet", {}, (1, 64, 64), 16, "train"),
 }
 
