@@ -29,6 +29,7 @@ WORKLOADS = {
     "unet_infer_b16": ("unet", {}, (1, 64, 64), 16, "infer"),
     "unet128_infer_b16": ("unet", {}, (1, 128, 128), 16, "infer"),
     "unet_train_b16": ("unet", {}, (1, 64, 64), 16, "train"),
+    "densenet121_train_b8": ("densenet121", {}, (3, 112, 112), 8, "train"),
 }
 
 
