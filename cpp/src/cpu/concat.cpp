@@ -165,6 +165,9 @@ KernelRegistrar r2("cpu", "split", [](const KernelCtx& c) -> std::unique_ptr<Ker
 });
 
 // ---- layout rules ----
+// bf16 sessions: oneDNN concat and the byte-wise split loops follow the KernelCtx dtypes
+Bf16Registrar b1("cpu", "concat");
+Bf16Registrar b2("cpu", "split");
 LayoutRuleRegistrar l1("cpu", "concat", [](const LayoutQuery& q) {
   Layout L = Layout::plain;
   if (q.out[0].shape.size() == 4)

@@ -53,6 +53,8 @@ KernelRegistrar r1("cpu", "upsample_nearest2d", [](const KernelCtx& c) { return 
 KernelRegistrar r2("cpu", "upsample_nearest2d_grad", [](const KernelCtx& c) { return std::make_unique<UpsampleBwd>(c); });
 LayoutRuleRegistrar l1("cpu", "upsample_nearest2d", rule_follow_input(0));
 LayoutRuleRegistrar l2("cpu", "upsample_nearest2d_grad", rule_follow_input(0));
+Bf16Registrar b1("cpu", "upsample_nearest2d");  // oneDNN resampling follows the KernelCtx dtypes
+Bf16Registrar b2("cpu", "upsample_nearest2d_grad");
 
 }  // namespace
 }  // namespace cpu
