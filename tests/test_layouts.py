@@ -110,13 +110,16 @@ def test_plain_only_op_between_capable_ones():
         def __init__(self):
             super().__init__()
             self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
-            self.drop = nn.Dropout(0.3)  # native, plain-only kernel
+            # count_include_pad with a ceil-mode window past the padded border: the native kernel (any layout)
+            self.avg = nn.AvgPool2d(3, stride=2, padding=1, ceil_mode=True)
             self.conv2 = nn.Conv2d(16, 16, 3, padding=1)
+            self.drop = nn.Dropout(0.3)  # layout-capable, seeded: same mask as the reference
             self.pool = nn.AdaptiveAvgPool2d(1)
             self.fc = nn.Linear(16, 4)
 
         def forward(self, x):
-            x = self.conv2(self.drop(self.conv1(x)).relu()).relu()
+            x = self.conv1(x).reshape(4, 16, 8, 8)  # reshape: reference kernel only, plain-only
+            x = self.drop(self.conv2(self.avg(x).relu()).relu())
             return self.fc(self.pool(x).flatten(1))
 
     x, y = _x((4, 3, 8, 8)), _labels(4, 4)

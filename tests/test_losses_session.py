@@ -80,13 +80,13 @@ def test_target_shape_and_dtype_are_checked():
         m.compile((4, 1, 6, 6), mode="train", loss="cross_entropy")
 
 
-def test_non_finite_mse_loss_updates_no_parameter():
+def test_non_finite_target_updates_no_parameter():
     m = _net()
     sess = m.compile((4, 1, 6, 6), mode="train", optimizer=cn.optim.SGD(lr=0.1), loss="mse")
     x, t = _data()
     t[0, 0, 0, 0] = np.inf
     before = {k: np.array(v) for k, v in m.named_parameters()}
-    with pytest.raises(cn.Error, match="non-finite loss"):
+    with pytest.raises(cn.Error, match=r"input 'target' has a non-finite value \(inf\) at \[0, 0, 0, 0\]"):
         sess.step(x, t)
     # the documented guarantee covers parameters; BN running statistics are updated by the forward pass
     for k, v in m.named_parameters():
@@ -107,3 +107,19 @@ def test_functional_losses_check_shapes_and_reduction():
             Net(fn).compile((2, 3, 4))
         with pytest.raises(ValueError, match="only reduction='mean' is supported, got 'sum'"):
             Net(fn, reduction="sum").compile((2, 3, 4))
+
+
+@pytest.mark.parametrize("mode", ["infer", "train"])
+def test_nan_input_is_refused_before_anything_runs(mode):
+    """ReLU maps NaN to 0, so a NaN image would give a finite loss while poisoning BN statistics: refused."""
+    m = cn.models.get_model("resnet18", seed=0, num_classes=10)
+    sess = m.compile((2, 3, 32, 32), mode=mode)
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    x[1, 2, 3, 4] = np.nan
+    before = {k: v.copy() for k, v in m.state_dict().items()}
+    with pytest.raises(cn.Error, match=r"input 'x' has a non-finite value \(nan\) at \[1, 2, 3, 4\]"):
+        sess.step(x, np.zeros(2, np.int32)) if mode == "train" else sess.run(x)
+    for k, v in m.state_dict().items():
+        np.testing.assert_array_equal(v, before[k], err_msg=k)
+    x[1, 2, 3, 4] = 0.0
+    (sess.step(x, np.zeros(2, np.int32)) if mode == "train" else sess.run(x))

@@ -257,3 +257,18 @@ def test_lenet_follows():
     m.fc1.weight[...] *= 0.5
     m.conv2.weight[...] *= -1.0
     _check_follows(s, m, x, before)
+
+
+@pytest.mark.skipif(not cn.has_bf16(), reason="needs AVX512-BF16")
+def test_bfloat16_inference_follows():
+    net = resnet_stack()
+    x = _x((2, 3, 12, 12))
+    s = Session(net, x.shape, dtype="bfloat16")
+    before = s.run(x)
+    np.testing.assert_array_equal(s.run(x), before)
+    net[3].conv2.weight[...] *= -1.0
+    net[1].running_var[...] *= 3.0
+    after = s.run(x)
+    assert not np.allclose(before, after, rtol=5e-2, atol=5e-2)
+    np.testing.assert_array_equal(after, Session(net, x.shape, dtype="bfloat16").run(x))
+    np.testing.assert_array_equal(after, Session(net, x.shape, dtype="bfloat16", cache_weights=False).run(x))

@@ -95,3 +95,13 @@ def test_cli_trains_on_idx_files(tmp_path):
              "--out", str(tmp_path / "ck.npz"), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "test accuracy:" in r.stdout and (tmp_path / "ck.npz").exists()
+
+
+def test_cli_train_with_recompute(tmp_path):
+    """A zoo model through the CLI with --recompute segments (synthetic data, one short epoch)."""
+    r = _cli("train", "resnet18", "--epochs", "1", "--samples", "64", "--batch-size", "16", "--recompute",
+             "segments", "--no-progress", "--threads", "1", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1].startswith("test accuracy: ")
+    r = _cli("train", "lenet5", "--recompute", "everything", cwd=tmp_path)
+    assert r.returncode != 0 and "--recompute" in r.stderr

@@ -151,6 +151,7 @@ py::dict report_dict(const MemoryReport& r) {
   d["persistent_bytes"] = r.persistent_bytes();
   d["num_planned_buffers"] = r.num_planned;
   d["num_inplace"] = r.num_inplace;
+  d["num_recomputed"] = r.num_recomputed;
   return d;
 }
 
@@ -236,7 +237,7 @@ PYBIND11_MODULE(_core, m) {
       .def(py::init([](const Graph& g, std::shared_ptr<ParamStore> store, const std::string& mode, const std::string& backend,
                        const std::string& compute, int loss, const std::vector<int>& grad_of, const std::vector<int>& wrt,
                        const py::dict& optim, bool plan_memory, uint64_t seed, bool optimize, const std::string& layout,
-                       bool cache_weights) {
+                       const std::string& recompute, const std::string& dtype, bool cache_weights) {
              CompileOptions o;
              if (mode == "infer") o.mode = Mode::Infer;
              else if (mode == "train") o.mode = Mode::Train;
@@ -251,6 +252,8 @@ PYBIND11_MODULE(_core, m) {
              o.seed = seed;
              o.optimize = optimize;
              o.layout = layout;
+             o.recompute = recompute;
+             o.activations = parse_dtype(dtype);
              o.cache_weights = cache_weights;
              for (auto kv : optim) {
                std::string k = py::str(kv.first);
@@ -272,7 +275,8 @@ PYBIND11_MODULE(_core, m) {
            py::arg("graph"), py::arg("store"), py::arg("mode") = "infer", py::arg("backend") = "cpu", py::arg("compute") = "float32",
            py::arg("loss") = -1, py::arg("grad_of") = std::vector<int>{}, py::arg("wrt") = std::vector<int>{},
            py::arg("optim") = py::dict(), py::arg("plan_memory") = true, py::arg("seed") = 0,
-           py::arg("optimize") = true, py::arg("layout") = "auto", py::arg("cache_weights") = true)
+           py::arg("optimize") = true, py::arg("layout") = "auto", py::arg("recompute") = "none",
+           py::arg("dtype") = "float32", py::arg("cache_weights") = true)
       .def("run", &PySession::run)
       .def("step", &PySession::step)
       .def("fetch", &PySession::fetch)

@@ -79,16 +79,18 @@ def _train(args) -> int:
     t0 = time.perf_counter()
     if task in ("digits", "synthetic"):
         transform = data.default_augment(flip=task == "synthetic") if args.augment else None
-        history, sess = fit(model, ds, epochs, bs, opt, sched, seed=args.seed, progress=progress, transform=transform)
+        history, sess = fit(model, ds, epochs, bs, opt, sched, seed=args.seed, progress=progress, transform=transform,
+                            recompute=args.recompute, dtype=args.dtype)
         final = f"test accuracy: {history[-1]['test_acc']:.4f}"
     elif task == "segment":
         history, sess = fit_dense(model, *ds, epochs, bs, opt, "bce_with_logits", sched, seed=args.seed,
-                                  progress=progress, metric=iou, metric_name="IoU")
+                                  progress=progress, metric=iou, metric_name="IoU", recompute=args.recompute, dtype=args.dtype)
         final = f"test IoU: {history[-1]['IoU']:.4f}"
     else:
         noisy_mse = float(np.mean((ds[2] - ds[3]) ** 2))
         history, sess = fit_dense(model, *ds, epochs, bs, opt, "mse", sched, seed=args.seed, progress=progress,
-                                  metric=lambda p, t: float(np.mean((p - t) ** 2)), metric_name="MSE")
+                                  metric=lambda p, t: float(np.mean((p - t) ** 2)), metric_name="MSE",
+                                  recompute=args.recompute, dtype=args.dtype)
         final = (f"test MSE: {history[-1]['MSE']:.5f} (noisy input: {noisy_mse:.5f}, "
                  f"{noisy_mse / history[-1]['MSE']:.1f}x lower)")
     elapsed = time.perf_counter() - t0
@@ -141,6 +143,10 @@ def main(argv=None) -> int:
     t.add_argument("--out", default=None, help="checkpoint path (default: checkpoints/MODEL.npz)")
     t.add_argument("--augment", action="store_true", help="random shift/rotation/brightness per batch")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="bfloat16: mixed-precision training (float32 master weights; CPUs with AVX512-BF16)")
+    t.add_argument("--recompute", choices=["none", "cheap", "segments"], default="none",
+                   help="recompute activations in the backward pass instead of keeping them (less memory)")
     c = sub.add_parser("convert", help="convert between .onnx and .cnn model files (needs the onnx package)")
     c.add_argument("src", help="input file (.onnx or .cnn)")
     c.add_argument("dst", help="output file (.cnn or .onnx)")

@@ -332,17 +332,22 @@ class Module:
 
     def compile(self, input_shape, mode: str = "infer", optimizer=None, loss: str = "cross_entropy",
                 seed: int = 0, backend: str = "cpu", plan_memory: bool = True, optimize: bool = True,
-                layout: str = "auto", cache_weights: bool = True):
+                layout: str = "auto", recompute="none", dtype: str = "float32", cache_weights: bool = True):
         """Compiles the model for one input shape: mode 'infer' (eval behaviour of BN/dropout) or
         'train' (one step = forward, loss, backward, optimizer update). optimize: fuse conv/BN/add/ReLU
         chains in inference; layout: 'auto' (oneDNN's blocked layouts between capable kernels) or
-        'plain' (NCHW everywhere), for comparison; cache_weights: inference keeps weights prepared
-        (reordered, BN folded) between runs, rebuilt when they change (False: every run, for comparison).
-        Returns a Session."""
+        'plain' (NCHW everywhere), for comparison. recompute (training): 'none'; 'cheap' recomputes
+        BN/ReLU/add outputs in the backward pass instead of keeping them; 'segments' (or True) keeps only
+        segment boundaries (e.g. ResNet block outputs) and recomputes the rest - about half the training
+        memory of 'none' for one extra forward pass. dtype='bfloat16' (inference, CPUs with AVX512-BF16):
+        activations between convolutions, BN, pooling and eltwise ops are stored and computed in bfloat16
+        (float32 accumulation; inputs, outputs and weights stay float32) - about twice as fast, outputs
+        within ~1e-2 relative of float32. cache_weights: inference keeps weights prepared (reordered, BN
+        folded) between runs, rebuilt when they change (False: every run, for comparison). Returns a Session."""
         from .session import Session
         return Session(self, input_shape, mode=mode, optimizer=optimizer, loss=loss, seed=seed,
                        backend=backend, plan_memory=plan_memory, optimize=optimize, layout=layout,
-                       cache_weights=cache_weights)
+                       recompute=recompute, dtype=dtype, cache_weights=cache_weights)
 
     def extra_repr(self) -> str:
         return ""

@@ -19,14 +19,26 @@ _LOSSES = {
 
 class Session:
     def __init__(self, model, input_shape, mode="infer", optimizer=None, loss="cross_entropy", seed=0,
-                 backend="cpu", plan_memory=True, optimize=True, layout="auto", cache_weights=True):
+                 backend="cpu", plan_memory=True, optimize=True, layout="auto", recompute="none",
+                 dtype="float32", cache_weights=True):
         if mode not in ("infer", "train"):
             raise ValueError(f"compile: mode must be 'infer' or 'train', got {mode!r}")
         input_shape = tuple(int(s) for s in input_shape)
         if len(input_shape) < 2 or any(s <= 0 for s in input_shape):
             raise ValueError(f"compile: input_shape must be (N, C, ...) with positive sizes, got {input_shape}")
+        if recompute is True:
+            recompute = "segments"
+        elif recompute is False or recompute is None:
+            recompute = "none"
+        if recompute not in ("none", "cheap", "segments"):
+            raise ValueError(f"compile: recompute must be 'none', 'cheap', 'segments' (or True/False), got {recompute!r}")
+        if dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"compile: dtype must be 'float32' or 'bfloat16', got {dtype!r}")
+        if recompute != "none" and mode != "train":
+            raise ValueError("compile: recompute applies to mode='train' only (inference keeps no activations for backward)")
         self.model = model
         self.mode = mode
+        self.dtype = dtype
         self.input_shape = input_shape
         store = model._ensure_store()
         b, x, y = model.trace(input_shape, training=(mode == "train"))
@@ -57,7 +69,8 @@ class Session:
         self.graph = g
         self.optimizer = optimizer
         self._s = _core.Session(g, store, mode, backend=backend, plan_memory=plan_memory, seed=int(seed),
-                                optimize=bool(optimize), layout=str(layout), cache_weights=bool(cache_weights), **kw)
+                                optimize=bool(optimize), layout=str(layout), recompute=recompute, dtype=dtype,
+                                cache_weights=bool(cache_weights), **kw)
         if optimizer is not None:
             optimizer._attach(self)
         self._bn = [m for m in model.modules() if hasattr(m, "_extra_state")] if mode == "train" else []

@@ -63,8 +63,10 @@ def load_checkpoint(model, path: str, strict: bool = True):
 
 
 def fit(model, data, epochs, batch_size, optimizer, schedule=None, seed=0, progress=True, log=print,
-        eval_batch_size=256, transform=None):
-    """Trains on data = (x_train, y_train, x_test, y_test); returns the history (one dict per epoch)."""
+        eval_batch_size=256, transform=None, recompute="none", dtype="float32"):
+    """Trains on data = (x_train, y_train, x_test, y_test); returns the history (one dict per epoch).
+    recompute: the training session's recomputation mode; dtype='bfloat16': mixed-precision training and
+    bf16 evaluation (Module.compile)."""
     from tqdm import tqdm
 
     x_tr, y_tr, x_te, y_te = data
@@ -72,13 +74,14 @@ def fit(model, data, epochs, batch_size, optimizer, schedule=None, seed=0, progr
     loader = DataLoader(x_tr, y_tr, batch_size, shuffle=True, seed=seed, drop_last=True, transform=transform)
     if len(loader) == 0:
         raise ValueError(f"batch size {batch_size} is larger than the training set ({len(x_tr)} samples)")
-    sess = model.compile((batch_size,) + tuple(x_tr.shape[1:]), mode="train", optimizer=optimizer, seed=seed)
+    sess = model.compile((batch_size,) + tuple(x_tr.shape[1:]), mode="train", optimizer=optimizer, seed=seed,
+                         recompute=recompute, dtype=dtype)
     num_classes = sess.num_classes
     for name, y in (("train", y_tr), ("test", y_te)):
         if y.min() < 0 or y.max() >= num_classes:
             raise ValueError(f"{name} labels must lie in [0, {num_classes}), found {y.min()}..{y.max()}")
     bs_eval = min(eval_batch_size, len(x_te))
-    eval_sess = model.compile((bs_eval,) + tuple(x_te.shape[1:]), mode="infer")
+    eval_sess = model.compile((bs_eval,) + tuple(x_te.shape[1:]), mode="infer", dtype=dtype)
     history = []
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
@@ -114,7 +117,7 @@ def iou(logits: np.ndarray, masks: np.ndarray) -> float:
 
 
 def fit_dense(model, x_tr, t_tr, x_te, t_te, epochs, batch_size, optimizer, loss, schedule=None, seed=0,
-              progress=True, log=print, metric=None, metric_name="metric"):
+              progress=True, log=print, metric=None, metric_name="metric", recompute="none", dtype="float32"):
     """Trains a dense-output model (segmentation, denoising) with loss 'mse' or 'bce_with_logits' on float
     targets of the output's shape; metric(pred, target) -> float is reported on the test set per epoch."""
     from tqdm import tqdm
@@ -123,9 +126,9 @@ def fit_dense(model, x_tr, t_tr, x_te, t_te, epochs, batch_size, optimizer, loss
     if len(loader) == 0:
         raise ValueError(f"batch size {batch_size} is larger than the training set ({len(x_tr)} samples)")
     sess = model.compile((batch_size,) + tuple(x_tr.shape[1:]), mode="train", optimizer=optimizer, loss=loss,
-                         seed=seed)
+                         seed=seed, recompute=recompute, dtype=dtype)
     bs_eval = min(batch_size, len(x_te))
-    eval_sess = model.compile((bs_eval,) + tuple(x_te.shape[1:]), mode="infer")
+    eval_sess = model.compile((bs_eval,) + tuple(x_te.shape[1:]), mode="infer", dtype=dtype)
     history = []
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()

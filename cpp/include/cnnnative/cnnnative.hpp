@@ -129,6 +129,9 @@ struct OptimConfig {
   bool amsgrad = false;
 };
 
+// Whether this CPU has AVX512-BF16 (CompileOptions::activations = bf16 needs it).
+bool cpu_has_avx512_bf16();
+
 struct CompileOptions {
   Mode mode = Mode::Infer;
   std::string backend = "cpu";  // cpu (oneDNN + native kernels) | reference (naive loops)
@@ -148,6 +151,14 @@ struct CompileOptions {
   // Graph inputs and outputs are plain.
   // "auto" keeps Grad-mode sessions (gradient checks) plain; an explicit layout applies to them too.
   std::string layout = "auto";
+  // Train/Grad: forward activations the backward pass recomputes instead of keeping (core/recompute.hpp):
+  // "none", "cheap" (BN/ReLU/add outputs, recomputed from kept conv outputs) or "segments" (only segment
+  // boundaries such as ResNet block outputs are kept; one extra forward over the rest).
+  std::string recompute = "none";
+  // cpu backend: bf16 stores activations (and in training their gradients) between bf16-capable kernels as
+  // bfloat16 in blocked layouts (oneDNN accumulates in f32); inputs, outputs, parameters, their gradients and
+  // optimizer state stay float32 (mixed-precision training with float32 master weights). Needs AVX512-BF16.
+  DType activations = DType::f32;
   // Infer mode, cpu backend: kernels keep weights prepared (reordered into the primitive's layout, BatchNorm
   // folded) between runs and rebuild them when the ParamStore's version moves. false: prepare them on every run
   // (the behaviour before prepared weights; for comparison and tests).
@@ -159,6 +170,7 @@ struct MemoryReport {
   size_t param_bytes = 0, grad_bytes = 0, optimizer_state_bytes = 0, buffer_bytes = 0, scratch_bytes = 0;
   size_t prepared_bytes = 0;  // inference: weights kept prepared (reordered, BN folded) by the kernels
   size_t num_planned = 0, num_inplace = 0;
+  size_t num_recomputed = 0;  // nodes the recompute option added to the backward pass
   size_t persistent_bytes() const { return param_bytes + grad_bytes + optimizer_state_bytes + buffer_bytes + prepared_bytes; }
 };
 

@@ -59,8 +59,17 @@ Layout LayoutPolicy::act(const TensorDesc& d) const {
   return kind == nhwc ? Layout::nhwc : blocked_layout();
 }
 
+bool LayoutPolicy::aliases(Layout a, Layout b, const Shape& s) const {
+  if (bf16 && is_blocked(a) != is_blocked(b)) return false;
+  return layouts_alias(a, b, s);
+}
+
 // ---- rule registry ----
 namespace {
+std::map<std::pair<std::string, std::string>, Bf16Pred>& bf16_ops() {
+  static std::map<std::pair<std::string, std::string>, Bf16Pred> m;
+  return m;
+}
 std::map<std::pair<std::string, std::string>, LayoutRule>& rules() {
   static std::map<std::pair<std::string, std::string>, LayoutRule> m;
   return m;
@@ -70,6 +79,15 @@ std::map<std::pair<std::string, std::string>, LayoutRule>& rules() {
 void register_layout_rule(const std::string& backend, const std::string& op, LayoutRule r) {
   rules()[{backend, op}] = std::move(r);
 }
+void register_bf16_op(const std::string& backend, const std::string& op, Bf16Pred pred) {
+  bf16_ops()[{backend, op}] = std::move(pred);
+}
+bool bf16_capable(const std::string& backend, const Node& n, const std::vector<TensorDesc>& in,
+                  const std::vector<TensorDesc>& out) {
+  auto it = bf16_ops().find({backend, n.op});
+  return it != bf16_ops().end() && (!it->second || it->second(n, in, out));
+}
+
 const LayoutRule* find_layout_rule(const std::string& backend, const std::string& op) {
   auto it = rules().find({backend, op});
   return it == rules().end() ? nullptr : &it->second;
@@ -118,7 +136,7 @@ LayoutResult assign_layouts(Graph& g, const std::string& backend, const LayoutPo
 
   // A value readable in layout `to`, emitting a reorder node into `nodes` when needed.
   auto in_layout = [&](int v, Layout to) -> int {
-    if (layouts_alias(lay[v], to, g.values[v].desc.shape)) return v;
+    if (policy.aliases(lay[v], to, g.values[v].desc.shape)) return v;
     auto it = copies.find({v, to});
     if (it != copies.end()) return it->second;
     if (!is_float(g.values[v].desc.dtype))
@@ -155,6 +173,7 @@ LayoutResult assign_layouts(Graph& g, const std::string& backend, const LayoutPo
     for (int v : n.outputs) out.push_back(g.values[v].desc);
     LayoutChoice c;
     const LayoutRule* rule = find_layout_rule(backend, n.op);
+    if (rule && policy.bf16 && !bf16_capable(backend, n, in, out)) rule = nullptr;
     if (rule) {
       c = (*rule)(LayoutQuery{n, in, out, cur, policy, training});
       if (c.in.size() != in.size() || c.out.size() != out.size())

@@ -22,6 +22,16 @@ namespace cnn {
 struct LayoutPolicy {
   enum Kind { plain, nhwc, blocked } kind = plain;
   int block = 16;
+  // bfloat16 activations (inference, CompileOptions::activations): every float value stored in a blocked
+  // layout is bf16, every other value (plain graph inputs/outputs, parameters, non-4-D tensors) float32, so a
+  // reorder into or out of a blocked layout also converts. Ops keep blocked layouts only if they are registered
+  // bf16-capable (register_bf16_op); the others are plain-only in such a session.
+  bool bf16 = false;
+  // The dtype a float value has when stored in layout l (`compute` for non-bf16 sessions).
+  DType dtype_in(Layout l, DType compute) const { return bf16 && is_blocked(l) ? DType::bf16 : compute; }
+  static bool is_blocked(Layout l) { return l == Layout::nChw16c || l == Layout::nChw8c; }
+  // layouts_alias, and in a bf16 session never between a blocked (bf16) and another (f32) layout.
+  bool aliases(Layout a, Layout b, const Shape& s) const;
   // "auto" and "blocked" (nChw16c with AVX-512, nChw8c otherwise) | "nChw16c" | "nChw8c" | "nhwc" | "plain";
   // throws Error on anything else.
   static LayoutPolicy parse(const std::string& s);
@@ -51,6 +61,15 @@ void register_layout_rule(const std::string& backend, const std::string& op, Lay
 const LayoutRule* find_layout_rule(const std::string& backend, const std::string& op);
 struct LayoutRuleRegistrar {
   LayoutRuleRegistrar(const char* backend, const char* op, LayoutRule r) { register_layout_rule(backend, op, std::move(r)); }
+};
+
+// Ops whose backend kernel takes bfloat16 activations (in a blocked layout), optionally only for some nodes.
+using Bf16Pred = std::function<bool(const Node&, const std::vector<TensorDesc>& in, const std::vector<TensorDesc>& out)>;
+void register_bf16_op(const std::string& backend, const std::string& op, Bf16Pred pred = nullptr);
+bool bf16_capable(const std::string& backend, const Node& n, const std::vector<TensorDesc>& in,
+                  const std::vector<TensorDesc>& out);
+struct Bf16Registrar {
+  Bf16Registrar(const char* backend, const char* op, Bf16Pred pred = nullptr) { register_bf16_op(backend, op, std::move(pred)); }
 };
 
 // Common rules.

@@ -17,6 +17,7 @@
 #include "core/layout.hpp"
 #include "core/op.hpp"
 #include "core/planner.hpp"
+#include "core/recompute.hpp"
 #include "cpu/optim.hpp"
 
 namespace cnn {
@@ -99,6 +100,17 @@ SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, con
   // applies to them too.
   LayoutPolicy policy = LayoutPolicy::parse(opt.layout);
   if (opt.backend != "cpu" || (opt.mode == Mode::Grad && opt.layout == "auto")) policy.kind = LayoutPolicy::plain;
+  if (opt.activations == DType::bf16) {
+    if (opt.mode == Mode::Grad) throw Error("compile: bfloat16 activations are for inference and training sessions");
+    if (opt.backend != "cpu" || opt.compute != DType::f32) throw Error("compile: bfloat16 activations need the cpu backend");
+    if (policy.kind != LayoutPolicy::blocked)
+      throw Error("compile: bfloat16 activations live in blocked layouts; layout '" + opt.layout + "' has none (use 'auto')");
+    if (!cpu_has_avx512_bf16())
+      throw Error("compile: bfloat16 activations need a CPU with AVX512-BF16 instructions; this one has none");
+    policy.bf16 = true;
+  } else if (opt.activations != DType::f32) {
+    throw Error(std::string("compile: activations must be float32 or bfloat16, got ") + dtype_name(opt.activations));
+  }
 
   // ---- feeds ----
   for (int v : g.inputs) {
@@ -136,6 +148,12 @@ SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, con
     ad = autodiff(g, seeds, opt.wrt);
   }
   nf = ad.num_forward_nodes;
+  const Recompute rmode = parse_recompute(opt.recompute);
+  if (opt.mode != Mode::Infer && rmode != Recompute::none) {
+    std::vector<int> keep = g.outputs;
+    if (loss_value >= 0) keep.push_back(loss_value);
+    report.num_recomputed = size_t(recompute_pass(g, nf, rmode, keep).num_cloned_nodes);
+  }
 
   const std::vector<int> outputs_as_built = g.outputs;  // fetch names: before plain copies are swapped in
   // ---- layouts (cpu backend): reorders only where a layout-capable kernel meets one that is not ----
@@ -163,6 +181,11 @@ SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, con
                       layout_name(Layout(n.attrs.i("from", 0))));
   }
   const int n_steps = int(g.nodes.size());
+  // the dtype a value is stored in: the compute dtype, or bf16 for blocked activations in a bf16 session
+  auto vtype = [&](int v) {
+    const TensorDesc& d = g.values[v].desc;
+    return is_float(d.dtype) ? policy.dtype_in(layout[v], opt.compute) : d.dtype;
+  };
 
   // ---- fetches ----
   for (size_t i = 0; i < g.outputs.size(); ++i) {
@@ -248,7 +271,8 @@ SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, con
     // same bytes in the same places: the node reads input k in a layout that its output is stored in
     if (!layouts_alias(in_view[s][k], layout[b], g.values[b].desc.shape)) continue;
     if (!layouts_alias(layout[n.inputs[k]], in_view[s][k], g.values[n.inputs[k]].desc.shape)) continue;
-    if (value_bytes(g.values[a].desc, opt.compute, layout[a]) != value_bytes(g.values[b].desc, opt.compute, layout[b])) continue;
+    if (vtype(a) != vtype(b)) continue;
+    if (value_bytes(g.values[a].desc, vtype(a), layout[a]) != value_bytes(g.values[b].desc, vtype(b), layout[b])) continue;
     if (std::count(n.inputs.begin(), n.inputs.end(), n.inputs[k]) > 1) continue;
     root[b] = a;
     last[a] = std::max(last[a], last[b]);
@@ -261,7 +285,7 @@ SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, con
     if (storage[v] != Storage::Planned || root[v] != int(v)) continue;
     if (first[v] < 0) continue;  // never produced (unused)
     planned.push_back(int(v));
-    reqs.push_back(BufferReq{value_bytes(g.values[v].desc, opt.compute, layout[v]), first[v], last[v]});
+    reqs.push_back(BufferReq{value_bytes(g.values[v].desc, vtype(int(v)), layout[v]), first[v], last[v]});
   }
   MemoryPlan plan = plan_memory(reqs, 64, opt.plan_memory);
   std::string bad = validate_plan(reqs, plan, 64);
@@ -286,13 +310,13 @@ SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, con
     kc.cache_weights = opt.mode == Mode::Infer && opt.cache_weights;
     for (size_t i = 0; i < n.inputs.size(); ++i) {
       TensorDesc d = g.values[n.inputs[i]].desc;
-      if (is_float(d.dtype)) d.dtype = opt.compute;
+      d.dtype = vtype(n.inputs[i]);
       kc.in.push_back(d);
       kc.in_layout.push_back(in_view[s][i]);
     }
     for (int v : n.outputs) {
       TensorDesc d = g.values[v].desc;
-      if (is_float(d.dtype)) d.dtype = opt.compute;
+      d.dtype = vtype(v);
       kc.out.push_back(d);
       kc.out_layout.push_back(layout[v]);
     }
@@ -412,9 +436,45 @@ void SessionImpl::check_store_unchanged() {
   checked_sum = h;
 }
 
+namespace {
+// Index of the first NaN/inf in x, or -1. One vectorized pass (x * 0 is 0 for finite x, NaN otherwise).
+template <class T>
+int64_t first_non_finite(const T* x, int64_t n) {
+  T acc = 0;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t i = 0; i < n; ++i) acc += x[i] * T(0);
+  if (acc == T(0)) return -1;
+  for (int64_t i = 0; i < n; ++i)
+    if (!std::isfinite(x[i])) return i;
+  return -1;
+}
+std::string index_str(const Shape& s, int64_t flat) {
+  Shape idx(s.size());
+  for (size_t d = s.size(); d-- > 0;) {
+    idx[d] = flat % s[d];
+    flat /= s[d];
+  }
+  return shape_str(idx);
+}
+}  // namespace
+
 void SessionImpl::run(const std::vector<const void*>& fd) {
   if (fd.size() != feeds.size())
     throw Error("run: expected " + std::to_string(feeds.size()) + " inputs, got " + std::to_string(fd.size()));
+  // A NaN/inf input would not always reach the loss (ReLU maps NaN to 0) yet poison BN statistics: refuse it
+  // before anything runs.
+  for (size_t i = 0; i < feeds.size(); ++i) {
+    const TensorDesc& d = feeds[i].desc;
+    if (!is_float(d.dtype)) continue;
+    const int64_t n = numel(d.shape);
+    int64_t bad = opt.compute == DType::f64 ? first_non_finite(static_cast<const double*>(fd[i]), n)
+                                            : first_non_finite(static_cast<const float*>(fd[i]), n);
+    if (bad >= 0) {
+      double v = opt.compute == DType::f64 ? static_cast<const double*>(fd[i])[bad] : static_cast<const float*>(fd[i])[bad];
+      throw Error("input '" + feeds[i].name + "' has a non-finite value (" + (std::isnan(v) ? "nan" : "inf") + ") at " +
+                  index_str(d.shape, bad) + "; nothing was run or updated");
+    }
+  }
   for (auto& p : patches) node_in[p.node][p.slot] = const_cast<void*>(fd[p.feed]);
   for (size_t i = 0; i < feed_values.size(); ++i) ptr[feed_values[i]] = const_cast<void*>(fd[i]);
   if (private_params && store->version() != private_version) refresh_private();

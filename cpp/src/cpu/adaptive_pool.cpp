@@ -1,10 +1,14 @@
-// CPU kernels for adaptive_avg_pool2d and adaptive_avg_pool2d_grad (plain nchw, f32). When H % OH == 0 and
-// W % OW == 0 PyTorch's adaptive windows are exactly a pooling with kernel = stride = (H/OH, W/OW) and no
-// padding, which runs as oneDNN pooling_avg forward/backward. Otherwise (overlapping or repeated windows;
-// oneDNN has no adaptive pooling) native loops parallel over (n, c) planes, with the windows computed once
-// at construction by ops/adaptive_pool.cpp's rule. run() allocates nothing.
+// CPU kernels for adaptive_avg_pool2d and adaptive_avg_pool2d_grad (f32) in any session layout: forward keeps
+// x's layout, backward takes dy's (layout rules). When H % OH == 0 and W % OW == 0 PyTorch's adaptive windows
+// are exactly a pooling with kernel = stride = (H/OH, W/OW) and no padding, which runs as oneDNN pooling_avg
+// forward/backward. Otherwise (overlapping or repeated windows; oneDNN has no adaptive pooling) native loops,
+// with the windows computed once at construction by ops/adaptive_pool.cpp's rule, over "groups" of V-lane
+// pixels: (n, c) planes of 1-lane pixels in plain, one [H, W, C] image of C-lane pixels per n in nhwc, one
+// [H, W, b] block per (n, C/b) in nChw{b}c; every lane is averaged alike, so blocked padding lanes (zero in x
+// or dy) stay zero. run() allocates nothing.
 #include <algorithm>
 
+#include "core/layout.hpp"
 #include "cpu/dnnl_common.hpp"
 
 namespace cnn {
@@ -22,9 +26,10 @@ struct Planes {
   dims kernel() const { return {x[2] / y[2], x[3] / y[3]}; }
 };
 
-dnnl::pooling_forward::primitive_desc fwd_pd(dnnl::prop_kind prop, const Planes& p, const dnnl::primitive_attr& attr) {
-  return dnnl::pooling_forward::primitive_desc(engine(), prop, kAvg, plain_desc(p.x, DType::f32), plain_desc(p.y, DType::f32),
-                                               p.kernel(), p.kernel(), dims{0, 0}, dims{0, 0}, dims{0, 0}, attr);
+dnnl::pooling_forward::primitive_desc fwd_pd(dnnl::prop_kind prop, const Planes& p, const dnnl::memory::desc& x,
+                                             const dnnl::memory::desc& y, const dnnl::primitive_attr& attr) {
+  return dnnl::pooling_forward::primitive_desc(engine(), prop, kAvg, x, y, p.kernel(), p.kernel(), dims{0, 0}, dims{0, 0},
+                                               dims{0, 0}, attr);
 }
 
 // in: x; out: y
@@ -33,10 +38,11 @@ struct PooledFwd : Kernel {
   size_t scratch = 0;
   explicit PooledFwd(const KernelCtx& c) {
     Planes p(c, false);
-    auto pd = fwd_pd(dnnl::prop_kind::forward_inference, p, user_scratchpad_attr());
+    auto x = md_of(c.in[0], c.layout_in(0)), y = md_of(c.out[0], c.layout_out(0));
+    auto pd = fwd_pd(dnnl::prop_kind::forward_inference, p, x, y, user_scratchpad_attr());
     ex = DnnlExec(dnnl::pooling_forward(pd));
-    ex.bind(DNNL_ARG_SRC, plain_desc(c.in[0]), Src::in(0));
-    ex.bind(DNNL_ARG_DST, plain_desc(c.out[0]), Src::out(0));
+    ex.bind(DNNL_ARG_SRC, x, Src::in(0));
+    ex.bind(DNNL_ARG_DST, y, Src::out(0));
     scratch = pd.scratchpad_desc().get_size();
     if (scratch) ex.bind(DNNL_ARG_SCRATCHPAD, pd.scratchpad_desc(), Src::scratch(0));
   }
@@ -50,12 +56,13 @@ struct PooledBwd : Kernel {
   size_t scratch = 0;
   explicit PooledBwd(const KernelCtx& c) {
     Planes p(c, true);
-    auto hint = fwd_pd(dnnl::prop_kind::forward_training, p, dnnl::primitive_attr());
-    dnnl::pooling_backward::primitive_desc pd(engine(), kAvg, plain_desc(c.out[0]), plain_desc(c.in[0]), p.kernel(), p.kernel(),
-                                              dims{0, 0}, dims{0, 0}, dims{0, 0}, hint, user_scratchpad_attr());
+    auto dy = md_of(c.in[0], c.layout_in(0)), dx = md_of(c.out[0], c.layout_out(0));
+    auto hint = fwd_pd(dnnl::prop_kind::forward_training, p, dx, dy, dnnl::primitive_attr());
+    dnnl::pooling_backward::primitive_desc pd(engine(), kAvg, dx, dy, p.kernel(), p.kernel(), dims{0, 0}, dims{0, 0}, dims{0, 0},
+                                              hint, user_scratchpad_attr());
     ex = DnnlExec(dnnl::pooling_backward(pd));
-    ex.bind(DNNL_ARG_DIFF_DST, plain_desc(c.in[0]), Src::in(0));
-    ex.bind(DNNL_ARG_DIFF_SRC, plain_desc(c.out[0]), Src::out(0));
+    ex.bind(DNNL_ARG_DIFF_DST, dy, Src::in(0));
+    ex.bind(DNNL_ARG_DIFF_SRC, dx, Src::out(0));
     scratch = pd.scratchpad_desc().get_size();
     if (scratch) ex.bind(DNNL_ARG_SCRATCHPAD, pd.scratchpad_desc(), Src::scratch(0));
   }
@@ -74,46 +81,64 @@ struct Windows {
   }
 };
 
-// Forward (in: x, out: y) or backward (in: dy, out: dx), parallel over the N*C planes.
+// Forward (in: x, out: y) or backward (in: dy, out: dx), parallel over the groups (see the file comment): group g
+// of x holds H*W pixels of V lanes from g*H*W*V on, group g of y OH*OW such pixels.
 struct AdaptiveNative : Kernel {
-  int64_t NC, H, W, OH, OW;
+  int64_t G, V, H, W, OH, OW;
   Windows wh, ww;
   bool backward;
   // Members are initialised in declaration order: the window lists use H, W, OH, OW.
-  AdaptiveNative(const Planes& p, bool bwd)
-      : NC(p.x[0] * p.x[1]), H(p.x[2]), W(p.x[3]), OH(p.y[2]), OW(p.y[3]), wh(H, OH), ww(W, OW), backward(bwd) {}
+  AdaptiveNative(const Planes& p, Layout l, bool bwd)
+      : G(0), V(1), H(p.x[2]), W(p.x[3]), OH(p.y[2]), OW(p.y[3]), wh(H, OH), ww(W, OW), backward(bwd) {
+    const int64_t N = p.x[0], C = p.x[1], b = l == Layout::nChw16c ? 16 : l == Layout::nChw8c ? 8 : 1;
+    if (l == Layout::nhwc) G = N, V = C;
+    else G = N * ((C + b - 1) / b), V = b;
+  }
   void run(const RunCtx& r) override {
     const float* src = static_cast<const float*>(r.in[0]);
     float* dst = static_cast<float*>(r.out[0]);
+    const int64_t V_ = V;
     if (backward) {
 #pragma omp parallel for schedule(static)
-      for (int64_t nc = 0; nc < NC; ++nc) {
-        const float* dyp = src + nc * OH * OW;
-        float* dxp = dst + nc * H * W;
-        std::fill(dxp, dxp + H * W, 0.f);
+      for (int64_t g = 0; g < G; ++g) {
+        const float* dyp = src + g * OH * OW * V_;
+        float* dxp = dst + g * H * W * V_;
+        std::fill(dxp, dxp + H * W * V_, 0.f);
         for (int64_t oh = 0; oh < OH; ++oh) {
           const int64_t h0 = wh.begin[oh], h1 = wh.end[oh];
           for (int64_t ow = 0; ow < OW; ++ow) {
             const int64_t w0 = ww.begin[ow], w1 = ww.end[ow];
-            const float d = dyp[oh * OW + ow] / float((h1 - h0) * (w1 - w0));
+            const float area = float((h1 - h0) * (w1 - w0));
+            const float* d = dyp + (oh * OW + ow) * V_;
             for (int64_t h = h0; h < h1; ++h)
-              for (int64_t w = w0; w < w1; ++w) dxp[h * W + w] += d;
+              for (int64_t w = w0; w < w1; ++w) {
+                float* o = dxp + (h * W + w) * V_;
+#pragma omp simd
+                for (int64_t v = 0; v < V_; ++v) o[v] += d[v] / area;
+              }
           }
         }
       }
     } else {
 #pragma omp parallel for schedule(static)
-      for (int64_t nc = 0; nc < NC; ++nc) {
-        const float* xp = src + nc * H * W;
-        float* yp = dst + nc * OH * OW;
+      for (int64_t g = 0; g < G; ++g) {
+        const float* xp = src + g * H * W * V_;
+        float* yp = dst + g * OH * OW * V_;
         for (int64_t oh = 0; oh < OH; ++oh) {
           const int64_t h0 = wh.begin[oh], h1 = wh.end[oh];
           for (int64_t ow = 0; ow < OW; ++ow) {
             const int64_t w0 = ww.begin[ow], w1 = ww.end[ow];
-            float sum = 0.f;
+            const float area = float((h1 - h0) * (w1 - w0));
+            float* o = yp + (oh * OW + ow) * V_;
+            std::fill(o, o + V_, 0.f);
             for (int64_t h = h0; h < h1; ++h)
-              for (int64_t w = w0; w < w1; ++w) sum += xp[h * W + w];
-            yp[oh * OW + ow] = sum / float((h1 - h0) * (w1 - w0));
+              for (int64_t w = w0; w < w1; ++w) {
+                const float* i = xp + (h * W + w) * V_;
+#pragma omp simd
+                for (int64_t v = 0; v < V_; ++v) o[v] += i[v];
+              }
+#pragma omp simd
+            for (int64_t v = 0; v < V_; ++v) o[v] /= area;
           }
         }
       }
@@ -127,11 +152,13 @@ std::unique_ptr<Kernel> make(const KernelCtx& c, bool bwd) {
     if (bwd) return std::make_unique<PooledBwd>(c);
     return std::make_unique<PooledFwd>(c);
   }
-  return std::make_unique<AdaptiveNative>(p, bwd);
+  return std::make_unique<AdaptiveNative>(p, bwd ? c.layout_out(0) : c.layout_in(0), bwd);
 }
 
 KernelRegistrar r1("cpu", "adaptive_avg_pool2d", [](const KernelCtx& c) { return make(c, false); });
 KernelRegistrar r2("cpu", "adaptive_avg_pool2d_grad", [](const KernelCtx& c) { return make(c, true); });
+LayoutRuleRegistrar l1("cpu", "adaptive_avg_pool2d", rule_follow_input(0));
+LayoutRuleRegistrar l2("cpu", "adaptive_avg_pool2d_grad", rule_follow_input(0));
 
 }  // namespace
 }  // namespace cpu

@@ -100,6 +100,8 @@ KernelRegistrar r1("cpu", "batch_norm", [](const KernelCtx& c) { return std::mak
 KernelRegistrar r2("cpu", "batch_norm_grad", [](const KernelCtx& c) { return std::make_unique<BatchNormBwd>(c); });
 LayoutRuleRegistrar l1("cpu", "batch_norm", rule_follow_input(0));
 LayoutRuleRegistrar l2("cpu", "batch_norm_grad", rule_follow_input(1));
+Bf16Registrar b1("cpu", "batch_norm");  // x, y in bf16; scale, shift and statistics stay float32
+Bf16Registrar b2("cpu", "batch_norm_grad");
 
 }  // namespace
 }  // namespace cpu

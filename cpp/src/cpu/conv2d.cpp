@@ -39,21 +39,28 @@ dims pair_attr(const Attrs& a, const char* name, int64_t dflt) {
 struct ConvDescs {
   mdesc src, dst, w_user, w_any, bias;
   dims strides, dilates, pad;
-  ConvDescs(const Attrs& a, DType t, const Shape& x, const Shape& w, const Shape& y, std::optional<Layout> lx, Layout ly) {
+  DType compute = DType::f32;  // src/weights dtype: bf16 when either activation is bf16 (bf16 sessions)
+  ConvDescs(const Attrs& a, DType ts, DType td, const Shape& x, const Shape& w, const Shape& y, std::optional<Layout> lx,
+            Layout ly) {
     int64_t G = a.i("groups", 1);
     Shape ws = G > 1 ? Shape{G, w[0] / G, w[1], w[2], w[3]} : w;
-    src = lx ? md_of(x, t, *lx) : mdesc(dims_of(x), dt_of(t), dnnl::memory::format_tag::any);
-    dst = md_of(y, t, ly);
-    w_user = plain_desc(ws, t);
-    w_any = mdesc(dims_of(ws), dt_of(t), dnnl::memory::format_tag::any);
-    bias = plain_desc(Shape{w[0]}, t);
+    compute = ts == DType::bf16 || td == DType::bf16 ? DType::bf16 : ts;
+    const DType tp = compute == DType::bf16 ? DType::f32 : compute;  // parameters (and the bias) stay float32
+    src = lx ? md_of(x, compute, *lx) : mdesc(dims_of(x), dt_of(compute), dnnl::memory::format_tag::any);
+    dst = md_of(y, td, ly);
+    w_user = plain_desc(ws, tp);
+    w_any = mdesc(dims_of(ws), dt_of(compute), dnnl::memory::format_tag::any);
+    bias = plain_desc(Shape{w[0]}, tp);
     strides = pair_attr(a, "stride", 1);
     pad = pair_attr(a, "padding", 0);
     dims d = pair_attr(a, "dilation", 1);
     dilates = {d[0] - 1, d[1] - 1};
   }
-  ConvDescs(const KernelCtx& c, const Shape& x, const Shape& w, const Shape& y, Layout lx, Layout ly)
-      : ConvDescs(c.node.attrs, c.in[0].dtype, x, w, y, lx, ly) {}
+  ConvDescs(const Attrs& a, DType t, const Shape& x, const Shape& w, const Shape& y, std::optional<Layout> lx, Layout ly)
+      : ConvDescs(a, t, t, x, w, y, lx, ly) {}
+  // tx, ty: the dtypes the session stores x (or dx) and y (or dy) in
+  ConvDescs(const KernelCtx& c, DType tx, DType ty, const Shape& x, const Shape& w, const Shape& y, Layout lx, Layout ly)
+      : ConvDescs(c.node.attrs, tx, ty, x, w, y, lx, ly) {}
   dnnl::convolution_forward::primitive_desc fwd(bool with_bias, const dnnl::primitive_attr& attr = {},
                                                 dnnl::prop_kind pk = dnnl::prop_kind::forward_training) const {
     using fpd = dnnl::convolution_forward::primitive_desc;
@@ -132,7 +139,7 @@ ConvLayouts conv_layouts(const Attrs& a, DType t, const Shape& x, const Shape& w
 }
 
 LayoutChoice conv_fwd_rule(const LayoutQuery& q) {  // conv2d and fused_conv2d: (x, w, [b], [bn x4], [residual]) -> y
-  ConvLayouts l = conv_layouts(q.node.attrs, q.in[0].dtype, q.in[0].shape, q.in[1].shape, q.out[0].shape, q.policy,
+  ConvLayouts l = conv_layouts(q.node.attrs, q.policy.bf16 ? DType::bf16 : q.in[0].dtype, q.in[0].shape, q.in[1].shape, q.out[0].shape, q.policy,
                                q.training ? Dir::fwd_train : Dir::fwd_infer);
   LayoutChoice c;
   c.in.assign(q.in.size(), Layout::plain);
@@ -142,32 +149,67 @@ LayoutChoice conv_fwd_rule(const LayoutQuery& q) {  // conv2d and fused_conv2d: 
   return c;
 }
 LayoutChoice conv_grad_data_rule(const LayoutQuery& q) {  // (dy, w) -> dx
-  ConvLayouts l = conv_layouts(q.node.attrs, q.in[0].dtype, q.out[0].shape, q.in[1].shape, q.in[0].shape, q.policy, Dir::bwd_data);
+  ConvLayouts l = conv_layouts(q.node.attrs, q.policy.bf16 ? DType::bf16 : q.in[0].dtype, q.out[0].shape, q.in[1].shape,
+                               q.in[0].shape, q.policy, Dir::bwd_data);
   return {{l.y, Layout::plain}, {l.x}};
 }
 LayoutChoice conv_grad_weights_rule(const LayoutQuery& q) {  // (dy, x) -> dw [, db]
-  ConvLayouts l = conv_layouts(q.node.attrs, q.in[0].dtype, q.in[1].shape, q.out[0].shape, q.in[0].shape, q.policy,
-                               Dir::bwd_weights);
+  ConvLayouts l = conv_layouts(q.node.attrs, q.policy.bf16 ? DType::bf16 : q.in[0].dtype, q.in[1].shape, q.out[0].shape,
+                               q.in[0].shape, q.policy, Dir::bwd_weights);
   return {{l.y, l.x}, std::vector<Layout>(q.out.size(), Layout::plain)};
 }
 
+// A bf16 convolution whose input arrives as float32 (a plain graph input in a bf16 session: the stem, where
+// oneDNN's bf16 kernel wants plain bf16): the kernel converts it into its scratch first.
+// Mixed-precision training likewise converts a float32 x for the weight gradient (input `i`), and a float32 dx
+// (output mode) is written in bf16 to scratch and converted after.
+struct SrcConvert {
+  std::optional<reorder_pd> pd;
+  DnnlExec ex;
+  size_t off = 0;
+  int i = 0;
+  bool output = false;
+  SrcConvert(const KernelCtx& c, const ConvDescs& d, int input = 0, bool out = false) : i(input), output(out) {
+    const TensorDesc& t = out ? c.out[0] : c.in[i];
+    const Layout l = out ? c.layout_out(0) : c.layout_in(i);
+    if (t.dtype == d.compute) return;
+    pd = out ? reorder_pd(engine(), d.src, engine(), md_of(t, l), user_scratchpad_attr())
+             : reorder_pd(engine(), md_of(t, l), engine(), d.src, user_scratchpad_attr());
+  }
+  size_t pad() const { return pd ? pd->scratchpad_desc().get_size() : 0; }
+  void place(ScratchLayout& L) {
+    if (!pd) return;
+    off = L.add(output ? pd->src_desc().get_size() : pd->dst_desc().get_size());
+    ex = output ? bind_reorder(*pd, Src::scratch(off), Src::out(0)) : bind_reorder(*pd, Src::in(i), Src::scratch(off));
+  }
+  Src src() const { return pd ? Src::scratch(off) : output ? Src::out(0) : Src::in(i); }
+  void run(const RunCtx& r) {
+    if (!ex.empty()) ex.run(r);
+  }
+};
+
 struct ConvFwd : Kernel {  // (x, w [, b]) -> y
   DnnlExec reorder_w, conv;
+  std::optional<SrcConvert> cvt;
   size_t scratch = 0, persist = 0;
   PreparedVersion prepared;
   explicit ConvFwd(const KernelCtx& c) {
     bool with_bias = c.in.size() > 2;
-    ConvDescs d(c, c.in[0].shape, c.in[1].shape, c.out[0].shape, c.layout_in(0), c.layout_out(0));
+    ConvDescs d(c, c.in[0].dtype, c.out[0].dtype, c.in[0].shape, c.in[1].shape, c.out[0].shape, c.layout_in(0), c.layout_out(0));
     auto pd = d.fwd(with_bias, user_scratchpad_attr(),
                     c.training ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference);
     auto r = weight_reorder(d.w_user, pd.weights_desc());
+    cvt.emplace(c, d);
     prepared.cached = c.cache_weights;
-    WeightScratch sc(pd.scratchpad_desc().get_size(), r, pd.weights_desc().get_size(), prepared.cached);
-    scratch = sc.total;
+    WeightScratch sc(std::max(pd.scratchpad_desc().get_size(), cvt->pad()), r, pd.weights_desc().get_size(), prepared.cached);
+    ScratchLayout L;
+    L.total = sc.total;
+    cvt->place(L);
+    scratch = L.total;
     persist = sc.persist;
     if (r) reorder_w = bind_reorder(*r, Src::in(1), sc.weights);
     conv = DnnlExec(dnnl::convolution_forward(pd));
-    conv.bind(DNNL_ARG_SRC, d.src, Src::in(0));
+    conv.bind(DNNL_ARG_SRC, d.src, cvt->src());
     conv.bind(DNNL_ARG_WEIGHTS, pd.weights_desc(), r ? sc.weights : Src::in(1));
     if (with_bias) conv.bind(DNNL_ARG_BIAS, d.bias, Src::in(2));
     conv.bind(DNNL_ARG_DST, d.dst, Src::out(0));
@@ -180,53 +222,67 @@ struct ConvFwd : Kernel {  // (x, w [, b]) -> y
       reorder_w.run(r);
       prepared.mark(r);
     }
+    cvt->run(r);
     conv.run(r);
   }
 };
 
 struct ConvBwdData : Kernel {  // (dy, w) -> dx
   DnnlExec reorder_w, conv;
+  std::optional<SrcConvert> cvt;
   size_t scratch = 0;
   explicit ConvBwdData(const KernelCtx& c) {
-    ConvDescs d(c, c.out[0].shape, c.in[1].shape, c.in[0].shape, c.layout_out(0), c.layout_in(0));
+    ConvDescs d(c, c.out[0].dtype, c.in[0].dtype, c.out[0].shape, c.in[1].shape, c.in[0].shape, c.layout_out(0), c.layout_in(0));
     auto hint = d.fwd(false);
     dnnl::convolution_backward_data::primitive_desc pd(engine(), dnnl::algorithm::convolution_direct, d.src, d.w_any, d.dst,
                                                        d.strides, d.dilates, d.pad, d.pad, hint, user_scratchpad_attr());
     auto r = weight_reorder(d.w_user, pd.weights_desc());
-    WeightScratch sc(pd.scratchpad_desc().get_size(), r, pd.weights_desc().get_size());
-    scratch = sc.total;
+    cvt.emplace(c, d, 0, true);
+    WeightScratch sc(std::max(pd.scratchpad_desc().get_size(), cvt->pad()), r, pd.weights_desc().get_size());
+    ScratchLayout L;
+    L.total = sc.total;
+    cvt->place(L);
+    scratch = L.total;
     if (r) reorder_w = bind_reorder(*r, Src::in(1), sc.weights);
     conv = DnnlExec(dnnl::convolution_backward_data(pd));
     conv.bind(DNNL_ARG_DIFF_DST, d.dst, Src::in(0));
     conv.bind(DNNL_ARG_WEIGHTS, pd.weights_desc(), r ? sc.weights : Src::in(1));
-    conv.bind(DNNL_ARG_DIFF_SRC, d.src, Src::out(0));
+    conv.bind(DNNL_ARG_DIFF_SRC, d.src, cvt->src());
     bind_scratchpad(conv, pd.scratchpad_desc());
   }
   size_t scratch_bytes() const override { return scratch; }
   void run(const RunCtx& r) override {
     if (!reorder_w.empty()) reorder_w.run(r);
     conv.run(r);
+    cvt->run(r);
   }
 };
 
 struct ConvBwdWeights : Kernel {  // (dy, x) -> dw [, db]
   DnnlExec conv, reorder_dw;
+  std::optional<SrcConvert> cvt;
   size_t scratch = 0;
   explicit ConvBwdWeights(const KernelCtx& c) {
     bool with_bias = c.out.size() > 1;
-    ConvDescs d(c, c.in[1].shape, c.out[0].shape, c.in[0].shape, c.layout_in(1), c.layout_in(0));
+    ConvDescs d(c, c.in[1].dtype, c.in[0].dtype, c.in[1].shape, c.out[0].shape, c.in[0].shape, c.layout_in(1), c.layout_in(0));
     auto hint = d.fwd(with_bias);
+    if (d.compute == DType::bf16)  // mixed precision: weight gradients accumulate and leave in float32
+      d.w_any = mdesc(d.w_any.get_dims(), dnnl::memory::data_type::f32, dnnl::memory::format_tag::any);
     using bpd = dnnl::convolution_backward_weights::primitive_desc;
     auto alg = dnnl::algorithm::convolution_direct;
     auto attr = user_scratchpad_attr();
     bpd pd = with_bias ? bpd(engine(), alg, d.src, d.w_any, d.bias, d.dst, d.strides, d.dilates, d.pad, d.pad, hint, attr)
                        : bpd(engine(), alg, d.src, d.w_any, d.dst, d.strides, d.dilates, d.pad, d.pad, hint, attr);
     auto r = weight_reorder(pd.diff_weights_desc(), d.w_user);
-    WeightScratch sc(pd.scratchpad_desc().get_size(), r, pd.diff_weights_desc().get_size());
-    scratch = sc.total;
+    cvt.emplace(c, d, 1);
+    WeightScratch sc(std::max(pd.scratchpad_desc().get_size(), cvt->pad()), r, pd.diff_weights_desc().get_size());
+    ScratchLayout L;
+    L.total = sc.total;
+    cvt->place(L);
+    scratch = L.total;
     conv = DnnlExec(dnnl::convolution_backward_weights(pd));
     conv.bind(DNNL_ARG_DIFF_DST, d.dst, Src::in(0));
-    conv.bind(DNNL_ARG_SRC, d.src, Src::in(1));
+    conv.bind(DNNL_ARG_SRC, d.src, cvt->src());
     conv.bind(DNNL_ARG_DIFF_WEIGHTS, pd.diff_weights_desc(), r ? sc.weights : Src::out(0));
     if (with_bias) conv.bind(DNNL_ARG_DIFF_BIAS, d.bias, Src::out(1));
     bind_scratchpad(conv, pd.scratchpad_desc());
@@ -234,6 +290,7 @@ struct ConvBwdWeights : Kernel {  // (dy, x) -> dw [, db]
   }
   size_t scratch_bytes() const override { return scratch; }
   void run(const RunCtx& r) override {
+    cvt->run(r);
     conv.run(r);
     if (!reorder_dw.empty()) reorder_dw.run(r);
   }
@@ -249,6 +306,7 @@ struct ConvBwdWeights : Kernel {  // (dy, x) -> dw [, db]
 // the activation runs as its own in-place eltwise primitive after the convolution.
 struct ConvFused : Kernel {
   DnnlExec reorder_w, conv, act_ex;
+  std::optional<SrcConvert> cvt;
   size_t scratch = 0, persist = 0, scale_off = 0, shift_off = 0, res_bytes = 0;
   PreparedVersion prepared;
   bool bias = false, bn = false, sum = false;
@@ -267,7 +325,7 @@ struct ConvFused : Kernel {
     prepared.cached = c.cache_weights;
     const int64_t G = a.i("groups", 1);
     int act = int(a.i("act", 0));
-    ConvDescs d(c, c.in[0].shape, c.in[1].shape, c.out[0].shape, c.layout_in(0), c.layout_out(0));
+    ConvDescs d(c, c.in[0].dtype, c.out[0].dtype, c.in[0].shape, c.in[1].shape, c.out[0].shape, c.layout_in(0), c.layout_out(0));
     const float alpha = act == 2 ? float(a.f("negative_slope", 0.01)) : 0.f;
     auto make_pd = [&](bool with_act) {
       dnnl::post_ops po;
@@ -298,9 +356,11 @@ struct ConvFused : Kernel {
       r = weight_reorder(d.w_user, pd.weights_desc());
     }
     // scratch: the scratchpads; prepared weights, BN scale and shift in the persistent region (cached) or, with
-    // cache_weights off, in scratch after the scratchpads (rebuilt every run, as before prepared weights)
+    // cache_weights off, in scratch after the scratchpads (rebuilt every run, as before prepared weights); then
+    // the source conversion buffer (bf16 activations)
+    cvt.emplace(c, d);
     ScratchLayout L, P;
-    L.add(std::max({pd.scratchpad_desc().get_size(), r ? r->scratchpad_desc().get_size() : size_t(0), act_pad}));
+    L.add(std::max({pd.scratchpad_desc().get_size(), r ? r->scratchpad_desc().get_size() : size_t(0), act_pad, cvt->pad()}));
     ScratchLayout& W = prepared.cached ? P : L;
     auto at = [&](size_t off) { return prepared.cached ? Src::persist(off) : Src::scratch(off); };
     Src w_at = at(r ? W.add(pd.weights_desc().get_size()) : 0);
@@ -308,6 +368,7 @@ struct ConvFused : Kernel {
       scale_off = W.add(size_t(K) * 4);
       shift_off = W.add(size_t(K) * 4);
     }
+    cvt->place(L);
     scratch = L.total;
     persist = P.total;
     if (r) {
@@ -315,7 +376,7 @@ struct ConvFused : Kernel {
       if (bn) reorder_w.bind(DNNL_ARG_ATTR_SCALES | DNNL_ARG_SRC, plain_desc(Shape{K}, DType::f32), at(scale_off));
     }
     conv = DnnlExec(dnnl::convolution_forward(pd));
-    conv.bind(DNNL_ARG_SRC, d.src, Src::in(0));
+    conv.bind(DNNL_ARG_SRC, d.src, cvt->src());
     conv.bind(DNNL_ARG_WEIGHTS, pd.weights_desc(), r ? w_at : Src::in(1));
     if (bn) conv.bind(DNNL_ARG_BIAS, d.bias, at(shift_off));
     else if (bias) conv.bind(DNNL_ARG_BIAS, d.bias, Src::in(2));
@@ -343,6 +404,7 @@ struct ConvFused : Kernel {
       prepared.mark(r);
     }
     if (sum && r.out[0] != r.in[res]) std::memcpy(r.out[0], r.in[res], res_bytes);  // the residual is still live
+    cvt->run(r);
     conv.run(r);
     if (!act_ex.empty()) act_ex.run(r);
   }
@@ -356,6 +418,10 @@ LayoutRuleRegistrar l1("cpu", "conv2d", conv_fwd_rule);
 LayoutRuleRegistrar l2("cpu", "fused_conv2d", conv_fwd_rule);
 LayoutRuleRegistrar l3("cpu", "conv2d_grad_data", conv_grad_data_rule);
 LayoutRuleRegistrar l4("cpu", "conv2d_grad_weights", conv_grad_weights_rule);
+Bf16Registrar b1("cpu", "conv2d");
+Bf16Registrar b2("cpu", "fused_conv2d");
+Bf16Registrar b3("cpu", "conv2d_grad_data");
+Bf16Registrar b4("cpu", "conv2d_grad_weights");
 
 }  // namespace
 }  // namespace cpu

@@ -1,13 +1,21 @@
 // oneDNN kernels for conv_transpose2d, conv_transpose2d_grad_data and conv_transpose2d_grad_weights
-// (deconvolution_direct). Activations stay plain nchw. The PyTorch weight [C, K/groups, R, S] is oneDNN's iohw over
+// (deconvolution_direct), and their layout rules. Activations come in the layouts the layout pass gave them
+// (KernelCtx); the rules (deconv_layouts) pick, per node direction, the (x, y) layout pair whose oneDNN
+// implementation ranks best (AVX-512 jit > other jit > gemm > ref), among: the policy's layouts for both, the
+// blocked layout for both, nhwc for both, plain x with the policy's y, the policy's x with plain y, plain for
+// both (memoized, as conv2d's). The PyTorch weight [C, K/groups, R, S] is oneDNN's iohw over
 // logical dims [K, C, R, S] (giohw over [G, K/G, C/G, R, S] with groups, same bytes); primitives take weights as
 // format_tag::any and reorder when oneDNN picks another layout (inference: once into the kernel's persistent
 // region, again when the parameter store's version moved; training: into scratch on every run). output_padding
 // enters through the dst dims: padding_r = padding - output_padding. Scratch: oneDNN scratchpad first, then the
 // reordered weights (training). Primitives are built once; run() only binds. See kernel_for() for the one configuration oneDNN refuses.
 #include <algorithm>
+#include <map>
+#include <mutex>
 #include <optional>
+#include <string>
 
+#include "core/layout.hpp"
 #include "cpu/dnnl_common.hpp"
 
 namespace cnn {
@@ -25,30 +33,30 @@ dims pair_attr(const Attrs& a, const char* name, int64_t dflt) {
   return {v[0], v.back()};
 }
 
-// Descriptors and geometry shared by the three kernels; x, w, y are the forward shapes.
+// Descriptors and geometry shared by the three kernels; x, w, y are the forward shapes, lx and ly the layouts
+// of x and y.
 struct DeconvDescs {
   mdesc src, dst, w_user, w_any, bias;
   dims strides, dilates, pad_l, pad_r;
-  DeconvDescs(const KernelCtx& c, const Shape& x, const Shape& w, const Shape& y) {
-    DType t = c.in[0].dtype;
-    int64_t G = c.node.attrs.i("groups", 1), C = x[1], K = y[1];
+  DeconvDescs(const Attrs& a, DType t, const Shape& x, const Shape& w, const Shape& y, Layout lx, Layout ly) {
+    int64_t G = a.i("groups", 1), C = x[1], K = y[1];
     dims wd = G > 1 ? dims{G, K / G, C / G, w[2], w[3]} : dims{K, C, w[2], w[3]};
-    src = plain_desc(x, t);
-    dst = plain_desc(y, t);
+    src = md_of(x, t, lx);
+    dst = md_of(y, t, ly);
     w_user = mdesc(wd, dt_of(t), G > 1 ? tag::giohw : tag::iohw);
     w_any = mdesc(wd, dt_of(t), tag::any);
     bias = plain_desc(Shape{K}, t);
-    strides = pair_attr(c.node.attrs, "stride", 1);
-    pad_l = pair_attr(c.node.attrs, "padding", 0);
-    dims op = pair_attr(c.node.attrs, "output_padding", 0), d = pair_attr(c.node.attrs, "dilation", 1);
+    strides = pair_attr(a, "stride", 1);
+    pad_l = pair_attr(a, "padding", 0);
+    dims op = pair_attr(a, "output_padding", 0), d = pair_attr(a, "dilation", 1);
     pad_r = {pad_l[0] - op[0], pad_l[1] - op[1]};
     dilates = {d[0] - 1, d[1] - 1};
   }
   // oneDNN accepts padding_r > -stride only; PyTorch also allows output_padding >= stride when below dilation.
   bool supported() const { return pad_r[0] + strides[0] > 0 && pad_r[1] + strides[1] > 0; }
-  dnnl::deconvolution_forward::primitive_desc fwd(bool with_bias, const dnnl::primitive_attr& attr = {}) const {
+  dnnl::deconvolution_forward::primitive_desc fwd(bool with_bias, const dnnl::primitive_attr& attr = {},
+                                                  dnnl::prop_kind pk = dnnl::prop_kind::forward_training) const {
     using fpd = dnnl::deconvolution_forward::primitive_desc;
-    auto pk = dnnl::prop_kind::forward_training;
     return with_bias ? fpd(engine(), pk, kAlg, src, w_any, bias, dst, strides, dilates, pad_l, pad_r, attr)
                      : fpd(engine(), pk, kAlg, src, w_any, dst, strides, dilates, pad_l, pad_r, attr);
   }
@@ -60,7 +68,8 @@ struct DeconvFwd : Kernel {  // (x, w [, b]) -> y
   PreparedVersion prepared;  // inference: the reordered weights are kept (dnnl_common.hpp, WeightScratch)
   DeconvFwd(const KernelCtx& c, const DeconvDescs& d) {
     bool with_bias = c.in.size() > 2;
-    auto pd = d.fwd(with_bias, user_scratchpad_attr());
+    auto pd = d.fwd(with_bias, user_scratchpad_attr(),
+                    c.training ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference);
     auto r = weight_reorder(d.w_user, pd.weights_desc());
     prepared.cached = c.cache_weights;
     WeightScratch sc(pd.scratchpad_desc().get_size(), r, pd.weights_desc().get_size(), prepared.cached);
@@ -139,13 +148,90 @@ struct DeconvBwdWeights : Kernel {  // (dy, x) -> dw [, db]
 
 enum class Dir { Fwd, BwdData, BwdWeights };
 
+// ---- layout rules ----
+struct DeconvLayouts {
+  Layout x, y;
+};
+
+int impl_rank(const std::string& impl) {
+  if (impl.rfind("ref", 0) == 0) return 0;
+  if (impl.find("gemm") != std::string::npos) return 1;
+  return impl.find("avx512") != std::string::npos ? 3 : 2;
+}
+
+int rank_of(const Attrs& a, DType t, const Shape& x, const Shape& w, const Shape& y, DeconvLayouts l, Dir dir) {
+  try {
+    DeconvDescs d(a, t, x, w, y, l.x, l.y);
+    if (!d.supported()) return -1;
+    auto f = d.fwd(false);
+    if (dir == Dir::BwdData)
+      return impl_rank(dnnl::deconvolution_backward_data::primitive_desc(engine(), kAlg, d.src, d.w_any, d.dst, d.strides,
+                                                                         d.dilates, d.pad_l, d.pad_r, f)
+                           .impl_info_str());
+    if (dir == Dir::BwdWeights)
+      return impl_rank(dnnl::deconvolution_backward_weights::primitive_desc(engine(), kAlg, d.src, d.w_any, d.dst, d.strides,
+                                                                            d.dilates, d.pad_l, d.pad_r, f)
+                           .impl_info_str());
+    return impl_rank(f.impl_info_str());
+  } catch (const dnnl::error&) {
+    return -1;
+  }
+}
+
+// x, w, y: the forward shapes. Plain for both when oneDNN refuses the configuration (reference kernel).
+DeconvLayouts deconv_layouts(const Attrs& a, DType t, const Shape& x, const Shape& w, const Shape& y, const LayoutPolicy& p,
+                             Dir dir) {
+  static std::mutex mu;
+  static std::map<std::string, DeconvLayouts> memo;
+  std::string key = shape_str(x) + shape_str(w) + shape_str(y) + shape_str(a.is("stride", {})) + shape_str(a.is("padding", {})) +
+                    shape_str(a.is("output_padding", {})) + shape_str(a.is("dilation", {})) + std::to_string(a.i("groups", 1)) +
+                    "/" + std::to_string(int(p.kind)) + "/" + std::to_string(p.block) + "/" + std::to_string(int(dir)) +
+                    dtype_name(t);
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = memo.find(key);
+  if (it != memo.end()) return it->second;
+  const Layout ax = p.act(TensorDesc{x, t}), ay = p.act(TensorDesc{y, t}), b = p.blocked_layout(), pl = Layout::plain;
+  std::vector<DeconvLayouts> cands{{ax, ay}, {b, b}, {Layout::nhwc, Layout::nhwc}, {pl, ay}, {ax, pl}, {pl, pl}};
+  DeconvLayouts pick = cands.back();
+  int best = -2;
+  for (auto c : cands) {
+    int r = rank_of(a, t, x, w, y, c, dir);
+    if (r > best) best = r, pick = c;
+    if (r == 3) break;
+  }
+  if (best < 0) pick = {pl, pl};
+  memo[key] = pick;
+  return pick;
+}
+
+LayoutChoice fwd_rule(const LayoutQuery& q) {  // (x, w [, b]) -> y
+  DeconvLayouts l = deconv_layouts(q.node.attrs, q.in[0].dtype, q.in[0].shape, q.in[1].shape, q.out[0].shape, q.policy, Dir::Fwd);
+  LayoutChoice c;
+  c.in.assign(q.in.size(), Layout::plain);
+  c.in[0] = l.x;
+  c.out = {l.y};
+  return c;
+}
+LayoutChoice grad_data_rule(const LayoutQuery& q) {  // (dy, w) -> dx
+  DeconvLayouts l =
+      deconv_layouts(q.node.attrs, q.in[0].dtype, q.out[0].shape, q.in[1].shape, q.in[0].shape, q.policy, Dir::BwdData);
+  return {{l.y, Layout::plain}, {l.x}};
+}
+LayoutChoice grad_weights_rule(const LayoutQuery& q) {  // (dy, x) -> dw [, db]
+  DeconvLayouts l =
+      deconv_layouts(q.node.attrs, q.in[0].dtype, q.in[1].shape, q.out[0].shape, q.in[0].shape, q.policy, Dir::BwdWeights);
+  return {{l.y, l.x}, std::vector<Layout>(q.out.size(), Layout::plain)};
+}
+
 // x, w, y are the forward shapes. When output_padding >= stride (legal in PyTorch while below dilation) makes
 // padding_r <= -stride, oneDNN rejects the descriptor; that rare configuration runs the op's reference kernel.
 std::unique_ptr<Kernel> kernel_for(const KernelCtx& c, Dir dir) {
   const Shape& x = dir == Dir::Fwd ? c.in[0].shape : dir == Dir::BwdData ? c.out[0].shape : c.in[1].shape;
   const Shape& w = dir == Dir::BwdWeights ? c.out[0].shape : c.in[1].shape;
   const Shape& y = dir == Dir::Fwd ? c.out[0].shape : c.in[0].shape;
-  DeconvDescs d(c, x, w, y);
+  Layout lx = dir == Dir::Fwd ? c.layout_in(0) : dir == Dir::BwdData ? c.layout_out(0) : c.layout_in(1);
+  Layout ly = dir == Dir::Fwd ? c.layout_out(0) : c.layout_in(0);
+  DeconvDescs d(c.node.attrs, c.in[0].dtype, x, w, y, lx, ly);
   if (!d.supported()) return get_op(c.node.op).ref(c);
   if (dir == Dir::Fwd) return std::make_unique<DeconvFwd>(c, d);
   if (dir == Dir::BwdData) return std::make_unique<DeconvBwdData>(d);
@@ -155,6 +241,9 @@ std::unique_ptr<Kernel> kernel_for(const KernelCtx& c, Dir dir) {
 KernelRegistrar r1("cpu", "conv_transpose2d", [](const KernelCtx& c) { return kernel_for(c, Dir::Fwd); });
 KernelRegistrar r2("cpu", "conv_transpose2d_grad_data", [](const KernelCtx& c) { return kernel_for(c, Dir::BwdData); });
 KernelRegistrar r3("cpu", "conv_transpose2d_grad_weights", [](const KernelCtx& c) { return kernel_for(c, Dir::BwdWeights); });
+LayoutRuleRegistrar l1("cpu", "conv_transpose2d", fwd_rule);
+LayoutRuleRegistrar l2("cpu", "conv_transpose2d_grad_data", grad_data_rule);
+LayoutRuleRegistrar l3("cpu", "conv_transpose2d_grad_weights", grad_weights_rule);
 
 }  // namespace
 }  // namespace cpu

@@ -82,13 +82,14 @@ dnnl::primitive_attr user_scratchpad_attr() {
 
 namespace {
 
-// reorder (x) -> y: the same tensor in layout attrs `to` (from `from`); the padding of blocked outputs is zeroed.
+// reorder (x) -> y: the same tensor in layout attrs `to` (from `from`), converting float32 <-> bfloat16 where the
+// session stores the two sides in different dtypes; the padding of blocked outputs is zeroed.
 struct Reorder : Kernel {
   DnnlExec ex;
   size_t bytes = 0, scratch = 0;
   explicit Reorder(const KernelCtx& c) {
     Layout from = Layout(c.node.attrs.i("from", 0)), to = Layout(c.node.attrs.i("to", 0));
-    if (from == to) {
+    if (from == to && c.in[0].dtype == c.out[0].dtype) {
       bytes = layout_bytes(c.in[0], from);
       return;
     }

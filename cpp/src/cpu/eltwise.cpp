@@ -90,6 +90,9 @@ struct Rules {
     register_layout_rule("cpu", "add", [](const LayoutQuery& q) {
       return rule_follow_input(q.in_layout[0] == Layout::plain ? 1 : 0)(q);
     });
+    for (const char* op : {"relu", "sigmoid", "tanh", "leaky_relu", "add", "relu_grad", "sigmoid_grad", "tanh_grad",
+                           "leaky_relu_grad"})
+      register_bf16_op("cpu", op);
   }
 } rules;
 

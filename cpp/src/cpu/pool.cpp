@@ -3,7 +3,7 @@
 // backward consumes dy and produces dx in that same layout; the other backward ops use the policy's layout.
 // Output sizes come from ops/pool.cpp's shape inference; padding_r is chosen so oneDNN's floor rule
 // reproduces them (ceil_mode becomes extra right padding). The max-pool workspace is oneDNN's own, stored in
-// the int32 [N,C,OH,OW] workspace value (sized for y's layout). One configuration runs natively (plain only):
+// the int32 [N,C,OH,OW] workspace value (sized for y's layout). One configuration runs natively (any layout):
 // see AvgNative.
 #include <algorithm>
 
@@ -102,14 +102,20 @@ struct PoolBwd : Kernel {
 
 // avg_pool2d with count_include_pad=1 and a ceil_mode window running past H+padding: PyTorch divides by the
 // window clipped to the padded border, oneDNN's pooling_avg_include_padding by the full kernel, so this
-// configuration runs as plain loops over (n, c) planes in parallel. Forward and backward share the geometry.
+// configuration runs as native loops, in any layout, over "groups" of V-lane pixels in parallel: (n, c) planes
+// of 1-lane pixels in plain, one [H, W, C] image per n in nhwc, one [H, W, b] block per (n, C/b) in nChw{b}c.
+// Every lane is averaged alike, so blocked padding lanes (zero in x / dy) stay zero. Forward and backward share
+// the geometry.
 struct AvgNative : Kernel {
   Geometry g;
-  int64_t NC, H, W, OH, OW;
+  int64_t G, V, H, W, OH, OW;
   bool backward;
   AvgNative(const KernelCtx& c, const Geometry& geo, bool bwd) : g(geo), backward(bwd) {
     const Shape &x = bwd ? c.out[0].shape : c.in[0].shape, &y = bwd ? c.in[0].shape : c.out[0].shape;
-    NC = x[0] * x[1];
+    const Layout l = bwd ? c.layout_out(0) : c.layout_in(0);
+    const int64_t b = l == Layout::nChw16c ? 16 : l == Layout::nChw8c ? 8 : 1;
+    G = l == Layout::nhwc ? x[0] : x[0] * ((x[1] + b - 1) / b);
+    V = l == Layout::nhwc ? x[1] : b;
     H = x[2];
     W = x[3];
     OH = y[2];
@@ -118,13 +124,14 @@ struct AvgNative : Kernel {
   void run(const RunCtx& r) override {
     const float* src = static_cast<const float*>(r.in[0]);
     float* dst = static_cast<float*>(r.out[0]);
+    const int64_t V_ = V;
 #pragma omp parallel for
-    for (int64_t nc = 0; nc < NC; ++nc) {
-      const float* xp = backward ? nullptr : src + nc * H * W;
-      const float* dyp = backward ? src + nc * OH * OW : nullptr;
-      float* yp = backward ? nullptr : dst + nc * OH * OW;
-      float* dxp = backward ? dst + nc * H * W : nullptr;
-      if (backward) std::fill(dxp, dxp + H * W, 0.f);
+    for (int64_t gi = 0; gi < G; ++gi) {
+      const float* xp = backward ? nullptr : src + gi * H * W * V_;
+      const float* dyp = backward ? src + gi * OH * OW * V_ : nullptr;
+      float* yp = backward ? nullptr : dst + gi * OH * OW * V_;
+      float* dxp = backward ? dst + gi * H * W * V_ : nullptr;
+      if (backward) std::fill(dxp, dxp + H * W * V_, 0.f);
       for (int64_t oh = 0; oh < OH; ++oh) {
         int64_t h0 = oh * g.sh - g.ph, h1 = std::min(h0 + g.kh, H + g.ph);
         int64_t dh = h1 - h0;
@@ -136,14 +143,24 @@ struct AvgNative : Kernel {
           w0 = std::max<int64_t>(w0, 0);
           w1 = std::min(w1, W);
           if (backward) {
-            float d = dyp[oh * OW + ow] * inv;
+            const float* d = dyp + (oh * OW + ow) * V_;
             for (int64_t h = h0; h < h1; ++h)
-              for (int64_t w = w0; w < w1; ++w) dxp[h * W + w] += d;
+              for (int64_t w = w0; w < w1; ++w) {
+                float* o = dxp + (h * W + w) * V_;
+#pragma omp simd
+                for (int64_t v = 0; v < V_; ++v) o[v] += d[v] * inv;
+              }
           } else {
-            float sum = 0.f;
+            float* o = yp + (oh * OW + ow) * V_;
+            std::fill(o, o + V_, 0.f);
             for (int64_t h = h0; h < h1; ++h)
-              for (int64_t w = w0; w < w1; ++w) sum += xp[h * W + w];
-            yp[oh * OW + ow] = sum * inv;
+              for (int64_t w = w0; w < w1; ++w) {
+                const float* i = xp + (h * W + w) * V_;
+#pragma omp simd
+                for (int64_t v = 0; v < V_; ++v) o[v] += i[v];
+              }
+#pragma omp simd
+            for (int64_t v = 0; v < V_; ++v) o[v] *= inv;
           }
         }
       }
@@ -190,18 +207,23 @@ KernelRegistrar r6("cpu", "global_avg_pool_grad", [](const KernelCtx& c) -> std:
 });
 
 // ---- layout rules ----
-LayoutChoice all_plain(const LayoutQuery& q) {
-  return {std::vector<Layout>(q.in.size(), Layout::plain), std::vector<Layout>(q.out.size(), Layout::plain)};
-}
 LayoutRuleRegistrar l1("cpu", "max_pool2d", rule_follow_input(0));
+// bf16 sessions: oneDNN's pooling (the workspace stays int32), not the native average-pooling loops
+using TDs = std::vector<TensorDesc>;
+Bf16Registrar b1("cpu", "max_pool2d");
+Bf16Registrar b2("cpu", "max_pool2d_grad");
+Bf16Registrar b3("cpu", "global_avg_pool");
+Bf16Registrar b4("cpu", "global_avg_pool_grad");
+Bf16Registrar b5("cpu", "avg_pool2d", [](const Node& n, const TDs& in, const TDs& out) {
+  return !avg_native(n.attrs, in[0].shape, out[0].shape);
+});
+Bf16Registrar b6("cpu", "avg_pool2d_grad", [](const Node& n, const TDs& in, const TDs& out) {
+  return !avg_native(n.attrs, out[0].shape, in[0].shape);
+});
 LayoutRuleRegistrar l2("cpu", "global_avg_pool", rule_follow_input(0));
 LayoutRuleRegistrar l3("cpu", "global_avg_pool_grad", rule_policy());
-LayoutRuleRegistrar l4("cpu", "avg_pool2d", [](const LayoutQuery& q) {
-  return avg_native(q.node.attrs, q.in[0].shape, q.out[0].shape) ? all_plain(q) : rule_follow_input(0)(q);
-});
-LayoutRuleRegistrar l5("cpu", "avg_pool2d_grad", [](const LayoutQuery& q) {
-  return avg_native(q.node.attrs, q.out[0].shape, q.in[0].shape) ? all_plain(q) : rule_policy()(q);
-});
+LayoutRuleRegistrar l4("cpu", "avg_pool2d", rule_follow_input(0));
+LayoutRuleRegistrar l5("cpu", "avg_pool2d_grad", rule_policy());
 LayoutRuleRegistrar l6("cpu", "max_pool2d_grad", [](const LayoutQuery& q) {  // (dy, x (not read), workspace) -> dx
   Layout L = q.in_layout[2];
   return LayoutChoice{{L, q.in_layout[1], L}, {L}};

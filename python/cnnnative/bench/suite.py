@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-# name: (model, model kwargs, input shape (C, H, W), batch, mode)
+# name: (model, model kwargs, input shape (C, H, W), batch, mode[, cnnnative compile kwargs])
 WORKLOADS = {
     "resnet50_infer_mb16": ("resnet50", {"num_classes": 1000}, (3, 224, 224), 16, "infer"),
     "resnet50_infer_mb1": ("resnet50", {"num_classes": 1000}, (3, 224, 224), 1, "infer"),
@@ -24,7 +24,23 @@ WORKLOADS = {
     "lenet5_train_mb64": ("lenet5", {}, (1, 28, 28), 64, "train"),
     "resnet18cifar_train_mb64": ("resnet18", {"num_classes": 10, "cifar": True}, (3, 32, 32), 64, "train"),
     "resnet50_train_mb16": ("resnet50", {"num_classes": 1000}, (3, 224, 224), 16, "train"),
+    # bfloat16 activations (AVX512-BF16 CPUs; skipped elsewhere), against float32 PyTorch and ORT
+    "resnet50_infer_mb16_bf16": ("resnet50", {"num_classes": 1000}, (3, 224, 224), 16, "infer",
+                                 {"dtype": "bfloat16"}),
+    # mixed-precision training (bf16 activations, float32 master weights) against float32 PyTorch
+    "resnet18cifar_train_mb64_bf16": ("resnet18", {"num_classes": 10, "cifar": True}, (3, 32, 32), 64, "train",
+                                      {"dtype": "bfloat16"}),
+    "resnet50_train_mb16_bf16": ("resnet50", {"num_classes": 1000}, (3, 224, 224), 16, "train",
+                                 {"dtype": "bfloat16"}),
+    # the same step with recomputation (cnnnative keeps only block outputs; PyTorch runs as usual)
+    "resnet50_train_mb16_recompute": ("resnet50", {"num_classes": 1000}, (3, 224, 224), 16, "train",
+                                      {"recompute": "segments"}),
 }
+
+
+def _spec(workload):
+    w = WORKLOADS[workload]
+    return w[:5] + ((w[5] if len(w) > 5 else {}),)
 QUICK = ["lenet5_infer_mb256", "lenet5_infer_mb1", "lenet5_train_mb64", "resnet18_infer_mb16"]
 
 
@@ -32,7 +48,7 @@ def _build(workload):
     """cnnnative model, PyTorch twin (or None) with identical weights, input x and labels y."""
     import cnnnative as cn
 
-    name, kw, chw, bs, mode = WORKLOADS[workload]
+    name, kw, chw, bs, mode, _ = _spec(workload)
     model = cn.models.get_model(name, seed=0, **kw)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((bs,) + chw).astype(np.float32)
@@ -56,18 +72,19 @@ def _engines(workload, threads, check=True, percall=False):
     import cnnnative as cn
 
     model, twin, x, y, mode = _build(workload)
+    ckw = _spec(workload)[5]
     engines, note = {}, ""
     if mode == "infer":
-        sess = model.compile(x.shape, mode="infer")
+        sess = model.compile(x.shape, mode="infer", **ckw)
         engines["cnnnative"] = lambda: sess.run(x)
         ours = sess.run(x)
         if percall:
-            sess_pc = model.compile(x.shape, mode="infer", cache_weights=False)
+            sess_pc = model.compile(x.shape, mode="infer", cache_weights=False, **ckw)
             engines["cnnnative_percall"] = lambda: sess_pc.run(x)
             if not np.array_equal(sess_pc.run(x), ours):
                 raise RuntimeError(f"{workload}: cached and per-call prepared weights give different outputs")
     else:
-        sess = model.compile(x.shape, mode="train", optimizer=cn.optim.SGD(lr=1e-3, momentum=0.9))
+        sess = model.compile(x.shape, mode="train", optimizer=cn.optim.SGD(lr=1e-3, momentum=0.9), **ckw)
         engines["cnnnative"] = lambda: sess.step(x, y)
     flops = sum(r["flops"] for r in sess._s.profile())
     if twin is not None:
@@ -79,9 +96,12 @@ def _engines(workload, threads, check=True, percall=False):
             with torch.inference_mode():
                 ref = twin(tx).numpy()
             err = float(np.max(np.abs(ours - ref)) / (np.max(np.abs(ref)) + 1e-12))
-            if check and err > 1e-3:
+            tol = 5e-2 if ckw.get("dtype") == "bfloat16" else 1e-3
+            if check and err > tol:
                 raise RuntimeError(f"{workload}: cnnnative and PyTorch outputs differ (rel err {err:.2e})")
             note = f"max rel err vs PyTorch {err:.1e}"
+            if ckw.get("dtype") == "bfloat16":
+                note += f", top-1 agreement {float(np.mean(ours.argmax(1) == ref.argmax(1))):.3f}"
 
             def t_infer():
                 with torch.inference_mode():
@@ -102,7 +122,7 @@ def _engines(workload, threads, check=True, percall=False):
                 _ONNX_FILES[workload] = f.name
                 oref = osess.run(None, {"x": x})[0]
                 oerr = float(np.max(np.abs(oref - ours)) / (np.max(np.abs(oref)) + 1e-12))
-                if check and oerr > 1e-3:
+                if check and oerr > tol:
                     raise RuntimeError(f"{workload}: cnnnative and ONNX Runtime outputs differ ({oerr:.2e})")
                 note += f", vs ORT {oerr:.1e}"
                 engines["onnxruntime"] = lambda: osess.run(None, {"x": x})
@@ -155,7 +175,7 @@ def _peak_rss_kib():
 def _child(workload, engine, threads):
     """Fresh process: peak RSS increase of building and running one engine on one workload. The
     baseline is taken after that engine's libraries are imported (and, for ORT, the model exported)."""
-    name, kw, chw, bs, mode = WORKLOADS[workload]
+    name, kw, chw, bs, mode, ckw = _spec(workload)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((bs,) + chw).astype(np.float32)
     ncls = kw.get("num_classes", 10)
@@ -167,10 +187,10 @@ def _child(workload, engine, threads):
         base = rss()
         model = cn.models.get_model(name, seed=0, **kw)
         if mode == "infer":
-            sess = model.compile(x.shape, cache_weights=engine == "cnnnative")
+            sess = model.compile(x.shape, cache_weights=engine == "cnnnative", **ckw)
             fn = lambda: sess.run(x)
         else:
-            sess = model.compile(x.shape, mode="train", optimizer=cn.optim.SGD(lr=1e-3, momentum=0.9))
+            sess = model.compile(x.shape, mode="train", optimizer=cn.optim.SGD(lr=1e-3, momentum=0.9), **ckw)
             fn = lambda: sess.step(x, y)
     else:
         import torch
@@ -276,7 +296,10 @@ def main(argv=None) -> int:
         names = [n for n in (names if args.workloads else WORKLOADS) if any(s in n for s in subs)]
         if not names:
             ap.error(f"--only {args.only!r} matches no workload; known: {', '.join(WORKLOADS)}")
+    if not cn.has_bf16():
+        names = [n for n in names if _spec(n)[5].get("dtype") != "bfloat16"]
     peak, lanes = max(_core.fma_peak_gflops(20_000_000) for _ in range(3))
+    bpeak = max(_core.bf16_peak_gflops(20_000_000) for _ in range(3))
     rounds = args.rounds or (3 if args.quick else 5)
     try:
         import torch
@@ -288,8 +311,10 @@ def main(argv=None) -> int:
         ov = onnxruntime.__version__
     except ImportError:
         ov = "absent"
+    bf = f", bf16 dot-product peak {bpeak:.0f} GFLOP/s" if bpeak else ""
     head = (f"machine: {platform.machine()}, {os.cpu_count()} cores, threads {args.threads}, float32; measured "
-            f"FMA peak {peak:.0f} GFLOP/s ({lanes} lanes); cnnnative {cn.__version__}, torch {tv}, onnxruntime {ov}")
+            f"FMA peak {peak:.0f} GFLOP/s ({lanes} lanes){bf}; cnnnative {cn.__version__}, torch {tv}, "
+            f"onnxruntime {ov}")
     print(head, flush=True)
     rows = []
     for n in names:
@@ -300,8 +325,9 @@ def main(argv=None) -> int:
         row = {"workload": n, "note": note, "flops": flops, "reps": rounds * reps}
         for k, v in times.items():
             med = statistics.median(v)
+            pk = bpeak if k == "cnnnative" and _spec(n)[5].get("dtype") == "bfloat16" else peak
             row[k] = {"median_ms": med, "min_ms": min(v), "max_ms": max(v), "images_per_s": bs / med * 1e3,
-                      "gflops": flops / med * 1e-6, "pct_peak": flops / med * 1e-6 / peak * 100}
+                      "gflops": flops / med * 1e-6, "pct_peak": flops / med * 1e-6 / pk * 100}
             if not args.no_rss:
                 row[k]["rss_increase_mib"] = _rss(n, k, args.threads)
         if workload_onnx := _ONNX_FILES.pop(n, None):
@@ -323,7 +349,8 @@ def main(argv=None) -> int:
             lines.append(f"| {r['workload']} | {k} | {e['median_ms']:.2f} ({e['min_ms']:.2f}-{e['max_ms']:.2f}) | "
                          f"{e['images_per_s']:.0f} | {e['gflops']:.1f} | {e['pct_peak']:.1f} | {rss} | {ratio} |")
     lines.append("")
-    lines.append("ratio = cnnnative median time / that engine's median time (below 1: cnnnative faster).")
+    lines.append("ratio = cnnnative median time / that engine's median time (below 1: cnnnative faster). "
+                 "% peak: of the float32 FMA peak, or for cnnnative's bfloat16 rows of the bf16 dot-product peak.")
     md = "\n".join(lines)
     print()
     print(md)

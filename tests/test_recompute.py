@@ -1,0 +1,144 @@
+"""Recomputation (compile(..., mode='train', recompute=...)): the backward pass recomputes activations instead
+of keeping them. Each mode must give the same training trajectory as recompute='none' (the recomputed nodes
+are deterministic copies running the same kernels), plan less memory, and allocate nothing per step."""
+import numpy as np
+import pytest
+
+import cnnnative as cn
+from cnnnative import nn
+
+MODES = ("none", "cheap", "segments")
+
+
+def _data(shape, classes, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape).astype(np.float32)
+    return x, rng.integers(0, classes, shape[0]).astype(np.int32)
+
+
+def _train(build, shape, mode, steps=2, loss="cross_entropy", target=None, optimizer=None, **kw):
+    m = build()
+    opt = optimizer() if optimizer else cn.optim.SGD(lr=0.05, momentum=0.9)
+    s = m.compile(shape, mode="train", optimizer=opt, loss=loss, recompute=mode, **kw)
+    x, y = _data(shape, 10)
+    if target is not None:
+        y = target
+    losses = [s.step(x, y) for _ in range(steps)]
+    return losses, {k: v.copy() for k, v in m.state_dict().items()}, s.memory_report(), s
+
+
+def _check_same(build, shape, rtol=1e-5, recomputes=True, **kw):
+    ref_l, ref_sd, ref_r, _ = _train(build, shape, "none", **kw)
+    arenas = {"none": ref_r["arena_bytes"]}
+    for mode in ("cheap", "segments"):
+        l, sd, r, s = _train(build, shape, mode, **kw)
+        np.testing.assert_allclose(l, ref_l, rtol=rtol)
+        assert sd.keys() == ref_sd.keys()
+        for k in ref_sd:  # weights after the steps, and the BN running statistics
+            np.testing.assert_allclose(sd[k], ref_sd[k], rtol=rtol, atol=1e-6, err_msg=f"{mode}: {k}")
+        assert (r["num_recomputed"] > 0) == recomputes, mode
+        assert any(n.endswith("/recompute") for n in s.schedule()) == recomputes
+        arenas[mode] = r["arena_bytes"]
+    assert arenas["segments"] <= arenas["cheap"] <= arenas["none"], arenas
+    return arenas
+
+
+class ConvBnDrop(nn.Module):
+    """conv-BN-ReLU chains, a residual add, max-pool and dropout (a random op, which must never be recomputed)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.b1 = nn.BatchNorm2d(8)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.b2 = nn.BatchNorm2d(8)
+        self.pool = nn.MaxPool2d(2)
+        self.drop = nn.Dropout(0.3)
+        self.fc = nn.Linear(8 * 4 * 4, 10)
+
+    def forward(self, x):
+        h = self.b1(self.c1(x)).relu()
+        h = (self.b2(self.c2(h)) + h).relu()
+        h = self.drop(self.pool(h))
+        return self.fc(h.flatten(1))
+
+
+def _seeded(cls):
+    cn.manual_seed(0)
+    return cls()
+
+
+def test_small_net_with_dropout_same_steps():
+    _check_same(lambda: _seeded(ConvBnDrop), (4, 3, 8, 8), steps=3)
+
+
+@pytest.mark.parametrize("name,shape,kw", [
+    ("resnet18", (4, 3, 32, 32), dict(num_classes=10)),
+    ("resnet50", (2, 3, 32, 32), dict(num_classes=10)),
+    ("lenet5", (8, 1, 28, 28), dict()),
+    ("vgg11_bn", (2, 3, 32, 32), dict(num_classes=10)),
+    ("googlenet", (2, 3, 32, 32), dict(num_classes=10, cifar=True)),
+])
+def test_zoo_models_same_steps(name, shape, kw):
+    # LeNet (conv-ReLU-pool, no BN): every cut is read by the backward pass; nothing is worth recomputing
+    arenas = _check_same(lambda: cn.models.get_model(name, seed=0, **kw), shape, recomputes=name != "lenet5")
+    if name != "lenet5":  # LeNet (conv-ReLU-pool, no BN) has nothing cheap to recompute
+        assert arenas["segments"] < arenas["none"], arenas
+
+
+def test_unet_mse_same_steps_and_adam():
+    shape = (2, 1, 32, 32)
+    target = np.random.default_rng(1).random((2, 1, 32, 32)).astype(np.float32)
+    _check_same(lambda: cn.models.unet(depth=2, base=8, seed=0), shape, loss="mse", target=target,
+                optimizer=lambda: cn.optim.Adam(lr=1e-3))
+
+
+def test_plain_layout_same_steps():
+    _check_same(lambda: cn.models.get_model("resnet18", seed=0, num_classes=10), (2, 3, 32, 32), layout="plain")
+
+
+def test_segments_keep_block_outputs_resnet50_memory():
+    """ResNet-50 at 224x224 (batch 2, compile only): 'segments' keeps little more than the block outputs."""
+    reps = {}
+    for mode in MODES:
+        m = cn.models.resnet50(seed=0)
+        s = m.compile((2, 3, 224, 224), mode="train", optimizer=cn.optim.SGD(lr=0.1, momentum=0.9), recompute=mode)
+        reps[mode] = s.memory_report()
+        assert reps[mode]["arena_bytes"] <= 1.01 * reps[mode]["lower_bound_bytes"]
+    assert reps["cheap"]["arena_bytes"] < 0.9 * reps["none"]["arena_bytes"]
+    assert reps["segments"]["arena_bytes"] < 0.4 * reps["none"]["arena_bytes"]
+    assert reps["segments"]["persistent_bytes"] == reps["none"]["persistent_bytes"]
+
+
+def test_recompute_steps_allocate_nothing():
+    m = cn.models.get_model("resnet18", seed=0, num_classes=10)
+    s = m.compile((2, 3, 32, 32), mode="train", recompute="segments")
+    x, y = _data((2, 3, 32, 32), 10)
+    s.step(x, y)
+    before = cn.allocation_count()
+    for _ in range(3):
+        s.step(x, y)
+    assert cn.allocation_count() == before
+
+
+def test_recompute_option_errors():
+    m = cn.models.lenet5(seed=0)
+    with pytest.raises(ValueError, match="recompute must be"):
+        m.compile((2, 1, 28, 28), mode="train", recompute="all")
+    with pytest.raises(ValueError, match="mode='train' only"):
+        m.compile((2, 1, 28, 28), recompute="segments")
+    r = cn.models.get_model("resnet18", seed=0, num_classes=10)
+    assert r.compile((2, 3, 32, 32), mode="train", recompute=True).memory_report()["num_recomputed"] > 0
+    assert r.compile((2, 3, 32, 32), mode="train", recompute=False).memory_report()["num_recomputed"] == 0
+
+
+def test_non_finite_input_rejected_state_untouched_with_recompute():
+    m = cn.models.get_model("resnet18", seed=0, num_classes=10)
+    s = m.compile((2, 3, 32, 32), mode="train", recompute="segments")
+    before = {k: v.copy() for k, v in m.state_dict().items()}
+    x, y = _data((2, 3, 32, 32), 10)
+    x[0, 0, 0, 0] = np.nan
+    with pytest.raises(cn.Error, match="non-finite"):
+        s.step(x, y)
+    for k, v in m.state_dict().items():
+        np.testing.assert_array_equal(v, before[k], err_msg=k)
