@@ -325,7 +325,7 @@ def main(argv=None) -> int:
         row = {"workload": n, "note": note, "flops": flops, "reps": rounds * reps}
         for k, v in times.items():
             med = statistics.median(v)
-            pk = bpeak if k == "cnnnative" and _spec(n)[5].get("dtype") == "bfloat16" else peak
+            pk = bpeak if k.startswith("cnnnative") and _spec(n)[5].get("dtype") == "bfloat16" else peak
             row[k] = {"median_ms": med, "min_ms": min(v), "max_ms": max(v), "images_per_s": bs / med * 1e3,
                       "gflops": flops / med * 1e-6, "pct_peak": flops / med * 1e-6 / pk * 100}
             if not args.no_rss:
