@@ -177,11 +177,16 @@ struct SrcConvert {
              : reorder_pd(engine(), md_of(t, l), engine(), d.src, user_scratchpad_attr());
   }
   size_t pad() const { return pd ? pd->scratchpad_desc().get_size() : 0; }
-  void place(ScratchLayout& L) {
-    if (!pd) return;
+  // Takes its region after the `total` bytes of scratch already laid out; returns the new total.
+  size_t place(size_t total) {
+    if (!pd) return total;
+    ScratchLayout L;
+    L.total = total;
     off = L.add(output ? pd->src_desc().get_size() : pd->dst_desc().get_size());
     ex = output ? bind_reorder(*pd, Src::scratch(off), Src::out(0)) : bind_reorder(*pd, Src::in(i), Src::scratch(off));
+    return L.total;
   }
+
   Src src() const { return pd ? Src::scratch(off) : output ? Src::out(0) : Src::in(i); }
   void run(const RunCtx& r) {
     if (!ex.empty()) ex.run(r);
@@ -202,10 +207,7 @@ struct ConvFwd : Kernel {  // (x, w [, b]) -> y
     cvt.emplace(c, d);
     prepared.cached = c.cache_weights;
     WeightScratch sc(std::max(pd.scratchpad_desc().get_size(), cvt->pad()), r, pd.weights_desc().get_size(), prepared.cached);
-    ScratchLayout L;
-    L.total = sc.total;
-    cvt->place(L);
-    scratch = L.total;
+    scratch = cvt->place(sc.total);
     persist = sc.persist;
     if (r) reorder_w = bind_reorder(*r, Src::in(1), sc.weights);
     conv = DnnlExec(dnnl::convolution_forward(pd));
@@ -239,10 +241,7 @@ struct ConvBwdData : Kernel {  // (dy, w) -> dx
     auto r = weight_reorder(d.w_user, pd.weights_desc());
     cvt.emplace(c, d, 0, true);
     WeightScratch sc(std::max(pd.scratchpad_desc().get_size(), cvt->pad()), r, pd.weights_desc().get_size());
-    ScratchLayout L;
-    L.total = sc.total;
-    cvt->place(L);
-    scratch = L.total;
+    scratch = cvt->place(sc.total);
     if (r) reorder_w = bind_reorder(*r, Src::in(1), sc.weights);
     conv = DnnlExec(dnnl::convolution_backward_data(pd));
     conv.bind(DNNL_ARG_DIFF_DST, d.dst, Src::in(0));
@@ -276,10 +275,7 @@ struct ConvBwdWeights : Kernel {  // (dy, x) -> dw [, db]
     auto r = weight_reorder(pd.diff_weights_desc(), d.w_user);
     cvt.emplace(c, d, 1);
     WeightScratch sc(std::max(pd.scratchpad_desc().get_size(), cvt->pad()), r, pd.diff_weights_desc().get_size());
-    ScratchLayout L;
-    L.total = sc.total;
-    cvt->place(L);
-    scratch = L.total;
+    scratch = cvt->place(sc.total);
     conv = DnnlExec(dnnl::convolution_backward_weights(pd));
     conv.bind(DNNL_ARG_DIFF_DST, d.dst, Src::in(0));
     conv.bind(DNNL_ARG_SRC, d.src, cvt->src());
@@ -368,8 +364,7 @@ struct ConvFused : Kernel {
       scale_off = W.add(size_t(K) * 4);
       shift_off = W.add(size_t(K) * 4);
     }
-    cvt->place(L);
-    scratch = L.total;
+    scratch = cvt->place(L.total);
     persist = P.total;
     if (r) {
       reorder_w = bind_reorder(*r, Src::in(1), w_at);
