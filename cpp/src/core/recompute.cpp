@@ -52,8 +52,10 @@ RecomputeResult recompute_pass(Graph& g, int nf, Recompute mode, const std::vect
         bwd_read[v] = true;
       }
     }
-  for (int v : keep) kept[v] = true;
-  for (int v : g.outputs) kept[v] = true;
+  std::vector<bool> at_end(nv, false);  // needed after the forward pass: fetched outputs, the loss
+  for (int v : keep) at_end[v] = true;
+  for (int v : g.outputs) at_end[v] = true;
+  kept = at_end;
   for (int s = 0; s < nf; ++s) {
     const Node& n = g.nodes[s];
     const bool recomputable = is_recomputable(n.op);
@@ -68,9 +70,6 @@ RecomputeResult recompute_pass(Graph& g, int nf, Recompute mode, const std::vect
   std::vector<int> seg(nf, 0);
   std::vector<bool> checkpoint(nv, false);
   if (mode == Recompute::segments) {
-    std::vector<bool> at_end(nv, false);  // needed after the forward pass: fetched outputs, the loss
-    for (int v : keep) at_end[v] = true;
-    for (int v : g.outputs) at_end[v] = true;
     std::set<int> live;
     std::vector<int> run;  // cuts since the last expensive op
     bool expensive = false;
