@@ -114,8 +114,9 @@ def test_bf16_errors():
     m = cn.models.lenet5(seed=0)
     with pytest.raises(ValueError, match="dtype must be"):
         m.compile((2, 1, 28, 28), dtype="float16")
-    with pytest.raises(cn.Error, match="blocked layouts"):
-        m.compile((2, 1, 28, 28), dtype="bfloat16", layout="plain")
+    for layout in ("plain", "nhwc", "nChw8c"):  # oneDNN's bf16 kernels are nChw16c ones; no silent float32
+        with pytest.raises(cn.Error, match="nChw16c"):
+            m.compile((2, 1, 28, 28), dtype="bfloat16", layout=layout)
     with pytest.raises(cn.Error, match="cpu backend"):
         m.compile((2, 1, 28, 28), dtype="bfloat16", backend="reference")
 
@@ -177,3 +178,24 @@ def test_mixed_precision_with_recompute_and_no_allocations():
     before = cn.allocation_count()
     s.step(x, y)
     assert cn.allocation_count() == before
+
+
+def test_mixed_precision_odd_channels_concat_and_pooling():
+    """Padded bf16 blocks (6 and 12 channels) through BN, pooling, concat/split and upsample/deconv backward."""
+    target = np.random.default_rng(1).random((2, 1, 16, 16)).astype(np.float32)
+    x = _x((2, 3, 16, 16))
+    losses = {}
+    for dt in ("float32", "bfloat16"):
+        m = cn.models.unet(in_channels=3, num_classes=1, depth=2, base=6, seed=0)
+        s = m.compile(x.shape, mode="train", loss="mse", optimizer=cn.optim.Adam(lr=1e-3), dtype=dt)
+        losses[dt] = [s.step(x, target) for _ in range(3)]
+        if dt == "bfloat16":
+            assert s.memory_report()["arena_bytes"] > 0
+    np.testing.assert_allclose(losses["bfloat16"], losses["float32"], rtol=5e-2)
+    cn.manual_seed(0)
+    m = AllOps()
+    x = _x((4, 3, 12, 12))
+    y = np.arange(4, dtype=np.int32) % 5
+    ref = [m.compile(x.shape, mode="train", optimizer=cn.optim.SGD(lr=0.0)).step(x, y) for _ in range(1)]
+    got = m.compile(x.shape, mode="train", optimizer=cn.optim.SGD(lr=0.0), dtype="bfloat16").step(x, y)
+    np.testing.assert_allclose(got, ref[0], rtol=3e-2)

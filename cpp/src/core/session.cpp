@@ -103,8 +103,9 @@ SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, con
   if (opt.activations == DType::bf16) {
     if (opt.mode == Mode::Grad) throw Error("compile: bfloat16 activations are for inference and training sessions");
     if (opt.backend != "cpu" || opt.compute != DType::f32) throw Error("compile: bfloat16 activations need the cpu backend");
-    if (policy.kind != LayoutPolicy::blocked)
-      throw Error("compile: bfloat16 activations live in blocked layouts; layout '" + opt.layout + "' has none (use 'auto')");
+    if (policy.kind != LayoutPolicy::blocked || policy.block != 16)
+      throw Error("compile: bfloat16 activations live in the nChw16c layout; layout '" + opt.layout +
+                  "' has none (use 'auto')");
     if (!cpu_has_avx512_bf16())
       throw Error("compile: bfloat16 activations need a CPU with AVX512-BF16 instructions; this one has none");
     policy.bf16 = true;

@@ -89,9 +89,10 @@ int impl_rank(const std::string& impl) {
   return impl.find("avx512") != std::string::npos ? 3 : 2;
 }
 
-int rank_of(const Attrs& a, DType t, const Shape& x, const Shape& w, const Shape& y, ConvLayouts l, Dir dir) {
+// tx, ty: the dtypes x and y would be stored in for that layout pair (bf16 sessions: bf16 when blocked)
+int rank_of(const Attrs& a, DType tx, DType ty, const Shape& x, const Shape& w, const Shape& y, ConvLayouts l, Dir dir) {
   try {
-    ConvDescs d(a, t, x, w, y, l.x, l.y);
+    ConvDescs d(a, tx, ty, x, w, y, l.x, l.y);
     auto f = d.fwd(false, {}, dir == Dir::fwd_infer ? dnnl::prop_kind::forward_inference : dnnl::prop_kind::forward_training);
     auto alg = dnnl::algorithm::convolution_direct;
     if (dir == Dir::bwd_data)
@@ -114,7 +115,7 @@ ConvLayouts conv_layouts(const Attrs& a, DType t, const Shape& x, const Shape& w
   static std::map<std::string, ConvLayouts> memo;
   std::string key = shape_str(x) + shape_str(w) + shape_str(y) + shape_str(a.is("stride", {})) + shape_str(a.is("padding", {})) +
                     shape_str(a.is("dilation", {})) + std::to_string(a.i("groups", 1)) + "/" + std::to_string(int(p.kind)) +
-                    "/" + std::to_string(p.block) + "/" + std::to_string(int(dir)) + dtype_name(t);
+                    "/" + std::to_string(p.block) + "/" + std::to_string(int(dir)) + dtype_name(t) + (p.bf16 ? "/bf16" : "");
   std::lock_guard<std::mutex> lock(mu);
   auto it = memo.find(key);
   if (it != memo.end()) return it->second;
@@ -122,15 +123,16 @@ ConvLayouts conv_layouts(const Attrs& a, DType t, const Shape& x, const Shape& w
   std::vector<ConvLayouts> cands;
   Layout chosen;
   try {
-    ConvDescs q(a, t, x, w, y, std::nullopt, ay);
-    if (layout_of(q.fwd(false).src_desc(), x, t, &chosen)) cands.push_back({chosen, ay});
+    const DType ty = p.dtype_in(ay, t);
+    ConvDescs q(a, ty, ty, x, w, y, std::nullopt, ay);
+    if (layout_of(q.fwd(false).src_desc(), x, q.compute, &chosen)) cands.push_back({chosen, ay});
   } catch (const dnnl::error&) {
   }
   cands.insert(cands.end(), {{ax, ay}, {Layout::nhwc, Layout::nhwc}, {b, b}, {Layout::plain, ay}, {Layout::plain, Layout::plain}});
   ConvLayouts pick = cands.back();
   int best = -2;
   for (auto c : cands) {
-    int r = rank_of(a, t, x, w, y, c, dir);
+    int r = rank_of(a, p.dtype_in(c.x, t), p.dtype_in(c.y, t), x, w, y, c, dir);
     if (r > best) best = r, pick = c;
     if (r == 3) break;
   }
@@ -139,7 +141,7 @@ ConvLayouts conv_layouts(const Attrs& a, DType t, const Shape& x, const Shape& w
 }
 
 LayoutChoice conv_fwd_rule(const LayoutQuery& q) {  // conv2d and fused_conv2d: (x, w, [b], [bn x4], [residual]) -> y
-  ConvLayouts l = conv_layouts(q.node.attrs, q.policy.bf16 ? DType::bf16 : q.in[0].dtype, q.in[0].shape, q.in[1].shape, q.out[0].shape, q.policy,
+  ConvLayouts l = conv_layouts(q.node.attrs, q.in[0].dtype, q.in[0].shape, q.in[1].shape, q.out[0].shape, q.policy,
                                q.training ? Dir::fwd_train : Dir::fwd_infer);
   LayoutChoice c;
   c.in.assign(q.in.size(), Layout::plain);
@@ -149,13 +151,13 @@ LayoutChoice conv_fwd_rule(const LayoutQuery& q) {  // conv2d and fused_conv2d: 
   return c;
 }
 LayoutChoice conv_grad_data_rule(const LayoutQuery& q) {  // (dy, w) -> dx
-  ConvLayouts l = conv_layouts(q.node.attrs, q.policy.bf16 ? DType::bf16 : q.in[0].dtype, q.out[0].shape, q.in[1].shape,
-                               q.in[0].shape, q.policy, Dir::bwd_data);
+  ConvLayouts l = conv_layouts(q.node.attrs, q.in[0].dtype, q.out[0].shape, q.in[1].shape, q.in[0].shape, q.policy,
+                               Dir::bwd_data);
   return {{l.y, Layout::plain}, {l.x}};
 }
 LayoutChoice conv_grad_weights_rule(const LayoutQuery& q) {  // (dy, x) -> dw [, db]
-  ConvLayouts l = conv_layouts(q.node.attrs, q.policy.bf16 ? DType::bf16 : q.in[0].dtype, q.in[1].shape, q.out[0].shape,
-                               q.in[0].shape, q.policy, Dir::bwd_weights);
+  ConvLayouts l = conv_layouts(q.node.attrs, q.in[0].dtype, q.in[1].shape, q.out[0].shape, q.in[0].shape, q.policy,
+                               Dir::bwd_weights);
   return {{l.y, l.x}, std::vector<Layout>(q.out.size(), Layout::plain)};
 }
 
