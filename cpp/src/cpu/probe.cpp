@@ -59,6 +59,21 @@ float chains_scalar(long iters) {
   return s;
 }
 
+// Runs chain() on every OpenMP thread at once; returns the wall seconds and the thread count.
+template <class F>
+std::pair<double, int> run_on_all_threads(F chain) {
+  volatile float sink = 0;
+  int threads = 1;
+  auto t0 = std::chrono::steady_clock::now();
+#pragma omp parallel reduction(+ : sink)
+  {
+#pragma omp single
+    threads = omp_get_num_threads();
+    sink += chain();
+  }
+  return {std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), threads};
+}
+
 }  // namespace
 
 // AVX512-BF16 (vdpbf16ps): CPUID leaf 7 subleaf 1, EAX bit 5, and AVX-512F with OS support (leaf 7/0 EBX
@@ -79,16 +94,7 @@ bool cpu_has_avx512_bf16() {
 double bf16_peak_gflops(long iters) {
 #if defined(__x86_64__)
   if (!cpu_has_avx512_bf16()) return 0;
-  volatile float sink = 0;
-  int threads = 1;
-  auto t0 = std::chrono::steady_clock::now();
-#pragma omp parallel reduction(+ : sink)
-  {
-#pragma omp single
-    threads = omp_get_num_threads();
-    sink += chains_bf16(iters);
-  }
-  double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  auto [s, threads] = run_on_all_threads([&] { return chains_bf16(iters); });
   return double(iters) * 12 * 32 * 2 * threads / s * 1e-9;
 #else
   return 0;
@@ -103,20 +109,13 @@ std::pair<double, int> fma_peak_gflops(long iters) {
   if (__builtin_cpu_supports("avx512f")) lanes = 16;
   else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) lanes = 8;
 #endif
-  volatile float sink = 0;
-  int threads = 1;
-  auto t0 = std::chrono::steady_clock::now();
-#pragma omp parallel reduction(+ : sink)
-  {
-#pragma omp single
-    threads = omp_get_num_threads();
+  auto [s, threads] = run_on_all_threads([&] {
 #if defined(__x86_64__)
-    sink += lanes == 16 ? chains_avx512(iters) : lanes == 8 ? chains_avx2(iters) : chains_scalar(iters);
+    return lanes == 16 ? chains_avx512(iters) : lanes == 8 ? chains_avx2(iters) : chains_scalar(iters);
 #else
-    sink += chains_scalar(iters);
+    return chains_scalar(iters);
 #endif
-  }
-  double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  });
   double flops = double(iters) * 12 * lanes * 2 * threads;
   return {flops / s * 1e-9, lanes};
 }
