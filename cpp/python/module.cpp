@@ -152,6 +152,7 @@ py::dict report_dict(const MemoryReport& r) {
   d["num_planned_buffers"] = r.num_planned;
   d["num_inplace"] = r.num_inplace;
   d["num_recomputed"] = r.num_recomputed;
+  d["num_relu_pool_swapped"] = r.num_relu_pool_swapped;
   return d;
 }
 

@@ -171,6 +171,7 @@ struct MemoryReport {
   size_t prepared_bytes = 0;  // inference: weights kept prepared (reordered, BN folded) by the kernels
   size_t num_planned = 0, num_inplace = 0;
   size_t num_recomputed = 0;  // nodes the recompute option added to the backward pass
+  size_t num_relu_pool_swapped = 0;  // relu -> max_pool2d pairs run as max_pool2d -> relu (training)
   size_t persistent_bytes() const { return param_bytes + grad_bytes + optimizer_state_bytes + buffer_bytes + prepared_bytes; }
 };
 

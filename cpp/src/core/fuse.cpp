@@ -100,4 +100,37 @@ FusionReport fuse_for_inference(Graph& g, const std::vector<int>& keep) {
   return rep;
 }
 
+int swap_relu_maxpool(Graph& g, const std::vector<int>& keep) {
+  const int n = int(g.nodes.size());
+  std::vector<int> uses(g.values.size(), 0), consumer(g.values.size(), -1);
+  for (int s = 0; s < n; ++s)
+    for (int v : g.nodes[s].inputs) {
+      uses[v]++;
+      consumer[v] = s;
+    }
+  for (int v : keep) uses[v] += 2;
+  int swapped = 0;
+  for (int r = 0; r < n; ++r) {
+    Node& rl = g.nodes[r];
+    if (rl.op != "relu" || rl.inputs.size() != 1 || rl.outputs.size() != 1) continue;
+    const int y = rl.outputs[0];
+    if (uses[y] != 1) continue;
+    const int p = consumer[y];
+    Node& pl = g.nodes[p];
+    if (pl.op != "max_pool2d" || pl.inputs.size() != 1 || pl.inputs[0] != y) continue;
+    const int x = rl.inputs[0], z = pl.outputs[0];
+    // y becomes the pooled pre-activation; z keeps its id, so its consumers need no change.
+    g.values[y].desc = g.values[z].desc;
+    std::swap(g.nodes[r], g.nodes[p]);  // the pool now sits at r, the relu at p
+    g.nodes[r].inputs = {x};
+    g.nodes[r].outputs[0] = y;
+    g.nodes[p].inputs = {y};
+    g.nodes[p].outputs = {z};
+    for (int v : g.nodes[r].outputs) g.values[v].producer = r;
+    g.values[z].producer = p;
+    ++swapped;
+  }
+  return swapped;
+}
+
 }  // namespace cnn

@@ -19,4 +19,14 @@ struct FusionReport {
 
 FusionReport fuse_for_inference(Graph& g, const std::vector<int>& keep);
 
+// Training/grad rewrite of a forward graph: relu -> max_pool2d becomes max_pool2d -> relu when relu's output
+// has the pool as its only consumer and is not kept. The two orders compute the same values and the same
+// gradients: relu is monotone, so max(relu(x)) = relu(max(x)); where a window's maximum is positive both
+// orders send dy to the same argmax (the same first-maximum tie rule), and where it is <= 0 both send zero.
+// ReLU (forward and backward) then runs on the pooled tensor, a quarter of the elements for a 2x2 pool.
+// The pool node moves to the relu's position and reads the relu's input; the relu node moves to the pool's
+// position and writes the pool's old output value, so every consumer and the topological order stay valid.
+// Returns the number of pairs swapped.
+int swap_relu_maxpool(Graph& g, const std::vector<int>& keep);
+
 }  // namespace cnn

@@ -122,6 +122,15 @@ SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, con
   // ---- inference fusion (cpu backend) ----
   if (opt.mode == Mode::Infer && opt.backend == "cpu" && opt.optimize) fuse_for_inference(g, g.outputs);
 
+  // ---- relu/max-pool order (training and grad sessions; inference fuses the relu into the conv instead) ----
+  if (opt.mode != Mode::Infer && opt.optimize) {
+    std::vector<int> keep = g.outputs;
+    if (opt.loss >= 0) keep.push_back(opt.loss);
+    for (int v : opt.grad_of) keep.push_back(v);
+    for (int v : opt.wrt) keep.push_back(v);
+    report.num_relu_pool_swapped = size_t(swap_relu_maxpool(g, keep));
+  }
+
   // ---- autodiff ----
   AutodiffResult ad;
   ad.num_forward_nodes = int(g.nodes.size());
