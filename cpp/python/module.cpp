@@ -238,7 +238,7 @@ PYBIND11_MODULE(_core, m) {
       .def(py::init([](const Graph& g, std::shared_ptr<ParamStore> store, const std::string& mode, const std::string& backend,
                        const std::string& compute, int loss, const std::vector<int>& grad_of, const std::vector<int>& wrt,
                        const py::dict& optim, bool plan_memory, uint64_t seed, bool optimize, const std::string& layout,
-                       const std::string& recompute, const std::string& dtype, bool cache_weights) {
+                       const std::string& recompute, const std::string& dtype, bool cache_weights, bool winograd) {
              CompileOptions o;
              if (mode == "infer") o.mode = Mode::Infer;
              else if (mode == "train") o.mode = Mode::Train;
@@ -256,6 +256,7 @@ PYBIND11_MODULE(_core, m) {
              o.recompute = recompute;
              o.activations = parse_dtype(dtype);
              o.cache_weights = cache_weights;
+             o.winograd = winograd;
              for (auto kv : optim) {
                std::string k = py::str(kv.first);
                py::handle v = kv.second;
@@ -277,7 +278,7 @@ PYBIND11_MODULE(_core, m) {
            py::arg("loss") = -1, py::arg("grad_of") = std::vector<int>{}, py::arg("wrt") = std::vector<int>{},
            py::arg("optim") = py::dict(), py::arg("plan_memory") = true, py::arg("seed") = 0,
            py::arg("optimize") = true, py::arg("layout") = "auto", py::arg("recompute") = "none",
-           py::arg("dtype") = "float32", py::arg("cache_weights") = true)
+           py::arg("dtype") = "float32", py::arg("cache_weights") = true, py::arg("winograd") = true)
       .def("run", &PySession::run)
       .def("step", &PySession::step)
       .def("fetch", &PySession::fetch)

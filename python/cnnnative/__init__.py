@@ -35,10 +35,11 @@ except ImportError:  # pragma: no cover - only in editable/in-place layouts
     from . import _core
 
 from ._core import Error, allocation_count, get_num_threads, set_num_threads
+from ._core import cpu_has_avx512 as has_avx512
 from ._core import cpu_has_avx512_bf16 as has_bf16
 
 __version__ = "0.1.0"
-__all__ = ["Error", "allocation_count", "get_num_threads", "set_num_threads", "has_bf16"]
+__all__ = ["Error", "allocation_count", "get_num_threads", "set_num_threads", "has_avx512", "has_bf16"]
 
 from . import data, models, nn, optim  # noqa: E402
 from .nn import manual_seed  # noqa: E402

@@ -20,7 +20,7 @@ _LOSSES = {
 class Session:
     def __init__(self, model, input_shape, mode="infer", optimizer=None, loss="cross_entropy", seed=0,
                  backend="cpu", plan_memory=True, optimize=True, layout="auto", recompute="none",
-                 dtype="float32", cache_weights=True):
+                 dtype="float32", cache_weights=True, winograd=True):
         if mode not in ("infer", "train"):
             raise ValueError(f"compile: mode must be 'infer' or 'train', got {mode!r}")
         input_shape = tuple(int(s) for s in input_shape)
@@ -70,7 +70,7 @@ class Session:
         self.optimizer = optimizer
         self._s = _core.Session(g, store, mode, backend=backend, plan_memory=plan_memory, seed=int(seed),
                                 optimize=bool(optimize), layout=str(layout), recompute=recompute, dtype=dtype,
-                                cache_weights=bool(cache_weights), **kw)
+                                cache_weights=bool(cache_weights), winograd=bool(winograd), **kw)
         if optimizer is not None:
             optimizer._attach(self)
         self._bn = [m for m in model.modules() if hasattr(m, "_extra_state")] if mode == "train" else []

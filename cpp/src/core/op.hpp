@@ -31,6 +31,7 @@ struct KernelCtx {
   DType compute = DType::f32;
   bool training = false;            // false in an inference session: kernels may use inference-only paths
   bool cache_weights = true;        // inference: keep prepared weights between runs (CompileOptions::cache_weights)
+  bool winograd = true;             // CompileOptions::winograd
   std::vector<Layout> in_layout{}, out_layout{};  // empty or one per input/output; missing entries are plain
   Layout layout_in(size_t i) const { return i < in_layout.size() ? in_layout[i] : Layout::plain; }
   Layout layout_out(size_t i) const { return i < out_layout.size() ? out_layout[i] : Layout::plain; }

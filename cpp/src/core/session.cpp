@@ -318,6 +318,7 @@ SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, con
     KernelCtx kc{n, {}, {}, opt.compute};
     kc.training = opt.mode != Mode::Infer;
     kc.cache_weights = opt.mode == Mode::Infer && opt.cache_weights;
+    kc.winograd = opt.winograd;
     for (size_t i = 0; i < n.inputs.size(); ++i) {
       TensorDesc d = g.values[n.inputs[i]].desc;
       d.dtype = vtype(n.inputs[i]);

@@ -18,8 +18,11 @@
 #include <optional>
 #include <string>
 
+#include <omp.h>
+
 #include "core/layout.hpp"
 #include "cpu/dnnl_common.hpp"
+#include "cpu/winograd.hpp"
 
 namespace cnn {
 namespace cpu {
@@ -407,8 +410,85 @@ struct ConvFused : Kernel {
   }
 };
 
-KernelRegistrar r1("cpu", "conv2d", [](const KernelCtx& c) { return std::make_unique<ConvFwd>(c); });
-KernelRegistrar r2("cpu", "conv2d_grad_data", [](const KernelCtx& c) { return std::make_unique<ConvBwdData>(c); });
+// ---- Winograd F(4x4, 3x3) (cpu/winograd.hpp) for conv2d and conv2d_grad_data ----
+// The convolution x [N, C, H, W] -> y [N, K, OH, OW] qualifies when CompileOptions::winograd is on, the CPU has
+// AVX-512, both activations are float32 nChw16c, the filter is 3x3 with stride 1, dilation 1, one group and
+// padding <= 2 on each side, and both channel counts are multiples of 16 and at least 64 (below that the 36
+// GEMMs per tile chunk are too thin to beat the direct kernel).
+std::optional<wino::Geom> winograd_geom(const KernelCtx& c, const TensorDesc& x, const Shape& w, const TensorDesc& y,
+                                        Layout lx, Layout ly) {
+  const Attrs& a = c.node.attrs;
+  if (!c.winograd || !wino::available() || x.dtype != DType::f32 || y.dtype != DType::f32) return std::nullopt;
+  if (lx != Layout::nChw16c || ly != Layout::nChw16c || a.i("groups", 1) != 1) return std::nullopt;
+  if (w.size() != 4 || w[2] != 3 || w[3] != 3) return std::nullopt;
+  if (pair_attr(a, "stride", 1) != dims{1, 1} || pair_attr(a, "dilation", 1) != dims{1, 1}) return std::nullopt;
+  const dims p = pair_attr(a, "padding", 0);
+  if (p[0] < 0 || p[0] > 2 || p[1] < 0 || p[1] > 2) return std::nullopt;
+  const int64_t C = w[1], K = w[0];
+  if (C % 16 || K % 16 || C < 64 || K < 64) return std::nullopt;
+  wino::Geom g;
+  g.N = x.shape[0];
+  g.IC = C;
+  g.OC = K;
+  g.H = x.shape[2];
+  g.W = x.shape[3];
+  g.pad_h = p[0];
+  g.pad_w = p[1];
+  if (g.OH() != y.shape[2] || g.OW() != y.shape[3]) return std::nullopt;
+  return g;
+}
+
+struct WinoFwd : Kernel {  // conv2d (x, w [, b]) -> y; the transformed weights are rebuilt every run
+  wino::Conv conv;
+  bool bias;
+  WinoFwd(const KernelCtx& c, const wino::Geom& g) : conv(g, omp_get_max_threads()), bias(c.in.size() > 2) {}
+  size_t scratch_bytes() const override { return conv.scratch_bytes(); }
+  void run(const RunCtx& r) override {
+    float* u = static_cast<float*>(r.scratch);
+    conv.transform_weights(static_cast<const float*>(r.in[1]), false, nullptr, u);
+    wino::Epilogue ep;
+    ep.bias = bias ? static_cast<const float*>(r.in[2]) : nullptr;
+    conv.run(static_cast<const float*>(r.in[0]), static_cast<float*>(r.out[0]), u, ep, static_cast<char*>(r.scratch));
+  }
+};
+
+// conv2d_grad_data (dy, w) -> dx: dx = dy convolved with the flipped, transposed filter and padding 2 - pad,
+// i.e. a Winograd convolution from K to C channels over the OH x OW gradient.
+struct WinoBwdData : Kernel {
+  wino::Conv conv;
+  explicit WinoBwdData(const wino::Geom& g) : conv(g, omp_get_max_threads()) {}
+  size_t scratch_bytes() const override { return conv.scratch_bytes(); }
+  void run(const RunCtx& r) override {
+    float* u = static_cast<float*>(r.scratch);
+    conv.transform_weights(static_cast<const float*>(r.in[1]), true, nullptr, u);
+    conv.run(static_cast<const float*>(r.in[0]), static_cast<float*>(r.out[0]), u, wino::Epilogue{},
+             static_cast<char*>(r.scratch));
+  }
+};
+
+std::unique_ptr<Kernel> make_conv_fwd(const KernelCtx& c) {
+  if (auto g = winograd_geom(c, c.in[0], c.in[1].shape, c.out[0], c.layout_in(0), c.layout_out(0)))
+    return std::make_unique<WinoFwd>(c, *g);
+  return std::make_unique<ConvFwd>(c);
+}
+std::unique_ptr<Kernel> make_conv_bwd_data(const KernelCtx& c) {
+  // the forward convolution: x = dx (out 0), y = dy (in 0)
+  if (auto f = winograd_geom(c, c.out[0], c.in[1].shape, c.in[0], c.layout_out(0), c.layout_in(0))) {
+    wino::Geom g;
+    g.N = f->N;
+    g.IC = f->OC;
+    g.OC = f->IC;
+    g.H = c.in[0].shape[2];
+    g.W = c.in[0].shape[3];
+    g.pad_h = 2 - f->pad_h;
+    g.pad_w = 2 - f->pad_w;
+    return std::make_unique<WinoBwdData>(g);
+  }
+  return std::make_unique<ConvBwdData>(c);
+}
+
+KernelRegistrar r1("cpu", "conv2d", make_conv_fwd);
+KernelRegistrar r2("cpu", "conv2d_grad_data", make_conv_bwd_data);
 KernelRegistrar r3("cpu", "conv2d_grad_weights", [](const KernelCtx& c) { return std::make_unique<ConvBwdWeights>(c); });
 KernelRegistrar r4("cpu", "fused_conv2d", [](const KernelCtx& c) { return std::make_unique<ConvFused>(c); });
 LayoutRuleRegistrar l1("cpu", "conv2d", conv_fwd_rule);

@@ -1,0 +1,154 @@
+"""Winograd F(4x4, 3x3) convolutions (cpu/winograd.hpp): 3x3 stride-1 conv2d and conv2d_grad_data between
+64+-channel nChw16c float32 activations. The fast path is checked against the direct oneDNN convolution
+(compile(..., winograd=False)) and the reference backend, for forward values, input and weight gradients and
+whole training trajectories; nodes that do not qualify must run exactly as before."""
+import numpy as np
+import pytest
+
+import cnnnative as cn
+from cnnnative import _core, nn
+
+pytestmark = pytest.mark.skipif(not cn.has_avx512(), reason="the Winograd path needs AVX-512")
+
+
+class Stack(nn.Module):
+    """conv(3->c) then two 3x3 convolutions c->k->c (the ones that qualify) and a head."""
+
+    def __init__(self, c=64, k=96, pad=1, bias=True, stride=1, relu=True):
+        super().__init__()
+        self.stem = nn.Conv2d(3, c, 3, padding=1)
+        self.a = nn.Conv2d(c, k, 3, padding=pad, bias=bias, stride=stride)
+        self.b = nn.Conv2d(k, c, 3, padding=pad, bias=bias, stride=stride)
+        self.fc = nn.Linear(c, 10)
+        self.relu = relu
+
+    def forward(self, x):
+        h = self.stem(x)
+        h = self.a(h)
+        h = h.relu() if self.relu else h
+        h = self.b(h)
+        return self.fc(cn.functional.adaptive_avg_pool2d(h, 1).flatten(1))
+
+
+def _data(shape, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal(shape).astype(np.float32), rng.integers(0, 10, shape[0]).astype(np.int32)
+
+
+def _train(build, shape, winograd, steps=3, **kw):
+    cn.manual_seed(0)
+    m = build()
+    s = m.compile(shape, mode="train", optimizer=cn.optim.SGD(lr=0.05, momentum=0.9), winograd=winograd, **kw)
+    x, y = _data(shape)
+    losses = [s.step(x, y) for _ in range(steps)]
+    return np.array(losses), {k: v.copy() for k, v in m.state_dict().items()}, s
+
+
+def _rel(a, b):
+    return float(np.max(np.abs(a - b)) / (np.max(np.abs(b)) + 1e-12))
+
+
+@pytest.mark.parametrize("shape,kw", [
+    ((2, 3, 16, 16), {}),
+    ((3, 3, 13, 11), {}),                     # partial tiles on both edges
+    ((2, 3, 9, 9), {"pad": 0, "bias": False}),
+    ((2, 3, 6, 7), {"pad": 2}),
+    ((1, 3, 4, 4), {"c": 128, "k": 64}),      # a single tile per image
+    ((2, 3, 5, 5), {"c": 256, "k": 512}),     # few tiles, many channels: the whole-batch mode
+    ((20, 3, 24, 24), {}),                    # many tiles: per-thread chunks and a tail chunk
+])
+def test_training_matches_direct_convolution(shape, kw):
+    # no ReLU between the two convolutions: Winograd's ~1e-5 differences would flip a few ReLU masks, and one
+    # flipped pixel moves a weight gradient by ~1/(pixels) of its size (the ResNet test below has ReLUs)
+    build = lambda: Stack(relu=False, **kw)  # noqa: E731
+    l0, sd0, _ = _train(build, shape, False)
+    l1, sd1, s1 = _train(build, shape, True)
+    np.testing.assert_allclose(l1, l0, rtol=1e-4)
+    for k in sd0:
+        assert _rel(sd1[k], sd0[k]) < 1e-4, k
+    assert not np.array_equal(sd1["a.weight"], sd0["a.weight"])  # the Winograd kernels did run
+
+
+def test_forward_and_gradients_against_direct_and_reference():
+    """One conv2d node in a grad session (nChw16c): y, dx, dw and db against the direct kernel and the
+    reference backend."""
+    rng = np.random.default_rng(0)
+    N, C, K, H, W = 2, 64, 80, 10, 7
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    w = (rng.standard_normal((K, C, 3, 3)) * 0.05).astype(np.float32)
+    b = rng.standard_normal(K).astype(np.float32)
+
+    def run(backend, winograd, layout):
+        g = _core.Graph()
+        xi, wi, bi = g.add_input("x", [N, C, H, W]), g.add_input("w", [K, C, 3, 3]), g.add_input("b", [K])
+        y = g.add_node("conv2d", [xi, wi, bi], {"padding": [1, 1]}, "conv")[0]
+        # a second qualifying convolution so the first one's output stays nChw16c
+        w2 = g.add_input("w2", [C, K, 3, 3])
+        z = g.add_node("conv2d", [y, w2], {"padding": [1, 1]}, "conv2")[0]
+        g.set_outputs([z])
+        s = _core.Session(g, _core.ParamStore([]), "grad", backend=backend, grad_of=[z], wrt=[xi, wi, bi, w2],
+                          layout=layout, winograd=winograd)
+        w2v = (np.random.default_rng(1).standard_normal((C, K, 3, 3)) * 0.05).astype(np.float32)
+        dz = np.random.default_rng(2).standard_normal((N, C, H, W)).astype(np.float32)
+        s.run([x, w, b, w2v, dz])
+        return [s.fetch(i).copy() for i in range(5)]
+
+    ref = run("reference", False, "plain")
+    direct = run("cpu", False, "nChw16c")
+    wino = run("cpu", True, "nChw16c")
+    for i, name in enumerate(["z", "dx", "dw", "db", "dw2"]):
+        assert _rel(direct[i], ref[i]) < 1e-5, name
+        assert _rel(wino[i], ref[i]) < 5e-5, name
+    assert not np.array_equal(wino[0], direct[0])
+
+
+@pytest.mark.parametrize("kw", [{"c": 32, "k": 32}, {"stride": 2}, {"c": 64, "k": 72}])
+def test_nodes_that_do_not_qualify_run_the_direct_kernel(kw):
+    """32 channels, stride 2 and a channel count that is not a multiple of 16: bit-identical to winograd=False."""
+    build = lambda: Stack(**kw)  # noqa: E731
+    l0, sd0, _ = _train(build, (2, 3, 12, 12), False, steps=2)
+    l1, sd1, _ = _train(build, (2, 3, 12, 12), True, steps=2)
+    np.testing.assert_array_equal(l1, l0)
+    for k in sd0:
+        np.testing.assert_array_equal(sd1[k], sd0[k], err_msg=k)
+
+
+def test_plain_layout_and_bf16_do_not_use_it():
+    build = lambda: Stack()  # noqa: E731
+    _, sd0, _ = _train(build, (2, 3, 8, 8), False, steps=2, layout="plain")
+    _, sd1, _ = _train(build, (2, 3, 8, 8), True, steps=2, layout="plain")
+    for k in sd0:
+        np.testing.assert_array_equal(sd1[k], sd0[k], err_msg=k)
+
+
+def test_resnet18_training_trajectory_and_no_allocation():
+    build = lambda: cn.models.get_model("resnet18", seed=0, num_classes=10, cifar=True)  # noqa: E731
+    l0, sd0, _ = _train(build, (4, 3, 16, 16), False)
+    l1, sd1, s = _train(build, (4, 3, 16, 16), True)
+    np.testing.assert_allclose(l1, l0, rtol=1e-4, atol=1e-4)
+    for k in sd0:  # ReLU masks may flip at a few pixels (see above); a wrong convolution differs by O(1)
+        assert _rel(sd1[k], sd0[k]) < 1e-2, k
+    x, y = _data((4, 3, 16, 16))
+    before = cn.allocation_count()
+    for _ in range(2):
+        s.step(x, y)
+    assert cn.allocation_count() == before
+
+
+def test_thread_count_change_after_compile():
+    build = lambda: Stack(c=64, k=64)  # noqa: E731
+    shape = (8, 3, 20, 20)
+    cn.manual_seed(0)
+    m = build()
+    s = m.compile(shape, mode="train", optimizer=cn.optim.SGD(lr=0.05))
+    x, y = _data(shape)
+    n = cn.get_num_threads()
+    try:
+        cn.set_num_threads(1)
+        l1 = s.step(x, y)
+    finally:
+        cn.set_num_threads(n)
+    cn.manual_seed(0)
+    m2 = build()
+    l2 = m2.compile(shape, mode="train", optimizer=cn.optim.SGD(lr=0.05), winograd=False).step(x, y)
+    np.testing.assert_allclose(l1, l2, rtol=1e-5)
