@@ -410,7 +410,7 @@ struct ConvFused : Kernel {
   }
 };
 
-// ---- Winograd F(4x4, 3x3) (cpu/winograd.hpp) for conv2d and conv2d_grad_data ----
+// ---- Winograd F(4x4, 3x3) (cpu/winograd.hpp) for conv2d, conv2d_grad_data and conv2d_grad_weights ----
 // The convolution x [N, C, H, W] -> y [N, K, OH, OW] qualifies when CompileOptions::winograd is on, the CPU has
 // AVX-512, both activations are float32 nChw16c, the filter is 3x3 with stride 1, dilation 1, one group and
 // padding <= 2 on each side, and both channel counts are multiples of 16 and at least 64 (below that the 36
@@ -466,6 +466,18 @@ struct WinoBwdData : Kernel {
   }
 };
 
+// conv2d_grad_weights (dy, x) -> dw [, db]
+struct WinoBwdWeights : Kernel {
+  wino::BwdWeights bw;
+  bool bias;
+  WinoBwdWeights(const KernelCtx& c, const wino::Geom& g) : bw(g, omp_get_max_threads()), bias(c.out.size() > 1) {}
+  size_t scratch_bytes() const override { return bw.scratch_bytes(); }
+  void run(const RunCtx& r) override {
+    bw.run(static_cast<const float*>(r.in[1]), static_cast<const float*>(r.in[0]), static_cast<float*>(r.out[0]),
+           bias ? static_cast<float*>(r.out[1]) : nullptr, static_cast<char*>(r.scratch));
+  }
+};
+
 std::unique_ptr<Kernel> make_conv_fwd(const KernelCtx& c) {
   if (auto g = winograd_geom(c, c.in[0], c.in[1].shape, c.out[0], c.layout_in(0), c.layout_out(0)))
     return std::make_unique<WinoFwd>(c, *g);
@@ -487,9 +499,17 @@ std::unique_ptr<Kernel> make_conv_bwd_data(const KernelCtx& c) {
   return std::make_unique<ConvBwdData>(c);
 }
 
+std::unique_ptr<Kernel> make_conv_bwd_weights(const KernelCtx& c) {
+  // the forward convolution: x = in 1, w = dw (out 0), y = dy (in 0); dw leaves plain [K, C, 3, 3]
+  if (c.layout_out(0) == Layout::plain)
+    if (auto g = winograd_geom(c, c.in[1], c.out[0].shape, c.in[0], c.layout_in(1), c.layout_in(0)))
+      return std::make_unique<WinoBwdWeights>(c, *g);
+  return std::make_unique<ConvBwdWeights>(c);
+}
+
 KernelRegistrar r1("cpu", "conv2d", make_conv_fwd);
 KernelRegistrar r2("cpu", "conv2d_grad_data", make_conv_bwd_data);
-KernelRegistrar r3("cpu", "conv2d_grad_weights", [](const KernelCtx& c) { return std::make_unique<ConvBwdWeights>(c); });
+KernelRegistrar r3("cpu", "conv2d_grad_weights", make_conv_bwd_weights);
 KernelRegistrar r4("cpu", "fused_conv2d", [](const KernelCtx& c) { return std::make_unique<ConvFused>(c); });
 LayoutRuleRegistrar l1("cpu", "conv2d", conv_fwd_rule);
 LayoutRuleRegistrar l2("cpu", "fused_conv2d", conv_fwd_rule);

@@ -15,6 +15,7 @@
 #include <dnnl.hpp>
 
 #include <cstdint>
+#include <memory>
 #include <unordered_map>
 #include <vector>
 
@@ -66,6 +67,32 @@ class Conv {
   size_t u_bytes_ = 0, v_bytes_ = 0, m_bytes_ = 0, pad_bytes_ = 0, per_thread_ = 0, total_ = 0;
   dnnl::matmul mm_, mm_tail_;
   mutable std::vector<Thread> th_;  // per thread (whole mode: one): memory handles are swapped in run()
+};
+
+// The weight gradient of such a convolution: dU[xi] = sum over tiles of V[xi]^T D[xi] with D = A dy A^T (the 4x4
+// dy tile), dw = G^T dU G; by bilinearity this is the transpose of the forward's algebra. Three work splits,
+// picked in the constructor: per-thread tile chunks each summing into a private dU (small IC OC), all tiles
+// transformed once then threads splitting (OC x IC) output blocks with K = all tiles (wide layers whose
+// transformed tiles fit 32 MiB), or threads splitting the 36 points of a shared dU per chunk. Deterministic for
+// a given thread count; run() allocates nothing (pre-built argument arrays, the C execute call).
+class BwdWeights {
+ public:
+  BwdWeights(const Geom& g, int max_threads);
+  ~BwdWeights();
+  BwdWeights(const BwdWeights&) = delete;
+  BwdWeights& operator=(const BwdWeights&) = delete;
+  size_t scratch_bytes() const;
+  // x: nChw16c [N][IC/16][H][W][16]; dy: nChw16c [N][OC/16][OH][OW][16]; dw: plain [OC][IC][3][3] and db: [OC]
+  // (or null), both overwritten; scratch: scratch_bytes() bytes, 64-byte aligned, contents undefined.
+  void run(const float* x, const float* dy, float* dw, float* db, char* scratch) const;
+  int mode() const;       // 0 tile split, 1 point split, 2 output-block split
+  int64_t chunk() const;  // tiles per GEMM (K)
+  const char* impl_info() const;
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
 };
 
 }  // namespace wino
