@@ -54,7 +54,8 @@ def _rel(a, b):
     ((2, 3, 9, 9), {"pad": 0, "bias": False}),
     ((2, 3, 6, 7), {"pad": 2}),
     ((1, 3, 4, 4), {"c": 128, "k": 64}),      # a single tile per image
-    ((2, 3, 5, 5), {"c": 256, "k": 512}),     # few tiles, many channels: the whole-batch mode
+    ((2, 3, 5, 5), {"c": 256, "k": 512}),     # few tiles, many channels: whole-batch mode, dw by output blocks
+    ((2, 3, 8, 8), {"c": 128, "k": 256}),     # dw split over the 36 points (wide dU, not wide enough for blocks)
     ((20, 3, 24, 24), {}),                    # many tiles: per-thread chunks and a tail chunk
 ])
 def test_training_matches_direct_convolution(shape, kw):
@@ -152,3 +153,79 @@ def test_thread_count_change_after_compile():
     m2 = build()
     l2 = m2.compile(shape, mode="train", optimizer=cn.optim.SGD(lr=0.05), winograd=False).step(x, y)
     np.testing.assert_allclose(l1, l2, rtol=1e-5)
+
+
+# ---- inference: fused_conv2d (BN folded into the filter transform, residual sum and activation in the output
+# transform), for batches with at least 64 output tiles ----
+
+class Block(nn.Module):
+    """conv3x3-BN-relu-conv3x3-BN + x -> relu / leaky_relu (torchvision's BasicBlock at 64+ channels)."""
+
+    def __init__(self, c=64, leaky=False, bias=False):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=bias)
+        self.bn1 = nn.BatchNorm2d(c)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=bias)
+        self.bn2 = nn.BatchNorm2d(c)
+        self.leaky = leaky
+
+    def forward(self, x):
+        y = self.bn1(self.conv1(x)).relu()
+        y = self.bn2(self.conv2(y)) + x
+        return cn.functional.leaky_relu(y, 0.1) if self.leaky else y.relu()
+
+
+class BlockNet(nn.Module):
+    def __init__(self, **kw):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 64, 3, padding=1)
+        self.b1 = Block(**kw)
+        self.b2 = Block(**kw)
+        self.plain = nn.Conv2d(64, 64, 3, padding=1)  # conv -> nothing: a fused node with no BN/sum/act? (plain)
+
+    def forward(self, x):
+        return self.plain(self.b2(self.b1(self.stem(x).relu())))
+
+
+def _infer_three(net, shape):
+    from test_fusion import randomize_bn
+    randomize_bn(net, 0)
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    wino = net.compile(shape).run(x).copy()
+    direct = net.compile(shape, winograd=False).run(x).copy()
+    ref = net.compile(shape, backend="reference").run(x).copy()
+    return wino, direct, ref, x
+
+
+@pytest.mark.parametrize("kw", [{}, {"leaky": True, "bias": True}])
+def test_inference_fused_blocks_match_direct_and_reference(kw):
+    cn.manual_seed(0)
+    net = BlockNet(**kw)
+    wino, direct, ref, x = _infer_three(net, (4, 3, 30, 30))  # 4 * 8 * 8 = 256 tiles
+    assert _rel(direct, ref) < 1e-5
+    assert _rel(wino, ref) < 1e-4
+    assert not np.array_equal(wino, direct)
+    # parameters changed after compile are seen (the transformed filters are rebuilt every run)
+    s = net.compile(x.shape)
+    before = s.run(x).copy()
+    net.b1.conv1.weight[...] *= 1.5
+    net.b2.bn2.running_var[...] *= 2.0
+    after = s.run(x).copy()
+    assert _rel(after, net.compile(x.shape, winograd=False).run(x)) < 1e-4
+    assert _rel(after, before) > 1e-3
+
+
+def test_inference_small_batches_keep_the_direct_kernel():
+    """Under 64 output tiles (batch 1 at 16x16: 16 tiles) the transformed filter would cost more than it saves."""
+    cn.manual_seed(0)
+    net = BlockNet()
+    wino, direct, _, _ = _infer_three(net, (1, 3, 16, 16))
+    np.testing.assert_array_equal(wino, direct)
+
+
+def test_inference_resnet18_top1_and_values():
+    cn.manual_seed(0)
+    net = cn.models.get_model("resnet18", seed=0, num_classes=10)
+    wino, direct, ref, _ = _infer_three(net, (8, 3, 64, 64))
+    assert _rel(wino, ref) < 1e-4 and _rel(direct, ref) < 1e-5
+    assert (wino.argmax(1) == ref.argmax(1)).all()

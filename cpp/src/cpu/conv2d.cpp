@@ -478,9 +478,71 @@ struct WinoBwdWeights : Kernel {
   }
 };
 
-std::unique_ptr<Kernel> make_conv_fwd(const KernelCtx& c) {
+// fused_conv2d (inference) as Winograd: BN folds into the filter transform (per-output-channel scale) and the
+// bias; the residual sum and the activation run in the output transform. The transformed filter (4x the
+// filter's bytes) is rebuilt into scratch on every run rather than kept: for the batches this path takes (at
+// least kWinoInferTiles tiles) that costs about 2 % of the convolution and keeps inference memory flat.
+constexpr int64_t kWinoInferTiles = 64;
+struct WinoFused : Kernel {
+  wino::Conv conv;
+  bool bias, bn, sum;
+  int bn0, res, act;
+  int64_t K;
+  float eps, alpha;
+  size_t st_off, res_bytes;
+  WinoFused(const KernelCtx& c, const wino::Geom& g) : conv(g, omp_get_max_threads()) {
+    const Attrs& a = c.node.attrs;
+    bias = a.i("has_bias", 0);
+    bn = a.i("bn", 0);
+    sum = a.i("sum", 0);
+    bn0 = 2 + (bias ? 1 : 0);
+    res = bn0 + (bn ? 4 : 0);
+    act = int(a.i("act", 0));
+    alpha = act == 2 ? float(a.f("negative_slope", 0.01)) : 0.f;
+    eps = float(a.f("bn_eps", 1e-5));
+    K = g.OC;
+    st_off = (conv.scratch_bytes() + 63) / 64 * 64;
+    res_bytes = layout_bytes(c.out[0], c.layout_out(0));
+  }
+  size_t scratch_bytes() const override { return st_off + size_t(K) * 8; }
+  void run(const RunCtx& r) override {
+    char* scratch = static_cast<char*>(r.scratch);
+    float* s = reinterpret_cast<float*>(scratch + st_off);
+    float* t = s + K;
+    wino::Epilogue ep;
+    if (bn) {  // BN(conv(x, w) + b) = conv(x, w * s) + t
+      const float *gamma = static_cast<const float*>(r.in[bn0]), *beta = static_cast<const float*>(r.in[bn0 + 1]);
+      const float *mean = static_cast<const float*>(r.in[bn0 + 2]), *var = static_cast<const float*>(r.in[bn0 + 3]);
+      const float* b = bias ? static_cast<const float*>(r.in[2]) : nullptr;
+      for (int64_t k = 0; k < K; ++k) {
+        s[k] = gamma[k] / std::sqrt(var[k] + eps);
+        t[k] = beta[k] + ((b ? b[k] : 0.f) - mean[k]) * s[k];
+      }
+      ep.bias = t;
+    } else if (bias) {
+      ep.bias = static_cast<const float*>(r.in[2]);
+    }
+    float* u = reinterpret_cast<float*>(scratch);
+    conv.transform_weights(static_cast<const float*>(r.in[1]), false, bn ? s : nullptr, u);
+    if (sum && r.out[0] != r.in[res]) std::memcpy(r.out[0], r.in[res], res_bytes);  // the residual is still live
+    ep.sum = sum;
+    ep.act = act;
+    ep.alpha = alpha;
+    conv.run(static_cast<const float*>(r.in[0]), static_cast<float*>(r.out[0]), u, ep, scratch);
+  }
+};
+
+int64_t tiles(const wino::Geom& g) { return g.N * ((g.OH() + 3) / 4) * ((g.OW() + 3) / 4); }
+
+std::unique_ptr<Kernel> make_conv_fused(const KernelCtx& c) {
   if (auto g = winograd_geom(c, c.in[0], c.in[1].shape, c.out[0], c.layout_in(0), c.layout_out(0)))
-    return std::make_unique<WinoFwd>(c, *g);
+    if (tiles(*g) >= kWinoInferTiles) return std::make_unique<WinoFused>(c, *g);
+  return std::make_unique<ConvFused>(c);
+}
+
+std::unique_ptr<Kernel> make_conv_fwd(const KernelCtx& c) {  // inference sessions: the same tile threshold
+  if (auto g = winograd_geom(c, c.in[0], c.in[1].shape, c.out[0], c.layout_in(0), c.layout_out(0)))
+    if (c.training || tiles(*g) >= kWinoInferTiles) return std::make_unique<WinoFwd>(c, *g);
   return std::make_unique<ConvFwd>(c);
 }
 std::unique_ptr<Kernel> make_conv_bwd_data(const KernelCtx& c) {
@@ -510,7 +572,7 @@ std::unique_ptr<Kernel> make_conv_bwd_weights(const KernelCtx& c) {
 KernelRegistrar r1("cpu", "conv2d", make_conv_fwd);
 KernelRegistrar r2("cpu", "conv2d_grad_data", make_conv_bwd_data);
 KernelRegistrar r3("cpu", "conv2d_grad_weights", make_conv_bwd_weights);
-KernelRegistrar r4("cpu", "fused_conv2d", [](const KernelCtx& c) { return std::make_unique<ConvFused>(c); });
+KernelRegistrar r4("cpu", "fused_conv2d", make_conv_fused);
 LayoutRuleRegistrar l1("cpu", "conv2d", conv_fwd_rule);
 LayoutRuleRegistrar l2("cpu", "fused_conv2d", conv_fwd_rule);
 LayoutRuleRegistrar l3("cpu", "conv2d_grad_data", conv_grad_data_rule);
