@@ -8,7 +8,8 @@ PyTorch's eager step side by side (alternating, medians), then runs `sess.profil
 steps and prints markdown: the step's time by node group (conv forward / grad_data / grad_weights, linear,
 batch norm, ReLU, add, pooling, reorders, optimizer) with GFLOP/s and % of the FMA peak measured in the same
 process, the largest nodes, and the roofline line: the FLOPs of one step, the time they take at 100 % of the
-peak, and the % of the peak a step at the target ratio would need.
+peak, and the % of the peak a step at the target ratio would need. FLOPs are those of direct convolution
+(what the model needs); the Winograd kernels do fewer multiplies, so their GFLOP/s can exceed the peak.
 """
 import argparse
 import collections

@@ -28,3 +28,19 @@ def test_suite_rejects_unknown_workload(tmp_path):
     r = subprocess.run([sys.executable, "-m", "cnnnative.bench", "--workloads", "nosuch", "--out", str(tmp_path)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "unknown workload" in r.stderr
+
+
+def test_train_profile_script_lenet(tmp_path):
+    """bench/train_profile.py: the per-node profile of a training step with its roofline line."""
+    import os
+    script = os.path.join(os.path.dirname(__file__), "..", "bench", "train_profile.py")
+    r = subprocess.run([sys.executable, script, "--workloads", "lenet5_train_mb64", "--rounds", "1", "--top", "3"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "### lenet5_train_mb64" in out and "| conv forward |" in out and "Largest 3 nodes" in out
+    try:
+        import torch  # noqa: F401
+        assert "% of the peak over the whole step" in out
+    except ImportError:
+        pass

@@ -32,6 +32,9 @@ WORKLOADS = {
                                       {"dtype": "bfloat16"}),
     "resnet50_train_mb16_bf16": ("resnet50", {"num_classes": 1000}, (3, 224, 224), 16, "train",
                                  {"dtype": "bfloat16"}),
+    # the direct convolution kernels only (Winograd off), to show what the Winograd path adds
+    "resnet18cifar_train_mb64_direct": ("resnet18", {"num_classes": 10, "cifar": True}, (3, 32, 32), 64, "train",
+                                        {"winograd": False}),
     # the same step with recomputation (cnnnative keeps only block outputs; PyTorch runs as usual)
     "resnet50_train_mb16_recompute": ("resnet50", {"num_classes": 1000}, (3, 224, 224), 16, "train",
                                       {"recompute": "segments"}),
