@@ -444,11 +444,10 @@ struct WinoFwd : Kernel {  // conv2d (x, w [, b]) -> y; the transformed weights 
   WinoFwd(const KernelCtx& c, const wino::Geom& g) : conv(g, omp_get_max_threads()), bias(c.in.size() > 2) {}
   size_t scratch_bytes() const override { return conv.scratch_bytes(); }
   void run(const RunCtx& r) override {
-    float* u = static_cast<float*>(r.scratch);
-    conv.transform_weights(static_cast<const float*>(r.in[1]), false, nullptr, u);
     wino::Epilogue ep;
     ep.bias = bias ? static_cast<const float*>(r.in[2]) : nullptr;
-    conv.run(static_cast<const float*>(r.in[0]), static_cast<float*>(r.out[0]), u, ep, static_cast<char*>(r.scratch));
+    conv.run(static_cast<const float*>(r.in[0]), static_cast<float*>(r.out[0]), static_cast<const float*>(r.in[1]), false,
+             nullptr, ep, static_cast<char*>(r.scratch));
   }
 };
 
@@ -459,10 +458,8 @@ struct WinoBwdData : Kernel {
   explicit WinoBwdData(const wino::Geom& g) : conv(g, omp_get_max_threads()) {}
   size_t scratch_bytes() const override { return conv.scratch_bytes(); }
   void run(const RunCtx& r) override {
-    float* u = static_cast<float*>(r.scratch);
-    conv.transform_weights(static_cast<const float*>(r.in[1]), true, nullptr, u);
-    conv.run(static_cast<const float*>(r.in[0]), static_cast<float*>(r.out[0]), u, wino::Epilogue{},
-             static_cast<char*>(r.scratch));
+    conv.run(static_cast<const float*>(r.in[0]), static_cast<float*>(r.out[0]), static_cast<const float*>(r.in[1]), true,
+             nullptr, wino::Epilogue{}, static_cast<char*>(r.scratch));
   }
 };
 
@@ -522,13 +519,12 @@ struct WinoFused : Kernel {
     } else if (bias) {
       ep.bias = static_cast<const float*>(r.in[2]);
     }
-    float* u = reinterpret_cast<float*>(scratch);
-    conv.transform_weights(static_cast<const float*>(r.in[1]), false, bn ? s : nullptr, u);
     if (sum && r.out[0] != r.in[res]) std::memcpy(r.out[0], r.in[res], res_bytes);  // the residual is still live
     ep.sum = sum;
     ep.act = act;
     ep.alpha = alpha;
-    conv.run(static_cast<const float*>(r.in[0]), static_cast<float*>(r.out[0]), u, ep, scratch);
+    conv.run(static_cast<const float*>(r.in[0]), static_cast<float*>(r.out[0]), static_cast<const float*>(r.in[1]), false,
+             bn ? s : nullptr, ep, scratch);
   }
 };
 

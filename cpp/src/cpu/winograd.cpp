@@ -10,7 +10,6 @@
 
 #include <algorithm>
 #include <optional>
-#include <tuple>
 
 #include "cpu/dnnl_common.hpp"
 
@@ -113,10 +112,11 @@ Conv::Conv(const Geom& g, int max_threads) : g_(g) {
   const int64_t target = std::clamp<int64_t>(kChunkBytes / (36 * 4 * (g.IC + g.OC)), 8, 512);
   nchunks_ = (T_ + target - 1) / target;
   nchunks_ = std::min(T_, (nchunks_ + nthr_ - 1) / nthr_ * nthr_);  // whole rounds of chunks over the threads
-  u_bytes_ = size_t(36 * g.IC * g.OC) * 4;
+  const size_t u_full = size_t(36 * g.IC * g.OC) * 4;
   // chunks re-read U once each; whole mode writes and reads V and M for all tiles through the caches instead
-  whole_ = nthr_ > 1 && u_bytes_ * size_t(nchunks_) > size_t(36 * T_ * (g.IC + g.OC)) * 4 * 2;
+  whole_ = nthr_ > 1 && u_full * size_t(nchunks_) > size_t(36 * T_ * (g.IC + g.OC)) * 4 * 2;
   if (whole_) nchunks_ = 1;
+  nb_ = g.OC % 32 == 0 ? 32 : 16;  // 16-128 measured: 32 and 64 best (512 channels at 4x4: 9 ms vs 15 with all of U)
   Tc_ = (T_ + nchunks_ - 1) / nchunks_;
   nchunks_ = (T_ + Tc_ - 1) / Tc_;
   tail_ = T_ - (nchunks_ - 1) * Tc_;
@@ -124,6 +124,11 @@ Conv::Conv(const Geom& g, int max_threads) : g_(g) {
 
   auto attr = user_scratchpad_attr();
   auto pd_of = [&](int64_t rows) {
+    if (whole_) {  // one block of nb_ output channels of U and of M (rows of OC floats)
+      dnnl::memory::desc s({36, rows, g.IC}, dt::f32, tag::abc), w({36, g.IC, nb_}, dt::f32, tag::abc),
+          d({36, rows, nb_}, dt::f32, dnnl::memory::dims{rows * g.OC, g.OC, 1});
+      return dnnl::matmul::primitive_desc(engine(), s, w, d, attr);
+    }
     dnnl::memory::desc s({36, rows, g.IC}, dt::f32, tag::abc), w({36, g.IC, g.OC}, dt::f32, tag::abc),
         d({36, rows, g.OC}, dt::f32, tag::abc);
     return dnnl::matmul::primitive_desc(engine(), s, w, d, attr);
@@ -137,17 +142,24 @@ Conv::Conv(const Geom& g, int max_threads) : g_(g) {
     mm_tail_ = dnnl::matmul(*pdt);
     pad_bytes_ = std::max(pad_bytes_, pdt->scratchpad_desc().get_size());
   }
-  ScratchLayout L;
-  L.add(u_bytes_);
   v_bytes_ = size_t(36 * Tc_ * g.IC) * 4;
   m_bytes_ = size_t(36 * Tc_ * g.OC) * 4;
-  ScratchLayout P;
-  P.add(v_bytes_);
-  P.add(m_bytes_);
+  ScratchLayout S, P;
+  if (whole_) {
+    u_bytes_ = size_t(36 * g.IC * nb_) * 4;
+    S.add(v_bytes_);
+    S.add(m_bytes_);
+    P.add(u_bytes_);
+  } else {
+    u_bytes_ = u_full;
+    S.add(u_bytes_);
+    P.add(v_bytes_);
+    P.add(m_bytes_);
+  }
   P.add(std::max<size_t>(pad_bytes_, 64));
+  shared_ = S.total;
   per_thread_ = P.total;
-  const int sets = whole_ ? 1 : nthr_;
-  total_ = L.total + per_thread_ * size_t(sets);
+  total_ = shared_ + per_thread_ * size_t(nthr_);
 
   auto bind = [&](const dnnl::matmul::primitive_desc& p, dnnl::memory& s, dnnl::memory& w, dnnl::memory& d,
                   dnnl::memory& sp, std::unordered_map<int, dnnl::memory>& args) {
@@ -160,7 +172,7 @@ Conv::Conv(const Geom& g, int max_threads) : g_(g) {
       args[DNNL_ARG_SCRATCHPAD] = sp;
     }
   };
-  th_.resize(size_t(sets));
+  th_.resize(size_t(nthr_));
   for (Thread& t : th_) {
     dnnl::memory w_t;
     bind(pd, t.src, t.wei, t.dst, t.pad, t.args);
@@ -171,9 +183,11 @@ Conv::Conv(const Geom& g, int max_threads) : g_(g) {
   }
 }
 
-// U[xi][ic][oc] = (G g G^T)[xi] for 16 output channels at a time; g(ic, oc) is gathered from the filter.
-WINO_AVX512 void Conv::transform_weights(const float* w, bool flip_transpose, const float* scale, float* u) const {
-  const int64_t IC = g_.IC, OC = g_.OC, OB = OC / 16;
+// U[xi][ic][o] = (G g G^T)[xi], 16 output channels at a time; g(ic, oc) is gathered from the filter. Runs its
+// own OpenMP loop over the blocks (sequential when called inside a parallel region).
+WINO_AVX512 void Conv::transform_weights(const float* w, bool flip_transpose, const float* scale, int64_t ob0,
+                                         int64_t nob, int64_t ld, float* u) const {
+  const int64_t IC = g_.IC, OC = g_.OC;
   // element (ic, oc, tap k) of the filter: forward [OC][IC][3][3]; flip_transpose [IC][OC][3][3], taps reversed
   const int64_t s_ic = flip_transpose ? OC * 9 : 9, s_oc = flip_transpose ? 9 : IC * 9;
   const __m512i lanes = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
@@ -181,7 +195,8 @@ WINO_AVX512 void Conv::transform_weights(const float* w, bool flip_transpose, co
   const float G[6][3] = {{1.f / 4, 0, 0},           {-1.f / 6, -1.f / 6, -1.f / 6}, {-1.f / 6, 1.f / 6, -1.f / 6},
                          {1.f / 24, 1.f / 12, 1.f / 6}, {1.f / 24, -1.f / 12, 1.f / 6}, {0, 0, 1}};
 #pragma omp parallel for schedule(static)
-  for (int64_t ob = 0; ob < OB; ++ob) {
+  for (int64_t j = 0; j < nob; ++j) {
+    const int64_t ob = ob0 + j;
     const __m512 s = scale ? _mm512_loadu_ps(scale + ob * 16) : _mm512_set1_ps(1.f);
     for (int64_t ic = 0; ic < IC; ++ic) {
       const float* base = w + ic * s_ic + ob * 16 * s_oc;
@@ -197,22 +212,23 @@ WINO_AVX512 void Conv::transform_weights(const float* w, bool flip_transpose, co
         for (int b = 0; b < 6; ++b) {
           __m512 v = _mm512_fmadd_ps(_mm512_set1_ps(G[b][0]), t[a][0],
                                      _mm512_fmadd_ps(_mm512_set1_ps(G[b][1]), t[a][1], _mm512_mul_ps(_mm512_set1_ps(G[b][2]), t[a][2])));
-          _mm512_storeu_ps(u + ((a * 6 + b) * IC + ic) * OC + ob * 16, v);
+          _mm512_storeu_ps(u + ((a * 6 + b) * IC + ic) * ld + j * 16, v);
         }
     }
   }
 }
 
-void Conv::run(const float* x, float* y, const float* u, const Epilogue& ep, char* scratch) const {
+void Conv::run(const float* x, float* y, const float* w, bool flip_transpose, const float* scale, const Epilogue& ep,
+               char* scratch) const {
   const int64_t CB = g_.IC / 16, OB = g_.OC / 16, H = g_.H, W = g_.W, OH = g_.OH(), OW = g_.OW();
   const int64_t tiles_img = TH_ * TW_;
-  char* sets_base = scratch + (u_bytes_ + 63) / 64 * 64;
+  char* threads_base = scratch + shared_;
   const int nt = std::max(1, std::min(nthr_, omp_get_max_threads()));
-  auto gemm = [&](Thread& t, float* v, float* m, char* pad, bool full) {
+  auto gemm = [&](Thread& t, const float* v, const float* u, float* m, char* pad, bool full) {
     dnnl::memory& ms = full ? t.src : t.src_t;
     dnnl::memory& md = full ? t.dst : t.dst_t;
     dnnl::memory& mp = full ? t.pad : t.pad_t;
-    ms.set_data_handle(v);
+    ms.set_data_handle(const_cast<float*>(v));
     t.wei.set_data_handle(const_cast<float*>(u));
     md.set_data_handle(m);
     if (mp) mp.set_data_handle(pad);
@@ -226,28 +242,36 @@ void Conv::run(const float* x, float* y, const float* u, const Epilogue& ep, cha
     const int64_t n = tile / tiles_img, th = tile % tiles_img / TW_, tw = tile % TW_;
     output_tile(m + r * g_.OC, rows * g_.OC, OB, OH, OW, th * 4, tw * 4, y + n * OB * OH * OW * 16, ep);
   };
-  auto parts = [&](char* base) {
-    float* v = reinterpret_cast<float*>(base);
-    float* m = reinterpret_cast<float*>(base + (v_bytes_ + 63) / 64 * 64);
-    char* pad = base + (v_bytes_ + 63) / 64 * 64 + (m_bytes_ + 63) / 64 * 64;
-    return std::make_tuple(v, m, pad);
-  };
   if (whole_) {
-    auto [v, m, pad] = parts(sets_base);
+    float* v = reinterpret_cast<float*>(scratch);
+    float* m = reinterpret_cast<float*>(scratch + (v_bytes_ + 63) / 64 * 64);
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t t = 0; t < T_; ++t) in_tile(v, t, t, T_);
-    gemm(th_[0], v, m, pad, true);  // oneDNN spreads it over the threads
+    const int64_t per = nb_ / 16;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t blk = 0; blk < OB / per; ++blk) {  // each block of output channels: its U block, then its GEMMs
+      const int tid = omp_get_thread_num();
+      char* base = threads_base + per_thread_ * size_t(tid);
+      float* u = reinterpret_cast<float*>(base);
+      transform_weights(w, flip_transpose, scale, blk * per, per, nb_, u);
+      gemm(th_[size_t(tid)], v, u, m + blk * nb_, base + (u_bytes_ + 63) / 64 * 64, true);
+    }
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t t = 0; t < T_; ++t) out_tile(m, t, t, T_);
     return;
   }
+  float* u = reinterpret_cast<float*>(scratch);
+  transform_weights(w, flip_transpose, scale, 0, OB, g_.OC, u);
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (int64_t c = 0; c < nchunks_; ++c) {
     const int tid = omp_get_thread_num();
-    auto [v, m, pad] = parts(sets_base + per_thread_ * size_t(tid));
+    char* base = threads_base + per_thread_ * size_t(tid);
+    float* v = reinterpret_cast<float*>(base);
+    float* m = reinterpret_cast<float*>(base + (v_bytes_ + 63) / 64 * 64);
+    char* pad = base + (v_bytes_ + 63) / 64 * 64 + (m_bytes_ + 63) / 64 * 64;
     const int64_t t0 = c * Tc_, rows = std::min(Tc_, T_ - t0);
     for (int64_t r = 0; r < rows; ++r) in_tile(v, t0 + r, r, rows);
-    gemm(th_[size_t(tid)], v, m, pad, rows == Tc_);
+    gemm(th_[size_t(tid)], v, u, m, pad, rows == Tc_);
     for (int64_t r = 0; r < rows; ++r) out_tile(m, t0 + r, r, rows);
   }
 }

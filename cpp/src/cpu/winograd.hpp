@@ -5,12 +5,15 @@
 // transformed 3x3 filter. The backward-data pass of such a convolution is itself one (dy convolved with the
 // flipped, transposed filter, padding 2 - pad), so the same class runs both.
 //
-// Many tiles (large images): work is split into chunks of tiles; each thread transforms a chunk into its own V,
-// runs the 36 GEMMs of the chunk single-threaded (oneDNN runs sequentially inside an OpenMP region) and
-// transforms the result out, so a chunk's V and M stay in that core's cache. Few tiles and many channels (U,
-// 36 IC OC floats, would be streamed once per chunk): all tiles are transformed first, one batched matmul
-// runs on all threads, then the output transform ("whole" mode; U is read once). Every primitive, memory
-// object and argument map is made in the constructor; run() only swaps data handles and allocates nothing.
+// Many tiles (large images): U is transformed whole into scratch, then work is split into chunks of tiles; each
+// thread transforms a chunk into its own V, runs the 36 GEMMs of the chunk single-threaded (oneDNN's
+// parallel() runs sequentially inside an OpenMP region, as in the pinned 3.2) and transforms the result out,
+// so a chunk's V and M stay in that core's cache. Few tiles and many channels (U, 36 IC OC floats, would be
+// streamed once per chunk): all tiles are transformed first, then threads split the output channels in
+// blocks of 32, each transforming its block of U (36 IC 32 floats, cache-sized) and running that block's 36
+// GEMMs at once, then the output transform ("whole" mode: U never goes through memory). Primitives, memory
+// objects and argument maps are made in the constructor (run() swaps data handles; oneDNN's execute call
+// itself builds a small argument vector). Threads: at most the OpenMP thread count seen at construction.
 #pragma once
 #include <dnnl.hpp>
 
@@ -45,17 +48,20 @@ class Conv {
   Conv(const Geom& g, int max_threads);
   Conv(const Conv&) = delete;
   Conv& operator=(const Conv&) = delete;
-  // Scratch layout: [U (36*IC*OC floats) | per thread: V chunk, M chunk, matmul scratchpad].
+  // Scratch: chunk mode [U | per thread: V chunk, M chunk, matmul scratchpad]; whole mode [V | M | per
+  // thread: U block, matmul scratchpad].
   size_t scratch_bytes() const { return total_; }
-  size_t u_bytes() const { return u_bytes_; }
-  // Writes U into u (u_bytes() bytes; the start of scratch, or a persistent region). w is the float32 [OC][IC][3][3]
-  // filter of this convolution; with flip_transpose it is the [IC][OC][3][3] filter of the forward convolution
-  // whose backward-data pass this is (taps flipped). scale: optional per-OC factor folded in (BN).
-  void transform_weights(const float* w, bool flip_transpose, const float* scale, float* u) const;
-  // x: nChw16c [N][IC/16][H][W][16]; y: nChw16c [N][OC/16][OH][OW][16]; u: transformed weights.
-  void run(const float* x, float* y, const float* u, const Epilogue& ep, char* scratch) const;
+  bool whole() const { return whole_; }
+  // x: nChw16c [N][IC/16][H][W][16]; y: nChw16c [N][OC/16][OH][OW][16]. w: the float32 [OC][IC][3][3] filter of
+  // this convolution, or with flip_transpose the [IC][OC][3][3] filter of the forward convolution whose
+  // backward-data pass this is (taps flipped). scale: optional per-OC factor folded into w (BN).
+  void run(const float* x, float* y, const float* w, bool flip_transpose, const float* scale, const Epilogue& ep,
+           char* scratch) const;
 
  private:
+  // U[xi][ic][o] for output channels [ob0 * 16, ob0 * 16 + nob * 16), o counted from ob0 * 16, row length ld
+  void transform_weights(const float* w, bool flip_transpose, const float* scale, int64_t ob0, int64_t nob,
+                         int64_t ld, float* u) const;
   struct Thread {
     dnnl::memory src, wei, dst, pad, src_t, dst_t, pad_t;
     std::unordered_map<int, dnnl::memory> args, args_t;
@@ -63,8 +69,9 @@ class Conv {
   Geom g_;
   int64_t TH_ = 0, TW_ = 0, T_ = 0, Tc_ = 0, tail_ = 0, nchunks_ = 0;
   int nthr_ = 1;
-  bool whole_ = false;  // one matmul over all tiles (run by oneDNN on all threads) instead of per-thread chunks
-  size_t u_bytes_ = 0, v_bytes_ = 0, m_bytes_ = 0, pad_bytes_ = 0, per_thread_ = 0, total_ = 0;
+  bool whole_ = false;  // all tiles at once, threads splitting the output channels in blocks of nb_
+  int64_t nb_ = 16;
+  size_t u_bytes_ = 0, v_bytes_ = 0, m_bytes_ = 0, pad_bytes_ = 0, per_thread_ = 0, shared_ = 0, total_ = 0;
   dnnl::matmul mm_, mm_tail_;
   mutable std::vector<Thread> th_;  // per thread (whole mode: one): memory handles are swapped in run()
 };
@@ -74,7 +81,8 @@ class Conv {
 // picked in the constructor: per-thread tile chunks each summing into a private dU (small IC OC), all tiles
 // transformed once then threads splitting (OC x IC) output blocks with K = all tiles (wide layers whose
 // transformed tiles fit 32 MiB), or threads splitting the 36 points of a shared dU per chunk. Deterministic for
-// a given thread count; run() allocates nothing (pre-built argument arrays, the C execute call).
+// a given thread count; run() makes no buffers (working memory is the session's scratch; oneDNN's execute
+// call builds a small argument list). Threads: at most the OpenMP thread count seen at construction.
 class BwdWeights {
  public:
   BwdWeights(const Geom& g, int max_threads);
