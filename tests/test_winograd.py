@@ -256,3 +256,18 @@ def test_inference_resnet18_top1_and_values():
     wino, direct, ref, _ = _infer_three(net, (8, 3, 64, 64))
     assert _rel(wino, ref) < 1e-4 and _rel(direct, ref) < 1e-5
     assert (wino.argmax(1) == ref.argmax(1)).all()
+
+
+def test_loaded_model_file_can_turn_it_off(tmp_path):
+    cn.manual_seed(0)
+    net = BlockNet()
+    from test_fusion import randomize_bn
+    randomize_bn(net, 0)
+    shape = (4, 3, 30, 30)
+    path = str(tmp_path / "m.cnn")
+    cn.save(net, path, input_shape=shape)
+    gm = cn.load(path)
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    direct = gm.compile(shape, winograd=False).run(x)
+    np.testing.assert_array_equal(direct, net.compile(shape, winograd=False).run(x))
+    assert _rel(gm.compile(shape).run(x), direct) < 1e-4

@@ -109,8 +109,9 @@ class GraphModule(Module):
                           "another module's forward()")
 
     def compile(self, input_shape=None, mode: str = "infer", optimizer=None, loss: str = "cross_entropy",
-                seed: int = 0, backend: str = "cpu", plan_memory: bool = True):
-        """An inference Session for input_shape (default: the saved shape; an int is a batch size)."""
+                seed: int = 0, backend: str = "cpu", plan_memory: bool = True, winograd: bool = True):
+        """An inference Session for input_shape (default: the saved shape; an int is a batch size).
+        winograd=False keeps oneDNN's direct kernels for the 3x3 convolutions (see Module.compile)."""
         if mode != "infer":
             raise _core.Error(f"compile: a model loaded from a file compiles for inference only (mode='infer'), "
                               f"got mode={mode!r}; training a loaded model is not supported")
@@ -118,7 +119,7 @@ class GraphModule(Module):
             input_shape = self.input_shape
         elif isinstance(input_shape, (int, np.integer)):
             input_shape = (int(input_shape),) + self.input_shape[1:]
-        return _GraphSession(self, input_shape, backend=backend, plan_memory=plan_memory, seed=seed)
+        return _GraphSession(self, input_shape, backend=backend, plan_memory=plan_memory, seed=seed, winograd=winograd)
 
     def extra_repr(self) -> str:
         return (f"input_shape={list(self.input_shape)}, output_shape={list(self.output_shape)}, "
@@ -128,7 +129,7 @@ class GraphModule(Module):
 class _GraphSession(Session):
     """A Session over a loaded graph (no tracing): inference only."""
 
-    def __init__(self, gm: GraphModule, input_shape, backend="cpu", plan_memory=True, seed=0):
+    def __init__(self, gm: GraphModule, input_shape, backend="cpu", plan_memory=True, seed=0, winograd=True):
         input_shape = tuple(int(s) for s in input_shape)
         if len(input_shape) < 1 or any(s <= 0 for s in input_shape):
             raise ValueError(f"compile: input_shape must be (N, C, ...) with positive sizes, got {input_shape}")
@@ -139,5 +140,6 @@ class _GraphSession(Session):
         self.graph = g
         self.optimizer = None
         self._bn = []
-        self._s = _core.Session(g, gm._ensure_store(), "infer", backend=backend, plan_memory=plan_memory, seed=int(seed))
+        self._s = _core.Session(g, gm._ensure_store(), "infer", backend=backend, plan_memory=plan_memory, seed=int(seed),
+                                winograd=bool(winograd))
         self.output_shape = tuple(self._s.fetches[0][1])
