@@ -271,3 +271,27 @@ def test_loaded_model_file_can_turn_it_off(tmp_path):
     direct = gm.compile(shape, winograd=False).run(x)
     np.testing.assert_array_equal(direct, net.compile(shape, winograd=False).run(x))
     assert _rel(gm.compile(shape).run(x), direct) < 1e-4
+
+
+@pytest.mark.parametrize("batch,direct", [(16, False), (128, True)])
+def test_whole_mode_over_64_mib_keeps_the_direct_kernel(batch, direct):
+    """512 channels at 8x8: at batch 16 the layer runs as Winograd (whole mode, 9 MiB of transformed tiles); at
+    batch 128 those would take 75 MiB (and chunks would re-read the 37 MiB filter transform 32 times), so the
+    layer stays on the direct kernel: bit-identical to winograd=False."""
+    g = _core.Graph()
+    x = g.add_input("x", [batch, 512, 8, 8])
+    w1, w2 = g.add_input("w1", [512, 512, 3, 3]), g.add_input("w2", [512, 512, 1, 1])
+    y = g.add_node("conv2d", [x, w2], {}, "c0")[0]  # a 1x1 conv so x reaches the 3x3 one blocked
+    z = g.add_node("conv2d", [y, w1], {"padding": [1, 1]}, "c1")[0]
+    g.set_outputs([z])
+    rng = np.random.default_rng(0)
+    feeds = [rng.standard_normal((batch, 512, 8, 8)).astype(np.float32),
+             (rng.standard_normal((512, 512, 3, 3)) * 0.02).astype(np.float32),
+             (rng.standard_normal((512, 512, 1, 1)) * 0.05).astype(np.float32)]
+    outs = []
+    for wg in (True, False):
+        s = _core.Session(g, _core.ParamStore([]), "infer", winograd=wg)
+        s.run(feeds)
+        outs.append(s.fetch(0).copy())
+    assert np.array_equal(outs[0], outs[1]) == direct
+    assert _rel(outs[0], outs[1]) < 1e-4

@@ -532,13 +532,15 @@ int64_t tiles(const wino::Geom& g) { return g.N * ((g.OH() + 3) / 4) * ((g.OW() 
 
 std::unique_ptr<Kernel> make_conv_fused(const KernelCtx& c) {
   if (auto g = winograd_geom(c, c.in[0], c.in[1].shape, c.out[0], c.layout_in(0), c.layout_out(0)))
-    if (tiles(*g) >= kWinoInferTiles) return std::make_unique<WinoFused>(c, *g);
+    if (tiles(*g) >= kWinoInferTiles && wino::Conv::worthwhile(*g, omp_get_max_threads()))
+      return std::make_unique<WinoFused>(c, *g);
   return std::make_unique<ConvFused>(c);
 }
 
 std::unique_ptr<Kernel> make_conv_fwd(const KernelCtx& c) {  // inference sessions: the same tile threshold
   if (auto g = winograd_geom(c, c.in[0], c.in[1].shape, c.out[0], c.layout_in(0), c.layout_out(0)))
-    if (c.training || tiles(*g) >= kWinoInferTiles) return std::make_unique<WinoFwd>(c, *g);
+    if ((c.training || tiles(*g) >= kWinoInferTiles) && wino::Conv::worthwhile(*g, omp_get_max_threads()))
+      return std::make_unique<WinoFwd>(c, *g);
   return std::make_unique<ConvFwd>(c);
 }
 std::unique_ptr<Kernel> make_conv_bwd_data(const KernelCtx& c) {
@@ -552,7 +554,7 @@ std::unique_ptr<Kernel> make_conv_bwd_data(const KernelCtx& c) {
     g.W = c.in[0].shape[3];
     g.pad_h = 2 - f->pad_h;
     g.pad_w = 2 - f->pad_w;
-    return std::make_unique<WinoBwdData>(g);
+    if (wino::Conv::worthwhile(g, omp_get_max_threads())) return std::make_unique<WinoBwdData>(g);
   }
   return std::make_unique<ConvBwdData>(c);
 }

@@ -104,21 +104,38 @@ WINO_AVX512 void output_tile(const float* m, int64_t xi_stride, int64_t OB, int6
 
 bool available() { return __builtin_cpu_supports("avx512f"); }
 
+Conv::Plan Conv::plan(const Geom& g, int max_threads) {
+  Plan p;
+  const int64_t nthr = std::max(1, max_threads);
+  p.T = g.N * ((g.OH() + 3) / 4) * ((g.OW() + 3) / 4);
+  const int64_t target = std::clamp<int64_t>(kChunkBytes / (36 * 4 * (g.IC + g.OC)), 8, 512);
+  p.nchunks = (p.T + target - 1) / target;
+  p.nchunks = std::min(p.T, (p.nchunks + nthr - 1) / nthr * nthr);  // whole rounds of chunks over the threads
+  const size_t u_full = size_t(36 * g.IC * g.OC) * 4;
+  // chunks re-read U once each; whole mode writes and reads V and M for all tiles through the caches instead
+  p.whole = nthr > 1 && u_full * size_t(p.nchunks) > size_t(36 * p.T * (g.IC + g.OC)) * 4 * 2;
+  if (p.whole) p.nchunks = 1;
+  p.Tc = (p.T + p.nchunks - 1) / p.nchunks;
+  p.nchunks = (p.T + p.Tc - 1) / p.Tc;
+  return p;
+}
+
+bool Conv::worthwhile(const Geom& g, int max_threads) {
+  const Plan p = plan(g, max_threads);
+  return !p.whole || size_t(36 * p.T * (g.IC + g.OC)) * 4 <= (size_t(64) << 20);
+}
+
 Conv::Conv(const Geom& g, int max_threads) : g_(g) {
   TH_ = (g.OH() + 3) / 4;
   TW_ = (g.OW() + 3) / 4;
-  T_ = g.N * TH_ * TW_;
   nthr_ = std::max(1, max_threads);
-  const int64_t target = std::clamp<int64_t>(kChunkBytes / (36 * 4 * (g.IC + g.OC)), 8, 512);
-  nchunks_ = (T_ + target - 1) / target;
-  nchunks_ = std::min(T_, (nchunks_ + nthr_ - 1) / nthr_ * nthr_);  // whole rounds of chunks over the threads
+  const Plan p = plan(g, nthr_);
+  T_ = p.T;
+  Tc_ = p.Tc;
+  nchunks_ = p.nchunks;
+  whole_ = p.whole;
   const size_t u_full = size_t(36 * g.IC * g.OC) * 4;
-  // chunks re-read U once each; whole mode writes and reads V and M for all tiles through the caches instead
-  whole_ = nthr_ > 1 && u_full * size_t(nchunks_) > size_t(36 * T_ * (g.IC + g.OC)) * 4 * 2;
-  if (whole_) nchunks_ = 1;
   nb_ = g.OC % 32 == 0 ? 32 : 16;  // 16-128 measured: 32 and 64 best (512 channels at 4x4: 9 ms vs 15 with all of U)
-  Tc_ = (T_ + nchunks_ - 1) / nchunks_;
-  nchunks_ = (T_ + Tc_ - 1) / Tc_;
   tail_ = T_ - (nchunks_ - 1) * Tc_;
   if (tail_ == Tc_) tail_ = 0;
 

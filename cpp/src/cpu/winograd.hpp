@@ -45,6 +45,15 @@ struct Epilogue {
 
 class Conv {
  public:
+  // How a convolution would be split: tiles, tiles per chunk, chunks, whole mode.
+  struct Plan {
+    int64_t T = 0, Tc = 0, nchunks = 0;
+    bool whole = false;
+  };
+  static Plan plan(const Geom& g, int max_threads);
+  // Whether the Winograd path is worth taking: false when whole mode would need more than 64 MiB of
+  // transformed tiles (e.g. 512-channel layers at batch 256; chunks would re-read U per chunk instead).
+  static bool worthwhile(const Geom& g, int max_threads);
   Conv(const Geom& g, int max_threads);
   Conv(const Conv&) = delete;
   Conv& operator=(const Conv&) = delete;
