@@ -45,9 +45,10 @@ WINO_AVX512 inline void at6(const __m512 m[6], __m512 o[4]) {
   o[3] = _mm512_add_ps(_mm512_fmadd_ps(c8, e, b), m[5]);
 }
 
-// V[xi][row][c] for every 16-channel block of one tile; xn: image base [CB][H][W][16]
-WINO_AVX512 void input_tile(const float* xn, int64_t CB, int64_t H, int64_t W, int64_t ih0, int64_t iw0, float* v,
-                            int64_t xi_stride) {
+}  // namespace
+
+WINO_AVX512 void input_transform(const float* xn, int64_t CB, int64_t H, int64_t W, int64_t ih0, int64_t iw0,
+                                 float* v, int64_t xi_stride, int64_t per, int64_t group_stride) {
   bool rin[6], cin[6];
   for (int i = 0; i < 6; ++i) rin[i] = ih0 + i >= 0 && ih0 + i < H;
   for (int j = 0; j < 6; ++j) cin[j] = iw0 + j >= 0 && iw0 + j < W;
@@ -66,10 +67,13 @@ WINO_AVX512 void input_tile(const float* xn, int64_t CB, int64_t H, int64_t W, i
     for (int i = 0; i < 6; ++i) {
       __m512 o[6];
       bt6(t[i], o);
-      for (int j = 0; j < 6; ++j) _mm512_storeu_ps(v + (i * 6 + j) * xi_stride + cb * 16, o[j]);
+      float* vc = v + cb / per * group_stride + cb % per * 16;
+      for (int j = 0; j < 6; ++j) _mm512_storeu_ps(vc + (i * 6 + j) * xi_stride, o[j]);
     }
   }
 }
+
+namespace {
 
 WINO_AVX512 void output_tile(const float* m, int64_t xi_stride, int64_t OB, int64_t OH, int64_t OW, int64_t oh0,
                              int64_t ow0, float* yn, const Epilogue& ep) {
@@ -253,7 +257,8 @@ void Conv::run(const float* x, float* y, const float* w, bool flip_transpose, co
   };
   auto in_tile = [&](float* v, int64_t tile, int64_t r, int64_t rows) {
     const int64_t n = tile / tiles_img, th = tile % tiles_img / TW_, tw = tile % TW_;
-    input_tile(x + n * CB * H * W * 16, CB, H, W, th * 4 - g_.pad_h, tw * 4 - g_.pad_w, v + r * g_.IC, rows * g_.IC);
+    input_transform(x + n * CB * H * W * 16, CB, H, W, th * 4 - g_.pad_h, tw * 4 - g_.pad_w, v + r * g_.IC, rows * g_.IC,
+                    CB, 0);
   };
   auto out_tile = [&](const float* m, int64_t tile, int64_t r, int64_t rows) {
     const int64_t n = tile / tiles_img, th = tile % tiles_img / TW_, tw = tile % TW_;

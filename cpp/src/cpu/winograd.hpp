@@ -35,6 +35,12 @@ struct Geom {
 
 bool available();  // the CPU has AVX-512F
 
+// V = B^T d B of the 6x6 patch at (ih0, iw0) (zero outside the image) of one nChw16c image xn [CB][H][W][16],
+// for every 16-channel block cb: point xi of block cb goes to v + (cb / per) * group_stride + (cb % per) * 16 +
+// xi * xi_stride (per = CB for one channel-contiguous row; the weight gradient groups channels in blocks).
+void input_transform(const float* xn, int64_t CB, int64_t H, int64_t W, int64_t ih0, int64_t iw0, float* v,
+                     int64_t xi_stride, int64_t per, int64_t group_stride);
+
 // What the output transform adds: y = act(A^T M A + bias [+ y_before]).
 struct Epilogue {
   const float* bias = nullptr;  // [OC] or null

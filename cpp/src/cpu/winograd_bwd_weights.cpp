@@ -39,22 +39,6 @@ constexpr int NXI = 36;
 
 inline size_t align_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
 
-// 1-D input transform B^T d (6 -> 6), on 16-lane vectors.
-__attribute__((target("avx512f"))) inline void bt6(const float* const d[6], float* const o[6]) {
-#pragma omp simd
-  for (int l = 0; l < VL; ++l) {
-    const float d0 = d[0][l], d1 = d[1][l], d2 = d[2][l], d3 = d[3][l], d4 = d[4][l], d5 = d[5][l];
-    const float s1 = d4 - 4.f * d2, s2 = d3 - 4.f * d1;  // shared terms of rows 1, 2
-    const float s3 = d4 - d2, s4 = 2.f * (d3 - d1);       // shared terms of rows 3, 4
-    o[0][l] = 4.f * d0 - 5.f * d2 + d4;
-    o[1][l] = s1 + s2;
-    o[2][l] = s1 - s2;
-    o[3][l] = s3 + s4;
-    o[4][l] = s3 - s4;
-    o[5][l] = 4.f * d1 - 5.f * d3 + d5;
-  }
-}
-
 // 1-D dy transform A y (4 -> 6): rows of A are the columns of A^T.
 __attribute__((target("avx512f"))) inline void a6(const float* const y[4], float* const o[6]) {
 #pragma omp simd
@@ -131,31 +115,9 @@ __attribute__((target("avx512f"))) void BwdWeights::Impl::transform_tile(const f
                                       float* dbt) const {
   const int64_t n = t / (TH * TW), r = t % (TH * TW), th = r / TW, tw = r % TW;
   const int64_t H = g.H, W = g.W;
-  alignas(64) float tmp[NXI][VL];
-  // ---- input patch -> V
-  const int64_t ih0 = th * 4 - g.pad_h, iw0 = tw * 4 - g.pad_w;
-  for (int64_t cb = 0; cb < CB; ++cb) {
-    const float* base = x + (n * CB + cb) * H * W * VL;
-    const float* d[6][6];
-    for (int i = 0; i < 6; ++i)
-      for (int j = 0; j < 6; ++j) {
-        const int64_t ih = ih0 + i, iw = iw0 + j;
-        d[i][j] = (ih >= 0 && ih < H && iw >= 0 && iw < W) ? base + (ih * W + iw) * VL : kZero;
-      }
-    for (int j = 0; j < 6; ++j) {
-      const float* in[6] = {d[0][j], d[1][j], d[2][j], d[3][j], d[4][j], d[5][j]};
-      float* out[6] = {tmp[j], tmp[6 + j], tmp[12 + j], tmp[18 + j], tmp[24 + j], tmp[30 + j]};
-      bt6(in, out);
-    }
-    float* v0 = vptr(V, 0, row, cb * VL);
-    const int64_t xs = Tc * ICB;  // xi stride
-    for (int i = 0; i < 6; ++i) {
-      const float* in[6] = {tmp[i * 6], tmp[i * 6 + 1], tmp[i * 6 + 2], tmp[i * 6 + 3], tmp[i * 6 + 4], tmp[i * 6 + 5]};
-      float* out[6];
-      for (int j = 0; j < 6; ++j) out[j] = v0 + (i * 6 + j) * xs;
-      bt6(in, out);
-    }
-  }
+  // ---- input patch -> V (the forward's transform; channels grouped in blocks of ICB)
+  input_transform(x + n * CB * H * W * VL, CB, H, W, th * 4 - g.pad_h, tw * 4 - g.pad_w, vptr(V, 0, row, 0), Tc * ICB,
+                  ICB / VL, NXI * Tc * ICB);
   // ---- dy tile -> D (and db: D[1][1] is the plain sum of the 4x4 tile)
   const int64_t oh0 = th * 4, ow0 = tw * 4;
   for (int64_t ob = 0; ob < OB; ++ob) {
