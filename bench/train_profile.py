@@ -20,7 +20,7 @@ import numpy as np
 
 import cnnnative as cn
 from cnnnative import _core
-from cnnnative.bench.suite import _build, _spec, _time
+from cnnnative.bench.suite import _build, _spec, _time, torch_train_step
 
 TARGETS = {"lenet5_train_mb64": 0.2, "resnet18cifar_train_mb64": 0.5, "resnet50_train_mb16": 0.45}
 GROUPS = [  # (label, predicate on op name); first match wins
@@ -46,15 +46,7 @@ def profile_workload(workload, rounds, top, peak):
     if twin is not None:
         import torch
         torch.set_num_threads(cn.get_num_threads())
-        twin.train()
-        opt = torch.optim.SGD(twin.parameters(), lr=1e-3, momentum=0.9)
-        tx, ty = torch.from_numpy(x), torch.from_numpy(y).long()
-
-        def t_step():
-            opt.zero_grad(set_to_none=True)
-            torch.nn.functional.cross_entropy(twin(tx), ty).backward()
-            opt.step()
-        engines["pytorch"] = t_step
+        engines["pytorch"] = torch_train_step(twin, x, y)
     reps = 50 if name == "lenet5" else 1
     times = _time(engines, rounds, reps)
     med = {k: statistics.median(v) for k, v in times.items()}

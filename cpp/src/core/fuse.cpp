@@ -8,16 +8,26 @@
 
 namespace cnn {
 
-FusionReport fuse_for_inference(Graph& g, const std::vector<int>& keep) {
-  FusionReport rep;
-  const int n = int(g.nodes.size());
-  std::vector<int> uses(g.values.size(), 0), consumer(g.values.size(), -1);
-  for (int s = 0; s < n; ++s)
+namespace {
+// Per value: how many node inputs read it (a kept value counts 2 more, so it is never an internal link of a
+// chain) and the last node reading it (the only one when the count is 1).
+void count_readers(const Graph& g, const std::vector<int>& keep, std::vector<int>& uses, std::vector<int>& consumer) {
+  uses.assign(g.values.size(), 0);
+  consumer.assign(g.values.size(), -1);
+  for (int s = 0; s < int(g.nodes.size()); ++s)
     for (int v : g.nodes[s].inputs) {
       uses[v]++;
       consumer[v] = s;
     }
-  for (int v : keep) uses[v] += 2;  // a kept value is never an internal link of a chain
+  for (int v : keep) uses[v] += 2;
+}
+}  // namespace
+
+FusionReport fuse_for_inference(Graph& g, const std::vector<int>& keep) {
+  FusionReport rep;
+  const int n = int(g.nodes.size());
+  std::vector<int> uses, consumer;
+  count_readers(g, keep, uses, consumer);
   // The single consumer of value v, or -1.
   std::vector<bool> removed(n, false);  // absorbed into a chain already
   auto next_of = [&](int v) { return uses[v] == 1 && !removed[consumer[v]] ? consumer[v] : -1; };
@@ -102,13 +112,8 @@ FusionReport fuse_for_inference(Graph& g, const std::vector<int>& keep) {
 
 int swap_relu_maxpool(Graph& g, const std::vector<int>& keep) {
   const int n = int(g.nodes.size());
-  std::vector<int> uses(g.values.size(), 0), consumer(g.values.size(), -1);
-  for (int s = 0; s < n; ++s)
-    for (int v : g.nodes[s].inputs) {
-      uses[v]++;
-      consumer[v] = s;
-    }
-  for (int v : keep) uses[v] += 2;
+  std::vector<int> uses, consumer;
+  count_readers(g, keep, uses, consumer);
   int swapped = 0;
   for (int r = 0; r < n; ++r) {
     Node& rl = g.nodes[r];

@@ -305,29 +305,47 @@ struct ConvBwdWeights : Kernel {  // (dy, x) -> dw [, db]
 // implementation takes (binary per-channel post-ops combined with sum push some, e.g. jit_1x1, to ref:any).
 // The one exception: gemm (plain nchw) convolutions apply an eltwise post-op in a slow separate pass, so there
 // the activation runs as its own in-place eltwise primitive after the convolution.
-struct ConvFused : Kernel {
-  DnnlExec reorder_w, conv, act_ex;
-  std::optional<SrcConvert> cvt;
-  size_t scratch = 0, persist = 0, scale_off = 0, shift_off = 0, res_bytes = 0;
-  PreparedVersion prepared;
-  bool bias = false, bn = false, sum = false;
-  int bn0 = 0, res = 0;
-  int64_t K = 0;
-  float eps = 0;
-  explicit ConvFused(const KernelCtx& c) {
+//
+// fused_conv2d's attributes and input positions (ops/conv_fused.cpp), shared by ConvFused and WinoFused.
+struct FusedConvAttrs {
+  bool bias, bn, sum;
+  int bn0, res, act;
+  float eps, alpha;
+  int64_t K;
+  explicit FusedConvAttrs(const KernelCtx& c) {
     const Attrs& a = c.node.attrs;
     bias = a.i("has_bias", 0);
     bn = a.i("bn", 0);
     sum = a.i("sum", 0);
     bn0 = 2 + (bias ? 1 : 0);
     res = bn0 + (bn ? 4 : 0);
+    act = int(a.i("act", 0));
+    alpha = act == 2 ? float(a.f("negative_slope", 0.01)) : 0.f;
     eps = float(a.f("bn_eps", 1e-5));
     K = c.in[1].shape[0];
+  }
+  // BN(conv(x, w) + b) = conv(x, w * s) + t: s = gamma / sqrt(var + eps), t = beta + (b - mean) * s
+  void fold_bn(const RunCtx& r, float* s, float* t) const {
+    const float *gamma = static_cast<const float*>(r.in[bn0]), *beta = static_cast<const float*>(r.in[bn0 + 1]);
+    const float *mean = static_cast<const float*>(r.in[bn0 + 2]), *var = static_cast<const float*>(r.in[bn0 + 3]);
+    const float* b = bias ? static_cast<const float*>(r.in[2]) : nullptr;
+    for (int64_t k = 0; k < K; ++k) {
+      s[k] = gamma[k] / std::sqrt(var[k] + eps);
+      t[k] = beta[k] + ((b ? b[k] : 0.f) - mean[k]) * s[k];
+    }
+  }
+};
+
+struct ConvFused : Kernel, FusedConvAttrs {
+  DnnlExec reorder_w, conv, act_ex;
+  std::optional<SrcConvert> cvt;
+  size_t scratch = 0, persist = 0, scale_off = 0, shift_off = 0, res_bytes = 0;
+  PreparedVersion prepared;
+  explicit ConvFused(const KernelCtx& c) : FusedConvAttrs(c) {
+    const Attrs& a = c.node.attrs;
     prepared.cached = c.cache_weights;
     const int64_t G = a.i("groups", 1);
-    int act = int(a.i("act", 0));
     ConvDescs d(c, c.in[0].dtype, c.out[0].dtype, c.in[0].shape, c.in[1].shape, c.out[0].shape, c.layout_in(0), c.layout_out(0));
-    const float alpha = act == 2 ? float(a.f("negative_slope", 0.01)) : 0.f;
     auto make_pd = [&](bool with_act) {
       dnnl::post_ops po;
       if (sum) po.append_sum(1.f);
@@ -388,17 +406,9 @@ struct ConvFused : Kernel {
   size_t persistent_bytes() const override { return persist; }
   void run(const RunCtx& r) override {
     if ((bn || !reorder_w.empty()) && prepared.stale(r)) {
-      if (bn) {  // BN(conv(x, w) + b) = conv(x, w * s) + t
-        const float *gamma = static_cast<const float*>(r.in[bn0]), *beta = static_cast<const float*>(r.in[bn0 + 1]);
-        const float *mean = static_cast<const float*>(r.in[bn0 + 2]), *var = static_cast<const float*>(r.in[bn0 + 3]);
-        const float* b = bias ? static_cast<const float*>(r.in[2]) : nullptr;
+      if (bn) {
         char* base = static_cast<char*>(prepared.cached ? r.persist : r.scratch);
-        float* s = reinterpret_cast<float*>(base + scale_off);
-        float* t = reinterpret_cast<float*>(base + shift_off);
-        for (int64_t k = 0; k < K; ++k) {
-          s[k] = gamma[k] / std::sqrt(var[k] + eps);
-          t[k] = beta[k] + ((b ? b[k] : 0.f) - mean[k]) * s[k];
-        }
+        fold_bn(r, reinterpret_cast<float*>(base + scale_off), reinterpret_cast<float*>(base + shift_off));
       }
       if (!reorder_w.empty()) reorder_w.run(r);
       prepared.mark(r);
@@ -480,24 +490,10 @@ struct WinoBwdWeights : Kernel {
 // filter's bytes) is rebuilt into scratch on every run rather than kept: for the batches this path takes (at
 // least kWinoInferTiles tiles) that costs about 2 % of the convolution and keeps inference memory flat.
 constexpr int64_t kWinoInferTiles = 64;
-struct WinoFused : Kernel {
+struct WinoFused : Kernel, FusedConvAttrs {
   wino::Conv conv;
-  bool bias, bn, sum;
-  int bn0, res, act;
-  int64_t K;
-  float eps, alpha;
   size_t st_off, res_bytes;
-  WinoFused(const KernelCtx& c, const wino::Geom& g) : conv(g, omp_get_max_threads()) {
-    const Attrs& a = c.node.attrs;
-    bias = a.i("has_bias", 0);
-    bn = a.i("bn", 0);
-    sum = a.i("sum", 0);
-    bn0 = 2 + (bias ? 1 : 0);
-    res = bn0 + (bn ? 4 : 0);
-    act = int(a.i("act", 0));
-    alpha = act == 2 ? float(a.f("negative_slope", 0.01)) : 0.f;
-    eps = float(a.f("bn_eps", 1e-5));
-    K = g.OC;
+  WinoFused(const KernelCtx& c, const wino::Geom& g) : FusedConvAttrs(c), conv(g, omp_get_max_threads()) {
     st_off = (conv.scratch_bytes() + 63) / 64 * 64;
     res_bytes = layout_bytes(c.out[0], c.layout_out(0));
   }
@@ -507,14 +503,8 @@ struct WinoFused : Kernel {
     float* s = reinterpret_cast<float*>(scratch + st_off);
     float* t = s + K;
     wino::Epilogue ep;
-    if (bn) {  // BN(conv(x, w) + b) = conv(x, w * s) + t
-      const float *gamma = static_cast<const float*>(r.in[bn0]), *beta = static_cast<const float*>(r.in[bn0 + 1]);
-      const float *mean = static_cast<const float*>(r.in[bn0 + 2]), *var = static_cast<const float*>(r.in[bn0 + 3]);
-      const float* b = bias ? static_cast<const float*>(r.in[2]) : nullptr;
-      for (int64_t k = 0; k < K; ++k) {
-        s[k] = gamma[k] / std::sqrt(var[k] + eps);
-        t[k] = beta[k] + ((b ? b[k] : 0.f) - mean[k]) * s[k];
-      }
+    if (bn) {
+      fold_bn(r, s, t);
       ep.bias = t;
     } else if (bias) {
       ep.bias = static_cast<const float*>(r.in[2]);

@@ -132,16 +132,23 @@ def _engines(workload, threads, check=True, percall=False):
             except ImportError:
                 pass
         else:
-            twin.train()
-            opt = torch.optim.SGD(twin.parameters(), lr=1e-3, momentum=0.9)
-            ty = torch.from_numpy(y).long()
-
-            def t_step():
-                opt.zero_grad(set_to_none=True)
-                torch.nn.functional.cross_entropy(twin(tx), ty).backward()
-                opt.step()
-            engines["pytorch"] = t_step
+            engines["pytorch"] = torch_train_step(twin, x, y)
     return engines, flops, note, x.shape[0]
+
+
+def torch_train_step(twin, x, y):
+    """The PyTorch eager training step the suite times: SGD with momentum (lr 1e-3, as cnnnative's), cross
+    entropy, on the twin in train mode."""
+    import torch
+    twin.train()
+    opt = torch.optim.SGD(twin.parameters(), lr=1e-3, momentum=0.9)
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y).long()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(twin(tx), ty).backward()
+        opt.step()
+    return step
 
 
 _ONNX_FILES = {}  # workload -> exported .onnx (for the ORT fresh-process run), removed after use
@@ -211,13 +218,7 @@ def _child(workload, engine, threads):
                     with torch.inference_mode():
                         twin(tx)
             else:
-                opt = torch.optim.SGD(twin.parameters(), lr=1e-3, momentum=0.9)
-                ty = torch.from_numpy(y).long()
-
-                def fn():
-                    opt.zero_grad(set_to_none=True)
-                    torch.nn.functional.cross_entropy(twin(tx), ty).backward()
-                    opt.step()
+                fn = torch_train_step(twin, x, y)
         else:
             import onnxruntime as ort
             path = os.environ.get("CNN_BENCH_ONNX")
