@@ -448,28 +448,20 @@ std::optional<wino::Geom> winograd_geom(const KernelCtx& c, const TensorDesc& x,
   return g;
 }
 
-struct WinoFwd : Kernel {  // conv2d (x, w [, b]) -> y; the transformed weights are rebuilt every run
+// conv2d (x, w [, b]) -> y, and conv2d_grad_data (dy, w) -> dx: dx is dy convolved with the flipped, transposed
+// filter and padding 2 - pad, i.e. a Winograd convolution from K to C channels over the OH x OW gradient
+// (flip). The transformed weights are rebuilt every run.
+struct WinoConv : Kernel {
   wino::Conv conv;
-  bool bias;
-  WinoFwd(const KernelCtx& c, const wino::Geom& g) : conv(g, omp_get_max_threads()), bias(c.in.size() > 2) {}
+  bool flip, bias;
+  WinoConv(const wino::Geom& g, bool flip_transpose, bool with_bias)
+      : conv(g, omp_get_max_threads()), flip(flip_transpose), bias(with_bias) {}
   size_t scratch_bytes() const override { return conv.scratch_bytes(); }
   void run(const RunCtx& r) override {
     wino::Epilogue ep;
     ep.bias = bias ? static_cast<const float*>(r.in[2]) : nullptr;
-    conv.run(static_cast<const float*>(r.in[0]), static_cast<float*>(r.out[0]), static_cast<const float*>(r.in[1]), false,
+    conv.run(static_cast<const float*>(r.in[0]), static_cast<float*>(r.out[0]), static_cast<const float*>(r.in[1]), flip,
              nullptr, ep, static_cast<char*>(r.scratch));
-  }
-};
-
-// conv2d_grad_data (dy, w) -> dx: dx = dy convolved with the flipped, transposed filter and padding 2 - pad,
-// i.e. a Winograd convolution from K to C channels over the OH x OW gradient.
-struct WinoBwdData : Kernel {
-  wino::Conv conv;
-  explicit WinoBwdData(const wino::Geom& g) : conv(g, omp_get_max_threads()) {}
-  size_t scratch_bytes() const override { return conv.scratch_bytes(); }
-  void run(const RunCtx& r) override {
-    conv.run(static_cast<const float*>(r.in[0]), static_cast<float*>(r.out[0]), static_cast<const float*>(r.in[1]), true,
-             nullptr, wino::Epilogue{}, static_cast<char*>(r.scratch));
   }
 };
 
@@ -530,7 +522,7 @@ std::unique_ptr<Kernel> make_conv_fused(const KernelCtx& c) {
 std::unique_ptr<Kernel> make_conv_fwd(const KernelCtx& c) {  // inference sessions: the same tile threshold
   if (auto g = winograd_geom(c, c.in[0], c.in[1].shape, c.out[0], c.layout_in(0), c.layout_out(0)))
     if ((c.training || tiles(*g) >= kWinoInferTiles) && wino::Conv::worthwhile(*g, omp_get_max_threads()))
-      return std::make_unique<WinoFwd>(c, *g);
+      return std::make_unique<WinoConv>(*g, false, c.in.size() > 2);
   return std::make_unique<ConvFwd>(c);
 }
 std::unique_ptr<Kernel> make_conv_bwd_data(const KernelCtx& c) {
@@ -544,7 +536,7 @@ std::unique_ptr<Kernel> make_conv_bwd_data(const KernelCtx& c) {
     g.W = c.in[0].shape[3];
     g.pad_h = 2 - f->pad_h;
     g.pad_w = 2 - f->pad_w;
-    if (wino::Conv::worthwhile(g, omp_get_max_threads())) return std::make_unique<WinoBwdData>(g);
+    if (wino::Conv::worthwhile(g, omp_get_max_threads())) return std::make_unique<WinoConv>(g, true, false);
   }
   return std::make_unique<ConvBwdData>(c);
 }
