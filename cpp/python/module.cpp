@@ -1,6 +1,9 @@
 // pybind11 bindings: cnnnative._core. Owns the numpy <-> core boundary: input checks (shape, dtype,
 // contiguity) with clear messages, zero-copy use of float32 C-contiguous inputs, numpy views of the
 // parameter store. Maps cnn::Error to cnnnative._core.Error (a ValueError).
+#include <cmath>
+#include <cstring>
+
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -238,7 +241,8 @@ PYBIND11_MODULE(_core, m) {
       .def(py::init([](const Graph& g, std::shared_ptr<ParamStore> store, const std::string& mode, const std::string& backend,
                        const std::string& compute, int loss, const std::vector<int>& grad_of, const std::vector<int>& wrt,
                        const py::dict& optim, bool plan_memory, uint64_t seed, bool optimize, const std::string& layout,
-                       const std::string& recompute, const std::string& dtype, bool cache_weights, bool winograd) {
+                       const std::string& recompute, const std::string& dtype, bool cache_weights, bool winograd,
+                       bool deterministic, size_t max_arena_bytes) {
              CompileOptions o;
              if (mode == "infer") o.mode = Mode::Infer;
              else if (mode == "train") o.mode = Mode::Train;
@@ -257,6 +261,8 @@ PYBIND11_MODULE(_core, m) {
              o.activations = parse_dtype(dtype);
              o.cache_weights = cache_weights;
              o.winograd = winograd;
+             o.deterministic = deterministic;
+             o.max_arena_bytes = max_arena_bytes;
              for (auto kv : optim) {
                std::string k = py::str(kv.first);
                py::handle v = kv.second;
@@ -278,7 +284,8 @@ PYBIND11_MODULE(_core, m) {
            py::arg("loss") = -1, py::arg("grad_of") = std::vector<int>{}, py::arg("wrt") = std::vector<int>{},
            py::arg("optim") = py::dict(), py::arg("plan_memory") = true, py::arg("seed") = 0,
            py::arg("optimize") = true, py::arg("layout") = "auto", py::arg("recompute") = "none",
-           py::arg("dtype") = "float32", py::arg("cache_weights") = true, py::arg("winograd") = true)
+           py::arg("dtype") = "float32", py::arg("cache_weights") = true, py::arg("winograd") = true,
+           py::arg("deterministic") = false, py::arg("max_arena_bytes") = 0)
       .def("run", &PySession::run)
       .def("step", &PySession::step)
       .def("fetch", &PySession::fetch)
@@ -286,7 +293,45 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("fetches", [](PySession& p) { return infos(p.s().fetches()); })
       .def_property_readonly("loss", [](PySession& p) { return p.s().loss(); })
       .def_property("lr", [](PySession& p) { return p.s().lr(); }, [](PySession& p, double lr) { p.s().set_lr(lr); })
-      .def_property_readonly("step_count", [](PySession& p) { return p.s().step_count(); })
+      .def_property("step_count", [](PySession& p) { return p.s().step_count(); },
+                    [](PySession& p, int64_t n) { p.s().set_step_count(n); })
+      // {name: float32 copy} of the optimizer's flat state blocks (Session::optimizer_state)
+      .def("optimizer_state", [](PySession& p) {
+        py::dict d;
+        const size_t n = p.s().num_grads();
+        for (auto& kv : p.s().optimizer_state()) {
+          py::array_t<float> a{py::ssize_t(n)};
+          std::memcpy(a.mutable_data(), kv.second, n * sizeof(float));
+          d[py::str(kv.first)] = a;
+        }
+        return d;
+      })
+      // Replaces the state blocks; every name must match and every block be finite and of the right size, all
+      // checked before any is written.
+      .def("load_optimizer_state", [](PySession& p, const py::dict& d) {
+        auto blocks = p.s().optimizer_state();
+        const size_t n = p.s().num_grads();
+        std::vector<py::array_t<float, py::array::c_style | py::array::forcecast>> src;
+        for (auto& kv : blocks) {
+          if (!d.contains(kv.first))
+            throw Error("optimizer state: missing block '" + kv.first + "'");
+          py::object o = d[py::str(kv.first)];
+          auto a = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(o);
+          if (!a || a.ndim() != 1 || size_t(a.shape(0)) != n)
+            throw Error("optimizer state: block '" + kv.first + "' must be a 1-D array of " + std::to_string(n) + " floats");
+          for (size_t i = 0; i < n; ++i)
+            if (!std::isfinite(a.data()[i]))
+              throw Error("optimizer state: block '" + kv.first + "' has a non-finite value at index " + std::to_string(i));
+          src.push_back(a);
+        }
+        for (auto kv : d) {
+          std::string k = py::str(kv.first);
+          bool known = false;
+          for (auto& b : blocks) known = known || b.first == k;
+          if (!known) throw Error("optimizer state: unexpected block '" + k + "' for this optimizer");
+        }
+        for (size_t i = 0; i < blocks.size(); ++i) std::memcpy(blocks[i].second, src[i].data(), n * sizeof(float));
+      })
       .def("memory_report", [](PySession& p) { return report_dict(p.s().memory_report()); })
       .def("schedule", [](PySession& p) { return p.s().schedule(); })
       .def("profile", [](PySession& p) {

@@ -46,6 +46,7 @@ from .nn import manual_seed  # noqa: E402
 from .session import Session  # noqa: E402
 from .train import load_checkpoint, save_checkpoint  # noqa: E402
 from .io import GraphModule, load, save  # noqa: E402
+from ._determinism import are_deterministic_algorithms_enabled, use_deterministic_algorithms  # noqa: E402
 
 __all__ += ["data", "models", "nn", "optim", "manual_seed", "Session", "load_checkpoint", "save_checkpoint",
-            "GraphModule", "load", "save"]
+            "GraphModule", "load", "save", "use_deterministic_algorithms", "are_deterministic_algorithms_enabled"]

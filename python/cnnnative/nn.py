@@ -333,7 +333,7 @@ class Module:
     def compile(self, input_shape, mode: str = "infer", optimizer=None, loss: str = "cross_entropy",
                 seed: int = 0, backend: str = "cpu", plan_memory: bool = True, optimize: bool = True,
                 layout: str = "auto", recompute="none", dtype: str = "float32", cache_weights: bool = True,
-                winograd: bool = True):
+                winograd: bool = True, deterministic=None, max_arena_bytes=None):
         """Compiles the model for one input shape: mode 'infer' (eval behaviour of BN/dropout) or
         'train' (one step = forward, loss, backward, optimizer update). optimize: fuse conv/BN/add/ReLU
         chains in inference; layout: 'auto' (oneDNN's blocked layouts between capable kernels) or
@@ -346,12 +346,15 @@ class Module:
         within ~1e-2 relative of float32. cache_weights: inference keeps weights prepared (reordered, BN
         folded) between runs, rebuilt when they change (False: every run, for comparison). winograd: 3x3
         stride-1 convolutions between 64+-channel activations run as Winograd F(4x4, 3x3) on AVX-512 CPUs
-        (about half the time, relative differences ~1e-5; False: direct convolution). Returns a Session."""
+        (about half the time, relative differences ~1e-5; False: direct convolution). deterministic:
+        training results independent of the thread count (default: cn.use_deterministic_algorithms).
+        max_arena_bytes: refuse (cn.Error) a session needing more memory than this (default: the machine's
+        physical memory). Returns a Session."""
         from .session import Session
         return Session(self, input_shape, mode=mode, optimizer=optimizer, loss=loss, seed=seed,
                        backend=backend, plan_memory=plan_memory, optimize=optimize, layout=layout,
                        recompute=recompute, dtype=dtype, cache_weights=cache_weights,
-                       winograd=winograd)
+                       winograd=winograd, deterministic=deterministic, max_arena_bytes=max_arena_bytes)
 
     def extra_repr(self) -> str:
         return ""

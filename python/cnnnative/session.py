@@ -17,10 +17,20 @@ _LOSSES = {
 }
 
 
+def arena_budget(max_arena_bytes) -> int:
+    """compile(max_arena_bytes=...) for the core: a positive byte count, or 0 for None (the machine's memory)."""
+    if max_arena_bytes is None:
+        return 0
+    if not isinstance(max_arena_bytes, (int, np.integer)) or isinstance(max_arena_bytes, bool) or max_arena_bytes <= 0:
+        raise ValueError(f"compile: max_arena_bytes must be a positive int (bytes) or None, got {max_arena_bytes!r}")
+    return int(max_arena_bytes)
+
+
 class Session:
     def __init__(self, model, input_shape, mode="infer", optimizer=None, loss="cross_entropy", seed=0,
                  backend="cpu", plan_memory=True, optimize=True, layout="auto", recompute="none",
-                 dtype="float32", cache_weights=True, winograd=True):
+                 dtype="float32", cache_weights=True, winograd=True, deterministic=None,
+                 max_arena_bytes=None):
         if mode not in ("infer", "train"):
             raise ValueError(f"compile: mode must be 'infer' or 'train', got {mode!r}")
         input_shape = tuple(int(s) for s in input_shape)
@@ -36,6 +46,10 @@ class Session:
             raise ValueError(f"compile: dtype must be 'float32' or 'bfloat16', got {dtype!r}")
         if recompute != "none" and mode != "train":
             raise ValueError("compile: recompute applies to mode='train' only (inference keeps no activations for backward)")
+        if deterministic is None:
+            from . import _determinism
+            deterministic = _determinism.enabled()
+        self.deterministic = bool(deterministic)
         self.model = model
         self.mode = mode
         self.dtype = dtype
@@ -70,7 +84,8 @@ class Session:
         self.optimizer = optimizer
         self._s = _core.Session(g, store, mode, backend=backend, plan_memory=plan_memory, seed=int(seed),
                                 optimize=bool(optimize), layout=str(layout), recompute=recompute, dtype=dtype,
-                                cache_weights=bool(cache_weights), winograd=bool(winograd), **kw)
+                                cache_weights=bool(cache_weights), winograd=bool(winograd),
+                                deterministic=self.deterministic, max_arena_bytes=arena_budget(max_arena_bytes), **kw)
         if optimizer is not None:
             optimizer._attach(self)
         self._bn = [m for m in model.modules() if hasattr(m, "_extra_state")] if mode == "train" else []
@@ -109,7 +124,23 @@ class Session:
 
     @property
     def step_count(self) -> int:
+        """Completed runs/steps. Settable (resume): Adam's bias correction and the dropout streams follow it."""
         return self._s.step_count
+
+    @step_count.setter
+    def step_count(self, value: int) -> None:
+        self._s.step_count = int(value)
+
+    def optimizer_state(self) -> dict:
+        """Copies of the optimizer's flat state blocks, by PyTorch's state names ('momentum_buffer';
+        'exp_avg', 'exp_avg_sq', 'max_exp_avg_sq'), each one float per parameter element in the order of the
+        model's parameter block. Empty for inference sessions and SGD without momentum."""
+        return self._s.optimizer_state()
+
+    def load_optimizer_state(self, state: dict) -> None:
+        """Replaces the optimizer state with blocks from optimizer_state(); all are checked (names, sizes,
+        finite) before any is written."""
+        self._s.load_optimizer_state(dict(state))
 
     def memory_report(self) -> dict:
         return self._s.memory_report()

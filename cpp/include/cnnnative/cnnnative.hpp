@@ -167,6 +167,15 @@ struct CompileOptions {
   // backward-data) run as Winograd F(4x4, 3x3) (cpu/winograd.hpp), about half the time of the direct
   // convolution at relative differences ~1e-5. false: always the direct convolution.
   bool winograd = true;
+  // Training results independent of the thread count: every kernel whose reduction order would depend on how
+  // many threads run it (weight gradients, batch-norm statistics, Winograd's tile sums) takes an order fixed by
+  // the problem alone (cn.use_deterministic_algorithms; docs/ARCHITECTURE.md, "Determinism"). Results are
+  // bitwise reproducible for the same seed and thread count either way.
+  bool deterministic = false;
+  // Memory budget: compile refuses (Error naming the sizes and the largest planned values) a session whose
+  // arena + scratch + prepared weights (+ gradients and optimizer state in training) exceed it, before
+  // allocating. 0 = the machine's physical memory.
+  size_t max_arena_bytes = 0;
 };
 
 struct MemoryReport {
@@ -213,6 +222,12 @@ class Session {
   void set_lr(double lr);
   double lr() const;
   int64_t step_count() const;
+  // Resume: the number of completed runs (Adam's bias correction and the dropout streams depend on it).
+  void set_step_count(int64_t steps);
+  // Train: the optimizer's state blocks by name ("momentum_buffer" for SGD with momentum; "exp_avg",
+  // "exp_avg_sq" and, with amsgrad, "max_exp_avg_sq" for Adam/AdamW), each num_grads() floats in the order of
+  // the parameter block. Empty for inference sessions and plain SGD.
+  std::vector<std::pair<std::string, float*>> optimizer_state();
   MemoryReport memory_report() const;
   std::vector<std::string> schedule() const;  // "op name" per step, for inspection
   std::vector<NodeProfile> profile() const;

@@ -32,6 +32,7 @@ struct KernelCtx {
   bool training = false;            // false in an inference session: kernels may use inference-only paths
   bool cache_weights = true;        // inference: keep prepared weights between runs (CompileOptions::cache_weights)
   bool winograd = true;             // CompileOptions::winograd
+  bool deterministic = false;       // CompileOptions::deterministic: a reduction order independent of the thread count
   std::vector<Layout> in_layout{}, out_layout{};  // empty or one per input/output; missing entries are plain
   Layout layout_in(size_t i) const { return i < in_layout.size() ? in_layout[i] : Layout::plain; }
   Layout layout_out(size_t i) const { return i < out_layout.size() ? out_layout[i] : Layout::plain; }

@@ -7,9 +7,12 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <numeric>
+
+#include <unistd.h>
 
 #include "core/alloc.hpp"
 #include "core/autodiff.hpp"
@@ -60,6 +63,7 @@ class SessionImpl {
   uint64_t checked_version = 0, checked_sum = 0;
   void refresh_private();
   void check_store_unchanged();
+  void check_budget(size_t need, size_t budget, const std::vector<int>& planned, const std::vector<BufferReq>& reqs) const;
   size_t n_grad = 0;
   MemoryReport report;
   double lr = 0;
@@ -72,6 +76,16 @@ class SessionImpl {
 };
 
 namespace {
+size_t physical_memory_bytes() {
+  long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+  return pages > 0 && page > 0 ? size_t(pages) * size_t(page) : SIZE_MAX;
+}
+std::string mib(size_t b) {
+  if (b < (size_t(1) << 20)) return std::to_string(b) + " bytes";
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.1f MiB", double(b) / 1048576.0);
+  return buf;
+}
 // Bytes of a value as stored: compute dtype for floats, padding of blocked layouts included.
 size_t value_bytes(const TensorDesc& d, DType compute, Layout l) {
   TensorDesc t = d;
@@ -300,6 +314,9 @@ SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, con
   MemoryPlan plan = plan_memory(reqs, 64, opt.plan_memory);
   std::string bad = validate_plan(reqs, plan, 64);
   if (!bad.empty()) throw Error("internal: memory plan failed validation: " + bad);
+  const size_t budget = opt.max_arena_bytes ? opt.max_arena_bytes : physical_memory_bytes();
+  const size_t fixed_bytes = opt.mode == Mode::Train ? store->num_params() * 4 * 4 : 0;  // grads + up to 3 state blocks
+  check_budget(plan.arena_bytes + fixed_bytes, budget, planned, reqs);
   arena = make_buffer(std::max<size_t>(plan.arena_bytes, 64));
   for (size_t i = 0; i < planned.size(); ++i) ptr[planned[i]] = static_cast<char*>(arena.get()) + plan.offsets[i];
   for (size_t v = 0; v < nv; ++v)
@@ -319,6 +336,7 @@ SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, con
     kc.training = opt.mode != Mode::Infer;
     kc.cache_weights = opt.mode == Mode::Infer && opt.cache_weights;
     kc.winograd = opt.winograd;
+    kc.deterministic = opt.deterministic;
     for (size_t i = 0; i < n.inputs.size(); ++i) {
       TensorDesc d = g.values[n.inputs[i]].desc;
       d.dtype = vtype(n.inputs[i]);
@@ -352,7 +370,6 @@ SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, con
     node_in.push_back(std::move(in));
     node_out.push_back(std::move(out));
   }
-  scratch = make_buffer(std::max<size_t>(scratch_bytes, 64));
   // kernels' persistent regions (prepared weights): one block, 64-byte aligned slices, filled on the first run
   std::vector<size_t> persist_off;
   size_t persist_total = 0;
@@ -360,6 +377,8 @@ SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, con
     persist_off.push_back(persist_total);
     persist_total += (k->persistent_bytes() + 63) / 64 * 64;
   }
+  check_budget(plan.arena_bytes + fixed_bytes + scratch_bytes + persist_total, budget, planned, reqs);
+  scratch = make_buffer(std::max<size_t>(scratch_bytes, 64));
   if (persist_total) prepared = make_buffer(persist_total);
   for (size_t s = 0; s < kernels.size(); ++s)
     persist_ptr.push_back(kernels[s]->persistent_bytes() ? static_cast<char*>(prepared.get()) + persist_off[s] : nullptr);
@@ -391,6 +410,26 @@ SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, con
     // BN running statistics change during the forward pass; a step that fails restores them from here.
     if (store->num_buffers()) buffers_backup = make_buffer(store->num_buffers() * 4);
   }
+}
+
+// Refuses a session that would need more than the budget, before anything that size is allocated; names the
+// largest planned values so the user sees which layer asks for it.
+void SessionImpl::check_budget(size_t need, size_t budget, const std::vector<int>& planned, const std::vector<BufferReq>& reqs) const {
+  if (need <= budget) return;
+  std::vector<size_t> order(planned.size());
+  std::iota(order.begin(), order.end(), size_t(0));
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return reqs[a].size > reqs[b].size; });
+  std::string largest;
+  for (size_t i = 0; i < order.size() && i < 3; ++i) {
+    const Value& v = g.values[planned[order[i]]];
+    const int prod = v.producer;
+    largest += std::string(i ? ", " : "") + "'" + (prod >= 0 ? g.nodes[prod].name + "' (" + g.nodes[prod].op + ")" : v.name + "'") +
+               " " + shape_str(v.desc.shape) + " " + mib(reqs[order[i]].size);
+  }
+  throw Error("compile: the session needs " + mib(need) + " (activation arena, scratch, prepared weights" +
+              (opt.mode == Mode::Train ? std::string(", gradients and optimizer state") : std::string()) + "), over the budget of " +
+              mib(budget) + (opt.max_arena_bytes ? " (max_arena_bytes)" : " (the machine's physical memory; raise it with max_arena_bytes)") +
+              (largest.empty() ? std::string() : "; largest values: " + largest));
 }
 
 void SessionImpl::update() {
@@ -557,6 +596,20 @@ void Session::set_lr(double lr) {
 }
 double Session::lr() const { return impl_->lr; }
 int64_t Session::step_count() const { return impl_->steps; }
+void Session::set_step_count(int64_t steps) {
+  if (steps < 0) throw Error("step count must be >= 0, got " + std::to_string(steps));
+  impl_->steps = steps;
+}
+std::vector<std::pair<std::string, float*>> Session::optimizer_state() {
+  std::vector<std::pair<std::string, float*>> v;
+  auto& I = *impl_;
+  if (I.opt.mode != Mode::Train) return v;
+  const bool sgd = I.opt.optim.kind == "sgd";
+  if (I.state_m) v.push_back({sgd ? "momentum_buffer" : "exp_avg", static_cast<float*>(I.state_m.get())});
+  if (I.state_v) v.push_back({"exp_avg_sq", static_cast<float*>(I.state_v.get())});
+  if (I.state_vmax) v.push_back({"max_exp_avg_sq", static_cast<float*>(I.state_vmax.get())});
+  return v;
+}
 MemoryReport Session::memory_report() const { return impl_->report; }
 std::vector<std::string> Session::schedule() const {
   std::vector<std::string> v;
