@@ -1,7 +1,7 @@
 """Embedding from C++: examples/cpp built with CMake against the installed package (find_package(cnnnative)
 via `python -m cnnnative --cmake-dir`), then run: classify must print Python's predictions for the same model
-and images, errors must read as in Python, and 4 threads x 20 runs sharing one model's weights must match a
-single-threaded run bit for bit. Skips without cmake or a C++ compiler, or without the CMake package."""
+and images, errors must read as in Python, and 4 threads x 20 runs sharing one model's weights (each thread its
+own session, then all threads one session) must match a single-threaded run bit for bit. Skips without cmake or a C++ compiler, or without the CMake package."""
 import os
 import shutil
 import subprocess
@@ -110,4 +110,6 @@ def test_threads_share_weights_bit_identical(apps, tmp_path):
         r = _run([exe, str(path), "4", "20", "3"], env)
         assert r.returncode == 0, r.stdout + r.stderr
         assert "80 results, 0 differ from the single-threaded run, 0 thread errors" in r.stdout
+        assert "one shared session: 80 results, 0 differ from the single-threaded run" in r.stdout
+        assert "set_num_threads(1) seen by another thread: yes" in r.stdout
         assert "weights shared: yes" in r.stdout

@@ -63,49 +63,75 @@ std::string shape_dtype(const py::array& a) {
   return shape_str(s) + " " + std::string(py::str(a.dtype()));
 }
 
-// A session plus the numpy glue; feed pointers live in a reused vector.
+// A session plus the numpy glue. Thread safety: every call converts its inputs into locals (with the GIL), then
+// releases the GIL and takes the session's lock for the run and the copies of its results, so two Python threads
+// sharing a session get their own outputs (runs are serialized) and sessions in different threads run in parallel.
 class PySession {
  public:
   PySession(const Graph& g, std::shared_ptr<ParamStore> store, const CompileOptions& o)
-      : s_(g, std::move(store), o), compute_(o.compute), ptrs_(s_.feeds().size()), keep_(s_.feeds().size()) {}
+      : s_(g, std::move(store), o), compute_(o.compute) {}
 
-  void run(const py::sequence& inputs) {
-    const auto& feeds = s_.feeds();
-    if (size_t(py::len(inputs)) != feeds.size())
-      throw Error("expected " + std::to_string(feeds.size()) + " input arrays, got " + std::to_string(py::len(inputs)));
-    for (size_t i = 0; i < feeds.size(); ++i) ptrs_[i] = prepare(i, inputs[i]);
-    {
-      py::gil_scoped_release nogil;
-      s_.run(ptrs_);
-    }
-    for (auto& k : keep_) k = py::object();
-  }
+  void run(const py::sequence& inputs) { run_impl(inputs, -1); }
+
+  // run, then a copy of fetch i made under the same lock
+  py::array run_fetch(const py::sequence& inputs, size_t i) { return run_impl(inputs, int64_t(i)); }
 
   double step(py::handle x, py::handle y) {
     if (s_.feeds().size() != 2) throw Error("step(x, y) needs a training session with inputs (x, labels)");
-    ptrs_[0] = prepare(0, x);
-    ptrs_[1] = prepare(1, y);
-    {
-      py::gil_scoped_release nogil;
-      s_.run(ptrs_);
-    }
-    keep_[0] = py::object();
-    keep_[1] = py::object();
+    std::vector<py::object> keep(2);
+    std::vector<const void*> ptrs{prepare(0, x, keep[0]), prepare(1, y, keep[1])};
+    py::gil_scoped_release nogil;
+    auto hold = s_.lock();
+    s_.run(ptrs);
     return s_.loss();
   }
 
   py::array fetch(size_t i) {
-    const auto& f = s_.fetches().at(i);
-    DType t = is_float(f.desc.dtype) ? compute_ : f.desc.dtype;
-    py::array out(np_dtype(t), f.desc.shape);
-    std::memcpy(out.mutable_data(), s_.fetch(i), size_t(numel(f.desc.shape)) * dtype_size(t));
+    py::array out = new_fetch_array(i);
+    void* dst = out.mutable_data();
+    const size_t bytes = size_t(out.nbytes());
+    py::gil_scoped_release nogil;
+    auto hold = s_.lock();
+    std::memcpy(dst, s_.fetch(i), bytes);
     return out;
   }
 
   Session& s() { return s_; }
 
  private:
-  const void* prepare(size_t i, py::handle obj) {
+  py::array new_fetch_array(size_t i) {
+    const auto& f = s_.fetches().at(i);
+    DType t = is_float(f.desc.dtype) ? compute_ : f.desc.dtype;
+    return py::array(np_dtype(t), f.desc.shape);
+  }
+
+  py::array run_impl(const py::sequence& inputs, int64_t fetch_i) {
+    const auto& feeds = s_.feeds();
+    if (size_t(py::len(inputs)) != feeds.size())
+      throw Error("expected " + std::to_string(feeds.size()) + " input arrays, got " + std::to_string(py::len(inputs)));
+    std::vector<py::object> keep(feeds.size());
+    std::vector<const void*> ptrs(feeds.size());
+    for (size_t i = 0; i < feeds.size(); ++i) ptrs[i] = prepare(i, inputs[i], keep[i]);
+    py::array out;
+    void* dst = nullptr;
+    size_t bytes = 0;
+    if (fetch_i >= 0) {
+      out = new_fetch_array(size_t(fetch_i));
+      dst = out.mutable_data();
+      bytes = size_t(out.nbytes());
+    }
+    {
+      py::gil_scoped_release nogil;
+      auto hold = s_.lock();
+      s_.run(ptrs);
+      if (dst) std::memcpy(dst, s_.fetch(size_t(fetch_i)), bytes);
+    }
+    return out;
+  }
+
+  // A pointer to input i's data: the array itself when it is already C-contiguous in the feed's dtype, else a
+  // converted copy held in `keep` for the duration of the call.
+  const void* prepare(size_t i, py::handle obj, py::object& keep) {
     const FeedInfo& f = s_.feeds()[i];
     DType want = is_float(f.desc.dtype) ? compute_ : f.desc.dtype;
     py::array a;
@@ -127,17 +153,12 @@ class PySession {
       throw Error("input '" + f.name + "': expected dtype " + dtype_name(want) + ", got " + std::string(py::str(a.dtype())));
     py::dtype dt = np_dtype(want);
     bool ok = a.dtype().is(dt) && (a.flags() & py::array::c_style);
-    if (!ok) {  // convert once (dtype or layout)
-      keep_[i] = py::array(py::module_::import("numpy").attr("ascontiguousarray")(a, dt));
-      a = py::reinterpret_borrow<py::array>(keep_[i]);
-    }
-    return a.data();
+    keep = ok ? py::object(a) : py::object(py::module_::import("numpy").attr("ascontiguousarray")(a, dt));
+    return py::reinterpret_borrow<py::array>(keep).data();
   }
 
   Session s_;
   DType compute_;
-  std::vector<const void*> ptrs_;
-  std::vector<py::object> keep_;
 };
 
 py::dict report_dict(const MemoryReport& r) {
@@ -287,18 +308,28 @@ PYBIND11_MODULE(_core, m) {
            py::arg("dtype") = "float32", py::arg("cache_weights") = true, py::arg("winograd") = true,
            py::arg("deterministic") = false, py::arg("max_arena_bytes") = 0)
       .def("run", &PySession::run)
+      .def("run_fetch", &PySession::run_fetch, py::arg("inputs"), py::arg("index") = 0)
       .def("step", &PySession::step)
       .def("fetch", &PySession::fetch)
       .def_property_readonly("feeds", [](PySession& p) { return infos(p.s().feeds()); })
       .def_property_readonly("fetches", [](PySession& p) { return infos(p.s().fetches()); })
       .def_property_readonly("loss", [](PySession& p) { return p.s().loss(); })
-      .def_property("lr", [](PySession& p) { return p.s().lr(); }, [](PySession& p, double lr) { p.s().set_lr(lr); })
+      .def_property("lr", [](PySession& p) { return p.s().lr(); },
+                    [](PySession& p, double lr) {
+                      py::gil_scoped_release nogil;  // set_lr waits for a run in progress
+                      p.s().set_lr(lr);
+                    })
+      .def_property_readonly("num_threads", [](PySession& p) { return p.s().num_threads(); })
       .def_property("step_count", [](PySession& p) { return p.s().step_count(); },
-                    [](PySession& p, int64_t n) { p.s().set_step_count(n); })
+                    [](PySession& p, int64_t n) {
+                      py::gil_scoped_release nogil;
+                      p.s().set_step_count(n);
+                    })
       // {name: float32 copy} of the optimizer's flat state blocks (Session::optimizer_state)
       .def("optimizer_state", [](PySession& p) {
         py::dict d;
         const size_t n = p.s().num_grads();
+        auto hold = p.s().lock();  // a consistent snapshot between steps
         for (auto& kv : p.s().optimizer_state()) {
           py::array_t<float> a{py::ssize_t(n)};
           std::memcpy(a.mutable_data(), kv.second, n * sizeof(float));
@@ -309,6 +340,7 @@ PYBIND11_MODULE(_core, m) {
       // Replaces the state blocks; every name must match and every block be finite and of the right size, all
       // checked before any is written.
       .def("load_optimizer_state", [](PySession& p, const py::dict& d) {
+        auto hold = p.s().lock();
         auto blocks = p.s().optimizer_state();
         const size_t n = p.s().num_grads();
         std::vector<py::array_t<float, py::array::c_style | py::array::forcecast>> src;

@@ -1,6 +1,9 @@
 // concurrent: several threads serving one loaded model. Every thread builds its own InferenceSession on the
 // same cnn::Model, so all of them read one copy of the weights (the Model's ParamStore), and runs it
 // repeatedly on its own input; each result must equal, bit for bit, a single-threaded run of that input.
+// Then all threads share ONE InferenceSession (its runs are serialized by the session's lock, each thread
+// getting its own output), and a worker thread checks that cnn::set_num_threads, called here in main(),
+// applies to it too.
 //   concurrent MODEL.cnn [THREADS=4] [RUNS=20] [BATCH=2]
 // Then zeroes the model's trainable weights and checks an existing session sees it (the weights are shared).
 // Prints a summary and exits 0 when every result matched and the weights are shared, 1 otherwise.
@@ -59,6 +62,33 @@ int main(int argc, char** argv) {
     std::printf("threads=%d runs=%d batch=%lld: %d results, %d differ from the single-threaded run, %d thread errors\n", threads,
                 runs, (long long)batch, done.load(), mismatches.load(), failures.load());
 
+    // One session, all threads: each run must still return that thread's own result.
+    std::atomic<int> shared_mismatches{0}, shared_done{0};
+    {
+      cnn::InferenceSession one(model, batch);
+      std::vector<std::thread> users;
+      for (int t = 0; t < threads; ++t)
+        users.emplace_back([&, t] {
+          std::vector<float> out(size_t(one.output_size()));
+          for (int r = 0; r < runs; ++r) {
+            one.run(inputs[t].data(), out.data());
+            if (std::memcmp(out.data(), expected[t].data(), out.size() * sizeof(float)) != 0) ++shared_mismatches;
+            ++shared_done;
+          }
+        });
+      for (auto& th : users) th.join();
+    }
+    std::printf("one shared session: %d results, %d differ from the single-threaded run\n", shared_done.load(),
+                shared_mismatches.load());
+
+    // set_num_threads is process-wide: a thread started afterwards sees the count set here.
+    const int before = cnn::get_num_threads();
+    cnn::set_num_threads(1);
+    int seen = 0;
+    std::thread([&] { seen = cnn::get_num_threads(); }).join();
+    cnn::set_num_threads(before);
+    std::printf("set_num_threads(1) seen by another thread: %s\n", seen == 1 ? "yes" : "no");
+
     // Sessions read the Model's weights in place: scaling them all by 0 must change an existing session's
     // output to the zero-weight model's (a conv/linear/BN/pool/add/ReLU network then outputs zeros).
     cnn::InferenceSession probe(model, batch);
@@ -68,7 +98,10 @@ int main(int argc, char** argv) {
     bool shared = true;
     for (float v : zero) shared = shared && v == 0.0f;
     std::printf("weights shared: %s\n", shared ? "yes" : "no");
-    return mismatches == 0 && failures == 0 && done == threads * runs && shared ? 0 : 1;
+    return mismatches == 0 && failures == 0 && done == threads * runs && shared && shared_mismatches == 0 &&
+                   shared_done == threads * runs && seen == 1
+               ? 0
+               : 1;
   } catch (const cnn::Error& e) {
     std::fprintf(stderr, "concurrent: %s\n", e.what());
     return 1;

@@ -95,8 +95,7 @@ class Session:
         """Inference on one batch of exactly input_shape; returns a new array."""
         if self.mode != "infer":
             raise ValueError("run(): this session was compiled with mode='train'; use step(x, y)")
-        self._s.run([x])
-        return self._s.fetch(0)
+        return self._s.run_fetch([x], 0)
 
     __call__ = run
 
@@ -121,6 +120,11 @@ class Session:
     @lr.setter
     def lr(self, value: float) -> None:
         self._s.lr = float(value)
+
+    @property
+    def num_threads(self) -> int:
+        """OpenMP threads the last run used (cn.set_num_threads applies to runs from any thread); 0 before any."""
+        return self._s.num_threads
 
     @property
     def step_count(self) -> int:

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -205,6 +206,12 @@ class SessionImpl;
 
 // A graph compiled for one input shape and mode: kernels created once, one arena allocated once.
 // run()/step() perform no allocation of their own.
+//
+// Threads: a session may be used from several threads; its calls are serialized by the session's own lock
+// (run() takes it; so do set_lr, set_step_count). Outputs (fetch(), loss()) belong to the last run, so a caller
+// that shares a session reads them while holding lock() across run() and the reads. Different sessions run in
+// parallel, also when they share a ParamStore (inference sessions only read it; a training session writing it
+// while another session runs is a data race, as in any framework).
 class Session {
  public:
   Session(const Graph& g, std::shared_ptr<ParamStore> store, const CompileOptions& opt);
@@ -217,11 +224,14 @@ class Session {
   // Runs the whole schedule on caller buffers (one per feed, dtype as feeds() says; f32 values are f64
   // in an f64 session). Train: forward, checks the loss is finite, backward, optimizer update.
   void run(const std::vector<const void*>& feeds);
+  // The session's lock (recursive: run() may be called while holding it).
+  std::unique_lock<std::recursive_mutex> lock() const;
   const void* fetch(size_t i) const;  // valid until the next run
   double loss() const;                // Train: the last loss
   void set_lr(double lr);
   double lr() const;
   int64_t step_count() const;
+  int num_threads() const;  // OpenMP threads the last run used (set_num_threads, from any thread); 0 before any
   // Resume: the number of completed runs (Adam's bias correction and the dropout streams depend on it).
   void set_step_count(int64_t steps);
   // Train: the optimizer's state blocks by name ("momentum_buffer" for SGD with momentum; "exp_avg",
@@ -242,6 +252,8 @@ class Session {
 // Number of buffers the core has allocated since the process started (arena, parameters, gradients,
 // optimizer state, scratch). A step after the first must leave it unchanged.
 uint64_t allocation_count();
+// The OpenMP thread count of every later compile and run, from any thread of the process (1 <= n <=
+// max(1024, 4 x hardware threads)). get_num_threads: that count, or OpenMP's default when never set.
 void set_num_threads(int n);
 int get_num_threads();
 

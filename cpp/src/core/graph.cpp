@@ -8,9 +8,11 @@
 #include <map>
 #include <mutex>
 #include <sstream>
+#include <thread>
 
 #include "core/alloc.hpp"
 #include "core/op.hpp"
+#include "core/threads.hpp"
 
 namespace cnn {
 
@@ -174,11 +176,29 @@ void* counted_alloc(size_t bytes, size_t alignment) {
 void counted_free(void* p) { std::free(p); }
 uint64_t allocation_count() { return g_allocs.load(); }
 
+// ---- threads (core/threads.hpp) ----
+namespace {
+std::atomic<int> g_threads{0};  // 0: never set, OpenMP's default
+}
 void set_num_threads(int n) {
-  if (n < 1) throw Error("set_num_threads: n must be >= 1, got " + std::to_string(n));
+  // libgomp itself crashes somewhere past ~50,000 threads; no machine has use for more than a few per core.
+  const int hw = int(std::max(1u, std::thread::hardware_concurrency()));
+  const int limit = std::max(1024, 4 * hw);
+  if (n < 1 || n > limit)
+    throw Error("set_num_threads: n must be between 1 and " + std::to_string(limit) + " (this machine has " + std::to_string(hw) +
+                " hardware threads), got " + std::to_string(n));
+  g_threads.store(n, std::memory_order_relaxed);
   omp_set_num_threads(n);
 }
-int get_num_threads() { return omp_get_max_threads(); }
+int get_num_threads() {
+  const int n = g_threads.load(std::memory_order_relaxed);
+  return n > 0 ? n : omp_get_max_threads();
+}
+int apply_num_threads() {
+  const int n = g_threads.load(std::memory_order_relaxed);
+  if (n > 0 && omp_get_max_threads() != n) omp_set_num_threads(n);
+  return omp_get_max_threads();
+}
 
 // ---- parameter store ----
 ParamStore::ParamStore(const std::vector<Entry>& entries) : entries_(entries) {

@@ -1,7 +1,8 @@
 // InferenceSession: a Model's graph rebatched to one batch size and compiled in inference mode. Owns its
 // Session (arena, scratch, kernels); borrows the Model's ParamStore through the shared_ptr, so sessions on
-// one Model share the weights and may outlive it. Thread safety comes from the layers below: each session
-// has its own arena and kernels, weights are only read in inference mode, oneDNN streams are per thread.
+// one Model share the weights and may outlive it. Thread safety: each session has its own arena and kernels
+// and weights are only read in inference mode, so sessions run in parallel; one session used from several
+// threads serializes its runs on its lock, held here across the run and the copy of its output.
 #include <cstring>
 
 #include <cnnnative/model.hpp>
@@ -23,6 +24,7 @@ InferenceSession& InferenceSession::operator=(InferenceSession&&) noexcept = def
 void InferenceSession::run(const float* input, float* output) {
   if (!s_) throw Error("InferenceSession: used after being moved from");
   if (!input || !output) throw Error("InferenceSession::run: null input or output pointer");
+  auto hold = s_->lock();  // this run's output, even when other threads share the session
   s_->run({input});
   std::memcpy(output, s_->fetch(0), size_t(numel(out_)) * sizeof(float));
 }

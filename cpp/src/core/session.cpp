@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <numeric>
 
 #include <unistd.h>
@@ -21,6 +22,7 @@
 #include "core/op.hpp"
 #include "core/planner.hpp"
 #include "core/recompute.hpp"
+#include "core/threads.hpp"
 #include "cpu/optim.hpp"
 
 namespace cnn {
@@ -32,7 +34,10 @@ class SessionImpl {
   SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, const CompileOptions& o);
   void run(const std::vector<const void*>& feeds);
   void update();
+  std::string locate(bool trainable, size_t flat) const;
+  [[noreturn]] void diverged(const std::string& what) const;
 
+  mutable std::recursive_mutex mu;  // serializes run() and the setters across threads
   Graph g;
   std::shared_ptr<ParamStore> store;
   CompileOptions opt;
@@ -68,7 +73,13 @@ class SessionImpl {
   MemoryReport report;
   double lr = 0;
   int64_t steps = 0;
+  int threads_used = 0;  // OpenMP threads of the last run
   double last_loss = NAN;
+  // Largest magnitudes of the parameters and optimizer state, as the last update left them (cpu/optim.hpp), and
+  // the store version after that update: while nobody else wrote the store, they bound what the next update can
+  // produce, so a step is checked for overflow with one pass over the gradients (update()).
+  OptimMaxima maxima;
+  uint64_t maxima_version = 0;  // 0: unknown (recomputed from the blocks)
   std::vector<std::string> uses_reference;
   std::vector<double> prof_ns;  // per step, plus one for the optimizer update
   std::vector<int64_t> prof_calls;
@@ -96,6 +107,7 @@ size_t value_bytes(const TensorDesc& d, DType compute, Layout l) {
 
 SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, const CompileOptions& o)
     : g(graph), store(std::move(st)), opt(o), lr(o.optim.lr) {
+  apply_num_threads();  // oneDNN sizes its primitives for the thread count at creation
   if (!store) throw Error("compile: no parameter store");
   if (opt.backend != "cpu" && opt.backend != "reference") throw Error("compile: unknown backend '" + opt.backend + "' (cpu, reference)");
   if (opt.compute != DType::f32 && opt.compute != DType::f64) throw Error("compile: compute dtype must be float32 or float64");
@@ -354,7 +366,13 @@ SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, con
       f = &get_op(n.op).ref;
       if (opt.backend == "cpu") uses_reference.push_back(n.op + " " + n.name);
     }
-    kernels.push_back((*f)(kc));
+    try {
+      kernels.push_back((*f)(kc));
+    } catch (const Error&) {
+      throw;
+    } catch (const std::exception& e) {  // oneDNN refusing a primitive, an allocation failing, ...
+      op_error(n, "cannot create its " + opt.backend + " kernel for inputs " + descs_str(kc.in) + ": " + e.what());
+    }
     const auto& fl = get_op(n.op).flops;
     node_flops.push_back(fl ? fl(kc.in, kc.out) : 0.0);
     scratch_bytes = std::max(scratch_bytes, kernels.back()->scratch_bytes());
@@ -412,6 +430,28 @@ SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, con
   }
 }
 
+namespace {
+// Index of the first NaN/inf in x, or -1. One vectorized pass (x * 0 is 0 for finite x, NaN otherwise).
+template <class T>
+int64_t first_non_finite(const T* x, int64_t n) {
+  T acc = 0;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t i = 0; i < n; ++i) acc += x[i] * T(0);
+  if (acc == T(0)) return -1;
+  for (int64_t i = 0; i < n; ++i)
+    if (!std::isfinite(x[i])) return i;
+  return -1;
+}
+std::string index_str(const Shape& s, int64_t flat) {
+  Shape idx(s.size());
+  for (size_t d = s.size(); d-- > 0;) {
+    idx[d] = flat % s[d];
+    flat /= s[d];
+  }
+  return shape_str(idx);
+}
+}  // namespace
+
 // Refuses a session that would need more than the budget, before anything that size is allocated; names the
 // largest planned values so the user sees which layer asks for it.
 void SessionImpl::check_budget(size_t need, size_t budget, const std::vector<int>& planned, const std::vector<BufferReq>& reqs) const {
@@ -432,11 +472,63 @@ void SessionImpl::check_budget(size_t need, size_t budget, const std::vector<int
               (largest.empty() ? std::string() : "; largest values: " + largest));
 }
 
+// "'name' at [i, j]" for a flat index into the parameter (trainable) or buffer block.
+std::string SessionImpl::locate(bool trainable, size_t flat) const {
+  for (const auto& e : store->entries()) {
+    const size_t n = size_t(numel(e.shape));
+    if (e.trainable == trainable && flat >= e.offset && flat < e.offset + n)
+      return "'" + e.name + "' at " + index_str(e.shape, int64_t(flat - e.offset));
+  }
+  return "index " + std::to_string(flat);
+}
+
+void SessionImpl::diverged(const std::string& what) const {
+  throw Error("step " + std::to_string(steps) + ": " + what +
+              "; parameters, optimizer state and running statistics are left as they were before this step "
+              "(training diverged: lower the learning rate)");
+}
+
+// The optimizer update, guarded so that it never writes a non-finite parameter or state value: the gradients
+// are checked (one pass, which also gives max |g|); with the maxima the previous update left (when nobody wrote
+// the store since), a bound on every intermediate of the update rule tells whether anything can overflow; only
+// when it might does an exact dry run (scalar, same arithmetic) look for the first element that would. On any
+// failure nothing has been written, and run() restores the running statistics.
 void SessionImpl::update() {
   const auto& oc = opt.optim;
   float* p = store->params();
   const float* gr = static_cast<const float*>(grad_block.get());
-  long t = long(steps + 1);
+  float* m = static_cast<float*>(state_m.get());
+  float* v = static_cast<float*>(state_v.get());
+  float* vmax = static_cast<float*>(state_vmax.get());
+  const long t = long(steps + 1);
+  bool finite = true;
+  const double G = absmax(gr, n_grad, &finite);
+  if (!finite) {
+    int64_t i = first_non_finite(gr, int64_t(n_grad));
+    diverged("the gradient of " + locate(true, size_t(i)) + " is " + (std::isnan(gr[i]) ? "nan" : "inf") + " (the loss was finite)");
+  }
+  if (maxima_version == 0 || maxima_version != store->version()) {  // written from outside: measure the blocks
+    maxima.p = absmax(p, n_grad, &finite);
+    if (!finite) {
+      int64_t i = first_non_finite(p, int64_t(n_grad));
+      diverged("parameter " + locate(true, size_t(i)) + " is not finite before the update (it was written so from outside)");
+    }
+    maxima.m = m ? absmax(m, n_grad, nullptr) : 0.f;
+    maxima.v = std::max(v ? absmax(v, n_grad, nullptr) : 0.f, vmax ? absmax(vmax, n_grad, nullptr) : 0.f);
+  }
+  const double P = maxima.p, M = maxima.m, V = maxima.v;
+  const double limit = 0.5 * double(std::numeric_limits<float>::max());
+  auto below = [&](std::initializer_list<double> xs) {
+    for (double x : xs)
+      if (!(x < limit)) return false;  // NaN-safe
+    return true;
+  };
+  auto fail_at = [&](long i) {
+    char lrs[32];
+    std::snprintf(lrs, sizeof lrs, "%g", lr);
+    diverged(std::string("the update (lr ") + lrs + ") would make " + locate(true, size_t(i)) +
+             " or its optimizer state non-finite");
+  };
   if (oc.kind == "sgd") {
     SGDConfig c;
     c.lr = float(lr);
@@ -444,7 +536,18 @@ void SessionImpl::update() {
     c.dampening = float(oc.dampening);
     c.weight_decay = float(oc.weight_decay);
     c.nesterov = oc.nesterov;
-    sgd_update(p, gr, static_cast<float*>(state_m.get()), n_grad, c, t);
+    const double wd = c.weight_decay, mu = c.momentum, omd = std::fabs(1.0 - double(c.dampening));
+    const double d = G + wd * P;
+    double b = 0, dd = d;
+    if (mu != 0) {
+      b = t == 1 ? d : mu * M + omd * d;
+      dd = c.nesterov ? d + mu * b : b;
+    }
+    if (!below({d, b, dd, double(c.lr) * dd, P + double(c.lr) * dd})) {
+      long i = sgd_first_non_finite(p, gr, m, n_grad, c, t);
+      if (i >= 0) fail_at(i);
+    }
+    sgd_update(p, gr, m, n_grad, c, t, &maxima);
   } else {
     AdamConfig c;
     c.lr = float(lr);
@@ -454,8 +557,20 @@ void SessionImpl::update() {
     c.weight_decay = float(oc.weight_decay);
     c.decoupled = oc.kind == "adamw";
     c.amsgrad = oc.amsgrad;
-    adam_update(p, gr, static_cast<float*>(state_m.get()), static_cast<float*>(state_v.get()),
-                static_cast<float*>(state_vmax.get()), n_grad, c, t);
+    const double wd = c.weight_decay, lrd = c.lr;
+    const double pv = c.decoupled ? P * std::fabs(1.0 - lrd * wd) : P;
+    const double d = c.decoupled ? G : G + wd * pv;
+    const double mn = 2.0 * (M + d);  // the lerp and its intermediate d - m
+    const double vn = double(c.beta2) * V + d * d, s = std::max(V, vn);
+    const double bc1 = 1.0 - std::pow(double(c.beta1), double(t)), bc2s = std::sqrt(1.0 - std::pow(double(c.beta2), double(t)));
+    const double step_size = lrd / bc1, eps = c.eps;
+    const bool ok = eps > 0 && bc2s > 0 &&
+                    below({pv, d, mn, vn, s, d * d, std::sqrt(s) / bc2s, step_size * mn, step_size * mn / eps, pv + step_size * mn / eps});
+    if (!ok) {
+      long i = adam_first_non_finite(p, gr, m, v, vmax, n_grad, c, t);
+      if (i >= 0) fail_at(i);
+    }
+    adam_update(p, gr, m, v, vmax, n_grad, c, t, &maxima);
   }
 }
 
@@ -486,29 +601,10 @@ void SessionImpl::check_store_unchanged() {
   checked_sum = h;
 }
 
-namespace {
-// Index of the first NaN/inf in x, or -1. One vectorized pass (x * 0 is 0 for finite x, NaN otherwise).
-template <class T>
-int64_t first_non_finite(const T* x, int64_t n) {
-  T acc = 0;
-#pragma omp simd reduction(+ : acc)
-  for (int64_t i = 0; i < n; ++i) acc += x[i] * T(0);
-  if (acc == T(0)) return -1;
-  for (int64_t i = 0; i < n; ++i)
-    if (!std::isfinite(x[i])) return i;
-  return -1;
-}
-std::string index_str(const Shape& s, int64_t flat) {
-  Shape idx(s.size());
-  for (size_t d = s.size(); d-- > 0;) {
-    idx[d] = flat % s[d];
-    flat /= s[d];
-  }
-  return shape_str(idx);
-}
-}  // namespace
 
 void SessionImpl::run(const std::vector<const void*>& fd) {
+  std::lock_guard<std::recursive_mutex> hold(mu);
+  threads_used = apply_num_threads();
   if (fd.size() != feeds.size())
     throw Error("run: expected " + std::to_string(feeds.size()) + " inputs, got " + std::to_string(fd.size()));
   // A NaN/inf input would not always reach the loss (ReLU maps NaN to 0) yet poison BN statistics: refuse it
@@ -545,7 +641,13 @@ void SessionImpl::run(const std::vector<const void*>& fd) {
     rc.out = node_out[s].data();
     rc.persist = persist_ptr[s];
     auto t0 = clock::now();
-    kernels[s]->run(rc);
+    try {
+      kernels[s]->run(rc);
+    } catch (const Error&) {
+      throw;
+    } catch (const std::exception& e) {
+      op_error(g.nodes[s], std::string("its kernel failed: ") + e.what());
+    }
     prof_ns[s] += std::chrono::duration<double, std::nano>(clock::now() - t0).count();
     prof_calls[s]++;
   };
@@ -566,12 +668,29 @@ void SessionImpl::run(const std::vector<const void*>& fd) {
       throw Error(std::string("non-finite loss (") + (std::isnan(L) ? "nan" : "inf") + ") at step " + std::to_string(steps) +
                   "; parameters and running statistics were not updated");
     }
+    try {
+      // BN's running variance overflows first when training diverges (the normalized loss can stay finite)
+      if (nb) {
+        int64_t bad = first_non_finite(bufs, int64_t(store->num_buffers()));
+        if (bad >= 0)
+          diverged("running statistic " + locate(false, size_t(bad)) + " became " + (std::isnan(bufs[bad]) ? "nan" : "inf") +
+                   " in the forward pass (the loss was finite)");
+      }
+      for (int s = nf; s < n; ++s) exec(s);
+      auto t0 = clock::now();
+      update();
+      prof_ns[n] += std::chrono::duration<double, std::nano>(clock::now() - t0).count();
+      prof_calls[n]++;
+    } catch (...) {
+      if (nb) std::memcpy(bufs, buffers_backup.get(), nb);
+      throw;
+    }
     last_loss = L;
-    for (int s = nf; s < n; ++s) exec(s);
-    auto t0 = clock::now();
-    update();
-    prof_ns[n] += std::chrono::duration<double, std::nano>(clock::now() - t0).count();
-    prof_calls[n]++;
+    ++steps;
+    bump.s = nullptr;
+    store->touch();
+    maxima_version = store->version();
+    return;
   } else {
     for (int s = 0; s < n; ++s) exec(s);
   }
@@ -585,6 +704,7 @@ Session::~Session() = default;
 const std::vector<FeedInfo>& Session::feeds() const { return impl_->feeds; }
 const std::vector<FeedInfo>& Session::fetches() const { return impl_->fetches; }
 void Session::run(const std::vector<const void*>& feeds) { impl_->run(feeds); }
+std::unique_lock<std::recursive_mutex> Session::lock() const { return std::unique_lock<std::recursive_mutex>(impl_->mu); }
 const void* Session::fetch(size_t i) const {
   if (i >= impl_->fetch_values.size()) throw Error("fetch index out of range");
   return impl_->ptr[impl_->fetch_values[i]];
@@ -592,17 +712,21 @@ const void* Session::fetch(size_t i) const {
 double Session::loss() const { return impl_->last_loss; }
 void Session::set_lr(double lr) {
   if (!(lr >= 0) || !std::isfinite(lr)) throw Error("learning rate must be finite and >= 0");
+  std::lock_guard<std::recursive_mutex> hold(impl_->mu);
   impl_->lr = lr;
 }
 double Session::lr() const { return impl_->lr; }
 int64_t Session::step_count() const { return impl_->steps; }
+int Session::num_threads() const { return impl_->threads_used; }
 void Session::set_step_count(int64_t steps) {
   if (steps < 0) throw Error("step count must be >= 0, got " + std::to_string(steps));
+  std::lock_guard<std::recursive_mutex> hold(impl_->mu);
   impl_->steps = steps;
 }
 std::vector<std::pair<std::string, float*>> Session::optimizer_state() {
   std::vector<std::pair<std::string, float*>> v;
   auto& I = *impl_;
+  I.maxima_version = 0;  // the caller may write the blocks: measure them again before the next update
   if (I.opt.mode != Mode::Train) return v;
   const bool sgd = I.opt.optim.kind == "sgd";
   if (I.state_m) v.push_back({sgd ? "momentum_buffer" : "exp_avg", static_cast<float*>(I.state_m.get())});

@@ -167,20 +167,23 @@ inline float mulf(float a, float b) {
 inline float mulf(float a, float b) { return a * b; }  // no FMA to contract to
 #endif
 
-inline void sgd_elem(float* p, const float* g, float* buf, const SgdK& k) {
+inline void sgd_elem(float* p, const float* g, float* buf, const SgdK& k,
+                     OptimMaxima* mx = nullptr) {
   const float pv = *p;
   float d = *g;
   if (k.has_wd) d = d + mulf(k.wd, pv);
   if (k.mom != 0) {
     const float b = (k.mom == 1) ? d : mulf(k.mu, *buf) + mulf(k.omd, d);
     *buf = b;
+    if (mx) mx->m = std::max(mx->m, std::fabs(b));
     d = k.nesterov ? d + mulf(k.mu, b) : b;
   }
   *p = pv - mulf(k.lr, d);
+  if (mx) mx->p = std::max(mx->p, std::fabs(*p));
 }
 
 inline void adam_elem(float* p, const float* g, float* m, float* v,
-                      float* vmax, const AdamK& k) {
+                      float* vmax, const AdamK& k, OptimMaxima* mx = nullptr) {
   float pv = *p;
   if (k.has_decay) pv = pv * k.decay;
   float d = *g;
@@ -199,18 +202,23 @@ inline void adam_elem(float* p, const float* g, float* m, float* v,
   }
   const float den = std::sqrt(s) / k.bc2s + k.eps;
   *p = pv - (k.step_size * mn) / den;
+  if (mx) {
+    mx->p = std::max(mx->p, std::fabs(*p));
+    mx->m = std::max(mx->m, std::fabs(mn));
+    mx->v = std::max(mx->v, s);  // v, or vmax >= v with amsgrad
+  }
 }
 
 void sgd_scalar(float* p, const float* g, float* buf, std::size_t n,
-                const SgdK& k) {
+                const SgdK& k, OptimMaxima* mx) {
   for (std::size_t i = 0; i < n; ++i)
-    sgd_elem(p + i, g + i, k.mom ? buf + i : nullptr, k);
+    sgd_elem(p + i, g + i, k.mom ? buf + i : nullptr, k, mx);
 }
 
 void adam_scalar(float* p, const float* g, float* m, float* v, float* vmax,
-                 std::size_t n, const AdamK& k) {
+                 std::size_t n, const AdamK& k, OptimMaxima* mx) {
   for (std::size_t i = 0; i < n; ++i)
-    adam_elem(p + i, g + i, m + i, v + i, k.ams ? vmax + i : nullptr, k);
+    adam_elem(p + i, g + i, m + i, v + i, k.ams ? vmax + i : nullptr, k, mx);
 }
 
 #if CNN_OPTIM_X86
@@ -243,9 +251,20 @@ CNN_AVX2 void st8(float* a, __m256i mk, __m256 x) {
     _mm256_maskstore_ps(a, mk, x);
 }
 
+struct Max8 {
+  __m256 p, m, v;
+};
+CNN_AVX2 __m256 abs8(__m256 x) {
+  return _mm256_andnot_ps(_mm256_set1_ps(-0.f), x);
+}
+// Masked-off lanes of a partial vector load as zero, so they never raise a maximum.
+CNN_AVX2 __m256 zero_off8(__m256 x, __m256i mk) {
+  return _mm256_and_ps(x, _mm256_castsi256_ps(mk));
+}
+
 template <bool Full>
 CNN_AVX2 void sgd8(float* p, const float* g, float* buf, __m256i mk,
-                   const SgdK& k) {
+                   const SgdK& k, Max8* mx) {
   const __m256 pv = ld8<Full>(p, mk);
   __m256 d = ld8<Full>(g, mk);
   if (k.has_wd) d = _mm256_add_ps(d, mul8(_mm256_set1_ps(k.wd), pv));
@@ -256,14 +275,17 @@ CNN_AVX2 void sgd8(float* p, const float* g, float* buf, __m256i mk,
       b = _mm256_add_ps(mul8(mu, ld8<Full>(buf, mk)),
                         mul8(_mm256_set1_ps(k.omd), d));
     st8<Full>(buf, mk, b);
+    if (mx) mx->m = _mm256_max_ps(mx->m, zero_off8(abs8(b), mk));
     d = k.nesterov ? _mm256_add_ps(d, mul8(mu, b)) : b;
   }
-  st8<Full>(p, mk, _mm256_sub_ps(pv, mul8(_mm256_set1_ps(k.lr), d)));
+  const __m256 pn = _mm256_sub_ps(pv, mul8(_mm256_set1_ps(k.lr), d));
+  st8<Full>(p, mk, pn);
+  if (mx) mx->p = _mm256_max_ps(mx->p, zero_off8(abs8(pn), mk));
 }
 
 template <bool Full>
 CNN_AVX2 void adam8(float* p, const float* g, float* m, float* v, float* vmax,
-                    __m256i mk, const AdamK& k) {
+                    __m256i mk, const AdamK& k, Max8* mx) {
   __m256 pv = ld8<Full>(p, mk);
   if (k.has_decay) pv = mul8(pv, _mm256_set1_ps(k.decay));
   __m256 d = ld8<Full>(g, mk);
@@ -288,35 +310,61 @@ CNN_AVX2 void adam8(float* p, const float* g, float* m, float* v, float* vmax,
                     _mm256_set1_ps(k.eps));
   const __m256 upd =
       _mm256_div_ps(mul8(_mm256_set1_ps(k.step_size), mn), den);
-  st8<Full>(p, mk, _mm256_sub_ps(pv, upd));
+  const __m256 pn = _mm256_sub_ps(pv, upd);
+  st8<Full>(p, mk, pn);
+  if (mx) {
+    mx->p = _mm256_max_ps(mx->p, zero_off8(abs8(pn), mk));
+    mx->m = _mm256_max_ps(mx->m, zero_off8(abs8(mn), mk));
+    mx->v = _mm256_max_ps(mx->v, zero_off8(s, mk));
+  }
+}
+
+CNN_AVX2 float hmax8(__m256 x) {
+  __m128 a = _mm_max_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+  a = _mm_max_ps(a, _mm_movehl_ps(a, a));
+  a = _mm_max_ss(a, _mm_shuffle_ps(a, a, 1));
+  return _mm_cvtss_f32(a);
+}
+CNN_AVX2 void fold8(const Max8& v, OptimMaxima* mx) {
+  mx->p = std::max(mx->p, hmax8(v.p));
+  mx->m = std::max(mx->m, hmax8(v.m));
+  mx->v = std::max(mx->v, hmax8(v.v));
 }
 
 __attribute__((target("avx2"))) void sgd_avx2(float* p, const float* g,
                                               float* buf, std::size_t n,
-                                              const SgdK& kref) {
+                                              const SgdK& kref,
+                                              OptimMaxima* mx) {
   const SgdK k = kref;  // local copy: stores through p cannot alias it
   const __m256i all = _mm256_set1_epi32(-1);
+  Max8 acc{_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+  Max8* a = mx ? &acc : nullptr;
   std::size_t i = 0;
   for (; i + 8 <= n; i += 8)
-    sgd8<true>(p + i, g + i, k.mom ? buf + i : nullptr, all, k);
+    sgd8<true>(p + i, g + i, k.mom ? buf + i : nullptr, all, k, a);
   if (i < n)
     sgd8<false>(p + i, g + i, k.mom ? buf + i : nullptr, avx2_tail_mask(n - i),
-                k);
+                k, a);
+  if (mx) fold8(acc, mx);
 }
 
 __attribute__((target("avx2"))) void adam_avx2(float* p, const float* g,
                                                float* m, float* v, float* vmax,
                                                std::size_t n,
-                                               const AdamK& kref) {
+                                               const AdamK& kref,
+                                               OptimMaxima* mx) {
   const AdamK k = kref;  // local copy: stores through p cannot alias it
   const __m256i all = _mm256_set1_epi32(-1);
+  Max8 acc{_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+  Max8* a = mx ? &acc : nullptr;
   std::size_t i = 0;
   for (; i + 8 <= n; i += 8)
     adam8<true>(p + i, g + i, m + i, v + i, k.ams ? vmax + i : nullptr, all,
-                k);
+                k, a);
   if (i < n)
     adam8<false>(p + i, g + i, m + i, v + i, k.ams ? vmax + i : nullptr,
-                 avx2_tail_mask(n - i), k);
+                 avx2_tail_mask(n - i), k, a);
+  if (mx) fold8(acc, mx);
 }
 
 #undef CNN_AVX2
@@ -338,8 +386,13 @@ CNN_AVX512 void st16(float* a, __mmask16 mk, __m512 x) {
   _mm512_mask_storeu_ps(a, mk, x);
 }
 
+struct Max16 {
+  __m512 p, m, v;
+};
+CNN_AVX512 __m512 abs16(__m512 x) { return _mm512_abs_ps(x); }
+
 CNN_AVX512 void sgd16(float* p, const float* g, float* buf, __mmask16 mk,
-                      const SgdK& k) {
+                      const SgdK& k, Max16* mx) {
   const __m512 pv = ld16(p, mk);
   __m512 d = ld16(g, mk);
   if (k.has_wd) d = _mm512_add_ps(d, mul16(_mm512_set1_ps(k.wd), pv));
@@ -350,13 +403,16 @@ CNN_AVX512 void sgd16(float* p, const float* g, float* buf, __mmask16 mk,
       b = _mm512_add_ps(mul16(mu, ld16(buf, mk)),
                         mul16(_mm512_set1_ps(k.omd), d));
     st16(buf, mk, b);
+    if (mx) mx->m = _mm512_mask_max_ps(mx->m, mk, mx->m, abs16(b));
     d = k.nesterov ? _mm512_add_ps(d, mul16(mu, b)) : b;
   }
-  st16(p, mk, _mm512_sub_ps(pv, mul16(_mm512_set1_ps(k.lr), d)));
+  const __m512 pn = _mm512_sub_ps(pv, mul16(_mm512_set1_ps(k.lr), d));
+  st16(p, mk, pn);
+  if (mx) mx->p = _mm512_mask_max_ps(mx->p, mk, mx->p, abs16(pn));
 }
 
 CNN_AVX512 void adam16(float* p, const float* g, float* m, float* v,
-                       float* vmax, __mmask16 mk, const AdamK& k) {
+                       float* vmax, __mmask16 mk, const AdamK& k, Max16* mx) {
   __m512 pv = ld16(p, mk);
   if (k.has_decay) pv = mul16(pv, _mm512_set1_ps(k.decay));
   __m512 d = ld16(g, mk);
@@ -381,35 +437,74 @@ CNN_AVX512 void adam16(float* p, const float* g, float* m, float* v,
                                    _mm512_set1_ps(k.eps));
   const __m512 upd =
       _mm512_div_ps(mul16(_mm512_set1_ps(k.step_size), mn), den);
-  st16(p, mk, _mm512_sub_ps(pv, upd));
+  const __m512 pn = _mm512_sub_ps(pv, upd);
+  st16(p, mk, pn);
+  if (mx) {
+    mx->p = _mm512_mask_max_ps(mx->p, mk, mx->p, abs16(pn));
+    mx->m = _mm512_mask_max_ps(mx->m, mk, mx->m, abs16(mn));
+    mx->v = _mm512_mask_max_ps(mx->v, mk, mx->v, s);
+  }
+}
+
+CNN_AVX512 void fold16(const Max16& v, OptimMaxima* mx) {
+  mx->p = std::max(mx->p, _mm512_reduce_max_ps(v.p));
+  mx->m = std::max(mx->m, _mm512_reduce_max_ps(v.m));
+  mx->v = std::max(mx->v, _mm512_reduce_max_ps(v.v));
 }
 
 __attribute__((target("avx512f"))) void sgd_avx512(float* p, const float* g,
                                                    float* buf, std::size_t n,
-                                                   const SgdK& kref) {
+                                                   const SgdK& kref,
+                                                   OptimMaxima* mx) {
   const SgdK k = kref;  // local copy: stores through p cannot alias it
+  Max16 acc{_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+  Max16* a = mx ? &acc : nullptr;
   std::size_t i = 0;
   for (; i + 16 <= n; i += 16)
-    sgd16(p + i, g + i, k.mom ? buf + i : nullptr, __mmask16(0xFFFF), k);
+    sgd16(p + i, g + i, k.mom ? buf + i : nullptr, __mmask16(0xFFFF), k, a);
   if (i < n) {
     const __mmask16 mk = static_cast<__mmask16>((1u << (n - i)) - 1u);
-    sgd16(p + i, g + i, k.mom ? buf + i : nullptr, mk, k);
+    sgd16(p + i, g + i, k.mom ? buf + i : nullptr, mk, k, a);
   }
+  if (mx) fold16(acc, mx);
 }
 
 __attribute__((target("avx512f"))) void adam_avx512(float* p, const float* g,
                                                     float* m, float* v,
                                                     float* vmax, std::size_t n,
-                                                    const AdamK& kref) {
+                                                    const AdamK& kref,
+                                                    OptimMaxima* mx) {
   const AdamK k = kref;  // local copy: stores through p cannot alias it
+  Max16 acc{_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+  Max16* a = mx ? &acc : nullptr;
   std::size_t i = 0;
   for (; i + 16 <= n; i += 16)
     adam16(p + i, g + i, m + i, v + i, k.ams ? vmax + i : nullptr,
-           __mmask16(0xFFFF), k);
+           __mmask16(0xFFFF), k, a);
   if (i < n) {
     const __mmask16 mk = static_cast<__mmask16>((1u << (n - i)) - 1u);
-    adam16(p + i, g + i, m + i, v + i, k.ams ? vmax + i : nullptr, mk, k);
+    adam16(p + i, g + i, m + i, v + i, k.ams ? vmax + i : nullptr, mk, k, a);
   }
+  if (mx) fold16(acc, mx);
+}
+
+// max |x| over x[0, n) and whether every element is finite (a NaN/inf makes the x*0 sum NaN).
+__attribute__((target("avx512f"))) void absmax_avx512(const float* x, std::size_t n, float* mx, bool* finite) {
+  __m512 acc = _mm512_setzero_ps(), z = _mm512_setzero_ps();
+  std::size_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 v = _mm512_loadu_ps(x + i);
+    acc = _mm512_max_ps(acc, _mm512_abs_ps(v));
+    z = _mm512_add_ps(z, _mm512_mul_ps(v, _mm512_setzero_ps()));
+  }
+  if (i < n) {
+    const __mmask16 mk = static_cast<__mmask16>((1u << (n - i)) - 1u);
+    const __m512 v = _mm512_maskz_loadu_ps(mk, x + i);
+    acc = _mm512_max_ps(acc, _mm512_abs_ps(v));
+    z = _mm512_add_ps(z, _mm512_mul_ps(v, _mm512_setzero_ps()));
+  }
+  *mx = std::max(*mx, _mm512_reduce_max_ps(acc));
+  *finite = *finite && _mm512_reduce_add_ps(z) == 0.f;
 }
 
 #undef CNN_AVX512
@@ -417,9 +512,10 @@ __attribute__((target("avx512f"))) void adam_avx512(float* p, const float* g,
 
 // ---------------------------------------------------------------- dispatch
 
-using SgdFn = void (*)(float*, const float*, float*, std::size_t, const SgdK&);
+using SgdFn = void (*)(float*, const float*, float*, std::size_t, const SgdK&,
+                       OptimMaxima*);
 using AdamFn = void (*)(float*, const float*, float*, float*, float*,
-                        std::size_t, const AdamK&);
+                        std::size_t, const AdamK&, OptimMaxima*);
 
 int detect_best() {
 #if CNN_OPTIM_X86
@@ -466,19 +562,36 @@ AdamFn adam_kernel() {
 
 // Calls f(begin, count) over [0, n): one call when small, otherwise OpenMP
 // static schedule over kChunk-sized pieces.
+// f(begin, count, OptimMaxima* or nullptr); with `mx`, the per-thread maxima are combined into it (max is
+// order-independent, so the result does not depend on the thread count).
 template <class F>
-void for_chunks(std::size_t n, const F& f) {
+void for_chunks(std::size_t n, const F& f, OptimMaxima* mx = nullptr) {
   if (n <= kParallelMin) {
-    f(std::size_t(0), n);
+    f(std::size_t(0), n, mx);
     return;
   }
   const long nchunks = static_cast<long>((n + kChunk - 1) / kChunk);
+  float mp = 0, mm = 0, mv = 0;
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) if (!omp_in_parallel())
+#pragma omp parallel if (!omp_in_parallel()) reduction(max : mp, mm, mv)
 #endif
-  for (long c = 0; c < nchunks; ++c) {
-    const std::size_t b = static_cast<std::size_t>(c) * kChunk;
-    f(b, std::min(kChunk, n - b));
+  {
+    OptimMaxima local;
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+    for (long c = 0; c < nchunks; ++c) {
+      const std::size_t b = static_cast<std::size_t>(c) * kChunk;
+      f(b, std::min(kChunk, n - b), mx ? &local : nullptr);
+    }
+    mp = std::max(mp, local.p);
+    mm = std::max(mm, local.m);
+    mv = std::max(mv, local.v);
+  }
+  if (mx) {
+    mx->p = std::max(mx->p, mp);
+    mx->m = std::max(mx->m, mm);
+    mx->v = std::max(mx->v, mv);
   }
 }
 
@@ -487,25 +600,74 @@ void for_chunks(std::size_t n, const F& f) {
 // ------------------------------------------------------------------ public
 
 void sgd_update(float* p, const float* g, float* momentum_buf, std::size_t n,
-                const SGDConfig& c, long step) {
+                const SGDConfig& c, long step, OptimMaxima* maxima) {
   check_sgd(p, g, momentum_buf, n, c, step);
+  if (maxima) *maxima = OptimMaxima{};
   if (n == 0) return;
   const SgdK k = make_sgd(c, step);
   const SgdFn fn = sgd_kernel();
-  for_chunks(n, [&](std::size_t b, std::size_t cnt) {
-    fn(p + b, g + b, k.mom ? momentum_buf + b : nullptr, cnt, k);
-  });
+  for_chunks(n, [&](std::size_t b, std::size_t cnt, OptimMaxima* mx) {
+    fn(p + b, g + b, k.mom ? momentum_buf + b : nullptr, cnt, k, mx);
+  }, maxima);
 }
 
 void adam_update(float* p, const float* g, float* m, float* v, float* vmax,
-                 std::size_t n, const AdamConfig& c, long step) {
+                 std::size_t n, const AdamConfig& c, long step, OptimMaxima* maxima) {
   check_adam(p, g, m, v, vmax, n, c, step);
+  if (maxima) *maxima = OptimMaxima{};
   if (n == 0) return;
   const AdamK k = make_adam(c, step);
   const AdamFn fn = adam_kernel();
-  for_chunks(n, [&](std::size_t b, std::size_t cnt) {
-    fn(p + b, g + b, m + b, v + b, k.ams ? vmax + b : nullptr, cnt, k);
-  });
+  for_chunks(n, [&](std::size_t b, std::size_t cnt, OptimMaxima* mx) {
+    fn(p + b, g + b, m + b, v + b, k.ams ? vmax + b : nullptr, cnt, k, mx);
+  }, maxima);
+}
+
+float absmax(const float* x, std::size_t n, bool* finite) {
+  // The maxima plumbing of for_chunks carries max |x| in .p and a non-finite flag (1) in .m.
+  OptimMaxima r;
+  for_chunks(n, [&](std::size_t b, std::size_t cnt, OptimMaxima* local) {
+    float m = 0;
+    bool f = true;
+#if CNN_OPTIM_X86
+    if (active_level() == 2) {
+      absmax_avx512(x + b, cnt, &m, &f);
+    } else
+#endif
+    {
+      for (std::size_t i = 0; i < cnt; ++i) {
+        m = std::max(m, std::fabs(x[b + i]));
+        f = f && std::isfinite(x[b + i]);
+      }
+    }
+    local->p = std::max(local->p, m);
+    if (!f) local->m = 1.f;
+  }, &r);
+  if (finite) *finite = r.m == 0.f;
+  return r.p;
+}
+
+long sgd_first_non_finite(const float* p, const float* g, const float* buf, std::size_t n, const SGDConfig& c, long step) {
+  check_sgd(p, g, buf, n, c, step);
+  const SgdK k = make_sgd(c, step);
+  for (std::size_t i = 0; i < n; ++i) {
+    float pv = p[i], bv = k.mom ? buf[i] : 0.f;
+    sgd_elem(&pv, g + i, &bv, k);
+    if (!std::isfinite(pv) || !std::isfinite(bv)) return long(i);
+  }
+  return -1;
+}
+
+long adam_first_non_finite(const float* p, const float* g, const float* m, const float* v, const float* vmax,
+                           std::size_t n, const AdamConfig& c, long step) {
+  check_adam(p, g, m, v, vmax, n, c, step);
+  const AdamK k = make_adam(c, step);
+  for (std::size_t i = 0; i < n; ++i) {
+    float pv = p[i], mv = m[i], vv = v[i], xv = k.ams ? vmax[i] : 0.f;
+    adam_elem(&pv, g + i, &mv, &vv, &xv, k);
+    if (!std::isfinite(pv) || !std::isfinite(mv) || !std::isfinite(vv) || !std::isfinite(xv)) return long(i);
+  }
+  return -1;
 }
 
 void sgd_update_ref(double* p, const double* g, double* buf, std::size_t n,
