@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 import types
 from collections import OrderedDict
 from typing import Iterator
@@ -24,36 +25,48 @@ __all__ = ["Module", "Parameter", "Buffer", "Sequential", "ModuleList", "Conv2d"
 
 functional = F
 
-_rng = np.random.default_rng(0)
+# Parameter initialization draws from a generator per thread: manual_seed(s) gives the calling thread its
+# own generator seeded with s, so a builder given seed=s (models.py) draws the same numbers whatever other
+# threads do, and never moves another thread's stream. A thread that never called manual_seed draws from
+# one process-wide default generator (seeded with 0 at import, shared by all such threads).
+_default_rng = np.random.default_rng(0)
+_init_state = threading.local()  # .rng: this thread's generator once seeded; .skip: inside no_init()
+
+
+def _rng() -> np.random.Generator:
+    """The generator initialization draws from in the calling thread."""
+    g = getattr(_init_state, "rng", None)
+    return _default_rng if g is None else g
 
 
 def manual_seed(seed: int) -> None:
-    """Seeds parameter initialization (like torch.manual_seed for init)."""
-    global _rng
-    _rng = np.random.default_rng(int(seed))
+    """Seeds parameter initialization for the calling thread (like torch.manual_seed for init, but per
+    thread): the modules this thread builds next draw from a generator seeded with `seed`; other threads'
+    draws are unaffected. Threads that never call it share a process-wide default generator (seed 0)."""
+    _init_state.rng = np.random.default_rng(int(seed))
 
 
-_skip_init = False
+def _skip_init() -> bool:
+    return getattr(_init_state, "skip", False)
 
 
 @contextlib.contextmanager
 def no_init():
-    """Modules built inside draw no initial values: weights are left zero (lazily allocated) and the
-    init functions do nothing, so building VGG-16 costs nothing. For counting parameters or loading a
-    state_dict right after (as torch's skip_init / meta-device construction)."""
-    global _skip_init
-    prev, _skip_init = _skip_init, True
+    """Modules built inside (in this thread) draw no initial values: weights are left zero (lazily
+    allocated) and the init functions do nothing, so building VGG-16 costs nothing. For counting parameters
+    or loading a state_dict right after (as torch's skip_init / meta-device construction)."""
+    prev, _init_state.skip = _skip_init(), True
     try:
         yield
     finally:
-        _skip_init = prev
+        _init_state.skip = prev
 
 
 def _uniform(shape, bound):
-    if _skip_init:
+    if _skip_init():
         return np.zeros(shape, np.float32)
     # float64 draws rounded to float32: the numbers every earlier version drew for a seed
-    return _rng.uniform(-bound, bound, size=shape).astype(np.float32)
+    return _rng().uniform(-bound, bound, size=shape).astype(np.float32)
 
 
 def _kaiming_uniform(shape, fan_in):
@@ -85,15 +98,15 @@ def _gain(nonlinearity, param=None):
 
 
 def _fill(t, values):
-    if not _skip_init:
+    if not _skip_init():
         t[...] = values
     return t
 
 
 def _normal(shape, mean, std):
-    if _skip_init:
+    if _skip_init():
         return np.zeros(shape, np.float32)
-    return _rng.standard_normal(shape, dtype=np.float32) * np.float32(std) + np.float32(mean)
+    return _rng().standard_normal(shape, dtype=np.float32) * np.float32(std) + np.float32(mean)
 
 
 def _init_uniform_(tensor, a=0.0, b=1.0):
