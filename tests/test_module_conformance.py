@@ -697,6 +697,29 @@ def _ref(m, x):
 X = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
 
 
+def test_replacing_a_module_by_one_of_the_same_shape_after_compile_uses_its_weights():
+    cn.manual_seed(0)
+    m = TwoLayer()
+    s1 = m.compile(X.shape)
+    np.testing.assert_allclose(s1.run(X), _ref(m, X), rtol=1e-5, atol=1e-6)
+    new_fc = nn.Linear(4, 3)
+    new_fc.weight[...] = np.arange(12, dtype=np.float32).reshape(3, 4) / 10
+    m.fc = new_fc
+    assert m.fc is new_fc
+    # the session was compiled from the old layer: it refuses to run rather than compute with it
+    with pytest.raises(RuntimeError, match=r"compiled before the model's structure changed \(module 'fc' "
+                                           r"replaced.*compile the model again"):
+        s1.run(X)
+    s2 = m.compile(X.shape)
+    np.testing.assert_allclose(s2.run(X), _ref(m, X), rtol=1e-5, atol=1e-6)
+    # the new module's arrays are views of the store now: writes reach the session
+    m.fc.bias[...] = 5.0
+    np.testing.assert_allclose(s2.run(X), _ref(m, X), rtol=1e-5, atol=1e-6)
+    assert m.state_dict()["fc.bias"][0] == 5.0
+    with pytest.raises(RuntimeError, match="compile the model again"):  # and stays refused
+        s1.run(X)
+
+
 def test_what_does_not_retire_a_session():
     cn.manual_seed(0)
     m = TwoLayer()
@@ -717,6 +740,40 @@ def test_what_does_not_retire_a_session():
     m.fc = None
     m.fc = fc
     np.testing.assert_allclose(s.run(X), _ref(m, X), rtol=1e-5, atol=1e-6)
+
+
+def test_changing_parameter_shapes_after_compile_rebuilds_the_store_and_retires_old_sessions():
+    cn.manual_seed(1)
+    m = TwoLayer()
+    s1 = m.compile(X.shape)
+    body_w = np.array(m.body.weight)
+    m.fc = nn.Linear(4, 5)
+    s2 = m.compile(X.shape)
+    assert s2.output_shape == (2, 5)
+    np.testing.assert_allclose(s2.run(X), _ref(m, X), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(m.body.weight, body_w)  # kept parameters keep their values
+    assert not m.body.weight.flags.owndata and not m.fc.weight.flags.owndata  # views of the new store
+    with pytest.raises(RuntimeError, match=r"compiled before .*module 'fc' replaced.*compile the model again"):
+        s1.run(X)
+    # the new session shares the module's arrays
+    m.fc.weight[...] = 0
+    np.testing.assert_allclose(s2.run(X), np.broadcast_to(np.asarray(m.fc.bias), (2, 5)), rtol=1e-6)
+
+
+def test_a_training_session_of_an_old_structure_is_refused_not_silently_detached():
+    cn.manual_seed(2)
+    m = TwoLayer()
+    opt = cn.optim.SGD(lr=0.1)
+    train = m.compile(X.shape, mode="train", optimizer=opt)
+    y = np.array([0, 2], np.int32)
+    train.step(X, y)
+    m.body = nn.Linear(4, 6)
+    m.fc = nn.Linear(6, 3)
+    infer = m.compile(X.shape)
+    with pytest.raises(RuntimeError, match="compile the model again"):
+        train.step(X, y)
+    opt.lr = 0.05  # the optimizer still sets its other sessions' rate
+    np.testing.assert_allclose(infer.run(X), _ref(m, X), rtol=1e-5, atol=1e-6)
 
 
 def test_setting_a_bias_to_none_after_compile():
@@ -751,6 +808,38 @@ def test_state_dict_of_a_submodule_keeps_the_parents_store():
     sub["weight"][...] = 0  # a write through the submodule's state_dict reaches the parent's session
     m.fc.bias[...] = 1
     np.testing.assert_allclose(s.run(X), np.ones((2, 3)), rtol=1e-6)
+
+
+def test_deleting_and_inserting_layers_after_compile():
+    cn.manual_seed(6)
+
+    class Stack(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleList([nn.Linear(4, 4), nn.Linear(4, 4)])
+
+        def forward(self, x):
+            for layer in self.layers:
+                x = layer(x)
+            return x
+
+    m = Stack()
+    s1 = m.compile(X.shape)
+    w1 = np.array(m.layers[1].weight)
+    del m.layers[0]
+    assert list(m.state_dict()) == ["layers.0.weight", "layers.0.bias"]
+    np.testing.assert_array_equal(m.state_dict()["layers.0.weight"], w1)
+    s2 = m.compile(X.shape)
+    ref = X @ w1.T + np.asarray(m.layers[0].bias)
+    np.testing.assert_allclose(s2.run(X), ref, rtol=1e-5, atol=1e-6)
+    with pytest.raises(RuntimeError, match="compile the model again"):
+        s1.run(X)
+    m.layers.insert(0, nn.Identity())
+    m.layers.append(nn.Linear(4, 2))
+    s3 = m.compile(X.shape)
+    assert list(m.state_dict()) == ["layers.1.weight", "layers.1.bias", "layers.2.weight", "layers.2.bias"]
+    ref = ref @ np.asarray(m.layers[2].weight).T + np.asarray(m.layers[2].bias)
+    np.testing.assert_allclose(s3.run(X), ref, rtol=1e-5, atol=1e-6)
 
 
 def test_module_dict_model_compiles_and_routes_by_key():

@@ -148,7 +148,7 @@ init.__doc__ = ("In-place initializers named as torch.nn.init's, drawing from th
                 "manual_seed (same distributions as torch, not the same numbers).")
 
 
-# ---- module structure: registration rules, the store record ----
+# ---- module structure: registration rules, the store record, the guard of compiled sessions ----
 def _typename(v) -> str:
     t = type(v)
     return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
@@ -175,6 +175,18 @@ def _as_buffer(value):
     return np.array(value, dtype=np.float32, order="C")
 
 
+# Every change to a module's registered parameters, buffers or submodules takes a new value from this counter:
+# a compiled session compares it with the value it last saw and, when it moved, re-checks its model's
+# structure before running (one integer comparison per run otherwise).
+_epochs = itertools.count(1)
+_epoch = 0
+
+
+def _structure_changed() -> None:
+    global _epoch
+    _epoch = next(_epochs)
+
+
 class _StoreRecord:
     """What Module._ensure_store() made: the ParamStore, its entries (name, shape, trainable) and the array
     objects it installed in the modules (views of the store), to tell later whether they are still the ones."""
@@ -183,6 +195,81 @@ class _StoreRecord:
 
     def __init__(self, store, sig, arrays):
         self.store, self.sig, self.arrays = store, sig, arrays
+
+
+def _structure(model) -> list:
+    """The registered structure of a model as compiled: every module, parameter and buffer by name, with the
+    objects themselves (compared by identity)."""
+    out = []
+    for path, m in model.named_modules():
+        out.append((("module", path), m))
+        d = m.__dict__
+        for kind in ("_parameters", "_buffers"):
+            for k, v in d[kind].items():
+                out.append(((kind[1:-1], f"{path}.{k}" if path else k), v))
+    return out
+
+
+def _describe(old: list, new: list) -> str:
+    o, n = dict(old), dict(new)
+    what = []
+    for key, v in old:
+        if key not in n:
+            what.append(f"{key[0]} '{key[1] or '(model)'}' removed")
+        elif n[key] is not v:
+            what.append(f"{key[0]} '{key[1] or '(model)'}' replaced")
+    what += [f"{key[0]} '{key[1]}' added" for key, _ in new if key not in o]
+    if not what:
+        what = ["modules reordered"]
+    return ", ".join(what[:6]) + (f" and {len(what) - 6} more" if len(what) > 6 else "")
+
+
+class _GuardedCore:
+    """Wraps a compiled session's core: before each run or step it checks that the model's registered
+    structure is still the one the session was compiled from, and refuses (RuntimeError) once it is not
+    (a module, parameter or buffer added, removed or replaced), instead of computing with a graph and weights
+    the model no longer has. Everything else goes to the core."""
+
+    __slots__ = ("_core", "_model", "_structure", "_seen", "_why")
+
+    def __init__(self, core, model):
+        object.__setattr__(self, "_core", core)
+        object.__setattr__(self, "_model", model)
+        object.__setattr__(self, "_structure", _structure(model))
+        object.__setattr__(self, "_seen", _epoch)
+        object.__setattr__(self, "_why", None)
+
+    def _check(self):
+        if self._why is None and self._seen != _epoch:
+            seen = _epoch
+            now = _structure(self._model)
+            old = self._structure
+            if len(now) == len(old) and all(a[0] == b[0] and a[1] is b[1] for a, b in zip(now, old)):
+                object.__setattr__(self, "_seen", seen)
+            else:
+                object.__setattr__(self, "_why", _describe(old, now))
+                object.__setattr__(self, "_core", None)  # its memory (arena, prepared weights) goes now
+        if self._why is not None:
+            raise RuntimeError(f"this session was compiled before the model's structure changed ({self._why}); "
+                               "its graph and weights are no longer the model's: compile the model again")
+
+    def run(self, *args, **kw):
+        self._check()
+        return self._core.run(*args, **kw)
+
+    def step(self, *args, **kw):
+        self._check()
+        return self._core.step(*args, **kw)
+
+    def __getattr__(self, name):
+        core = object.__getattribute__(self, "_core")
+        if core is None:
+            self._check()
+        return getattr(core, name)
+
+    def __setattr__(self, name, value):
+        if self._core is not None:  # a retired session ignores settings (an optimizer's lr for all its sessions)
+            setattr(self._core, name, value)
 
 
 class Module:
@@ -207,6 +294,7 @@ class Module:
         for kind in kinds:
             if name in d[kind]:
                 del d[kind][name]
+                _structure_changed()
         if "_buffers" in kinds:
             d.get("_non_persistent_buffers_set", set()).discard(name)
 
@@ -236,11 +324,13 @@ class Module:
                     raise AttributeError("cannot assign module before Module.__init__() call")
                 self._forget(name, "_parameters", "_buffers")
                 modules[name] = value
+                _structure_changed()
             elif modules is not None and name in modules:
                 if value is not None:
                     raise TypeError(f"cannot assign '{_typename(value)}' as child module '{name}' "
                                     "(cnnnative.nn.Module or None expected)")
                 modules[name] = None
+                _structure_changed()
             else:
                 buffers = d.get("_buffers")
                 if buffers is not None and name in buffers:
@@ -280,6 +370,7 @@ class Module:
             old[...] = value  # as for parameters: into the store, the attribute stays its view
             return
         self._buffers[name] = None if value is None else _as_buffer(value)
+        _structure_changed()
 
     def register_buffer(self, name: str, tensor, persistent: bool = True) -> None:
         """Registers a buffer: a float32 array that is not trained (BatchNorm's running statistics). Buffers go
@@ -310,6 +401,7 @@ class Module:
             raise TypeError(f"cannot assign '{_typename(param)}' object to parameter '{name}' "
                             "(cnnnative.nn.Parameter or None required)")
         self._parameters[name] = param
+        _structure_changed()
 
     def add_module(self, name: str, module: "Module | None") -> None:
         """Registers a submodule (or None) under `name`, as attribute assignment does."""
@@ -323,6 +415,7 @@ class Module:
             raise KeyError(f"attribute '{name}' already exists")
         _check_name("module", name)
         self._modules[name] = module
+        _structure_changed()
 
     register_module = add_module
 
@@ -499,7 +592,7 @@ class Module:
         (flat blocks) and replaces the module attributes by numpy views of it. Kept while the model's arrays
         are the views it installed; once one was added, removed or replaced, a new store is made and the
         current values move into it (arrays handed out before keep the old memory: writes to them no longer
-        reach the model)."""
+        reach the model). Sessions compiled before such a change refuse to run (_GuardedCore)."""
         entries = [(n, a, True) for n, a in self.named_parameters()] + \
                   [(n, a, False) for n, a in self.named_buffers()]
         sig = [(n, tuple(a.shape), t) for n, a, t in entries]
@@ -520,6 +613,7 @@ class Module:
                     if v is not None:
                         d[k] = views[id(v)]
         object.__setattr__(self, "_store", _StoreRecord(store, sig, [views[id(a)] for _, a, _ in entries]))
+        _structure_changed()  # the arrays are new objects: sessions of other models holding them re-check
         self._name_tensors()
         return store
 
@@ -606,12 +700,18 @@ class Module:
         (about half the time, relative differences ~1e-5; False: direct convolution). deterministic:
         training results independent of the thread count (default: cn.use_deterministic_algorithms).
         max_arena_bytes: refuse (cn.Error) a session needing more memory than this (default: the machine's
-        physical memory). Returns a Session."""
+        physical memory). Returns a Session. The session shares the model's parameters and buffers (one
+        ParamStore); it refuses to run (RuntimeError) once a module, parameter or buffer of the model was
+        added, removed or replaced: compile again. Plain attributes a forward() reads (a stride, a flag) are
+        traced as constants at compile, as torch.jit.trace does."""
         from .session import Session
         sess = Session(self, input_shape, mode=mode, optimizer=optimizer, loss=loss, seed=seed,
                        backend=backend, plan_memory=plan_memory, optimize=optimize, layout=layout,
                        recompute=recompute, dtype=dtype, cache_weights=cache_weights,
                        winograd=winograd, deterministic=deterministic, max_arena_bytes=max_arena_bytes)
+        # a session runs the structure it was compiled from: once a module, parameter or buffer of the model
+        # is added, removed or replaced it refuses to run (compile again), instead of computing stale results
+        sess._s = _GuardedCore(sess._s, self)
         return sess
 
     def extra_repr(self) -> str:
@@ -631,6 +731,7 @@ def _renumber(module: Module, mods) -> None:
     d.clear()
     for i, m in enumerate(mods):
         d[str(i)] = m
+    _structure_changed()
 
 
 def _position(module: Module, idx) -> int:
@@ -790,6 +891,7 @@ class ModuleDict(Module):
 
     def __delitem__(self, key: str) -> None:
         del self._modules[key]
+        _structure_changed()
 
     def __len__(self):
         return len(self._modules)
@@ -811,6 +913,7 @@ class ModuleDict(Module):
 
     def clear(self) -> None:
         self._modules.clear()
+        _structure_changed()
 
     def pop(self, key: str) -> Module:
         m = self[key]
