@@ -904,6 +904,24 @@ def test_shared_module_and_tied_weights_in_a_graph():
     assert not np.array_equal(before, m.enc.weight) and m.dec.weight is m.enc.weight
 
 
+def test_deepcopy_of_a_compiled_model_is_independent():
+    import copy
+    import pickle
+
+    cn.manual_seed(10)
+    m = TwoLayer()
+    m.dec = m.body  # a shared module stays shared in the copy
+    s = m.compile(X.shape)
+    for c in (copy.deepcopy(m), pickle.loads(pickle.dumps(m))):
+        assert list(c.state_dict()) == list(m.state_dict()) and c.dec is c.body
+        sc = c.compile(X.shape)
+        np.testing.assert_allclose(sc.run(X), s.run(X), rtol=1e-6)
+        c.fc.bias[...] = 7
+        np.testing.assert_allclose(sc.run(X), _ref(c, X), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(s.run(X), _ref(m, X), rtol=1e-5, atol=1e-6)  # the original is untouched
+        assert not (m.fc.bias == 7).any()
+
+
 class Blur(nn.Module):
     """A fixed depthwise 3x3 box filter kept as a non-persistent buffer, then a trainable 1x1 conv."""
 

@@ -286,6 +286,13 @@ class Module:
         object.__setattr__(self, "training", True)
         object.__setattr__(self, "_store", None)
 
+    def __getstate__(self):
+        # copy.deepcopy / pickle: the copy's arrays own their memory (a ParamStore is not copied); its first
+        # compile gives it a store of its own
+        state = self.__dict__.copy()
+        state["_store"] = None
+        return state
+
     # ---- attribute registration ----
     def _forget(self, name, *kinds) -> None:
         d = self.__dict__
