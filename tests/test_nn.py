@@ -59,3 +59,19 @@ def test_batchnorm_buffers_in_state_dict():
 def test_calling_model_outside_compile_is_a_clear_error():
     with pytest.raises(RuntimeError, match="compile"):
         cn.models.lenet5()(np.zeros((1, 1, 28, 28), np.float32))
+
+
+def test_layers_without_bias_register_it_as_none_and_compile():
+    # as torch: bias=False registers the slot as None (m.bias is None, not in state_dict); a Parameter
+    # assigned later is used
+    x = np.random.default_rng(0).standard_normal((2, 3, 6, 6)).astype(np.float32)
+    for layer in (nn.Conv2d(3, 4, 3, bias=False), nn.ConvTranspose2d(3, 4, 3, bias=False)):
+        assert layer.bias is None and list(layer.state_dict()) == ["weight"]
+        y0 = layer.compile(x.shape).run(x)
+        layer.bias = nn.Parameter(np.full(4, 2.0))
+        assert list(layer.state_dict()) == ["weight", "bias"]
+        np.testing.assert_allclose(layer.compile(x.shape).run(x), y0 + 2, rtol=1e-5, atol=1e-5)
+    lin = nn.Linear(3, 2, bias=False)
+    assert lin.bias is None
+    w = np.asarray(lin.weight)
+    np.testing.assert_allclose(lin.compile((2, 3)).run(x[:, :, 0, 0]), x[:, :, 0, 0] @ w.T, rtol=1e-5, atol=1e-6)

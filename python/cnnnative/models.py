@@ -2,8 +2,9 @@
 so a torchvision state_dict (as numpy arrays) loads one to one with load_state_dict(strict=True), BN
 num_batches_tracked included, and parameter counts equal torchvision's.
 
-Every builder takes num_classes (or channels), seed (None: continue the generator seeded by
-cn.manual_seed) and, where torchvision's stem would shrink a 32x32 input to almost nothing, cifar=True:
+Every builder takes num_classes (or channels), seed (calls cn.manual_seed(seed), which seeds the calling
+thread's generator only, so a seeded build gives the same weights whatever other threads do; None: continue
+this thread's generator) and, where torchvision's stem would shrink a 32x32 input to almost nothing, cifar=True:
   resnet*      conv1 = 3x3 stride 1 (padding 1) and no max pool (maxpool is an Identity)
   densenet121  conv0 = 3x3 stride 1 (padding 1) and no pool0
   googlenet    conv1 = 3x3 stride 1 (padding 1) and no maxpool1/maxpool2
@@ -36,6 +37,7 @@ __all__ = ["LeNet5", "AlexNet", "VGG", "ResNet", "BasicBlock", "Bottleneck", "Go
 
 
 def _seed(seed):
+    # per thread (nn.manual_seed): the seed never reaches the draws of other threads' builders
     if seed is not None:
         nn.manual_seed(seed)
 

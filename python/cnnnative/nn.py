@@ -5,8 +5,12 @@ sessions compiled from the model."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
+import operator
+import threading
 import types
+from collections import abc
 from collections import OrderedDict
 from typing import Iterator
 
@@ -17,43 +21,55 @@ from . import functional as F
 from ._params import Buffer, Parameter, TrackedArray
 from .graph import GraphBuilder, Tensor, current
 
-__all__ = ["Module", "Parameter", "Buffer", "Sequential", "ModuleList", "Conv2d", "ConvTranspose2d", "MaxPool2d",
-           "AvgPool2d", "AdaptiveAvgPool2d", "Linear", "BatchNorm2d", "LocalResponseNorm", "Upsample", "ReLU",
-           "Sigmoid", "Tanh", "LeakyReLU", "Dropout", "Flatten", "Identity", "functional", "init", "manual_seed",
-           "no_init"]
+__all__ = ["Module", "Parameter", "Buffer", "Sequential", "ModuleList", "ModuleDict", "Conv2d", "ConvTranspose2d",
+           "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Linear", "BatchNorm2d", "LocalResponseNorm", "Upsample",
+           "ReLU", "Sigmoid", "Tanh", "LeakyReLU", "Dropout", "Flatten", "Identity", "functional", "init",
+           "manual_seed", "no_init"]
 
 functional = F
 
-_rng = np.random.default_rng(0)
+# Parameter initialization draws from a generator per thread: manual_seed(s) gives the calling thread its
+# own generator seeded with s, so a builder given seed=s (models.py) draws the same numbers whatever other
+# threads do, and never moves another thread's stream. A thread that never called manual_seed draws from
+# one process-wide default generator (seeded with 0 at import, shared by all such threads).
+_default_rng = np.random.default_rng(0)
+_init_state = threading.local()  # .rng: this thread's generator once seeded; .skip: inside no_init()
+
+
+def _rng() -> np.random.Generator:
+    """The generator initialization draws from in the calling thread."""
+    g = getattr(_init_state, "rng", None)
+    return _default_rng if g is None else g
 
 
 def manual_seed(seed: int) -> None:
-    """Seeds parameter initialization (like torch.manual_seed for init)."""
-    global _rng
-    _rng = np.random.default_rng(int(seed))
+    """Seeds parameter initialization for the calling thread (like torch.manual_seed for init, but per
+    thread): the modules this thread builds next draw from a generator seeded with `seed`; other threads'
+    draws are unaffected. Threads that never call it share a process-wide default generator (seed 0)."""
+    _init_state.rng = np.random.default_rng(int(seed))
 
 
-_skip_init = False
+def _skip_init() -> bool:
+    return getattr(_init_state, "skip", False)
 
 
 @contextlib.contextmanager
 def no_init():
-    """Modules built inside draw no initial values: weights are left zero (lazily allocated) and the
-    init functions do nothing, so building VGG-16 costs nothing. For counting parameters or loading a
-    state_dict right after (as torch's skip_init / meta-device construction)."""
-    global _skip_init
-    prev, _skip_init = _skip_init, True
+    """Modules built inside (in this thread) draw no initial values: weights are left zero (lazily
+    allocated) and the init functions do nothing, so building VGG-16 costs nothing. For counting parameters
+    or loading a state_dict right after (as torch's skip_init / meta-device construction)."""
+    prev, _init_state.skip = _skip_init(), True
     try:
         yield
     finally:
-        _skip_init = prev
+        _init_state.skip = prev
 
 
 def _uniform(shape, bound):
-    if _skip_init:
+    if _skip_init():
         return np.zeros(shape, np.float32)
     # float64 draws rounded to float32: the numbers every earlier version drew for a seed
-    return _rng.uniform(-bound, bound, size=shape).astype(np.float32)
+    return _rng().uniform(-bound, bound, size=shape).astype(np.float32)
 
 
 def _kaiming_uniform(shape, fan_in):
@@ -85,15 +101,15 @@ def _gain(nonlinearity, param=None):
 
 
 def _fill(t, values):
-    if not _skip_init:
+    if not _skip_init():
         t[...] = values
     return t
 
 
 def _normal(shape, mean, std):
-    if _skip_init:
+    if _skip_init():
         return np.zeros(shape, np.float32)
-    return _rng.standard_normal(shape, dtype=np.float32) * np.float32(std) + np.float32(mean)
+    return _rng().standard_normal(shape, dtype=np.float32) * np.float32(std) + np.float32(mean)
 
 
 def _init_uniform_(tensor, a=0.0, b=1.0):
@@ -132,77 +148,352 @@ init.__doc__ = ("In-place initializers named as torch.nn.init's, drawing from th
                 "manual_seed (same distributions as torch, not the same numbers).")
 
 
+# ---- module structure: registration rules, the store record, the guard of compiled sessions ----
+def _typename(v) -> str:
+    t = type(v)
+    return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+
+
+def _check_name(kind: str, name) -> None:
+    """torch's rules for registered names: a non-empty str without '.' (TypeError / KeyError otherwise)."""
+    if not isinstance(name, str):
+        raise TypeError(f"{kind} name should be a string. Got {type(name).__name__}")
+    if "." in name:
+        raise KeyError(f"{kind} name can't contain \".\", got: {name}")
+    if name == "":
+        raise KeyError(f"{kind} name can't be empty string \"\"")
+
+
+def _in_store(a) -> bool:
+    return isinstance(a, TrackedArray) and a._cn_store is not None
+
+
+def _as_buffer(value):
+    """A buffer's array: float32, C-contiguous (the store's format); the same object when it already is."""
+    if isinstance(value, np.ndarray) and value.dtype == np.float32 and value.flags.c_contiguous:
+        return value
+    return np.array(value, dtype=np.float32, order="C")
+
+
+# Every change to a module's registered parameters, buffers or submodules takes a new value from this counter:
+# a compiled session compares it with the value it last saw and, when it moved, re-checks its model's
+# structure before running (one integer comparison per run otherwise).
+_epochs = itertools.count(1)
+_epoch = 0
+
+
+def _structure_changed() -> None:
+    global _epoch
+    _epoch = next(_epochs)
+
+
+class _StoreRecord:
+    """What Module._ensure_store() made: the ParamStore, its entries (name, shape, trainable) and the array
+    objects it installed in the modules (views of the store), to tell later whether they are still the ones."""
+
+    __slots__ = ("store", "sig", "arrays")
+
+    def __init__(self, store, sig, arrays):
+        self.store, self.sig, self.arrays = store, sig, arrays
+
+
+def _structure(model) -> list:
+    """The registered structure of a model as compiled: every module, parameter and buffer by name, with the
+    objects themselves (compared by identity)."""
+    out = []
+    for path, m in model.named_modules():
+        out.append((("module", path), m))
+        d = m.__dict__
+        for kind in ("_parameters", "_buffers"):
+            for k, v in d[kind].items():
+                out.append(((kind[1:-1], f"{path}.{k}" if path else k), v))
+    return out
+
+
+def _describe(old: list, new: list) -> str:
+    o, n = dict(old), dict(new)
+    what = []
+    for key, v in old:
+        if key not in n:
+            what.append(f"{key[0]} '{key[1] or '(model)'}' removed")
+        elif n[key] is not v:
+            what.append(f"{key[0]} '{key[1] or '(model)'}' replaced")
+    what += [f"{key[0]} '{key[1]}' added" for key, _ in new if key not in o]
+    if not what:
+        what = ["modules reordered"]
+    return ", ".join(what[:6]) + (f" and {len(what) - 6} more" if len(what) > 6 else "")
+
+
+class _GuardedCore:
+    """Wraps a compiled session's core: before each run or step it checks that the model's registered
+    structure is still the one the session was compiled from, and refuses (RuntimeError) once it is not
+    (a module, parameter or buffer added, removed or replaced), instead of computing with a graph and weights
+    the model no longer has. Everything else goes to the core."""
+
+    __slots__ = ("_core", "_model", "_structure", "_seen", "_why")
+
+    def __init__(self, core, model):
+        object.__setattr__(self, "_core", core)
+        object.__setattr__(self, "_model", model)
+        object.__setattr__(self, "_structure", _structure(model))
+        object.__setattr__(self, "_seen", _epoch)
+        object.__setattr__(self, "_why", None)
+
+    def _check(self):
+        if self._why is None and self._seen != _epoch:
+            seen = _epoch
+            now = _structure(self._model)
+            old = self._structure
+            if len(now) == len(old) and all(a[0] == b[0] and a[1] is b[1] for a, b in zip(now, old)):
+                object.__setattr__(self, "_seen", seen)
+            else:
+                object.__setattr__(self, "_why", _describe(old, now))
+                object.__setattr__(self, "_core", None)  # its memory (arena, prepared weights) goes now
+        if self._why is not None:
+            raise RuntimeError(f"this session was compiled before the model's structure changed ({self._why}); "
+                               "its graph and weights are no longer the model's: compile the model again")
+
+    def run(self, *args, **kw):
+        self._check()
+        return self._core.run(*args, **kw)
+
+    def step(self, *args, **kw):
+        self._check()
+        return self._core.step(*args, **kw)
+
+    def __getattr__(self, name):
+        core = object.__getattribute__(self, "_core")
+        if core is None:
+            self._check()
+        return getattr(core, name)
+
+    def __setattr__(self, name, value):
+        if self._core is not None:  # a retired session ignores settings (an optimizer's lr for all its sessions)
+            setattr(self._core, name, value)
+
+
 class Module:
+    """Base class of all layers and models, with torch.nn.Module's rules for attributes: assigning a
+    Parameter registers a parameter, a Module a submodule, and an array to a registered buffer replaces the
+    buffer; None keeps a registered slot (as None, left out of state_dict and of the graph); a plain value
+    for a parameter or submodule slot is a TypeError; `del` removes any of them."""
+
     def __init__(self):
         object.__setattr__(self, "_parameters", OrderedDict())
         object.__setattr__(self, "_buffers", OrderedDict())
+        object.__setattr__(self, "_non_persistent_buffers_set", set())
         object.__setattr__(self, "_modules", OrderedDict())
         object.__setattr__(self, "training", True)
         object.__setattr__(self, "_store", None)
 
+    def __getstate__(self):
+        # copy.deepcopy / pickle: the copy's arrays own their memory (a ParamStore is not copied); its first
+        # compile gives it a store of its own
+        state = self.__dict__.copy()
+        state["_store"] = None
+        return state
+
     # ---- attribute registration ----
+    def _forget(self, name, *kinds) -> None:
+        d = self.__dict__
+        if name in d:
+            object.__delattr__(self, name)
+        for kind in kinds:
+            if name in d[kind]:
+                del d[kind][name]
+                _structure_changed()
+        if "_buffers" in kinds:
+            d.get("_non_persistent_buffers_set", set()).discard(name)
+
     def __setattr__(self, name, value):
-        if "_parameters" not in self.__dict__:
-            raise RuntimeError("call super().__init__() in the module's __init__ before assigning attributes")
-        old = self._parameters.get(name)
-        if (isinstance(value, Parameter) and isinstance(old, TrackedArray) and old._cn_store is not None
-                and value is not old and value.shape == old.shape):
-            # a parameter already in a ParamStore: the new values go into the store (compiled sessions see them),
-            # the attribute stays the store's view
-            old[...] = value
-            return
-        for d in (self._parameters, self._buffers, self._modules):
-            d.pop(name, None)
+        d = self.__dict__
+        params = d.get("_parameters")
         if isinstance(value, Parameter):
-            self._parameters[name] = value
-        elif isinstance(value, Module):
-            self._modules[name] = value
+            if params is None:
+                raise AttributeError("cannot assign parameters before Module.__init__() call")
+            old = params.get(name)
+            if _in_store(old) and not _in_store(value) and value is not old and value.shape == old.shape:
+                # the parameter is a view of the model's ParamStore: the new values go into the store (compiled
+                # sessions see them) and the attribute stays the store's view
+                old[...] = value
+                return
+            self._forget(name, "_buffers", "_modules")
+            self.register_parameter(name, value)
+        elif params is not None and name in params:
+            if value is not None:
+                raise TypeError(f"cannot assign '{_typename(value)}' as parameter '{name}' "
+                                "(cnnnative.nn.Parameter or None expected)")
+            self.register_parameter(name, None)
         else:
-            object.__setattr__(self, name, value)
+            modules = d.get("_modules")
+            if isinstance(value, Module):
+                if modules is None:
+                    raise AttributeError("cannot assign module before Module.__init__() call")
+                self._forget(name, "_parameters", "_buffers")
+                modules[name] = value
+                _structure_changed()
+            elif modules is not None and name in modules:
+                if value is not None:
+                    raise TypeError(f"cannot assign '{_typename(value)}' as child module '{name}' "
+                                    "(cnnnative.nn.Module or None expected)")
+                modules[name] = None
+                _structure_changed()
+            else:
+                buffers = d.get("_buffers")
+                if buffers is not None and name in buffers:
+                    if value is not None and not isinstance(value, (np.ndarray, np.generic)):
+                        raise TypeError(f"cannot assign '{_typename(value)}' as buffer '{name}' "
+                                        "(numpy.ndarray or None expected)")
+                    self._set_buffer(name, value)
+                else:
+                    object.__setattr__(self, name, value)
 
     def __getattr__(self, name):
         d = self.__dict__
         for key in ("_parameters", "_buffers", "_modules"):
             if key in d and name in d[key]:
                 return d[key][name]
-        raise AttributeError(f"{type(self).__name__!r} has no attribute {name!r}")
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
 
-    def register_buffer(self, name: str, value) -> None:
-        self._buffers[name] = np.ascontiguousarray(value, dtype=np.float32)
+    def __delattr__(self, name):
+        d = self.__dict__
+        for key in ("_parameters", "_buffers", "_modules"):
+            if key in d and name in d[key]:
+                self._forget(name, key)
+                return
+        object.__delattr__(self, name)
 
-    def add_module(self, name: str, module: "Module") -> None:
+    def __dir__(self):
+        d = self.__dict__
+        names = set(super().__dir__())
+        for key in ("_parameters", "_buffers", "_modules"):
+            names.update(d.get(key, ()))
+        return sorted(names)
+
+    def _set_buffer(self, name, value) -> None:
+        old = self._buffers.get(name)
+        if (value is not None and _in_store(old) and not _in_store(value) and value is not old
+                and np.shape(value) == old.shape):
+            old[...] = value  # as for parameters: into the store, the attribute stays its view
+            return
+        self._buffers[name] = None if value is None else _as_buffer(value)
+        _structure_changed()
+
+    def register_buffer(self, name: str, tensor, persistent: bool = True) -> None:
+        """Registers a buffer: a float32 array that is not trained (BatchNorm's running statistics). Buffers go
+        into the parameter store and the graph as parameters do; persistent=False keeps it out of state_dict()
+        (and load_state_dict) only. None registers the name with no array (left out of everything)."""
+        if "_buffers" not in self.__dict__:
+            raise AttributeError("cannot assign buffer before Module.__init__() call")
+        _check_name("buffer", name)
+        if hasattr(self, name) and name not in self._buffers:
+            raise KeyError(f"attribute '{name}' already exists")
+        if tensor is not None and not isinstance(tensor, (np.ndarray, np.generic)):
+            raise TypeError(f"cannot assign '{_typename(tensor)}' object to buffer '{name}' "
+                            "(numpy.ndarray or None required)")
+        self._set_buffer(name, tensor)
+        if persistent:
+            self._non_persistent_buffers_set.discard(name)
+        else:
+            self._non_persistent_buffers_set.add(name)
+
+    def register_parameter(self, name: str, param) -> None:
+        """Registers a Parameter (or None: the name stays a parameter slot with no array, as a missing bias)."""
+        if "_parameters" not in self.__dict__:
+            raise AttributeError("cannot assign parameter before Module.__init__() call")
+        _check_name("parameter", name)
+        if hasattr(self, name) and name not in self._parameters:
+            raise KeyError(f"attribute '{name}' already exists")
+        if param is not None and not isinstance(param, Parameter):
+            raise TypeError(f"cannot assign '{_typename(param)}' object to parameter '{name}' "
+                            "(cnnnative.nn.Parameter or None required)")
+        self._parameters[name] = param
+        _structure_changed()
+
+    def add_module(self, name: str, module: "Module | None") -> None:
+        """Registers a submodule (or None) under `name`, as attribute assignment does."""
+        if module is not None and not isinstance(module, Module):
+            raise TypeError(f"{_typename(module)} is not a Module subclass")
+        if not isinstance(name, str):
+            raise TypeError(f"module name should be a string. Got {type(name).__name__}")
+        if "_modules" not in self.__dict__:
+            raise AttributeError("cannot assign module before Module.__init__() call")
+        if hasattr(self, name) and name not in self._modules:
+            raise KeyError(f"attribute '{name}' already exists")
+        _check_name("module", name)
         self._modules[name] = module
+        _structure_changed()
+
+    register_module = add_module
+
+    def get_submodule(self, target: str) -> "Module":
+        """The submodule at a dotted path ("layer1.0.conv1"); "" is the module itself."""
+        m = self
+        for part in target.split(".") if target else []:
+            sub = m._modules.get(part) if isinstance(m, Module) else None
+            if sub is None:
+                raise AttributeError(f"{type(m).__name__} has no submodule '{part}' (in '{target}')")
+            m = sub
+        return m
 
     # ---- traversal ----
-    def named_modules(self, prefix: str = ""):
+    def named_modules(self, memo=None, prefix: str = "", remove_duplicate: bool = True):
+        """(name, module) for this module and every submodule, depth first; a module reachable by several
+        names is given once (under the first) unless remove_duplicate=False."""
+        if memo is None:
+            memo = set()
+        if id(self) in memo:
+            return
+        if remove_duplicate:
+            memo.add(id(self))
         yield prefix, self
         for name, m in self._modules.items():
             if m is not None:
-                yield from m.named_modules(f"{prefix}.{name}" if prefix else name)
+                yield from m.named_modules(memo, f"{prefix}.{name}" if prefix else name, remove_duplicate)
 
     def modules(self):
         for _, m in self.named_modules():
             yield m
 
+    def named_children(self):
+        """(name, module) of the direct submodules, each module once; None slots are skipped."""
+        seen = set()
+        for name, m in self._modules.items():
+            if m is not None and id(m) not in seen:
+                seen.add(id(m))
+                yield name, m
+
     def children(self):
-        return iter(m for m in self._modules.values() if m is not None)
+        for _, m in self.named_children():
+            yield m
 
-    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, np.ndarray]]:
-        for mname, m in self.named_modules(prefix):
-            for pname, p in m._parameters.items():
-                yield (f"{mname}.{pname}" if mname else pname), p
+    def _named_members(self, kind, prefix, recurse, remove_duplicate):
+        mods = self.named_modules(prefix=prefix, remove_duplicate=remove_duplicate) if recurse else [(prefix, self)]
+        seen = set()
+        for mname, m in mods:
+            for k, v in m.__dict__[kind].items():
+                if v is None or id(v) in seen:
+                    continue
+                if remove_duplicate:
+                    seen.add(id(v))
+                yield (f"{mname}.{k}" if mname else k), v
 
-    def parameters(self):
-        for _, p in self.named_parameters():
+    def named_parameters(self, prefix: str = "", recurse: bool = True,
+                         remove_duplicate: bool = True) -> Iterator[tuple[str, np.ndarray]]:
+        """(name, Parameter) of this module and (recurse) its submodules; an array shared by several modules
+        (tied weights) is given once, under its first name."""
+        return self._named_members("_parameters", prefix, recurse, remove_duplicate)
+
+    def parameters(self, recurse: bool = True):
+        for _, p in self.named_parameters(recurse=recurse):
             yield p
 
-    def named_buffers(self, prefix: str = ""):
-        for mname, m in self.named_modules(prefix):
-            for bname, b in m._buffers.items():
-                yield (f"{mname}.{bname}" if mname else bname), b
+    def named_buffers(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True):
+        """(name, array) of the buffers, persistent or not."""
+        return self._named_members("_buffers", prefix, recurse, remove_duplicate)
 
-    def buffers(self):
-        for _, b in self.named_buffers():
+    def buffers(self, recurse: bool = True):
+        for _, b in self.named_buffers(recurse=recurse):
             yield b
 
     def apply(self, fn):
@@ -216,17 +507,30 @@ class Module:
         return int(sum(p.size for p in self.parameters()))
 
     # ---- state ----
-    def state_dict(self) -> "OrderedDict[str, np.ndarray]":
-        self._ensure_store()
-        sd = OrderedDict()
-        for mname, m in self.named_modules():
-            for n, p in m._parameters.items():
-                sd[f"{mname}.{n}" if mname else n] = p
-            for n, b in m._buffers.items():
-                sd[f"{mname}.{n}" if mname else n] = b
-            for n, v in getattr(m, "_extra_state", {}).items():
-                sd[f"{mname}.{n}" if mname else n] = v
+    def state_dict(self, *, destination=None, prefix: str = "",
+                   keep_vars: bool = False) -> "OrderedDict[str, np.ndarray]":
+        """Parameters, persistent buffers and BN's num_batches_tracked by name, as torch orders them (each
+        module's own, then its children's); a module or array reachable by several names is listed under
+        each. The values are the store's views: writing into them writes the model."""
+        self._ensure_tracked()
+        sd = OrderedDict() if destination is None else destination
+        self._save_to(sd, prefix)
         return sd
+
+    def _save_to(self, sd, prefix: str) -> None:
+        d = self.__dict__
+        for n, p in d["_parameters"].items():
+            if p is not None:
+                sd[prefix + n] = p
+        skip = d.get("_non_persistent_buffers_set", ())
+        for n, b in d["_buffers"].items():
+            if b is not None and n not in skip:
+                sd[prefix + n] = b
+        for n, v in d.get("_extra_state", {}).items():
+            sd[prefix + n] = v
+        for n, m in d["_modules"].items():
+            if m is not None:
+                m._save_to(sd, f"{prefix}{n}.")
 
     def load_state_dict(self, state: dict, strict: bool = True):
         own = self.state_dict()
@@ -258,9 +562,9 @@ class Module:
         out (attributes, state_dict() values) do this by themselves; call it after writing through a plain
         ndarray made from one (np.asarray(p), p.view(np.ndarray), torch.from_numpy(p), a memoryview)."""
         stores = {}  # the stores this module's arrays live in (a submodule holds no _store of its own)
-        st = self.__dict__.get("_store")
-        if st is not None:
-            stores[id(st[0])] = st[0]
+        rec = self._store_record()
+        if rec is not None:
+            stores[id(rec.store)] = rec.store
         for a in list(self.parameters()) + list(self.buffers()):
             s = getattr(a, "_cn_store", None)
             if s is not None:
@@ -268,34 +572,80 @@ class Module:
         for s in stores.values():
             s.touch()
 
-    def _ensure_store(self):
-        """Moves every parameter and buffer into one ParamStore (flat blocks) and replaces the
-        module attributes by numpy views of it. Re-done when the set of parameters changed."""
-        params = list(self.named_parameters())
-        bufs = list(self.named_buffers())
-        sig = [(n, p.shape, True) for n, p in params] + [(n, b.shape, False) for n, b in bufs]
+    def _store_record(self):
         st = self.__dict__.get("_store")
-        if st is not None and st[1] == sig:
-            return st[0]
+        if st is None or isinstance(st, _StoreRecord):
+            return st
+        # (store, entries) as io.GraphModule sets it: the arrays it installed are views of that store
+        store, sig = st
+        arrays = [a for _, a in self.named_parameters()] + [a for _, a in self.named_buffers()]
+        if len(arrays) != len(sig):
+            arrays = [None] * len(sig)
+        rec = _StoreRecord(store, [(n, tuple(s), bool(t)) for n, s, t in sig],
+                           [a if getattr(a, "_cn_store", None) is store else None for a in arrays])
+        object.__setattr__(self, "_store", rec)
+        return rec
+
+    def _ensure_tracked(self) -> None:
+        """Puts the arrays into a store unless every one already is a view of one (a submodule of a compiled
+        model keeps its parent's store: its state_dict() must not move them)."""
+        for a in itertools.chain(self.parameters(), self.buffers()):
+            if not _in_store(a):
+                self._ensure_store()
+                return
+
+    def _ensure_store(self):
+        """Moves every parameter and buffer (non-persistent ones too: the graph reads them) into one ParamStore
+        (flat blocks) and replaces the module attributes by numpy views of it. Kept while the model's arrays
+        are the views it installed; once one was added, removed or replaced, a new store is made and the
+        current values move into it (arrays handed out before keep the old memory: writes to them no longer
+        reach the model). Sessions compiled before such a change refuse to run (_GuardedCore)."""
+        entries = [(n, a, True) for n, a in self.named_parameters()] + \
+                  [(n, a, False) for n, a in self.named_buffers()]
+        sig = [(n, tuple(a.shape), t) for n, a, t in entries]
+        rec = self._store_record()
+        if rec is not None and rec.sig == sig and all(a is b for (_, a, _), b in zip(entries, rec.arrays)):
+            self._name_tensors()
+            return rec.store
         store = _core.ParamStore([(n, list(s), t) for n, s, t in sig])
-        for mname, m in self.named_modules():
-            for n in list(m._parameters):
-                full = f"{mname}.{n}" if mname else n
-                view = store.array(full)
-                view[...] = m._parameters[n]
-                m._parameters[n] = view.view(Parameter)
-            for n in list(m._buffers):
-                full = f"{mname}.{n}" if mname else n
-                view = store.array(full)
-                view[...] = m._buffers[n]
-                m._buffers[n] = view
-        object.__setattr__(self, "_store", (store, sig))
+        views = {}
+        for n, a, _ in entries:
+            view = store.array(n)  # a Parameter (trainable entries) or a Buffer tracking the store's version
+            view[...] = a
+            views[id(a)] = view
+        for m in self.modules():
+            for kind in ("_parameters", "_buffers"):
+                d = m.__dict__[kind]
+                for k, v in d.items():
+                    if v is not None:
+                        d[k] = views[id(v)]
+        object.__setattr__(self, "_store", _StoreRecord(store, sig, [views[id(a)] for _, a, _ in entries]))
+        _structure_changed()  # the arrays are new objects: sessions of other models holding them re-check
+        self._name_tensors()
         return store
+
+    def _name_tensors(self) -> None:
+        """Names each module for tracing (its path) and each of its parameters/buffers by the store entry it
+        lives in: its first name, so a module or array reachable by several names is one graph parameter."""
+        first = {}
+        for n, a in itertools.chain(self.named_parameters(), self.named_buffers()):
+            first.setdefault(id(a), n)
+        for path, m in self.named_modules():
+            object.__setattr__(m, "_trace_name", path)
+            names = {}
+            for kind in ("_parameters", "_buffers"):
+                for k, v in m.__dict__[kind].items():
+                    if v is not None:
+                        names[k] = first[id(v)]
+            object.__setattr__(m, "_tensor_names", names)
 
     # ---- modes ----
     def train(self, mode: bool = True):
-        for m in self.modules():
-            object.__setattr__(m, "training", bool(mode))
+        if not isinstance(mode, bool):
+            raise ValueError("training mode is expected to be boolean")
+        object.__setattr__(self, "training", mode)
+        for m in self.children():
+            m.train(mode)
         return self
 
     def eval(self):
@@ -314,14 +664,22 @@ class Module:
     def _tensor(self, attr: str) -> Tensor:
         """The traced value of one of this module's parameters or buffers."""
         b = current()
-        full = f"{self._trace_name}.{attr}" if self._trace_name else attr
         if attr in self._parameters:
-            return b.param(full, self._parameters[attr].shape, True)
-        return b.param(full, self._buffers[attr].shape, False)
+            a, trainable = self._parameters[attr], True
+        elif attr in self._buffers:
+            a, trainable = self._buffers[attr], False
+        else:
+            raise AttributeError(f"layer '{b.scope_name()}' ({type(self).__name__}) has no parameter or buffer "
+                                 f"'{attr}'")
+        if a is None:
+            raise ValueError(f"layer '{b.scope_name()}' ({type(self).__name__}): '{attr}' is None")
+        full = self.__dict__.get("_tensor_names", {}).get(attr)
+        if full is None:
+            full = f"{self._trace_name}.{attr}" if self._trace_name else attr
+        return b.param(full, a.shape, trainable)
 
     def trace(self, input_shape, training: bool) -> tuple[GraphBuilder, Tensor, Tensor]:
-        for name, m in self.named_modules():
-            object.__setattr__(m, "_trace_name", name)
+        self._name_tensors()
         b = GraphBuilder(training)
         with b:
             x = b.input("x", input_shape)
@@ -349,12 +707,19 @@ class Module:
         (about half the time, relative differences ~1e-5; False: direct convolution). deterministic:
         training results independent of the thread count (default: cn.use_deterministic_algorithms).
         max_arena_bytes: refuse (cn.Error) a session needing more memory than this (default: the machine's
-        physical memory). Returns a Session."""
+        physical memory). Returns a Session. The session shares the model's parameters and buffers (one
+        ParamStore); it refuses to run (RuntimeError) once a module, parameter or buffer of the model was
+        added, removed or replaced: compile again. Plain attributes a forward() reads (a stride, a flag) are
+        traced as constants at compile, as torch.jit.trace does."""
         from .session import Session
-        return Session(self, input_shape, mode=mode, optimizer=optimizer, loss=loss, seed=seed,
+        sess = Session(self, input_shape, mode=mode, optimizer=optimizer, loss=loss, seed=seed,
                        backend=backend, plan_memory=plan_memory, optimize=optimize, layout=layout,
                        recompute=recompute, dtype=dtype, cache_weights=cache_weights,
                        winograd=winograd, deterministic=deterministic, max_arena_bytes=max_arena_bytes)
+        # a session runs the structure it was compiled from: once a module, parameter or buffer of the model
+        # is added, removed or replaced it refuses to run (compile again), instead of computing stale results
+        sess._s = _GuardedCore(sess._s, self)
+        return sess
 
     def extra_repr(self) -> str:
         return ""
@@ -367,7 +732,30 @@ class Module:
         return lines[0] + (")" if len(lines) == 1 else "\n" + "\n".join(lines[1:]) + "\n)")
 
 
+def _renumber(module: Module, mods) -> None:
+    """Re-registers `mods` as module's children "0", "1", ... (after an insert or a delete)."""
+    d = module._modules
+    d.clear()
+    for i, m in enumerate(mods):
+        d[str(i)] = m
+    _structure_changed()
+
+
+def _position(module: Module, idx) -> int:
+    n = len(module._modules)
+    i = operator.index(idx)
+    if i < 0:
+        i += n
+    if not 0 <= i < n:
+        raise IndexError(f"index {idx} is out of range")
+    return i
+
+
 class Sequential(Module):
+    """torch.nn.Sequential: runs its modules in order. Built from modules (named "0", "1", ...) or from one
+    OrderedDict (their names). Indexing is by position; a slice is a Sequential keeping the names; insert,
+    del and pop renumber the modules "0", "1", ... as torch's deletion does."""
+
     def __init__(self, *mods):
         super().__init__()
         if len(mods) == 1 and isinstance(mods[0], (OrderedDict, dict)):
@@ -377,14 +765,53 @@ class Sequential(Module):
             for i, m in enumerate(mods):
                 self.add_module(str(i), m)
 
-    def __getitem__(self, i):
-        return list(self._modules.values())[i]
+    def _key(self, idx) -> str:
+        return list(self._modules)[_position(self, idx)]
+
+    def __getitem__(self, idx):
+        if isinstance(idx, slice):
+            return Sequential(OrderedDict(list(self._modules.items())[idx]))
+        return self._modules[self._key(idx)]
+
+    def __setitem__(self, idx, module):
+        setattr(self, self._key(idx), module)
+
+    def __delitem__(self, idx):
+        for k in list(self._modules)[idx] if isinstance(idx, slice) else [self._key(idx)]:
+            delattr(self, k)
+        _renumber(self, list(self._modules.values()))
 
     def __len__(self):
         return len(self._modules)
 
     def __iter__(self):
         return iter(self._modules.values())
+
+    def append(self, module: Module) -> "Sequential":
+        self.add_module(str(len(self)), module)
+        return self
+
+    def insert(self, index: int, module: Module) -> "Sequential":
+        if not isinstance(module, Module):
+            raise TypeError(f"{_typename(module)} is not a Module subclass")
+        n = len(self._modules)
+        i = operator.index(index)
+        if not -n <= i <= n:
+            raise IndexError(f"index {index} is out of range")
+        mods = list(self._modules.values())
+        mods.insert(i + n if i < 0 else i, module)
+        _renumber(self, mods)
+        return self
+
+    def extend(self, modules) -> "Sequential":
+        for m in modules:
+            self.append(m)
+        return self
+
+    def pop(self, idx):
+        m = self[idx]
+        del self[idx]
+        return m
 
     def forward(self, x):
         for m in self._modules.values():
@@ -393,30 +820,130 @@ class Sequential(Module):
 
 
 class ModuleList(Module):
-    """Holds submodules in a list, named "0", "1", ... (as torch.nn.ModuleList); it has no forward()."""
+    """Holds submodules in a list, named "0", "1", ... (as torch.nn.ModuleList); it has no forward().
+    Indexing is by position (negative counts from the end; a slice is a ModuleList); insert follows
+    list.insert (torch's fails on negative indices); insert, del and pop renumber."""
 
     def __init__(self, modules=None):
         super().__init__()
-        for m in modules or []:
-            self.append(m)
+        if modules is not None:
+            self += modules
 
-    def append(self, module: Module) -> "ModuleList":
-        self.add_module(str(len(self._modules)), module)
-        return self
+    def _key(self, idx) -> str:
+        return list(self._modules)[_position(self, idx)]
 
-    def extend(self, modules) -> "ModuleList":
-        for m in modules:
-            self.append(m)
-        return self
+    def __getitem__(self, idx):
+        if isinstance(idx, slice):
+            return ModuleList(list(self._modules.values())[idx])
+        return self._modules[self._key(idx)]
 
-    def __getitem__(self, i):
-        return list(self._modules.values())[i]
+    def __setitem__(self, idx, module):
+        setattr(self, self._key(idx), module)
+
+    def __delitem__(self, idx):
+        for k in list(self._modules)[idx] if isinstance(idx, slice) else [self._key(idx)]:
+            delattr(self, k)
+        _renumber(self, list(self._modules.values()))
 
     def __len__(self):
         return len(self._modules)
 
     def __iter__(self):
         return iter(self._modules.values())
+
+    def __iadd__(self, modules) -> "ModuleList":
+        return self.extend(modules)
+
+    def __add__(self, other) -> "ModuleList":
+        return ModuleList(list(self) + list(other))
+
+    def append(self, module: Module) -> "ModuleList":
+        self.add_module(str(len(self._modules)), module)
+        return self
+
+    def extend(self, modules) -> "ModuleList":
+        if not isinstance(modules, abc.Iterable):
+            raise TypeError(f"ModuleList.extend should be called with an iterable, but got {type(modules).__name__}")
+        for m in modules:
+            self.append(m)
+        return self
+
+    def insert(self, index: int, module: Module) -> None:
+        if not isinstance(module, Module):
+            raise TypeError(f"{_typename(module)} is not a Module subclass")
+        mods = list(self._modules.values())
+        mods.insert(operator.index(index), module)
+        _renumber(self, mods)
+
+    def pop(self, idx):
+        m = self[idx]
+        del self[idx]
+        return m
+
+
+class ModuleDict(Module):
+    """Holds submodules by name (as torch.nn.ModuleDict), in insertion order; it has no forward(). Keys follow
+    the rules of module names (str, no '.', not empty, not an existing attribute such as 'keys')."""
+
+    def __init__(self, modules=None):
+        super().__init__()
+        if modules is not None:
+            self.update(modules)
+
+    def __getitem__(self, key: str) -> Module:
+        return self._modules[key]
+
+    def __setitem__(self, key: str, module: Module) -> None:
+        self.add_module(key, module)
+
+    def __delitem__(self, key: str) -> None:
+        del self._modules[key]
+        _structure_changed()
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules)
+
+    def __contains__(self, key) -> bool:
+        return key in self._modules
+
+    def keys(self):
+        return self._modules.keys()
+
+    def values(self):
+        return self._modules.values()
+
+    def items(self):
+        return self._modules.items()
+
+    def clear(self) -> None:
+        self._modules.clear()
+        _structure_changed()
+
+    def pop(self, key: str) -> Module:
+        m = self[key]
+        del self[key]
+        return m
+
+    def update(self, modules) -> None:
+        """Adds (or replaces) modules from a mapping, a ModuleDict or an iterable of (key, module) pairs."""
+        if not isinstance(modules, abc.Iterable):
+            raise TypeError("ModuleDict.update should be called with an iterable of key/value pairs, but got "
+                            f"{type(modules).__name__}")
+        if isinstance(modules, (abc.Mapping, ModuleDict)):
+            for k, m in modules.items():
+                self[k] = m
+            return
+        for j, pair in enumerate(modules):
+            if not isinstance(pair, abc.Iterable):
+                raise TypeError(f"ModuleDict update sequence element #{j} should be Iterable; is "
+                                f"{type(pair).__name__}")
+            pair = list(pair)
+            if len(pair) != 2:
+                raise ValueError(f"ModuleDict update sequence element #{j} has length {len(pair)}; 2 is required")
+            self[pair[0]] = pair[1]
 
 
 def _pair(v):
@@ -440,17 +967,17 @@ class Conv2d(Module):
         if bias:
             self.bias = _kaiming_uniform((out_channels,), fan_in)
         else:
-            self.bias = None
+            self.register_parameter("bias", None)
 
     def forward(self, x):
         b = current()
-        return F.conv2d(x, self._tensor("weight"), self._tensor("bias") if "bias" in self._parameters else None,
+        return F.conv2d(x, self._tensor("weight"), self._tensor("bias") if self.bias is not None else None,
                         self.stride, self.padding, self.dilation, self.groups, name=b.scope_name())
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding}" + (f", groups={self.groups}" if self.groups > 1 else "")
-                + ("" if "bias" in self._parameters else ", bias=False"))
+                + ("" if self.bias is not None else ", bias=False"))
 
 
 class ConvTranspose2d(Module):
@@ -476,11 +1003,13 @@ class ConvTranspose2d(Module):
         self.weight = _kaiming_uniform((in_channels, out_channels // groups, *self.kernel_size), fan_in)
         if bias:
             self.bias = _kaiming_uniform((out_channels,), fan_in)
+        else:
+            self.register_parameter("bias", None)
 
     def forward(self, x):
         b = current()
         return F.conv_transpose2d(x, self._tensor("weight"),
-                                  self._tensor("bias") if "bias" in self._parameters else None, self.stride,
+                                  self._tensor("bias") if self.bias is not None else None, self.stride,
                                   self.padding, self.output_padding, self.groups, self.dilation, name=b.scope_name())
 
     def extra_repr(self):
@@ -488,7 +1017,7 @@ class ConvTranspose2d(Module):
                 f"padding={self.padding}" + (f", output_padding={self.output_padding}" if any(self.output_padding)
                                              else "")
                 + (f", groups={self.groups}" if self.groups > 1 else "")
-                + ("" if "bias" in self._parameters else ", bias=False"))
+                + ("" if self.bias is not None else ", bias=False"))
 
 
 class Linear(Module):
@@ -498,12 +1027,14 @@ class Linear(Module):
         self.weight = _kaiming_uniform((out_features, in_features), in_features)
         if bias:
             self.bias = _kaiming_uniform((out_features,), in_features)
+        else:
+            self.register_parameter("bias", None)
 
     def forward(self, x):
         if x.dim() != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"layer '{current().scope_name()}' (Linear): expected input [N, {self.in_features}], "
                              f"got {list(x.shape)}")
-        return F.linear(x, self._tensor("weight"), self._tensor("bias") if "bias" in self._parameters else None,
+        return F.linear(x, self._tensor("weight"), self._tensor("bias") if self.bias is not None else None,
                         name=current().scope_name())
 
     def extra_repr(self):
