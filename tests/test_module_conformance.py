@@ -707,7 +707,7 @@ def test_replacing_a_module_by_one_of_the_same_shape_after_compile_uses_its_weig
     m.fc = new_fc
     assert m.fc is new_fc
     # the session was compiled from the old layer: it refuses to run rather than compute with it
-    with pytest.raises(RuntimeError, match=r"compiled before the model's structure changed \(module 'fc' "
+    with pytest.raises(cn.Error, match=r"compiled before the model's structure changed \(module 'fc' "
                                            r"replaced.*compile the model again"):
         s1.run(X)
     s2 = m.compile(X.shape)
@@ -716,7 +716,7 @@ def test_replacing_a_module_by_one_of_the_same_shape_after_compile_uses_its_weig
     m.fc.bias[...] = 5.0
     np.testing.assert_allclose(s2.run(X), _ref(m, X), rtol=1e-5, atol=1e-6)
     assert m.state_dict()["fc.bias"][0] == 5.0
-    with pytest.raises(RuntimeError, match="compile the model again"):  # and stays refused
+    with pytest.raises(cn.Error, match="compile the model again"):  # and stays refused
         s1.run(X)
 
 
@@ -753,7 +753,7 @@ def test_changing_parameter_shapes_after_compile_rebuilds_the_store_and_retires_
     np.testing.assert_allclose(s2.run(X), _ref(m, X), rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(m.body.weight, body_w)  # kept parameters keep their values
     assert not m.body.weight.flags.owndata and not m.fc.weight.flags.owndata  # views of the new store
-    with pytest.raises(RuntimeError, match=r"compiled before .*module 'fc' replaced.*compile the model again"):
+    with pytest.raises(cn.Error, match=r"compiled before .*module 'fc' replaced.*compile the model again"):
         s1.run(X)
     # the new session shares the module's arrays
     m.fc.weight[...] = 0
@@ -770,7 +770,7 @@ def test_a_training_session_of_an_old_structure_is_refused_not_silently_detached
     m.body = nn.Linear(4, 6)
     m.fc = nn.Linear(6, 3)
     infer = m.compile(X.shape)
-    with pytest.raises(RuntimeError, match="compile the model again"):
+    with pytest.raises(cn.Error, match="compile the model again"):
         train.step(X, y)
     opt.lr = 0.05  # the optimizer still sets its other sessions' rate
     np.testing.assert_allclose(infer.run(X), _ref(m, X), rtol=1e-5, atol=1e-6)
@@ -832,7 +832,7 @@ def test_deleting_and_inserting_layers_after_compile():
     s2 = m.compile(X.shape)
     ref = X @ w1.T + np.asarray(m.layers[0].bias)
     np.testing.assert_allclose(s2.run(X), ref, rtol=1e-5, atol=1e-6)
-    with pytest.raises(RuntimeError, match="compile the model again"):
+    with pytest.raises(cn.Error, match="compile the model again"):
         s1.run(X)
     m.layers.insert(0, nn.Identity())
     m.layers.append(nn.Linear(4, 2))

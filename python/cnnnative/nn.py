@@ -224,52 +224,31 @@ def _describe(old: list, new: list) -> str:
     return ", ".join(what[:6]) + (f" and {len(what) - 6} more" if len(what) > 6 else "")
 
 
-class _GuardedCore:
-    """Wraps a compiled session's core: before each run or step it checks that the model's registered
-    structure is still the one the session was compiled from, and refuses (RuntimeError) once it is not
-    (a module, parameter or buffer added, removed or replaced), instead of computing with a graph and weights
-    the model no longer has. Everything else goes to the core."""
+class StructureWatch:
+    """What a compiled session checks before each run: that its model's registered structure is still the one
+    it was compiled from. check() returns None while it is (one integer comparison unless some module's
+    structure changed since the last look), else a description of the change (a module, parameter or buffer
+    added, removed or replaced), for good."""
 
-    __slots__ = ("_core", "_model", "_structure", "_seen", "_why")
+    __slots__ = ("_model", "_structure", "_seen", "_why")
 
-    def __init__(self, core, model):
-        object.__setattr__(self, "_core", core)
-        object.__setattr__(self, "_model", model)
-        object.__setattr__(self, "_structure", _structure(model))
-        object.__setattr__(self, "_seen", _epoch)
-        object.__setattr__(self, "_why", None)
+    def __init__(self, model):
+        self._model = model
+        self._structure = _structure(model)
+        self._seen = _epoch
+        self._why = None
 
-    def _check(self):
+    def check(self):
         if self._why is None and self._seen != _epoch:
             seen = _epoch
             now = _structure(self._model)
             old = self._structure
             if len(now) == len(old) and all(a[0] == b[0] and a[1] is b[1] for a, b in zip(now, old)):
-                object.__setattr__(self, "_seen", seen)
+                self._seen = seen
             else:
-                object.__setattr__(self, "_why", _describe(old, now))
-                object.__setattr__(self, "_core", None)  # its memory (arena, prepared weights) goes now
-        if self._why is not None:
-            raise RuntimeError(f"this session was compiled before the model's structure changed ({self._why}); "
-                               "its graph and weights are no longer the model's: compile the model again")
-
-    def run(self, *args, **kw):
-        self._check()
-        return self._core.run(*args, **kw)
-
-    def step(self, *args, **kw):
-        self._check()
-        return self._core.step(*args, **kw)
-
-    def __getattr__(self, name):
-        core = object.__getattribute__(self, "_core")
-        if core is None:
-            self._check()
-        return getattr(core, name)
-
-    def __setattr__(self, name, value):
-        if self._core is not None:  # a retired session ignores settings (an optimizer's lr for all its sessions)
-            setattr(self._core, name, value)
+                self._why = _describe(old, now)
+                self._model = self._structure = None
+        return self._why
 
 
 class Module:
@@ -599,7 +578,7 @@ class Module:
         (flat blocks) and replaces the module attributes by numpy views of it. Kept while the model's arrays
         are the views it installed; once one was added, removed or replaced, a new store is made and the
         current values move into it (arrays handed out before keep the old memory: writes to them no longer
-        reach the model). Sessions compiled before such a change refuse to run (_GuardedCore)."""
+        reach the model). Sessions compiled before such a change refuse to run (StructureWatch)."""
         entries = [(n, a, True) for n, a in self.named_parameters()] + \
                   [(n, a, False) for n, a in self.named_buffers()]
         sig = [(n, tuple(a.shape), t) for n, a, t in entries]
@@ -708,18 +687,14 @@ class Module:
         training results independent of the thread count (default: cn.use_deterministic_algorithms).
         max_arena_bytes: refuse (cn.Error) a session needing more memory than this (default: the machine's
         physical memory). Returns a Session. The session shares the model's parameters and buffers (one
-        ParamStore); it refuses to run (RuntimeError) once a module, parameter or buffer of the model was
+        ParamStore); it refuses to run (cn.Error) once a module, parameter or buffer of the model was
         added, removed or replaced: compile again. Plain attributes a forward() reads (a stride, a flag) are
         traced as constants at compile, as torch.jit.trace does."""
         from .session import Session
-        sess = Session(self, input_shape, mode=mode, optimizer=optimizer, loss=loss, seed=seed,
+        return Session(self, input_shape, mode=mode, optimizer=optimizer, loss=loss, seed=seed,
                        backend=backend, plan_memory=plan_memory, optimize=optimize, layout=layout,
                        recompute=recompute, dtype=dtype, cache_weights=cache_weights,
                        winograd=winograd, deterministic=deterministic, max_arena_bytes=max_arena_bytes)
-        # a session runs the structure it was compiled from: once a module, parameter or buffer of the model
-        # is added, removed or replaced it refuses to run (compile again), instead of computing stale results
-        sess._s = _GuardedCore(sess._s, self)
-        return sess
 
     def extra_repr(self) -> str:
         return ""

@@ -82,6 +82,9 @@ class Session:
         g.set_outputs([y.vid])
         self.graph = g
         self.optimizer = optimizer
+        # a session runs the structure it was compiled from (checked before each run, see _core_checked)
+        from .nn import StructureWatch
+        self._watch = StructureWatch(model)
         self._s = _core.Session(g, store, mode, backend=backend, plan_memory=plan_memory, seed=int(seed),
                                 optimize=bool(optimize), layout=str(layout), recompute=recompute, dtype=dtype,
                                 cache_weights=bool(cache_weights), winograd=bool(winograd),
@@ -90,12 +93,26 @@ class Session:
             optimizer._attach(self)
         self._bn = [m for m in model.modules() if hasattr(m, "_extra_state")] if mode == "train" else []
 
+    _watch = None
+
+    def _core_checked(self):
+        """The core session, once the model's registered structure is known to be the one compiled: after a
+        module, parameter or buffer was added, removed or replaced, the session frees its memory and refuses
+        (cn.Error) for good, instead of running a graph and weights the model no longer has."""
+        if self._watch is not None:
+            why = self._watch.check()
+            if why is not None:
+                self._s = None
+                raise _core.Error(f"this session was compiled before the model's structure changed ({why}); its "
+                                  "graph and weights are no longer the model's: compile the model again")
+        return self._s
+
     # ---- running ----
     def run(self, x: np.ndarray) -> np.ndarray:
         """Inference on one batch of exactly input_shape; returns a new array."""
         if self.mode != "infer":
             raise ValueError("run(): this session was compiled with mode='train'; use step(x, y)")
-        return self._s.run_fetch([x], 0)
+        return self._core_checked().run_fetch([x], 0)
 
     __call__ = run
 
@@ -104,58 +121,59 @@ class Session:
         loss='cross_entropy', a float32 target of the output's shape for 'mse' and 'bce_with_logits'."""
         if self.mode != "train":
             raise ValueError("step(): this session was compiled with mode='infer'; use run(x)")
-        loss = self._s.step(x, y)
+        loss = self._core_checked().step(x, y)
         for m in self._bn:
             m._extra_state["num_batches_tracked"] += 1
         return loss
 
     def output(self) -> np.ndarray:
         """The model output (logits) of the last run or step."""
-        return self._s.fetch(0)
+        return self._core_checked().fetch(0)
 
     @property
     def lr(self) -> float:
-        return self._s.lr
+        return self._core_checked().lr
 
     @lr.setter
     def lr(self, value: float) -> None:
-        self._s.lr = float(value)
+        if self._s is not None:  # a retired session ignores its optimizer's schedule
+            self._s.lr = float(value)
 
     @property
     def num_threads(self) -> int:
         """OpenMP threads the last run used (cn.set_num_threads applies to runs from any thread); 0 before any."""
-        return self._s.num_threads
+        return self._core_checked().num_threads
 
     @property
     def step_count(self) -> int:
         """Completed runs/steps. Settable (resume): Adam's bias correction and the dropout streams follow it."""
-        return self._s.step_count
+        return self._core_checked().step_count
 
     @step_count.setter
     def step_count(self, value: int) -> None:
-        self._s.step_count = int(value)
+        self._core_checked().step_count = int(value)
 
     def optimizer_state(self) -> dict:
         """Copies of the optimizer's flat state blocks, by PyTorch's state names ('momentum_buffer';
         'exp_avg', 'exp_avg_sq', 'max_exp_avg_sq'), each one float per parameter element in the order of the
         model's parameter block. Empty for inference sessions and SGD without momentum."""
-        return self._s.optimizer_state()
+        return self._core_checked().optimizer_state()
 
     def load_optimizer_state(self, state: dict) -> None:
         """Replaces the optimizer state with blocks from optimizer_state(); all are checked (names, sizes,
         finite) before any is written."""
-        self._s.load_optimizer_state(dict(state))
+        self._core_checked().load_optimizer_state(dict(state))
 
     def memory_report(self) -> dict:
-        return self._s.memory_report()
+        return self._core_checked().memory_report()
 
     def schedule(self) -> list:
-        return self._s.schedule()
+        return self._core_checked().schedule()
 
     def profile(self, reset: bool = False, top: int | None = None) -> list:
         """Per-node time since the last reset: op, name, calls, ms per call, GFLOP/s (conv/linear),
         share of the total; sorted by time. The optimizer update is its own entry in training."""
-        rows = self._s.profile()
+        rows = self._core_checked().profile()
         total = sum(r["total_ms"] for r in rows) or 1.0
         out = []
         for r in rows:
