@@ -1,12 +1,15 @@
 // cnn::Model, model file I/O and rebatching. Owns: the checks that a graph, a ParamStore and an input shape
-// form a model; reading a file whole (read(2), never mmap, so a file shrinking under us is an error, not a
-// SIGBUS) before fmt::decode validates it; atomic writes (temporary file in the target's folder, fsync,
-// rename; on any failure the temporary file is removed and the target is untouched).
+// form a model; the file side of loading (FileSource: fstat for the size, pread(2) for the ranges fmt::decode
+// asks for as it validates, never mmap, so a file shrinking under us is an error, not a SIGBUS; nothing is
+// read or allocated in proportion to the file before its header and section table are checked); atomic
+// writes (temporary file `<path>.tmp.<pid>.<n>` in the target's folder, fsync, rename; on any failure the
+// temporary file is removed and the target is untouched).
 // Never: links sessions or kernels (core/inference.cpp does), so the fuzzer builds with this file alone.
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -72,25 +75,42 @@ struct Fd {
 
 std::string errno_str(int e) { return std::strerror(e); }
 
-std::vector<uint8_t> read_whole(const std::string& path) {
-  auto fail = [&](const std::string& m) -> Error { return Error("model file '" + path + "': " + m); };
-  Fd f;
-  f.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (f.fd < 0) throw fail("cannot open: " + errno_str(errno));
-  struct stat st;
-  if (::fstat(f.fd, &st) != 0) throw fail("cannot stat: " + errno_str(errno));
-  if (!S_ISREG(st.st_mode)) throw fail("not a regular file");
-  std::vector<uint8_t> buf(size_t(st.st_size));
-  size_t got = 0;
-  while (got < buf.size()) {
-    ssize_t r = ::read(f.fd, buf.data() + got, buf.size() - got);
-    if (r < 0 && errno == EINTR) continue;
-    if (r < 0) throw fail("read failed: " + errno_str(errno));
-    if (r == 0) throw fail("the file shrank while it was read");
-    got += size_t(r);
+// A model file as a fmt::ByteSource: opened and sized (fstat) here, read with pread(2) in the ranges
+// fmt::decode asks for. O_NONBLOCK so that opening a FIFO does not wait for a writer (it is then refused
+// as not a regular file); it has no effect on regular files.
+class FileSource final : public fmt::ByteSource {
+ public:
+  explicit FileSource(const std::string& path) : path_(path) {
+    auto fail = [&](const std::string& m) -> Error { return Error("model file '" + path + "': " + m); };
+    f_.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (f_.fd < 0) throw fail("cannot open: " + errno_str(errno));
+    struct stat st;
+    if (::fstat(f_.fd, &st) != 0) throw fail("cannot stat: " + errno_str(errno));
+    if (!S_ISREG(st.st_mode)) throw fail("not a regular file");
+    int fl = ::fcntl(f_.fd, F_GETFL);
+    if (fl >= 0) ::fcntl(f_.fd, F_SETFL, fl & ~O_NONBLOCK);
+    size_ = uint64_t(st.st_size);
   }
-  return buf;
-}
+  uint64_t size() const override { return size_; }
+  void read(uint64_t offset, size_t n, uint8_t* dst) override {
+    while (n) {
+      ssize_t r = ::pread(f_.fd, dst, std::min<size_t>(n, size_t(1) << 30), off_t(offset));
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0) throw Error("read failed at byte " + std::to_string(offset) + ": " + errno_str(errno));
+      if (r == 0)
+        throw Error("the file shrank while it was read (it ends before byte " + std::to_string(offset + n) + "; it had " +
+                    std::to_string(size_) + " bytes when opened)");
+      dst += r;
+      offset += uint64_t(r);
+      n -= size_t(r);
+    }
+  }
+
+ private:
+  std::string path_;
+  Fd f_;
+  uint64_t size_ = 0;
+};
 
 void write_atomic(const std::string& path, const std::vector<uint8_t>& bytes) {
   static std::atomic<unsigned> counter{0};
@@ -124,8 +144,8 @@ void write_atomic(const std::string& path, const std::vector<uint8_t>& bytes) {
 }  // namespace
 
 Model load_model(const std::string& path) {
-  std::vector<uint8_t> bytes = read_whole(path);
-  return fmt::decode(bytes.data(), bytes.size(), path);
+  FileSource file(path);
+  return fmt::decode(file, path);
 }
 
 void save_model(const Model& model, const std::string& path) {
