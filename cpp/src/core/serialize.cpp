@@ -558,7 +558,7 @@ Model decode_impl(ByteSource& file) {
   // between them, and the file ends with the data section: every byte of the file is accounted for, so once
   // the tensors have sized the data section, they have sized the whole file.
   uint64_t pos = table_end;
-  const char* prev = "section table";
+  std::string prev = "section table";
   for (uint32_t k = kMeta; k <= kData; ++k) {
     const std::string name = kSectionNames[k];
     if (sec[k].off < pos)
@@ -568,7 +568,7 @@ Model decode_impl(ByteSource& file) {
       throw Error(std::to_string(sec[k].off - pos) + " unaccounted bytes between the " + prev + " and the " + name + " section (at most " +
                   std::to_string(kMaxPadding) + " bytes of alignment padding)");
     pos = sec[k].off + sec[k].size;
-    prev = kSectionNames[k];
+    prev = name + " section";
   }
   if (pos != size) throw Error(std::to_string(size - pos) + " unaccounted bytes after the data section (the file ends with it)");
 
@@ -705,19 +705,13 @@ Model decode_impl(ByteSource& file) {
   }
   // The data section holds the tensors back to back (each at the next multiple of 64) and nothing else, so
   // its size, and with it the file's, is what the tensor table says; checked before any weight is read.
-  uint64_t need = 0;  // bytes from d0 to the end of the last tensor, packed; no overflow: spans lie inside [d0, d1)
+  // (Offsets are multiples of 64 and ranges do not overlap, so the last tensor ends at d0 + need or later,
+  // and only there when every tensor sits at the next multiple of 64: this one comparison checks the layout.)
+  uint64_t need = 0;  // no overflow: the ranges lie inside [d0, d1) without overlapping
   for (auto& o : order) need = align_up(need, kDataAlign) + tensors[o.second].nbytes;
   if (need != d1 - d0)
     throw Error("the data section is " + n_bytes(d1 - d0) + " long, but the " + std::to_string(nt) + " tensors take " + n_bytes(need) +
                 " (the file size does not match its tensors)");
-  uint64_t at = d0;
-  for (auto& o : order) {
-    const TensorRec& t = tensors[o.second];
-    if (t.offset != align_up(at, kDataAlign))
-      throw Error("tensor '" + t.name + "': data at byte " + std::to_string(t.offset) + ", expected " + std::to_string(align_up(at, kDataAlign)) +
-                  " (tensors are stored back to back, each at the next multiple of 64)");
-    at = t.offset + t.nbytes;
-  }
   const uint64_t memory = physical_memory_bytes();
   if (need > memory)
     throw Error("the weights take " + n_bytes(need) + ", more than this machine's memory (" + n_bytes(memory) + ")");
@@ -733,7 +727,7 @@ Model decode_impl(ByteSource& file) {
   } catch (const Error& e) {
     throw Error("cannot allocate the weights (" + n_bytes(need) + "): " + e.what());
   }
-  at = d0;
+  uint64_t at = d0;
   for (auto& o : order) {
     const TensorRec& t = tensors[o.second];
     crc = crc_range(file, at, t.offset, crc);  // alignment padding
