@@ -3,15 +3,19 @@
 // asks for as it validates, never mmap, so a file shrinking under us is an error, not a SIGBUS; nothing is
 // read or allocated in proportion to the file before its header and section table are checked); atomic
 // writes (temporary file `<path>.tmp.<pid>.<n>` in the target's folder, fsync, rename; on any failure the
-// temporary file is removed and the target is untouched).
+// temporary file is removed and the target is untouched; a successful write also removes the temporaries
+// that killed writers of the same path left behind, as python/cnnnative/_atomic.py does).
 // Never: links sessions or kernels (core/inference.cpp does), so the fuzzer builds with this file alone.
+#include <dirent.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <climits>
 #include <cstring>
 #include <set>
 
@@ -112,6 +116,46 @@ class FileSource final : public fmt::ByteSource {
   uint64_t size_ = 0;
 };
 
+// The folder and the file name of `path`, as open(2) and readdir(3) see them.
+std::pair<std::string, std::string> split_path(const std::string& path) {
+  size_t slash = path.rfind('/');
+  if (slash == std::string::npos) return {".", path};
+  return {slash == 0 ? "/" : path.substr(0, slash), path.substr(slash + 1)};
+}
+
+// "<digits>.<digits>" with a positive pid that fits pid_t: the tail of a writer's temporary file name.
+bool parse_tmp_tail(const std::string& tail, pid_t* pid) {
+  size_t dot = tail.find('.');
+  if (dot == std::string::npos || dot == 0 || dot > 10 || dot + 1 == tail.size() || tail.size() - dot - 1 > 20) return false;
+  for (size_t i = 0; i < tail.size(); ++i)
+    if (i != dot && (tail[i] < '0' || tail[i] > '9')) return false;
+  unsigned long long v = std::stoull(tail.substr(0, dot));
+  if (v == 0 || v > (unsigned long long)INT_MAX) return false;
+  *pid = pid_t(v);
+  return true;
+}
+
+// Removes `<name>.tmp.<pid>.<n>` files beside `path` whose writer no longer exists (kill(pid, 0) fails with
+// ESRCH): what a save killed mid-write leaves. Never this process's own (another thread may be writing
+// one), never a live or unknown process's (EPERM: alive, another user's). Best effort: errors are ignored.
+void remove_stale_temporaries(const std::string& path) {
+  auto [dir, name] = split_path(path);
+  if (name.empty()) return;
+  const std::string prefix = name + ".tmp.";
+  std::vector<std::string> stale;
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) return;
+  while (const dirent* e = ::readdir(d)) {
+    const std::string entry = e->d_name;
+    pid_t pid;
+    if (entry.size() <= prefix.size() || entry.compare(0, prefix.size(), prefix) != 0) continue;
+    if (!parse_tmp_tail(entry.substr(prefix.size()), &pid) || pid == ::getpid()) continue;
+    if (::kill(pid, 0) == -1 && errno == ESRCH) stale.push_back(entry);
+  }
+  ::closedir(d);
+  for (auto& e : stale) ::unlink((dir + "/" + e).c_str());
+}
+
 void write_atomic(const std::string& path, const std::vector<uint8_t>& bytes) {
   static std::atomic<unsigned> counter{0};
   const std::string tmp = path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(counter++);
@@ -139,6 +183,7 @@ void write_atomic(const std::string& path, const std::vector<uint8_t>& bytes) {
   Fd d;
   d.fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (d.fd >= 0) ::fsync(d.fd);
+  remove_stale_temporaries(path);
 }
 
 }  // namespace
