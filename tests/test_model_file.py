@@ -320,6 +320,11 @@ def _set_tensor(args, name, **kw):
     next(t for t in args["tensors"] if t["name"] == name).update(kw)
 
 
+def _node_count_at(b):  # offset of the graph section's u32 node count
+    args, secs, _ = parse(b)
+    return secs[GRAPH][0] + 4 + sum(2 + 4 + len(n.encode()) + 4 + 8 * len(sh) for _, _, n, sh in args["values"])
+
+
 def _widen_fc1(a):  # consistent file, inconsistent graph: fc1 takes 401 features but gets 400
     for i, v in enumerate(a["values"]):
         if v[2] == "fc1.weight":
@@ -388,6 +393,19 @@ HOSTILE = {
                        r"node 1 name is not valid UTF-8 text"),
     "long name": (lambda b: _mutate(b, lambda a: _node(a, "relu").update(name="n" * 5000)),
                   r"name is 5000 bytes long \(at most 4096\)"),
+    "long attribute name": (lambda b: _mutate(b, lambda a: _node(a, "conv2d")["ints"].update({"k" * 5000: [1]})),
+                            r"attribute name is 5000 bytes long \(at most 4096\)"),
+    "huge node count": (lambda b: _patch(b, _node_count_at(b), "I", 2**32 - 1), r"graph section: 4294967295 nodes \(at most 16777216\)"),
+    "node count larger than the section": (lambda b: _patch(b, _node_count_at(b), "I", 10**6),
+                                           r"graph section: 1000000 nodes cannot fit in the \d+ bytes left"),
+    "huge tensor count": (lambda b: _patch(b, _sec(b, TENSORS)[0], "I", 2**32 - 1), r"tensors section: 4294967295 tensors \(at most"),
+    "huge extra state count": (lambda b: _patch(b, _sec(b, META)[0] + 4 + 4 * 8, "I", 2**31),
+                               r"meta section: 2147483648 extra state entries \(at most 16777216\)"),
+    "too many node inputs": (lambda b: _mutate(b, lambda a: _node(a, "relu").update(inputs=[0] * 65)),
+                             r"65 inputs of node 1 \('relu'\) \(at most 64\)"),
+    "too many float attributes": (lambda b: _mutate(b, lambda a: _node(a, "relu")["floats"].update({f"f{i}": 1.0 for i in range(65)})),
+                                  r"65 float attributes of node 1 \('relu'\) \(at most 64\)"),
+    "rank over 8": (lambda b: _mutate(b, lambda a: a.update(input_shape=[1] * 9)), r"meta section: input shape has rank 9 \(at most 8\)"),
 }
 
 
