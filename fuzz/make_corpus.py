@@ -1,5 +1,6 @@
 """Writes the fuzzer's seed corpus (fuzz/corpus/): small valid .cnn files covering every inference op and
-attribute form, plus truncations and bit flips of them (with the CRC repaired, so they reach the parser).
+attribute form, plus truncations and bit flips of them (with the CRC repaired, so they reach the parser), and
+files near the layout checks: a data section with slack after the tensors, a gap before the data section.
 Needs cnnnative installed:  python fuzz/make_corpus.py"""
 import os
 import struct
@@ -68,6 +69,30 @@ def fix(b):
     return bytes(b)
 
 
+def _sections(b):
+    n = struct.unpack_from("<I", b, 24)[0]
+    return {struct.unpack_from("<I", b, 64 + 24 * i)[0]: 64 + 24 * i for i in range(n)}  # kind -> table entry
+
+
+def slack(b, extra):
+    """The data section grown by `extra` zero bytes after the last tensor."""
+    t = bytearray(b + b"\0" * extra)
+    e = _sections(t)[4]
+    struct.pack_into("<Q", t, e + 16, struct.unpack_from("<Q", t, e + 16)[0] + extra)
+    t[16:24] = struct.pack("<Q", len(t))
+    return fix(t)
+
+
+def gap(b, extra):
+    """`extra` zero bytes inserted before the data section (its offset moved; the tensors' offsets are not)."""
+    e = _sections(b)[4]
+    d0 = struct.unpack_from("<Q", b, e + 8)[0]
+    t = bytearray(b[:d0] + b"\0" * extra + b[d0:])
+    struct.pack_into("<Q", t, e + 8, d0 + extra)
+    t[16:24] = struct.pack("<Q", len(t))
+    return fix(t)
+
+
 def main():
     cn.manual_seed(0)
     models = {"convbn": (ConvBN(), (1, 1, 6, 6)), "branches": (Branches(), (2, 2, 9, 9)),
@@ -81,7 +106,7 @@ def main():
     for name, (m, shape) in models.items():
         b = cn.io.dumps(m, shape)
         cn.load(b)
-        files = {f"{name}.cnn": b}
+        files = {f"{name}.cnn": b, f"{name}-slack.cnn": slack(b, 64), f"{name}-gap.cnn": gap(b, 128)}
         for k, cut in enumerate(sorted(rng.integers(64, len(b), 2))):
             t = bytearray(b[:cut])
             t[16:24] = struct.pack("<Q", len(t))

@@ -320,6 +320,11 @@ def _set_tensor(args, name, **kw):
     next(t for t in args["tensors"] if t["name"] == name).update(kw)
 
 
+def _node_count_at(b):  # offset of the graph section's u32 node count
+    args, secs, _ = parse(b)
+    return secs[GRAPH][0] + 4 + sum(2 + 4 + len(n.encode()) + 4 + 8 * len(sh) for _, _, n, sh in args["values"])
+
+
 def _widen_fc1(a):  # consistent file, inconsistent graph: fc1 takes 401 features but gets 400
     for i, v in enumerate(a["values"]):
         if v[2] == "fc1.weight":
@@ -388,6 +393,19 @@ HOSTILE = {
                        r"node 1 name is not valid UTF-8 text"),
     "long name": (lambda b: _mutate(b, lambda a: _node(a, "relu").update(name="n" * 5000)),
                   r"name is 5000 bytes long \(at most 4096\)"),
+    "long attribute name": (lambda b: _mutate(b, lambda a: _node(a, "conv2d")["ints"].update({"k" * 5000: [1]})),
+                            r"attribute name is 5000 bytes long \(at most 4096\)"),
+    "huge node count": (lambda b: _patch(b, _node_count_at(b), "I", 2**32 - 1), r"graph section: 4294967295 nodes \(at most 16777216\)"),
+    "node count larger than the section": (lambda b: _patch(b, _node_count_at(b), "I", 10**6),
+                                           r"graph section: 1000000 nodes cannot fit in the \d+ bytes left"),
+    "huge tensor count": (lambda b: _patch(b, _sec(b, TENSORS)[0], "I", 2**32 - 1), r"tensors section: 4294967295 tensors \(at most"),
+    "huge extra state count": (lambda b: _patch(b, _sec(b, META)[0] + 4 + 4 * 8, "I", 2**31),
+                               r"meta section: 2147483648 extra state entries \(at most 16777216\)"),
+    "too many node inputs": (lambda b: _mutate(b, lambda a: _node(a, "relu").update(inputs=[0] * 65)),
+                             r"65 inputs of node 1 \('relu'\) \(at most 64\)"),
+    "too many float attributes": (lambda b: _mutate(b, lambda a: _node(a, "relu")["floats"].update({f"f{i}": 1.0 for i in range(65)})),
+                                  r"65 float attributes of node 1 \('relu'\) \(at most 64\)"),
+    "rank over 8": (lambda b: _mutate(b, lambda a: a.update(input_shape=[1] * 9)), r"meta section: input shape has rank 9 \(at most 8\)"),
 }
 
 
@@ -455,3 +473,78 @@ def test_save_needs_an_input_shape(tmp_path):
     with pytest.raises(ValueError, match="input_shape is required"):
         cn.save(cn.models.lenet5(), tmp_path / "a.cnn")
     assert not (tmp_path / "a.cnn").exists()
+
+
+def _dead_pid():
+    """The pid of a child that has exited and been reaped (kill(pid, 0) fails with ESRCH)."""
+    c = subprocess.Popen([sys.executable, "-c", "pass"])
+    c.wait()
+    return c.pid
+
+
+def test_save_removes_stale_temporaries_of_dead_writers(tmp_path):
+    """What a killed save leaves, `<name>.tmp.<pid>.<n>` of a pid that no longer exists, is removed by the
+    next successful save of the same path; temporaries of live writers (this process included), of other
+    targets, and names that only look similar stay."""
+    p = tmp_path / "m.cnn"
+    cn.save(cn.models.lenet5(seed=1), p, (1, 1, 28, 28))
+    dead = _dead_pid()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        stale = [f"m.cnn.tmp.{dead}.0", f"m.cnn.tmp.{dead}.17"]
+        kept = [f"m.cnn.tmp.{live.pid}.0", f"m.cnn.tmp.{os.getpid()}.999", f"other.cnn.tmp.{dead}.0",
+                f"m.cnn.tmp.{dead}", f"m.cnn.tmp.{dead}.x", f"m.cnn.tmp.0.0", f"m.cnn.tmp.-{dead}.0", f"m.cnn.tmpx.{dead}.0",
+                f"m.cnn.tmp.{dead}.1.2", f"m.cnn.tmp.99999999999.0"]
+        for n in stale + kept:
+            (tmp_path / n).write_bytes(b"partial")
+        assert cn.load(p).num_parameters() > 0  # the temporaries do not disturb the file
+        cn.save(cn.models.lenet5(seed=2), p, (1, 1, 28, 28))
+        assert _listing(tmp_path) == sorted(["m.cnn"] + kept)
+        assert p.read_bytes() == cn.io.dumps(cn.models.lenet5(seed=2), (1, 1, 28, 28))
+    finally:
+        live.kill()
+        live.wait()
+
+
+_KILLED_SAVER = """
+import sys, cnnnative as cn
+from cnnnative import nn
+cn.manual_seed(0)
+m = nn.Linear(4096, 4096)  # 64 MiB of weights: the save takes a while
+print("ready", flush=True)
+cn.save(m, sys.argv[1], (1, 4096))
+print("saved", flush=True)
+"""
+
+
+def test_save_killed_midway_keeps_the_old_file_and_the_next_save_cleans_up(tmp_path):
+    """A child saving a 64 MiB model is SIGKILLed once its temporary file has data in it: the target keeps
+    its old bytes (loadable), the temporary stays behind, and the next good save removes it."""
+    import signal
+    import time
+    p = tmp_path / "m.cnn"
+    cn.save(cn.models.lenet5(seed=1), p, (1, 1, 28, 28))
+    old = p.read_bytes()
+    for attempt in range(5):  # the kill may land after the rename on a very fast disk: try again
+        child = subprocess.Popen([sys.executable, "-B", "-c", _KILLED_SAVER, str(p)], stdout=subprocess.PIPE, text=True)
+        assert child.stdout.readline().strip() == "ready"
+        prefix = f"m.cnn.tmp.{child.pid}."
+        t0 = time.monotonic()
+        tmp = None
+        while time.monotonic() - t0 < 60 and child.poll() is None:
+            tmp = next((n for n in os.listdir(tmp_path) if n.startswith(prefix)), None)
+            if tmp and os.stat(tmp_path / tmp).st_size > 0:
+                break
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+        if tmp and (tmp_path / tmp).exists():
+            break
+        p.write_bytes(old)  # the child finished first: restore and retry
+    else:
+        pytest.fail("could not kill the child in the middle of its save")
+    assert child.returncode == -signal.SIGKILL
+    assert _listing(tmp_path) == sorted(["m.cnn", tmp])
+    assert p.read_bytes() == old and cn.load(p).num_parameters() == cn.models.lenet5(seed=1).num_parameters()
+    cn.save(cn.models.lenet5(seed=2), p, (1, 1, 28, 28))
+    assert _listing(tmp_path) == ["m.cnn"]
+    assert p.read_bytes() == cn.io.dumps(cn.models.lenet5(seed=2), (1, 1, 28, 28))

@@ -1,14 +1,21 @@
 // cnn::Model, model file I/O and rebatching. Owns: the checks that a graph, a ParamStore and an input shape
-// form a model; reading a file whole (read(2), never mmap, so a file shrinking under us is an error, not a
-// SIGBUS) before fmt::decode validates it; atomic writes (temporary file in the target's folder, fsync,
-// rename; on any failure the temporary file is removed and the target is untouched).
+// form a model; the file side of loading (FileSource: fstat for the size, pread(2) for the ranges fmt::decode
+// asks for as it validates, never mmap, so a file shrinking under us is an error, not a SIGBUS; nothing is
+// read or allocated in proportion to the file before its header and section table are checked); atomic
+// writes (temporary file `<path>.tmp.<pid>.<n>` in the target's folder, fsync, rename; on any failure the
+// temporary file is removed and the target is untouched; a successful write also removes the temporaries
+// that killed writers of the same path left behind, as python/cnnnative/_atomic.py does).
 // Never: links sessions or kernels (core/inference.cpp does), so the fuzzer builds with this file alone.
+#include <dirent.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <climits>
 #include <cstring>
 #include <set>
 
@@ -72,24 +79,81 @@ struct Fd {
 
 std::string errno_str(int e) { return std::strerror(e); }
 
-std::vector<uint8_t> read_whole(const std::string& path) {
-  auto fail = [&](const std::string& m) -> Error { return Error("model file '" + path + "': " + m); };
-  Fd f;
-  f.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (f.fd < 0) throw fail("cannot open: " + errno_str(errno));
-  struct stat st;
-  if (::fstat(f.fd, &st) != 0) throw fail("cannot stat: " + errno_str(errno));
-  if (!S_ISREG(st.st_mode)) throw fail("not a regular file");
-  std::vector<uint8_t> buf(size_t(st.st_size));
-  size_t got = 0;
-  while (got < buf.size()) {
-    ssize_t r = ::read(f.fd, buf.data() + got, buf.size() - got);
-    if (r < 0 && errno == EINTR) continue;
-    if (r < 0) throw fail("read failed: " + errno_str(errno));
-    if (r == 0) throw fail("the file shrank while it was read");
-    got += size_t(r);
+// A model file as a fmt::ByteSource: opened and sized (fstat) here, read with pread(2) in the ranges
+// fmt::decode asks for. O_NONBLOCK so that opening a FIFO does not wait for a writer (it is then refused
+// as not a regular file); it has no effect on regular files.
+class FileSource final : public fmt::ByteSource {
+ public:
+  explicit FileSource(const std::string& path) : path_(path) {
+    auto fail = [&](const std::string& m) -> Error { return Error("model file '" + path + "': " + m); };
+    f_.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (f_.fd < 0) throw fail("cannot open: " + errno_str(errno));
+    struct stat st;
+    if (::fstat(f_.fd, &st) != 0) throw fail("cannot stat: " + errno_str(errno));
+    if (!S_ISREG(st.st_mode)) throw fail("not a regular file");
+    int fl = ::fcntl(f_.fd, F_GETFL);
+    if (fl >= 0) ::fcntl(f_.fd, F_SETFL, fl & ~O_NONBLOCK);
+    size_ = uint64_t(st.st_size);
   }
-  return buf;
+  uint64_t size() const override { return size_; }
+  void read(uint64_t offset, size_t n, uint8_t* dst) override {
+    while (n) {
+      ssize_t r = ::pread(f_.fd, dst, std::min<size_t>(n, size_t(1) << 30), off_t(offset));
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0) throw Error("read failed at byte " + std::to_string(offset) + ": " + errno_str(errno));
+      if (r == 0)
+        throw Error("the file shrank while it was read (it ends before byte " + std::to_string(offset + n) + "; it had " +
+                    std::to_string(size_) + " bytes when opened)");
+      dst += r;
+      offset += uint64_t(r);
+      n -= size_t(r);
+    }
+  }
+
+ private:
+  std::string path_;
+  Fd f_;
+  uint64_t size_ = 0;
+};
+
+// The folder and the file name of `path`, as open(2) and readdir(3) see them.
+std::pair<std::string, std::string> split_path(const std::string& path) {
+  size_t slash = path.rfind('/');
+  if (slash == std::string::npos) return {".", path};
+  return {slash == 0 ? "/" : path.substr(0, slash), path.substr(slash + 1)};
+}
+
+// "<digits>.<digits>" with a positive pid that fits pid_t: the tail of a writer's temporary file name.
+bool parse_tmp_tail(const std::string& tail, pid_t* pid) {
+  size_t dot = tail.find('.');
+  if (dot == std::string::npos || dot == 0 || dot > 10 || dot + 1 == tail.size() || tail.size() - dot - 1 > 20) return false;
+  for (size_t i = 0; i < tail.size(); ++i)
+    if (i != dot && (tail[i] < '0' || tail[i] > '9')) return false;
+  unsigned long long v = std::stoull(tail.substr(0, dot));
+  if (v == 0 || v > (unsigned long long)INT_MAX) return false;
+  *pid = pid_t(v);
+  return true;
+}
+
+// Removes `<name>.tmp.<pid>.<n>` files beside `path` whose writer no longer exists (kill(pid, 0) fails with
+// ESRCH): what a save killed mid-write leaves. Never this process's own (another thread may be writing
+// one), never a live or unknown process's (EPERM: alive, another user's). Best effort: errors are ignored.
+void remove_stale_temporaries(const std::string& path) {
+  auto [dir, name] = split_path(path);
+  if (name.empty()) return;
+  const std::string prefix = name + ".tmp.";
+  std::vector<std::string> stale;
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) return;
+  while (const dirent* e = ::readdir(d)) {
+    const std::string entry = e->d_name;
+    pid_t pid;
+    if (entry.size() <= prefix.size() || entry.compare(0, prefix.size(), prefix) != 0) continue;
+    if (!parse_tmp_tail(entry.substr(prefix.size()), &pid) || pid == ::getpid()) continue;
+    if (::kill(pid, 0) == -1 && errno == ESRCH) stale.push_back(entry);
+  }
+  ::closedir(d);
+  for (auto& e : stale) ::unlink((dir + "/" + e).c_str());
 }
 
 void write_atomic(const std::string& path, const std::vector<uint8_t>& bytes) {
@@ -119,13 +183,14 @@ void write_atomic(const std::string& path, const std::vector<uint8_t>& bytes) {
   Fd d;
   d.fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (d.fd >= 0) ::fsync(d.fd);
+  remove_stale_temporaries(path);
 }
 
 }  // namespace
 
 Model load_model(const std::string& path) {
-  std::vector<uint8_t> bytes = read_whole(path);
-  return fmt::decode(bytes.data(), bytes.size(), path);
+  FileSource file(path);
+  return fmt::decode(file, path);
 }
 
 void save_model(const Model& model, const std::string& path) {

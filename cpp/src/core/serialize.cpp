@@ -1,16 +1,23 @@
 // The .cnn format (layout: docs/cpp.md). Little-endian throughout, written and read byte by byte so the
 // host's byte order and alignment never matter. decode() validates in this order, each step before the
-// next reads anything it guards: magic, version, header size, file size (truncation), CRC-32, section
-// table, then each section with bounded counts (a count is checked against the bytes left before any
-// container is sized by it), then the graph is replayed through Graph::add_node (shape inference), and
-// only then is the ParamStore allocated and filled.
+// next reads anything it guards: magic, version, header size, file size (truncation), section table (read
+// whole: at most 16 entries; bounds, size limits, layout), then the bytes before the data section are read
+// and each structure section parsed with bounded counts (a count is checked against the bytes left before
+// any container is sized by it), the graph is replayed through Graph::add_node (shape inference), the tensor
+// table must fill the data section exactly, and only then is the ParamStore allocated and the weights read
+// into it, chunk by chunk, feeding the CRC-32, which is compared last.
 #include "core/serialize.hpp"
+
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <map>
+#include <memory>
+#include <new>
 #include <set>
+#include <stdexcept>
 
 #include "core/op.hpp"
 
@@ -117,13 +124,16 @@ void put_floats(uint8_t* dst, const float* src, size_t n) {
   }
 #endif
 }
-void get_floats(float* dst, const uint8_t* src, size_t n) {
+// In place: little-endian float32 bytes (as read from a file) -> host floats.
+void floats_from_le(float* p, size_t n) {
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-  std::memcpy(dst, src, n * 4);
+  (void)p;
+  (void)n;
 #else
+  uint8_t* b = reinterpret_cast<uint8_t*>(p);
   for (size_t i = 0; i < n; ++i) {
-    uint32_t u = load_le32(src + 4 * i);
-    std::memcpy(dst + i, &u, 4);
+    uint32_t u = load_le32(b + 4 * i);
+    std::memcpy(p + i, &u, 4);
   }
 #endif
 }
@@ -260,6 +270,9 @@ Graph replay(const Graph& src, const std::vector<Shape>& input_shapes, bool chec
     const Value& val = src.values[v];
     if (val.kind == ValueKind::Input) {
       if (next_input >= input_shapes.size()) throw Error("more graph inputs than input shapes");
+      const Shape& is = input_shapes[next_input];
+      if (checked_numel(is) < 0 && std::all_of(is.begin(), is.end(), [](int64_t d) { return d >= 1; }))
+        throw Error("input '" + val.name + "': shape " + shape_str(is) + " has more than 2^40 elements");  // the ops' arithmetic relies on it
       g.add_input(val.name, input_shapes[next_input++], val.desc.dtype);
       ++v;
     } else if (val.kind == ValueKind::Param || val.kind == ValueKind::Buffer) {
@@ -364,6 +377,13 @@ std::vector<uint8_t> encode(const Model& m) {
     tens.u64(uint64_t(numel(e.shape)) * 4);
   }
 
+  const struct { const char* name; size_t size; uint64_t limit; } parts[3] = {
+      {"meta", meta.b.size(), kMaxMetaBytes}, {"graph", gr.b.size(), kMaxGraphBytes}, {"tensors", tens.b.size(), kMaxTensorsBytes}};
+  for (auto& p : parts)
+    if (p.size > p.limit)
+      throw Error(std::string("the ") + p.name + " section would be " + std::to_string(p.size) + " bytes long, more than the format's limit of " +
+                  std::to_string(p.limit));
+
   const size_t n_sections = 4;
   const size_t meta_off = kHeaderSize + n_sections * kSectionEntrySize;
   const size_t graph_off = align_up(meta_off + meta.b.size(), 8);
@@ -410,34 +430,100 @@ std::vector<uint8_t> encode(const Model& m) {
 }
 
 // ---- decode ----
+void MemorySource::read(uint64_t offset, size_t n, uint8_t* dst) {
+  if (offset > size_ || n > size_ - offset) throw Error("read past the end of the buffer");  // decode never asks
+  if (n) std::memcpy(dst, data_ + offset, n);
+}
+
 namespace {
 
-Model decode_impl(const uint8_t* data, size_t size) {
-  // Header.
-  const bool magic_ok = size == 0 || std::memcmp(data, kMagic, std::min<size_t>(size, 8)) == 0;
-  if (!magic_ok)
-    throw Error("not a cnnnative model file (bad magic bytes)");
+const char* const kSectionNames[5] = {"", "meta", "graph", "tensors", "data"};
+const uint64_t kSectionLimits[5] = {0, kMaxMetaBytes, kMaxGraphBytes, kMaxTensorsBytes, UINT64_MAX};
+constexpr size_t kReadChunk = size_t(8) << 20;  // weights are read (and checksummed) this many bytes at a time
+
+std::string n_bytes(uint64_t b) {
+  std::string s = std::to_string(b) + " bytes";
+  if (b >= (uint64_t(1) << 20)) {
+    char buf[48];
+    if (b >= (uint64_t(1) << 30)) std::snprintf(buf, sizeof buf, " (%.1f GiB)", double(b) / double(uint64_t(1) << 30));
+    else std::snprintf(buf, sizeof buf, " (%.1f MiB)", double(b) / double(uint64_t(1) << 20));
+    s += buf;
+  }
+  return s;
+}
+
+uint64_t physical_memory_bytes() {
+  long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+  return pages > 0 && page > 0 ? uint64_t(pages) * uint64_t(page) : UINT64_MAX;
+}
+
+// For a truncated file: where it ends, from the section table when that much of the file is there and the
+// table looks sane (best effort: never throws, "" when it cannot tell).
+std::string where_it_ends(ByteSource& src, const uint8_t* h, uint64_t size) {
+  try {
+    const uint32_t n = load_le32(h + 24);
+    const uint64_t toff = load_le64(h + 32);
+    if (n < 1 || n > kMaxSections || toff < kHeaderSize || toff > (uint64_t(1) << 32)) return "";
+    if (size < toff + uint64_t(n) * kSectionEntrySize) return " (the file ends inside the section table)";
+    uint8_t t[kMaxSections * kSectionEntrySize];
+    src.read(toff, n * kSectionEntrySize, t);
+    std::string before;
+    uint64_t next = UINT64_MAX;
+    for (uint32_t i = 0; i < n; ++i) {
+      const uint8_t* e = t + i * kSectionEntrySize;
+      const uint32_t kind = load_le32(e);
+      const uint64_t off = load_le64(e + 8), sz = load_le64(e + 16);
+      if (kind < kMeta || kind > kData) return "";
+      if (off <= size && size - off < sz)
+        return std::string(" (the file ends inside the ") + kSectionNames[kind] + " section, which spans bytes [" + std::to_string(off) +
+               ", " + std::to_string(off + sz < off ? UINT64_MAX : off + sz) + "))";
+      if (off >= size && off < next) {
+        next = off;
+        before = std::string(" (the file ends before the ") + kSectionNames[kind] + " section, which starts at byte " + std::to_string(off) + ")";
+      }
+    }
+    return before;
+  } catch (...) {
+    return "";
+  }
+}
+
+// CRC-32 of [from, to) of `src`, continuing `crc`, read through a small buffer (alignment padding).
+uint32_t crc_range(ByteSource& src, uint64_t from, uint64_t to, uint32_t crc) {
+  uint8_t buf[4096];
+  while (from < to) {
+    size_t k = size_t(std::min<uint64_t>(to - from, sizeof buf));
+    src.read(from, k, buf);
+    crc = crc32(crc, buf, k);
+    from += k;
+  }
+  return crc;
+}
+
+Model decode_impl(ByteSource& file) {
+  const uint64_t size = file.size();
+  // Header: at most 64 bytes read, whatever the file's size.
+  uint8_t h[kHeaderSize];
+  file.read(0, size_t(std::min<uint64_t>(size, kHeaderSize)), h);
+  if (std::memcmp(h, kMagic, size_t(std::min<uint64_t>(size, 8))) != 0) throw Error("not a cnnnative model file (bad magic bytes)");
   if (size < kHeaderSize)
     throw Error("truncated: " + std::to_string(size) + " bytes, shorter than the " + std::to_string(kHeaderSize) + "-byte header");
-  uint32_t version = load_le32(data + 8);
+  uint32_t version = load_le32(h + 8);
   if (version != kModelFormatVersion)
     throw Error("format version " + std::to_string(version) + " is not supported (this build reads version " +
                 std::to_string(kModelFormatVersion) + ")");
-  if (load_le32(data + 12) != kHeaderSize) throw Error("header size " + std::to_string(load_le32(data + 12)) + ", expected 64");
-  uint64_t file_size = load_le64(data + 16);
+  if (load_le32(h + 12) != kHeaderSize) throw Error("header size " + std::to_string(load_le32(h + 12)) + ", expected 64");
+  uint64_t file_size = load_le64(h + 16);
   if (file_size != size) {
     if (file_size > size)
-      throw Error("truncated: " + std::to_string(size) + " bytes, the header says " + std::to_string(file_size));
+      throw Error("truncated: " + std::to_string(size) + " bytes, the header says " + std::to_string(file_size) + where_it_ends(file, h, size));
     throw Error(std::to_string(size) + " bytes, but the header says " + std::to_string(file_size) + " (trailing data)");
   }
-  uint32_t stored = load_le32(data + kCrcOffset), computed = file_crc(data, size);
-  if (stored != computed)
-    throw Error("checksum mismatch (stored " + hex32(stored) + ", computed " + hex32(computed) + "): the file is corrupted");
-  uint32_t n_sections = load_le32(data + 24), flags = load_le32(data + 28);
-  uint64_t table_off = load_le64(data + 32);
+  uint32_t n_sections = load_le32(h + 24), flags = load_le32(h + 28);
+  uint64_t table_off = load_le64(h + 32);
   if (flags != 0) throw Error("unknown header flags " + hex32(flags));
   for (size_t i = 40; i < kCrcOffset; ++i)
-    if (data[i]) throw Error("reserved header bytes are not zero");
+    if (h[i]) throw Error("reserved header bytes are not zero");
   if (n_sections < 1 || n_sections > kMaxSections)
     throw Error(std::to_string(n_sections) + " sections (1 to " + std::to_string(kMaxSections) + " expected)");
   if (table_off < kHeaderSize || table_off % 8 || table_off > size || (size - table_off) / kSectionEntrySize < n_sections)
@@ -445,30 +531,54 @@ Model decode_impl(const uint8_t* data, size_t size) {
                 " entries) lies outside the file");
   const uint64_t table_end = table_off + uint64_t(n_sections) * kSectionEntrySize;
 
-  // Section table.
+  // Section table (at most 16 entries): bounds against the file size, size limits, then the layout.
   struct Sec { uint64_t off = 0, size = 0; bool present = false; };
   Sec sec[5];
-  static const char* const kNames[5] = {"", "meta", "graph", "tensors", "data"};
-  std::vector<std::pair<uint64_t, uint64_t>> ranges;
+  uint8_t table[kMaxSections * kSectionEntrySize];
+  file.read(table_off, n_sections * kSectionEntrySize, table);
   for (uint32_t i = 0; i < n_sections; ++i) {
-    const uint8_t* t = data + table_off + i * kSectionEntrySize;
+    const uint8_t* t = table + i * kSectionEntrySize;
     uint32_t kind = load_le32(t);
     uint64_t off = load_le64(t + 8), sz = load_le64(t + 16);
     if (kind < kMeta || kind > kData) throw Error("unknown section kind " + std::to_string(kind));
-    if (load_le32(t + 4)) throw Error(std::string(kNames[kind]) + " section: reserved field is not zero");
-    if (sec[kind].present) throw Error(std::string(kNames[kind]) + " section appears twice");
+    const std::string name = kSectionNames[kind];
+    if (load_le32(t + 4)) throw Error(name + " section: reserved field is not zero");
+    if (sec[kind].present) throw Error(name + " section appears twice");
     if (off < table_end || off > size || sz > size - off)
-      throw Error(std::string(kNames[kind]) + " section (offset " + std::to_string(off) + ", size " + std::to_string(sz) +
-                  ") lies outside the file (" + std::to_string(size) + " bytes) or over the header");
+      throw Error(name + " section (offset " + std::to_string(off) + ", size " + std::to_string(sz) + ") lies outside the file (" +
+                  std::to_string(size) + " bytes) or over the header");
+    if (sz > kSectionLimits[kind])
+      throw Error(name + " section is " + n_bytes(sz) + " long, more than the format's limit of " + n_bytes(kSectionLimits[kind]));
     if (kind == kData && off % kDataAlign) throw Error("data section offset " + std::to_string(off) + " is not a multiple of 64");
     sec[kind] = Sec{off, sz, true};
-    ranges.push_back({off, sz});
   }
   for (uint32_t k = kMeta; k <= kData; ++k)
-    if (!sec[k].present) throw Error(std::string(kNames[k]) + " section is missing");
-  std::sort(ranges.begin(), ranges.end());
-  for (size_t i = 1; i < ranges.size(); ++i)
-    if (ranges[i].first < ranges[i - 1].first + ranges[i - 1].second) throw Error("sections overlap");
+    if (!sec[k].present) throw Error(std::string(kSectionNames[k]) + " section is missing");
+  // The sections follow the table in the order meta, graph, tensors, data, with only alignment padding
+  // between them, and the file ends with the data section: every byte of the file is accounted for, so once
+  // the tensors have sized the data section, they have sized the whole file.
+  uint64_t pos = table_end;
+  std::string prev = "section table";
+  for (uint32_t k = kMeta; k <= kData; ++k) {
+    const std::string name = kSectionNames[k];
+    if (sec[k].off < pos)
+      throw Error(name + " section (offset " + std::to_string(sec[k].off) + ") overlaps or comes before the " + prev +
+                  " (which ends at byte " + std::to_string(pos) + "); the sections follow the table in the order meta, graph, tensors, data");
+    if (sec[k].off - pos > kMaxPadding)
+      throw Error(std::to_string(sec[k].off - pos) + " unaccounted bytes between the " + prev + " and the " + name + " section (at most " +
+                  std::to_string(kMaxPadding) + " bytes of alignment padding)");
+    pos = sec[k].off + sec[k].size;
+    prev = name + " section";
+  }
+  if (pos != size) throw Error(std::to_string(size - pos) + " unaccounted bytes after the data section (the file ends with it)");
+
+  // Everything before the weights: header, table and the structure sections, at most ~84 MiB by the limits.
+  const uint64_t d0 = sec[kData].off, d1 = sec[kData].off + sec[kData].size;
+  std::vector<uint8_t> prefix(static_cast<size_t>(d0));
+  file.read(0, prefix.size(), prefix.data());
+  const uint8_t* data = prefix.data();
+  if (std::memcmp(data, h, kHeaderSize) != 0) throw Error("the file changed while it was read");
+  uint32_t crc = crc32(crc32(0, data, kCrcOffset), data + kHeaderSize, prefix.size() - kHeaderSize);
 
   // Meta: input shape and extra state.
   Reader mr(data + sec[kMeta].off, sec[kMeta].size, "meta");
@@ -557,8 +667,7 @@ Model decode_impl(const uint8_t* data, size_t size) {
   const uint32_t nt = tr.count("tensors", kMaxValues, 25);
   std::vector<TensorRec> tensors(nt);
   std::map<std::string, size_t> by_name;
-  std::vector<std::pair<uint64_t, uint64_t>> spans;
-  const uint64_t d0 = sec[kData].off, d1 = sec[kData].off + sec[kData].size;
+  std::vector<std::pair<uint64_t, size_t>> order;  // (data offset, tensor index)
   for (uint32_t i = 0; i < nt; ++i) {
     TensorRec& t = tensors[i];
     t.name = tr.str("tensor " + std::to_string(i) + " name");
@@ -578,12 +687,12 @@ Model decode_impl(const uint8_t* data, size_t size) {
     if (t.offset < d0 || t.offset > d1 || t.nbytes > d1 - t.offset)
       tr.fail(what + ": data [" + std::to_string(t.offset) + ", +" + std::to_string(t.nbytes) + ") lies outside the data section [" +
               std::to_string(d0) + ", " + std::to_string(d1) + ")");
-    spans.push_back({t.offset, t.nbytes});
+    order.push_back({t.offset, i});
   }
   tr.end();
-  std::sort(spans.begin(), spans.end());
-  for (size_t i = 1; i < spans.size(); ++i)
-    if (spans[i].first < spans[i - 1].first + spans[i - 1].second) tr.fail("tensor data ranges overlap");
+  std::sort(order.begin(), order.end());
+  for (size_t i = 1; i < order.size(); ++i)
+    if (order[i].first < order[i - 1].first + tensors[order[i - 1].second].nbytes) tr.fail("tensor data ranges overlap");
   for (int p : g.params) {
     const Value& v = g.values[p];
     auto it = by_name.find(v.name);
@@ -594,24 +703,69 @@ Model decode_impl(const uint8_t* data, size_t size) {
       tr.fail("tensor '" + t.name + "' is " + shape_str(t.shape) + (t.trainable ? " trainable" : " non-trainable") + ", the graph expects " +
               shape_str(v.desc.shape) + (trainable ? " trainable" : " non-trainable"));
   }
+  // The data section holds the tensors back to back (each at the next multiple of 64) and nothing else, so
+  // its size, and with it the file's, is what the tensor table says; checked before any weight is read.
+  // (Offsets are multiples of 64 and ranges do not overlap, so the last tensor ends at d0 + need or later,
+  // and only there when every tensor sits at the next multiple of 64: this one comparison checks the layout.)
+  uint64_t need = 0;  // no overflow: the ranges lie inside [d0, d1) without overlapping
+  for (auto& o : order) need = align_up(need, kDataAlign) + tensors[o.second].nbytes;
+  if (need != d1 - d0)
+    throw Error("the data section is " + n_bytes(d1 - d0) + " long, but the " + std::to_string(nt) + " tensors take " + n_bytes(need) +
+                " (the file size does not match its tensors)");
+  const uint64_t memory = physical_memory_bytes();
+  if (need > memory)
+    throw Error("the weights take " + n_bytes(need) + ", more than this machine's memory (" + n_bytes(memory) + ")");
 
-  // Everything checked: allocate the weights and copy them in.
+  // Everything but the checksum checked: allocate the weights and stream them in, computing the CRC-32.
   std::vector<ParamStore::Entry> entries;
   for (auto& t : tensors) entries.push_back({t.name, t.shape, t.trainable, 0});
-  auto store = std::make_shared<ParamStore>(entries);
-  for (auto& t : tensors) get_floats(store->data(store->find(t.name)), data + t.offset, size_t(t.nbytes / 4));
+  std::shared_ptr<ParamStore> store;
+  try {
+    store = std::make_shared<ParamStore>(entries);
+  } catch (const std::bad_alloc&) {
+    throw Error("cannot allocate the weights (" + n_bytes(need) + "): out of memory");
+  } catch (const Error& e) {
+    throw Error("cannot allocate the weights (" + n_bytes(need) + "): " + e.what());
+  }
+  uint64_t at = d0;
+  for (auto& o : order) {
+    const TensorRec& t = tensors[o.second];
+    crc = crc_range(file, at, t.offset, crc);  // alignment padding
+    uint8_t* dst = reinterpret_cast<uint8_t*>(store->data(store->find(t.name)));
+    for (uint64_t done = 0; done < t.nbytes;) {
+      const size_t k = size_t(std::min<uint64_t>(t.nbytes - done, kReadChunk));
+      file.read(t.offset + done, k, dst + done);
+      crc = crc32(crc, dst + done, k);
+      done += k;
+    }
+    floats_from_le(reinterpret_cast<float*>(dst), size_t(t.nbytes / 4));
+    at = t.offset + t.nbytes;
+  }
+  crc = crc_range(file, at, size, crc);  // nothing left: the layout checks put the data section last
+  const uint32_t stored = load_le32(h + kCrcOffset);
+  if (stored != crc)
+    throw Error("checksum mismatch (stored " + hex32(stored) + ", computed " + hex32(crc) + "): the file is corrupted");
   return Model(std::move(g), std::move(store), std::move(input_shape), std::move(extra));
 }
 
 }  // namespace
 
-Model decode(const uint8_t* data, size_t size, const std::string& origin) {
+Model decode(ByteSource& src, const std::string& origin) {
   try {
-    if (!data && size) throw Error("no data");
-    return decode_impl(data, size);
+    return decode_impl(src);
   } catch (const Error& e) {
     throw Error("model file '" + origin + "': " + e.what());
+  } catch (const std::bad_alloc&) {
+    throw Error("model file '" + origin + "': out of memory while loading it");
+  } catch (const std::length_error&) {
+    throw Error("model file '" + origin + "': out of memory while loading it (a container grew past its maximum size)");
   }
+}
+
+Model decode(const uint8_t* data, size_t size, const std::string& origin) {
+  if (!data && size) throw Error("model file '" + origin + "': no data");
+  MemorySource src(data, size);
+  return decode(src, origin);
 }
 
 }  // namespace fmt
