@@ -2,7 +2,8 @@
 // and the input shape it was traced with), the native model file (.cnn: save/load, layout in docs/cpp.md),
 // rebatching, and InferenceSession (a Session for one batch size behind a float-pointer API).
 // Promises: no oneDNN types here; a malformed file raises cnn::Error (never a crash, never an allocation
-// larger than the file justifies) and loading validates everything before it allocates the weights;
+// larger than the file justifies) and loading validates the structure and sizes before it allocates the
+// weights (the checksum is verified as they are read);
 // several InferenceSessions on one Model share its weights (the ParamStore) and may run concurrently,
 // one session per thread.
 #pragma once
@@ -54,7 +55,8 @@ class Model {
 // inconsistent graph fails with the op's own message.
 Model load_model(const std::string& path);
 // Writes atomically: a temporary file in the same folder, flushed, then renamed over `path`. On failure
-// `path` is left as it was and no temporary file remains.
+// `path` is left as it was and no temporary file remains; a successful save also removes temporaries that
+// killed saves of the same path left behind.
 void save_model(const Model& model, const std::string& path);
 
 // The graph replayed with every input's first (batch) dimension set to `batch`; shape inference re-runs,

@@ -213,7 +213,12 @@ ParamStore::ParamStore(const std::vector<Entry>& entries) : entries_(entries) {
     index_[e.name] = &e - entries_.data();
   }
   params_ = static_cast<float*>(counted_alloc(std::max<size_t>(n_params_, 1) * 4));
-  buffers_ = static_cast<float*>(counted_alloc(std::max<size_t>(n_buffers_, 1) * 4));
+  try {
+    buffers_ = static_cast<float*>(counted_alloc(std::max<size_t>(n_buffers_, 1) * 4));
+  } catch (...) {
+    counted_free(params_);
+    throw;
+  }
 }
 ParamStore::~ParamStore() {
   counted_free(params_);

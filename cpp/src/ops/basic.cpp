@@ -43,6 +43,7 @@ Shape resolve_shape(const Node& n, const Shape& in, std::vector<int64_t> s) {
     } else if (s[i] <= 0) {
       op_error(n, "bad target shape " + shape_str(s));
     } else {
+      if (known > (int64_t(1) << 62) / s[i]) op_error(n, "target shape " + shape_str(s) + " has too many elements");
       known *= s[i];
     }
   }
