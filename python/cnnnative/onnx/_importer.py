@@ -156,16 +156,16 @@ def _tensor_array(onnx, t, what, budget=None):
                            f"{_fmt_bytes(budget)} allowed here")
     if t.HasField("raw_data"):
         if dtype.kind == "O":
-            raise _Invalid(f"{what}: string tensors cannot use raw_data")
+            raise _Invalid(f"{what} is a string tensor in raw_data (strings go to string_data)")
         need = _raw_bytes_needed(onnx, t, n, dtype)
         if len(t.raw_data) != need:
-            raise _Invalid(f"{what}: raw_data holds {len(t.raw_data)} bytes, its dims {dims} and data type "
+            raise _Invalid(f"{what} has raw_data of {len(t.raw_data)} bytes; its dims {dims} and data type "
                            f"{dtype} need {need}")
     else:
         field, need = _typed_values_needed(onnx, t, n)
         k = len(getattr(t, field))
         if k != need:
-            raise _Invalid(f"{what}: {field} holds {k} values, its dims {dims} and data type {dtype} need {need}")
+            raise _Invalid(f"{what} has {k} values in {field}; its dims {dims} and data type {dtype} need {need}")
     try:
         a = onnx.numpy_helper.to_array(t)
     except Exception as e:  # a mismatch the checks above do not model (a rare packed or float8 layout)
@@ -1106,7 +1106,7 @@ class _Program:
         self.consts = {}
         for t in g.initializer:
             try:
-                self.consts[t.name] = _tensor_array(onnx, t, "the initializer")
+                self.consts[t.name] = _tensor_array(onnx, t, "the tensor")
             except _Invalid as e:
                 self.invalid.append((t.name, "initializer", str(e)))
             except _Unsupported as e:
@@ -2630,7 +2630,7 @@ class OnnxModule(nn.Module):
     def example_input_shape(self, batch: int = 1):
         """The first input's declared shape with a symbolic batch replaced by `batch`."""
         s = self.input_shape
-        if s is None or any(d is None for d in s[1:]):
+        if not s or any(d is None for d in s[1:]):
             raise ValueError(f"the ONNX model does not declare a complete input shape ({s}); pass input_shape")
         return (batch if s[0] is None else s[0],) + tuple(s[1:])
 
