@@ -456,7 +456,7 @@ def test_onnx_mutations_import_or_raise_documented_errors():
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [2, 3, 4])
 def test_onnx_mutations_long(seed):
-    recs = _run(seed=seed, n=4000, timeout=1800)
+    recs = _run(seed=seed, n=15000, timeout=1800)
     print(_summary(recs))
 
 

@@ -115,6 +115,9 @@ def test_gather_index_out_of_range():
     m = _model([H.make_node("Gather", ["s", "i"], ["g"], name="gat"), H.make_node("Reshape", ["x", "g"], ["y"])],
                [("x", [1, 4])], [("y", None)], {"s": np.array([1, 4], np.int64), "i": np.array([5], np.int64)})
     _rejects(m, "InvalidModelError", "'gat' (Gather)", "indices [5] out of range")
+    m.graph.input[0].type.tensor_type.ClearField("shape")  # caught at import without input shapes too
+    _rejects(m, "InvalidModelError", "'gat' (Gather)", "indices [5] out of range")
+    _rejects(m, "InvalidModelError", "'gat' (Gather)", "indices [5] out of range", validate=False)
     m = _model([H.make_node("Gather", ["s", "i"], ["g"], name="gat", axis=3),
                 H.make_node("Reshape", ["x", "g"], ["y"])],
                [("x", [1, 4])], [("y", None)], {"s": np.array([1, 4], np.int64), "i": np.array([0], np.int64)})

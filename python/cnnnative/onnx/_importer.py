@@ -673,7 +673,7 @@ def _schema_problems(onnx, n, schema, types):
     return out
 
 
-_AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
+_AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID", "")  # "" is NOTSET (as for onnxruntime)
 _POOLS = ("MaxPool", "AveragePool")
 
 
@@ -695,7 +695,7 @@ def _attr_problems(op, a, opset):
     def choice(name, allowed, default):
         v = a.get(name, default)
         if v not in allowed:
-            inv.append(f"{name}={v!r}: one of {', '.join(allowed)}")
+            inv.append(f"{name}={v!r}: one of {', '.join(x for x in allowed if x)}")
 
     if op in ("Conv", "ConvTranspose") + _POOLS:
         for name in ("kernel_shape", "strides", "dilations"):
@@ -1014,10 +1014,16 @@ def _fold(node, ins):
         _budget(out, x.dtype.itemsize)
         return [np.array(np.broadcast_to(x, out))]
     if op == "Where":
+        if len(ins) != 3 or any(v is None for v in ins):
+            raise _Invalid("Where takes condition, X and Y")
         c, x, y = (np.asarray(v) for v in ins)
+        if c.dtype != bool:
+            raise _Invalid(f"the condition must be bool, got dtype {c.dtype}")
+        if x.dtype.kind not in "biuf" or y.dtype.kind not in "biuf":
+            raise _Unsupported(f"Where of dtypes {x.dtype} and {y.dtype}")
         out = _broadcast(c.shape, x.shape, y.shape)
         _budget(out, max(x.dtype.itemsize, y.dtype.itemsize))
-        return [np.where(c.astype(bool), x, y)]
+        return [np.where(c, x, y)]
     if op in ("Add", "Sub", "Mul", "Div", "Equal", "Max", "Min"):
         xs = [np.asarray(v) for v in ins if v is not None]
         if len(xs) < (1 if op in ("Max", "Min") else 2):
@@ -2653,6 +2659,8 @@ def import_model(src, bind=None, validate=True) -> OnnxModule:
     cnnnative.Error) for a path that cannot be read, TypeError for a `src` of another kind."""
     model = load_model_proto(src)
     prog = _Program(model, bind)
+    if prog.invalid:  # found while folding constants: raised whatever the input shapes
+        raise InvalidModelError(prog.invalid)
     module = OnnxModule(prog)
     shapes = prog.dry_shapes() if validate else None
     if shapes is None:
