@@ -20,6 +20,8 @@ import cnnnative as cn
 onnx = pytest.importorskip("onnx")
 import cnnnative.onnx as cno  # noqa: E402
 
+pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/fd"), reason="uses Linux's /proc")
+
 # Run first in the child: wraps every file opened for writing at TARGET (or a temporary beside it) so that its
 # first write writes half its bytes, flushes and fsyncs them, prints KILLME and sleeps; with HOOK=rename,
 # os.replace/os.rename onto TARGET print KILLME and sleep instead. Works for any writer that goes through

@@ -26,6 +26,8 @@ import pytest
 
 pytest.importorskip("onnx")
 
+pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/fd"), reason="uses Linux's /proc")
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 EXTREME_INTS = [0, -1, 1, 2, 3, 7, -2, 2 ** 31 - 1, 2 ** 31, -(2 ** 31), 2 ** 40, -(2 ** 40), 2 ** 62, 2 ** 63 - 1,

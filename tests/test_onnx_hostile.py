@@ -2,9 +2,9 @@
 (cnnnative.onnx.InvalidModelError, a cnnnative.Error, for a model that breaks the ONNX specification;
 UnsupportedError for a valid one the engine cannot run; ModelFileError, an OSError and a cnnnative.Error, for
 a path that cannot be read) naming the node and the bad value, quickly and without large allocations. The
-models are built with onnx.helper; the expected verdicts agree with onnx.checker / onnxruntime where those
-reject the model. Allocation-heavy cases run under a cap on the address space of this process, so that a
-regression fails with MemoryError instead of exhausting the machine."""
+models are built with onnx.helper; where onnxruntime refuses a model, so does the importer. Allocation-heavy
+cases run under a cap on the address space of this process, so that a regression fails with MemoryError
+instead of exhausting the machine."""
 import contextlib
 import os
 import resource
@@ -21,6 +21,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import cnnnative.onnx as cno  # noqa: E402
 
+pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="uses Linux's /proc and FIFOs")
 H = helper
 DOCUMENTED = ("InvalidModelError", "UnsupportedError", "ModelFileError")
 
@@ -169,6 +170,21 @@ def test_pool_pads_not_smaller_than_kernel():
         m = _model([H.make_node(op, ["x"], ["y"], name="p", kernel_shape=[2, 2], pads=[3, 3, 3, 3])],
                    [("x", [1, 1, 4, 4])], [("y", None)])
         _rejects(m, "InvalidModelError", f"'p' ({op})", "pads=[3, 3, 3, 3]", "smaller than the kernel")
+
+
+def test_refused_where_onnxruntime_refuses():
+    """Models the old importer accepted although onnxruntime refuses them. (A graph output listed twice, also
+    refused, is accepted by onnxruntime 1.32 and onnx.checker 1.23.)"""
+    ort = pytest.importorskip("onnxruntime")
+    cases = [
+        _model([H.make_node("Flatten", ["x"], ["y"], axis=10)], [("x", [1, 4])], [("y", None)]),
+        _model([H.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], pads=[3, 3, 3, 3])],
+               [("x", [1, 1, 4, 4])], [("y", None)]),
+    ]
+    for m in cases:
+        with pytest.raises(Exception, match="axis|Pad should be smaller than kernel"):
+            ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        _rejects(m, "InvalidModelError")
 
 
 # ---------------------------------------------------------------------------------------------------
