@@ -101,9 +101,6 @@ def _dtype_of(onnx, data_type):
         return None
 
 
-_PACKED = {"INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2"}  # sub-byte types: several values per byte
-
-
 def _raw_bytes_needed(onnx, t, n, dtype):
     name = onnx.TensorProto.DataType.Name(t.data_type) if t.data_type in onnx.TensorProto.DataType.values() else ""
     if name in ("INT4", "UINT4", "FLOAT4E2M1"):
@@ -195,7 +192,7 @@ def _implied_type(onnx, a):
     return A.UNDEFINED
 
 
-def _attr_value(onnx, a, node_what, long_ok=False):
+def _attr_value(onnx, a, long_ok=False):
     """Python value of an AttributeProto: float, int, str, list, numpy array (tensors, checked), or the proto
     itself for graphs and other kinds no supported operator reads. Lists are bounded by MAX_LIST unless
     long_ok (a Constant's value_ints / value_floats, bounded by the folding budget instead)."""
@@ -1171,7 +1168,7 @@ class _Program:
                 if a.name in attrs:
                     raise _Invalid(f"attribute {a.name!r} is given twice")
                 types[a.name] = a.type or _implied_type(onnx, a)
-                attrs[a.name] = _attr_value(onnx, a, name, long_ok=default and n.op_type == "Constant")
+                attrs[a.name] = _attr_value(onnx, a, long_ok=default and n.op_type == "Constant")
         except (_Invalid, _Unsupported) as e:
             (self.invalid if isinstance(e, _Invalid) else self.static_problems).append((name, n.op_type, str(e)))
             self.failed.update(o for o in n.output if o)
