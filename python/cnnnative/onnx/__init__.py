@@ -6,16 +6,18 @@
     cnnnative.onnx.backend                       onnx.backend.base.Backend implementation (prepare/run)
 
 Needs the `onnx` package (pip install 'cnnnative[onnx]'); it is imported on first use, never by
-`import cnnnative`. Unsupported operators or attributes raise UnsupportedError (a ValueError) that lists
-every offending node at once. What is supported, and how: docs/onnx.md."""
+`import cnnnative`. Import raises only these errors, each listing every offending node at once (name, op type,
+the bad value): InvalidModelError (a cnnnative.Error, hence a ValueError) for a model that breaks the ONNX
+specification, UnsupportedError (a ValueError) for a valid one the engine cannot run, ModelFileError (an OSError
+and a cnnnative.Error) for a path that cannot be read. What is supported, and how: docs/onnx.md."""
 from __future__ import annotations
 
 import importlib
 
-from ._common import FOLDABLE_OPS, SUPPORTED_OPS, UnsupportedError
+from ._common import FOLDABLE_OPS, SUPPORTED_OPS, InvalidModelError, ModelFileError, UnsupportedError
 
-__all__ = ["import_model", "export_model", "convert", "UnsupportedError", "SUPPORTED_OPS", "FOLDABLE_OPS",
-           "OnnxModule", "backend"]
+__all__ = ["import_model", "export_model", "convert", "UnsupportedError", "InvalidModelError", "ModelFileError",
+           "SUPPORTED_OPS", "FOLDABLE_OPS", "OnnxModule", "backend"]
 
 
 def import_model(src, *, bind=None, validate: bool = True):
@@ -24,7 +26,8 @@ def import_model(src, *, bind=None, validate: bool = True):
     src: a path, bytes, a binary file object or an onnx.ModelProto. bind: {graph input name: array} to
     treat as constants (e.g. weights fed as inputs). validate: when the model declares its input shapes,
     check every node at import (a symbolic batch counts as 1) so that problems surface here rather than at
-    compile(). Raises UnsupportedError listing every unsupported node."""
+    compile(). Raises InvalidModelError listing every node that breaks the ONNX specification, else
+    UnsupportedError listing every unsupported node; ModelFileError when a path cannot be read."""
     from ._importer import import_model as _imp
     return _imp(src, bind=bind, validate=validate)
 

@@ -1,8 +1,10 @@
-"""Shared by the ONNX importer, exporter and backend: the error type, the lazy `onnx` import, name
-sanitizing. Importing this module never imports onnx."""
+"""Shared by the ONNX importer, exporter and backend: the error types, the importer's limits, the lazy `onnx`
+import, name sanitizing. Importing this module never imports onnx."""
 from __future__ import annotations
 
 import re
+
+from .. import _core
 
 # ONNX operators the importer maps onto engine ops (docs/onnx.md says how, and what is left out).
 SUPPORTED_OPS = (
@@ -20,6 +22,34 @@ FOLDABLE_OPS = (
     "Sqrt", "Squeeze", "Sub", "Transpose", "Unsqueeze", "Where",
 )
 
+# Limits of the importer. Where they overlap with the .cnn format's (cpp/src/core/serialize.hpp) they are the
+# same, so that an imported model can be saved; the others keep a hostile file from exhausting memory or time.
+MAX_DIM = 2 ** 31 - 1          # one dimension of a tensor, and any size/stride/pad attribute sent to the engine
+MAX_ELEMENTS = 2 ** 40         # elements of one tensor the engine would compute
+MAX_NAME = 4096                # characters in a name (node, value, initializer, attribute string)
+MAX_NODES = 1 << 20            # nodes of the graph, model-local functions inlined
+MAX_NODE_IO = 4096             # inputs or outputs of one node
+MAX_LIST = 4096                # values of one ints/floats/strings attribute (Constant's value_* excepted)
+FOLD_MAX_ELEMENTS = 64 << 20   # elements of one constant computed at import (Range, Expand, ConstantOfShape, ...)
+FOLD_MAX_BYTES = 256 << 20     # bytes of one such constant
+FOLD_MAX_TOTAL_BYTES = 1 << 30  # bytes of all the constants computed while importing (or tracing) one model
+MAX_FILE_BYTES = 2 ** 31       # a protobuf message is at most 2 GiB
+
+
+def _lines(problems):
+    out = []
+    for name, op, why in problems:
+        if op in _GRAPH_PARTS:
+            out.append(f"  - {op} {name!r}: {why}" if name else f"  - {op}: {why}")
+        else:
+            out.append(f"  - node {name!r} ({op}): {why}")
+    return "\n".join(out)
+
+
+# problem kinds that are parts of the model rather than nodes: "graph output 'y': ..." instead of "node 'y' (...)"
+_GRAPH_PARTS = {"model", "graph", "graph input", "graph output", "initializer", "input", "opset",
+                "sparse_initializer", "function", "external data"}
+
 
 class UnsupportedError(ValueError):
     """An ONNX model uses operators or attributes the engine cannot run. `problems` holds one
@@ -27,9 +57,32 @@ class UnsupportedError(ValueError):
 
     def __init__(self, problems, context: str = "ONNX model"):
         self.problems = [tuple(p) for p in problems]
-        lines = [f"  - node {name!r} ({op}): {why}" for name, op, why in self.problems]
         n = len(self.problems)
-        super().__init__(f"{context}: {n} unsupported node{'s' if n != 1 else ''}:\n" + "\n".join(lines))
+        super().__init__(f"{context}: {n} unsupported node{'s' if n != 1 else ''}:\n" + _lines(self.problems))
+
+
+class InvalidModelError(_core.Error):
+    """An ONNX model breaks the ONNX specification: a malformed file, a broken graph (undefined or duplicate
+    names, a cycle), an attribute outside its range, inconsistent shapes. A cnnnative.Error, hence a
+    ValueError. `problems` holds one (node or value name, op type or model part, reason) per problem found;
+    the message lists them all."""
+
+    def __init__(self, problems, context: str = "ONNX model"):
+        self.problems = [tuple(p) for p in problems]
+        n = len(self.problems)
+        super().__init__(f"{context} is invalid: {n} problem{'s' if n != 1 else ''}:\n" + _lines(self.problems))
+
+
+class ModelFileError(_core.Error, OSError):
+    """A model file that cannot be read: missing, a folder, not a regular file, unreadable. Both an OSError
+    (`errno` set when the system gave one) and a cnnnative.Error, as cnnnative.load's errors are."""
+
+    def __init__(self, message: str, errno=None, path=None):
+        super().__init__(message)
+        self.errno, self.path = errno, path
+
+    def __str__(self):
+        return self.args[0] if self.args else ""
 
 
 def require_onnx():

@@ -9,6 +9,7 @@ import os
 
 import numpy as np
 
+from .._atomic import write_atomic
 from ..graph import GraphBuilder, Tensor
 from ._common import UnsupportedError, require_onnx
 
@@ -208,7 +209,8 @@ def export_model(model, path=None, input_shape=None, *, dynamic_batch=True, inpu
     returns the ModelProto. input_shape: (N, C, H, W) to trace with (default: the model's own
     `example_input_shape(1)` or `input_shape` when it has one). The batch dimension is the symbol 'N' when
     dynamic_batch and the graph allows it. Raises UnsupportedError listing engine ops without an ONNX
-    equivalent (e.g. general adaptive pooling)."""
+    equivalent (e.g. general adaptive pooling). The file is written atomically (see save_model): an export
+    that fails or is killed leaves a previous file at `path` as it was."""
     onnx = require_onnx()
     if opset != OPSET:
         raise ValueError(f"export_model writes opset {OPSET} only, got opset={opset}")
@@ -230,8 +232,24 @@ def export_model(model, path=None, input_shape=None, *, dynamic_batch=True, inpu
     if check:
         onnx.checker.check_model(m, full_check=True)
     if path is not None:
-        onnx.save(m, os.fspath(path))
+        save_model(m, path)
     return m
+
+
+def save_model(model_proto, path) -> str:
+    """Writes a ModelProto to `path` atomically, through cnnnative._atomic.write_atomic: a temporary file
+    `<path>.tmp.<pid>.<n>` in the same folder, fsynced, then renamed over `path`. A reader sees the old file or
+    the whole new one; an error or a kill at any point leaves the old one intact, and the next successful save
+    removes temporaries left by killed writers. The model is serialized before the file is created, so a model
+    protobuf cannot hold (over 2 GiB) fails without touching anything. Returns the absolute path."""
+    data = model_proto.SerializeToString()
+    return write_atomic(path, lambda f: _write_chunks(f, data))
+
+
+def _write_chunks(f, data, chunk=1 << 22):
+    mv = memoryview(data)
+    for i in range(0, len(mv), chunk):
+        f.write(mv[i:i + chunk])
 
 
 def _records_from_graph(model, input_shape):
