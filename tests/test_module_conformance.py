@@ -973,6 +973,21 @@ def test_non_persistent_buffer_compiled_traced_and_trained():
     np.testing.assert_allclose(g.compile(x.shape).run(x), _blur_ref(m, x), rtol=1e-5, atol=1e-5)
 
 
+def test_non_persistent_buffer_exported_to_onnx(tmp_path):
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    import cnnnative.onnx as cno
+    cn.manual_seed(9)
+    m = Blur()
+    x = np.random.default_rng(1).standard_normal((2, 2, 5, 5)).astype(np.float32)
+    for src in (m, cn.load(cn.io.dumps(m, x.shape))):  # a module, and the same model loaded from a .cnn file
+        path = tmp_path / "blur.onnx"
+        cno.export_model(src, path, x.shape)
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+        np.testing.assert_allclose(got, _blur_ref(m, x), rtol=1e-5, atol=1e-5)
+
+
 # ------------------------------------------------------------------ torchvision's BasicBlock, end to end
 def _conv3x3(lib, cin, cout, stride=1):
     return lib.Conv2d(cin, cout, kernel_size=3, stride=stride, padding=1, bias=False)

@@ -227,7 +227,7 @@ def export_model(model, path=None, input_shape=None, *, dynamic_batch=True, inpu
     else:
         rec, x, ys = trace_records(model, input_shape)
         graph, records, param_of, x_vid, y_vids = rec.graph, rec.records, rec.param_of, x.vid, [y.vid for y in ys]
-    m = _write(onnx, graph, records, param_of, x_vid, y_vids, model.state_dict(), input_shape,
+    m = _write(onnx, graph, records, param_of, x_vid, y_vids, _tensors(model), input_shape,
                type(model).__name__, dynamic_batch, input_name, output_name)
     if check:
         onnx.checker.check_model(m, full_check=True)
@@ -252,6 +252,15 @@ def _write_chunks(f, data, chunk=1 << 22):
         f.write(mv[i:i + chunk])
 
 
+def _tensors(model) -> dict:
+    """Every tensor a traced graph may read, by name: the state_dict plus buffers left out of it
+    (register_buffer(..., persistent=False)), which the graph needs all the same."""
+    out = dict(model.state_dict())
+    for name, b in model.named_buffers():
+        out.setdefault(name, b)
+    return out
+
+
 def _records_from_graph(model, input_shape):
     """Node records of a loaded model's graph. Needs node introspection from the core: Graph.nodes()
     returning dicts {op, name, inputs, outputs, attrs}."""
@@ -263,7 +272,7 @@ def _records_from_graph(model, input_shape):
     for n in graph.nodes():
         records.append((n["op"], list(n["inputs"]), dict(n["attrs"]), list(n["outputs"]), n["name"]))
         produced.update(n["outputs"])
-    state = set(model.state_dict())
+    state = set(_tensors(model))
     inputs = list(graph.inputs)
     if len(inputs) != 1:
         raise UnsupportedError([("<graph>", "inputs", f"{len(inputs)} graph inputs (export takes one)")], "export")
@@ -283,7 +292,7 @@ def _write(onnx, graph, records, param_of, x_vid, y_vids, sd, input_shape, graph
     em = _Emitter(graph, onnx, input_shape[0])
     for vid, pname in param_of.items():
         if pname not in sd:
-            raise ValueError(f"export: parameter {pname!r} is traced but not in the model's state_dict")
+            raise ValueError(f"export: parameter {pname!r} is traced but not among the model's parameters and buffers")
         em.names[vid] = pname
         em.taken.add(pname)
         em.inits.append(onnx.numpy_helper.from_array(np.ascontiguousarray(sd[pname], np.float32), pname))
