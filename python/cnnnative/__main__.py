@@ -162,8 +162,7 @@ def _train(args) -> int:
     elapsed = time.perf_counter() - t0
     _report_memory(sess)
     print(f"training time: {elapsed:.1f} s")
-    print(f"checkpoint saved to {os.path.abspath(out)} (written at the end of every epoch; continue a stopped run "
-          f"with --resume)")
+    print(f"checkpoint saved to {os.path.abspath(out)}")
     print(_final_line(task, history, ds))
     return 0
 
