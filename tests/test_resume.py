@@ -24,13 +24,22 @@ KILL = "_CNNNATIVE_TEST_KILL_AFTER_EPOCH"
 _TIMING = ("images_per_s", "seconds")
 
 
-def _cli(args, cwd, kill_after=None, timeout=300):
+def _start_cli(args, cwd, kill_after=None):
     env = dict(os.environ)
     env.pop(KILL, None)
     if kill_after is not None:
         env[KILL] = str(kill_after)
-    return subprocess.run([sys.executable, "-m", "cnnnative", "train", *args, "--no-progress", "--threads", "1"],
-                          cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.Popen([sys.executable, "-m", "cnnnative", "train", *args, "--no-progress", "--threads", "1"],
+                            cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _finish(p, timeout=300):
+    out, err = p.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(p.args, p.returncode, out, err)
+
+
+def _cli(args, cwd, kill_after=None, timeout=300):
+    return _finish(_start_cli(args, cwd, kill_after), timeout)
 
 
 def _epoch_lines(out):
@@ -68,9 +77,10 @@ def assert_same_checkpoint(a, b):
 def _kill_and_resume(tmp_path, args, epochs=4, kill_after=2):
     """Uninterrupted run, a run SIGKILLed after epoch `kill_after`'s checkpoint, its resumption; compares."""
     full, part = tmp_path / "full.npz", tmp_path / "part.npz"
-    a = _cli([*args, "--epochs", str(epochs), "--out", str(full)], tmp_path)
-    assert a.returncode == 0, a.stderr
+    pa = _start_cli([*args, "--epochs", str(epochs), "--out", str(full)], tmp_path)  # the two run side by side
     b1 = _cli([*args, "--epochs", str(epochs), "--out", str(part)], tmp_path, kill_after=kill_after)
+    a = _finish(pa)
+    assert a.returncode == 0, a.stderr
     assert b1.returncode == -signal.SIGKILL, (b1.returncode, b1.stderr)
     assert checkpoint_info(part)["epoch"] == kill_after
     assert [f for f in os.listdir(tmp_path) if ".tmp." in f] == []
@@ -86,14 +96,34 @@ def _kill_and_resume(tmp_path, args, epochs=4, kill_after=2):
     return a, b1, b2
 
 
+def _digits_idx(path, n_train=160, n_test=48, seed=0):
+    """A small MNIST-format folder (a learnable stripe per class), so no process waits for scikit-learn."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(path, exist_ok=True)
+    for kind, n in (("train", n_train), ("t10k", n_test)):
+        y = rng.integers(0, 10, n).astype(np.uint8)
+        x = (rng.random((n, 28, 28)) * 60).astype(np.uint8)
+        x[np.arange(n), y * 2 + 4, 4:24] = 255
+        cn.data.write_idx(str(path / f"{kind}-images-idx3-ubyte"), x)
+        cn.data.write_idx(str(path / f"{kind}-labels-idx1-ubyte"), y)
+    return str(path)
+
+
 def test_cli_resume_lenet5_sgd(tmp_path):
-    pytest.importorskip("sklearn")
-    _kill_and_resume(tmp_path, ["lenet5"])
+    d = _digits_idx(tmp_path / "mnist")
+    _kill_and_resume(tmp_path, ["lenet5", "--data", d, "--batch-size", "16"])
 
 
 def test_cli_resume_lenet5_adamw_augment(tmp_path):
+    d = _digits_idx(tmp_path / "mnist")
+    _kill_and_resume(tmp_path, ["lenet5", "--data", d, "--batch-size", "16", "--optimizer", "adamw", "--lr", "0.002",
+                                "--augment"])
+
+
+@pytest.mark.slow
+def test_cli_resume_lenet5_bundled_digits(tmp_path):
     pytest.importorskip("sklearn")
-    _kill_and_resume(tmp_path, ["lenet5", "--optimizer", "adamw", "--lr", "0.002", "--augment"])
+    _kill_and_resume(tmp_path, ["lenet5"])
 
 
 def test_cli_resume_unet_batchnorm(tmp_path):
@@ -147,15 +177,15 @@ def test_cli_sigkill_from_outside(tmp_path):
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """A finished 2-epoch lenet5 CLI run and its checkpoint."""
-    pytest.importorskip("sklearn")
     d = tmp_path_factory.mktemp("finished")
-    r = _cli(["lenet5", "--epochs", "2", "--batch-size", "64", "--out", str(d / "ck.npz")], d)
+    r = _cli(["lenet5", "--data", _digits_idx(d / "mnist"), "--epochs", "2", "--batch-size", "32", "--out",
+              str(d / "ck.npz")], d)
     assert r.returncode == 0, r.stderr
     return d / "ck.npz", r.stdout
 
 
 @pytest.mark.parametrize("args, msg", [
-    (["--batch-size", "16"], "--batch-size 16 (the checkpoint's run has 64)"),
+    (["--batch-size", "16"], "--batch-size 16 (the checkpoint's run has 32)"),
     (["--optimizer", "adamw"], "--optimizer 'adamw' (the checkpoint's run has 'sgd')"),
     (["--seed", "1"], "--seed 1 (the checkpoint's run has 0)"),
     (["--lr", "0.1"], "--lr 0.1"),
@@ -176,21 +206,34 @@ def test_cli_refuses_other_model_and_data(finished, tmp_path, capsys):
     ck, _ = finished
     assert cli_main(["train", "alexnet", "--resume", str(ck)]) == 1
     assert "is of model 'lenet5', not 'alexnet'" in capsys.readouterr().err
-    # same settings, other training data (IDX files instead of the bundled digits): the fingerprint differs
-    rng = np.random.default_rng(0)
-    for kind, n in (("train", 128), ("t10k", 32)):
-        cn.data.write_idx(str(tmp_path / f"{kind}-images-idx3-ubyte"), (rng.random((n, 28, 28)) * 255).astype(np.uint8))
-        cn.data.write_idx(str(tmp_path / f"{kind}-labels-idx1-ubyte"), rng.integers(0, 10, n).astype(np.uint8))
     part = tmp_path / "copy.npz"
     shutil.copy(ck, part)
-    # pretend the run is unfinished, so the CLI gets as far as comparing the data
-    def unfinish(meta):
+
+    def unfinish(meta):  # pretend the run is unfinished, so the CLI gets as far as comparing the data
         meta["epochs"] = meta["config"]["cli"]["epochs"] = 3
     _rewrite_meta(part, unfinish)
-    assert cli_main(["train", "lenet5", "--resume", str(part), "--epochs", "3", "--data", str(tmp_path),
-                     "--no-progress"]) == 1
+    other = _digits_idx(tmp_path / "other", seed=1)  # same sizes, other samples
+    assert cli_main(["train", "lenet5", "--resume", str(part), "--data", other, "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert "training data differs" in err, err
+    assert "schedule" in err  # the cosine schedule spans 3 epochs now, the checkpoint's 2
+
+
+def test_cli_resume_follows_moved_data(tmp_path):
+    """The data folder may move (its fingerprint, not its path, identifies it); without --data the
+    checkpoint's folder is used."""
+    d = _digits_idx(tmp_path / "mnist")
+    r = _cli(["lenet5", "--data", d, "--epochs", "2", "--batch-size", "32", "--out", str(tmp_path / "ck.npz")],
+             tmp_path, kill_after=1)
+    assert r.returncode == -signal.SIGKILL
+    shutil.copy(tmp_path / "ck.npz", tmp_path / "ck2.npz")
+    moved = shutil.copytree(d, tmp_path / "moved")
+    r2 = _cli(["lenet5", "--resume", str(tmp_path / "ck.npz"), "--data", str(moved)], tmp_path)
+    r3 = _cli(["lenet5", "--resume", str(tmp_path / "ck2.npz")], tmp_path)
+    assert r2.returncode == 0 and r3.returncode == 0, (r2.stderr, r3.stderr)
+    assert f"IDX files in {moved}" in r2.stdout and f"IDX files in {d}" in r3.stdout
+    assert _epoch_lines(r2.stdout) == _epoch_lines(r3.stdout) and len(_epoch_lines(r2.stdout)) == 1
+    assert np.load(tmp_path / "ck.npz")["fc3.weight"].tobytes() == np.load(tmp_path / "ck2.npz")["fc3.weight"].tobytes()
 
 
 def _rewrite_meta(path, edit):
