@@ -182,7 +182,8 @@ def test_schedule_load_state_dict_refuses_bad_states():
     with pytest.raises(ValueError, match="'StepLR' schedule"):
         cos.load_state_dict(cn.optim.StepLR(cn.optim.SGD(lr=0.1), 2).state_dict())
     sd = cos.state_dict()
-    for bad in (dict(sd, last_epoch=-1), dict(sd, T_max=0), dict(sd, base_lr=float("nan")), {"type": "CosineAnnealingLR"}):
+    for bad in (dict(sd, last_epoch=-1), dict(sd, T_max=0), dict(sd, base_lr=float("nan")),
+                {"type": "CosineAnnealingLR"}):
         with pytest.raises(ValueError):
             cos.load_state_dict(bad)
     assert cos.last_epoch == 0 and cos.T_max == 4 and opt.lr == 0.5

@@ -428,3 +428,20 @@ def test_api_finished_run_trains_nothing(tmp_path):
     assert h2 == h and open(ck, "rb").read() == before
     for k, v in m.state_dict().items():
         assert m2.state_dict()[k].tobytes() == v.tobytes()
+
+
+def test_api_resume_notes_another_thread_count(tmp_path):
+    ck = str(tmp_path / "ck.npz")
+    m, data = _tiny()
+    threads = cn.get_num_threads()
+    try:
+        cn.set_num_threads(1)
+        fit(m, data, 2, 8, cn.optim.SGD(lr=0.1), seed=1, progress=False, log=lambda s: None, checkpoint=ck)
+        _rewrite_meta(ck, lambda meta: meta.update(epochs=3))
+        cn.set_num_threads(2)
+        lines = []
+        fit(_tiny()[0], data, 3, 8, cn.optim.SGD(lr=0.1), seed=1, progress=False, log=lines.append, resume=ck)
+    finally:
+        cn.set_num_threads(threads)
+    assert any(l.startswith("note: threads 1 -> 2") for l in lines), lines
+    assert [l[:9] for l in lines if l.startswith("epoch")] == ["epoch  3/"]

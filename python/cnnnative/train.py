@@ -347,9 +347,11 @@ class _Resumable:
                                       "; ".join(diffs))
             epoch = meta["epoch"]
             history = meta["history"]
-            if len(history) != epoch or not all(isinstance(h, dict) and h.get("epoch") == i + 1
-                                                for i, h in enumerate(history)):
-                r._fail(f"history does not cover epochs 1..{epoch}")
+            if len(history) != epoch or not all(
+                    isinstance(h, dict) and h.get("epoch") == i + 1
+                    and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in h.values())
+                    for i, h in enumerate(history)):
+                r._fail(f"history is not one record of numbers per epoch 1..{epoch}")
             weights = r.model_state(self.model.state_dict(), strict=True)
             own_opt = self.sess.optimizer_state()
             names = {k[len(_OPT):] for k in r.members if k.startswith(_OPT)}
