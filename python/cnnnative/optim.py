@@ -50,9 +50,10 @@ class Optimizer:
             s.lr = float(value)
 
     def _train_session(self):
-        """The training session this optimizer drives (the last one compiled with it), or None."""
+        """The training session this optimizer drives (the last live one compiled with it), or None. A session
+        retired because its model's structure changed holds no core session (_s is None) and is skipped."""
         for sess in reversed(self._sessions):
-            if getattr(sess, "mode", "train") == "train":
+            if getattr(sess, "mode", "train") == "train" and getattr(sess, "_s", True) is not None:
                 return sess
         return None
 
