@@ -381,3 +381,72 @@ def test_synthetic_shapes_masks():
     assert x.shape == m.shape == (16, 1, 32, 32) and x.dtype == m.dtype == np.float32
     assert set(np.unique(m)) <= {0.0, 1.0} and 0.02 < m.mean() < 0.8
     assert x[m == 1].mean() > x[m == 0].mean() + 0.4
+
+
+# --------------------------------------------------------------------------
+# DataLoader state (resume) and label ranges (the model size never comes from the labels)
+# --------------------------------------------------------------------------
+
+def _batches(loader):
+    return [(xb.copy(), yb.copy()) for xb, yb in loader]
+
+
+def test_loader_state_dict_resumes_the_batch_stream():
+    import json
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((30, 1, 8, 8)).astype(np.float32)
+    y = rng.integers(0, 3, 30)
+    make = lambda: data.DataLoader(x, y, 4, seed=5, drop_last=True, transform=data.default_augment())  # noqa: E731
+    a = make()
+    _batches(a)
+    state = json.loads(json.dumps(a.state_dict()))
+    epoch2 = _batches(a)
+    b = make()
+    b.load_state_dict(state)
+    for (xa, ya), (xb, yb) in zip(epoch2, _batches(b), strict=True):
+        assert xa.tobytes() == xb.tobytes() and ya.tobytes() == yb.tobytes()
+
+
+def test_loader_load_state_dict_validates_first():
+    x = np.zeros((12, 1, 2, 2), np.float32)
+    y = np.arange(12)
+    a = data.DataLoader(x, y, 4, seed=1)
+    st = a.state_dict()
+    b = data.DataLoader(x, y, 4, seed=2)
+    before = b.state_dict()
+    with pytest.raises(ValueError, match="batch_size=4, this one has 3"):
+        data.DataLoader(x, y, 3, seed=1).load_state_dict(st)
+    with pytest.raises(ValueError, match="augment_rng"):
+        b.load_state_dict(dict(st, augment_rng={"bit_generator": "MT19937", "state": 5}))
+    with pytest.raises(ValueError, match="shuffle_rng"):
+        b.load_state_dict(dict(st, shuffle_rng=None))
+    assert b.state_dict() == before  # nothing half-loaded
+
+
+@pytest.mark.parametrize("value", [10, 1_000_000, 2 ** 31 - 1, -1])
+def test_read_idx_num_classes_names_file_index_and_value(tmp_path, value):
+    labels = np.array([1, 2, 9, value, 3, value], np.int32)
+    p = str(tmp_path / "train-labels-idx1-ubyte")
+    data.write_idx(p, labels)
+    with pytest.raises(ValueError) as ei:
+        data.read_idx(p, num_classes=10)
+    msg = str(ei.value)
+    assert p in msg and f"label {value} at index 3" in msg and "[0, 10)" in msg
+    np.testing.assert_array_equal(data.read_idx(p), labels)  # without num_classes: a plain reader
+    with pytest.raises(ValueError, match="integers"):
+        data.check_labels(np.zeros(3, np.float32), 10, "floats")
+
+
+def test_load_mnist_dataset_num_classes(tmp_path):
+    rng = np.random.default_rng(0)
+    for kind, n in (("train", 20), ("t10k", 8)):
+        data.write_idx(str(tmp_path / f"{kind}-images-idx3-ubyte"), rng.integers(0, 255, (n, 4, 4)).astype(np.uint8))
+        y = rng.integers(0, 10, n).astype(np.int32)
+        if kind == "t10k":
+            y[5] = 10
+        data.write_idx(str(tmp_path / f"{kind}-labels-idx1-ubyte"), y)
+    with pytest.raises(ValueError) as ei:
+        data.load_mnist_dataset(str(tmp_path), num_classes=10)
+    assert "t10k-labels-idx1-ubyte" in str(ei.value) and "label 10 at index 5" in str(ei.value)
+    x_tr, y_tr, x_te, y_te = data.load_mnist_dataset(str(tmp_path), num_classes=11)
+    assert y_te[5] == 10 and len(x_tr) == 20

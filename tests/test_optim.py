@@ -96,3 +96,94 @@ def test_bad_hyperparameters():
     sess = m.compile(x.shape, mode="train", optimizer=cn.optim.SGD(lr=0.1))
     with pytest.raises(cn.Error, match="learning rate"):
         sess.lr = -1.0
+
+
+@pytest.mark.parametrize("make", [lambda: cn.optim.SGD(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
+                                  lambda: cn.optim.AdamW(lr=0.01, weight_decay=0.1),
+                                  lambda: cn.optim.Adam(lr=0.01, amsgrad=True)])
+def test_optimizer_state_dict_continues_bitwise(make):
+    import json
+    m, x, y = _linear_problem()
+    opt = make()
+    sess = m.compile(x.shape, mode="train", optimizer=opt)
+    for _ in range(3):
+        sess.step(x, y)
+    sd = opt.state_dict()
+    assert sd["step"] == 3 and sd["kind"] == opt.kind
+    assert set(sd["state"]) == set(sess.optimizer_state()) and sd["state"]
+    json.dumps({k: v for k, v in sd.items() if k != "state"})  # everything but the blocks is JSON-able
+    m2, _, _ = _linear_problem()
+    m2.load_state_dict(m.state_dict())
+    opt2 = make()
+    opt2.load_state_dict(sd)  # before compile: applied to the next training session
+    sess2 = m2.compile(x.shape, mode="train", optimizer=opt2)
+    assert sess2.step_count == 3
+    for _ in range(2):
+        sess.step(x, y)
+        sess2.step(x, y)
+    for k, v in m.state_dict().items():
+        assert m2.state_dict()[k].tobytes() == v.tobytes(), k
+
+
+def test_optimizer_load_state_dict_checks_before_changing_anything():
+    m, x, y = _linear_problem()
+    opt = cn.optim.SGD(lr=0.1, momentum=0.9)
+    sess = m.compile(x.shape, mode="train", optimizer=opt)
+    sess.step(x, y)
+    sd = opt.state_dict()
+    before = {k: v.copy() for k, v in sess.optimizer_state().items()}
+
+    def unchanged():
+        assert opt.lr == 0.1 and sess.lr == pytest.approx(0.1) and sess.step_count == 1
+        for k, v in sess.optimizer_state().items():
+            assert v.tobytes() == before[k].tobytes()
+    with pytest.raises(ValueError, match="'adamw' optimizer"):
+        opt.load_state_dict(dict(cn.optim.AdamW(lr=0.1).state_dict()))
+    other = dict(sd, param_groups=[dict(sd["param_groups"][0], momentum=0.5, lr=0.3)])
+    with pytest.raises(ValueError, match="momentum 0.5"):
+        opt.load_state_dict(other)
+    unchanged()
+    bad = dict(sd, state={"momentum_buffer": np.full_like(sd["state"]["momentum_buffer"], np.nan)},
+               param_groups=[dict(sd["param_groups"][0], lr=0.3)], step=9)
+    with pytest.raises((ValueError, cn.Error)):
+        opt.load_state_dict(bad)
+    unchanged()
+    with pytest.raises(ValueError, match="step"):
+        opt.load_state_dict(dict(sd, step=-1))
+    unchanged()
+    good = dict(sd, param_groups=[dict(sd["param_groups"][0], lr=0.05)], step=5)
+    opt.load_state_dict(good)
+    assert opt.lr == 0.05 and sess.lr == pytest.approx(0.05) and sess.step_count == 5
+
+
+@pytest.mark.parametrize("make", [lambda o: cn.optim.CosineAnnealingLR(o, T_max=5, eta_min=0.01),
+                                  lambda o: cn.optim.StepLR(o, step_size=2, gamma=0.3)])
+def test_schedule_state_dict_round_trip(make):
+    import json
+    opt = cn.optim.SGD(lr=0.5)
+    sched = make(opt)
+    sched.step()
+    sched.step()
+    sd = json.loads(json.dumps(sched.state_dict()))
+    assert sd["last_epoch"] == 2
+    opt2 = cn.optim.SGD(lr=0.5)
+    sched2 = make(opt2)
+    sched2.load_state_dict(sd)
+    assert opt2.lr == opt.lr
+    for _ in range(3):
+        sched.step()
+        sched2.step()
+        assert opt2.lr == opt.lr
+
+
+def test_schedule_load_state_dict_refuses_bad_states():
+    opt = cn.optim.SGD(lr=0.5)
+    cos = cn.optim.CosineAnnealingLR(opt, T_max=4)
+    with pytest.raises(ValueError, match="'StepLR' schedule"):
+        cos.load_state_dict(cn.optim.StepLR(cn.optim.SGD(lr=0.1), 2).state_dict())
+    sd = cos.state_dict()
+    for bad in (dict(sd, last_epoch=-1), dict(sd, T_max=0), dict(sd, base_lr=float("nan")),
+                {"type": "CosineAnnealingLR"}):
+        with pytest.raises(ValueError):
+            cos.load_state_dict(bad)
+    assert cos.last_epoch == 0 and cos.T_max == 4 and opt.lr == 0.5

@@ -52,7 +52,7 @@ def test_checkpoint_write_failure_leaves_no_partial_file(tmp_path, monkeypatch):
 
     def boom(*a, **k):
         raise OSError("disk full")
-    monkeypatch.setattr(np, "savez", boom)
+    monkeypatch.setattr(np.lib.format, "write_array", boom)
     with pytest.raises(OSError):
         save_checkpoint(m, str(target))
     assert target.read_bytes() == b"old"
@@ -105,3 +105,66 @@ def test_cli_train_with_recompute(tmp_path):
     assert r.stdout.strip().splitlines()[-1].startswith("test accuracy: ")
     r = _cli("train", "lenet5", "--recompute", "everything", cwd=tmp_path)
     assert r.returncode != 0 and "--recompute" in r.stderr
+
+
+def _idx_dir(path, labels_train, labels_test, dtype=np.int32):
+    rng = np.random.default_rng(0)
+    for kind, y in (("train", labels_train), ("t10k", labels_test)):
+        y = np.asarray(y, dtype)
+        x = (rng.random((len(y), 28, 28)) * 40).astype(np.uint8)
+        cn.data.write_idx(str(path / f"{kind}-images-idx3-ubyte"), x)
+        cn.data.write_idx(str(path / f"{kind}-labels-idx1-ubyte"), y)
+
+
+@pytest.mark.parametrize("value", [10, 2 ** 31 - 1])
+def test_cli_labels_do_not_size_the_model(tmp_path, value):
+    """A label of 10 (or 2**31-1) no longer builds an 11-class (or 2**31-class, MemoryError) LeNet: the class
+    count is --num-classes (default 10) and the out-of-range label is an error naming the file and index."""
+    y = np.arange(32) % 10
+    y[17] = value
+    _idx_dir(tmp_path, y, np.arange(16) % 10)
+    r = _cli("train", "lenet5", "--data", str(tmp_path), "--epochs", "1", "--batch-size", "16", "--no-progress",
+             "--threads", "1", "--out", str(tmp_path / "ck.npz"), cwd=tmp_path)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr and "MemoryError" not in r.stderr
+    assert str(tmp_path / "train-labels-idx1-ubyte") in r.stderr
+    assert f"label {value} at index 17 is outside [0, 10)" in r.stderr
+    assert not (tmp_path / "ck.npz").exists()
+
+
+def test_cli_num_classes_option(tmp_path):
+    _idx_dir(tmp_path, np.arange(32) % 12, np.arange(16) % 12, np.uint8)
+    r = _cli("train", "lenet5", "--data", str(tmp_path), "--num-classes", "12", "--epochs", "1", "--batch-size",
+             "16", "--no-progress", "--threads", "1", "--out", str(tmp_path / "ck.npz"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert np.load(tmp_path / "ck.npz")["fc3.weight"].shape == (12, 84)
+    r = _cli("train", "lenet5", "--num-classes", "5", "--epochs", "1", "--no-progress", cwd=tmp_path)
+    assert r.returncode == 1 and "--num-classes 5" in r.stderr and "outside [0, 5)" in r.stderr
+    r = _cli("train", "unet", "--num-classes", "3", cwd=tmp_path)
+    assert r.returncode == 2 and "--num-classes applies to classification models" in r.stderr
+    r = _cli("train", "lenet5", "--num-classes", "0", cwd=tmp_path)
+    assert r.returncode == 2 and "--num-classes must be positive" in r.stderr
+
+
+def test_fit_label_error_names_index_and_value(digits):
+    x_tr, y_tr, x_te, y_te = digits
+    y_bad = y_tr.copy()
+    y_bad[7] = 12
+    with pytest.raises(ValueError, match=r"label 12 at index 7 is outside \[0, 10\)"):
+        fit(cn.models.lenet5(seed=0), (x_tr, y_bad, x_te, y_te), 1, 32, cn.optim.SGD(lr=0.1), progress=False,
+            log=lambda s: None)
+
+
+def test_cli_writes_a_checkpoint_every_epoch(tmp_path):
+    """Killed right after epoch 1 of 3: the checkpoint on disk already holds epoch 1 (weights and state)."""
+    pytest.importorskip("sklearn")
+    env = dict(os.environ, _CNNNATIVE_TEST_KILL_AFTER_EPOCH="1")
+    r = subprocess.run([sys.executable, "-m", "cnnnative", "train", "lenet5", "--epochs", "3", "--no-progress",
+                        "--threads", "1", "--out", str(tmp_path / "ck.npz")], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=300, env=env)
+    assert r.returncode == -9, r.stderr
+    info = cn.train.checkpoint_info(str(tmp_path / "ck.npz"))
+    assert info["epoch"] == 1 and info["epochs"] == 3 and len(info["history"]) == 1
+    assert info["config"]["cli"]["model"] == "lenet5"
+    load_checkpoint(cn.models.lenet5(seed=1), str(tmp_path / "ck.npz"))
+    assert os.listdir(tmp_path) == ["ck.npz"]

@@ -18,6 +18,7 @@ __all__ = [
     "write_idx",
     "load_mnist",
     "load_mnist_dataset",
+    "check_labels",
     "DataLoader",
     "Compose",
     "RandomFlip",
@@ -187,8 +188,34 @@ def _read_gz_payload(f, nbytes, path):
     return bytes(buf)
 
 
-def read_idx(path):
-    """Read an IDX file (optionally gzip-compressed) into a numpy array."""
+def check_labels(labels, num_classes, source):
+    """Raises ValueError naming `source`, the first bad index and its value unless every label is an
+    integer in [0, num_classes)."""
+    labels = np.asarray(labels)
+    if (isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer))
+            or num_classes < 1):
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if labels.dtype.kind not in "iu":
+        raise ValueError(f"{source}: class labels must be integers, got dtype {labels.dtype}")
+    if labels.size == 0:
+        return
+    bad = (labels < 0) | (labels >= num_classes)
+    if bad.any():
+        flat = int(np.argmax(bad.ravel()))
+        idx = np.unravel_index(flat, labels.shape)
+        where = idx[0] if labels.ndim == 1 else tuple(int(i) for i in idx)
+        raise ValueError(
+            f"{source}: label {int(labels[idx])} at index {where} is outside [0, {num_classes}) "
+            f"({int(bad.sum())} labels out of range; the number of classes is {num_classes}, "
+            "not taken from the labels)")
+
+
+def read_idx(path, num_classes=None):
+    """Read an IDX file (optionally gzip-compressed) into a numpy array.
+
+    With num_classes, the file holds class labels: an integer array whose values must lie in
+    [0, num_classes) (ValueError naming the file, the first bad index and its value).
+    """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(2, f"IDX file not found: {path}", path)
@@ -199,13 +226,21 @@ def read_idx(path):
     with open(path, "rb") as raw:
         is_gz = raw.read(2) == b"\x1f\x8b"
     if not is_gz:
-        with open(path, "rb") as f:
-            return _parse_idx(f, path, file_size, False)
-    try:
-        with gzip.open(path, "rb") as f:
-            return _parse_idx(f, path, file_size, True)
-    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
-        raise ValueError(f"{path}: corrupt gzip stream ({exc})") from exc
+        arr = _parse_idx_file(path, file_size)
+    else:
+        try:
+            with gzip.open(path, "rb") as f:
+                arr = _parse_idx(f, path, file_size, True)
+        except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+            raise ValueError(f"{path}: corrupt gzip stream ({exc})") from exc
+    if num_classes is not None:
+        check_labels(arr, num_classes, path)
+    return arr
+
+
+def _parse_idx_file(path, file_size):
+    with open(path, "rb") as f:
+        return _parse_idx(f, path, file_size, False)
 
 
 def _parse_idx(f, path, file_size, is_gz):
@@ -293,10 +328,11 @@ def _find_idx(directory, name):
         os.path.join(directory, name))
 
 
-def load_mnist(path, kind="train"):
+def load_mnist(path, kind="train", num_classes=None):
     """Load {kind}-images/labels from an MNIST-layout directory.
 
-    Returns x float32 (N, 1, H, W) in [0, 1] and y int32 (N,).
+    Returns x float32 (N, 1, H, W) in [0, 1] and y int32 (N,). With num_classes, labels outside
+    [0, num_classes) are a ValueError naming the labels file, the first bad index and its value.
     """
     if kind not in ("train", "t10k"):
         raise ValueError(f"kind must be 'train' or 't10k', got {kind!r}")
@@ -315,6 +351,8 @@ def load_mnist(path, kind="train"):
         raise ValueError(
             f"{lbl_path}: expected a 1-D integer label array, got "
             f"{labels.ndim}-D {labels.dtype}")
+    if num_classes is not None:
+        check_labels(labels, num_classes, lbl_path)
     if images.shape[0] != labels.shape[0]:
         raise ValueError(
             f"count mismatch: {img_path} has {images.shape[0]} images but "
@@ -324,14 +362,16 @@ def load_mnist(path, kind="train"):
     return np.ascontiguousarray(x), labels.astype(np.int32)
 
 
-def load_mnist_dataset(path, seed=0, return_stats=False):
+def load_mnist_dataset(path, seed=0, return_stats=False, num_classes=None):
     """Train and t10k splits, normalized with the train mean/std.
 
     The seed shuffles the order of the training set. Returns
     (x_train, y_train, x_test, y_test), plus (mean, std) if return_stats.
+    num_classes: labels must lie in [0, num_classes) (ValueError naming the
+    file, the first bad index and its value); None checks nothing.
     """
-    x_train, y_train = load_mnist(path, "train")
-    x_test, y_test = load_mnist(path, "t10k")
+    x_train, y_train = load_mnist(path, "train", num_classes)
+    x_test, y_test = load_mnist(path, "t10k", num_classes)
     perm = np.random.default_rng(seed).permutation(x_train.shape[0])
     x_train = np.ascontiguousarray(x_train[perm])
     y_train = np.ascontiguousarray(y_train[perm])
@@ -345,7 +385,10 @@ def load_mnist_dataset(path, seed=0, return_stats=False):
 # --------------------------------------------------------------------------
 
 class DataLoader:
-    """Mini-batch iterator; each iter() is one epoch with a fresh permutation."""
+    """Mini-batch iterator; each iter() is one epoch with a fresh permutation.
+
+    state_dict()/load_state_dict() save and restore the shuffle and augmentation generators
+    (numpy bit-generator states) between epochs, so a resumed run draws the same batches."""
 
     def __init__(self, x, y, batch_size, shuffle=True, seed=0, drop_last=False, transform=None):
         x = np.asarray(x, dtype=np.float32)
@@ -369,6 +412,39 @@ class DataLoader:
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
         self._rng = np.random.default_rng(seed)
+
+    def state_dict(self):
+        """JSON-able state: the generators' bit_generator.state and the loader's settings."""
+        return {"shuffle_rng": self._rng.bit_generator.state,
+                "augment_rng": self._aug_rng.bit_generator.state,
+                "num_samples": int(self.x.shape[0]), "batch_size": self.batch_size,
+                "shuffle": self.shuffle, "drop_last": self.drop_last}
+
+    def _check_state_dict(self, state):
+        if not isinstance(state, dict):
+            raise ValueError("DataLoader.load_state_dict: expected a dict from state_dict()")
+        for k, own in (("num_samples", int(self.x.shape[0])), ("batch_size", self.batch_size),
+                       ("shuffle", self.shuffle), ("drop_last", self.drop_last)):
+            if state.get(k) != own:
+                raise ValueError(
+                    f"DataLoader.load_state_dict: the state is of a loader with {k}={state.get(k)!r}, "
+                    f"this one has {own!r}")
+        gens = []
+        for k, rng in (("shuffle_rng", self._rng), ("augment_rng", self._aug_rng)):
+            st = state.get(k)
+            fresh = type(rng.bit_generator)()
+            try:
+                fresh.state = st  # numpy validates the layout and values
+            except (TypeError, ValueError, KeyError, OverflowError) as exc:
+                raise ValueError(f"DataLoader.load_state_dict: invalid {k} state: {exc}") from None
+            gens.append(fresh.state)
+        return gens
+
+    def load_state_dict(self, state):
+        """Restores state_dict() (checked whole before anything changes)."""
+        shuffle_st, aug_st = self._check_state_dict(state)
+        self._rng.bit_generator.state = shuffle_st
+        self._aug_rng.bit_generator.state = aug_st
 
     def __len__(self):
         n, bs = self.x.shape[0], self.batch_size

@@ -1,9 +1,30 @@
 """Optimizers (cnnnative.optim) and learning-rate schedules. The update itself runs in C++ over the
 model's flat parameter and gradient blocks; these objects hold hyper-parameters, as torch.optim does,
-and push the learning rate to the sessions they drive."""
+and push the learning rate to the sessions they drive.
+
+state_dict()/load_state_dict() as in PyTorch, for checkpoints and resumed runs: an optimizer's state dict
+holds its hyper-parameters (JSON-able) and the flat float32 state blocks and step count of the training
+session it drives; a schedule's holds its position (last_epoch) and settings. Every load checks the whole
+state before it changes anything."""
 from __future__ import annotations
 
 import math
+import numbers
+
+import numpy as np
+
+
+def _plain(group: dict) -> dict:
+    """Hyper-parameters as JSON-able values (betas as a list)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in group.items()}
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
 
 class Optimizer:
@@ -28,9 +49,78 @@ class Optimizer:
         for s in self._sessions:
             s.lr = float(value)
 
+    def _train_session(self):
+        """The training session this optimizer drives (the last live one compiled with it), or None. A session
+        retired because its model's structure changed holds no core session (_s is None) and is skipped."""
+        for sess in reversed(self._sessions):
+            if getattr(sess, "mode", "train") == "train" and getattr(sess, "_s", True) is not None:
+                return sess
+        return None
+
     def _attach(self, session) -> None:
         self._sessions.append(session)
         session.lr = self.lr
+        pending = self.__dict__.pop("_pending_state", None)
+        if pending is not None and getattr(session, "mode", "train") == "train":
+            self._load_into(session, *pending)
+
+    def state_dict(self) -> dict:
+        """{'kind', 'defaults', 'param_groups', 'state', 'step'}: the hyper-parameters (the current lr in
+        param_groups, the constructor's in defaults), the optimizer state of the training session it drives
+        as {name: float32 flat block} ('momentum_buffer'; 'exp_avg', 'exp_avg_sq', 'max_exp_avg_sq') and that
+        session's step count (Adam's bias correction). state is empty and step 0 before a session is compiled."""
+        sess = self._train_session()
+        state = {k: np.array(v, np.float32) for k, v in sess.optimizer_state().items()} if sess is not None else {}
+        return {"kind": self.kind, "defaults": _plain(self.defaults),
+                "param_groups": [_plain(g) for g in self.param_groups], "state": state,
+                "step": int(sess.step_count) if sess is not None else 0}
+
+    def _check_state_dict(self, sd) -> tuple:
+        """Validates a state_dict() against this optimizer; returns (lr, state, step). Raises ValueError."""
+        name = type(self).__name__
+        if not isinstance(sd, dict) or not isinstance(sd.get("param_groups"), list):
+            raise ValueError(f"{name}.load_state_dict: expected a dict from state_dict() with 'param_groups'")
+        if sd.get("kind") != self.kind:
+            raise ValueError(f"{name}.load_state_dict: the state is of a {sd.get('kind')!r} optimizer, "
+                             f"this one is {self.kind!r}")
+        if len(sd["param_groups"]) != 1 or not isinstance(sd["param_groups"][0], dict):
+            raise ValueError(f"{name}.load_state_dict: expected one parameter group, got {len(sd['param_groups'])}")
+        group, own = _plain(sd["param_groups"][0]), _plain(self.param_groups[0])
+        if set(group) != set(own):
+            raise ValueError(f"{name}.load_state_dict: hyper-parameters {sorted(group)} do not match "
+                             f"{sorted(own)}")
+        diff = [f"{k} {group[k]!r} (this optimizer: {own[k]!r})" for k in own if k != "lr" and group[k] != own[k]]
+        if diff:
+            raise ValueError(f"{name}.load_state_dict: the state was saved with " + ", ".join(diff) +
+                             "; only lr may differ (the others are fixed when a session is compiled)")
+        lr = group["lr"]
+        if not _is_real(lr) or lr < 0:
+            raise ValueError(f"{name}.load_state_dict: lr must be finite and >= 0, got {lr!r}")
+        state = sd.get("state") or {}
+        if not isinstance(state, dict):
+            raise ValueError(f"{name}.load_state_dict: 'state' must be a dict of arrays")
+        step = sd.get("step", 0)
+        if not _is_int(step) or not 0 <= step < 2 ** 62:
+            raise ValueError(f"{name}.load_state_dict: step must be a non-negative int, got {step!r}")
+        return float(lr), state, int(step)
+
+    def _load_into(self, sess, state, step) -> None:
+        if state:
+            sess.load_optimizer_state(state)  # checks names, sizes and values before writing any
+        sess.step_count = step
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restores state_dict(): the lr (pushed to the sessions), and, into the training session this
+        optimizer drives, the state blocks and step count; without a session yet, those are kept and loaded
+        into the next training session compiled with this optimizer. Hyper-parameters other than lr must
+        match this optimizer's (they are fixed at compile); everything is checked before anything changes."""
+        lr, state, step = self._check_state_dict(state_dict)
+        sess = self._train_session()
+        if sess is not None:
+            self._load_into(sess, state, step)
+        else:
+            self._pending_state = (state, step)
+        self.lr = lr
 
     def config(self) -> dict:
         c = {k: v for k, v in self.param_groups[0].items() if k != "betas"}
@@ -66,6 +156,8 @@ class AdamW(Adam):
 
 
 class _Schedule:
+    _settings = ()  # hyper-parameter attributes besides base_lr, with their checks
+
     def __init__(self, optimizer: Optimizer):
         self.optimizer = optimizer
         self.base_lr = optimizer.lr
@@ -78,8 +170,46 @@ class _Schedule:
     def get_last_lr(self):
         return [self.optimizer.lr]
 
+    def state_dict(self) -> dict:
+        """{'type', 'last_epoch', 'base_lr', and the schedule's settings} (JSON-able), as torch's
+        scheduler.state_dict()."""
+        d = {"type": type(self).__name__, "last_epoch": int(self.last_epoch), "base_lr": float(self.base_lr)}
+        for k, _ in self._settings:
+            d[k] = getattr(self, k)
+        return d
+
+    def _check_state_dict(self, sd) -> dict:
+        name = type(self).__name__
+        if not isinstance(sd, dict):
+            raise ValueError(f"{name}.load_state_dict: expected a dict from state_dict()")
+        if sd.get("type") != name:
+            raise ValueError(f"{name}.load_state_dict: the state is of a {sd.get('type')!r} schedule")
+        keys = {"type", "last_epoch", "base_lr"} | {k for k, _ in self._settings}
+        if set(sd) != keys:
+            raise ValueError(f"{name}.load_state_dict: expected keys {sorted(keys)}, got {sorted(sd)}")
+        if not _is_int(sd["last_epoch"]) or not 0 <= sd["last_epoch"] < 2 ** 31:
+            raise ValueError(f"{name}.load_state_dict: last_epoch must be a non-negative int, "
+                             f"got {sd['last_epoch']!r}")
+        if not _is_real(sd["base_lr"]) or sd["base_lr"] < 0:
+            raise ValueError(f"{name}.load_state_dict: base_lr must be finite and >= 0, got {sd['base_lr']!r}")
+        for k, ok in self._settings:
+            if not ok(sd[k]):
+                raise ValueError(f"{name}.load_state_dict: invalid {k} {sd[k]!r}")
+        return sd
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restores state_dict() (checked first) and sets the optimizer's lr to the schedule's value at
+        that position, so a schedule restored alone also restores the lr."""
+        sd = self._check_state_dict(state_dict)
+        self.last_epoch, self.base_lr = int(sd["last_epoch"]), float(sd["base_lr"])
+        for k, _ in self._settings:
+            setattr(self, k, type(getattr(self, k))(sd[k]))
+        self.optimizer.lr = self.get_lr() if self.last_epoch > 0 else self.base_lr
+
 
 class StepLR(_Schedule):
+    _settings = (("step_size", lambda v: _is_int(v) and v >= 1), ("gamma", _is_real))
+
     def __init__(self, optimizer, step_size: int, gamma: float = 0.1):
         super().__init__(optimizer)
         self.step_size, self.gamma = int(step_size), float(gamma)
@@ -89,6 +219,8 @@ class StepLR(_Schedule):
 
 
 class CosineAnnealingLR(_Schedule):
+    _settings = (("T_max", lambda v: _is_int(v) and v >= 1), ("eta_min", _is_real))
+
     def __init__(self, optimizer, T_max: int, eta_min: float = 0.0):
         super().__init__(optimizer)
         self.T_max, self.eta_min = int(T_max), float(eta_min)

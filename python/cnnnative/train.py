@@ -1,14 +1,45 @@
 """Training and evaluation loops used by the CLI (and usable directly): fixed-shape sessions, a
-tqdm bar per epoch, per-epoch loss/accuracy/throughput, atomic checkpoint writes."""
+tqdm bar per epoch, per-epoch loss/accuracy/throughput, checkpoints written atomically at the end of every
+epoch, and runs resumed from them (fit(..., checkpoint=PATH, resume=PATH)) with the numbers an
+uninterrupted run gives (same thread count).
+
+Checkpoint format: a .npz (zip of .npy members, stored uncompressed, never pickle):
+  <name>.npy                       one per model.state_dict() entry, as save_checkpoint always wrote them
+                                   (np.load or cn.load_checkpoint read the weights of any checkpoint)
+  train_state/meta.json            resumable checkpoints only: JSON with format/version, epoch and epochs,
+                                   the settings a resume must match, the caller's config (the CLI's
+                                   arguments), the optimizer's hyper-parameters and step count, the schedule's
+                                   state, the DataLoader's generator states and the history so far
+  train_state/optimizer.<s>.npy    the optimizer's flat float32 state blocks (momentum_buffer; exp_avg, ...)
+
+Loading checks everything before anything is written: member names (no duplicates, nothing but .npy and
+the JSON member), each member's uncompressed size declared in the zip directory (bounded by what its
+expected shape needs, before decompressing), the .npy header's shape and dtype (before reading data), and
+the values (finite in float32)."""
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 import os
-import tempfile
+import signal
+import sys
 import time
+import zipfile
 
 import numpy as np
 
+from ._atomic import write_atomic
 from .data import DataLoader
+
+_NS = "train_state/"
+_META = _NS + "meta.json"
+_OPT = _NS + "optimizer."
+_FORMAT, _VERSION = "cnnnative-checkpoint", 1
+_NPY_HEADER_MAX = 10000      # numpy's own bound on a .npy header
+_MEMBER_SLACK = 16384        # bytes a .npy member may hold beyond its data (magic, version, header)
+_META_MAX = 16 << 20         # the JSON member
+_KILL_ENV = "_CNNNATIVE_TEST_KILL_AFTER_EPOCH"  # test hook: SIGKILL this process after that epoch's checkpoint
 
 
 def predict(model, x: np.ndarray, batch_size: int = 256, session=None) -> np.ndarray:
@@ -34,56 +65,410 @@ def accuracy(model, x, y, batch_size=256, session=None) -> float:
     return float(np.mean(np.argmax(predict(model, x, batch_size, session), axis=1) == y))
 
 
+# ------------------------------------------------------------------------------------------------------
+# checkpoint files
+# ------------------------------------------------------------------------------------------------------
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded (nothing was changed)."""
+
+
+def _write_checkpoint(model, path, meta=None, arrays=None) -> str:
+    members = [(k, np.asarray(v)) for k, v in model.state_dict().items()]
+    members += list((arrays or {}).items())
+    blob = None if meta is None else json.dumps(meta, sort_keys=True).encode()
+
+    def fill(f):
+        with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for name, arr in members:
+                info = zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+                with zf.open(info, "w", force_zip64=True) as m:
+                    np.lib.format.write_array(m, arr, allow_pickle=False)
+            if blob is not None:
+                zf.writestr(zipfile.ZipInfo(_META, date_time=(1980, 1, 1, 0, 0, 0)), blob)
+    return write_atomic(path, fill)
+
+
 def save_checkpoint(model, path: str) -> str:
-    """Writes the model's state_dict as .npz atomically (temp file + rename); returns the path."""
-    path = os.path.abspath(path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **{k: np.asarray(v) for k, v in model.state_dict().items()})
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """Writes the model's state_dict as .npz atomically (temp file, fsync, rename); returns the path.
+    (fit(..., checkpoint=PATH) writes resumable checkpoints: the same weights plus the training state.)"""
+    return _write_checkpoint(model, path)
+
+
+class _Reader:
+    """A checkpoint's zip directory, checked; members are read one at a time with bounded sizes."""
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        if not os.path.exists(self.path):
+            raise FileNotFoundError(2, f"checkpoint not found: {self.path}", self.path)
+        try:
+            self.zf = zipfile.ZipFile(self.path)
+        except Exception as e:  # BadZipFile, OSError, ValueError, EOFError, ...
+            raise CheckpointError(f"checkpoint {self.path!r} is not a readable .npz file: {e}") from None
+        self.members = {}
+        try:
+            for info in self.zf.infolist():
+                name = info.filename
+                if name == _META:
+                    key = name
+                elif name.endswith(".npy"):
+                    key = name[:-4]
+                else:
+                    self._fail(f"unexpected member {name!r} (a checkpoint holds .npy arrays and {_META})")
+                if key in self.members:
+                    self._fail(f"member {name!r} appears twice")
+                if info.flag_bits & 0x1:
+                    self._fail(f"member {name!r} is encrypted")
+                self.members[key] = info
+        except BaseException:
+            self.zf.close()
+            raise
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.zf.close()
+
+    def _fail(self, msg):
+        raise CheckpointError(f"checkpoint {self.path}: {msg}")
+
+    def model_keys(self):
+        return [k for k in self.members if not k.startswith(_NS)]
+
+    def has_training_state(self):
+        return _META in self.members
+
+    def _read_member(self, key, limit, what, body):
+        """Opens member `key` after checking its declared uncompressed size against `limit`; body(f) reads it.
+        Errors of the zip/npy layers become CheckpointError naming the file and member."""
+        info = self.members[key]
+        if info.file_size > limit:
+            self._fail(f"{what} declares {info.file_size} bytes uncompressed, more than the {limit} it may "
+                       f"take (refused before decompressing)")
+        try:
+            with self.zf.open(info) as f:
+                out = body(f)
+                if f.read(1):  # also lets zipfile check the CRC at the end
+                    self._fail(f"{what}: trailing bytes after its data")
+                return out
+        except CheckpointError:
+            raise
+        except Exception as e:
+            raise CheckpointError(f"checkpoint {self.path}: {what}: {type(e).__name__}: {e}") from None
+
+    def array(self, key, shape, target):
+        """The array in member `key`, which must have exactly `shape` and, for a float target, a float16/32/64
+        dtype with values finite in float32 (returned as float32); for an integer target, an integer dtype
+        with non-negative values that fit it. Returns a new C-contiguous array of dtype `target`."""
+        shape, target = tuple(int(s) for s in shape), np.dtype(target)
+        count = math.prod(shape)
+        what = f"tensor {key!r}"
+
+        def body(f):
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shp, fortran, dt = np.lib.format.read_array_header_1_0(f, max_header_size=_NPY_HEADER_MAX)
+            elif version == (2, 0):
+                shp, fortran, dt = np.lib.format.read_array_header_2_0(f, max_header_size=_NPY_HEADER_MAX)
+            else:
+                self._fail(f"{what}: unsupported .npy format version {version}")
+            if tuple(shp) != shape:
+                self._fail(f"{what} has shape {tuple(shp)}, expected {shape}")
+            if target.kind == "f":
+                if dt.kind != "f" or dt.itemsize not in (2, 4, 8):
+                    self._fail(f"{what} has dtype {dt}; float tensors must be stored as float16, float32 or "
+                               f"float64")
+            elif dt.kind not in "iu" or dt.itemsize > 8:
+                self._fail(f"{what} has dtype {dt}; expected an integer dtype (as {target})")
+            nbytes = count * dt.itemsize
+            data = f.read(nbytes)
+            if len(data) != nbytes:
+                self._fail(f"{what}: truncated data ({len(data)} of {nbytes} bytes)")
+            a = np.frombuffer(data, dt).reshape(shape, order="F" if fortran else "C")
+            if target.kind == "f":
+                with np.errstate(over="ignore", invalid="ignore"):
+                    out = np.array(a, dtype=np.float32, order="C")  # (ascontiguousarray makes 0-d 1-d)
+                bad = ~np.isfinite(out)
+                if bad.any():
+                    idx = np.unravel_index(int(np.argmax(bad.ravel())), shape)
+                    v = a[idx]
+                    why = "overflows float32" if np.isfinite(v) else "is not finite"
+                    self._fail(f"{what} holds {v!r} at index {tuple(int(i) for i in idx)}, which {why}")
+                return out.astype(target, copy=False)
+            if count and (a.min() < 0 or a.max() > np.iinfo(target).max):
+                idx = np.unravel_index(int(np.argmax(((a < 0) | (a > np.iinfo(target).max)).ravel())), shape)
+                self._fail(f"{what} holds {a[idx]!r} at index {tuple(int(i) for i in idx)}; expected a "
+                           f"non-negative count that fits {target}")
+            return np.array(a, dtype=target, order="C")
+
+        return self._read_member(key, _MEMBER_SLACK + count * 8, what, body)
+
+    def model_state(self, own, strict=True):
+        """{name: array} for every entry of own (a model's state_dict()) found in the file, all checked."""
+        keys = self.model_keys()
+        missing = [k for k in own if k not in keys]
+        unexpected = [k for k in keys if k not in own]
+        if strict and (missing or unexpected):
+            parts = []
+            if missing:
+                parts.append("missing tensors: " + ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else ""))
+            if unexpected:
+                parts.append("unexpected tensors: " + ", ".join(unexpected[:10]) +
+                             (" ..." if len(unexpected) > 10 else ""))
+            self._fail("does not match the model: " + "; ".join(parts))
+        return {k: self.array(k, np.shape(v), np.asarray(v).dtype) for k, v in own.items() if k in keys}
+
+    def meta(self):
+        if _META not in self.members:
+            self._fail("holds model weights only (no training state): it cannot be resumed; load its weights "
+                       "with cnnnative.load_checkpoint(model, path)")
+
+        def body(f):
+            raw = f.read(_META_MAX + 1)
+            try:
+                return json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError, RecursionError) as e:
+                self._fail(f"{_META} is not valid JSON: {e}")
+
+        meta = self._read_member(_META, _META_MAX, _META, body)
+        if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
+            self._fail(f"{_META} is not cnnnative training state")
+        if meta.get("version") != _VERSION:
+            self._fail(f"training state version {meta.get('version')!r} is not supported (this cnnnative "
+                       f"reads version {_VERSION})")
+        e, n = meta.get("epoch"), meta.get("epochs")
+        if not (_is_int(e) and _is_int(n) and 1 <= e <= n < 2 ** 31):
+            self._fail(f"{_META}: invalid epoch {e!r} of {n!r}")
+        for k, t in (("settings", dict), ("history", list), ("optimizer", dict), ("loader", dict)):
+            if not isinstance(meta.get(k), t):
+                self._fail(f"{_META}: {k!r} missing or not a {t.__name__}")
+        return meta
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def load_checkpoint(model, path: str, strict: bool = True):
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            state = {k: z[k] for k in z.files}
-    except FileNotFoundError:
-        raise
-    except Exception as e:
-        raise ValueError(f"checkpoint {path!r} is not a readable .npz file: {e}") from None
+    """Loads a checkpoint's weights into model (a resumable checkpoint's training state is ignored).
+    All-or-nothing: every tensor is checked (names, shapes, float dtype, finite in float32; sizes bounded
+    before decompressing; no pickle) before any is written. Raises FileNotFoundError or ValueError."""
+    own = model.state_dict()
+    with _Reader(path) as r:
+        state = r.model_state(own, strict)
     model.load_state_dict(state, strict=strict)
     return model
 
 
+def checkpoint_info(path) -> dict:
+    """The training state of a resumable checkpoint (epoch, epochs, settings, config, history, ...) as a
+    dict, checked; ValueError for a weights-only or damaged checkpoint."""
+    with _Reader(path) as r:
+        return r.meta()
+
+
+# ------------------------------------------------------------------------------------------------------
+# resumable training
+# ------------------------------------------------------------------------------------------------------
+
+def _json_norm(v):
+    """v as it comes back from JSON (tuples -> lists), for comparing settings."""
+    return json.loads(json.dumps(v))
+
+
+def fingerprint(*arrays) -> str:
+    """sha256 over dtypes, shapes and bytes of arrays: identifies a data set in a checkpoint."""
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape};".encode())
+        h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
+
+
+def _describe(obj):
+    """A JSON-able description of a transform: class names and their plain settings."""
+    if obj is None:
+        return None
+    if isinstance(getattr(obj, "transforms", None), (list, tuple)):
+        return {"type": type(obj).__qualname__, "transforms": [_describe(t) for t in obj.transforms]}
+    if not hasattr(obj, "__dict__") or type(obj).__name__ in ("function", "builtin_function_or_method", "method"):
+        return {"type": f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', type(obj).__qualname__)}"}
+    d = {"type": type(obj).__qualname__}
+    for k, v in sorted(vars(obj).items()):
+        if isinstance(v, (bool, int, float, str, type(None))) or (
+                isinstance(v, (tuple, list)) and all(isinstance(x, (bool, int, float, str)) for x in v)):
+            d[k] = v
+    return d
+
+
+class _Resumable:
+    """The state a checkpoint holds besides the weights, and its save/resume."""
+
+    def __init__(self, model, sess, optimizer, schedule, loader, epochs, settings, config, log):
+        self.model, self.sess, self.optimizer, self.schedule, self.loader = model, sess, optimizer, schedule, loader
+        self.epochs, self.log = epochs, log
+        self.settings = _json_norm(settings)
+        self.config = _json_norm(config) if config is not None else None
+
+    def save(self, path, epoch, history, recompute):
+        import cnnnative
+        opt = self.optimizer.state_dict()
+        meta = {"format": _FORMAT, "version": _VERSION, "epoch": epoch, "epochs": self.epochs,
+                "settings": self.settings, "config": self.config,
+                "optimizer": {k: opt[k] for k in ("kind", "defaults", "param_groups", "step")},
+                "schedule": self.schedule.state_dict() if self.schedule is not None else None,
+                "loader": self.loader.state_dict(), "history": history,
+                "runtime": {"threads": cnnnative.get_num_threads(), "recompute": recompute,
+                            "cnnnative": cnnnative.__version__}}
+        arrays = {_OPT + k: v for k, v in opt["state"].items()}
+        return _write_checkpoint(self.model, path, meta, arrays)
+
+    def resume(self, path):
+        """Checks the checkpoint against this run in full, then restores it. Returns (history, meta)."""
+        with _Reader(path) as r:
+            meta = r.meta()
+            where = f"checkpoint {r.path}"
+            diffs = []
+            saved = meta["settings"]
+            for k in sorted(set(saved) | set(self.settings)):
+                if saved.get(k) != self.settings.get(k):
+                    if k == "data":
+                        diffs.append("the training data differs (its fingerprint does not match)")
+                    else:
+                        diffs.append(f"{k}: checkpoint {saved.get(k)!r}, this run {self.settings.get(k)!r}")
+            if meta["epochs"] != self.epochs:
+                diffs.insert(0, f"epochs: the checkpoint's run has {meta['epochs']} (its learning-rate schedule "
+                                f"spans them), this run {self.epochs}; resume with the same number of epochs")
+            if diffs:
+                raise CheckpointError(f"{where} was written by a different run; refusing to resume: " +
+                                      "; ".join(diffs))
+            epoch = meta["epoch"]
+            history = meta["history"]
+            if len(history) != epoch or not all(
+                    isinstance(h, dict) and h.get("epoch") == i + 1
+                    and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in h.values())
+                    for i, h in enumerate(history)):
+                r._fail(f"history is not one record of numbers per epoch 1..{epoch}")
+            weights = r.model_state(self.model.state_dict(), strict=True)
+            own_opt = self.sess.optimizer_state()
+            names = {k[len(_OPT):] for k in r.members if k.startswith(_OPT)}
+            if names != set(own_opt):
+                r._fail(f"optimizer state {sorted(names)} does not match this optimizer's {sorted(own_opt)}")
+            opt_sd = dict(meta["optimizer"])
+            opt_sd["state"] = {k: r.array(_OPT + k, v.shape, np.float32) for k, v in own_opt.items()}
+            steps = epoch * len(self.loader)
+            if opt_sd.get("step") != steps:
+                r._fail(f"step count {opt_sd.get('step')!r} is not {epoch} epochs of {len(self.loader)} steps")
+            try:
+                self.optimizer._check_state_dict(opt_sd)
+                if self.schedule is not None:
+                    if meta.get("schedule") is None:
+                        raise ValueError("the checkpoint holds no learning-rate schedule")
+                    self.schedule._check_state_dict(meta["schedule"])
+                    if meta["schedule"]["last_epoch"] != epoch:
+                        raise ValueError(f"schedule position {meta['schedule']['last_epoch']} is not epoch {epoch}")
+                elif meta.get("schedule") is not None:
+                    raise ValueError("the checkpoint has a learning-rate schedule, this run none")
+                self.loader._check_state_dict(meta["loader"])
+            except CheckpointError:
+                raise
+            except ValueError as e:
+                raise CheckpointError(f"{where}: {e}") from None
+        # everything checked: write
+        self.model.load_state_dict(weights, strict=True)
+        self.optimizer.load_state_dict(opt_sd)
+        if self.schedule is not None:
+            self.schedule.load_state_dict(meta["schedule"])
+        self.loader.load_state_dict(meta["loader"])
+        return list(history), meta
+
+
+def _note_runtime(meta, recompute, log):
+    import cnnnative
+    rt = meta.get("runtime") or {}
+    now = {"threads": cnnnative.get_num_threads(), "recompute": recompute}
+    diff = [f"{k} {rt.get(k)!r} -> {v!r}" for k, v in now.items() if k in rt and rt.get(k) != v]
+    if diff:
+        log("note: " + ", ".join(diff) + " since the checkpoint; the continued run may differ in the last bits "
+            "from an uninterrupted one")
+
+
+def _after_checkpoint(epoch):
+    """Test hook: with _CNNNATIVE_TEST_KILL_AFTER_EPOCH=N, the process SIGKILLs itself right after epoch N's
+    checkpoint is written and its line printed (a crash at the worst moment for a resume)."""
+    v = os.environ.get(_KILL_ENV)
+    if v and v.strip() == str(epoch):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _start(run, resume, recompute, epochs, log):
+    """(history, first epoch) after restoring `resume` (if any)."""
+    if not resume:
+        return [], 1
+    history, meta = run.resume(resume)
+    _note_runtime(meta, recompute, log)
+    if meta["epoch"] >= epochs:
+        log(f"checkpoint {os.fspath(resume)}: the run finished all {epochs} epochs; nothing to do")
+    else:
+        log(f"resuming from {os.fspath(resume)}: epoch {meta['epoch']}/{epochs} done, continuing with epoch "
+            f"{meta['epoch'] + 1}")
+    return history, meta["epoch"] + 1
+
+
+def _optimizer_settings(optimizer):
+    return {"kind": optimizer.kind, "defaults": optimizer.state_dict()["defaults"]}
+
+
+def _schedule_settings(schedule):
+    if schedule is None:
+        return None
+    sd = schedule.state_dict()
+    sd.pop("last_epoch")
+    return sd
+
+
 def fit(model, data, epochs, batch_size, optimizer, schedule=None, seed=0, progress=True, log=print,
-        eval_batch_size=256, transform=None, recompute="none", dtype="float32"):
-    """Trains on data = (x_train, y_train, x_test, y_test); returns the history (one dict per epoch).
-    recompute: the training session's recomputation mode; dtype='bfloat16': mixed-precision training and
-    bf16 evaluation (Module.compile)."""
+        eval_batch_size=256, transform=None, recompute="none", dtype="float32", checkpoint=None, resume=None,
+        config=None):
+    """Trains on data = (x_train, y_train, x_test, y_test); returns (history, session), history holding one
+    dict per epoch. recompute: the training session's recomputation mode; dtype='bfloat16': mixed-precision
+    training and bf16 evaluation (Module.compile).
+
+    checkpoint: a path written atomically at the end of every epoch with the weights and the whole training
+    state. resume: a checkpoint of the same run (same model, data, batch size, optimizer, schedule, seed,
+    transform, epochs; refused with a ValueError naming what differs) to continue from: the returned history
+    covers all epochs, and with the same thread count the continued run gives bitwise what an uninterrupted
+    run gives. A checkpoint of a finished run trains nothing. config: a JSON-able dict stored in the
+    checkpoint as is (the CLI keeps its arguments there; see checkpoint_info)."""
     from tqdm import tqdm
 
     x_tr, y_tr, x_te, y_te = data
-    num_classes = None
     loader = DataLoader(x_tr, y_tr, batch_size, shuffle=True, seed=seed, drop_last=True, transform=transform)
     if len(loader) == 0:
         raise ValueError(f"batch size {batch_size} is larger than the training set ({len(x_tr)} samples)")
     sess = model.compile((batch_size,) + tuple(x_tr.shape[1:]), mode="train", optimizer=optimizer, seed=seed,
                          recompute=recompute, dtype=dtype)
     num_classes = sess.num_classes
-    for name, y in (("train", y_tr), ("test", y_te)):
-        if y.min() < 0 or y.max() >= num_classes:
-            raise ValueError(f"{name} labels must lie in [0, {num_classes}), found {y.min()}..{y.max()}")
+    from .data import check_labels
+    for name, y in (("train labels", y_tr), ("test labels", y_te)):
+        check_labels(y, num_classes, f"{name} (the model has {num_classes} classes)")
     bs_eval = min(eval_batch_size, len(x_te))
     eval_sess = model.compile((bs_eval,) + tuple(x_te.shape[1:]), mode="infer", dtype=dtype)
-    history = []
-    for epoch in range(1, epochs + 1):
+    run = None
+    if checkpoint or resume:
+        settings = {"task": "fit", "model": type(model).__name__, "parameters": model.num_parameters(),
+                    "batch_size": int(batch_size), "seed": int(seed), "dtype": dtype, "loss": "cross_entropy",
+                    "eval_batch_size": int(bs_eval), "optimizer": _optimizer_settings(optimizer),
+                    "schedule": _schedule_settings(schedule), "transform": _describe(transform),
+                    "data": fingerprint(x_tr, y_tr, x_te, y_te)}
+        run = _Resumable(model, sess, optimizer, schedule, loader, epochs, settings, config, log)
+    history, first = _start(run, resume, recompute, epochs, log)
+    for epoch in range(first, epochs + 1):
         t0 = time.perf_counter()
         total, correct, loss_sum, seen = 0, 0, 0.0, 0
         bar = tqdm(loader, desc=f"epoch {epoch}/{epochs}", leave=False, disable=not progress, unit="batch")
@@ -103,8 +488,12 @@ def fit(model, data, epochs, batch_size, optimizer, schedule=None, seed=0, progr
         rec = {"epoch": epoch, "loss": loss_sum / seen, "train_acc": correct / seen, "test_acc": test_acc,
                "images_per_s": seen / dt, "seconds": dt}
         history.append(rec)
+        if checkpoint:
+            run.save(checkpoint, epoch, history, recompute)
         log(f"epoch {epoch:2d}/{epochs}  loss {rec['loss']:.4f}  train acc {rec['train_acc']:.4f}  "
             f"test acc {test_acc:.4f}  {rec['images_per_s']:.0f} img/s")
+        if checkpoint:
+            _after_checkpoint(epoch)
     return history, sess
 
 
@@ -117,9 +506,11 @@ def iou(logits: np.ndarray, masks: np.ndarray) -> float:
 
 
 def fit_dense(model, x_tr, t_tr, x_te, t_te, epochs, batch_size, optimizer, loss, schedule=None, seed=0,
-              progress=True, log=print, metric=None, metric_name="metric", recompute="none", dtype="float32"):
+              progress=True, log=print, metric=None, metric_name="metric", recompute="none", dtype="float32",
+              checkpoint=None, resume=None, config=None):
     """Trains a dense-output model (segmentation, denoising) with loss 'mse' or 'bce_with_logits' on float
-    targets of the output's shape; metric(pred, target) -> float is reported on the test set per epoch."""
+    targets of the output's shape; metric(pred, target) -> float is reported on the test set per epoch.
+    checkpoint, resume, config: as for fit."""
     from tqdm import tqdm
 
     loader = DataLoader(x_tr, t_tr.astype(np.float32), batch_size, shuffle=True, seed=seed, drop_last=True)
@@ -129,8 +520,16 @@ def fit_dense(model, x_tr, t_tr, x_te, t_te, epochs, batch_size, optimizer, loss
                          seed=seed, recompute=recompute, dtype=dtype)
     bs_eval = min(batch_size, len(x_te))
     eval_sess = model.compile((bs_eval,) + tuple(x_te.shape[1:]), mode="infer", dtype=dtype)
-    history = []
-    for epoch in range(1, epochs + 1):
+    run = None
+    if checkpoint or resume:
+        settings = {"task": "fit_dense", "model": type(model).__name__, "parameters": model.num_parameters(),
+                    "batch_size": int(batch_size), "seed": int(seed), "dtype": dtype, "loss": loss,
+                    "metric": metric_name if metric is not None else None,
+                    "optimizer": _optimizer_settings(optimizer), "schedule": _schedule_settings(schedule),
+                    "data": fingerprint(x_tr, t_tr, x_te, t_te)}
+        run = _Resumable(model, sess, optimizer, schedule, loader, epochs, settings, config, log)
+    history, first = _start(run, resume, recompute, epochs, log)
+    for epoch in range(first, epochs + 1):
         t0 = time.perf_counter()
         loss_sum, seen = 0.0, 0
         bar = tqdm(loader, desc=f"epoch {epoch}/{epochs}", leave=False, disable=not progress, unit="batch")
@@ -146,10 +545,14 @@ def fit_dense(model, x_tr, t_tr, x_te, t_te, epochs, batch_size, optimizer, loss
         pred = predict(model, x_te, bs_eval, eval_sess)
         rec = {"epoch": epoch, "loss": loss_sum / seen, "images_per_s": seen / dt, "seconds": dt}
         if metric is not None:
-            rec[metric_name] = metric(pred, t_te)
+            rec[metric_name] = float(metric(pred, t_te))
         history.append(rec)
+        if checkpoint:
+            run.save(checkpoint, epoch, history, recompute)
         extra = f"  test {metric_name} {rec[metric_name]:.4f}" if metric is not None else ""
         log(f"epoch {epoch:2d}/{epochs}  loss {rec['loss']:.4f}{extra}  {rec['images_per_s']:.0f} img/s")
+        if checkpoint:
+            _after_checkpoint(epoch)
     return history, sess
 
 
