@@ -75,3 +75,32 @@ def test_layers_without_bias_register_it_as_none_and_compile():
     assert lin.bias is None
     w = np.asarray(lin.weight)
     np.testing.assert_allclose(lin.compile((2, 3)).run(x[:, :, 0, 0]), x[:, :, 0, 0] @ w.T, rtol=1e-5, atol=1e-6)
+
+
+def test_load_state_dict_checks_every_tensor_before_writing_any():
+    # the last tensor is bad: nothing may be written (the "nine overwritten before the NaN")
+    m = cn.models.lenet5(seed=0)
+    before = {k: np.array(v) for k, v in m.state_dict().items()}
+    keys = list(before)
+    cases = []
+    for bad in (np.nan, np.inf):
+        s = {k: v + 1 for k, v in before.items()}
+        s[keys[-1]] = s[keys[-1]].copy()
+        s[keys[-1]].flat[3] = bad
+        cases.append((s, "not finite in float32"))
+    s = {k: (v + 1).astype(np.float64) for k, v in before.items()}
+    s[keys[-1]].flat[0] = 1e39  # finite in float64, inf in float32
+    cases.append((s, "not finite in float32"))
+    for dt, what in ((np.int32, "dtype int32"), (bool, "dtype bool"), ("datetime64[s]", "dtype datetime64"),
+                     ("U3", "dtype <U3"), (np.complex64, "dtype complex64")):
+        s = {k: v + 1 for k, v in before.items()}
+        s[keys[-1]] = np.zeros(before[keys[-1]].shape, dt)
+        cases.append((s, what))
+    for state, msg in cases:
+        with pytest.raises(ValueError, match=f"nothing was loaded: {keys[-1]}: .*{msg}"):
+            m.load_state_dict(state)
+        for k in keys:
+            assert np.array_equal(np.asarray(m.state_dict()[k]), before[k]), k
+    # float16 and float64 that fit are fine
+    m.load_state_dict({k: v.astype(np.float64) for k, v in before.items()})
+    m.load_state_dict({k: v.astype(np.float16) for k, v in before.items()})

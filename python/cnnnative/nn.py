@@ -526,12 +526,39 @@ class Module:
             if mis:
                 parts.append("mis-shaped: " + "; ".join(mis))
             raise ValueError("load_state_dict: " + " | ".join(parts))
+        # every tensor converted and checked before the first one is written: a bad one leaves the model as it was
+        ready, bad = {}, []
         for k, arr in own.items():
-            if k in state:
-                src = np.asarray(state[k])
-                if not np.all(np.isfinite(src)) and arr.dtype.kind == "f":
-                    raise ValueError(f"load_state_dict: {k} holds non-finite values")
-                np.copyto(arr, src, casting="unsafe")
+            if k not in state:
+                continue
+            src = state[k]
+            if not isinstance(src, np.ndarray):
+                try:
+                    src = np.asarray(src)
+                except Exception as e:
+                    bad.append(f"{k}: not an array ({type(state[k]).__name__}: {e})")
+                    continue
+            if arr.dtype.kind == "f":
+                if src.dtype.kind != "f" or src.dtype.itemsize not in (2, 4, 8):
+                    bad.append(f"{k}: dtype {src.dtype}, expected float16/float32/float64")
+                    continue
+                with np.errstate(over="ignore", invalid="ignore"):
+                    conv = src.astype(arr.dtype)
+                if not np.isfinite(conv).all():
+                    i = np.unravel_index(int(np.argmin(np.isfinite(conv))), conv.shape) if conv.ndim else ()
+                    bad.append(f"{k}: holds values that are not finite in {arr.dtype} (e.g. {src[i]!r} at "
+                               f"{list(i)})")
+                    continue
+            else:  # integer counters (BatchNorm's num_batches_tracked)
+                if src.dtype.kind not in "iu" or (src.size and (src.min() < 0 or src.max() > np.iinfo(arr.dtype).max)):
+                    bad.append(f"{k}: must hold non-negative integers that fit {arr.dtype}, got {src.dtype}")
+                    continue
+                conv = src.astype(arr.dtype)
+            ready[k] = conv
+        if bad:
+            raise ValueError("load_state_dict: nothing was loaded: " + "; ".join(bad))
+        for k, conv in ready.items():
+            np.copyto(own[k], conv)
         self.weights_changed()
         return {"missing_keys": missing, "unexpected_keys": unexpected}
 
