@@ -1,0 +1,222 @@
+"""Thread-count independence (compile(deterministic=...)): an audit of every cpu kernel and the cost of the mode.
+
+    python bench/determinism.py audit [--batch 32] [--threads 1,2,3,4] [--only conv] [--mode both|off|on]
+    python bench/determinism.py cost  [--rounds 5] [--threads 2] [--workloads lenet5,resnet18cifar]
+
+audit: for each op configuration (LeNet-5, CIFAR ResNet-18, U-Net layers, linear layers, the other ops) one
+grad-mode session per thread count (compiled and run at that count, layout nChw16c as the training default),
+forward output and every input gradient compared bitwise against the 1-thread session; prints, per output, the
+thread counts whose result differs and the largest relative difference. Then the case of a session compiled at
+one thread count and run at another. deterministic=False and True.
+
+cost: training step time of LeNet-5 b64 and CIFAR ResNet-18 b64, deterministic off and on, alternating in one
+process (median of the rounds), and the relative step-time cost.
+"""
+import argparse
+import statistics
+import sys
+import time
+
+import numpy as np
+
+import cnnnative as cn
+from cnnnative import _core
+
+
+# ---------------------------------------------------------------------------------------------------- audit
+def _f(*shape):
+    return ("f", shape)
+
+
+def configs(B):
+    """(name, op, input shapes, attrs, wrt): the layers of the models the issue names."""
+    c = []
+    conv = lambda name, x, w, bias=True, **a: c.append(  # noqa: E731
+        (name, "conv2d", [_f(*x), _f(*w)] + ([_f(w[0])] if bias else []),
+         {k: list(v) for k, v in a.items()}, [0, 1, 2] if bias else [0, 1]))
+    conv("lenet.conv1 1->6 5x5 p2 28^2", (B, 1, 28, 28), (6, 1, 5, 5), padding=(2, 2))
+    conv("lenet.conv2 6->16 5x5 14^2", (B, 6, 14, 14), (16, 6, 5, 5))
+    conv("r18.stem 3->64 3x3 32^2", (B, 3, 32, 32), (64, 3, 3, 3), bias=False, padding=(1, 1))
+    conv("r18.layer1 64 3x3 32^2 (wino)", (B, 64, 32, 32), (64, 64, 3, 3), bias=False, padding=(1, 1))
+    conv("r18.layer2 64->128 3x3 s2", (B, 64, 32, 32), (128, 64, 3, 3), bias=False, padding=(1, 1), stride=(2, 2))
+    conv("r18.layer2 1x1 s2 downsample", (B, 64, 32, 32), (128, 64, 1, 1), bias=False, stride=(2, 2))
+    conv("r18.layer2 128 3x3 16^2 (wino)", (B, 128, 16, 16), (128, 128, 3, 3), bias=False, padding=(1, 1))
+    conv("r18.layer3 128->256 3x3 s2", (B, 128, 16, 16), (256, 128, 3, 3), bias=False, padding=(1, 1), stride=(2, 2))
+    conv("r18.layer3 256 3x3 8^2 (wino)", (B, 256, 8, 8), (256, 256, 3, 3), bias=False, padding=(1, 1))
+    conv("r18.layer4 512 3x3 4^2 (wino)", (B, 512, 4, 4), (512, 512, 3, 3), bias=False, padding=(1, 1))
+    conv("1x1 256->64 8^2 bias", (B, 256, 8, 8), (64, 256, 1, 1))
+    conv("3x3 128->256 16^2 (wino, dw split 1)", (B, 128, 16, 16), (256, 128, 3, 3), bias=True, padding=(1, 1))
+    lin = lambda name, n, i, o: c.append((name, "linear", [_f(n, i), _f(o, i), _f(o)], {}, [0, 1, 2]))  # noqa: E731
+    lin("lenet.fc1 400->120", B * 2, 400, 120)
+    lin("fc 512->10", B * 2, 512, 10)
+    lin("fc 4096->4096", B * 2, 4096, 4096)
+    c.append(("unet.up 128->64 k2 s2 16^2", "conv_transpose2d", [_f(B // 4, 128, 16, 16), _f(128, 64, 2, 2), _f(64)],
+              {"stride": [2, 2]}, [0, 1, 2]))
+    c.append(("deconv 32->16 k3 s2 p1 op1", "conv_transpose2d", [_f(B // 4, 32, 16, 16), _f(32, 16, 3, 3), _f(16)],
+              {"stride": [2, 2], "padding": [1, 1], "output_padding": [1, 1]}, [0, 1, 2]))
+    c.append(("lrn size 5", "lrn", [_f(B, 64, 16, 16)], {"size": 5, "alpha": 1e-3, "beta": 0.75, "k": 2.0}, [0]))
+    c.append(("lrn size 4 (native)", "lrn", [_f(B, 64, 16, 16)], {"size": 4, "alpha": 1e-3, "beta": 0.75, "k": 2.0}, [0]))
+    c.append(("concat 64+24 / split", "concat", [_f(B, 64, 16, 16), _f(B, 24, 16, 16)], {"axis": 1}, [0, 1]))
+    c.append(("upsample x2", "upsample_nearest2d", [_f(B, 64, 16, 16)], {"scale": [2, 2]}, [0]))
+    for op in ("relu", "sigmoid", "tanh", "leaky_relu"):
+        c.append((op, op, [_f(B, 64, 16, 16)], {}, [0]))
+    c.append(("add", "add", [_f(B, 64, 16, 16), _f(B, 64, 16, 16)], {}, [0, 1]))
+    c.append(("dropout p0.5", "dropout", [_f(B, 4096)], {"p": 0.5}, [0]))
+    # not in this change's files (batch norm, pooling, losses, softmax): audited for the table only
+    c.append(("[bn] batch_norm train", "batch_norm", [_f(B, 64, 16, 16)] + [_f(64)] * 4,
+              {"training": 1, "eps": 1e-5, "momentum": 0.1}, [0, 1, 2]))
+    c.append(("[pool] max_pool2d 2x2", "max_pool2d", [_f(B, 64, 16, 16)], {"kernel": [2, 2], "stride": [2, 2],
+                                                                            "training": 1}, [0]))
+    c.append(("[pool] avg_pool2d 2x2", "avg_pool2d", [_f(B, 64, 16, 16)], {"kernel": [2, 2], "stride": [2, 2]}, [0]))
+    c.append(("[pool] global_avg_pool", "global_avg_pool", [_f(B, 512, 4, 4)], {}, [0]))
+    c.append(("[pool] adaptive_avg_pool2d 5->3", "adaptive_avg_pool2d", [_f(B, 64, 5, 5)], {"output": [3, 3]}, [0]))
+    c.append(("[softmax] softmax", "softmax", [_f(B * 2, 1000)], {"axis": 1}, [0]))
+    return c
+
+
+def _arrays(shapes, seed):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _, s in shapes:
+        a = rng.standard_normal(s).astype(np.float32)
+        if len(s) == 1:  # BN gamma / running var positive
+            a = np.abs(a) + 0.5
+        out.append(a)
+    return out
+
+
+def run_op(op, arrays, attrs, wrt, threads, deterministic, layout="nChw16c", run_threads=None, seed=1):
+    """Forward output and the gradients w.r.t. inputs `wrt` of one grad-mode session compiled at `threads`
+    threads (run at `run_threads`, default the same)."""
+    cn.set_num_threads(threads)
+    g = _core.Graph()
+    ids = [g.add_input(f"in{i}", list(a.shape), "float32") for i, a in enumerate(arrays)]
+    outs = g.add_node(op, ids, attrs, "node")
+    g.set_outputs(outs[:1])
+    s = _core.Session(g, _core.ParamStore([]), "grad", layout=layout, grad_of=outs[:1], wrt=[ids[i] for i in wrt],
+                      deterministic=deterministic)
+    shape = g.shape(outs[0])
+    dy = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    cn.set_num_threads(run_threads or threads)
+    s.run(arrays + [dy])
+    return [s.fetch(0)] + [s.fetch(1 + j) for j in range(len(wrt))]
+
+
+def _rel(a, b):
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b)) / (np.max(np.abs(b)) + 1e-30))
+
+
+def audit(args):
+    threads = [int(t) for t in args.threads.split(",")]
+    modes = {"off": [False], "on": [True], "both": [False, True]}[args.mode]
+    print(f"audit: batch {args.batch}, threads {threads}, layout {args.layout}; cells: thread counts whose result "
+          f"differs bitwise from {threads[0]} thread(s) [max rel diff], '=' all equal")
+    rows = []
+    for name, op, shapes, attrs, wrt in configs(args.batch):
+        if args.only and not any(o in name or o == op for o in args.only.split(",")):
+            continue
+        arrays = _arrays(shapes, 0)
+        labels = ["y"] + [f"d{'x w b'.split()[i] if op in ('conv2d', 'linear', 'conv_transpose2d') else 'in' + str(i)}"
+                          for i in wrt]
+        for det in modes:
+            t0 = time.perf_counter()
+            res = {t: run_op(op, arrays, attrs, wrt, t, det, args.layout) for t in threads}
+            cells = []
+            for k, lab in enumerate(labels):
+                bad = [(t, _rel(res[t][k], res[threads[0]][k])) for t in threads[1:]
+                       if not np.array_equal(res[t][k], res[threads[0]][k])]
+                cells.append(f"{lab}: " + ("=" if not bad else ",".join(str(t) for t, _ in bad) +
+                                          f" [{max(r for _, r in bad):.1e}]"))
+            rows.append((name, det, cells))
+            print(f"{name:40s} det={int(det)}  " + "  ".join(cells) + f"   ({time.perf_counter() - t0:.1f} s)",
+                  flush=True)
+    if args.only:
+        return
+    print("\ncompiled at one thread count, run at another (vs compiled and run at the run count):")
+    for name, op, shapes, attrs, wrt in configs(args.batch):
+        if not any(k in name for k in ("layer1", "layer4", "fc 512", "lenet.conv2", "unet")):
+            continue
+        arrays = _arrays(shapes, 0)
+        for det in modes:
+            for ct, rt in ((1, 2), (2, 1), (4, 2)):
+                ref = run_op(op, arrays, attrs, wrt, rt, det, args.layout)
+                got = run_op(op, arrays, attrs, wrt, ct, det, args.layout, run_threads=rt)
+                same = [np.array_equal(a, b) for a, b in zip(got, ref)]
+                rel = max(_rel(a, b) for a, b in zip(got, ref))
+                print(f"{name:40s} det={int(det)} compiled {ct} run {rt}: "
+                      + ("bitwise equal" if all(same) else f"differs (max rel {rel:.1e})"), flush=True)
+
+
+# ----------------------------------------------------------------------------------------------------- cost
+def _workload(name, batch):
+    cn.manual_seed(0)
+    rng = np.random.default_rng(0)
+    if name == "lenet5":
+        m = cn.models.lenet5()
+        x = rng.standard_normal((batch, 1, 28, 28)).astype(np.float32)
+    else:
+        m = cn.models.resnet18(num_classes=10, cifar=True)
+        x = rng.standard_normal((batch, 3, 32, 32)).astype(np.float32)
+    y = rng.integers(0, 10, batch).astype(np.int32)
+    return m, x, y
+
+
+def cost(args):
+    cn.set_num_threads(args.threads)
+    print(f"cost: {args.threads} threads, batch {args.batch}, {args.rounds} alternating rounds; CPU: {_cpu_name()}")
+    for wl in args.workloads.split(","):
+        sess = {}
+        models = {}
+        for det in (False, True):
+            m, x, y = _workload(wl, args.batch)
+            models[det] = m
+            sess[det] = m.compile(x.shape, mode="train", optimizer=cn.optim.SGD(lr=0.01, momentum=0.9),
+                                  deterministic=det)
+            sess[det].step(x, y)  # warm-up
+        reps = 50 if wl == "lenet5" else 2
+        times = {False: [], True: []}
+        for _ in range(args.rounds):
+            for det in (False, True):
+                t0 = time.perf_counter()
+                for _ in range(reps):
+                    sess[det].step(x, y)
+                times[det].append((time.perf_counter() - t0) / reps * 1e3)
+        off, on = statistics.median(times[False]), statistics.median(times[True])
+        print(f"{wl} b{args.batch}: deterministic=False {off:.2f} ms, True {on:.2f} ms per step "
+              f"(x{on / off:.3f}, {100 * (on / off - 1):+.1f} %); rounds off {[round(t, 2) for t in times[False]]} "
+              f"on {[round(t, 2) for t in times[True]]}", flush=True)
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip() + f", {cn._core.get_num_threads()} threads"
+    except OSError:
+        pass
+    return "unknown"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("audit")
+    a.add_argument("--batch", type=int, default=32)
+    a.add_argument("--threads", default="1,2,3,4")
+    a.add_argument("--only", default="")
+    a.add_argument("--mode", default="both", choices=["both", "off", "on"])
+    a.add_argument("--layout", default="nChw16c")
+    c = sub.add_parser("cost")
+    c.add_argument("--rounds", type=int, default=5)
+    c.add_argument("--threads", type=int, default=2)
+    c.add_argument("--batch", type=int, default=64)
+    c.add_argument("--workloads", default="lenet5,resnet18cifar")
+    args = p.parse_args(argv)
+    (audit if args.cmd == "audit" else cost)(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
