@@ -1,7 +1,7 @@
 """Thread-count independence (compile(deterministic=...)): an audit of every cpu kernel and the cost of the mode.
 
     python bench/determinism.py audit [--batch 32] [--threads 1,2,3,4] [--only conv] [--mode both|off|on]
-    python bench/determinism.py cost  [--rounds 5] [--threads 2] [--workloads lenet5,resnet18cifar]
+    python bench/determinism.py cost  [--rounds 7] [--threads 2] [--workloads lenet5,resnet18cifar] [--profile]
 
 audit: for each op configuration (LeNet-5, CIFAR ResNet-18, U-Net layers, linear layers, the other ops) one
 grad-mode session per thread count (compiled and run at that count, layout nChw16c as the training default),
@@ -10,7 +10,8 @@ thread counts whose result differs and the largest relative difference. Then the
 one thread count and run at another. deterministic=False and True.
 
 cost: training step time of LeNet-5 b64 and CIFAR ResNet-18 b64, deterministic off and on, alternating in one
-process (median of the rounds), and the relative step-time cost.
+process (A B B A rounds; medians and minima), and the relative step-time cost; --profile adds the time of the
+conv / linear node groups in both modes.
 """
 import argparse
 import statistics
@@ -163,30 +164,60 @@ def _workload(name, batch):
     return m, x, y
 
 
+GROUPS = [("conv fwd", ("conv2d", "fused_conv2d")), ("conv grad_data", ("conv2d_grad_data",)),
+          ("conv grad_weights", ("conv2d_grad_weights",)),
+          ("linear", ("linear", "linear_grad_data", "linear_grad_weights"))]
+
+
 def cost(args):
+    """Step time deterministic=False vs True, alternating A B B A per round (so neither is favoured by drift),
+    median and minimum of the rounds; then a per-node profile of both (conv / linear groups)."""
     cn.set_num_threads(args.threads)
-    print(f"cost: {args.threads} threads, batch {args.batch}, {args.rounds} alternating rounds; CPU: {_cpu_name()}")
+    print(f"cost: {args.threads} threads, batch {args.batch}, {args.rounds} rounds (A B B A); CPU: {_cpu_name()}")
     for wl in args.workloads.split(","):
         sess = {}
-        models = {}
         for det in (False, True):
             m, x, y = _workload(wl, args.batch)
-            models[det] = m
             sess[det] = m.compile(x.shape, mode="train", optimizer=cn.optim.SGD(lr=0.01, momentum=0.9),
                                   deterministic=det)
             sess[det].step(x, y)  # warm-up
         reps = 50 if wl == "lenet5" else 2
         times = {False: [], True: []}
+
+        def timed(det):
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                sess[det].step(x, y)
+            times[det].append((time.perf_counter() - t0) / reps * 1e3)
+
         for _ in range(args.rounds):
-            for det in (False, True):
-                t0 = time.perf_counter()
-                for _ in range(reps):
-                    sess[det].step(x, y)
-                times[det].append((time.perf_counter() - t0) / reps * 1e3)
-        off, on = statistics.median(times[False]), statistics.median(times[True])
-        print(f"{wl} b{args.batch}: deterministic=False {off:.2f} ms, True {on:.2f} ms per step "
-              f"(x{on / off:.3f}, {100 * (on / off - 1):+.1f} %); rounds off {[round(t, 2) for t in times[False]]} "
-              f"on {[round(t, 2) for t in times[True]]}", flush=True)
+            for det in (False, True, True, False):
+                timed(det)
+        med = {d: statistics.median(v) for d, v in times.items()}
+        low = {d: min(v) for d, v in times.items()}
+        # per round, (B + B) / (A + A) of the A B B A quadruple: robust to load that drifts between rounds
+        paired = statistics.median((times[True][2 * i] + times[True][2 * i + 1]) /
+                                   (times[False][2 * i] + times[False][2 * i + 1]) for i in range(args.rounds))
+        print(f"{wl} b{args.batch}: deterministic=False median {med[False]:.2f} ms (min {low[False]:.2f}), "
+              f"True median {med[True]:.2f} ms (min {low[True]:.2f}) per step: x{med[True] / med[False]:.3f} "
+              f"by medians, x{low[True] / low[False]:.3f} by minima, x{paired:.3f} median of paired rounds",
+              flush=True)
+        if not args.profile:
+            continue
+        groups = {}
+        for det in (False, True):
+            sess[det].profile(reset=True)
+            for _ in range(reps * 2):
+                sess[det].step(x, y)
+            rows = sess[det].profile()
+            acc = {g: 0.0 for g, _ in GROUPS}
+            acc["other"] = 0.0
+            for r in rows:
+                g = next((g for g, ops in GROUPS if r["op"] in ops), "other")
+                acc[g] += r["ms"] * r["calls"] / (reps * 2)
+            groups[det] = acc
+        print("  profile, ms per step: " + "; ".join(
+            f"{g} {groups[False][g]:.2f} -> {groups[True][g]:.2f}" for g in groups[False]), flush=True)
 
 
 def _cpu_name():
@@ -210,7 +241,8 @@ def main(argv=None):
     a.add_argument("--mode", default="both", choices=["both", "off", "on"])
     a.add_argument("--layout", default="nChw16c")
     c = sub.add_parser("cost")
-    c.add_argument("--rounds", type=int, default=5)
+    c.add_argument("--rounds", type=int, default=7)
+    c.add_argument("--profile", action="store_true", help="also time the conv / linear node groups")
     c.add_argument("--threads", type=int, default=2)
     c.add_argument("--batch", type=int, default=64)
     c.add_argument("--workloads", default="lenet5,resnet18cifar")

@@ -269,6 +269,71 @@ def test_training_allocates_nothing_per_step():
     assert cn.allocation_count() == before
 
 
+class InferNet(nn.Module):
+    """Inference-time fusions: conv-BN-ReLU (fused_conv2d, direct), a residual conv-BN-add-ReLU at 64 channels
+    (fused Winograd), a strided conv-BN-ReLU, global pooling, linear-ReLU (fused_linear), linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.bn0 = nn.Conv2d(3, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64)
+        self.a, self.bn1 = nn.Conv2d(64, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64)
+        self.down, self.bn2 = nn.Conv2d(64, 128, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(128)
+        self.fc1, self.fc2 = nn.Linear(128, 64), nn.Linear(64, 10)
+
+    def forward(self, x):
+        h = self.bn0(self.stem(x)).relu()
+        h = (self.bn1(self.a(h)) + h).relu()
+        h = self.bn2(self.down(h)).relu()
+        h = cn.functional.adaptive_avg_pool2d(h, 1).flatten(1)
+        return self.fc2(self.fc1(h).relu())
+
+
+def test_inference_fused_kernels():
+    x = np.random.default_rng(0).standard_normal((8, 3, 16, 16)).astype(np.float32)
+    outs = {}
+    for det, t in ((True, 1), (True, 2), (True, 3), (False, 2)):
+        cn.set_num_threads(t)
+        cn.manual_seed(0)
+        m = InferNet()
+        for bn in (m.bn0, m.bn1, m.bn2):  # non-trivial folded statistics
+            bn.running_mean[:] = np.linspace(-0.2, 0.2, bn.running_mean.size)
+            bn.running_var[:] = np.linspace(0.5, 1.5, bn.running_var.size)
+        s = m.compile(x.shape, mode="infer", deterministic=det)
+        ops = [e.split()[0] for e in s._s.schedule()]
+        assert ops.count("fused_conv2d") == 3 and "fused_linear" in ops, ops
+        outs[det, t] = s.run(x).copy()
+    for t in (2, 3):
+        assert np.array_equal(outs[True, t], outs[True, 1]), t
+    assert _rel(outs[True, 1], outs[False, 2]) < 1e-4
+
+
+@pytest.mark.skipif(not cn.has_bf16(), reason="needs AVX512-BF16")
+def test_bf16_mixed_precision_training():
+    class Small(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2 = nn.Conv2d(3, 32, 3, padding=1), nn.Conv2d(32, 64, 3, padding=1, stride=2)
+            self.fc = nn.Linear(64 * 8 * 8, 10)
+
+        def forward(self, x):
+            return self.fc(self.c2(self.c1(x).relu()).relu().flatten(1))
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((16, 3, 16, 16)).astype(np.float32)
+    y = rng.integers(0, 10, 16).astype(np.int32)
+    sds = {}
+    for t in (1, 3):
+        cn.set_num_threads(t)
+        cn.manual_seed(0)
+        m = Small()
+        s = m.compile(x.shape, mode="train", optimizer=cn.optim.SGD(lr=0.05), dtype="bfloat16", deterministic=True)
+        for _ in range(3):
+            s.step(x, y)
+        sds[t] = {k: v.copy() for k, v in m.state_dict().items()}
+    for k in sds[1]:
+        assert np.array_equal(sds[1][k], sds[3][k]), k
+
+
 @pytest.mark.slow
 def test_training_plain_layout_and_no_winograd():
     ref_losses, ref = _train(1, layout="plain", winograd=False)
