@@ -66,6 +66,8 @@ def configs(B):
     # not in this change's files (batch norm, pooling, losses, softmax): audited for the table only
     c.append(("[bn] batch_norm train", "batch_norm", [_f(B, 64, 16, 16)] + [_f(64)] * 4,
               {"training": 1, "eps": 1e-5, "momentum": 0.1}, [0, 1, 2]))
+    c.append(("[bn] batch_norm train 2x16x32^2 (U-Net)", "batch_norm", [_f(2, 16, 32, 32)] + [_f(16)] * 4,
+              {"training": 1, "eps": 1e-5, "momentum": 0.1}, [0, 1, 2]))
     c.append(("[pool] max_pool2d 2x2", "max_pool2d", [_f(B, 64, 16, 16)], {"kernel": [2, 2], "stride": [2, 2],
                                                                             "training": 1}, [0]))
     c.append(("[pool] avg_pool2d 2x2", "avg_pool2d", [_f(B, 64, 16, 16)], {"kernel": [2, 2], "stride": [2, 2]}, [0]))
@@ -86,20 +88,41 @@ def _arrays(shapes, seed):
     return out
 
 
+LAYOUT_CAPABLE = ("conv2d", "conv_transpose2d")  # choose their activation layouts themselves
+
+
 def run_op(op, arrays, attrs, wrt, threads, deterministic, layout="nChw16c", run_threads=None, seed=1):
     """Forward output and the gradients w.r.t. inputs `wrt` of one grad-mode session compiled at `threads`
-    threads (run at `run_threads`, default the same)."""
+    threads (run at `run_threads`, default the same). Ops that keep their input's layout (eltwise, pooling, BN,
+    lrn, concat, upsample, dropout) would see plain graph inputs and run plain: each 4-D input goes through an
+    identity 1x1 convolution first, and a 4-D output through another (exact both ways: y = x, dx = dy), so they
+    run in the session's layout, forward and backward."""
     cn.set_num_threads(threads)
     g = _core.Graph()
     ids = [g.add_input(f"in{i}", list(a.shape), "float32") for i, a in enumerate(arrays)]
-    outs = g.add_node(op, ids, attrs, "node")
-    g.set_outputs(outs[:1])
+    feeds = list(arrays)
+    srcs = list(ids)
+    if op not in LAYOUT_CAPABLE and layout != "plain":
+        for i, a in enumerate(arrays):
+            if a.ndim == 4:
+                c = a.shape[1]
+                eye = g.add_input(f"eye{i}", [c, c, 1, 1], "float32")
+                feeds.append(np.eye(c, dtype=np.float32).reshape(c, c, 1, 1))
+                srcs[i] = g.add_node("conv2d", [ids[i], eye], {}, f"id{i}")[0]
+    outs = g.add_node(op, srcs, attrs, "node")[:1]
+    wrap = op not in LAYOUT_CAPABLE and layout != "plain"
+    if wrap and len(g.shape(outs[0])) == 4:  # and dy reaches the op's backward in that layout too
+        c = g.shape(outs[0])[1]
+        eye = g.add_input("eye_out", [c, c, 1, 1], "float32")
+        feeds.append(np.eye(c, dtype=np.float32).reshape(c, c, 1, 1))
+        outs = g.add_node("conv2d", [outs[0], eye], {}, "id_out")
+    g.set_outputs(outs)
     s = _core.Session(g, _core.ParamStore([]), "grad", layout=layout, grad_of=outs[:1], wrt=[ids[i] for i in wrt],
                       deterministic=deterministic)
     shape = g.shape(outs[0])
     dy = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
     cn.set_num_threads(run_threads or threads)
-    s.run(arrays + [dy])
+    s.run(feeds + [dy])
     return [s.fetch(0)] + [s.fetch(1 + j) for j in range(len(wrt))]
 
 
