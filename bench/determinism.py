@@ -194,7 +194,8 @@ GROUPS = [("conv fwd", ("conv2d", "fused_conv2d")), ("conv grad_data", ("conv2d_
 
 def cost(args):
     """Step time deterministic=False vs True, alternating A B B A per round (so neither is favoured by drift),
-    median and minimum of the rounds; then a per-node profile of both (conv / linear groups)."""
+    median and minimum of the rounds; then a per-node profile of both (conv / linear groups, the fastest of
+    2 x rounds profiled steps each)."""
     cn.set_num_threads(args.threads)
     print(f"cost: {args.threads} threads, batch {args.batch}, {args.rounds} rounds (A B B A); CPU: {_cpu_name()}")
     for wl in args.workloads.split(","):
@@ -206,12 +207,14 @@ def cost(args):
             sess[det].step(x, y)  # warm-up
         reps = 50 if wl == "lenet5" else 2
         times = {False: [], True: []}
+        cpu = {False: [], True: []}  # process CPU time per step (all threads): the work, less sensitive to load
 
         def timed(det):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for _ in range(reps):
                 sess[det].step(x, y)
             times[det].append((time.perf_counter() - t0) / reps * 1e3)
+            cpu[det].append((time.process_time() - c0) / reps * 1e3)
 
         for _ in range(args.rounds):
             for det in (False, True, True, False):
@@ -223,23 +226,26 @@ def cost(args):
                                    (times[False][2 * i] + times[False][2 * i + 1]) for i in range(args.rounds))
         print(f"{wl} b{args.batch}: deterministic=False median {med[False]:.2f} ms (min {low[False]:.2f}), "
               f"True median {med[True]:.2f} ms (min {low[True]:.2f}) per step: x{med[True] / med[False]:.3f} "
-              f"by medians, x{low[True] / low[False]:.3f} by minima, x{paired:.3f} median of paired rounds",
+              f"by medians, x{low[True] / low[False]:.3f} by minima, x{paired:.3f} median of paired rounds; "
+              f"CPU time per step median {statistics.median(cpu[False]):.2f} -> {statistics.median(cpu[True]):.2f} ms",
               flush=True)
         if not args.profile:
             continue
-        groups = {}
+        # per step and node group, the smallest time over the profiled steps (alternating the two sessions)
+        groups = {det: {g: float("inf") for g in [g for g, _ in GROUPS] + ["other", "total"]} for det in (False, True)}
         for det in (False, True):
             sess[det].profile(reset=True)
-            for _ in range(reps * 2):
+        for _ in range(args.rounds * 2):
+            for det in (False, True):
                 sess[det].step(x, y)
-            rows = sess[det].profile()
-            acc = {g: 0.0 for g, _ in GROUPS}
-            acc["other"] = 0.0
-            for r in rows:
-                g = next((g for g, ops in GROUPS if r["op"] in ops), "other")
-                acc[g] += r["ms"] * r["calls"] / (reps * 2)
-            groups[det] = acc
-        print("  profile, ms per step: " + "; ".join(
+                acc = {g: 0.0 for g in groups[det]}
+                for r in sess[det].profile(reset=True):
+                    g = next((g for g, ops in GROUPS if r["op"] in ops), "other")
+                    acc[g] += r["ms"] * r["calls"]
+                    acc["total"] += r["ms"] * r["calls"]
+                for g in acc:
+                    groups[det][g] = min(groups[det][g], acc[g])
+        print("  profile, fastest step per node group, ms: " + "; ".join(
             f"{g} {groups[False][g]:.2f} -> {groups[True][g]:.2f}" for g in groups[False]), flush=True)
 
 

@@ -302,9 +302,7 @@ struct ConvBwdWeights : Kernel {  // (dy, x) -> dw [, db]
 // output element is always computed by the same one-thread kernel whatever the thread count. Forward and
 // backward-data parts write disjoint images; weight-gradient parts write their own partial dw (and db), summed in
 // part order (sum_parts) and then reordered to the plain parameter layout. Partial gradients cost parts x dw bytes
-// of scratch: at most kDetPartials bytes and kDetMaxParts parts.
-constexpr size_t kDetPartials = size_t(32) << 20;
-constexpr int64_t kDetMaxParts = 16;
+// of scratch (partial_parts: at most 32 MiB).
 
 Shape with_batch(Shape s, int64_t n) {
   s[0] = n;
@@ -453,8 +451,7 @@ struct ConvBwdWeightsDet : Kernel {  // conv2d_grad_weights (dy, x) -> dw [, db]
       return dnnl::primitive_desc(pd);
     };
     const size_t dw_bytes = size_t(numel(ws)) * 4;
-    const int64_t max_parts = std::clamp<int64_t>(int64_t(kDetPartials / std::max<size_t>(dw_bytes, 1)), 1, kDetMaxParts);
-    const int64_t part = part_images(N, conv_image_flops(ws, ys), max_parts);
+    const int64_t part = part_images(N, conv_image_flops(ws, ys), partial_parts(dw_bytes));
     {
       OneThread one;
       make(part);

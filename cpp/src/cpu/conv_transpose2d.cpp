@@ -149,8 +149,6 @@ struct DeconvBwdWeights : Kernel {  // (dy, x) -> dw [, db]
 };
 
 // ---- deterministic mode: as conv2d's (cpu/conv2d.cpp), minibatch parts by primitives built for one thread ----
-constexpr size_t kDetPartials = size_t(32) << 20;  // scratch for partial weight gradients, at most
-constexpr int64_t kDetMaxParts = 16;
 
 Shape with_batch(Shape s, int64_t n) {
   s[0] = n;
@@ -274,8 +272,7 @@ struct DeconvBwdWeightsDet : Kernel {  // (dy, x) -> dw [, db]
       return dnnl::primitive_desc(pd);
     };
     const size_t dw_bytes = d.w_user.get_size();
-    const int64_t max_parts = std::clamp<int64_t>(int64_t(kDetPartials / std::max<size_t>(dw_bytes, 1)), 1, kDetMaxParts);
-    const int64_t part = part_images(N, deconv_image_flops(dp.x, dp.w), max_parts);
+    const int64_t part = part_images(N, deconv_image_flops(dp.x, dp.w), partial_parts(dw_bytes));
     {
       OneThread one;
       make(part);

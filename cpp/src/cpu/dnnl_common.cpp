@@ -201,9 +201,16 @@ void PartExec::run(int64_t count, const std::function<int(int64_t)>& var, const 
 
 int64_t part_images(int64_t n, double flops_per_image, int64_t max_parts) {
   constexpr double kPartFlops = 4e6;
-  int64_t per = std::max<int64_t>(1, int64_t(std::ceil(kPartFlops / std::max(flops_per_image, 1.0))));
-  int64_t parts = std::max<int64_t>(1, std::min({(n + per - 1) / per, max_parts, n}));
+  const int64_t per = std::max<int64_t>(1, int64_t(std::ceil(kPartFlops / std::max(flops_per_image, 1.0))));
+  const int64_t parts = std::max<int64_t>(1, std::min({(n + per - 1) / per, max_parts, kMaxParts, n}));
   return (n + parts - 1) / parts;
+}
+
+int64_t partial_parts(size_t partial_bytes) {
+  constexpr size_t kBudget = size_t(32) << 20;
+  int64_t p = 1;
+  while (p * 2 <= kMaxParts && size_t(p * 2) * partial_bytes <= kBudget) p *= 2;
+  return p;
 }
 
 MinibatchParts::MinibatchParts(int64_t n, int64_t part, const std::function<dnnl::primitive_desc(int64_t)>& make,
