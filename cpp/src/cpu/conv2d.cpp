@@ -297,6 +297,200 @@ struct ConvBwdWeights : Kernel {  // (dy, x) -> dw [, db]
   }
 };
 
+// ---- deterministic mode (KernelCtx::deterministic; dnnl_common.hpp): the minibatch is cut into parts decided by
+// the problem alone (part_images: ~4 MFLOP per part at least), each run by a primitive built for one thread, so an
+// output element is always computed by the same one-thread kernel whatever the thread count. Forward and
+// backward-data parts write disjoint images; weight-gradient parts write their own partial dw (and db), summed in
+// part order (sum_parts) and then reordered to the plain parameter layout. Partial gradients cost parts x dw bytes
+// of scratch (partial_parts: at most 32 MiB).
+
+Shape with_batch(Shape s, int64_t n) {
+  s[0] = n;
+  return s;
+}
+// 2 * MACs of one image (forward, backward-data and weight gradient alike): every output element of y costs
+// numel(w) / K multiply-adds.
+double conv_image_flops(const Shape& w, const Shape& y) { return 2.0 * double(numel(w)) * double(y[2] * y[3]); }
+
+// The weights layout the full part's primitive picks (format any), imposed on the shorter last part's.
+struct PartWeights {
+  std::optional<mdesc> md;
+  mdesc use(const mdesc& any) const { return md ? *md : any; }
+};
+
+struct ConvFwdDet : Kernel {  // conv2d (x, w [, b]) -> y
+  DnnlExec reorder_w;
+  std::optional<SrcConvert> cvt;
+  MinibatchParts parts;
+  size_t scratch = 0, persist = 0, pad_off = 0;
+  PreparedVersion prepared;
+  explicit ConvFwdDet(const KernelCtx& c) {
+    const bool with_bias = c.in.size() > 2;
+    const Shape &xs = c.in[0].shape, &ws = c.in[1].shape, &ys = c.out[0].shape;
+    const int64_t N = xs[0];
+    const auto pk = c.training ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference;
+    ConvDescs d(c, c.in[0].dtype, c.out[0].dtype, xs, ws, ys, c.layout_in(0), c.layout_out(0));
+    PartWeights pw;
+    auto make = [&](int64_t mb) {
+      ConvDescs p(c, c.in[0].dtype, c.out[0].dtype, with_batch(xs, mb), ws, with_batch(ys, mb), c.layout_in(0),
+                  c.layout_out(0));
+      p.w_any = pw.use(p.w_any);
+      auto pd = p.fwd(with_bias, user_scratchpad_attr(), pk);
+      pw.md = pd.weights_desc();
+      return dnnl::primitive_desc(pd);
+    };
+    const int64_t part = part_images(N, conv_image_flops(ws, ys));
+    {
+      OneThread one;
+      make(part);  // the weights layout
+    }
+    const mdesc wmd = *pw.md;
+    auto r = weight_reorder(d.w_user, wmd);
+    cvt.emplace(c, d);
+    prepared.cached = c.cache_weights;
+    WeightScratch sc(cvt->pad(), r, wmd.get_size(), prepared.cached);
+    ScratchLayout L;
+    L.total = cvt->place(sc.total);
+    persist = sc.persist;
+    if (r) reorder_w = bind_reorder(*r, Src::in(1), sc.weights);
+    std::vector<PartArg> args{{PartArg::Batched, DNNL_ARG_SRC, cvt->src(), d.src.get_size() / size_t(N)},
+                              {PartArg::Shared, DNNL_ARG_WEIGHTS, r ? sc.weights : Src::in(1)},
+                              {PartArg::Batched, DNNL_ARG_DST, Src::out(0), d.dst.get_size() / size_t(N)}};
+    if (with_bias) args.push_back({PartArg::Shared, DNNL_ARG_BIAS, Src::in(2)});
+    parts = MinibatchParts(N, part, make, args);
+    pad_off = L.add(parts.scratch_bytes());
+    scratch = L.total;
+  }
+  size_t scratch_bytes() const override { return scratch; }
+  size_t persistent_bytes() const override { return persist; }
+  void run(const RunCtx& r) override {
+    if (!reorder_w.empty() && prepared.stale(r)) {
+      reorder_w.run(r);
+      prepared.mark(r);
+    }
+    cvt->run(r);
+    parts.run(r, pad_off);
+  }
+};
+
+struct ConvBwdDataDet : Kernel {  // conv2d_grad_data (dy, w) -> dx
+  DnnlExec reorder_w;
+  std::optional<SrcConvert> cvt;
+  MinibatchParts parts;
+  size_t scratch = 0, pad_off = 0;
+  explicit ConvBwdDataDet(const KernelCtx& c) {
+    const Shape &xs = c.out[0].shape, &ws = c.in[1].shape, &ys = c.in[0].shape;
+    const int64_t N = xs[0];
+    ConvDescs d(c, c.out[0].dtype, c.in[0].dtype, xs, ws, ys, c.layout_out(0), c.layout_in(0));
+    PartWeights pw;
+    auto make = [&](int64_t mb) {
+      ConvDescs p(c, c.out[0].dtype, c.in[0].dtype, with_batch(xs, mb), ws, with_batch(ys, mb), c.layout_out(0),
+                  c.layout_in(0));
+      p.w_any = pw.use(p.w_any);
+      auto hint = p.fwd(false);
+      dnnl::convolution_backward_data::primitive_desc pd(engine(), dnnl::algorithm::convolution_direct, p.src, p.w_any,
+                                                         p.dst, p.strides, p.dilates, p.pad, p.pad, hint,
+                                                         user_scratchpad_attr());
+      pw.md = pd.weights_desc();
+      return dnnl::primitive_desc(pd);
+    };
+    const int64_t part = part_images(N, conv_image_flops(ws, ys));
+    {
+      OneThread one;
+      make(part);
+    }
+    const mdesc wmd = *pw.md;
+    auto r = weight_reorder(d.w_user, wmd);
+    cvt.emplace(c, d, 0, true);
+    WeightScratch sc(cvt->pad(), r, wmd.get_size());
+    ScratchLayout L;
+    L.total = cvt->place(sc.total);
+    if (r) reorder_w = bind_reorder(*r, Src::in(1), sc.weights);
+    parts = MinibatchParts(N, part, make,
+                           {{PartArg::Batched, DNNL_ARG_DIFF_DST, Src::in(0), d.dst.get_size() / size_t(N)},
+                            {PartArg::Shared, DNNL_ARG_WEIGHTS, r ? sc.weights : Src::in(1)},
+                            {PartArg::Batched, DNNL_ARG_DIFF_SRC, cvt->src(), d.src.get_size() / size_t(N)}});
+    pad_off = L.add(parts.scratch_bytes());
+    scratch = L.total;
+  }
+  size_t scratch_bytes() const override { return scratch; }
+  void run(const RunCtx& r) override {
+    if (!reorder_w.empty()) reorder_w.run(r);
+    parts.run(r, pad_off);
+    cvt->run(r);
+  }
+};
+
+struct ConvBwdWeightsDet : Kernel {  // conv2d_grad_weights (dy, x) -> dw [, db]
+  DnnlExec reorder_dw;
+  std::optional<SrcConvert> cvt;
+  MinibatchParts parts;
+  size_t scratch = 0, pad_off = 0, dw_off = 0, db_off = 0, dw_stride = 0, db_stride = 0;
+  int64_t dw_n = 0, K = 0;
+  bool with_bias, direct;  // direct: the partial dw are in the plain parameter layout, summed straight into dw
+  explicit ConvBwdWeightsDet(const KernelCtx& c) : with_bias(c.out.size() > 1) {
+    const Shape &xs = c.in[1].shape, &ws = c.out[0].shape, &ys = c.in[0].shape;
+    const int64_t N = xs[0];
+    K = ws[0];
+    ConvDescs d(c, c.in[1].dtype, c.in[0].dtype, xs, ws, ys, c.layout_in(1), c.layout_in(0));
+    PartWeights pw;
+    auto make = [&](int64_t mb) {
+      ConvDescs p(c, c.in[1].dtype, c.in[0].dtype, with_batch(xs, mb), ws, with_batch(ys, mb), c.layout_in(1),
+                  c.layout_in(0));
+      auto hint = p.fwd(with_bias);
+      mdesc wany = p.compute == DType::bf16  // mixed precision: weight gradients accumulate and leave in float32
+                       ? mdesc(p.w_any.get_dims(), dnnl::memory::data_type::f32, dnnl::memory::format_tag::any)
+                       : p.w_any;
+      wany = pw.use(wany);
+      using bpd = dnnl::convolution_backward_weights::primitive_desc;
+      auto alg = dnnl::algorithm::convolution_direct;
+      auto attr = user_scratchpad_attr();
+      bpd pd = with_bias ? bpd(engine(), alg, p.src, wany, p.bias, p.dst, p.strides, p.dilates, p.pad, p.pad, hint, attr)
+                         : bpd(engine(), alg, p.src, wany, p.dst, p.strides, p.dilates, p.pad, p.pad, hint, attr);
+      pw.md = pd.diff_weights_desc();
+      return dnnl::primitive_desc(pd);
+    };
+    const size_t dw_bytes = size_t(numel(ws)) * 4;
+    const int64_t part = part_images(N, conv_image_flops(ws, ys), partial_parts(dw_bytes));
+    {
+      OneThread one;
+      make(part);
+    }
+    const mdesc wmd = *pw.md;
+    auto r = weight_reorder(wmd, d.w_user);
+    direct = !r;
+    cvt.emplace(c, d, 1);
+    ScratchLayout L;
+    L.add(std::max(cvt->pad(), r ? r->scratchpad_desc().get_size() : size_t(0)));
+    L.total = cvt->place(L.total);
+    const int64_t count = (N + part - 1) / part;
+    dw_stride = (wmd.get_size() + 63) / 64 * 64;
+    dw_n = int64_t(wmd.get_size() / 4);
+    dw_off = L.add(dw_stride * size_t(count));
+    db_stride = (size_t(K) * 4 + 63) / 64 * 64;
+    if (with_bias) db_off = L.add(db_stride * size_t(count));
+    std::vector<PartArg> args{{PartArg::Batched, DNNL_ARG_SRC, cvt->src(), d.src.get_size() / size_t(N)},
+                              {PartArg::Batched, DNNL_ARG_DIFF_DST, Src::in(0), d.dst.get_size() / size_t(N)},
+                              {PartArg::PerPart, DNNL_ARG_DIFF_WEIGHTS, Src::scratch(dw_off), dw_stride}};
+    if (with_bias) args.push_back({PartArg::PerPart, DNNL_ARG_DIFF_BIAS, Src::scratch(db_off), db_stride});
+    parts = MinibatchParts(N, part, make, args);
+    pad_off = L.add(parts.scratch_bytes());
+    scratch = L.total;
+    if (r) reorder_dw = bind_reorder(*r, Src::scratch(dw_off), Src::out(0));
+  }
+  size_t scratch_bytes() const override { return scratch; }
+  void run(const RunCtx& r) override {
+    cvt->run(r);
+    parts.run(r, pad_off);
+    char* sc = static_cast<char*>(r.scratch);
+    float* dw0 = reinterpret_cast<float*>(sc + dw_off);
+    sum_parts(direct ? static_cast<float*>(r.out[0]) : dw0, dw0, dw_stride / 4, parts.count(), dw_n);
+    if (!direct) reorder_dw.run(r);
+    if (with_bias)
+      sum_parts(static_cast<float*>(r.out[1]), reinterpret_cast<float*>(sc + db_off), db_stride / 4, parts.count(), K);
+  }
+};
+
 // fused_conv2d (x, w, [b], [gamma, beta, mean, var], [residual]) -> y, inference only (see ops/conv_fused.cpp).
 // BN folds into the convolution: s = gamma / sqrt(var + eps) scales the weights per output channel inside the
 // weight reorder (a runtime-scales reorder), t = beta + (b - mean) * s is the bias. Weights, s and t are
@@ -338,26 +532,41 @@ struct FusedConvAttrs {
 
 struct ConvFused : Kernel, FusedConvAttrs {
   DnnlExec reorder_w, conv, act_ex;
+  MinibatchParts parts;  // deterministic mode: the convolution over minibatch parts (see ConvFwdDet), not `conv`
   std::optional<SrcConvert> cvt;
-  size_t scratch = 0, persist = 0, scale_off = 0, shift_off = 0, res_bytes = 0;
+  size_t scratch = 0, persist = 0, scale_off = 0, shift_off = 0, res_bytes = 0, pad_off = 0;
   PreparedVersion prepared;
   explicit ConvFused(const KernelCtx& c) : FusedConvAttrs(c) {
     const Attrs& a = c.node.attrs;
     prepared.cached = c.cache_weights;
     const int64_t G = a.i("groups", 1);
     ConvDescs d(c, c.in[0].dtype, c.out[0].dtype, c.in[0].shape, c.in[1].shape, c.out[0].shape, c.layout_in(0), c.layout_out(0));
-    auto make_pd = [&](bool with_act) {
+    const Shape &xs = c.in[0].shape, &ys = c.out[0].shape;
+    const int64_t N = xs[0];
+    const int64_t part = c.deterministic ? part_images(N, conv_image_flops(c.in[1].shape, ys)) : N;
+    std::optional<mdesc> wmd;  // deterministic: the full part's weights layout, imposed on a shorter last part
+    auto make_pd = [&](bool with_act, int64_t mb) {
+      ConvDescs p = d;
+      if (mb != N)
+        p = ConvDescs(c, c.in[0].dtype, c.out[0].dtype, with_batch(xs, mb), c.in[1].shape, with_batch(ys, mb),
+                      c.layout_in(0), c.layout_out(0));
+      if (wmd) p.w_any = *wmd;
       dnnl::post_ops po;
       if (sum) po.append_sum(1.f);
       if (with_act) po.append_eltwise(dnnl::algorithm::eltwise_relu, alpha, 0.f);
       auto attr = user_scratchpad_attr();
       attr.set_post_ops(po);
-      return d.fwd(bias || bn, attr, dnnl::prop_kind::forward_inference);
+      return p.fwd(bias || bn, attr, dnnl::prop_kind::forward_inference);
     };
-    auto pd = make_pd(act != 0);
+    std::optional<OneThread> one;
+    if (c.deterministic) one.emplace();
+    auto pd = make_pd(act != 0, part);
+    const bool sep_act = act && std::string(pd.impl_info_str()).find("gemm") != std::string::npos;
+    if (sep_act) pd = make_pd(false, part);
+    one.reset();
+    if (c.deterministic) wmd = pd.weights_desc();
     size_t act_pad = 0;
-    if (act && std::string(pd.impl_info_str()).find("gemm") != std::string::npos) {
-      pd = make_pd(false);
+    if (sep_act) {
       dnnl::eltwise_forward::primitive_desc epd(engine(), dnnl::prop_kind::forward_inference, dnnl::algorithm::eltwise_relu,
                                                 d.dst, d.dst, alpha, 0.f, user_scratchpad_attr());
       act_ex = DnnlExec(dnnl::eltwise_forward(epd));
@@ -393,13 +602,27 @@ struct ConvFused : Kernel, FusedConvAttrs {
       reorder_w = bind_reorder(*r, Src::in(1), w_at);
       if (bn) reorder_w.bind(DNNL_ARG_ATTR_SCALES | DNNL_ARG_SRC, plain_desc(Shape{K}, DType::f32), at(scale_off));
     }
-    conv = DnnlExec(dnnl::convolution_forward(pd));
-    conv.bind(DNNL_ARG_SRC, d.src, cvt->src());
-    conv.bind(DNNL_ARG_WEIGHTS, pd.weights_desc(), r ? w_at : Src::in(1));
-    if (bn) conv.bind(DNNL_ARG_BIAS, d.bias, at(shift_off));
-    else if (bias) conv.bind(DNNL_ARG_BIAS, d.bias, Src::in(2));
-    conv.bind(DNNL_ARG_DST, d.dst, Src::out(0));
-    bind_scratchpad(conv, pd.scratchpad_desc());
+    if (c.deterministic) {
+      std::vector<PartArg> args{{PartArg::Batched, DNNL_ARG_SRC, cvt->src(), d.src.get_size() / size_t(N)},
+                                {PartArg::Shared, DNNL_ARG_WEIGHTS, r ? w_at : Src::in(1)},
+                                {PartArg::Batched, DNNL_ARG_DST, Src::out(0), d.dst.get_size() / size_t(N)}};
+      if (bn) args.push_back({PartArg::Shared, DNNL_ARG_BIAS, at(shift_off)});
+      else if (bias) args.push_back({PartArg::Shared, DNNL_ARG_BIAS, Src::in(2)});
+      parts = MinibatchParts(
+          N, part, [&](int64_t mb) { return dnnl::primitive_desc(make_pd(act && !sep_act, mb)); }, args);
+      ScratchLayout S;
+      S.total = scratch;
+      pad_off = S.add(parts.scratch_bytes());
+      scratch = S.total;
+    } else {
+      conv = DnnlExec(dnnl::convolution_forward(pd));
+      conv.bind(DNNL_ARG_SRC, d.src, cvt->src());
+      conv.bind(DNNL_ARG_WEIGHTS, pd.weights_desc(), r ? w_at : Src::in(1));
+      if (bn) conv.bind(DNNL_ARG_BIAS, d.bias, at(shift_off));
+      else if (bias) conv.bind(DNNL_ARG_BIAS, d.bias, Src::in(2));
+      conv.bind(DNNL_ARG_DST, d.dst, Src::out(0));
+      bind_scratchpad(conv, pd.scratchpad_desc());
+    }
     res_bytes = layout_bytes(c.out[0], c.layout_out(0));
   }
   size_t scratch_bytes() const override { return scratch; }
@@ -415,7 +638,8 @@ struct ConvFused : Kernel, FusedConvAttrs {
     }
     if (sum && r.out[0] != r.in[res]) std::memcpy(r.out[0], r.in[res], res_bytes);  // the residual is still live
     cvt->run(r);
-    conv.run(r);
+    if (parts.empty()) conv.run(r);
+    else parts.run(r, pad_off);
     if (!act_ex.empty()) act_ex.run(r);
   }
 };
@@ -454,8 +678,8 @@ std::optional<wino::Geom> winograd_geom(const KernelCtx& c, const TensorDesc& x,
 struct WinoConv : Kernel {
   wino::Conv conv;
   bool flip, bias;
-  WinoConv(const wino::Geom& g, bool flip_transpose, bool with_bias)
-      : conv(g, omp_get_max_threads()), flip(flip_transpose), bias(with_bias) {}
+  WinoConv(const KernelCtx& c, const wino::Geom& g, bool flip_transpose, bool with_bias)
+      : conv(g, omp_get_max_threads(), c.deterministic), flip(flip_transpose), bias(with_bias) {}
   size_t scratch_bytes() const override { return conv.scratch_bytes(); }
   void run(const RunCtx& r) override {
     wino::Epilogue ep;
@@ -469,7 +693,8 @@ struct WinoConv : Kernel {
 struct WinoBwdWeights : Kernel {
   wino::BwdWeights bw;
   bool bias;
-  WinoBwdWeights(const KernelCtx& c, const wino::Geom& g) : bw(g, omp_get_max_threads()), bias(c.out.size() > 1) {}
+  WinoBwdWeights(const KernelCtx& c, const wino::Geom& g)
+      : bw(g, omp_get_max_threads(), c.deterministic), bias(c.out.size() > 1) {}
   size_t scratch_bytes() const override { return bw.scratch_bytes(); }
   void run(const RunCtx& r) override {
     bw.run(static_cast<const float*>(r.in[1]), static_cast<const float*>(r.in[0]), static_cast<float*>(r.out[0]),
@@ -485,7 +710,8 @@ constexpr int64_t kWinoInferTiles = 64;
 struct WinoFused : Kernel, FusedConvAttrs {
   wino::Conv conv;
   size_t st_off, res_bytes;
-  WinoFused(const KernelCtx& c, const wino::Geom& g) : FusedConvAttrs(c), conv(g, omp_get_max_threads()) {
+  WinoFused(const KernelCtx& c, const wino::Geom& g)
+      : FusedConvAttrs(c), conv(g, omp_get_max_threads(), c.deterministic) {
     st_off = (conv.scratch_bytes() + 63) / 64 * 64;
     res_bytes = layout_bytes(c.out[0], c.layout_out(0));
   }
@@ -514,15 +740,16 @@ int64_t tiles(const wino::Geom& g) { return g.N * ((g.OH() + 3) / 4) * ((g.OW() 
 
 std::unique_ptr<Kernel> make_conv_fused(const KernelCtx& c) {
   if (auto g = winograd_geom(c, c.in[0], c.in[1].shape, c.out[0], c.layout_in(0), c.layout_out(0)))
-    if (tiles(*g) >= kWinoInferTiles && wino::Conv::worthwhile(*g, omp_get_max_threads()))
+    if (tiles(*g) >= kWinoInferTiles && wino::Conv::worthwhile(*g, omp_get_max_threads(), c.deterministic))
       return std::make_unique<WinoFused>(c, *g);
   return std::make_unique<ConvFused>(c);
 }
 
 std::unique_ptr<Kernel> make_conv_fwd(const KernelCtx& c) {  // inference sessions: the same tile threshold
   if (auto g = winograd_geom(c, c.in[0], c.in[1].shape, c.out[0], c.layout_in(0), c.layout_out(0)))
-    if ((c.training || tiles(*g) >= kWinoInferTiles) && wino::Conv::worthwhile(*g, omp_get_max_threads()))
-      return std::make_unique<WinoConv>(*g, false, c.in.size() > 2);
+    if ((c.training || tiles(*g) >= kWinoInferTiles) && wino::Conv::worthwhile(*g, omp_get_max_threads(), c.deterministic))
+      return std::make_unique<WinoConv>(c, *g, false, c.in.size() > 2);
+  if (c.deterministic) return std::make_unique<ConvFwdDet>(c);
   return std::make_unique<ConvFwd>(c);
 }
 std::unique_ptr<Kernel> make_conv_bwd_data(const KernelCtx& c) {
@@ -536,8 +763,10 @@ std::unique_ptr<Kernel> make_conv_bwd_data(const KernelCtx& c) {
     g.W = c.in[0].shape[3];
     g.pad_h = 2 - f->pad_h;
     g.pad_w = 2 - f->pad_w;
-    if (wino::Conv::worthwhile(g, omp_get_max_threads())) return std::make_unique<WinoConv>(g, true, false);
+    if (wino::Conv::worthwhile(g, omp_get_max_threads(), c.deterministic))
+      return std::make_unique<WinoConv>(c, g, true, false);
   }
+  if (c.deterministic) return std::make_unique<ConvBwdDataDet>(c);
   return std::make_unique<ConvBwdData>(c);
 }
 
@@ -546,6 +775,7 @@ std::unique_ptr<Kernel> make_conv_bwd_weights(const KernelCtx& c) {
   if (c.layout_out(0) == Layout::plain)
     if (auto g = winograd_geom(c, c.in[1], c.out[0].shape, c.in[0], c.layout_in(1), c.layout_in(0)))
       return std::make_unique<WinoBwdWeights>(c, *g);
+  if (c.deterministic) return std::make_unique<ConvBwdWeightsDet>(c);
   return std::make_unique<ConvBwdWeights>(c);
 }
 

@@ -9,6 +9,8 @@
 // region, again when the parameter store's version moved; training: into scratch on every run). output_padding
 // enters through the dst dims: padding_r = padding - output_padding. Scratch: oneDNN scratchpad first, then the
 // reordered weights (training). Primitives are built once; run() only binds. See kernel_for() for the one configuration oneDNN refuses.
+// Deterministic mode (KernelCtx::deterministic; dnnl_common.hpp): the three directions run over minibatch parts,
+// each by a primitive built for one thread; the weight gradient sums the parts' partial dw / db in part order.
 #include <algorithm>
 #include <map>
 #include <mutex>
@@ -146,6 +148,167 @@ struct DeconvBwdWeights : Kernel {  // (dy, x) -> dw [, db]
   }
 };
 
+// ---- deterministic mode: as conv2d's (cpu/conv2d.cpp), minibatch parts by primitives built for one thread ----
+
+Shape with_batch(Shape s, int64_t n) {
+  s[0] = n;
+  return s;
+}
+// 2 * MACs of one image: every element of x meets numel(w) / C weights
+double deconv_image_flops(const Shape& x, const Shape& w) { return 2.0 * double(numel(w)) * double(x[2] * x[3]); }
+
+// The descriptors of a part of mb images (x, w, y: the forward shapes), the weights layout imposed once known.
+struct DetParts {
+  const Attrs& a;
+  DType t;
+  Shape x, w, y;
+  Layout lx, ly;
+  std::optional<mdesc> wmd;
+  DeconvDescs at(int64_t mb) const {
+    DeconvDescs d(a, t, with_batch(x, mb), w, with_batch(y, mb), lx, ly);
+    if (wmd) d.w_any = *wmd;
+    return d;
+  }
+};
+
+struct DeconvFwdDet : Kernel {  // (x, w [, b]) -> y
+  DnnlExec reorder_w;
+  MinibatchParts parts;
+  size_t scratch = 0, persist = 0, pad_off = 0;
+  PreparedVersion prepared;
+  DeconvFwdDet(const KernelCtx& c, const DeconvDescs& d, DetParts dp) {
+    const bool with_bias = c.in.size() > 2;
+    const auto pk = c.training ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference;
+    const int64_t N = dp.x[0], part = part_images(N, deconv_image_flops(dp.x, dp.w));
+    auto make = [&](int64_t mb) {
+      auto pd = dp.at(mb).fwd(with_bias, user_scratchpad_attr(), pk);
+      dp.wmd = pd.weights_desc();
+      return dnnl::primitive_desc(pd);
+    };
+    {
+      OneThread one;
+      make(part);
+    }
+    auto r = weight_reorder(d.w_user, *dp.wmd);
+    prepared.cached = c.cache_weights;
+    WeightScratch sc(0, r, dp.wmd->get_size(), prepared.cached);
+    persist = sc.persist;
+    if (r) reorder_w = bind_reorder(*r, Src::in(1), sc.weights);
+    std::vector<PartArg> args{{PartArg::Batched, DNNL_ARG_SRC, Src::in(0), d.src.get_size() / size_t(N)},
+                              {PartArg::Shared, DNNL_ARG_WEIGHTS, r ? sc.weights : Src::in(1)},
+                              {PartArg::Batched, DNNL_ARG_DST, Src::out(0), d.dst.get_size() / size_t(N)}};
+    if (with_bias) args.push_back({PartArg::Shared, DNNL_ARG_BIAS, Src::in(2)});
+    parts = MinibatchParts(N, part, make, args);
+    ScratchLayout L;
+    L.total = sc.total;
+    pad_off = L.add(parts.scratch_bytes());
+    scratch = L.total;
+  }
+  size_t scratch_bytes() const override { return scratch; }
+  size_t persistent_bytes() const override { return persist; }
+  void run(const RunCtx& r) override {
+    if (!reorder_w.empty() && prepared.stale(r)) {
+      reorder_w.run(r);
+      prepared.mark(r);
+    }
+    parts.run(r, pad_off);
+  }
+};
+
+struct DeconvBwdDataDet : Kernel {  // (dy, w) -> dx
+  DnnlExec reorder_w;
+  MinibatchParts parts;
+  size_t scratch = 0, pad_off = 0;
+  DeconvBwdDataDet(const DeconvDescs& d, DetParts dp) {
+    const int64_t N = dp.x[0], part = part_images(N, deconv_image_flops(dp.x, dp.w));
+    auto make = [&](int64_t mb) {
+      DeconvDescs p = dp.at(mb);
+      dnnl::deconvolution_backward_data::primitive_desc pd(engine(), kAlg, p.src, p.w_any, p.dst, p.strides, p.dilates,
+                                                           p.pad_l, p.pad_r, p.fwd(false), user_scratchpad_attr());
+      dp.wmd = pd.weights_desc();
+      return dnnl::primitive_desc(pd);
+    };
+    {
+      OneThread one;
+      make(part);
+    }
+    auto r = weight_reorder(d.w_user, *dp.wmd);
+    WeightScratch sc(0, r, dp.wmd->get_size());
+    if (r) reorder_w = bind_reorder(*r, Src::in(1), sc.weights);
+    parts = MinibatchParts(N, part, make,
+                           {{PartArg::Batched, DNNL_ARG_DIFF_DST, Src::in(0), d.dst.get_size() / size_t(N)},
+                            {PartArg::Shared, DNNL_ARG_WEIGHTS, r ? sc.weights : Src::in(1)},
+                            {PartArg::Batched, DNNL_ARG_DIFF_SRC, Src::out(0), d.src.get_size() / size_t(N)}});
+    ScratchLayout L;
+    L.total = sc.total;
+    pad_off = L.add(parts.scratch_bytes());
+    scratch = L.total;
+  }
+  size_t scratch_bytes() const override { return scratch; }
+  void run(const RunCtx& r) override {
+    if (!reorder_w.empty()) reorder_w.run(r);
+    parts.run(r, pad_off);
+  }
+};
+
+struct DeconvBwdWeightsDet : Kernel {  // (dy, x) -> dw [, db]
+  DnnlExec reorder_dw;
+  MinibatchParts parts;
+  size_t scratch = 0, pad_off = 0, dw_off = 0, db_off = 0, dw_stride = 0, db_stride = 0;
+  int64_t dw_n = 0, K = 0;
+  bool with_bias, direct;  // direct: partial dw in the parameter layout, summed straight into dw
+  DeconvBwdWeightsDet(const KernelCtx& c, const DeconvDescs& d, DetParts dp) : with_bias(c.out.size() > 1) {
+    const int64_t N = dp.x[0];
+    K = dp.y[1];
+    auto make = [&](int64_t mb) {
+      DeconvDescs p = dp.at(mb);
+      using bpd = dnnl::deconvolution_backward_weights::primitive_desc;
+      auto attr = user_scratchpad_attr();
+      auto hint = p.fwd(with_bias);
+      bpd pd = with_bias
+                   ? bpd(engine(), kAlg, p.src, p.w_any, p.bias, p.dst, p.strides, p.dilates, p.pad_l, p.pad_r, hint, attr)
+                   : bpd(engine(), kAlg, p.src, p.w_any, p.dst, p.strides, p.dilates, p.pad_l, p.pad_r, hint, attr);
+      dp.wmd = pd.diff_weights_desc();
+      return dnnl::primitive_desc(pd);
+    };
+    const size_t dw_bytes = d.w_user.get_size();
+    const int64_t part = part_images(N, deconv_image_flops(dp.x, dp.w), partial_parts(dw_bytes));
+    {
+      OneThread one;
+      make(part);
+    }
+    const mdesc wmd = *dp.wmd;
+    auto r = weight_reorder(wmd, d.w_user);
+    direct = !r;
+    ScratchLayout L;
+    L.add(r ? r->scratchpad_desc().get_size() : 0);
+    const int64_t count = (N + part - 1) / part;
+    dw_stride = (wmd.get_size() + 63) / 64 * 64;
+    dw_n = int64_t(wmd.get_size() / 4);
+    dw_off = L.add(dw_stride * size_t(count));
+    db_stride = (size_t(K) * 4 + 63) / 64 * 64;
+    if (with_bias) db_off = L.add(db_stride * size_t(count));
+    std::vector<PartArg> args{{PartArg::Batched, DNNL_ARG_SRC, Src::in(1), d.src.get_size() / size_t(N)},
+                              {PartArg::Batched, DNNL_ARG_DIFF_DST, Src::in(0), d.dst.get_size() / size_t(N)},
+                              {PartArg::PerPart, DNNL_ARG_DIFF_WEIGHTS, Src::scratch(dw_off), dw_stride}};
+    if (with_bias) args.push_back({PartArg::PerPart, DNNL_ARG_DIFF_BIAS, Src::scratch(db_off), db_stride});
+    parts = MinibatchParts(N, part, make, args);
+    pad_off = L.add(parts.scratch_bytes());
+    scratch = L.total;
+    if (r) reorder_dw = bind_reorder(*r, Src::scratch(dw_off), Src::out(0));
+  }
+  size_t scratch_bytes() const override { return scratch; }
+  void run(const RunCtx& r) override {
+    parts.run(r, pad_off);
+    char* sc = static_cast<char*>(r.scratch);
+    float* dw0 = reinterpret_cast<float*>(sc + dw_off);
+    sum_parts(direct ? static_cast<float*>(r.out[0]) : dw0, dw0, dw_stride / 4, parts.count(), dw_n);
+    if (!direct) reorder_dw.run(r);
+    if (with_bias)
+      sum_parts(static_cast<float*>(r.out[1]), reinterpret_cast<float*>(sc + db_off), db_stride / 4, parts.count(), K);
+  }
+};
+
 enum class Dir { Fwd, BwdData, BwdWeights };
 
 // ---- layout rules ----
@@ -233,6 +396,12 @@ std::unique_ptr<Kernel> kernel_for(const KernelCtx& c, Dir dir) {
   Layout ly = dir == Dir::Fwd ? c.layout_out(0) : c.layout_in(0);
   DeconvDescs d(c.node.attrs, c.in[0].dtype, x, w, y, lx, ly);
   if (!d.supported()) return get_op(c.node.op).ref(c);
+  if (c.deterministic) {
+    DetParts dp{c.node.attrs, c.in[0].dtype, x, w, y, lx, ly, std::nullopt};
+    if (dir == Dir::Fwd) return std::make_unique<DeconvFwdDet>(c, d, dp);
+    if (dir == Dir::BwdData) return std::make_unique<DeconvBwdDataDet>(d, dp);
+    return std::make_unique<DeconvBwdWeightsDet>(c, d, dp);
+  }
   if (dir == Dir::Fwd) return std::make_unique<DeconvFwd>(c, d);
   if (dir == Dir::BwdData) return std::make_unique<DeconvBwdData>(d);
   return std::make_unique<DeconvBwdWeights>(c, d);

@@ -1,7 +1,9 @@
 #include "cpu/dnnl_common.hpp"
 
-#include <algorithm>
+#include <omp.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 
 namespace cnn {
@@ -141,6 +143,124 @@ DnnlExec bind_reorder(const dnnl::reorder::primitive_desc& pd, Src from, Src to)
   ex.bind(DNNL_ARG_TO, pd.dst_desc(), to);
   bind_scratchpad(ex, pd.scratchpad_desc());
   return ex;
+}
+
+void* resolve(const Src& s, const RunCtx& r) {
+  switch (s.kind) {
+    case Src::In: return r.in[s.index];
+    case Src::Out: return r.out[s.index];
+    case Src::Persist: return static_cast<char*>(r.persist) + s.offset;
+    default: return static_cast<char*>(r.scratch) + s.offset;
+  }
+}
+
+// ---- deterministic mode ----
+
+OneThread::OneThread() : saved_(omp_get_max_threads()) { omp_set_num_threads(1); }
+OneThread::~OneThread() { omp_set_num_threads(saved_); }
+
+PartExec::PartExec(const std::vector<dnnl::primitive_desc>& pds, const std::vector<int>& args, int max_threads)
+    : nargs_(args.size()), threads_(std::max(1, max_threads)) {
+  for (const auto& pd : pds) {
+    prims_.emplace_back(pd);
+    pad_ = std::max(pad_, (pd.scratchpad_desc().get_size() + 63) / 64 * 64);
+    has_pad_.push_back(pd.scratchpad_desc().get_size() > 0);
+  }
+  slots_.resize(size_t(threads_) * pds.size());
+  for (int t = 0; t < threads_; ++t)
+    for (size_t v = 0; v < pds.size(); ++v) {
+      Slot& sl = slots_[size_t(t) * pds.size() + v];
+      for (int a : args) sl.mem.emplace_back(pds[v].query_md(dnnl::query::exec_arg_md, a), engine(), nullptr);
+      if (has_pad_[v]) sl.mem.emplace_back(pds[v].scratchpad_desc(), engine(), nullptr);
+      for (size_t k = 0; k < args.size(); ++k) sl.args.push_back({args[k], sl.mem[k].get()});
+      if (has_pad_[v]) sl.args.push_back({DNNL_ARG_SCRATCHPAD, sl.mem.back().get()});
+    }
+}
+
+void PartExec::run(int64_t count, const std::function<int(int64_t)>& var, const std::function<void*(int64_t, int)>& ptr,
+                   char* pads) const {
+  const size_t nv = prims_.size();
+  auto part = [&](int t, int64_t q) {
+    const int v = var(q);
+    Slot& sl = slots_[size_t(t) * nv + size_t(v)];
+    for (size_t k = 0; k < nargs_; ++k) sl.mem[k].set_data_handle(ptr(q, int(k)));
+    if (has_pad_[size_t(v)]) sl.mem[nargs_].set_data_handle(pads + pad_ * size_t(t));
+    dnnl::error::wrap_c_api(
+        dnnl_primitive_execute(prims_[size_t(v)].get(), stream().get(), int(sl.args.size()), sl.args.data()),
+        "could not execute a primitive");
+  };
+  const int nt = int(std::min<int64_t>({int64_t(threads_), int64_t(omp_get_max_threads()), count}));
+  if (nt <= 1) {  // outside any parallel region: keep oneDNN's own parallel loops (parallel_nd) to one thread too
+    OneThread one;
+    for (int64_t q = 0; q < count; ++q) part(0, q);
+    return;
+  }
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t q = 0; q < count; ++q) part(omp_get_thread_num(), q);
+}
+
+int64_t part_images(int64_t n, double flops_per_image, int64_t max_parts) {
+  constexpr double kPartFlops = 4e6;
+  const int64_t per = std::max<int64_t>(1, int64_t(std::ceil(kPartFlops / std::max(flops_per_image, 1.0))));
+  const int64_t parts = std::max<int64_t>(1, std::min({(n + per - 1) / per, max_parts, kMaxParts, n}));
+  return (n + parts - 1) / parts;
+}
+
+int64_t partial_parts(size_t partial_bytes) {
+  constexpr size_t kBudget = size_t(32) << 20;
+  int64_t p = 1;
+  while (p * 2 <= kMaxParts && size_t(p * 2) * partial_bytes <= kBudget) p *= 2;
+  return p;
+}
+
+MinibatchParts::MinibatchParts(int64_t n, int64_t part, const std::function<dnnl::primitive_desc(int64_t)>& make,
+                               std::vector<PartArg> args)
+    : n_(n), part_(std::max<int64_t>(1, std::min(part, n))), args_(std::move(args)) {
+  if (args_.size() > kMaxArgs) throw Error("internal: MinibatchParts takes at most 16 arguments");
+  count_ = (n_ + part_ - 1) / part_;
+  tail_ = n_ % part_ != 0;
+  const int threads = omp_get_max_threads();
+  OneThread one;
+  std::vector<dnnl::primitive_desc> pds{make(part_)};
+  if (tail_) pds.push_back(make(n_ - (count_ - 1) * part_));
+  pd_ = pds[0];
+  std::vector<int> ids;
+  for (const PartArg& a : args_) ids.push_back(a.arg);
+  exec_ = PartExec(pds, ids, threads);
+}
+
+void MinibatchParts::run(const RunCtx& r, size_t pad_offset) const {
+  void* base[kMaxArgs];
+  for (size_t k = 0; k < args_.size(); ++k) base[k] = resolve(args_[k].src, r);
+  const int64_t last = count_ - 1, part = part_;
+  const bool tail = tail_;
+  exec_.run(
+      count_, [&](int64_t q) { return tail && q == last ? 1 : 0; },
+      [&](int64_t q, int k) -> void* {
+        const PartArg& a = args_[size_t(k)];
+        char* p = static_cast<char*>(base[k]);
+        if (a.kind == PartArg::Batched) return p + size_t(q * part) * a.stride;
+        if (a.kind == PartArg::PerPart) return p + size_t(q) * a.stride;
+        return p;
+      },
+      static_cast<char*>(r.scratch) + pad_offset);
+}
+
+void sum_parts(float* dst, const float* first, size_t stride, int64_t count, int64_t n) {
+  constexpr int64_t kBlock = 4096;
+  const int64_t blocks = (n + kBlock - 1) / kBlock;
+#pragma omp parallel for schedule(static) if (blocks > 1 && n * count >= (1 << 15))
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t i0 = b * kBlock, m = std::min(n, i0 + kBlock) - i0;
+    alignas(64) float acc[kBlock];
+    std::memcpy(acc, first + i0, size_t(m) * sizeof(float));
+    for (int64_t q = 1; q < count; ++q) {
+      const float* p = first + size_t(q) * stride + size_t(i0);
+#pragma omp simd
+      for (int64_t i = 0; i < m; ++i) acc[i] += p[i];
+    }
+    std::memcpy(dst + i0, acc, size_t(m) * sizeof(float));
+  }
 }
 
 }  // namespace cpu

@@ -6,7 +6,16 @@
 // in its persistent region, redone when the parameter store's version moved (like the convolutions, see
 // dnnl_common.hpp; with cache_weights off, into scratch on every run). fused_linear (inference) adds relu / leaky_relu as an eltwise post-op. Primitives are
 // created once; run() only swaps handles.
+//
+// Deterministic mode (KernelCtx::deterministic; dnnl_common.hpp): oneDNN's inner product may split the reduction
+// across threads (fc 4096->4096 at batch 64 gives different outputs at 1 and 2 threads), so each of the three GEMMs
+// runs instead as a grid of output blocks (BlockGemm), each a matmul built for one thread with the whole
+// reduction inside it; the bias gradient is a column sum in row order.
 #include <algorithm>
+#include <cstring>
+#include <optional>
+
+#include <omp.h>
 
 #include "cpu/dnnl_common.hpp"
 
@@ -111,10 +120,146 @@ struct LinearGradWeights : LinearKernel {
   }
 };
 
-KernelRegistrar r1("cpu", "linear", [](const KernelCtx& c) { return std::make_unique<LinearFwd>(c); });
-KernelRegistrar r4("cpu", "fused_linear", [](const KernelCtx& c) { return std::make_unique<LinearFwd>(c); });
-KernelRegistrar r2("cpu", "linear_grad_data", [](const KernelCtx& c) { return std::make_unique<LinearGradData>(c); });
-KernelRegistrar r3("cpu", "linear_grad_weights", [](const KernelCtx& c) { return std::make_unique<LinearGradWeights>(c); });
+// ---- deterministic mode ----
+// C[M, N] (row stride ldc) = A[M, K] B[K, N] (+ bias[N]) (+ relu / leaky_relu), A and B given by element strides,
+// as a grid of kBlock x kBlock output blocks (edge blocks smaller, up to four primitive variants), each computed by
+// a oneDNN matmul built for one thread over the whole K: every element's summation order is that kernel's, whatever
+// the thread count and whichever thread runs the block.
+struct BlockGemm {
+  static constexpr int64_t kBlock = 256;
+  int64_t M = 0, N = 0, bm = 1, bn = 1, gm = 1, gn = 1;
+  int64_t a_m = 0, a_k = 0, b_k = 0, b_n = 0, ldc = 0;
+  bool bias = false;
+  int var_of[4] = {-1, -1, -1, -1};  // (m edge) + 2 (n edge) -> variant
+  PartExec exec;
+  BlockGemm(int64_t M_, int64_t N_, int64_t K, int64_t am, int64_t ak, int64_t bk, int64_t bnn, int64_t ldc_, bool with_bias,
+            int act, float alpha)
+      : M(M_), N(N_), a_m(am), a_k(ak), b_k(bk), b_n(bnn), ldc(ldc_), bias(with_bias) {
+    bm = std::min(M, kBlock);
+    bn = std::min(N, kBlock);
+    gm = (M + bm - 1) / bm;
+    gn = (N + bn - 1) / bn;
+    const int threads = omp_get_max_threads();
+    dnnl::primitive_attr attr = user_scratchpad_attr();
+    if (act) {
+      dnnl::post_ops po;
+      po.append_eltwise(dnnl::algorithm::eltwise_relu, alpha, 0.f);
+      attr.set_post_ops(po);
+    }
+    using dt = memory::data_type;
+    std::vector<dnnl::primitive_desc> pds;
+    OneThread one;
+    for (int v = 0; v < 4; ++v) {
+      const int64_t m = v & 1 ? M - (gm - 1) * bm : bm, n = v & 2 ? N - (gn - 1) * bn : bn;
+      if ((v & 1 && m == bm) || (v & 2 && n == bn)) continue;  // no such edge
+      memory::desc a({m, K}, dt::f32, memory::dims{a_m, a_k}), b({K, n}, dt::f32, memory::dims{b_k, b_n}),
+          c({m, n}, dt::f32, memory::dims{ldc, 1});
+      var_of[v] = int(pds.size());
+      if (bias)
+        pds.push_back(dnnl::matmul::primitive_desc(engine(), a, b, memory::desc({1, n}, dt::f32, memory::dims{n, 1}), c, attr));
+      else
+        pds.push_back(dnnl::matmul::primitive_desc(engine(), a, b, c, attr));
+    }
+    std::vector<int> args{DNNL_ARG_SRC, DNNL_ARG_WEIGHTS, DNNL_ARG_DST};
+    if (bias) args.push_back(DNNL_ARG_BIAS);
+    exec = PartExec(pds, args, threads);
+  }
+  size_t scratch_bytes() const { return exec.scratch_bytes(); }
+  void run(const float* A, const float* B, float* C, const float* b, char* pads) const {
+    exec.run(
+        gm * gn,
+        [&](int64_t q) {
+          const int64_t i = q / gn, j = q % gn;
+          return var_of[(i == gm - 1 && M % bm ? 1 : 0) + (j == gn - 1 && N % bn ? 2 : 0)];
+        },
+        [&](int64_t q, int k) -> void* {
+          const int64_t m0 = q / gn * bm, n0 = q % gn * bn;
+          switch (k) {
+            case 0: return const_cast<float*>(A + m0 * a_m);
+            case 1: return const_cast<float*>(B + n0 * b_n);
+            case 2: return C + m0 * ldc + n0;
+            default: return const_cast<float*>(b + n0);
+          }
+        },
+        pads);
+  }
+};
+
+// y = x w^T (+ b) (+ activation): A = x [N, IN], B = w^T (w is [OUT, IN]), C = y [N, OUT]
+struct LinearFwdDet : Kernel {
+  std::optional<BlockGemm> gemm;
+  bool has_bias;
+  explicit LinearFwdDet(const KernelCtx& c) : has_bias(c.in.size() == 3) {
+    const int64_t N = c.in[0].shape[0], IN = c.in[0].shape[1], OUT = c.in[1].shape[0];
+    const int act = c.node.op == "fused_linear" ? int(c.node.attrs.i("act", 0)) : 0;
+    const float alpha = act == 2 ? float(c.node.attrs.f("negative_slope", 0.01)) : 0.f;
+    gemm.emplace(N, OUT, IN, IN, 1, 1, IN, OUT, has_bias, act, alpha);
+  }
+  size_t scratch_bytes() const override { return gemm->scratch_bytes(); }
+  void run(const RunCtx& r) override {
+    gemm->run(static_cast<const float*>(r.in[0]), static_cast<const float*>(r.in[1]), static_cast<float*>(r.out[0]),
+              has_bias ? static_cast<const float*>(r.in[2]) : nullptr, static_cast<char*>(r.scratch));
+  }
+};
+
+// dx = dy w: A = dy [N, OUT], B = w [OUT, IN], C = dx [N, IN]
+struct LinearGradDataDet : Kernel {
+  std::optional<BlockGemm> gemm;
+  explicit LinearGradDataDet(const KernelCtx& c) {
+    const int64_t N = c.in[0].shape[0], OUT = c.in[0].shape[1], IN = c.out[0].shape[1];
+    gemm.emplace(N, IN, OUT, OUT, 1, IN, 1, IN, false, 0, 0.f);
+  }
+  size_t scratch_bytes() const override { return gemm->scratch_bytes(); }
+  void run(const RunCtx& r) override {
+    gemm->run(static_cast<const float*>(r.in[0]), static_cast<const float*>(r.in[1]), static_cast<float*>(r.out[0]),
+              nullptr, static_cast<char*>(r.scratch));
+  }
+};
+
+// dw = dy^T x: A = dy^T (dy is [N, OUT]), B = x [N, IN], C = dw [OUT, IN]; db[o] = sum over rows n of dy[n, o], in
+// row order (threads split the columns in blocks of 16).
+struct LinearGradWeightsDet : Kernel {
+  std::optional<BlockGemm> gemm;
+  int64_t N, OUT;
+  bool has_bias;
+  explicit LinearGradWeightsDet(const KernelCtx& c)
+      : N(c.in[0].shape[0]), OUT(c.in[0].shape[1]), has_bias(c.out.size() == 2) {
+    const int64_t IN = c.in[1].shape[1];
+    gemm.emplace(OUT, IN, N, 1, OUT, IN, 1, IN, false, 0, 0.f);
+  }
+  size_t scratch_bytes() const override { return gemm->scratch_bytes(); }
+  void run(const RunCtx& r) override {
+    const float* dy = static_cast<const float*>(r.in[0]);
+    gemm->run(dy, static_cast<const float*>(r.in[1]), static_cast<float*>(r.out[0]), nullptr, static_cast<char*>(r.scratch));
+    if (!has_bias) return;
+    float* db = static_cast<float*>(r.out[1]);
+    const int64_t nb = (OUT + 15) / 16, n_ = N, out = OUT;
+#pragma omp parallel for schedule(static) if (N * OUT >= (1 << 16))
+    for (int64_t j = 0; j < nb; ++j) {
+      const int64_t o0 = j * 16, w = std::min<int64_t>(16, out - o0);
+      float acc[16] = {0};
+      for (int64_t n = 0; n < n_; ++n)
+        for (int64_t l = 0; l < w; ++l) acc[l] += dy[n * out + o0 + l];
+      std::memcpy(db + o0, acc, size_t(w) * sizeof(float));
+    }
+  }
+};
+
+std::unique_ptr<Kernel> make_linear_fwd(const KernelCtx& c) {
+  if (c.deterministic) return std::make_unique<LinearFwdDet>(c);
+  return std::make_unique<LinearFwd>(c);
+}
+
+KernelRegistrar r1("cpu", "linear", make_linear_fwd);
+KernelRegistrar r4("cpu", "fused_linear", make_linear_fwd);
+KernelRegistrar r2("cpu", "linear_grad_data", [](const KernelCtx& c) -> std::unique_ptr<Kernel> {
+  if (c.deterministic) return std::make_unique<LinearGradDataDet>(c);
+  return std::make_unique<LinearGradData>(c);
+});
+KernelRegistrar r3("cpu", "linear_grad_weights", [](const KernelCtx& c) -> std::unique_ptr<Kernel> {
+  if (c.deterministic) return std::make_unique<LinearGradWeightsDet>(c);
+  return std::make_unique<LinearGradWeights>(c);
+});
 
 }  // namespace
 }  // namespace cpu

@@ -108,9 +108,9 @@ WINO_AVX512 void output_tile(const float* m, int64_t xi_stride, int64_t OB, int6
 
 bool available() { return __builtin_cpu_supports("avx512f"); }
 
-Conv::Plan Conv::plan(const Geom& g, int max_threads) {
+Conv::Plan Conv::plan(const Geom& g, int max_threads, bool deterministic) {
   Plan p;
-  const int64_t nthr = std::max(1, max_threads);
+  const int64_t nthr = deterministic ? kDetThreads : std::max(1, max_threads);
   p.T = g.N * ((g.OH() + 3) / 4) * ((g.OW() + 3) / 4);
   const int64_t target = std::clamp<int64_t>(kChunkBytes / (36 * 4 * (g.IC + g.OC)), 8, 512);
   p.nchunks = (p.T + target - 1) / target;
@@ -124,16 +124,17 @@ Conv::Plan Conv::plan(const Geom& g, int max_threads) {
   return p;
 }
 
-bool Conv::worthwhile(const Geom& g, int max_threads) {
-  const Plan p = plan(g, max_threads);
+bool Conv::worthwhile(const Geom& g, int max_threads, bool deterministic) {
+  const Plan p = plan(g, max_threads, deterministic);
   return !p.whole || size_t(36 * p.T * (g.IC + g.OC)) * 4 <= (size_t(64) << 20);
 }
 
-Conv::Conv(const Geom& g, int max_threads) : g_(g) {
+Conv::Conv(const Geom& g, int max_threads, bool deterministic) : g_(g) {
   TH_ = (g.OH() + 3) / 4;
   TW_ = (g.OW() + 3) / 4;
   nthr_ = std::max(1, max_threads);
-  const Plan p = plan(g, nthr_);
+  det_ = deterministic;
+  const Plan p = plan(g, nthr_, det_);
   T_ = p.T;
   Tc_ = p.Tc;
   nchunks_ = p.nchunks;
@@ -154,6 +155,8 @@ Conv::Conv(const Geom& g, int max_threads) : g_(g) {
         d({36, rows, g.OC}, dt::f32, tag::abc);
     return dnnl::matmul::primitive_desc(engine(), s, w, d, attr);
   };
+  std::optional<OneThread> one;  // deterministic: GEMMs built for one thread (dnnl_common.hpp)
+  if (det_) one.emplace();
   auto pd = pd_of(Tc_);
   mm_ = dnnl::matmul(pd);
   pad_bytes_ = pd.scratchpad_desc().get_size();
@@ -163,6 +166,7 @@ Conv::Conv(const Geom& g, int max_threads) : g_(g) {
     mm_tail_ = dnnl::matmul(*pdt);
     pad_bytes_ = std::max(pad_bytes_, pdt->scratchpad_desc().get_size());
   }
+  one.reset();
   v_bytes_ = size_t(36 * Tc_ * g.IC) * 4;
   m_bytes_ = size_t(36 * Tc_ * g.OC) * 4;
   ScratchLayout S, P;

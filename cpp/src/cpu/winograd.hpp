@@ -14,6 +14,11 @@
 // GEMMs at once, then the output transform ("whole" mode: U never goes through memory). Primitives, memory
 // objects and argument maps are made in the constructor (run() swaps data handles; oneDNN's execute call
 // itself builds a small argument vector). Threads: at most the OpenMP thread count seen at construction.
+//
+// Deterministic mode (`deterministic`, KernelCtx::deterministic): the split (chunk size, chunk or whole mode) is
+// planned for kDetThreads virtual threads instead of the real count, and the GEMMs are built for one thread (they
+// run single-threaded anyway), so every output element is computed the same way whatever the thread count; the
+// real threads then share the chunks or blocks of that fixed plan.
 #pragma once
 #include <dnnl.hpp>
 
@@ -34,6 +39,9 @@ struct Geom {
 };
 
 bool available();  // the CPU has AVX-512F
+
+// Deterministic mode plans the forward split as if this many threads ran it (chunk counts are multiples of it).
+constexpr int kDetThreads = 8;
 
 // V = B^T d B of the 6x6 patch at (ih0, iw0) (zero outside the image) of one nChw16c image xn [CB][H][W][16],
 // for every 16-channel block cb: point xi of block cb goes to v + (cb / per) * group_stride + (cb % per) * 16 +
@@ -56,11 +64,11 @@ class Conv {
     int64_t T = 0, Tc = 0, nchunks = 0;
     bool whole = false;
   };
-  static Plan plan(const Geom& g, int max_threads);
+  static Plan plan(const Geom& g, int max_threads, bool deterministic = false);
   // Whether the Winograd path is worth taking: false when whole mode would need more than 64 MiB of
   // transformed tiles (e.g. 512-channel layers at batch 256; chunks would re-read U per chunk instead).
-  static bool worthwhile(const Geom& g, int max_threads);
-  Conv(const Geom& g, int max_threads);
+  static bool worthwhile(const Geom& g, int max_threads, bool deterministic = false);
+  Conv(const Geom& g, int max_threads, bool deterministic = false);
   Conv(const Conv&) = delete;
   Conv& operator=(const Conv&) = delete;
   // Scratch: chunk mode [U | per thread: V chunk, M chunk, matmul scratchpad]; whole mode [V | M | per
@@ -84,6 +92,7 @@ class Conv {
   Geom g_;
   int64_t TH_ = 0, TW_ = 0, T_ = 0, Tc_ = 0, tail_ = 0, nchunks_ = 0;
   int nthr_ = 1;
+  bool det_ = false;
   bool whole_ = false;  // all tiles at once, threads splitting the output channels in blocks of nb_
   int64_t nb_ = 16;
   size_t u_bytes_ = 0, v_bytes_ = 0, m_bytes_ = 0, pad_bytes_ = 0, per_thread_ = 0, shared_ = 0, total_ = 0;
@@ -98,9 +107,11 @@ class Conv {
 // transformed tiles fit 32 MiB), or threads splitting the 36 points of a shared dU per chunk. Deterministic for
 // a given thread count; run() makes no buffers (working memory is the session's scratch; oneDNN's execute
 // call builds a small argument list). Threads: at most the OpenMP thread count seen at construction.
+// `deterministic`: independent of the thread count too (the split and the partial sums follow the problem
+// alone; see winograd_bwd_weights.cpp).
 class BwdWeights {
  public:
-  BwdWeights(const Geom& g, int max_threads);
+  BwdWeights(const Geom& g, int max_threads, bool deterministic = false);
   ~BwdWeights();
   BwdWeights(const BwdWeights&) = delete;
   BwdWeights& operator=(const BwdWeights&) = delete;
@@ -115,6 +126,7 @@ class BwdWeights {
   struct Impl;
 
  private:
+  void run_det(const float* x, const float* dy, float* dw, float* db, char* scratch) const;
   std::unique_ptr<Impl> impl_;
 };
 

@@ -16,6 +16,12 @@
 //                        threads split (OCB x ICB) output blocks: one batched matmul with K = all tiles into an
 //                        L2-sized per-thread block, immediately turned into dw. No dU round trip through memory.
 // All are deterministic for a given thread count (fixed partitions, fixed reduction order).
+//
+// Deterministic mode (independent of the thread count too; KernelCtx::deterministic): the mode follows the sizes
+// alone; the GEMMs are built for one thread; mode 0 sums into Q private dU^T copies ("partials", Q from the tile
+// count, not the thread count), each owning a fixed range of chunks, which the threads share and which are summed
+// in partial order; db is accumulated per fixed group of tiles (mode 0: per partial; modes 1, 2: G groups of
+// tiles or chunk rows) and the groups summed in order. Partial and group buffers live in the shared scratch.
 #include "cpu/winograd.hpp"
 
 #include <dnnl.h>
@@ -24,6 +30,7 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -61,6 +68,9 @@ constexpr int kMaxThreads = 256;
 constexpr int64_t kMode2MinCC = 256 * 256;      // mode 2 only for IC*OC >= this
 constexpr int64_t kChunkBytes = int64_t(1) << 20;  // mode 0: target V+D bytes per chunk
 constexpr int64_t kBlk = 64;                               // mode 2: ICB = OCB
+constexpr int64_t kDetPartials = 8;   // deterministic mode 0: at most this many partial dU^T copies
+constexpr int64_t kDetPartTiles = 64;  // ... and at least this many tiles each
+constexpr int64_t kDetGroups = 32;    // deterministic modes 1, 2: db groups
 }  // namespace
 
 struct BwdWeights::Impl {
@@ -68,6 +78,9 @@ struct BwdWeights::Impl {
   int64_t OH = 0, OW = 0, TH = 0, TW = 0, T = 0, CB = 0, OB = 0;
   int nthr_max = 1;
   int mode = 0;
+  bool det = false;
+  int64_t Q = 0, G = 0;    // deterministic: partials (mode 0), db groups (modes 1, 2)
+  size_t det_off = 0;      // deterministic: where the partials / groups start in the shared scratch
   int64_t Tc = 0, nchunks = 0;
   // Channel blocking of V / D / dU^T. Mode 0, 1: ICB = IC, OCB = OC. Mode 2: output block of one GEMM batch.
   //   V[ib][xi][row][ICB]   (ib = ic / ICB)     D[ob][xi][row][OCB]   (ob = oc / OCB)
@@ -211,7 +224,7 @@ void BwdWeights::Impl::reduce_db(int ithr, int nt, const float* const* dbs, floa
   }
 }
 
-BwdWeights::BwdWeights(const Geom& g, int max_threads) : impl_(new Impl) {
+BwdWeights::BwdWeights(const Geom& g, int max_threads, bool deterministic) : impl_(new Impl) {
   using namespace dnnl;
   using dt = memory::data_type;
   Impl& I = *impl_;
@@ -225,8 +238,11 @@ BwdWeights::BwdWeights(const Geom& g, int max_threads) : impl_(new Impl) {
   I.OB = g.OC / VL;
   // Thread count is fixed here: min(max_threads, omp_get_max_threads()); run() never uses more (scratch is per thread).
   I.nthr_max = std::max(1, std::min({max_threads, omp_get_max_threads(), kMaxThreads}));
+  I.det = deterministic;
   const int64_t IC = g.IC, OC = g.OC, T = I.T;
   const int P = I.nthr_max;
+  // deterministic: the partial count stands in for the thread count wherever the split depends on it
+  I.Q = I.det ? std::clamp<int64_t>((T + kDetPartTiles - 1) / kDetPartTiles, 1, kDetPartials) : 0;
   const int64_t fB = int64_t(NXI) * sizeof(float);
 
   // ---- decomposition
@@ -235,11 +251,11 @@ BwdWeights::BwdWeights(const Geom& g, int max_threads) : impl_(new Impl) {
   const int64_t vd_all = fB * T * (IC + OC);
   if (IC * OC >= kMode2MinCC && vd_all <= (int64_t(32) << 20))
     I.mode = 2;
-  else if (P == 1 || fB * IC * OC <= (int64_t(4) << 20))
+  else if ((P == 1 && !I.det) || fB * IC * OC <= (int64_t(4) << 20))
     I.mode = 0;
   else
     I.mode = 1;
-  if (P == 1 && I.mode == 1) I.mode = 0;
+  if (P == 1 && !I.det && I.mode == 1) I.mode = 0;
 
   int64_t tc;
   if (I.mode == 0) {
@@ -247,7 +263,8 @@ BwdWeights::BwdWeights(const Geom& g, int max_threads) : impl_(new Impl) {
     tc = kChunkBytes / (fB * (IC + OC));
     tc = std::max<int64_t>(32, std::min<int64_t>(256, tc));
     int64_t nch = (T + tc - 1) / tc;
-    nch = (nch + P - 1) / P * P;
+    const int64_t split = I.det ? I.Q : P;
+    nch = (nch + split - 1) / split * split;
     tc = (T + nch - 1) / nch;
   } else if (I.mode == 2) {
     tc = T;
@@ -289,6 +306,8 @@ BwdWeights::BwdWeights(const Geom& g, int max_threads) : impl_(new Impl) {
     wd = memory::desc({Tc, IC}, dt::f32, memory::dims{IC, 1});
     dd = memory::desc({OC, IC}, dt::f32, memory::dims{IC, 1});
   }
+  std::optional<OneThread> one;  // deterministic: GEMMs built for one thread (dnnl_common.hpp)
+  if (I.det) one.emplace();
   auto pd_first = matmul::primitive_desc(I.eng, sd, wd, dd, a_first);
   I.mm_first = matmul(pd_first);
   size_t scr = pd_first.scratchpad_desc().get_size();
@@ -298,6 +317,7 @@ BwdWeights::BwdWeights(const Geom& g, int max_threads) : impl_(new Impl) {
     I.mm_acc = matmul(pd_acc);
     scr = std::max(scr, pd_acc.scratchpad_desc().get_size());
   }
+  one.reset();
 
   // ---- scratch layout
   I.szV = align_up(sizeof(float) * NXI * Tc * IC, 4096);
@@ -314,6 +334,18 @@ BwdWeights::BwdWeights(const Geom& g, int max_threads) : impl_(new Impl) {
   } else {  // shared: V, D; per thread: dU^T block, db, scratchpad
     I.shared_bytes = I.szV + I.szD;
     I.thr_stride = I.szU + I.szB + I.szS;
+  }
+  if (I.det) {  // mode 0: per thread V, D, scratchpad and Q partials (dU^T, db) shared; modes 1, 2: G db groups shared
+    if (I.mode == 0) {
+      I.thr_stride = I.szV + I.szD + I.szS;
+      I.det_off = 0;
+      I.shared_bytes = I.Q * (I.szU + I.szB);
+    } else {
+      I.G = std::min<int64_t>(kDetGroups, I.mode == 1 ? Tc : T);
+      I.det_off = I.shared_bytes;
+      I.shared_bytes += I.G * I.szB;
+      I.thr_stride -= I.szB;
+    }
   }
   I.thr_stride = align_up(I.thr_stride, 4096);
   I.total = I.shared_bytes + I.thr_stride * P;
@@ -341,6 +373,7 @@ const char* BwdWeights::impl_info() const { return impl_->info.c_str(); }
 
 void BwdWeights::run(const float* x, const float* dy, float* dw, float* db, char* scratch) const {
   const Impl& I = *impl_;
+  if (I.det) return run_det(x, dy, dw, db, scratch);
   const int nthr = std::max(1, std::min(omp_get_max_threads(), I.nthr_max));
   const int64_t T = I.T, Tc = I.Tc, nchunks = I.nchunks, IC = I.g.IC, OC = I.g.OC;
 #pragma omp parallel num_threads(nthr)
@@ -432,6 +465,122 @@ void BwdWeights::run(const float* x, const float* dy, float* dw, float* db, char
       I.finish_block(Us, 1, size_t(OC) * IC, IC, o0, o1 - o0, 0, IC, dw);
       for (int k = 0; k < nt; ++k) dbs[k] = reinterpret_cast<const float*>(scratch + I.shared_bytes + I.thr_stride * k);
       I.reduce_db(ithr, nt, dbs, db);
+    }
+  }
+}
+
+// Deterministic mode (see the top of the file). Partition of the work among the real threads changes nothing:
+// every partial / group is computed by one thread in a fixed order, and they are summed in a fixed order.
+void BwdWeights::run_det(const float* x, const float* dy, float* dw, float* db, char* scratch) const {
+  const Impl& I = *impl_;
+  const int nthr = std::max(1, std::min(omp_get_max_threads(), I.nthr_max));
+  const int64_t T = I.T, Tc = I.Tc, nchunks = I.nchunks, IC = I.g.IC, OC = I.g.OC;
+  char* det_base = scratch + I.det_off;
+  // db[oc] = sum over the np buffers (bs bytes apart) in order; threads split oc
+  auto reduce_db = [&](int ithr, int nt, int64_t np, size_t bs) {
+    if (!db) return;
+    const int64_t o0 = OC * ithr / nt, o1 = OC * (ithr + 1) / nt;
+    for (int64_t oc = o0; oc < o1; ++oc) {
+      float s = reinterpret_cast<const float*>(det_base)[oc];
+      for (int64_t k = 1; k < np; ++k) s += reinterpret_cast<const float*>(det_base + size_t(k) * bs)[oc];
+      db[oc] = s;
+    }
+  };
+#pragma omp parallel num_threads(nthr)
+  {
+    const int ithr = omp_get_thread_num(), nt = omp_get_num_threads();
+    char* tb = scratch + I.shared_bytes + I.thr_stride * ithr;
+    if (I.mode == 0) {
+      // partial q: chunks [nchunks q / Q, nchunks (q+1) / Q) summed into its own dU^T and db
+      float* V = reinterpret_cast<float*>(tb);
+      float* D = reinterpret_cast<float*>(tb + I.szV);
+      I.msrc[ithr].set_data_handle(D);
+      I.mwei[ithr].set_data_handle(V);
+      I.mscr[ithr].set_data_handle(tb + I.szV + I.szD);
+      const size_t ps = I.szU + I.szB;
+      for (int64_t q = ithr; q < I.Q; q += nt) {
+        float* U = reinterpret_cast<float*>(det_base + size_t(q) * ps);
+        float* dbt = reinterpret_cast<float*>(det_base + size_t(q) * ps + I.szU);
+        I.mdst[ithr].set_data_handle(U);
+        std::memset(dbt, 0, sizeof(float) * OC);
+        const int64_t c0 = nchunks * q / I.Q, c1 = nchunks * (q + 1) / I.Q;
+        for (int64_t c = c0; c < c1; ++c) {
+          const int64_t t0 = c * Tc, rows = std::min(Tc, T - t0);
+          for (int64_t r = 0; r < rows; ++r) I.transform_tile(x, dy, t0 + r, r, V, D, dbt);
+          for (int64_t r = rows; r < Tc; ++r) I.zero_row(r, V, D);
+          I.exec(c == c0 ? I.mm_first : I.mm_acc, ithr);
+        }
+      }
+#pragma omp barrier
+      const float* Us[kDetPartials];
+      int nU = 0;
+      const int64_t o0 = OC * ithr / nt, o1 = OC * (ithr + 1) / nt;
+      for (int64_t q = 0; q < I.Q; ++q)
+        if (nchunks * (q + 1) / I.Q > nchunks * q / I.Q)
+          Us[nU++] = reinterpret_cast<const float*>(det_base + size_t(q) * ps) + o0 * IC;
+      I.finish_block(Us, nU, size_t(OC) * IC, IC, o0, o1 - o0, 0, IC, dw);
+      if (db) {  // partials without chunks hold zeros
+        for (int64_t oc = o0; oc < o1; ++oc) {
+          float s = reinterpret_cast<const float*>(det_base + I.szU)[oc];
+          for (int64_t q = 1; q < I.Q; ++q) s += reinterpret_cast<const float*>(det_base + size_t(q) * ps + I.szU)[oc];
+          db[oc] = s;
+        }
+      }
+    } else if (I.mode == 2) {
+      // group k transforms tiles [T k / G, T (k+1) / G) in order into its db; then (OCB x ICB) blocks, K = all tiles
+      float* V = reinterpret_cast<float*>(scratch);
+      float* D = reinterpret_cast<float*>(scratch + I.szV);
+      float* U = reinterpret_cast<float*>(tb);
+      I.mdst[ithr].set_data_handle(U);
+      I.mscr[ithr].set_data_handle(tb + I.szU);
+      for (int64_t k = ithr; k < I.G; k += nt) {
+        float* dbt = reinterpret_cast<float*>(det_base + size_t(k) * I.szB);
+        std::memset(dbt, 0, sizeof(float) * OC);
+        for (int64_t t = T * k / I.G; t < T * (k + 1) / I.G; ++t) I.transform_tile(x, dy, t, t, V, D, dbt);
+      }
+#pragma omp barrier
+      const int64_t ICB = I.ICB, OCB = I.OCB, nbi = IC / ICB, nblk = nbi * (OC / OCB);
+      for (int64_t b = nblk * ithr / nt; b < nblk * (ithr + 1) / nt; ++b) {
+        const int64_t ic0 = (b % nbi) * ICB, oc0 = (b / nbi) * OCB;
+        I.msrc[ithr].set_data_handle(I.dptr(D, 0, 0, oc0));
+        I.mwei[ithr].set_data_handle(I.vptr(V, 0, 0, ic0));
+        I.exec(I.mm_first, ithr);
+        const float* Us[1] = {U};
+        I.finish_block(Us, 1, size_t(OCB) * ICB, ICB, oc0, OCB, ic0, ICB, dw);
+      }
+      reduce_db(ithr, nt, I.G, I.szB);
+    } else {
+      // per chunk: group k transforms rows [Tc k / G, Tc (k+1) / G) into its db, then threads split the 36 points
+      float* V = reinterpret_cast<float*>(scratch);
+      float* D = reinterpret_cast<float*>(scratch + I.szV);
+      float* U = reinterpret_cast<float*>(scratch + I.szV + I.szD);
+      I.mscr[ithr].set_data_handle(tb);
+      for (int64_t k = ithr; k < I.G; k += nt) std::memset(det_base + size_t(k) * I.szB, 0, sizeof(float) * OC);
+      const int x0 = NXI * ithr / nt, x1 = NXI * (ithr + 1) / nt;
+      for (int64_t c = 0; c < nchunks; ++c) {
+        const int64_t t0 = c * Tc, rows = std::min(Tc, T - t0);
+        for (int64_t k = ithr; k < I.G; k += nt) {
+          float* dbt = reinterpret_cast<float*>(det_base + size_t(k) * I.szB);
+          for (int64_t r = Tc * k / I.G; r < Tc * (k + 1) / I.G; ++r) {
+            if (r < rows)
+              I.transform_tile(x, dy, t0 + r, r, V, D, dbt);
+            else
+              I.zero_row(r, V, D);
+          }
+        }
+#pragma omp barrier
+        for (int xi = x0; xi < x1; ++xi) {
+          I.msrc[ithr].set_data_handle(D + xi * Tc * OC);
+          I.mwei[ithr].set_data_handle(V + xi * Tc * IC);
+          I.mdst[ithr].set_data_handle(U + xi * OC * IC);
+          I.exec(c == 0 ? I.mm_first : I.mm_acc, ithr);
+        }
+#pragma omp barrier
+      }
+      const int64_t o0 = OC * ithr / nt, o1 = OC * (ithr + 1) / nt;
+      const float* Us[1] = {U + o0 * IC};
+      I.finish_block(Us, 1, size_t(OC) * IC, IC, o0, o1 - o0, 0, IC, dw);
+      reduce_db(ithr, nt, I.G, I.szB);
     }
   }
 }
