@@ -229,3 +229,30 @@ def test_no_reference_implementations_under_any_layout():
     assert len(execs) > 100
     bad = sorted({ln.split(",")[3] + " " + ln.split(",")[5] for ln in execs if ",ref:" in ln})
     assert not bad, bad
+
+
+@pytest.mark.parametrize("trailing", [True, False])
+@pytest.mark.parametrize("layout,backend", [("auto", "cpu"), ("plain", "cpu"), ("nhwc", "cpu"), ("auto", "reference")])
+def test_explicit_reorder_nodes_in_a_built_graph_keep_their_layouts(layout, backend, trailing):
+    # A graph built by hand with reorder nodes: the pass must treat their `from`/`to` as the layouts of their
+    # input and output (it used to take the output as plain, so the BN below read blocked data as NCHW, or,
+    # with layout='plain', wrote a blocked output into a plain-sized buffer).
+    from cnnnative import _core
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 5, 3, 4)).astype(np.float32)
+    mean, var = rng.standard_normal(5).astype(np.float32), rng.random(5).astype(np.float32) + 0.5
+    g = _core.Graph()
+    xi = g.add_input("x", list(x.shape))
+    store = _core.ParamStore([("w", [5], True), ("b", [5], True), ("m", [5], False), ("v", [5], False)])
+    ps = [g.add_param(n, [5], t) for n, t in (("w", True), ("b", True), ("m", False), ("v", False))]
+    blocked = g.add_node("reorder", [xi], {"from": 0, "to": 2}, "to_blocked")[0]
+    y = g.add_node("batch_norm", [blocked, *ps], {"training": 0, "eps": 1e-5}, "bn")[0]
+    g.set_outputs([g.add_node("reorder", [y], {"from": 2, "to": 0}, "to_plain")[0] if trailing else y])
+    for name, val in (("w", 1.5), ("b", 0.25)):
+        store.array(name)[...] = val
+    store.array("m")[...] = mean
+    store.array("v")[...] = var
+    s = _core.Session(g, store, "infer", layout=layout, backend=backend)
+    s.run([x])
+    want = (x - mean[None, :, None, None]) / np.sqrt(var[None, :, None, None] + 1e-5) * 1.5 + 0.25
+    np.testing.assert_allclose(s.fetch(0), want, rtol=1e-5, atol=1e-5)

@@ -174,7 +174,10 @@ LayoutResult assign_layouts(Graph& g, const std::string& backend, const LayoutPo
     LayoutChoice c;
     const LayoutRule* rule = find_layout_rule(backend, n.op);
     if (rule && policy.bf16 && !bf16_capable(backend, n, in, out)) rule = nullptr;
-    if (rule) {
+    if (n.op == "reorder") {  // a reorder in the graph as built: its attributes say both layouts
+      c.in = {Layout(n.attrs.i("from", 0))};
+      c.out = {Layout(n.attrs.i("to", 0))};
+    } else if (rule) {
       c = (*rule)(LayoutQuery{n, in, out, cur, policy, training});
       if (c.in.size() != in.size() || c.out.size() != out.size())
         op_error(n, "internal: layout rule answered for " + std::to_string(c.in.size()) + " inputs / " +

@@ -193,7 +193,10 @@ SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, con
 
   const std::vector<int> outputs_as_built = g.outputs;  // fetch names: before plain copies are swapped in
   // ---- layouts (cpu backend): reorders only where a layout-capable kernel meets one that is not ----
-  if (policy.kind != LayoutPolicy::plain) {
+  // A graph built with explicit reorder nodes goes through the pass whatever the policy: it gives their outputs
+  // the layout they write and reorders back for every consumer that wants another.
+  const bool built_reorders = std::any_of(g.nodes.begin(), g.nodes.end(), [](const Node& n) { return n.op == "reorder"; });
+  if (policy.kind != LayoutPolicy::plain || built_reorders) {
     std::vector<int*> plain_vals;
     for (int& v : g.outputs) plain_vals.push_back(&v);
     for (int& v : ad.wrt_grads) plain_vals.push_back(&v);
@@ -204,11 +207,7 @@ SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, con
     in_view = std::move(lr.in_view);
   } else {
     layout.assign(g.values.size(), Layout::plain);
-    for (const Node& n : g.nodes) {  // explicit reorders in a graph built by hand set their output's layout
-      in_view.emplace_back();
-      for (int v : n.inputs) in_view.back().push_back(layout[v]);
-      if (n.op == "reorder") layout[n.outputs[0]] = Layout(n.attrs.i("to", 0));
-    }
+    for (const Node& n : g.nodes) in_view.emplace_back(n.inputs.size(), Layout::plain);
   }
   for (size_t s = 0; s < g.nodes.size(); ++s) {
     const Node& n = g.nodes[s];
