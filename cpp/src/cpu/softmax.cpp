@@ -2,8 +2,8 @@
 // Every row reduction is exact to float rounding at any K and independent of the thread count: a row is cut into
 // chunks of red::kSoftmaxChunk elements (fixed by K); each chunk gives its max m_k and s_k = sum exp(x - m_k) in
 // float64 (red::softmax_chunk, vectorized exp), in parallel over (row, chunk); the row's M = max m_k and
-// S = sum_k s_k exp(m_k - M) are then combined in chunk order (red::softmax_combine). softmax writes each chunk's
-// exp(x - m_k) and scales it by exp(m_k - M) / S; the loss row term is M + log S - x[label] (float64), the loss
+// S = sum_k s_k exp(m_k - M) are then combined in chunk order (red::softmax_combine). softmax writes exp(x - M) / S
+// (one-chunk rows keep the exps of the first pass and scale them); the loss row term is M + log S - x[label] (float64), the loss
 // their sum in row order over N; softmax_grad's sum dy*y is a float64 dot per chunk, added in chunk order.
 // (oneDNN's softmax, used before, sums in float: relative errors ~1e-5 over 2^24 classes, and the loss's row sums
 // were float: 2e-3.) Labels are validated before any row is computed so an out-of-range label throws cnn::Error
@@ -64,15 +64,23 @@ struct RowChunks {
 #pragma omp parallel for schedule(static) if (par && N > 1)
     for (int64_t r = 0; r < N; ++r) red::softmax_combine(v.m + r * B, v.s + r * B, B, v.M + r, v.S + r);
   }
-  // y (holding each chunk's exp(x - m_k)) *= exp(m_k - M) * scale / S
-  void normalize(float* y, const Views& v, double scale) const {
+  // Rows of one chunk: y holds exp(x - M) from stats(); y *= scale / S. Longer rows: y = exp(x - M) * scale / S
+  // from x (exp of the difference to the row's max, not to the chunk's: each value then has one rounded
+  // difference, as in a single pass; y may be x since each chunk reads and writes the same elements).
+  void normalize(const float* x, float* y, const Views& v, double scale) const {
     const int64_t n_items = items();
 #pragma omp parallel for schedule(static) if (par)
     for (int64_t i = 0; i < n_items; ++i) {
-      const int64_t r = i / B;
-      const double f = B == 1 ? scale / v.S[r] : std::exp(double(v.m[i]) - double(v.M[r])) * scale / v.S[r];
-      red::scale(y + offset(i), count(i), float(f));
+      const int64_t r = i / B, o = offset(i);
+      if (B == 1) red::scale(y + o, count(i), float(scale / v.S[r]));
+      else red::exp_scale(x + o, y + o, count(i), v.M[r], float(scale / v.S[r]));
     }
+  }
+  // stats() then normalize(): y = softmax(x) * scale
+  void softmax(const float* x, float* y, void* scratch, double scale) const {
+    auto v = views(scratch);
+    stats(x, B == 1 ? y : nullptr, v);
+    normalize(x, y, v, scale);
   }
 };
 
@@ -82,11 +90,7 @@ struct SoftmaxFwd : Kernel {
   explicit SoftmaxFwd(const KernelCtx& c) : rc(c.in[0].shape[0], c.in[0].shape[1]) {}
   size_t scratch_bytes() const override { return rc.scratch_bytes(); }
   void run(const RunCtx& r) override {
-    const float* x = static_cast<const float*>(r.in[0]);
-    float* y = static_cast<float*>(r.out[0]);
-    auto v = rc.views(r.scratch);
-    rc.stats(x, y, v);
-    rc.normalize(y, v, 1.0);
+    rc.softmax(static_cast<const float*>(r.in[0]), static_cast<float*>(r.out[0]), r.scratch, 1.0);
   }
 };
 
@@ -152,9 +156,7 @@ struct SceBwd : Kernel {
     const int64_t N = rc.N, K = rc.K;
     check_labels(node, lab, N, K);
     const float scale = g / float(N);
-    auto v = rc.views(r.scratch);
-    rc.stats(x, dx, v);
-    rc.normalize(dx, v, double(scale));
+    rc.softmax(x, dx, r.scratch, double(scale));
     for (int64_t n = 0; n < N; ++n) dx[n * K + lab[n]] -= scale;
   }
 };
