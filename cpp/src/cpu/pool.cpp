@@ -108,9 +108,11 @@ struct PoolBwd : Kernel {
 //  - count_include_pad=1 with a ceil_mode window running past H+padding: PyTorch divides by the window clipped to
 //    the padded border, oneDNN's pooling_avg_include_padding by the full kernel (forward and backward);
 //  - forward windows of kNativeWindow+ elements: oneDNN sums a window in float, whose error grows with its size
-//    (a float sum of 8192^2 ones is 2^24); here each window is summed in float64 (red::window_sum), so the mean
-//    is the float nearest the exact one at any size. Windows are summed one by one, so no thread-count dependence.
-constexpr int64_t kNativeWindow = 64;
+//    (a float sum of 8192^2 ones is 2^24); here each window is summed in float64 (red::avg_pool_image), so the
+//    mean is the float nearest the exact one at any size. Below that oneDNN's error stays under ~256 ulps worst
+//    case (a few in practice) and its kernels are faster on small windows (8x8 plain: 0.57 vs 1.05 ms).
+//    Windows are summed one by one, so no thread-count dependence.
+constexpr int64_t kNativeWindow = 256;
 
 struct AvgNative : Kernel {
   Geometry g;
@@ -126,22 +128,44 @@ struct AvgNative : Kernel {
     OH = y[2];
     OW = y[3];
     include_pad = c.node.attrs.i("count_include_pad", 1) != 0;
+    if (bwd) return;
+    for (int64_t oh = 0; oh < OH; ++oh) {
+      const int64_t h0 = oh * g.sh - g.ph, h1 = std::min(h0 + g.kh, H + g.ph);
+      win.h0.push_back(std::max<int64_t>(h0, 0));
+      win.h1.push_back(std::min(h1, H));
+    }
+    for (int64_t ow = 0; ow < OW; ++ow) {
+      const int64_t w0 = ow * g.sw - g.pw, w1 = std::min(w0 + g.kw, W + g.pw);
+      win.w0.push_back(std::max<int64_t>(w0, 0));
+      win.w1.push_back(std::min(w1, W));
+    }
+    for (int64_t oh = 0; oh < OH; ++oh)
+      for (int64_t ow = 0; ow < OW; ++ow) {
+        const int64_t h0 = oh * g.sh - g.ph, w0 = ow * g.sw - g.pw;
+        const int64_t padded = (std::min(h0 + g.kh, H + g.ph) - h0) * (std::min(w0 + g.kw, W + g.pw) - w0);
+        const int64_t div = include_pad ? padded : (win.h1[oh] - win.h0[oh]) * (win.w1[ow] - win.w0[ow]);
+        win.inv.push_back(div > 0 ? 1.0 / double(div) : 0.0);
+      }
   }
-  // float64 accumulators: one pixel's V lanes per group (the forward pass)
-  size_t scratch_bytes() const override { return backward ? 0 : size_t(G * V) * sizeof(double); }
+  red::PoolWindows win;  // forward windows
+  // float64 accumulators of the forward pass: one output row's OW pixels of V lanes per group
+  size_t scratch_bytes() const override { return backward ? 0 : size_t(G * OW * V) * sizeof(double); }
   void run(const RunCtx& r) override {
     const float* src = static_cast<const float*>(r.in[0]);
     float* dst = static_cast<float*>(r.out[0]);
     double* accs = static_cast<double*>(r.scratch);
     const int64_t V_ = V;
+    if (!backward) {
+#pragma omp parallel for schedule(static)
+      for (int64_t gi = 0; gi < G; ++gi)
+        red::avg_pool_image(src + gi * H * W * V_, dst + gi * OH * OW * V_, W, V_, win, accs + gi * OW * V_);
+      return;
+    }
 #pragma omp parallel for schedule(static)
     for (int64_t gi = 0; gi < G; ++gi) {
-      const float* xp = backward ? nullptr : src + gi * H * W * V_;
-      const float* dyp = backward ? src + gi * OH * OW * V_ : nullptr;
-      float* yp = backward ? nullptr : dst + gi * OH * OW * V_;
-      float* dxp = backward ? dst + gi * H * W * V_ : nullptr;
-      double* acc = backward ? nullptr : accs + gi * V_;
-      if (backward) std::fill(dxp, dxp + H * W * V_, 0.f);
+      const float* dyp = src + gi * OH * OW * V_;
+      float* dxp = dst + gi * H * W * V_;
+      std::fill(dxp, dxp + H * W * V_, 0.f);
       for (int64_t oh = 0; oh < OH; ++oh) {
         int64_t h0 = oh * g.sh - g.ph, h1 = std::min(h0 + g.kh, H + g.ph);
         const int64_t dh = h1 - h0;
@@ -153,21 +177,14 @@ struct AvgNative : Kernel {
           w0 = std::max<int64_t>(w0, 0);
           w1 = std::min(w1, W);
           const int64_t div = include_pad ? dh * dw : (h1 - h0) * (w1 - w0);
-          if (backward) {
-            const float inv = 1.f / float(div);
-            const float* d = dyp + (oh * OW + ow) * V_;
-            for (int64_t h = h0; h < h1; ++h)
-              for (int64_t w = w0; w < w1; ++w) {
-                float* o = dxp + (h * W + w) * V_;
+          const float inv = 1.f / float(div);
+          const float* d = dyp + (oh * OW + ow) * V_;
+          for (int64_t h = h0; h < h1; ++h)
+            for (int64_t w = w0; w < w1; ++w) {
+              float* o = dxp + (h * W + w) * V_;
 #pragma omp simd
-                for (int64_t v = 0; v < V_; ++v) o[v] += d[v] * inv;
-              }
-          } else {
-            float* o = yp + (oh * OW + ow) * V_;
-            red::window_sum(xp, W, V_, h0, h1, w0, w1, acc);
-            const double dv = double(div);
-            for (int64_t v = 0; v < V_; ++v) o[v] = div > 0 ? float(acc[v] / dv) : 0.f;
-          }
+              for (int64_t v = 0; v < V_; ++v) o[v] += d[v] * inv;
+            }
         }
       }
     }

@@ -5,6 +5,7 @@
 // exponent-field factors); scalar: std::exp.
 #include "cpu/reduce.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -65,6 +66,7 @@ struct Isa {
   static F exp(F x) { return std::exp(x); }
   static D dzero() { return 0.0; }
   static D dadd(D a, F x) { return a + double(x); }
+  static D dadd_at(D a, const float* p) { return a + double(*p); }
   static D dfma(D a, F x, F y) { return a + double(x) * double(y); }
   static D dplus(D a, D b) { return a + b; }
   static double hsum(D a) { return a; }
@@ -141,6 +143,9 @@ struct Isa {
   static __m256d hi(F x) { return _mm256_cvtps_pd(_mm256_extractf128_ps(x, 1)); }
   static D dzero() { return {_mm256_setzero_pd(), _mm256_setzero_pd()}; }
   static D dadd(D a, F x) { return {_mm256_add_pd(a.lo, lo(x)), _mm256_add_pd(a.hi, hi(x))}; }
+  static D dadd_at(D a, const float* p) {  // converts straight from memory: no lane extraction
+    return {_mm256_add_pd(a.lo, _mm256_cvtps_pd(_mm_loadu_ps(p))), _mm256_add_pd(a.hi, _mm256_cvtps_pd(_mm_loadu_ps(p + 4)))};
+  }
   static D dfma(D a, F x, F y) { return {_mm256_fmadd_pd(lo(x), lo(y), a.lo), _mm256_fmadd_pd(hi(x), hi(y), a.hi)}; }
   static D dplus(D a, D b) { return {_mm256_add_pd(a.lo, b.lo), _mm256_add_pd(a.hi, b.hi)}; }
   static double hsum(D a) {
@@ -219,6 +224,9 @@ struct Isa {
   static __m512d hi(F x) { return _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1))); }
   static D dzero() { return {_mm512_setzero_pd(), _mm512_setzero_pd()}; }
   static D dadd(D a, F x) { return {_mm512_add_pd(a.lo, lo(x)), _mm512_add_pd(a.hi, hi(x))}; }
+  static D dadd_at(D a, const float* p) {  // converts straight from memory: no lane extraction
+    return {_mm512_add_pd(a.lo, _mm512_cvtps_pd(_mm256_loadu_ps(p))), _mm512_add_pd(a.hi, _mm512_cvtps_pd(_mm256_loadu_ps(p + 8)))};
+  }
   static D dfma(D a, F x, F y) { return {_mm512_fmadd_pd(lo(x), lo(y), a.lo), _mm512_fmadd_pd(hi(x), hi(y), a.hi)}; }
   static D dplus(D a, D b) { return {_mm512_add_pd(a.lo, b.lo), _mm512_add_pd(a.hi, b.hi)}; }
   static double hsum(D a) { return _mm512_reduce_add_pd(_mm512_add_pd(a.lo, a.hi)); }
@@ -296,6 +304,9 @@ void lane_affine_bwd(const T* dy, const T* x, T* dx, int64_t P, int64_t V, int64
                      const float* b, const float* c) {
   CNN_DISPATCH(lane_affine_bwd(dy, x, dx, P, V, ld, m, a, b, c))
 }
+void window_sum(const float* x, int64_t W, int64_t V, int64_t h0, int64_t h1, int64_t w0, int64_t w1, double* acc) {
+  CNN_DISPATCH(window_sum(x, W, V, h0, h1, w0, w1, acc))
+}
 void softmax_chunk(const float* x, int64_t n, float* m, double* s, float* e) { CNN_DISPATCH(softmax_chunk(x, n, m, s, e)) }
 void scale(float* y, int64_t n, float f) { CNN_DISPATCH(scale(y, n, f)) }
 void exp_scale(const float* x, float* y, int64_t n, float m, float f) { CNN_DISPATCH(exp_scale(x, y, n, m, f)) }
@@ -309,6 +320,32 @@ void softmax_combine(const float* m, const double* s, int64_t K, float* M, doubl
   for (int64_t k = 0; k < K; ++k) sum += m[k] == mx ? s[k] : s[k] * std::exp(double(m[k]) - double(mx));
   *M = mx;
   *S = sum;
+}
+
+void avg_pool_image(const float* x, float* y, int64_t W, int64_t V, const PoolWindows& w, double* acc) {
+  constexpr int64_t kWindowLanes = 64;  // window_sum keeps up to 4 vectors of 16 lanes in registers
+  const int64_t OH = int64_t(w.h0.size()), OW = int64_t(w.w0.size());
+  for (int64_t oh = 0; oh < OH; ++oh) {
+    if (V <= kWindowLanes) {  // window by window, accumulators in registers
+      for (int64_t ow = 0; ow < OW; ++ow) {
+        window_sum(x, W, V, w.h0[oh], w.h1[oh], w.w0[ow], w.w1[ow], acc);
+        const double inv = w.inv[oh * OW + ow];
+        float* o = y + (oh * OW + ow) * V;
+        for (int64_t v = 0; v < V; ++v) o[v] = float(acc[v] * inv);
+      }
+      continue;
+    }
+    std::fill(acc, acc + OW * V, 0.0);
+    for (int64_t h = w.h0[oh]; h < w.h1[oh]; ++h)
+      for (int64_t ow = 0; ow < OW; ++ow)
+        lane_sum(x + (h * W + w.w0[ow]) * V, w.w1[ow] - w.w0[ow], V, V, acc + ow * V);
+    for (int64_t ow = 0; ow < OW; ++ow) {
+      const double inv = w.inv[oh * OW + ow];
+      const double* a = acc + ow * V;
+      float* o = y + (oh * OW + ow) * V;
+      for (int64_t v = 0; v < V; ++v) o[v] = float(a[v] * inv);
+    }
+  }
 }
 
 template void lane_sum(const float*, int64_t, int64_t, int64_t, double*);

@@ -13,6 +13,7 @@
 // independent of the thread count. Nothing here allocates.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include "core/op.hpp"
 
@@ -65,21 +66,19 @@ double dot(const float* a, const float* b, int64_t n);                     // su
 void softmax_bwd(const float* dy, const float* y, float* dx, int64_t n, float d);  // dx = y * (dy - d)
 
 // acc[0..V) = the float64 sum of the window [h0, h1) x [w0, w1) of an image of W-pixel rows of V lanes (pixel
-// stride V): rows of 64+ floats through lane_sum, shorter ones inline.
-inline void window_sum(const float* x, int64_t W, int64_t V, int64_t h0, int64_t h1, int64_t w0, int64_t w1, double* acc) {
-  for (int64_t v = 0; v < V; ++v) acc[v] = 0;
-  const int64_t n = (w1 - w0) * V;
-  for (int64_t h = h0; h < h1; ++h) {
-    const float* r = x + (h * W + w0) * V;
-    if (n >= 64) {
-      lane_sum(r, w1 - w0, V, V, acc);
-    } else {
-      for (int64_t w = 0; w < w1 - w0; ++w)
-#pragma omp simd
-        for (int64_t v = 0; v < V; ++v) acc[v] += double(r[w * V + v]);
-    }
-  }
-}
+// stride V; V = 1: rows are runs of floats).
+void window_sum(const float* x, int64_t W, int64_t V, int64_t h0, int64_t h1, int64_t w0, int64_t w1, double* acc);
+
+// Average-pooling windows of one image: output (oh, ow) averages rows [h0[oh], h1[oh]) x columns [w0[ow], w1[ow])
+// times inv[oh * OW + ow] (1 / its divisor; 0 for an empty window).
+struct PoolWindows {
+  std::vector<int64_t> h0, h1, w0, w1;
+  std::vector<double> inv;
+};
+// One image of W-pixel rows of V lanes (pixel stride V) -> y [OH, OW, V], float64 window sums. Up to 64 lanes:
+// window by window (red::window_sum, accumulators in registers); wider pixels (nhwc): output row by output row,
+// each input row's window segments added in turn into acc (OW * V doubles), reading the image row-contiguously.
+void avg_pool_image(const float* x, float* y, int64_t W, int64_t V, const PoolWindows& w, double* acc);
 
 // A tensor [N, C, H, W] (or [N, C] as [N, C, 1, 1]) stored in a session layout, seen as G groups of S pixels of V
 // lanes, group g at g*S*V, pixel stride V: plain: G = N*C, S = H*W, V = 1; nhwc: G = N, V = C; nChw{b}c:

@@ -79,6 +79,14 @@ struct RowChunks {
   // stats() then normalize(): y = softmax(x) * scale
   void softmax(const float* x, float* y, void* scratch, double scale) const {
     auto v = views(scratch);
+    if (B == 1) {  // one pass per row, the row still in cache for the scaling
+#pragma omp parallel for schedule(static) if (par)
+      for (int64_t r = 0; r < N; ++r) {
+        red::softmax_chunk(x + r * K, K, v.m + r, v.s + r, y + r * K);
+        red::scale(y + r * K, K, float(scale / v.s[r]));
+      }
+      return;
+    }
     stats(x, B == 1 ? y : nullptr, v);
     normalize(x, y, v, scale);
   }
@@ -104,7 +112,15 @@ struct SoftmaxBwd : Kernel {
     const float* y = static_cast<const float*>(r.in[1]);
     float* dx = static_cast<float*>(r.out[0]);
     auto v = rc.views(r.scratch);
-    const int64_t n_items = rc.items(), B = rc.B, N = rc.N;
+    const int64_t n_items = rc.items(), B = rc.B, N = rc.N, K = rc.K;
+    if (B == 1) {
+#pragma omp parallel for schedule(static) if (rc.par)
+      for (int64_t row = 0; row < N; ++row) {
+        const int64_t o = row * K;
+        red::softmax_bwd(dy + o, y + o, dx + o, K, float(red::dot(dy + o, y + o, K)));
+      }
+      return;
+    }
 #pragma omp parallel for schedule(static) if (rc.par)
     for (int64_t i = 0; i < n_items; ++i) {
       const int64_t o = rc.offset(i);
