@@ -23,6 +23,10 @@
 #include <algorithm>
 #include <cmath>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include "core/layout.hpp"
 #include "cpu/reduce.hpp"
 
@@ -33,24 +37,32 @@ namespace {
 constexpr int64_t kChunkElems = 4096;   // one-lane groups (plain): floats per chunk
 constexpr int64_t kChunkPixels = 256;   // multi-lane groups: pixels per chunk
 constexpr int64_t kParallel = 1 << 14;  // elements below which a kernel runs on one thread
+// Forward outputs larger than this (about four times this machine's L2) are written with non-temporal stores: no
+// read for ownership of lines that would not stay in cache anyway (ResNet-50 b16 BN forward per step, one thread:
+// 332 -> 316 ms). Not the backward: dx usually overwrites dy in place, whose lines are then in cache.
+constexpr int64_t kStreamBytes = int64_t(16) << 20;
 
 // Chunks of a LaneView: K per group, unit u = g*K + k covers pixels [k*P, min(S, k*P + P)) of group g.
 struct Chunks {
   red::LaneView lv;
   int64_t P, K, U;
   bool par;
+  bool stream;  // the tensor exceeds kStreamBytes
   Chunks(const Shape& x, Layout l) : lv(x, l, true) {
     P = lv.V == 1 ? kChunkElems : kChunkPixels;
     K = (lv.S + P - 1) / P;
     U = lv.G * K;
     par = lv.G * lv.S * lv.V >= kParallel;
+    stream = lv.G * lv.S * lv.V * 4 > kStreamBytes;
   }
-  int64_t offset(int64_t u) const { return (u / K * lv.S + u % K * P) * lv.V; }
-  int64_t count(int64_t u) const { return std::min(P, lv.S - u % K * P); }
+  int64_t offset(int64_t u) const { return K == 1 ? u * lv.S * lv.V : (u / K * lv.S + u % K * P) * lv.V; }
+  int64_t count(int64_t u) const { return K == 1 ? lv.S : std::min(P, lv.S - u % K * P); }
   int64_t count_of(int64_t k) const { return std::min(P, lv.S - k * P); }
-  int64_t chan0(int64_t u) const { return lv.chan0(u / K); }
-  // slot (in U*V arrays) of chunk k of the n-th group holding channel c
-  int64_t slot(int64_t n, int64_t c, int64_t k) const { return (lv.group(n, c) * K + k) * lv.V + lv.lane(c); }
+  int64_t chan0(int64_t u) const { return lv.chan0(K == 1 ? u : u / K); }
+  // Slots (in the U*V partial-sum arrays) of channel c: chunk k of the n-th group holding it is at
+  // slot0(c) + n * n_stride() + k * V (groups of one n are consecutive: group(n, c) = group(0, c) + n * G/per_c).
+  int64_t slot0(int64_t c) const { return lv.group(0, c) * K * lv.V + lv.lane(c); }
+  int64_t n_stride() const { return (lv.G / lv.per_c) * K * lv.V; }
 };
 
 // Per-channel float constants (Cp of each, zero in the padding lanes) and float64 partial sums in the scratch.
@@ -60,6 +72,26 @@ struct BnScratch {
     partials = sums ? size_t(2 * ch.U * ch.lv.V) * sizeof(double) : 0;
     consts = size_t(nconst * ch.lv.Cp) * sizeof(float);
     total = partials + consts;
+  }
+};
+
+// Two schedules, with bitwise the same results (every chunk's sums and every channel's combination are the same
+// operations in the same order; only which thread runs them differs):
+//  - by phases: all chunks' sums in parallel, then all channels' combinations, then the elementwise pass;
+//  - by channel group (plain and blocked layouts, when there are at least two groups per thread): a thread takes
+//    whole channel groups (a plain channel, a block of 16/8 channels) through all three steps, so the group's data
+//    is read the second time from its cache (ResNet-50 layer3/layer4 shapes), and there are no barriers between.
+struct Schedule {
+  bool by_group;
+  int64_t groups;  // channel groups: G / per_c
+  Schedule(const Chunks& ch) {
+    groups = ch.lv.G / ch.lv.per_c;
+#ifdef _OPENMP
+    const int64_t threads = omp_get_max_threads();
+#else
+    const int64_t threads = 1;
+#endif
+    by_group = ch.lv.kind != red::LaneView::Rows && groups >= 2 * threads;
   }
 };
 
@@ -80,60 +112,100 @@ struct BatchNormFwd : Kernel {
   }
   size_t scratch_bytes() const override { return sc.total; }
 
+  struct Args {
+    const T* x;
+    T* y;
+    const float *gamma, *beta;
+    float *rm, *rv, *save_mean, *save_var;
+    double *sum, *m2;
+    float *cm, *cs, *ct;
+    bool nt;
+  };
+
+  void stats(const Args& a, int64_t u) const {
+    const int64_t V = ch.lv.V;
+    red::lane_stats(a.x + ch.offset(u), ch.count(u), V, V, a.sum + u * V, a.m2 + u * V);
+  }
+  // channel c's mean and variance from its chunks, in (n, chunk) order; outputs, running stats, constants
+  void finish(const Args& a, int64_t c) const {
+    const int64_t s0 = ch.slot0(c), ns = ch.n_stride(), V = ch.lv.V, per_c = ch.lv.per_c, K = ch.K;
+    const double m = double(per_c) * double(ch.lv.S);
+    double total = 0;
+    for (int64_t n = 0; n < per_c; ++n)
+      for (int64_t k = 0; k < K; ++k) total += a.sum[s0 + n * ns + k * V];
+    const double mean = total / m;
+    double M2 = 0;
+    for (int64_t n = 0; n < per_c; ++n)
+      for (int64_t k = 0; k < K; ++k) {
+        const int64_t s = s0 + n * ns + k * V;
+        const double cnt = double(ch.count_of(k)), d = a.sum[s] / cnt - mean;
+        M2 += a.m2[s] + cnt * d * d;
+      }
+    const double var = std::max(0.0, M2 / m);
+    a.save_mean[c] = float(mean);
+    a.save_var[c] = float(var);
+    if (update) {
+      a.rm[c] = float((1 - momentum) * a.rm[c] + momentum * mean);
+      a.rv[c] = float((1 - momentum) * a.rv[c] + momentum * var * m / (m - 1));
+    }
+    set_consts(a, c, a.save_mean[c], a.save_var[c]);
+  }
+  void set_consts(const Args& a, int64_t c, float mean, float var) const {
+    a.cm[c] = mean;
+    a.cs[c] = float(double(a.gamma[c]) / std::sqrt(double(var) + eps));
+    a.ct[c] = a.beta[c];
+  }
+  void normalize(const Args& a, int64_t u) const {
+    const int64_t o = ch.offset(u), c0 = ch.chan0(u), V = ch.lv.V;
+    red::lane_affine(a.x + o, a.y + o, ch.count(u), V, V, a.cm + c0, a.cs + c0, a.ct + c0, a.nt);
+  }
+
   void run(const RunCtx& r) override {
     const red::LaneView& lv = ch.lv;
-    const T* x = static_cast<const T*>(r.in[0]);
-    T* y = static_cast<T*>(r.out[0]);
-    const float *gamma = static_cast<const float*>(r.in[1]), *beta = static_cast<const float*>(r.in[2]);
-    float *rm = static_cast<float*>(r.in[3]), *rv = static_cast<float*>(r.in[4]);
-    double* sum = static_cast<double*>(r.scratch);
-    double* m2 = sum + ch.U * lv.V;
-    float* cm = reinterpret_cast<float*>(static_cast<char*>(r.scratch) + sc.partials);
-    float *cs = cm + lv.Cp, *ct = cs + lv.Cp;
-    const int64_t C = lv.C, V = lv.V, U = ch.U;
-    std::fill(cm, cm + 3 * lv.Cp, 0.f);
+    Args a;
+    a.x = static_cast<const T*>(r.in[0]);
+    a.y = static_cast<T*>(r.out[0]);
+    a.gamma = static_cast<const float*>(r.in[1]);
+    a.beta = static_cast<const float*>(r.in[2]);
+    a.rm = static_cast<float*>(r.in[3]);
+    a.rv = static_cast<float*>(r.in[4]);
+    a.save_mean = training ? static_cast<float*>(r.out[1]) : nullptr;
+    a.save_var = training ? static_cast<float*>(r.out[2]) : nullptr;
+    a.sum = static_cast<double*>(r.scratch);
+    a.m2 = a.sum + ch.U * lv.V;
+    a.cm = reinterpret_cast<float*>(static_cast<char*>(r.scratch) + sc.partials);
+    a.cs = a.cm + lv.Cp;
+    a.ct = a.cs + lv.Cp;
+    a.nt = ch.stream && static_cast<const void*>(a.x) != static_cast<const void*>(a.y);
+    const int64_t C = lv.C, U = ch.U, K = ch.K;
+    std::fill(a.cm, a.cm + 3 * lv.Cp, 0.f);
+    const Schedule sch(ch);
+    if (training && sch.by_group) {
+      const int64_t Gn = sch.groups, per_c = lv.per_c, cpg = lv.kind == red::LaneView::Plain ? 1 : lv.V;
+#pragma omp parallel for schedule(static) if (ch.par)
+      for (int64_t j = 0; j < Gn; ++j) {
+        for (int64_t n = 0; n < per_c; ++n)
+          for (int64_t k = 0; k < K; ++k) stats(a, (n * Gn + j) * K + k);
+        for (int64_t c = j * cpg; c < std::min(C, j * cpg + cpg); ++c) finish(a, c);
+        for (int64_t n = 0; n < per_c; ++n)
+          for (int64_t k = 0; k < K; ++k) normalize(a, (n * Gn + j) * K + k);
+        if (a.nt) red::stream_fence();
+      }
+      return;
+    }
     if (training) {
 #pragma omp parallel for schedule(static) if (ch.par)
-      for (int64_t u = 0; u < U; ++u) red::lane_stats(x + ch.offset(u), ch.count(u), V, V, sum + u * V, m2 + u * V);
-      float* save_mean = static_cast<float*>(r.out[1]);
-      float* save_var = static_cast<float*>(r.out[2]);
-      const int64_t per_c = lv.per_c, K = ch.K;
-      const double m = double(per_c) * double(lv.S);
+      for (int64_t u = 0; u < U; ++u) stats(a, u);
 #pragma omp parallel for schedule(static) if (ch.par)
-      for (int64_t c = 0; c < C; ++c) {
-        double total = 0;
-        for (int64_t n = 0; n < per_c; ++n)
-          for (int64_t k = 0; k < K; ++k) total += sum[ch.slot(n, c, k)];
-        const double mean = total / m;
-        double M2 = 0;
-        for (int64_t n = 0; n < per_c; ++n)
-          for (int64_t k = 0; k < K; ++k) {
-            const int64_t s = ch.slot(n, c, k);
-            const double cnt = double(ch.count_of(k)), d = sum[s] / cnt - mean;
-            M2 += m2[s] + cnt * d * d;
-          }
-        const double var = std::max(0.0, M2 / m);
-        save_mean[c] = float(mean);
-        save_var[c] = float(var);
-        if (update) {
-          rm[c] = float((1 - momentum) * rm[c] + momentum * mean);
-          rv[c] = float((1 - momentum) * rv[c] + momentum * var * m / (m - 1));
-        }
-        set_consts(c, save_mean[c], save_var[c], gamma[c], beta[c], cm, cs, ct);
-      }
+      for (int64_t c = 0; c < C; ++c) finish(a, c);
     } else {
-      for (int64_t c = 0; c < C; ++c) set_consts(c, rm[c], rv[c], gamma[c], beta[c], cm, cs, ct);
+      for (int64_t c = 0; c < C; ++c) set_consts(a, c, a.rm[c], a.rv[c]);
     }
 #pragma omp parallel for schedule(static) if (ch.par)
     for (int64_t u = 0; u < U; ++u) {
-      const int64_t o = ch.offset(u), c0 = ch.chan0(u);
-      red::lane_affine(x + o, y + o, ch.count(u), V, V, cm + c0, cs + c0, ct + c0);
+      normalize(a, u);
+      if (a.nt) red::stream_fence();
     }
-  }
-  void set_consts(int64_t c, float mean, float var, float gamma, float beta, float* cm, float* cs, float* ct) const {
-    cm[c] = mean;
-    cs[c] = float(double(gamma) / std::sqrt(double(var) + eps));
-    ct[c] = beta;
   }
 };
 
@@ -151,48 +223,80 @@ struct BatchNormBwd : Kernel {
   }
   size_t scratch_bytes() const override { return sc.total; }
 
+  struct Args {
+    const T *dy, *x;
+    T* dx;
+    const float *gamma, *var;
+    float *dgamma, *dbeta;
+    double *sdy, *sdyx;
+    float *cm, *ca, *cb, *cc;
+  };
+
+  void sums(const Args& a, int64_t u) const {
+    const int64_t o = ch.offset(u), V = ch.lv.V;
+    red::lane_dot(a.dy + o, a.x + o, ch.count(u), V, V, a.cm + ch.chan0(u), a.sdy + u * V, a.sdyx + u * V);
+  }
+  void finish(const Args& a, int64_t c) const {
+    const int64_t s0 = ch.slot0(c), ns = ch.n_stride(), V = ch.lv.V, per_c = ch.lv.per_c, K = ch.K;
+    const double m = double(per_c) * double(ch.lv.S);
+    double s1 = 0, s2 = 0;
+    for (int64_t n = 0; n < per_c; ++n)
+      for (int64_t k = 0; k < K; ++k) {
+        const int64_t s = s0 + n * ns + k * V;
+        s1 += a.sdy[s];
+        s2 += a.sdyx[s];
+      }
+    const double inv = 1 / std::sqrt(double(a.var[c]) + eps), g = double(a.gamma[c]) * inv;
+    a.dbeta[c] = float(s1);
+    a.dgamma[c] = float(s2 * inv);
+    a.ca[c] = float(g);
+    a.cb[c] = training ? float(-g * inv * inv * s2 / m) : 0.f;
+    a.cc[c] = training ? float(-g * s1 / m) : 0.f;
+  }
+  void apply(const Args& a, int64_t u) const {
+    const int64_t o = ch.offset(u), c0 = ch.chan0(u), V = ch.lv.V;
+    red::lane_affine_bwd(a.dy + o, a.x + o, a.dx + o, ch.count(u), V, V, a.cm + c0, a.ca + c0, a.cb + c0, a.cc + c0);
+  }
+
   void run(const RunCtx& r) override {
     const red::LaneView& lv = ch.lv;
-    const T* dy = static_cast<const T*>(r.in[0]);
-    const T* x = static_cast<const T*>(r.in[1]);
-    const float *gamma = static_cast<const float*>(r.in[2]), *mean = static_cast<const float*>(r.in[3]),
-                *var = static_cast<const float*>(r.in[4]);
-    T* dx = static_cast<T*>(r.out[0]);
-    float *dgamma = static_cast<float*>(r.out[1]), *dbeta = static_cast<float*>(r.out[2]);
-    double* sdy = static_cast<double*>(r.scratch);
-    double* sdyx = sdy + ch.U * lv.V;
-    float* cm = reinterpret_cast<float*>(static_cast<char*>(r.scratch) + sc.partials);
-    float *ca = cm + lv.Cp, *cb = ca + lv.Cp, *cc = cb + lv.Cp;
-    const int64_t C = lv.C, V = lv.V, U = ch.U, per_c = lv.per_c, K = ch.K;
-    std::fill(cm, cm + 4 * lv.Cp, 0.f);
-    std::copy(mean, mean + C, cm);
+    Args a;
+    a.dy = static_cast<const T*>(r.in[0]);
+    a.x = static_cast<const T*>(r.in[1]);
+    a.gamma = static_cast<const float*>(r.in[2]);
+    const float* mean = static_cast<const float*>(r.in[3]);
+    a.var = static_cast<const float*>(r.in[4]);
+    a.dx = static_cast<T*>(r.out[0]);
+    a.dgamma = static_cast<float*>(r.out[1]);
+    a.dbeta = static_cast<float*>(r.out[2]);
+    a.sdy = static_cast<double*>(r.scratch);
+    a.sdyx = a.sdy + ch.U * lv.V;
+    a.cm = reinterpret_cast<float*>(static_cast<char*>(r.scratch) + sc.partials);
+    a.ca = a.cm + lv.Cp;
+    a.cb = a.ca + lv.Cp;
+    a.cc = a.cb + lv.Cp;
+    const int64_t C = lv.C, U = ch.U, K = ch.K;
+    std::fill(a.cm, a.cm + 4 * lv.Cp, 0.f);
+    std::copy(mean, mean + C, a.cm);
+    const Schedule sch(ch);
+    if (sch.by_group) {
+      const int64_t Gn = sch.groups, per_c = lv.per_c, cpg = lv.kind == red::LaneView::Plain ? 1 : lv.V;
 #pragma omp parallel for schedule(static) if (ch.par)
-    for (int64_t u = 0; u < U; ++u) {
-      const int64_t o = ch.offset(u);
-      red::lane_dot(dy + o, x + o, ch.count(u), V, V, cm + ch.chan0(u), sdy + u * V, sdyx + u * V);
-    }
-    const double m = double(per_c) * double(lv.S);
-#pragma omp parallel for schedule(static) if (ch.par)
-    for (int64_t c = 0; c < C; ++c) {
-      double s1 = 0, s2 = 0;
-      for (int64_t n = 0; n < per_c; ++n)
-        for (int64_t k = 0; k < K; ++k) {
-          const int64_t s = ch.slot(n, c, k);
-          s1 += sdy[s];
-          s2 += sdyx[s];
-        }
-      const double inv = 1 / std::sqrt(double(var[c]) + eps), g = double(gamma[c]) * inv;
-      dbeta[c] = float(s1);
-      dgamma[c] = float(s2 * inv);
-      ca[c] = float(g);
-      cb[c] = training ? float(-g * inv * inv * s2 / m) : 0.f;
-      cc[c] = training ? float(-g * s1 / m) : 0.f;
+      for (int64_t j = 0; j < Gn; ++j) {
+        for (int64_t n = 0; n < per_c; ++n)
+          for (int64_t k = 0; k < K; ++k) sums(a, (n * Gn + j) * K + k);
+        for (int64_t c = j * cpg; c < std::min(C, j * cpg + cpg); ++c) finish(a, c);
+        for (int64_t n = 0; n < per_c; ++n)
+          for (int64_t k = 0; k < K; ++k) apply(a, (n * Gn + j) * K + k);
+      }
+      return;
     }
 #pragma omp parallel for schedule(static) if (ch.par)
-    for (int64_t u = 0; u < U; ++u) {
-      const int64_t o = ch.offset(u), c0 = ch.chan0(u);
-      red::lane_affine_bwd(dy + o, x + o, dx + o, ch.count(u), V, V, cm + c0, ca + c0, cb + c0, cc + c0);
-    }
+    for (int64_t u = 0; u < U; ++u) sums(a, u);
+#pragma omp parallel for schedule(static) if (ch.par)
+    for (int64_t c = 0; c < C; ++c) finish(a, c);
+#pragma omp parallel for schedule(static) if (ch.par)
+    for (int64_t u = 0; u < U; ++u) apply(a, u);
   }
 };
 

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <cstdint>
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #define CNN_REDUCE_X86 1
@@ -56,6 +57,8 @@ struct Isa {
   static void store(float* p, F v, int64_t) { *p = v; }
   static void store(bf16* p, F v) { *p = to_bf16(v); }
   static void store(bf16* p, F v, int64_t) { *p = to_bf16(v); }
+  template <class T>
+  static void stream(T* p, F v) { store(p, v); }
   static F set1(float a) { return a; }
   static F sub(F a, F b) { return a - b; }
   static F mul(F a, F b) { return a * b; }
@@ -69,6 +72,11 @@ struct Isa {
   static D dadd_at(D a, const float* p) { return a + double(*p); }
   static D dfma(D a, F x, F y) { return a + double(x) * double(y); }
   static D dplus(D a, D b) { return a + b; }
+  static D dset1(double v) { return v; }
+  static D dmul(D a, D b) { return a * b; }
+  static D dsub(D a, D b) { return a - b; }
+  static F dtof(D a) { return float(a); }
+  static D ftod(F a) { return double(a); }
   static double hsum(D a) { return a; }
   static D dload(const double* p, int64_t) { return *p; }
   static void dstore(double* p, D a, int64_t) { *p = a; }
@@ -108,6 +116,8 @@ struct Isa {
     for (int64_t i = 0; i < r; ++i) p[i] = to_bf16(t[i]);
   }
   static void store(bf16* p, F v) { store(p, v, 8); }
+  static void stream(float* p, F v) { _mm256_stream_ps(p, v); }  // 32-byte aligned
+  static void stream(bf16* p, F v) { store(p, v); }
   static F set1(float a) { return _mm256_set1_ps(a); }
   static F sub(F a, F b) { return _mm256_sub_ps(a, b); }
   static F mul(F a, F b) { return _mm256_mul_ps(a, b); }
@@ -148,6 +158,11 @@ struct Isa {
   }
   static D dfma(D a, F x, F y) { return {_mm256_fmadd_pd(lo(x), lo(y), a.lo), _mm256_fmadd_pd(hi(x), hi(y), a.hi)}; }
   static D dplus(D a, D b) { return {_mm256_add_pd(a.lo, b.lo), _mm256_add_pd(a.hi, b.hi)}; }
+  static D dset1(double v) { return {_mm256_set1_pd(v), _mm256_set1_pd(v)}; }
+  static D dmul(D a, D b) { return {_mm256_mul_pd(a.lo, b.lo), _mm256_mul_pd(a.hi, b.hi)}; }
+  static D dsub(D a, D b) { return {_mm256_sub_pd(a.lo, b.lo), _mm256_sub_pd(a.hi, b.hi)}; }
+  static F dtof(D a) { return _mm256_set_m128(_mm256_cvtpd_ps(a.hi), _mm256_cvtpd_ps(a.lo)); }
+  static D ftod(F x) { return {lo(x), hi(x)}; }
   static double hsum(D a) {
     __m256d s = _mm256_add_pd(a.lo, a.hi);
     __m128d h = _mm_add_pd(_mm256_castpd256_pd128(s), _mm256_extractf128_pd(s, 1));
@@ -199,6 +214,8 @@ struct Isa {
   static void store(float* p, F v, int64_t r) { _mm512_mask_storeu_ps(p, mk(r), v); }
   static void store(bf16* p, F v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), narrow(v)); }
   static void store(bf16* p, F v, int64_t r) { _mm256_mask_storeu_epi16(p, mk(r), narrow(v)); }
+  static void stream(float* p, F v) { _mm512_stream_ps(p, v); }  // 64-byte aligned
+  static void stream(bf16* p, F v) { _mm256_stream_si256(reinterpret_cast<__m256i*>(p), narrow(v)); }  // 32-byte
   static F set1(float a) { return _mm512_set1_ps(a); }
   static F sub(F a, F b) { return _mm512_sub_ps(a, b); }
   static F mul(F a, F b) { return _mm512_mul_ps(a, b); }
@@ -229,6 +246,14 @@ struct Isa {
   }
   static D dfma(D a, F x, F y) { return {_mm512_fmadd_pd(lo(x), lo(y), a.lo), _mm512_fmadd_pd(hi(x), hi(y), a.hi)}; }
   static D dplus(D a, D b) { return {_mm512_add_pd(a.lo, b.lo), _mm512_add_pd(a.hi, b.hi)}; }
+  static D dset1(double v) { return {_mm512_set1_pd(v), _mm512_set1_pd(v)}; }
+  static D dmul(D a, D b) { return {_mm512_mul_pd(a.lo, b.lo), _mm512_mul_pd(a.hi, b.hi)}; }
+  static D dsub(D a, D b) { return {_mm512_sub_pd(a.lo, b.lo), _mm512_sub_pd(a.hi, b.hi)}; }
+  static F dtof(D a) {
+    return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(_mm512_cvtpd_ps(a.lo))),
+                                               _mm256_castps_pd(_mm512_cvtpd_ps(a.hi)), 1));
+  }
+  static D ftod(F x) { return {lo(x), hi(x)}; }
   static double hsum(D a) { return _mm512_reduce_add_pd(_mm512_add_pd(a.lo, a.hi)); }
   static D dload(const double* p, int64_t r) {
     if (r >= 16) return {_mm512_loadu_pd(p), _mm512_loadu_pd(p + 8)};
@@ -296,13 +321,18 @@ void lane_dot(const T* dy, const T* x, int64_t P, int64_t V, int64_t ld, const f
   CNN_DISPATCH(lane_dot(dy, x, P, V, ld, mean, sdy, sdyx))
 }
 template <class T>
-void lane_affine(const T* x, T* y, int64_t P, int64_t V, int64_t ld, const float* m, const float* s, const float* t) {
-  CNN_DISPATCH(lane_affine(x, y, P, V, ld, m, s, t))
+void lane_affine(const T* x, T* y, int64_t P, int64_t V, int64_t ld, const float* m, const float* s, const float* t, bool stream) {
+  CNN_DISPATCH(lane_affine(x, y, P, V, ld, m, s, t, stream))
 }
 template <class T>
 void lane_affine_bwd(const T* dy, const T* x, T* dx, int64_t P, int64_t V, int64_t ld, const float* m, const float* a,
-                     const float* b, const float* c) {
-  CNN_DISPATCH(lane_affine_bwd(dy, x, dx, P, V, ld, m, a, b, c))
+                     const float* b, const float* c, bool stream) {
+  CNN_DISPATCH(lane_affine_bwd(dy, x, dx, P, V, ld, m, a, b, c, stream))
+}
+void stream_fence() {
+#if CNN_REDUCE_X86
+  _mm_sfence();
+#endif
 }
 void window_sum(const float* x, int64_t W, int64_t V, int64_t h0, int64_t h1, int64_t w0, int64_t w1, double* acc) {
   CNN_DISPATCH(window_sum(x, W, V, h0, h1, w0, w1, acc))
@@ -354,12 +384,12 @@ template void lane_stats(const float*, int64_t, int64_t, int64_t, double*, doubl
 template void lane_stats(const bf16*, int64_t, int64_t, int64_t, double*, double*);
 template void lane_dot(const float*, const float*, int64_t, int64_t, int64_t, const float*, double*, double*);
 template void lane_dot(const bf16*, const bf16*, int64_t, int64_t, int64_t, const float*, double*, double*);
-template void lane_affine(const float*, float*, int64_t, int64_t, int64_t, const float*, const float*, const float*);
-template void lane_affine(const bf16*, bf16*, int64_t, int64_t, int64_t, const float*, const float*, const float*);
+template void lane_affine(const float*, float*, int64_t, int64_t, int64_t, const float*, const float*, const float*, bool);
+template void lane_affine(const bf16*, bf16*, int64_t, int64_t, int64_t, const float*, const float*, const float*, bool);
 template void lane_affine_bwd(const float*, const float*, float*, int64_t, int64_t, int64_t, const float*, const float*,
-                              const float*, const float*);
+                              const float*, const float*, bool);
 template void lane_affine_bwd(const bf16*, const bf16*, bf16*, int64_t, int64_t, int64_t, const float*, const float*,
-                              const float*, const float*);
+                              const float*, const float*, bool);
 
 }  // namespace red
 }  // namespace cpu

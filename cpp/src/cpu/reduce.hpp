@@ -45,13 +45,17 @@ template <class T> void lane_stats(const T* x, int64_t P, int64_t V, int64_t ld,
 template <class T>
 void lane_dot(const T* dy, const T* x, int64_t P, int64_t V, int64_t ld, const float* mean, double* sdy, double* sdyx);
 
-// y = (x - m[v]) * s[v] + t[v] (float, one fused multiply-add); y may be x.
+// y = (x - m[v]) * s[v] + t[v] (float, one fused multiply-add); y may be x. stream: full aligned vectors are
+// written with non-temporal stores (for outputs far larger than the caches: no read for ownership); a kernel that
+// streamed calls stream_fence() before its results are read by another thread.
 template <class T>
-void lane_affine(const T* x, T* y, int64_t P, int64_t V, int64_t ld, const float* m, const float* s, const float* t);
-// dx = dy * a[v] + ((x - m[v]) * b[v] + c[v]); dx may be dy.
+void lane_affine(const T* x, T* y, int64_t P, int64_t V, int64_t ld, const float* m, const float* s, const float* t,
+                 bool stream = false);
+// dx = dy * a[v] + ((x - m[v]) * b[v] + c[v]); dx may be dy. stream as above.
 template <class T>
 void lane_affine_bwd(const T* dy, const T* x, T* dx, int64_t P, int64_t V, int64_t ld, const float* m, const float* a,
-                     const float* b, const float* c);
+                     const float* b, const float* c, bool stream = false);
+void stream_fence();
 
 // Softmax rows (float, contiguous). A row is cut into chunks of kSoftmaxChunk elements; each chunk gives its max
 // m and s = sum exp(x - m) (float64), combined in chunk order by softmax_combine. With e non-null, the chunk's
