@@ -3,6 +3,7 @@ backward, softmax, the losses) on ResNet-50-like shapes, in the given layouts.
 
     python bench/reductions.py [--runs 30] [--only batch_norm] [--layouts nChw16c,plain,nhwc] [--threads N]
                                [--stat median|min] [--json out.json]
+    python bench/reductions.py --resnet50 6 [--threads N]   # the same ops inside a ResNet-50 b16 training step
 
 Each case is a one-node graph compiled in grad mode (forward and backward nodes, reorders at the plain graph
 edges) with an explicit layout (for a layout other than plain, a depthwise 1x1 convolution in front puts the op's
@@ -97,6 +98,35 @@ def cases(layouts, only):
     return [(n, f) for n, f in out if not only or any(o in n for o in only.split(","))]
 
 
+def resnet50_step(steps):
+    """ResNet-50 b16 training: per-node minimum over `steps` steps, summed per reduction op; the median step."""
+    import time
+
+    import cnnnative as cn
+    m = cn.models.get_model("resnet50", seed=0, num_classes=1000)
+    shape = (16, 3, 224, 224)
+    x = rng.standard_normal(shape).astype(np.float32)
+    y = rng.integers(0, 1000, 16).astype(np.int32)
+    s = m.compile(shape, mode="train", optimizer=cn.optim.SGD(lr=1e-3, momentum=0.9))
+    for _ in range(2):
+        s.step(x, y)
+    s.profile(reset=True)
+    best, times = {}, []
+    for _ in range(steps):
+        t = time.perf_counter()
+        s.step(x, y)
+        times.append(time.perf_counter() - t)
+        for r in s.profile(reset=True):
+            k = (r["op"], r["name"])
+            best[k] = min(best.get(k, 1e9), r["ms"])
+    per_op = {}
+    for (op, _), ms in best.items():
+        if op.startswith(("batch_norm", "global_avg_pool", "softmax")):
+            per_op[op] = per_op.get(op, 0.0) + ms
+    per_op["step (median)"] = 1000 * float(np.median(times))
+    return {"resnet50_train_b16": per_op}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=30)
@@ -105,12 +135,18 @@ def main():
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--stat", choices=["median", "min"], default="median",
                     help="per-node statistic over the runs (min: least disturbed by other processes)")
+    ap.add_argument("--resnet50", type=int, default=0, metavar="STEPS",
+                    help="instead: a ResNet-50 b16 training step, per-node minimum over STEPS steps, summed per op")
     ap.add_argument("--json", default="")
     a = ap.parse_args()
     if a.threads:
         _core.set_num_threads(a.threads)
     res = {}
-    for name, make in cases(a.layouts.split(","), a.only):
+    if a.resnet50:
+        res = resnet50_step(a.resnet50)
+        for name, t in res.items():
+            print(name, "  ".join(f"{op} {ms:.1f}" for op, ms in sorted(t.items())))
+    for name, make in ([] if a.resnet50 else cases(a.layouts.split(","), a.only)):
         s, feeds = make()
         t = time_case(s, feeds, a.runs, a.stat)
         res[name] = t
