@@ -37,7 +37,7 @@ template <class T> void lane_sum(const T* x, int64_t P, int64_t V, int64_t ld, d
 // Two-pass statistics of one chunk, per lane (overwrites): sum[v] = sum_p x, m2[v] = sum_p (x - mean_v)^2 with
 // mean_v = sum[v] / P. The deviations are taken from the float nearest the chunk mean and corrected exactly
 // for that shift (sum (x-a)^2 = M2 + P (mean-a)^2), squares accumulated in float64: no cancellation whatever
-// the mean. Combine chunks with combine_moments().
+// the mean. Callers combine chunks as M2 = sum_k M2_k + cnt_k (mean_k - mean)^2 (cpu/batch_norm.cpp).
 template <class T> void lane_stats(const T* x, int64_t P, int64_t V, int64_t ld, double* sum, double* m2);
 
 // Batch-norm backward sums (overwrites): sdy[v] = sum_p dy, sdyx[v] = sum_p dy * (x - mean[v]); mean has V
