@@ -89,6 +89,22 @@ def test_large_native_and_pooled_paths_agree_with_reference():
         assert_close(fdx, rdx, 1e-5, 1e-6, f"{shape} backward")
 
 
+@pytest.mark.parametrize("layout", ["plain", "nChw16c", "nChw8c", "nhwc"])
+def test_large_windows_run_natively_in_every_layout(layout):
+    # divisible 16x16 windows (native from 256 elements, float64 sums) and overlapping ones, every layout
+    from cnnnative import _core as core
+    for shape, out in (((2, 20, 64, 48), [4, 3]), ((1, 20, 50, 45), [3, 2])):
+        x = _normal(shape, 6)
+        g = core.Graph()
+        xi = g.add_input("x", list(shape))
+        g.set_outputs(g.add_node("adaptive_avg_pool2d", [xi], {"output": out}, "pool"))
+        s = core.Session(g, core.ParamStore([]), "infer", layout=layout)
+        s.run([x])
+        assert_close(s.fetch(0), np_adaptive_avg_pool2d(x.astype(np.float64), *out), 1e-5, 1e-6, f"{shape} {layout}")
+    check_op("adaptive_avg_pool2d", [_normal((1, 2, 32, 34), 7)], {"output": [2, 2]},
+             numpy_ref=lambda x: [np_adaptive_avg_pool2d(x, 2, 2)], grad=False)
+
+
 # ---- errors ----
 
 def _add(shape, attrs, name="head.pool"):

@@ -187,3 +187,36 @@ def test_grad_in_place_before_relu(backend):
     expected = _np_train_backward(dz * (y64 > 0), xs.astype(np.float64), ga.astype(np.float64))
     for k, e in enumerate(expected):
         np.testing.assert_allclose(s.fetch(1 + k), e, rtol=1e-3, atol=1e-4, err_msg=f"grad {k}")
+
+
+@pytest.mark.parametrize("layout", ["plain", "nChw16c", "nChw8c", "nhwc"])
+@pytest.mark.parametrize("shape", [(2, 3, 70, 70), (3, 20, 33, 17), (2, 70, 9, 9), (500, 7)])
+@pytest.mark.parametrize("training", [1, 0])
+def test_several_chunks_match_reference_in_every_layout(shape, layout, training):
+    """Shapes whose channels span several statistics chunks (4096 floats in plain, 256 pixels otherwise), wide nhwc
+    pixels (70 channels: the memory-accumulator path), odd channel counts (blocked padding), [N, C]: forward and
+    backward against the float64 reference backend."""
+    if len(shape) == 2 and layout != "plain":
+        pytest.skip("[N, C] is plain only")
+    arrays = _inputs(shape, seed=4)
+    arrays[0] = (arrays[0] + 50).astype(np.float32)  # a mean far from 0
+    attrs = {"training": training, "track_running_stats": 0, "eps": EPS}
+    dy = np.random.default_rng(8).standard_normal(shape).astype(np.float32)
+
+    def run(backend, compute, lay):
+        g = _core.Graph()
+        ids = [g.add_input(f"in{i}", list(a.shape)) for i, a in enumerate(arrays)]
+        outs = g.add_node("batch_norm", ids, attrs, "bn")
+        g.set_outputs(outs)
+        s = _core.Session(g, _core.ParamStore([]), "grad", backend=backend, compute=compute, layout=lay,
+                          grad_of=[outs[0]], wrt=ids[:3])
+        dt = np.float64 if compute == "float64" else np.float32
+        s.run([a.astype(dt) for a in arrays] + [dy.astype(dt)])
+        return [s.fetch(i) for i in range(len(outs) + 3)]
+
+    got = run("cpu", "float32", layout)
+    want = run("reference", "float64", "plain")
+    names = ["y", "mean", "var", "dx", "dgamma", "dbeta"] if training else ["y", "dx", "dgamma", "dbeta"]
+    for name, a, b in zip(names, got, want):
+        scale = np.abs(b).max()
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5 * scale, err_msg=f"{name} {layout}")

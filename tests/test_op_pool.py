@@ -138,9 +138,42 @@ def test_avg_pool2d_default_counts_padding():
     assert y[0, 0, 0, 0] == pytest.approx(4 / 9)
 
 
+# Windows of 256+ elements run as native float64 sums (cpu/pool.cpp AvgNative) in every layout: padding, both
+# divisors, ceil mode, overlapping windows.
+BIG_AVG_CASES = {
+    "16x16_s16": ((1, 3, 32, 48), dict(kernel=[16, 16])),
+    "17x17_s5_p8": ((1, 2, 40, 37), dict(kernel=[17, 17], stride=[5, 5], padding=[8, 8])),
+    "16x20_s7_p3": ((2, 2, 33, 41), dict(kernel=[16, 20], stride=[7, 9], padding=[3, 4])),
+}
+
+
+@pytest.mark.parametrize("name", list(BIG_AVG_CASES))
+@pytest.mark.parametrize("ceil_mode", [0, 1])
+@pytest.mark.parametrize("count_include_pad", [1, 0])
+def test_avg_pool2d_large_windows(name, ceil_mode, count_include_pad):
+    shape, attrs = BIG_AVG_CASES[name]
+    attrs = dict(attrs, ceil_mode=ceil_mode, count_include_pad=count_include_pad)
+    check_op("avg_pool2d", [_normal(shape)], attrs, numpy_ref=lambda x: [np_avg_pool2d(x, **attrs)], grad=False)
+
+
+@pytest.mark.parametrize("layout", ["nChw16c", "nChw8c", "nhwc"])
+@pytest.mark.parametrize("name", list(BIG_AVG_CASES))
+def test_avg_pool2d_large_windows_in_layouts(name, layout):
+    shape, attrs = BIG_AVG_CASES[name]
+    x = _normal((shape[0], 20, *shape[2:]), 1)
+    for cip in (0, 1):
+        a = dict(attrs, count_include_pad=cip)
+        g = _core.Graph()
+        xi = g.add_input("x", list(x.shape))
+        g.set_outputs(g.add_node("avg_pool2d", [xi], a, "pool"))
+        s = _core.Session(g, _core.ParamStore([]), "infer", layout=layout)
+        s.run([x])
+        assert_close(s.fetch(0), np_avg_pool2d(x.astype(np.float64), **a), 1e-5, 1e-6, f"{layout} cip={cip}")
+
+
 # ---- global_avg_pool ----
 
-@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (1, 2, 7, 7), (2, 2, 1, 1)])
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (1, 2, 7, 7), (2, 2, 1, 1), (1, 1, 300, 301)])
 def test_global_avg_pool(shape):
     check_op("global_avg_pool", [_normal(shape)], numpy_ref=lambda x: [x.mean(axis=(2, 3), keepdims=True)])
 

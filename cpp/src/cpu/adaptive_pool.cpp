@@ -1,7 +1,9 @@
 // CPU kernels for adaptive_avg_pool2d and adaptive_avg_pool2d_grad (f32) in any session layout: forward keeps
 // x's layout, backward takes dy's (layout rules). When H % OH == 0 and W % OW == 0 PyTorch's adaptive windows
 // are exactly a pooling with kernel = stride = (H/OH, W/OW) and no padding, which runs as oneDNN pooling_avg
-// forward/backward. Otherwise (overlapping or repeated windows; oneDNN has no adaptive pooling) native loops,
+// forward/backward, unless the forward windows hold kNativeWindow+ elements (oneDNN sums a window in float, whose
+// error grows with the window). Otherwise (overlapping or repeated windows; oneDNN has no adaptive pooling; large
+// windows) native loops, each forward window summed in float64 (red::avg_pool_image: exact to float rounding),
 // with the windows computed once at construction by ops/adaptive_pool.cpp's rule, over "groups" of V-lane
 // pixels: (n, c) planes of 1-lane pixels in plain, one [H, W, C] image of C-lane pixels per n in nhwc, one
 // [H, W, b] block per (n, C/b) in nChw{b}c; every lane is averaged alike, so blocked padding lanes (zero in x
@@ -10,6 +12,7 @@
 
 #include "core/layout.hpp"
 #include "cpu/dnnl_common.hpp"
+#include "cpu/reduce.hpp"
 
 namespace cnn {
 namespace cpu {
@@ -17,12 +20,14 @@ namespace {
 
 using dims = dnnl::memory::dims;
 constexpr auto kAvg = dnnl::algorithm::pooling_avg_exclude_padding;
+constexpr int64_t kNativeWindow = 256;  // forward windows of this many elements or more are summed natively
 
 // x [N,C,H,W] and y [N,C,OH,OW], whichever direction the kernel runs.
 struct Planes {
   Shape x, y;
   Planes(const KernelCtx& c, bool bwd) : x(bwd ? c.out[0].shape : c.in[0].shape), y(bwd ? c.in[0].shape : c.out[0].shape) {}
   bool divisible() const { return x[2] % y[2] == 0 && x[3] % y[3] == 0; }
+  bool large() const { return ((x[2] + y[2] - 1) / y[2]) * ((x[3] + y[3] - 1) / y[3]) >= kNativeWindow; }
   dims kernel() const { return {x[2] / y[2], x[3] / y[3]}; }
 };
 
@@ -93,7 +98,13 @@ struct AdaptiveNative : Kernel {
     const int64_t N = p.x[0], C = p.x[1], b = l == Layout::nChw16c ? 16 : l == Layout::nChw8c ? 8 : 1;
     if (l == Layout::nhwc) G = N, V = C;
     else G = N * ((C + b - 1) / b), V = b;
+    win.h0 = wh.begin, win.h1 = wh.end, win.w0 = ww.begin, win.w1 = ww.end;
+    for (int64_t oh = 0; oh < OH; ++oh)
+      for (int64_t ow = 0; ow < OW; ++ow) win.inv.push_back(1.0 / double((wh.end[oh] - wh.begin[oh]) * (ww.end[ow] - ww.begin[ow])));
   }
+  red::PoolWindows win;  // the same windows for the forward pass
+  // float64 accumulators of the forward pass: one output row's OW pixels of V lanes per group
+  size_t scratch_bytes() const override { return backward ? 0 : size_t(G * OW * V) * sizeof(double); }
   void run(const RunCtx& r) override {
     const float* src = static_cast<const float*>(r.in[0]);
     float* dst = static_cast<float*>(r.out[0]);
@@ -120,35 +131,17 @@ struct AdaptiveNative : Kernel {
         }
       }
     } else {
+      double* accs = static_cast<double*>(r.scratch);
 #pragma omp parallel for schedule(static)
-      for (int64_t g = 0; g < G; ++g) {
-        const float* xp = src + g * H * W * V_;
-        float* yp = dst + g * OH * OW * V_;
-        for (int64_t oh = 0; oh < OH; ++oh) {
-          const int64_t h0 = wh.begin[oh], h1 = wh.end[oh];
-          for (int64_t ow = 0; ow < OW; ++ow) {
-            const int64_t w0 = ww.begin[ow], w1 = ww.end[ow];
-            const float area = float((h1 - h0) * (w1 - w0));
-            float* o = yp + (oh * OW + ow) * V_;
-            std::fill(o, o + V_, 0.f);
-            for (int64_t h = h0; h < h1; ++h)
-              for (int64_t w = w0; w < w1; ++w) {
-                const float* i = xp + (h * W + w) * V_;
-#pragma omp simd
-                for (int64_t v = 0; v < V_; ++v) o[v] += i[v];
-              }
-#pragma omp simd
-            for (int64_t v = 0; v < V_; ++v) o[v] /= area;
-          }
-        }
-      }
+      for (int64_t g = 0; g < G; ++g)
+        red::avg_pool_image(src + g * H * W * V_, dst + g * OH * OW * V_, W, V_, win, accs + g * OW * V_);
     }
   }
 };
 
 std::unique_ptr<Kernel> make(const KernelCtx& c, bool bwd) {
   Planes p(c, bwd);
-  if (p.divisible()) {
+  if (p.divisible() && (bwd || !p.large())) {
     if (bwd) return std::make_unique<PooledBwd>(c);
     return std::make_unique<PooledFwd>(c);
   }

@@ -36,10 +36,10 @@ struct Fwd {
           int64_t h0, h1, w0, w1;
           adaptive_window(oh, H, OH, h0, h1);
           adaptive_window(ow, W, OW, w0, w1);
-          T sum = 0;
+          double sum = 0;  // float64 at any T: a float sum stops growing at 2^24
           for (int64_t h = h0; h < h1; ++h)
             for (int64_t w = w0; w < w1; ++w) sum += x[(nc * H + h) * W + w];
-          y[(nc * OH + oh) * OW + ow] = sum / T((h1 - h0) * (w1 - w0));
+          y[(nc * OH + oh) * OW + ow] = T(sum / double((h1 - h0) * (w1 - w0)));
         }
   }
 };

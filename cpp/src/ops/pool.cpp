@@ -3,7 +3,8 @@
 // window that would start in the right padding, count_include_pad divisors. Attrs: kernel, stride (= kernel),
 // padding (0), dilation (1, max only), ceil_mode, count_include_pad (1), training (max: 1 adds an int32
 // [N,C,OH,OW] workspace output whose bytes belong to the backend that wrote it; the reference writes argmax
-// indices but its backward recomputes the argmax from x). Reference kernels here never call oneDNN.
+// indices but its backward recomputes the argmax from x). Reference kernels here never call oneDNN; average
+// pooling sums in float64 for float and double alike (sequential, exact to float rounding at any size).
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -181,10 +182,10 @@ struct AvgFwd {
       for (int64_t oh = 0; oh < OH; ++oh)
         for (int64_t ow = 0; ow < OW; ++ow) {
           AvgWindow win = avg_window(g, cip, H, W, oh, ow);
-          T sum = 0;
+          double sum = 0;  // float64 at any T: a float sum stops growing at 2^24
           for (int64_t h = win.h0; h < win.h1; ++h)
             for (int64_t w = win.w0; w < win.w1; ++w) sum += x[(nc * H + h) * W + w];
-          y[(nc * OH + oh) * OW + ow] = win.div > 0 ? sum / T(win.div) : T(0);
+          y[(nc * OH + oh) * OW + ow] = win.div > 0 ? T(sum / double(win.div)) : T(0);
         }
   }
 };
@@ -221,9 +222,9 @@ struct GlobalFwd {
     const T* x = a.in(0);
     T* y = a.out(0);
     for (int64_t nc = 0; nc < NC; ++nc) {
-      T sum = 0;
+      double sum = 0;
       for (int64_t i = 0; i < HW; ++i) sum += x[nc * HW + i];
-      y[nc] = sum / T(HW);
+      y[nc] = T(sum / double(HW));
     }
   }
 };

@@ -2,7 +2,8 @@
 // softmax_grad (dy, y) -> dx reads the output. softmax_cross_entropy: (logits [N, K] float, labels [N]
 // int32) -> loss [1] = mean_n -log softmax(logits)[n, label_n], via log-sum-exp; a label outside [0, K)
 // throws at run time. softmax_cross_entropy_grad (dloss [1], logits, labels) -> dlogits =
-// (softmax - onehot) * dloss / N; labels get no gradient.
+// (softmax - onehot) * dloss / N; labels get no gradient. Reference kernels sum rows (exp sums, dot products,
+// the loss over the batch) in float64 for float and double alike.
 #include <cmath>
 #include <cstdint>
 
@@ -69,9 +70,9 @@ struct SoftmaxRef {
       T* yr = y + n * K;
       T m = xr[0];
       for (int64_t k = 1; k < K; ++k) m = xr[k] > m ? xr[k] : m;
-      T s = 0;
+      double s = 0;
       for (int64_t k = 0; k < K; ++k) s += (yr[k] = std::exp(xr[k] - m));
-      for (int64_t k = 0; k < K; ++k) yr[k] /= s;
+      for (int64_t k = 0; k < K; ++k) yr[k] = T(yr[k] / s);
     }
   }
 };
@@ -83,9 +84,9 @@ struct SoftmaxGradRef {  // dx = y * (dy - sum_k dy_k y_k), per row
     T* dx = a.out(0);
     const int64_t N = dim(a.in_shape(0), 0), K = dim(a.in_shape(0), 1);
     for (int64_t n = 0; n < N; ++n) {
-      T dot = 0;
-      for (int64_t k = 0; k < K; ++k) dot += dy[n * K + k] * y[n * K + k];
-      for (int64_t k = 0; k < K; ++k) dx[n * K + k] = y[n * K + k] * (dy[n * K + k] - dot);
+      double dot = 0;
+      for (int64_t k = 0; k < K; ++k) dot += double(dy[n * K + k]) * double(y[n * K + k]);
+      for (int64_t k = 0; k < K; ++k) dx[n * K + k] = y[n * K + k] * (dy[n * K + k] - T(dot));
     }
   }
 };
@@ -97,16 +98,16 @@ struct SceRef {
     const int32_t* lab = a.template in<int32_t>(1);
     const int64_t N = dim(a.in_shape(0), 0), K = dim(a.in_shape(0), 1);
     check_labels(a.k.node, lab, N, K);
-    T total = 0;
+    double total = 0;
     for (int64_t n = 0; n < N; ++n) {
       const T* xr = x + n * K;
       T m = xr[0];
       for (int64_t k = 1; k < K; ++k) m = xr[k] > m ? xr[k] : m;
-      T s = 0;
+      double s = 0;
       for (int64_t k = 0; k < K; ++k) s += std::exp(xr[k] - m);
-      total += m + std::log(s) - xr[lab[n]];
+      total += double(m) + std::log(s) - double(xr[lab[n]]);
     }
-    a.out(0)[0] = total / T(N);
+    a.out(0)[0] = T(total / double(N));
   }
 };
 
@@ -125,9 +126,9 @@ struct SceGradRef {
       T* dr = dx + n * K;
       T m = xr[0];
       for (int64_t k = 1; k < K; ++k) m = xr[k] > m ? xr[k] : m;
-      T s = 0;
+      double s = 0;
       for (int64_t k = 0; k < K; ++k) s += (dr[k] = std::exp(xr[k] - m));
-      for (int64_t k = 0; k < K; ++k) dr[k] = dr[k] / s * scale;
+      for (int64_t k = 0; k < K; ++k) dr[k] = T(dr[k] / s) * scale;
       dr[lab[n]] -= scale;
     }
   }
