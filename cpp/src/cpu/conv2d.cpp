@@ -422,16 +422,13 @@ struct ConvBwdDataDet : Kernel {  // conv2d_grad_data (dy, w) -> dx
 };
 
 struct ConvBwdWeightsDet : Kernel {  // conv2d_grad_weights (dy, x) -> dw [, db]
-  DnnlExec reorder_dw;
   std::optional<SrcConvert> cvt;
-  MinibatchParts parts;
-  size_t scratch = 0, pad_off = 0, dw_off = 0, db_off = 0, dw_stride = 0, db_stride = 0;
-  int64_t dw_n = 0, K = 0;
-  bool with_bias, direct;  // direct: the partial dw are in the plain parameter layout, summed straight into dw
+  PartialWeightGrads pwg;
+  size_t scratch = 0;
+  bool with_bias;
   explicit ConvBwdWeightsDet(const KernelCtx& c) : with_bias(c.out.size() > 1) {
     const Shape &xs = c.in[1].shape, &ws = c.out[0].shape, &ys = c.in[0].shape;
     const int64_t N = xs[0];
-    K = ws[0];
     ConvDescs d(c, c.in[1].dtype, c.in[0].dtype, xs, ws, ys, c.layout_in(1), c.layout_in(0));
     PartWeights pw;
     auto make = [&](int64_t mb) {
@@ -457,37 +454,18 @@ struct ConvBwdWeightsDet : Kernel {  // conv2d_grad_weights (dy, x) -> dw [, db]
       make(part);
     }
     const mdesc wmd = *pw.md;
-    auto r = weight_reorder(wmd, d.w_user);
-    direct = !r;
     cvt.emplace(c, d, 1);
     ScratchLayout L;
-    L.add(std::max(cvt->pad(), r ? r->scratchpad_desc().get_size() : size_t(0)));
+    L.add(std::max(cvt->pad(), PartialWeightGrads::reorder_pad(wmd, d.w_user)));
     L.total = cvt->place(L.total);
-    const int64_t count = (N + part - 1) / part;
-    dw_stride = (wmd.get_size() + 63) / 64 * 64;
-    dw_n = int64_t(wmd.get_size() / 4);
-    dw_off = L.add(dw_stride * size_t(count));
-    db_stride = (size_t(K) * 4 + 63) / 64 * 64;
-    if (with_bias) db_off = L.add(db_stride * size_t(count));
-    std::vector<PartArg> args{{PartArg::Batched, DNNL_ARG_SRC, cvt->src(), d.src.get_size() / size_t(N)},
-                              {PartArg::Batched, DNNL_ARG_DIFF_DST, Src::in(0), d.dst.get_size() / size_t(N)},
-                              {PartArg::PerPart, DNNL_ARG_DIFF_WEIGHTS, Src::scratch(dw_off), dw_stride}};
-    if (with_bias) args.push_back({PartArg::PerPart, DNNL_ARG_DIFF_BIAS, Src::scratch(db_off), db_stride});
-    parts = MinibatchParts(N, part, make, args);
-    pad_off = L.add(parts.scratch_bytes());
+    pwg.plan(L, N, part, ws[0], with_bias, wmd, d.w_user, make, cvt->src(), d.src.get_size() / size_t(N), Src::in(0),
+             d.dst.get_size() / size_t(N));
     scratch = L.total;
-    if (r) reorder_dw = bind_reorder(*r, Src::scratch(dw_off), Src::out(0));
   }
   size_t scratch_bytes() const override { return scratch; }
   void run(const RunCtx& r) override {
     cvt->run(r);
-    parts.run(r, pad_off);
-    char* sc = static_cast<char*>(r.scratch);
-    float* dw0 = reinterpret_cast<float*>(sc + dw_off);
-    sum_parts(direct ? static_cast<float*>(r.out[0]) : dw0, dw0, dw_stride / 4, parts.count(), dw_n);
-    if (!direct) reorder_dw.run(r);
-    if (with_bias)
-      sum_parts(static_cast<float*>(r.out[1]), reinterpret_cast<float*>(sc + db_off), db_stride / 4, parts.count(), K);
+    pwg.run(r);
   }
 };
 

@@ -252,14 +252,11 @@ struct DeconvBwdDataDet : Kernel {  // (dy, w) -> dx
 };
 
 struct DeconvBwdWeightsDet : Kernel {  // (dy, x) -> dw [, db]
-  DnnlExec reorder_dw;
-  MinibatchParts parts;
-  size_t scratch = 0, pad_off = 0, dw_off = 0, db_off = 0, dw_stride = 0, db_stride = 0;
-  int64_t dw_n = 0, K = 0;
-  bool with_bias, direct;  // direct: partial dw in the parameter layout, summed straight into dw
+  PartialWeightGrads pwg;
+  size_t scratch = 0;
+  bool with_bias;
   DeconvBwdWeightsDet(const KernelCtx& c, const DeconvDescs& d, DetParts dp) : with_bias(c.out.size() > 1) {
     const int64_t N = dp.x[0];
-    K = dp.y[1];
     auto make = [&](int64_t mb) {
       DeconvDescs p = dp.at(mb);
       using bpd = dnnl::deconvolution_backward_weights::primitive_desc;
@@ -278,35 +275,14 @@ struct DeconvBwdWeightsDet : Kernel {  // (dy, x) -> dw [, db]
       make(part);
     }
     const mdesc wmd = *dp.wmd;
-    auto r = weight_reorder(wmd, d.w_user);
-    direct = !r;
     ScratchLayout L;
-    L.add(r ? r->scratchpad_desc().get_size() : 0);
-    const int64_t count = (N + part - 1) / part;
-    dw_stride = (wmd.get_size() + 63) / 64 * 64;
-    dw_n = int64_t(wmd.get_size() / 4);
-    dw_off = L.add(dw_stride * size_t(count));
-    db_stride = (size_t(K) * 4 + 63) / 64 * 64;
-    if (with_bias) db_off = L.add(db_stride * size_t(count));
-    std::vector<PartArg> args{{PartArg::Batched, DNNL_ARG_SRC, Src::in(1), d.src.get_size() / size_t(N)},
-                              {PartArg::Batched, DNNL_ARG_DIFF_DST, Src::in(0), d.dst.get_size() / size_t(N)},
-                              {PartArg::PerPart, DNNL_ARG_DIFF_WEIGHTS, Src::scratch(dw_off), dw_stride}};
-    if (with_bias) args.push_back({PartArg::PerPart, DNNL_ARG_DIFF_BIAS, Src::scratch(db_off), db_stride});
-    parts = MinibatchParts(N, part, make, args);
-    pad_off = L.add(parts.scratch_bytes());
+    L.add(PartialWeightGrads::reorder_pad(wmd, d.w_user));
+    pwg.plan(L, N, part, dp.y[1], with_bias, wmd, d.w_user, make, Src::in(1), d.src.get_size() / size_t(N), Src::in(0),
+             d.dst.get_size() / size_t(N));
     scratch = L.total;
-    if (r) reorder_dw = bind_reorder(*r, Src::scratch(dw_off), Src::out(0));
   }
   size_t scratch_bytes() const override { return scratch; }
-  void run(const RunCtx& r) override {
-    parts.run(r, pad_off);
-    char* sc = static_cast<char*>(r.scratch);
-    float* dw0 = reinterpret_cast<float*>(sc + dw_off);
-    sum_parts(direct ? static_cast<float*>(r.out[0]) : dw0, dw0, dw_stride / 4, parts.count(), dw_n);
-    if (!direct) reorder_dw.run(r);
-    if (with_bias)
-      sum_parts(static_cast<float*>(r.out[1]), reinterpret_cast<float*>(sc + db_off), db_stride / 4, parts.count(), K);
-  }
+  void run(const RunCtx& r) override { pwg.run(r); }
 };
 
 enum class Dir { Fwd, BwdData, BwdWeights };

@@ -263,5 +263,43 @@ void sum_parts(float* dst, const float* first, size_t stride, int64_t count, int
   }
 }
 
+size_t PartialWeightGrads::reorder_pad(const dnnl::memory::desc& wmd, const dnnl::memory::desc& w_user) {
+  auto r = weight_reorder(wmd, w_user);
+  return r ? r->scratchpad_desc().get_size() : 0;
+}
+
+void PartialWeightGrads::plan(ScratchLayout& L, int64_t n, int64_t part, int64_t K, bool with_bias,
+                              const dnnl::memory::desc& wmd, const dnnl::memory::desc& w_user,
+                              const std::function<dnnl::primitive_desc(int64_t mb)>& make, Src src,
+                              size_t src_per_image, Src diff_dst, size_t dst_per_image) {
+  K_ = K;
+  with_bias_ = with_bias;
+  auto r = weight_reorder(wmd, w_user);
+  direct_ = !r;
+  const int64_t count = (n + part - 1) / part;
+  dw_stride_ = (wmd.get_size() + 63) / 64 * 64;
+  dw_n_ = int64_t(wmd.get_size() / 4);
+  dw_off_ = L.add(dw_stride_ * size_t(count));
+  db_stride_ = (size_t(K) * 4 + 63) / 64 * 64;
+  if (with_bias) db_off_ = L.add(db_stride_ * size_t(count));
+  std::vector<PartArg> args{{PartArg::Batched, DNNL_ARG_SRC, src, src_per_image},
+                            {PartArg::Batched, DNNL_ARG_DIFF_DST, diff_dst, dst_per_image},
+                            {PartArg::PerPart, DNNL_ARG_DIFF_WEIGHTS, Src::scratch(dw_off_), dw_stride_}};
+  if (with_bias) args.push_back({PartArg::PerPart, DNNL_ARG_DIFF_BIAS, Src::scratch(db_off_), db_stride_});
+  parts_ = MinibatchParts(n, part, make, args);
+  pad_off_ = L.add(parts_.scratch_bytes());
+  if (r) reorder_dw_ = bind_reorder(*r, Src::scratch(dw_off_), Src::out(0));
+}
+
+void PartialWeightGrads::run(const RunCtx& r) {
+  parts_.run(r, pad_off_);
+  char* sc = static_cast<char*>(r.scratch);
+  float* dw0 = reinterpret_cast<float*>(sc + dw_off_);
+  sum_parts(direct_ ? static_cast<float*>(r.out[0]) : dw0, dw0, dw_stride_ / 4, parts_.count(), dw_n_);
+  if (!direct_) reorder_dw_.run(r);
+  if (with_bias_)
+    sum_parts(static_cast<float*>(r.out[1]), reinterpret_cast<float*>(sc + db_off_), db_stride_ / 4, parts_.count(), K_);
+}
+
 }  // namespace cpu
 }  // namespace cnn

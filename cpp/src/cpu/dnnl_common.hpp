@@ -193,5 +193,26 @@ class MinibatchParts {
 // dst may be first). OpenMP over blocks of i, so the result does not depend on the thread count.
 void sum_parts(float* dst, const float* first, size_t stride, int64_t count, int64_t n);
 
+// Deterministic weight gradients (convolution and deconvolution backward-weights): the primitive runs over
+// minibatch parts, each writing its own partial dw (and db) into the scratch; run() sums them in part order into
+// the outputs (dw straight when the primitive's weight layout `wmd` is the parameter's `w_user`, else through a
+// reorder). plan() adds its regions to the caller's scratch layout L (after the caller's own).
+class PartialWeightGrads {
+ public:
+  void plan(ScratchLayout& L, int64_t n, int64_t part, int64_t K, bool with_bias, const dnnl::memory::desc& wmd,
+            const dnnl::memory::desc& w_user, const std::function<dnnl::primitive_desc(int64_t mb)>& make, Src src,
+            size_t src_per_image, Src diff_dst, size_t dst_per_image);
+  void run(const RunCtx& r);
+  // the reorder's scratchpad, which the caller places at the start of the scratch (run() needs it there)
+  static size_t reorder_pad(const dnnl::memory::desc& wmd, const dnnl::memory::desc& w_user);
+
+ private:
+  MinibatchParts parts_;
+  DnnlExec reorder_dw_;
+  size_t pad_off_ = 0, dw_off_ = 0, db_off_ = 0, dw_stride_ = 0, db_stride_ = 0;
+  int64_t dw_n_ = 0, K_ = 0;
+  bool with_bias_ = false, direct_ = true;
+};
+
 }  // namespace cpu
 }  // namespace cnn
