@@ -115,6 +115,27 @@ struct BwdWeights::Impl {
   void exec(const dnnl::matmul& p, int ithr) const {
     dnnl_primitive_execute(p.get(), strm[ithr].get(), 4, args[ithr].data());
   }
+  // Mode 1: this thread's points [x0, x1) of chunk c: dU^T[xi] (+)= D[xi]^T V[xi] (the first chunk writes).
+  void point_gemms(int ithr, int x0, int x1, float* D, float* V, float* U, int64_t c) const {
+    for (int xi = x0; xi < x1; ++xi) {
+      msrc[ithr].set_data_handle(D + xi * Tc * g.OC);
+      mwei[ithr].set_data_handle(V + xi * Tc * g.IC);
+      mdst[ithr].set_data_handle(U + xi * g.OC * g.IC);
+      exec(c == 0 ? mm_first : mm_acc, ithr);
+    }
+  }
+  // Mode 2: this thread's (OCB x ICB) output blocks, K = all tiles, each finished into dw through U.
+  void block_gemms(int ithr, int nt, float* D, float* V, const float* U, float* dw) const {
+    const int64_t nbi = g.IC / ICB, nblk = nbi * (g.OC / OCB);
+    for (int64_t b = nblk * ithr / nt; b < nblk * (ithr + 1) / nt; ++b) {
+      const int64_t ic0 = (b % nbi) * ICB, oc0 = (b / nbi) * OCB;
+      msrc[ithr].set_data_handle(dptr(D, 0, 0, oc0));
+      mwei[ithr].set_data_handle(vptr(V, 0, 0, ic0));
+      exec(mm_first, ithr);
+      const float* Us[1] = {U};
+      finish_block(Us, 1, size_t(OCB) * ICB, ICB, oc0, OCB, ic0, ICB, dw);
+    }
+  }
 };
 
 __attribute__((target("avx512f"))) void BwdWeights::Impl::zero_row(int64_t row, float* V, float* D) const {
@@ -419,18 +440,9 @@ void BwdWeights::run(const float* x, const float* dy, float* dw, float* db, char
       I.mdst[ithr].set_data_handle(U);
       I.mscr[ithr].set_data_handle(tb + I.szU + I.szB);
       std::memset(dbt, 0, sizeof(float) * OC);
-      const int64_t ICB = I.ICB, OCB = I.OCB, nbi = IC / ICB, nblk = nbi * (OC / OCB);
       for (int64_t t = T * ithr / nt; t < T * (ithr + 1) / nt; ++t) I.transform_tile(x, dy, t, t, V, D, dbt);
 #pragma omp barrier
-      const int64_t b0 = nblk * ithr / nt, b1 = nblk * (ithr + 1) / nt;
-      for (int64_t b = b0; b < b1; ++b) {
-        const int64_t ic0 = (b % nbi) * ICB, oc0 = (b / nbi) * OCB;
-        I.msrc[ithr].set_data_handle(I.dptr(D, 0, 0, oc0));
-        I.mwei[ithr].set_data_handle(I.vptr(V, 0, 0, ic0));
-        I.exec(I.mm_first, ithr);
-        const float* Us[1] = {U};
-        I.finish_block(Us, 1, size_t(OCB) * ICB, ICB, oc0, OCB, ic0, ICB, dw);
-      }
+      I.block_gemms(ithr, nt, D, V, U, dw);
       for (int k = 0; k < nt; ++k)
         dbs[k] = reinterpret_cast<const float*>(scratch + I.shared_bytes + I.thr_stride * k + I.szU);
       I.reduce_db(ithr, nt, dbs, db);
@@ -452,12 +464,7 @@ void BwdWeights::run(const float* x, const float* dy, float* dw, float* db, char
             I.zero_row(r, V, D);
         };
 #pragma omp barrier
-        for (int xi = x0; xi < x1; ++xi) {
-          I.msrc[ithr].set_data_handle(D + xi * Tc * OC);
-          I.mwei[ithr].set_data_handle(V + xi * Tc * IC);
-          I.mdst[ithr].set_data_handle(U + xi * OC * IC);
-          I.exec(c == 0 ? I.mm_first : I.mm_acc, ithr);
-        };
+        I.point_gemms(ithr, x0, x1, D, V, U, c);
 #pragma omp barrier
       }
       const int64_t o0 = OC * ithr / nt, o1 = OC * (ithr + 1) / nt;
@@ -539,15 +546,7 @@ void BwdWeights::run_det(const float* x, const float* dy, float* dw, float* db, 
         for (int64_t t = T * k / I.G; t < T * (k + 1) / I.G; ++t) I.transform_tile(x, dy, t, t, V, D, dbt);
       }
 #pragma omp barrier
-      const int64_t ICB = I.ICB, OCB = I.OCB, nbi = IC / ICB, nblk = nbi * (OC / OCB);
-      for (int64_t b = nblk * ithr / nt; b < nblk * (ithr + 1) / nt; ++b) {
-        const int64_t ic0 = (b % nbi) * ICB, oc0 = (b / nbi) * OCB;
-        I.msrc[ithr].set_data_handle(I.dptr(D, 0, 0, oc0));
-        I.mwei[ithr].set_data_handle(I.vptr(V, 0, 0, ic0));
-        I.exec(I.mm_first, ithr);
-        const float* Us[1] = {U};
-        I.finish_block(Us, 1, size_t(OCB) * ICB, ICB, oc0, OCB, ic0, ICB, dw);
-      }
+      I.block_gemms(ithr, nt, D, V, U, dw);
       reduce_db(ithr, nt, I.G, I.szB);
     } else {
       // per chunk: group k transforms rows [Tc k / G, Tc (k+1) / G) into its db, then threads split the 36 points
@@ -569,12 +568,7 @@ void BwdWeights::run_det(const float* x, const float* dy, float* dw, float* db, 
           }
         }
 #pragma omp barrier
-        for (int xi = x0; xi < x1; ++xi) {
-          I.msrc[ithr].set_data_handle(D + xi * Tc * OC);
-          I.mwei[ithr].set_data_handle(V + xi * Tc * IC);
-          I.mdst[ithr].set_data_handle(U + xi * OC * IC);
-          I.exec(c == 0 ? I.mm_first : I.mm_acc, ithr);
-        }
+        I.point_gemms(ithr, x0, x1, D, V, U, c);
 #pragma omp barrier
       }
       const int64_t o0 = OC * ithr / nt, o1 = OC * (ithr + 1) / nt;
