@@ -88,10 +88,10 @@ def _arrays(shapes, seed):
     return out
 
 
-LAYOUT_CAPABLE = ("conv2d", "conv_transpose2d")  # choose their activation layouts themselves
+LAYOUT_CAPABLE = ("conv2d", "conv_transpose2d", "linear")  # choose their activation layouts themselves
 
 
-def run_op(op, arrays, attrs, wrt, threads, deterministic, layout="nChw16c", run_threads=None, seed=1):
+def run_op(op, arrays, attrs, wrt, threads, deterministic=True, layout="nChw16c", run_threads=None, seed=1):
     """Forward output and the gradients w.r.t. inputs `wrt` of one grad-mode session compiled at `threads`
     threads (run at `run_threads`, default the same). Ops that keep their input's layout (eltwise, pooling, BN,
     lrn, concat, upsample, dropout) would see plain graph inputs and run plain: each 4-D input goes through an

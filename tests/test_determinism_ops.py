@@ -6,11 +6,18 @@ machine's cores still run, oversubscribed), forward output and every input gradi
 and close to deterministic=False (the same math, another summation order). Then sessions compiled at one count and
 run at another, and end to end: a small network of these ops trained for a few steps at 1, 2 and 3 threads gives
 bitwise equal weights."""
+import os
+import sys
+
 import numpy as np
 import pytest
 
 import cnnnative as cn
-from cnnnative import _core, nn
+from cnnnative import nn
+
+# the audit's harness: one grad session per thread count, layout-following ops wrapped in identity convolutions
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+from determinism import run_op  # noqa: E402
 
 THREADS = (1, 2, 3, 4)
 
@@ -25,41 +32,6 @@ def restore_threads():
 def _arrays(shapes, seed=0):
     rng = np.random.default_rng(seed)
     return [rng.standard_normal(s).astype(np.float32) for s in shapes]
-
-
-LAYOUT_CAPABLE = ("conv2d", "conv_transpose2d", "linear")  # choose their activation layouts themselves
-
-
-def run_op(op, arrays, attrs, wrt, threads, deterministic=True, layout="nChw16c", run_threads=None):
-    """[y, d input wrt[0], ...] of a grad session compiled at `threads` threads and run at `run_threads`. Ops that
-    keep their input's layout would see plain graph inputs and run plain: each 4-D input goes through an identity
-    1x1 convolution first, and a 4-D output through another (exact both ways: y = x, dx = dy), so they run in
-    the session's layout, forward and backward."""
-    cn.set_num_threads(threads)
-    g = _core.Graph()
-    ids = [g.add_input(f"in{i}", list(a.shape), "float32") for i, a in enumerate(arrays)]
-    feeds, srcs = list(arrays), list(ids)
-    if op not in LAYOUT_CAPABLE and layout != "plain":
-        for i, a in enumerate(arrays):
-            if a.ndim == 4:
-                c = a.shape[1]
-                eye = g.add_input(f"eye{i}", [c, c, 1, 1], "float32")
-                feeds.append(np.eye(c, dtype=np.float32).reshape(c, c, 1, 1))
-                srcs[i] = g.add_node("conv2d", [ids[i], eye], {}, f"id{i}")[0]
-    outs = g.add_node(op, srcs, attrs, "node")[:1]
-    wrap = op not in LAYOUT_CAPABLE and layout != "plain"
-    if wrap and len(g.shape(outs[0])) == 4:  # and dy reaches the op's backward in that layout too
-        c = g.shape(outs[0])[1]
-        eye = g.add_input("eye_out", [c, c, 1, 1], "float32")
-        feeds.append(np.eye(c, dtype=np.float32).reshape(c, c, 1, 1))
-        outs = g.add_node("conv2d", [outs[0], eye], {}, "id_out")
-    g.set_outputs(outs)
-    s = _core.Session(g, _core.ParamStore([]), "grad", layout=layout, grad_of=outs[:1], wrt=[ids[i] for i in wrt],
-                      deterministic=deterministic)
-    dy = np.random.default_rng(1).standard_normal(g.shape(outs[0])).astype(np.float32)
-    cn.set_num_threads(run_threads or threads)
-    s.run(feeds + [dy])
-    return [s.fetch(0)] + [s.fetch(1 + j) for j in range(len(wrt))]
 
 
 def _rel(a, b):
