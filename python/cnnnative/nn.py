@@ -753,27 +753,12 @@ def _position(module: Module, idx) -> int:
     return i
 
 
-class Sequential(Module):
-    """torch.nn.Sequential: runs its modules in order. Built from modules (named "0", "1", ...) or from one
-    OrderedDict (their names). Indexing is by position; a slice is a Sequential keeping the names; insert,
-    del and pop renumber the modules "0", "1", ... as torch's deletion does."""
-
-    def __init__(self, *mods):
-        super().__init__()
-        if len(mods) == 1 and isinstance(mods[0], (OrderedDict, dict)):
-            for k, m in mods[0].items():
-                self.add_module(k, m)
-        else:
-            for i, m in enumerate(mods):
-                self.add_module(str(i), m)
+class _Indexed(Module):
+    """What Sequential and ModuleList share: submodules addressed by position (negative counts from the end),
+    assignment and deletion by position or slice (deletion renumbers "0", "1", ...), len, iteration, pop."""
 
     def _key(self, idx) -> str:
         return list(self._modules)[_position(self, idx)]
-
-    def __getitem__(self, idx):
-        if isinstance(idx, slice):
-            return Sequential(OrderedDict(list(self._modules.items())[idx]))
-        return self._modules[self._key(idx)]
 
     def __setitem__(self, idx, module):
         setattr(self, self._key(idx), module)
@@ -788,6 +773,31 @@ class Sequential(Module):
 
     def __iter__(self):
         return iter(self._modules.values())
+
+    def pop(self, idx):
+        m = self[idx]
+        del self[idx]
+        return m
+
+
+class Sequential(_Indexed):
+    """torch.nn.Sequential: runs its modules in order. Built from modules (named "0", "1", ...) or from one
+    OrderedDict (their names). Indexing is by position; a slice is a Sequential keeping the names; insert,
+    del and pop renumber the modules "0", "1", ... as torch's deletion does."""
+
+    def __init__(self, *mods):
+        super().__init__()
+        if len(mods) == 1 and isinstance(mods[0], (OrderedDict, dict)):
+            for k, m in mods[0].items():
+                self.add_module(k, m)
+        else:
+            for i, m in enumerate(mods):
+                self.add_module(str(i), m)
+
+    def __getitem__(self, idx):
+        if isinstance(idx, slice):
+            return Sequential(OrderedDict(list(self._modules.items())[idx]))
+        return self._modules[self._key(idx)]
 
     def append(self, module: Module) -> "Sequential":
         self.add_module(str(len(self)), module)
@@ -810,18 +820,13 @@ class Sequential(Module):
             self.append(m)
         return self
 
-    def pop(self, idx):
-        m = self[idx]
-        del self[idx]
-        return m
-
     def forward(self, x):
         for m in self._modules.values():
             x = m(x)
         return x
 
 
-class ModuleList(Module):
+class ModuleList(_Indexed):
     """Holds submodules in a list, named "0", "1", ... (as torch.nn.ModuleList); it has no forward().
     Indexing is by position (negative counts from the end; a slice is a ModuleList); insert follows
     list.insert (torch's fails on negative indices); insert, del and pop renumber."""
@@ -831,27 +836,10 @@ class ModuleList(Module):
         if modules is not None:
             self += modules
 
-    def _key(self, idx) -> str:
-        return list(self._modules)[_position(self, idx)]
-
     def __getitem__(self, idx):
         if isinstance(idx, slice):
             return ModuleList(list(self._modules.values())[idx])
         return self._modules[self._key(idx)]
-
-    def __setitem__(self, idx, module):
-        setattr(self, self._key(idx), module)
-
-    def __delitem__(self, idx):
-        for k in list(self._modules)[idx] if isinstance(idx, slice) else [self._key(idx)]:
-            delattr(self, k)
-        _renumber(self, list(self._modules.values()))
-
-    def __len__(self):
-        return len(self._modules)
-
-    def __iter__(self):
-        return iter(self._modules.values())
 
     def __iadd__(self, modules) -> "ModuleList":
         return self.extend(modules)
@@ -876,11 +864,6 @@ class ModuleList(Module):
         mods = list(self._modules.values())
         mods.insert(operator.index(index), module)
         _renumber(self, mods)
-
-    def pop(self, idx):
-        m = self[idx]
-        del self[idx]
-        return m
 
 
 class ModuleDict(Module):
