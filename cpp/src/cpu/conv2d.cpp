@@ -225,10 +225,7 @@ struct ConvFwd : Kernel {  // (x, w [, b]) -> y
   size_t scratch_bytes() const override { return scratch; }
   size_t persistent_bytes() const override { return persist; }
   void run(const RunCtx& r) override {
-    if (!reorder_w.empty() && prepared.stale(r)) {
-      reorder_w.run(r);
-      prepared.mark(r);
-    }
+    prepared.refresh(r, reorder_w);
     cvt->run(r);
     conv.run(r);
   }
@@ -364,10 +361,7 @@ struct ConvFwdDet : Kernel {  // conv2d (x, w [, b]) -> y
   size_t scratch_bytes() const override { return scratch; }
   size_t persistent_bytes() const override { return persist; }
   void run(const RunCtx& r) override {
-    if (!reorder_w.empty() && prepared.stale(r)) {
-      reorder_w.run(r);
-      prepared.mark(r);
-    }
+    prepared.refresh(r, reorder_w);
     cvt->run(r);
     parts.run(r, pad_off);
   }

@@ -88,10 +88,7 @@ struct DeconvFwd : Kernel {  // (x, w [, b]) -> y
   size_t scratch_bytes() const override { return scratch; }
   size_t persistent_bytes() const override { return persist; }
   void run(const RunCtx& r) override {
-    if (!reorder_w.empty() && prepared.stale(r)) {
-      reorder_w.run(r);
-      prepared.mark(r);
-    }
+    prepared.refresh(r, reorder_w);
     deconv.run(r);
   }
 };
@@ -207,10 +204,7 @@ struct DeconvFwdDet : Kernel {  // (x, w [, b]) -> y
   size_t scratch_bytes() const override { return scratch; }
   size_t persistent_bytes() const override { return persist; }
   void run(const RunCtx& r) override {
-    if (!reorder_w.empty() && prepared.stale(r)) {
-      reorder_w.run(r);
-      prepared.mark(r);
-    }
+    prepared.refresh(r, reorder_w);
     parts.run(r, pad_off);
   }
 };

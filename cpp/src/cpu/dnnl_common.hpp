@@ -88,6 +88,13 @@ struct PreparedVersion {
   uint64_t version = 0;
   bool stale(const RunCtx& r) const { return !cached || version != r.params_version; }
   void mark(const RunCtx& r) { version = r.params_version; }
+  // Runs the weight reorder (when there is one) if the store moved since the weights were last prepared.
+  void refresh(const RunCtx& r, DnnlExec& reorder) {
+    if (!reorder.empty() && stale(r)) {
+      reorder.run(r);
+      mark(r);
+    }
+  }
 };
 void bind_scratchpad(DnnlExec& ex, const dnnl::memory::desc& md);  // binds when the primitive needs one
 DnnlExec bind_reorder(const dnnl::reorder::primitive_desc& pd, Src from, Src to);

@@ -79,10 +79,7 @@ struct LinearFwd : LinearKernel {
   }
   size_t persistent_bytes() const override { return persist; }
   void run(const RunCtx& r) override {
-    if (!reorder_w.empty() && prepared.stale(r)) {
-      reorder_w.run(r);
-      prepared.mark(r);
-    }
+    prepared.refresh(r, reorder_w);
     ex.run(r);
   }
 };
