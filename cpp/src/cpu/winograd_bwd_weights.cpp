@@ -115,6 +115,16 @@ struct BwdWeights::Impl {
   void exec(const dnnl::matmul& p, int ithr) const {
     dnnl_primitive_execute(p.get(), strm[ithr].get(), 4, args[ithr].data());
   }
+  // Mode 1: rows [r0, r1) of the chunk starting at tile t0 (`rows` of its Tc rows hold tiles; the rest are zeroed)
+  void transform_rows(const float* x, const float* dy, int64_t t0, int64_t rows, int64_t r0, int64_t r1, float* V,
+                      float* D, float* dbt) const {
+    for (int64_t r = r0; r < r1; ++r) {
+      if (r < rows)
+        transform_tile(x, dy, t0 + r, r, V, D, dbt);
+      else
+        zero_row(r, V, D);
+    }
+  }
   // Mode 1: this thread's points [x0, x1) of chunk c: dU^T[xi] (+)= D[xi]^T V[xi] (the first chunk writes).
   void point_gemms(int ithr, int x0, int x1, float* D, float* V, float* U, int64_t c) const {
     for (int xi = x0; xi < x1; ++xi) {
@@ -457,12 +467,7 @@ void BwdWeights::run(const float* x, const float* dy, float* dw, float* db, char
       const int64_t r0 = Tc * ithr / nt, r1 = Tc * (ithr + 1) / nt;
       for (int64_t c = 0; c < nchunks; ++c) {
         const int64_t t0 = c * Tc, rows = std::min(Tc, T - t0);
-        for (int64_t r = r0; r < r1; ++r) {
-          if (r < rows)
-            I.transform_tile(x, dy, t0 + r, r, V, D, dbt);
-          else
-            I.zero_row(r, V, D);
-        };
+        I.transform_rows(x, dy, t0, rows, r0, r1, V, D, dbt);
 #pragma omp barrier
         I.point_gemms(ithr, x0, x1, D, V, U, c);
 #pragma omp barrier
@@ -560,12 +565,7 @@ void BwdWeights::run_det(const float* x, const float* dy, float* dw, float* db, 
         const int64_t t0 = c * Tc, rows = std::min(Tc, T - t0);
         for (int64_t k = ithr; k < I.G; k += nt) {
           float* dbt = reinterpret_cast<float*>(det_base + size_t(k) * I.szB);
-          for (int64_t r = Tc * k / I.G; r < Tc * (k + 1) / I.G; ++r) {
-            if (r < rows)
-              I.transform_tile(x, dy, t0 + r, r, V, D, dbt);
-            else
-              I.zero_row(r, V, D);
-          }
+          I.transform_rows(x, dy, t0, rows, Tc * k / I.G, Tc * (k + 1) / I.G, V, D, dbt);
         }
 #pragma omp barrier
         I.point_gemms(ithr, x0, x1, D, V, U, c);
