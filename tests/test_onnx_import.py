@@ -50,6 +50,11 @@ def _ops(mod, shape):
     return [s.split()[0] for s in b.graph.node_ops()]
 
 
+def _schedule(mod, shape):
+    """Ops of the compiled inference session (after the engine's fusion)."""
+    return [e.split()[0] for e in mod.compile(shape).schedule()]
+
+
 rng = np.random.default_rng(0)
 
 
@@ -80,7 +85,7 @@ def test_sources_and_malformed_input(tmp_path):
 @needs["fill"]
 @needs["concat"]
 @needs["split"]
-def test_conv_asymmetric_pads_and_folded_mul():
+def test_conv_asymmetric_pads_and_mul_fused_into_the_conv():
     W, B, S = _r(4, 3, 3, 3), _r(4), _r(1, 4, 1, 1)
     nodes = [helper.make_node("Conv", ["x", "W", "B"], ["c"], pads=[0, 1, 1, 2], strides=[2, 1]),
              helper.make_node("Mul", ["c", "S"], ["m"]),
@@ -89,7 +94,12 @@ def test_conv_asymmetric_pads_and_folded_mul():
              helper.make_node("Flatten", ["p"], ["y"])]
     m = _model(nodes, [("x", ["N", 3, 9, 8])], [("y", ["N", 40])], {"W": W, "B": B, "S": S})
     mod = _check(m, _r(5, 3, 9, 8))
-    assert list(mod.state_dict()) == ["W", "B"]  # the Mul went into W and B
+    sd = mod.state_dict()
+    np.testing.assert_array_equal(sd["W"], W)  # the Mul is a batch_norm of its own (buffers) ...
+    assert list(sd)[:2] == ["W", "B"] and "Mul_1.weight" in sd
+    ops = _ops(mod, (5, 3, 9, 8))
+    assert ops[ops.index("conv2d"):][:3] == ["conv2d", "batch_norm", "relu"]
+    assert _schedule(mod, (5, 3, 9, 8)).count("batch_norm") == 0  # ... which the engine folds into the conv
     _check(m, _r(2, 3, 9, 8))  # another batch size
 
 
