@@ -43,8 +43,8 @@ from ._ops_math import (activation, map_add, map_affine, map_batchnorm, map_drop
 from ._ops_pool import map_avgpool, map_global_avg, map_global_max, map_maxpool
 from ._ops_tensor import (map_concat, map_flatten, map_identity, map_pad, map_reshape, map_resize, map_slice,
                           map_squeeze_unsqueeze)
-from ._proto import attr_value, constant_value, implied_type, inline_functions, load_model_proto, model_opset, \
-    tensor_array
+from ._proto import (attr_value, constant_value, implied_type, inline_functions, load_model_proto, model_opset,
+                     tensor_array)
 from ._rewrite import affine_layout
 from ._validate import attr_problems, check_names, check_structure, node_names, schema_of, schema_problems
 
@@ -274,11 +274,11 @@ class Program:
         for n in self.nodes:
             if n.op != AFFINE:
                 continue
-            lay = affine_layout(n.attrs["scale"], n.attrs["shift"])
-            if isinstance(lay, str):
-                n.attrs["problem"] = lay
+            layout = affine_layout(n.attrs["scale"], n.attrs["shift"])
+            if isinstance(layout, str):
+                n.attrs["problem"] = layout
                 continue
-            d, axis_from_end, ndim, s, t = lay
+            d, axis_from_end, ndim, s, t = layout
             base = sanitize(n.name, taken)
             keys = []
             for suffix, v in (("weight", s), ("bias", t), ("running_mean", np.zeros(d)), ("running_var", np.ones(d))):
@@ -328,11 +328,11 @@ class Program:
         if len(xs) != len(self.input_names):
             raise ValueError(f"this ONNX model takes {len(self.input_names)} input(s) "
                              f"({', '.join(self.input_names)}), got {len(xs)}")
-        tr = Trace(self, current())
+        trace = Trace(self, current())
         for name, x in zip(self.input_names, xs):
             if not isinstance(x, Tensor):
                 raise TypeError(f"input {name!r}: expected a traced Tensor, got {type(x).__name__}")
-            tr.env[name] = x
+            trace.env[name] = x
         problems, invalid = list(self.static_problems), list(self.invalid)
         poisoned = set(self.failed)
         for node in self.nodes:
@@ -342,7 +342,7 @@ class Program:
                     problems.append((node.name, node.onnx_op, "operator not supported"))
                 continue
             try:
-                outs = tr.node(node)
+                outs = trace.node(node)
             except MemoryError:
                 raise
             except Exception as e:  # noqa: BLE001 - classified: invalid, unsupported, engine error, internal
@@ -353,19 +353,19 @@ class Program:
                 outs = [outs]
             for o, v in zip(node.outputs, outs):
                 if o:
-                    tr.env[o] = v
+                    trace.env[o] = v
         if invalid:
             raise InvalidModelError(invalid)
         if problems:
             raise UnsupportedError(problems)
         res = []
         for o in self.output_names:
-            v = tr.env.get(o)
+            v = trace.env.get(o)
             if v is None:
                 if o in self.consts:
                     v = np.asarray(self.consts[o])
                 elif o in self.params:
-                    v = tr.tensor(o)
+                    v = trace.tensor(o)
                 else:
                     raise InvalidModelError([(o, "graph output", "is produced by no node")])
             res.append(v)
@@ -509,8 +509,8 @@ def import_model(src, bind=None, validate=True) -> OnnxModule:
             raise UnsupportedError(probs)
         return module
     from ..graph import GraphBuilder
-    b = GraphBuilder(False)
-    with b:
-        xs = [b.input(name, s) for name, s in zip(prog.input_names, shapes)]
+    builder = GraphBuilder(False)
+    with builder:
+        xs = [builder.input(name, s) for name, s in zip(prog.input_names, shapes)]
         module(*xs)
     return module
