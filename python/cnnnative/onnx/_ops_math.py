@@ -19,7 +19,7 @@ def map_batchnorm(ctx: NodeContext):
     if int(ctx.attr("spatial", 1)) != 1:
         raise Unsupported("spatial=0")
     params = [ctx.tensor(k, n) for k, n in ((1, "scale"), (2, "B"), (3, "mean"), (4, "var"))]
-    eps, mom = float(ctx.attr("epsilon", 1e-5)), float(ctx.attr("momentum", 0.9))
+    eps, momentum = float(ctx.attr("epsilon", 1e-5)), 1.0 - float(ctx.attr("momentum", 0.9))  # engine's = 1 - ONNX's
     r = len(x.shape)
     if r >= 2:
         for p, what in zip(params, ("scale", "B", "mean", "var")):
@@ -27,9 +27,9 @@ def map_batchnorm(ctx: NodeContext):
                 raise Invalid(f"{what} {list(p.shape)} must be [{x.shape[1]}] (one value per channel of X "
                               f"{list(x.shape)})")
     if r in (2, 4):
-        return ctx.batch_norm(x, *params, eps, 1.0 - mom, ctx.builder.training)
+        return ctx.batch_norm(x, *params, eps, momentum, ctx.builder.training)
     if r == 3:
-        y = ctx.batch_norm(ctx.reshape(x, list(x.shape) + [1]), *params, eps, 1.0 - mom, ctx.builder.training)
+        y = ctx.batch_norm(ctx.reshape(x, list(x.shape) + [1]), *params, eps, momentum, ctx.builder.training)
         return ctx.reshape(y, x.shape)
     raise Unsupported(f"input of rank {r} (2-D, 3-D and 4-D are supported)")
 
@@ -95,6 +95,9 @@ def activation(op, **attrs):
 
 
 def map_affine(ctx: NodeContext):
+    """y = x * scale + shift, the constants varying along at most one axis (_rewrite.affine_layout): an
+    eval-mode batch_norm with mean 0, var 1, eps 0 over that axis as channels. Along axis 1 of a 2-D or 4-D
+    tensor it reads x itself, so that after a conv2d the engine's inference fusion folds it into the conv."""
     if "problem" in ctx.node.attrs:
         raise Unsupported(ctx.node.attrs["problem"])
     x = ctx.tensor(0, "X")
@@ -103,7 +106,7 @@ def map_affine(ctx: NodeContext):
     r = len(s)
     if a["ndim"] > r:
         raise Unsupported(f"the constant operand has rank {a['ndim']} > the tensor's rank {r} (broadcast grows it)")
-    keys = [ctx.trace.tensor(k) for k in a["keys"]]
+    params = [ctx.trace.tensor(k) for k in a["keys"]]  # weight, bias, running_mean, running_var
     if a["axis_from_end"] is None:
         x2 = ctx.reshape(x, [int(np.prod(s)), 1])
     else:
@@ -114,7 +117,7 @@ def map_affine(ctx: NodeContext):
             x2 = x
         else:
             x2 = ctx.reshape(x, [int(np.prod(s[:axis])), s[axis], int(np.prod(s[axis + 1:])), 1])
-    y = ctx.batch_norm(x2, *keys, 0.0, 0.0, False)
+    y = ctx.batch_norm(x2, *params, 0.0, 0.0, False)
     return ctx.reshape(y, s)
 
 
