@@ -17,13 +17,13 @@
 
 #include "core/alloc.hpp"
 #include "core/autodiff.hpp"
+#include "core/backend.hpp"
 #include "core/fuse.hpp"
 #include "core/layout.hpp"
 #include "core/op.hpp"
 #include "core/planner.hpp"
 #include "core/recompute.hpp"
 #include "core/threads.hpp"
-#include "cpu/optim.hpp"
 
 namespace cnn {
 
@@ -41,6 +41,7 @@ class SessionImpl {
   Graph g;
   std::shared_ptr<ParamStore> store;
   CompileOptions opt;
+  std::shared_ptr<const Backend> backend;
   int nf = 0;
   int loss_value = -1;
   std::vector<FeedInfo> feeds, fetches;
@@ -109,9 +110,11 @@ SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, con
     : g(graph), store(std::move(st)), opt(o), lr(o.optim.lr) {
   apply_num_threads();  // oneDNN sizes its primitives for the thread count at creation
   if (!store) throw Error("compile: no parameter store");
-  if (opt.backend != "cpu" && opt.backend != "reference") throw Error("compile: unknown backend '" + opt.backend + "' (cpu, reference)");
+  backend = get_backend(opt.backend);
   if (opt.compute != DType::f32 && opt.compute != DType::f64) throw Error("compile: compute dtype must be float32 or float64");
-  if (opt.compute == DType::f64 && opt.backend != "reference") throw Error("compile: float64 runs only on the reference backend");
+  if (!backend->supports_compute(opt.compute))
+    throw Error(std::string("compile: the ") + opt.backend + " backend does not run " + dtype_name(opt.compute) +
+                (opt.compute == DType::f64 ? " (float64 runs on the reference backend)" : ""));
   if (opt.compute == DType::f64 && opt.mode == Mode::Train) throw Error("compile: training runs in float32");
   if (g.outputs.empty() && opt.mode != Mode::Train) throw Error("compile: the graph has no outputs");
   for (int p : g.params) {
@@ -125,15 +128,15 @@ SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, con
   // Layouts: cpu backend only; "auto" leaves grad-mode sessions (gradient checks) plain, an explicit choice
   // applies to them too.
   LayoutPolicy policy = LayoutPolicy::parse(opt.layout);
-  if (opt.backend != "cpu" || (opt.mode == Mode::Grad && opt.layout == "auto")) policy.kind = LayoutPolicy::plain;
+  if (!backend->has_layouts() || (opt.mode == Mode::Grad && opt.layout == "auto")) policy.kind = LayoutPolicy::plain;
   if (opt.activations == DType::bf16) {
     if (opt.mode == Mode::Grad) throw Error("compile: bfloat16 activations are for inference and training sessions");
-    if (opt.backend != "cpu" || opt.compute != DType::f32) throw Error("compile: bfloat16 activations need the cpu backend");
+    if (!backend->has_layouts() || opt.compute != DType::f32) throw Error("compile: bfloat16 activations need the cpu backend");
     if (policy.kind != LayoutPolicy::blocked || policy.block != 16)
       throw Error("compile: bfloat16 activations live in the nChw16c layout; layout '" + opt.layout +
                   "' has none (use 'auto')");
-    if (!cpu_has_avx512_bf16())
-      throw Error("compile: bfloat16 activations need a CPU with AVX512-BF16 instructions; this one has none");
+    const std::string why = backend->bf16_unavailable();
+    if (!why.empty()) throw Error("compile: " + why);
     policy.bf16 = true;
   } else if (opt.activations != DType::f32) {
     throw Error(std::string("compile: activations must be float32 or bfloat16, got ") + dtype_name(opt.activations));
@@ -146,7 +149,7 @@ SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, con
   }
 
   // ---- inference fusion (cpu backend) ----
-  if (opt.mode == Mode::Infer && opt.backend == "cpu" && opt.optimize) fuse_for_inference(g, g.outputs);
+  if (opt.mode == Mode::Infer && backend->has_fast_kernels() && opt.optimize) fuse_for_inference(g, g.outputs);
 
   // ---- relu/max-pool order (training and grad sessions; inference fuses the relu into the conv instead) ----
   if (opt.mode != Mode::Infer && opt.optimize) {
@@ -201,7 +204,7 @@ SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, con
     for (int& v : g.outputs) plain_vals.push_back(&v);
     for (int& v : ad.wrt_grads) plain_vals.push_back(&v);
     for (int& v : ad.param_grads) plain_vals.push_back(&v);
-    LayoutResult lr = assign_layouts(g, opt.backend, policy, opt.mode != Mode::Infer, nf, plain_vals);
+    LayoutResult lr = assign_layouts(g, *backend, policy, opt.mode != Mode::Infer, nf, plain_vals);
     nf = lr.num_forward_nodes;
     layout = std::move(lr.layout);
     in_view = std::move(lr.in_view);
@@ -360,11 +363,9 @@ SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, con
       kc.out.push_back(d);
       kc.out_layout.push_back(layout[v]);
     }
-    const KernelFactory* f = opt.backend == "cpu" ? find_kernel("cpu", n.op) : nullptr;
-    if (!f) {
-      f = &get_op(n.op).ref;
-      if (opt.backend == "cpu") uses_reference.push_back(n.op + " " + n.name);
-    }
+    const KernelEntry* entry = backend->kernel(n.op);
+    const KernelFactory* f = entry ? &entry->make : &get_op(n.op).ref;
+    if (!entry && backend->has_fast_kernels()) uses_reference.push_back(n.op + " " + n.name);
     try {
       kernels.push_back((*f)(kc));
     } catch (const Error&) {
@@ -501,19 +502,19 @@ void SessionImpl::update() {
   float* vmax = static_cast<float*>(state_vmax.get());
   const long t = long(steps + 1);
   bool finite = true;
-  const double G = absmax(gr, n_grad, &finite);
+  const double G = backend->absmax(gr, n_grad, &finite);
   if (!finite) {
-    int64_t i = first_non_finite(gr, int64_t(n_grad));
+    int64_t i = backend->first_non_finite(gr, n_grad);
     diverged("the gradient of " + locate(true, size_t(i)) + " is " + (std::isnan(gr[i]) ? "nan" : "inf") + " (the loss was finite)");
   }
   if (maxima_version == 0 || maxima_version != store->version()) {  // written from outside: measure the blocks
-    maxima.p = absmax(p, n_grad, &finite);
+    maxima.p = backend->absmax(p, n_grad, &finite);
     if (!finite) {
-      int64_t i = first_non_finite(p, int64_t(n_grad));
+      int64_t i = backend->first_non_finite(p, n_grad);
       diverged("parameter " + locate(true, size_t(i)) + " is not finite before the update (it was written so from outside)");
     }
-    maxima.m = m ? absmax(m, n_grad, nullptr) : 0.f;
-    maxima.v = std::max(v ? absmax(v, n_grad, nullptr) : 0.f, vmax ? absmax(vmax, n_grad, nullptr) : 0.f);
+    maxima.m = m ? backend->absmax(m, n_grad, nullptr) : 0.f;
+    maxima.v = std::max(v ? backend->absmax(v, n_grad, nullptr) : 0.f, vmax ? backend->absmax(vmax, n_grad, nullptr) : 0.f);
   }
   const double P = maxima.p, M = maxima.m, V = maxima.v;
   const double limit = 0.5 * double(std::numeric_limits<float>::max());
@@ -543,10 +544,10 @@ void SessionImpl::update() {
       dd = c.nesterov ? d + mu * b : b;
     }
     if (!below({d, b, dd, double(c.lr) * dd, P + double(c.lr) * dd})) {
-      long i = sgd_first_non_finite(p, gr, m, n_grad, c, t);
+      long i = backend->sgd_first_non_finite(p, gr, m, n_grad, c, t);
       if (i >= 0) fail_at(i);
     }
-    sgd_update(p, gr, m, n_grad, c, t, &maxima);
+    backend->sgd_update(p, gr, m, n_grad, c, t, &maxima);
   } else {
     AdamConfig c;
     c.lr = float(lr);
@@ -566,10 +567,10 @@ void SessionImpl::update() {
     const bool ok = eps > 0 && bc2s > 0 &&
                     below({pv, d, mn, vn, s, d * d, std::sqrt(s) / bc2s, step_size * mn, step_size * mn / eps, pv + step_size * mn / eps});
     if (!ok) {
-      long i = adam_first_non_finite(p, gr, m, v, vmax, n_grad, c, t);
+      long i = backend->adam_first_non_finite(p, gr, m, v, vmax, n_grad, c, t);
       if (i >= 0) fail_at(i);
     }
-    adam_update(p, gr, m, v, vmax, n_grad, c, t, &maxima);
+    backend->adam_update(p, gr, m, v, vmax, n_grad, c, t, &maxima);
   }
 }
 
@@ -670,7 +671,7 @@ void SessionImpl::run(const std::vector<const void*>& fd) {
     try {
       // BN's running variance overflows first when training diverges (the normalized loss can stay finite)
       if (nb) {
-        int64_t bad = first_non_finite(bufs, int64_t(store->num_buffers()));
+        int64_t bad = backend->first_non_finite(bufs, store->num_buffers());
         if (bad >= 0)
           diverged("running statistic " + locate(false, size_t(bad)) + " became " + (std::isnan(bufs[bad]) ? "nan" : "inf") +
                    " in the forward pass (the loss was finite)");
