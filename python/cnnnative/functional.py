@@ -86,6 +86,33 @@ def local_response_norm(x, size: int, alpha: float = 1e-4, beta: float = 0.75, k
     return _op("lrn", [x], attrs, name=name)[0]
 
 
+def pad(x, pad, mode: str = "constant", value=None, *, name=None) -> Tensor:
+    """torch.nn.functional.pad for a 4-D x [N, C, H, W] in constant mode: pad = (left, right) or (left, right,
+    top, bottom), amounts >= 0, filled with value (default 0). Runs as the engine's `pad` op, which the
+    compile pass fold_pad folds into a following convolution's (or average pooling's) padding when the value is
+    0 and the pad is symmetric. Other modes, ranks, negative amounts or padding of N and C raise ValueError."""
+    where = f"layer '{name}': " if name else ""
+    if mode != "constant":
+        raise ValueError(f"{where}pad: only mode='constant' is supported, got {mode!r}")
+    if x.dim() != 4:
+        raise ValueError(f"{where}pad: expected x [N, C, H, W], got {list(x.shape)}")
+    try:
+        amounts = [int(p) for p in pad]
+    except TypeError:
+        raise ValueError(f"{where}pad: pad must be a sequence of ints (left, right[, top, bottom]), got {pad!r}") \
+            from None
+    if len(amounts) not in (2, 4):
+        raise ValueError(f"{where}pad: pad must hold 2 or 4 amounts (left, right[, top, bottom]: only the two "
+                         f"spatial dims are padded), got {len(amounts)}")
+    if min(amounts) < 0:
+        raise ValueError(f"{where}pad: amounts must be >= 0 (cropping is not supported), got {tuple(amounts)}")
+    left, right, top, bottom = amounts + [0] * (4 - len(amounts))
+    v = 0.0 if value is None else float(value)
+    if not any(amounts):
+        return x
+    return _op("pad", [x], {"pads": [top, left, bottom, right], "value": v}, name=name)[0]
+
+
 def _int_scale(v, what):
     f = float(v)
     if not (f >= 1 and f == int(f)):

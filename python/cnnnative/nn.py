@@ -1179,3 +1179,38 @@ class Flatten(Module):
 class Identity(Module):
     def forward(self, x):
         return x
+
+
+class ConstantPad2d(Module):
+    """torch.nn.ConstantPad2d(padding, value): pads the last two dims of x [N, C, H, W] with value; padding is
+    an int (all four sides) or (left, right, top, bottom), each >= 0. A zero pad read only by a Conv2d (or
+    an AvgPool2d counting its padding) is folded into that layer's padding at compile when the result is
+    symmetric (session.passes(): fold_pad)."""
+
+    def __init__(self, padding, value: float):
+        super().__init__()
+        pads = (padding,) * 4 if isinstance(padding, int) else tuple(padding)
+        if len(pads) != 4 or not all(isinstance(p, (int, np.integer)) and p >= 0 for p in pads):
+            raise ValueError(f"{type(self).__name__}: padding must be an int or 4 ints (left, right, top, bottom) "
+                             f">= 0, got {padding!r}")
+        self.padding = tuple(int(p) for p in pads)
+        self.value = float(value)
+
+    def forward(self, x):
+        return F.pad(x, self.padding, value=self.value, name=current().scope_name())
+
+    def extra_repr(self):
+        return f"padding={self.padding}, value={self.value}"
+
+
+class ZeroPad2d(ConstantPad2d):
+    """torch.nn.ZeroPad2d(padding): ConstantPad2d with value 0."""
+
+    def __init__(self, padding):
+        super().__init__(padding, 0.0)
+
+    def extra_repr(self):
+        return f"padding={self.padding}"
+
+
+__all__ += ["ConstantPad2d", "ZeroPad2d"]

@@ -10,6 +10,7 @@
 #include <set>
 #include <sstream>
 
+#include "core/fold_pad.hpp"
 #include "core/fuse.hpp"
 #include "core/layout.hpp"
 #include "core/op.hpp"
@@ -81,6 +82,18 @@ bool pass_check(CompileState& st, std::string& summary) {
   summary = "backend " + be.name() + ", " + dtype_name(opt.compute) + ", layout policy " +
             (policy.kind == LayoutPolicy::plain ? "plain" : policy.kind == LayoutPolicy::nhwc ? "nhwc" : layout_name(policy.blocked_layout())) +
             (policy.bf16 ? " (bf16)" : "");
+  return true;
+}
+
+// ---- fold_pad: a zero pad read only by a conv2d / avg_pool2d becomes its padding (core/fold_pad.hpp) ----
+bool pass_fold_pad(CompileState& st, std::string& summary) {
+  Plan& p = st.plan;
+  if (!p.opt.optimize) return false;
+  const int folded = fold_pad(p.graph, kept_values(st));
+  int left = 0;
+  for (const Node& n : p.graph.nodes) left += n.op == "pad";
+  summary = std::to_string(folded) + " pads folded into convolution or pooling padding, " + std::to_string(left) +
+            " pads left";
   return true;
 }
 
@@ -366,6 +379,7 @@ bool verify_enabled() {
 const std::vector<Pass>& compile_pipeline() {
   static const std::vector<Pass> passes{
       {"check", pass_check},
+      {"fold_pad", pass_fold_pad},
       {"fuse", pass_fuse},
       {"swap_relu_pool", pass_swap_relu_pool},
       {"autodiff", pass_autodiff},

@@ -13,8 +13,8 @@ At import (numpy, once), Program:
   - evaluates Constant nodes and nodes whose inputs are all constants (_fold.py), each result's size checked
     against the folding budget before it is allocated;
   - runs the ONNX-level rewrites (_rewrite.py: Gemm/MatMul -> LINEAR, Add/Sub/Mul/Div by a constant ->
-    AFFINE, Pad into Conv pads, affine merging, affine folding where the engine cannot; its docstring says
-    why each stays in Python);
+    AFFINE, affine merging, affine folding where the engine cannot; its docstring says why each stays in
+    Python, and that Pad folding is the engine's compile pass fold_pad);
   - makes the constants read as weights module parameters and buffers (_assign_params);
   - when the model declares its input shapes, traces it once, so one error lists every invalid
     (InvalidModelError) or unsupported (UnsupportedError) node, op type and attribute at once.
@@ -123,7 +123,6 @@ class Program:
         self.nodes = nodes
         self._fold_constants()
         _rewrite.canonicalize(self)
-        _rewrite.fold_pads(self)
         _rewrite.merge_affines(self)
         _rewrite.fold_affines(self)
         self._assign_params()
@@ -438,7 +437,7 @@ HANDLERS = {
 # engine ops a mapper emits that a build of the engine may lack (checked at import when shapes are unknown)
 ENGINE_OPS_NEEDED = {"ConvTranspose": ("conv_transpose2d",), "LRN": ("lrn",), "Concat": ("concat",),
                      "Resize": ("upsample_nearest2d",), "Upsample": ("upsample_nearest2d",), "Slice": ("split",),
-                     "Pad": ("fill", "concat")}
+                     "Pad": ("pad", "fill", "concat")}
 FOLDABLE = set(FOLDABLE_OPS)
 KNOWN_OPS = set(SUPPORTED_OPS) | FOLDABLE
 assert set(SUPPORTED_OPS) <= set(HANDLERS) | {"Constant"}

@@ -114,7 +114,16 @@ def map_pad(ctx: NodeContext):
             raise Unsupported(f"pads {pads} give axis {ax} size 0 (the engine has no zero-size tensors)")
         if size > MAX_DIM or max(abs(pads[i]), abs(pads[n + i])) > MAX_DIM:
             raise Unsupported(f"pads {pads} exceed the engine's limits ({MAX_DIM} per dimension)")
-    for i, ax in enumerate(axes):
+    before, after = dict(zip(axes, pads[:n])), dict(zip(axes, pads[n:]))
+    if r == 4 and min(pads) >= 0 and not any(before.get(a, 0) or after.get(a, 0) for a in (0, 1)):
+        # the spatial dims of an NCHW tensor: the engine's pad op, which the compile pass fold_pad folds into a
+        # following conv's or average pool's padding when the value is 0
+        t, left, b, right = before.get(2, 0), before.get(3, 0), after.get(2, 0), after.get(3, 0)
+        if not (t or left or b or right):
+            return x
+        ctx.need("pad")
+        return ctx.op("pad", [x], {"pads": [t, left, b, right], "value": value})
+    for i, ax in enumerate(axes):  # other ranks and axes, and crops: concat with `fill` tensors
         x = ctx.pad(x, ax, pads[i], pads[n + i], value)
     return x
 

@@ -8,8 +8,6 @@ which every front end (ONNX and cnnnative.nn alike) goes through:
   eps 0; Sub of two tensors -> Add(a, AFFINE(b, -1)); opset < 7 legacy broadcasting made explicit. The
   engine has no general broadcasting elementwise ops and no transposed-weight matmul, so these are choices
   of how an ONNX op becomes engine ops.
-- fold_pads: a constant-mode zero Pad read only by Convs goes into their pads. The engine has no pad op
-  (an unfolded Pad is emitted as concat with `fill` tensors), so an engine pass could not find it.
 - merge_affines: chains of affines become one. ONNX graphs spell one per-channel affine as several Mul/Add
   nodes; engine graphs have no such op to merge (each would already be a batch_norm).
 - fold_affines: an affine after a ConvTranspose, Linear, BatchNormalization or 1-D Conv folds into its
@@ -20,6 +18,10 @@ which every front end (ONNX and cnnnative.nn alike) goes through:
   inference fusion (cpp/src/core/fuse.cpp, fuse_for_inference) folds into the conv's prepared weights, as
   it folds every conv -> batch_norm, whatever built the graph. BatchNormalization nodes likewise reach the
   engine as batch_norm.
+
+Pad folding is the engine's too: a Pad of the spatial dims of a 4-D tensor is mapped to the engine's `pad` op,
+and the compile pass fold_pad (cpp/src/core/fold_pad.cpp) folds a zero one into the conv or average pool that
+reads it, for graphs built with cnnnative.nn alike.
 
 Constant folding of ONNX-only ops (Shape, Gather, Concat, ... on constants) is _fold.py. The rewrites work
 on the Program's node list and constants (prog.nodes, prog.consts) and never change what the graph
@@ -154,42 +156,6 @@ def _gemm_as_linear(prog, n, uses):
     elif bname and beta != 1.0:
         return None
     return Node(LINEAR, n.name, [ins[0], wname, bname], n.outputs[:1], {"gemm": 1}, "Gemm")
-
-
-def fold_pads(prog):
-    consumers = {}
-    for n in prog.nodes:
-        for k, i in enumerate(n.inputs):
-            consumers.setdefault(i, []).append((n, k))
-    drop = set()
-    for p in prog.nodes:
-        if p.op != "Pad" or p.attrs.get("mode", "constant") != "constant" or p.outputs[0] in prog.output_names:
-            continue
-        pads = p.attrs.get("pads") if prog.opset < 11 else prog.const(p.inputs[1] if len(p.inputs) > 1 else "")
-        value = p.attrs.get("value", 0.0) if prog.opset < 11 else (
-            prog.const(p.inputs[2]) if len(p.inputs) > 2 and p.inputs[2] else 0.0)
-        if pads is None or value is None or (len(p.inputs) > 3 and p.inputs[3]):
-            continue
-        pads = [int(v) for v in np.asarray(pads).reshape(-1)]
-        r = len(pads) // 2
-        if float(np.asarray(value).reshape(-1)[0] if np.size(value) else 0.0) != 0.0 or r < 3 or min(pads) < 0 \
-                or pads[0] or pads[1] or pads[r] or pads[r + 1]:
-            continue
-        cons = consumers.get(p.outputs[0], [])
-        if not cons or any(c.op != "Conv" or k != 0 or c.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID")
-                           for c, k in cons):
-            continue
-        sp = pads[2:r] + pads[r + 2:]
-        for c, _ in cons:
-            cur = list(c.attrs.get("pads") or [0] * (2 * (r - 2)))
-            if c.attrs.get("auto_pad", "NOTSET") == "VALID":
-                cur = [0] * (2 * (r - 2))
-            c.attrs["pads"] = [a + b for a, b in zip(cur, sp)]
-            c.attrs["auto_pad"] = "NOTSET"
-            c.inputs[0] = p.inputs[0]
-        drop.add(id(p))
-    if drop:
-        prog.nodes = [n for n in prog.nodes if id(n) not in drop]
 
 
 def _ranks(prog):
