@@ -115,7 +115,35 @@ def test_auto_pad_same_and_zero_pad_folding():
     m = _model(nodes, [("x", [1, 2, 11, 10])], [("y", [1, 6, 3, 3])],
                {"W": W, "W2": _r(6, 6, 3, 3), "pads": np.array([0, 0, 1, 2, 0, 0, 1, 1], np.int64)})
     mod = _check(m, _r(1, 2, 11, 10))
-    assert _ops(mod, (1, 2, 11, 10)).count("conv2d") == 2  # the Pad went into the first conv's pads
+    ops = _ops(mod, (1, 2, 11, 10))
+    assert ops.count("conv2d") == 2 and ops.count("pad") == 1  # the importer maps the Pad to the engine's pad ...
+    sched = _schedule(mod, (1, 2, 11, 10))
+    assert "pad" not in sched and sched.count("conv2d") == 2  # ... which the compile pass fold_pad folds away
+
+
+@needs["fill"]
+@needs["concat"]
+@pytest.mark.parametrize("opset", [9, 17])
+def test_pads_the_engine_pad_op_expresses_and_the_others(opset):
+    """Spatial pads of a 4-D tensor run as the engine's pad op (a non-zero value stays a pad node, a zero one
+    before a conv is folded); a Pad of the channels keeps the concat-with-fill path."""
+    W = _r(3, 5, 3, 3)
+    cases = [([0, 0, 2, 1, 0, 0, 0, 3], 0.5, 0, 1), ([0, 0, 1, 1, 0, 0, 1, 1], 0.0, 0, 1),
+             ([0, 1, 1, 1, 0, 2, 1, 1], 0.0, 1, 0)]
+    for pads, value, concats, engine_pads in cases:
+        c_in = 2 + pads[1] + pads[5]
+        pad = (helper.make_node("Pad", ["x"], ["xp"], pads=pads, value=value) if opset < 11 else
+               helper.make_node("Pad", ["x", "pads", "v"], ["xp"]))
+        nodes = [pad, helper.make_node("Conv", ["xp", "W"], ["y"])]
+        inits = {"W": W[:, :c_in]}
+        if opset >= 11:
+            inits.update(pads=np.array(pads, np.int64), v=np.array(value, np.float32))
+        h, w = 6 + pads[2] + pads[6] - 2, 5 + pads[3] + pads[7] - 2
+        m = _model(nodes, [("x", [1, 2, 6, 5])], [("y", [1, 3, h, w])], inits, opset=opset)
+        mod = _check(m, _r(1, 2, 6, 5))
+        ops = _ops(mod, (1, 2, 6, 5))
+        assert ops.count("pad") == engine_pads and ops.count("concat") >= concats, (pads, ops)
+        assert _schedule(mod, (1, 2, 6, 5)).count("pad") == engine_pads * (value != 0), pads
 
 
 def test_gemm_matmul_and_bias_folding():
