@@ -543,3 +543,23 @@ def test_torch_unet():
     mod, err = _compare(_unet(), _r(1, 3, 16, 16), batches=(2, 3))
     ops = _ops(mod, (2, 3, 16, 16))
     assert ops.count("conv_transpose2d") == 2 and ops.count("concat") == 2
+
+
+def test_engine_pad_exports_and_imports_back():
+    """nn.ConstantPad2d / ZeroPad2d export as ONNX Pad (opset 17) and import back to the engine's pad, with
+    equal outputs (and onnx's reference evaluator agreeing) at two batch sizes."""
+    from cnnnative import nn
+    nn.manual_seed(0)
+    model = nn.Sequential(nn.ConstantPad2d((1, 2, 0, 3), 0.5), nn.Conv2d(3, 4, 3), nn.ZeroPad2d(1),
+                          nn.Conv2d(4, 2, 3))
+    proto = cno.export_model(model, None, (2, 3, 7, 6))
+    onnx.checker.check_model(proto, full_check=True)
+    assert [n.op_type for n in proto.graph.node].count("Pad") == 2
+    back = cno.import_model(proto)
+    assert _ops(back, (2, 3, 7, 6)).count("pad") == 2
+    assert _schedule(back, (2, 3, 7, 6)).count("pad") == 1  # the zero pad folds into the second conv
+    for n in (2, 5):
+        x = _r(n, 3, 7, 6)
+        ref = model.compile(x.shape).run(x)
+        assert _rel(back.compile(x.shape).run(x), ref) < 1e-6
+        assert _rel(ReferenceEvaluator(proto).run(None, {proto.graph.input[0].name: x})[0], ref) < 1e-5

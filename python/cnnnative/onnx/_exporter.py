@@ -168,6 +168,11 @@ class _Emitter:
             sc = self.const(f"{name}.scales", np.array([1, 1, sh, sw], np.float32))
             self.node("Resize", [I[0], "", sc], O, name, mode="nearest",
                       coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+        elif op == "pad":
+            t, left, b, right = (int(v) for v in a["pads"])
+            pads = self.const(f"{name}.pads", np.array([0, 0, t, left, 0, 0, b, right], np.int64))
+            value = self.const(f"{name}.value", np.array(float(a.get("value", 0.0)), np.float32))
+            self.node("Pad", [I[0], pads, value], O, name, mode="constant")
         elif op == "fill":
             ys = self.shape(outs[0])
             val = np.full(ys, float(a.get("value", 0.0)), np.float32)
