@@ -81,6 +81,20 @@ def test_a_backend_in_its_own_library_runs_inference_and_training(tmp_path):
         # an inference session on ref2 sees the trained weights (its mirrors follow the store's version)
         np.testing.assert_allclose(a.compile(x.shape, backend="ref2").run(x),
                                    b.compile(x.shape, backend="reference").run(x), rtol=1e-5, atol=1e-5)
+        # a backend with fast kernels but none for relu: the fallback is reported, strict refuses it
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            f = model().compile(x.shape, backend="ref2fast", optimize=False)
+        msgs = [str(m.message) for m in w]
+        assert len(msgs) == 1 and "ref2fast backend has no kernel for" in msgs[0] and "relu" in msgs[0], msgs
+        assert sorted({{k["impl"] for k in f.kernels()}}) == ["ref2", "reference"]
+        assert all(k["op"] == "relu" for k in f.kernels() if k["impl"] == "reference")
+        np.testing.assert_allclose(f.run(x), ref, rtol=1e-6, atol=1e-6)
+        try:
+            model().compile(x.shape, backend="ref2fast", optimize=False, strict=True)
+            raise AssertionError("strict compiled")
+        except cn.Error as e:
+            assert "strict" in str(e) and "relu" in str(e), e
         allocs = toy.toy_counter(0)
         del s2, ta
         import gc; gc.collect()

@@ -39,7 +39,7 @@ struct Wrapped : cnn::Kernel {
 
 class Ref2 : public cnn::Backend {
  public:
-  Ref2() : Backend("ref2") {}
+  explicit Ref2(const char* name = "ref2") : Backend(name) {}
   bool host_accessible() const override { return false; }
   cnn::Buffer allocate(size_t bytes) const override {
     g_allocs++;
@@ -80,16 +80,25 @@ class Ref2 : public cnn::Backend {
   }
 };
 
+// "ref2fast": the same, claiming fast kernels but registering none for relu, so a model with a ReLU falls back to
+// the op's reference kernel there (a warning, or an error with strict=True).
+class Ref2Fast : public Ref2 {
+ public:
+  Ref2Fast() : Ref2("ref2fast") {}
+  bool has_fast_kernels() const override { return true; }
+};
+
 struct Init {
   Init() {
     for (const std::string& op : cnn::op_names()) {
       const cnn::KernelFactory ref = cnn::get_op(op).ref;
       if (!ref) continue;
-      cnn::register_kernel("ref2", op, [ref](const cnn::KernelCtx& c) -> std::unique_ptr<cnn::Kernel> {
-        return std::make_unique<Wrapped>(ref(c));
-      });
+      auto wrap = [ref](const cnn::KernelCtx& c) -> std::unique_ptr<cnn::Kernel> { return std::make_unique<Wrapped>(ref(c)); };
+      cnn::register_kernel("ref2", op, wrap);
+      if (op != "relu") cnn::register_kernel("ref2fast", op, wrap);
     }
     cnn::register_backend(std::make_shared<Ref2>());
+    cnn::register_backend(std::make_shared<Ref2Fast>());
   }
 } init;
 
