@@ -173,7 +173,8 @@ class _Net(nn.Module):
     def __init__(self, pad, value=0.0, layer="conv", extra=False, pool_kw=None):
         super().__init__()
         self.pad = nn.ConstantPad2d(pad, value)
-        self.layer = nn.Conv2d(3, 4, 3, padding=1) if layer == "conv" else nn.AvgPool2d(3, **{"stride": 1, **(pool_kw or {})})
+        pool_kw = {"stride": 1, **(pool_kw or {})}
+        self.layer = nn.Conv2d(3, 4, 3, padding=1) if layer == "conv" else nn.AvgPool2d(3, **pool_kw)
         self.extra = nn.Conv2d(3, 4, 3, padding=1) if extra else None
 
     def forward(self, x):

@@ -56,7 +56,9 @@ struct PadFwd : Kernel {  // x -> y
   double value;
   bool f64;
   explicit PadFwd(const KernelCtx& c)
-      : g(c.in[0].shape, c.out[0].shape, c.node), value(c.node.attrs.f("value", 0.0)), f64(c.in[0].dtype == DType::f64) {}
+      : g(c.in[0].shape, c.out[0].shape, c.node),
+        value(c.node.attrs.f("value", 0.0)),
+        f64(c.in[0].dtype == DType::f64) {}
   std::string impl() const override { return "native"; }
   void run(const RunCtx& r) override {
     if (f64)
