@@ -81,6 +81,16 @@ def _registered():
     return [a for a in (r() for r in list(_live.values())) if a is not None]
 
 
+def _retired(a) -> bool:
+    root = getattr(a, "_cn_root", None)
+    return root is not None and root.retired
+
+
+_RETIRED = ("this array is no longer the model's parameter: compile() or state_dict() moved the model's "
+            "parameters into its ParamStore after it was taken; take the parameter again from the module "
+            "(e.g. model.fc.weight) and write it inside `with cn.no_grad():`")
+
+
 class _Owned(np.ndarray):
     """Base of Parameter and Buffer: a float32 array the library owns the writes of (read-only outside an edit
     context). Views derived from a registered array share its root and are registered too; results of
@@ -99,16 +109,37 @@ class _Owned(np.ndarray):
         with _lock:
             _register(self)
 
+    def __array_ufunc__(self, ufunc, method, *inputs, out=None, **kwargs):
+        # numpy's ufunc.at does not check the WRITEABLE flag (numpy 2.4): refuse it as every other write is.
+        # The rest is numpy's own (it checks out= arrays itself): run on plain views, which keep the flags.
+        written = (inputs[0],) if method == "at" else out or ()
+        for o in written:
+            if isinstance(o, np.ndarray) and not o.flags.writeable:
+                if _retired(o):
+                    raise ValueError(f"output array is read-only: {_RETIRED}")
+                if method == "at":
+                    raise ValueError(f"{ufunc.__name__}.at: output array is read-only")
+        args = tuple(x.view(np.ndarray) if isinstance(x, _Owned) else x for x in inputs)
+        if out is not None:
+            kwargs["out"] = tuple(o.view(np.ndarray) if isinstance(o, _Owned) else o for o in out)
+        result = getattr(ufunc, method)(*args, **kwargs)
+        if method == "at":
+            return None
+        if out is not None:  # in-place operators must return the original objects
+            return out[0] if len(out) == 1 else out
+        cls = type(self)  # results are new memory: arrays of the same class, not registered (as numpy's default)
+
+        def wrap(r):
+            return r.view(cls) if type(r) is np.ndarray else r
+
+        return tuple(wrap(r) for r in result) if isinstance(result, tuple) else wrap(result)
+
     def __setitem__(self, key, value):
         try:
             super().__setitem__(key, value)
         except ValueError as e:
-            root = self._cn_root
-            if root is not None and root.retired and not self.flags.writeable:
-                raise ValueError(f"{e}: this array is no longer the model's parameter: compile() or state_dict() "
-                                 "moved the model's parameters into its ParamStore after it was taken; take the "
-                                 "parameter again from the module (e.g. model.fc.weight) and write it inside "
-                                 "`with cn.no_grad():`") from None
+            if _retired(self) and not self.flags.writeable:
+                raise ValueError(f"{e}: {_RETIRED}") from None
             raise
 
 
