@@ -13,7 +13,7 @@ CXX = shutil.which("g++") or shutil.which("c++")
                     reason="needs a C++ compiler and the source tree")
 @pytest.mark.parametrize("name,srcs,flags", [
     ("planner", ["cpp/src/core/planner.cpp", "cpp/tests/test_planner.cpp"], []),
-    ("optim", ["cpp/src/cpu/optim.cpp", "cpp/tests/test_optim.cpp"], ["-fopenmp"]),
+    ("optim", ["cpp/src/host/optim.cpp", "cpp/tests/test_optim.cpp"], ["-fopenmp"]),
 ])
 def test_cpp_unit(tmp_path, name, srcs, flags):
     exe = str(tmp_path / name)

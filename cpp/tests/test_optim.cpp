@@ -14,9 +14,9 @@
 //  * results do not depend on the OpenMP thread count (bitwise);
 //  * hand-computed values hold and invalid arguments throw.
 // Build (from the repository root):
-//   g++ -std=c++17 -O2 -fopenmp -Icpp/src cpp/src/cpu/optim.cpp
+//   g++ -std=c++17 -O2 -fopenmp -Icpp/src cpp/src/host/optim.cpp
 //       cpp/tests/test_optim.cpp -o /tmp/to && /tmp/to
-#include "cpu/optim.hpp"
+#include "host/optim.hpp"
 
 #include <algorithm>
 #include <cmath>

@@ -80,10 +80,6 @@ std::map<std::string, OpSchema>& ops() {
   static std::map<std::string, OpSchema> m;
   return m;
 }
-std::map<std::pair<std::string, std::string>, KernelFactory>& kernels() {
-  static std::map<std::pair<std::string, std::string>, KernelFactory> m;
-  return m;
-}
 }  // namespace
 
 void register_op(OpSchema s) { ops()[s.name] = std::move(s); }
@@ -97,13 +93,6 @@ std::vector<std::string> op_names() {
   std::vector<std::string> v;
   for (auto& kv : ops()) v.push_back(kv.first);
   return v;
-}
-void register_kernel(const std::string& backend, const std::string& op, KernelFactory f) {
-  kernels()[{backend, op}] = std::move(f);
-}
-const KernelFactory* find_kernel(const std::string& backend, const std::string& op) {
-  auto it = kernels().find({backend, op});
-  return it == kernels().end() ? nullptr : &it->second;
 }
 
 void op_error(const Node& n, const std::string& msg) {

@@ -64,35 +64,6 @@ bool LayoutPolicy::aliases(Layout a, Layout b, const Shape& s) const {
   return layouts_alias(a, b, s);
 }
 
-// ---- rule registry ----
-namespace {
-std::map<std::pair<std::string, std::string>, Bf16Pred>& bf16_ops() {
-  static std::map<std::pair<std::string, std::string>, Bf16Pred> m;
-  return m;
-}
-std::map<std::pair<std::string, std::string>, LayoutRule>& rules() {
-  static std::map<std::pair<std::string, std::string>, LayoutRule> m;
-  return m;
-}
-}  // namespace
-
-void register_layout_rule(const std::string& backend, const std::string& op, LayoutRule r) {
-  rules()[{backend, op}] = std::move(r);
-}
-void register_bf16_op(const std::string& backend, const std::string& op, Bf16Pred pred) {
-  bf16_ops()[{backend, op}] = std::move(pred);
-}
-bool bf16_capable(const std::string& backend, const Node& n, const std::vector<TensorDesc>& in,
-                  const std::vector<TensorDesc>& out) {
-  auto it = bf16_ops().find({backend, n.op});
-  return it != bf16_ops().end() && (!it->second || it->second(n, in, out));
-}
-
-const LayoutRule* find_layout_rule(const std::string& backend, const std::string& op) {
-  auto it = rules().find({backend, op});
-  return it == rules().end() ? nullptr : &it->second;
-}
-
 LayoutRule rule_follow_input(int k) {
   return [k](const LayoutQuery& q) {
     Layout L = q.in[k].shape.size() == 4 ? q.in_layout[k] : Layout::plain;
@@ -125,7 +96,7 @@ bool layouts_alias(Layout a, Layout b, const Shape& s) {
 }
 
 // ---- the pass ----
-LayoutResult assign_layouts(Graph& g, const std::string& backend, const LayoutPolicy& policy, bool training,
+LayoutResult assign_layouts(Graph& g, const Backend& backend, const LayoutPolicy& policy, bool training,
                             int num_forward_nodes, const std::vector<int*>& must_be_plain) {
   LayoutResult res;
   std::vector<Layout>& lay = res.layout;
@@ -172,8 +143,9 @@ LayoutResult assign_layouts(Graph& g, const std::string& backend, const LayoutPo
     }
     for (int v : n.outputs) out.push_back(g.values[v].desc);
     LayoutChoice c;
-    const LayoutRule* rule = find_layout_rule(backend, n.op);
-    if (rule && policy.bf16 && !bf16_capable(backend, n, in, out)) rule = nullptr;
+    const KernelEntry* entry = backend.kernel(n.op);
+    const LayoutRule* rule = entry && entry->layout ? &entry->layout : nullptr;
+    if (rule && policy.bf16 && !backend.bf16_capable(n, in, out)) rule = nullptr;
     if (n.op == "reorder") {  // a reorder in the graph as built: its attributes say both layouts
       c.in = {Layout(n.attrs.i("from", 0))};
       c.out = {Layout(n.attrs.i("to", 0))};

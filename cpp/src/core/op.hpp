@@ -24,6 +24,14 @@ enum class Layout : int { plain = 0, nhwc = 1, nChw16c = 2, nChw8c = 3 };
 const char* layout_name(Layout l);
 // Bytes a tensor occupies in a layout (padding included), for dtype d.dtype.
 size_t layout_bytes(const TensorDesc& d, Layout l);
+// Two layouts that put every element of a tensor of shape s at the same offset (and so need no reorder):
+// equal ones, nhwc and plain when C == 1 or H*W == 1, a blocked one and plain when H*W == 1 and the block
+// divides C. A consumer may read a value in any layout that aliases the one it is stored in.
+bool layouts_alias(Layout a, Layout b, const Shape& s);
+
+
+// Element offset of logical index (n, c, h, w) of a 4-D tensor of shape s in layout l (reference kernels).
+int64_t layout_offset(Layout l, const Shape& s, int64_t n, int64_t c, int64_t h, int64_t w);
 
 struct KernelCtx {
   const Node& node;
@@ -57,6 +65,9 @@ class Kernel {
   // rebuilt when RunCtx::params_version differs from the version it was built at.
   virtual size_t persistent_bytes() const { return 0; }
   virtual void run(const RunCtx& ctx) = 0;
+  // What implements the node, for Session::kernels(): "onednn:<primitive>", "winograd", "native", "reference"
+  // (the op's naive loops), possibly with a detail after a space ("onednn:convolution jit:avx512_core").
+  virtual std::string impl() const { return "native"; }
 };
 
 using KernelFactory = std::function<std::unique_ptr<Kernel>(const KernelCtx&)>;
@@ -88,15 +99,10 @@ void register_op(OpSchema s);
 const OpSchema& get_op(const std::string& name);  // throws Error for an unknown op
 bool has_op(const std::string& name);
 std::vector<std::string> op_names();
-void register_kernel(const std::string& backend, const std::string& op, KernelFactory f);
-const KernelFactory* find_kernel(const std::string& backend, const std::string& op);
 
 // Static registration helpers: `static OpRegistrar reg{schema};`
 struct OpRegistrar {
   explicit OpRegistrar(OpSchema s) { register_op(std::move(s)); }
-};
-struct KernelRegistrar {
-  KernelRegistrar(const char* backend, const char* op, KernelFactory f) { register_kernel(backend, op, std::move(f)); }
 };
 
 // "op 'conv2d' (node 'features.0'): <msg>"
@@ -154,6 +160,7 @@ static KernelFactory ref_kernel() {
   struct K : Kernel {
     KernelCtx ctx;
     explicit K(const KernelCtx& c) : ctx(c) {}
+    std::string impl() const override { return "reference"; }
     void run(const RunCtx& r) override {
       if (ctx.compute == DType::f64)
         Fn<double>::run(RefArgs<double>{ctx, r});

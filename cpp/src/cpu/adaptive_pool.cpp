@@ -10,7 +10,7 @@
 // or dy) stay zero. run() allocates nothing.
 #include <algorithm>
 
-#include "core/layout.hpp"
+#include "core/backend.hpp"
 #include "cpu/dnnl_common.hpp"
 #include "cpu/reduce.hpp"
 

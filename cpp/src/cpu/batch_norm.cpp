@@ -27,7 +27,7 @@
 #include <omp.h>
 #endif
 
-#include "core/layout.hpp"
+#include "core/backend.hpp"
 #include "cpu/reduce.hpp"
 
 namespace cnn {

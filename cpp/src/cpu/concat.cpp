@@ -12,7 +12,7 @@
 #include <algorithm>
 #include <cstring>
 
-#include "core/layout.hpp"
+#include "core/backend.hpp"
 #include "cpu/dnnl_common.hpp"
 
 namespace cnn {

@@ -20,7 +20,7 @@
 
 #include <omp.h>
 
-#include "core/layout.hpp"
+#include "core/backend.hpp"
 #include "cpu/dnnl_common.hpp"
 #include "cpu/winograd.hpp"
 

@@ -17,7 +17,7 @@
 #include <optional>
 #include <string>
 
-#include "core/layout.hpp"
+#include "core/backend.hpp"
 #include "cpu/dnnl_common.hpp"
 
 namespace cnn {

@@ -1,5 +1,7 @@
 #include "cpu/dnnl_common.hpp"
 
+#include "core/backend.hpp"
+
 #include <omp.h>
 
 #include <algorithm>

@@ -1,14 +1,14 @@
 // CPU kernels for dropout and dropout_grad: native elementwise loops, OpenMP-parallel when large, in any session
 // layout: forward keeps x's layout (the uint8 mask is written in it too, padding lanes 0), backward takes the
 // mask's (dy is reordered to it; masks never are). The mask comes from the same counter-based function as the
-// reference kernel (ops/dropout.hpp), drawn for each element's *logical* (plain) index whatever the layout, so
+// reference kernel (core/dropout_mask.hpp), drawn for each element's *logical* (plain) index whatever the layout, so
 // both backends, every layout and any thread count give bit-identical masks and outputs. May run in place;
 // run() allocates nothing.
 #include <cstring>
 
-#include "core/layout.hpp"
+#include "core/backend.hpp"
 #include "cpu/dnnl_common.hpp"
-#include "ops/dropout.hpp"
+#include "core/dropout_mask.hpp"
 
 namespace cnn {
 namespace cpu {

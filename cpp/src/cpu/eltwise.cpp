@@ -1,7 +1,7 @@
 // oneDNN kernels for activations (eltwise forward/backward) and add (binary add), and their layout rules:
 // elementwise, so any layout works as long as every operand shares it. Forward keeps the input's layout,
 // backward takes the saved tensor's (dy is reordered to it if it differs), add the first non-plain operand's.
-#include "core/layout.hpp"
+#include "core/backend.hpp"
 #include "cpu/dnnl_common.hpp"
 
 namespace cnn {

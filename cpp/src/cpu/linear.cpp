@@ -17,6 +17,7 @@
 
 #include <omp.h>
 
+#include "core/backend.hpp"
 #include "cpu/dnnl_common.hpp"
 
 namespace cnn {

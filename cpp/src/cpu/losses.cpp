@@ -6,7 +6,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "core/op.hpp"
+#include "core/backend.hpp"
 
 namespace cnn {
 namespace cpu {

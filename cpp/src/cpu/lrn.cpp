@@ -11,7 +11,7 @@
 #include <mutex>
 #include <string>
 
-#include "core/layout.hpp"
+#include "core/backend.hpp"
 #include "cpu/dnnl_common.hpp"
 
 namespace cnn {

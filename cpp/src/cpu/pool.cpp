@@ -8,7 +8,7 @@
 // (GlobalAvgFwd: float64 sums, float32 or bf16), its backward (a broadcast) oneDNN's.
 #include <algorithm>
 
-#include "core/layout.hpp"
+#include "core/backend.hpp"
 #include "cpu/dnnl_common.hpp"
 #include "cpu/reduce.hpp"
 

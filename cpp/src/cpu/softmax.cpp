@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "core/backend.hpp"
 #include "cpu/reduce.hpp"
 
 namespace cnn {

@@ -3,7 +3,7 @@
 // maps output index o to round((o + 0.5) / s - 0.5); for an integer scale s that lies strictly within 0.5 - 0.5/s of
 // o / s's floor, so it picks PyTorch's source o / s (tests/test_op_upsample.py checks it against torch). The backward
 // sums each s_h x s_w block of dy into dx. Primitives are built once; run() only binds.
-#include "core/layout.hpp"
+#include "core/backend.hpp"
 #include "cpu/dnnl_common.hpp"
 
 namespace cnn {

@@ -4,7 +4,7 @@
 // mask output (the op's workspace); with training=0 the gradient passes through unchanged.
 #include <cstring>
 
-#include "ops/dropout.hpp"
+#include "core/dropout_mask.hpp"
 
 namespace cnn {
 namespace {

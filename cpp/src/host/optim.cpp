@@ -1,4 +1,4 @@
-// cnnnative — optimizer update kernels (cpp/src/cpu/optim.cpp)
+// cnnnative — optimizer update kernels (cpp/src/host/optim.cpp)
 //
 // Owns: the float SGD / Adam / AdamW update kernels over flat parameter,
 // gradient and state arrays, their double-precision references, argument
@@ -25,7 +25,7 @@
 //  * No heap allocation on the update path (only the error message of a
 //    rejected call allocates); validation throws std::invalid_argument before
 //    any buffer is written.
-#include "cpu/optim.hpp"
+#include "host/optim.hpp"
 
 #include <algorithm>
 #include <atomic>

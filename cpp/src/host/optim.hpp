@@ -1,4 +1,4 @@
-// cnnnative — optimizer update kernels (cpp/src/cpu/optim.hpp)
+// cnnnative — optimizer update kernels (cpp/src/host/optim.hpp)
 //
 // Owns: the in-place parameter update rules that run over the engine's flat
 // parameter / gradient blocks (all parameters of a model are one contiguous
@@ -28,25 +28,9 @@
 
 #include <cstddef>
 
+#include "core/optim_config.hpp"  // SGDConfig, AdamConfig, OptimMaxima
+
 namespace cnn {
-
-struct SGDConfig {
-  float lr = 0.01f;
-  float momentum = 0.f;
-  float dampening = 0.f;
-  float weight_decay = 0.f;
-  bool nesterov = false;
-};
-
-struct AdamConfig {
-  float lr = 1e-3f;
-  float beta1 = 0.9f;
-  float beta2 = 0.999f;
-  float eps = 1e-8f;
-  float weight_decay = 0.f;
-  bool decoupled = false;  // true = AdamW (decoupled weight decay)
-  bool amsgrad = false;
-};
 
 // step = 1-based count of updates done including this one. For SGD it selects
 // the momentum initialisation (step == 1: buf = d); for Adam it drives the bias
@@ -56,12 +40,6 @@ struct AdamConfig {
 // SGD:  d = g + wd*p; if momentum != 0: buf = (step == 1 ? d : momentum*buf +
 //       (1-dampening)*d); d = nesterov ? d + momentum*buf : buf; p -= lr*d.
 //       momentum_buf: n floats, or nullptr when momentum == 0.
-// Largest magnitudes written by an update (for the session's overflow bounds, see session.cpp): p = max |p|,
-// m = max |momentum_buf| or max |m|, v = max v (max vmax with amsgrad). Thread-count independent.
-struct OptimMaxima {
-  float p = 0, m = 0, v = 0;
-};
-
 void sgd_update(float* p, const float* g, float* momentum_buf, std::size_t n,
                 const SGDConfig& c, long step, OptimMaxima* maxima = nullptr);
 

@@ -1,0 +1,80 @@
+// Backend and kernel registries (see backend.hpp). Kernels register by backend name at static-initialization
+// time, before or after their Backend object, so the tables are keyed by name.
+#include "core/backend.hpp"
+
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <mutex>
+
+namespace cnn {
+
+namespace {
+std::map<std::pair<std::string, std::string>, KernelEntry>& entries() {
+  static std::map<std::pair<std::string, std::string>, KernelEntry> m;
+  return m;
+}
+std::map<std::string, std::shared_ptr<Backend>>& backends() {
+  static std::map<std::string, std::shared_ptr<Backend>> m;
+  return m;
+}
+std::mutex& backends_mutex() {
+  static std::mutex m;
+  return m;
+}
+}  // namespace
+
+void register_kernel(const std::string& backend, const std::string& op, KernelFactory f) {
+  entries()[{backend, op}].make = std::move(f);
+}
+void register_layout_rule(const std::string& backend, const std::string& op, LayoutRule r) {
+  entries()[{backend, op}].layout = std::move(r);
+}
+void register_bf16_op(const std::string& backend, const std::string& op, Bf16Pred pred) {
+  KernelEntry& e = entries()[{backend, op}];
+  e.bf16 = true;
+  e.bf16_pred = std::move(pred);
+}
+void register_kernel_inplace(const std::string& backend, const std::string& op, bool inplace) {
+  entries()[{backend, op}].inplace = inplace;
+}
+const KernelEntry* find_kernel_entry(const std::string& backend, const std::string& op) {
+  auto it = entries().find({backend, op});
+  return it == entries().end() || !it->second.make ? nullptr : &it->second;
+}
+
+bool Backend::bf16_capable(const Node& n, const std::vector<TensorDesc>& in, const std::vector<TensorDesc>& out) const {
+  const KernelEntry* e = kernel(n.op);
+  return e && e->bf16 && (!e->bf16_pred || e->bf16_pred(n, in, out));
+}
+
+void Backend::copy_in(void* dst, const void* host_src, size_t bytes) const {
+  if (bytes) std::memcpy(dst, host_src, bytes);
+}
+void Backend::copy_out(void* host_dst, const void* src, size_t bytes) const {
+  if (bytes) std::memcpy(host_dst, src, bytes);
+}
+void Backend::copy(void* dst, const void* src, size_t bytes) const {
+  if (bytes) std::memmove(dst, src, bytes);
+}
+
+void register_backend(std::shared_ptr<Backend> b) {
+  std::lock_guard<std::mutex> hold(backends_mutex());
+  backends()[b->name()] = std::move(b);
+}
+std::shared_ptr<const Backend> get_backend(const std::string& name) {
+  std::lock_guard<std::mutex> hold(backends_mutex());
+  auto it = backends().find(name);
+  if (it != backends().end()) return it->second;
+  std::string known;
+  for (auto& kv : backends()) known += (known.empty() ? "" : ", ") + kv.first;
+  throw Error("compile: unknown backend '" + name + "' (" + known + ")");
+}
+std::vector<std::string> backend_names() {
+  std::lock_guard<std::mutex> hold(backends_mutex());
+  std::vector<std::string> v;
+  for (auto& kv : backends()) v.push_back(kv.first);
+  return v;
+}
+
+}  // namespace cnn

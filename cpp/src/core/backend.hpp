@@ -1,0 +1,171 @@
+// The backend interface: everything device-specific that the compile pipeline and the session ask for.
+//
+// A backend is a registered object (register_backend) plus the kernels registered under its name. It owns:
+//   - the kernel registry and per-kernel capabilities: a factory per op, the layout rule (which activation
+//     layouts the kernel takes and gives; none: plain only), whether it takes bfloat16 activations, whether its
+//     output may share its input's buffer;
+//   - capabilities of the backend as a whole: the compute dtypes it runs, whether its activations have layouts
+//     (the layout pass runs only then), whether it has fast kernels (then a node that falls back to the op's
+//     reference kernel is reported: Session::kernels(), a warning, or an error with CompileOptions::strict);
+//   - memory: allocation of every buffer a session owns (arena, scratch, prepared weights, gradients,
+//     optimizer state), copies in and out and within, synchronization; a backend whose memory the host cannot
+//     address (host_accessible() false) gets its inputs copied in, its fetches copied out, and mirrors of the
+//     parameter store refreshed whenever the store's version moves;
+//   - the optimizer update over the flat parameter / gradient / state blocks, and the reductions the session's
+//     divergence guard needs (max |x|, first non-finite element, dry runs of an update).
+// `cpu` (cpu/backend.cpp: oneDNN and native AVX-512/AVX2 kernels, host memory) and `reference`
+// (core/ref_backend.cpp: every op's naive reference kernel, float32 and float64) are the implementations.
+// Adding one (e.g. `cuda`) is a new folder: a Backend subclass registered with BackendRegistrar and kernels
+// registered with KernelRegistrar under its name; nothing in core/ names a backend.
+//
+// Files under a backend's folder include this header, core/op.hpp's types and their own headers, nothing else
+// of the core.
+#pragma once
+#include <cstddef>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/alloc.hpp"
+#include "core/op.hpp"
+#include "core/optim_config.hpp"
+
+namespace cnn {
+
+// ---- activation layouts: the policy a session asks for and the rules kernels declare ----
+// The session's choice of activation layout (CompileOptions::layout). `block` is 16 (AVX-512) or 8.
+struct LayoutPolicy {
+  enum Kind { plain, nhwc, blocked } kind = plain;
+  int block = 16;
+  // bfloat16 activations (inference, CompileOptions::activations): every float value stored in a blocked
+  // layout is bf16, every other value (plain graph inputs/outputs, parameters, non-4-D tensors) float32, so a
+  // reorder into or out of a blocked layout also converts. Ops keep blocked layouts only if they are registered
+  // bf16-capable (register_bf16_op); the others are plain-only in such a session.
+  bool bf16 = false;
+  // The dtype a float value has when stored in layout l (`compute` for non-bf16 sessions).
+  DType dtype_in(Layout l, DType compute) const { return bf16 && is_blocked(l) ? DType::bf16 : compute; }
+  static bool is_blocked(Layout l) { return l == Layout::nChw16c || l == Layout::nChw8c; }
+  // layouts_alias, and in a bf16 session never between a blocked (bf16) and another (f32) layout.
+  bool aliases(Layout a, Layout b, const Shape& s) const;
+  // "auto" and "blocked" (nChw16c with AVX-512, nChw8c otherwise) | "nChw16c" | "nChw8c" | "nhwc" | "plain";
+  // throws Error on anything else.
+  static LayoutPolicy parse(const std::string& s);
+  // The layout the policy gives an activation: plain unless 4-D.
+  Layout act(const TensorDesc& d) const;
+  Layout blocked_layout() const { return block == 8 ? Layout::nChw8c : Layout::nChw16c; }
+};
+
+// What a layout rule is asked for one node.
+struct LayoutQuery {
+  const Node& node;
+  const std::vector<TensorDesc>& in;
+  const std::vector<TensorDesc>& out;
+  const std::vector<Layout>& in_layout;  // the layouts the inputs have now
+  const LayoutPolicy& policy;
+  bool training;                         // the graph has backward nodes (rules may check both directions)
+};
+
+// The rule's answer: the layout wanted for each input (a reorder is inserted where it differs from the
+// current one) and the layout of each output. Outputs that are not 4-D must be plain.
+struct LayoutChoice {
+  std::vector<Layout> in, out;
+};
+using LayoutRule = std::function<LayoutChoice(const LayoutQuery&)>;
+
+
+
+// Common rules.
+// Every 4-D input and output takes the current layout of input k (plain when input k is not 4-D); other
+// tensors (per-channel parameters, statistics) stay plain. Elementwise ops, batch norm, pooling forward.
+LayoutRule rule_follow_input(int k);
+// Every 4-D input and output takes the policy's layout for it (pooling backward without a workspace).
+LayoutRule rule_policy();
+
+
+// ---- kernel registry ----
+// Ops whose backend kernel takes bfloat16 activations (in a blocked layout), optionally only for some nodes.
+using Bf16Pred = std::function<bool(const Node&, const std::vector<TensorDesc>& in, const std::vector<TensorDesc>& out)>;
+
+// What a backend registers for one op.
+struct KernelEntry {
+  KernelFactory make;    // may be empty while only capabilities were registered (then the op is not implemented)
+  LayoutRule layout;     // empty: plain in, plain out
+  bool bf16 = false;     // takes bfloat16 activations in blocked layouts ...
+  Bf16Pred bf16_pred;    // ... for the nodes this accepts (empty: all)
+  bool inplace = true;   // may write its output over the input the op schema allows (OpSchema::inplace*)
+};
+
+void register_kernel(const std::string& backend, const std::string& op, KernelFactory f);
+void register_layout_rule(const std::string& backend, const std::string& op, LayoutRule r);
+void register_bf16_op(const std::string& backend, const std::string& op, Bf16Pred pred = nullptr);
+void register_kernel_inplace(const std::string& backend, const std::string& op, bool inplace);
+// The entry for (backend, op), or nullptr; an entry without a factory counts as absent.
+const KernelEntry* find_kernel_entry(const std::string& backend, const std::string& op);
+// Static registration helpers, used at namespace scope in a backend's kernel files.
+struct KernelRegistrar {
+  KernelRegistrar(const char* backend, const char* op, KernelFactory f) { register_kernel(backend, op, std::move(f)); }
+};
+struct LayoutRuleRegistrar {
+  LayoutRuleRegistrar(const char* backend, const char* op, LayoutRule r) { register_layout_rule(backend, op, std::move(r)); }
+};
+struct Bf16Registrar {
+  Bf16Registrar(const char* backend, const char* op, Bf16Pred pred = nullptr) { register_bf16_op(backend, op, std::move(pred)); }
+};
+
+// ---- the backend ----
+class Backend {
+ public:
+  explicit Backend(std::string name) : name_(std::move(name)) {}
+  virtual ~Backend() = default;
+  const std::string& name() const { return name_; }
+
+  // The kernel registered for op on this backend (nullptr: none, the op's reference kernel runs).
+  const KernelEntry* kernel(const std::string& op) const { return find_kernel_entry(name_, op); }
+  // Whether node n (with these descs, stored in blocked layouts) may take bfloat16 activations here.
+  bool bf16_capable(const Node& n, const std::vector<TensorDesc>& in, const std::vector<TensorDesc>& out) const;
+
+  // ---- capabilities ----
+  virtual bool supports_compute(DType compute) const { return compute == DType::f32; }
+  virtual bool supports_training_in(DType compute) const { return compute == DType::f32; }
+  virtual bool has_layouts() const { return false; }        // runs the layout pass (kernels register rules)
+  virtual bool has_fast_kernels() const { return false; }   // a reference fallback is worth reporting
+  // An empty string when bfloat16 activations can run here, else why not (shown to the user).
+  virtual std::string bf16_unavailable() const { return "the " + name_ + " backend has no bfloat16 kernels"; }
+  // Whether the optimizer update and the guard's reductions may run (training sessions).
+  virtual bool can_train() const { return true; }
+
+  // ---- memory ----
+  virtual bool host_accessible() const { return true; }  // the host may read and write its buffers directly
+  virtual Buffer allocate(size_t bytes) const { return make_buffer(bytes); }  // zero-filled, 64-byte aligned
+  virtual void copy_in(void* dst, const void* host_src, size_t bytes) const;   // host -> backend
+  virtual void copy_out(void* host_dst, const void* src, size_t bytes) const;  // backend -> host
+  virtual void copy(void* dst, const void* src, size_t bytes) const;           // backend -> backend
+  virtual void synchronize() const {}
+
+  // ---- the optimizer over flat blocks (p, g, state: n floats each) and the guard's reductions ----
+  virtual float absmax(const float* x, size_t n, bool* finite) const = 0;
+  virtual int64_t first_non_finite(const float* x, size_t n) const = 0;  // -1: all finite
+  virtual void sgd_update(float* p, const float* g, float* momentum, size_t n, const SGDConfig& c, long step,
+                          OptimMaxima* maxima) const = 0;
+  virtual void adam_update(float* p, const float* g, float* m, float* v, float* vmax, size_t n, const AdamConfig& c,
+                           long step, OptimMaxima* maxima) const = 0;
+  // Dry runs (nothing written): the first element whose update would not be finite, or -1.
+  virtual long sgd_first_non_finite(const float* p, const float* g, const float* momentum, size_t n, const SGDConfig& c,
+                                    long step) const = 0;
+  virtual long adam_first_non_finite(const float* p, const float* g, const float* m, const float* v, const float* vmax,
+                                     size_t n, const AdamConfig& c, long step) const = 0;
+
+ private:
+  std::string name_;
+};
+
+void register_backend(std::shared_ptr<Backend> b);
+// The backend registered as name; throws Error naming the registered ones otherwise.
+std::shared_ptr<const Backend> get_backend(const std::string& name);
+std::vector<std::string> backend_names();
+struct BackendRegistrar {
+  explicit BackendRegistrar(std::shared_ptr<Backend> b) { register_backend(std::move(b)); }
+};
+
+}  // namespace cnn
