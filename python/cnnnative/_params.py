@@ -10,7 +10,9 @@ tensors — are `Parameter`/`Buffer` views with numpy's WRITEABLE flag off, and 
   - inside `with cn.no_grad():` (or `with model.edit():`, the same context): entering it makes every registered
     array writeable, leaving it makes them read-only again and bumps the version of every store they view,
     also when the block raised; contexts nest (the arrays stay writeable until the outermost one is left).
-A write anywhere else is numpy's own "ValueError: assignment destination is read-only", never a stale weight.
+A write anywhere else is numpy's own "ValueError: assignment destination is read-only", never a stale weight
+(ufunc.at, which numpy 2.4 lets write a read-only array, is refused by Parameter/Buffer themselves). An
+inference run inside the context bumps the version first: writes made in the context are seen by runs in it.
 
 Possible because the memory under every handed-out view stays writeable (the store's block, or for a
 parameter made before the first compile, an array that owns its memory): numpy lets a view's WRITEABLE flag
