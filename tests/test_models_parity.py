@@ -185,7 +185,7 @@ def _update_err(w, w_ref, w0):
 def _apply_shifts(shifts, ours, ref, before):
     """Adds the shifts to both models (and to the snapshot the updates are measured from)."""
     ours_sd, ref_sd = ours.state_dict(), ref.state_dict()
-    with torch.no_grad():
+    with torch.no_grad(), cn.no_grad():  # both spell the in-place edit the same way
         for k, d in shifts.items():
             ref_sd[k].add_(d)
             before[k].add_(d)
