@@ -97,6 +97,7 @@ struct Schedule {
 
 template <class T>
 struct BatchNormFwd : Kernel {
+  std::string impl() const override { return "native"; }
   Chunks ch;
   BnScratch sc;
   bool training, update;
@@ -212,6 +213,7 @@ struct BatchNormFwd : Kernel {
 // in: dy, x, gamma, mean, var (batch stats when training, running stats otherwise); out: dx, dgamma, dbeta
 template <class T>
 struct BatchNormBwd : Kernel {
+  std::string impl() const override { return "native"; }
   Chunks ch;
   BnScratch sc;
   bool training;
