@@ -65,7 +65,7 @@ struct ConvFwd : Kernel {  // (x, w [, b]) -> y
   std::string impl_name;  // Kernel::impl(), fixed at construction
   std::string impl() const override { return impl_name; }
   DnnlExec reorder_w, conv;
-  std::optional<SrcConvert> cvt;
+  std::optional<SrcConvert> convert;
   size_t scratch = 0, persist = 0;
   PreparedVersion prepared;
   explicit ConvFwd(const KernelCtx& c) {
@@ -74,14 +74,14 @@ struct ConvFwd : Kernel {  // (x, w [, b]) -> y
     auto pd = d.fwd(with_bias, user_scratchpad_attr(),
                     c.training ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference);
     auto r = weight_reorder(d.w_user, pd.weights_desc());
-    cvt.emplace(c, d);
+    convert.emplace(c, d);
     prepared.cached = c.cache_weights;
-    WeightScratch sc(std::max(pd.scratchpad_desc().get_size(), cvt->pad()), r, pd.weights_desc().get_size(), prepared.cached);
-    scratch = cvt->place(sc.total);
+    WeightScratch sc(std::max(pd.scratchpad_desc().get_size(), convert->pad()), r, pd.weights_desc().get_size(), prepared.cached);
+    scratch = convert->place(sc.total);
     persist = sc.persist;
     if (r) reorder_w = bind_reorder(*r, Src::in(1), sc.weights);
     conv = DnnlExec(dnnl::convolution_forward(pd));
-    conv.bind(DNNL_ARG_SRC, d.src, cvt->src());
+    conv.bind(DNNL_ARG_SRC, d.src, convert->src());
     conv.bind(DNNL_ARG_WEIGHTS, pd.weights_desc(), r ? sc.weights : Src::in(1));
     impl_name = onednn_impl(pd);
     if (with_bias) conv.bind(DNNL_ARG_BIAS, d.bias, Src::in(2));
@@ -92,7 +92,7 @@ struct ConvFwd : Kernel {  // (x, w [, b]) -> y
   size_t persistent_bytes() const override { return persist; }
   void run(const RunCtx& r) override {
     prepared.refresh(r, reorder_w);
-    cvt->run(r);
+    convert->run(r);
     conv.run(r);
   }
 };
@@ -101,7 +101,7 @@ struct ConvBwdData : Kernel {  // (dy, w) -> dx
   std::string impl_name;  // Kernel::impl(), fixed at construction
   std::string impl() const override { return impl_name; }
   DnnlExec reorder_w, conv;
-  std::optional<SrcConvert> cvt;
+  std::optional<SrcConvert> convert;
   size_t scratch = 0;
   explicit ConvBwdData(const KernelCtx& c) {
     ConvDescs d(c, c.out[0].dtype, c.in[0].dtype, c.out[0].shape, c.in[1].shape, c.in[0].shape, c.layout_out(0), c.layout_in(0));
@@ -109,22 +109,22 @@ struct ConvBwdData : Kernel {  // (dy, w) -> dx
     dnnl::convolution_backward_data::primitive_desc pd(engine(), dnnl::algorithm::convolution_direct, d.src, d.w_any, d.dst,
                                                        d.strides, d.dilates, d.pad, d.pad, hint, user_scratchpad_attr());
     auto r = weight_reorder(d.w_user, pd.weights_desc());
-    cvt.emplace(c, d, 0, true);
-    WeightScratch sc(std::max(pd.scratchpad_desc().get_size(), cvt->pad()), r, pd.weights_desc().get_size());
-    scratch = cvt->place(sc.total);
+    convert.emplace(c, d, 0, true);
+    WeightScratch sc(std::max(pd.scratchpad_desc().get_size(), convert->pad()), r, pd.weights_desc().get_size());
+    scratch = convert->place(sc.total);
     if (r) reorder_w = bind_reorder(*r, Src::in(1), sc.weights);
     conv = DnnlExec(dnnl::convolution_backward_data(pd));
     impl_name = onednn_impl(pd);
     conv.bind(DNNL_ARG_DIFF_DST, d.dst, Src::in(0));
     conv.bind(DNNL_ARG_WEIGHTS, pd.weights_desc(), r ? sc.weights : Src::in(1));
-    conv.bind(DNNL_ARG_DIFF_SRC, d.src, cvt->src());
+    conv.bind(DNNL_ARG_DIFF_SRC, d.src, convert->src());
     bind_scratchpad(conv, pd.scratchpad_desc());
   }
   size_t scratch_bytes() const override { return scratch; }
   void run(const RunCtx& r) override {
     if (!reorder_w.empty()) reorder_w.run(r);
     conv.run(r);
-    cvt->run(r);
+    convert->run(r);
   }
 };
 
@@ -132,7 +132,7 @@ struct ConvBwdWeights : Kernel {  // (dy, x) -> dw [, db]
   std::string impl_name;  // Kernel::impl(), fixed at construction
   std::string impl() const override { return impl_name; }
   DnnlExec conv, reorder_dw;
-  std::optional<SrcConvert> cvt;
+  std::optional<SrcConvert> convert;
   size_t scratch = 0;
   explicit ConvBwdWeights(const KernelCtx& c) {
     bool with_bias = c.out.size() > 1;
@@ -146,13 +146,13 @@ struct ConvBwdWeights : Kernel {  // (dy, x) -> dw [, db]
     bpd pd = with_bias ? bpd(engine(), alg, d.src, d.w_any, d.bias, d.dst, d.strides, d.dilates, d.pad, d.pad, hint, attr)
                        : bpd(engine(), alg, d.src, d.w_any, d.dst, d.strides, d.dilates, d.pad, d.pad, hint, attr);
     auto r = weight_reorder(pd.diff_weights_desc(), d.w_user);
-    cvt.emplace(c, d, 1);
-    WeightScratch sc(std::max(pd.scratchpad_desc().get_size(), cvt->pad()), r, pd.diff_weights_desc().get_size());
-    scratch = cvt->place(sc.total);
+    convert.emplace(c, d, 1);
+    WeightScratch sc(std::max(pd.scratchpad_desc().get_size(), convert->pad()), r, pd.diff_weights_desc().get_size());
+    scratch = convert->place(sc.total);
     conv = DnnlExec(dnnl::convolution_backward_weights(pd));
     impl_name = onednn_impl(pd);
     conv.bind(DNNL_ARG_DIFF_DST, d.dst, Src::in(0));
-    conv.bind(DNNL_ARG_SRC, d.src, cvt->src());
+    conv.bind(DNNL_ARG_SRC, d.src, convert->src());
     conv.bind(DNNL_ARG_DIFF_WEIGHTS, pd.diff_weights_desc(), r ? sc.weights : Src::out(0));
     if (with_bias) conv.bind(DNNL_ARG_DIFF_BIAS, d.bias, Src::out(1));
     bind_scratchpad(conv, pd.scratchpad_desc());
@@ -160,7 +160,7 @@ struct ConvBwdWeights : Kernel {  // (dy, x) -> dw [, db]
   }
   size_t scratch_bytes() const override { return scratch; }
   void run(const RunCtx& r) override {
-    cvt->run(r);
+    convert->run(r);
     conv.run(r);
     if (!reorder_dw.empty()) reorder_dw.run(r);
   }
@@ -191,7 +191,7 @@ struct ConvFwdDet : Kernel {  // conv2d (x, w [, b]) -> y
   std::string impl_name;  // Kernel::impl(), fixed at construction
   std::string impl() const override { return impl_name; }
   DnnlExec reorder_w;
-  std::optional<SrcConvert> cvt;
+  std::optional<SrcConvert> convert;
   MinibatchParts parts;
   size_t scratch = 0, persist = 0, pad_off = 0;
   PreparedVersion prepared;
@@ -217,14 +217,14 @@ struct ConvFwdDet : Kernel {  // conv2d (x, w [, b]) -> y
     }
     const mdesc wmd = *pw.md;
     auto r = weight_reorder(d.w_user, wmd);
-    cvt.emplace(c, d);
+    convert.emplace(c, d);
     prepared.cached = c.cache_weights;
-    WeightScratch sc(cvt->pad(), r, wmd.get_size(), prepared.cached);
+    WeightScratch sc(convert->pad(), r, wmd.get_size(), prepared.cached);
     ScratchLayout L;
-    L.total = cvt->place(sc.total);
+    L.total = convert->place(sc.total);
     persist = sc.persist;
     if (r) reorder_w = bind_reorder(*r, Src::in(1), sc.weights);
-    std::vector<PartArg> args{{PartArg::Batched, DNNL_ARG_SRC, cvt->src(), d.src.get_size() / size_t(N)},
+    std::vector<PartArg> args{{PartArg::Batched, DNNL_ARG_SRC, convert->src(), d.src.get_size() / size_t(N)},
                               {PartArg::Shared, DNNL_ARG_WEIGHTS, r ? sc.weights : Src::in(1)},
                               {PartArg::Batched, DNNL_ARG_DST, Src::out(0), d.dst.get_size() / size_t(N)}};
     if (with_bias) args.push_back({PartArg::Shared, DNNL_ARG_BIAS, Src::in(2)});
@@ -237,7 +237,7 @@ struct ConvFwdDet : Kernel {  // conv2d (x, w [, b]) -> y
   size_t persistent_bytes() const override { return persist; }
   void run(const RunCtx& r) override {
     prepared.refresh(r, reorder_w);
-    cvt->run(r);
+    convert->run(r);
     parts.run(r, pad_off);
   }
 };
@@ -246,7 +246,7 @@ struct ConvBwdDataDet : Kernel {  // conv2d_grad_data (dy, w) -> dx
   std::string impl_name;  // Kernel::impl(), fixed at construction
   std::string impl() const override { return impl_name; }
   DnnlExec reorder_w;
-  std::optional<SrcConvert> cvt;
+  std::optional<SrcConvert> convert;
   MinibatchParts parts;
   size_t scratch = 0, pad_off = 0;
   explicit ConvBwdDataDet(const KernelCtx& c) {
@@ -272,15 +272,15 @@ struct ConvBwdDataDet : Kernel {  // conv2d_grad_data (dy, w) -> dx
     }
     const mdesc wmd = *pw.md;
     auto r = weight_reorder(d.w_user, wmd);
-    cvt.emplace(c, d, 0, true);
-    WeightScratch sc(cvt->pad(), r, wmd.get_size());
+    convert.emplace(c, d, 0, true);
+    WeightScratch sc(convert->pad(), r, wmd.get_size());
     ScratchLayout L;
-    L.total = cvt->place(sc.total);
+    L.total = convert->place(sc.total);
     if (r) reorder_w = bind_reorder(*r, Src::in(1), sc.weights);
     parts = MinibatchParts(N, part, make,
                            {{PartArg::Batched, DNNL_ARG_DIFF_DST, Src::in(0), d.dst.get_size() / size_t(N)},
                             {PartArg::Shared, DNNL_ARG_WEIGHTS, r ? sc.weights : Src::in(1)},
-                            {PartArg::Batched, DNNL_ARG_DIFF_SRC, cvt->src(), d.src.get_size() / size_t(N)}});
+                            {PartArg::Batched, DNNL_ARG_DIFF_SRC, convert->src(), d.src.get_size() / size_t(N)}});
     impl_name = parts.impl();
     pad_off = L.add(parts.scratch_bytes());
     scratch = L.total;
@@ -289,14 +289,14 @@ struct ConvBwdDataDet : Kernel {  // conv2d_grad_data (dy, w) -> dx
   void run(const RunCtx& r) override {
     if (!reorder_w.empty()) reorder_w.run(r);
     parts.run(r, pad_off);
-    cvt->run(r);
+    convert->run(r);
   }
 };
 
 struct ConvBwdWeightsDet : Kernel {  // conv2d_grad_weights (dy, x) -> dw [, db]
   std::string impl_name;  // Kernel::impl(), fixed at construction
   std::string impl() const override { return impl_name; }
-  std::optional<SrcConvert> cvt;
+  std::optional<SrcConvert> convert;
   PartialWeightGrads partial_dw;
   size_t scratch = 0;
   bool with_bias;
@@ -328,18 +328,18 @@ struct ConvBwdWeightsDet : Kernel {  // conv2d_grad_weights (dy, x) -> dw [, db]
       make(part);
     }
     const mdesc wmd = *pw.md;
-    cvt.emplace(c, d, 1);
+    convert.emplace(c, d, 1);
     ScratchLayout L;
-    L.add(std::max(cvt->pad(), PartialWeightGrads::reorder_pad(wmd, d.w_user)));
-    L.total = cvt->place(L.total);
-    partial_dw.plan(L, N, part, ws[0], with_bias, wmd, d.w_user, make, cvt->src(), d.src.get_size() / size_t(N), Src::in(0),
+    L.add(std::max(convert->pad(), PartialWeightGrads::reorder_pad(wmd, d.w_user)));
+    L.total = convert->place(L.total);
+    partial_dw.plan(L, N, part, ws[0], with_bias, wmd, d.w_user, make, convert->src(), d.src.get_size() / size_t(N), Src::in(0),
              d.dst.get_size() / size_t(N));
     scratch = L.total;
     impl_name = partial_dw.impl();
   }
   size_t scratch_bytes() const override { return scratch; }
   void run(const RunCtx& r) override {
-    cvt->run(r);
+    convert->run(r);
     partial_dw.run(r);
   }
 };
@@ -358,7 +358,7 @@ struct ConvFused : Kernel, FusedConvAttrs {
   std::string impl() const override { return impl_name; }
   DnnlExec reorder_w, conv, act_ex;
   MinibatchParts parts;  // deterministic mode: the convolution over minibatch parts (see ConvFwdDet), not `conv`
-  std::optional<SrcConvert> cvt;
+  std::optional<SrcConvert> convert;
   size_t scratch = 0, persist = 0, scale_off = 0, shift_off = 0, residual_bytes = 0, pad_off = 0;
   PreparedVersion prepared;
   explicit ConvFused(const KernelCtx& c) : FusedConvAttrs(c) {
@@ -411,9 +411,9 @@ struct ConvFused : Kernel, FusedConvAttrs {
     // scratch: the scratchpads; prepared weights, BN scale and shift in the persistent region (cached) or, with
     // cache_weights off, in scratch after the scratchpads (rebuilt every run, as before prepared weights); then
     // the source conversion buffer (bf16 activations)
-    cvt.emplace(c, d);
+    convert.emplace(c, d);
     ScratchLayout L, P;
-    L.add(std::max({pd.scratchpad_desc().get_size(), r ? r->scratchpad_desc().get_size() : size_t(0), act_pad, cvt->pad()}));
+    L.add(std::max({pd.scratchpad_desc().get_size(), r ? r->scratchpad_desc().get_size() : size_t(0), act_pad, convert->pad()}));
     ScratchLayout& W = prepared.cached ? P : L;
     auto at = [&](size_t off) { return prepared.cached ? Src::persist(off) : Src::scratch(off); };
     Src w_at = at(r ? W.add(pd.weights_desc().get_size()) : 0);
@@ -421,14 +421,14 @@ struct ConvFused : Kernel, FusedConvAttrs {
       scale_off = W.add(size_t(K) * 4);
       shift_off = W.add(size_t(K) * 4);
     }
-    scratch = cvt->place(L.total);
+    scratch = convert->place(L.total);
     persist = P.total;
     if (r) {
       reorder_w = bind_reorder(*r, Src::in(1), w_at);
       if (bn) reorder_w.bind(DNNL_ARG_ATTR_SCALES | DNNL_ARG_SRC, plain_desc(Shape{K}, DType::f32), at(scale_off));
     }
     if (c.deterministic) {
-      std::vector<PartArg> args{{PartArg::Batched, DNNL_ARG_SRC, cvt->src(), d.src.get_size() / size_t(N)},
+      std::vector<PartArg> args{{PartArg::Batched, DNNL_ARG_SRC, convert->src(), d.src.get_size() / size_t(N)},
                                 {PartArg::Shared, DNNL_ARG_WEIGHTS, r ? w_at : Src::in(1)},
                                 {PartArg::Batched, DNNL_ARG_DST, Src::out(0), d.dst.get_size() / size_t(N)}};
       if (bn) args.push_back({PartArg::Shared, DNNL_ARG_BIAS, at(shift_off)});
@@ -441,7 +441,7 @@ struct ConvFused : Kernel, FusedConvAttrs {
       scratch = S.total;
     } else {
       conv = DnnlExec(dnnl::convolution_forward(pd));
-      conv.bind(DNNL_ARG_SRC, d.src, cvt->src());
+      conv.bind(DNNL_ARG_SRC, d.src, convert->src());
       conv.bind(DNNL_ARG_WEIGHTS, pd.weights_desc(), r ? w_at : Src::in(1));
       if (bn) conv.bind(DNNL_ARG_BIAS, d.bias, at(shift_off));
       else if (bias) conv.bind(DNNL_ARG_BIAS, d.bias, Src::in(2));
@@ -464,7 +464,7 @@ struct ConvFused : Kernel, FusedConvAttrs {
       prepared.mark(r);
     }
     if (sum && r.out[0] != r.in[residual_in]) std::memcpy(r.out[0], r.in[residual_in], residual_bytes);  // the residual is still live
-    cvt->run(r);
+    convert->run(r);
     if (parts.empty()) conv.run(r);
     else parts.run(r, pad_off);
     if (!act_ex.empty()) act_ex.run(r);

@@ -163,13 +163,13 @@ double deconv_image_flops(const Shape& x, const Shape& w) { return 2.0 * double(
 
 // The descriptors of a part of mb images (x, w, y: the forward shapes), the weights layout imposed once known.
 struct DetParts {
-  const Attrs& a;
-  DType t;
+  const Attrs& attrs;
+  DType dtype;
   Shape x, w, y;
   Layout lx, ly;
-  std::optional<mdesc> wmd;
+  std::optional<mdesc> wmd;  // the full part's weights layout, once known
   DeconvDescs at(int64_t mb) const {
-    DeconvDescs d(a, t, with_batch(x, mb), w, with_batch(y, mb), lx, ly);
+    DeconvDescs d(attrs, dtype, with_batch(x, mb), w, with_batch(y, mb), lx, ly);
     if (wmd) d.w_any = *wmd;
     return d;
   }
