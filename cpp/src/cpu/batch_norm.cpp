@@ -257,7 +257,8 @@ struct BatchNormBwd : Kernel {
   }
   void apply(const Args& a, int64_t u) const {
     const int64_t o = chunks.offset(u), c0 = chunks.chan0(u), V = chunks.lv.V;
-    red::lane_affine_bwd(a.dy + o, a.x + o, a.dx + o, chunks.count(u), V, V, a.mean_c + c0, a.coef_a + c0, a.coef_b + c0, a.coef_c + c0);
+    red::lane_affine_bwd(a.dy + o, a.x + o, a.dx + o, chunks.count(u), V, V, a.mean_c + c0, a.coef_a + c0, a.coef_b + c0,
+                         a.coef_c + c0);
   }
 
   void run(const RunCtx& r) override {

@@ -463,7 +463,8 @@ struct ConvFused : Kernel, FusedConvAttrs {
       if (!reorder_w.empty()) reorder_w.run(r);
       prepared.mark(r);
     }
-    if (sum && r.out[0] != r.in[residual_in]) std::memcpy(r.out[0], r.in[residual_in], residual_bytes);  // the residual is still live
+    if (sum && r.out[0] != r.in[residual_in])  // the residual is still live: copy it to y, which the sum reads
+      std::memcpy(r.out[0], r.in[residual_in], residual_bytes);
     convert->run(r);
     if (parts.empty()) conv.run(r);
     else parts.run(r, pad_off);

@@ -115,7 +115,8 @@ struct WinoFused : Kernel, FusedConvAttrs {
     } else if (bias) {
       ep.bias = static_cast<const float*>(r.in[2]);
     }
-    if (sum && r.out[0] != r.in[residual_in]) std::memcpy(r.out[0], r.in[residual_in], residual_bytes);  // the residual is still live
+    if (sum && r.out[0] != r.in[residual_in])  // the residual is still live: copy it to y, which the sum reads
+      std::memcpy(r.out[0], r.in[residual_in], residual_bytes);
     ep.sum = sum;
     ep.act = act;
     ep.alpha = alpha;

@@ -79,17 +79,15 @@ void DnnlExec::run(const RunCtx& ctx) {
   prim_.execute(stream(), args_);
 }
 
-std::string onednn_impl(const_dnnl_primitive_desc_t pd) {
+std::string onednn_impl(const dnnl::primitive_desc_base& pd) {
   dnnl_primitive_kind_t kind = dnnl_undefined_primitive;
   const char* info = nullptr;
-  dnnl_primitive_desc_query(pd, dnnl_query_primitive_kind, 0, &kind);
-  dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &info);
+  dnnl_primitive_desc_query(pd.get(), dnnl_query_primitive_kind, 0, &kind);
+  dnnl_primitive_desc_query(pd.get(), dnnl_query_impl_info_str, 0, &info);
   std::string s = std::string("onednn:") + dnnl_prim_kind2str(kind);
   if (info && *info) s += std::string(" ") + info;
   return s;
 }
-std::string onednn_impl(const dnnl::primitive_desc_base& pd) { return onednn_impl(pd.get()); }
-std::string DnnlExec::impl() const { return onednn_impl(prim_.get_primitive_desc()); }
 
 dnnl::primitive_attr user_scratchpad_attr() {
   dnnl::primitive_attr a;

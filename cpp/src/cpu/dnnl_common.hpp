@@ -48,8 +48,6 @@ class DnnlExec {
   void bind(int arg, const dnnl::memory::desc& md, Src src);
   void run(const RunCtx& ctx);
   bool empty() const { return !prim_; }
-  // onednn_impl() of the primitive (Kernel::impl(); not for run()).
-  std::string impl() const;
 
  private:
   dnnl::primitive prim_;
@@ -60,7 +58,6 @@ class DnnlExec {
 // What a kernel running this primitive reports as Kernel::impl(): "onednn:<primitive kind> <oneDNN
 // implementation>", e.g. "onednn:convolution brg:avx512_core". Queries the descriptor: call at construction.
 std::string onednn_impl(const dnnl::primitive_desc_base& pd);
-std::string onednn_impl(const_dnnl_primitive_desc_t pd);
 // The suffix of the deterministic kernels' impl() (one-thread primitives over minibatch parts).
 constexpr const char* kDetPartsImpl = " deterministic(minibatch parts)";
 

@@ -20,8 +20,8 @@
 // Deterministic mode (independent of the thread count too; KernelCtx::deterministic): the split follows the sizes
 // alone; the GEMMs are built for one thread; tile_chunks sums into Q private dU^T copies ("partials", Q from the tile
 // count, not the thread count), each owning a fixed range of chunks, which the threads share and which are summed
-// in partial order; db is accumulated per fixed group of tiles (tile_chunks: per partial; points, output_blocks: G groups of
-// tiles or chunk rows) and the groups summed in order. Partial and group buffers live in the shared scratch.
+// in partial order; db is accumulated per fixed group of tiles (tile_chunks: per partial; points, output_blocks: G
+// groups of tiles or chunk rows) and the groups summed in order. Partial and group buffers live in the shared scratch.
 #include "cpu/winograd.hpp"
 
 #include <dnnl.h>
