@@ -349,9 +349,9 @@ def _worker(seed: int, start: int, stop: int, verbose: bool):
 
     import cnnnative as cn
     import cnnnative.onnx as cno
-    import cnnnative.onnx._importer as imp
+    import cnnnative.onnx._common as limits  # the importer reads its limits from there at each use
 
-    imp.FOLD_MAX_ELEMENTS, imp.FOLD_MAX_BYTES, imp.FOLD_MAX_TOTAL_BYTES = 4 << 20, 16 << 20, 64 << 20
+    limits.FOLD_MAX_ELEMENTS, limits.FOLD_MAX_BYTES, limits.FOLD_MAX_TOTAL_BYTES = 4 << 20, 16 << 20, 64 << 20
     seeds = _seeds()
     for name, m in seeds.items():  # the seeds are valid and compile
         mod = cno.import_model(m)

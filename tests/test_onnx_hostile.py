@@ -315,10 +315,10 @@ def test_folding_budget(make):
 def test_folding_total_budget(monkeypatch):
     """Each constant within the budget, all of them together beyond it: a chain of Concats doubling a vector
     (with the real budget this needs 1 GiB before it stops: the limits are lowered here to keep it cheap)."""
-    from cnnnative.onnx import _importer
-    monkeypatch.setattr(_importer, "FOLD_MAX_ELEMENTS", 1 << 20, raising=False)
-    monkeypatch.setattr(_importer, "FOLD_MAX_BYTES", 4 << 20, raising=False)
-    monkeypatch.setattr(_importer, "FOLD_MAX_TOTAL_BYTES", 6 << 20, raising=False)
+    from cnnnative.onnx import _common  # the importer reads its limits from there at each use
+    monkeypatch.setattr(_common, "FOLD_MAX_ELEMENTS", 1 << 20)
+    monkeypatch.setattr(_common, "FOLD_MAX_BYTES", 4 << 20)
+    monkeypatch.setattr(_common, "FOLD_MAX_TOTAL_BYTES", 6 << 20)
     nodes, prev = [], "v"
     for k in range(28):  # 2^10 -> 2^38 elements if nothing stopped it
         nodes.append(H.make_node("Concat", [prev, prev], [f"c{k}"], name=f"cat{k}", axis=0))

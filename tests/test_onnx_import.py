@@ -50,6 +50,11 @@ def _ops(mod, shape):
     return [s.split()[0] for s in b.graph.node_ops()]
 
 
+def _schedule(mod, shape):
+    """Ops of the compiled inference session (after the engine's fusion)."""
+    return [e.split()[0] for e in mod.compile(shape).schedule()]
+
+
 rng = np.random.default_rng(0)
 
 
@@ -80,7 +85,7 @@ def test_sources_and_malformed_input(tmp_path):
 @needs["fill"]
 @needs["concat"]
 @needs["split"]
-def test_conv_asymmetric_pads_and_folded_mul():
+def test_conv_asymmetric_pads_and_mul_fused_into_the_conv():
     W, B, S = _r(4, 3, 3, 3), _r(4), _r(1, 4, 1, 1)
     nodes = [helper.make_node("Conv", ["x", "W", "B"], ["c"], pads=[0, 1, 1, 2], strides=[2, 1]),
              helper.make_node("Mul", ["c", "S"], ["m"]),
@@ -89,7 +94,12 @@ def test_conv_asymmetric_pads_and_folded_mul():
              helper.make_node("Flatten", ["p"], ["y"])]
     m = _model(nodes, [("x", ["N", 3, 9, 8])], [("y", ["N", 40])], {"W": W, "B": B, "S": S})
     mod = _check(m, _r(5, 3, 9, 8))
-    assert list(mod.state_dict()) == ["W", "B"]  # the Mul went into W and B
+    sd = mod.state_dict()
+    np.testing.assert_array_equal(sd["W"], W)  # the Mul is a batch_norm of its own (buffers) ...
+    assert list(sd)[:2] == ["W", "B"] and "Mul_1.weight" in sd
+    ops = _ops(mod, (5, 3, 9, 8))
+    assert ops[ops.index("conv2d"):][:3] == ["conv2d", "batch_norm", "relu"]
+    assert _schedule(mod, (5, 3, 9, 8)).count("batch_norm") == 0  # ... which the engine folds into the conv
     _check(m, _r(2, 3, 9, 8))  # another batch size
 
 
@@ -131,6 +141,50 @@ def test_affines_without_a_producer():
                {"mean": mean, "std": std, "two": np.array(2.0, np.float32)})
     mod = _check(m, _r(2, 3, 4, 5))
     assert _ops(mod, (2, 3, 4, 5)).count("batch_norm") == 2  # one merged affine + the -1 of the last Sub
+
+
+def test_scalar_affine_after_a_conv_reaches_the_engine_fusion():
+    """A scalar Mul and a per-channel Add after a Conv merge into one per-channel affine, a batch_norm that the
+    engine's inference fusion folds into the conv: the compiled session runs one fused conv."""
+    W, B = _r(5, 3, 3, 3), _r(5)
+    nodes = [helper.make_node("Conv", ["x", "W", "B"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Mul", ["c", "half"], ["m"]), helper.make_node("Add", ["m", "t"], ["a"]),
+             helper.make_node("Relu", ["a"], ["y"])]
+    m = _model(nodes, [("x", ["N", 3, 6, 6])], [("y", ["N", 5, 6, 6])],
+               {"W": W, "B": B, "half": np.array(0.5, np.float32), "t": _r(1, 5, 1, 1)})
+    mod = _check(m, _r(2, 3, 6, 6))
+    assert _ops(mod, (2, 3, 6, 6)) == ["conv2d", "batch_norm", "relu"]
+    assert [op for op in _schedule(mod, (2, 3, 6, 6)) if op != "reorder"] == ["fused_conv2d"]
+    np.testing.assert_array_equal(mod.state_dict()["W"], W)
+
+
+@needs["conv_transpose2d"]
+def test_affines_fold_into_weights_where_the_engine_cannot():
+    """After a ConvTranspose, a linear layer, a BatchNormalization or a 1-D Conv the engine has no fusion for
+    an affine, so import folds it into the weights: no batch_norm of its own, no extra state."""
+    C = 4
+    S, T = np.abs(_r(1, C, 1, 1)) + 0.5, _r(1, C, 1, 1)
+    cases = {
+        "ConvTranspose": ([helper.make_node("ConvTranspose", ["x", "W", "B"], ["p"], strides=[2, 2])],
+                          ("x", ["N", 2, 5, 5]), {"W": _r(2, C, 3, 3), "B": _r(C)}, S, T),
+        "Gemm": ([helper.make_node("Gemm", ["x", "W", "B"], ["p"], transB=1)],
+                 ("x", ["N", 6]), {"W": _r(C, 6), "B": _r(C)}, S.reshape(C), T.reshape(C)),
+        "BatchNormalization": ([helper.make_node("BatchNormalization", ["x", "g", "b", "mu", "var"], ["p"])],
+                               ("x", ["N", C, 3, 3]), {"g": _r(C), "b": _r(C), "mu": _r(C),
+                                                       "var": np.abs(_r(C)) + 0.5}, S, T),
+        "Conv1d": ([helper.make_node("Conv", ["x", "W", "B"], ["p"], pads=[1, 1])],
+                   ("x", ["N", 3, 7]), {"W": _r(C, 3, 3), "B": _r(C)}, S.reshape(1, C, 1), T.reshape(1, C, 1)),
+    }
+    for op, (nodes, x, inits, s, t) in cases.items():
+        nodes = nodes + [helper.make_node("Mul", ["p", "s"], ["m"]), helper.make_node("Add", ["m", "t"], ["y"])]
+        g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(x[0], TensorProto.FLOAT, x[1])],
+                              [helper.make_empty_tensor_value_info("y")],
+                              [numpy_helper.from_array(np.asarray(v), k) for k, v in {**inits, "s": s, "t": t}.items()])
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+        shape = (3,) + tuple(x[1][1:])
+        mod = _check(m, _r(*shape))
+        assert sorted(mod.state_dict()) == sorted(inits), (op, list(mod.state_dict()))
+        assert _ops(mod, shape).count("batch_norm") == (op == "BatchNormalization"), (op, _ops(mod, shape))
 
 
 def test_torch_style_dynamic_flatten_and_shape_arithmetic():
@@ -418,6 +472,41 @@ def test_torch_resnet18_with_bn_nodes():
     """Export without constant folding keeps BatchNormalization nodes: imported as batch_norm."""
     mod, err = _compare(_resnet18(), _r(1, 3, 32, 32), batches=(3,), do_constant_folding=False)
     assert _ops(mod, (3, 3, 32, 32)).count("batch_norm") == 20
+    assert "batch_norm" not in _schedule(mod, (3, 3, 32, 32))  # the engine folds each into its conv
+
+
+def _bn_as_mul_add(data):
+    """The model with each BatchNormalization written as Mul and Add by per-channel constants (as some
+    converters emit it)."""
+    m = onnx.load_from_string(data)
+    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    nodes = []
+    for n in m.graph.node:
+        if n.op_type != "BatchNormalization":
+            nodes.append(n)
+            continue
+        g, b, mu, var = (inits[i].astype(np.float64) for i in n.input[1:5])
+        eps = next((a.f for a in n.attribute if a.name == "epsilon"), 1e-5)
+        s = g / np.sqrt(var + eps)
+        for k, v in (("s", s), ("t", b - mu * s)):
+            m.graph.initializer.append(numpy_helper.from_array(v.astype(np.float32).reshape(-1, 1, 1), n.name + k))
+        nodes += [helper.make_node("Mul", [n.input[0], n.name + "s"], [n.output[0] + "_m"]),
+                  helper.make_node("Add", [n.output[0] + "_m", n.name + "t"], [n.output[0]])]
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    return m
+
+
+def test_torch_resnet18_with_bn_as_mul_add():
+    """Mul/Add after each conv: merged into one affine per conv, a batch_norm the engine folds into it."""
+    torch = _torch()
+    t = _resnet18()
+    mod = cno.import_model(_bn_as_mul_add(_export(t, _r(1, 3, 32, 32), do_constant_folding=False)))
+    x = _r(2, 3, 32, 32)
+    with torch.no_grad():
+        assert _rel(mod.compile(x.shape).run(x), t(torch.from_numpy(x)).numpy()) < 1e-4
+    assert _ops(mod, x.shape).count("batch_norm") == 20
+    assert "batch_norm" not in _schedule(mod, x.shape)
 
 
 @needs["conv_transpose2d"]

@@ -18,6 +18,7 @@ using namespace cnn;
 void bind_planner(py::module_& m);
 void bind_probe(py::module_& m);
 void bind_model(py::module_& m);
+void bind_pipeline(py::module_& m);
 
 namespace {
 
@@ -263,7 +264,7 @@ PYBIND11_MODULE(_core, m) {
                        const std::string& compute, int loss, const std::vector<int>& grad_of, const std::vector<int>& wrt,
                        const py::dict& optim, bool plan_memory, uint64_t seed, bool optimize, const std::string& layout,
                        const std::string& recompute, const std::string& dtype, bool cache_weights, bool winograd,
-                       bool deterministic, size_t max_arena_bytes) {
+                       bool deterministic, size_t max_arena_bytes, bool strict, const std::string& dump_passes) {
              CompileOptions o;
              if (mode == "infer") o.mode = Mode::Infer;
              else if (mode == "train") o.mode = Mode::Train;
@@ -284,6 +285,8 @@ PYBIND11_MODULE(_core, m) {
              o.winograd = winograd;
              o.deterministic = deterministic;
              o.max_arena_bytes = max_arena_bytes;
+             o.strict = strict;
+             o.dump_passes = dump_passes;
              for (auto kv : optim) {
                std::string k = py::str(kv.first);
                py::handle v = kv.second;
@@ -306,7 +309,8 @@ PYBIND11_MODULE(_core, m) {
            py::arg("optim") = py::dict(), py::arg("plan_memory") = true, py::arg("seed") = 0,
            py::arg("optimize") = true, py::arg("layout") = "auto", py::arg("recompute") = "none",
            py::arg("dtype") = "float32", py::arg("cache_weights") = true, py::arg("winograd") = true,
-           py::arg("deterministic") = false, py::arg("max_arena_bytes") = 0)
+           py::arg("deterministic") = false, py::arg("max_arena_bytes") = 0, py::arg("strict") = false,
+           py::arg("dump_passes") = "")
       .def("run", &PySession::run)
       .def("run_fetch", &PySession::run_fetch, py::arg("inputs"), py::arg("index") = 0)
       .def("step", &PySession::step)
@@ -366,6 +370,36 @@ PYBIND11_MODULE(_core, m) {
       })
       .def("memory_report", [](PySession& p) { return report_dict(p.s().memory_report()); })
       .def("schedule", [](PySession& p) { return p.s().schedule(); })
+      .def("kernels", [](PySession& p) {
+        py::list out;
+        for (auto& k : p.s().kernels()) {
+          py::dict d;
+          d["op"] = k.op;
+          d["name"] = k.name;
+          d["impl"] = k.impl;
+          d["in_layouts"] = k.in_layouts;
+          d["out_layouts"] = k.out_layouts;
+          d["in_dtype"] = k.in_dtype;
+          d["out_dtype"] = k.out_dtype;
+          out.append(d);
+        }
+        return out;
+      })
+      .def("passes", [](PySession& p) {
+        py::list out;
+        for (auto& r : p.s().passes()) {
+          py::dict d;
+          d["name"] = r.name;
+          d["ran"] = r.ran;
+          d["nodes"] = r.nodes;
+          d["summary"] = r.summary;
+          d["ms"] = r.ms;
+          out.append(d);
+        }
+        return out;
+      })
+      .def("reference_fallbacks", [](PySession& p) { return p.s().reference_fallbacks(); })
+      .def_property_readonly("backend", [](PySession& p) { return p.s().backend(); })
       .def("profile", [](PySession& p) {
         py::list l;
         for (auto& e : p.s().profile()) {
@@ -387,5 +421,6 @@ PYBIND11_MODULE(_core, m) {
   m.def("op_names", &op_names);
   bind_planner(m);
   bind_probe(m);
+  bind_pipeline(m);
   bind_model(m);
 }

@@ -11,7 +11,7 @@ import numpy as np
 
 from . import _core
 from .nn import Module, Parameter
-from .session import Session, arena_budget
+from .session import Session, _dump_dir, arena_budget, warn_reference_fallbacks
 
 __all__ = ["save", "load", "dumps", "GraphModule", "FORMAT_VERSION"]
 
@@ -110,10 +110,11 @@ class GraphModule(Module):
 
     def compile(self, input_shape=None, mode: str = "infer", optimizer=None, loss: str = "cross_entropy",
                 seed: int = 0, backend: str = "cpu", plan_memory: bool = True, winograd: bool = True,
-                max_arena_bytes=None):
+                max_arena_bytes=None, strict: bool = False, dump_passes=None):
         """An inference Session for input_shape (default: the saved shape; an int is a batch size).
         winograd=False keeps oneDNN's direct kernels for the 3x3 convolutions (see Module.compile);
-        max_arena_bytes refuses a session needing more memory (default: the machine's physical memory)."""
+        max_arena_bytes refuses a session needing more memory (default: the machine's physical memory);
+        strict and dump_passes as in Module.compile."""
         if mode != "infer":
             raise _core.Error(f"compile: a model loaded from a file compiles for inference only (mode='infer'), "
                               f"got mode={mode!r}; training a loaded model is not supported")
@@ -122,7 +123,7 @@ class GraphModule(Module):
         elif isinstance(input_shape, (int, np.integer)):
             input_shape = (int(input_shape),) + self.input_shape[1:]
         return _GraphSession(self, input_shape, backend=backend, plan_memory=plan_memory, seed=seed, winograd=winograd,
-                             max_arena_bytes=max_arena_bytes)
+                             max_arena_bytes=max_arena_bytes, strict=strict, dump_passes=dump_passes)
 
     def extra_repr(self) -> str:
         return (f"input_shape={list(self.input_shape)}, output_shape={list(self.output_shape)}, "
@@ -133,7 +134,7 @@ class _GraphSession(Session):
     """A Session over a loaded graph (no tracing): inference only."""
 
     def __init__(self, gm: GraphModule, input_shape, backend="cpu", plan_memory=True, seed=0, winograd=True,
-                 max_arena_bytes=None):
+                 max_arena_bytes=None, strict=False, dump_passes=None):
         input_shape = tuple(int(s) for s in input_shape)
         if len(input_shape) < 1 or any(s <= 0 for s in input_shape):
             raise ValueError(f"compile: input_shape must be (N, C, ...) with positive sizes, got {input_shape}")
@@ -145,6 +146,8 @@ class _GraphSession(Session):
         self.optimizer = None
         self._bn = []
         self._s = _core.Session(g, gm._ensure_store(), "infer", backend=backend, plan_memory=plan_memory, seed=int(seed),
-                                winograd=bool(winograd), max_arena_bytes=arena_budget(max_arena_bytes))
+                                winograd=bool(winograd), max_arena_bytes=arena_budget(max_arena_bytes),
+                                strict=bool(strict), dump_passes=_dump_dir(dump_passes))
+        warn_reference_fallbacks(self._s)
         self.deterministic = False
         self.output_shape = tuple(self._s.fetches[0][1])

@@ -697,7 +697,8 @@ class Module:
     def compile(self, input_shape, mode: str = "infer", optimizer=None, loss: str = "cross_entropy",
                 seed: int = 0, backend: str = "cpu", plan_memory: bool = True, optimize: bool = True,
                 layout: str = "auto", recompute="none", dtype: str = "float32", cache_weights: bool = True,
-                winograd: bool = True, deterministic=None, max_arena_bytes=None):
+                winograd: bool = True, deterministic=None, max_arena_bytes=None, strict: bool = False,
+                dump_passes=None):
         """Compiles the model for one input shape: mode 'infer' (eval behaviour of BN/dropout) or
         'train' (one step = forward, loss, backward, optimizer update). optimize: fuse conv/BN/add/ReLU
         chains in inference; layout: 'auto' (oneDNN's blocked layouts between capable kernels) or
@@ -713,7 +714,9 @@ class Module:
         (about half the time, relative differences ~1e-5; False: direct convolution). deterministic:
         training results independent of the thread count (default: cn.use_deterministic_algorithms).
         max_arena_bytes: refuse (cn.Error) a session needing more memory than this (default: the machine's
-        physical memory). Returns a Session. The session shares the model's parameters and buffers (one
+        physical memory). strict: refuse (cn.Error) a session in which a node would run an op's naive
+        reference kernel on the cpu backend (by default that warns once; session.kernels() lists what runs
+        each node). dump_passes: a folder to write the graph into after each compile pass. Returns a Session. The session shares the model's parameters and buffers (one
         ParamStore); it refuses to run (cn.Error) once a module, parameter or buffer of the model was
         added, removed or replaced: compile again. Plain attributes a forward() reads (a stride, a flag) are
         traced as constants at compile, as torch.jit.trace does."""
@@ -721,7 +724,8 @@ class Module:
         return Session(self, input_shape, mode=mode, optimizer=optimizer, loss=loss, seed=seed,
                        backend=backend, plan_memory=plan_memory, optimize=optimize, layout=layout,
                        recompute=recompute, dtype=dtype, cache_weights=cache_weights,
-                       winograd=winograd, deterministic=deterministic, max_arena_bytes=max_arena_bytes)
+                       winograd=winograd, deterministic=deterministic, max_arena_bytes=max_arena_bytes,
+                       strict=strict, dump_passes=dump_passes)
 
     def extra_repr(self) -> str:
         return ""

@@ -26,11 +26,32 @@ def arena_budget(max_arena_bytes) -> int:
     return int(max_arena_bytes)
 
 
+def _dump_dir(d) -> str:
+    """compile(dump_passes=folder): the folder (created) the pipeline writes the graph into after each pass."""
+    if d is None:
+        return ""
+    import os
+    d = os.fspath(d)
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
+def warn_reference_fallbacks(core_session) -> None:
+    """One warning per compile naming the nodes that run an op's naive reference kernel on a backend that has
+    fast kernels (compile(strict=True) refuses such a session instead)."""
+    slow = core_session.reference_fallbacks()
+    if slow:
+        import warnings
+        warnings.warn(f"the {core_session.backend} backend has no kernel for {len(slow)} node(s), which run the "
+                      f"naive reference kernel: {', '.join(slow)} (session.kernels() lists every node; "
+                      "compile(strict=True) refuses this)", RuntimeWarning, stacklevel=3)
+
+
 class Session:
     def __init__(self, model, input_shape, mode="infer", optimizer=None, loss="cross_entropy", seed=0,
                  backend="cpu", plan_memory=True, optimize=True, layout="auto", recompute="none",
                  dtype="float32", cache_weights=True, winograd=True, deterministic=None,
-                 max_arena_bytes=None):
+                 max_arena_bytes=None, strict=False, dump_passes=None):
         if mode not in ("infer", "train"):
             raise ValueError(f"compile: mode must be 'infer' or 'train', got {mode!r}")
         input_shape = tuple(int(s) for s in input_shape)
@@ -88,7 +109,9 @@ class Session:
         self._s = _core.Session(g, store, mode, backend=backend, plan_memory=plan_memory, seed=int(seed),
                                 optimize=bool(optimize), layout=str(layout), recompute=recompute, dtype=dtype,
                                 cache_weights=bool(cache_weights), winograd=bool(winograd),
-                                deterministic=self.deterministic, max_arena_bytes=arena_budget(max_arena_bytes), **kw)
+                                deterministic=self.deterministic, max_arena_bytes=arena_budget(max_arena_bytes),
+                                strict=bool(strict), dump_passes=_dump_dir(dump_passes), **kw)
+        warn_reference_fallbacks(self._s)
         if optimizer is not None:
             optimizer._attach(self)
         self._bn = [m for m in model.modules() if hasattr(m, "_extra_state")] if mode == "train" else []
@@ -166,6 +189,17 @@ class Session:
 
     def memory_report(self) -> dict:
         return self._core_checked().memory_report()
+
+    def kernels(self) -> list:
+        """One dict per schedule step: op, name, impl (what runs it: "onednn:<primitive> <implementation>",
+        "winograd", "native" for our own AVX-512/AVX2 loops, "reference" for an op's naive loops), in_layouts /
+        out_layouts (plain, nhwc, nChw16c, nChw8c) and the stored dtypes of input 0 and output 0."""
+        return self._s.kernels()
+
+    def passes(self) -> list:
+        """The compile pipeline as it ran for this session: one dict per pass (name, ran, nodes after it, a
+        summary of what it did, ms). compile(dump_passes=folder) also writes the graph after each pass."""
+        return self._s.passes()
 
     def schedule(self) -> list:
         return self._core_checked().schedule()

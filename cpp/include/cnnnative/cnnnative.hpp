@@ -177,6 +177,12 @@ struct CompileOptions {
   // arena + scratch + prepared weights (+ gradients and optimizer state in training) exceed it, before
   // allocating. 0 = the machine's physical memory.
   size_t max_arena_bytes = 0;
+  // A node with no kernel on a backend that has fast kernels runs the op's naive reference kernel; it is listed
+  // by Session::reference_fallbacks() (Python warns once per compile). strict: refuse to compile instead.
+  bool strict = false;
+  // A folder to write the graph after each compile pass into (<NN>-<pass>.txt, and plan.txt for the final
+  // plan); empty: the CNNNATIVE_DUMP_PASSES environment variable, if set.
+  std::string dump_passes;
 };
 
 struct MemoryReport {
@@ -200,6 +206,23 @@ struct NodeProfile {
   double total_ms = 0;
   int64_t calls = 0;
   double flops = 0;  // per call; 0 when the op does not count them
+};
+
+// What runs one schedule step (Session::kernels()).
+struct KernelInfo {
+  std::string op, name;
+  std::string impl;  // "onednn:<primitive> <implementation>", "winograd", "native", "reference", ...
+  std::vector<std::string> in_layouts, out_layouts;  // the layouts the kernel reads and writes
+  std::string in_dtype, out_dtype;                   // the stored dtype of input 0 / output 0 ("" when none)
+};
+
+// One pass of the compile pipeline as it ran for a session (Session::passes()).
+struct PassInfo {
+  std::string name;
+  bool ran = false;     // false: the pass does not apply to this session
+  int nodes = 0;        // graph nodes after the pass
+  std::string summary;  // what it did
+  double ms = 0;
 };
 
 class SessionImpl;
@@ -240,6 +263,11 @@ class Session {
   std::vector<std::pair<std::string, float*>> optimizer_state();
   MemoryReport memory_report() const;
   std::vector<std::string> schedule() const;  // "op name" per step, for inspection
+  std::vector<KernelInfo> kernels() const;     // per step: what implements it and in which layouts
+  std::vector<PassInfo> passes() const;        // the compile pipeline as it ran
+  // "op name" of the steps that run an op's reference kernel on a backend that has fast kernels.
+  std::vector<std::string> reference_fallbacks() const;
+  const std::string& backend() const;
   std::vector<NodeProfile> profile() const;
   void reset_profile();
   float* grads();                              // Train/Grad: the flat gradient block (params order)

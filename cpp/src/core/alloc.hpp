@@ -8,9 +8,14 @@ namespace cnn {
 void* counted_alloc(size_t bytes, size_t alignment = 64);  // zero-filled; never returns null (throws Error)
 void counted_free(void* p);
 
-struct CountedDeleter {
-  void operator()(void* p) const { counted_free(p); }
+// A buffer owns its memory through the release function of whoever allocated it: counted host memory here, a
+// backend's device memory elsewhere (Backend::allocate).
+struct BufferDeleter {
+  void (*release)(void*) = counted_free;
+  void operator()(void* p) const {
+    if (p) release(p);
+  }
 };
-using Buffer = std::unique_ptr<void, CountedDeleter>;
+using Buffer = std::unique_ptr<void, BufferDeleter>;
 inline Buffer make_buffer(size_t bytes) { return Buffer(counted_alloc(bytes)); }
 }  // namespace cnn

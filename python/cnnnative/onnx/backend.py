@@ -18,7 +18,7 @@ from ._common import UnsupportedError, require_onnx
 onnx = require_onnx()
 from onnx.backend.base import Backend, BackendRep, Device, DeviceType  # noqa: E402
 
-from ._importer import _HANDLERS, import_model, load_model_proto  # noqa: E402
+from ._importer import HANDLERS, import_model, load_model_proto  # noqa: E402
 
 # input slots read as weights / shape arguments: inputs fed there are bound as constants
 _PARAM_SLOTS = {
@@ -148,7 +148,7 @@ class CnnBackend(Backend):
             model = load_model_proto(model)
         except Exception:
             return False
-        return cls.supports_device(device) and all(n.op_type in _HANDLERS or n.op_type == "Constant"
+        return cls.supports_device(device) and all(n.op_type in HANDLERS or n.op_type == "Constant"
                                                    for n in model.graph.node)
 
     @classmethod

@@ -1,0 +1,214 @@
+"""Op mappers: BatchNormalization, the linear ops (LINEAR from Gemm/MatMul, Gemm, MatMul), activations,
+AFFINE (a per-channel y = x * scale + shift, as an eval-mode batch_norm with mean 0, var 1, eps 0),
+elementwise Add/Sum/Sub/Mul/Div of tensors, Softmax, Dropout, LRN."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..graph import Tensor
+from ._base import Invalid, Unsupported, norm_axis, scalar_value
+from ._emit import NodeContext
+
+
+def map_batchnorm(ctx: NodeContext):
+    x = ctx.tensor(0, "X")
+    if int(ctx.attr("training_mode", 0)):
+        raise Unsupported("training_mode=1 (batch statistics as outputs); export the model in eval mode")
+    if any(o for o in ctx.node.outputs[1:]):
+        raise Unsupported("the running-statistics outputs (training mode) are not supported")
+    if int(ctx.attr("spatial", 1)) != 1:
+        raise Unsupported("spatial=0")
+    params = [ctx.tensor(k, n) for k, n in ((1, "scale"), (2, "B"), (3, "mean"), (4, "var"))]
+    eps, momentum = float(ctx.attr("epsilon", 1e-5)), 1.0 - float(ctx.attr("momentum", 0.9))  # engine's = 1 - ONNX's
+    r = len(x.shape)
+    if r >= 2:
+        for p, what in zip(params, ("scale", "B", "mean", "var")):
+            if list(p.shape) != [x.shape[1]]:
+                raise Invalid(f"{what} {list(p.shape)} must be [{x.shape[1]}] (one value per channel of X "
+                              f"{list(x.shape)})")
+    if r in (2, 4):
+        return ctx.batch_norm(x, *params, eps, momentum, ctx.builder.training)
+    if r == 3:
+        y = ctx.batch_norm(ctx.reshape(x, list(x.shape) + [1]), *params, eps, momentum, ctx.builder.training)
+        return ctx.reshape(y, x.shape)
+    raise Unsupported(f"input of rank {r} (2-D, 3-D and 4-D are supported)")
+
+
+def map_linear(ctx: NodeContext):
+    x, w = ctx.tensor(0, "A"), ctx.tensor(1, "B")
+    bias = ctx.tensor(2, "C") if ctx.has(2) else None
+    post = None  # a computed Gemm C of the output's full shape is added after the product
+    if bias is not None and int(np.prod(bias.shape)) != w.shape[0]:
+        bias, post = None, bias
+    if bias is not None and list(bias.shape) != [w.shape[0]]:
+        bias = ctx.reshape(bias, [w.shape[0]])
+    r = len(x.shape)
+    if ctx.attr("gemm") and r != 2:
+        raise Invalid(f"A must be 2-D, got {list(x.shape)}")
+    if r < 2:
+        raise Unsupported(f"a {r}-D left operand (only 2-D and batched N-D x 2-D products)")
+    if x.shape[-1] != w.shape[1]:
+        raise Invalid(f"inner dimensions differ: {list(x.shape)} x weight of {w.shape[1]} inputs")
+    x2 = x if r == 2 else ctx.reshape(x, [-1, x.shape[-1]])
+    y = ctx.op("linear", [x2, w] + ([bias] if bias is not None else []))
+    out = list(x.shape[:-1]) + ([] if ctx.attr("vector") else [w.shape[0]])
+    y = ctx.reshape(y, out)
+    if post is not None:
+        if list(post.shape) != out:
+            raise Unsupported(f"C {list(post.shape)} neither a bias of {w.shape[0]} values nor of the output "
+                              f"shape {out}")
+        y = ctx.op("add", [y, post])
+    return y
+
+
+def map_gemm(ctx: NodeContext):
+    if int(ctx.attr("transA", 0)):
+        raise Unsupported("transA=1 (the engine has no transpose; only A [M, K] is supported)")
+    if not int(ctx.attr("transB", 0)) or float(ctx.attr("alpha", 1.0)) != 1.0:
+        raise Unsupported("B must be a constant when transB=0 or alpha != 1 (it is transposed/scaled at import)")
+    if ctx.has(2) and float(ctx.attr("beta", 1.0)) != 1.0:
+        raise Unsupported("C must be a constant when beta != 1")
+    x, w = ctx.tensor(0, "A"), ctx.tensor(1, "B")
+    if len(x.shape) != 2 or len(w.shape) != 2:
+        raise Invalid(f"A and B must be 2-D, got {list(x.shape)} and {list(w.shape)}")
+    if x.shape[1] != w.shape[1]:
+        raise Invalid(f"inner dimensions differ: A {list(x.shape)}, B^T {list(w.shape)}")
+    ins = [x, w]
+    if ctx.has(2):
+        bias = ctx.tensor(2, "C")
+        if int(np.prod(bias.shape)) != w.shape[0]:
+            raise Unsupported(f"C {list(bias.shape)} is not a bias of {w.shape[0]} values")
+        ins.append(ctx.reshape(bias, [w.shape[0]]))
+    return ctx.op("linear", ins)
+
+
+def map_matmul(ctx: NodeContext):
+    raise Unsupported("MatMul of two computed tensors (only a constant 1-D/2-D right operand, as a linear layer)")
+
+
+def activation(op, **attrs):
+    """Mapper of an ONNX activation to engine op `op`; attrs: engine attribute -> (ONNX attribute, default)."""
+    def mapper(ctx: NodeContext):
+        extra = {k: float(ctx.attr(k2, d)) for k, (k2, d) in attrs.items()}
+        return ctx.op(op, [ctx.tensor(0, "X")], extra)
+    return mapper
+
+
+def map_affine(ctx: NodeContext):
+    """y = x * scale + shift, the constants varying along at most one axis (_rewrite.affine_layout): an
+    eval-mode batch_norm with mean 0, var 1, eps 0 over that axis as channels. Along axis 1 of a 2-D or 4-D
+    tensor it reads x itself, so that after a conv2d the engine's inference fusion folds it into the conv."""
+    if "problem" in ctx.node.attrs:
+        raise Unsupported(ctx.node.attrs["problem"])
+    x = ctx.tensor(0, "X")
+    a = ctx.node.attrs
+    s = list(x.shape)
+    r = len(s)
+    if a["ndim"] > r:
+        raise Unsupported(f"the constant operand has rank {a['ndim']} > the tensor's rank {r} (broadcast grows it)")
+    params = [ctx.trace.tensor(k) for k in a["keys"]]  # weight, bias, running_mean, running_var
+    if a["axis_from_end"] is None:
+        x2 = ctx.reshape(x, [int(np.prod(s)), 1])
+    else:
+        axis = r - a["axis_from_end"]
+        if s[axis] != a["d"]:
+            raise Unsupported(f"the constant of size {a['d']} along axis {axis} would broadcast the tensor {s}")
+        if axis == 1 and r in (2, 4):
+            x2 = x
+        else:
+            x2 = ctx.reshape(x, [int(np.prod(s[:axis])), s[axis], int(np.prod(s[axis + 1:])), 1])
+    y = ctx.batch_norm(x2, *params, 0.0, 0.0, False)
+    return ctx.reshape(y, s)
+
+
+def _binary_tensors(ctx: NodeContext, what):
+    for k in range(2):
+        if not isinstance(ctx.vals[k], Tensor):
+            v = ctx.vals[k]
+            if isinstance(v, np.ndarray):
+                raise Unsupported(f"{what} with a constant of dtype {v.dtype} {list(v.shape)} "
+                                  "(float constants only, varying along at most one axis)")
+    return ctx.tensor(0, "A"), ctx.tensor(1, "B")
+
+
+def map_add(ctx: NodeContext):
+    a, b = _binary_tensors(ctx, "Add")
+    if a.shape != b.shape:
+        raise Unsupported(f"broadcasting Add of two computed tensors {list(a.shape)} + {list(b.shape)} "
+                          "(same shapes only)")
+    return ctx.op("add", [a, b])
+
+
+def map_sum(ctx: NodeContext):
+    ts = [ctx.tensor(k, f"input {k}") for k in range(len(ctx.node.inputs))]
+    if any(t.shape != ts[0].shape for t in ts):
+        raise Unsupported(f"Sum of differently shaped tensors {[list(t.shape) for t in ts]}")
+    y = ts[0]
+    for t in ts[1:]:
+        y = ctx.op("add", [y, t])
+    return y
+
+
+def map_mul_div(ctx: NodeContext):
+    _binary_tensors(ctx, ctx.node.op)
+    if ctx.node.op == "Div" and isinstance(ctx.vals[0], np.ndarray):
+        raise Unsupported("a constant divided by a tensor (no reciprocal op)")
+    raise Unsupported(f"{ctx.node.op} of two computed tensors (only by constants: scalars or per-channel)")
+
+
+def map_sub(ctx: NodeContext):
+    _binary_tensors(ctx, "Sub")
+    raise Unsupported("Sub of two computed tensors of different shapes")
+
+
+def map_softmax(ctx: NodeContext):
+    x = ctx.tensor(0, "X")
+    s = list(x.shape)
+    r = len(s)
+    legacy = ctx.opset < 13
+    axis = norm_axis(ctx.attr("axis", 1 if legacy else -1), r)
+    if legacy:  # coerced to 2-D [prod(:axis), prod(axis:)]
+        shape2 = [int(np.prod(s[:axis])), int(np.prod(s[axis:]))]
+    else:
+        if int(np.prod(s[axis + 1:])) != 1:
+            raise Unsupported(f"axis={ctx.attr('axis', -1)} of a {s} tensor (the engine's softmax runs over the "
+                              "last axis)")
+        shape2 = [int(np.prod(s[:axis])), s[axis]]
+    return ctx.reshape(ctx.op("softmax", [ctx.reshape(x, shape2)]), s)
+
+
+def map_dropout(ctx: NodeContext):
+    x = ctx.tensor(0, "data")
+    if ctx.opset < 12:
+        ratio = float(ctx.attr("ratio", 0.5))
+        training = False
+    else:
+        r = ctx.constant(1, "ratio")
+        ratio = 0.5 if r is None else float(scalar_value(r, "ratio"))
+        t = ctx.constant(2, "training_mode")
+        training = bool(t is not None and scalar_value(t, "training_mode"))
+    if not 0 <= ratio < 1:
+        raise Invalid(f"ratio={ratio}: must be in [0, 1)")
+    if training and ratio > 0:
+        raise Unsupported("training_mode=True: random masks cannot match another runtime's")
+    y = x
+    if ctx.builder.training and ratio > 0:
+        y = ctx.op("dropout", [x], {"p": ratio, "training": 1})
+    outs = [y]
+    if len(ctx.node.outputs) > 1 and ctx.node.outputs[1]:
+        outs.append(np.broadcast_to(np.ones((), bool), x.shape))  # a view: no memory for any shape
+    return outs
+
+
+def map_lrn(ctx: NodeContext):
+    x = ctx.tensor(0, "X")
+    size = int(ctx.attr("size"))
+    if size % 2 == 0:
+        raise Unsupported(f"size={size}: ONNX centres an even window differently from the engine "
+                          "(odd sizes only)")
+    ctx.need("lrn")
+    x4, one_d = ctx.to_2d(x, "LRN")
+    y = ctx.op("lrn", [x4], {"size": size, "alpha": float(ctx.attr("alpha", 1e-4)),
+                             "beta": float(ctx.attr("beta", 0.75)),
+                             "k": float(ctx.attr("bias", 1.0))})
+    return ctx.reshape(y, x.shape) if one_d else y
