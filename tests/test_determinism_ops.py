@@ -288,8 +288,9 @@ def test_inference_fused_kernels():
         cn.manual_seed(0)
         m = InferNet()
         for bn in (m.bn0, m.bn1, m.bn2):  # non-trivial folded statistics
-            bn.running_mean[:] = np.linspace(-0.2, 0.2, bn.running_mean.size)
-            bn.running_var[:] = np.linspace(0.5, 1.5, bn.running_var.size)
+            with cn.no_grad():
+                bn.running_mean[:] = np.linspace(-0.2, 0.2, bn.running_mean.size)
+                bn.running_var[:] = np.linspace(0.5, 1.5, bn.running_var.size)
         s = m.compile(x.shape, mode="infer", deterministic=det)
         ops = [e.split()[0] for e in s._s.schedule()]
         assert ops.count("fused_conv2d") == 3 and "fused_linear" in ops, ops

@@ -77,7 +77,8 @@ def test_non_finite_gradient_with_a_finite_loss():
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 1, bias=False))
     model.state_dict()  # create the store
     w = next(iter(model.parameters()))
-    w[...] = 1e-38
+    with cn.no_grad():
+        w[...] = 1e-38
     sess = model.compile((32, 1, 8, 8), mode="train", loss="mse", optimizer=cn.optim.SGD(lr=0.1))
     x = np.full((32, 1, 8, 8), 3e38, np.float32)
     t = np.full((32, 1), -100.0, np.float32)
@@ -104,7 +105,8 @@ def test_near_overflow_update_that_stays_finite_is_applied_exactly():
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 1, bias=False))
     model.state_dict()
     w = next(iter(model.parameters()))
-    w[...] = 0
+    with cn.no_grad():
+        w[...] = 0
     sess = model.compile((1, 1, 2, 2), mode="train", loss="mse", optimizer=cn.optim.SGD(lr=1e38))
     x = np.array([[[[1.0, 0.5], [0.25, 0.0]]]], np.float32)
     t = np.array([[1.0]], np.float32)

@@ -44,10 +44,11 @@ def randomize_bn(net, seed):
     for name, m in net.named_modules():
         if isinstance(m, nn.BatchNorm2d):
             c = m.num_features
-            m.weight[...] = rng.uniform(0.5, 1.5, c)
-            m.bias[...] = rng.uniform(-0.5, 0.5, c)
-            m.running_mean[...] = rng.uniform(-0.3, 0.3, c)
-            m.running_var[...] = rng.uniform(0.5, 2.0, c)
+            with cn.no_grad():
+                m.weight[...] = rng.uniform(0.5, 1.5, c)
+                m.bias[...] = rng.uniform(-0.5, 0.5, c)
+                m.running_mean[...] = rng.uniform(-0.3, 0.3, c)
+                m.running_var[...] = rng.uniform(0.5, 2.0, c)
 
 
 def _x(shape, seed=0):
@@ -112,9 +113,10 @@ def test_parameter_updates_are_seen_by_the_fused_kernel():
     fused = Session(net, x.shape)
     before = fused.run(x)
     stem_bn = net[1]
-    stem_bn.running_var[...] *= 4.0
-    stem_bn.weight[...] *= -1.0
-    net[3].conv2.weight[...] *= 0.5
+    with cn.no_grad():
+        stem_bn.running_var[...] *= 4.0
+        stem_bn.weight[...] *= -1.0
+        net[3].conv2.weight[...] *= 0.5
     after = fused.run(x)
     assert not np.allclose(before, after)
     np.testing.assert_allclose(after, Session(net, x.shape, backend="reference").run(x), rtol=1e-4, atol=1e-4)

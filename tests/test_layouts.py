@@ -248,10 +248,11 @@ def test_explicit_reorder_nodes_in_a_built_graph_keep_their_layouts(layout, back
     blocked = g.add_node("reorder", [xi], {"from": 0, "to": 2}, "to_blocked")[0]
     y = g.add_node("batch_norm", [blocked, *ps], {"training": 0, "eps": 1e-5}, "bn")[0]
     g.set_outputs([g.add_node("reorder", [y], {"from": 2, "to": 0}, "to_plain")[0] if trailing else y])
-    for name, val in (("w", 1.5), ("b", 0.25)):
-        store.array(name)[...] = val
-    store.array("m")[...] = mean
-    store.array("v")[...] = var
+    with cn.no_grad():
+        for name, val in (("w", 1.5), ("b", 0.25)):
+            store.array(name)[...] = val
+        store.array("m")[...] = mean
+        store.array("v")[...] = var
     s = _core.Session(g, store, "infer", layout=layout, backend=backend)
     s.run([x])
     want = (x - mean[None, :, None, None]) / np.sqrt(var[None, :, None, None] + 1e-5) * 1.5 + 0.25

@@ -178,10 +178,11 @@ def resbn(seed=0):
     m = ResBN()
     rng = np.random.default_rng(seed)
     for bn in (m.bn1, m.bn2):
-        bn.running_mean[...] = rng.normal(0, 0.5, 8)
-        bn.running_var[...] = rng.uniform(0.5, 2, 8)
-        bn.weight[...] = rng.uniform(0.5, 1.5, 8)
-        bn.bias[...] = rng.normal(0, 0.2, 8)
+        with cn.no_grad():
+            bn.running_mean[...] = rng.normal(0, 0.5, 8)
+            bn.running_var[...] = rng.uniform(0.5, 2, 8)
+            bn.weight[...] = rng.uniform(0.5, 1.5, 8)
+            bn.bias[...] = rng.normal(0, 0.2, 8)
         bn._extra_state["num_batches_tracked"][...] = 7
     return m
 

@@ -123,7 +123,7 @@ def _torch_loss(loss, out, t):
 
 
 TRAIN_CASES = [
-    ("lenet5", (8, 1, 28, 28), {}, "cross_entropy", 0.05),
+    # LeNet-5's training steps are compared with each optimizer in test_torch_parity.py
     ("resnet18", (2, 3, 32, 32), {"cifar": True, "num_classes": 10}, "cross_entropy", 0.05),
     ("unet", (2, 1, 32, 32), {"depth": 3, "base": 8}, "bce_with_logits", 0.1),
     ("unet", (2, 2, 16, 16), {"in_channels": 2, "num_classes": 3, "depth": 2, "base": 4}, "mse", 0.1),
@@ -185,7 +185,7 @@ def _update_err(w, w_ref, w0):
 def _apply_shifts(shifts, ours, ref, before):
     """Adds the shifts to both models (and to the snapshot the updates are measured from)."""
     ours_sd, ref_sd = ours.state_dict(), ref.state_dict()
-    with torch.no_grad():
+    with torch.no_grad(), cn.no_grad():  # both spell the in-place edit the same way
         for k, d in shifts.items():
             ref_sd[k].add_(d)
             before[k].add_(d)

@@ -703,7 +703,8 @@ def test_replacing_a_module_by_one_of_the_same_shape_after_compile_uses_its_weig
     s1 = m.compile(X.shape)
     np.testing.assert_allclose(s1.run(X), _ref(m, X), rtol=1e-5, atol=1e-6)
     new_fc = nn.Linear(4, 3)
-    new_fc.weight[...] = np.arange(12, dtype=np.float32).reshape(3, 4) / 10
+    with cn.no_grad():
+        new_fc.weight[...] = np.arange(12, dtype=np.float32).reshape(3, 4) / 10
     m.fc = new_fc
     assert m.fc is new_fc
     # the session was compiled from the old layer: it refuses to run rather than compute with it
@@ -713,7 +714,8 @@ def test_replacing_a_module_by_one_of_the_same_shape_after_compile_uses_its_weig
     s2 = m.compile(X.shape)
     np.testing.assert_allclose(s2.run(X), _ref(m, X), rtol=1e-5, atol=1e-6)
     # the new module's arrays are views of the store now: writes reach the session
-    m.fc.bias[...] = 5.0
+    with cn.no_grad():
+        m.fc.bias[...] = 5.0
     np.testing.assert_allclose(s2.run(X), _ref(m, X), rtol=1e-5, atol=1e-6)
     assert m.state_dict()["fc.bias"][0] == 5.0
     with pytest.raises(cn.Error, match="compile the model again"):  # and stays refused
@@ -728,7 +730,8 @@ def test_what_does_not_retire_a_session():
     other.compile(X.shape)  # other models compiling
     m.load_state_dict({k: np.array(v) * 2 for k, v in m.state_dict().items()})
     m.fc.weight = nn.Parameter(np.ones((3, 4)))  # same shape: written into the store
-    m.body.weight[0] = 3
+    with cn.no_grad():
+        m.body.weight[0] = 3
     m.fc = m.fc  # the same module again
     m.note = "plain attributes"
     m.eval()
@@ -756,7 +759,8 @@ def test_changing_parameter_shapes_after_compile_rebuilds_the_store_and_retires_
     with pytest.raises(cn.Error, match=r"compiled before .*module 'fc' replaced.*compile the model again"):
         s1.run(X)
     # the new session shares the module's arrays
-    m.fc.weight[...] = 0
+    with cn.no_grad():
+        m.fc.weight[...] = 0
     np.testing.assert_allclose(s2.run(X), np.broadcast_to(np.asarray(m.fc.bias), (2, 5)), rtol=1e-6)
 
 
@@ -805,8 +809,9 @@ def test_state_dict_of_a_submodule_keeps_the_parents_store():
     s = m.compile(X.shape)
     sub = m.fc.state_dict()
     assert set(sub) == {"weight", "bias"}
-    sub["weight"][...] = 0  # a write through the submodule's state_dict reaches the parent's session
-    m.fc.bias[...] = 1
+    with cn.no_grad():
+        sub["weight"][...] = 0  # a write through the submodule's state_dict reaches the parent's session
+        m.fc.bias[...] = 1
     np.testing.assert_allclose(s.run(X), np.ones((2, 3)), rtol=1e-6)
 
 
@@ -890,7 +895,8 @@ def test_shared_module_and_tied_weights_in_a_graph():
         return lin(lin(lin(lin(X, m.a), m.a), m.enc), m.dec)
 
     np.testing.assert_allclose(s.run(X), ref(), rtol=1e-5, atol=1e-5)
-    m.enc.weight[...] = np.eye(4, dtype=np.float32)  # one array for both layers
+    with cn.no_grad():
+        m.enc.weight[...] = np.eye(4, dtype=np.float32)  # one array for both layers
     np.testing.assert_allclose(s.run(X), ref(), rtol=1e-5, atol=1e-5)
     sd = {k: np.array(v) for k, v in m.state_dict().items()}
     sd["dec.weight"] = sd["enc.weight"] = np.full((4, 4), 0.5, np.float32)
@@ -916,7 +922,8 @@ def test_deepcopy_of_a_compiled_model_is_independent():
         assert list(c.state_dict()) == list(m.state_dict()) and c.dec is c.body
         sc = c.compile(X.shape)
         np.testing.assert_allclose(sc.run(X), s.run(X), rtol=1e-6)
-        c.fc.bias[...] = 7
+        with cn.no_grad():
+            c.fc.bias[...] = 7
         np.testing.assert_allclose(sc.run(X), _ref(c, X), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(s.run(X), _ref(m, X), rtol=1e-5, atol=1e-6)  # the original is untouched
         assert not (m.fc.bias == 7).any()
@@ -955,8 +962,9 @@ def test_non_persistent_buffer_compiled_traced_and_trained():
     s = m.compile(x.shape)
     assert not m.kernel.flags.owndata  # in the store, as a non-trainable entry
     np.testing.assert_allclose(s.run(x), _blur_ref(m, x), rtol=1e-5, atol=1e-5)
-    m.kernel[...] = 0
-    m.kernel[:, 0, 1, 1] = 1  # identity filter: a write through the buffer reaches the session
+    with cn.no_grad():
+        m.kernel[...] = 0
+        m.kernel[:, 0, 1, 1] = 1  # identity filter: a write through the buffer reaches the session
     np.testing.assert_allclose(s.run(x), _blur_ref(m, x), rtol=1e-5, atol=1e-5)
     # load_state_dict(strict=True) neither needs nor touches it
     m.load_state_dict({k: np.array(v) for k, v in m.state_dict().items()})
@@ -1066,8 +1074,9 @@ def test_torchvision_basic_block_projection_is_used(force):
     s = b.compile(x.shape)
     out = s.run(x)
     if force:  # a shortcut of zeros (conv weights 0, BN shift 0) must change the output
-        b._modules["downsample"][0].weight[...] = 0  # (_modules: reachable on the old code too)
-        b.state_dict()["downsample.1.bias"][...] = 0
+        with cn.no_grad():
+            b._modules["downsample"][0].weight[...] = 0  # (_modules: reachable on the old code too)
+            b.state_dict()["downsample.1.bias"][...] = 0
         assert not np.allclose(s.run(x), out)
     assert (b.downsample is not None) == force
     assert [n for n, _ in b.named_children()] == ["conv1", "bn1", "relu", "conv2", "bn2"] + (["downsample"] if force

@@ -20,7 +20,8 @@ def test_parameters_are_views_of_one_block():
     # every array is a view (not an owner) of the core's store
     assert all(not v.flags.owndata for v in sd.values())
     w = m.conv1.weight
-    w[0, 0, 0, 0] = 42.0
+    with cn.no_grad():
+        w[0, 0, 0, 0] = 42.0
     assert m.state_dict()["conv1.weight"][0, 0, 0, 0] == 42.0
     assert len(bases) >= 1
 
@@ -104,3 +105,29 @@ def test_load_state_dict_checks_every_tensor_before_writing_any():
     # float16 and float64 that fit are fine
     m.load_state_dict({k: v.astype(np.float64) for k, v in before.items()})
     m.load_state_dict({k: v.astype(np.float16) for k, v in before.items()})
+
+
+def test_parameters_and_buffers_built_by_modules_are_read_only():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.src = np.arange(4, dtype=np.float32)
+            self.w = nn.Parameter(self.src)  # shares the array's memory, as torch's Parameter(t)
+            self.register_buffer("b", np.ones(3))  # float64: converted (a copy)
+
+    m = M()
+    assert not m.w.flags.writeable and not m.b.flags.writeable and isinstance(m.b, nn.Buffer)
+    assert np.shares_memory(m.w, m.src)
+    with pytest.raises(ValueError, match="read-only"):
+        m.w[0] = 1
+    with pytest.raises(ValueError, match="read-only"):
+        m.b += 1
+    m.w = m.w * 2  # arithmetic makes new memory; assigned as a parameter it is read-only as every other
+    assert not m.w.flags.writeable
+    with cn.no_grad():
+        m.w[0] = -1
+        m.b += 1
+    np.testing.assert_array_equal(m.w, [-1, 2, 4, 6])
+    np.testing.assert_array_equal(m.b, [2, 2, 2])
+    assert not m.w.flags.writeable and not m.b.flags.writeable
+    assert m.src.flags.writeable  # the user's own array keeps its flag

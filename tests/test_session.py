@@ -123,7 +123,8 @@ def test_non_finite_loss_is_reported_and_nothing_updated():
     m = cn.models.lenet5(seed=0)
     sess = m.compile((16, 1, 28, 28), mode="train", optimizer=cn.optim.SGD(lr=0.1))
     x, y = _batch()
-    m.fc3.bias[0] = np.inf  # an inf logit makes the loss nan
+    with cn.no_grad():
+        m.fc3.bias[0] = np.inf  # an inf logit makes the loss nan
     before = {k: v.copy() for k, v in m.state_dict().items()}
     with pytest.raises(cn.Error, match=r"non-finite loss \((nan|inf)\) at step 0; parameters and running statistics were not updated"):
         sess.step(x, y)
@@ -194,9 +195,11 @@ def test_failed_step_leaves_batchnorm_running_stats_untouched():
     bad[0] = 7
     with pytest.raises(cn.Error, match="out of range"):
         sess.step(x, bad)
-    net[5].bias[0] = np.inf
+    with cn.no_grad():
+        net[5].bias[0] = np.inf
     with pytest.raises(cn.Error, match="non-finite loss"):
         sess.step(x, y)
-    net[5].bias[0] = before["5.bias"][0]
+    with cn.no_grad():
+        net[5].bias[0] = before["5.bias"][0]
     for k, v in net.state_dict().items():
         np.testing.assert_array_equal(v, before[k], err_msg=k)

@@ -1,4 +1,6 @@
-"""LeNet-5: one training step and eval outputs against plain PyTorch (skipped without torch)."""
+"""LeNet-5 training against plain PyTorch with each optimizer (SGD with Nesterov momentum and weight decay, Adam,
+AdamW): losses step by step and the weights after three steps. The eval outputs of LeNet-5 and the other models,
+and one SGD training step of the larger ones, are in test_models_parity.py."""
 import numpy as np
 import pytest
 
@@ -19,15 +21,6 @@ def _pair(seed=0):
 
 def _rel(a, b):
     return float(np.max(np.abs(a - b)) / (np.max(np.abs(b)) + 1e-12))
-
-
-def test_eval_outputs_match():
-    ours, ref = _pair()
-    x = np.random.default_rng(0).standard_normal((8, 1, 28, 28)).astype(np.float32)
-    out = ours.compile(x.shape).run(x)
-    with torch.no_grad():
-        expected = ref(torch.from_numpy(x)).numpy()
-    assert _rel(out, expected) < 1e-4
 
 
 @pytest.mark.parametrize("kind", ["sgd", "adam", "adamw"])

@@ -43,10 +43,11 @@ __all__ = ["Error", "allocation_count", "get_num_threads", "set_num_threads", "h
 
 from . import data, models, nn, optim  # noqa: E402
 from .nn import manual_seed  # noqa: E402
+from ._params import no_grad  # noqa: E402
 from .session import Session  # noqa: E402
 from .train import load_checkpoint, save_checkpoint  # noqa: E402
 from .io import GraphModule, load, save  # noqa: E402
 from ._determinism import are_deterministic_algorithms_enabled, use_deterministic_algorithms  # noqa: E402
 
-__all__ += ["data", "models", "nn", "optim", "manual_seed", "Session", "load_checkpoint", "save_checkpoint",
+__all__ += ["data", "models", "nn", "optim", "manual_seed", "no_grad", "Session", "load_checkpoint", "save_checkpoint",
             "GraphModule", "load", "save", "use_deterministic_algorithms", "are_deterministic_algorithms_enabled"]

@@ -1,149 +1,302 @@
-"""Tracked numpy views of a ParamStore: every write through them bumps the store's version.
+"""Parameter ownership: the arrays the library hands out for parameters and buffers are read-only numpy views.
 
-Inference sessions keep weights prepared from the store (reordered into oneDNN's blocked layout, BatchNorm
+Inference sessions keep weights prepared from the ParamStore (reordered into oneDNN's blocked layout, BatchNorm
 folded into the convolution) and rebuild them only when the store's version moved (docs/ARCHITECTURE.md,
-"Prepared weights"). The arrays the library hands out for parameters and buffers (module attributes,
-state_dict() values, ParamStore.array()) are instances of the classes here; each write they can see bumps
-the version of the store they view:
-  - item assignment, on the array or on any view derived from it (p[...] = v, p[0] = v, p.T[1:] = v);
-  - in-place operators and every ufunc writing into one (p *= 2, np.add(a, b, out=p), np.add.at(p, i, v));
-  - numpy functions that write into an argument or take out= (np.copyto(p, v), np.put, np.place, np.putmask,
-    np.fill_diagonal, np.put_along_axis, np.dot(..., out=p), ...);
-  - the writing methods fill, put, sort, partition, byteswap(inplace=True), setfield, and access to the
-    escape hatches .flat, .data, .ctypes (counted as a write when touched).
-Not seen: writes through a plain ndarray made from a view (np.asarray(p), p.view(np.ndarray), memoryview or
-buffer-protocol consumers such as torch.from_numpy). After such a write call Module.weights_changed() (or
-ParamStore.touch()).
+"Prepared weights"). So every write must be one the library knows about. The arrays handed out — module
+attributes (model.conv1.weight), state_dict() values, parameters()/buffers(), ParamStore.array(), GraphModule
+tensors — are `Parameter`/`Buffer` views with numpy's WRITEABLE flag off, and every view derived from one
+(w[0], w.T, w.reshape(-1), Parameter(w)) is registered too (weak references, __array_finalize__). Writes go:
+  - through the library: load_state_dict, the optimizer (in C++), init functions, compile (all bump the version);
+  - inside `with cn.no_grad():` (or `with model.edit():`, the same context): entering it makes every registered
+    array writeable, leaving it makes them read-only again and bumps the version of every store they view,
+    also when the block raised; contexts nest (the arrays stay writeable until the outermost one is left).
+A write anywhere else is numpy's own "ValueError: assignment destination is read-only", never a stale weight
+(ufunc.at, which numpy 2.4 lets write a read-only array, is refused by Parameter/Buffer themselves). An
+inference run inside the context bumps the version first: writes made in the context are seen by runs in it.
+
+Possible because the memory under every handed-out view stays writeable (the store's block, or for a
+parameter made before the first compile, an array that owns its memory): numpy lets a view's WRITEABLE flag
+be set back to True only while its base is writeable.
+
+Threads: numpy's flag belongs to the array, not to a thread, so the context is process-wide: while any thread
+is inside one, the arrays are writeable from every thread, and they turn read-only when the last context (of
+any thread) is left. Entering and leaving are serialized by a lock; writes racing with a run of a session on
+the same model are the caller's to order, as in PyTorch.
+
+Arrays made before the store existed: the first compile (or state_dict()) moves a model's parameters into one
+ParamStore and installs views of it as the module attributes; the arrays it replaced (and views of them) are
+retired: read-only for good, even inside the context, since writes to them could no longer reach the model
+(item assignment says so in its error). Take the attribute again after compiling.
+
+Not covered: a plain ndarray made from a view while the context is open (np.asarray(p), p.view(np.ndarray),
+a memoryview, torch.from_numpy) keeps the writeable flag it was made with; writes through it after the
+context, or through raw pointers from C++, need Module.weights_changed() (or ParamStore.touch()) afterwards.
 """
 from __future__ import annotations
 
+import functools
+import threading
+import weakref
+
 import numpy as np
 
-# numpy functions that write into their first argument
-_WRITERS = {np.copyto, np.put, np.place, np.putmask, np.fill_diagonal, np.put_along_axis}
+_lock = threading.RLock()
+_depth = 0  # edit contexts open now, all threads together
+_live: dict = {}  # id(array) -> weakref of every registered (handed-out or derived) array
 
 
-def _touch(a) -> None:
-    s = getattr(a, "_cn_store", None)
-    if s is not None:
-        s.touch()
+class _Root:
+    """What a family of arrays (one handed-out array and every view derived from it) views: `store` (the
+    ParamStore object, None before the first compile) and whether it was retired."""
+
+    __slots__ = ("store", "retired")
+
+    def __init__(self, store=None):
+        self.store = store
+        self.retired = False
 
 
-def _plain(x):
-    return x.view(np.ndarray) if isinstance(x, TrackedArray) else x
+def _forget(ref, key=None):
+    if _live.get(key) is ref:
+        _live.pop(key, None)
 
 
-class TrackedArray(np.ndarray):
-    """A float32 array; when it views a ParamStore (after the first compile), writes bump its version."""
+def _register(a) -> None:
+    """Registers `a` (under the lock): the contexts flip its flag; read-only now unless a context is open."""
+    key = id(a)
+    _live[key] = weakref.ref(a, functools.partial(_forget, key=key))
+    if a._cn_root.retired or _depth == 0:
+        if a.flags.writeable:
+            a.flags.writeable = False
+    elif not a.flags.writeable:
+        _set_writeable(a)
 
-    _cn_store = None
+
+def _set_writeable(a) -> None:
+    try:
+        a.flags.writeable = True
+    except ValueError:  # its base was made read-only by someone else: it stays read-only (writes raise)
+        pass
+
+
+def _registered():
+    return [a for a in (r() for r in list(_live.values())) if a is not None]
+
+
+def _retired(a) -> bool:
+    root = getattr(a, "_cn_root", None)
+    return root is not None and root.retired
+
+
+_RETIRED = ("this array is no longer the model's parameter: compile() or state_dict() moved the model's "
+            "parameters into its ParamStore after it was taken; take the parameter again from the module "
+            "(e.g. model.fc.weight) and write it inside `with cn.no_grad():`")
+
+
+class _Owned(np.ndarray):
+    """Base of Parameter and Buffer: a float32 array the library owns the writes of (read-only outside an edit
+    context). Views derived from a registered array share its root and are registered too; results of
+    arithmetic (w * 2, w.copy()) are new memory: writeable arrays of the same class, not registered."""
+
+    _cn_root = None
 
     def __array_finalize__(self, obj):
-        # views derived from a tracked array carry its store; copies (own memory) do not
-        self._cn_store = None if self.flags.owndata else getattr(obj, "_cn_store", None)
-
-    def __setitem__(self, key, value):
-        super().__setitem__(key, value)
-        _touch(self)
+        root = getattr(obj, "_cn_root", None)
+        # a view of obj's memory joins its family; results of arithmetic are wrapped from new memory (numpy
+        # finalizes them with the input as obj): not ours
+        if root is None or self.flags.owndata or not np.may_share_memory(self, obj):
+            self._cn_root = None
+            return
+        self._cn_root = root
+        with _lock:
+            _register(self)
 
     def __array_ufunc__(self, ufunc, method, *inputs, out=None, **kwargs):
-        written = [o for o in (out or ()) if isinstance(o, TrackedArray)]
-        if method == "at" and isinstance(inputs[0], TrackedArray):
-            written.append(inputs[0])
-        args = tuple(_plain(x) for x in inputs)
+        # numpy's ufunc.at does not check the WRITEABLE flag (numpy 2.4): refuse it as every other write is.
+        # The rest is numpy's own (it checks out= arrays itself): run on plain views, which keep the flags.
+        written = (inputs[0],) if method == "at" else out or ()
+        for o in written:
+            if isinstance(o, np.ndarray) and not o.flags.writeable:
+                if _retired(o):
+                    raise ValueError(f"output array is read-only: {_RETIRED}")
+                if method == "at":
+                    raise ValueError(f"{ufunc.__name__}.at: output array is read-only")
+        args = tuple(x.view(np.ndarray) if isinstance(x, _Owned) else x for x in inputs)
         if out is not None:
-            kwargs["out"] = tuple(_plain(o) for o in out)
+            kwargs["out"] = tuple(o.view(np.ndarray) if isinstance(o, _Owned) else o for o in out)
         result = getattr(ufunc, method)(*args, **kwargs)
-        for w in written:
-            _touch(w)
         if method == "at":
             return None
         if out is not None:  # in-place operators must return the original objects
-            return out[0] if len(out) == 1 else tuple(out)
-        # results keep the subclass (as ndarray's default does), without a store: they are new memory
-        cls = type(self)
+            return out[0] if len(out) == 1 else out
+        cls = type(self)  # results are new memory: arrays of the same class, not registered (as numpy's default)
 
         def wrap(r):
-            if isinstance(r, np.ndarray) and not isinstance(r, TrackedArray):
-                r = r.view(cls)
-                r._cn_store = None
-            return r
+            return r.view(cls) if type(r) is np.ndarray else r
 
         return tuple(wrap(r) for r in result) if isinstance(result, tuple) else wrap(result)
 
-    def __array_function__(self, func, types, args, kwargs):
-        result = super().__array_function__(func, types, args, kwargs)
-        if func in _WRITERS and args and isinstance(args[0], TrackedArray):
-            _touch(args[0])
-        out = kwargs.get("out")
-        for o in (out if isinstance(out, tuple) else (out,)):
-            if isinstance(o, TrackedArray):
-                _touch(o)
-        return result
-
-    def fill(self, value):
-        super().fill(value)
-        _touch(self)
-
-    def put(self, *a, **k):
-        super().put(*a, **k)
-        _touch(self)
-
-    def sort(self, *a, **k):
-        super().sort(*a, **k)
-        _touch(self)
-
-    def partition(self, *a, **k):
-        super().partition(*a, **k)
-        _touch(self)
-
-    def setfield(self, *a, **k):
-        super().setfield(*a, **k)
-        _touch(self)
-
-    def byteswap(self, inplace=False):
-        r = super().byteswap(inplace)
-        if inplace:
-            _touch(self)
-        return r
-
-    @property
-    def flat(self):
-        _touch(self)
-        return super().flat
-
-    @flat.setter
-    def flat(self, value):
-        np.ndarray.flat.__set__(self, value)
-        _touch(self)
-
-    @property
-    def data(self):
-        _touch(self)
-        return super().data
-
-    @property
-    def ctypes(self):
-        _touch(self)
-        return super().ctypes
+    def __setitem__(self, key, value):
+        try:
+            super().__setitem__(key, value)
+        except ValueError as e:
+            if _retired(self) and not self.flags.writeable:
+                raise ValueError(f"{e}: {_RETIRED}") from None
+            raise
 
 
-class Parameter(TrackedArray):
-    """A trainable float32 array (marks module attributes as parameters)."""
+class Parameter(_Owned):
+    """A trainable float32 array (marks module attributes as parameters); read-only outside
+    `with cn.no_grad():`. Parameter(p) of a parameter or buffer array is a view of it (shares its memory);
+    of a writeable float32 C-contiguous ndarray that owns its memory, a view of that array (as torch's
+    Parameter(t) shares t's storage); of anything else, a float32 copy."""
 
     def __new__(cls, data):
-        a = np.ascontiguousarray(data, dtype=np.float32).view(cls)
-        if isinstance(data, TrackedArray) and np.may_share_memory(a, data):  # Parameter(view): still tracked
-            a._cn_store = data._cn_store
+        return _make(cls, data)
+
+
+class Buffer(_Owned):
+    """A non-trainable float32 array (BatchNorm's running statistics), read-only like a Parameter; made from
+    data as Parameter(data)."""
+
+    def __new__(cls, data):
+        return _make(cls, data)
+
+
+def _alive(a) -> bool:
+    root = getattr(a, "_cn_root", None)
+    return root is not None and not root.retired
+
+
+def _make(cls, data):
+    if isinstance(data, _Owned) and _alive(data) and data.dtype == np.float32 and data.flags.c_contiguous:
+        return data.view(cls)  # registered by __array_finalize__: same memory, same root
+    if (isinstance(data, np.ndarray) and getattr(data, "_cn_root", None) is None and data.dtype == np.float32
+            and data.flags.c_contiguous and data.flags.writeable and data.flags.owndata):
+        base = data  # shared, as torch's Parameter(t): writes through `data` before the first compile show
+    else:
+        base = np.array(data, dtype=np.float32, order="C")
+    return adopt(base.view(cls))
+
+
+def adopt(a, store=None):
+    """Makes `a` (a Parameter or Buffer without a root: a fresh view, or the result of arithmetic assigned to a
+    module) a handed-out array of its own: registered, read-only outside an edit context. Returns a."""
+    if _alive(a):
         return a
+    a._cn_root = _Root(store)
+    with _lock:
+        _register(a)
+    return a
 
 
-class Buffer(TrackedArray):
-    """A non-trainable float32 array of a ParamStore (BatchNorm running statistics)."""
-
-
-def track(array: np.ndarray, store, trainable: bool) -> TrackedArray:
-    """A tracked view of `array` (memory of `store`): Parameter when trainable, else Buffer."""
+def track(array: np.ndarray, store, trainable: bool):
+    """A handed-out view of `array` (memory of `store`, writeable): a Parameter when trainable, else a Buffer.
+    ParamStore.array() (C++) returns this."""
     v = array.view(Parameter if trainable else Buffer)
-    v._cn_store = store
-    return v
+    return adopt(v, store)
+
+
+def store_of(a):
+    """The ParamStore a handed-out array views, or None (before the first compile, or not one of ours)."""
+    root = getattr(a, "_cn_root", None)
+    return None if root is None or root.retired else root.store
+
+
+def in_store(a) -> bool:
+    return store_of(a) is not None
+
+
+def write(dst, src) -> None:
+    """Library writes (load_state_dict, init, compile, assigning a Parameter to a store-backed attribute):
+    src into dst, whatever dst's flag, through a transient writeable alias. The caller bumps the version."""
+    if not isinstance(dst, _Owned) or dst.flags.writeable:
+        dst[...] = src
+        return
+    w = dst.view(np.ndarray)  # a plain view: not registered; its base (the store's block) is writeable
+    w.flags.writeable = True
+    w[...] = src
+
+
+def retire(arrays=(), store=None) -> None:
+    """Retires the roots of `arrays` (module attributes compile replaced by views of a new store) and every
+    root viewing `store` (a model's previous store): their arrays turn read-only for good."""
+    with _lock:
+        roots = {id(r): r for r in (getattr(a, "_cn_root", None) for a in arrays) if r is not None}
+        for a in _registered():
+            r = a._cn_root
+            if store is not None and r.store is store:
+                roots[id(r)] = r
+        if not roots:
+            return
+        for r in roots.values():
+            r.retired = True
+        for a in _registered():
+            if id(a._cn_root) in roots and a.flags.writeable:
+                a.flags.writeable = False
+
+
+def editing() -> bool:
+    """True while an edit context is open (in any thread)."""
+    return _depth > 0
+
+
+def _enter() -> None:
+    global _depth
+    with _lock:
+        _depth += 1
+        if _depth == 1:
+            for a in _registered():
+                if not a._cn_root.retired and not a.flags.writeable:
+                    _set_writeable(a)
+
+
+def _exit() -> None:
+    global _depth
+    with _lock:
+        _depth -= 1
+        stores = {}
+        for a in _registered():
+            r = a._cn_root
+            if r.retired:
+                continue
+            if r.store is not None:
+                stores[id(r.store)] = r.store
+            if _depth == 0 and a.flags.writeable:
+                a.flags.writeable = False
+    for s in stores.values():
+        s.touch()
+
+
+class no_grad:
+    """Context (and decorator) for editing parameters and buffers in place, as PyTorch code does under
+    `torch.no_grad()`:
+
+        with cn.no_grad():
+            model.fc.weight[...] = 0
+            model.bn.running_var *= 2
+
+    Outside it, the arrays the library hands out (module attributes, state_dict() values, parameters(),
+    buffers(), and views of them) are read-only: a write is numpy's "assignment destination is read-only"
+    ValueError. Inside, they are writeable; leaving (also by an exception) makes them read-only again and bumps
+    the parameter version, so compiled inference sessions rebuild their prepared weights at their next run
+    (a run inside the context rebuilds them too). Contexts nest. Process-wide: numpy's writeable flag is per
+    array, not per thread, so while any thread is inside, every thread may write; the arrays turn read-only
+    when the last one is left. cnnnative never records gradients outside a training step, so inference needs
+    no context (and leaving one costs the next inference run a rebuild of its prepared weights).
+    Module.edit() returns this context."""
+
+    def __enter__(self):
+        _enter()
+        return self
+
+    def __exit__(self, *exc):
+        _exit()
+        return False
+
+    def __call__(self, fn):
+        @functools.wraps(fn)
+        def wrapped(*args, **kwargs):
+            with no_grad():
+                return fn(*args, **kwargs)
+        return wrapped

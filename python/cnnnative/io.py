@@ -10,7 +10,7 @@ from collections import OrderedDict
 import numpy as np
 
 from . import _core
-from .nn import Module, Parameter
+from .nn import Module
 from .session import Session, _dump_dir, arena_budget, warn_reference_fallbacks
 
 __all__ = ["save", "load", "dumps", "GraphModule", "FORMAT_VERSION"]
@@ -80,9 +80,9 @@ class GraphModule(Module):
         object.__setattr__(self, "input_shape", tuple(core_model.input_shape))
         object.__setattr__(self, "output_shape", tuple(core_model.output_shape))
         for name, _, trainable in core_model.tensors:
-            view = store.array(name)
+            view = store.array(name)  # read-only views of the store: a Parameter when trainable, else a Buffer
             if trainable:
-                self._parameters[name] = view.view(Parameter)
+                self._parameters[name] = view
             else:
                 self._buffers[name] = view
         object.__setattr__(self, "_extra_state",
@@ -145,7 +145,8 @@ class _GraphSession(Session):
         self.graph = g
         self.optimizer = None
         self._bn = []
-        self._s = _core.Session(g, gm._ensure_store(), "infer", backend=backend, plan_memory=plan_memory, seed=int(seed),
+        self._store = gm._ensure_store()
+        self._s = _core.Session(g, self._store, "infer", backend=backend, plan_memory=plan_memory, seed=int(seed),
                                 winograd=bool(winograd), max_arena_bytes=arena_budget(max_arena_bytes),
                                 strict=bool(strict), dump_passes=_dump_dir(dump_passes))
         warn_reference_fallbacks(self._s)

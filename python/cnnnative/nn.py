@@ -1,7 +1,8 @@
 """cnnnative.nn: PyTorch-style modules. A module holds numpy parameters and buffers and writes its
 forward() as in PyTorch; compile() traces forward() into a C++ graph and returns a Session. After the
 first compile every parameter is a numpy view of the model's ParamStore (one flat block), shared by all
-sessions compiled from the model."""
+sessions compiled from the model. Parameters and buffers are read-only outside `with cn.no_grad():`
+(= `with model.edit():`); see cnnnative._params."""
 from __future__ import annotations
 
 import contextlib
@@ -18,13 +19,14 @@ import numpy as np
 
 from . import _core
 from . import functional as F
-from ._params import Buffer, Parameter, TrackedArray
+from . import _params
+from ._params import Buffer, Parameter, no_grad
 from .graph import GraphBuilder, Tensor, current
 
 __all__ = ["Module", "Parameter", "Buffer", "Sequential", "ModuleList", "ModuleDict", "Conv2d", "ConvTranspose2d",
            "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Linear", "BatchNorm2d", "LocalResponseNorm", "Upsample",
            "ReLU", "Sigmoid", "Tanh", "LeakyReLU", "Dropout", "Flatten", "Identity", "functional", "init",
-           "manual_seed", "no_init"]
+           "manual_seed", "no_init", "no_grad"]
 
 functional = F
 
@@ -100,9 +102,18 @@ def _gain(nonlinearity, param=None):
     raise ValueError(f"init: unsupported nonlinearity {nonlinearity!r}")
 
 
+def _write(dst, src) -> None:
+    """A library write into a parameter or buffer (whatever its read-only flag), then the version bump."""
+    _params.write(dst, src)
+    store = _params.store_of(dst)
+    if store is not None:
+        store.touch()
+
+
 def _fill(t, values):
+    # the init functions write as torch's do (under no_grad): parameters need no edit context for them
     if not _skip_init():
-        t[...] = values
+        _write(t, values)
     return t
 
 
@@ -164,15 +175,16 @@ def _check_name(kind: str, name) -> None:
         raise KeyError(f"{kind} name can't be empty string \"\"")
 
 
-def _in_store(a) -> bool:
-    return isinstance(a, TrackedArray) and a._cn_store is not None
+_in_store = _params.in_store
 
 
 def _as_buffer(value):
-    """A buffer's array: float32, C-contiguous (the store's format); the same object when it already is."""
-    if isinstance(value, np.ndarray) and value.dtype == np.float32 and value.flags.c_contiguous:
+    """A buffer's array: a read-only Buffer, float32, C-contiguous (the store's format): the same object when it
+    already is one the library hands out, else a view of `value` (a writeable float32 ndarray owning its memory,
+    as torch's register_buffer keeps the tensor) or a copy."""
+    if isinstance(value, Buffer) and _params.in_store(value):
         return value
-    return np.array(value, dtype=np.float32, order="C")
+    return Buffer(value)
 
 
 # Every change to a module's registered parameters, buffers or submodules takes a new value from this counter:
@@ -272,6 +284,15 @@ class Module:
         state["_store"] = None
         return state
 
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        # the copied arrays own new memory: they become this copy's own read-only parameters and buffers
+        for kind in ("_parameters", "_buffers"):
+            d = self.__dict__.get(kind, {})
+            for k, v in d.items():
+                if isinstance(v, np.ndarray) and not _params.in_store(v):
+                    d[k] = _params.adopt(v) if isinstance(v, (Parameter, Buffer)) else Buffer(v)
+
     # ---- attribute registration ----
     def _forget(self, name, *kinds) -> None:
         d = self.__dict__
@@ -294,7 +315,7 @@ class Module:
             if _in_store(old) and not _in_store(value) and value is not old and value.shape == old.shape:
                 # the parameter is a view of the model's ParamStore: the new values go into the store (compiled
                 # sessions see them) and the attribute stays the store's view
-                old[...] = value
+                _write(old, value)
                 return
             self._forget(name, "_buffers", "_modules")
             self.register_parameter(name, value)
@@ -353,7 +374,7 @@ class Module:
         old = self._buffers.get(name)
         if (value is not None and _in_store(old) and not _in_store(value) and value is not old
                 and np.shape(value) == old.shape):
-            old[...] = value  # as for parameters: into the store, the attribute stays its view
+            _write(old, value)  # as for parameters: into the store, the attribute stays its view
             return
         self._buffers[name] = None if value is None else _as_buffer(value)
         _structure_changed()
@@ -386,6 +407,10 @@ class Module:
         if param is not None and not isinstance(param, Parameter):
             raise TypeError(f"cannot assign '{_typename(param)}' object to parameter '{name}' "
                             "(cnnnative.nn.Parameter or None required)")
+        if param is not None:
+            if param.dtype != np.float32 or not param.flags.c_contiguous:
+                param = Parameter(param)  # the store's format (a Parameter made by arithmetic may be neither)
+            _params.adopt(param)  # a Parameter made by arithmetic (w * 2) becomes read-only, as every other
         self._parameters[name] = param
         _structure_changed()
 
@@ -490,7 +515,8 @@ class Module:
                    keep_vars: bool = False) -> "OrderedDict[str, np.ndarray]":
         """Parameters, persistent buffers and BN's num_batches_tracked by name, as torch orders them (each
         module's own, then its children's); a module or array reachable by several names is listed under
-        each. The values are the store's views: writing into them writes the model."""
+        each. The values are the store's views, read-only: write them inside `with cn.no_grad():` (or use
+        load_state_dict); take np.array(v) for a copy."""
         self._ensure_tracked()
         sd = OrderedDict() if destination is None else destination
         self._save_to(sd, prefix)
@@ -558,21 +584,29 @@ class Module:
         if bad:
             raise ValueError("load_state_dict: nothing was loaded: " + "; ".join(bad))
         for k, conv in ready.items():
-            np.copyto(own[k], conv)
+            _params.write(own[k], conv)
         self.weights_changed()
         return {"missing_keys": missing, "unexpected_keys": unexpected}
 
+    def edit(self):
+        """`with model.edit():` — the edit context, cn.no_grad() by another name: inside it the parameters and
+        buffers the library hands out are writeable (of every model: the context is process-wide), and leaving
+        it makes them read-only again and bumps the version, so inference sessions rebuild prepared weights."""
+        return no_grad()
+
     def weights_changed(self) -> None:
         """Tells compiled sessions that parameters or buffers changed, so inference sessions rebuild the
-        weights they keep prepared (reordered, BatchNorm folded). Writes through the arrays this module hands
-        out (attributes, state_dict() values) do this by themselves; call it after writing through a plain
-        ndarray made from one (np.asarray(p), p.view(np.ndarray), torch.from_numpy(p), a memoryview)."""
+        weights they keep prepared (reordered, BatchNorm folded). load_state_dict, the optimizer, the init
+        functions and leaving `with cn.no_grad():` do this by themselves; call it after writing behind the
+        library's back: through raw pointers (C++, ctypes) or through a plain ndarray made from a parameter
+        while an edit context was open (np.asarray(p), p.view(np.ndarray), torch.from_numpy(p), a memoryview)
+        and written after it closed."""
         stores = {}  # the stores this module's arrays live in (a submodule holds no _store of its own)
         rec = self._store_record()
         if rec is not None:
             stores[id(rec.store)] = rec.store
         for a in list(self.parameters()) + list(self.buffers()):
-            s = getattr(a, "_cn_store", None)
+            s = _params.store_of(a)
             if s is not None:
                 stores[id(s)] = s
         for s in stores.values():
@@ -588,7 +622,7 @@ class Module:
         if len(arrays) != len(sig):
             arrays = [None] * len(sig)
         rec = _StoreRecord(store, [(n, tuple(s), bool(t)) for n, s, t in sig],
-                           [a if getattr(a, "_cn_store", None) is store else None for a in arrays])
+                           [a if _params.store_of(a) is store else None for a in arrays])
         object.__setattr__(self, "_store", rec)
         return rec
 
@@ -605,7 +639,8 @@ class Module:
         (flat blocks) and replaces the module attributes by numpy views of it. Kept while the model's arrays
         are the views it installed; once one was added, removed or replaced, a new store is made and the
         current values move into it (arrays handed out before keep the old memory: writes to them no longer
-        reach the model). Sessions compiled before such a change refuse to run (StructureWatch)."""
+        reach the model: they are retired, read-only for good, see cnnnative._params). Sessions compiled
+        before such a change refuse to run (StructureWatch)."""
         entries = [(n, a, True) for n, a in self.named_parameters()] + \
                   [(n, a, False) for n, a in self.named_buffers()]
         sig = [(n, tuple(a.shape), t) for n, a, t in entries]
@@ -616,8 +651,8 @@ class Module:
         store = _core.ParamStore([(n, list(s), t) for n, s, t in sig])
         views = {}
         for n, a, _ in entries:
-            view = store.array(n)  # a Parameter (trainable entries) or a Buffer tracking the store's version
-            view[...] = a
+            view = store.array(n)  # a read-only Parameter (trainable entries) or Buffer over the store
+            _params.write(view, a)
             views[id(a)] = view
         for m in self.modules():
             for kind in ("_parameters", "_buffers"):
@@ -626,6 +661,10 @@ class Module:
                     if v is not None:
                         d[k] = views[id(v)]
         object.__setattr__(self, "_store", _StoreRecord(store, sig, [views[id(a)] for _, a, _ in entries]))
+        # the replaced arrays (and this model's previous store) are no longer the model's memory: writes to them
+        # would be lost, so they turn read-only for good
+        _params.retire([a for _, a, _ in entries], rec.store if rec is not None else None)
+        store.touch()
         _structure_changed()  # the arrays are new objects: sessions of other models holding them re-check
         self._name_tensors()
         return store

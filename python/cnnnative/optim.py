@@ -1,6 +1,8 @@
 """Optimizers (cnnnative.optim) and learning-rate schedules. The update itself runs in C++ over the
 model's flat parameter and gradient blocks; these objects hold hyper-parameters, as torch.optim does,
-and push the learning rate to the sessions they drive.
+and push the learning rate to the sessions they drive. The update writes the parameters in place (they are
+read-only to Python outside `with cn.no_grad():`, not to the library) and bumps the store's version, so
+inference sessions on the same model rebuild their prepared weights.
 
 state_dict()/load_state_dict() as in PyTorch, for checkpoints and resumed runs: an optimizer's state dict
 holds its hyper-parameters (JSON-able) and the flat float32 state blocks and step count of the training

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _core
+from . import _params
 from . import functional as F
 
 # loss name -> (functional, target dtype); cross_entropy takes int32 class labels [N], the others float32
@@ -106,6 +107,7 @@ class Session:
         # a session runs the structure it was compiled from (checked before each run, see _core_checked)
         from .nn import StructureWatch
         self._watch = StructureWatch(model)
+        self._store = store
         self._s = _core.Session(g, store, mode, backend=backend, plan_memory=plan_memory, seed=int(seed),
                                 optimize=bool(optimize), layout=str(layout), recompute=recompute, dtype=dtype,
                                 cache_weights=bool(cache_weights), winograd=bool(winograd),
@@ -117,6 +119,7 @@ class Session:
         self._bn = [m for m in model.modules() if hasattr(m, "_extra_state")] if mode == "train" else []
 
     _watch = None
+    _store = None
 
     def _core_checked(self):
         """The core session, once the model's registered structure is known to be the one compiled: after a
@@ -135,7 +138,12 @@ class Session:
         """Inference on one batch of exactly input_shape; returns a new array."""
         if self.mode != "infer":
             raise ValueError("run(): this session was compiled with mode='train'; use step(x, y)")
-        return self._core_checked().run_fetch([x], 0)
+        s = self._core_checked()
+        if _params.editing() and self._store is not None:
+            # inside `with cn.no_grad():` the parameters may have been written since the last run: prepared
+            # weights are rebuilt on every run until the context is left
+            self._store.touch()
+        return s.run_fetch([x], 0)
 
     __call__ = run
 

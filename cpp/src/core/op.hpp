@@ -12,8 +12,12 @@
 
 namespace cnn {
 
-// What an op's backward reads besides the upstream gradient (declarative; used by docs and checks).
-enum BwdNeeds : unsigned { kNeedsNothing = 0, kNeedsInput = 1, kNeedsOutput = 2, kNeedsWorkspace = 4 };
+// Whether the recompute pass (core/recompute.hpp) may run a forward node again in the backward pass instead of
+// keeping its outputs, and what a rerun costs: `cheap` (a pass over memory: elementwise, normalization, views)
+// or `costly` (convolutions, pooling, ...). `never` (the default): the op draws random numbers, has side effects
+// beyond its outputs, or nobody has said it is safe. batch_norm declares `cheap`: its rerun uses the batch
+// statistics the forward node saved, so the running statistics are updated once.
+enum class RecomputeClass : int { never = 0, cheap = 1, costly = 2 };
 
 // Memory layout of an activation, chosen per value by the session's layout pass (core/layout.hpp). plain is
 // row-major in the logical shape (NCHW for 4-D), the only layout of graph inputs/outputs, parameters and every
@@ -82,7 +86,7 @@ struct OpSchema {
   // Generalizes `inplace`: which input output 0 may share its buffer with (-1: none), e.g. the residual of a
   // fused convolution. When set it is asked instead of `inplace`.
   std::function<int(const Node&)> inplace_input;
-  unsigned bwd_needs = kNeedsNothing;
+  RecomputeClass recompute = RecomputeClass::never;
   std::function<void(GradCtx&)> grad;  // empty: not differentiable
   KernelFactory ref;                    // naive loops, float and double (ctx.compute)
   // Floating-point operations of one run (for profiles); empty: not counted.

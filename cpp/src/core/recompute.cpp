@@ -9,20 +9,11 @@
 namespace cnn {
 namespace {
 
-// Elementwise / normalization / view ops: recomputing them costs a pass over memory, no arithmetic to speak of.
-bool is_cheap(const std::string& op) {
-  static const std::set<std::string> s{"relu", "sigmoid", "tanh", "leaky_relu", "add", "batch_norm",
-                                       "reshape", "flatten", "concat", "upsample_nearest2d"};
-  return s.count(op) > 0;
-}
-// Deterministic ops without side effects (batch_norm's running-stat update is left to the forward node; its
-// copy runs with training=0 on the saved batch statistics). Random ops (dropout), losses and anything
-// unknown keep their outputs.
-bool is_recomputable(const std::string& op) {
-  static const std::set<std::string> s{"conv2d", "conv_transpose2d", "linear", "max_pool2d", "avg_pool2d",
-                                       "global_avg_pool", "adaptive_avg_pool2d", "lrn", "softmax", "split"};
-  return is_cheap(op) || s.count(op) > 0;
-}
+// The ops declare it (OpSchema::recompute): cheap reruns are a pass over memory (elementwise, normalization,
+// views); costly ones do arithmetic (convolutions, pooling). Random ops (dropout), losses and anything that did
+// not declare itself keep their outputs.
+bool is_cheap(const std::string& op) { return get_op(op).recompute == RecomputeClass::cheap; }
+bool is_recomputable(const std::string& op) { return get_op(op).recompute != RecomputeClass::never; }
 
 size_t bytes_of(const Value& v) { return size_t(numel(v.desc.shape)) * dtype_size(v.desc.dtype); }
 

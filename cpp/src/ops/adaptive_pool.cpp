@@ -90,7 +90,7 @@ struct Registrar {
     OpSchema f;
     f.name = "adaptive_avg_pool2d";
     f.infer = fwd_infer;
-    f.bwd_needs = kNeedsNothing;
+    f.recompute = RecomputeClass::costly;
     f.grad = [](GradCtx& c) {
       Attrs a;
       a.ints["output"] = output_attr(c.node());

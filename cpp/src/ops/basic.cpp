@@ -67,7 +67,7 @@ struct Registrar {
       return {in[0]};
     };
     add.inplace = true;
-    add.bwd_needs = kNeedsNothing;
+    add.recompute = RecomputeClass::cheap;
     add.grad = [](GradCtx& c) {
       c.set_dx(0, c.dy(0));
       c.set_dx(1, c.dy(0));
@@ -82,6 +82,7 @@ struct Registrar {
       return {TensorDesc{resolve_shape(n, in[0].shape, n.attrs.is("shape", {})), in[0].dtype}};
     };
     rs.inplace = true;
+    rs.recompute = RecomputeClass::cheap;
     rs.grad = [](GradCtx& c) {
       Attrs a;
       a.ints["shape"] = c.desc(c.input(0)).shape;
@@ -109,6 +110,7 @@ struct Registrar {
       return {TensorDesc{out, in[0].dtype}};
     };
     fl.inplace = true;
+    fl.recompute = RecomputeClass::cheap;
     fl.grad = [](GradCtx& c) {
       Attrs a;
       a.ints["shape"] = c.desc(c.input(0)).shape;

@@ -141,7 +141,7 @@ struct Registrar {
     f.name = "batch_norm";
     f.infer = infer_fwd;
     f.inplace = true;
-    f.bwd_needs = kNeedsInput;
+    f.recompute = RecomputeClass::cheap;  // the rerun normalizes with the saved batch statistics
     f.grad = [](GradCtx& c) {
       const Node& n = c.node();
       const bool training = n.attrs.i("training", 0);

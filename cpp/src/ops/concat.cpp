@@ -130,7 +130,7 @@ struct Registrar {
     OpSchema c;
     c.name = "concat";
     c.infer = concat_infer;
-    c.bwd_needs = kNeedsNothing;
+    c.recompute = RecomputeClass::cheap;
     c.grad = [](GradCtx& g) {
       const Node& n = g.node();
       const int64_t axis = concat_axis(n, g.desc(g.output(0)).shape);
@@ -149,6 +149,7 @@ struct Registrar {
     OpSchema s;
     s.name = "split";
     s.infer = split_infer;
+    s.recompute = RecomputeClass::costly;
     s.ref = ref_kernel<SplitRef>();
     register_op(s);
   }

@@ -180,7 +180,7 @@ struct Registrar {
         op_error(n, "b expects [K] = " + shape_str({g.K}) + " for w " + shape_str(in[1].shape) + ", got " + shape_str(in[2].shape));
       return {TensorDesc{g.out(), in[0].dtype}};
     };
-    f.bwd_needs = kNeedsInput;
+    f.recompute = RecomputeClass::costly;
     f.grad = [](GradCtx& c) {
       const Attrs fa = c.node().attrs;  // a copy: emit() may move the graph's nodes
       bool bias = c.node().inputs.size() > 2;

@@ -191,7 +191,7 @@ struct Registrar {
                         std::to_string(g.G) + ", got " + shape_str(in[2].shape));
       return {TensorDesc{g.out(), in[0].dtype}};
     };
-    f.bwd_needs = kNeedsInput;
+    f.recompute = RecomputeClass::costly;
     f.grad = [](GradCtx& c) {
       const Attrs fa = c.node().attrs;
       bool bias = c.node().inputs.size() > 2;

@@ -69,7 +69,7 @@ struct Registrar {
     f.name = "dropout";
     f.infer = infer_dropout;
     f.inplace = true;
-    f.bwd_needs = kNeedsWorkspace;
+    f.recompute = RecomputeClass::never;  // random: a rerun would draw another mask
     f.grad = [](GradCtx& c) {
       if (c.node().outputs.size() == 1) {
         c.set_dx(0, c.dy(0));

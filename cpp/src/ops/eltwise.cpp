@@ -70,7 +70,7 @@ void reg(const char* name, bool from_output) {
   f.name = fwd;
   f.infer = same_as_input;
   f.inplace = true;
-  f.bwd_needs = from_output ? kNeedsOutput : kNeedsInput;
+  f.recompute = RecomputeClass::cheap;
   f.grad = [bwd, from_output](GradCtx& c) {
     Attrs a = c.node().attrs;
     int saved = from_output ? c.output(0) : c.input(0);

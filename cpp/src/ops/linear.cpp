@@ -99,7 +99,7 @@ struct Registrar {
     OpSchema f;
     f.name = "linear";
     f.infer = infer_linear;
-    f.bwd_needs = kNeedsInput;
+    f.recompute = RecomputeClass::costly;
     f.grad = [](GradCtx& c) {
       const bool has_bias = c.node().inputs.size() == 3;
       if (c.need_dx(0)) c.set_dx(0, c.emit("linear_grad_data", {c.dy(0), c.input(1)}, Attrs{}, "grad_data")[0]);

@@ -118,7 +118,6 @@ OpSchema schema(const char* name, const LossNames& names, bool grad_op, KernelFa
     s.infer = [names](const Node& n, const std::vector<TensorDesc>& in) { return loss_grad_infer(n, in, names); };
   else
     s.infer = [names](const Node& n, const std::vector<TensorDesc>& in) { return loss_infer(n, in, names); };
-  s.bwd_needs = grad_op ? kNeedsNothing : kNeedsInput;
   s.ref = std::move(ref);
   return s;
 }

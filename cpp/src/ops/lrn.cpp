@@ -97,7 +97,7 @@ struct Registrar {
       lrn_attrs(n);
       return {in[0]};
     };
-    f.bwd_needs = kNeedsInput;
+    f.recompute = RecomputeClass::costly;
     f.grad = [](GradCtx& c) { c.set_dx(0, c.emit("lrn_grad", {c.dy(0), c.input(0)}, c.node().attrs)[0]); };
     f.ref = ref_kernel<FwdRef>();
     register_op(f);

@@ -291,18 +291,19 @@ std::vector<TensorDesc> global_grad_infer(const Node& n, const std::vector<Tenso
   return {TensorDesc{xs, in[0].dtype}};
 }
 
-OpSchema schema(const char* name, decltype(OpSchema::infer) infer, KernelFactory ref, unsigned needs = kNeedsNothing) {
+OpSchema schema(const char* name, decltype(OpSchema::infer) infer, KernelFactory ref,
+                RecomputeClass recompute = RecomputeClass::never) {
   OpSchema s;
   s.name = name;
   s.infer = std::move(infer);
   s.ref = std::move(ref);
-  s.bwd_needs = needs;
+  s.recompute = recompute;
   return s;
 }
 
 struct Registrar {
   Registrar() {
-    OpSchema mp = schema("max_pool2d", max_infer, ref_kernel<MaxFwd>(), kNeedsInput | kNeedsWorkspace);
+    OpSchema mp = schema("max_pool2d", max_infer, ref_kernel<MaxFwd>(), RecomputeClass::costly);
     mp.grad = [](GradCtx& c) {
       if (c.node().outputs.size() < 2) op_error(c.node(), "training=0 keeps no workspace; set training=1 to differentiate");
       c.set_dx(0, c.emit("max_pool2d_grad", {c.dy(0), c.input(0), c.output(1)}, c.node().attrs)[0]);
@@ -310,7 +311,7 @@ struct Registrar {
     register_op(mp);
     register_op(schema("max_pool2d_grad", max_grad_infer, ref_kernel<MaxBwd>()));
 
-    OpSchema ap = schema("avg_pool2d", avg_infer, ref_kernel<AvgFwd>());
+    OpSchema ap = schema("avg_pool2d", avg_infer, ref_kernel<AvgFwd>(), RecomputeClass::costly);
     ap.grad = [](GradCtx& c) {
       Attrs a = c.node().attrs;
       a.ints["input_shape"] = c.desc(c.input(0)).shape;
@@ -319,7 +320,7 @@ struct Registrar {
     register_op(ap);
     register_op(schema("avg_pool2d_grad", avg_grad_infer, ref_kernel<AvgBwd>()));
 
-    OpSchema gp = schema("global_avg_pool", global_infer, ref_kernel<GlobalFwd>());
+    OpSchema gp = schema("global_avg_pool", global_infer, ref_kernel<GlobalFwd>(), RecomputeClass::costly);
     gp.grad = [](GradCtx& c) {
       Attrs a;
       a.ints["input_shape"] = c.desc(c.input(0)).shape;

@@ -140,7 +140,7 @@ struct Registrar {
     sm.name = "softmax";
     sm.infer = infer_softmax;
     sm.inplace = true;
-    sm.bwd_needs = kNeedsOutput;
+    sm.recompute = RecomputeClass::costly;
     sm.grad = [](GradCtx& c) { c.set_dx(0, c.emit("softmax_grad", {c.dy(0), c.output(0)}, Attrs{})[0]); };
     sm.ref = ref_kernel<SoftmaxRef>();
     register_op(sm);
@@ -155,7 +155,6 @@ struct Registrar {
     OpSchema ce;
     ce.name = "softmax_cross_entropy";
     ce.infer = infer_sce;
-    ce.bwd_needs = kNeedsInput;
     ce.grad = [](GradCtx& c) {
       if (c.need_dx(0)) c.set_dx(0, c.emit("softmax_cross_entropy_grad", {c.dy(0), c.input(0), c.input(1)}, Attrs{})[0]);
     };

@@ -84,6 +84,7 @@ struct Registrar {
       a.ints["input_shape"] = c.desc(c.input(0)).shape;
       c.set_dx(0, c.emit("upsample_nearest2d_grad", {c.dy(0)}, a)[0]);
     };
+    f.recompute = RecomputeClass::cheap;
     f.ref = ref_kernel<FwdRef>();
     register_op(f);
 
