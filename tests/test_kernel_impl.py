@@ -69,7 +69,7 @@ def test_lenet_training():
         assert impl.startswith("onednn:inner_product "), (op, name, impl)
     for op, name, impl in _impls(s, ("softmax_cross_entropy", "softmax_cross_entropy_grad")):
         assert impl == "native", (op, name, impl)
-    # structural ops: the seed fill, and flatten / its gradient's reshape (a copy unless aliased in place)
+    # cpu/views.cpp: the seed fill, and flatten / its gradient's reshape (a copy unless aliased in place)
     assert sorted(impl for _, _, impl in _impls(s, ("fill", "flatten", "reshape"))) == ["native", "native copy",
                                                                                        "native copy"]
 
