@@ -134,10 +134,11 @@ def main():
     net = make_layers(nn, cn_bottleneck)
     rng = np.random.default_rng(0)
     net._ensure_store()
-    for m in net.modules():  # non-trivial BN statistics, as after training
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean[...] = rng.uniform(-0.1, 0.1, m.num_features)
-            m.running_var[...] = rng.uniform(0.5, 1.5, m.num_features)
+    with cn.no_grad():
+        for m in net.modules():  # non-trivial BN statistics, as after training
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean[...] = rng.uniform(-0.1, 0.1, m.num_features)
+                m.running_var[...] = rng.uniform(0.5, 1.5, m.num_features)
     N = args.batch
     x = rng.standard_normal((N, 64, 56, 56)).astype(np.float32)
     y = rng.integers(0, 10, N).astype(np.int32)

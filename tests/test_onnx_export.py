@@ -53,11 +53,12 @@ def _roundtrip(model, shape, batches=(2, 5), tmp_path=None, dynamic=True):
 def _randomize_bn(model, seed=0):
     rng = np.random.default_rng(seed)
     sd = model.state_dict()
-    for k, v in sd.items():
-        if k.endswith("running_var"):
-            v[...] = rng.uniform(0.5, 1.5, v.shape)
-        elif k.endswith("running_mean") or (k.endswith(".bias") and "bn" in k):
-            v[...] = rng.normal(0, 0.1, v.shape)
+    with cn.no_grad():
+        for k, v in sd.items():
+            if k.endswith("running_var"):
+                v[...] = rng.uniform(0.5, 1.5, v.shape)
+            elif k.endswith("running_mean") or (k.endswith(".bias") and "bn" in k):
+                v[...] = rng.normal(0, 0.1, v.shape)
     return model
 
 

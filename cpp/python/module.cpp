@@ -241,8 +241,8 @@ PYBIND11_MODULE(_core, m) {
         for (auto& t : entries) e.push_back({std::get<0>(t), std::get<1>(t), std::get<2>(t), 0});
         return std::make_shared<ParamStore>(e);
       }))
-      // A numpy view of one entry, as cnnnative._params' tracked array (Parameter for trainable entries): every
-      // write through it bumps the store's version (see ParamStore in cnnnative.hpp).
+      // A read-only numpy view of one entry (cnnnative._params.track: Parameter for trainable entries, writeable
+      // inside `cn.no_grad()`, whose exit bumps the store's version; see ParamStore in cnnnative.hpp).
       .def("array", [](std::shared_ptr<ParamStore> s, const std::string& name) {
         const auto& e = s->find(name);
         py::capsule owner(new std::shared_ptr<ParamStore>(s), [](void* p) { delete static_cast<std::shared_ptr<ParamStore>*>(p); });

@@ -14,7 +14,7 @@
 //   - the optimizer update over the flat parameter / gradient / state blocks, and the reductions the session's
 //     divergence guard needs (max |x|, first non-finite element, dry runs of an update).
 // `cpu` (cpu/backend.cpp: oneDNN and native AVX-512/AVX2 kernels, host memory) and `reference`
-// (core/ref_backend.cpp: every op's naive reference kernel, float32 and float64) are the implementations.
+// (ref/backend.cpp: every op's naive reference kernel, float32 and float64) are the implementations.
 // Adding one (e.g. `cuda`) is a new folder: a Backend subclass registered with BackendRegistrar and kernels
 // registered with KernelRegistrar under its name; nothing in core/ names a backend.
 //

@@ -461,7 +461,7 @@ class OnnxModule(nn.Module):
             if trainable:
                 self._parameters[key] = nn.Parameter(arr)
             else:
-                self._buffers[key] = np.ascontiguousarray(arr, np.float32)
+                self._buffers[key] = nn.Buffer(np.ascontiguousarray(arr, np.float32))
         program.param_values = []
         self.input_names = list(program.input_names)
         self.output_names = list(program.output_names)
