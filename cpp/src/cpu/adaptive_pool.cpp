@@ -39,6 +39,8 @@ dnnl::pooling_forward::primitive_desc fwd_pd(dnnl::prop_kind prop, const Planes&
 
 // in: x; out: y
 struct PooledFwd : Kernel {
+  std::string impl_name;  // Kernel::impl(), fixed at construction
+  std::string impl() const override { return impl_name; }
   DnnlExec ex;
   size_t scratch = 0;
   explicit PooledFwd(const KernelCtx& c) {
@@ -46,6 +48,7 @@ struct PooledFwd : Kernel {
     auto x = md_of(c.in[0], c.layout_in(0)), y = md_of(c.out[0], c.layout_out(0));
     auto pd = fwd_pd(dnnl::prop_kind::forward_inference, p, x, y, user_scratchpad_attr());
     ex = DnnlExec(dnnl::pooling_forward(pd));
+    impl_name = onednn_impl(pd);
     ex.bind(DNNL_ARG_SRC, x, Src::in(0));
     ex.bind(DNNL_ARG_DST, y, Src::out(0));
     scratch = pd.scratchpad_desc().get_size();
@@ -57,6 +60,8 @@ struct PooledFwd : Kernel {
 
 // in: dy; out: dx
 struct PooledBwd : Kernel {
+  std::string impl_name;  // Kernel::impl(), fixed at construction
+  std::string impl() const override { return impl_name; }
   DnnlExec ex;
   size_t scratch = 0;
   explicit PooledBwd(const KernelCtx& c) {
@@ -66,6 +71,7 @@ struct PooledBwd : Kernel {
     dnnl::pooling_backward::primitive_desc pd(engine(), kAvg, dx, dy, p.kernel(), p.kernel(), dims{0, 0}, dims{0, 0}, dims{0, 0},
                                               hint, user_scratchpad_attr());
     ex = DnnlExec(dnnl::pooling_backward(pd));
+    impl_name = onednn_impl(pd);
     ex.bind(DNNL_ARG_DIFF_DST, dy, Src::in(0));
     ex.bind(DNNL_ARG_DIFF_SRC, dx, Src::out(0));
     scratch = pd.scratchpad_desc().get_size();
@@ -89,6 +95,7 @@ struct Windows {
 // Forward (in: x, out: y) or backward (in: dy, out: dx), parallel over the groups (see the file comment): group g
 // of x holds H*W pixels of V lanes from g*H*W*V on, group g of y OH*OW such pixels.
 struct AdaptiveNative : Kernel {
+  std::string impl() const override { return "native"; }
   int64_t G, V, H, W, OH, OW;
   Windows wh, ww;
   bool backward;

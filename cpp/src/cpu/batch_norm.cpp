@@ -68,9 +68,9 @@ struct Chunks {
 // Per-channel float constants (Cp of each, zero in the padding lanes) and float64 partial sums in the scratch.
 struct BnScratch {
   size_t partials = 0, consts = 0, total = 0;
-  BnScratch(const Chunks& ch, int nconst, bool sums) {
-    partials = sums ? size_t(2 * ch.U * ch.lv.V) * sizeof(double) : 0;
-    consts = size_t(nconst * ch.lv.Cp) * sizeof(float);
+  BnScratch(const Chunks& chunks, int nconst, bool sums) {
+    partials = sums ? size_t(2 * chunks.U * chunks.lv.V) * sizeof(double) : 0;
+    consts = size_t(nconst * chunks.lv.Cp) * sizeof(float);
     total = partials + consts;
   }
 };
@@ -84,52 +84,53 @@ struct BnScratch {
 struct Schedule {
   bool by_group;
   int64_t groups;  // channel groups: G / per_c
-  Schedule(const Chunks& ch) {
-    groups = ch.lv.G / ch.lv.per_c;
+  Schedule(const Chunks& chunks) {
+    groups = chunks.lv.G / chunks.lv.per_c;
 #ifdef _OPENMP
     const int64_t threads = omp_get_max_threads();
 #else
     const int64_t threads = 1;
 #endif
-    by_group = ch.lv.kind != red::LaneView::Rows && groups >= 2 * threads;
+    by_group = chunks.lv.kind != red::LaneView::Rows && groups >= 2 * threads;
   }
 };
 
 template <class T>
 struct BatchNormFwd : Kernel {
-  Chunks ch;
-  BnScratch sc;
+  std::string impl() const override { return "native"; }
+  Chunks chunks;
+  BnScratch scratch_plan;
   bool training, update;
   double momentum, eps;
 
   explicit BatchNormFwd(const KernelCtx& c)
-      : ch(c.in[0].shape, c.layout_in(0)), sc(ch, 3, c.node.attrs.i("training", 0) != 0) {
+      : chunks(c.in[0].shape, c.layout_in(0)), scratch_plan(chunks, 3, c.node.attrs.i("training", 0) != 0) {
     const Attrs& at = c.node.attrs;
     training = at.i("training", 0);
     update = training && at.i("track_running_stats", 1);
     momentum = at.f("momentum", 0.1);
     eps = at.f("eps", 1e-5);
   }
-  size_t scratch_bytes() const override { return sc.total; }
+  size_t scratch_bytes() const override { return scratch_plan.total; }
 
   struct Args {
     const T* x;
     T* y;
     const float *gamma, *beta;
-    float *rm, *rv, *save_mean, *save_var;
+    float *running_mean, *running_var, *save_mean, *save_var;
     double *sum, *m2;
-    float *cm, *cs, *ct;
-    bool nt;
+    float *mean_c, *scale_c, *shift_c;  // per channel (Cp floats): y = (x - mean_c) * scale_c + shift_c
+    bool stream;  // y is written with non-temporal stores
   };
 
   void stats(const Args& a, int64_t u) const {
-    const int64_t V = ch.lv.V;
-    red::lane_stats(a.x + ch.offset(u), ch.count(u), V, V, a.sum + u * V, a.m2 + u * V);
+    const int64_t V = chunks.lv.V;
+    red::lane_stats(a.x + chunks.offset(u), chunks.count(u), V, V, a.sum + u * V, a.m2 + u * V);
   }
   // channel c's mean and variance from its chunks, in (n, chunk) order; outputs, running stats, constants
   void finish(const Args& a, int64_t c) const {
-    const int64_t s0 = ch.slot0(c), ns = ch.n_stride(), V = ch.lv.V, per_c = ch.lv.per_c, K = ch.K;
-    const double m = double(per_c) * double(ch.lv.S);
+    const int64_t s0 = chunks.slot0(c), ns = chunks.n_stride(), V = chunks.lv.V, per_c = chunks.lv.per_c, K = chunks.K;
+    const double m = double(per_c) * double(chunks.lv.S);
     double total = 0;
     for (int64_t n = 0; n < per_c; ++n)
       for (int64_t k = 0; k < K; ++k) total += a.sum[s0 + n * ns + k * V];
@@ -138,73 +139,73 @@ struct BatchNormFwd : Kernel {
     for (int64_t n = 0; n < per_c; ++n)
       for (int64_t k = 0; k < K; ++k) {
         const int64_t s = s0 + n * ns + k * V;
-        const double cnt = double(ch.count_of(k)), d = a.sum[s] / cnt - mean;
+        const double cnt = double(chunks.count_of(k)), d = a.sum[s] / cnt - mean;
         M2 += a.m2[s] + cnt * d * d;
       }
     const double var = std::max(0.0, M2 / m);
     a.save_mean[c] = float(mean);
     a.save_var[c] = float(var);
     if (update) {
-      a.rm[c] = float((1 - momentum) * a.rm[c] + momentum * mean);
-      a.rv[c] = float((1 - momentum) * a.rv[c] + momentum * var * m / (m - 1));
+      a.running_mean[c] = float((1 - momentum) * a.running_mean[c] + momentum * mean);
+      a.running_var[c] = float((1 - momentum) * a.running_var[c] + momentum * var * m / (m - 1));
     }
     set_consts(a, c, a.save_mean[c], a.save_var[c]);
   }
   void set_consts(const Args& a, int64_t c, float mean, float var) const {
-    a.cm[c] = mean;
-    a.cs[c] = float(double(a.gamma[c]) / std::sqrt(double(var) + eps));
-    a.ct[c] = a.beta[c];
+    a.mean_c[c] = mean;
+    a.scale_c[c] = float(double(a.gamma[c]) / std::sqrt(double(var) + eps));
+    a.shift_c[c] = a.beta[c];
   }
   void normalize(const Args& a, int64_t u) const {
-    const int64_t o = ch.offset(u), c0 = ch.chan0(u), V = ch.lv.V;
-    red::lane_affine(a.x + o, a.y + o, ch.count(u), V, V, a.cm + c0, a.cs + c0, a.ct + c0, a.nt);
+    const int64_t o = chunks.offset(u), c0 = chunks.chan0(u), V = chunks.lv.V;
+    red::lane_affine(a.x + o, a.y + o, chunks.count(u), V, V, a.mean_c + c0, a.scale_c + c0, a.shift_c + c0, a.stream);
   }
 
   void run(const RunCtx& r) override {
-    const red::LaneView& lv = ch.lv;
+    const red::LaneView& lv = chunks.lv;
     Args a;
     a.x = static_cast<const T*>(r.in[0]);
     a.y = static_cast<T*>(r.out[0]);
     a.gamma = static_cast<const float*>(r.in[1]);
     a.beta = static_cast<const float*>(r.in[2]);
-    a.rm = static_cast<float*>(r.in[3]);
-    a.rv = static_cast<float*>(r.in[4]);
+    a.running_mean = static_cast<float*>(r.in[3]);
+    a.running_var = static_cast<float*>(r.in[4]);
     a.save_mean = training ? static_cast<float*>(r.out[1]) : nullptr;
     a.save_var = training ? static_cast<float*>(r.out[2]) : nullptr;
     a.sum = static_cast<double*>(r.scratch);
-    a.m2 = a.sum + ch.U * lv.V;
-    a.cm = reinterpret_cast<float*>(static_cast<char*>(r.scratch) + sc.partials);
-    a.cs = a.cm + lv.Cp;
-    a.ct = a.cs + lv.Cp;
-    a.nt = ch.stream && static_cast<const void*>(a.x) != static_cast<const void*>(a.y);
-    const int64_t C = lv.C, U = ch.U, K = ch.K;
-    std::fill(a.cm, a.cm + 3 * lv.Cp, 0.f);
-    const Schedule sch(ch);
+    a.m2 = a.sum + chunks.U * lv.V;
+    a.mean_c = reinterpret_cast<float*>(static_cast<char*>(r.scratch) + scratch_plan.partials);
+    a.scale_c = a.mean_c + lv.Cp;
+    a.shift_c = a.scale_c + lv.Cp;
+    a.stream = chunks.stream && static_cast<const void*>(a.x) != static_cast<const void*>(a.y);
+    const int64_t C = lv.C, U = chunks.U, K = chunks.K;
+    std::fill(a.mean_c, a.mean_c + 3 * lv.Cp, 0.f);
+    const Schedule sch(chunks);
     if (training && sch.by_group) {
       const int64_t Gn = sch.groups, per_c = lv.per_c, cpg = lv.kind == red::LaneView::Plain ? 1 : lv.V;
-#pragma omp parallel for schedule(static) if (ch.par)
+#pragma omp parallel for schedule(static) if (chunks.par)
       for (int64_t j = 0; j < Gn; ++j) {
         for (int64_t n = 0; n < per_c; ++n)
           for (int64_t k = 0; k < K; ++k) stats(a, (n * Gn + j) * K + k);
         for (int64_t c = j * cpg; c < std::min(C, j * cpg + cpg); ++c) finish(a, c);
         for (int64_t n = 0; n < per_c; ++n)
           for (int64_t k = 0; k < K; ++k) normalize(a, (n * Gn + j) * K + k);
-        if (a.nt) red::stream_fence();
+        if (a.stream) red::stream_fence();
       }
       return;
     }
     if (training) {
-#pragma omp parallel for schedule(static) if (ch.par)
+#pragma omp parallel for schedule(static) if (chunks.par)
       for (int64_t u = 0; u < U; ++u) stats(a, u);
-#pragma omp parallel for schedule(static) if (ch.par)
+#pragma omp parallel for schedule(static) if (chunks.par)
       for (int64_t c = 0; c < C; ++c) finish(a, c);
     } else {
-      for (int64_t c = 0; c < C; ++c) set_consts(a, c, a.rm[c], a.rv[c]);
+      for (int64_t c = 0; c < C; ++c) set_consts(a, c, a.running_mean[c], a.running_var[c]);
     }
-#pragma omp parallel for schedule(static) if (ch.par)
+#pragma omp parallel for schedule(static) if (chunks.par)
     for (int64_t u = 0; u < U; ++u) {
       normalize(a, u);
-      if (a.nt) red::stream_fence();
+      if (a.stream) red::stream_fence();
     }
   }
 };
@@ -212,16 +213,17 @@ struct BatchNormFwd : Kernel {
 // in: dy, x, gamma, mean, var (batch stats when training, running stats otherwise); out: dx, dgamma, dbeta
 template <class T>
 struct BatchNormBwd : Kernel {
-  Chunks ch;
-  BnScratch sc;
+  std::string impl() const override { return "native"; }
+  Chunks chunks;
+  BnScratch scratch_plan;
   bool training;
   double eps;
 
-  explicit BatchNormBwd(const KernelCtx& c) : ch(c.in[1].shape, c.layout_in(1)), sc(ch, 4, true) {
+  explicit BatchNormBwd(const KernelCtx& c) : chunks(c.in[1].shape, c.layout_in(1)), scratch_plan(chunks, 4, true) {
     training = c.node.attrs.i("training", 0);
     eps = c.node.attrs.f("eps", 1e-5);
   }
-  size_t scratch_bytes() const override { return sc.total; }
+  size_t scratch_bytes() const override { return scratch_plan.total; }
 
   struct Args {
     const T *dy, *x;
@@ -229,16 +231,16 @@ struct BatchNormBwd : Kernel {
     const float *gamma, *var;
     float *dgamma, *dbeta;
     double *sdy, *sdyx;
-    float *cm, *ca, *cb, *cc;
+    float *mean_c, *coef_a, *coef_b, *coef_c;  // per channel: dx = dy * a + ((x - mean) * b + c)
   };
 
   void sums(const Args& a, int64_t u) const {
-    const int64_t o = ch.offset(u), V = ch.lv.V;
-    red::lane_dot(a.dy + o, a.x + o, ch.count(u), V, V, a.cm + ch.chan0(u), a.sdy + u * V, a.sdyx + u * V);
+    const int64_t o = chunks.offset(u), V = chunks.lv.V;
+    red::lane_dot(a.dy + o, a.x + o, chunks.count(u), V, V, a.mean_c + chunks.chan0(u), a.sdy + u * V, a.sdyx + u * V);
   }
   void finish(const Args& a, int64_t c) const {
-    const int64_t s0 = ch.slot0(c), ns = ch.n_stride(), V = ch.lv.V, per_c = ch.lv.per_c, K = ch.K;
-    const double m = double(per_c) * double(ch.lv.S);
+    const int64_t s0 = chunks.slot0(c), ns = chunks.n_stride(), V = chunks.lv.V, per_c = chunks.lv.per_c, K = chunks.K;
+    const double m = double(per_c) * double(chunks.lv.S);
     double s1 = 0, s2 = 0;
     for (int64_t n = 0; n < per_c; ++n)
       for (int64_t k = 0; k < K; ++k) {
@@ -249,17 +251,18 @@ struct BatchNormBwd : Kernel {
     const double inv = 1 / std::sqrt(double(a.var[c]) + eps), g = double(a.gamma[c]) * inv;
     a.dbeta[c] = float(s1);
     a.dgamma[c] = float(s2 * inv);
-    a.ca[c] = float(g);
-    a.cb[c] = training ? float(-g * inv * inv * s2 / m) : 0.f;
-    a.cc[c] = training ? float(-g * s1 / m) : 0.f;
+    a.coef_a[c] = float(g);
+    a.coef_b[c] = training ? float(-g * inv * inv * s2 / m) : 0.f;
+    a.coef_c[c] = training ? float(-g * s1 / m) : 0.f;
   }
   void apply(const Args& a, int64_t u) const {
-    const int64_t o = ch.offset(u), c0 = ch.chan0(u), V = ch.lv.V;
-    red::lane_affine_bwd(a.dy + o, a.x + o, a.dx + o, ch.count(u), V, V, a.cm + c0, a.ca + c0, a.cb + c0, a.cc + c0);
+    const int64_t o = chunks.offset(u), c0 = chunks.chan0(u), V = chunks.lv.V;
+    red::lane_affine_bwd(a.dy + o, a.x + o, a.dx + o, chunks.count(u), V, V, a.mean_c + c0, a.coef_a + c0, a.coef_b + c0,
+                         a.coef_c + c0);
   }
 
   void run(const RunCtx& r) override {
-    const red::LaneView& lv = ch.lv;
+    const red::LaneView& lv = chunks.lv;
     Args a;
     a.dy = static_cast<const T*>(r.in[0]);
     a.x = static_cast<const T*>(r.in[1]);
@@ -270,18 +273,18 @@ struct BatchNormBwd : Kernel {
     a.dgamma = static_cast<float*>(r.out[1]);
     a.dbeta = static_cast<float*>(r.out[2]);
     a.sdy = static_cast<double*>(r.scratch);
-    a.sdyx = a.sdy + ch.U * lv.V;
-    a.cm = reinterpret_cast<float*>(static_cast<char*>(r.scratch) + sc.partials);
-    a.ca = a.cm + lv.Cp;
-    a.cb = a.ca + lv.Cp;
-    a.cc = a.cb + lv.Cp;
-    const int64_t C = lv.C, U = ch.U, K = ch.K;
-    std::fill(a.cm, a.cm + 4 * lv.Cp, 0.f);
-    std::copy(mean, mean + C, a.cm);
-    const Schedule sch(ch);
+    a.sdyx = a.sdy + chunks.U * lv.V;
+    a.mean_c = reinterpret_cast<float*>(static_cast<char*>(r.scratch) + scratch_plan.partials);
+    a.coef_a = a.mean_c + lv.Cp;
+    a.coef_b = a.coef_a + lv.Cp;
+    a.coef_c = a.coef_b + lv.Cp;
+    const int64_t C = lv.C, U = chunks.U, K = chunks.K;
+    std::fill(a.mean_c, a.mean_c + 4 * lv.Cp, 0.f);
+    std::copy(mean, mean + C, a.mean_c);
+    const Schedule sch(chunks);
     if (sch.by_group) {
       const int64_t Gn = sch.groups, per_c = lv.per_c, cpg = lv.kind == red::LaneView::Plain ? 1 : lv.V;
-#pragma omp parallel for schedule(static) if (ch.par)
+#pragma omp parallel for schedule(static) if (chunks.par)
       for (int64_t j = 0; j < Gn; ++j) {
         for (int64_t n = 0; n < per_c; ++n)
           for (int64_t k = 0; k < K; ++k) sums(a, (n * Gn + j) * K + k);
@@ -291,11 +294,11 @@ struct BatchNormBwd : Kernel {
       }
       return;
     }
-#pragma omp parallel for schedule(static) if (ch.par)
+#pragma omp parallel for schedule(static) if (chunks.par)
     for (int64_t u = 0; u < U; ++u) sums(a, u);
-#pragma omp parallel for schedule(static) if (ch.par)
+#pragma omp parallel for schedule(static) if (chunks.par)
     for (int64_t c = 0; c < C; ++c) finish(a, c);
-#pragma omp parallel for schedule(static) if (ch.par)
+#pragma omp parallel for schedule(static) if (chunks.par)
     for (int64_t u = 0; u < U; ++u) apply(a, u);
   }
 };

@@ -11,6 +11,7 @@
 // allocates nothing.
 #include <algorithm>
 #include <cstring>
+#include <string>
 
 #include "core/backend.hpp"
 #include "cpu/dnnl_common.hpp"
@@ -31,6 +32,7 @@ int64_t block_of(Layout l) { return l == Layout::nChw16c ? 16 : l == Layout::nCh
 struct ConcatFwd : Kernel {
   DnnlExec ex;
   size_t scratch = 0;
+  std::string impl_name;
   explicit ConcatFwd(const KernelCtx& c) {
     const int axis = int(axis_of(c.node, c.out[0].shape.size()));
     std::vector<dnnl::memory::desc> srcs;
@@ -42,8 +44,10 @@ struct ConcatFwd : Kernel {
     ex.bind(DNNL_ARG_DST, dst, Src::out(0));
     scratch = pd.scratchpad_desc().get_size();
     if (scratch) ex.bind(DNNL_ARG_SCRATCHPAD, pd.scratchpad_desc(), Src::scratch(0));
+    impl_name = onednn_impl(pd);
   }
   size_t scratch_bytes() const override { return scratch; }
+  std::string impl() const override { return impl_name; }
   void run(const RunCtx& r) override { ex.run(r); }
 };
 
@@ -88,6 +92,7 @@ struct SplitNative : Kernel {
       for (int64_t b = 0; b < n; b += kChunk) items.push_back({int(k), b, std::min(n, b + kChunk)});
     }
   }
+  std::string impl() const override { return "native"; }
   void run(const RunCtx& r) override {
     const char* x = static_cast<const char*>(r.in[0]);
     const int64_t ni = int64_t(items.size());
@@ -129,6 +134,7 @@ struct BlockedSplit : Kernel {
         for (int64_t j = 0; j < nb.back(); ++j) items.push_back({int(k), n, j});
     }
   }
+  std::string impl() const override { return "native"; }
   void run(const RunCtx& r) override {
     const char* x = static_cast<const char*>(r.in[0]);
     const int64_t ni = int64_t(items.size());

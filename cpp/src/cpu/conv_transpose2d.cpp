@@ -18,6 +18,7 @@
 #include <string>
 
 #include "core/backend.hpp"
+#include "cpu/conv_common.hpp"
 #include "cpu/dnnl_common.hpp"
 
 namespace cnn {
@@ -28,12 +29,9 @@ using dims = dnnl::memory::dims;
 using mdesc = dnnl::memory::desc;
 using tag = dnnl::memory::format_tag;
 using reorder_pd = dnnl::reorder::primitive_desc;
+using conv::impl_rank;  // shared with conv2d's layout rules
+using conv::pair_attr;
 constexpr auto kAlg = dnnl::algorithm::deconvolution_direct;
-
-dims pair_attr(const Attrs& a, const char* name, int64_t dflt) {
-  std::vector<int64_t> v = a.is(name, {dflt, dflt});
-  return {v[0], v.back()};
-}
 
 // Descriptors and geometry shared by the three kernels; x, w, y are the forward shapes, lx and ly the layouts
 // of x and y.
@@ -65,6 +63,8 @@ struct DeconvDescs {
 };
 
 struct DeconvFwd : Kernel {  // (x, w [, b]) -> y
+  std::string impl_name;  // Kernel::impl(), fixed at construction
+  std::string impl() const override { return impl_name; }
   DnnlExec reorder_w, deconv;
   size_t scratch = 0, persist = 0;
   PreparedVersion prepared;  // inference: the reordered weights are kept (dnnl_common.hpp, WeightScratch)
@@ -79,6 +79,7 @@ struct DeconvFwd : Kernel {  // (x, w [, b]) -> y
     persist = sc.persist;
     if (r) reorder_w = bind_reorder(*r, Src::in(1), sc.weights);
     deconv = DnnlExec(dnnl::deconvolution_forward(pd));
+    impl_name = onednn_impl(pd);
     deconv.bind(DNNL_ARG_SRC, d.src, Src::in(0));
     deconv.bind(DNNL_ARG_WEIGHTS, pd.weights_desc(), r ? sc.weights : Src::in(1));
     if (with_bias) deconv.bind(DNNL_ARG_BIAS, d.bias, Src::in(2));
@@ -94,6 +95,8 @@ struct DeconvFwd : Kernel {  // (x, w [, b]) -> y
 };
 
 struct DeconvBwdData : Kernel {  // (dy, w) -> dx
+  std::string impl_name;  // Kernel::impl(), fixed at construction
+  std::string impl() const override { return impl_name; }
   DnnlExec reorder_w, deconv;
   size_t scratch = 0;
   explicit DeconvBwdData(const DeconvDescs& d) {
@@ -105,6 +108,7 @@ struct DeconvBwdData : Kernel {  // (dy, w) -> dx
     scratch = sc.total;
     if (r) reorder_w = bind_reorder(*r, Src::in(1), sc.weights);
     deconv = DnnlExec(dnnl::deconvolution_backward_data(pd));
+    impl_name = onednn_impl(pd);
     deconv.bind(DNNL_ARG_DIFF_DST, d.dst, Src::in(0));
     deconv.bind(DNNL_ARG_WEIGHTS, pd.weights_desc(), r ? sc.weights : Src::in(1));
     deconv.bind(DNNL_ARG_DIFF_SRC, d.src, Src::out(0));
@@ -118,6 +122,8 @@ struct DeconvBwdData : Kernel {  // (dy, w) -> dx
 };
 
 struct DeconvBwdWeights : Kernel {  // (dy, x) -> dw [, db]
+  std::string impl_name;  // Kernel::impl(), fixed at construction
+  std::string impl() const override { return impl_name; }
   DnnlExec deconv, reorder_dw;
   size_t scratch = 0;
   DeconvBwdWeights(const KernelCtx& c, const DeconvDescs& d) {
@@ -131,6 +137,7 @@ struct DeconvBwdWeights : Kernel {  // (dy, x) -> dw [, db]
     WeightScratch sc(pd.scratchpad_desc().get_size(), r, pd.diff_weights_desc().get_size());
     scratch = sc.total;
     deconv = DnnlExec(dnnl::deconvolution_backward_weights(pd));
+    impl_name = onednn_impl(pd);
     deconv.bind(DNNL_ARG_DIFF_DST, d.dst, Src::in(0));
     deconv.bind(DNNL_ARG_SRC, d.src, Src::in(1));
     deconv.bind(DNNL_ARG_DIFF_WEIGHTS, pd.diff_weights_desc(), r ? sc.weights : Src::out(0));
@@ -145,7 +152,7 @@ struct DeconvBwdWeights : Kernel {  // (dy, x) -> dw [, db]
   }
 };
 
-// ---- deterministic mode: as conv2d's (cpu/conv2d.cpp), minibatch parts by primitives built for one thread ----
+// ---- deterministic mode: as conv2d's (cpu/conv_direct.cpp), minibatch parts by primitives built for one thread ----
 
 Shape with_batch(Shape s, int64_t n) {
   s[0] = n;
@@ -156,19 +163,21 @@ double deconv_image_flops(const Shape& x, const Shape& w) { return 2.0 * double(
 
 // The descriptors of a part of mb images (x, w, y: the forward shapes), the weights layout imposed once known.
 struct DetParts {
-  const Attrs& a;
-  DType t;
+  const Attrs& attrs;
+  DType dtype;
   Shape x, w, y;
   Layout lx, ly;
-  std::optional<mdesc> wmd;
+  std::optional<mdesc> wmd;  // the full part's weights layout, once known
   DeconvDescs at(int64_t mb) const {
-    DeconvDescs d(a, t, with_batch(x, mb), w, with_batch(y, mb), lx, ly);
+    DeconvDescs d(attrs, dtype, with_batch(x, mb), w, with_batch(y, mb), lx, ly);
     if (wmd) d.w_any = *wmd;
     return d;
   }
 };
 
 struct DeconvFwdDet : Kernel {  // (x, w [, b]) -> y
+  std::string impl_name;  // Kernel::impl(), fixed at construction
+  std::string impl() const override { return impl_name; }
   DnnlExec reorder_w;
   MinibatchParts parts;
   size_t scratch = 0, persist = 0, pad_off = 0;
@@ -196,6 +205,7 @@ struct DeconvFwdDet : Kernel {  // (x, w [, b]) -> y
                               {PartArg::Batched, DNNL_ARG_DST, Src::out(0), d.dst.get_size() / size_t(N)}};
     if (with_bias) args.push_back({PartArg::Shared, DNNL_ARG_BIAS, Src::in(2)});
     parts = MinibatchParts(N, part, make, args);
+    impl_name = parts.impl();
     ScratchLayout L;
     L.total = sc.total;
     pad_off = L.add(parts.scratch_bytes());
@@ -210,6 +220,8 @@ struct DeconvFwdDet : Kernel {  // (x, w [, b]) -> y
 };
 
 struct DeconvBwdDataDet : Kernel {  // (dy, w) -> dx
+  std::string impl_name;  // Kernel::impl(), fixed at construction
+  std::string impl() const override { return impl_name; }
   DnnlExec reorder_w;
   MinibatchParts parts;
   size_t scratch = 0, pad_off = 0;
@@ -233,6 +245,7 @@ struct DeconvBwdDataDet : Kernel {  // (dy, w) -> dx
                            {{PartArg::Batched, DNNL_ARG_DIFF_DST, Src::in(0), d.dst.get_size() / size_t(N)},
                             {PartArg::Shared, DNNL_ARG_WEIGHTS, r ? sc.weights : Src::in(1)},
                             {PartArg::Batched, DNNL_ARG_DIFF_SRC, Src::out(0), d.src.get_size() / size_t(N)}});
+    impl_name = parts.impl();
     ScratchLayout L;
     L.total = sc.total;
     pad_off = L.add(parts.scratch_bytes());
@@ -246,7 +259,9 @@ struct DeconvBwdDataDet : Kernel {  // (dy, w) -> dx
 };
 
 struct DeconvBwdWeightsDet : Kernel {  // (dy, x) -> dw [, db]
-  PartialWeightGrads pwg;
+  std::string impl_name;  // Kernel::impl(), fixed at construction
+  std::string impl() const override { return impl_name; }
+  PartialWeightGrads partial_dw;
   size_t scratch = 0;
   bool with_bias;
   DeconvBwdWeightsDet(const KernelCtx& c, const DeconvDescs& d, DetParts dp) : with_bias(c.out.size() > 1) {
@@ -271,12 +286,13 @@ struct DeconvBwdWeightsDet : Kernel {  // (dy, x) -> dw [, db]
     const mdesc wmd = *dp.wmd;
     ScratchLayout L;
     L.add(PartialWeightGrads::reorder_pad(wmd, d.w_user));
-    pwg.plan(L, N, part, dp.y[1], with_bias, wmd, d.w_user, make, Src::in(1), d.src.get_size() / size_t(N), Src::in(0),
+    partial_dw.plan(L, N, part, dp.y[1], with_bias, wmd, d.w_user, make, Src::in(1), d.src.get_size() / size_t(N), Src::in(0),
              d.dst.get_size() / size_t(N));
     scratch = L.total;
+    impl_name = partial_dw.impl();
   }
   size_t scratch_bytes() const override { return scratch; }
-  void run(const RunCtx& r) override { pwg.run(r); }
+  void run(const RunCtx& r) override { partial_dw.run(r); }
 };
 
 enum class Dir { Fwd, BwdData, BwdWeights };
@@ -285,12 +301,6 @@ enum class Dir { Fwd, BwdData, BwdWeights };
 struct DeconvLayouts {
   Layout x, y;
 };
-
-int impl_rank(const std::string& impl) {
-  if (impl.rfind("ref", 0) == 0) return 0;
-  if (impl.find("gemm") != std::string::npos) return 1;
-  return impl.find("avx512") != std::string::npos ? 3 : 2;
-}
 
 int rank_of(const Attrs& a, DType t, const Shape& x, const Shape& w, const Shape& y, DeconvLayouts l, Dir dir) {
   try {

@@ -2,6 +2,7 @@
 
 #include "core/backend.hpp"
 
+#include <oneapi/dnnl/dnnl_debug.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -78,6 +79,16 @@ void DnnlExec::run(const RunCtx& ctx) {
   prim_.execute(stream(), args_);
 }
 
+std::string onednn_impl(const dnnl::primitive_desc_base& pd) {
+  dnnl_primitive_kind_t kind = dnnl_undefined_primitive;
+  const char* info = nullptr;
+  dnnl_primitive_desc_query(pd.get(), dnnl_query_primitive_kind, 0, &kind);
+  dnnl_primitive_desc_query(pd.get(), dnnl_query_impl_info_str, 0, &info);
+  std::string s = std::string("onednn:") + dnnl_prim_kind2str(kind);
+  if (info && *info) s += std::string(" ") + info;
+  return s;
+}
+
 dnnl::primitive_attr user_scratchpad_attr() {
   dnnl::primitive_attr a;
   a.set_scratchpad_mode(dnnl::scratchpad_mode::user);
@@ -91,6 +102,7 @@ namespace {
 struct Reorder : Kernel {
   DnnlExec ex;
   size_t bytes = 0, scratch = 0;
+  std::string impl_name = "native copy";  // the same bytes on both sides: a copy (or nothing, in place)
   explicit Reorder(const KernelCtx& c) {
     Layout from = Layout(c.node.attrs.i("from", 0)), to = Layout(c.node.attrs.i("to", 0));
     if (from == to && c.in[0].dtype == c.out[0].dtype) {
@@ -103,8 +115,10 @@ struct Reorder : Kernel {
     ex.bind(DNNL_ARG_TO, pd.dst_desc(), Src::out(0));
     scratch = pd.scratchpad_desc().get_size();
     if (scratch) ex.bind(DNNL_ARG_SCRATCHPAD, pd.scratchpad_desc(), Src::scratch(0));
+    impl_name = onednn_impl(pd);
   }
   size_t scratch_bytes() const override { return scratch; }
+  std::string impl() const override { return impl_name; }
   void run(const RunCtx& r) override {
     if (!ex.empty()) ex.run(r);
     else if (r.out[0] != r.in[0]) std::memcpy(r.out[0], r.in[0], bytes);

@@ -6,6 +6,7 @@
 
 #include <functional>
 #include <optional>
+#include <string>
 #include <unordered_map>
 #include <vector>
 
@@ -53,6 +54,12 @@ class DnnlExec {
   std::unordered_map<int, dnnl::memory> args_;
   std::vector<std::pair<dnnl::memory, Src>> handles_;
 };
+
+// What a kernel running this primitive reports as Kernel::impl(): "onednn:<primitive kind> <oneDNN
+// implementation>", e.g. "onednn:convolution brg:avx512_core". Queries the descriptor: call at construction.
+std::string onednn_impl(const dnnl::primitive_desc_base& pd);
+// The suffix of the deterministic kernels' impl() (one-thread primitives over minibatch parts).
+constexpr const char* kDetPartsImpl = " deterministic(minibatch parts)";
 
 // Lays out sub-buffers inside a kernel's scratch region (64-byte aligned).
 struct ScratchLayout {
@@ -184,6 +191,7 @@ class MinibatchParts {
   int64_t part() const { return part_; }
   size_t scratch_bytes() const { return exec_.scratch_bytes(); }
   const dnnl::primitive_desc& pd() const { return pd_; }  // the full part's
+  std::string impl() const { return onednn_impl(pd_) + kDetPartsImpl; }  // Kernel::impl() of a kernel running it
   void run(const RunCtx& r, size_t pad_offset) const;
   bool empty() const { return exec_.empty(); }
 
@@ -210,6 +218,7 @@ class PartialWeightGrads {
             const dnnl::memory::desc& w_user, const std::function<dnnl::primitive_desc(int64_t mb)>& make, Src src,
             size_t src_per_image, Src diff_dst, size_t dst_per_image);
   void run(const RunCtx& r);
+  std::string impl() const { return parts_.impl(); }
   // the reorder's scratchpad, which the caller places at the start of the scratch (run() needs it there)
   static size_t reorder_pad(const dnnl::memory::desc& wmd, const dnnl::memory::desc& w_user);
 

@@ -17,6 +17,7 @@ namespace {
 constexpr int64_t kParallelElems = 1 << 15;
 
 struct DropoutFwd : Kernel {
+  std::string impl() const override { return training ? "native" : "native copy"; }
   std::string name;
   int64_t n;           // stored elements (padding included)
   Layout layout;
@@ -88,6 +89,7 @@ struct DropoutFwd : Kernel {
 
 // dy = in 0, mask = in 1 -> dx = out 0, elementwise over the stored elements (one layout; padding lanes: 0 * 0)
 struct DropoutBwd : Kernel {
+  std::string impl() const override { return "native"; }
   int64_t n;
   float scale;
   explicit DropoutBwd(const KernelCtx& c)

@@ -11,6 +11,8 @@ namespace {
 using alg = dnnl::algorithm;
 
 struct EltwiseFwd : Kernel {
+  std::string impl_name;  // Kernel::impl(), fixed at construction
+  std::string impl() const override { return impl_name; }
   DnnlExec ex;
   size_t scratch = 0;
   EltwiseFwd(const KernelCtx& c, alg a, float alpha) {
@@ -19,6 +21,7 @@ struct EltwiseFwd : Kernel {
     auto pk = c.training ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference;
     dnnl::eltwise_forward::primitive_desc pd(engine(), pk, a, md, md, alpha, 0.f, attr);
     ex = DnnlExec(dnnl::eltwise_forward(pd));
+    impl_name = onednn_impl(pd);
     ex.bind(DNNL_ARG_SRC, md, Src::in(0));
     ex.bind(DNNL_ARG_DST, md, Src::out(0));
     scratch = pd.scratchpad_desc().get_size();
@@ -30,6 +33,8 @@ struct EltwiseFwd : Kernel {
 
 // dy = in 0, saved = in 1 (dst for *_use_dst_for_bwd algorithms, src otherwise)
 struct EltwiseBwd : Kernel {
+  std::string impl_name;  // Kernel::impl(), fixed at construction
+  std::string impl() const override { return impl_name; }
   DnnlExec ex;
   size_t scratch = 0;
   EltwiseBwd(const KernelCtx& c, alg fwd_alg, alg bwd_alg, float alpha, bool use_dst) {
@@ -38,6 +43,7 @@ struct EltwiseBwd : Kernel {
     auto attr = user_scratchpad_attr();
     dnnl::eltwise_backward::primitive_desc pd(engine(), bwd_alg, md, md, md, alpha, 0.f, hint, attr);
     ex = DnnlExec(dnnl::eltwise_backward(pd));
+    impl_name = onednn_impl(pd);
     ex.bind(DNNL_ARG_DIFF_DST, md, Src::in(0));
     ex.bind(use_dst ? DNNL_ARG_DST : DNNL_ARG_SRC, md, Src::in(1));
     ex.bind(DNNL_ARG_DIFF_SRC, md, Src::out(0));
@@ -49,11 +55,14 @@ struct EltwiseBwd : Kernel {
 };
 
 struct Add : Kernel {
+  std::string impl_name;  // Kernel::impl(), fixed at construction
+  std::string impl() const override { return impl_name; }
   DnnlExec ex;
   explicit Add(const KernelCtx& c) {
     auto md = md_of(c.in[0], c.layout_in(0));
     dnnl::binary::primitive_desc pd(engine(), alg::binary_add, md, md, md);
     ex = DnnlExec(dnnl::binary(pd));
+    impl_name = onednn_impl(pd);
     ex.bind(DNNL_ARG_SRC_0, md, Src::in(0));
     ex.bind(DNNL_ARG_SRC_1, md, Src::in(1));
     ex.bind(DNNL_ARG_DST, md, Src::out(0));

@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cstring>
 #include <optional>
+#include <string>
 
 #include <omp.h>
 
@@ -35,6 +36,8 @@ dnnl::inner_product_forward::primitive_desc fwd_pd(const memory::desc& x, const 
 }
 
 struct LinearKernel : Kernel {
+  std::string impl_name;  // Kernel::impl(), fixed at construction
+  std::string impl() const override { return impl_name; }
   DnnlExec ex;
   size_t scratch = 0;
   size_t scratch_bytes() const override { return scratch; }
@@ -71,6 +74,7 @@ struct LinearFwd : LinearKernel {
     persist = sc.persist;
     if (r) reorder_w = bind_reorder(*r, Src::in(1), sc.weights);
     ex = DnnlExec(dnnl::inner_product_forward(pd));
+    impl_name = onednn_impl(pd);
     ex.bind(DNNL_ARG_SRC, x, Src::in(0));
     ex.bind(DNNL_ARG_WEIGHTS, pd.weights_desc(), r ? sc.weights : Src::in(1));
     if (has_bias) ex.bind(DNNL_ARG_BIAS, b, Src::in(2));
@@ -92,6 +96,7 @@ struct LinearGradData : LinearKernel {
     auto hint = fwd_pd(dx, w, nullptr, dy);
     dnnl::inner_product_backward_data::primitive_desc pd(engine(), dx, w, dy, hint, user_scratchpad_attr());
     ex = DnnlExec(dnnl::inner_product_backward_data(pd));
+    impl_name = onednn_impl(pd);
     ex.bind(DNNL_ARG_DIFF_DST, dy, Src::in(0));
     ex.bind(DNNL_ARG_WEIGHTS, w, Src::in(1));
     ex.bind(DNNL_ARG_DIFF_SRC, dx, Src::out(0));
@@ -110,6 +115,7 @@ struct LinearGradWeights : LinearKernel {
     auto attr = user_scratchpad_attr();
     pd_t pd = has_bias ? pd_t(engine(), x, dw, db, dy, hint, attr) : pd_t(engine(), x, dw, dy, hint, attr);
     ex = DnnlExec(dnnl::inner_product_backward_weights(pd));
+    impl_name = onednn_impl(pd);
     ex.bind(DNNL_ARG_SRC, x, Src::in(1));
     ex.bind(DNNL_ARG_DIFF_DST, dy, Src::in(0));
     ex.bind(DNNL_ARG_DIFF_WEIGHTS, dw, Src::out(0));
@@ -130,6 +136,7 @@ struct BlockGemm {
   bool bias = false;
   int var_of[4] = {-1, -1, -1, -1};  // (m edge) + 2 (n edge) -> variant
   PartExec exec;
+  std::string impl_name;  // the kernels' Kernel::impl(): the full block's matmul
   BlockGemm(int64_t M_, int64_t N_, int64_t K, int64_t am, int64_t ak, int64_t bk, int64_t bnn, int64_t ldc_, bool with_bias,
             int act, float alpha)
       : M(M_), N(N_), a_m(am), a_k(ak), b_k(bk), b_n(bnn), ldc(ldc_), bias(with_bias) {
@@ -161,6 +168,7 @@ struct BlockGemm {
     std::vector<int> args{DNNL_ARG_SRC, DNNL_ARG_WEIGHTS, DNNL_ARG_DST};
     if (bias) args.push_back(DNNL_ARG_BIAS);
     exec = PartExec(pds, args, threads);
+    impl_name = onednn_impl(pds[0]) + " deterministic(output blocks)";
   }
   size_t scratch_bytes() const { return exec.scratch_bytes(); }
   void run(const float* A, const float* B, float* C, const float* b, char* pads) const {
@@ -185,6 +193,7 @@ struct BlockGemm {
 
 // y = x w^T (+ b) (+ activation): A = x [N, IN], B = w^T (w is [OUT, IN]), C = y [N, OUT]
 struct LinearFwdDet : Kernel {
+  std::string impl() const override { return gemm->impl_name; }
   std::optional<BlockGemm> gemm;
   bool has_bias;
   explicit LinearFwdDet(const KernelCtx& c) : has_bias(c.in.size() == 3) {
@@ -202,6 +211,7 @@ struct LinearFwdDet : Kernel {
 
 // dx = dy w: A = dy [N, OUT], B = w [OUT, IN], C = dx [N, IN]
 struct LinearGradDataDet : Kernel {
+  std::string impl() const override { return gemm->impl_name; }
   std::optional<BlockGemm> gemm;
   explicit LinearGradDataDet(const KernelCtx& c) {
     const int64_t N = c.in[0].shape[0], OUT = c.in[0].shape[1], IN = c.out[0].shape[1];
@@ -217,6 +227,7 @@ struct LinearGradDataDet : Kernel {
 // dw = dy^T x: A = dy^T (dy is [N, OUT]), B = x [N, IN], C = dw [OUT, IN]; db[o] = sum over rows n of dy[n, o], in
 // row order (threads split the columns in blocks of 16).
 struct LinearGradWeightsDet : Kernel {
+  std::string impl() const override { return gemm->impl_name; }
   std::optional<BlockGemm> gemm;
   int64_t N, OUT;
   bool has_bias;

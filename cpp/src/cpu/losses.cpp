@@ -38,6 +38,7 @@ struct Bce {
 // in: a, b (same shape); out: loss [1]
 template <class L>
 struct LossFwd : Kernel {
+  std::string impl() const override { return "native"; }
   int64_t n, chunks;
   explicit LossFwd(const KernelCtx& c) : n(numel(c.in[0].shape)), chunks((n + kChunk - 1) / kChunk) {}
   size_t scratch_bytes() const override { return size_t(chunks) * sizeof(double); }
@@ -62,6 +63,7 @@ struct LossFwd : Kernel {
 // in: dloss [1], a, b; out: d a (wrt=0) or d b (wrt=1)
 template <class L>
 struct LossBwd : Kernel {
+  std::string impl() const override { return "native"; }
   int64_t n;
   bool wrt_b;
   explicit LossBwd(const KernelCtx& c) : n(numel(c.in[1].shape)), wrt_b(c.node.attrs.i("wrt", 0) != 0) {}

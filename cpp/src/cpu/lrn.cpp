@@ -36,12 +36,15 @@ dnnl::lrn_forward::primitive_desc fwd_pd(dnnl::prop_kind prop, const dnnl::memor
 }
 
 struct LrnFwd : Kernel {  // x -> y
+  std::string impl_name;  // Kernel::impl(), fixed at construction
+  std::string impl() const override { return impl_name; }
   DnnlExec ex;
   size_t scratch = 0;
   LrnFwd(const KernelCtx& c, const LrnParams& p) {
     auto x = md_of(c.in[0], c.layout_in(0));
     auto pd = fwd_pd(dnnl::prop_kind::forward_inference, x, p);
     ex = DnnlExec(dnnl::lrn_forward(pd));
+    impl_name = onednn_impl(pd);
     ex.bind(DNNL_ARG_SRC, x, Src::in(0));
     ex.bind(DNNL_ARG_DST, x, Src::out(0));
     scratch = pd.scratchpad_desc().get_size();
@@ -54,6 +57,8 @@ struct LrnFwd : Kernel {  // x -> y
 // (dy, x) -> dx. Scratch: oneDNN scratchpad (shared by the two primitives, which run in turn), then, when the
 // backward wants a workspace, the recomputed forward output and the workspace.
 struct LrnBwd : Kernel {
+  std::string impl_name;  // Kernel::impl(), fixed at construction
+  std::string impl() const override { return impl_name; }
   DnnlExec fwd, bwd;
   size_t scratch = 0;
   LrnBwd(const KernelCtx& c, const LrnParams& p) {
@@ -64,6 +69,7 @@ struct LrnBwd : Kernel {
     ScratchLayout L;
     L.add(std::max(pd.scratchpad_desc().get_size(), hint.scratchpad_desc().get_size()));
     bwd = DnnlExec(dnnl::lrn_backward(pd));
+    impl_name = onednn_impl(pd);  // (with the forward recomputed first when it needs a workspace)
     bwd.bind(DNNL_ARG_SRC, x, Src::in(1));
     bwd.bind(DNNL_ARG_DIFF_DST, x, Src::in(0));
     bwd.bind(DNNL_ARG_DIFF_SRC, x, Src::out(0));
@@ -93,6 +99,7 @@ struct LrnBwd : Kernel {
 // dx_j = dy_j D_j^-beta - 2 beta alpha/size x_j sum_{c in [j - hi, j + lo]} T_c. Blocked padding lanes of y / dx
 // are written 0. Sums run in the same order in every layout, so every layout gives identical results.
 struct LrnNative : Kernel {
+  std::string impl() const override { return "native"; }
   static constexpr int64_t kChunk = 256;
   LrnParams p;
   int64_t N, C, Cp, HW, nstr, pstr;

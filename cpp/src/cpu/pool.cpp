@@ -55,6 +55,8 @@ dnnl::pooling_forward::primitive_desc fwd_pd(dnnl::prop_kind prop, alg a, const 
 
 // in: x; out: y [, workspace]
 struct PoolFwd : Kernel {
+  std::string impl_name;  // Kernel::impl(), fixed at construction
+  std::string impl() const override { return impl_name; }
   DnnlExec ex;
   size_t scratch = 0;
   PoolFwd(const KernelCtx& c, alg a, const Geometry& g) {
@@ -62,6 +64,7 @@ struct PoolFwd : Kernel {
     auto x = md_of(c.in[0], c.layout_in(0)), y = md_of(c.out[0], c.layout_out(0));
     auto pd = fwd_pd(train ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference, a, x, y, g);
     ex = DnnlExec(dnnl::pooling_forward(pd));
+    impl_name = onednn_impl(pd);
     ex.bind(DNNL_ARG_SRC, x, Src::in(0));
     ex.bind(DNNL_ARG_DST, y, Src::out(0));
     if (train) {
@@ -79,6 +82,8 @@ struct PoolFwd : Kernel {
 
 // in: dy (max: dy, x, workspace; x is not read); out: dx
 struct PoolBwd : Kernel {
+  std::string impl_name;  // Kernel::impl(), fixed at construction
+  std::string impl() const override { return impl_name; }
   DnnlExec ex;
   size_t scratch = 0;
   PoolBwd(const KernelCtx& c, alg a, const Geometry& g) {
@@ -87,6 +92,7 @@ struct PoolBwd : Kernel {
     dnnl::pooling_backward::primitive_desc pd(engine(), a, dx, dy, g.strides(), g.kernel(), g.dilation(), g.pad_l(),
                                               g.pad_r(), hint, user_scratchpad_attr());
     ex = DnnlExec(dnnl::pooling_backward(pd));
+    impl_name = onednn_impl(pd);
     ex.bind(DNNL_ARG_DIFF_DST, dy, Src::in(0));
     ex.bind(DNNL_ARG_DIFF_SRC, dx, Src::out(0));
     if (a == alg::pooling_max) {
@@ -115,6 +121,7 @@ struct PoolBwd : Kernel {
 constexpr int64_t kNativeWindow = 256;
 
 struct AvgNative : Kernel {
+  std::string impl() const override { return "native"; }
   Geometry g;
   int64_t G, V, H, W, OH, OW;
   bool backward, include_pad;
@@ -228,6 +235,7 @@ Geometry global_geometry(const Shape& x) {
 // (0.117 ms), plain 0.42 -> 0.27 ms; small in-cache maps pay the float64 conversions (+3-6 us at [16, 512, 7, 7]).
 template <class T>
 struct GlobalAvgFwd : Kernel {
+  std::string impl() const override { return "native"; }
   static constexpr int64_t kChunkElems = 1 << 18;
   int64_t G, S, V, P, K;  // K chunks of P pixels per group
   GlobalAvgFwd(const KernelCtx& c) {

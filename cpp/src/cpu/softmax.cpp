@@ -95,64 +95,67 @@ struct RowChunks {
 
 // x [N, K] -> y [N, K] (y may be x)
 struct SoftmaxFwd : Kernel {
-  RowChunks rc;
-  explicit SoftmaxFwd(const KernelCtx& c) : rc(c.in[0].shape[0], c.in[0].shape[1]) {}
-  size_t scratch_bytes() const override { return rc.scratch_bytes(); }
+  std::string impl() const override { return "native"; }
+  RowChunks rows;
+  explicit SoftmaxFwd(const KernelCtx& c) : rows(c.in[0].shape[0], c.in[0].shape[1]) {}
+  size_t scratch_bytes() const override { return rows.scratch_bytes(); }
   void run(const RunCtx& r) override {
-    rc.softmax(static_cast<const float*>(r.in[0]), static_cast<float*>(r.out[0]), r.scratch, 1.0);
+    rows.softmax(static_cast<const float*>(r.in[0]), static_cast<float*>(r.out[0]), r.scratch, 1.0);
   }
 };
 
 // dy = in 0, y = in 1 -> dx = out 0 = y * (dy - sum_k dy_k y_k) (dx may be dy)
 struct SoftmaxBwd : Kernel {
-  RowChunks rc;
-  explicit SoftmaxBwd(const KernelCtx& c) : rc(c.in[0].shape[0], c.in[0].shape[1]) {}
-  size_t scratch_bytes() const override { return rc.scratch_bytes(); }
+  std::string impl() const override { return "native"; }
+  RowChunks rows;
+  explicit SoftmaxBwd(const KernelCtx& c) : rows(c.in[0].shape[0], c.in[0].shape[1]) {}
+  size_t scratch_bytes() const override { return rows.scratch_bytes(); }
   void run(const RunCtx& r) override {
     const float* dy = static_cast<const float*>(r.in[0]);
     const float* y = static_cast<const float*>(r.in[1]);
     float* dx = static_cast<float*>(r.out[0]);
-    auto v = rc.views(r.scratch);
-    const int64_t n_items = rc.items(), B = rc.B, N = rc.N, K = rc.K;
+    auto v = rows.views(r.scratch);
+    const int64_t n_items = rows.items(), B = rows.B, N = rows.N, K = rows.K;
     if (B == 1) {
-#pragma omp parallel for schedule(static) if (rc.par)
+#pragma omp parallel for schedule(static) if (rows.par)
       for (int64_t row = 0; row < N; ++row) {
         const int64_t o = row * K;
         red::softmax_bwd(dy + o, y + o, dx + o, K, float(red::dot(dy + o, y + o, K)));
       }
       return;
     }
-#pragma omp parallel for schedule(static) if (rc.par)
+#pragma omp parallel for schedule(static) if (rows.par)
     for (int64_t i = 0; i < n_items; ++i) {
-      const int64_t o = rc.offset(i);
-      v.s[i] = red::dot(dy + o, y + o, rc.count(i));
+      const int64_t o = rows.offset(i);
+      v.s[i] = red::dot(dy + o, y + o, rows.count(i));
     }
     for (int64_t row = 0; row < N; ++row) {
       double d = 0;
       for (int64_t k = 0; k < B; ++k) d += v.s[row * B + k];
       v.M[row] = float(d);
     }
-#pragma omp parallel for schedule(static) if (rc.par)
+#pragma omp parallel for schedule(static) if (rows.par)
     for (int64_t i = 0; i < n_items; ++i) {
-      const int64_t o = rc.offset(i);
-      red::softmax_bwd(dy + o, y + o, dx + o, rc.count(i), v.M[i / B]);
+      const int64_t o = rows.offset(i);
+      red::softmax_bwd(dy + o, y + o, dx + o, rows.count(i), v.M[i / B]);
     }
   }
 };
 
 // logits = in 0 [N, K], labels = in 1 [N] -> loss = out 0 [1]
 struct SceFwd : Kernel {
+  std::string impl() const override { return "native"; }
   const Node& node;
-  RowChunks rc;
-  SceFwd(const KernelCtx& c) : node(c.node), rc(c.in[0].shape[0], c.in[0].shape[1]) {}
-  size_t scratch_bytes() const override { return rc.scratch_bytes(); }
+  RowChunks rows;
+  SceFwd(const KernelCtx& c) : node(c.node), rows(c.in[0].shape[0], c.in[0].shape[1]) {}
+  size_t scratch_bytes() const override { return rows.scratch_bytes(); }
   void run(const RunCtx& r) override {
     const float* x = static_cast<const float*>(r.in[0]);
     const int32_t* lab = static_cast<const int32_t*>(r.in[1]);
-    const int64_t N = rc.N, K = rc.K;
+    const int64_t N = rows.N, K = rows.K;
     check_labels(node, lab, N, K);
-    auto v = rc.views(r.scratch);
-    rc.stats(x, nullptr, v);
+    auto v = rows.views(r.scratch);
+    rows.stats(x, nullptr, v);
     double total = 0;
     for (int64_t n = 0; n < N; ++n) total += double(v.M[n]) + std::log(v.S[n]) - double(x[n * K + lab[n]]);
     static_cast<float*>(r.out[0])[0] = float(total / double(N));
@@ -161,19 +164,20 @@ struct SceFwd : Kernel {
 
 // dloss = in 0 [1], logits = in 1 [N, K], labels = in 2 [N] -> dlogits = out 0 [N, K] = (softmax - onehot) dloss / N
 struct SceBwd : Kernel {
+  std::string impl() const override { return "native"; }
   const Node& node;
-  RowChunks rc;
-  SceBwd(const KernelCtx& c) : node(c.node), rc(c.in[1].shape[0], c.in[1].shape[1]) {}
-  size_t scratch_bytes() const override { return rc.scratch_bytes(); }
+  RowChunks rows;
+  SceBwd(const KernelCtx& c) : node(c.node), rows(c.in[1].shape[0], c.in[1].shape[1]) {}
+  size_t scratch_bytes() const override { return rows.scratch_bytes(); }
   void run(const RunCtx& r) override {
     const float g = static_cast<const float*>(r.in[0])[0];
     const float* x = static_cast<const float*>(r.in[1]);
     const int32_t* lab = static_cast<const int32_t*>(r.in[2]);
     float* dx = static_cast<float*>(r.out[0]);
-    const int64_t N = rc.N, K = rc.K;
+    const int64_t N = rows.N, K = rows.K;
     check_labels(node, lab, N, K);
     const float scale = g / float(N);
-    rc.softmax(x, dx, r.scratch, double(scale));
+    rows.softmax(x, dx, r.scratch, double(scale));
     for (int64_t n = 0; n < N; ++n) dx[n * K + lab[n]] -= scale;
   }
 };

@@ -17,12 +17,15 @@ dnnl::resampling_forward::primitive_desc fwd_pd(dnnl::prop_kind prop, const dnnl
 }
 
 struct UpsampleFwd : Kernel {  // x -> y
+  std::string impl_name;  // Kernel::impl(), fixed at construction
+  std::string impl() const override { return impl_name; }
   DnnlExec ex;
   size_t scratch = 0;
   explicit UpsampleFwd(const KernelCtx& c) {
     auto x = md_of(c.in[0], c.layout_in(0)), y = md_of(c.out[0], c.layout_out(0));
     auto pd = fwd_pd(dnnl::prop_kind::forward_inference, x, y);
     ex = DnnlExec(dnnl::resampling_forward(pd));
+    impl_name = onednn_impl(pd);
     ex.bind(DNNL_ARG_SRC, x, Src::in(0));
     ex.bind(DNNL_ARG_DST, y, Src::out(0));
     scratch = pd.scratchpad_desc().get_size();
@@ -33,6 +36,8 @@ struct UpsampleFwd : Kernel {  // x -> y
 };
 
 struct UpsampleBwd : Kernel {  // dy -> dx
+  std::string impl_name;  // Kernel::impl(), fixed at construction
+  std::string impl() const override { return impl_name; }
   DnnlExec ex;
   size_t scratch = 0;
   explicit UpsampleBwd(const KernelCtx& c) {
@@ -40,6 +45,7 @@ struct UpsampleBwd : Kernel {  // dy -> dx
     auto hint = fwd_pd(dnnl::prop_kind::forward_training, dx, dy);
     dnnl::resampling_backward::primitive_desc pd(engine(), alg::resampling_nearest, dx, dy, hint, user_scratchpad_attr());
     ex = DnnlExec(dnnl::resampling_backward(pd));
+    impl_name = onednn_impl(pd);
     ex.bind(DNNL_ARG_DIFF_DST, dy, Src::in(0));
     ex.bind(DNNL_ARG_DIFF_SRC, dx, Src::out(0));
     scratch = pd.scratchpad_desc().get_size();

@@ -108,6 +108,15 @@ WINO_AVX512 void output_tile(const float* m, int64_t xi_stride, int64_t OB, int6
 
 bool available() { return __builtin_cpu_supports("avx512f"); }
 
+const char* split_name(Split s) {
+  switch (s) {
+    case Split::tile_chunks: return "tile-chunks";
+    case Split::points: return "points";
+    case Split::output_blocks: return "output-blocks";
+  }
+  return "?";
+}
+
 Conv::Plan Conv::plan(const Geom& g, int max_threads, bool deterministic) {
   Plan p;
   const int64_t nthr = deterministic ? kDetThreads : std::max(1, max_threads);

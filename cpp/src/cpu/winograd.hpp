@@ -49,6 +49,18 @@ constexpr int kDetThreads = 8;
 void input_transform(const float* xn, int64_t CB, int64_t H, int64_t W, int64_t ih0, int64_t iw0, float* v,
                      int64_t xi_stride, int64_t per, int64_t group_stride);
 
+// How a Winograd kernel shares its work among threads (each kernel picks one at construction from the problem
+// size; see Conv and BwdWeights).
+enum class Split {
+  tile_chunks,    // threads take chunks of tiles: Conv keeps a chunk's V and M in cache with U whole in scratch;
+                  // BwdWeights sums each thread's chunks into a private dU, the copies summed at the end
+  points,         // BwdWeights only: per shared chunk of tiles, threads split the 36 transform points
+  output_blocks,  // all tiles transformed first, then threads split output blocks (Conv's "whole" mode: blocks of
+                  // output channels, each thread transforming its block of U; BwdWeights: (OC x IC) blocks of dU
+                  // with K = all tiles)
+};
+const char* split_name(Split s);  // "tile-chunks", "points", "output-blocks"
+
 // What the output transform adds: y = act(A^T M A + bias [+ y_before]).
 struct Epilogue {
   const float* bias = nullptr;  // [OC] or null
@@ -74,7 +86,8 @@ class Conv {
   // Scratch: chunk mode [U | per thread: V chunk, M chunk, matmul scratchpad]; whole mode [V | M | per
   // thread: U block, matmul scratchpad].
   size_t scratch_bytes() const { return total_; }
-  bool whole() const { return whole_; }
+  Split split() const { return whole_ ? Split::output_blocks : Split::tile_chunks; }
+  bool deterministic() const { return det_; }
   // x: nChw16c [N][IC/16][H][W][16]; y: nChw16c [N][OC/16][OH][OW][16]. w: the float32 [OC][IC][3][3] filter of
   // this convolution, or with flip_transpose the [IC][OC][3][3] filter of the forward convolution whose
   // backward-data pass this is (taps flipped). scale: optional per-OC factor folded into w (BN).
@@ -119,7 +132,8 @@ class BwdWeights {
   // x: nChw16c [N][IC/16][H][W][16]; dy: nChw16c [N][OC/16][OH][OW][16]; dw: plain [OC][IC][3][3] and db: [OC]
   // (or null), both overwritten; scratch: scratch_bytes() bytes, 64-byte aligned, contents undefined.
   void run(const float* x, const float* dy, float* dw, float* db, char* scratch) const;
-  int mode() const;       // 0 tile split, 1 point split, 2 output-block split
+  Split split() const;
+  bool deterministic() const;
   int64_t chunk() const;  // tiles per GEMM (K)
   const char* impl_info() const;
 

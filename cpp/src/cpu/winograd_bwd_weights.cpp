@@ -5,23 +5,23 @@
 //
 // GEMMs are computed transposed: dU^T[xi] (OC x IC) = D[xi]^T V[xi] (oneDNN matmul, SRC = D with transposed
 // strides, WEIGHTS = V), so the final G^T . G pass writes dw rows of 16 consecutive ic (144 contiguous floats).
-// Three work decompositions (chosen in the constructor):
-//   mode 0 (tile split): every thread owns a contiguous range of tile chunks (Tc tiles each) and a private
+// Three work decompositions (Split, chosen in the constructor):
+//   tile_chunks:         every thread owns a contiguous range of tile chunks (Tc tiles each) and a private
 //                        dU^T[36][OC][IC]; one batched (36) matmul per chunk accumulates into it (sum post-op);
 //                        at the end the private copies are summed in thread order and transformed.
-//   mode 1 (xi split):   one shared dU^T; per chunk all threads transform a slice of the tiles, barrier, then every
+//   points:              one shared dU^T; per chunk all threads transform a slice of the tiles, barrier, then every
 //                        thread runs the 2-D matmuls of its share of the 36 xi, barrier. Fallback for wide layers
 //                        with many tiles.
-//   mode 2 (output-block split): all tiles are transformed once into shared V / D (channel-blocked), barrier, then
+//   output_blocks:       all tiles are transformed once into shared V / D (channel-blocked), barrier, then
 //                        threads split (OCB x ICB) output blocks: one batched matmul with K = all tiles into an
 //                        L2-sized per-thread block, immediately turned into dw. No dU round trip through memory.
 // All are deterministic for a given thread count (fixed partitions, fixed reduction order).
 //
-// Deterministic mode (independent of the thread count too; KernelCtx::deterministic): the mode follows the sizes
-// alone; the GEMMs are built for one thread; mode 0 sums into Q private dU^T copies ("partials", Q from the tile
+// Deterministic mode (independent of the thread count too; KernelCtx::deterministic): the split follows the sizes
+// alone; the GEMMs are built for one thread; tile_chunks sums into Q private dU^T copies ("partials", Q from the tile
 // count, not the thread count), each owning a fixed range of chunks, which the threads share and which are summed
-// in partial order; db is accumulated per fixed group of tiles (mode 0: per partial; modes 1, 2: G groups of
-// tiles or chunk rows) and the groups summed in order. Partial and group buffers live in the shared scratch.
+// in partial order; db is accumulated per fixed group of tiles (tile_chunks: per partial; points, output_blocks: G
+// groups of tiles or chunk rows) and the groups summed in order. Partial and group buffers live in the shared scratch.
 #include "cpu/winograd.hpp"
 
 #include <dnnl.h>
@@ -65,24 +65,25 @@ __attribute__((target("avx512f"))) inline void a6(const float* const y[4], float
 alignas(64) const float kZero[VL] = {0};
 
 constexpr int kMaxThreads = 256;
-constexpr int64_t kMode2MinCC = 256 * 256;      // mode 2 only for IC*OC >= this
-constexpr int64_t kChunkBytes = int64_t(1) << 20;  // mode 0: target V+D bytes per chunk
-constexpr int64_t kBlk = 64;                               // mode 2: ICB = OCB
-constexpr int64_t kDetPartials = 8;   // deterministic mode 0: at most this many partial dU^T copies
+constexpr int64_t kBlocksMinCC = 256 * 256;     // output_blocks only for IC*OC >= this
+constexpr int64_t kChunkBytes = int64_t(1) << 20;  // tile_chunks: target V+D bytes per chunk
+constexpr int64_t kBlk = 64;                               // output_blocks: ICB = OCB
+constexpr int64_t kDetPartials = 8;   // deterministic tile_chunks: at most this many partial dU^T copies
 constexpr int64_t kDetPartTiles = 64;  // ... and at least this many tiles each
-constexpr int64_t kDetGroups = 32;    // deterministic modes 1, 2: db groups
+constexpr int64_t kDetGroups = 32;    // deterministic points, output_blocks: db groups
 }  // namespace
 
 struct BwdWeights::Impl {
   Geom g{};
   int64_t OH = 0, OW = 0, TH = 0, TW = 0, T = 0, CB = 0, OB = 0;
   int nthr_max = 1;
-  int mode = 0;
+  Split split = Split::tile_chunks;
   bool det = false;
-  int64_t Q = 0, G = 0;    // deterministic: partials (mode 0), db groups (modes 1, 2)
+  int64_t Q = 0, G = 0;    // deterministic: partials (tile_chunks), db groups (the others)
   size_t det_off = 0;      // deterministic: where the partials / groups start in the shared scratch
   int64_t Tc = 0, nchunks = 0;
-  // Channel blocking of V / D / dU^T. Mode 0, 1: ICB = IC, OCB = OC. Mode 2: output block of one GEMM batch.
+  // Channel blocking of V / D / dU^T. tile_chunks, points: ICB = IC, OCB = OC;
+  // output_blocks: the output block of one GEMM batch.
   //   V[ib][xi][row][ICB]   (ib = ic / ICB)     D[ob][xi][row][OCB]   (ob = oc / OCB)
   int64_t ICB = 0, OCB = 0;
 
@@ -94,7 +95,7 @@ struct BwdWeights::Impl {
   // scratch layout
   size_t szV = 0, szD = 0, szU = 0, szB = 0, szS = 0;  // bytes, each 64-aligned
   size_t thr_stride = 0;                               // bytes per thread block
-  size_t shared_bytes = 0;                             // modes 1, 2: shared buffers at the front
+  size_t shared_bytes = 0;                             // points, output_blocks: shared buffers at the front
   size_t total = 0;
 
   // per thread: matmul memory objects (SRC = D^T, WEIGHTS = V, DST = dU^T) and argument arrays
@@ -115,7 +116,7 @@ struct BwdWeights::Impl {
   void exec(const dnnl::matmul& p, int ithr) const {
     dnnl_primitive_execute(p.get(), strm[ithr].get(), 4, args[ithr].data());
   }
-  // Mode 1: rows [r0, r1) of the chunk starting at tile t0 (`rows` of its Tc rows hold tiles; the rest are zeroed)
+  // points: rows [r0, r1) of the chunk starting at tile t0 (`rows` of its Tc rows hold tiles; the rest are zeroed)
   void transform_rows(const float* x, const float* dy, int64_t t0, int64_t rows, int64_t r0, int64_t r1, float* V,
                       float* D, float* dbt) const {
     for (int64_t r = r0; r < r1; ++r) {
@@ -125,7 +126,7 @@ struct BwdWeights::Impl {
         zero_row(r, V, D);
     }
   }
-  // Mode 1: this thread's points [x0, x1) of chunk c: dU^T[xi] (+)= D[xi]^T V[xi] (the first chunk writes).
+  // points: this thread's points [x0, x1) of chunk c: dU^T[xi] (+)= D[xi]^T V[xi] (the first chunk writes).
   void point_gemms(int ithr, int x0, int x1, float* D, float* V, float* U, int64_t c) const {
     for (int xi = x0; xi < x1; ++xi) {
       msrc[ithr].set_data_handle(D + xi * Tc * g.OC);
@@ -134,7 +135,7 @@ struct BwdWeights::Impl {
       exec(c == 0 ? mm_first : mm_acc, ithr);
     }
   }
-  // Mode 2: this thread's (OCB x ICB) output blocks, K = all tiles, each finished into dw through U.
+  // output_blocks: this thread's (OCB x ICB) output blocks, K = all tiles, each finished into dw through U.
   void block_gemms(int ithr, int nt, float* D, float* V, const float* U, float* dw) const {
     const int64_t nbi = g.IC / ICB, nblk = nbi * (g.OC / OCB);
     for (int64_t b = nblk * ithr / nt; b < nblk * (ithr + 1) / nt; ++b) {
@@ -277,19 +278,19 @@ BwdWeights::BwdWeights(const Geom& g, int max_threads, bool deterministic) : imp
   const int64_t fB = int64_t(NXI) * sizeof(float);
 
   // ---- decomposition
-  //   mode 2 if all transformed tiles (V + D for every tile) fit a 32 MiB budget and channels are wide;
-  //   else mode 0 if the private dU copies are small; else mode 1.
+  //   output_blocks if all transformed tiles (V + D for every tile) fit a 32 MiB budget and channels are wide;
+  //   else tile_chunks if the private dU copies are small; else points.
   const int64_t vd_all = fB * T * (IC + OC);
-  if (IC * OC >= kMode2MinCC && vd_all <= (int64_t(32) << 20))
-    I.mode = 2;
+  if (IC * OC >= kBlocksMinCC && vd_all <= (int64_t(32) << 20))
+    I.split = Split::output_blocks;
   else if ((P == 1 && !I.det) || fB * IC * OC <= (int64_t(4) << 20))
-    I.mode = 0;
+    I.split = Split::tile_chunks;
   else
-    I.mode = 1;
-  if (P == 1 && !I.det && I.mode == 1) I.mode = 0;
+    I.split = Split::points;
+  if (P == 1 && !I.det && I.split == Split::points) I.split = Split::tile_chunks;
 
   int64_t tc;
-  if (I.mode == 0) {
+  if (I.split == Split::tile_chunks) {
     // V+D chunk ~ kChunkBytes, K clamped to [32, 256]; then equal chunk counts per thread.
     tc = kChunkBytes / (fB * (IC + OC));
     tc = std::max<int64_t>(32, std::min<int64_t>(256, tc));
@@ -297,7 +298,7 @@ BwdWeights::BwdWeights(const Geom& g, int max_threads, bool deterministic) : imp
     const int64_t split = I.det ? I.Q : P;
     nch = (nch + split - 1) / split * split;
     tc = (T + nch - 1) / nch;
-  } else if (I.mode == 2) {
+  } else if (I.split == Split::output_blocks) {
     tc = T;
   } else {
     // shared chunk of ~16 MiB
@@ -309,7 +310,7 @@ BwdWeights::BwdWeights(const Geom& g, int max_threads, bool deterministic) : imp
   I.Tc = tc;
   I.nchunks = (T + tc - 1) / tc;
   const int64_t Tc = I.Tc;
-  if (I.mode == 2) {
+  if (I.split == Split::output_blocks) {
     I.ICB = std::min<int64_t>(IC, 2 * kBlk);
     I.OCB = std::min<int64_t>(OC, kBlk);
     while (IC % I.ICB) I.ICB -= VL;
@@ -328,7 +329,7 @@ BwdWeights::BwdWeights(const Geom& g, int max_threads, bool deterministic) : imp
   po.append_sum(1.f);
   a_acc.set_post_ops(po);
   memory::desc sd, wd, dd;
-  if (I.mode != 1) {
+  if (I.split != Split::points) {
     sd = memory::desc({NXI, OCB, Tc}, dt::f32, memory::dims{Tc * OCB, 1, OCB});
     wd = memory::desc({NXI, Tc, ICB}, dt::f32, memory::dims{Tc * ICB, ICB, 1});
     dd = memory::desc({NXI, OCB, ICB}, dt::f32, memory::dims{OCB * ICB, ICB, 1});
@@ -343,7 +344,7 @@ BwdWeights::BwdWeights(const Geom& g, int max_threads, bool deterministic) : imp
   I.mm_first = matmul(pd_first);
   size_t scr = pd_first.scratchpad_desc().get_size();
   I.info = pd_first.impl_info_str();
-  if (I.mode != 2) {
+  if (I.split != Split::output_blocks) {
     auto pd_acc = matmul::primitive_desc(I.eng, sd, wd, dd, a_acc);
     I.mm_acc = matmul(pd_acc);
     scr = std::max(scr, pd_acc.scratchpad_desc().get_size());
@@ -356,23 +357,23 @@ BwdWeights::BwdWeights(const Geom& g, int max_threads, bool deterministic) : imp
   I.szU = align_up(sizeof(float) * NXI * OCB * ICB, 4096);
   I.szB = align_up(sizeof(float) * OC, 64);
   I.szS = align_up(std::max<size_t>(scr, 64), 64);
-  if (I.mode == 0) {  // per thread: V, D, dU^T, db, matmul scratchpad
+  if (I.split == Split::tile_chunks) {  // per thread: V, D, dU^T, db, matmul scratchpad
     I.shared_bytes = 0;
     I.thr_stride = I.szV + I.szD + I.szU + I.szB + I.szS;
-  } else if (I.mode == 1) {  // shared: V, D, dU^T; per thread: db, scratchpad
+  } else if (I.split == Split::points) {  // shared: V, D, dU^T; per thread: db, scratchpad
     I.shared_bytes = I.szV + I.szD + I.szU;
     I.thr_stride = I.szB + I.szS;
   } else {  // shared: V, D; per thread: dU^T block, db, scratchpad
     I.shared_bytes = I.szV + I.szD;
     I.thr_stride = I.szU + I.szB + I.szS;
   }
-  if (I.det) {  // mode 0: per thread V, D, scratchpad and Q partials (dU^T, db) shared; modes 1, 2: G db groups shared
-    if (I.mode == 0) {
+  if (I.det) {  // tile_chunks: per thread V, D, scratchpad and Q partials (dU^T, db) shared; others: G db groups shared
+    if (I.split == Split::tile_chunks) {
       I.thr_stride = I.szV + I.szD + I.szS;
       I.det_off = 0;
       I.shared_bytes = I.Q * (I.szU + I.szB);
     } else {
-      I.G = std::min<int64_t>(kDetGroups, I.mode == 1 ? Tc : T);
+      I.G = std::min<int64_t>(kDetGroups, I.split == Split::points ? Tc : T);
       I.det_off = I.shared_bytes;
       I.shared_bytes += I.G * I.szB;
       I.thr_stride -= I.szB;
@@ -398,7 +399,8 @@ BwdWeights::BwdWeights(const Geom& g, int max_threads, bool deterministic) : imp
 
 BwdWeights::~BwdWeights() = default;
 size_t BwdWeights::scratch_bytes() const { return impl_->total; }
-int BwdWeights::mode() const { return impl_->mode; }
+Split BwdWeights::split() const { return impl_->split; }
+bool BwdWeights::deterministic() const { return impl_->det; }
 int64_t BwdWeights::chunk() const { return impl_->Tc; }
 const char* BwdWeights::impl_info() const { return impl_->info.c_str(); }
 
@@ -412,7 +414,7 @@ void BwdWeights::run(const float* x, const float* dy, float* dw, float* db, char
     const int ithr = omp_get_thread_num(), nt = omp_get_num_threads();
     char* tb = scratch + I.shared_bytes + I.thr_stride * ithr;
     const float* dbs[kMaxThreads];
-    if (I.mode == 0) {
+    if (I.split == Split::tile_chunks) {
       float* V = reinterpret_cast<float*>(tb);
       float* D = reinterpret_cast<float*>(tb + I.szV);
       float* U = reinterpret_cast<float*>(tb + I.szV + I.szD);
@@ -442,7 +444,7 @@ void BwdWeights::run(const float* x, const float* dy, float* dw, float* db, char
       }
       I.finish_block(Us, nU, size_t(OC) * IC, IC, o0, o1 - o0, 0, IC, dw);
       I.reduce_db(ithr, nt, dbs, db);
-    } else if (I.mode == 2) {
+    } else if (I.split == Split::output_blocks) {
       float* V = reinterpret_cast<float*>(scratch);
       float* D = reinterpret_cast<float*>(scratch + I.szV);
       float* U = reinterpret_cast<float*>(tb);
@@ -502,7 +504,7 @@ void BwdWeights::run_det(const float* x, const float* dy, float* dw, float* db, 
   {
     const int ithr = omp_get_thread_num(), nt = omp_get_num_threads();
     char* tb = scratch + I.shared_bytes + I.thr_stride * ithr;
-    if (I.mode == 0) {
+    if (I.split == Split::tile_chunks) {
       // partial q: chunks [nchunks q / Q, nchunks (q+1) / Q) summed into its own dU^T and db
       float* V = reinterpret_cast<float*>(tb);
       float* D = reinterpret_cast<float*>(tb + I.szV);
@@ -538,7 +540,7 @@ void BwdWeights::run_det(const float* x, const float* dy, float* dw, float* db, 
           db[oc] = s;
         }
       }
-    } else if (I.mode == 2) {
+    } else if (I.split == Split::output_blocks) {
       // group k transforms tiles [T k / G, T (k+1) / G) in order into its db; then (OCB x ICB) blocks, K = all tiles
       float* V = reinterpret_cast<float*>(scratch);
       float* D = reinterpret_cast<float*>(scratch + I.szV);
