@@ -1,5 +1,6 @@
-"""compile(deterministic=True): results independent of the thread count, for the ops of cpu/conv2d.cpp (oneDNN and
-Winograd), conv_transpose2d.cpp, linear.cpp, lrn.cpp, concat.cpp, upsample.cpp, eltwise.cpp and dropout.cpp.
+"""compile(deterministic=True): results independent of the thread count, for the ops of cpu/conv_direct.cpp and
+cpu/conv_winograd.cpp (oneDNN and Winograd), conv_transpose2d.cpp, linear.cpp, lrn.cpp, concat.cpp, upsample.cpp,
+eltwise.cpp and dropout.cpp.
 
 Per op: one grad-mode session per thread count (compiled and run at 1, 2, 3 and 4 threads; counts above the
 machine's cores still run, oversubscribed), forward output and every input gradient bitwise equal across the counts,

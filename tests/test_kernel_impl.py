@@ -130,5 +130,9 @@ def test_deconvolution_kernels_and_the_configuration_onednn_refuses():
     _check_all(s)
     assert [impl.split()[0] for _, _, impl in _impls(s, ("conv_transpose2d",))] == ["onednn:deconvolution"]
     # output_padding >= stride (legal below dilation): oneDNN rejects it, the op's reference kernel runs
-    s = nn.ConvTranspose2d(3, 2, 3, stride=1, output_padding=1, dilation=2).compile((1, 3, 4, 4))
+    odd = nn.ConvTranspose2d(3, 2, 3, stride=1, output_padding=1, dilation=2)
+    with pytest.warns(RuntimeWarning, match=r"no kernel for 1 node\(s\).*conv_transpose2d"):
+        s = odd.compile((1, 3, 4, 4))
     assert [impl for _, _, impl in _impls(s, ("conv_transpose2d",))] == ["reference"]
+    with pytest.raises(cn.Error, match="strict.*conv_transpose2d"):
+        odd.compile((1, 3, 4, 4), strict=True)

@@ -182,6 +182,19 @@ SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, con
     node_in.push_back(std::move(in));
     node_out.push_back(std::move(out));
   }
+  // A backend factory may itself hand a node to the op's reference kernel (a configuration its library refuses):
+  // reported like a node without a kernel.
+  if (backend.has_fast_kernels()) {
+    for (int s = 0; s < n_steps; ++s)
+      if (!plan.kernels[s].reference && kernels[s]->impl() == "reference")
+        plan.reference_fallbacks.push_back(g.nodes[s].op + " " + g.nodes[s].name);
+    if (opt.strict && !plan.reference_fallbacks.empty()) {
+      std::string list;
+      for (const auto& f : plan.reference_fallbacks) list += (list.empty() ? "" : ", ") + f;
+      throw Error("compile(strict): the " + backend.name() + " backend runs " + list +
+                  " on the op's naive reference kernel (no fast kernel for this configuration)");
+    }
+  }
   // kernels' persistent regions (prepared weights): one block, 64-byte aligned slices, filled on the first run
   std::vector<size_t> persist_off;
   size_t persist_total = 0;
@@ -420,8 +433,8 @@ void SessionImpl::run(const std::vector<const void*>& fd) {
       backend.copy_in(feed_copies[i].get(), fd[i], plan.value_bytes(plan.feed_values[i]));
   }
   if (mirrored && store->version() != mirror_version) refresh_mirrors();
-  RunCtx rc{nullptr, nullptr, scratch.get(), opt.seed, steps};
-  rc.params_version = store->version();
+  RunCtx run_ctx{nullptr, nullptr, scratch.get(), opt.seed, steps};
+  run_ctx.params_version = store->version();
   // A train/grad run writes the store (BN running statistics in the forward pass, the optimizer update): the
   // version moves when it ends, whether it succeeded or not, so inference sessions sharing the store re-prepare.
   struct Bump {
@@ -432,12 +445,12 @@ void SessionImpl::run(const std::vector<const void*>& fd) {
   } bump{writes_store ? store.get() : nullptr};
   using clock = std::chrono::steady_clock;
   auto exec = [&](int s) {
-    rc.in = node_in[s].data();
-    rc.out = node_out[s].data();
-    rc.persist = persist_ptr[s];
+    run_ctx.in = node_in[s].data();
+    run_ctx.out = node_out[s].data();
+    run_ctx.persist = persist_ptr[s];
     auto t0 = clock::now();
     try {
-      kernels[s]->run(rc);
+      kernels[s]->run(run_ctx);
     } catch (const Error&) {
       throw;
     } catch (const std::exception& e) {

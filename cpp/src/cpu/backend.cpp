@@ -1,6 +1,6 @@
 // The `cpu` backend: oneDNN primitives and native AVX-512/AVX2 kernels (the other files of this folder register
 // them under "cpu"), blocked / channels-last activation layouts, bfloat16 activations on AVX512-BF16 CPUs.
-#include "host/host_backend.hpp"
+#include "core/backend.hpp"
 
 namespace cnn {
 namespace {

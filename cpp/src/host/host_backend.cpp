@@ -1,4 +1,4 @@
-#include "host/host_backend.hpp"
+#include "core/backend.hpp"
 
 #include <cmath>
 

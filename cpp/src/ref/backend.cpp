@@ -1,6 +1,6 @@
 // The `reference` backend: every op's naive reference kernel (OpSchema::ref), in float32 or float64, plain
 // layouts, host memory. The yardstick the fast backends are tested against (gradient checks run here in float64).
-#include "host/host_backend.hpp"
+#include "core/backend.hpp"
 
 namespace cnn {
 namespace {
