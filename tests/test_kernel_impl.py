@@ -2,6 +2,7 @@
 (Kernel::impl()): "onednn:<primitive kind> <oneDNN implementation>" for oneDNN primitives (" deterministic(...)"
 appended by the deterministic variants), "winograd <work split>[ deterministic]" for the Winograd F(4x4, 3x3)
 kernels, "native" for our own loops ("native copy" where the node is a copy), "reference" for an op's naive loops."""
+import os
 import re
 
 import numpy as np
@@ -136,3 +137,24 @@ def test_deconvolution_kernels_and_the_configuration_onednn_refuses():
     assert [impl for _, _, impl in _impls(s, ("conv_transpose2d",))] == ["reference"]
     with pytest.raises(cn.Error, match="strict.*conv_transpose2d"):
         odd.compile((1, 3, 4, 4), strict=True)
+
+
+@pytest.mark.parametrize("layout", ["nChw16c", "nChw8c", "nhwc"])
+def test_no_onednn_reference_implementation_under_any_layout(layout):
+    """Layout rules and fused post-ops must never steer oneDNN into its ref:any kernels (orders of magnitude
+    slower; e.g. a per-channel binary + sum post-op on jit_1x1 used to): every kernel of training and inference
+    sessions of the ResNet block stack, LeNet-5, DenseNet and U-Net shaped graphs reports a jit/brgemm/gemm
+    implementation or our own. Replaces the ONEDNN_VERBOSE greps of earlier tests."""
+    import sys
+    sys.path.insert(0, os.path.dirname(__file__))
+    from test_fusion import resnet_stack
+    from test_layouts_more_ops import SMALL
+    cases = [(resnet_stack(), (2, 3, 12, 12), "cross_entropy"), (cn.models.lenet5(), (4, 1, 28, 28), "cross_entropy")]
+    cases += [(build(), shape, loss) for build, shape, loss, _, _ in (SMALL["densenet"], SMALL["unet"])]
+    seen = set()
+    for net, shape, loss in cases:
+        for s in (net.compile(shape, mode="train", loss=loss, layout=layout), net.compile(shape, layout=layout)):
+            for k in s.kernels():
+                seen.add(k["impl"].split()[0])
+                assert " ref:" not in k["impl"] and k["impl"] != "reference", (layout, k)
+    assert {"onednn:convolution", "onednn:deconvolution", "onednn:concat", "onednn:pooling"} <= seen, seen
