@@ -16,7 +16,6 @@ import collections
 import statistics
 import sys
 
-import numpy as np
 
 import cnnnative as cn
 from cnnnative import _core

@@ -2,12 +2,10 @@
 checked before anything that size is allocated, and oneDNN refusing a primitive reported as cn.Error naming
 the node."""
 import os
-import resource
 import subprocess
 import sys
 import textwrap
 
-import numpy as np
 import pytest
 
 import cnnnative as cn

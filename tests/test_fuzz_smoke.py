@@ -118,7 +118,7 @@ def test_random_mutations_load_or_raise_error():
             errors += 1
             messages.add(str(e).split(":")[1].strip()[:30])
         except Exception as e:  # noqa: BLE001 - any other exception is a loader bug
-            raise AssertionError(f"case {i}: {type(e).__name__}: {e} (input {len(data)} bytes: {data[:200]!r})")
+            raise AssertionError(f"case {i}: {type(e).__name__}: {e} (input {len(data)} bytes: {data[:200]!r})") from e
         if time.perf_counter() - t0 > TIME_BUDGET_S:
             break
     n = loaded + errors

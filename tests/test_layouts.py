@@ -9,7 +9,7 @@ import cnnnative as cn
 from cnnnative import _core, nn
 from cnnnative.session import Session
 
-from test_fusion import BasicBlock, randomize_bn, resnet_stack
+from test_fusion import resnet_stack
 
 LAYOUTS = ["auto", "nChw8c", "nhwc"]
 

@@ -494,8 +494,8 @@ def test_save_removes_stale_temporaries_of_dead_writers(tmp_path):
     try:
         stale = [f"m.cnn.tmp.{dead}.0", f"m.cnn.tmp.{dead}.17"]
         kept = [f"m.cnn.tmp.{live.pid}.0", f"m.cnn.tmp.{os.getpid()}.999", f"other.cnn.tmp.{dead}.0",
-                f"m.cnn.tmp.{dead}", f"m.cnn.tmp.{dead}.x", f"m.cnn.tmp.0.0", f"m.cnn.tmp.-{dead}.0", f"m.cnn.tmpx.{dead}.0",
-                f"m.cnn.tmp.{dead}.1.2", f"m.cnn.tmp.99999999999.0"]
+                f"m.cnn.tmp.{dead}", f"m.cnn.tmp.{dead}.x", "m.cnn.tmp.0.0", f"m.cnn.tmp.-{dead}.0", f"m.cnn.tmpx.{dead}.0",
+                f"m.cnn.tmp.{dead}.1.2", "m.cnn.tmp.99999999999.0"]
         for n in stale + kept:
             (tmp_path / n).write_bytes(b"partial")
         assert cn.load(p).num_parameters() > 0  # the temporaries do not disturb the file

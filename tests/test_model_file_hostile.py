@@ -17,7 +17,7 @@ import pytest
 
 import cnnnative as cn
 from cnnnative import nn
-from test_model_file import DATA, GRAPH, MAGIC, META, TENSORS, build, fix_crc, parse
+from test_model_file import DATA, GRAPH, META, TENSORS, build, fix_crc, parse
 
 GiB = 1 << 30
 NAMES = {META: "meta", GRAPH: "graph", TENSORS: "tensors", DATA: "data"}

@@ -232,7 +232,7 @@ def test_zeropad_folds_in_training(layer):
 
 @pytest.mark.parametrize("case", ["value_one", "two_readers", "asymmetric", "ceil_mode", "no_count_pad"])
 def test_pads_that_do_not_fold(case):
-    pad, value, kw = (1, 1, 1, 1), 0.0, {}
+    pad, value = (1, 1, 1, 1), 0.0
     if case == "value_one":
         value = 1.0
     elif case == "asymmetric":

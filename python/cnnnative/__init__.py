@@ -32,11 +32,11 @@ try:
     from . import _core
 except ImportError:  # pragma: no cover - only in editable/in-place layouts
     _preload_dnnl()
-    from . import _core
+    from . import _core  # noqa: F401
 
-from ._core import Error, allocation_count, get_num_threads, set_num_threads
-from ._core import cpu_has_avx512 as has_avx512
-from ._core import cpu_has_avx512_bf16 as has_bf16
+from ._core import Error, allocation_count, get_num_threads, set_num_threads  # noqa: E402
+from ._core import cpu_has_avx512 as has_avx512  # noqa: E402
+from ._core import cpu_has_avx512_bf16 as has_bf16  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["Error", "allocation_count", "get_num_threads", "set_num_threads", "has_avx512", "has_bf16"]
