@@ -9,14 +9,18 @@
 namespace py = pybind11;
 
 void bind_pipeline(py::module_& m) {
-  m.def("compile_passes", [] {
-    std::vector<std::string> v;
-    for (const auto& p : cnn::compile_pipeline()) v.push_back(p.name);
-    return v;
-  }, "The compile pipeline's passes, in order.");
+  m.def(
+      "compile_passes",
+      [] {
+        std::vector<std::string> v;
+        for (const auto& p : cnn::compile_pipeline()) v.push_back(p.name);
+        return v;
+      },
+      "The compile pipeline's passes, in order.");
   m.def("backend_names", &cnn::backend_names, "The registered backends.");
   m.def("verify_graph", &cnn::verify_graph, py::arg("graph"),
         "Empty when the graph is well formed, else the first problem found (ids, schedule order, shapes).");
-  m.def("graph_text", [](const cnn::Graph& g) { return cnn::graph_text(g, nullptr); }, py::arg("graph"),
-        "A readable listing of the graph, as the pass dumps write it.");
+  m.def(
+      "graph_text", [](const cnn::Graph& g) { return cnn::graph_text(g, nullptr); }, py::arg("graph"),
+      "A readable listing of the graph, as the pass dumps write it.");
 }

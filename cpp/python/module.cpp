@@ -142,16 +142,18 @@ class PySession {
       a = py::array::ensure(obj);
       char k = a ? a.dtype().kind() : '?';
       if (!a || !(k == 'f' || k == 'i' || k == 'u' || k == 'b'))
-        throw Error("input '" + f.name + "': expected a numpy array of shape " + shape_str(f.desc.shape) + " " + dtype_name(want) +
-                    ", got " + std::string(py::str(py::type::of(obj).attr("__name__"))));
+        throw Error("input '" + f.name + "': expected a numpy array of shape " + shape_str(f.desc.shape) + " " +
+                    dtype_name(want) + ", got " + std::string(py::str(py::type::of(obj).attr("__name__"))));
     }
     Shape got(a.shape(), a.shape() + a.ndim());
     if (got != f.desc.shape)
-      throw Error("input '" + f.name + "': expected shape " + shape_str(f.desc.shape) + " " + dtype_name(want) + ", got " + shape_dtype(a));
+      throw Error("input '" + f.name + "': expected shape " + shape_str(f.desc.shape) + " " + dtype_name(want) +
+                  ", got " + shape_dtype(a));
     char kind = a.dtype().kind();
     bool float_want = is_float(want);
     if (float_want ? !(kind == 'f' || kind == 'i' || kind == 'u') : !(kind == 'i' || kind == 'u'))
-      throw Error("input '" + f.name + "': expected dtype " + dtype_name(want) + ", got " + std::string(py::str(a.dtype())));
+      throw Error("input '" + f.name + "': expected dtype " + dtype_name(want) + ", got " +
+                  std::string(py::str(a.dtype())));
     py::dtype dt = np_dtype(want);
     bool ok = a.dtype().is(dt) && (a.flags() & py::array::c_style);
     keep = ok ? py::object(a) : py::object(py::module_::import("numpy").attr("ascontiguousarray")(a, dt));
@@ -195,12 +197,18 @@ PYBIND11_MODULE(_core, m) {
 
   py::class_<Graph>(m, "Graph")
       .def(py::init<>())
-      .def("add_input", [](Graph& g, const std::string& n, const Shape& s, const std::string& dt) { return g.add_input(n, s, parse_dtype(dt)); },
-           py::arg("name"), py::arg("shape"), py::arg("dtype") = "float32")
+      .def(
+          "add_input",
+          [](Graph& g, const std::string& n, const Shape& s, const std::string& dt) {
+            return g.add_input(n, s, parse_dtype(dt));
+          },
+          py::arg("name"), py::arg("shape"), py::arg("dtype") = "float32")
       .def("add_param", &Graph::add_param, py::arg("name"), py::arg("shape"), py::arg("trainable") = true)
-      .def("add_node", [](Graph& g, const std::string& op, const std::vector<int>& ins, const py::dict& attrs, const std::string& name) {
-            return g.add_node(op, ins, parse_attrs(attrs), name);
-          }, py::arg("op"), py::arg("inputs"), py::arg("attrs") = py::dict(), py::arg("name") = "")
+      .def(
+          "add_node",
+          [](Graph& g, const std::string& op, const std::vector<int>& ins, const py::dict& attrs,
+             const std::string& name) { return g.add_node(op, ins, parse_attrs(attrs), name); },
+          py::arg("op"), py::arg("inputs"), py::arg("attrs") = py::dict(), py::arg("name") = "")
       .def("set_outputs", &Graph::set_outputs)
       .def("shape", [](const Graph& g, int v) { return g.values.at(v).desc.shape; })
       .def("dtype", [](const Graph& g, int v) { return std::string(dtype_name(g.values.at(v).desc.dtype)); })
@@ -209,26 +217,29 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("num_values", [](const Graph& g) { return g.values.size(); })
       .def_property_readonly("outputs", [](const Graph& g) { return g.outputs; })
       .def_property_readonly("inputs", [](const Graph& g) { return g.inputs; })
-      .def("nodes", [](const Graph& g) {
-        // {op, name, inputs, outputs, attrs}: one-element integer lists read back as ints (the Python
-        // layer passes scalars), longer ones as lists.
-        py::list l;
-        for (auto& n : g.nodes) {
-          py::dict d, a;
-          for (auto& kv : n.attrs.ints) {
-            if (kv.second.size() == 1) a[py::str(kv.first)] = kv.second[0];
-            else a[py::str(kv.first)] = kv.second;
-          }
-          for (auto& kv : n.attrs.floats) a[py::str(kv.first)] = kv.second;
-          d["op"] = n.op;
-          d["name"] = n.name;
-          d["inputs"] = n.inputs;
-          d["outputs"] = n.outputs;
-          d["attrs"] = a;
-          l.append(d);
-        }
-        return l;
-      })
+      .def("nodes",
+           [](const Graph& g) {
+             // {op, name, inputs, outputs, attrs}: one-element integer lists read back as ints (the Python
+             // layer passes scalars), longer ones as lists.
+             py::list l;
+             for (auto& n : g.nodes) {
+               py::dict d, a;
+               for (auto& kv : n.attrs.ints) {
+                 if (kv.second.size() == 1)
+                   a[py::str(kv.first)] = kv.second[0];
+                 else
+                   a[py::str(kv.first)] = kv.second;
+               }
+               for (auto& kv : n.attrs.floats) a[py::str(kv.first)] = kv.second;
+               d["op"] = n.op;
+               d["name"] = n.name;
+               d["inputs"] = n.inputs;
+               d["outputs"] = n.outputs;
+               d["attrs"] = a;
+               l.append(d);
+             }
+             return l;
+           })
       .def("node_ops", [](const Graph& g) {
         std::vector<std::string> v;
         for (auto& n : g.nodes) v.push_back(n.op + " " + n.name);
@@ -243,12 +254,14 @@ PYBIND11_MODULE(_core, m) {
       }))
       // A read-only numpy view of one entry (cnnnative._params.track: Parameter for trainable entries, writeable
       // inside `cn.no_grad()`, whose exit bumps the store's version; see ParamStore in cnnnative.hpp).
-      .def("array", [](std::shared_ptr<ParamStore> s, const std::string& name) {
-        const auto& e = s->find(name);
-        py::capsule owner(new std::shared_ptr<ParamStore>(s), [](void* p) { delete static_cast<std::shared_ptr<ParamStore>*>(p); });
-        py::array_t<float> a(e.shape, s->data(e), owner);
-        return py::module_::import("cnnnative._params").attr("track")(a, py::cast(s), e.trainable);
-      })
+      .def("array",
+           [](std::shared_ptr<ParamStore> s, const std::string& name) {
+             const auto& e = s->find(name);
+             py::capsule owner(new std::shared_ptr<ParamStore>(s),
+                               [](void* p) { delete static_cast<std::shared_ptr<ParamStore>*>(p); });
+             py::array_t<float> a(e.shape, s->data(e), owner);
+             return py::module_::import("cnnnative._params").attr("track")(a, py::cast(s), e.trainable);
+           })
       .def("touch", &ParamStore::touch, "Marks the parameters/buffers as changed (prepared weights are rebuilt).")
       .def_property_readonly("version", &ParamStore::version)
       .def_property_readonly("num_params", &ParamStore::num_params)
@@ -260,16 +273,21 @@ PYBIND11_MODULE(_core, m) {
       });
 
   py::class_<PySession>(m, "Session")
-      .def(py::init([](const Graph& g, std::shared_ptr<ParamStore> store, const std::string& mode, const std::string& backend,
-                       const std::string& compute, int loss, const std::vector<int>& grad_of, const std::vector<int>& wrt,
-                       const py::dict& optim, bool plan_memory, uint64_t seed, bool optimize, const std::string& layout,
+      .def(py::init([](const Graph& g, std::shared_ptr<ParamStore> store, const std::string& mode,
+                       const std::string& backend, const std::string& compute, int loss,
+                       const std::vector<int>& grad_of, const std::vector<int>& wrt, const py::dict& optim,
+                       bool plan_memory, uint64_t seed, bool optimize, const std::string& layout,
                        const std::string& recompute, const std::string& dtype, bool cache_weights, bool winograd,
                        bool deterministic, size_t max_arena_bytes, bool strict, const std::string& dump_passes) {
              CompileOptions o;
-             if (mode == "infer") o.mode = Mode::Infer;
-             else if (mode == "train") o.mode = Mode::Train;
-             else if (mode == "grad") o.mode = Mode::Grad;
-             else throw Error("mode must be 'infer', 'train' or 'grad', got '" + mode + "'");
+             if (mode == "infer")
+               o.mode = Mode::Infer;
+             else if (mode == "train")
+               o.mode = Mode::Train;
+             else if (mode == "grad")
+               o.mode = Mode::Grad;
+             else
+               throw Error("mode must be 'infer', 'train' or 'grad', got '" + mode + "'");
              o.backend = backend;
              o.compute = parse_dtype(compute);
              o.loss = loss;
@@ -290,24 +308,35 @@ PYBIND11_MODULE(_core, m) {
              for (auto kv : optim) {
                std::string k = py::str(kv.first);
                py::handle v = kv.second;
-               if (k == "kind") o.optim.kind = v.cast<std::string>();
-               else if (k == "lr") o.optim.lr = v.cast<double>();
-               else if (k == "momentum") o.optim.momentum = v.cast<double>();
-               else if (k == "dampening") o.optim.dampening = v.cast<double>();
-               else if (k == "weight_decay") o.optim.weight_decay = v.cast<double>();
-               else if (k == "nesterov") o.optim.nesterov = v.cast<bool>();
-               else if (k == "beta1") o.optim.beta1 = v.cast<double>();
-               else if (k == "beta2") o.optim.beta2 = v.cast<double>();
-               else if (k == "eps") o.optim.eps = v.cast<double>();
-               else if (k == "amsgrad") o.optim.amsgrad = v.cast<bool>();
-               else throw Error("unknown optimizer option '" + k + "'");
+               if (k == "kind")
+                 o.optim.kind = v.cast<std::string>();
+               else if (k == "lr")
+                 o.optim.lr = v.cast<double>();
+               else if (k == "momentum")
+                 o.optim.momentum = v.cast<double>();
+               else if (k == "dampening")
+                 o.optim.dampening = v.cast<double>();
+               else if (k == "weight_decay")
+                 o.optim.weight_decay = v.cast<double>();
+               else if (k == "nesterov")
+                 o.optim.nesterov = v.cast<bool>();
+               else if (k == "beta1")
+                 o.optim.beta1 = v.cast<double>();
+               else if (k == "beta2")
+                 o.optim.beta2 = v.cast<double>();
+               else if (k == "eps")
+                 o.optim.eps = v.cast<double>();
+               else if (k == "amsgrad")
+                 o.optim.amsgrad = v.cast<bool>();
+               else
+                 throw Error("unknown optimizer option '" + k + "'");
              }
              return new PySession(g, std::move(store), o);
            }),
-           py::arg("graph"), py::arg("store"), py::arg("mode") = "infer", py::arg("backend") = "cpu", py::arg("compute") = "float32",
-           py::arg("loss") = -1, py::arg("grad_of") = std::vector<int>{}, py::arg("wrt") = std::vector<int>{},
-           py::arg("optim") = py::dict(), py::arg("plan_memory") = true, py::arg("seed") = 0,
-           py::arg("optimize") = true, py::arg("layout") = "auto", py::arg("recompute") = "none",
+           py::arg("graph"), py::arg("store"), py::arg("mode") = "infer", py::arg("backend") = "cpu",
+           py::arg("compute") = "float32", py::arg("loss") = -1, py::arg("grad_of") = std::vector<int>{},
+           py::arg("wrt") = std::vector<int>{}, py::arg("optim") = py::dict(), py::arg("plan_memory") = true,
+           py::arg("seed") = 0, py::arg("optimize") = true, py::arg("layout") = "auto", py::arg("recompute") = "none",
            py::arg("dtype") = "float32", py::arg("cache_weights") = true, py::arg("winograd") = true,
            py::arg("deterministic") = false, py::arg("max_arena_bytes") = 0, py::arg("strict") = false,
            py::arg("dump_passes") = "")
@@ -318,101 +347,109 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("feeds", [](PySession& p) { return infos(p.s().feeds()); })
       .def_property_readonly("fetches", [](PySession& p) { return infos(p.s().fetches()); })
       .def_property_readonly("loss", [](PySession& p) { return p.s().loss(); })
-      .def_property("lr", [](PySession& p) { return p.s().lr(); },
-                    [](PySession& p, double lr) {
-                      py::gil_scoped_release nogil;  // set_lr waits for a run in progress
-                      p.s().set_lr(lr);
-                    })
+      .def_property(
+          "lr", [](PySession& p) { return p.s().lr(); },
+          [](PySession& p, double lr) {
+            py::gil_scoped_release nogil;  // set_lr waits for a run in progress
+            p.s().set_lr(lr);
+          })
       .def_property_readonly("num_threads", [](PySession& p) { return p.s().num_threads(); })
-      .def_property("step_count", [](PySession& p) { return p.s().step_count(); },
-                    [](PySession& p, int64_t n) {
-                      py::gil_scoped_release nogil;
-                      p.s().set_step_count(n);
-                    })
+      .def_property(
+          "step_count", [](PySession& p) { return p.s().step_count(); },
+          [](PySession& p, int64_t n) {
+            py::gil_scoped_release nogil;
+            p.s().set_step_count(n);
+          })
       // {name: float32 copy} of the optimizer's flat state blocks (Session::optimizer_state)
-      .def("optimizer_state", [](PySession& p) {
-        py::dict d;
-        const size_t n = p.s().num_grads();
-        auto hold = p.s().lock();  // a consistent snapshot between steps
-        for (auto& kv : p.s().optimizer_state()) {
-          py::array_t<float> a{py::ssize_t(n)};
-          std::memcpy(a.mutable_data(), kv.second, n * sizeof(float));
-          d[py::str(kv.first)] = a;
-        }
-        return d;
-      })
+      .def("optimizer_state",
+           [](PySession& p) {
+             py::dict d;
+             const size_t n = p.s().num_grads();
+             auto hold = p.s().lock();  // a consistent snapshot between steps
+             for (auto& kv : p.s().optimizer_state()) {
+               py::array_t<float> a{py::ssize_t(n)};
+               std::memcpy(a.mutable_data(), kv.second, n * sizeof(float));
+               d[py::str(kv.first)] = a;
+             }
+             return d;
+           })
       // Replaces the state blocks; every name must match and every block be finite and of the right size, all
       // checked before any is written.
-      .def("load_optimizer_state", [](PySession& p, const py::dict& d) {
-        auto hold = p.s().lock();
-        auto blocks = p.s().optimizer_state();
-        const size_t n = p.s().num_grads();
-        std::vector<py::array_t<float, py::array::c_style | py::array::forcecast>> src;
-        for (auto& kv : blocks) {
-          if (!d.contains(kv.first))
-            throw Error("optimizer state: missing block '" + kv.first + "'");
-          py::object o = d[py::str(kv.first)];
-          auto a = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(o);
-          if (!a || a.ndim() != 1 || size_t(a.shape(0)) != n)
-            throw Error("optimizer state: block '" + kv.first + "' must be a 1-D array of " + std::to_string(n) + " floats");
-          for (size_t i = 0; i < n; ++i)
-            if (!std::isfinite(a.data()[i]))
-              throw Error("optimizer state: block '" + kv.first + "' has a non-finite value at index " + std::to_string(i));
-          src.push_back(a);
-        }
-        for (auto kv : d) {
-          std::string k = py::str(kv.first);
-          bool known = false;
-          for (auto& b : blocks) known = known || b.first == k;
-          if (!known) throw Error("optimizer state: unexpected block '" + k + "' for this optimizer");
-        }
-        for (size_t i = 0; i < blocks.size(); ++i) std::memcpy(blocks[i].second, src[i].data(), n * sizeof(float));
-      })
+      .def("load_optimizer_state",
+           [](PySession& p, const py::dict& d) {
+             auto hold = p.s().lock();
+             auto blocks = p.s().optimizer_state();
+             const size_t n = p.s().num_grads();
+             std::vector<py::array_t<float, py::array::c_style | py::array::forcecast>> src;
+             for (auto& kv : blocks) {
+               if (!d.contains(kv.first)) throw Error("optimizer state: missing block '" + kv.first + "'");
+               py::object o = d[py::str(kv.first)];
+               auto a = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(o);
+               if (!a || a.ndim() != 1 || size_t(a.shape(0)) != n)
+                 throw Error("optimizer state: block '" + kv.first + "' must be a 1-D array of " + std::to_string(n) +
+                             " floats");
+               for (size_t i = 0; i < n; ++i)
+                 if (!std::isfinite(a.data()[i]))
+                   throw Error("optimizer state: block '" + kv.first + "' has a non-finite value at index " +
+                               std::to_string(i));
+               src.push_back(a);
+             }
+             for (auto kv : d) {
+               std::string k = py::str(kv.first);
+               bool known = false;
+               for (auto& b : blocks) known = known || b.first == k;
+               if (!known) throw Error("optimizer state: unexpected block '" + k + "' for this optimizer");
+             }
+             for (size_t i = 0; i < blocks.size(); ++i) std::memcpy(blocks[i].second, src[i].data(), n * sizeof(float));
+           })
       .def("memory_report", [](PySession& p) { return report_dict(p.s().memory_report()); })
       .def("schedule", [](PySession& p) { return p.s().schedule(); })
-      .def("kernels", [](PySession& p) {
-        py::list out;
-        for (auto& k : p.s().kernels()) {
-          py::dict d;
-          d["op"] = k.op;
-          d["name"] = k.name;
-          d["impl"] = k.impl;
-          d["in_layouts"] = k.in_layouts;
-          d["out_layouts"] = k.out_layouts;
-          d["in_dtype"] = k.in_dtype;
-          d["out_dtype"] = k.out_dtype;
-          out.append(d);
-        }
-        return out;
-      })
-      .def("passes", [](PySession& p) {
-        py::list out;
-        for (auto& r : p.s().passes()) {
-          py::dict d;
-          d["name"] = r.name;
-          d["ran"] = r.ran;
-          d["nodes"] = r.nodes;
-          d["summary"] = r.summary;
-          d["ms"] = r.ms;
-          out.append(d);
-        }
-        return out;
-      })
+      .def("kernels",
+           [](PySession& p) {
+             py::list out;
+             for (auto& k : p.s().kernels()) {
+               py::dict d;
+               d["op"] = k.op;
+               d["name"] = k.name;
+               d["impl"] = k.impl;
+               d["in_layouts"] = k.in_layouts;
+               d["out_layouts"] = k.out_layouts;
+               d["in_dtype"] = k.in_dtype;
+               d["out_dtype"] = k.out_dtype;
+               out.append(d);
+             }
+             return out;
+           })
+      .def("passes",
+           [](PySession& p) {
+             py::list out;
+             for (auto& r : p.s().passes()) {
+               py::dict d;
+               d["name"] = r.name;
+               d["ran"] = r.ran;
+               d["nodes"] = r.nodes;
+               d["summary"] = r.summary;
+               d["ms"] = r.ms;
+               out.append(d);
+             }
+             return out;
+           })
       .def("reference_fallbacks", [](PySession& p) { return p.s().reference_fallbacks(); })
       .def_property_readonly("backend", [](PySession& p) { return p.s().backend(); })
-      .def("profile", [](PySession& p) {
-        py::list l;
-        for (auto& e : p.s().profile()) {
-          py::dict d;
-          d["op"] = e.op;
-          d["name"] = e.name;
-          d["total_ms"] = e.total_ms;
-          d["calls"] = e.calls;
-          d["flops"] = e.flops;
-          l.append(d);
-        }
-        return l;
-      })
+      .def("profile",
+           [](PySession& p) {
+             py::list l;
+             for (auto& e : p.s().profile()) {
+               py::dict d;
+               d["op"] = e.op;
+               d["name"] = e.name;
+               d["total_ms"] = e.total_ms;
+               d["calls"] = e.calls;
+               d["flops"] = e.flops;
+               l.append(d);
+             }
+             return l;
+           })
       .def("reset_profile", [](PySession& p) { p.s().reset_profile(); });
 
   m.def("allocation_count", &allocation_count);

@@ -43,15 +43,15 @@ static constexpr bool kExpectBitwise = true;
 static int g_fail = 0;
 static int g_checks = 0;
 
-#define CHECK(cond, ...)                                       \
-  do {                                                         \
-    ++g_checks;                                                \
-    if (!(cond)) {                                             \
-      ++g_fail;                                                \
+#define CHECK(cond, ...)                                           \
+  do {                                                             \
+    ++g_checks;                                                    \
+    if (!(cond)) {                                                 \
+      ++g_fail;                                                    \
       std::printf("FAIL %s:%d: %s | ", __FILE__, __LINE__, #cond); \
-      std::printf(__VA_ARGS__);                                \
-      std::printf("\n");                                       \
-    }                                                          \
+      std::printf(__VA_ARGS__);                                    \
+      std::printf("\n");                                           \
+    }                                                              \
   } while (0)
 
 static std::vector<float> randn(std::size_t n, std::mt19937& rng, float scale) {
@@ -61,9 +61,7 @@ static std::vector<float> randn(std::size_t n, std::mt19937& rng, float scale) {
   return x;
 }
 
-static std::vector<double> to_d(const std::vector<float>& x) {
-  return std::vector<double>(x.begin(), x.end());
-}
+static std::vector<double> to_d(const std::vector<float>& x) { return std::vector<double>(x.begin(), x.end()); }
 
 static double rms(const std::vector<double>& x) {
   double s = 0;
@@ -72,8 +70,7 @@ static double rms(const std::vector<double>& x) {
 }
 
 // max over i of |a-b| / (|b| + floor), floor = 0.1 * rms(b) (+ tiny).
-static double max_rel(const std::vector<float>& a,
-                      const std::vector<double>& b) {
+static double max_rel(const std::vector<float>& a, const std::vector<double>& b) {
   const double floor = 0.1 * rms(b) + 1e-30;
   double worst = 0;
   for (std::size_t i = 0; i < a.size(); ++i) {
@@ -89,32 +86,25 @@ static double max_rel(const std::vector<float>& a,
 // four half-ulps of p: the final rounding of p, and for AdamW the rounding of
 // the float decay factor and of p * decay. The rms floor covers elements
 // whose update cancels to near zero.
-static double max_step_excess(const std::vector<float>& pf,
-                              const std::vector<double>& pd,
+static double max_step_excess(const std::vector<float>& pf, const std::vector<double>& pd,
                               const std::vector<double>& p0) {
   std::vector<double> u(pd.size());
   for (std::size_t i = 0; i < pd.size(); ++i) u[i] = pd[i] - p0[i];
   const double floor = 0.1 * rms(u);
   double worst = 0;
   for (std::size_t i = 0; i < pf.size(); ++i) {
-    const double allowed = 1e-5 * (std::fabs(u[i]) + floor) +
-                           std::ldexp(std::fabs(pd[i]), -22) + 1e-30;
+    const double allowed = 1e-5 * (std::fabs(u[i]) + floor) + std::ldexp(std::fabs(pd[i]), -22) + 1e-30;
     const double e = std::fabs(double(pf[i]) - pd[i]) / allowed;
     if (!(e <= worst)) worst = e;
   }
   return worst;  // must be <= 1
 }
 
-static bool bitwise_equal(const std::vector<float>& a,
-                          const std::vector<float>& b) {
-  return a.size() == b.size() &&
-         (a.empty() || std::memcmp(a.data(), b.data(), a.size() * 4) == 0);
+static bool bitwise_equal(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * 4) == 0);
 }
 
-static double max_rel_ff(const std::vector<float>& a,
-                         const std::vector<float>& b) {
-  return max_rel(a, to_d(b));
-}
+static double max_rel_ff(const std::vector<float>& a, const std::vector<float>& b) { return max_rel(a, to_d(b)); }
 
 // ------------------------------------------------------------------ SGD
 
@@ -122,14 +112,11 @@ struct SgdState {
   std::vector<float> p, buf;
 };
 
-static SgdState run_sgd_float(const std::vector<float>& p0,
-                              const std::vector<std::vector<float>>& grads,
+static SgdState run_sgd_float(const std::vector<float>& p0, const std::vector<std::vector<float>>& grads,
                               const SGDConfig& c) {
   SgdState s{p0, std::vector<float>(p0.size(), 0.f)};
   for (std::size_t t = 0; t < grads.size(); ++t)
-    sgd_update(s.p.data(), grads[t].data(),
-               c.momentum != 0.f ? s.buf.data() : nullptr, s.p.size(), c,
-               long(t + 1));
+    sgd_update(s.p.data(), grads[t].data(), c.momentum != 0.f ? s.buf.data() : nullptr, s.p.size(), c, long(t + 1));
   return s;
 }
 
@@ -152,19 +139,15 @@ static void test_sgd_variant(const char* name, const SGDConfig& c) {
       std::vector<double> p1 = to_d(pf), b1 = to_d(bf);
       const std::vector<double> p1_start = p1;
       sgd_update_ref(p1.data(), to_d(grads[t]).data(), b1.data(), n, c, step);
-      sgd_update(pf.data(), grads[t].data(),
-                 c.momentum != 0.f ? bf.data() : nullptr, n, c, step);
+      sgd_update(pf.data(), grads[t].data(), c.momentum != 0.f ? bf.data() : nullptr, n, c, step);
       sgd_update_ref(pd.data(), to_d(grads[t]).data(), bd.data(), n, c, step);
       worst_step = std::max(worst_step, max_step_excess(pf, p1, p1_start));
       worst_traj = std::max(worst_traj, max_rel(pf, pd));
       if (c.momentum != 0.f) worst_buf = std::max(worst_buf, max_rel(bf, bd));
     }
-    CHECK(worst_traj < 1e-5, "SGD %s n=%zu param rel err %.3g", name, n,
-          worst_traj);
-    CHECK(worst_buf < 1e-5, "SGD %s n=%zu momentum rel err %.3g", name, n,
-          worst_buf);
-    CHECK(worst_step <= 1.0, "SGD %s n=%zu single-step excess %.3g", name, n,
-          worst_step);
+    CHECK(worst_traj < 1e-5, "SGD %s n=%zu param rel err %.3g", name, n, worst_traj);
+    CHECK(worst_buf < 1e-5, "SGD %s n=%zu momentum rel err %.3g", name, n, worst_buf);
+    CHECK(worst_step <= 1.0, "SGD %s n=%zu single-step excess %.3g", name, n, worst_step);
 
     // Every SIMD level vs scalar.
     const OptimSimd best = optim_best_simd_level();
@@ -173,15 +156,10 @@ static void test_sgd_variant(const char* name, const SGDConfig& c) {
     for (int l = 1; l <= int(best); ++l) {
       optim_set_simd_level(OptimSimd(l));
       const SgdState s = run_sgd_float(p0, grads, c);
-      const double e =
-          std::max(max_rel_ff(s.p, ref.p), max_rel_ff(s.buf, ref.buf));
-      CHECK(e < 1e-6, "SGD %s n=%zu %s vs scalar rel %.3g", name, n,
-            optim_simd_name(OptimSimd(l)), e);
-      CHECK(kExpectBitwise ? bitwise_equal(s.p, ref.p) &&
-                                 bitwise_equal(s.buf, ref.buf)
-                           : true,
-            "SGD %s n=%zu %s not bitwise equal to scalar", name, n,
-            optim_simd_name(OptimSimd(l)));
+      const double e = std::max(max_rel_ff(s.p, ref.p), max_rel_ff(s.buf, ref.buf));
+      CHECK(e < 1e-6, "SGD %s n=%zu %s vs scalar rel %.3g", name, n, optim_simd_name(OptimSimd(l)), e);
+      CHECK(kExpectBitwise ? bitwise_equal(s.p, ref.p) && bitwise_equal(s.buf, ref.buf) : true,
+            "SGD %s n=%zu %s not bitwise equal to scalar", name, n, optim_simd_name(OptimSimd(l)));
     }
     optim_set_simd_level(best);
   }
@@ -194,15 +172,13 @@ struct AdamState {
   std::vector<float> p, m, v, vmax;
 };
 
-static AdamState run_adam_float(const std::vector<float>& p0,
-                                const std::vector<std::vector<float>>& grads,
+static AdamState run_adam_float(const std::vector<float>& p0, const std::vector<std::vector<float>>& grads,
                                 const AdamConfig& c) {
   const std::size_t n = p0.size();
-  AdamState s{p0, std::vector<float>(n, 0.f), std::vector<float>(n, 0.f),
-              std::vector<float>(n, 0.f)};
+  AdamState s{p0, std::vector<float>(n, 0.f), std::vector<float>(n, 0.f), std::vector<float>(n, 0.f)};
   for (std::size_t t = 0; t < grads.size(); ++t)
-    adam_update(s.p.data(), grads[t].data(), s.m.data(), s.v.data(),
-                c.amsgrad ? s.vmax.data() : nullptr, n, c, long(t + 1));
+    adam_update(s.p.data(), grads[t].data(), s.m.data(), s.v.data(), c.amsgrad ? s.vmax.data() : nullptr, n, c,
+                long(t + 1));
   return s;
 }
 
@@ -214,8 +190,7 @@ static void test_adam_variant(const char* name, const AdamConfig& c) {
     const std::vector<float> p0 = randn(n, rng, 1.f);
     std::vector<std::vector<float>> grads;
     // Varying gradient scale so AMSGrad's max actually matters.
-    for (int t = 0; t < steps; ++t)
-      grads.push_back(randn(n, rng, (t % 2 == 0) ? 1.f : 0.1f));
+    for (int t = 0; t < steps; ++t) grads.push_back(randn(n, rng, (t % 2 == 0) ? 1.f : 0.1f));
 
     std::vector<float> pf = p0, mf(n, 0.f), vf(n, 0.f), xf(n, 0.f);
     std::vector<double> pd = to_d(p0), md(n, 0.0), vd(n, 0.0), xd(n, 0.0);
@@ -223,15 +198,11 @@ static void test_adam_variant(const char* name, const AdamConfig& c) {
     for (int t = 0; t < steps; ++t) {
       const long step = t + 1;
       const std::vector<double> gd = to_d(grads[t]);
-      std::vector<double> p1 = to_d(pf), m1 = to_d(mf), v1 = to_d(vf),
-                          x1 = to_d(xf);
+      std::vector<double> p1 = to_d(pf), m1 = to_d(mf), v1 = to_d(vf), x1 = to_d(xf);
       const std::vector<double> p1_start = p1;
-      adam_update_ref(p1.data(), gd.data(), m1.data(), v1.data(), x1.data(), n,
-                      c, step);
-      adam_update(pf.data(), grads[t].data(), mf.data(), vf.data(),
-                  c.amsgrad ? xf.data() : nullptr, n, c, step);
-      adam_update_ref(pd.data(), gd.data(), md.data(), vd.data(), xd.data(), n,
-                      c, step);
+      adam_update_ref(p1.data(), gd.data(), m1.data(), v1.data(), x1.data(), n, c, step);
+      adam_update(pf.data(), grads[t].data(), mf.data(), vf.data(), c.amsgrad ? xf.data() : nullptr, n, c, step);
+      adam_update_ref(pd.data(), gd.data(), md.data(), vd.data(), xd.data(), n, c, step);
       w_step = std::max(w_step, max_step_excess(pf, p1, p1_start));
       w_p = std::max(w_p, max_rel(pf, pd));
       w_m = std::max(w_m, max_rel(mf, md));
@@ -242,8 +213,7 @@ static void test_adam_variant(const char* name, const AdamConfig& c) {
     CHECK(w_m < 1e-5, "Adam %s n=%zu m rel err %.3g", name, n, w_m);
     CHECK(w_v < 1e-5, "Adam %s n=%zu v rel err %.3g", name, n, w_v);
     CHECK(w_x < 1e-5, "Adam %s n=%zu vmax rel err %.3g", name, n, w_x);
-    CHECK(w_step <= 1.0, "Adam %s n=%zu single-step excess %.3g", name, n,
-          w_step);
+    CHECK(w_step <= 1.0, "Adam %s n=%zu single-step excess %.3g", name, n, w_step);
 
     const OptimSimd best = optim_best_simd_level();
     optim_set_simd_level(OptimSimd::Scalar);
@@ -252,17 +222,12 @@ static void test_adam_variant(const char* name, const AdamConfig& c) {
       optim_set_simd_level(OptimSimd(l));
       const AdamState s = run_adam_float(p0, grads, c);
       double e = std::max(max_rel_ff(s.p, ref.p), max_rel_ff(s.m, ref.m));
-      e = std::max(e, std::max(max_rel_ff(s.v, ref.v),
-                               max_rel_ff(s.vmax, ref.vmax)));
-      CHECK(e < 1e-6, "Adam %s n=%zu %s vs scalar rel %.3g", name, n,
-            optim_simd_name(OptimSimd(l)), e);
-      CHECK(kExpectBitwise ? bitwise_equal(s.p, ref.p) &&
-                                 bitwise_equal(s.m, ref.m) &&
-                                 bitwise_equal(s.v, ref.v) &&
+      e = std::max(e, std::max(max_rel_ff(s.v, ref.v), max_rel_ff(s.vmax, ref.vmax)));
+      CHECK(e < 1e-6, "Adam %s n=%zu %s vs scalar rel %.3g", name, n, optim_simd_name(OptimSimd(l)), e);
+      CHECK(kExpectBitwise ? bitwise_equal(s.p, ref.p) && bitwise_equal(s.m, ref.m) && bitwise_equal(s.v, ref.v) &&
                                  bitwise_equal(s.vmax, ref.vmax)
                            : true,
-            "Adam %s n=%zu %s not bitwise equal to scalar", name, n,
-            optim_simd_name(OptimSimd(l)));
+            "Adam %s n=%zu %s not bitwise equal to scalar", name, n, optim_simd_name(OptimSimd(l)));
     }
     optim_set_simd_level(best);
   }
@@ -271,9 +236,7 @@ static void test_adam_variant(const char* name, const AdamConfig& c) {
 
 // ---------------------------------------------------------- hand values
 
-static bool near(double a, double b, double tol) {
-  return std::fabs(a - b) <= tol;
-}
+static bool near(double a, double b, double tol) { return std::fabs(a - b) <= tol; }
 
 static void test_hand_values() {
   {  // plain SGD: 1 - 0.1*0.5
@@ -316,16 +279,14 @@ static void test_hand_values() {
     sgd_update(&p, &g, &b, 1, c, 1);
     CHECK(near(p, 0.9, 1e-7) && b == 1.f, "mom step1 p=%.9g b=%.9g", p, b);
     sgd_update(&p, &g, &b, 1, c, 2);
-    CHECK(near(p, 0.71, 1e-6) && near(b, 1.9, 1e-6), "mom step2 p=%.9g b=%.9g",
-          p, b);
+    CHECK(near(p, 0.71, 1e-6) && near(b, 1.9, 1e-6), "mom step2 p=%.9g b=%.9g", p, b);
     // dampening 0.5: step 2 buf = 0.9 + 0.5 = 1.4, p = 0.9 - 0.14 = 0.76
     c.dampening = 0.5f;
     p = 1.f;
     b = 0.f;
     sgd_update(&p, &g, &b, 1, c, 1);
     sgd_update(&p, &g, &b, 1, c, 2);
-    CHECK(near(p, 0.76, 1e-6) && near(b, 1.4, 1e-6),
-          "dampening step2 p=%.9g b=%.9g", p, b);
+    CHECK(near(p, 0.76, 1e-6) && near(b, 1.4, 1e-6), "dampening step2 p=%.9g b=%.9g", p, b);
     // nesterov step 1: buf = 1, d = 1 + 0.9*1 = 1.9, p = 0.81;
     // step 2: buf = 1.9, d = 1 + 0.9*1.9 = 2.71, p = 0.81 - 0.271 = 0.539
     c.dampening = 0.f;
@@ -339,8 +300,7 @@ static void test_hand_values() {
   }
   {  // Adam first step moves each param by ~lr*sign(g)
     AdamConfig c;
-    std::vector<float> p = {1.f, 1.f, -2.f}, g = {0.3f, -5.f, 1e-3f},
-                       m(3, 0.f), v(3, 0.f);
+    std::vector<float> p = {1.f, 1.f, -2.f}, g = {0.3f, -5.f, 1e-3f}, m(3, 0.f), v(3, 0.f);
     adam_update(p.data(), g.data(), m.data(), v.data(), nullptr, 3, c, 1);
     CHECK(near(p[0], 1.0 - 1e-3, 1e-6), "adam1 p0=%.9g", p[0]);
     CHECK(near(p[1], 1.0 + 1e-3, 1e-6), "adam1 p1=%.9g", p[1]);
@@ -348,8 +308,8 @@ static void test_hand_values() {
     // m = (1-b1)*g, v = (1-b2)*g^2 with the float-rounded betas
     const double wm = (1.0 - double(0.9f)) * double(0.3f);
     const double wv = (1.0 - double(0.999f)) * double(0.3f) * double(0.3f);
-    CHECK(near(m[0], wm, 1e-6 * wm) && near(v[0], wv, 1e-6 * wv),
-          "adam1 m=%.9g (%.9g) v=%.9g (%.9g)", m[0], wm, v[0], wv);
+    CHECK(near(m[0], wm, 1e-6 * wm) && near(v[0], wv, 1e-6 * wv), "adam1 m=%.9g (%.9g) v=%.9g (%.9g)", m[0], wm, v[0],
+          wv);
   }
   {  // AdamW with g = 0: only the decay acts: 2*(1 - 1e-3*0.1) = 1.9998
     AdamConfig c;
@@ -401,9 +361,7 @@ static bool throws(const std::function<void()>& f) {
 
 static void test_invalid() {
   float p = 1.f, g = 1.f, b = 0.f, m = 0.f, v = 0.f;
-  auto sgd = [&](SGDConfig c, float* buf, long step) {
-    return throws([&] { sgd_update(&p, &g, buf, 1, c, step); });
-  };
+  auto sgd = [&](SGDConfig c, float* buf, long step) { return throws([&] { sgd_update(&p, &g, buf, 1, c, step); }); };
   SGDConfig c;
   CHECK(!sgd(c, nullptr, 1), "valid plain SGD threw");
   c.lr = -0.1f;
@@ -429,9 +387,7 @@ static void test_invalid() {
   CHECK(!sgd(c, &b, 1), "valid nesterov threw");
   CHECK(sgd(c, nullptr, 1), "momentum without buffer");
   CHECK(sgd(c, &b, 0), "step 0");
-  CHECK(throws([&] { sgd_update_ref(nullptr, nullptr, nullptr, 0,
-                                    SGDConfig{-1.f}, 1); }),
-        "ref negative lr");
+  CHECK(throws([&] { sgd_update_ref(nullptr, nullptr, nullptr, 0, SGDConfig{-1.f}, 1); }), "ref negative lr");
 
   const float p_before = p;
   auto adam = [&](AdamConfig a, float* vmax, long step) {
@@ -457,9 +413,7 @@ static void test_invalid() {
   a.amsgrad = true;
   CHECK(adam(a, nullptr, 1), "amsgrad without vmax");
   CHECK(p == p_before && m == 0.f && v == 0.f, "buffers touched on error");
-  CHECK(throws([&] { adam_update(&p, &g, nullptr, &v, nullptr, 1,
-                                 AdamConfig(), 1); }),
-        "adam without m");
+  CHECK(throws([&] { adam_update(&p, &g, nullptr, &v, nullptr, 1, AdamConfig(), 1); }), "adam without m");
   std::printf("ok  invalid arguments throw\n");
 }
 
@@ -470,9 +424,7 @@ static void test_thread_independence() {
   const std::size_t n = (std::size_t(1) << 20) + 37;
   std::mt19937 rng(7);
   const std::vector<float> p0 = randn(n, rng, 1.f);
-  std::vector<std::vector<float>> grads = {randn(n, rng, 1.f),
-                                           randn(n, rng, 1.f),
-                                           randn(n, rng, 1.f)};
+  std::vector<std::vector<float>> grads = {randn(n, rng, 1.f), randn(n, rng, 1.f), randn(n, rng, 1.f)};
   SGDConfig s;
   s.momentum = 0.9f;
   s.nesterov = true;
@@ -489,10 +441,9 @@ static void test_thread_independence() {
   const SgdState s4 = run_sgd_float(p0, grads, s);
   const AdamState a4 = run_adam_float(p0, grads, a);
   omp_set_num_threads(saved);
-  CHECK(bitwise_equal(s1.p, s4.p) && bitwise_equal(s1.buf, s4.buf),
-        "SGD result depends on thread count");
-  CHECK(bitwise_equal(a1.p, a4.p) && bitwise_equal(a1.m, a4.m) &&
-            bitwise_equal(a1.v, a4.v) && bitwise_equal(a1.vmax, a4.vmax),
+  CHECK(bitwise_equal(s1.p, s4.p) && bitwise_equal(s1.buf, s4.buf), "SGD result depends on thread count");
+  CHECK(bitwise_equal(a1.p, a4.p) && bitwise_equal(a1.m, a4.m) && bitwise_equal(a1.v, a4.v) &&
+            bitwise_equal(a1.vmax, a4.vmax),
         "Adam result depends on thread count");
   std::printf("ok  thread-count independence\n");
 #else
@@ -547,7 +498,6 @@ int main() {
   test_invalid();
   test_thread_independence();
 
-  std::printf("%s: %d checks, %d failures\n", g_fail ? "FAILED" : "PASSED",
-              g_checks, g_fail);
+  std::printf("%s: %d checks, %d failures\n", g_fail ? "FAILED" : "PASSED", g_checks, g_fail);
   return g_fail ? 1 : 0;
 }

@@ -11,12 +11,12 @@
 using cnn::BufferReq;
 using cnn::MemoryPlan;
 
-#define CHECK(cond)                                                    \
-  do {                                                                 \
-    if (!(cond)) {                                                     \
+#define CHECK(cond)                                                                 \
+  do {                                                                              \
+    if (!(cond)) {                                                                  \
       std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-      std::exit(1);                                                    \
-    }                                                                  \
+      std::exit(1);                                                                 \
+    }                                                                               \
   } while (0)
 
 static void expect_plan(const std::vector<BufferReq>& reqs, size_t alignment, const std::vector<size_t>& offsets,
@@ -43,8 +43,8 @@ int main() {
   // TFLite-like: sizes 10..50, alignment 1; the plan reaches the lower bound.
   expect_plan({{10, 0, 2}, {20, 1, 3}, {30, 2, 4}, {40, 0, 1}, {50, 3, 5}}, 1, {40, 80, 50, 0, 0}, 100, 100, 150);
   // Best fit: the 20-byte buffer takes the 25-byte hole at 125, not the 50-byte hole at 0.
-  expect_plan({{50, 0, 0}, {45, 0, 5}, {30, 0, 5}, {25, 0, 0}, {24, 0, 5}, {20, 3, 5}}, 1,
-              {0, 50, 95, 125, 150, 125}, 174, 174, 194);
+  expect_plan({{50, 0, 0}, {45, 0, 5}, {30, 0, 5}, {25, 0, 0}, {24, 0, 5}, {20, 3, 5}}, 1, {0, 50, 95, 125, 150, 125},
+              174, 174, 194);
   // All live at step 2: no reuse possible; equal aligned sizes go by earlier first.
   expect_plan({{100, 0, 3}, {3, 1, 2}, {64, 2, 5}, {1, 0, 2}}, 64, {0, 192, 256, 128}, 320, 320, 320);
   // Chain: each buffer dies one step after the next is born, so two slots alternate.

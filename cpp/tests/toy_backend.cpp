@@ -74,8 +74,8 @@ class Ref2 : public cnn::Backend {
                             long step) const override {
     return cnn::sgd_first_non_finite(p, g, m, n, c, step);
   }
-  long adam_first_non_finite(const float* p, const float* g, const float* m, const float* v, const float* vmax, size_t n,
-                             const cnn::AdamConfig& c, long step) const override {
+  long adam_first_non_finite(const float* p, const float* g, const float* m, const float* v, const float* vmax,
+                             size_t n, const cnn::AdamConfig& c, long step) const override {
     return cnn::adam_first_non_finite(p, g, m, v, vmax, n, c, step);
   }
 };
@@ -93,7 +93,9 @@ struct Init {
     for (const std::string& op : cnn::op_names()) {
       const cnn::KernelFactory ref = cnn::get_op(op).ref;
       if (!ref) continue;
-      auto wrap = [ref](const cnn::KernelCtx& c) -> std::unique_ptr<cnn::Kernel> { return std::make_unique<Wrapped>(ref(c)); };
+      auto wrap = [ref](const cnn::KernelCtx& c) -> std::unique_ptr<cnn::Kernel> {
+        return std::make_unique<Wrapped>(ref(c));
+      };
       cnn::register_kernel("ref2", op, wrap);
       if (op != "relu") cnn::register_kernel("ref2fast", op, wrap);
     }

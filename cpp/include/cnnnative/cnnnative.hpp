@@ -141,8 +141,8 @@ struct CompileOptions {
   std::vector<int> grad_of;     // Grad: values whose gradients are fed (seeds)
   std::vector<int> wrt;         // Grad: inputs whose gradients are fetched (params always are)
   OptimConfig optim;
-  bool plan_memory = true;      // false: no reuse (every buffer its own range), for comparison
-  uint64_t seed = 0;            // dropout and other random ops
+  bool plan_memory = true;  // false: no reuse (every buffer its own range), for comparison
+  uint64_t seed = 0;        // dropout and other random ops
   // Graph optimizations of the cpu backend. Infer mode: conv2d [-> batch_norm(eval)] [-> add] [-> relu] chains
   // and linear -> relu run as one fused kernel (oneDNN post-ops). false: the graph runs as built, for comparison.
   bool optimize = true;
@@ -190,9 +190,11 @@ struct MemoryReport {
   size_t param_bytes = 0, grad_bytes = 0, optimizer_state_bytes = 0, buffer_bytes = 0, scratch_bytes = 0;
   size_t prepared_bytes = 0;  // inference: weights kept prepared (reordered, BN folded) by the kernels
   size_t num_planned = 0, num_inplace = 0;
-  size_t num_recomputed = 0;  // nodes the recompute option added to the backward pass
+  size_t num_recomputed = 0;         // nodes the recompute option added to the backward pass
   size_t num_relu_pool_swapped = 0;  // relu -> max_pool2d pairs run as max_pool2d -> relu (training)
-  size_t persistent_bytes() const { return param_bytes + grad_bytes + optimizer_state_bytes + buffer_bytes + prepared_bytes; }
+  size_t persistent_bytes() const {
+    return param_bytes + grad_bytes + optimizer_state_bytes + buffer_bytes + prepared_bytes;
+  }
 };
 
 struct FeedInfo {
@@ -263,14 +265,14 @@ class Session {
   std::vector<std::pair<std::string, float*>> optimizer_state();
   MemoryReport memory_report() const;
   std::vector<std::string> schedule() const;  // "op name" per step, for inspection
-  std::vector<KernelInfo> kernels() const;     // per step: what implements it and in which layouts
-  std::vector<PassInfo> passes() const;        // the compile pipeline as it ran
+  std::vector<KernelInfo> kernels() const;    // per step: what implements it and in which layouts
+  std::vector<PassInfo> passes() const;       // the compile pipeline as it ran
   // "op name" of the steps that run an op's reference kernel on a backend that has fast kernels.
   std::vector<std::string> reference_fallbacks() const;
   const std::string& backend() const;
   std::vector<NodeProfile> profile() const;
   void reset_profile();
-  float* grads();                              // Train/Grad: the flat gradient block (params order)
+  float* grads();  // Train/Grad: the flat gradient block (params order)
   size_t num_grads() const;
 
  private:

@@ -32,10 +32,10 @@ class Model {
   // parameter in the store with its shape and trainable flag. Throws Error otherwise.
   Model(Graph graph, std::shared_ptr<ParamStore> params, Shape input_shape, ExtraState extra_state = {});
 
-  static Model load(const std::string& path);                 // = load_model(path)
-  static Model from_bytes(const void* data, size_t size);     // a .cnn file held in memory
-  void save(const std::string& path) const;                   // = save_model(*this, path)
-  std::vector<uint8_t> to_bytes() const;                      // the .cnn file, in memory
+  static Model load(const std::string& path);              // = load_model(path)
+  static Model from_bytes(const void* data, size_t size);  // a .cnn file held in memory
+  void save(const std::string& path) const;                // = save_model(*this, path)
+  std::vector<uint8_t> to_bytes() const;                   // the .cnn file, in memory
 
   const Graph& graph() const { return graph_; }
   const std::shared_ptr<ParamStore>& params() const { return params_; }

@@ -13,7 +13,8 @@ AutodiffResult autodiff(Graph& g, const std::vector<std::pair<int, int>>& seeds,
   std::vector<bool> rg(g.values.size(), false);
   for (int p : g.params) rg[p] = g.values[p].kind == ValueKind::Param;
   for (int v : wrt) {
-    if (!is_float(g.values[v].desc.dtype)) throw Error("cannot differentiate with respect to non-float value '" + g.values[v].name + "'");
+    if (!is_float(g.values[v].desc.dtype))
+      throw Error("cannot differentiate with respect to non-float value '" + g.values[v].name + "'");
     rg[v] = true;
   }
   for (int s = 0; s < nf; ++s) {
@@ -36,8 +37,8 @@ AutodiffResult autodiff(Graph& g, const std::vector<std::pair<int, int>>& seeds,
   };
   for (auto& sd : seeds) {
     if (g.values[sd.first].desc.shape != g.values[sd.second].desc.shape)
-      throw Error("gradient seed for '" + g.values[sd.first].name + "' has shape " + shape_str(g.values[sd.second].desc.shape) +
-                  ", expected " + shape_str(g.values[sd.first].desc.shape));
+      throw Error("gradient seed for '" + g.values[sd.first].name + "' has shape " +
+                  shape_str(g.values[sd.second].desc.shape) + ", expected " + shape_str(g.values[sd.first].desc.shape));
     accumulate(sd.first, sd.second, g.values[sd.first].name);
   }
 

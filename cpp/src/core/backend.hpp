@@ -63,7 +63,7 @@ struct LayoutQuery {
   const std::vector<TensorDesc>& out;
   const std::vector<Layout>& in_layout;  // the layouts the inputs have now
   const LayoutPolicy& policy;
-  bool training;                         // the graph has backward nodes (rules may check both directions)
+  bool training;  // the graph has backward nodes (rules may check both directions)
 };
 
 // The rule's answer: the layout wanted for each input (a reorder is inserted where it differs from the
@@ -73,8 +73,6 @@ struct LayoutChoice {
 };
 using LayoutRule = std::function<LayoutChoice(const LayoutQuery&)>;
 
-
-
 // Common rules.
 // Every 4-D input and output takes the current layout of input k (plain when input k is not 4-D); other
 // tensors (per-channel parameters, statistics) stay plain. Elementwise ops, batch norm, pooling forward.
@@ -82,18 +80,18 @@ LayoutRule rule_follow_input(int k);
 // Every 4-D input and output takes the policy's layout for it (pooling backward without a workspace).
 LayoutRule rule_policy();
 
-
 // ---- kernel registry ----
 // Ops whose backend kernel takes bfloat16 activations (in a blocked layout), optionally only for some nodes.
-using Bf16Pred = std::function<bool(const Node&, const std::vector<TensorDesc>& in, const std::vector<TensorDesc>& out)>;
+using Bf16Pred =
+    std::function<bool(const Node&, const std::vector<TensorDesc>& in, const std::vector<TensorDesc>& out)>;
 
 // What a backend registers for one op.
 struct KernelEntry {
-  KernelFactory make;    // may be empty while only capabilities were registered (then the op is not implemented)
-  LayoutRule layout;     // empty: plain in, plain out
-  bool bf16 = false;     // takes bfloat16 activations in blocked layouts ...
-  Bf16Pred bf16_pred;    // ... for the nodes this accepts (empty: all)
-  bool inplace = true;   // may write its output over the input the op schema allows (OpSchema::inplace*)
+  KernelFactory make;   // may be empty while only capabilities were registered (then the op is not implemented)
+  LayoutRule layout;    // empty: plain in, plain out
+  bool bf16 = false;    // takes bfloat16 activations in blocked layouts ...
+  Bf16Pred bf16_pred;   // ... for the nodes this accepts (empty: all)
+  bool inplace = true;  // may write its output over the input the op schema allows (OpSchema::inplace*)
 };
 
 void register_kernel(const std::string& backend, const std::string& op, KernelFactory f);
@@ -107,10 +105,14 @@ struct KernelRegistrar {
   KernelRegistrar(const char* backend, const char* op, KernelFactory f) { register_kernel(backend, op, std::move(f)); }
 };
 struct LayoutRuleRegistrar {
-  LayoutRuleRegistrar(const char* backend, const char* op, LayoutRule r) { register_layout_rule(backend, op, std::move(r)); }
+  LayoutRuleRegistrar(const char* backend, const char* op, LayoutRule r) {
+    register_layout_rule(backend, op, std::move(r));
+  }
 };
 struct Bf16Registrar {
-  Bf16Registrar(const char* backend, const char* op, Bf16Pred pred = nullptr) { register_bf16_op(backend, op, std::move(pred)); }
+  Bf16Registrar(const char* backend, const char* op, Bf16Pred pred = nullptr) {
+    register_bf16_op(backend, op, std::move(pred));
+  }
 };
 
 // ---- the backend ----
@@ -128,8 +130,8 @@ class Backend {
   // ---- capabilities ----
   virtual bool supports_compute(DType compute) const { return compute == DType::f32; }
   virtual bool supports_training_in(DType compute) const { return compute == DType::f32; }
-  virtual bool has_layouts() const { return false; }        // runs the layout pass (kernels register rules)
-  virtual bool has_fast_kernels() const { return false; }   // a reference fallback is worth reporting
+  virtual bool has_layouts() const { return false; }       // runs the layout pass (kernels register rules)
+  virtual bool has_fast_kernels() const { return false; }  // a reference fallback is worth reporting
   // An empty string when bfloat16 activations can run here, else why not (shown to the user).
   virtual std::string bf16_unavailable() const { return "the " + name_ + " backend has no bfloat16 kernels"; }
   // Whether the optimizer update and the guard's reductions may run (training sessions).
@@ -137,7 +139,7 @@ class Backend {
 
   // ---- memory ----
   virtual bool host_accessible() const { return true; }  // the host may read and write its buffers directly
-  virtual Buffer allocate(size_t bytes) const { return make_buffer(bytes); }  // zero-filled, 64-byte aligned
+  virtual Buffer allocate(size_t bytes) const { return make_buffer(bytes); }   // zero-filled, 64-byte aligned
   virtual void copy_in(void* dst, const void* host_src, size_t bytes) const;   // host -> backend
   virtual void copy_out(void* host_dst, const void* src, size_t bytes) const;  // backend -> host
   virtual void copy(void* dst, const void* src, size_t bytes) const;           // backend -> backend
@@ -174,8 +176,8 @@ class HostBackend : public Backend {
                    OptimMaxima* maxima) const override;
   long sgd_first_non_finite(const float* p, const float* g, const float* momentum, size_t n, const SGDConfig& c,
                             long step) const override;
-  long adam_first_non_finite(const float* p, const float* g, const float* m, const float* v, const float* vmax, size_t n,
-                             const AdamConfig& c, long step) const override;
+  long adam_first_non_finite(const float* p, const float* g, const float* m, const float* v, const float* vmax,
+                             size_t n, const AdamConfig& c, long step) const override;
 };
 
 void register_backend(std::shared_ptr<Backend> b);

@@ -43,7 +43,8 @@ bool pass_check(CompileState& st, std::string& summary) {
   const Graph& g = p.graph;
   p.backend = get_backend(opt.backend);
   const Backend& be = *p.backend;
-  if (opt.compute != DType::f32 && opt.compute != DType::f64) throw Error("compile: compute dtype must be float32 or float64");
+  if (opt.compute != DType::f32 && opt.compute != DType::f64)
+    throw Error("compile: compute dtype must be float32 or float64");
   if (!be.supports_compute(opt.compute))
     throw Error(std::string("compile: the ") + be.name() + " backend does not run " + dtype_name(opt.compute) +
                 (opt.compute == DType::f64 ? " (float64 runs on the reference backend)" : ""));
@@ -64,10 +65,13 @@ bool pass_check(CompileState& st, std::string& summary) {
   if (opt.activations == DType::bf16) {
     if (opt.mode == Mode::Grad) throw Error("compile: bfloat16 activations are for inference and training sessions");
     if (!be.has_layouts() || opt.compute != DType::f32)
-      throw Error("compile: bfloat16 activations need float32 compute on a backend with activation layouts (the cpu "
-                  "backend); this session has " + std::string(dtype_name(opt.compute)) + " on the " + be.name() + " backend");
+      throw Error(
+          "compile: bfloat16 activations need float32 compute on a backend with activation layouts (the cpu "
+          "backend); this session has " +
+          std::string(dtype_name(opt.compute)) + " on the " + be.name() + " backend");
     if (policy.kind != LayoutPolicy::blocked || policy.block != 16)
-      throw Error("compile: bfloat16 activations live in the nChw16c layout; layout '" + opt.layout + "' has none (use 'auto')");
+      throw Error("compile: bfloat16 activations live in the nChw16c layout; layout '" + opt.layout +
+                  "' has none (use 'auto')");
     const std::string why = be.bf16_unavailable();
     if (!why.empty()) throw Error("compile: " + why);
     policy.bf16 = true;
@@ -80,7 +84,9 @@ bool pass_check(CompileState& st, std::string& summary) {
     p.feed_values.push_back(v);
   }
   summary = "backend " + be.name() + ", " + dtype_name(opt.compute) + ", layout policy " +
-            (policy.kind == LayoutPolicy::plain ? "plain" : policy.kind == LayoutPolicy::nhwc ? "nhwc" : layout_name(policy.blocked_layout())) +
+            (policy.kind == LayoutPolicy::plain  ? "plain"
+             : policy.kind == LayoutPolicy::nhwc ? "nhwc"
+                                                 : layout_name(policy.blocked_layout())) +
             (policy.bf16 ? " (bf16)" : "");
   return true;
 }
@@ -178,14 +184,16 @@ bool pass_layouts(CompileState& st, std::string& summary) {
   st.outputs_as_built = g.outputs;
   // A graph built with explicit reorder nodes goes through the pass whatever the policy: it gives their outputs
   // the layout they write and reorders back for every consumer that wants another.
-  const bool built_reorders = std::any_of(g.nodes.begin(), g.nodes.end(), [](const Node& n) { return n.op == "reorder"; });
+  const bool built_reorders =
+      std::any_of(g.nodes.begin(), g.nodes.end(), [](const Node& n) { return n.op == "reorder"; });
   bool ran = false;
   if (p.policy.kind != LayoutPolicy::plain || built_reorders) {
     std::vector<int*> plain_vals;
     for (int& v : g.outputs) plain_vals.push_back(&v);
     for (int& v : st.autodiff.wrt_grads) plain_vals.push_back(&v);
     for (int& v : st.autodiff.param_grads) plain_vals.push_back(&v);
-    LayoutResult res = assign_layouts(g, *p.backend, p.policy, p.opt.mode != Mode::Infer, p.num_forward_nodes, plain_vals);
+    LayoutResult res =
+        assign_layouts(g, *p.backend, p.policy, p.opt.mode != Mode::Infer, p.num_forward_nodes, plain_vals);
     p.num_forward_nodes = res.num_forward_nodes;
     p.layout = std::move(res.layout);
     p.in_view = std::move(res.in_view);
@@ -197,7 +205,8 @@ bool pass_layouts(CompileState& st, std::string& summary) {
   }
   for (size_t s = 0; s < g.nodes.size(); ++s) {
     const Node& n = g.nodes[s];
-    if (n.op == "reorder" && !layouts_alias(p.in_view[s][0], Layout(n.attrs.i("from", 0)), g.values[n.inputs[0]].desc.shape))
+    if (n.op == "reorder" &&
+        !layouts_alias(p.in_view[s][0], Layout(n.attrs.i("from", 0)), g.values[n.inputs[0]].desc.shape))
       op_error(n, std::string("input is ") + layout_name(p.in_view[s][0]) + ", attribute 'from' says " +
                       layout_name(Layout(n.attrs.i("from", 0))));
   }
@@ -223,7 +232,8 @@ bool pass_interface(CompileState& st, std::string& summary) {
   if (p.opt.mode == Mode::Grad) {
     for (size_t i = 0; i < p.opt.wrt.size(); ++i) {
       int gv = p.wrt_grads[i];
-      if (gv < 0) throw Error("compile(grad): '" + g.values[p.opt.wrt[i]].name + "' gets no gradient from the seeded outputs");
+      if (gv < 0)
+        throw Error("compile(grad): '" + g.values[p.opt.wrt[i]].name + "' gets no gradient from the seeded outputs");
       p.fetches.push_back({g.values[p.opt.wrt[i]].name + ".grad", g.values[gv].desc});
       p.fetch_values.push_back(gv);
     }
@@ -378,18 +388,12 @@ bool verify_enabled() {
 
 const std::vector<Pass>& compile_pipeline() {
   static const std::vector<Pass> passes{
-      {"check", pass_check},
-      {"fold_pad", pass_fold_pad},
-      {"fuse", pass_fuse},
-      {"swap_relu_pool", pass_swap_relu_pool},
-      {"autodiff", pass_autodiff},
-      {"recompute", pass_recompute},
-      {"layouts", pass_layouts},
-      {"interface", pass_interface},
-      {"storage", pass_storage},
-      {"lifetimes", pass_lifetimes},
-      {"inplace", pass_inplace},
-      {"memory_plan", pass_memory_plan},
+      {"check", pass_check},       {"fold_pad", pass_fold_pad},
+      {"fuse", pass_fuse},         {"swap_relu_pool", pass_swap_relu_pool},
+      {"autodiff", pass_autodiff}, {"recompute", pass_recompute},
+      {"layouts", pass_layouts},   {"interface", pass_interface},
+      {"storage", pass_storage},   {"lifetimes", pass_lifetimes},
+      {"inplace", pass_inplace},   {"memory_plan", pass_memory_plan},
       {"kernels", pass_kernels},
   };
   return passes;
@@ -495,7 +499,8 @@ std::string graph_text(const Graph& g, const Plan* plan) {
       if (plan->layout[v] != Layout::plain) s += std::string(" ") + layout_name(plan->layout[v]);
       if (plan->stored_dtype[v] != g.values[v].desc.dtype && is_float(g.values[v].desc.dtype))
         s += std::string(" as ") + dtype_name(plan->stored_dtype[v]);
-      if (size_t(v) < plan->alias_of.size() && plan->alias_of[v] != v) s += " (in place of %" + std::to_string(plan->alias_of[v]) + ")";
+      if (size_t(v) < plan->alias_of.size() && plan->alias_of[v] != v)
+        s += " (in place of %" + std::to_string(plan->alias_of[v]) + ")";
     }
     return s;
   };

@@ -60,7 +60,7 @@ struct Plan {
   std::vector<int> planned;
   std::vector<BufferReq> requests;
   MemoryPlan memory;
-  std::vector<KernelChoice> kernels;  // per node
+  std::vector<KernelChoice> kernels;             // per node
   std::vector<std::string> reference_fallbacks;  // "op name" of nodes on reference kernels of a fast backend
   MemoryReport report;
 

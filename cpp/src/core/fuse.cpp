@@ -90,8 +90,10 @@ FusionReport fuse_for_inference(Graph& g, const std::vector<int>& keep) {
 
   std::vector<Node> nodes;
   for (int s = 0; s < n; ++s) {
-    if (replace_at[s] >= 0) nodes.push_back(std::move(fused[replace_at[s]]));
-    else if (!removed[s]) nodes.push_back(std::move(g.nodes[s]));
+    if (replace_at[s] >= 0)
+      nodes.push_back(std::move(fused[replace_at[s]]));
+    else if (!removed[s])
+      nodes.push_back(std::move(g.nodes[s]));
   }
   g.nodes = std::move(nodes);
   for (auto& v : g.values)
@@ -103,7 +105,8 @@ FusionReport fuse_for_inference(Graph& g, const std::vector<int>& keep) {
       for (int v : nd.inputs) in.push_back(g.values[v].desc);
       std::vector<TensorDesc> out = get_op(nd.op).infer(nd, in);
       if (out.size() != 1 || out[0].shape != g.values[nd.outputs[0]].desc.shape)
-        op_error(nd, "internal: fused node's shape differs from the chain's " + shape_str(g.values[nd.outputs[0]].desc.shape));
+        op_error(nd, "internal: fused node's shape differs from the chain's " +
+                         shape_str(g.values[nd.outputs[0]].desc.shape));
     }
     for (int v : nd.outputs) g.values[v].producer = int(i);
   }

@@ -128,7 +128,9 @@ std::vector<int> Graph::add_node(const std::string& op, const std::vector<int>& 
   std::vector<TensorDesc> out = s.infer(n, in);
   for (auto& d : out)
     for (auto x : d.shape)
-      if (x <= 0) op_error(n, "output shape " + shape_str(d.shape) + " has a non-positive dimension (inputs: " + descs_str(in) + ")");
+      if (x <= 0)
+        op_error(
+            n, "output shape " + shape_str(d.shape) + " has a non-positive dimension (inputs: " + descs_str(in) + ")");
   int idx = int(nodes.size());
   for (size_t k = 0; k < out.size(); ++k) {
     values.push_back(Value{n.name + (k ? ":" + std::to_string(k) : ""), out[k], ValueKind::Intermediate, idx});
@@ -174,8 +176,8 @@ void set_num_threads(int n) {
   const int hw = int(std::max(1u, std::thread::hardware_concurrency()));
   const int limit = std::max(1024, 4 * hw);
   if (n < 1 || n > limit)
-    throw Error("set_num_threads: n must be between 1 and " + std::to_string(limit) + " (this machine has " + std::to_string(hw) +
-                " hardware threads), got " + std::to_string(n));
+    throw Error("set_num_threads: n must be between 1 and " + std::to_string(limit) + " (this machine has " +
+                std::to_string(hw) + " hardware threads), got " + std::to_string(n));
   g_threads.store(n, std::memory_order_relaxed);
   omp_set_num_threads(n);
 }

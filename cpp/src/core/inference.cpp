@@ -31,8 +31,8 @@ void InferenceSession::run(const float* input, float* output) {
 
 std::vector<float> InferenceSession::run(const std::vector<float>& input) {
   if (int64_t(input.size()) != input_size())
-    throw Error("InferenceSession::run: expected " + std::to_string(input_size()) + " floats for input " + shape_str(in_) + ", got " +
-                std::to_string(input.size()));
+    throw Error("InferenceSession::run: expected " + std::to_string(input_size()) + " floats for input " +
+                shape_str(in_) + ", got " + std::to_string(input.size()));
   std::vector<float> out(static_cast<size_t>(output_size()));
   run(input.data(), out.data());
   return out;

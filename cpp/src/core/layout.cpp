@@ -46,11 +46,16 @@ int64_t layout_offset(Layout l, const Shape& s, int64_t n, int64_t c, int64_t h,
 LayoutPolicy LayoutPolicy::parse(const std::string& s) {
   LayoutPolicy p;
   p.block = __builtin_cpu_supports("avx512f") ? 16 : 8;
-  if (s == "auto" || s == "blocked") p.kind = blocked;
-  else if (s == "nChw16c" || s == "nChw8c") p.kind = blocked, p.block = s == "nChw16c" ? 16 : 8;
-  else if (s == "nhwc") p.kind = nhwc;
-  else if (s == "plain") p.kind = plain;
-  else throw Error("compile: unknown layout '" + s + "' (auto, blocked, nChw16c, nChw8c, nhwc, plain)");
+  if (s == "auto" || s == "blocked")
+    p.kind = blocked;
+  else if (s == "nChw16c" || s == "nChw8c")
+    p.kind = blocked, p.block = s == "nChw16c" ? 16 : 8;
+  else if (s == "nhwc")
+    p.kind = nhwc;
+  else if (s == "plain")
+    p.kind = plain;
+  else
+    throw Error("compile: unknown layout '" + s + "' (auto, blocked, nChw16c, nChw8c, nhwc, plain)");
   return p;
 }
 
@@ -156,7 +161,8 @@ LayoutResult assign_layouts(Graph& g, const Backend& backend, const LayoutPolicy
                         std::to_string(c.out.size()) + " outputs");
       for (size_t i = 0; i < out.size(); ++i)
         if (c.out[i] != Layout::plain && out[i].shape.size() != 4)
-          op_error(n, "internal: layout rule gave a non-4-D output a " + std::string(layout_name(c.out[i])) + " layout");
+          op_error(n,
+                   "internal: layout rule gave a non-4-D output a " + std::string(layout_name(c.out[i])) + " layout");
     } else {
       c.in.assign(in.size(), Layout::plain);
       c.out.assign(out.size(), Layout::plain);
@@ -193,13 +199,15 @@ struct ReorderRef {
     for (int64_t n = 0; n < s[0]; ++n)
       for (int64_t c = 0; c < s[1]; ++c)
         for (int64_t h = 0; h < s[2]; ++h)
-          for (int64_t w = 0; w < s[3]; ++w) y[layout_offset(to, s, n, c, h, w)] = x[layout_offset(from, s, n, c, h, w)];
+          for (int64_t w = 0; w < s[3]; ++w)
+            y[layout_offset(to, s, n, c, h, w)] = x[layout_offset(from, s, n, c, h, w)];
   }
 };
 
 void check_layout_attr(const Node& n, const char* k) {
   int64_t v = n.attrs.i(k, 0);
-  if (v < 0 || v > int64_t(Layout::nChw8c)) op_error(n, std::string("attribute '") + k + "' is not a layout: " + std::to_string(v));
+  if (v < 0 || v > int64_t(Layout::nChw8c))
+    op_error(n, std::string("attribute '") + k + "' is not a layout: " + std::to_string(v));
 }
 
 OpRegistrar reorder_op{[] {

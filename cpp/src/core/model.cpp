@@ -24,28 +24,37 @@
 namespace cnn {
 
 Model::Model(Graph graph, std::shared_ptr<ParamStore> params, Shape input_shape, ExtraState extra_state)
-    : graph_(std::move(graph)), params_(std::move(params)), input_shape_(std::move(input_shape)), extra_(std::move(extra_state)) {
+    : graph_(std::move(graph)),
+      params_(std::move(params)),
+      input_shape_(std::move(input_shape)),
+      extra_(std::move(extra_state)) {
   const int nv = int(graph_.values.size());
   if (!params_) throw Error("model: no parameter store");
-  if (graph_.inputs.size() != 1) throw Error("model: the graph must have exactly one input, it has " + std::to_string(graph_.inputs.size()));
-  if (graph_.outputs.size() != 1) throw Error("model: the graph must have exactly one output, it has " + std::to_string(graph_.outputs.size()));
+  if (graph_.inputs.size() != 1)
+    throw Error("model: the graph must have exactly one input, it has " + std::to_string(graph_.inputs.size()));
+  if (graph_.outputs.size() != 1)
+    throw Error("model: the graph must have exactly one output, it has " + std::to_string(graph_.outputs.size()));
   for (int v : {graph_.inputs[0], graph_.outputs[0]})
     if (v < 0 || v >= nv) throw Error("model: graph input/output id " + std::to_string(v) + " does not exist");
   const Value& in = graph_.values[graph_.inputs[0]];
-  if (in.desc.dtype != DType::f32) throw Error(std::string("model: the input must be float32, got ") + dtype_name(in.desc.dtype));
+  if (in.desc.dtype != DType::f32)
+    throw Error(std::string("model: the input must be float32, got ") + dtype_name(in.desc.dtype));
   if (input_shape_.empty()) throw Error("model: the input shape must be [N, ...], got []");
   if (in.desc.shape != input_shape_)
-    throw Error("model: the graph's input is " + shape_str(in.desc.shape) + ", the input shape given is " + shape_str(input_shape_));
+    throw Error("model: the graph's input is " + shape_str(in.desc.shape) + ", the input shape given is " +
+                shape_str(input_shape_));
   const Value& out = graph_.values[graph_.outputs[0]];
-  if (out.desc.dtype != DType::f32) throw Error(std::string("model: the output must be float32, got ") + dtype_name(out.desc.dtype));
+  if (out.desc.dtype != DType::f32)
+    throw Error(std::string("model: the output must be float32, got ") + dtype_name(out.desc.dtype));
   for (int p : graph_.params) {
     if (p < 0 || p >= nv) throw Error("model: parameter id " + std::to_string(p) + " does not exist");
     const Value& v = graph_.values[p];
     const auto& e = params_->find(v.name);
     const bool trainable = v.kind == ValueKind::Param;
     if (e.shape != v.desc.shape || e.trainable != trainable)
-      throw Error("model: parameter '" + v.name + "': the graph expects " + shape_str(v.desc.shape) + (trainable ? " trainable" : " non-trainable") +
-                  ", the store holds " + shape_str(e.shape) + (e.trainable ? " trainable" : " non-trainable"));
+      throw Error("model: parameter '" + v.name + "': the graph expects " + shape_str(v.desc.shape) +
+                  (trainable ? " trainable" : " non-trainable") + ", the store holds " + shape_str(e.shape) +
+                  (e.trainable ? " trainable" : " non-trainable"));
   }
   std::set<std::string> names;
   for (auto& e : params_->entries()) names.insert(e.name);
@@ -56,7 +65,9 @@ Model::Model(Graph graph, std::shared_ptr<ParamStore> params, Shape input_shape,
 
 const Shape& Model::output_shape() const { return graph_.values[graph_.outputs[0]].desc.shape; }
 
-Model Model::from_bytes(const void* data, size_t size) { return fmt::decode(static_cast<const uint8_t*>(data), size, "<bytes>"); }
+Model Model::from_bytes(const void* data, size_t size) {
+  return fmt::decode(static_cast<const uint8_t*>(data), size, "<bytes>");
+}
 std::vector<uint8_t> Model::to_bytes() const {
   try {
     return fmt::encode(*this);
@@ -102,8 +113,8 @@ class FileSource final : public fmt::ByteSource {
       if (r < 0 && errno == EINTR) continue;
       if (r < 0) throw Error("read failed at byte " + std::to_string(offset) + ": " + errno_str(errno));
       if (r == 0)
-        throw Error("the file shrank while it was read (it ends before byte " + std::to_string(offset + n) + "; it had " +
-                    std::to_string(size_) + " bytes when opened)");
+        throw Error("the file shrank while it was read (it ends before byte " + std::to_string(offset + n) +
+                    "; it had " + std::to_string(size_) + " bytes when opened)");
       dst += r;
       offset += uint64_t(r);
       n -= size_t(r);
@@ -126,7 +137,8 @@ std::pair<std::string, std::string> split_path(const std::string& path) {
 // "<digits>.<digits>" with a positive pid that fits pid_t: the tail of a writer's temporary file name.
 bool parse_tmp_tail(const std::string& tail, pid_t* pid) {
   size_t dot = tail.find('.');
-  if (dot == std::string::npos || dot == 0 || dot > 10 || dot + 1 == tail.size() || tail.size() - dot - 1 > 20) return false;
+  if (dot == std::string::npos || dot == 0 || dot > 10 || dot + 1 == tail.size() || tail.size() - dot - 1 > 20)
+    return false;
   for (size_t i = 0; i < tail.size(); ++i)
     if (i != dot && (tail[i] < '0' || tail[i] > '9')) return false;
   unsigned long long v = std::stoull(tail.substr(0, dot));
@@ -170,7 +182,9 @@ void write_atomic(const std::string& path, const std::vector<uint8_t>& bytes) {
   while (done < bytes.size()) {
     ssize_t w = ::write(f.fd, bytes.data() + done, bytes.size() - done);
     if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) fail("write failed after " + std::to_string(done) + " of " + std::to_string(bytes.size()) + " bytes", w < 0 ? errno : EIO);
+    if (w <= 0)
+      fail("write failed after " + std::to_string(done) + " of " + std::to_string(bytes.size()) + " bytes",
+           w < 0 ? errno : EIO);
     done += size_t(w);
   }
   if (::fsync(f.fd) != 0) fail("fsync failed", errno);

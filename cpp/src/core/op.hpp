@@ -33,7 +33,6 @@ size_t layout_bytes(const TensorDesc& d, Layout l);
 // divides C. A consumer may read a value in any layout that aliases the one it is stored in.
 bool layouts_alias(Layout a, Layout b, const Shape& s);
 
-
 // Element offset of logical index (n, c, h, w) of a 4-D tensor of shape s in layout l (reference kernels).
 int64_t layout_offset(Layout l, const Shape& s, int64_t n, int64_t c, int64_t h, int64_t w);
 
@@ -41,10 +40,10 @@ struct KernelCtx {
   const Node& node;
   std::vector<TensorDesc> in, out;  // float tensors carry the session's compute dtype here
   DType compute = DType::f32;
-  bool training = false;            // false in an inference session: kernels may use inference-only paths
-  bool cache_weights = true;        // inference: keep prepared weights between runs (CompileOptions::cache_weights)
-  bool winograd = true;             // CompileOptions::winograd
-  bool deterministic = false;       // CompileOptions::deterministic: a reduction order independent of the thread count
+  bool training = false;       // false in an inference session: kernels may use inference-only paths
+  bool cache_weights = true;   // inference: keep prepared weights between runs (CompileOptions::cache_weights)
+  bool winograd = true;        // CompileOptions::winograd
+  bool deterministic = false;  // CompileOptions::deterministic: a reduction order independent of the thread count
   std::vector<Layout> in_layout{}, out_layout{};  // empty or one per input/output; missing entries are plain
   Layout layout_in(size_t i) const { return i < in_layout.size() ? in_layout[i] : Layout::plain; }
   Layout layout_out(size_t i) const { return i < out_layout.size() ? out_layout[i] : Layout::plain; }
@@ -55,7 +54,7 @@ struct RunCtx {
   void* const* out;  // one pointer per node output
   void* scratch;     // shared scratch, at least scratch_bytes()
   uint64_t seed;
-  int64_t step;      // 0-based count of completed runs of this session
+  int64_t step;                 // 0-based count of completed runs of this session
   void* persist = nullptr;      // this kernel's own persistent region, persistent_bytes() (kept between runs)
   uint64_t params_version = 0;  // the ParamStore's version() when this run started (>= 1)
 };
@@ -82,13 +81,13 @@ struct OpSchema {
   std::string name;
   // Output descs from input descs; throws via op_error() on bad shapes.
   std::function<std::vector<TensorDesc>(const Node&, const std::vector<TensorDesc>&)> infer;
-  bool inplace = false;         // output 0 may share input 0's buffer
+  bool inplace = false;  // output 0 may share input 0's buffer
   // Generalizes `inplace`: which input output 0 may share its buffer with (-1: none), e.g. the residual of a
   // fused convolution. When set it is asked instead of `inplace`.
   std::function<int(const Node&)> inplace_input;
   RecomputeClass recompute = RecomputeClass::never;
   std::function<void(GradCtx&)> grad;  // empty: not differentiable
-  KernelFactory ref;                    // naive loops, float and double (ctx.compute)
+  KernelFactory ref;                   // naive loops, float and double (ctx.compute)
   // Floating-point operations of one run (for profiles); empty: not counted.
   std::function<double(const std::vector<TensorDesc>& in, const std::vector<TensorDesc>& out)> flops;
 };
@@ -117,14 +116,18 @@ std::string descs_str(const std::vector<TensorDesc>& d);
 class GradCtx {
  public:
   GradCtx(Graph& g, int node_index, std::vector<int> dys, std::vector<bool> need_dx)
-      : g_(g), node_(node_index), fwd_(g.nodes[node_index]), dys_(std::move(dys)), need_dx_(std::move(need_dx)),
+      : g_(g),
+        node_(node_index),
+        fwd_(g.nodes[node_index]),
+        dys_(std::move(dys)),
+        need_dx_(std::move(need_dx)),
         dx_(need_dx_.size(), -1) {}
   // A copy of the forward node: emit() may reallocate the graph's node list.
   const Node& node() const { return fwd_; }
   int input(int i) const { return node().inputs[i]; }
   int output(int i) const { return node().outputs[i]; }
   const TensorDesc& desc(int value) const { return g_.values[value].desc; }
-  int dy(int k) const { return dys_[k]; }          // -1: output k receives no gradient
+  int dy(int k) const { return dys_[k]; }            // -1: output k receives no gradient
   bool need_dx(int i) const { return need_dx_[i]; }  // input i is on a path to something trained/requested
   void set_dx(int i, int grad_value) { dx_[i] = grad_value; }
   const std::vector<int>& dxs() const { return dx_; }
@@ -148,9 +151,13 @@ struct RefArgs {
   const RunCtx& r;
   const Attrs& attrs() const { return k.node.attrs; }
   template <class U = T>
-  const U* in(int i) const { return static_cast<const U*>(r.in[i]); }
+  const U* in(int i) const {
+    return static_cast<const U*>(r.in[i]);
+  }
   template <class U = T>
-  U* out(int i) const { return static_cast<U*>(r.out[i]); }
+  U* out(int i) const {
+    return static_cast<U*>(r.out[i]);
+  }
   const Shape& in_shape(int i) const { return k.in[i].shape; }
   const Shape& out_shape(int i) const { return k.out[i].shape; }
 };

@@ -22,8 +22,8 @@ void check_reqs(const std::vector<BufferReq>& reqs) {
     if (r.first < 0 || r.last < 0)
       throw std::invalid_argument("plan_memory: buffer " + std::to_string(i) + " has a negative step");
     if (r.first > r.last)
-      throw std::invalid_argument("plan_memory: buffer " + std::to_string(i) + " has first " +
-                                  std::to_string(r.first) + " > last " + std::to_string(r.last));
+      throw std::invalid_argument("plan_memory: buffer " + std::to_string(i) + " has first " + std::to_string(r.first) +
+                                  " > last " + std::to_string(r.last));
   }
 }
 
@@ -33,9 +33,7 @@ size_t align_up(size_t n, size_t alignment) {
   return (n + alignment - 1) & ~(alignment - 1);
 }
 
-bool lifetimes_overlap(const BufferReq& a, const BufferReq& b) {
-  return a.first <= b.last && b.first <= a.last;
-}
+bool lifetimes_overlap(const BufferReq& a, const BufferReq& b) { return a.first <= b.last && b.first <= a.last; }
 
 size_t peak_live(const std::vector<BufferReq>& reqs, const std::vector<size_t>& sizes) {
   std::vector<std::pair<int64_t, int64_t>> events;  // (step, signed size); ends take effect at last + 1

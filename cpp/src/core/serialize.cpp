@@ -99,7 +99,8 @@ bool valid_text(const uint8_t* p, size_t n) {
       if ((p[i + k] & 0xC0) != 0x80) return false;
       cp = cp << 6 | (p[i + k] & 0x3F);
     }
-    if ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10FFFF)) || (cp >= 0xD800 && cp <= 0xDFFF)) return false;
+    if ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10FFFF)) || (cp >= 0xD800 && cp <= 0xDFFF))
+      return false;
     i += len;
   }
   return true;
@@ -161,20 +162,25 @@ class Writer {
     u64(u);
   }
   void str(const std::string& s, const std::string& what) {
-    if (s.size() > kMaxString) throw Error(what + " is " + std::to_string(s.size()) + " bytes long (at most " + std::to_string(kMaxString) + ")");
-    if (!valid_text(reinterpret_cast<const uint8_t*>(s.data()), s.size())) throw Error(what + " is not valid UTF-8 text");
+    if (s.size() > kMaxString)
+      throw Error(what + " is " + std::to_string(s.size()) + " bytes long (at most " + std::to_string(kMaxString) +
+                  ")");
+    if (!valid_text(reinterpret_cast<const uint8_t*>(s.data()), s.size()))
+      throw Error(what + " is not valid UTF-8 text");
     u32(uint32_t(s.size()));
     b.insert(b.end(), s.begin(), s.end());
   }
   void shape(const Shape& s, const std::string& what) {
-    if (s.size() > kMaxRank) throw Error(what + ": rank " + std::to_string(s.size()) + " (at most " + std::to_string(kMaxRank) + ")");
+    if (s.size() > kMaxRank)
+      throw Error(what + ": rank " + std::to_string(s.size()) + " (at most " + std::to_string(kMaxRank) + ")");
     if (checked_numel(s) < 0 || std::any_of(s.begin(), s.end(), [](int64_t d) { return d > kMaxDim; }))
       throw Error(what + ": shape " + shape_str(s) + " is outside the format's limits");
     u32(uint32_t(s.size()));
     for (auto d : s) i64(d);
   }
   void ids(const std::vector<int>& v, const std::string& what) {
-    if (v.size() > kMaxNodeIO) throw Error(what + ": " + std::to_string(v.size()) + " ids (at most " + std::to_string(kMaxNodeIO) + ")");
+    if (v.size() > kMaxNodeIO)
+      throw Error(what + ": " + std::to_string(v.size()) + " ids (at most " + std::to_string(kMaxNodeIO) + ")");
     u32(uint32_t(v.size()));
     for (int x : v) i32(x);
   }
@@ -187,7 +193,8 @@ class Reader {
   size_t left() const { return n_ - pos_; }
   [[noreturn]] void fail(const std::string& m) const { throw Error(std::string(section_) + " section: " + m); }
   const uint8_t* take(size_t k, const std::string& what) {
-    if (k > left()) fail("ends inside " + what + " (" + std::to_string(left()) + " bytes left, " + std::to_string(k) + " needed)");
+    if (k > left())
+      fail("ends inside " + what + " (" + std::to_string(left()) + " bytes left, " + std::to_string(k) + " needed)");
     const uint8_t* q = p_ + pos_;
     pos_ += k;
     return q;
@@ -205,7 +212,8 @@ class Reader {
   }
   std::string str(const std::string& what) {
     uint32_t len = u32(what + " length");
-    if (len > kMaxString) fail(what + " is " + std::to_string(len) + " bytes long (at most " + std::to_string(kMaxString) + ")");
+    if (len > kMaxString)
+      fail(what + " is " + std::to_string(len) + " bytes long (at most " + std::to_string(kMaxString) + ")");
     const uint8_t* q = take(len, what);
     if (!valid_text(q, len)) fail(what + " is not valid UTF-8 text");
     return std::string(reinterpret_cast<const char*>(q), len);
@@ -225,7 +233,8 @@ class Reader {
     for (uint32_t i = 0; i < r; ++i) {
       s[i] = i64(what + " dimensions");
       if (s[i] < 1 || s[i] > kMaxDim)
-        fail(what + " has dimension " + std::to_string(s[i]) + " (each must be in [1, " + std::to_string(kMaxDim) + "])");
+        fail(what + " has dimension " + std::to_string(s[i]) + " (each must be in [1, " + std::to_string(kMaxDim) +
+             "])");
     }
     if (checked_numel(s) < 0) fail(what + " shape " + shape_str(s) + " has more than 2^40 elements");
     return s;
@@ -236,7 +245,8 @@ class Reader {
     for (auto& x : v) {
       int32_t id = i32(what);
       if (id < 0 || uint32_t(id) >= n_values)
-        fail(owner + ": " + what + " value id " + std::to_string(id) + " is out of range (the graph has " + std::to_string(n_values) + " values)");
+        fail(owner + ": " + what + " value id " + std::to_string(id) + " is out of range (the graph has " +
+             std::to_string(n_values) + " values)");
       x = id;
     }
     return v;
@@ -258,7 +268,9 @@ struct TensorRec {
   uint64_t offset, nbytes;
 };
 
-std::string value_label(const Graph& g, int v) { return "value " + std::to_string(v) + " ('" + g.values[v].name + "')"; }
+std::string value_label(const Graph& g, int v) {
+  return "value " + std::to_string(v) + " ('" + g.values[v].name + "')";
+}
 
 }  // namespace
 
@@ -272,7 +284,8 @@ Graph replay(const Graph& src, const std::vector<Shape>& input_shapes, bool chec
       if (next_input >= input_shapes.size()) throw Error("more graph inputs than input shapes");
       const Shape& is = input_shapes[next_input];
       if (checked_numel(is) < 0 && std::all_of(is.begin(), is.end(), [](int64_t d) { return d >= 1; }))
-        throw Error("input '" + val.name + "': shape " + shape_str(is) + " has more than 2^40 elements");  // the ops' arithmetic relies on it
+        throw Error("input '" + val.name + "': shape " + shape_str(is) +
+                    " has more than 2^40 elements");  // the ops' arithmetic relies on it
       g.add_input(val.name, input_shapes[next_input++], val.desc.dtype);
       ++v;
     } else if (val.kind == ValueKind::Param || val.kind == ValueKind::Buffer) {
@@ -281,28 +294,32 @@ Graph replay(const Graph& src, const std::vector<Shape>& input_shapes, bool chec
       ++v;
     } else {
       if (next_node >= src.nodes.size() || src.nodes[next_node].outputs.empty() || src.nodes[next_node].outputs[0] != v)
-        throw Error(value_label(src, v) + " is not the first output of the next node in order (node outputs must follow "
+        throw Error(value_label(src, v) +
+                    " is not the first output of the next node in order (node outputs must follow "
                     "their inputs as consecutive value ids)");
       const Node& n = src.nodes[next_node++];
       for (int in : n.inputs)
         if (in < 0 || in >= v)
-          throw Error("node '" + n.name + "' reads value id " + std::to_string(in) + ", which is not defined before it "
+          throw Error("node '" + n.name + "' reads value id " + std::to_string(in) +
+                      ", which is not defined before it "
                       "(forward or cyclic reference)");
       std::vector<int> outs = g.add_node(n.op, n.inputs, n.attrs, n.name);
       if (outs.size() != n.outputs.size())
-        throw Error("node '" + n.name + "' lists " + std::to_string(n.outputs.size()) + " outputs, op '" + n.op + "' gives " +
-                    std::to_string(outs.size()));
+        throw Error("node '" + n.name + "' lists " + std::to_string(n.outputs.size()) + " outputs, op '" + n.op +
+                    "' gives " + std::to_string(outs.size()));
       for (size_t k = 0; k < outs.size(); ++k) {
         if (n.outputs[k] != outs[k] || (k > 0 && src.values[outs[k]].kind != ValueKind::Intermediate))
-          throw Error("node '" + n.name + "': outputs must be consecutive intermediate value ids starting at " + std::to_string(v));
+          throw Error("node '" + n.name + "': outputs must be consecutive intermediate value ids starting at " +
+                      std::to_string(v));
         const TensorDesc& d = g.values[outs[k]].desc;
         if (checked_numel(d.shape) < 0)
           throw Error("node '" + n.name + "': output shape " + shape_str(d.shape) + " has more than 2^40 elements");
         const Value& stored = src.values[outs[k]];
-        if (check_stored && (stored.desc.shape != d.shape || stored.desc.dtype != d.dtype || stored.name != g.values[outs[k]].name))
-          throw Error(value_label(src, outs[k]) + " is stored as " + shape_str(stored.desc.shape) + " " + dtype_name(stored.desc.dtype) +
-                      ", shape inference of node '" + n.name + "' gives '" + g.values[outs[k]].name + "' " + shape_str(d.shape) + " " +
-                      dtype_name(d.dtype));
+        if (check_stored &&
+            (stored.desc.shape != d.shape || stored.desc.dtype != d.dtype || stored.name != g.values[outs[k]].name))
+          throw Error(value_label(src, outs[k]) + " is stored as " + shape_str(stored.desc.shape) + " " +
+                      dtype_name(stored.desc.dtype) + ", shape inference of node '" + n.name + "' gives '" +
+                      g.values[outs[k]].name + "' " + shape_str(d.shape) + " " + dtype_name(d.dtype));
       }
       v += int(outs.size());
     }
@@ -319,7 +336,8 @@ std::vector<uint8_t> encode(const Model& m) {
   const Graph& g = m.graph();
   ParamStore& store = *m.params();
   if (g.values.size() > kMaxValues || g.nodes.size() > kMaxValues || store.entries().size() > kMaxValues)
-    throw Error("the model is larger than the format allows (" + std::to_string(kMaxValues) + " values, nodes or tensors)");
+    throw Error("the model is larger than the format allows (" + std::to_string(kMaxValues) +
+                " values, nodes or tensors)");
 
   Writer meta;
   meta.shape(m.input_shape(), "input shape");
@@ -347,10 +365,13 @@ std::vector<uint8_t> encode(const Model& m) {
     for (auto& kv : n.attrs.ints) {
       gr.str(kv.first, "attribute name");
       if (kv.second.size() > kMaxAttrLen)
-        throw Error("node '" + n.name + "': attribute '" + kv.first + "' holds more than " + std::to_string(kMaxAttrLen) + " integers");
+        throw Error("node '" + n.name + "': attribute '" + kv.first + "' holds more than " +
+                    std::to_string(kMaxAttrLen) + " integers");
       gr.u32(uint32_t(kv.second.size()));
       for (auto x : kv.second) {
-        if (x > kMaxDim || x < -kMaxDim) throw Error("node '" + n.name + "': attribute '" + kv.first + "' value " + std::to_string(x) + " is out of range");
+        if (x > kMaxDim || x < -kMaxDim)
+          throw Error("node '" + n.name + "': attribute '" + kv.first + "' value " + std::to_string(x) +
+                      " is out of range");
         gr.i64(x);
       }
     }
@@ -377,12 +398,17 @@ std::vector<uint8_t> encode(const Model& m) {
     tens.u64(uint64_t(numel(e.shape)) * 4);
   }
 
-  const struct { const char* name; size_t size; uint64_t limit; } parts[3] = {
-      {"meta", meta.b.size(), kMaxMetaBytes}, {"graph", gr.b.size(), kMaxGraphBytes}, {"tensors", tens.b.size(), kMaxTensorsBytes}};
+  const struct {
+    const char* name;
+    size_t size;
+    uint64_t limit;
+  } parts[3] = {{"meta", meta.b.size(), kMaxMetaBytes},
+                {"graph", gr.b.size(), kMaxGraphBytes},
+                {"tensors", tens.b.size(), kMaxTensorsBytes}};
   for (auto& p : parts)
     if (p.size > p.limit)
-      throw Error(std::string("the ") + p.name + " section would be " + std::to_string(p.size) + " bytes long, more than the format's limit of " +
-                  std::to_string(p.limit));
+      throw Error(std::string("the ") + p.name + " section would be " + std::to_string(p.size) +
+                  " bytes long, more than the format's limit of " + std::to_string(p.limit));
 
   const size_t n_sections = 4;
   const size_t meta_off = kHeaderSize + n_sections * kSectionEntrySize;
@@ -445,8 +471,10 @@ std::string n_bytes(uint64_t b) {
   std::string s = std::to_string(b) + " bytes";
   if (b >= (uint64_t(1) << 20)) {
     char buf[48];
-    if (b >= (uint64_t(1) << 30)) std::snprintf(buf, sizeof buf, " (%.1f GiB)", double(b) / double(uint64_t(1) << 30));
-    else std::snprintf(buf, sizeof buf, " (%.1f MiB)", double(b) / double(uint64_t(1) << 20));
+    if (b >= (uint64_t(1) << 30))
+      std::snprintf(buf, sizeof buf, " (%.1f GiB)", double(b) / double(uint64_t(1) << 30));
+    else
+      std::snprintf(buf, sizeof buf, " (%.1f MiB)", double(b) / double(uint64_t(1) << 20));
     s += buf;
   }
   return s;
@@ -475,11 +503,12 @@ std::string where_it_ends(ByteSource& src, const uint8_t* h, uint64_t size) {
       const uint64_t off = load_le64(e + 8), sz = load_le64(e + 16);
       if (kind < kMeta || kind > kData) return "";
       if (off <= size && size - off < sz)
-        return std::string(" (the file ends inside the ") + kSectionNames[kind] + " section, which spans bytes [" + std::to_string(off) +
-               ", " + std::to_string(off + sz < off ? UINT64_MAX : off + sz) + "))";
+        return std::string(" (the file ends inside the ") + kSectionNames[kind] + " section, which spans bytes [" +
+               std::to_string(off) + ", " + std::to_string(off + sz < off ? UINT64_MAX : off + sz) + "))";
       if (off >= size && off < next) {
         next = off;
-        before = std::string(" (the file ends before the ") + kSectionNames[kind] + " section, which starts at byte " + std::to_string(off) + ")";
+        before = std::string(" (the file ends before the ") + kSectionNames[kind] + " section, which starts at byte " +
+                 std::to_string(off) + ")";
       }
     }
     return before;
@@ -505,18 +534,22 @@ Model decode_impl(ByteSource& file) {
   // Header: at most 64 bytes read, whatever the file's size.
   uint8_t h[kHeaderSize];
   file.read(0, size_t(std::min<uint64_t>(size, kHeaderSize)), h);
-  if (std::memcmp(h, kMagic, size_t(std::min<uint64_t>(size, 8))) != 0) throw Error("not a cnnnative model file (bad magic bytes)");
+  if (std::memcmp(h, kMagic, size_t(std::min<uint64_t>(size, 8))) != 0)
+    throw Error("not a cnnnative model file (bad magic bytes)");
   if (size < kHeaderSize)
-    throw Error("truncated: " + std::to_string(size) + " bytes, shorter than the " + std::to_string(kHeaderSize) + "-byte header");
+    throw Error("truncated: " + std::to_string(size) + " bytes, shorter than the " + std::to_string(kHeaderSize) +
+                "-byte header");
   uint32_t version = load_le32(h + 8);
   if (version != kModelFormatVersion)
     throw Error("format version " + std::to_string(version) + " is not supported (this build reads version " +
                 std::to_string(kModelFormatVersion) + ")");
-  if (load_le32(h + 12) != kHeaderSize) throw Error("header size " + std::to_string(load_le32(h + 12)) + ", expected 64");
+  if (load_le32(h + 12) != kHeaderSize)
+    throw Error("header size " + std::to_string(load_le32(h + 12)) + ", expected 64");
   uint64_t file_size = load_le64(h + 16);
   if (file_size != size) {
     if (file_size > size)
-      throw Error("truncated: " + std::to_string(size) + " bytes, the header says " + std::to_string(file_size) + where_it_ends(file, h, size));
+      throw Error("truncated: " + std::to_string(size) + " bytes, the header says " + std::to_string(file_size) +
+                  where_it_ends(file, h, size));
     throw Error(std::to_string(size) + " bytes, but the header says " + std::to_string(file_size) + " (trailing data)");
   }
   uint32_t n_sections = load_le32(h + 24), flags = load_le32(h + 28);
@@ -526,13 +559,17 @@ Model decode_impl(ByteSource& file) {
     if (h[i]) throw Error("reserved header bytes are not zero");
   if (n_sections < 1 || n_sections > kMaxSections)
     throw Error(std::to_string(n_sections) + " sections (1 to " + std::to_string(kMaxSections) + " expected)");
-  if (table_off < kHeaderSize || table_off % 8 || table_off > size || (size - table_off) / kSectionEntrySize < n_sections)
+  if (table_off < kHeaderSize || table_off % 8 || table_off > size ||
+      (size - table_off) / kSectionEntrySize < n_sections)
     throw Error("the section table (offset " + std::to_string(table_off) + ", " + std::to_string(n_sections) +
                 " entries) lies outside the file");
   const uint64_t table_end = table_off + uint64_t(n_sections) * kSectionEntrySize;
 
   // Section table (at most 16 entries): bounds against the file size, size limits, then the layout.
-  struct Sec { uint64_t off = 0, size = 0; bool present = false; };
+  struct Sec {
+    uint64_t off = 0, size = 0;
+    bool present = false;
+  };
   Sec sec[5];
   uint8_t table[kMaxSections * kSectionEntrySize];
   file.read(table_off, n_sections * kSectionEntrySize, table);
@@ -545,11 +582,13 @@ Model decode_impl(ByteSource& file) {
     if (load_le32(t + 4)) throw Error(name + " section: reserved field is not zero");
     if (sec[kind].present) throw Error(name + " section appears twice");
     if (off < table_end || off > size || sz > size - off)
-      throw Error(name + " section (offset " + std::to_string(off) + ", size " + std::to_string(sz) + ") lies outside the file (" +
-                  std::to_string(size) + " bytes) or over the header");
+      throw Error(name + " section (offset " + std::to_string(off) + ", size " + std::to_string(sz) +
+                  ") lies outside the file (" + std::to_string(size) + " bytes) or over the header");
     if (sz > kSectionLimits[kind])
-      throw Error(name + " section is " + n_bytes(sz) + " long, more than the format's limit of " + n_bytes(kSectionLimits[kind]));
-    if (kind == kData && off % kDataAlign) throw Error("data section offset " + std::to_string(off) + " is not a multiple of 64");
+      throw Error(name + " section is " + n_bytes(sz) + " long, more than the format's limit of " +
+                  n_bytes(kSectionLimits[kind]));
+    if (kind == kData && off % kDataAlign)
+      throw Error("data section offset " + std::to_string(off) + " is not a multiple of 64");
     sec[kind] = Sec{off, sz, true};
   }
   for (uint32_t k = kMeta; k <= kData; ++k)
@@ -563,14 +602,16 @@ Model decode_impl(ByteSource& file) {
     const std::string name = kSectionNames[k];
     if (sec[k].off < pos)
       throw Error(name + " section (offset " + std::to_string(sec[k].off) + ") overlaps or comes before the " + prev +
-                  " (which ends at byte " + std::to_string(pos) + "); the sections follow the table in the order meta, graph, tensors, data");
+                  " (which ends at byte " + std::to_string(pos) +
+                  "); the sections follow the table in the order meta, graph, tensors, data");
     if (sec[k].off - pos > kMaxPadding)
-      throw Error(std::to_string(sec[k].off - pos) + " unaccounted bytes between the " + prev + " and the " + name + " section (at most " +
-                  std::to_string(kMaxPadding) + " bytes of alignment padding)");
+      throw Error(std::to_string(sec[k].off - pos) + " unaccounted bytes between the " + prev + " and the " + name +
+                  " section (at most " + std::to_string(kMaxPadding) + " bytes of alignment padding)");
     pos = sec[k].off + sec[k].size;
     prev = name + " section";
   }
-  if (pos != size) throw Error(std::to_string(size - pos) + " unaccounted bytes after the data section (the file ends with it)");
+  if (pos != size)
+    throw Error(std::to_string(size - pos) + " unaccounted bytes after the data section (the file ends with it)");
 
   // Everything before the weights: header, table and the structure sections, at most ~84 MiB by the limits.
   const uint64_t d0 = sec[kData].off, d1 = sec[kData].off + sec[kData].size;
@@ -588,7 +629,8 @@ Model decode_impl(ByteSource& file) {
   std::set<std::string> extra_names;
   for (uint32_t i = 0, n = mr.count("extra state entries", kMaxValues, 12); i < n; ++i) {
     std::string name = mr.str("extra state name");
-    if (name.empty() || !extra_names.insert(name).second) mr.fail("extra state name '" + name + "' is empty or repeated");
+    if (name.empty() || !extra_names.insert(name).second)
+      mr.fail("extra state name '" + name + "' is empty or repeated");
     extra.push_back({name, mr.i64("extra state value")});
   }
   mr.end();
@@ -631,7 +673,8 @@ Model decode_impl(ByteSource& file) {
       std::vector<int64_t> vals(len);
       for (auto& x : vals) {
         x = gr.i64("attribute '" + key + "'");
-        if (x > kMaxDim || x < -kMaxDim) gr.fail(what + ": attribute '" + key + "' value " + std::to_string(x) + " is out of range");
+        if (x > kMaxDim || x < -kMaxDim)
+          gr.fail(what + ": attribute '" + key + "' value " + std::to_string(x) + " is out of range");
       }
       if (!n.attrs.ints.emplace(key, std::move(vals)).second) gr.fail(what + ": attribute '" + key + "' appears twice");
     }
@@ -639,13 +682,15 @@ Model decode_impl(ByteSource& file) {
     for (uint32_t a = 0; a < nf; ++a) {
       std::string key = gr.str(what + " attribute name");
       double x = gr.f64("attribute '" + key + "'");
-      if (n.attrs.ints.count(key) || !n.attrs.floats.emplace(key, x).second) gr.fail(what + ": attribute '" + key + "' appears twice");
+      if (n.attrs.ints.count(key) || !n.attrs.floats.emplace(key, x).second)
+        gr.fail(what + ": attribute '" + key + "' appears twice");
     }
     n.inputs = gr.ids("input", kMaxNodeIO, nv, what);
     n.outputs = gr.ids("output", kMaxNodeIO, nv, what);
     for (int o : n.outputs) {
       Value& v = src.values[o];
-      if (v.kind != ValueKind::Intermediate) gr.fail(what + " outputs value " + std::to_string(o) + ", which is a graph input or parameter");
+      if (v.kind != ValueKind::Intermediate)
+        gr.fail(what + " outputs value " + std::to_string(o) + ", which is a graph input or parameter");
       if (v.producer >= 0) gr.fail("value " + std::to_string(o) + " is produced by two nodes");
       v.producer = int(i);
     }
@@ -654,10 +699,13 @@ Model decode_impl(ByteSource& file) {
   src.outputs = gr.ids("output", kMaxNodeIO, nv, "the graph");
   gr.end();
   if (graph_inputs != src.inputs) gr.fail("the graph input list does not match the input values");
-  if (src.inputs.size() != 1) gr.fail("the graph has " + std::to_string(src.inputs.size()) + " inputs (a model takes exactly one)");
-  if (src.outputs.size() != 1) gr.fail("the graph has " + std::to_string(src.outputs.size()) + " outputs (a model gives exactly one)");
+  if (src.inputs.size() != 1)
+    gr.fail("the graph has " + std::to_string(src.inputs.size()) + " inputs (a model takes exactly one)");
+  if (src.outputs.size() != 1)
+    gr.fail("the graph has " + std::to_string(src.outputs.size()) + " outputs (a model gives exactly one)");
   if (src.values[src.inputs[0]].desc.shape != input_shape)
-    gr.fail("the graph input is " + shape_str(src.values[src.inputs[0]].desc.shape) + " but the model's input shape is " + shape_str(input_shape));
+    gr.fail("the graph input is " + shape_str(src.values[src.inputs[0]].desc.shape) +
+            " but the model's input shape is " + shape_str(input_shape));
 
   // Shape inference, node by node (the op's own errors surface here).
   Graph g = replay(src, {input_shape}, true);
@@ -681,18 +729,19 @@ Model decode_impl(ByteSource& file) {
     t.offset = tr.u64(what + " data offset");
     t.nbytes = tr.u64(what + " data size");
     if (t.nbytes != uint64_t(checked_numel(t.shape)) * 4)
-      tr.fail(what + ": " + std::to_string(t.nbytes) + " data bytes for shape " + shape_str(t.shape) + " (float32 needs " +
-              std::to_string(checked_numel(t.shape) * 4) + ")");
+      tr.fail(what + ": " + std::to_string(t.nbytes) + " data bytes for shape " + shape_str(t.shape) +
+              " (float32 needs " + std::to_string(checked_numel(t.shape) * 4) + ")");
     if (t.offset % kDataAlign) tr.fail(what + ": data offset " + std::to_string(t.offset) + " is not a multiple of 64");
     if (t.offset < d0 || t.offset > d1 || t.nbytes > d1 - t.offset)
-      tr.fail(what + ": data [" + std::to_string(t.offset) + ", +" + std::to_string(t.nbytes) + ") lies outside the data section [" +
-              std::to_string(d0) + ", " + std::to_string(d1) + ")");
+      tr.fail(what + ": data [" + std::to_string(t.offset) + ", +" + std::to_string(t.nbytes) +
+              ") lies outside the data section [" + std::to_string(d0) + ", " + std::to_string(d1) + ")");
     order.push_back({t.offset, i});
   }
   tr.end();
   std::sort(order.begin(), order.end());
   for (size_t i = 1; i < order.size(); ++i)
-    if (order[i].first < order[i - 1].first + tensors[order[i - 1].second].nbytes) tr.fail("tensor data ranges overlap");
+    if (order[i].first < order[i - 1].first + tensors[order[i - 1].second].nbytes)
+      tr.fail("tensor data ranges overlap");
   for (int p : g.params) {
     const Value& v = g.values[p];
     auto it = by_name.find(v.name);
@@ -700,8 +749,8 @@ Model decode_impl(ByteSource& file) {
     const TensorRec& t = tensors[it->second];
     const bool trainable = v.kind == ValueKind::Param;
     if (t.shape != v.desc.shape || t.trainable != trainable)
-      tr.fail("tensor '" + t.name + "' is " + shape_str(t.shape) + (t.trainable ? " trainable" : " non-trainable") + ", the graph expects " +
-              shape_str(v.desc.shape) + (trainable ? " trainable" : " non-trainable"));
+      tr.fail("tensor '" + t.name + "' is " + shape_str(t.shape) + (t.trainable ? " trainable" : " non-trainable") +
+              ", the graph expects " + shape_str(v.desc.shape) + (trainable ? " trainable" : " non-trainable"));
   }
   // The data section holds the tensors back to back (each at the next multiple of 64) and nothing else, so
   // its size, and with it the file's, is what the tensor table says; checked before any weight is read.
@@ -710,8 +759,8 @@ Model decode_impl(ByteSource& file) {
   uint64_t need = 0;  // no overflow: the ranges lie inside [d0, d1) without overlapping
   for (auto& o : order) need = align_up(need, kDataAlign) + tensors[o.second].nbytes;
   if (need != d1 - d0)
-    throw Error("the data section is " + n_bytes(d1 - d0) + " long, but the " + std::to_string(nt) + " tensors take " + n_bytes(need) +
-                " (the file size does not match its tensors)");
+    throw Error("the data section is " + n_bytes(d1 - d0) + " long, but the " + std::to_string(nt) + " tensors take " +
+                n_bytes(need) + " (the file size does not match its tensors)");
   const uint64_t memory = physical_memory_bytes();
   if (need > memory)
     throw Error("the weights take " + n_bytes(need) + ", more than this machine's memory (" + n_bytes(memory) + ")");

@@ -28,13 +28,13 @@ enum Section : uint32_t { kMeta = 1, kGraph = 2, kTensors = 3, kData = 4 };
 // Limits a valid file stays within; anything beyond is rejected before allocating.
 constexpr uint32_t kMaxSections = 16;
 constexpr uint32_t kMaxRank = 8;
-constexpr uint32_t kMaxString = 4096;      // bytes in a name, op name or attribute key
-constexpr uint32_t kMaxAttrs = 64;         // attributes per node (ints + floats)
-constexpr uint32_t kMaxAttrLen = 64;       // integers in one attribute list
-constexpr uint32_t kMaxNodeIO = 64;        // inputs or outputs of one node
-constexpr uint32_t kMaxValues = 1u << 24;  // values, nodes, tensors in one file
-constexpr int64_t kMaxDim = (int64_t(1) << 31) - 1;       // one stored dimension or |integer attribute|
-constexpr int64_t kMaxElements = int64_t(1) << 40;        // elements in one tensor, stored or inferred
+constexpr uint32_t kMaxString = 4096;                // bytes in a name, op name or attribute key
+constexpr uint32_t kMaxAttrs = 64;                   // attributes per node (ints + floats)
+constexpr uint32_t kMaxAttrLen = 64;                 // integers in one attribute list
+constexpr uint32_t kMaxNodeIO = 64;                  // inputs or outputs of one node
+constexpr uint32_t kMaxValues = 1u << 24;            // values, nodes, tensors in one file
+constexpr int64_t kMaxDim = (int64_t(1) << 31) - 1;  // one stored dimension or |integer attribute|
+constexpr int64_t kMaxElements = int64_t(1) << 40;   // elements in one tensor, stored or inferred
 // Bytes in each structure section. The loader reads these sections whole (and the decoded graph takes up
 // to ~20 times its section in memory), so each is bounded before it is read; real models use kilobytes.
 constexpr uint64_t kMaxMetaBytes = uint64_t(4) << 20;      // 4 MiB

@@ -45,7 +45,9 @@ class SessionImpl {
   std::vector<void*> ptr;  // per value
   std::vector<std::unique_ptr<Kernel>> kernels;
   std::vector<std::vector<void*>> node_in, node_out;
-  struct Patch { int node, slot, feed; };
+  struct Patch {
+    int node, slot, feed;
+  };
   std::vector<Patch> patches;   // node inputs that are caller buffers (host-accessible backends)
   std::vector<int> feed_fetch;  // fetch index -> feed index when a fetched value is a feed, else -1
 
@@ -94,7 +96,11 @@ std::string mib(size_t b) {
 SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, const CompileOptions& o)
     : plan((apply_num_threads(),  // oneDNN sizes its primitives for the thread count at creation
             st ? compile_plan(graph, *st, o) : throw Error("compile: no parameter store"))),
-      g(plan.graph), opt(plan.opt), backend(*plan.backend), store(std::move(st)), lr(o.optim.lr) {
+      g(plan.graph),
+      opt(plan.opt),
+      backend(*plan.backend),
+      store(std::move(st)),
+      lr(o.optim.lr) {
   report = plan.report;
   const size_t nv = g.values.size();
   const int n_steps = int(g.nodes.size());
@@ -135,7 +141,8 @@ SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, con
   const size_t fixed_bytes = opt.mode == Mode::Train ? store->num_params() * 4 * 4 : 0;  // grads + up to 3 state blocks
   check_budget(plan.memory.arena_bytes + fixed_bytes, budget);
   arena = backend.allocate(std::max<size_t>(plan.memory.arena_bytes, 64));
-  for (size_t i = 0; i < plan.planned.size(); ++i) ptr[plan.planned[i]] = static_cast<char*>(arena.get()) + plan.memory.offsets[i];
+  for (size_t i = 0; i < plan.planned.size(); ++i)
+    ptr[plan.planned[i]] = static_cast<char*>(arena.get()) + plan.memory.offsets[i];
   for (size_t v = 0; v < nv; ++v)
     if (plan.alias_of[v] != int(v)) ptr[v] = ptr[plan.alias_of[v]];
 
@@ -174,7 +181,8 @@ SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, con
     for (size_t i = 0; i < n.inputs.size(); ++i) {
       in.push_back(ptr[n.inputs[i]]);
       if (plan.storage[n.inputs[i]] == Storage::Feed && backend.host_accessible()) {
-        int fi = int(std::find(plan.feed_values.begin(), plan.feed_values.end(), n.inputs[i]) - plan.feed_values.begin());
+        int fi =
+            int(std::find(plan.feed_values.begin(), plan.feed_values.end(), n.inputs[i]) - plan.feed_values.begin());
         patches.push_back({s, int(i), fi});
       }
     }
@@ -206,7 +214,8 @@ SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, con
   scratch = backend.allocate(std::max<size_t>(scratch_bytes, 64));
   if (persist_total) prepared = backend.allocate(persist_total);
   for (size_t s = 0; s < kernels.size(); ++s)
-    persist_ptr.push_back(kernels[s]->persistent_bytes() ? static_cast<char*>(prepared.get()) + persist_off[s] : nullptr);
+    persist_ptr.push_back(kernels[s]->persistent_bytes() ? static_cast<char*>(prepared.get()) + persist_off[s]
+                                                         : nullptr);
   report.prepared_bytes = persist_total;
   report.scratch_bytes = scratch_bytes;
   prof_ns.assign(n_steps + 1, 0.0);
@@ -232,7 +241,8 @@ SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, con
     } else {
       throw Error("unknown optimizer '" + oc.kind + "' (sgd, adam, adamw)");
     }
-    report.optimizer_state_bytes = (state_m ? n_grad * 4 : 0) + (state_v ? n_grad * 4 : 0) + (state_vmax ? n_grad * 4 : 0);
+    report.optimizer_state_bytes =
+        (state_m ? n_grad * 4 : 0) + (state_v ? n_grad * 4 : 0) + (state_vmax ? n_grad * 4 : 0);
     // BN running statistics change during the forward pass; a step that fails restores them from here.
     if (store->num_buffers()) buffers_backup = backend.allocate(store->num_buffers() * 4);
   }
@@ -293,13 +303,16 @@ void SessionImpl::check_budget(size_t need, size_t budget) const {
   for (size_t i = 0; i < order.size() && i < 3; ++i) {
     const Value& v = g.values[planned[order[i]]];
     const int prod = v.producer;
-    largest += std::string(i ? ", " : "") + "'" + (prod >= 0 ? g.nodes[prod].name + "' (" + g.nodes[prod].op + ")" : v.name + "'") +
-               " " + shape_str(v.desc.shape) + " " + mib(reqs[order[i]].size);
+    largest += std::string(i ? ", " : "") + "'" +
+               (prod >= 0 ? g.nodes[prod].name + "' (" + g.nodes[prod].op + ")" : v.name + "'") + " " +
+               shape_str(v.desc.shape) + " " + mib(reqs[order[i]].size);
   }
-  throw Error("compile: the session needs " + mib(need) + " (activation arena, scratch, prepared weights" +
-              (opt.mode == Mode::Train ? std::string(", gradients and optimizer state") : std::string()) + "), over the budget of " +
-              mib(budget) + (opt.max_arena_bytes ? " (max_arena_bytes)" : " (the machine's physical memory; raise it with max_arena_bytes)") +
-              (largest.empty() ? std::string() : "; largest values: " + largest));
+  throw Error(
+      "compile: the session needs " + mib(need) + " (activation arena, scratch, prepared weights" +
+      (opt.mode == Mode::Train ? std::string(", gradients and optimizer state") : std::string()) +
+      "), over the budget of " + mib(budget) +
+      (opt.max_arena_bytes ? " (max_arena_bytes)" : " (the machine's physical memory; raise it with max_arena_bytes)") +
+      (largest.empty() ? std::string() : "; largest values: " + largest));
 }
 
 // "'name' at [i, j]" for a flat index into the parameter (trainable) or buffer block.
@@ -337,16 +350,19 @@ void SessionImpl::update() {
     int64_t i = backend.first_non_finite(gr, n_grad);
     float bad = 0;
     backend.copy_out(&bad, gr + i, sizeof bad);
-    diverged("the gradient of " + locate(true, size_t(i)) + " is " + (std::isnan(bad) ? "nan" : "inf") + " (the loss was finite)");
+    diverged("the gradient of " + locate(true, size_t(i)) + " is " + (std::isnan(bad) ? "nan" : "inf") +
+             " (the loss was finite)");
   }
   if (maxima_version == 0 || maxima_version != store->version()) {  // written from outside: measure the blocks
     maxima.p = backend.absmax(p, n_grad, &finite);
     if (!finite) {
       int64_t i = backend.first_non_finite(p, n_grad);
-      diverged("parameter " + locate(true, size_t(i)) + " is not finite before the update (it was written so from outside)");
+      diverged("parameter " + locate(true, size_t(i)) +
+               " is not finite before the update (it was written so from outside)");
     }
     maxima.m = m ? backend.absmax(m, n_grad, nullptr) : 0.f;
-    maxima.v = std::max(v ? backend.absmax(v, n_grad, nullptr) : 0.f, vmax ? backend.absmax(vmax, n_grad, nullptr) : 0.f);
+    maxima.v =
+        std::max(v ? backend.absmax(v, n_grad, nullptr) : 0.f, vmax ? backend.absmax(vmax, n_grad, nullptr) : 0.f);
   }
   const double P = maxima.p, M = maxima.m, V = maxima.v;
   const double limit = 0.5 * double(std::numeric_limits<float>::max());
@@ -394,10 +410,12 @@ void SessionImpl::update() {
     const double d = c.decoupled ? G : G + wd * pv;
     const double mn = 2.0 * (M + d);  // the lerp and its intermediate d - m
     const double vn = double(c.beta2) * V + d * d, s = std::max(V, vn);
-    const double bc1 = 1.0 - std::pow(double(c.beta1), double(t)), bc2s = std::sqrt(1.0 - std::pow(double(c.beta2), double(t)));
+    const double bc1 = 1.0 - std::pow(double(c.beta1), double(t)),
+                 bc2s = std::sqrt(1.0 - std::pow(double(c.beta2), double(t)));
     const double step_size = lrd / bc1, eps = c.eps;
     const bool ok = eps > 0 && bc2s > 0 &&
-                    below({pv, d, mn, vn, s, d * d, std::sqrt(s) / bc2s, step_size * mn, step_size * mn / eps, pv + step_size * mn / eps});
+                    below({pv, d, mn, vn, s, d * d, std::sqrt(s) / bc2s, step_size * mn, step_size * mn / eps,
+                           pv + step_size * mn / eps});
     if (!ok) {
       long i = backend.adam_first_non_finite(p, gr, m, v, vmax, n_grad, c, t);
       if (i >= 0) fail_at(i);
@@ -420,9 +438,10 @@ void SessionImpl::run(const std::vector<const void*>& fd) {
     int64_t bad = opt.compute == DType::f64 ? first_non_finite(static_cast<const double*>(fd[i]), n)
                                             : first_non_finite(static_cast<const float*>(fd[i]), n);
     if (bad >= 0) {
-      double v = opt.compute == DType::f64 ? static_cast<const double*>(fd[i])[bad] : static_cast<const float*>(fd[i])[bad];
-      throw Error("input '" + plan.feeds[i].name + "' has a non-finite value (" + (std::isnan(v) ? "nan" : "inf") + ") at " +
-                  index_str(d.shape, bad) + "; nothing was run or updated");
+      double v =
+          opt.compute == DType::f64 ? static_cast<const double*>(fd[i])[bad] : static_cast<const float*>(fd[i])[bad];
+      throw Error("input '" + plan.feeds[i].name + "' has a non-finite value (" + (std::isnan(v) ? "nan" : "inf") +
+                  ") at " + index_str(d.shape, bad) + "; nothing was run or updated");
     }
   }
   if (backend.host_accessible()) {
@@ -488,8 +507,8 @@ void SessionImpl::run(const std::vector<const void*>& fd) {
     const double L = loss_host;
     if (!std::isfinite(L)) {
       restore();
-      throw Error(std::string("non-finite loss (") + (std::isnan(L) ? "nan" : "inf") + ") at step " + std::to_string(steps) +
-                  "; parameters and running statistics were not updated");
+      throw Error(std::string("non-finite loss (") + (std::isnan(L) ? "nan" : "inf") + ") at step " +
+                  std::to_string(steps) + "; parameters and running statistics were not updated");
     }
     try {
       // BN's running variance overflows first when training diverges (the normalized loss can stay finite)
@@ -534,7 +553,9 @@ Session::~Session() = default;
 const std::vector<FeedInfo>& Session::feeds() const { return impl_->plan.feeds; }
 const std::vector<FeedInfo>& Session::fetches() const { return impl_->plan.fetches; }
 void Session::run(const std::vector<const void*>& feeds) { impl_->run(feeds); }
-std::unique_lock<std::recursive_mutex> Session::lock() const { return std::unique_lock<std::recursive_mutex>(impl_->mu); }
+std::unique_lock<std::recursive_mutex> Session::lock() const {
+  return std::unique_lock<std::recursive_mutex>(impl_->mu);
+}
 const void* Session::fetch(size_t i) const {
   const auto& I = *impl_;
   if (i >= I.plan.fetch_values.size()) throw Error("fetch index out of range");

@@ -25,7 +25,8 @@ constexpr int64_t kNativeWindow = 256;  // forward windows of this many elements
 // x [N,C,H,W] and y [N,C,OH,OW], whichever direction the kernel runs.
 struct Planes {
   Shape x, y;
-  Planes(const KernelCtx& c, bool bwd) : x(bwd ? c.out[0].shape : c.in[0].shape), y(bwd ? c.in[0].shape : c.out[0].shape) {}
+  Planes(const KernelCtx& c, bool bwd)
+      : x(bwd ? c.out[0].shape : c.in[0].shape), y(bwd ? c.in[0].shape : c.out[0].shape) {}
   bool divisible() const { return x[2] % y[2] == 0 && x[3] % y[3] == 0; }
   bool large() const { return ((x[2] + y[2] - 1) / y[2]) * ((x[3] + y[3] - 1) / y[3]) >= kNativeWindow; }
   dims kernel() const { return {x[2] / y[2], x[3] / y[3]}; }
@@ -33,8 +34,8 @@ struct Planes {
 
 dnnl::pooling_forward::primitive_desc fwd_pd(dnnl::prop_kind prop, const Planes& p, const dnnl::memory::desc& x,
                                              const dnnl::memory::desc& y, const dnnl::primitive_attr& attr) {
-  return dnnl::pooling_forward::primitive_desc(engine(), prop, kAvg, x, y, p.kernel(), p.kernel(), dims{0, 0}, dims{0, 0},
-                                               dims{0, 0}, attr);
+  return dnnl::pooling_forward::primitive_desc(engine(), prop, kAvg, x, y, p.kernel(), p.kernel(), dims{0, 0},
+                                               dims{0, 0}, dims{0, 0}, attr);
 }
 
 // in: x; out: y
@@ -68,8 +69,8 @@ struct PooledBwd : Kernel {
     Planes p(c, true);
     auto dy = md_of(c.in[0], c.layout_in(0)), dx = md_of(c.out[0], c.layout_out(0));
     auto hint = fwd_pd(dnnl::prop_kind::forward_training, p, dx, dy, dnnl::primitive_attr());
-    dnnl::pooling_backward::primitive_desc pd(engine(), kAvg, dx, dy, p.kernel(), p.kernel(), dims{0, 0}, dims{0, 0}, dims{0, 0},
-                                              hint, user_scratchpad_attr());
+    dnnl::pooling_backward::primitive_desc pd(engine(), kAvg, dx, dy, p.kernel(), p.kernel(), dims{0, 0}, dims{0, 0},
+                                              dims{0, 0}, hint, user_scratchpad_attr());
     ex = DnnlExec(dnnl::pooling_backward(pd));
     impl_name = onednn_impl(pd);
     ex.bind(DNNL_ARG_DIFF_DST, dy, Src::in(0));
@@ -103,11 +104,14 @@ struct AdaptiveNative : Kernel {
   AdaptiveNative(const Planes& p, Layout l, bool bwd)
       : G(0), V(1), H(p.x[2]), W(p.x[3]), OH(p.y[2]), OW(p.y[3]), wh(H, OH), ww(W, OW), backward(bwd) {
     const int64_t N = p.x[0], C = p.x[1], b = l == Layout::nChw16c ? 16 : l == Layout::nChw8c ? 8 : 1;
-    if (l == Layout::nhwc) G = N, V = C;
-    else G = N * ((C + b - 1) / b), V = b;
+    if (l == Layout::nhwc)
+      G = N, V = C;
+    else
+      G = N * ((C + b - 1) / b), V = b;
     win.h0 = wh.begin, win.h1 = wh.end, win.w0 = ww.begin, win.w1 = ww.end;
     for (int64_t oh = 0; oh < OH; ++oh)
-      for (int64_t ow = 0; ow < OW; ++ow) win.inv.push_back(1.0 / double((wh.end[oh] - wh.begin[oh]) * (ww.end[ow] - ww.begin[ow])));
+      for (int64_t ow = 0; ow < OW; ++ow)
+        win.inv.push_back(1.0 / double((wh.end[oh] - wh.begin[oh]) * (ww.end[ow] - ww.begin[ow])));
   }
   red::PoolWindows win;  // the same windows for the forward pass
   // float64 accumulators of the forward pass: one output row's OW pixels of V lanes per group

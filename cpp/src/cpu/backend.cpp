@@ -11,7 +11,8 @@ class CpuBackend : public HostBackend {
   bool has_layouts() const override { return true; }
   bool has_fast_kernels() const override { return true; }
   std::string bf16_unavailable() const override {
-    return cpu_has_avx512_bf16() ? "" : "bfloat16 activations need a CPU with AVX512-BF16 instructions; this one has none";
+    return cpu_has_avx512_bf16() ? ""
+                                 : "bfloat16 activations need a CPU with AVX512-BF16 instructions; this one has none";
   }
 };
 

@@ -120,7 +120,7 @@ struct BatchNormFwd : Kernel {
     float *running_mean, *running_var, *save_mean, *save_var;
     double *sum, *m2;
     float *mean_c, *scale_c, *shift_c;  // per channel (Cp floats): y = (x - mean_c) * scale_c + shift_c
-    bool stream;  // y is written with non-temporal stores
+    bool stream;                        // y is written with non-temporal stores
   };
 
   void stats(const Args& a, int64_t u) const {
@@ -257,8 +257,8 @@ struct BatchNormBwd : Kernel {
   }
   void apply(const Args& a, int64_t u) const {
     const int64_t o = chunks.offset(u), c0 = chunks.chan0(u), V = chunks.lv.V;
-    red::lane_affine_bwd(a.dy + o, a.x + o, a.dx + o, chunks.count(u), V, V, a.mean_c + c0, a.coef_a + c0, a.coef_b + c0,
-                         a.coef_c + c0);
+    red::lane_affine_bwd(a.dy + o, a.x + o, a.dx + o, chunks.count(u), V, V, a.mean_c + c0, a.coef_a + c0,
+                         a.coef_b + c0, a.coef_c + c0);
   }
 
   void run(const RunCtx& r) override {

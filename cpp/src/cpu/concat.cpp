@@ -67,12 +67,15 @@ Shape physical(const Shape& s, Layout l, int64_t a, int64_t* pa) {
 // in: x; out: y0 .. yK-1 (physical shapes, see physical()). x's row o (of `outer`) is y0's row o, y1's row o,
 // ... side by side.
 struct SplitNative : Kernel {
-  static constexpr int64_t kChunk = 1 << 16;        // elements per work item
-  static constexpr int64_t kParallel = 1 << 15;     // below this many elements, one thread
-  struct Item { int k; int64_t begin, end; };       // elements [begin, end) of output k
+  static constexpr int64_t kChunk = 1 << 16;     // elements per work item
+  static constexpr int64_t kParallel = 1 << 15;  // below this many elements, one thread
+  struct Item {
+    int k;
+    int64_t begin, end;
+  };  // elements [begin, end) of output k
   size_t esize;
   int64_t row = 0, total = 0;
-  std::vector<int64_t> len, off;                    // per output: row length and offset inside x's row
+  std::vector<int64_t> len, off;  // per output: row length and offset inside x's row
   std::vector<Item> items;
   SplitNative(const KernelCtx& c, Layout l) : esize(dtype_size(c.in[0].dtype)) {
     const int64_t logical_axis = axis_of(c.node, c.in[0].shape.size());
@@ -114,7 +117,10 @@ struct SplitNative : Kernel {
 // Blocked layout (block b), split along C. x: [N, XB, HW, b]; output k: [N, ceil(C_k / b), HW, b], channel
 // c of output k being channel off_k + c of x. Work item: one (output, n, output block) plane of HW*b values.
 struct BlockedSplit : Kernel {
-  struct Item { int k; int64_t n, j; };
+  struct Item {
+    int k;
+    int64_t n, j;
+  };
   int64_t b, HW, XB, total;
   std::vector<int64_t> C, off, nb;  // per output: channels, channel offset in x, blocks
   std::vector<Item> items;
@@ -143,9 +149,9 @@ struct BlockedSplit : Kernel {
     for (int64_t i = 0; i < ni; ++i) {
       const Item& it = items[i];
       char* y = static_cast<char*>(r.out[it.k]) + ((it.n * nb[it.k] + it.j) * HW * b) * es;
-      const int64_t c0 = off[it.k] + it.j * b;            // x channel of lane 0
+      const int64_t c0 = off[it.k] + it.j * b;                // x channel of lane 0
       const int64_t valid = std::min(b, C[it.k] - it.j * b);  // lanes holding channels of output k
-      const int64_t q = c0 / b, s = c0 % b;               // first x block and lane
+      const int64_t q = c0 / b, s = c0 % b;                   // first x block and lane
       const char* x0 = x + ((it.n * XB + q) * HW * b) * es;
       if (s == 0 && valid == b) {
         std::memcpy(y, x0, size_t(HW * b) * es);

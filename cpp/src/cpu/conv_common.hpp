@@ -38,8 +38,8 @@ struct ConvDescs {
   mdesc src, dst, w_user, w_any, bias;
   dims strides, dilates, pad;
   DType compute = DType::f32;  // src/weights dtype: bf16 when either activation is bf16 (bf16 sessions)
-  ConvDescs(const Attrs& a, DType ts, DType td, const Shape& x, const Shape& w, const Shape& y, std::optional<Layout> lx,
-            Layout ly) {
+  ConvDescs(const Attrs& a, DType ts, DType td, const Shape& x, const Shape& w, const Shape& y,
+            std::optional<Layout> lx, Layout ly) {
     int64_t G = a.i("groups", 1);
     Shape ws = G > 1 ? Shape{G, w[0] / G, w[1], w[2], w[3]} : w;
     compute = ts == DType::bf16 || td == DType::bf16 ? DType::bf16 : ts;
@@ -54,10 +54,12 @@ struct ConvDescs {
     dims d = pair_attr(a, "dilation", 1);
     dilates = {d[0] - 1, d[1] - 1};
   }
-  ConvDescs(const Attrs& a, DType t, const Shape& x, const Shape& w, const Shape& y, std::optional<Layout> lx, Layout ly)
+  ConvDescs(const Attrs& a, DType t, const Shape& x, const Shape& w, const Shape& y, std::optional<Layout> lx,
+            Layout ly)
       : ConvDescs(a, t, t, x, w, y, lx, ly) {}
   // tx, ty: the dtypes the session stores x (or dx) and y (or dy) in
-  ConvDescs(const KernelCtx& c, DType tx, DType ty, const Shape& x, const Shape& w, const Shape& y, Layout lx, Layout ly)
+  ConvDescs(const KernelCtx& c, DType tx, DType ty, const Shape& x, const Shape& w, const Shape& y, Layout lx,
+            Layout ly)
       : ConvDescs(c.node.attrs, tx, ty, x, w, y, lx, ly) {}
   dnnl::convolution_forward::primitive_desc fwd(bool with_bias, const dnnl::primitive_attr& attr = {},
                                                 dnnl::prop_kind pk = dnnl::prop_kind::forward_training) const {
@@ -76,7 +78,7 @@ int impl_rank(const std::string& impl);
 // attributes and input positions, and BN folded into the convolution (fold_bn); shared by ConvFused
 // (conv_direct.cpp) and WinoFused (conv_winograd.cpp).
 struct FusedConvAttrs {
-  bool bias, bn, sum;  // has a bias input, folds a batch norm, adds a residual
+  bool bias, bn, sum;      // has a bias input, folds a batch norm, adds a residual
   int bn_in, residual_in;  // input index of gamma (beta, mean, var follow) and of the residual
   int act;                 // 0 none, 1 relu, 2 leaky_relu
   float eps, alpha;        // BN epsilon, leaky_relu slope
@@ -106,10 +108,10 @@ struct FusedConvAttrs {
 };
 
 // The direct (oneDNN convolution_direct) kernels, deterministic ones when KernelCtx::deterministic (conv_direct.cpp).
-std::unique_ptr<Kernel> make_direct_fwd(const KernelCtx& c);           // conv2d (x, w [, b]) -> y
-std::unique_ptr<Kernel> make_direct_bwd_data(const KernelCtx& c);      // conv2d_grad_data (dy, w) -> dx
-std::unique_ptr<Kernel> make_direct_bwd_weights(const KernelCtx& c);   // conv2d_grad_weights (dy, x) -> dw [, db]
-std::unique_ptr<Kernel> make_direct_fused(const KernelCtx& c);         // fused_conv2d
+std::unique_ptr<Kernel> make_direct_fwd(const KernelCtx& c);          // conv2d (x, w [, b]) -> y
+std::unique_ptr<Kernel> make_direct_bwd_data(const KernelCtx& c);     // conv2d_grad_data (dy, w) -> dx
+std::unique_ptr<Kernel> make_direct_bwd_weights(const KernelCtx& c);  // conv2d_grad_weights (dy, x) -> dw [, db]
+std::unique_ptr<Kernel> make_direct_fused(const KernelCtx& c);        // fused_conv2d
 
 }  // namespace conv
 }  // namespace cpu

@@ -62,7 +62,7 @@ struct SrcConvert {
 };
 
 struct ConvFwd : Kernel {  // (x, w [, b]) -> y
-  std::string impl_name;  // Kernel::impl(), fixed at construction
+  std::string impl_name;   // Kernel::impl(), fixed at construction
   std::string impl() const override { return impl_name; }
   DnnlExec reorder_w, conv;
   std::optional<SrcConvert> convert;
@@ -70,13 +70,15 @@ struct ConvFwd : Kernel {  // (x, w [, b]) -> y
   PreparedVersion prepared;
   explicit ConvFwd(const KernelCtx& c) {
     bool with_bias = c.in.size() > 2;
-    ConvDescs d(c, c.in[0].dtype, c.out[0].dtype, c.in[0].shape, c.in[1].shape, c.out[0].shape, c.layout_in(0), c.layout_out(0));
+    ConvDescs d(c, c.in[0].dtype, c.out[0].dtype, c.in[0].shape, c.in[1].shape, c.out[0].shape, c.layout_in(0),
+                c.layout_out(0));
     auto pd = d.fwd(with_bias, user_scratchpad_attr(),
                     c.training ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference);
     auto r = weight_reorder(d.w_user, pd.weights_desc());
     convert.emplace(c, d);
     prepared.cached = c.cache_weights;
-    WeightScratch sc(std::max(pd.scratchpad_desc().get_size(), convert->pad()), r, pd.weights_desc().get_size(), prepared.cached);
+    WeightScratch sc(std::max(pd.scratchpad_desc().get_size(), convert->pad()), r, pd.weights_desc().get_size(),
+                     prepared.cached);
     scratch = convert->place(sc.total);
     persist = sc.persist;
     if (r) reorder_w = bind_reorder(*r, Src::in(1), sc.weights);
@@ -98,16 +100,18 @@ struct ConvFwd : Kernel {  // (x, w [, b]) -> y
 };
 
 struct ConvBwdData : Kernel {  // (dy, w) -> dx
-  std::string impl_name;  // Kernel::impl(), fixed at construction
+  std::string impl_name;       // Kernel::impl(), fixed at construction
   std::string impl() const override { return impl_name; }
   DnnlExec reorder_w, conv;
   std::optional<SrcConvert> convert;
   size_t scratch = 0;
   explicit ConvBwdData(const KernelCtx& c) {
-    ConvDescs d(c, c.out[0].dtype, c.in[0].dtype, c.out[0].shape, c.in[1].shape, c.in[0].shape, c.layout_out(0), c.layout_in(0));
+    ConvDescs d(c, c.out[0].dtype, c.in[0].dtype, c.out[0].shape, c.in[1].shape, c.in[0].shape, c.layout_out(0),
+                c.layout_in(0));
     auto hint = d.fwd(false);
-    dnnl::convolution_backward_data::primitive_desc pd(engine(), dnnl::algorithm::convolution_direct, d.src, d.w_any, d.dst,
-                                                       d.strides, d.dilates, d.pad, d.pad, hint, user_scratchpad_attr());
+    dnnl::convolution_backward_data::primitive_desc pd(engine(), dnnl::algorithm::convolution_direct, d.src, d.w_any,
+                                                       d.dst, d.strides, d.dilates, d.pad, d.pad, hint,
+                                                       user_scratchpad_attr());
     auto r = weight_reorder(d.w_user, pd.weights_desc());
     convert.emplace(c, d, 0, true);
     WeightScratch sc(std::max(pd.scratchpad_desc().get_size(), convert->pad()), r, pd.weights_desc().get_size());
@@ -129,22 +133,24 @@ struct ConvBwdData : Kernel {  // (dy, w) -> dx
 };
 
 struct ConvBwdWeights : Kernel {  // (dy, x) -> dw [, db]
-  std::string impl_name;  // Kernel::impl(), fixed at construction
+  std::string impl_name;          // Kernel::impl(), fixed at construction
   std::string impl() const override { return impl_name; }
   DnnlExec conv, reorder_dw;
   std::optional<SrcConvert> convert;
   size_t scratch = 0;
   explicit ConvBwdWeights(const KernelCtx& c) {
     bool with_bias = c.out.size() > 1;
-    ConvDescs d(c, c.in[1].dtype, c.in[0].dtype, c.in[1].shape, c.out[0].shape, c.in[0].shape, c.layout_in(1), c.layout_in(0));
+    ConvDescs d(c, c.in[1].dtype, c.in[0].dtype, c.in[1].shape, c.out[0].shape, c.in[0].shape, c.layout_in(1),
+                c.layout_in(0));
     auto hint = d.fwd(with_bias);
     if (d.compute == DType::bf16)  // mixed precision: weight gradients accumulate and leave in float32
       d.w_any = mdesc(d.w_any.get_dims(), dnnl::memory::data_type::f32, dnnl::memory::format_tag::any);
     using bpd = dnnl::convolution_backward_weights::primitive_desc;
     auto alg = dnnl::algorithm::convolution_direct;
     auto attr = user_scratchpad_attr();
-    bpd pd = with_bias ? bpd(engine(), alg, d.src, d.w_any, d.bias, d.dst, d.strides, d.dilates, d.pad, d.pad, hint, attr)
-                       : bpd(engine(), alg, d.src, d.w_any, d.dst, d.strides, d.dilates, d.pad, d.pad, hint, attr);
+    bpd pd = with_bias
+                 ? bpd(engine(), alg, d.src, d.w_any, d.bias, d.dst, d.strides, d.dilates, d.pad, d.pad, hint, attr)
+                 : bpd(engine(), alg, d.src, d.w_any, d.dst, d.strides, d.dilates, d.pad, d.pad, hint, attr);
     auto r = weight_reorder(pd.diff_weights_desc(), d.w_user);
     convert.emplace(c, d, 1);
     WeightScratch sc(std::max(pd.scratchpad_desc().get_size(), convert->pad()), r, pd.diff_weights_desc().get_size());
@@ -188,7 +194,7 @@ struct PartWeights {
 };
 
 struct ConvFwdDet : Kernel {  // conv2d (x, w [, b]) -> y
-  std::string impl_name;  // Kernel::impl(), fixed at construction
+  std::string impl_name;      // Kernel::impl(), fixed at construction
   std::string impl() const override { return impl_name; }
   DnnlExec reorder_w;
   std::optional<SrcConvert> convert;
@@ -243,7 +249,7 @@ struct ConvFwdDet : Kernel {  // conv2d (x, w [, b]) -> y
 };
 
 struct ConvBwdDataDet : Kernel {  // conv2d_grad_data (dy, w) -> dx
-  std::string impl_name;  // Kernel::impl(), fixed at construction
+  std::string impl_name;          // Kernel::impl(), fixed at construction
   std::string impl() const override { return impl_name; }
   DnnlExec reorder_w;
   std::optional<SrcConvert> convert;
@@ -294,7 +300,7 @@ struct ConvBwdDataDet : Kernel {  // conv2d_grad_data (dy, w) -> dx
 };
 
 struct ConvBwdWeightsDet : Kernel {  // conv2d_grad_weights (dy, x) -> dw [, db]
-  std::string impl_name;  // Kernel::impl(), fixed at construction
+  std::string impl_name;             // Kernel::impl(), fixed at construction
   std::string impl() const override { return impl_name; }
   std::optional<SrcConvert> convert;
   PartialWeightGrads partial_dw;
@@ -316,8 +322,9 @@ struct ConvBwdWeightsDet : Kernel {  // conv2d_grad_weights (dy, x) -> dw [, db]
       using bpd = dnnl::convolution_backward_weights::primitive_desc;
       auto alg = dnnl::algorithm::convolution_direct;
       auto attr = user_scratchpad_attr();
-      bpd pd = with_bias ? bpd(engine(), alg, p.src, wany, p.bias, p.dst, p.strides, p.dilates, p.pad, p.pad, hint, attr)
-                         : bpd(engine(), alg, p.src, wany, p.dst, p.strides, p.dilates, p.pad, p.pad, hint, attr);
+      bpd pd = with_bias
+                   ? bpd(engine(), alg, p.src, wany, p.bias, p.dst, p.strides, p.dilates, p.pad, p.pad, hint, attr)
+                   : bpd(engine(), alg, p.src, wany, p.dst, p.strides, p.dilates, p.pad, p.pad, hint, attr);
       pw.md = pd.diff_weights_desc();
       return dnnl::primitive_desc(pd);
     };
@@ -332,8 +339,8 @@ struct ConvBwdWeightsDet : Kernel {  // conv2d_grad_weights (dy, x) -> dw [, db]
     ScratchLayout L;
     L.add(std::max(convert->pad(), PartialWeightGrads::reorder_pad(wmd, d.w_user)));
     L.total = convert->place(L.total);
-    partial_dw.plan(L, N, part, ws[0], with_bias, wmd, d.w_user, make, convert->src(), d.src.get_size() / size_t(N), Src::in(0),
-             d.dst.get_size() / size_t(N));
+    partial_dw.plan(L, N, part, ws[0], with_bias, wmd, d.w_user, make, convert->src(), d.src.get_size() / size_t(N),
+                    Src::in(0), d.dst.get_size() / size_t(N));
     scratch = L.total;
     impl_name = partial_dw.impl();
   }
@@ -365,7 +372,8 @@ struct ConvFused : Kernel, FusedConvAttrs {
     const Attrs& a = c.node.attrs;
     prepared.cached = c.cache_weights;
     const int64_t G = a.i("groups", 1);
-    ConvDescs d(c, c.in[0].dtype, c.out[0].dtype, c.in[0].shape, c.in[1].shape, c.out[0].shape, c.layout_in(0), c.layout_out(0));
+    ConvDescs d(c, c.in[0].dtype, c.out[0].dtype, c.in[0].shape, c.in[1].shape, c.out[0].shape, c.layout_in(0),
+                c.layout_out(0));
     const Shape &xs = c.in[0].shape, &ys = c.out[0].shape;
     const int64_t N = xs[0];
     const int64_t part = c.deterministic ? part_images(N, conv_image_flops(c.in[1].shape, ys)) : N;
@@ -392,8 +400,9 @@ struct ConvFused : Kernel, FusedConvAttrs {
     if (c.deterministic) wmd = pd.weights_desc();
     size_t act_pad = 0;
     if (sep_act) {
-      dnnl::eltwise_forward::primitive_desc epd(engine(), dnnl::prop_kind::forward_inference, dnnl::algorithm::eltwise_relu,
-                                                d.dst, d.dst, alpha, 0.f, user_scratchpad_attr());
+      dnnl::eltwise_forward::primitive_desc epd(engine(), dnnl::prop_kind::forward_inference,
+                                                dnnl::algorithm::eltwise_relu, d.dst, d.dst, alpha, 0.f,
+                                                user_scratchpad_attr());
       act_ex = DnnlExec(dnnl::eltwise_forward(epd));
       act_ex.bind(DNNL_ARG_SRC, d.dst, Src::out(0));
       act_ex.bind(DNNL_ARG_DST, d.dst, Src::out(0));
@@ -413,7 +422,8 @@ struct ConvFused : Kernel, FusedConvAttrs {
     // the source conversion buffer (bf16 activations)
     convert.emplace(c, d);
     ScratchLayout L, P;
-    L.add(std::max({pd.scratchpad_desc().get_size(), r ? r->scratchpad_desc().get_size() : size_t(0), act_pad, convert->pad()}));
+    L.add(std::max(
+        {pd.scratchpad_desc().get_size(), r ? r->scratchpad_desc().get_size() : size_t(0), act_pad, convert->pad()}));
     ScratchLayout& W = prepared.cached ? P : L;
     auto at = [&](size_t off) { return prepared.cached ? Src::persist(off) : Src::scratch(off); };
     Src w_at = at(r ? W.add(pd.weights_desc().get_size()) : 0);
@@ -431,10 +441,12 @@ struct ConvFused : Kernel, FusedConvAttrs {
       std::vector<PartArg> args{{PartArg::Batched, DNNL_ARG_SRC, convert->src(), d.src.get_size() / size_t(N)},
                                 {PartArg::Shared, DNNL_ARG_WEIGHTS, r ? w_at : Src::in(1)},
                                 {PartArg::Batched, DNNL_ARG_DST, Src::out(0), d.dst.get_size() / size_t(N)}};
-      if (bn) args.push_back({PartArg::Shared, DNNL_ARG_BIAS, at(shift_off)});
-      else if (bias) args.push_back({PartArg::Shared, DNNL_ARG_BIAS, Src::in(2)});
-      parts = MinibatchParts(
-          N, part, [&](int64_t mb) { return dnnl::primitive_desc(make_pd(act && !sep_act, mb)); }, args);
+      if (bn)
+        args.push_back({PartArg::Shared, DNNL_ARG_BIAS, at(shift_off)});
+      else if (bias)
+        args.push_back({PartArg::Shared, DNNL_ARG_BIAS, Src::in(2)});
+      parts =
+          MinibatchParts(N, part, [&](int64_t mb) { return dnnl::primitive_desc(make_pd(act && !sep_act, mb)); }, args);
       ScratchLayout S;
       S.total = scratch;
       pad_off = S.add(parts.scratch_bytes());
@@ -443,8 +455,10 @@ struct ConvFused : Kernel, FusedConvAttrs {
       conv = DnnlExec(dnnl::convolution_forward(pd));
       conv.bind(DNNL_ARG_SRC, d.src, convert->src());
       conv.bind(DNNL_ARG_WEIGHTS, pd.weights_desc(), r ? w_at : Src::in(1));
-      if (bn) conv.bind(DNNL_ARG_BIAS, d.bias, at(shift_off));
-      else if (bias) conv.bind(DNNL_ARG_BIAS, d.bias, Src::in(2));
+      if (bn)
+        conv.bind(DNNL_ARG_BIAS, d.bias, at(shift_off));
+      else if (bias)
+        conv.bind(DNNL_ARG_BIAS, d.bias, Src::in(2));
       conv.bind(DNNL_ARG_DST, d.dst, Src::out(0));
       bind_scratchpad(conv, pd.scratchpad_desc());
     }
@@ -466,8 +480,10 @@ struct ConvFused : Kernel, FusedConvAttrs {
     if (sum && r.out[0] != r.in[residual_in])  // the residual is still live: copy it to y, which the sum reads
       std::memcpy(r.out[0], r.in[residual_in], residual_bytes);
     convert->run(r);
-    if (parts.empty()) conv.run(r);
-    else parts.run(r, pad_off);
+    if (parts.empty())
+      conv.run(r);
+    else
+      parts.run(r, pad_off);
     if (!act_ex.empty()) act_ex.run(r);
   }
 };

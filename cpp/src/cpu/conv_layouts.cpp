@@ -37,18 +37,20 @@ struct ConvLayouts {
 enum class Dir { fwd_infer, fwd_train, bwd_data, bwd_weights };
 
 // tx, ty: the dtypes x and y would be stored in for that layout pair (bf16 sessions: bf16 when blocked)
-int rank_of(const Attrs& a, DType tx, DType ty, const Shape& x, const Shape& w, const Shape& y, ConvLayouts l, Dir dir) {
+int rank_of(const Attrs& a, DType tx, DType ty, const Shape& x, const Shape& w, const Shape& y, ConvLayouts l,
+            Dir dir) {
   try {
     ConvDescs d(a, tx, ty, x, w, y, l.x, l.y);
-    auto f = d.fwd(false, {}, dir == Dir::fwd_infer ? dnnl::prop_kind::forward_inference : dnnl::prop_kind::forward_training);
+    auto f = d.fwd(false, {},
+                   dir == Dir::fwd_infer ? dnnl::prop_kind::forward_inference : dnnl::prop_kind::forward_training);
     auto alg = dnnl::algorithm::convolution_direct;
     if (dir == Dir::bwd_data)
       return impl_rank(dnnl::convolution_backward_data::primitive_desc(engine(), alg, d.src, d.w_any, d.dst, d.strides,
                                                                        d.dilates, d.pad, d.pad, f)
                            .impl_info_str());
     if (dir == Dir::bwd_weights)
-      return impl_rank(dnnl::convolution_backward_weights::primitive_desc(engine(), alg, d.src, d.w_any, d.dst, d.strides,
-                                                                          d.dilates, d.pad, d.pad, f)
+      return impl_rank(dnnl::convolution_backward_weights::primitive_desc(engine(), alg, d.src, d.w_any, d.dst,
+                                                                          d.strides, d.dilates, d.pad, d.pad, f)
                            .impl_info_str());
     return impl_rank(f.impl_info_str());
   } catch (const dnnl::error&) {
@@ -60,9 +62,10 @@ ConvLayouts conv_layouts(const Attrs& a, DType t, const Shape& x, const Shape& w
                          Dir dir) {
   static std::mutex mu;
   static std::map<std::string, ConvLayouts> memo;
-  std::string key = shape_str(x) + shape_str(w) + shape_str(y) + shape_str(a.is("stride", {})) + shape_str(a.is("padding", {})) +
-                    shape_str(a.is("dilation", {})) + std::to_string(a.i("groups", 1)) + "/" + std::to_string(int(p.kind)) +
-                    "/" + std::to_string(p.block) + "/" + std::to_string(int(dir)) + dtype_name(t) + (p.bf16 ? "/bf16" : "");
+  std::string key = shape_str(x) + shape_str(w) + shape_str(y) + shape_str(a.is("stride", {})) +
+                    shape_str(a.is("padding", {})) + shape_str(a.is("dilation", {})) +
+                    std::to_string(a.i("groups", 1)) + "/" + std::to_string(int(p.kind)) + "/" +
+                    std::to_string(p.block) + "/" + std::to_string(int(dir)) + dtype_name(t) + (p.bf16 ? "/bf16" : "");
   std::lock_guard<std::mutex> lock(mu);
   auto it = memo.find(key);
   if (it != memo.end()) return it->second;
@@ -75,7 +78,8 @@ ConvLayouts conv_layouts(const Attrs& a, DType t, const Shape& x, const Shape& w
     if (layout_of(q.fwd(false).src_desc(), x, q.compute, &chosen)) cands.push_back({chosen, ay});
   } catch (const dnnl::error&) {
   }
-  cands.insert(cands.end(), {{ax, ay}, {Layout::nhwc, Layout::nhwc}, {b, b}, {Layout::plain, ay}, {Layout::plain, Layout::plain}});
+  cands.insert(cands.end(),
+               {{ax, ay}, {Layout::nhwc, Layout::nhwc}, {b, b}, {Layout::plain, ay}, {Layout::plain, Layout::plain}});
   ConvLayouts pick = cands.back();
   int best = -2;
   for (auto c : cands) {
@@ -98,8 +102,8 @@ LayoutChoice conv_fwd_rule(const LayoutQuery& q) {  // conv2d and fused_conv2d: 
   return c;
 }
 LayoutChoice conv_grad_data_rule(const LayoutQuery& q) {  // (dy, w) -> dx
-  ConvLayouts l = conv_layouts(q.node.attrs, q.in[0].dtype, q.out[0].shape, q.in[1].shape, q.in[0].shape, q.policy,
-                               Dir::bwd_data);
+  ConvLayouts l =
+      conv_layouts(q.node.attrs, q.in[0].dtype, q.out[0].shape, q.in[1].shape, q.in[0].shape, q.policy, Dir::bwd_data);
   return {{l.y, Layout::plain}, {l.x}};
 }
 LayoutChoice conv_grad_weights_rule(const LayoutQuery& q) {  // (dy, x) -> dw [, db]

@@ -8,9 +8,10 @@
 // format_tag::any and reorder when oneDNN picks another layout (inference: once into the kernel's persistent
 // region, again when the parameter store's version moved; training: into scratch on every run). output_padding
 // enters through the dst dims: padding_r = padding - output_padding. Scratch: oneDNN scratchpad first, then the
-// reordered weights (training). Primitives are built once; run() only binds. See kernel_for() for the one configuration oneDNN refuses.
-// Deterministic mode (KernelCtx::deterministic; dnnl_common.hpp): the three directions run over minibatch parts,
-// each by a primitive built for one thread; the weight gradient sums the parts' partial dw / db in part order.
+// reordered weights (training). Primitives are built once; run() only binds. See kernel_for() for the one configuration
+// oneDNN refuses. Deterministic mode (KernelCtx::deterministic; dnnl_common.hpp): the three directions run over
+// minibatch parts, each by a primitive built for one thread; the weight gradient sums the parts' partial dw / db in
+// part order.
 #include <algorithm>
 #include <map>
 #include <mutex>
@@ -63,7 +64,7 @@ struct DeconvDescs {
 };
 
 struct DeconvFwd : Kernel {  // (x, w [, b]) -> y
-  std::string impl_name;  // Kernel::impl(), fixed at construction
+  std::string impl_name;     // Kernel::impl(), fixed at construction
   std::string impl() const override { return impl_name; }
   DnnlExec reorder_w, deconv;
   size_t scratch = 0, persist = 0;
@@ -95,7 +96,7 @@ struct DeconvFwd : Kernel {  // (x, w [, b]) -> y
 };
 
 struct DeconvBwdData : Kernel {  // (dy, w) -> dx
-  std::string impl_name;  // Kernel::impl(), fixed at construction
+  std::string impl_name;         // Kernel::impl(), fixed at construction
   std::string impl() const override { return impl_name; }
   DnnlExec reorder_w, deconv;
   size_t scratch = 0;
@@ -122,7 +123,7 @@ struct DeconvBwdData : Kernel {  // (dy, w) -> dx
 };
 
 struct DeconvBwdWeights : Kernel {  // (dy, x) -> dw [, db]
-  std::string impl_name;  // Kernel::impl(), fixed at construction
+  std::string impl_name;            // Kernel::impl(), fixed at construction
   std::string impl() const override { return impl_name; }
   DnnlExec deconv, reorder_dw;
   size_t scratch = 0;
@@ -131,7 +132,8 @@ struct DeconvBwdWeights : Kernel {  // (dy, x) -> dw [, db]
     auto hint = d.fwd(with_bias);
     using bpd = dnnl::deconvolution_backward_weights::primitive_desc;
     auto attr = user_scratchpad_attr();
-    bpd pd = with_bias ? bpd(engine(), kAlg, d.src, d.w_any, d.bias, d.dst, d.strides, d.dilates, d.pad_l, d.pad_r, hint, attr)
+    bpd pd = with_bias ? bpd(engine(), kAlg, d.src, d.w_any, d.bias, d.dst, d.strides, d.dilates, d.pad_l, d.pad_r,
+                             hint, attr)
                        : bpd(engine(), kAlg, d.src, d.w_any, d.dst, d.strides, d.dilates, d.pad_l, d.pad_r, hint, attr);
     auto r = weight_reorder(pd.diff_weights_desc(), d.w_user);
     WeightScratch sc(pd.scratchpad_desc().get_size(), r, pd.diff_weights_desc().get_size());
@@ -176,7 +178,7 @@ struct DetParts {
 };
 
 struct DeconvFwdDet : Kernel {  // (x, w [, b]) -> y
-  std::string impl_name;  // Kernel::impl(), fixed at construction
+  std::string impl_name;        // Kernel::impl(), fixed at construction
   std::string impl() const override { return impl_name; }
   DnnlExec reorder_w;
   MinibatchParts parts;
@@ -220,7 +222,7 @@ struct DeconvFwdDet : Kernel {  // (x, w [, b]) -> y
 };
 
 struct DeconvBwdDataDet : Kernel {  // (dy, w) -> dx
-  std::string impl_name;  // Kernel::impl(), fixed at construction
+  std::string impl_name;            // Kernel::impl(), fixed at construction
   std::string impl() const override { return impl_name; }
   DnnlExec reorder_w;
   MinibatchParts parts;
@@ -259,7 +261,7 @@ struct DeconvBwdDataDet : Kernel {  // (dy, w) -> dx
 };
 
 struct DeconvBwdWeightsDet : Kernel {  // (dy, x) -> dw [, db]
-  std::string impl_name;  // Kernel::impl(), fixed at construction
+  std::string impl_name;               // Kernel::impl(), fixed at construction
   std::string impl() const override { return impl_name; }
   PartialWeightGrads partial_dw;
   size_t scratch = 0;
@@ -271,9 +273,10 @@ struct DeconvBwdWeightsDet : Kernel {  // (dy, x) -> dw [, db]
       using bpd = dnnl::deconvolution_backward_weights::primitive_desc;
       auto attr = user_scratchpad_attr();
       auto hint = p.fwd(with_bias);
-      bpd pd = with_bias
-                   ? bpd(engine(), kAlg, p.src, p.w_any, p.bias, p.dst, p.strides, p.dilates, p.pad_l, p.pad_r, hint, attr)
-                   : bpd(engine(), kAlg, p.src, p.w_any, p.dst, p.strides, p.dilates, p.pad_l, p.pad_r, hint, attr);
+      bpd pd =
+          with_bias
+              ? bpd(engine(), kAlg, p.src, p.w_any, p.bias, p.dst, p.strides, p.dilates, p.pad_l, p.pad_r, hint, attr)
+              : bpd(engine(), kAlg, p.src, p.w_any, p.dst, p.strides, p.dilates, p.pad_l, p.pad_r, hint, attr);
       dp.wmd = pd.diff_weights_desc();
       return dnnl::primitive_desc(pd);
     };
@@ -286,8 +289,8 @@ struct DeconvBwdWeightsDet : Kernel {  // (dy, x) -> dw [, db]
     const mdesc wmd = *dp.wmd;
     ScratchLayout L;
     L.add(PartialWeightGrads::reorder_pad(wmd, d.w_user));
-    partial_dw.plan(L, N, part, dp.y[1], with_bias, wmd, d.w_user, make, Src::in(1), d.src.get_size() / size_t(N), Src::in(0),
-             d.dst.get_size() / size_t(N));
+    partial_dw.plan(L, N, part, dp.y[1], with_bias, wmd, d.w_user, make, Src::in(1), d.src.get_size() / size_t(N),
+                    Src::in(0), d.dst.get_size() / size_t(N));
     scratch = L.total;
     impl_name = partial_dw.impl();
   }
@@ -308,12 +311,12 @@ int rank_of(const Attrs& a, DType t, const Shape& x, const Shape& w, const Shape
     if (!d.supported()) return -1;
     auto f = d.fwd(false);
     if (dir == Dir::BwdData)
-      return impl_rank(dnnl::deconvolution_backward_data::primitive_desc(engine(), kAlg, d.src, d.w_any, d.dst, d.strides,
-                                                                         d.dilates, d.pad_l, d.pad_r, f)
+      return impl_rank(dnnl::deconvolution_backward_data::primitive_desc(engine(), kAlg, d.src, d.w_any, d.dst,
+                                                                         d.strides, d.dilates, d.pad_l, d.pad_r, f)
                            .impl_info_str());
     if (dir == Dir::BwdWeights)
-      return impl_rank(dnnl::deconvolution_backward_weights::primitive_desc(engine(), kAlg, d.src, d.w_any, d.dst, d.strides,
-                                                                            d.dilates, d.pad_l, d.pad_r, f)
+      return impl_rank(dnnl::deconvolution_backward_weights::primitive_desc(engine(), kAlg, d.src, d.w_any, d.dst,
+                                                                            d.strides, d.dilates, d.pad_l, d.pad_r, f)
                            .impl_info_str());
     return impl_rank(f.impl_info_str());
   } catch (const dnnl::error&) {
@@ -322,14 +325,14 @@ int rank_of(const Attrs& a, DType t, const Shape& x, const Shape& w, const Shape
 }
 
 // x, w, y: the forward shapes. Plain for both when oneDNN refuses the configuration (reference kernel).
-DeconvLayouts deconv_layouts(const Attrs& a, DType t, const Shape& x, const Shape& w, const Shape& y, const LayoutPolicy& p,
-                             Dir dir) {
+DeconvLayouts deconv_layouts(const Attrs& a, DType t, const Shape& x, const Shape& w, const Shape& y,
+                             const LayoutPolicy& p, Dir dir) {
   static std::mutex mu;
   static std::map<std::string, DeconvLayouts> memo;
-  std::string key = shape_str(x) + shape_str(w) + shape_str(y) + shape_str(a.is("stride", {})) + shape_str(a.is("padding", {})) +
-                    shape_str(a.is("output_padding", {})) + shape_str(a.is("dilation", {})) + std::to_string(a.i("groups", 1)) +
-                    "/" + std::to_string(int(p.kind)) + "/" + std::to_string(p.block) + "/" + std::to_string(int(dir)) +
-                    dtype_name(t);
+  std::string key =
+      shape_str(x) + shape_str(w) + shape_str(y) + shape_str(a.is("stride", {})) + shape_str(a.is("padding", {})) +
+      shape_str(a.is("output_padding", {})) + shape_str(a.is("dilation", {})) + std::to_string(a.i("groups", 1)) + "/" +
+      std::to_string(int(p.kind)) + "/" + std::to_string(p.block) + "/" + std::to_string(int(dir)) + dtype_name(t);
   std::lock_guard<std::mutex> lock(mu);
   auto it = memo.find(key);
   if (it != memo.end()) return it->second;
@@ -348,7 +351,8 @@ DeconvLayouts deconv_layouts(const Attrs& a, DType t, const Shape& x, const Shap
 }
 
 LayoutChoice fwd_rule(const LayoutQuery& q) {  // (x, w [, b]) -> y
-  DeconvLayouts l = deconv_layouts(q.node.attrs, q.in[0].dtype, q.in[0].shape, q.in[1].shape, q.out[0].shape, q.policy, Dir::Fwd);
+  DeconvLayouts l =
+      deconv_layouts(q.node.attrs, q.in[0].dtype, q.in[0].shape, q.in[1].shape, q.out[0].shape, q.policy, Dir::Fwd);
   LayoutChoice c;
   c.in.assign(q.in.size(), Layout::plain);
   c.in[0] = l.x;
@@ -361,8 +365,8 @@ LayoutChoice grad_data_rule(const LayoutQuery& q) {  // (dy, w) -> dx
   return {{l.y, Layout::plain}, {l.x}};
 }
 LayoutChoice grad_weights_rule(const LayoutQuery& q) {  // (dy, x) -> dw [, db]
-  DeconvLayouts l =
-      deconv_layouts(q.node.attrs, q.in[0].dtype, q.in[1].shape, q.out[0].shape, q.in[0].shape, q.policy, Dir::BwdWeights);
+  DeconvLayouts l = deconv_layouts(q.node.attrs, q.in[0].dtype, q.in[1].shape, q.out[0].shape, q.in[0].shape, q.policy,
+                                   Dir::BwdWeights);
   return {{l.y, l.x}, std::vector<Layout>(q.out.size(), Layout::plain)};
 }
 
@@ -389,7 +393,8 @@ std::unique_ptr<Kernel> kernel_for(const KernelCtx& c, Dir dir) {
 
 KernelRegistrar r1("cpu", "conv_transpose2d", [](const KernelCtx& c) { return kernel_for(c, Dir::Fwd); });
 KernelRegistrar r2("cpu", "conv_transpose2d_grad_data", [](const KernelCtx& c) { return kernel_for(c, Dir::BwdData); });
-KernelRegistrar r3("cpu", "conv_transpose2d_grad_weights", [](const KernelCtx& c) { return kernel_for(c, Dir::BwdWeights); });
+KernelRegistrar r3("cpu", "conv_transpose2d_grad_weights",
+                   [](const KernelCtx& c) { return kernel_for(c, Dir::BwdWeights); });
 LayoutRuleRegistrar l1("cpu", "conv_transpose2d", fwd_rule);
 LayoutRuleRegistrar l2("cpu", "conv_transpose2d_grad_data", grad_data_rule);
 LayoutRuleRegistrar l3("cpu", "conv_transpose2d_grad_weights", grad_weights_rule);

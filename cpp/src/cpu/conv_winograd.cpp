@@ -58,7 +58,9 @@ struct WinoConv : Kernel {
   bool flip_transpose, bias;
   std::string impl_name;  // Kernel::impl(), fixed at construction
   WinoConv(const KernelCtx& c, const wino::Geom& g, bool flip, bool with_bias)
-      : conv(g, omp_get_max_threads(), c.deterministic), flip_transpose(flip), bias(with_bias),
+      : conv(g, omp_get_max_threads(), c.deterministic),
+        flip_transpose(flip),
+        bias(with_bias),
         impl_name(winograd_impl(conv.split(), conv.deterministic())) {}
   std::string impl() const override { return impl_name; }
   size_t scratch_bytes() const override { return conv.scratch_bytes(); }
@@ -76,7 +78,8 @@ struct WinoBwdWeights : Kernel {
   bool bias;
   std::string impl_name;  // Kernel::impl(), fixed at construction
   WinoBwdWeights(const KernelCtx& c, const wino::Geom& g)
-      : grad(g, omp_get_max_threads(), c.deterministic), bias(c.out.size() > 1),
+      : grad(g, omp_get_max_threads(), c.deterministic),
+        bias(c.out.size() > 1),
         impl_name(winograd_impl(grad.split(), grad.deterministic())) {}
   std::string impl() const override { return impl_name; }
   size_t scratch_bytes() const override { return grad.scratch_bytes(); }
@@ -120,8 +123,8 @@ struct WinoFused : Kernel, FusedConvAttrs {
     ep.sum = sum;
     ep.act = act;
     ep.alpha = alpha;
-    conv.run(static_cast<const float*>(r.in[0]), static_cast<float*>(r.out[0]), static_cast<const float*>(r.in[1]), false,
-             bn ? s : nullptr, ep, scratch);
+    conv.run(static_cast<const float*>(r.in[0]), static_cast<float*>(r.out[0]), static_cast<const float*>(r.in[1]),
+             false, bn ? s : nullptr, ep, scratch);
   }
 };
 
@@ -136,7 +139,8 @@ std::unique_ptr<Kernel> make_conv_fused(const KernelCtx& c) {
 
 std::unique_ptr<Kernel> make_conv_fwd(const KernelCtx& c) {  // inference sessions: the same tile threshold
   if (auto g = winograd_geom(c, c.in[0], c.in[1].shape, c.out[0], c.layout_in(0), c.layout_out(0)))
-    if ((c.training || tiles(*g) >= kWinoInferTiles) && wino::Conv::worthwhile(*g, omp_get_max_threads(), c.deterministic))
+    if ((c.training || tiles(*g) >= kWinoInferTiles) &&
+        wino::Conv::worthwhile(*g, omp_get_max_threads(), c.deterministic))
       return std::make_unique<WinoConv>(c, *g, false, c.in.size() > 2);
   return make_direct_fwd(c);
 }

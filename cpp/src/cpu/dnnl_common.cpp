@@ -2,8 +2,8 @@
 
 #include "core/backend.hpp"
 
-#include <oneapi/dnnl/dnnl_debug.h>
 #include <omp.h>
+#include <oneapi/dnnl/dnnl_debug.h>
 
 #include <algorithm>
 #include <cmath>
@@ -45,7 +45,8 @@ dnnl::memory::desc plain_desc(const TensorDesc& d) { return plain_desc(d.shape, 
 dnnl::memory::desc md_of(const Shape& s, DType t, Layout l) {
   using tag = dnnl::memory::format_tag;
   if (l == Layout::plain) return plain_desc(s, t);
-  if (s.size() != 4) throw Error("internal: layout " + std::string(layout_name(l)) + " for a " + shape_str(s) + " tensor");
+  if (s.size() != 4)
+    throw Error("internal: layout " + std::string(layout_name(l)) + " for a " + shape_str(s) + " tensor");
   tag f = l == Layout::nhwc ? tag::nhwc : l == Layout::nChw16c ? tag::aBcd16b : tag::aBcd8b;
   return dnnl::memory::desc(dims_of(s), dt_of(t), f);
 }
@@ -109,7 +110,8 @@ struct Reorder : Kernel {
       bytes = layout_bytes(c.in[0], from);
       return;
     }
-    dnnl::reorder::primitive_desc pd(engine(), md_of(c.in[0], from), engine(), md_of(c.out[0], to), user_scratchpad_attr());
+    dnnl::reorder::primitive_desc pd(engine(), md_of(c.in[0], from), engine(), md_of(c.out[0], to),
+                                     user_scratchpad_attr());
     ex = DnnlExec(dnnl::reorder(pd));
     ex.bind(DNNL_ARG_FROM, pd.src_desc(), Src::in(0));
     ex.bind(DNNL_ARG_TO, pd.dst_desc(), Src::out(0));
@@ -120,8 +122,10 @@ struct Reorder : Kernel {
   size_t scratch_bytes() const override { return scratch; }
   std::string impl() const override { return impl_name; }
   void run(const RunCtx& r) override {
-    if (!ex.empty()) ex.run(r);
-    else if (r.out[0] != r.in[0]) std::memcpy(r.out[0], r.in[0], bytes);
+    if (!ex.empty())
+      ex.run(r);
+    else if (r.out[0] != r.in[0])
+      std::memcpy(r.out[0], r.in[0], bytes);
   }
 };
 
@@ -314,7 +318,8 @@ void PartialWeightGrads::run(const RunCtx& r) {
   sum_parts(direct_ ? static_cast<float*>(r.out[0]) : dw0, dw0, dw_stride_ / 4, parts_.count(), dw_n_);
   if (!direct_) reorder_dw_.run(r);
   if (with_bias_)
-    sum_parts(static_cast<float*>(r.out[1]), reinterpret_cast<float*>(sc + db_off_), db_stride_ / 4, parts_.count(), K_);
+    sum_parts(static_cast<float*>(r.out[1]), reinterpret_cast<float*>(sc + db_off_), db_stride_ / 4, parts_.count(),
+              K_);
 }
 
 }  // namespace cpu

@@ -1,6 +1,7 @@
 // oneDNN glue for CPU kernels. Owns: the process-wide engine and stream, memory descriptors for the
-// session's layouts (core/op.hpp's Layout), the cpu `reorder` kernel, and DnnlExec (a primitive plus its argument map whose memory handles are refreshed from RunCtx pointers
-// before each execute). Only files under cpp/src/cpu/ include this (and oneDNN).
+// session's layouts (core/op.hpp's Layout), the cpu `reorder` kernel, and DnnlExec (a primitive plus its argument map
+// whose memory handles are refreshed from RunCtx pointers before each execute). Only files under cpp/src/cpu/ include
+// this (and oneDNN).
 #pragma once
 #include <dnnl.hpp>
 
@@ -32,8 +33,8 @@ bool layout_of(const dnnl::memory::desc& md, const Shape& s, DType t, Layout* ou
 // Where a memory handle comes from at run time.
 struct Src {
   enum Kind { In, Out, Scratch, Persist } kind;
-  int index = 0;        // input/output index
-  size_t offset = 0;    // byte offset inside scratch / the kernel's persistent region
+  int index = 0;      // input/output index
+  size_t offset = 0;  // byte offset inside scratch / the kernel's persistent region
   static Src in(int i) { return {In, i, 0}; }
   static Src out(int i) { return {Out, i, 0}; }
   static Src scratch(size_t off) { return {Scratch, 0, off}; }
@@ -83,10 +84,11 @@ dnnl::primitive_attr user_scratchpad_attr();
 std::optional<dnnl::reorder::primitive_desc> weight_reorder(const dnnl::memory::desc& from,
                                                             const dnnl::memory::desc& to);
 struct WeightScratch {
-  size_t total = 0;    // scratch bytes
-  size_t persist = 0;  // persistent bytes
+  size_t total = 0;                 // scratch bytes
+  size_t persist = 0;               // persistent bytes
   Src weights{Src::Scratch, 0, 0};  // where the reordered weights go (when there is a reorder)
-  WeightScratch(size_t pad, const std::optional<dnnl::reorder::primitive_desc>& r, size_t weight_bytes, bool cached = false);
+  WeightScratch(size_t pad, const std::optional<dnnl::reorder::primitive_desc>& r, size_t weight_bytes,
+                bool cached = false);
 };
 // When a kernel's prepared data (derived from parameters/buffers) must be rebuilt: always when not cached,
 // else when the store's version differs from the one it was built at (0: never built).
@@ -145,7 +147,7 @@ class PartExec {
   bool empty() const { return prims_.empty(); }
 
  private:
-  struct Slot {  // one thread, one variant
+  struct Slot {                     // one thread, one variant
     std::vector<dnnl::memory> mem;  // args, then the scratchpad if any
     std::vector<dnnl_exec_arg_t> args;
   };
@@ -190,7 +192,7 @@ class MinibatchParts {
   int64_t count() const { return count_; }
   int64_t part() const { return part_; }
   size_t scratch_bytes() const { return exec_.scratch_bytes(); }
-  const dnnl::primitive_desc& pd() const { return pd_; }  // the full part's
+  const dnnl::primitive_desc& pd() const { return pd_; }                 // the full part's
   std::string impl() const { return onednn_impl(pd_) + kDetPartsImpl; }  // Kernel::impl() of a kernel running it
   void run(const RunCtx& r, size_t pad_offset) const;
   bool empty() const { return exec_.empty(); }

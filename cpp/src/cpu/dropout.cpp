@@ -7,8 +7,8 @@
 #include <cstring>
 
 #include "core/backend.hpp"
-#include "cpu/dnnl_common.hpp"
 #include "core/dropout_mask.hpp"
+#include "cpu/dnnl_common.hpp"
 
 namespace cnn {
 namespace cpu {
@@ -19,14 +19,16 @@ constexpr int64_t kParallelElems = 1 << 15;
 struct DropoutFwd : Kernel {
   std::string impl() const override { return training ? "native" : "native copy"; }
   std::string name;
-  int64_t n;           // stored elements (padding included)
+  int64_t n;  // stored elements (padding included)
   Layout layout;
   int64_t N = 1, C = 1, HW = 1, B = 1;  // 4-D geometry for non-plain layouts (B: block)
   bool training;
   uint64_t threshold = 0;
   float scale = 1.f;
   explicit DropoutFwd(const KernelCtx& c)
-      : name(c.node.name), n(int64_t(layout_bytes(c.in[0], c.layout_in(0)) / sizeof(float))), layout(c.layout_in(0)),
+      : name(c.node.name),
+        n(int64_t(layout_bytes(c.in[0], c.layout_in(0)) / sizeof(float))),
+        layout(c.layout_in(0)),
         training(c.out.size() == 2) {
     const double p = dropout::read_p(c.node);
     threshold = dropout::drop_threshold(p);
@@ -93,7 +95,8 @@ struct DropoutBwd : Kernel {
   int64_t n;
   float scale;
   explicit DropoutBwd(const KernelCtx& c)
-      : n(int64_t(layout_bytes(c.in[0], c.layout_in(0)) / sizeof(float))), scale(float(1.0 / (1.0 - dropout::read_p(c.node)))) {}
+      : n(int64_t(layout_bytes(c.in[0], c.layout_in(0)) / sizeof(float))),
+        scale(float(1.0 / (1.0 - dropout::read_p(c.node)))) {}
   void run(const RunCtx& r) override {
     const float* dy = static_cast<const float*>(r.in[0]);
     const uint8_t* mask = static_cast<const uint8_t*>(r.in[1]);

@@ -39,7 +39,8 @@ struct EltwiseBwd : Kernel {
   size_t scratch = 0;
   EltwiseBwd(const KernelCtx& c, alg fwd_alg, alg bwd_alg, float alpha, bool use_dst) {
     auto md = md_of(c.in[0], c.layout_in(0));
-    dnnl::eltwise_forward::primitive_desc hint(engine(), dnnl::prop_kind::forward_training, fwd_alg, md, md, alpha, 0.f);
+    dnnl::eltwise_forward::primitive_desc hint(engine(), dnnl::prop_kind::forward_training, fwd_alg, md, md, alpha,
+                                               0.f);
     auto attr = user_scratchpad_attr();
     dnnl::eltwise_backward::primitive_desc pd(engine(), bwd_alg, md, md, md, alpha, 0.f, hint, attr);
     ex = DnnlExec(dnnl::eltwise_backward(pd));
@@ -72,18 +73,25 @@ struct Add : Kernel {
 
 float slope(const KernelCtx& c) { return float(c.node.attrs.f("negative_slope", 0.01)); }
 
-KernelRegistrar r1("cpu", "relu", [](const KernelCtx& c) { return std::make_unique<EltwiseFwd>(c, alg::eltwise_relu, 0.f); });
-KernelRegistrar r2("cpu", "sigmoid", [](const KernelCtx& c) { return std::make_unique<EltwiseFwd>(c, alg::eltwise_logistic, 0.f); });
-KernelRegistrar r3("cpu", "tanh", [](const KernelCtx& c) { return std::make_unique<EltwiseFwd>(c, alg::eltwise_tanh, 0.f); });
-KernelRegistrar r4("cpu", "leaky_relu", [](const KernelCtx& c) { return std::make_unique<EltwiseFwd>(c, alg::eltwise_relu, slope(c)); });
+KernelRegistrar r1("cpu", "relu",
+                   [](const KernelCtx& c) { return std::make_unique<EltwiseFwd>(c, alg::eltwise_relu, 0.f); });
+KernelRegistrar r2("cpu", "sigmoid",
+                   [](const KernelCtx& c) { return std::make_unique<EltwiseFwd>(c, alg::eltwise_logistic, 0.f); });
+KernelRegistrar r3("cpu", "tanh",
+                   [](const KernelCtx& c) { return std::make_unique<EltwiseFwd>(c, alg::eltwise_tanh, 0.f); });
+KernelRegistrar r4("cpu", "leaky_relu",
+                   [](const KernelCtx& c) { return std::make_unique<EltwiseFwd>(c, alg::eltwise_relu, slope(c)); });
 KernelRegistrar r5("cpu", "relu_grad", [](const KernelCtx& c) {
-  return std::make_unique<EltwiseBwd>(c, alg::eltwise_relu_use_dst_for_bwd, alg::eltwise_relu_use_dst_for_bwd, 0.f, true);
+  return std::make_unique<EltwiseBwd>(c, alg::eltwise_relu_use_dst_for_bwd, alg::eltwise_relu_use_dst_for_bwd, 0.f,
+                                      true);
 });
 KernelRegistrar r6("cpu", "sigmoid_grad", [](const KernelCtx& c) {
-  return std::make_unique<EltwiseBwd>(c, alg::eltwise_logistic_use_dst_for_bwd, alg::eltwise_logistic_use_dst_for_bwd, 0.f, true);
+  return std::make_unique<EltwiseBwd>(c, alg::eltwise_logistic_use_dst_for_bwd, alg::eltwise_logistic_use_dst_for_bwd,
+                                      0.f, true);
 });
 KernelRegistrar r7("cpu", "tanh_grad", [](const KernelCtx& c) {
-  return std::make_unique<EltwiseBwd>(c, alg::eltwise_tanh_use_dst_for_bwd, alg::eltwise_tanh_use_dst_for_bwd, 0.f, true);
+  return std::make_unique<EltwiseBwd>(c, alg::eltwise_tanh_use_dst_for_bwd, alg::eltwise_tanh_use_dst_for_bwd, 0.f,
+                                      true);
 });
 KernelRegistrar r8("cpu", "leaky_relu_grad", [](const KernelCtx& c) {
   return std::make_unique<EltwiseBwd>(c, alg::eltwise_relu, alg::eltwise_relu, slope(c), false);
@@ -99,8 +107,8 @@ struct Rules {
     register_layout_rule("cpu", "add", [](const LayoutQuery& q) {
       return rule_follow_input(q.in_layout[0] == Layout::plain ? 1 : 0)(q);
     });
-    for (const char* op : {"relu", "sigmoid", "tanh", "leaky_relu", "add", "relu_grad", "sigmoid_grad", "tanh_grad",
-                           "leaky_relu_grad"})
+    for (const char* op :
+         {"relu", "sigmoid", "tanh", "leaky_relu", "add", "relu_grad", "sigmoid_grad", "tanh_grad", "leaky_relu_grad"})
       register_bf16_op("cpu", op);
   }
 } rules;

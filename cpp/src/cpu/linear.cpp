@@ -4,8 +4,8 @@
 // reorder runs. Inference: the weights are format_tag::any, so oneDNN picks its blocked brgemm layout (the
 // plain-weights gemm path is ~5x slower for ResNet-50's fc at batch 16), and the kernel keeps them reordered
 // in its persistent region, redone when the parameter store's version moved (like the convolutions, see
-// dnnl_common.hpp; with cache_weights off, into scratch on every run). fused_linear (inference) adds relu / leaky_relu as an eltwise post-op. Primitives are
-// created once; run() only swaps handles.
+// dnnl_common.hpp; with cache_weights off, into scratch on every run). fused_linear (inference) adds relu / leaky_relu
+// as an eltwise post-op. Primitives are created once; run() only swaps handles.
 //
 // Deterministic mode (KernelCtx::deterministic; dnnl_common.hpp): oneDNN's inner product may split the reduction
 // across threads (fc 4096->4096 at batch 64 gives different outputs at 1 and 2 threads), so each of the three GEMMs
@@ -62,7 +62,8 @@ struct LinearFwd : LinearKernel {
     int act = c.node.op == "fused_linear" ? int(c.node.attrs.i("act", 0)) : 0;
     if (act) {
       dnnl::post_ops po;
-      po.append_eltwise(dnnl::algorithm::eltwise_relu, act == 2 ? float(c.node.attrs.f("negative_slope", 0.01)) : 0.f, 0.f);
+      po.append_eltwise(dnnl::algorithm::eltwise_relu, act == 2 ? float(c.node.attrs.f("negative_slope", 0.01)) : 0.f,
+                        0.f);
       attr.set_post_ops(po);
     }
     auto pk = c.training ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference;
@@ -137,8 +138,8 @@ struct BlockGemm {
   int var_of[4] = {-1, -1, -1, -1};  // (m edge) + 2 (n edge) -> variant
   PartExec exec;
   std::string impl_name;  // the kernels' Kernel::impl(): the full block's matmul
-  BlockGemm(int64_t M_, int64_t N_, int64_t K, int64_t am, int64_t ak, int64_t bk, int64_t bnn, int64_t ldc_, bool with_bias,
-            int act, float alpha)
+  BlockGemm(int64_t M_, int64_t N_, int64_t K, int64_t am, int64_t ak, int64_t bk, int64_t bnn, int64_t ldc_,
+            bool with_bias, int act, float alpha)
       : M(M_), N(N_), a_m(am), a_k(ak), b_k(bk), b_n(bnn), ldc(ldc_), bias(with_bias) {
     bm = std::min(M, kBlock);
     bn = std::min(N, kBlock);
@@ -161,7 +162,8 @@ struct BlockGemm {
           c({m, n}, dt::f32, memory::dims{ldc, 1});
       var_of[v] = int(pds.size());
       if (bias)
-        pds.push_back(dnnl::matmul::primitive_desc(engine(), a, b, memory::desc({1, n}, dt::f32, memory::dims{n, 1}), c, attr));
+        pds.push_back(
+            dnnl::matmul::primitive_desc(engine(), a, b, memory::desc({1, n}, dt::f32, memory::dims{n, 1}), c, attr));
       else
         pds.push_back(dnnl::matmul::primitive_desc(engine(), a, b, c, attr));
     }
@@ -239,7 +241,8 @@ struct LinearGradWeightsDet : Kernel {
   size_t scratch_bytes() const override { return gemm->scratch_bytes(); }
   void run(const RunCtx& r) override {
     const float* dy = static_cast<const float*>(r.in[0]);
-    gemm->run(dy, static_cast<const float*>(r.in[1]), static_cast<float*>(r.out[0]), nullptr, static_cast<char*>(r.scratch));
+    gemm->run(dy, static_cast<const float*>(r.in[1]), static_cast<float*>(r.out[0]), nullptr,
+              static_cast<char*>(r.scratch));
     if (!has_bias) return;
     float* db = static_cast<float*>(r.out[1]);
     const int64_t nb = (OUT + 15) / 16, n_ = N, out = OUT;

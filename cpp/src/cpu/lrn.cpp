@@ -64,8 +64,8 @@ struct LrnBwd : Kernel {
   LrnBwd(const KernelCtx& c, const LrnParams& p) {
     auto x = md_of(c.in[1], c.layout_in(1));  // dy and dx share x's layout
     auto hint = fwd_pd(dnnl::prop_kind::forward_training, x, p);
-    dnnl::lrn_backward::primitive_desc pd(engine(), alg::lrn_across_channels, x, x, x, p.size, p.alpha, p.beta, p.k, hint,
-                                          user_scratchpad_attr());
+    dnnl::lrn_backward::primitive_desc pd(engine(), alg::lrn_across_channels, x, x, x, p.size, p.alpha, p.beta, p.k,
+                                          hint, user_scratchpad_attr());
     ScratchLayout L;
     L.add(std::max(pd.scratchpad_desc().get_size(), hint.scratchpad_desc().get_size()));
     bwd = DnnlExec(dnnl::lrn_backward(pd));
@@ -144,7 +144,8 @@ struct LrnNative : Kernel {
       float* y = static_cast<float*>(r.out[0]);
 #pragma omp parallel for schedule(static)
       for (int64_t it = 0; it < items; ++it) {
-        const int64_t p0 = (it % chunks) * kChunk, np = std::min(kChunk, HW - p0), base = (it / chunks) * nstr + p0 * pstr;
+        const int64_t p0 = (it % chunks) * kChunk, np = std::min(kChunk, HW - p0),
+                      base = (it / chunks) * nstr + p0 * pstr;
         for (int64_t c = 0; c < C; ++c) {
           window_sum(y, x, base, c, np);
           float* yp = y + base + coff[c];
@@ -161,7 +162,8 @@ struct LrnNative : Kernel {
     const float coef = 2.f * p.beta * a;
 #pragma omp parallel for schedule(static)
     for (int64_t it = 0; it < items; ++it) {
-      const int64_t p0 = (it % chunks) * kChunk, np = std::min(kChunk, HW - p0), base = (it / chunks) * nstr + p0 * pstr;
+      const int64_t p0 = (it % chunks) * kChunk, np = std::min(kChunk, HW - p0),
+                    base = (it / chunks) * nstr + p0 * pstr;
       for (int64_t c = 0; c < C; ++c) {
         window_sum(t, x, base, c, np);
         float* tp = t + base + coff[c];
@@ -192,7 +194,8 @@ int lrn_rank(const Shape& x, Layout l, const LrnParams& p, bool bwd) {
     auto f = fwd_pd(bwd ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference, md, p);
     std::string impl = f.impl_info_str();
     if (bwd)
-      impl = dnnl::lrn_backward::primitive_desc(engine(), alg::lrn_across_channels, md, md, md, p.size, p.alpha, p.beta, p.k, f)
+      impl = dnnl::lrn_backward::primitive_desc(engine(), alg::lrn_across_channels, md, md, md, p.size, p.alpha, p.beta,
+                                                p.k, f)
                  .impl_info_str();
     return impl.rfind("ref", 0) == 0 ? 0 : 1;
   } catch (const dnnl::error&) {
@@ -207,7 +210,8 @@ Layout lrn_layout(const LayoutQuery& q, int xi, bool bwd) {
   if (l == Layout::plain || p.size % 2 == 0 || q.in[xi].dtype != DType::f32) return l;
   static std::mutex mu;
   static std::map<std::string, Layout> memo;
-  const std::string key = shape_str(x) + "/" + std::to_string(int(l)) + "/" + std::to_string(p.size) + "/" + std::to_string(bwd);
+  const std::string key =
+      shape_str(x) + "/" + std::to_string(int(l)) + "/" + std::to_string(p.size) + "/" + std::to_string(bwd);
   std::lock_guard<std::mutex> lock(mu);
   auto it = memo.find(key);
   if (it != memo.end()) return it->second;

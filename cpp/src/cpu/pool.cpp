@@ -49,8 +49,8 @@ Geometry geometry(const Attrs& a, const Shape& x, const Shape& y) {
 
 dnnl::pooling_forward::primitive_desc fwd_pd(dnnl::prop_kind prop, alg a, const dnnl::memory::desc& x,
                                              const dnnl::memory::desc& y, const Geometry& g) {
-  return dnnl::pooling_forward::primitive_desc(engine(), prop, a, x, y, g.strides(), g.kernel(), g.dilation(), g.pad_l(),
-                                               g.pad_r(), user_scratchpad_attr());
+  return dnnl::pooling_forward::primitive_desc(engine(), prop, a, x, y, g.strides(), g.kernel(), g.dilation(),
+                                               g.pad_l(), g.pad_r(), user_scratchpad_attr());
 }
 
 // in: x; out: y [, workspace]
@@ -212,7 +212,8 @@ std::unique_ptr<Kernel> avg_kernel(const KernelCtx& c, bool bwd) {
   const Shape &x = bwd ? c.out[0].shape : c.in[0].shape, &y = bwd ? c.in[0].shape : c.out[0].shape;
   Geometry g = geometry(c.node.attrs, x, y);
   bool cip = c.node.attrs.i("count_include_pad", 1) != 0;
-  if (bwd ? avg_native(c.node.attrs, x, y) : avg_native_fwd(c.node.attrs, x, y)) return std::make_unique<AvgNative>(c, g, bwd);
+  if (bwd ? avg_native(c.node.attrs, x, y) : avg_native_fwd(c.node.attrs, x, y))
+    return std::make_unique<AvgNative>(c, g, bwd);
   alg a = cip ? alg::pooling_avg_include_padding : alg::pooling_avg_exclude_padding;
   if (bwd) return std::make_unique<PoolBwd>(c, a, g);
   return std::make_unique<PoolFwd>(c, a, g);

@@ -106,8 +106,10 @@ std::pair<double, int> fma_peak_gflops(long iters) {
   int lanes = 1;
 #if defined(__x86_64__)
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f")) lanes = 16;
-  else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) lanes = 8;
+  if (__builtin_cpu_supports("avx512f"))
+    lanes = 16;
+  else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    lanes = 8;
 #endif
   auto [s, threads] = run_on_all_threads([&] {
 #if defined(__x86_64__)

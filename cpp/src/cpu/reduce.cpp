@@ -7,9 +7,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <cstdint>
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #define CNN_REDUCE_X86 1
@@ -58,7 +58,9 @@ struct Isa {
   static void store(bf16* p, F v) { *p = to_bf16(v); }
   static void store(bf16* p, F v, int64_t) { *p = to_bf16(v); }
   template <class T>
-  static void stream(T* p, F v) { store(p, v); }
+  static void stream(T* p, F v) {
+    store(p, v);
+  }
   static F set1(float a) { return a; }
   static F sub(F a, F b) { return a - b; }
   static F mul(F a, F b) { return a * b; }
@@ -95,7 +97,9 @@ struct Isa {
   struct D {
     __m256d lo, hi;
   };
-  static __m256i mk(int64_t r) { return _mm256_cmpgt_epi32(_mm256_set1_epi32(int(r)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)); }
+  static __m256i mk(int64_t r) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(int(r)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
   static __m256i mk64(int64_t r) { return _mm256_cmpgt_epi64(_mm256_set1_epi64x(r), _mm256_setr_epi64x(0, 1, 2, 3)); }
   static F load(const float* p) { return _mm256_loadu_ps(p); }
   static F load(const float* p, int64_t r) { return _mm256_maskload_ps(p, mk(r)); }
@@ -154,7 +158,8 @@ struct Isa {
   static D dzero() { return {_mm256_setzero_pd(), _mm256_setzero_pd()}; }
   static D dadd(D a, F x) { return {_mm256_add_pd(a.lo, lo(x)), _mm256_add_pd(a.hi, hi(x))}; }
   static D dadd_at(D a, const float* p) {  // converts straight from memory: no lane extraction
-    return {_mm256_add_pd(a.lo, _mm256_cvtps_pd(_mm_loadu_ps(p))), _mm256_add_pd(a.hi, _mm256_cvtps_pd(_mm_loadu_ps(p + 4)))};
+    return {_mm256_add_pd(a.lo, _mm256_cvtps_pd(_mm_loadu_ps(p))),
+            _mm256_add_pd(a.hi, _mm256_cvtps_pd(_mm_loadu_ps(p + 4)))};
   }
   static D dfma(D a, F x, F y) { return {_mm256_fmadd_pd(lo(x), lo(y), a.lo), _mm256_fmadd_pd(hi(x), hi(y), a.hi)}; }
   static D dplus(D a, D b) { return {_mm256_add_pd(a.lo, b.lo), _mm256_add_pd(a.hi, b.hi)}; }
@@ -201,7 +206,8 @@ struct Isa {
   static F widen(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
   static __m256i narrow(F v) {  // round to nearest even; NaN -> quiet NaN
     __m512i i = _mm512_castps_si512(v), top = _mm512_srli_epi32(i, 16);
-    __m512i r = _mm512_add_epi32(i, _mm512_add_epi32(_mm512_and_si512(top, _mm512_set1_epi32(1)), _mm512_set1_epi32(0x7fff)));
+    __m512i r =
+        _mm512_add_epi32(i, _mm512_add_epi32(_mm512_and_si512(top, _mm512_set1_epi32(1)), _mm512_set1_epi32(0x7fff)));
     r = _mm512_srli_epi32(r, 16);
     r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_or_si512(top, _mm512_set1_epi32(0x40)));
     return _mm512_cvtepi32_epi16(r);
@@ -242,7 +248,8 @@ struct Isa {
   static D dzero() { return {_mm512_setzero_pd(), _mm512_setzero_pd()}; }
   static D dadd(D a, F x) { return {_mm512_add_pd(a.lo, lo(x)), _mm512_add_pd(a.hi, hi(x))}; }
   static D dadd_at(D a, const float* p) {  // converts straight from memory: no lane extraction
-    return {_mm512_add_pd(a.lo, _mm512_cvtps_pd(_mm256_loadu_ps(p))), _mm512_add_pd(a.hi, _mm512_cvtps_pd(_mm256_loadu_ps(p + 8)))};
+    return {_mm512_add_pd(a.lo, _mm512_cvtps_pd(_mm256_loadu_ps(p))),
+            _mm512_add_pd(a.hi, _mm512_cvtps_pd(_mm256_loadu_ps(p + 8)))};
   }
   static D dfma(D a, F x, F y) { return {_mm512_fmadd_pd(lo(x), lo(y), a.lo), _mm512_fmadd_pd(hi(x), hi(y), a.hi)}; }
   static D dplus(D a, D b) { return {_mm512_add_pd(a.lo, b.lo), _mm512_add_pd(a.hi, b.hi)}; }
@@ -298,11 +305,11 @@ int isa_level() {
 }
 
 #if CNN_REDUCE_X86
-#define CNN_DISPATCH(call)            \
-  switch (isa_level()) {              \
-    case 2: return k512::call;        \
-    case 1: return k256::call;        \
-    default: return k1::call;         \
+#define CNN_DISPATCH(call)     \
+  switch (isa_level()) {       \
+    case 2: return k512::call; \
+    case 1: return k256::call; \
+    default: return k1::call;  \
   }
 #else
 #define CNN_DISPATCH(call) return k1::call;
@@ -321,7 +328,8 @@ void lane_dot(const T* dy, const T* x, int64_t P, int64_t V, int64_t ld, const f
   CNN_DISPATCH(lane_dot(dy, x, P, V, ld, mean, sdy, sdyx))
 }
 template <class T>
-void lane_affine(const T* x, T* y, int64_t P, int64_t V, int64_t ld, const float* m, const float* s, const float* t, bool stream) {
+void lane_affine(const T* x, T* y, int64_t P, int64_t V, int64_t ld, const float* m, const float* s, const float* t,
+                 bool stream) {
   CNN_DISPATCH(lane_affine(x, y, P, V, ld, m, s, t, stream))
 }
 template <class T>
@@ -337,11 +345,15 @@ void stream_fence() {
 void window_sum(const float* x, int64_t W, int64_t V, int64_t h0, int64_t h1, int64_t w0, int64_t w1, double* acc) {
   CNN_DISPATCH(window_sum(x, W, V, h0, h1, w0, w1, acc))
 }
-void softmax_chunk(const float* x, int64_t n, float* m, double* s, float* e) { CNN_DISPATCH(softmax_chunk(x, n, m, s, e)) }
+void softmax_chunk(const float* x, int64_t n, float* m, double* s, float* e) {
+  CNN_DISPATCH(softmax_chunk(x, n, m, s, e))
+}
 void scale(float* y, int64_t n, float f) { CNN_DISPATCH(scale(y, n, f)) }
 void exp_scale(const float* x, float* y, int64_t n, float m, float f) { CNN_DISPATCH(exp_scale(x, y, n, m, f)) }
 double dot(const float* a, const float* b, int64_t n) { CNN_DISPATCH(dot(a, b, n)) }
-void softmax_bwd(const float* dy, const float* y, float* dx, int64_t n, float d) { CNN_DISPATCH(softmax_bwd(dy, y, dx, n, d)) }
+void softmax_bwd(const float* dy, const float* y, float* dx, int64_t n, float d) {
+  CNN_DISPATCH(softmax_bwd(dy, y, dx, n, d))
+}
 
 void softmax_combine(const float* m, const double* s, int64_t K, float* M, double* S) {
   float mx = m[0];
@@ -367,8 +379,7 @@ void avg_pool_image(const float* x, float* y, int64_t W, int64_t V, const PoolWi
     }
     std::fill(acc, acc + OW * V, 0.0);
     for (int64_t h = w.h0[oh]; h < w.h1[oh]; ++h)
-      for (int64_t ow = 0; ow < OW; ++ow)
-        lane_sum(x + (h * W + w.w0[ow]) * V, w.w1[ow] - w.w0[ow], V, V, acc + ow * V);
+      for (int64_t ow = 0; ow < OW; ++ow) lane_sum(x + (h * W + w.w0[ow]) * V, w.w1[ow] - w.w0[ow], V, V, acc + ow * V);
     for (int64_t ow = 0; ow < OW; ++ow) {
       const double inv = w.inv[oh * OW + ow];
       const double* a = acc + ow * V;
@@ -384,8 +395,10 @@ template void lane_stats(const float*, int64_t, int64_t, int64_t, double*, doubl
 template void lane_stats(const bf16*, int64_t, int64_t, int64_t, double*, double*);
 template void lane_dot(const float*, const float*, int64_t, int64_t, int64_t, const float*, double*, double*);
 template void lane_dot(const bf16*, const bf16*, int64_t, int64_t, int64_t, const float*, double*, double*);
-template void lane_affine(const float*, float*, int64_t, int64_t, int64_t, const float*, const float*, const float*, bool);
-template void lane_affine(const bf16*, bf16*, int64_t, int64_t, int64_t, const float*, const float*, const float*, bool);
+template void lane_affine(const float*, float*, int64_t, int64_t, int64_t, const float*, const float*, const float*,
+                          bool);
+template void lane_affine(const bf16*, bf16*, int64_t, int64_t, int64_t, const float*, const float*, const float*,
+                          bool);
 template void lane_affine_bwd(const float*, const float*, float*, int64_t, int64_t, int64_t, const float*, const float*,
                               const float*, const float*, bool);
 template void lane_affine_bwd(const bf16*, const bf16*, bf16*, int64_t, int64_t, int64_t, const float*, const float*,

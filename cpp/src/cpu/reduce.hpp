@@ -32,13 +32,15 @@ bf16 to_bf16(float f);  // round to nearest even; NaN stays a (quiet) NaN
 int isa_level();
 
 // acc[v] += sum_p x[p*ld + v] (float64).
-template <class T> void lane_sum(const T* x, int64_t P, int64_t V, int64_t ld, double* acc);
+template <class T>
+void lane_sum(const T* x, int64_t P, int64_t V, int64_t ld, double* acc);
 
 // Two-pass statistics of one chunk, per lane (overwrites): sum[v] = sum_p x, m2[v] = sum_p (x - mean_v)^2 with
 // mean_v = sum[v] / P. The deviations are taken from the float nearest the chunk mean and corrected exactly
 // for that shift (sum (x-a)^2 = M2 + P (mean-a)^2), squares accumulated in float64: no cancellation whatever
 // the mean. Callers combine chunks as M2 = sum_k M2_k + cnt_k (mean_k - mean)^2 (cpu/batch_norm.cpp).
-template <class T> void lane_stats(const T* x, int64_t P, int64_t V, int64_t ld, double* sum, double* m2);
+template <class T>
+void lane_stats(const T* x, int64_t P, int64_t V, int64_t ld, double* sum, double* m2);
 
 // Batch-norm backward sums (overwrites): sdy[v] = sum_p dy, sdyx[v] = sum_p dy * (x - mean[v]); mean has V
 // entries (one for V = 1). Products of two floats are exact in float64.
@@ -64,9 +66,9 @@ constexpr int64_t kSoftmaxChunk = 4096;
 void softmax_chunk(const float* x, int64_t n, float* m, double* s, float* e);
 // Combines chunk stats (m[k], s[k]), k < K: M = max m, S = sum_k s[k] * exp(m[k] - M), in k order.
 void softmax_combine(const float* m, const double* s, int64_t K, float* M, double* S);
-void scale(float* y, int64_t n, float f);                                  // y *= f
-void exp_scale(const float* x, float* y, int64_t n, float m, float f);     // y = exp(x - m) * f
-double dot(const float* a, const float* b, int64_t n);                     // sum a*b in float64
+void scale(float* y, int64_t n, float f);                                          // y *= f
+void exp_scale(const float* x, float* y, int64_t n, float m, float f);             // y = exp(x - m) * f
+double dot(const float* a, const float* b, int64_t n);                             // sum a*b in float64
 void softmax_bwd(const float* dy, const float* y, float* dx, int64_t n, float d);  // dx = y * (dy - d)
 
 // acc[0..V) = the float64 sum of the window [h0, h1) x [w0, w1) of an image of W-pixel rows of V lanes (pixel
@@ -98,12 +100,18 @@ struct LaneView {
     const int64_t hw = x.size() == 4 ? x[2] * x[3] : 1;
     const int64_t b = l == Layout::nChw16c ? 16 : l == Layout::nChw8c ? 8 : 1;
     Cp = (C + b - 1) / b * b;
-    if (b > 1) kind = Blocked, G = N * (Cp / b), S = hw, V = b, per_c = N;
-    else if (l == Layout::nhwc) kind = Rows, G = N, S = hw, V = C, per_c = N;
-    else if (hw == 1 && fold_n) kind = Rows, G = 1, S = N, V = C, per_c = 1;
-    else kind = Plain, G = N * C, S = hw, V = 1, per_c = N;
+    if (b > 1)
+      kind = Blocked, G = N * (Cp / b), S = hw, V = b, per_c = N;
+    else if (l == Layout::nhwc)
+      kind = Rows, G = N, S = hw, V = C, per_c = N;
+    else if (hw == 1 && fold_n)
+      kind = Rows, G = 1, S = N, V = C, per_c = 1;
+    else
+      kind = Plain, G = N * C, S = hw, V = 1, per_c = N;
   }
-  int64_t group(int64_t n, int64_t c) const { return kind == Plain ? n * C + c : kind == Blocked ? n * (Cp / V) + c / V : n; }
+  int64_t group(int64_t n, int64_t c) const {
+    return kind == Plain ? n * C + c : kind == Blocked ? n * (Cp / V) + c / V : n;
+  }
   int64_t lane(int64_t c) const { return kind == Plain ? 0 : kind == Blocked ? c % V : c; }
   int64_t chan0(int64_t g) const { return kind == Plain ? g % C : kind == Blocked ? g % (Cp / V) * V : 0; }
 };

@@ -3,8 +3,8 @@
 // chunks of red::kSoftmaxChunk elements (fixed by K); each chunk gives its max m_k and s_k = sum exp(x - m_k) in
 // float64 (red::softmax_chunk, vectorized exp), in parallel over (row, chunk); the row's M = max m_k and
 // S = sum_k s_k exp(m_k - M) are then combined in chunk order (red::softmax_combine). softmax writes exp(x - M) / S
-// (one-chunk rows keep the exps of the first pass and scale them); the loss row term is M + log S - x[label] (float64), the loss
-// their sum in row order over N; softmax_grad's sum dy*y is a float64 dot per chunk, added in chunk order.
+// (one-chunk rows keep the exps of the first pass and scale them); the loss row term is M + log S - x[label] (float64),
+// the loss their sum in row order over N; softmax_grad's sum dy*y is a float64 dot per chunk, added in chunk order.
 // (oneDNN's softmax, used before, sums in float: relative errors ~1e-5 over 2^24 classes, and the loss's row sums
 // were float: 2e-3.) Labels are validated before any row is computed so an out-of-range label throws cnn::Error
 // outside parallel regions. run() allocates nothing (chunk stats live in the session's scratch).
@@ -23,8 +23,8 @@ constexpr int64_t kParallelElems = 1 << 15;
 void check_labels(const Node& n, const int32_t* labels, int64_t N, int64_t K) {
   for (int64_t i = 0; i < N; ++i)
     if (labels[i] < 0 || labels[i] >= K)
-      op_error(n, "label " + std::to_string(labels[i]) + " at batch index " + std::to_string(i) + " is out of range [0, " +
-                      std::to_string(K) + ")");
+      op_error(n, "label " + std::to_string(labels[i]) + " at batch index " + std::to_string(i) +
+                      " is out of range [0, " + std::to_string(K) + ")");
 }
 
 // Rows of K floats cut into B chunks each; item i = row * B + chunk. Scratch: per item the chunk max (float),
@@ -32,11 +32,14 @@ void check_labels(const Node& n, const int32_t* labels, int64_t N, int64_t K) {
 struct RowChunks {
   int64_t N, K, B;
   bool par;
-  RowChunks(int64_t n, int64_t k) : N(n), K(k), B((k + red::kSoftmaxChunk - 1) / red::kSoftmaxChunk), par(n * k >= kParallelElems) {}
+  RowChunks(int64_t n, int64_t k)
+      : N(n), K(k), B((k + red::kSoftmaxChunk - 1) / red::kSoftmaxChunk), par(n * k >= kParallelElems) {}
   int64_t items() const { return N * B; }
   int64_t offset(int64_t i) const { return i / B * K + i % B * red::kSoftmaxChunk; }
   int64_t count(int64_t i) const { return std::min(red::kSoftmaxChunk, K - i % B * red::kSoftmaxChunk); }
-  size_t scratch_bytes() const { return size_t(items()) * (sizeof(double) + 2 * sizeof(float)) + size_t(N) * (sizeof(double) + sizeof(float)) + 64; }
+  size_t scratch_bytes() const {
+    return size_t(items()) * (sizeof(double) + 2 * sizeof(float)) + size_t(N) * (sizeof(double) + sizeof(float)) + 64;
+  }
   struct Views {
     double *s, *S;
     float *m, *f, *M;
@@ -73,8 +76,10 @@ struct RowChunks {
 #pragma omp parallel for schedule(static) if (par)
     for (int64_t i = 0; i < n_items; ++i) {
       const int64_t r = i / B, o = offset(i);
-      if (B == 1) red::scale(y + o, count(i), float(scale / v.S[r]));
-      else red::exp_scale(x + o, y + o, count(i), v.M[r], float(scale / v.S[r]));
+      if (B == 1)
+        red::scale(y + o, count(i), float(scale / v.S[r]));
+      else
+        red::exp_scale(x + o, y + o, count(i), v.M[r], float(scale / v.S[r]));
     }
   }
   // stats() then normalize(): y = softmax(x) * scale

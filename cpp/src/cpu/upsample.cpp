@@ -12,12 +12,14 @@ namespace {
 
 using alg = dnnl::algorithm;
 
-dnnl::resampling_forward::primitive_desc fwd_pd(dnnl::prop_kind prop, const dnnl::memory::desc& x, const dnnl::memory::desc& y) {
-  return dnnl::resampling_forward::primitive_desc(engine(), prop, alg::resampling_nearest, x, y, user_scratchpad_attr());
+dnnl::resampling_forward::primitive_desc fwd_pd(dnnl::prop_kind prop, const dnnl::memory::desc& x,
+                                                const dnnl::memory::desc& y) {
+  return dnnl::resampling_forward::primitive_desc(engine(), prop, alg::resampling_nearest, x, y,
+                                                  user_scratchpad_attr());
 }
 
 struct UpsampleFwd : Kernel {  // x -> y
-  std::string impl_name;  // Kernel::impl(), fixed at construction
+  std::string impl_name;       // Kernel::impl(), fixed at construction
   std::string impl() const override { return impl_name; }
   DnnlExec ex;
   size_t scratch = 0;
@@ -36,14 +38,15 @@ struct UpsampleFwd : Kernel {  // x -> y
 };
 
 struct UpsampleBwd : Kernel {  // dy -> dx
-  std::string impl_name;  // Kernel::impl(), fixed at construction
+  std::string impl_name;       // Kernel::impl(), fixed at construction
   std::string impl() const override { return impl_name; }
   DnnlExec ex;
   size_t scratch = 0;
   explicit UpsampleBwd(const KernelCtx& c) {
     auto dy = md_of(c.in[0], c.layout_in(0)), dx = md_of(c.out[0], c.layout_out(0));
     auto hint = fwd_pd(dnnl::prop_kind::forward_training, dx, dy);
-    dnnl::resampling_backward::primitive_desc pd(engine(), alg::resampling_nearest, dx, dy, hint, user_scratchpad_attr());
+    dnnl::resampling_backward::primitive_desc pd(engine(), alg::resampling_nearest, dx, dy, hint,
+                                                 user_scratchpad_attr());
     ex = DnnlExec(dnnl::resampling_backward(pd));
     impl_name = onednn_impl(pd);
     ex.bind(DNNL_ARG_DIFF_DST, dy, Src::in(0));
@@ -56,7 +59,8 @@ struct UpsampleBwd : Kernel {  // dy -> dx
 };
 
 KernelRegistrar r1("cpu", "upsample_nearest2d", [](const KernelCtx& c) { return std::make_unique<UpsampleFwd>(c); });
-KernelRegistrar r2("cpu", "upsample_nearest2d_grad", [](const KernelCtx& c) { return std::make_unique<UpsampleBwd>(c); });
+KernelRegistrar r2("cpu", "upsample_nearest2d_grad",
+                   [](const KernelCtx& c) { return std::make_unique<UpsampleBwd>(c); });
 LayoutRuleRegistrar l1("cpu", "upsample_nearest2d", rule_follow_input(0));
 LayoutRuleRegistrar l2("cpu", "upsample_nearest2d_grad", rule_follow_input(0));
 Bf16Registrar b1("cpu", "upsample_nearest2d");  // oneDNN resampling follows the KernelCtx dtypes

@@ -34,7 +34,8 @@ struct Fill : Kernel {
   int64_t n;
   double value;
   DType dtype;
-  explicit Fill(const KernelCtx& c) : n(numel(c.out[0].shape)), value(c.node.attrs.f("value", 0.0)), dtype(c.out[0].dtype) {}
+  explicit Fill(const KernelCtx& c)
+      : n(numel(c.out[0].shape)), value(c.node.attrs.f("value", 0.0)), dtype(c.out[0].dtype) {}
   std::string impl() const override { return "native"; }
   void run(const RunCtx& r) override {
     if (dtype == DType::f64) {

@@ -47,8 +47,8 @@ WINO_AVX512 inline void at6(const __m512 m[6], __m512 o[4]) {
 
 }  // namespace
 
-WINO_AVX512 void input_transform(const float* xn, int64_t CB, int64_t H, int64_t W, int64_t ih0, int64_t iw0,
-                                 float* v, int64_t xi_stride, int64_t per, int64_t group_stride) {
+WINO_AVX512 void input_transform(const float* xn, int64_t CB, int64_t H, int64_t W, int64_t ih0, int64_t iw0, float* v,
+                                 int64_t xi_stride, int64_t per, int64_t group_stride) {
   bool rin[6], cin[6];
   for (int i = 0; i < 6; ++i) rin[i] = ih0 + i >= 0 && ih0 + i < H;
   for (int j = 0; j < 6; ++j) cin[j] = iw0 + j >= 0 && iw0 + j < W;
@@ -96,8 +96,10 @@ WINO_AVX512 void output_tile(const float* m, int64_t xi_stride, int64_t OB, int6
         float* p = ybase + ((oh0 + i) * OW + ow0 + j) * 16;
         __m512 r = _mm512_add_ps(o[j], b);
         if (ep.sum) r = _mm512_add_ps(r, _mm512_loadu_ps(p));
-        if (ep.act == 1) r = _mm512_max_ps(r, zero);
-        else if (ep.act == 2) r = _mm512_mask_mul_ps(r, _mm512_cmp_ps_mask(r, zero, _CMP_LT_OQ), r, alpha);
+        if (ep.act == 1)
+          r = _mm512_max_ps(r, zero);
+        else if (ep.act == 2)
+          r = _mm512_mask_mul_ps(r, _mm512_cmp_ps_mask(r, zero, _CMP_LT_OQ), r, alpha);
         _mm512_storeu_ps(p, r);
       }
     }
@@ -226,8 +228,12 @@ WINO_AVX512 void Conv::transform_weights(const float* w, bool flip_transpose, co
   const int64_t s_ic = flip_transpose ? OC * 9 : 9, s_oc = flip_transpose ? 9 : IC * 9;
   const __m512i lanes = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                                            _mm512_set1_epi32(int(s_oc)));
-  const float G[6][3] = {{1.f / 4, 0, 0},           {-1.f / 6, -1.f / 6, -1.f / 6}, {-1.f / 6, 1.f / 6, -1.f / 6},
-                         {1.f / 24, 1.f / 12, 1.f / 6}, {1.f / 24, -1.f / 12, 1.f / 6}, {0, 0, 1}};
+  const float G[6][3] = {{1.f / 4, 0, 0},
+                         {-1.f / 6, -1.f / 6, -1.f / 6},
+                         {-1.f / 6, 1.f / 6, -1.f / 6},
+                         {1.f / 24, 1.f / 12, 1.f / 6},
+                         {1.f / 24, -1.f / 12, 1.f / 6},
+                         {0, 0, 1}};
 #pragma omp parallel for schedule(static)
   for (int64_t j = 0; j < nob; ++j) {
     const int64_t ob = ob0 + j;
@@ -240,12 +246,14 @@ WINO_AVX512 void Conv::transform_weights(const float* w, bool flip_transpose, co
       __m512 t[6][3];
       for (int a = 0; a < 6; ++a)
         for (int k = 0; k < 3; ++k)
-          t[a][k] = _mm512_fmadd_ps(_mm512_set1_ps(G[a][0]), gk[0][k],
-                                    _mm512_fmadd_ps(_mm512_set1_ps(G[a][1]), gk[1][k], _mm512_mul_ps(_mm512_set1_ps(G[a][2]), gk[2][k])));
+          t[a][k] = _mm512_fmadd_ps(
+              _mm512_set1_ps(G[a][0]), gk[0][k],
+              _mm512_fmadd_ps(_mm512_set1_ps(G[a][1]), gk[1][k], _mm512_mul_ps(_mm512_set1_ps(G[a][2]), gk[2][k])));
       for (int a = 0; a < 6; ++a)
         for (int b = 0; b < 6; ++b) {
-          __m512 v = _mm512_fmadd_ps(_mm512_set1_ps(G[b][0]), t[a][0],
-                                     _mm512_fmadd_ps(_mm512_set1_ps(G[b][1]), t[a][1], _mm512_mul_ps(_mm512_set1_ps(G[b][2]), t[a][2])));
+          __m512 v = _mm512_fmadd_ps(
+              _mm512_set1_ps(G[b][0]), t[a][0],
+              _mm512_fmadd_ps(_mm512_set1_ps(G[b][1]), t[a][1], _mm512_mul_ps(_mm512_set1_ps(G[b][2]), t[a][2])));
           _mm512_storeu_ps(u + ((a * 6 + b) * IC + ic) * ld + j * 16, v);
         }
     }
@@ -270,8 +278,8 @@ void Conv::run(const float* x, float* y, const float* w, bool flip_transpose, co
   };
   auto in_tile = [&](float* v, int64_t tile, int64_t r, int64_t rows) {
     const int64_t n = tile / tiles_img, th = tile % tiles_img / TW_, tw = tile % TW_;
-    input_transform(x + n * CB * H * W * 16, CB, H, W, th * 4 - g_.pad_h, tw * 4 - g_.pad_w, v + r * g_.IC, rows * g_.IC,
-                    CB, 0);
+    input_transform(x + n * CB * H * W * 16, CB, H, W, th * 4 - g_.pad_h, tw * 4 - g_.pad_w, v + r * g_.IC,
+                    rows * g_.IC, CB, 0);
   };
   auto out_tile = [&](const float* m, int64_t tile, int64_t r, int64_t rows) {
     const int64_t n = tile / tiles_img, th = tile % tiles_img / TW_, tw = tile % TW_;

@@ -96,8 +96,8 @@ class Conv {
 
  private:
   // U[xi][ic][o] for output channels [ob0 * 16, ob0 * 16 + nob * 16), o counted from ob0 * 16, row length ld
-  void transform_weights(const float* w, bool flip_transpose, const float* scale, int64_t ob0, int64_t nob,
-                         int64_t ld, float* u) const;
+  void transform_weights(const float* w, bool flip_transpose, const float* scale, int64_t ob0, int64_t nob, int64_t ld,
+                         float* u) const;
   struct Thread {
     dnnl::memory src, wei, dst, pad, src_t, dst_t, pad_t;
     std::unordered_map<int, dnnl::memory> args, args_t;

@@ -65,12 +65,12 @@ __attribute__((target("avx512f"))) inline void a6(const float* const y[4], float
 alignas(64) const float kZero[VL] = {0};
 
 constexpr int kMaxThreads = 256;
-constexpr int64_t kBlocksMinCC = 256 * 256;     // output_blocks only for IC*OC >= this
+constexpr int64_t kBlocksMinCC = 256 * 256;        // output_blocks only for IC*OC >= this
 constexpr int64_t kChunkBytes = int64_t(1) << 20;  // tile_chunks: target V+D bytes per chunk
-constexpr int64_t kBlk = 64;                               // output_blocks: ICB = OCB
-constexpr int64_t kDetPartials = 8;   // deterministic tile_chunks: at most this many partial dU^T copies
-constexpr int64_t kDetPartTiles = 64;  // ... and at least this many tiles each
-constexpr int64_t kDetGroups = 32;    // deterministic points, output_blocks: db groups
+constexpr int64_t kBlk = 64;                       // output_blocks: ICB = OCB
+constexpr int64_t kDetPartials = 8;                // deterministic tile_chunks: at most this many partial dU^T copies
+constexpr int64_t kDetPartTiles = 64;              // ... and at least this many tiles each
+constexpr int64_t kDetGroups = 32;                 // deterministic points, output_blocks: db groups
 }  // namespace
 
 struct BwdWeights::Impl {
@@ -79,8 +79,8 @@ struct BwdWeights::Impl {
   int nthr_max = 1;
   Split split = Split::tile_chunks;
   bool det = false;
-  int64_t Q = 0, G = 0;    // deterministic: partials (tile_chunks), db groups (the others)
-  size_t det_off = 0;      // deterministic: where the partials / groups start in the shared scratch
+  int64_t Q = 0, G = 0;  // deterministic: partials (tile_chunks), db groups (the others)
+  size_t det_off = 0;    // deterministic: where the partials / groups start in the shared scratch
   int64_t Tc = 0, nchunks = 0;
   // Channel blocking of V / D / dU^T. tile_chunks, points: ICB = IC, OCB = OC;
   // output_blocks: the output block of one GEMM batch.
@@ -156,8 +156,9 @@ __attribute__((target("avx512f"))) void BwdWeights::Impl::zero_row(int64_t row, 
     for (int xi = 0; xi < NXI; ++xi) std::memset(dptr(D, xi, row, c), 0, sizeof(float) * OCB);
 }
 
-__attribute__((target("avx512f"))) void BwdWeights::Impl::transform_tile(const float* x, const float* dy, int64_t t, int64_t row, float* V, float* D,
-                                      float* dbt) const {
+__attribute__((target("avx512f"))) void BwdWeights::Impl::transform_tile(const float* x, const float* dy, int64_t t,
+                                                                         int64_t row, float* V, float* D,
+                                                                         float* dbt) const {
   const int64_t n = t / (TH * TW), r = t % (TH * TW), th = r / TW, tw = r % TW;
   const int64_t H = g.H, W = g.W;
   // ---- input patch -> V (the forward's transform; channels grouped in blocks of ICB)
@@ -197,8 +198,9 @@ __attribute__((target("avx512f"))) void BwdWeights::Impl::transform_tile(const f
 // Sum the nU dU^T copies (fixed order), apply G^T . G and write dw for oc in [oc0, oc0+noc), ic in [ic0, ic0+nic).
 // Element (xi, oc, ic) at Us[k][xi*xs + (oc-oc0)*rs + (ic-ic0)]. Lanes run over 16 consecutive ic, so every
 // (oc, 16 ic) item writes 144 contiguous floats of dw.
-__attribute__((target("avx512f"))) void BwdWeights::Impl::finish_block(const float* const* Us, int nU, size_t xs, size_t rs, int64_t oc0, int64_t noc,
-                                    int64_t ic0, int64_t nic, float* dw) const {
+__attribute__((target("avx512f"))) void BwdWeights::Impl::finish_block(const float* const* Us, int nU, size_t xs,
+                                                                       size_t rs, int64_t oc0, int64_t noc, int64_t ic0,
+                                                                       int64_t nic, float* dw) const {
   const int64_t IC = g.IC;
   for (int64_t oc = 0; oc < noc; ++oc)
     for (int64_t iv = 0; iv < nic / VL; ++iv) {
@@ -428,7 +430,7 @@ void BwdWeights::run(const float* x, const float* dy, float* dw, float* db, char
       for (int64_t c = c0; c < c1; ++c) {
         const int64_t t0 = c * Tc, rows = std::min(Tc, T - t0);
         for (int64_t r = 0; r < rows; ++r) I.transform_tile(x, dy, t0 + r, r, V, D, dbt);
-               for (int64_t r = rows; r < Tc; ++r) I.zero_row(r, V, D);
+        for (int64_t r = rows; r < Tc; ++r) I.zero_row(r, V, D);
         I.exec(c == c0 ? I.mm_first : I.mm_acc, ithr);
       }
 #pragma omp barrier

@@ -26,12 +26,12 @@ void HostBackend::adam_update(float* p, const float* g, float* m, float* v, floa
                               long step, OptimMaxima* maxima) const {
   cnn::adam_update(p, g, m, v, vmax, n, c, step, maxima);
 }
-long HostBackend::sgd_first_non_finite(const float* p, const float* g, const float* momentum, size_t n, const SGDConfig& c,
-                                       long step) const {
+long HostBackend::sgd_first_non_finite(const float* p, const float* g, const float* momentum, size_t n,
+                                       const SGDConfig& c, long step) const {
   return cnn::sgd_first_non_finite(p, g, momentum, n, c, step);
 }
-long HostBackend::adam_first_non_finite(const float* p, const float* g, const float* m, const float* v, const float* vmax,
-                                        size_t n, const AdamConfig& c, long step) const {
+long HostBackend::adam_first_non_finite(const float* p, const float* g, const float* m, const float* v,
+                                        const float* vmax, size_t n, const AdamConfig& c, long step) const {
   return cnn::adam_first_non_finite(p, g, m, v, vmax, n, c, step);
 }
 

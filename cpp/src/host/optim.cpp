@@ -38,8 +38,7 @@
 #include <omp.h>
 #endif
 
-#if (defined(__x86_64__) || defined(__i386__)) && \
-    (defined(__GNUC__) || defined(__clang__))
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #define CNN_OPTIM_X86 1
 #include <immintrin.h>
 #else
@@ -54,38 +53,31 @@ constexpr std::size_t kParallelMin = std::size_t(1) << 15;  // serial at or belo
 
 // ---------------------------------------------------------------- validation
 
-[[noreturn]] void bad(const std::string& what) {
-  throw std::invalid_argument("cnn optim: " + what);
-}
+[[noreturn]] void bad(const std::string& what) { throw std::invalid_argument("cnn optim: " + what); }
 
 bool finite_nonneg(float x) { return std::isfinite(x) && x >= 0.f; }
 
-void check_sgd(const void* p, const void* g, const void* buf, std::size_t n,
-               const SGDConfig& c, long step) {
+void check_sgd(const void* p, const void* g, const void* buf, std::size_t n, const SGDConfig& c, long step) {
   if (!finite_nonneg(c.lr)) bad("SGD learning rate must be finite and >= 0");
   if (!finite_nonneg(c.momentum)) bad("SGD momentum must be finite and >= 0");
   if (!std::isfinite(c.dampening)) bad("SGD dampening must be finite");
-  if (!finite_nonneg(c.weight_decay))
-    bad("SGD weight_decay must be finite and >= 0");
+  if (!finite_nonneg(c.weight_decay)) bad("SGD weight_decay must be finite and >= 0");
   if (c.nesterov && (c.momentum <= 0.f || c.dampening != 0.f))
     bad("Nesterov momentum requires a momentum > 0 and zero dampening");
   if (step < 1) bad("step must be >= 1 (1-based count of updates)");
   if (n > 0) {
     if (p == nullptr || g == nullptr) bad("null parameter or gradient buffer");
-    if (c.momentum != 0.f && buf == nullptr)
-      bad("SGD with momentum needs a momentum buffer");
+    if (c.momentum != 0.f && buf == nullptr) bad("SGD with momentum needs a momentum buffer");
   }
 }
 
-void check_adam(const void* p, const void* g, const void* m, const void* v,
-                const void* vmax, std::size_t n, const AdamConfig& c,
-                long step) {
+void check_adam(const void* p, const void* g, const void* m, const void* v, const void* vmax, std::size_t n,
+                const AdamConfig& c, long step) {
   if (!finite_nonneg(c.lr)) bad("Adam learning rate must be finite and >= 0");
   if (!finite_nonneg(c.eps)) bad("Adam eps must be finite and >= 0");
   if (!(c.beta1 >= 0.f && c.beta1 < 1.f)) bad("Adam beta1 must be in [0, 1)");
   if (!(c.beta2 >= 0.f && c.beta2 < 1.f)) bad("Adam beta2 must be in [0, 1)");
-  if (!finite_nonneg(c.weight_decay))
-    bad("Adam weight_decay must be finite and >= 0");
+  if (!finite_nonneg(c.weight_decay)) bad("Adam weight_decay must be finite and >= 0");
   if (step < 1) bad("step must be >= 1 (1-based count of updates)");
   if (n > 0) {
     if (p == nullptr || g == nullptr) bad("null parameter or gradient buffer");
@@ -167,8 +159,7 @@ inline float mulf(float a, float b) {
 inline float mulf(float a, float b) { return a * b; }  // no FMA to contract to
 #endif
 
-inline void sgd_elem(float* p, const float* g, float* buf, const SgdK& k,
-                     OptimMaxima* mx = nullptr) {
+inline void sgd_elem(float* p, const float* g, float* buf, const SgdK& k, OptimMaxima* mx = nullptr) {
   const float pv = *p;
   float d = *g;
   if (k.has_wd) d = d + mulf(k.wd, pv);
@@ -182,15 +173,14 @@ inline void sgd_elem(float* p, const float* g, float* buf, const SgdK& k,
   if (mx) mx->p = std::max(mx->p, std::fabs(*p));
 }
 
-inline void adam_elem(float* p, const float* g, float* m, float* v,
-                      float* vmax, const AdamK& k, OptimMaxima* mx = nullptr) {
+inline void adam_elem(float* p, const float* g, float* m, float* v, float* vmax, const AdamK& k,
+                      OptimMaxima* mx = nullptr) {
   float pv = *p;
   if (k.has_decay) pv = pv * k.decay;
   float d = *g;
   if (k.has_wd) d = d + mulf(k.wd, pv);
   const float mo = *m;
-  const float mn =
-      k.lerp_lo ? mo + mulf(k.w1, d - mo) : d - mulf(d - mo, k.omw1);
+  const float mn = k.lerp_lo ? mo + mulf(k.w1, d - mo) : d - mulf(d - mo, k.omw1);
   const float vn = mulf(k.b2, *v) + mulf(k.omb2 * d, d);
   *m = mn;
   *v = vn;
@@ -209,16 +199,13 @@ inline void adam_elem(float* p, const float* g, float* m, float* v,
   }
 }
 
-void sgd_scalar(float* p, const float* g, float* buf, std::size_t n,
-                const SgdK& k, OptimMaxima* mx) {
-  for (std::size_t i = 0; i < n; ++i)
-    sgd_elem(p + i, g + i, k.mom ? buf + i : nullptr, k, mx);
+void sgd_scalar(float* p, const float* g, float* buf, std::size_t n, const SgdK& k, OptimMaxima* mx) {
+  for (std::size_t i = 0; i < n; ++i) sgd_elem(p + i, g + i, k.mom ? buf + i : nullptr, k, mx);
 }
 
-void adam_scalar(float* p, const float* g, float* m, float* v, float* vmax,
-                 std::size_t n, const AdamK& k, OptimMaxima* mx) {
-  for (std::size_t i = 0; i < n; ++i)
-    adam_elem(p + i, g + i, m + i, v + i, k.ams ? vmax + i : nullptr, k, mx);
+void adam_scalar(float* p, const float* g, float* m, float* v, float* vmax, std::size_t n, const AdamK& k,
+                 OptimMaxima* mx) {
+  for (std::size_t i = 0; i < n; ++i) adam_elem(p + i, g + i, m + i, v + i, k.ams ? vmax + i : nullptr, k, mx);
 }
 
 #if CNN_OPTIM_X86
@@ -254,26 +241,19 @@ CNN_AVX2 void st8(float* a, __m256i mk, __m256 x) {
 struct Max8 {
   __m256 p, m, v;
 };
-CNN_AVX2 __m256 abs8(__m256 x) {
-  return _mm256_andnot_ps(_mm256_set1_ps(-0.f), x);
-}
+CNN_AVX2 __m256 abs8(__m256 x) { return _mm256_andnot_ps(_mm256_set1_ps(-0.f), x); }
 // Masked-off lanes of a partial vector load as zero, so they never raise a maximum.
-CNN_AVX2 __m256 zero_off8(__m256 x, __m256i mk) {
-  return _mm256_and_ps(x, _mm256_castsi256_ps(mk));
-}
+CNN_AVX2 __m256 zero_off8(__m256 x, __m256i mk) { return _mm256_and_ps(x, _mm256_castsi256_ps(mk)); }
 
 template <bool Full>
-CNN_AVX2 void sgd8(float* p, const float* g, float* buf, __m256i mk,
-                   const SgdK& k, Max8* mx) {
+CNN_AVX2 void sgd8(float* p, const float* g, float* buf, __m256i mk, const SgdK& k, Max8* mx) {
   const __m256 pv = ld8<Full>(p, mk);
   __m256 d = ld8<Full>(g, mk);
   if (k.has_wd) d = _mm256_add_ps(d, mul8(_mm256_set1_ps(k.wd), pv));
   if (k.mom != 0) {
     const __m256 mu = _mm256_set1_ps(k.mu);
     __m256 b = d;
-    if (k.mom == 2)
-      b = _mm256_add_ps(mul8(mu, ld8<Full>(buf, mk)),
-                        mul8(_mm256_set1_ps(k.omd), d));
+    if (k.mom == 2) b = _mm256_add_ps(mul8(mu, ld8<Full>(buf, mk)), mul8(_mm256_set1_ps(k.omd), d));
     st8<Full>(buf, mk, b);
     if (mx) mx->m = _mm256_max_ps(mx->m, zero_off8(abs8(b), mk));
     d = k.nesterov ? _mm256_add_ps(d, mul8(mu, b)) : b;
@@ -284,20 +264,17 @@ CNN_AVX2 void sgd8(float* p, const float* g, float* buf, __m256i mk,
 }
 
 template <bool Full>
-CNN_AVX2 void adam8(float* p, const float* g, float* m, float* v, float* vmax,
-                    __m256i mk, const AdamK& k, Max8* mx) {
+CNN_AVX2 void adam8(float* p, const float* g, float* m, float* v, float* vmax, __m256i mk, const AdamK& k, Max8* mx) {
   __m256 pv = ld8<Full>(p, mk);
   if (k.has_decay) pv = mul8(pv, _mm256_set1_ps(k.decay));
   __m256 d = ld8<Full>(g, mk);
   if (k.has_wd) d = _mm256_add_ps(d, mul8(_mm256_set1_ps(k.wd), pv));
   const __m256 mo = ld8<Full>(m, mk);
   const __m256 dm = _mm256_sub_ps(d, mo);
-  const __m256 mn =
-      k.lerp_lo ? _mm256_add_ps(mo, mul8(_mm256_set1_ps(k.w1), dm))
-                : _mm256_sub_ps(d, mul8(dm, _mm256_set1_ps(k.omw1)));
-  const __m256 vn = _mm256_add_ps(
-      mul8(_mm256_set1_ps(k.b2), ld8<Full>(v, mk)),
-      mul8(mul8(_mm256_set1_ps(k.omb2), d), d));
+  const __m256 mn = k.lerp_lo ? _mm256_add_ps(mo, mul8(_mm256_set1_ps(k.w1), dm))
+                              : _mm256_sub_ps(d, mul8(dm, _mm256_set1_ps(k.omw1)));
+  const __m256 vn =
+      _mm256_add_ps(mul8(_mm256_set1_ps(k.b2), ld8<Full>(v, mk)), mul8(mul8(_mm256_set1_ps(k.omb2), d), d));
   st8<Full>(m, mk, mn);
   st8<Full>(v, mk, vn);
   __m256 s = vn;
@@ -305,11 +282,8 @@ CNN_AVX2 void adam8(float* p, const float* g, float* m, float* v, float* vmax,
     s = _mm256_max_ps(ld8<Full>(vmax, mk), vn);
     st8<Full>(vmax, mk, s);
   }
-  const __m256 den =
-      _mm256_add_ps(_mm256_div_ps(_mm256_sqrt_ps(s), _mm256_set1_ps(k.bc2s)),
-                    _mm256_set1_ps(k.eps));
-  const __m256 upd =
-      _mm256_div_ps(mul8(_mm256_set1_ps(k.step_size), mn), den);
+  const __m256 den = _mm256_add_ps(_mm256_div_ps(_mm256_sqrt_ps(s), _mm256_set1_ps(k.bc2s)), _mm256_set1_ps(k.eps));
+  const __m256 upd = _mm256_div_ps(mul8(_mm256_set1_ps(k.step_size), mn), den);
   const __m256 pn = _mm256_sub_ps(pv, upd);
   st8<Full>(p, mk, pn);
   if (mx) {
@@ -331,39 +305,27 @@ CNN_AVX2 void fold8(const Max8& v, OptimMaxima* mx) {
   mx->v = std::max(mx->v, hmax8(v.v));
 }
 
-__attribute__((target("avx2"))) void sgd_avx2(float* p, const float* g,
-                                              float* buf, std::size_t n,
-                                              const SgdK& kref,
+__attribute__((target("avx2"))) void sgd_avx2(float* p, const float* g, float* buf, std::size_t n, const SgdK& kref,
                                               OptimMaxima* mx) {
   const SgdK k = kref;  // local copy: stores through p cannot alias it
   const __m256i all = _mm256_set1_epi32(-1);
   Max8 acc{_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
   Max8* a = mx ? &acc : nullptr;
   std::size_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    sgd8<true>(p + i, g + i, k.mom ? buf + i : nullptr, all, k, a);
-  if (i < n)
-    sgd8<false>(p + i, g + i, k.mom ? buf + i : nullptr, avx2_tail_mask(n - i),
-                k, a);
+  for (; i + 8 <= n; i += 8) sgd8<true>(p + i, g + i, k.mom ? buf + i : nullptr, all, k, a);
+  if (i < n) sgd8<false>(p + i, g + i, k.mom ? buf + i : nullptr, avx2_tail_mask(n - i), k, a);
   if (mx) fold8(acc, mx);
 }
 
-__attribute__((target("avx2"))) void adam_avx2(float* p, const float* g,
-                                               float* m, float* v, float* vmax,
-                                               std::size_t n,
-                                               const AdamK& kref,
-                                               OptimMaxima* mx) {
+__attribute__((target("avx2"))) void adam_avx2(float* p, const float* g, float* m, float* v, float* vmax, std::size_t n,
+                                               const AdamK& kref, OptimMaxima* mx) {
   const AdamK k = kref;  // local copy: stores through p cannot alias it
   const __m256i all = _mm256_set1_epi32(-1);
   Max8 acc{_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
   Max8* a = mx ? &acc : nullptr;
   std::size_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    adam8<true>(p + i, g + i, m + i, v + i, k.ams ? vmax + i : nullptr, all,
-                k, a);
-  if (i < n)
-    adam8<false>(p + i, g + i, m + i, v + i, k.ams ? vmax + i : nullptr,
-                 avx2_tail_mask(n - i), k, a);
+  for (; i + 8 <= n; i += 8) adam8<true>(p + i, g + i, m + i, v + i, k.ams ? vmax + i : nullptr, all, k, a);
+  if (i < n) adam8<false>(p + i, g + i, m + i, v + i, k.ams ? vmax + i : nullptr, avx2_tail_mask(n - i), k, a);
   if (mx) fold8(acc, mx);
 }
 
@@ -379,29 +341,22 @@ CNN_AVX512 __m512 mul16(__m512 a, __m512 b) {  // unfusable product, see mulf
   return r;
 }
 
-CNN_AVX512 __m512 ld16(const float* a, __mmask16 mk) {
-  return _mm512_maskz_loadu_ps(mk, a);
-}
-CNN_AVX512 void st16(float* a, __mmask16 mk, __m512 x) {
-  _mm512_mask_storeu_ps(a, mk, x);
-}
+CNN_AVX512 __m512 ld16(const float* a, __mmask16 mk) { return _mm512_maskz_loadu_ps(mk, a); }
+CNN_AVX512 void st16(float* a, __mmask16 mk, __m512 x) { _mm512_mask_storeu_ps(a, mk, x); }
 
 struct Max16 {
   __m512 p, m, v;
 };
 CNN_AVX512 __m512 abs16(__m512 x) { return _mm512_abs_ps(x); }
 
-CNN_AVX512 void sgd16(float* p, const float* g, float* buf, __mmask16 mk,
-                      const SgdK& k, Max16* mx) {
+CNN_AVX512 void sgd16(float* p, const float* g, float* buf, __mmask16 mk, const SgdK& k, Max16* mx) {
   const __m512 pv = ld16(p, mk);
   __m512 d = ld16(g, mk);
   if (k.has_wd) d = _mm512_add_ps(d, mul16(_mm512_set1_ps(k.wd), pv));
   if (k.mom != 0) {
     const __m512 mu = _mm512_set1_ps(k.mu);
     __m512 b = d;
-    if (k.mom == 2)
-      b = _mm512_add_ps(mul16(mu, ld16(buf, mk)),
-                        mul16(_mm512_set1_ps(k.omd), d));
+    if (k.mom == 2) b = _mm512_add_ps(mul16(mu, ld16(buf, mk)), mul16(_mm512_set1_ps(k.omd), d));
     st16(buf, mk, b);
     if (mx) mx->m = _mm512_mask_max_ps(mx->m, mk, mx->m, abs16(b));
     d = k.nesterov ? _mm512_add_ps(d, mul16(mu, b)) : b;
@@ -411,20 +366,17 @@ CNN_AVX512 void sgd16(float* p, const float* g, float* buf, __mmask16 mk,
   if (mx) mx->p = _mm512_mask_max_ps(mx->p, mk, mx->p, abs16(pn));
 }
 
-CNN_AVX512 void adam16(float* p, const float* g, float* m, float* v,
-                       float* vmax, __mmask16 mk, const AdamK& k, Max16* mx) {
+CNN_AVX512 void adam16(float* p, const float* g, float* m, float* v, float* vmax, __mmask16 mk, const AdamK& k,
+                       Max16* mx) {
   __m512 pv = ld16(p, mk);
   if (k.has_decay) pv = mul16(pv, _mm512_set1_ps(k.decay));
   __m512 d = ld16(g, mk);
   if (k.has_wd) d = _mm512_add_ps(d, mul16(_mm512_set1_ps(k.wd), pv));
   const __m512 mo = ld16(m, mk);
   const __m512 dm = _mm512_sub_ps(d, mo);
-  const __m512 mn =
-      k.lerp_lo ? _mm512_add_ps(mo, mul16(_mm512_set1_ps(k.w1), dm))
-                : _mm512_sub_ps(d, mul16(dm, _mm512_set1_ps(k.omw1)));
-  const __m512 vn =
-      _mm512_add_ps(mul16(_mm512_set1_ps(k.b2), ld16(v, mk)),
-                    mul16(mul16(_mm512_set1_ps(k.omb2), d), d));
+  const __m512 mn = k.lerp_lo ? _mm512_add_ps(mo, mul16(_mm512_set1_ps(k.w1), dm))
+                              : _mm512_sub_ps(d, mul16(dm, _mm512_set1_ps(k.omw1)));
+  const __m512 vn = _mm512_add_ps(mul16(_mm512_set1_ps(k.b2), ld16(v, mk)), mul16(mul16(_mm512_set1_ps(k.omb2), d), d));
   st16(m, mk, mn);
   st16(v, mk, vn);
   __m512 s = vn;
@@ -433,10 +385,8 @@ CNN_AVX512 void adam16(float* p, const float* g, float* m, float* v,
     st16(vmax, mk, s);
   }
   const __m512 root = _mm512_maskz_sqrt_ps(mk, s);
-  const __m512 den = _mm512_add_ps(_mm512_div_ps(root, _mm512_set1_ps(k.bc2s)),
-                                   _mm512_set1_ps(k.eps));
-  const __m512 upd =
-      _mm512_div_ps(mul16(_mm512_set1_ps(k.step_size), mn), den);
+  const __m512 den = _mm512_add_ps(_mm512_div_ps(root, _mm512_set1_ps(k.bc2s)), _mm512_set1_ps(k.eps));
+  const __m512 upd = _mm512_div_ps(mul16(_mm512_set1_ps(k.step_size), mn), den);
   const __m512 pn = _mm512_sub_ps(pv, upd);
   st16(p, mk, pn);
   if (mx) {
@@ -452,16 +402,13 @@ CNN_AVX512 void fold16(const Max16& v, OptimMaxima* mx) {
   mx->v = std::max(mx->v, _mm512_reduce_max_ps(v.v));
 }
 
-__attribute__((target("avx512f"))) void sgd_avx512(float* p, const float* g,
-                                                   float* buf, std::size_t n,
-                                                   const SgdK& kref,
-                                                   OptimMaxima* mx) {
+__attribute__((target("avx512f"))) void sgd_avx512(float* p, const float* g, float* buf, std::size_t n,
+                                                   const SgdK& kref, OptimMaxima* mx) {
   const SgdK k = kref;  // local copy: stores through p cannot alias it
   Max16 acc{_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
   Max16* a = mx ? &acc : nullptr;
   std::size_t i = 0;
-  for (; i + 16 <= n; i += 16)
-    sgd16(p + i, g + i, k.mom ? buf + i : nullptr, __mmask16(0xFFFF), k, a);
+  for (; i + 16 <= n; i += 16) sgd16(p + i, g + i, k.mom ? buf + i : nullptr, __mmask16(0xFFFF), k, a);
   if (i < n) {
     const __mmask16 mk = static_cast<__mmask16>((1u << (n - i)) - 1u);
     sgd16(p + i, g + i, k.mom ? buf + i : nullptr, mk, k, a);
@@ -469,18 +416,13 @@ __attribute__((target("avx512f"))) void sgd_avx512(float* p, const float* g,
   if (mx) fold16(acc, mx);
 }
 
-__attribute__((target("avx512f"))) void adam_avx512(float* p, const float* g,
-                                                    float* m, float* v,
-                                                    float* vmax, std::size_t n,
-                                                    const AdamK& kref,
-                                                    OptimMaxima* mx) {
+__attribute__((target("avx512f"))) void adam_avx512(float* p, const float* g, float* m, float* v, float* vmax,
+                                                    std::size_t n, const AdamK& kref, OptimMaxima* mx) {
   const AdamK k = kref;  // local copy: stores through p cannot alias it
   Max16 acc{_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
   Max16* a = mx ? &acc : nullptr;
   std::size_t i = 0;
-  for (; i + 16 <= n; i += 16)
-    adam16(p + i, g + i, m + i, v + i, k.ams ? vmax + i : nullptr,
-           __mmask16(0xFFFF), k, a);
+  for (; i + 16 <= n; i += 16) adam16(p + i, g + i, m + i, v + i, k.ams ? vmax + i : nullptr, __mmask16(0xFFFF), k, a);
   if (i < n) {
     const __mmask16 mk = static_cast<__mmask16>((1u << (n - i)) - 1u);
     adam16(p + i, g + i, m + i, v + i, k.ams ? vmax + i : nullptr, mk, k, a);
@@ -512,10 +454,8 @@ __attribute__((target("avx512f"))) void absmax_avx512(const float* x, std::size_
 
 // ---------------------------------------------------------------- dispatch
 
-using SgdFn = void (*)(float*, const float*, float*, std::size_t, const SgdK&,
-                       OptimMaxima*);
-using AdamFn = void (*)(float*, const float*, float*, float*, float*,
-                        std::size_t, const AdamK&, OptimMaxima*);
+using SgdFn = void (*)(float*, const float*, float*, std::size_t, const SgdK&, OptimMaxima*);
+using AdamFn = void (*)(float*, const float*, float*, float*, float*, std::size_t, const AdamK&, OptimMaxima*);
 
 int detect_best() {
 #if CNN_OPTIM_X86
@@ -599,55 +539,65 @@ void for_chunks(std::size_t n, const F& f, OptimMaxima* mx = nullptr) {
 
 // ------------------------------------------------------------------ public
 
-void sgd_update(float* p, const float* g, float* momentum_buf, std::size_t n,
-                const SGDConfig& c, long step, OptimMaxima* maxima) {
+void sgd_update(float* p, const float* g, float* momentum_buf, std::size_t n, const SGDConfig& c, long step,
+                OptimMaxima* maxima) {
   check_sgd(p, g, momentum_buf, n, c, step);
   if (maxima) *maxima = OptimMaxima{};
   if (n == 0) return;
   const SgdK k = make_sgd(c, step);
   const SgdFn fn = sgd_kernel();
-  for_chunks(n, [&](std::size_t b, std::size_t cnt, OptimMaxima* mx) {
-    fn(p + b, g + b, k.mom ? momentum_buf + b : nullptr, cnt, k, mx);
-  }, maxima);
+  for_chunks(
+      n,
+      [&](std::size_t b, std::size_t cnt, OptimMaxima* mx) {
+        fn(p + b, g + b, k.mom ? momentum_buf + b : nullptr, cnt, k, mx);
+      },
+      maxima);
 }
 
-void adam_update(float* p, const float* g, float* m, float* v, float* vmax,
-                 std::size_t n, const AdamConfig& c, long step, OptimMaxima* maxima) {
+void adam_update(float* p, const float* g, float* m, float* v, float* vmax, std::size_t n, const AdamConfig& c,
+                 long step, OptimMaxima* maxima) {
   check_adam(p, g, m, v, vmax, n, c, step);
   if (maxima) *maxima = OptimMaxima{};
   if (n == 0) return;
   const AdamK k = make_adam(c, step);
   const AdamFn fn = adam_kernel();
-  for_chunks(n, [&](std::size_t b, std::size_t cnt, OptimMaxima* mx) {
-    fn(p + b, g + b, m + b, v + b, k.ams ? vmax + b : nullptr, cnt, k, mx);
-  }, maxima);
+  for_chunks(
+      n,
+      [&](std::size_t b, std::size_t cnt, OptimMaxima* mx) {
+        fn(p + b, g + b, m + b, v + b, k.ams ? vmax + b : nullptr, cnt, k, mx);
+      },
+      maxima);
 }
 
 float absmax(const float* x, std::size_t n, bool* finite) {
   // The maxima plumbing of for_chunks carries max |x| in .p and a non-finite flag (1) in .m.
   OptimMaxima r;
-  for_chunks(n, [&](std::size_t b, std::size_t cnt, OptimMaxima* local) {
-    float m = 0;
-    bool f = true;
+  for_chunks(
+      n,
+      [&](std::size_t b, std::size_t cnt, OptimMaxima* local) {
+        float m = 0;
+        bool f = true;
 #if CNN_OPTIM_X86
-    if (active_level() == 2) {
-      absmax_avx512(x + b, cnt, &m, &f);
-    } else
+        if (active_level() == 2) {
+          absmax_avx512(x + b, cnt, &m, &f);
+        } else
 #endif
-    {
-      for (std::size_t i = 0; i < cnt; ++i) {
-        m = std::max(m, std::fabs(x[b + i]));
-        f = f && std::isfinite(x[b + i]);
-      }
-    }
-    local->p = std::max(local->p, m);
-    if (!f) local->m = 1.f;
-  }, &r);
+        {
+          for (std::size_t i = 0; i < cnt; ++i) {
+            m = std::max(m, std::fabs(x[b + i]));
+            f = f && std::isfinite(x[b + i]);
+          }
+        }
+        local->p = std::max(local->p, m);
+        if (!f) local->m = 1.f;
+      },
+      &r);
   if (finite) *finite = r.m == 0.f;
   return r.p;
 }
 
-long sgd_first_non_finite(const float* p, const float* g, const float* buf, std::size_t n, const SGDConfig& c, long step) {
+long sgd_first_non_finite(const float* p, const float* g, const float* buf, std::size_t n, const SGDConfig& c,
+                          long step) {
   check_sgd(p, g, buf, n, c, step);
   const SgdK k = make_sgd(c, step);
   for (std::size_t i = 0; i < n; ++i) {
@@ -670,11 +620,9 @@ long adam_first_non_finite(const float* p, const float* g, const float* m, const
   return -1;
 }
 
-void sgd_update_ref(double* p, const double* g, double* buf, std::size_t n,
-                    const SGDConfig& c, long step) {
+void sgd_update_ref(double* p, const double* g, double* buf, std::size_t n, const SGDConfig& c, long step) {
   check_sgd(p, g, buf, n, c, step);
-  const double lr = c.lr, wd = c.weight_decay, mu = c.momentum,
-               damp = c.dampening;
+  const double lr = c.lr, wd = c.weight_decay, mu = c.momentum, damp = c.dampening;
   for (std::size_t i = 0; i < n; ++i) {
     double d = g[i] + wd * p[i];
     if (mu != 0.0) {
@@ -685,12 +633,10 @@ void sgd_update_ref(double* p, const double* g, double* buf, std::size_t n,
   }
 }
 
-void adam_update_ref(double* p, const double* g, double* m, double* v,
-                     double* vmax, std::size_t n, const AdamConfig& c,
+void adam_update_ref(double* p, const double* g, double* m, double* v, double* vmax, std::size_t n, const AdamConfig& c,
                      long step) {
   check_adam(p, g, m, v, vmax, n, c, step);
-  const double lr = c.lr, wd = c.weight_decay, b1 = c.beta1, b2 = c.beta2,
-               eps = c.eps;
+  const double lr = c.lr, wd = c.weight_decay, b1 = c.beta1, b2 = c.beta2, eps = c.eps;
   const double t = static_cast<double>(step);
   const double bc1 = 1.0 - std::pow(b1, t);
   const double bc2 = 1.0 - std::pow(b2, t);
@@ -717,9 +663,7 @@ void adam_update_ref(double* p, const double* g, double* m, double* v,
 
 OptimSimd optim_simd_level() { return static_cast<OptimSimd>(active_level()); }
 
-OptimSimd optim_best_simd_level() {
-  return static_cast<OptimSimd>(best_level());
-}
+OptimSimd optim_best_simd_level() { return static_cast<OptimSimd>(best_level()); }
 
 OptimSimd optim_set_simd_level(OptimSimd level) {
   int l = static_cast<int>(level);

@@ -40,30 +40,29 @@ namespace cnn {
 // SGD:  d = g + wd*p; if momentum != 0: buf = (step == 1 ? d : momentum*buf +
 //       (1-dampening)*d); d = nesterov ? d + momentum*buf : buf; p -= lr*d.
 //       momentum_buf: n floats, or nullptr when momentum == 0.
-void sgd_update(float* p, const float* g, float* momentum_buf, std::size_t n,
-                const SGDConfig& c, long step, OptimMaxima* maxima = nullptr);
+void sgd_update(float* p, const float* g, float* momentum_buf, std::size_t n, const SGDConfig& c, long step,
+                OptimMaxima* maxima = nullptr);
 
 // Adam (decoupled == false): d = g + wd*p; AdamW: p *= 1 - lr*wd, d = g.
 // m = b1*m + (1-b1)*d; v = b2*v + (1-b2)*d*d; (amsgrad: vmax = max(vmax, v))
 // p -= (lr / (1-b1^step)) * m / (sqrt(v or vmax) / sqrt(1-b2^step) + eps).
 // vmax: n floats when amsgrad, otherwise ignored (may be nullptr).
-void adam_update(float* p, const float* g, float* m, float* v, float* vmax,
-                 std::size_t n, const AdamConfig& c, long step, OptimMaxima* maxima = nullptr);
+void adam_update(float* p, const float* g, float* m, float* v, float* vmax, std::size_t n, const AdamConfig& c,
+                 long step, OptimMaxima* maxima = nullptr);
 
 // max |x| over n floats; *finite (when given) says whether every element is finite. One vectorized pass.
 float absmax(const float* x, std::size_t n, bool* finite);
 
 // Dry runs (nothing is written): the index of the first element whose updated parameter or state would not be
 // finite, or -1. Scalar loops with the exact arithmetic of the update (every SIMD path gives the same bits).
-long sgd_first_non_finite(const float* p, const float* g, const float* buf, std::size_t n, const SGDConfig& c, long step);
+long sgd_first_non_finite(const float* p, const float* g, const float* buf, std::size_t n, const SGDConfig& c,
+                          long step);
 long adam_first_non_finite(const float* p, const float* g, const float* m, const float* v, const float* vmax,
                            std::size_t n, const AdamConfig& c, long step);
 
 // Double-precision scalar references (plain loops, same math, same checks).
-void sgd_update_ref(double* p, const double* g, double* buf, std::size_t n,
-                    const SGDConfig& c, long step);
-void adam_update_ref(double* p, const double* g, double* m, double* v,
-                     double* vmax, std::size_t n, const AdamConfig& c,
+void sgd_update_ref(double* p, const double* g, double* buf, std::size_t n, const SGDConfig& c, long step);
+void adam_update_ref(double* p, const double* g, double* m, double* v, double* vmax, std::size_t n, const AdamConfig& c,
                      long step);
 
 // SIMD path selection (for tests and benchmarks). The active path defaults to

@@ -66,7 +66,8 @@ struct Bwd {
 };
 
 std::vector<TensorDesc> fwd_infer(const Node& n, const std::vector<TensorDesc>& in) {
-  if (in.size() != 1) op_error(n, "expects 1 input x [N, C, H, W], got " + std::to_string(in.size()) + ": " + descs_str(in));
+  if (in.size() != 1)
+    op_error(n, "expects 1 input x [N, C, H, W], got " + std::to_string(in.size()) + ": " + descs_str(in));
   if (!is_float(in[0].dtype)) op_error(n, std::string("expects a float tensor, got ") + dtype_name(in[0].dtype));
   const Shape& x = in[0].shape;
   if (x.size() != 4) op_error(n, "expects x [N, C, H, W], got " + shape_str(x));

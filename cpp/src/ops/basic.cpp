@@ -52,7 +52,8 @@ Shape resolve_shape(const Node& n, const Shape& in, std::vector<int64_t> s) {
     if (total % known) op_error(n, "cannot reshape " + shape_str(in) + " to " + shape_str(s));
     s[neg] = total / known;
   }
-  if (numel(s) != total) op_error(n, "cannot reshape " + shape_str(in) + " (" + std::to_string(total) + " elements) to " + shape_str(s));
+  if (numel(s) != total)
+    op_error(n, "cannot reshape " + shape_str(in) + " (" + std::to_string(total) + " elements) to " + shape_str(s));
   return s;
 }
 
@@ -100,8 +101,7 @@ struct Registrar {
       int64_t a = n.attrs.i("start_dim", 1), b = n.attrs.i("end_dim", -1);
       if (a < 0) a += r;
       if (b < 0) b += r;
-      if (a < 0 || b >= r || a > b)
-        op_error(n, "start_dim/end_dim out of range for input " + shape_str(s));
+      if (a < 0 || b >= r || a > b) op_error(n, "start_dim/end_dim out of range for input " + shape_str(s));
       Shape out(s.begin(), s.begin() + a);
       int64_t m = 1;
       for (int64_t i = a; i <= b; ++i) m *= s[i];

@@ -33,10 +33,12 @@ void check_channels(const Node& n, const std::vector<TensorDesc>& in, const char
   if (xs.size() != 4 && xs.size() != 2) op_error(n, "x must be [N, C, H, W] or [N, C], got " + shape_str(xs));
   Shape cs{xs[1]};
   for (size_t i = 0; i < in.size(); ++i)
-    if (!is_float(in[i].dtype)) op_error(n, std::string(names[i]) + " must be a float tensor, got " + dtype_name(in[i].dtype));
+    if (!is_float(in[i].dtype))
+      op_error(n, std::string(names[i]) + " must be a float tensor, got " + dtype_name(in[i].dtype));
   for (size_t i = xi + 1; i < in.size(); ++i)
     if (in[i].shape != cs)
-      op_error(n, std::string(names[i]) + " must be " + shape_str(cs) + " (C of x " + shape_str(xs) + "), got " + shape_str(in[i].shape));
+      op_error(n, std::string(names[i]) + " must be " + shape_str(cs) + " (C of x " + shape_str(xs) + "), got " +
+                      shape_str(in[i].shape));
 }
 
 std::vector<TensorDesc> infer_fwd(const Node& n, const std::vector<TensorDesc>& in) {
@@ -56,7 +58,8 @@ std::vector<TensorDesc> infer_bwd(const Node& n, const std::vector<TensorDesc>& 
   static const char* const names[] = {"dy", "x", "gamma", "mean", "var"};
   if (in.size() != 5) op_error(n, "expects 5 inputs (dy, x, gamma, mean, var), got " + descs_str(in));
   check_attrs(n);
-  if (in[0].shape != in[1].shape) op_error(n, "dy must have x's shape " + shape_str(in[1].shape) + ", got " + shape_str(in[0].shape));
+  if (in[0].shape != in[1].shape)
+    op_error(n, "dy must have x's shape " + shape_str(in[1].shape) + ", got " + shape_str(in[0].shape));
   check_channels(n, in, names, 1);
   return {in[1], in[2], in[2]};
 }

@@ -15,15 +15,16 @@ namespace {
 int64_t concat_axis(const Node& n, const Shape& like) {
   const int64_t r = int64_t(like.size()), a = n.attrs.i("axis", 1);
   if (a < -r || a >= r)
-    op_error(n, "axis " + std::to_string(a) + " is out of range for rank-" + std::to_string(r) + " input " + shape_str(like) +
-                    " (expected " + std::to_string(-r) + " .. " + std::to_string(r - 1) + ")");
+    op_error(n, "axis " + std::to_string(a) + " is out of range for rank-" + std::to_string(r) + " input " +
+                    shape_str(like) + " (expected " + std::to_string(-r) + " .. " + std::to_string(r - 1) + ")");
   return a < 0 ? a + r : a;
 }
 
 // Shape with '*' at the free axis: what every input must look like.
 std::string pattern_str(const Shape& s, int64_t axis) {
   std::string o = "[";
-  for (size_t i = 0; i < s.size(); ++i) o += (i ? ", " : "") + (int64_t(i) == axis ? std::string("*") : std::to_string(s[i]));
+  for (size_t i = 0; i < s.size(); ++i)
+    o += (i ? ", " : "") + (int64_t(i) == axis ? std::string("*") : std::to_string(s[i]));
   return o + "]";
 }
 
@@ -33,8 +34,8 @@ std::vector<TensorDesc> concat_infer(const Node& n, const std::vector<TensorDesc
   if (s0.empty()) op_error(n, "inputs must have rank >= 1, input 0 is a scalar");
   for (size_t i = 0; i < in.size(); ++i)
     if (!is_float(in[i].dtype) || in[i].dtype != in[0].dtype)
-      op_error(n, "expects float inputs of one dtype, input " + std::to_string(i) + " is " + dtype_name(in[i].dtype) + " (inputs: " +
-                      descs_str(in) + ")");
+      op_error(n, "expects float inputs of one dtype, input " + std::to_string(i) + " is " + dtype_name(in[i].dtype) +
+                      " (inputs: " + descs_str(in) + ")");
   const int64_t axis = concat_axis(n, s0);
   std::string bad;
   Shape y = s0;
@@ -43,12 +44,14 @@ std::vector<TensorDesc> concat_infer(const Node& n, const std::vector<TensorDesc
     const Shape& s = in[i].shape;
     bool ok = s.size() == s0.size();
     for (size_t d = 0; ok && d < s.size(); ++d) ok = int64_t(d) == axis || s[d] == s0[d];
-    if (!ok) bad += (bad.empty() ? "" : ", ") + std::string("input ") + std::to_string(i) + " " + shape_str(s);
-    else y[axis] += s[axis];
+    if (!ok)
+      bad += (bad.empty() ? "" : ", ") + std::string("input ") + std::to_string(i) + " " + shape_str(s);
+    else
+      y[axis] += s[axis];
   }
   if (!bad.empty())
-    op_error(n, "every input must match input 0 " + shape_str(s0) + " except along axis " + std::to_string(axis) + ", i.e. be " +
-                    pattern_str(s0, axis) + "; mismatching: " + bad);
+    op_error(n, "every input must match input 0 " + shape_str(s0) + " except along axis " + std::to_string(axis) +
+                    ", i.e. be " + pattern_str(s0, axis) + "; mismatching: " + bad);
   return {TensorDesc{y, in[0].dtype}};
 }
 
@@ -59,15 +62,16 @@ std::vector<TensorDesc> split_infer(const Node& n, const std::vector<TensorDesc>
   if (x.empty()) op_error(n, "input must have rank >= 1, got a scalar");
   const int64_t axis = concat_axis(n, x);
   const std::vector<int64_t> sizes = n.attrs.is("sizes", {});
-  if (sizes.empty()) op_error(n, "missing attribute 'sizes' (extent of each output along axis " + std::to_string(axis) + ")");
+  if (sizes.empty())
+    op_error(n, "missing attribute 'sizes' (extent of each output along axis " + std::to_string(axis) + ")");
   int64_t total = 0;
   for (int64_t s : sizes) {
     if (s <= 0) op_error(n, "sizes must be positive, got " + shape_str(sizes));
     total += s;
   }
   if (total != x[axis])
-    op_error(n, "sizes " + shape_str(sizes) + " sum to " + std::to_string(total) + " but input " + shape_str(x) + " has " +
-                    std::to_string(x[axis]) + " along axis " + std::to_string(axis));
+    op_error(n, "sizes " + shape_str(sizes) + " sum to " + std::to_string(total) + " but input " + shape_str(x) +
+                    " has " + std::to_string(x[axis]) + " along axis " + std::to_string(axis));
   std::vector<TensorDesc> out;
   for (int64_t s : sizes) {
     Shape o = x;

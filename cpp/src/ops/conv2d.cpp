@@ -42,28 +42,32 @@ Geom geom(const Node& n, const Shape& x, const Shape& w) {
   if (G < 1) op_error(n, "groups must be >= 1, got " + std::to_string(G));
   Geom g{x[0], x[1], x[2], x[3], w[0], w[2], w[3], 0, 0, G, st[0], st[1], pd[0], pd[1], dl[0], dl[1]};
   if (g.C % G)
-    op_error(n, "x " + shape_str(x) + ": C = " + std::to_string(g.C) + " is not divisible by groups = " + std::to_string(G));
+    op_error(
+        n, "x " + shape_str(x) + ": C = " + std::to_string(g.C) + " is not divisible by groups = " + std::to_string(G));
   if (g.K % G)
-    op_error(n, "w " + shape_str(w) + ": K = " + std::to_string(g.K) + " is not divisible by groups = " + std::to_string(G));
+    op_error(
+        n, "w " + shape_str(w) + ": K = " + std::to_string(g.K) + " is not divisible by groups = " + std::to_string(G));
   if (w[1] != g.Cg())
     op_error(n, "w expects [K, C/groups, R, S] = " + shape_str({g.K, g.Cg(), g.R, g.S}) + " for x " + shape_str(x) +
                     " and groups = " + std::to_string(G) + ", got " + shape_str(w));
   g.OH = out_dim(g.H, g.ph, g.dh, g.R, g.sh);
   g.OW = out_dim(g.W, g.pw, g.dw, g.S, g.sw);
   if (g.OH <= 0 || g.OW <= 0)
-    op_error(n, "output [N, K, OH, OW] = " + shape_str(g.out()) + " is empty: x " + shape_str(x) + ", w " + shape_str(w) +
-                    ", stride " + shape_str({g.sh, g.sw}) + ", padding " + shape_str({g.ph, g.pw}) + ", dilation " +
-                    shape_str({g.dh, g.dw}));
+    op_error(n, "output [N, K, OH, OW] = " + shape_str(g.out()) + " is empty: x " + shape_str(x) + ", w " +
+                    shape_str(w) + ", stride " + shape_str({g.sh, g.sw}) + ", padding " + shape_str({g.ph, g.pw}) +
+                    ", dilation " + shape_str({g.dh, g.dw}));
   return g;
 }
 
 void check_floats(const Node& n, const std::vector<TensorDesc>& in) {
   for (auto& d : in)
-    if (!is_float(d.dtype) || d.dtype != in[0].dtype) op_error(n, "expects float tensors of one dtype, got " + descs_str(in));
+    if (!is_float(d.dtype) || d.dtype != in[0].dtype)
+      op_error(n, "expects float tensors of one dtype, got " + descs_str(in));
 }
 
 void check_dy(const Node& n, const Geom& g, const TensorDesc& dy) {
-  if (dy.shape != g.out()) op_error(n, "dy expects the forward output shape " + shape_str(g.out()) + ", got " + shape_str(dy.shape));
+  if (dy.shape != g.out())
+    op_error(n, "dy expects the forward output shape " + shape_str(g.out()) + ", got " + shape_str(dy.shape));
 }
 
 Shape shape_attr(const Node& n, const char* name) {
@@ -177,7 +181,8 @@ struct Registrar {
       check_floats(n, in);
       Geom g = geom(n, in[0].shape, in[1].shape);
       if (in.size() == 3 && in[2].shape != Shape{g.K})
-        op_error(n, "b expects [K] = " + shape_str({g.K}) + " for w " + shape_str(in[1].shape) + ", got " + shape_str(in[2].shape));
+        op_error(n, "b expects [K] = " + shape_str({g.K}) + " for w " + shape_str(in[1].shape) + ", got " +
+                        shape_str(in[2].shape));
       return {TensorDesc{g.out(), in[0].dtype}};
     };
     f.recompute = RecomputeClass::costly;
@@ -200,13 +205,16 @@ struct Registrar {
       }
     };
     f.ref = ref_kernel<FwdRef>();
-    f.flops = [](const std::vector<TensorDesc>& in, const std::vector<TensorDesc>& out) { return mac_flops(out[0], in[1]); };
+    f.flops = [](const std::vector<TensorDesc>& in, const std::vector<TensorDesc>& out) {
+      return mac_flops(out[0], in[1]);
+    };
     register_op(f);
 
     OpSchema bd;
     bd.name = "conv2d_grad_data";
     bd.infer = [](const Node& n, const std::vector<TensorDesc>& in) -> std::vector<TensorDesc> {
-      if (in.size() != 2) op_error(n, "expects inputs (dy, w), got " + std::to_string(in.size()) + ": " + descs_str(in));
+      if (in.size() != 2)
+        op_error(n, "expects inputs (dy, w), got " + std::to_string(in.size()) + ": " + descs_str(in));
       check_floats(n, in);
       Shape xs = shape_attr(n, "input_shape");
       Geom g = geom(n, xs, in[1].shape);
@@ -214,13 +222,16 @@ struct Registrar {
       return {TensorDesc{xs, in[0].dtype}};
     };
     bd.ref = ref_kernel<GradDataRef>();
-    bd.flops = [](const std::vector<TensorDesc>& in, const std::vector<TensorDesc>& out) { return mac_flops(in[0], in[1]); };
+    bd.flops = [](const std::vector<TensorDesc>& in, const std::vector<TensorDesc>& out) {
+      return mac_flops(in[0], in[1]);
+    };
     register_op(bd);
 
     OpSchema bw;
     bw.name = "conv2d_grad_weights";
     bw.infer = [](const Node& n, const std::vector<TensorDesc>& in) -> std::vector<TensorDesc> {
-      if (in.size() != 2) op_error(n, "expects inputs (dy, x), got " + std::to_string(in.size()) + ": " + descs_str(in));
+      if (in.size() != 2)
+        op_error(n, "expects inputs (dy, x), got " + std::to_string(in.size()) + ": " + descs_str(in));
       check_floats(n, in);
       Shape ws = shape_attr(n, "weight_shape");
       Geom g = geom(n, in[1].shape, ws);
@@ -230,7 +241,9 @@ struct Registrar {
       return out;
     };
     bw.ref = ref_kernel<GradWeightsRef>();
-    bw.flops = [](const std::vector<TensorDesc>& in, const std::vector<TensorDesc>& out) { return mac_flops(in[0], out[0]); };
+    bw.flops = [](const std::vector<TensorDesc>& in, const std::vector<TensorDesc>& out) {
+      return mac_flops(in[0], out[0]);
+    };
     register_op(bw);
   }
 } registrar;

@@ -28,7 +28,8 @@ Parts parts(const Node& n, bool conv) {
   p.bn = conv && n.attrs.i("bn", 0) != 0;
   p.sum = conv && n.attrs.i("sum", 0) != 0;
   p.act = int(n.attrs.i("act", 0));
-  if (p.act < 0 || p.act > 2) op_error(n, "attribute 'act' must be 0 (none), 1 (relu) or 2 (leaky_relu), got " + std::to_string(p.act));
+  if (p.act < 0 || p.act > 2)
+    op_error(n, "attribute 'act' must be 0 (none), 1 (relu) or 2 (leaky_relu), got " + std::to_string(p.act));
   p.bn0 = 2 + (p.bias ? 1 : 0);
   p.res = p.bn0 + (p.bn ? 4 : 0);
   p.count = size_t(p.res + (p.sum ? 1 : 0));
@@ -51,14 +52,17 @@ Node sub_node(const Node& f, const std::string& op, const std::string& part) {
 std::vector<TensorDesc> infer_fused(const Node& n, const std::vector<TensorDesc>& in, bool conv) {
   Parts p = parts(n, conv);
   if (in.size() != p.count)
-    op_error(n, "expects " + std::to_string(p.count) + " inputs for its attributes, got " + std::to_string(in.size()) + ": " + descs_str(in));
+    op_error(n, "expects " + std::to_string(p.count) + " inputs for its attributes, got " + std::to_string(in.size()) +
+                    ": " + descs_str(in));
   std::vector<TensorDesc> base(in.begin(), in.begin() + p.bn0);
-  std::vector<TensorDesc> y = get_op(conv ? "conv2d" : "linear").infer(sub_node(n, conv ? "conv2d" : "linear", "base"), base);
+  std::vector<TensorDesc> y =
+      get_op(conv ? "conv2d" : "linear").infer(sub_node(n, conv ? "conv2d" : "linear", "base"), base);
   if (p.bn) {
     Shape k{y[0].shape[1]};
     for (int i = 0; i < 4; ++i)
       if (in[p.bn0 + i].shape != k || !is_float(in[p.bn0 + i].dtype))
-        op_error(n, "batch-norm parameter " + std::to_string(i) + " must be float " + shape_str(k) + ", got " + descs_str({in[p.bn0 + i]}));
+        op_error(n, "batch-norm parameter " + std::to_string(i) + " must be float " + shape_str(k) + ", got " +
+                        descs_str({in[p.bn0 + i]}));
   }
   if (p.sum && (in[p.res].shape != y[0].shape || in[p.res].dtype != y[0].dtype))
     op_error(n, "residual must be " + descs_str(y) + ", got " + descs_str({in[p.res]}));
@@ -129,14 +133,18 @@ struct Registrar {
       return p.sum ? p.res : -1;
     };
     c.ref = [](const KernelCtx& k) -> std::unique_ptr<Kernel> { return std::make_unique<FusedRef>(k, true); };
-    c.flops = [](const std::vector<TensorDesc>& in, const std::vector<TensorDesc>& out) { return mac_flops(out[0], in[1]); };
+    c.flops = [](const std::vector<TensorDesc>& in, const std::vector<TensorDesc>& out) {
+      return mac_flops(out[0], in[1]);
+    };
     register_op(c);
 
     OpSchema l;
     l.name = "fused_linear";
     l.infer = [](const Node& n, const std::vector<TensorDesc>& in) { return infer_fused(n, in, false); };
     l.ref = [](const KernelCtx& k) -> std::unique_ptr<Kernel> { return std::make_unique<FusedRef>(k, false); };
-    l.flops = [](const std::vector<TensorDesc>& in, const std::vector<TensorDesc>& out) { return mac_flops(out[0], in[1]); };
+    l.flops = [](const std::vector<TensorDesc>& in, const std::vector<TensorDesc>& out) {
+      return mac_flops(out[0], in[1]);
+    };
     register_op(l);
   }
 } registrar;

@@ -43,7 +43,8 @@ Geom geom(const Node& n, const Shape& x, const Shape& w) {
   if (G < 1) op_error(n, "groups must be >= 1, got " + std::to_string(G));
   Geom g{x[0], x[1], x[2], x[3], w[1] * G, w[2], w[3], 0, 0, G, st[0], st[1], pd[0], pd[1], op[0], op[1], dl[0], dl[1]};
   if (g.C % G)
-    op_error(n, "x " + shape_str(x) + ": C = " + std::to_string(g.C) + " is not divisible by groups = " + std::to_string(G));
+    op_error(
+        n, "x " + shape_str(x) + ": C = " + std::to_string(g.C) + " is not divisible by groups = " + std::to_string(G));
   if (w[0] != g.C)
     op_error(n, "w expects [C, K/groups, R, S] with C = " + std::to_string(g.C) + " (x " + shape_str(x) + "), got " +
                     shape_str(w));
@@ -54,19 +55,21 @@ Geom geom(const Node& n, const Shape& x, const Shape& w) {
   g.OH = (g.H - 1) * g.sh - 2 * g.ph + g.dh * (g.R - 1) + g.oph + 1;
   g.OW = (g.W - 1) * g.sw - 2 * g.pw + g.dw * (g.S - 1) + g.opw + 1;
   if (g.OH <= 0 || g.OW <= 0)
-    op_error(n, "output [N, K, OH, OW] = " + shape_str(g.out()) + " is empty: x " + shape_str(x) + ", w " + shape_str(w) +
-                    ", stride " + shape_str({g.sh, g.sw}) + ", padding " + shape_str({g.ph, g.pw}) + ", output_padding " +
-                    shape_str({g.oph, g.opw}) + ", dilation " + shape_str({g.dh, g.dw}));
+    op_error(n, "output [N, K, OH, OW] = " + shape_str(g.out()) + " is empty: x " + shape_str(x) + ", w " +
+                    shape_str(w) + ", stride " + shape_str({g.sh, g.sw}) + ", padding " + shape_str({g.ph, g.pw}) +
+                    ", output_padding " + shape_str({g.oph, g.opw}) + ", dilation " + shape_str({g.dh, g.dw}));
   return g;
 }
 
 void check_floats(const Node& n, const std::vector<TensorDesc>& in) {
   for (auto& d : in)
-    if (!is_float(d.dtype) || d.dtype != in[0].dtype) op_error(n, "expects float tensors of one dtype, got " + descs_str(in));
+    if (!is_float(d.dtype) || d.dtype != in[0].dtype)
+      op_error(n, "expects float tensors of one dtype, got " + descs_str(in));
 }
 
 void check_dy(const Node& n, const Geom& g, const TensorDesc& dy) {
-  if (dy.shape != g.out()) op_error(n, "dy expects the forward output shape " + shape_str(g.out()) + ", got " + shape_str(dy.shape));
+  if (dy.shape != g.out())
+    op_error(n, "dy expects the forward output shape " + shape_str(g.out()) + ", got " + shape_str(dy.shape));
 }
 
 Shape shape_attr(const Node& n, const char* name) {
@@ -187,8 +190,8 @@ struct Registrar {
       check_floats(n, in);
       Geom g = geom(n, in[0].shape, in[1].shape);
       if (in.size() == 3 && in[2].shape != Shape{g.K})
-        op_error(n, "b expects [K] = " + shape_str({g.K}) + " for w " + shape_str(in[1].shape) + " and groups = " +
-                        std::to_string(g.G) + ", got " + shape_str(in[2].shape));
+        op_error(n, "b expects [K] = " + shape_str({g.K}) + " for w " + shape_str(in[1].shape) +
+                        " and groups = " + std::to_string(g.G) + ", got " + shape_str(in[2].shape));
       return {TensorDesc{g.out(), in[0].dtype}};
     };
     f.recompute = RecomputeClass::costly;
@@ -216,7 +219,8 @@ struct Registrar {
     OpSchema bd;
     bd.name = "conv_transpose2d_grad_data";
     bd.infer = [](const Node& n, const std::vector<TensorDesc>& in) -> std::vector<TensorDesc> {
-      if (in.size() != 2) op_error(n, "expects inputs (dy, w), got " + std::to_string(in.size()) + ": " + descs_str(in));
+      if (in.size() != 2)
+        op_error(n, "expects inputs (dy, w), got " + std::to_string(in.size()) + ": " + descs_str(in));
       check_floats(n, in);
       Shape xs = shape_attr(n, "input_shape");
       Geom g = geom(n, xs, in[1].shape);
@@ -229,7 +233,8 @@ struct Registrar {
     OpSchema bw;
     bw.name = "conv_transpose2d_grad_weights";
     bw.infer = [](const Node& n, const std::vector<TensorDesc>& in) -> std::vector<TensorDesc> {
-      if (in.size() != 2) op_error(n, "expects inputs (dy, x), got " + std::to_string(in.size()) + ": " + descs_str(in));
+      if (in.size() != 2)
+        op_error(n, "expects inputs (dy, x), got " + std::to_string(in.size()) + ": " + descs_str(in));
       check_floats(n, in);
       Shape ws = shape_attr(n, "weight_shape");
       Geom g = geom(n, in[1].shape, ws);

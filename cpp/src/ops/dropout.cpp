@@ -17,7 +17,8 @@ bool read_training(const Node& n) {
 
 std::vector<TensorDesc> infer_dropout(const Node& n, const std::vector<TensorDesc>& in) {
   if (in.size() != 1) op_error(n, "expects 1 input x, got " + std::to_string(in.size()) + ": " + descs_str(in));
-  if (!is_float(in[0].dtype)) op_error(n, "x must be a float tensor, got " + shape_str(in[0].shape) + " " + dtype_name(in[0].dtype));
+  if (!is_float(in[0].dtype))
+    op_error(n, "x must be a float tensor, got " + shape_str(in[0].shape) + " " + dtype_name(in[0].dtype));
   dropout::read_p(n);
   if (!read_training(n)) return {in[0]};
   return {in[0], TensorDesc{in[0].shape, DType::u8}};

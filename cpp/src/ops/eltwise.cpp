@@ -19,7 +19,8 @@ std::vector<TensorDesc> grad_shape(const Node& n, const std::vector<TensorDesc>&
   return {in[0]};
 }
 
-template <class T> T act(int kind, T x, double slope) {
+template <class T>
+T act(int kind, T x, double slope) {
   switch (kind) {
     case 0: return x > 0 ? x : T(0);
     case 1: return T(1) / (T(1) + std::exp(-x));
@@ -28,7 +29,8 @@ template <class T> T act(int kind, T x, double slope) {
   }
 }
 // derivative from the saved tensor s (output for kinds 0-2, input for leaky_relu)
-template <class T> T dact(int kind, T s, double slope) {
+template <class T>
+T dact(int kind, T s, double slope) {
   switch (kind) {
     case 0: return s > 0 ? T(1) : T(0);
     case 1: return s * (T(1) - s);

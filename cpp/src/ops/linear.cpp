@@ -8,19 +8,22 @@ namespace cnn {
 namespace {
 
 void expect_float(const Node& n, const TensorDesc& d, const char* what) {
-  if (!is_float(d.dtype)) op_error(n, std::string(what) + " must be a float tensor, got " + shape_str(d.shape) + " " + dtype_name(d.dtype));
+  if (!is_float(d.dtype))
+    op_error(n, std::string(what) + " must be a float tensor, got " + shape_str(d.shape) + " " + dtype_name(d.dtype));
 }
 
 std::vector<TensorDesc> infer_linear(const Node& n, const std::vector<TensorDesc>& in) {
   if (in.size() != 2 && in.size() != 3)
-    op_error(n, "expects (x [N, IN], w [OUT, IN]) or (x, w, b [OUT]), got " + std::to_string(in.size()) + " inputs: " + descs_str(in));
+    op_error(n, "expects (x [N, IN], w [OUT, IN]) or (x, w, b [OUT]), got " + std::to_string(in.size()) +
+                    " inputs: " + descs_str(in));
   const char* names[] = {"x", "w", "b"};
   for (size_t i = 0; i < in.size(); ++i) expect_float(n, in[i], names[i]);
   const Shape &x = in[0].shape, &w = in[1].shape;
   if (x.size() != 2) op_error(n, "x must be 2-D [N, IN], got " + shape_str(x) + " (flatten first)");
   if (w.size() != 2) op_error(n, "w must be 2-D [OUT, IN], got " + shape_str(w));
   if (w[1] != x[1])
-    op_error(n, "x " + shape_str(x) + " has IN = " + std::to_string(x[1]) + " but w " + shape_str(w) + " expects IN = " + std::to_string(w[1]));
+    op_error(n, "x " + shape_str(x) + " has IN = " + std::to_string(x[1]) + " but w " + shape_str(w) +
+                    " expects IN = " + std::to_string(w[1]));
   if (in.size() == 3 && in[2].shape != Shape{w[0]})
     op_error(n, "b must be " + shape_str({w[0]}) + " to match w " + shape_str(w) + ", got " + shape_str(in[2].shape));
   return {TensorDesc{{x[0], w[0]}, in[0].dtype}};
@@ -112,21 +115,27 @@ struct Registrar {
       }
     };
     f.ref = ref_kernel<LinearRef>();
-    f.flops = [](const std::vector<TensorDesc>& in, const std::vector<TensorDesc>& out) { return mac_flops(out[0], in[1]); };
+    f.flops = [](const std::vector<TensorDesc>& in, const std::vector<TensorDesc>& out) {
+      return mac_flops(out[0], in[1]);
+    };
     register_op(f);
 
     OpSchema gd;
     gd.name = "linear_grad_data";
     gd.infer = infer_grad_data;
     gd.ref = ref_kernel<GradDataRef>();
-    gd.flops = [](const std::vector<TensorDesc>& in, const std::vector<TensorDesc>& out) { return mac_flops(in[0], in[1]); };
+    gd.flops = [](const std::vector<TensorDesc>& in, const std::vector<TensorDesc>& out) {
+      return mac_flops(in[0], in[1]);
+    };
     register_op(gd);
 
     OpSchema gw;
     gw.name = "linear_grad_weights";
     gw.infer = infer_grad_weights;
     gw.ref = ref_kernel<GradWeightsRef>();
-    gw.flops = [](const std::vector<TensorDesc>& in, const std::vector<TensorDesc>& out) { return mac_flops(in[0], out[0]); };
+    gw.flops = [](const std::vector<TensorDesc>& in, const std::vector<TensorDesc>& out) {
+      return mac_flops(in[0], out[0]);
+    };
     register_op(gw);
   }
 } registrar;

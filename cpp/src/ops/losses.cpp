@@ -20,10 +20,11 @@ const LossNames kMse{"pred", "target"}, kBce{"logits", "target"};
 
 void check_pair(const Node& n, const TensorDesc& a, const TensorDesc& b, const LossNames& names) {
   if (!is_float(a.dtype) || a.dtype != b.dtype)
-    op_error(n, std::string(names.a) + " and " + names.b + " must be float tensors of one dtype, got " + dtype_name(a.dtype) +
-                    " and " + dtype_name(b.dtype));
+    op_error(n, std::string(names.a) + " and " + names.b + " must be float tensors of one dtype, got " +
+                    dtype_name(a.dtype) + " and " + dtype_name(b.dtype));
   if (a.shape != b.shape)
-    op_error(n, std::string(names.b) + " must have " + names.a + "'s shape " + shape_str(a.shape) + ", got " + shape_str(b.shape));
+    op_error(n, std::string(names.b) + " must have " + names.a + "'s shape " + shape_str(a.shape) + ", got " +
+                    shape_str(b.shape));
 }
 
 std::vector<TensorDesc> loss_infer(const Node& n, const std::vector<TensorDesc>& in, const LossNames& names) {
@@ -40,7 +41,8 @@ std::vector<TensorDesc> loss_grad_infer(const Node& n, const std::vector<TensorD
   check_pair(n, in[1], in[2], names);
   int64_t wrt = n.attrs.i("wrt", 0);
   if (wrt != 0 && wrt != 1)
-    op_error(n, "attribute 'wrt' must be 0 (" + std::string(names.a) + ") or 1 (" + names.b + "), got " + std::to_string(wrt));
+    op_error(n, "attribute 'wrt' must be 0 (" + std::string(names.a) + ") or 1 (" + names.b + "), got " +
+                    std::to_string(wrt));
   return {in[1]};
 }
 

@@ -19,7 +19,8 @@ struct Lrn {
 Lrn lrn_attrs(const Node& n) {
   for (const char* f : {"alpha", "beta", "k"})
     if (n.attrs.ints.count(f))
-      op_error(n, std::string("attribute '") + f + "' must be a float, got the integer list " + shape_str(n.attrs.ints.at(f)));
+      op_error(n, std::string("attribute '") + f + "' must be a float, got the integer list " +
+                      shape_str(n.attrs.ints.at(f)));
   if (!n.attrs.ints.count("size")) op_error(n, "missing attribute 'size' (the number of neighbouring channels)");
   std::vector<int64_t> sz = n.attrs.ints.at("size");
   if (sz.size() != 1 || sz[0] < 1) op_error(n, "attribute 'size' must be one integer >= 1, got " + shape_str(sz));
@@ -105,7 +106,8 @@ struct Registrar {
     OpSchema b;
     b.name = "lrn_grad";
     b.infer = [](const Node& n, const std::vector<TensorDesc>& in) -> std::vector<TensorDesc> {
-      if (in.size() != 2) op_error(n, "expects inputs (dy, x), got " + std::to_string(in.size()) + ": " + descs_str(in));
+      if (in.size() != 2)
+        op_error(n, "expects inputs (dy, x), got " + std::to_string(in.size()) + ": " + descs_str(in));
       check_x(n, in[1]);
       lrn_attrs(n);
       if (in[0].shape != in[1].shape || in[0].dtype != in[1].dtype)

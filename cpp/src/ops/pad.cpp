@@ -94,9 +94,8 @@ struct Registrar {
       const Shape& y = in[0].shape;
       const int64_t H = y[2] - p.top - p.bottom, W = y[3] - p.left - p.right;
       if (H < 1 || W < 1)
-        op_error(n, "dy " + shape_str(y) + " is too small for pads " +
-                        shape_str({p.top, p.left, p.bottom, p.right}) + " (the cropped dx would be " +
-                        shape_str({y[0], y[1], H, W}) + ")");
+        op_error(n, "dy " + shape_str(y) + " is too small for pads " + shape_str({p.top, p.left, p.bottom, p.right}) +
+                        " (the cropped dx would be " + shape_str({y[0], y[1], H, W}) + ")");
       return {TensorDesc{{y[0], y[1], H, W}, in[0].dtype}};
     };
     b.ref = ref_kernel<GradRef>();

@@ -46,8 +46,10 @@ Pool2d pool_attrs(const Node& n, bool dilated) {
   pair_attr(n, "kernel", 0, 0, g.kh, g.kw);
   pair_attr(n, "stride", g.kh, g.kw, g.sh, g.sw);
   pair_attr(n, "padding", 0, 0, g.ph, g.pw);
-  if (dilated) pair_attr(n, "dilation", 1, 1, g.dh, g.dw);
-  else if (n.attrs.has("dilation")) op_error(n, "takes no 'dilation' attribute");
+  if (dilated)
+    pair_attr(n, "dilation", 1, 1, g.dh, g.dw);
+  else if (n.attrs.has("dilation"))
+    op_error(n, "takes no 'dilation' attribute");
   flag_attr(n, "ceil_mode", 0);
   g.ceil = n.attrs.i("ceil_mode", 0) != 0;
   if (g.kh <= 0 || g.kw <= 0) op_error(n, "kernel must be positive, got " + shape_str({g.kh, g.kw}));
@@ -72,8 +74,9 @@ Shape pool_out_shape(const Node& n, const Pool2d& g, const Shape& x) {
   if (x.size() != 4) op_error(n, "expects x [N, C, H, W], got " + shape_str(x));
   int64_t oh = out_size(x[2], g.kh, g.sh, g.ph, g.dh, g.ceil), ow = out_size(x[3], g.kw, g.sw, g.pw, g.dw, g.ceil);
   if (oh < 1 || ow < 1)
-    op_error(n, "kernel " + shape_str({g.kh, g.kw}) + " with dilation " + shape_str({g.dh, g.dw}) + " does not fit input " +
-                    shape_str(x) + " padded by " + shape_str({g.ph, g.pw}) + " (output would be " + shape_str({oh, ow}) + ")");
+    op_error(n, "kernel " + shape_str({g.kh, g.kw}) + " with dilation " + shape_str({g.dh, g.dw}) +
+                    " does not fit input " + shape_str(x) + " padded by " + shape_str({g.ph, g.pw}) +
+                    " (output would be " + shape_str({oh, ow}) + ")");
   return {x[0], x[1], oh, ow};
 }
 
@@ -272,7 +275,8 @@ std::vector<TensorDesc> avg_grad_infer(const Node& n, const std::vector<TensorDe
   flag_attr(n, "count_include_pad", 1);
   Shape xs = input_shape_attr(n);
   Shape y = pool_out_shape(n, pool_attrs(n, false), xs);
-  if (in[0].shape != y) op_error(n, "dy must be " + shape_str(y) + " for input_shape " + shape_str(xs) + ", got " + descs_str(in));
+  if (in[0].shape != y)
+    op_error(n, "dy must be " + shape_str(y) + " for input_shape " + shape_str(xs) + ", got " + descs_str(in));
   return {TensorDesc{xs, in[0].dtype}};
 }
 
@@ -287,7 +291,8 @@ std::vector<TensorDesc> global_grad_infer(const Node& n, const std::vector<Tenso
   expect_float_x(n, in, 1);
   Shape xs = input_shape_attr(n);
   Shape y{xs[0], xs[1], 1, 1};
-  if (in[0].shape != y) op_error(n, "dy must be " + shape_str(y) + " for input_shape " + shape_str(xs) + ", got " + descs_str(in));
+  if (in[0].shape != y)
+    op_error(n, "dy must be " + shape_str(y) + " for input_shape " + shape_str(xs) + ", got " + descs_str(in));
   return {TensorDesc{xs, in[0].dtype}};
 }
 
@@ -305,7 +310,8 @@ struct Registrar {
   Registrar() {
     OpSchema mp = schema("max_pool2d", max_infer, ref_kernel<MaxFwd>(), RecomputeClass::costly);
     mp.grad = [](GradCtx& c) {
-      if (c.node().outputs.size() < 2) op_error(c.node(), "training=0 keeps no workspace; set training=1 to differentiate");
+      if (c.node().outputs.size() < 2)
+        op_error(c.node(), "training=0 keeps no workspace; set training=1 to differentiate");
       c.set_dx(0, c.emit("max_pool2d_grad", {c.dy(0), c.input(0), c.output(1)}, c.node().attrs)[0]);
     };
     register_op(mp);

@@ -14,14 +14,16 @@ namespace {
 
 void check_2d_float(const Node& n, const TensorDesc& d, const char* what) {
   if (!is_float(d.dtype) || d.shape.size() != 2)
-    op_error(n, std::string(what) + " must be a 2-D float tensor [N, K], got " + shape_str(d.shape) + " " + dtype_name(d.dtype));
+    op_error(n, std::string(what) + " must be a 2-D float tensor [N, K], got " + shape_str(d.shape) + " " +
+                    dtype_name(d.dtype));
 }
 
 std::vector<TensorDesc> infer_softmax(const Node& n, const std::vector<TensorDesc>& in) {
   if (in.size() != 1) op_error(n, "expects 1 input x [N, K], got " + std::to_string(in.size()) + ": " + descs_str(in));
   check_2d_float(n, in[0], "x");
   int64_t axis = n.attrs.i("axis", 1);
-  if (axis != 1 && axis != -1) op_error(n, "axis must be 1 for x " + shape_str(in[0].shape) + ", got " + std::to_string(axis));
+  if (axis != 1 && axis != -1)
+    op_error(n, "axis must be 1 for x " + shape_str(in[0].shape) + ", got " + std::to_string(axis));
   return {in[0]};
 }
 
@@ -34,13 +36,14 @@ std::vector<TensorDesc> infer_softmax_grad(const Node& n, const std::vector<Tens
 void check_logits_labels(const Node& n, const TensorDesc& logits, const TensorDesc& labels) {
   check_2d_float(n, logits, "logits");
   if (labels.dtype != DType::i32 || labels.shape != Shape{logits.shape[0]})
-    op_error(n, "labels must be int32 " + shape_str({logits.shape[0]}) + " to match logits " + shape_str(logits.shape) + ", got " +
-                    shape_str(labels.shape) + " " + dtype_name(labels.dtype));
+    op_error(n, "labels must be int32 " + shape_str({logits.shape[0]}) + " to match logits " + shape_str(logits.shape) +
+                    ", got " + shape_str(labels.shape) + " " + dtype_name(labels.dtype));
 }
 
 std::vector<TensorDesc> infer_sce(const Node& n, const std::vector<TensorDesc>& in) {
   if (in.size() != 2)
-    op_error(n, "expects (logits [N, K], labels [N] int32), got " + std::to_string(in.size()) + " inputs: " + descs_str(in));
+    op_error(
+        n, "expects (logits [N, K], labels [N] int32), got " + std::to_string(in.size()) + " inputs: " + descs_str(in));
   check_logits_labels(n, in[0], in[1]);
   return {TensorDesc{{1}, in[0].dtype}};
 }
@@ -55,8 +58,8 @@ std::vector<TensorDesc> infer_sce_grad(const Node& n, const std::vector<TensorDe
 void check_labels(const Node& n, const int32_t* labels, int64_t N, int64_t K) {
   for (int64_t i = 0; i < N; ++i)
     if (labels[i] < 0 || labels[i] >= K)
-      op_error(n, "label " + std::to_string(labels[i]) + " at batch index " + std::to_string(i) + " is out of range [0, " +
-                      std::to_string(K) + ")");
+      op_error(n, "label " + std::to_string(labels[i]) + " at batch index " + std::to_string(i) +
+                      " is out of range [0, " + std::to_string(K) + ")");
 }
 
 template <class T>
@@ -156,7 +159,8 @@ struct Registrar {
     ce.name = "softmax_cross_entropy";
     ce.infer = infer_sce;
     ce.grad = [](GradCtx& c) {
-      if (c.need_dx(0)) c.set_dx(0, c.emit("softmax_cross_entropy_grad", {c.dy(0), c.input(0), c.input(1)}, Attrs{})[0]);
+      if (c.need_dx(0))
+        c.set_dx(0, c.emit("softmax_cross_entropy_grad", {c.dy(0), c.input(0), c.input(1)}, Attrs{})[0]);
     };
     ce.ref = ref_kernel<SceRef>();
     register_op(ce);

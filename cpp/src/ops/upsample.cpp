@@ -97,7 +97,8 @@ struct Registrar {
       if (xs.size() != 4) op_error(n, "attribute 'input_shape' must be [N, C, H, W], got " + shape_str(xs));
       Shape y = out_shape(n, xs);
       if (in[0].shape != y)
-        op_error(n, "dy expects " + shape_str(y) + " for input_shape " + shape_str(xs) + ", got " + shape_str(in[0].shape));
+        op_error(
+            n, "dy expects " + shape_str(y) + " for input_shape " + shape_str(xs) + ", got " + shape_str(in[0].shape));
       return {TensorDesc{xs, in[0].dtype}};
     };
     b.ref = ref_kernel<GradRef>();
