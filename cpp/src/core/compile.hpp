@@ -87,8 +87,8 @@ struct CompileState {
 
 struct Pass {
   const char* name;
-  // Runs the pass; returns a one-line summary of what it did, or nullptr-like empty optional when it did not
-  // apply to this session (then `ran` is false and no verification or dump happens).
+  // Runs the pass: returns false when it does not apply to this session (then `ran` is false and no verification
+  // or dump happens), else true with a one-line summary of what it did in `summary`.
   std::function<bool(CompileState&, std::string& summary)> run;
 };
 
