@@ -125,7 +125,7 @@ def test_bf16_errors():
 
 @pytest.mark.parametrize("name,kw,shape", [
     ("resnet18", {"num_classes": 10, "cifar": True}, (8, 3, 16, 16)),
-    ("vgg11_bn", {"num_classes": 10}, (4, 3, 32, 32)),
+    pytest.param("vgg11_bn", {"num_classes": 10}, (4, 3, 32, 32), marks=pytest.mark.slow),  # ~14 s
 ])
 def test_mixed_precision_steps_track_float32(name, kw, shape):
     x = _x(shape)

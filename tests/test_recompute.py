@@ -77,7 +77,7 @@ def test_small_net_with_dropout_same_steps():
     ("resnet18", (4, 3, 32, 32), dict(num_classes=10)),
     ("resnet50", (2, 3, 32, 32), dict(num_classes=10)),
     ("lenet5", (8, 1, 28, 28), dict()),
-    ("vgg11_bn", (2, 3, 32, 32), dict(num_classes=10)),
+    pytest.param("vgg11_bn", (2, 3, 32, 32), dict(num_classes=10), marks=pytest.mark.slow),  # ~25 s
     ("googlenet", (2, 3, 32, 32), dict(num_classes=10, cifar=True)),
 ])
 def test_zoo_models_same_steps(name, shape, kw):
