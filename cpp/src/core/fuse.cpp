@@ -1,7 +1,7 @@
 // Inference fusion pass (see fuse.hpp). Attributes of the fused nodes (ops/conv_fused.cpp):
 //   fused_conv2d: the conv2d attrs, plus has_bias, bn (0/1, with bn_eps), sum (0/1), act (0 none, 1 relu,
 //                 2 leaky_relu with negative_slope); inputs x, w, [b], [gamma, beta, mean, var], [residual]
-//   fused_linear: has_bias, act, negative_slope; inputs x, w, [b]
+//   fused_linear: has_bias, bn (0/1, with bn_eps), act, negative_slope; inputs x, w, [b], [gamma, beta, mean, var]
 #include "core/fuse.hpp"
 
 #include <algorithm>
@@ -49,8 +49,11 @@ FusionReport fuse_for_inference(Graph& g, const std::vector<int>& keep) {
     std::vector<int> chain{s};
     int y = c.outputs[0];
     int t = next_of(y);
-    if (conv && t >= 0 && g.nodes[t].op == "batch_norm" && g.nodes[t].attrs.i("training", 0) == 0 &&
-        g.nodes[t].inputs[0] == y && g.nodes[t].outputs.size() == 1 && g.nodes[t].inputs.size() == 5) {
+    // an eval-mode batch norm over the output channels: conv2d's [N, K, H, W], linear's [N, OUT] (2-D, its
+    // channel axis 1 is the out features)
+    if (t >= 0 && g.nodes[t].op == "batch_norm" && g.nodes[t].attrs.i("training", 0) == 0 &&
+        g.nodes[t].inputs[0] == y && g.nodes[t].outputs.size() == 1 && g.nodes[t].inputs.size() == 5 &&
+        (conv || g.values[y].desc.shape.size() == 2)) {
       const Node& bn = g.nodes[t];
       f.inputs.insert(f.inputs.end(), bn.inputs.begin() + 1, bn.inputs.end());
       f.attrs.ints["bn"] = {1};

@@ -1,6 +1,6 @@
 // Inference fusion pass. Rewrites, in an inference graph,
 //   conv2d -> [batch_norm(training=0)] -> [add(residual)] -> [relu | leaky_relu]   into one fused_conv2d node,
-//   linear -> relu | leaky_relu                                                       into one fused_linear node
+//   linear -> [batch_norm(training=0), 2-D] -> [relu | leaky_relu]                   into one fused_linear node
 // (ops/conv_fused.cpp), when each intermediate value has exactly one consumer and is not kept (a graph
 // output). The fused node takes the chain's last output value and the position of the chain's last node, so
 // every consumer and the topological order stay valid. Parameters are not folded: the fused kernel reads

@@ -5,7 +5,11 @@
 // plain-weights gemm path is ~5x slower for ResNet-50's fc at batch 16), and the kernel keeps them reordered
 // in its persistent region, redone when the parameter store's version moved (like the convolutions, see
 // dnnl_common.hpp; with cache_weights off, into scratch on every run). fused_linear (inference) adds relu / leaky_relu
-// as an eltwise post-op. Primitives are created once; run() only swaps handles.
+// as an eltwise post-op, and folds an eval-mode batch norm over the out features (attr bn) into the prepared weights
+// and bias as fused_conv2d does (FusedConvAttrs::fold_bn, conv_common.hpp: fused_linear's attributes are
+// fused_conv2d's without the residual): s = gamma / sqrt(var + eps) scales the weight rows inside the weight reorder,
+// t = beta + (b - mean) * s is the bias, all rebuilt when the parameter store's version moved. Primitives are created
+// once; run() only swaps handles.
 //
 // Deterministic mode (KernelCtx::deterministic; dnnl_common.hpp): oneDNN's inner product may split the reduction
 // across threads (fc 4096->4096 at batch 64 gives different outputs at 1 and 2 threads), so each of the three GEMMs
@@ -19,6 +23,7 @@
 #include <omp.h>
 
 #include "core/backend.hpp"
+#include "cpu/conv_common.hpp"
 #include "cpu/dnnl_common.hpp"
 
 namespace cnn {
@@ -48,16 +53,28 @@ struct LinearKernel : Kernel {
   }
 };
 
+// fused_linear's batch norm (attr bn), or nothing: its attributes and input positions (gamma at bn_in).
+std::optional<conv::FusedConvAttrs> linear_bn(const KernelCtx& c) {
+  if (c.node.op != "fused_linear" || !c.node.attrs.i("bn", 0)) return std::nullopt;
+  return conv::FusedConvAttrs(c);
+}
+// Whether the linear node reads a bias input: linear (x, w, [b]); fused_linear says so in has_bias.
+bool linear_has_bias(const KernelCtx& c) {
+  return c.node.op == "fused_linear" ? c.node.attrs.i("has_bias", 0) != 0 : c.in.size() == 3;
+}
+
 // x = in 0 [N, IN], w = in 1 [OUT, IN], b = in 2 [OUT] -> y = out 0 [N, OUT]; fused_linear: act (1 relu,
-// 2 leaky_relu with negative_slope) as a post-op.
+// 2 leaky_relu with negative_slope) as a post-op, BN folded (gamma, beta, mean, var after b).
 struct LinearFwd : LinearKernel {
   DnnlExec reorder_w;
-  size_t persist = 0;
+  size_t persist = 0, scale_off = 0, shift_off = 0;
   PreparedVersion prepared;
-  explicit LinearFwd(const KernelCtx& c) {
-    const bool has_bias = c.in.size() == 3;
+  std::optional<conv::FusedConvAttrs> bn;
+  explicit LinearFwd(const KernelCtx& c) : bn(linear_bn(c)) {
+    const bool has_bias = linear_has_bias(c);
     auto x = plain_desc(c.in[0]), w = plain_desc(c.in[1]), y = plain_desc(c.out[0]);
-    memory::desc b = has_bias ? plain_desc(c.in[2]) : memory::desc();
+    const int64_t OUT = c.in[1].shape[0];
+    memory::desc b = bn ? plain_desc(Shape{OUT}, DType::f32) : has_bias ? plain_desc(c.in[2]) : memory::desc();
     auto attr = user_scratchpad_attr();
     int act = c.node.op == "fused_linear" ? int(c.node.attrs.i("act", 0)) : 0;
     if (act) {
@@ -69,22 +86,45 @@ struct LinearFwd : LinearKernel {
     auto pk = c.training ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference;
     prepared.cached = c.cache_weights;
     memory::desc w_any = c.training ? w : memory::desc(w.get_dims(), w.get_data_type(), memory::format_tag::any);
-    auto pd = fwd_pd(x, w_any, has_bias ? &b : nullptr, y, pk, attr);
-    auto r = weight_reorder(w, pd.weights_desc());
+    auto pd = fwd_pd(x, w_any, has_bias || bn ? &b : nullptr, y, pk, attr);
+    std::optional<dnnl::reorder::primitive_desc> r;
+    if (bn) {  // always a reorder: it applies the per-output-feature scale (dimension 0 of w [OUT, IN])
+      auto rattr = user_scratchpad_attr();
+      rattr.set_scales_mask(DNNL_ARG_SRC, 1);
+      r = dnnl::reorder::primitive_desc(engine(), w, engine(), pd.weights_desc(), rattr);
+    } else {
+      r = weight_reorder(w, pd.weights_desc());
+    }
     WeightScratch sc(pd.scratchpad_desc().get_size(), r, pd.weights_desc().get_size(), prepared.cached);
     persist = sc.persist;
+    scratch = sc.total;
+    auto at = [&](size_t off) { return prepared.cached ? Src::persist(off) : Src::scratch(off); };
+    if (bn) {  // the BN scale and shift after the prepared weights
+      ScratchLayout W;
+      W.total = prepared.cached ? persist : scratch;
+      scale_off = W.add(size_t(OUT) * 4);
+      shift_off = W.add(size_t(OUT) * 4);
+      (prepared.cached ? persist : scratch) = W.total;
+    }
     if (r) reorder_w = bind_reorder(*r, Src::in(1), sc.weights);
+    if (bn) reorder_w.bind(DNNL_ARG_ATTR_SCALES | DNNL_ARG_SRC, plain_desc(Shape{OUT}, DType::f32), at(scale_off));
     ex = DnnlExec(dnnl::inner_product_forward(pd));
     impl_name = onednn_impl(pd);
     ex.bind(DNNL_ARG_SRC, x, Src::in(0));
     ex.bind(DNNL_ARG_WEIGHTS, pd.weights_desc(), r ? sc.weights : Src::in(1));
-    if (has_bias) ex.bind(DNNL_ARG_BIAS, b, Src::in(2));
+    if (bn)
+      ex.bind(DNNL_ARG_BIAS, b, at(shift_off));
+    else if (has_bias)
+      ex.bind(DNNL_ARG_BIAS, b, Src::in(2));
     ex.bind(DNNL_ARG_DST, y, Src::out(0));
-    bind_scratchpad(pd.scratchpad_desc());
-    scratch = sc.total;
+    bind_scratchpad(pd.scratchpad_desc());  // already within `scratch`: binds it
   }
   size_t persistent_bytes() const override { return persist; }
   void run(const RunCtx& r) override {
+    if (bn && prepared.stale(r)) {  // fold before the reorder, which reads the scale
+      char* base = static_cast<char*>(prepared.cached ? r.persist : r.scratch);
+      bn->fold_bn(r, reinterpret_cast<float*>(base + scale_off), reinterpret_cast<float*>(base + shift_off));
+    }
     prepared.refresh(r, reorder_w);
     ex.run(r);
   }
@@ -193,21 +233,57 @@ struct BlockGemm {
   }
 };
 
-// y = x w^T (+ b) (+ activation): A = x [N, IN], B = w^T (w is [OUT, IN]), C = y [N, OUT]
+// y = x w^T (+ b) (+ activation): A = x [N, IN], B = w^T (w is [OUT, IN]), C = y [N, OUT]. fused_linear's BN:
+// the gemm reads w * s (row-wise) and the bias t, prepared (in the persistent region, or with cache_weights off
+// in scratch after the gemm's scratchpads) when the parameter store's version moved.
 struct LinearFwdDet : Kernel {
   std::string impl() const override { return gemm->impl_name; }
   std::optional<BlockGemm> gemm;
+  std::optional<conv::FusedConvAttrs> bn;
+  PreparedVersion prepared;
   bool has_bias;
-  explicit LinearFwdDet(const KernelCtx& c) : has_bias(c.in.size() == 3) {
-    const int64_t N = c.in[0].shape[0], IN = c.in[0].shape[1], OUT = c.in[1].shape[0];
+  int64_t IN = 0, OUT = 0;
+  size_t scratch = 0, persist = 0, w_off = 0, scale_off = 0, shift_off = 0;
+  explicit LinearFwdDet(const KernelCtx& c) : bn(linear_bn(c)), has_bias(linear_has_bias(c)) {
+    const int64_t N = c.in[0].shape[0];
+    IN = c.in[0].shape[1];
+    OUT = c.in[1].shape[0];
     const int act = c.node.op == "fused_linear" ? int(c.node.attrs.i("act", 0)) : 0;
     const float alpha = act == 2 ? float(c.node.attrs.f("negative_slope", 0.01)) : 0.f;
-    gemm.emplace(N, OUT, IN, IN, 1, 1, IN, OUT, has_bias, act, alpha);
+    gemm.emplace(N, OUT, IN, IN, 1, 1, IN, OUT, has_bias || bn, act, alpha);
+    prepared.cached = c.cache_weights;
+    ScratchLayout L, P;
+    L.add(gemm->scratch_bytes());
+    if (bn) {
+      ScratchLayout& W = prepared.cached ? P : L;
+      w_off = W.add(size_t(OUT * IN) * 4);
+      scale_off = W.add(size_t(OUT) * 4);
+      shift_off = W.add(size_t(OUT) * 4);
+    }
+    scratch = L.total;
+    persist = P.total;
   }
-  size_t scratch_bytes() const override { return gemm->scratch_bytes(); }
+  size_t scratch_bytes() const override { return scratch; }
+  size_t persistent_bytes() const override { return persist; }
   void run(const RunCtx& r) override {
-    gemm->run(static_cast<const float*>(r.in[0]), static_cast<const float*>(r.in[1]), static_cast<float*>(r.out[0]),
-              has_bias ? static_cast<const float*>(r.in[2]) : nullptr, static_cast<char*>(r.scratch));
+    const float* w = static_cast<const float*>(r.in[1]);
+    const float* b = has_bias ? static_cast<const float*>(r.in[2]) : nullptr;
+    if (bn) {
+      char* base = static_cast<char*>(prepared.cached ? r.persist : r.scratch);
+      float *ws = reinterpret_cast<float*>(base + w_off), *s = reinterpret_cast<float*>(base + scale_off);
+      float* t = reinterpret_cast<float*>(base + shift_off);
+      if (prepared.stale(r)) {
+        bn->fold_bn(r, s, t);
+        const int64_t in = IN, out = OUT;
+#pragma omp parallel for schedule(static) if (OUT * IN >= (1 << 16))
+        for (int64_t o = 0; o < out; ++o)
+          for (int64_t i = 0; i < in; ++i) ws[o * in + i] = w[o * in + i] * s[o];
+        prepared.mark(r);
+      }
+      w = ws;
+      b = t;
+    }
+    gemm->run(static_cast<const float*>(r.in[0]), w, static_cast<float*>(r.out[0]), b, static_cast<char*>(r.scratch));
   }
 };
 

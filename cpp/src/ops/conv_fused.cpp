@@ -2,7 +2,9 @@
 //   fused_conv2d (x, w, [b], [gamma, beta, running_mean, running_var], [residual]) -> y
 //       y = act( BN_eval( conv2d(x, w, b) ) + residual ), each part present per attrs has_bias, bn (bn_eps),
 //       sum, act (0 none, 1 relu, 2 leaky_relu with negative_slope); plus the conv2d attrs.
-//   fused_linear (x, w, [b]) -> y = act(linear(x, w, b)); attrs has_bias, act, negative_slope.
+//   fused_linear (x, w, [b], [gamma, beta, running_mean, running_var]) -> y = act( BN_eval( linear(x, w, b) ) );
+//       attrs has_bias, bn (bn_eps), act, negative_slope: fused_conv2d's, without sum (the BN is over the out
+//       features, axis 1 of y [N, OUT]).
 // y may share the residual's buffer (inplace_input). Shape inference and the reference kernel are the
 // composition of the parts' own: the reference runs conv2d's, batch_norm's, add's and relu's reference kernels
 // one after another (through a scratch copy when y aliases the residual), so it is exact by construction.
@@ -25,8 +27,9 @@ struct Parts {
 Parts parts(const Node& n, bool conv) {
   Parts p;
   p.bias = n.attrs.i("has_bias", 0) != 0;
-  p.bn = conv && n.attrs.i("bn", 0) != 0;
+  p.bn = n.attrs.i("bn", 0) != 0;
   p.sum = conv && n.attrs.i("sum", 0) != 0;
+  if (!conv && n.attrs.i("sum", 0) != 0) op_error(n, "has no residual input (attribute 'sum' is fused_conv2d's)");
   p.act = int(n.attrs.i("act", 0));
   if (p.act < 0 || p.act > 2)
     op_error(n, "attribute 'act' must be 0 (none), 1 (relu) or 2 (leaky_relu), got " + std::to_string(p.act));
