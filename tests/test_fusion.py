@@ -1,12 +1,14 @@
 """Inference fusion (core/fuse.cpp, ops/conv_fused.cpp): conv2d [-> batch_norm(eval)] [-> add] [-> relu] and
-linear -> relu run as one fused node. Fused, unfused and reference-backend outputs must agree; the schedule
+linear [-> batch_norm(eval)] [-> relu] run as one fused node. Fused, unfused and reference-backend outputs must agree; the schedule
 shrinks as expected; parameter updates are seen (nothing is frozen); no allocation per run."""
 import numpy as np
 import pytest
 
 import cnnnative as cn
 from cnnnative import _core, nn
+from cnnnative import functional as F
 from cnnnative.session import Session
+from opcheck import run_forward
 
 
 class BasicBlock(nn.Module):
@@ -259,6 +261,131 @@ def test_fused_linear_op_and_errors():
     ids = [g.add_input(f"in{i}", s) for i, s in enumerate([[2, 3, 5, 5], [4, 3, 3, 3], [4]])]
     with pytest.raises(cn.Error, match=r"op 'fused_conv2d' \(node 'f'\): expects 7 inputs for its attributes"):
         g.add_node("fused_conv2d", ids, {"has_bias": 1, "bn": 1}, "f")
+
+
+class FeatureBatchNorm(nn.BatchNorm2d):
+    """Batch norm over the features of an [N, C] tensor (what torch calls BatchNorm1d; cnnnative.nn has none,
+    but the engine's batch_norm takes 2-D input: channels on axis 1)."""
+
+    def forward(self, x):
+        assert x.dim() == 2
+        return super().forward(x)
+
+
+class LinearBN(nn.Module):
+    def __init__(self, bias=True, act=None, seed=0):
+        super().__init__()
+        nn.manual_seed(seed)
+        self.fc = nn.Linear(6, 5, bias=bias)
+        self.bn = FeatureBatchNorm(5, eps=1e-3)
+        self.act = act
+
+    def forward(self, x):
+        y = self.bn(self.fc(x))
+        return y.relu() if self.act == "relu" else F.leaky_relu(y, 0.2) if self.act == "leaky" else y
+
+
+def linear_bn(bias=True, act=None, seed=0):
+    net = LinearBN(bias, act, seed)
+    rng = np.random.default_rng(seed + 100)
+    net._ensure_store()
+    with cn.no_grad():
+        net.bn.weight[...] = rng.uniform(0.5, 1.5, 5) * np.array([1, -1, 1, 1, -1])
+        net.bn.bias[...] = rng.uniform(-0.5, 0.5, 5)
+        net.bn.running_mean[...] = rng.uniform(-0.3, 0.3, 5)
+        net.bn.running_var[...] = rng.uniform(0.5, 2.0, 5)
+    return net
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("act", [None, "relu", "leaky"])
+def test_linear_batch_norm_fuses_and_matches_unfused_and_reference(bias, act):
+    net = linear_bn(bias, act)
+    x = _x((7, 6))
+    fused, unfused, ref = _three_ways(net, x)
+    assert fused.schedule() == ["fused_linear fc"]  # the batch_norm and the activation are absorbed
+    ops = [e.split()[0] for e in unfused.schedule()]
+    assert ops[:2] == ["linear", "batch_norm"] and len(ops) == 2 + (act is not None)
+    r = ref.run(x)
+    lin = x @ net.fc.weight.T + (net.fc.bias if bias else 0)
+    assert not np.allclose(r, lin, atol=1e-2)  # the BN does something
+    np.testing.assert_allclose(fused.run(x), r, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(unfused.run(x), r, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("kw", [{}, {"deterministic": True}, {"cache_weights": False}])
+def test_fused_linear_bn_sees_parameter_updates(bias, kw):
+    net = linear_bn(bias, "relu", seed=2)
+    x = _x((4, 6), seed=2)
+    fused = Session(net, x.shape, **kw)
+    assert fused.schedule() == ["fused_linear fc"]
+    before = fused.run(x)
+    np.testing.assert_allclose(before, Session(net, x.shape, backend="reference").run(x), rtol=1e-5, atol=1e-5)
+    for edit in ("bn", "fc"):
+        with cn.no_grad():
+            if edit == "bn":
+                net.bn.running_var[...] *= 4.0
+                net.bn.running_mean[...] += 0.5
+                net.bn.weight[...] *= -1.0
+                net.bn.bias[...] -= 0.25
+            else:
+                net.fc.weight[...] *= 0.5
+                if bias:
+                    net.fc.bias[...] += 1.0
+        after = fused.run(x)
+        assert not np.allclose(before, after), edit
+        np.testing.assert_allclose(after, Session(net, x.shape, backend="reference").run(x), rtol=1e-5, atol=1e-5)
+        before = after
+
+
+def test_linear_batch_norm_with_a_second_consumer_or_kept_is_not_fused():
+    class Net(LinearBN):
+        def forward(self, x):
+            h = self.fc(x)  # h is read twice: linear and batch_norm stay apart
+            return self.bn(h).relu() + h
+
+    net = linear_bn()
+    net.__class__ = Net
+    x = _x((3, 6))
+    s = Session(net, x.shape)
+    assert [e.split()[0] for e in s.schedule()] == ["linear", "batch_norm", "relu", "add"]
+    np.testing.assert_allclose(s.run(x), Session(net, x.shape, backend="reference").run(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bias,act", [(1, 0), (0, 1), (1, 2), (0, 0)])
+def test_fused_linear_bn_op_fast_vs_reference(bias, act):
+    rng = np.random.default_rng(bias * 4 + act)
+    N, IN, OUT, eps = 3, 7, 4, 1e-3
+    arrays = [rng.standard_normal((N, IN)), rng.standard_normal((OUT, IN))]
+    if bias:
+        arrays.append(rng.standard_normal(OUT))
+    gm, bt, mu, var = rng.uniform(0.5, 1.5, OUT), rng.uniform(-0.5, 0.5, OUT), rng.uniform(-0.3, 0.3, OUT), \
+        rng.uniform(0.5, 2, OUT)
+    arrays += [gm, bt, mu, var]
+    attrs = {"has_bias": bias, "bn": 1, "bn_eps": eps, "act": act, "negative_slope": 0.1}
+    y = arrays[0] @ arrays[1].T + (arrays[2] if bias else 0)
+    y = (y - mu) / np.sqrt(var + eps) * gm + bt
+    y = np.maximum(y, 0) if act == 1 else np.where(y > 0, y, 0.1 * y) if act == 2 else y
+    for backend, compute, tol in (("reference", "float64", 1e-12), ("reference", "float32", 1e-5),
+                                  ("cpu", "float32", 1e-5)):
+        out = run_forward("fused_linear", arrays, attrs, backend=backend, compute=compute)[0]
+        np.testing.assert_allclose(out, y, rtol=tol, atol=tol, err_msg=f"{backend} {compute}")
+
+
+def test_fused_linear_bn_shape_errors():
+    def build(shapes, attrs):
+        g = _core.Graph()
+        ids = [g.add_input(f"in{i}", list(s)) for i, s in enumerate(shapes)]
+        g.add_node("fused_linear", ids, attrs, "f")
+
+    build([[2, 3], [4, 3], [4], [4], [4], [4], [4]], {"has_bias": 1, "bn": 1})  # well formed
+    with pytest.raises(cn.Error, match=r"op 'fused_linear' \(node 'f'\): expects 6 inputs for its attributes"):
+        build([[2, 3], [4, 3], [4]], {"bn": 1})
+    with pytest.raises(cn.Error, match=r"batch-norm parameter 2 must be float \[4\]"):
+        build([[2, 3], [4, 3], [4], [4], [5], [4]], {"bn": 1})
+    with pytest.raises(cn.Error, match=r"has no residual input"):
+        build([[2, 3], [4, 3], [2, 4]], {"sum": 1})
 
 
 def test_fused_infer_run_allocates_nothing():

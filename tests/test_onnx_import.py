@@ -186,17 +186,58 @@ def test_scalar_affine_after_a_conv_reaches_the_engine_fusion():
     np.testing.assert_array_equal(mod.state_dict()["W"], W)
 
 
+def _onnxruntime(m, x):
+    ort = pytest.importorskip("onnxruntime")
+    s = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    return s.run(None, {m.graph.input[0].name: x})[0]
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("after", ["BatchNormalization", "MulAdd", "ScalarMul"])
+def test_batchnorm_or_affine_after_a_gemm_reaches_the_engine_fusion(after, bias):
+    """A BatchNormalization, or Mul/Add by per-feature constants, after a Gemm: imported as linear ->
+    batch_norm with the weights unchanged, which the engine's inference fusion folds into one fused_linear."""
+    C, IN = 5, 6
+    W, B = _r(C, IN), _r(C)
+    inits = {"W": W, **({"B": B} if bias else {})}
+    nodes = [helper.make_node("Gemm", ["x", "W"] + (["B"] if bias else []), ["p"], transB=1)]
+    if after == "BatchNormalization":
+        inits.update(g=_r(C), b=_r(C), mu=_r(C), var=np.abs(_r(C)) + 0.5)
+        nodes.append(helper.make_node("BatchNormalization", ["p", "g", "b", "mu", "var"], ["q"], epsilon=1e-3))
+    elif after == "MulAdd":
+        inits.update(s=np.abs(_r(1, C)) + 0.5, t=_r(C))
+        nodes += [helper.make_node("Mul", ["p", "s"], ["m"]), helper.make_node("Add", ["m", "t"], ["q"])]
+    else:
+        inits.update(s=np.array(-1.5, np.float32))
+        nodes.append(helper.make_node("Mul", ["s", "p"], ["q"]))
+    nodes.append(helper.make_node("Relu", ["q"], ["y"]))
+    m = _model(nodes, [("x", ["N", IN])], [("y", ["N", C])], inits)
+    x = _r(4, IN)
+    mod = _check(m, x)
+    np.testing.assert_allclose(mod.compile(x.shape).run(x), _onnxruntime(m, x), rtol=1e-5, atol=1e-5)
+    sd = mod.state_dict()
+    np.testing.assert_array_equal(sd["W"], W)  # nothing folded at import ...
+    if bias:
+        np.testing.assert_array_equal(sd["B"], B)
+    else:
+        assert not any(k.endswith("bias") and "W" in k for k in sd), list(sd)
+    assert _ops(mod, x.shape) == ["linear", "batch_norm", "relu"]
+    assert [op for op in _schedule(mod, x.shape) if op != "reorder"] == ["fused_linear"]  # ... the engine folds
+    _check(m, _r(2, IN))  # another batch size
+
+
 @needs["conv_transpose2d"]
 def test_affines_fold_into_weights_where_the_engine_cannot():
-    """After a ConvTranspose, a linear layer, a BatchNormalization or a 1-D Conv the engine has no fusion for
-    an affine, so import folds it into the weights: no batch_norm of its own, no extra state."""
+    """After a ConvTranspose, a linear layer of a 3-D tensor, a BatchNormalization or a 1-D Conv the engine has
+    no fusion for an affine (reshapes hide the 3-D linear and the 1-D conv from it), so import folds it into the
+    weights: no batch_norm of its own, no extra state."""
     C = 4
     S, T = np.abs(_r(1, C, 1, 1)) + 0.5, _r(1, C, 1, 1)
     cases = {
         "ConvTranspose": ([helper.make_node("ConvTranspose", ["x", "W", "B"], ["p"], strides=[2, 2])],
                           ("x", ["N", 2, 5, 5]), {"W": _r(2, C, 3, 3), "B": _r(C)}, S, T),
-        "Gemm": ([helper.make_node("Gemm", ["x", "W", "B"], ["p"], transB=1)],
-                 ("x", ["N", 6]), {"W": _r(C, 6), "B": _r(C)}, S.reshape(C), T.reshape(C)),
+        "MatMul": ([helper.make_node("MatMul", ["x", "W"], ["p"])],
+                   ("x", ["N", 2, 6]), {"W": _r(6, C)}, S.reshape(C), T.reshape(C)),
         "BatchNormalization": ([helper.make_node("BatchNormalization", ["x", "g", "b", "mu", "var"], ["p"])],
                                ("x", ["N", C, 3, 3]), {"g": _r(C), "b": _r(C), "mu": _r(C),
                                                        "var": np.abs(_r(C)) + 0.5}, S, T),
@@ -211,7 +252,8 @@ def test_affines_fold_into_weights_where_the_engine_cannot():
         m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
         shape = (3,) + tuple(x[1][1:])
         mod = _check(m, _r(*shape))
-        assert sorted(mod.state_dict()) == sorted(inits), (op, list(mod.state_dict()))
+        want = sorted(inits) + (["W_bias"] if op == "MatMul" else [])  # the folded shift: a new bias
+        assert sorted(mod.state_dict()) == want, (op, list(mod.state_dict()))
         assert _ops(mod, shape).count("batch_norm") == (op == "BatchNormalization"), (op, _ops(mod, shape))
 
 

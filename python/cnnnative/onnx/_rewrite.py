@@ -10,14 +10,16 @@ which every front end (ONNX and cnnnative.nn alike) goes through:
   of how an ONNX op becomes engine ops.
 - merge_affines: chains of affines become one. ONNX graphs spell one per-channel affine as several Mul/Add
   nodes; engine graphs have no such op to merge (each would already be a batch_norm).
-- fold_affines: an affine after a ConvTranspose, Linear, BatchNormalization or 1-D Conv folds into its
-  weights, because the engine's inference fusion has no equivalent: fused_linear takes no BN input, the
+- fold_affines: an affine after a ConvTranspose, BatchNormalization, 1-D Conv or a linear on a tensor not
+  known to be 2-D folds into its weights, because the engine's inference fusion has no equivalent: the
   fusion does not match conv_transpose2d, a BatchNormalization followed by an affine is two affines (merged
-  here), and a 1-D conv runs as conv2d + reshape, which the fusion cannot see through. An affine after a
-  2-D Conv is NOT folded here: it becomes a per-channel batch_norm right after the conv2d, which the
-  inference fusion (cpp/src/core/fuse.cpp, fuse_for_inference) folds into the conv's prepared weights, as
-  it folds every conv -> batch_norm, whatever built the graph. BatchNormalization nodes likewise reach the
-  engine as batch_norm.
+  here), and a 1-D conv runs as conv2d + reshape (a batched N-D linear as reshape + linear + reshape), which
+  the fusion cannot see through. An affine after a 2-D Conv or a 2-D linear is NOT folded here: it becomes a
+  per-channel batch_norm right after the conv2d / linear, which the inference fusion (cpp/src/core/fuse.cpp,
+  fuse_for_inference) folds into the fused_conv2d's / fused_linear's prepared weights, as it folds every
+  conv2d -> batch_norm and linear -> batch_norm, whatever built the graph. The one exception is op mapping
+  (MatMul + Add is Gemm): a shift alone after a linear without a bias becomes its bias. BatchNormalization
+  nodes likewise reach the engine as batch_norm.
 
 Pad folding is the engine's too: a Pad of the spatial dims of a 4-D tensor is mapped to the engine's `pad` op,
 and the compile pass fold_pad (cpp/src/core/fold_pad.cpp) folds a zero one into the conv or average pool that
@@ -187,12 +189,15 @@ def _ranks(prog):
 def fold_affines(prog):
     """Each affine whose input only it reads, produced by a Conv, ConvTranspose, Linear or BatchNormalization
     with constant weights: folded into that node's weights and bias (exact per-channel algebra in float64),
-    except after a 2-D Conv. There the engine does it: the affine becomes per-channel (a scalar is repeated
-    for each of the conv's C output channels), maps to an eval-mode batch_norm, and the inference fusion
-    (cpp/src/core/fuse.cpp) folds that batch_norm into the conv's prepared weights, as it does for every
-    front end. Kept here: ConvTranspose and Linear (the fusion has no BN input for them), BatchNormalization
-    (two affines merged into one) and 1-D Convs (they run as conv2d + reshape, which the fusion cannot see
-    through)."""
+    except after a 2-D Conv or a Linear of a 2-D tensor with a per-output bias (or none). There the engine
+    does it: the affine becomes per-channel (a scalar is repeated for each of the C output channels or
+    features), maps to an eval-mode batch_norm reading the conv2d's / linear's output, and the inference
+    fusion (cpp/src/core/fuse.cpp) folds that batch_norm into the fused_conv2d's / fused_linear's prepared
+    weights, as it does for every front end. Kept here: ConvTranspose (the fusion does not match
+    conv_transpose2d), BatchNormalization (two affines merged into one), 1-D Convs and N-D linears (they run
+    as reshapes around conv2d / linear, which the fusion cannot see through), a linear whose Gemm C is
+    per-row (an add follows the product), and a shift alone after a linear without a bias (MatMul + Add:
+    it becomes the linear's bias, op mapping rather than folding)."""
     ranks = _ranks(prog)
     uses = prog.uses()
     prod = prog.producers()
@@ -213,6 +218,9 @@ def fold_affines(prog):
         if p.op == "Conv" and rank == 4:  # left to the engine's fusion: per channel, axis 1
             a.attrs["scale"], a.attrs["shift"] = (v.reshape(C, 1, 1) for v in vecs)
             continue
+        if _linear_left_to_engine(prog, p, a, rank):  # per output feature, axis 1 of [N, OUT]
+            a.attrs["scale"], a.attrs["shift"] = vecs
+            continue
         _fold_into(prog, p, *vecs, uses)
         drop.add(id(a))
         p.outputs[0] = a.outputs[0]
@@ -220,6 +228,19 @@ def fold_affines(prog):
         ranks[a.outputs[0]] = ranks.get(a.inputs[0])
     if drop:
         prog.nodes = [n for n in prog.nodes if id(n) not in drop]
+
+
+def _linear_left_to_engine(prog, p, a, rank):
+    """Whether affine a after p reaches the engine as linear -> batch_norm (which the inference fusion folds
+    into fused_linear): p is a LINEAR of a 2-D tensor whose bias, if any, is one value per output feature
+    (a per-row Gemm C is an add after the product), unless a is a shift alone and p has no bias: then the
+    shift becomes p's bias (MatMul + Add is a Gemm)."""
+    if p.op != LINEAR or rank != 2:
+        return False
+    bias = p.inputs[2] if len(p.inputs) > 2 else ""
+    if not bias:
+        return a.attrs["scale"] is not None
+    return np.ndim(prog.consts[bias]) == 1
 
 
 def _folding_layout(prog, p, ranks):
