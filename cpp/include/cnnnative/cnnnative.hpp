@@ -261,7 +261,8 @@ class Session {
   void set_step_count(int64_t steps);
   // Train: the optimizer's state blocks by name ("momentum_buffer" for SGD with momentum; "exp_avg",
   // "exp_avg_sq" and, with amsgrad, "max_exp_avg_sq" for Adam/AdamW), each num_grads() floats in the order of
-  // the parameter block. Empty for inference sessions and plain SGD.
+  // the parameter block. Empty for inference sessions and plain SGD. Like grads(), these are the backend's
+  // memory: host memory for the cpu and reference backends, device memory for a backend the host cannot address.
   std::vector<std::pair<std::string, float*>> optimizer_state();
   MemoryReport memory_report() const;
   std::vector<std::string> schedule() const;  // "op name" per step, for inspection
