@@ -103,19 +103,22 @@ bool pass_fold_pad(CompileState& st, std::string& summary) {
   return true;
 }
 
-// ---- inference fusion: conv [-> bn] [-> add] [-> relu], linear [-> relu] as one kernel (core/fuse.hpp) ----
+// ---- inference fusion: conv [-> bn] [-> add] [-> relu], linear [-> bn] [-> relu] as one kernel (core/fuse.hpp) ----
 bool pass_fuse(CompileState& st, std::string& summary) {
   Plan& p = st.plan;
   if (p.opt.mode != Mode::Infer || !p.opt.optimize) return false;
   // The fused ops exist where the backend implements them; elsewhere the graph runs as built.
   if (!p.backend->kernel("fused_conv2d") && !p.backend->kernel("fused_linear")) return false;
   FusionReport r = fuse_for_inference(p.graph, p.graph.outputs);
-  int bn = 0, sum = 0;
-  for (const Node& n : p.graph.nodes)
-    if (n.op == "fused_conv2d") bn += int(n.attrs.i("bn", 0)), sum += int(n.attrs.i("sum", 0));
-  summary = std::to_string(r.fused_conv) + " fused convolutions (" + std::to_string(bn) + " with batch norm folded, " +
-            std::to_string(sum) + " with the residual add), " + std::to_string(r.fused_linear) + " fused linear, " +
-            std::to_string(r.removed_nodes) + " nodes removed";
+  int conv_bn = 0, sum = 0, linear_bn = 0;
+  for (const Node& n : p.graph.nodes) {
+    if (n.op == "fused_conv2d") conv_bn += int(n.attrs.i("bn", 0)), sum += int(n.attrs.i("sum", 0));
+    if (n.op == "fused_linear") linear_bn += int(n.attrs.i("bn", 0));
+  }
+  summary = std::to_string(r.fused_conv) + " fused convolutions (" + std::to_string(conv_bn) +
+            " with batch norm folded, " + std::to_string(sum) + " with the residual add), " +
+            std::to_string(r.fused_linear) + " fused linear (" + std::to_string(linear_bn) +
+            " with batch norm folded), " + std::to_string(r.removed_nodes) + " nodes removed";
   return true;
 }
 
