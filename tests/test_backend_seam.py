@@ -75,6 +75,14 @@ def test_a_backend_in_its_own_library_runs_inference_and_training(tmp_path):
         for _ in range(3):
             la, lb = ta.step(x, y), tb.step(x, y)
             assert abs(la - lb) <= 1e-5 * max(1.0, abs(lb)), (la, lb)
+        # optimizer state comes out of (and goes back into) the backend's memory through its copies
+        cout = toy.toy_counter(3)
+        st_a, st_b = ta.optimizer_state(), tb.optimizer_state()
+        assert toy.toy_counter(3) > cout and set(st_a) == set(st_b) == {{"momentum_buffer"}}
+        np.testing.assert_allclose(st_a["momentum_buffer"], st_b["momentum_buffer"], rtol=1e-5, atol=1e-6)
+        cin = toy.toy_counter(2)
+        ta.load_optimizer_state(st_a)
+        assert toy.toy_counter(2) > cin
         sa, sb = a.state_dict(), b.state_dict()
         for k in sb:
             np.testing.assert_allclose(np.asarray(sa[k]), np.asarray(sb[k]), rtol=1e-5, atol=1e-6, err_msg=k)

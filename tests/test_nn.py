@@ -112,14 +112,16 @@ def test_parameters_and_buffers_built_by_modules_are_read_only():
         def __init__(self):
             super().__init__()
             self.src = np.arange(4, dtype=np.float32)
-            self.w = nn.Parameter(self.src)  # shares the array's memory, as torch's Parameter(t)
+            self.w = nn.Parameter(self.src)  # a copy: later writes to src could not reach a compiled model
             self.register_buffer("b", np.ones(3))  # float64: converted (a copy)
 
     m = M()
     assert not m.w.flags.writeable and not m.b.flags.writeable and isinstance(m.b, nn.Buffer)
-    assert np.shares_memory(m.w, m.src)
+    assert not np.shares_memory(m.w, m.src)
     with pytest.raises(ValueError, match="read-only"):
         m.w[0] = 1
+    with pytest.raises(ValueError, match="read-only"):  # nor through the view's base
+        m.w.base[0] = 1
     with pytest.raises(ValueError, match="read-only"):
         m.b += 1
     m.w = m.w * 2  # arithmetic makes new memory; assigned as a parameter it is read-only as every other

@@ -368,7 +368,7 @@ PYBIND11_MODULE(_core, m) {
              auto hold = p.s().lock();  // a consistent snapshot between steps
              for (auto& kv : p.s().optimizer_state()) {
                py::array_t<float> a{py::ssize_t(n)};
-               std::memcpy(a.mutable_data(), kv.second, n * sizeof(float));
+               p.s().copy_to_host(a.mutable_data(), kv.second, n * sizeof(float));
                d[py::str(kv.first)] = a;
              }
              return d;
@@ -400,7 +400,8 @@ PYBIND11_MODULE(_core, m) {
                for (auto& b : blocks) known = known || b.first == k;
                if (!known) throw Error("optimizer state: unexpected block '" + k + "' for this optimizer");
              }
-             for (size_t i = 0; i < blocks.size(); ++i) std::memcpy(blocks[i].second, src[i].data(), n * sizeof(float));
+             for (size_t i = 0; i < blocks.size(); ++i)
+               p.s().copy_from_host(blocks[i].second, src[i].data(), n * sizeof(float));
            })
       .def("memory_report", [](PySession& p) { return report_dict(p.s().memory_report()); })
       .def("schedule", [](PySession& p) { return p.s().schedule(); })

@@ -1,6 +1,6 @@
 // cnnnative — optimizer update kernel tests (cpp/tests/test_optim.cpp)
 //
-// Owns: a standalone check of cpu/optim.{hpp,cpp}. Promises: exits 0 only if
+// Owns: a standalone check of host/optim.{hpp,cpp}. Promises: exits 0 only if
 //  * for every config variant (SGD plain / momentum / dampening / nesterov /
 //    weight decay; Adam / Adam+wd / AdamW / AMSGrad (+wd)) and sizes
 //    1, 17, 1000, 100003, several steps of the float kernel track the double

@@ -171,12 +171,18 @@ def _alive(a) -> bool:
 def _make(cls, data):
     if isinstance(data, _Owned) and _alive(data) and data.dtype == np.float32 and data.flags.c_contiguous:
         return data.view(cls)  # registered by __array_finalize__: same memory, same root
-    if (isinstance(data, np.ndarray) and getattr(data, "_cn_root", None) is None and data.dtype == np.float32
-            and data.flags.c_contiguous and data.flags.writeable and data.flags.owndata):
-        base = data  # shared, as torch's Parameter(t): writes through `data` before the first compile show
-    else:
-        base = np.array(data, dtype=np.float32, order="C")
-    return adopt(base.view(cls))
+    # A copy, unlike torch's Parameter(t): the caller's array stays writeable, and after a compile moved the
+    # parameter into the store its writes could no longer reach the model, so sharing would lose them silently.
+    return adopt(_hidden(np.array(data, dtype=np.float32, order="C")).view(cls))
+
+
+def _hidden(owner: np.ndarray) -> np.ndarray:
+    """A read-only ndarray over owner's memory whose base is a memoryview, not a writeable ndarray: views of it
+    (the handed-out arrays) can still be made writeable by the edit context, but `p.base[...] = x` is numpy's
+    read-only error instead of a write behind the store's version."""
+    h = np.asarray(memoryview(owner))
+    h.flags.writeable = False
+    return h
 
 
 def adopt(a, store=None):
@@ -193,7 +199,7 @@ def adopt(a, store=None):
 def track(array: np.ndarray, store, trainable: bool):
     """A handed-out view of `array` (memory of `store`, writeable): a Parameter when trainable, else a Buffer.
     ParamStore.array() (C++) returns this."""
-    v = array.view(Parameter if trainable else Buffer)
+    v = _hidden(array).view(Parameter if trainable else Buffer)
     return adopt(v, store)
 
 

@@ -274,6 +274,10 @@ class Session {
   std::vector<NodeProfile> profile() const;
   void reset_profile();
   float* grads();  // Train/Grad: the flat gradient block (params order)
+  // Copies between the session's backend memory (grads(), optimizer_state()) and the host: what callers use for
+  // a backend whose memory the host cannot address (a memcpy on the cpu and reference backends).
+  void copy_to_host(void* host_dst, const void* src, size_t bytes) const;
+  void copy_from_host(void* dst, const void* host_src, size_t bytes);
   size_t num_grads() const;
 
  private:

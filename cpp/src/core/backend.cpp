@@ -2,7 +2,6 @@
 // time, before or after their Backend object, so the tables are keyed by name.
 #include "core/backend.hpp"
 
-#include <cmath>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -10,8 +9,14 @@
 namespace cnn {
 
 namespace {
+// Kernels register from static initializers, also of a backend library loaded while other threads compile, so
+// registration and lookup take a lock; entries are never removed, so a returned pointer stays valid.
 std::map<std::pair<std::string, std::string>, KernelEntry>& entries() {
   static std::map<std::pair<std::string, std::string>, KernelEntry> m;
+  return m;
+}
+std::mutex& entries_mutex() {
+  static std::mutex m;
   return m;
 }
 std::map<std::string, std::shared_ptr<Backend>>& backends() {
@@ -25,20 +30,25 @@ std::mutex& backends_mutex() {
 }  // namespace
 
 void register_kernel(const std::string& backend, const std::string& op, KernelFactory f) {
+  std::lock_guard<std::mutex> hold(entries_mutex());
   entries()[{backend, op}].make = std::move(f);
 }
 void register_layout_rule(const std::string& backend, const std::string& op, LayoutRule r) {
+  std::lock_guard<std::mutex> hold(entries_mutex());
   entries()[{backend, op}].layout = std::move(r);
 }
 void register_bf16_op(const std::string& backend, const std::string& op, Bf16Pred pred) {
+  std::lock_guard<std::mutex> hold(entries_mutex());
   KernelEntry& e = entries()[{backend, op}];
   e.bf16 = true;
   e.bf16_pred = std::move(pred);
 }
 void register_kernel_inplace(const std::string& backend, const std::string& op, bool inplace) {
+  std::lock_guard<std::mutex> hold(entries_mutex());
   entries()[{backend, op}].inplace = inplace;
 }
 const KernelEntry* find_kernel_entry(const std::string& backend, const std::string& op) {
+  std::lock_guard<std::mutex> hold(entries_mutex());
   auto it = entries().find({backend, op});
   return it == entries().end() || !it->second.make ? nullptr : &it->second;
 }

@@ -139,7 +139,9 @@ class Backend {
 
   // ---- memory ----
   virtual bool host_accessible() const { return true; }  // the host may read and write its buffers directly
-  virtual Buffer allocate(size_t bytes) const { return make_buffer(bytes); }   // zero-filled, 64-byte aligned
+  virtual Buffer allocate(size_t bytes) const { return make_buffer(bytes); }  // zero-filled, 64-byte aligned
+  // Copies are ordered after all work queued on the backend before them; copy_out returns when the host copy is
+  // complete (as a blocking cudaMemcpy on the default stream).
   virtual void copy_in(void* dst, const void* host_src, size_t bytes) const;   // host -> backend
   virtual void copy_out(void* host_dst, const void* src, size_t bytes) const;  // backend -> host
   virtual void copy(void* dst, const void* src, size_t bytes) const;           // backend -> backend

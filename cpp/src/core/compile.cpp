@@ -5,9 +5,9 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <numeric>
-#include <set>
 #include <sstream>
 
 #include "core/fold_pad.hpp"
@@ -50,6 +50,17 @@ bool pass_check(CompileState& st, std::string& summary) {
                 (opt.compute == DType::f64 ? " (float64 runs on the reference backend)" : ""));
   if (opt.mode == Mode::Train && !be.supports_training_in(opt.compute))
     throw Error(std::string("compile: training runs in float32, not ") + dtype_name(opt.compute));
+  if (opt.mode != Mode::Infer && !be.can_train())
+    throw Error("compile: the " + be.name() + " backend runs inference sessions only");
+  if (opt.compute == DType::f64 && !be.host_accessible())  // the float64 mirrors are converted on the host
+    throw Error("compile: float64 sessions need a backend with host-accessible memory");
+  if (opt.mode == Mode::Train) {
+    const OptimConfig& oc = opt.optim;
+    if (oc.kind != "sgd" && oc.kind != "adam" && oc.kind != "adamw")
+      throw Error("unknown optimizer '" + oc.kind + "' (sgd, adam, adamw)");
+    if (oc.kind == "sgd" && oc.nesterov && (oc.momentum <= 0 || oc.dampening != 0))
+      throw Error("SGD: nesterov momentum requires momentum > 0 and dampening = 0");
+  }
   if (g.outputs.empty() && opt.mode != Mode::Train) throw Error("compile: the graph has no outputs");
   for (int v : g.params) {
     const auto& e = st.store.find(g.values[v].name);
@@ -108,8 +119,9 @@ bool pass_fuse(CompileState& st, std::string& summary) {
   Plan& p = st.plan;
   if (p.opt.mode != Mode::Infer || !p.opt.optimize) return false;
   // The fused ops exist where the backend implements them; elsewhere the graph runs as built.
-  if (!p.backend->kernel("fused_conv2d") && !p.backend->kernel("fused_linear")) return false;
-  FusionReport r = fuse_for_inference(p.graph, p.graph.outputs);
+  const bool conv = p.backend->kernel("fused_conv2d") != nullptr, linear = p.backend->kernel("fused_linear") != nullptr;
+  if (!conv && !linear) return false;
+  FusionReport r = fuse_for_inference(p.graph, p.graph.outputs, conv, linear);
   int conv_bn = 0, sum = 0, linear_bn = 0;
   for (const Node& n : p.graph.nodes) {
     if (n.op == "fused_conv2d") conv_bn += int(n.attrs.i("bn", 0)), sum += int(n.attrs.i("sum", 0));
@@ -414,6 +426,11 @@ Plan compile_plan(const Graph& graph, const ParamStore& store, const CompileOpti
   if (dump_dir.empty())
     if (const char* e = std::getenv("CNNNATIVE_DUMP_PASSES")) dump_dir = e;
   const bool verify = verify_enabled();
+  if (!dump_dir.empty()) {
+    std::error_code ec;
+    std::filesystem::create_directories(dump_dir, ec);
+    if (ec) throw Error("compile: cannot create the pass dump folder '" + dump_dir + "': " + ec.message());
+  }
   int index = 0;
   auto dump = [&](const std::string& name) {
     if (dump_dir.empty()) return;

@@ -23,7 +23,7 @@ void count_readers(const Graph& g, const std::vector<int>& keep, std::vector<int
 }
 }  // namespace
 
-FusionReport fuse_for_inference(Graph& g, const std::vector<int>& keep) {
+FusionReport fuse_for_inference(Graph& g, const std::vector<int>& keep, bool fuse_conv, bool fuse_linear) {
   FusionReport rep;
   const int n = int(g.nodes.size());
   std::vector<int> uses, consumer;
@@ -38,7 +38,7 @@ FusionReport fuse_for_inference(Graph& g, const std::vector<int>& keep) {
 
   for (int s = 0; s < n; ++s) {
     const Node& c = g.nodes[s];
-    const bool conv = c.op == "conv2d", lin = c.op == "linear";
+    const bool conv = c.op == "conv2d" && fuse_conv, lin = c.op == "linear" && fuse_linear;
     if ((!conv && !lin) || removed[s] || c.outputs.size() != 1) continue;
     Node f;
     f.op = conv ? "fused_conv2d" : "fused_linear";

@@ -17,7 +17,8 @@ struct FusionReport {
   int fused_conv = 0, fused_linear = 0, removed_nodes = 0;
 };
 
-FusionReport fuse_for_inference(Graph& g, const std::vector<int>& keep);
+// conv / linear: whether fused_conv2d / fused_linear may be formed (the backend has a kernel for it).
+FusionReport fuse_for_inference(Graph& g, const std::vector<int>& keep, bool conv = true, bool linear = true);
 
 // Training/grad rewrite of a forward graph: relu -> max_pool2d becomes max_pool2d -> relu when relu's output
 // has the pool as its only consumer and is not kept. The two orders compute the same values and the same

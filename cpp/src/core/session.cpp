@@ -9,8 +9,6 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <cstdlib>
-#include <cstring>
 #include <limits>
 #include <numeric>
 
@@ -19,6 +17,7 @@
 #include "core/alloc.hpp"
 #include "core/backend.hpp"
 #include "core/compile.hpp"
+#include "core/finite.hpp"
 #include "core/op.hpp"
 #include "core/threads.hpp"
 
@@ -33,7 +32,7 @@ class SessionImpl {
   [[noreturn]] void diverged(const std::string& what) const;
   void check_budget(size_t need, size_t budget) const;
   void refresh_mirrors();
-  void write_back_mirrors();
+  void write_back_mirrors(bool params);
 
   mutable std::recursive_mutex mu;  // serializes run() and the setters across threads
   Plan plan;                        // what the compile pipeline decided
@@ -48,8 +47,7 @@ class SessionImpl {
   struct Patch {
     int node, slot, feed;
   };
-  std::vector<Patch> patches;   // node inputs that are caller buffers (host-accessible backends)
-  std::vector<int> feed_fetch;  // fetch index -> feed index when a fetched value is a feed, else -1
+  std::vector<Patch> patches;  // node inputs that are caller buffers (host-accessible backends)
 
   Buffer buffers_backup;  // Train: the running statistics before the running step
   Buffer arena, scratch, grad_block, state_m, state_v, state_vmax, prepared;
@@ -220,26 +218,19 @@ SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, con
   report.scratch_bytes = scratch_bytes;
   prof_ns.assign(n_steps + 1, 0.0);
   prof_calls.assign(n_steps + 1, 0);
-  for (int v : plan.fetch_values) {
-    auto it = std::find(plan.feed_values.begin(), plan.feed_values.end(), v);
-    feed_fetch.push_back(it == plan.feed_values.end() ? -1 : int(it - plan.feed_values.begin()));
-    if (!backend.host_accessible()) fetch_copies.push_back(make_buffer(std::max<size_t>(g.values[v].desc.bytes(), 64)));
-  }
+  if (!backend.host_accessible())
+    for (int v : plan.fetch_values) fetch_copies.push_back(make_buffer(std::max<size_t>(plan.value_bytes(v), 64)));
 
   // ---- optimizer state ----
   if (opt.mode == Mode::Train) {
     const auto& oc = opt.optim;
     const size_t bytes = std::max<size_t>(n_grad, 1) * 4;
-    if (oc.kind == "sgd") {
+    if (oc.kind == "sgd") {  // the kind and its options were checked by the pipeline's check pass
       if (oc.momentum != 0) state_m = backend.allocate(bytes);
-      if (oc.nesterov && (oc.momentum <= 0 || oc.dampening != 0))
-        throw Error("SGD: nesterov momentum requires momentum > 0 and dampening = 0");
-    } else if (oc.kind == "adam" || oc.kind == "adamw") {
+    } else {
       state_m = backend.allocate(bytes);
       state_v = backend.allocate(bytes);
       if (oc.amsgrad) state_vmax = backend.allocate(bytes);
-    } else {
-      throw Error("unknown optimizer '" + oc.kind + "' (sgd, adam, adamw)");
     }
     report.optimizer_state_bytes =
         (state_m ? n_grad * 4 : 0) + (state_v ? n_grad * 4 : 0) + (state_vmax ? n_grad * 4 : 0);
@@ -262,24 +253,14 @@ void SessionImpl::refresh_mirrors() {
   }
 }
 
-// A training step on a backend with its own memory: the updated parameters and statistics go back to the store.
-void SessionImpl::write_back_mirrors() {
-  backend.copy_out(store->params(), mirror_params.get(), store->num_params() * 4);
+// A run on a backend with its own memory wrote the mirrors: the running statistics (train and grad runs) and the
+// parameters (the optimizer update of a train run) go back to the store.
+void SessionImpl::write_back_mirrors(bool params) {
+  if (params) backend.copy_out(store->params(), mirror_params.get(), store->num_params() * 4);
   backend.copy_out(store->buffers(), mirror_buffers.get(), store->num_buffers() * 4);
 }
 
 namespace {
-// Index of the first NaN/inf in x, or -1. One vectorized pass (x * 0 is 0 for finite x, NaN otherwise).
-template <class T>
-int64_t first_non_finite(const T* x, int64_t n) {
-  T acc = 0;
-#pragma omp simd reduction(+ : acc)
-  for (int64_t i = 0; i < n; ++i) acc += x[i] * T(0);
-  if (acc == T(0)) return -1;
-  for (int64_t i = 0; i < n; ++i)
-    if (!std::isfinite(x[i])) return i;
-  return -1;
-}
 std::string index_str(const Shape& s, int64_t flat) {
   Shape idx(s.size());
   for (size_t d = s.size(); d-- > 0;) {
@@ -486,7 +467,7 @@ void SessionImpl::run(const std::vector<const void*>& fd) {
     backend.synchronize();
     for (size_t i = 0; i < plan.fetch_values.size(); ++i) {
       const int v = plan.fetch_values[i];
-      backend.copy_out(fetch_copies[i].get(), ptr[v], g.values[v].desc.bytes());
+      backend.copy_out(fetch_copies[i].get(), ptr[v], plan.value_bytes(v));
     }
   };
   if (opt.mode == Mode::Train) {
@@ -530,7 +511,7 @@ void SessionImpl::run(const std::vector<const void*>& fd) {
       restore();
       throw;
     }
-    if (mirrored) write_back_mirrors();
+    if (mirrored) write_back_mirrors(true);
     copy_fetches();
     last_loss = L;
     ++steps;
@@ -541,9 +522,14 @@ void SessionImpl::run(const std::vector<const void*>& fd) {
     return;
   }
   for (int s = 0; s < n; ++s) exec(s);
-  if (mirrored && writes_store) write_back_mirrors();  // grad sessions: BN running statistics
   copy_fetches();
   ++steps;
+  if (writes_store) {  // a grad run: BN running statistics
+    if (mirrored) write_back_mirrors(false);
+    bump.s = nullptr;
+    store->touch();
+    if (mirrored) mirror_version = store->version();
+  }
 }
 
 // ---- Session facade ----
@@ -627,6 +613,13 @@ std::vector<NodeProfile> Session::profile() const {
 void Session::reset_profile() {
   std::fill(impl_->prof_ns.begin(), impl_->prof_ns.end(), 0.0);
   std::fill(impl_->prof_calls.begin(), impl_->prof_calls.end(), 0);
+}
+void Session::copy_to_host(void* host_dst, const void* src, size_t bytes) const {
+  impl_->backend.synchronize();
+  impl_->backend.copy_out(host_dst, src, bytes);
+}
+void Session::copy_from_host(void* dst, const void* host_src, size_t bytes) {
+  impl_->backend.copy_in(dst, host_src, bytes);
 }
 float* Session::grads() { return static_cast<float*>(impl_->grad_block.get()); }
 size_t Session::num_grads() const { return impl_->n_grad; }

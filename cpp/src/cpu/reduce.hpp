@@ -2,7 +2,7 @@
 // accumulate in float64, so a sum of 2^28 floats is as good as its float64 rounding (a float accumulator stops
 // growing at 2^24: a float sum of 8192^2 ones is 2^24 = a quarter of the truth).
 //
-// Owns: the run-time ISA dispatch (AVX-512F, else AVX2+FMA, else scalar; chosen once, as cpu/optim.cpp does,
+// Owns: the run-time ISA dispatch (AVX-512F, else AVX2+FMA, else scalar; chosen once, as host/optim.cpp does,
 // with function-level target regions so the translation unit runs on any x86-64), bfloat16 <-> float
 // conversion (round to nearest even), and these single-threaded kernels.
 //

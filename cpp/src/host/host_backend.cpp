@@ -1,4 +1,5 @@
 #include "core/backend.hpp"
+#include "core/finite.hpp"
 
 #include <cmath>
 
@@ -8,15 +9,7 @@ namespace cnn {
 
 float HostBackend::absmax(const float* x, size_t n, bool* finite) const { return cnn::absmax(x, n, finite); }
 
-int64_t HostBackend::first_non_finite(const float* x, size_t n) const {
-  float acc = 0;  // x * 0 is 0 for finite x, NaN otherwise: one vectorized pass, then a scan only on failure
-#pragma omp simd reduction(+ : acc)
-  for (size_t i = 0; i < n; ++i) acc += x[i] * 0.f;
-  if (acc == 0.f) return -1;
-  for (size_t i = 0; i < n; ++i)
-    if (!std::isfinite(x[i])) return int64_t(i);
-  return -1;
-}
+int64_t HostBackend::first_non_finite(const float* x, size_t n) const { return cnn::first_non_finite(x, int64_t(n)); }
 
 void HostBackend::sgd_update(float* p, const float* g, float* momentum, size_t n, const SGDConfig& c, long step,
                              OptimMaxima* maxima) const {

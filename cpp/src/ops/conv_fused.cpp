@@ -83,6 +83,7 @@ struct FusedRef : Kernel {
   std::vector<std::vector<void*>> in_ptrs, out_ptrs;
   size_t sub_scratch = 0, tmp_bytes = 0;
 
+  std::string impl() const override { return "reference"; }
   FusedRef(const KernelCtx& c, bool conv) {
     const Node& f = c.node;
     Parts p = parts(f, conv);

@@ -83,6 +83,7 @@ struct Registrar {
       a.ints["pads"] = c.node().attrs.ints.at("pads");
       c.set_dx(0, c.emit("pad_grad", {c.dy(0)}, a)[0]);
     };
+    f.recompute = RecomputeClass::cheap;
     f.ref = ref_kernel<FwdRef>();
     register_op(f);
 
