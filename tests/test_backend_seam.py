@@ -95,6 +95,12 @@ def test_a_backend_in_its_own_library_runs_inference_and_training(tmp_path):
             raise AssertionError("strict compiled")
         except cn.Error as e:
             assert "strict" in str(e) and "relu" in str(e), e
+        # memory the host cannot address: a missing kernel is an error, not a silent host loop on device pointers
+        try:
+            model().compile(x.shape, backend="ref2partial", optimize=False)
+            raise AssertionError("compiled without a relu kernel")
+        except cn.Error as e:
+            assert "relu" in str(e) and "cannot address" in str(e), e
         allocs = toy.toy_counter(0)
         del s2, ta
         import gc; gc.collect()

@@ -80,12 +80,19 @@ class Ref2 : public cnn::Backend {
   }
 };
 
-// "ref2fast": the same, claiming fast kernels but registering none for relu, so a model with a ReLU falls back to
-// the op's reference kernel there (a warning, or an error with strict=True).
+// "ref2fast": the same in host-accessible memory, claiming fast kernels but registering none for relu, so a model
+// with a ReLU falls back to the op's reference kernel there (a warning, or an error with strict=True).
 class Ref2Fast : public Ref2 {
  public:
   Ref2Fast() : Ref2("ref2fast") {}
   bool has_fast_kernels() const override { return true; }
+  bool host_accessible() const override { return true; }
+};
+
+// "ref2partial": host-inaccessible memory and no relu kernel: the reference kernel cannot stand in (compile error).
+class Ref2Partial : public Ref2 {
+ public:
+  Ref2Partial() : Ref2("ref2partial") {}
 };
 
 struct Init {
@@ -98,9 +105,11 @@ struct Init {
       };
       cnn::register_kernel("ref2", op, wrap);
       if (op != "relu") cnn::register_kernel("ref2fast", op, wrap);
+      if (op != "relu") cnn::register_kernel("ref2partial", op, wrap);
     }
     cnn::register_backend(std::make_shared<Ref2>());
     cnn::register_backend(std::make_shared<Ref2Fast>());
+    cnn::register_backend(std::make_shared<Ref2Partial>());
   }
 } init;
 

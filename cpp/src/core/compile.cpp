@@ -367,6 +367,10 @@ bool pass_kernels(CompileState& st, std::string& summary) {
       c.factory = &get_op(n.op).ref;
       c.reference = true;
       if (!*c.factory) op_error(n, "has no kernel on the " + be.name() + " backend and no reference kernel");
+      if (!be.host_accessible())  // the reference kernel's loops run on the host
+        op_error(n, "has no kernel on the " + be.name() +
+                        " backend, whose memory the host cannot address, so the op's "
+                        "reference kernel cannot stand in for one");
       if (be.has_fast_kernels()) p.reference_fallbacks.push_back(n.op + " " + n.name);
     }
     p.kernels.push_back(c);
