@@ -4,7 +4,9 @@ reference one on larger tensors (both run natively, not on reference kernels); F
 nn.ConstantPad2d against torch; attribute and shape errors. Then the compile pass fold_pad: an nn model
 ZeroPad2d -> Conv2d (or -> AvgPool2d) compiled with optimize=True has no pad node and gives the results of
 optimize=False, in inference and in training; pads it must not fold (non-zero value, two readers, an
-asymmetric pad the conv cannot express, a kept output, ceil_mode pooling) stay and still compute the same."""
+asymmetric pad the conv cannot express, a kept output, ceil_mode pooling) stay and still compute the same.
+Last, the cpu kernels in every activation layout (plain, nhwc, nChw16c, nChw8c) against the reference backend,
+and a pad between two convolutions trained in the blocked layout with no reorder next to it."""
 import numpy as np
 import pytest
 
