@@ -116,9 +116,12 @@ def test_auto_pad_same_and_zero_pad_folding():
                {"W": W, "W2": _r(6, 6, 3, 3), "pads": np.array([0, 0, 1, 2, 0, 0, 1, 1], np.int64)})
     mod = _check(m, _r(1, 2, 11, 10))
     ops = _ops(mod, (1, 2, 11, 10))
-    assert ops.count("conv2d") == 2 and ops.count("pad") == 1  # the importer maps the Pad to the engine's pad ...
+    # the importer maps the Pad, and the second conv's asymmetric SAME_UPPER pads (rows, then columns), to the
+    # engine's pad ...
+    assert ops.count("conv2d") == 2 and ops.count("pad") == 3 and "concat" not in ops and "fill" not in ops
     sched = _schedule(mod, (1, 2, 11, 10))
-    assert "pad" not in sched and sched.count("conv2d") == 2  # ... which the compile pass fold_pad folds away
+    # ... and the compile pass fold_pad folds the first away (the others add a row / column the conv reads)
+    assert sched.count("pad") == 2 and sched.count("conv2d") == 2
 
 
 @needs["fill"]
@@ -126,10 +129,10 @@ def test_auto_pad_same_and_zero_pad_folding():
 @pytest.mark.parametrize("opset", [9, 17])
 def test_pads_the_engine_pad_op_expresses_and_the_others(opset):
     """Spatial pads of a 4-D tensor run as the engine's pad op (a non-zero value stays a pad node, a zero one
-    before a conv is folded); a Pad of the channels keeps the concat-with-fill path."""
+    before a conv is folded); a Pad of the channels keeps the concat-with-fill path for that axis."""
     W = _r(3, 5, 3, 3)
     cases = [([0, 0, 2, 1, 0, 0, 0, 3], 0.5, 0, 1), ([0, 0, 1, 1, 0, 0, 1, 1], 0.0, 0, 1),
-             ([0, 1, 1, 1, 0, 2, 1, 1], 0.0, 1, 0)]
+             ([0, 1, 1, 1, 0, 2, 1, 1], 0.0, 1, 2)]  # the channels: concat with fill, then H and W: pads
     for pads, value, concats, engine_pads in cases:
         c_in = 2 + pads[1] + pads[5]
         pad = (helper.make_node("Pad", ["x"], ["xp"], pads=pads, value=value) if opset < 11 else
@@ -144,6 +147,32 @@ def test_pads_the_engine_pad_op_expresses_and_the_others(opset):
         ops = _ops(mod, (1, 2, 6, 5))
         assert ops.count("pad") == engine_pads and ops.count("concat") >= concats, (pads, ops)
         assert _schedule(mod, (1, 2, 6, 5)).count("pad") == engine_pads * (value != 0), pads
+
+
+@pytest.mark.parametrize("c", [5, 16])
+def test_conv_same_pads_import_as_the_engine_pad(c):
+    """TensorFlow "SAME" convolutions with stride 2 (pads [0, 0, 1, 1]: one more row and column after than
+    before, both read by the last window): the importer pads with the engine's pad op (no concat / fill), which
+    runs natively in the session's layout (no reference fallback: strict=True), and the model matches
+    onnxruntime."""
+    nodes = [helper.make_node("Conv", ["x", "W"], ["c"], pads=[0, 0, 1, 1], strides=[2, 2]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Conv", ["r", "W2"], ["y"], pads=[0, 0, 1, 1], strides=[2, 2])]
+    m = _model(nodes, [("x", ["N", c, 12, 12])], [("y", ["N", 8, 3, 3])],
+               {"W": _r(32, c, 3, 3) * 0.3, "W2": _r(8, 32, 3, 3) * 0.2})
+    mod = cno.import_model(m)
+    x = _r(2, c, 12, 12)
+    ops = _ops(mod, x.shape)
+    assert ops.count("pad") == 4 and "concat" not in ops and "fill" not in ops, ops  # rows and columns, twice
+    s = mod.compile(x.shape, strict=True)
+    sched = [e.split()[0] for e in s.schedule()]
+    assert sched.count("pad") == 4, sched  # fold_pad cannot fold them: the extra row / column is read
+    got = s.run(x)
+    want = _onnxruntime(m, x)
+    assert got.shape == want.shape and _rel(got, want) < 1e-5, _rel(got, want)
+    if c == 16:  # every activation blocked: the second conv's pads sit between two convs with no reorder
+        first, second = [i for i, op in enumerate(sched) if op in ("conv2d", "fused_conv2d")]
+        assert sched[first + 1:second] == ["pad", "pad"], sched
 
 
 def test_gemm_matmul_and_bias_folding():

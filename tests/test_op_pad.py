@@ -4,7 +4,9 @@ reference one on larger tensors (both run natively, not on reference kernels); F
 nn.ConstantPad2d against torch; attribute and shape errors. Then the compile pass fold_pad: an nn model
 ZeroPad2d -> Conv2d (or -> AvgPool2d) compiled with optimize=True has no pad node and gives the results of
 optimize=False, in inference and in training; pads it must not fold (non-zero value, two readers, an
-asymmetric pad the conv cannot express, a kept output, ceil_mode pooling) stay and still compute the same."""
+asymmetric pad the conv cannot express, a kept output, ceil_mode pooling) stay and still compute the same.
+Last, the cpu kernels in every activation layout (plain, nhwc, nChw16c, nChw8c) against the reference backend,
+and a pad between two convolutions trained in the blocked layout with no reorder next to it."""
 import numpy as np
 import pytest
 
@@ -282,3 +284,82 @@ def test_chained_pads_fold_into_one_conv():
     assert "pad" not in _ops(folded) and _ops(folded).count("conv2d") == 1
     assert _fold_summary(folded)["summary"].startswith("2 pads folded")
     assert_close(folded.run(X), plain.run(X), 1e-5, 1e-5, "folded vs unfolded")
+
+
+# ---- the cpu kernels in every activation layout ----
+# A pad follows its input's layout, so a one-node graph (test_layouts._single) runs it plain: the input goes
+# through a reorder node built into the graph (the layout pass keeps its from/to), which puts the pad (or, for
+# the gradient, pad_grad on the same dy) in the layout under test.
+
+LAYOUT_IDS = {"plain": 0, "nhwc": 1, "nChw16c": 2, "nChw8c": 3}
+
+
+def _after_reorder(op, x, attrs, layout):
+    g = _core.Graph()
+    xi = g.add_input("x", list(x.shape))
+    a = g.add_node("reorder", [xi], {"from": 0, "to": LAYOUT_IDS[layout]}, "to_layout")[0]
+    g.set_outputs(g.add_node(op, [a], attrs, "node"))
+    s = _core.Session(g, _core.ParamStore([]), "infer", layout="plain")
+    s.run([x])
+    k = [k for k in s.kernels() if k["op"] == op]
+    assert len(k) == 1 and k[0]["impl"] == "native", s.kernels()
+    assert k[0]["in_layouts"] == k[0]["out_layouts"] == [layout], k  # no reorder between them
+    return s.fetch(0)
+
+
+@pytest.mark.parametrize("layout", list(LAYOUT_IDS))
+@pytest.mark.parametrize("c", [5, 20])
+@pytest.mark.parametrize("value", [0.0, 1.5])
+def test_cpu_kernels_in_every_layout_match_reference(layout, c, value):
+    """C = 5 and 20 leave padding lanes in the last channel block of nChw16c / nChw8c."""
+    from test_layouts import _single
+    x = np.random.default_rng(c).standard_normal((2, c, 4, 5)).astype(np.float32)
+    attrs = {"pads": [1, 2, 3, 0], "value": value}
+    ref_y, (ref_dx,) = _single("pad", [x], attrs, "plain", "reference", [0], dys_seed=c)
+    dy = np.random.default_rng(c).standard_normal(ref_y.shape).astype(np.float32)  # _single's dy
+    np.testing.assert_array_equal(ref_dx, dy[:, :, 1:5, 2:7])
+    np.testing.assert_array_equal(_after_reorder("pad", x, attrs, layout), ref_y)
+    np.testing.assert_array_equal(_after_reorder("pad_grad", dy, {"pads": attrs["pads"]}, layout), ref_dx)
+
+
+def _conv_pad_conv(layout, backend, c, value):
+    """x [2, 3, 6, 6] -> conv (c channels) -> pad (value, unfoldable) -> conv (8 channels) -> y, with the
+    gradients of sum(y * dy) w.r.t. x and both weights."""
+    r = np.random.default_rng(c)
+    w1 = (r.standard_normal((c, 3, 3, 3)) * 0.3).astype(np.float32)
+    w2 = (r.standard_normal((8, c, 3, 3)) * 0.2).astype(np.float32)
+    x = r.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    g = _core.Graph()
+    xi = g.add_input("x", list(x.shape))
+    w1i, w2i = g.add_input("w1", list(w1.shape)), g.add_input("w2", list(w2.shape))
+    h = g.add_node("conv2d", [xi, w1i], {"padding": [1, 1]}, "conv1")[0]
+    p = g.add_node("pad", [h], {"pads": [0, 0, 1, 1], "value": value}, "pad")[0]
+    y = g.add_node("conv2d", [p, w2i], {"stride": [2, 2]}, "conv2")
+    g.set_outputs(y)
+    s = _core.Session(g, _core.ParamStore([]), "grad", backend=backend, layout=layout, grad_of=y,
+                      wrt=[xi, w1i, w2i])
+    dy = r.standard_normal((2, 8, 3, 3)).astype(np.float32)
+    s.run([x, w1, w2, dy])
+    return s, [s.fetch(i) for i in range(4)]
+
+
+@pytest.mark.parametrize("c", [20, 32])
+def test_no_reorder_around_a_pad_between_blocked_convolutions(c):
+    """A pad (value 1.5, so fold_pad keeps it) between two convolutions, trained in the blocked layout: the pad
+    and pad_grad run in the layout the convolutions read and write (no reorder next to them) and the outputs
+    and gradients match the reference backend; with c = 20 the second convolution reads the padding lanes the
+    pad wrote."""
+    s, got = _conv_pad_conv("blocked", "cpu", c, 1.5)
+    _, want = _conv_pad_conv("plain", "reference", c, 1.5)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    ks = {k["op"]: k for k in s.kernels()}
+    blocked = ks["pad"]["in_layouts"][0]
+    assert blocked in ("nChw16c", "nChw8c"), ks["pad"]
+    for op in ("pad", "pad_grad"):
+        assert ks[op]["in_layouts"] == ks[op]["out_layouts"] == [blocked], ks[op]
+    sched = s.schedule()
+    pad_at = [i for i, e in enumerate(sched) if e.split()[0] in ("pad", "pad_grad")]
+    assert len(pad_at) == 2, sched
+    for i in pad_at:  # the neighbours of pad and pad_grad are convolutions, not reorders
+        assert not sched[i - 1].startswith("reorder") and not sched[i + 1].startswith("reorder"), sched

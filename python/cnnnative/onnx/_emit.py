@@ -114,13 +114,20 @@ class NodeContext:
         return outs[[i for _, i in parts].index(1)]
 
     def pad(self, x, axis, before, after, value):
-        """Explicit constant padding along axis: concat with `fill` tensors (negative amounts crop)."""
+        """Explicit constant padding along axis (negative amounts crop): the engine's `pad` op for H or W of a
+        4-D tensor (which runs in every activation layout, and which the compile pass fold_pad folds into a
+        following conv or average pool when it can), concat with `fill` tensors for other ranks and axes."""
         if before < 0 or after < 0:
             n = x.shape[axis]
             x = self.crop(x, axis, max(0, -before), n - max(0, -before) - max(0, -after))
             before, after = max(0, before), max(0, after)
         if before == 0 and after == 0:
             return x
+        rank = len(x.shape)
+        if rank == 4 and axis % rank in (2, 3):
+            self.need("pad")
+            pads = [before, 0, after, 0] if axis % rank == 2 else [0, before, 0, after]
+            return self.op("pad", [x], {"pads": [int(p) for p in pads], "value": float(value)})
         self.need("fill", "concat")
         parts = []
         for amount, where in ((before, 0), (after, 1)):
