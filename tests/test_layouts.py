@@ -142,10 +142,25 @@ def test_unknown_layout_is_a_clear_error():
 
 # ---- single ops in every layout, forward and backward, against the reference backend ----
 
+_LAYOUT_ID = {"nhwc": 1, "nChw16c": 2, "nChw8c": 3}
+
+
 def _single(op, arrays, attrs, layout, backend, wrt, dys_seed=0, grad=True):
+    """One node run alone (forward, and with grad the gradients wrt inputs `wrt`). In a non-plain layout its
+    activation inputs (4-D, the batch and spatial dims of input 0) arrive through `reorder` nodes into that
+    layout and a 4-D output leaves through one, so an op whose layout rule follows its input runs in the layout
+    under test, not plain, and so does its backward op (the output gradient arrives in that layout)."""
     g = _core.Graph()
     ids = [g.add_input(f"in{i}", list(a.shape), "float32") for i, a in enumerate(arrays)]
-    outs = g.add_node(op, ids, attrs, "node")
+    args = list(ids)
+    x0 = arrays[0].shape
+    if backend == "cpu" and layout in _LAYOUT_ID and len(x0) == 4:
+        for i, a in enumerate(arrays):
+            if a.ndim == 4 and a.shape[0] == x0[0] and a.shape[2:] == x0[2:]:
+                args[i] = g.add_node("reorder", [ids[i]], {"from": 0, "to": _LAYOUT_ID[layout]}, f"to_{layout}{i}")[0]
+    outs = g.add_node(op, args, attrs, "node")
+    if args != ids and len(g.shape(outs[0])) == 4:
+        outs = g.add_node("reorder", [outs[0]], {"from": _LAYOUT_ID[layout], "to": 0}, "to_plain") + outs[1:]
     g.set_outputs(outs[:1])
     fwd = _core.Session(g, _core.ParamStore([]), "infer", backend=backend, layout=layout)
     feeds = [a.astype(np.float32) for a in arrays]

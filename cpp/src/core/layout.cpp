@@ -221,6 +221,12 @@ OpRegistrar reorder_op{[] {
       op_error(n, "only 4-D tensors have non-plain layouts, got " + descs_str(in));
     return {in[0]};
   };
+  s.grad = [](GradCtx& c) {  // the gradient goes back the other way
+    Attrs a;
+    a.ints["from"] = {c.node().attrs.i("to", 0)};
+    a.ints["to"] = {c.node().attrs.i("from", 0)};
+    c.set_dx(0, c.emit("reorder", {c.dy(0)}, a)[0]);
+  };
   s.ref = ref_kernel<ReorderRef>();
   return s;
 }()};
