@@ -248,7 +248,8 @@ def test_pads_that_do_not_fold(case):
     }[case]()
     s = net.compile(X.shape)
     assert _ops(s).count("pad") == 1, _ops(s)
-    assert _fold_summary(s)["summary"] == "0 pads folded into convolution or pooling padding, 1 pads left"
+    assert _fold_summary(s)["summary"] == ("0 pads folded into convolution or pooling padding, 0 merged into a "
+                                           "following pad, 1 pads left")
     assert_close(s.run(X), net.compile(X.shape, optimize=False).run(X), 1e-5, 1e-5, case)
 
 
@@ -282,8 +283,40 @@ def test_chained_pads_fold_into_one_conv():
     model = nn.Sequential(nn.ZeroPad2d(1), nn.ZeroPad2d((2, 2, 0, 0)), nn.Conv2d(3, 4, 3))
     folded, plain = model.compile(X.shape), model.compile(X.shape, optimize=False)
     assert "pad" not in _ops(folded) and _ops(folded).count("conv2d") == 1
-    assert _fold_summary(folded)["summary"].startswith("2 pads folded")
+    assert _fold_summary(folded)["summary"].startswith("1 pads folded into convolution or pooling padding, 1 merged")
     assert_close(folded.run(X), plain.run(X), 1e-5, 1e-5, "folded vs unfolded")
+
+
+@pytest.mark.parametrize("mode", ["infer", "train"])
+def test_chained_pads_with_one_value_merge_into_one(mode):
+    """pad -> pad with the same value (the ONNX importer pads H, then W) writes the tensor once; pads with
+    different values stay apart."""
+    def build(v2):
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.a, self.b = nn.ConstantPad2d((0, 0, 1, 2), 1.5), nn.ConstantPad2d((3, 1, 0, 0), v2)
+                self.conv = nn.Conv2d(3, 4, 3)
+
+            def forward(self, x):
+                return self.conv(self.b(self.a(x)))
+        return Net
+    x = np.random.default_rng(5).standard_normal((2, 3, 6, 7)).astype(np.float32)
+    for v2, merged in ((1.5, True), (0.0, False)):
+        a, b = _pair(0, build(v2))
+        if mode == "infer":
+            s, ref = a.compile(x.shape), b.compile(x.shape, optimize=False)
+            assert _ops(s).count("pad") == (1 if merged else 2), _ops(s)
+            assert_close(s.run(x), ref.run(x), 1e-5, 1e-5, f"value {v2}")
+        else:
+            s = a.compile(x.shape, mode="train", loss="mse")
+            ref = b.compile(x.shape, mode="train", loss="mse", optimize=False)
+            assert _ops(s).count("pad") == (1 if merged else 2), _ops(s)
+            t = np.random.default_rng(6).standard_normal(s.output_shape).astype(np.float32)
+            for _ in range(2):
+                assert abs(s.step(x, t) - ref.step(x, t)) < 1e-4
+            for k, v in b.state_dict().items():
+                assert_close(a.state_dict()[k], v, 1e-4, 1e-5, k)
 
 
 # ---- the cpu kernels in every activation layout ----

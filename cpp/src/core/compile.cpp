@@ -106,11 +106,11 @@ bool pass_check(CompileState& st, std::string& summary) {
 bool pass_fold_pad(CompileState& st, std::string& summary) {
   Plan& p = st.plan;
   if (!p.opt.optimize) return false;
-  const int folded = fold_pad(p.graph, kept_values(st));
+  const FoldPadReport r = fold_pad(p.graph, kept_values(st));
   int left = 0;
   for (const Node& n : p.graph.nodes) left += n.op == "pad";
-  summary = std::to_string(folded) + " pads folded into convolution or pooling padding, " + std::to_string(left) +
-            " pads left";
+  summary = std::to_string(r.folded) + " pads folded into convolution or pooling padding, " + std::to_string(r.merged) +
+            " merged into a following pad, " + std::to_string(left) + " pads left";
   return true;
 }
 

@@ -41,7 +41,7 @@ bool folded_consumer(const Graph& g, const Node& c, int x, const std::vector<int
 
 }  // namespace
 
-int fold_pad(Graph& g, const std::vector<int>& keep) {
+FoldPadReport fold_pad(Graph& g, const std::vector<int>& keep) {
   const int n = int(g.nodes.size());
   // Per value: how many node inputs read it (a kept value counts 2 more) and the last node reading it.
   std::vector<int> uses(g.values.size(), 0), consumer(g.values.size(), -1);
@@ -53,12 +53,30 @@ int fold_pad(Graph& g, const std::vector<int>& keep) {
   for (int v : keep) uses[v] += 2;
 
   std::vector<bool> removed(n, false);
-  int count = 0;
+  FoldPadReport rep;
+  // First to last: pad -> pad with the same value merge, so a chain collapses into its last pad.
+  for (int s = 0; s < n; ++s) {
+    const Node& p = g.nodes[s];
+    if (p.op != "pad" || p.inputs.size() != 1 || p.outputs.size() != 1) continue;
+    const int x = p.inputs[0], y = p.outputs[0];
+    if (uses[y] != 1) continue;
+    const int ci = consumer[y];
+    Node& c = g.nodes[ci];
+    if (c.op != "pad" || c.inputs.size() != 1 || c.inputs[0] != y || c.attrs.f("value", 0.0) != p.attrs.f("value", 0.0))
+      continue;
+    const std::vector<int64_t> a = p.attrs.is("pads", {}), b = c.attrs.is("pads", {});
+    if (a.size() != 4 || b.size() != 4) continue;
+    c.attrs.ints["pads"] = {a[0] + b[0], a[1] + b[1], a[2] + b[2], a[3] + b[3]};
+    c.inputs[0] = x;
+    removed[s] = true;
+    if (uses[x] == 1) consumer[x] = ci;
+    ++rep.merged;
+  }
   // Last to first: in a chain pad -> pad -> conv the second pad folds first, then the first one reads into
   // the conv too.
   for (int s = n - 1; s >= 0; --s) {
     const Node& p = g.nodes[s];
-    if (p.op != "pad" || p.inputs.size() != 1 || p.outputs.size() != 1) continue;
+    if (removed[s] || p.op != "pad" || p.inputs.size() != 1 || p.outputs.size() != 1) continue;
     if (p.attrs.f("value", 0.0) != 0.0) continue;
     const int x = p.inputs[0], y = p.outputs[0];
     if (uses[y] != 1) continue;
@@ -70,9 +88,10 @@ int fold_pad(Graph& g, const std::vector<int>& keep) {
     c = std::move(folded);
     removed[s] = true;
     if (uses[x] == 1) consumer[x] = ci;  // the pad's only read of x is now the consumer's
-    ++count;
+    ++rep.folded;
   }
-  if (!count) return 0;
+  const int count = rep.merged + rep.folded;
+  if (!count) return rep;
 
   std::vector<Node> nodes;
   nodes.reserve(size_t(n - count));
@@ -83,7 +102,7 @@ int fold_pad(Graph& g, const std::vector<int>& keep) {
     if (v.kind == ValueKind::Intermediate) v.producer = -1;
   for (size_t i = 0; i < g.nodes.size(); ++i)
     for (int v : g.nodes[i].outputs) g.values[v].producer = int(i);
-  return count;
+  return rep;
 }
 
 }  // namespace cnn

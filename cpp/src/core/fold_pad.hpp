@@ -18,7 +18,9 @@
 // convolution's and pooling's backward ops give the input gradient that pad_grad's crop gave. The pad node is
 // removed (its output value stays in the value list, produced by no node); chains of pads fold one after the
 // other.
-// Returns the number of pads folded.
+// Before that, a pad read only by another pad with the same value merges into it (the amounts add up per side),
+// so a tensor padded along H and then W (the ONNX importer emits one pad per axis) is written once.
+// Returns how many pads were merged and how many folded.
 #pragma once
 #include <vector>
 
@@ -26,6 +28,9 @@
 
 namespace cnn {
 
-int fold_pad(Graph& g, const std::vector<int>& keep);
+struct FoldPadReport {
+  int merged = 0, folded = 0;
+};
+FoldPadReport fold_pad(Graph& g, const std::vector<int>& keep);
 
 }  // namespace cnn
