@@ -90,7 +90,8 @@ def pad(x, pad, mode: str = "constant", value=None, *, name=None) -> Tensor:
     """torch.nn.functional.pad for a 4-D x [N, C, H, W] in constant mode: pad = (left, right) or (left, right,
     top, bottom), amounts >= 0, filled with value (default 0). Runs as the engine's `pad` op, which the
     compile pass fold_pad folds into a following convolution's (or average pooling's) padding when the value is
-    0 and the pad is symmetric. Other modes, ranks, negative amounts or padding of N and C raise ValueError."""
+    0 and that layer computes the same with its own padding (session.passes() shows it); a pad followed by a
+    pad with the same value merges into it. Other modes, ranks, negative amounts or padding of N and C raise ValueError."""
     where = f"layer '{name}': " if name else ""
     if mode != "constant":
         raise ValueError(f"{where}pad: only mode='constant' is supported, got {mode!r}")

@@ -1223,8 +1223,8 @@ class Identity(Module):
 class ConstantPad2d(Module):
     """torch.nn.ConstantPad2d(padding, value): pads the last two dims of x [N, C, H, W] with value; padding is
     an int (all four sides) or (left, right, top, bottom), each >= 0. A zero pad read only by a Conv2d (or
-    an AvgPool2d counting its padding) is folded into that layer's padding at compile when the result is
-    symmetric (session.passes(): fold_pad)."""
+    an AvgPool2d counting its padding) is folded into that layer's padding at compile when that layer computes
+    the same with its own padding (session.passes(): fold_pad)."""
 
     def __init__(self, padding, value: float):
         super().__init__()
