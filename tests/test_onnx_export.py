@@ -139,14 +139,30 @@ def test_unet(tmp_path):
 
 
 @pytest.mark.skipif(not {"fill", "concat"} <= OPS, reason="explicit pads need fill and concat")
-def test_imported_model_with_explicit_pads_exports_with_fixed_batch():
-    """An asymmetric conv pad the engine cannot express becomes fill+concat: batch-specific constants."""
+def test_imported_model_with_explicit_pads_exports_with_dynamic_batch():
+    """An asymmetric conv pad the conv cannot express becomes the engine's pad op: no batch-specific constants,
+    so the export keeps a dynamic batch."""
     from onnx import TensorProto, helper, numpy_helper
     W = _x(4, 3, 3, 3)
     g = helper.make_graph([helper.make_node("Conv", ["x", "W"], ["y"], pads=[2, 0, 0, 1], strides=[1, 1])], "g",
                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 6, 6])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 6, 5])],
                           [numpy_helper.from_array(W, "W")])
+    imported = cno.import_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    _roundtrip(imported, (2, 3, 6, 6), dynamic=True)
+
+
+def test_imported_channel_pad_exports_with_fixed_batch():
+    """A Pad of the channels becomes concat with fill tensors of the traced batch: batch-specific constants, so
+    the export fixes the batch."""
+    from onnx import TensorProto, helper, numpy_helper
+    W = _x(4, 5, 3, 3)
+    g = helper.make_graph([helper.make_node("Pad", ["x", "pads"], ["p"]),
+                           helper.make_node("Conv", ["p", "W"], ["y"], pads=[1, 1, 1, 1])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 6, 6])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 6, 6])],
+                          [numpy_helper.from_array(W, "W"),
+                           numpy_helper.from_array(np.array([0, 1, 0, 0, 0, 1, 0, 0], np.int64), "pads")])
     imported = cno.import_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
     _roundtrip(imported, (2, 3, 6, 6), dynamic=False)
 

@@ -80,6 +80,42 @@ int main() {
                names.find("memory_plan") < names.find("kernels"),
            "autodiff < layouts < memory_plan < kernels: " + names);
   }
+  {  // the plan verifier: a compiled plan passes; damage to its tables is reported
+    Graph g = small_net();
+    auto store = std::make_shared<ParamStore>(std::vector<ParamStore::Entry>{{"w", {4, 3, 3, 3}, true, 0}});
+    CompileOptions o;
+    o.layout = "nChw8c";
+    Plan p = compile_plan(g, *store, o);
+    expect(verify_plan(p).empty(), "a compiled plan passes: " + verify_plan(p));
+    {
+      Plan q = p;  // relu reads the conv's blocked output as if it were plain
+      q.in_view.back()[0] = q.layout[q.graph.nodes.back().inputs[0]] == Layout::plain ? Layout::nChw8c : Layout::plain;
+      expect(verify_plan(q).find("reads") != std::string::npos, "input view: " + verify_plan(q));
+    }
+    {
+      Plan q = p;  // a graph input stored blocked
+      q.layout[q.graph.inputs[0]] = Layout::nChw8c;
+      expect(!verify_plan(q).empty(), "blocked input: " + verify_plan(q));
+    }
+    {
+      Plan q = p;  // an alias onto a parameter
+      const int out = q.graph.nodes.back().outputs[0];
+      q.alias_of[out] = q.graph.params[0];
+      expect(verify_plan(q).find("outside the arena") != std::string::npos ||
+                 verify_plan(q).find("differ") != std::string::npos,
+             "alias onto a parameter: " + verify_plan(q));
+    }
+    {
+      Plan q = p;  // a produced value left out of the arena
+      q.planned.pop_back();
+      expect(!verify_plan(q).empty(), "unplanned value: " + verify_plan(q));
+    }
+    {
+      Plan q = p;
+      q.kernels.pop_back();
+      expect(verify_plan(q).find("kernel") != std::string::npos, "kernels: " + verify_plan(q));
+    }
+  }
   if (failures) return 1;
   std::printf("verify: all passed\n");
   return 0;

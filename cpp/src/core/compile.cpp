@@ -452,7 +452,8 @@ Plan compile_plan(const Graph& graph, const ParamStore& store, const CompileOpti
     rec.nodes = int(st.plan.graph.nodes.size());
     if (rec.ran && verify) {
       std::string bad = verify_graph(st.plan.graph);
-      if (!bad.empty()) throw Error("internal: the graph is malformed after compile pass '" + rec.name + "': " + bad);
+      if (bad.empty()) bad = verify_plan(st.plan);
+      if (!bad.empty()) throw Error("internal: the plan is malformed after compile pass '" + rec.name + "': " + bad);
     }
     if (rec.ran) dump(pass.name);
     st.plan.passes.push_back(std::move(rec));
@@ -511,6 +512,63 @@ std::string verify_graph(const Graph& g) {
     if (v < 0 || v >= nv) return "output id " + std::to_string(v) + " out of range";
     if (!defined[v]) return "output '" + g.values[v].name + "' is never produced";
   }
+  return "";
+}
+
+std::string verify_plan(const Plan& p) {
+  const Graph& g = p.graph;
+  const size_t nv = g.values.size(), nn = g.nodes.size();
+  auto name = [&](int v) { return "'" + g.values[v].name + "'"; };
+  if (!p.layout.empty()) {
+    if (p.layout.size() != nv || p.stored_dtype.size() != nv)
+      return "per-value layout/dtype tables do not match the graph";
+    if (p.in_view.size() != nn) return "per-node input views do not match the graph";
+    for (size_t s = 0; s < nn; ++s) {
+      const Node& n = g.nodes[s];
+      if (p.in_view[s].size() != n.inputs.size()) return "node '" + n.name + "': one input view per input expected";
+      for (size_t i = 0; i < n.inputs.size(); ++i) {
+        const int v = n.inputs[i];
+        if (!p.policy.aliases(p.layout[v], p.in_view[s][i], g.values[v].desc.shape))
+          return "node '" + n.name + "' reads " + name(v) + " as " + layout_name(p.in_view[s][i]) + ", stored " +
+                 layout_name(p.layout[v]);
+      }
+    }
+    for (int v : g.inputs)
+      if (p.layout[v] != Layout::plain) return "graph input " + name(v) + " is not plain";
+    for (int v : g.params)
+      if (p.layout[v] != Layout::plain) return "parameter " + name(v) + " is not plain";
+  }
+  if (!p.storage.empty()) {
+    if (p.storage.size() != nv) return "the storage table does not match the graph";
+    for (int v : p.feed_values)
+      if (p.storage[v] != Storage::Feed) return "feed " + name(v) + " is not stored as a feed";
+    for (int v : g.params)
+      if (p.storage[v] != Storage::Param && p.storage[v] != Storage::Buffer)
+        return "parameter " + name(v) + " is not in the store's blocks";
+    for (int v : p.param_grads)
+      if (v >= 0 && p.storage[v] != Storage::Grad) return "gradient " + name(v) + " is not in the gradient block";
+  }
+  if (!p.alias_of.empty()) {
+    if (p.alias_of.size() != nv) return "the alias table does not match the graph";
+    for (size_t v = 0; v < nv; ++v) {
+      const int r = p.alias_of[v];
+      if (r == int(v)) continue;
+      if (p.alias_of[r] != r) return name(int(v)) + " aliases " + name(r) + ", which is not a root";
+      if (p.storage[r] != Storage::Planned || p.storage[v] != Storage::Planned)
+        return name(int(v)) + " shares " + name(r) + "'s buffer outside the arena";
+      if (p.value_bytes(int(v)) != p.value_bytes(r)) return name(int(v)) + " and " + name(r) + " differ in size";
+    }
+  }
+  if (!p.memory.offsets.empty() || !p.planned.empty()) {
+    if (p.memory.offsets.size() != p.planned.size() || p.requests.size() != p.planned.size())
+      return "the arena's offsets do not match its planned values";
+    std::vector<bool> planned(nv, false);
+    for (int v : p.planned) planned[v] = true;
+    for (size_t v = 0; v < nv; ++v)
+      if (p.storage[v] == Storage::Planned && p.alias_of[v] == int(v) && p.first_use[v] >= 0 && !planned[v])
+        return "value " + name(int(v)) + " is produced but has no place in the arena";
+  }
+  if (!p.kernels.empty() && p.kernels.size() != nn) return "one kernel choice per node expected";
   return "";
 }
 

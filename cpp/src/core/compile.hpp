@@ -98,6 +98,11 @@ Plan compile_plan(const Graph& g, const ParamStore& store, const CompileOptions&
 
 // Empty when g is well formed, else the first problem found.
 std::string verify_graph(const Graph& g);
+// Empty when the parts of the plan filled so far agree with its graph and each other (per-value and per-node
+// tables sized to the graph; every input read in a layout aliasing the one it is stored in; feeds, parameters
+// and gradients in their storage classes; in-place aliases rooted in the arena with the same bytes; every
+// produced arena value planned; a kernel per node), else the first problem found.
+std::string verify_plan(const Plan& p);
 // A readable listing of g: inputs, parameters, then one line per node (op, name, inputs -> outputs with shapes
 // and, when a plan is given, layouts, storage and kernel choice).
 std::string graph_text(const Graph& g, const Plan* plan = nullptr);
