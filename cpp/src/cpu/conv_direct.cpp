@@ -179,10 +179,6 @@ struct ConvBwdWeights : Kernel {  // (dy, x) -> dw [, db]
 // part order (sum_parts) and then reordered to the plain parameter layout. Partial gradients cost parts x dw bytes
 // of scratch (partial_parts: at most 32 MiB).
 
-Shape with_batch(Shape s, int64_t n) {
-  s[0] = n;
-  return s;
-}
 // 2 * MACs of one image (forward, backward-data and weight gradient alike): every output element of y costs
 // numel(w) / K multiply-adds.
 double conv_image_flops(const Shape& w, const Shape& y) { return 2.0 * double(numel(w)) * double(y[2] * y[3]); }

@@ -156,10 +156,6 @@ struct DeconvBwdWeights : Kernel {  // (dy, x) -> dw [, db]
 
 // ---- deterministic mode: as conv2d's (cpu/conv_direct.cpp), minibatch parts by primitives built for one thread ----
 
-Shape with_batch(Shape s, int64_t n) {
-  s[0] = n;
-  return s;
-}
 // 2 * MACs of one image: every element of x meets numel(w) / C weights
 double deconv_image_flops(const Shape& x, const Shape& w) { return 2.0 * double(numel(w)) * double(x[2] * x[3]); }
 

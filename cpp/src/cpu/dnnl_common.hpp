@@ -180,6 +180,12 @@ int64_t part_images(int64_t n, double flops_per_image, int64_t max_parts = kMaxP
 // scratch: partial weight gradients are summed afterwards, so fewer parts also mean less memory traffic.
 int64_t partial_parts(size_t partial_bytes);
 
+// Shape s with its batch (dim 0) set to n: the descriptors of one minibatch part.
+inline Shape with_batch(Shape s, int64_t n) {
+  s[0] = n;
+  return s;
+}
+
 // A primitive over N images, run as ceil(N / part) parts of `part` images (the last one shorter when part does
 // not divide N) by primitives built for one thread: make(mb) returns the primitive descriptor for mb images; it is
 // called under OneThread, for `part` first. Scratch: scratch_bytes() (per-thread scratchpads) at the offset given
