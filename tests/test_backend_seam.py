@@ -122,6 +122,6 @@ def test_a_backend_in_its_own_library_runs_inference_and_training(tmp_path):
 def test_unknown_backend_names_the_registered_ones():
     import numpy as np
     m = cnnnative.models.lenet5()
-    with pytest.raises(cnnnative.Error, match=r"unknown backend 'gpu0' \(cpu, reference"):
+    with pytest.raises(cnnnative.Error, match=r"unknown backend .gpu0. \(registered: cpu, reference"):
         m.compile((1, 1, 28, 28), backend="gpu0")
     del np

@@ -273,73 +273,76 @@ PYBIND11_MODULE(_core, m) {
       });
 
   py::class_<PySession>(m, "Session")
-      .def(py::init([](const Graph& g, std::shared_ptr<ParamStore> store, const std::string& mode,
-                       const std::string& backend, const std::string& compute, int loss,
-                       const std::vector<int>& grad_of, const std::vector<int>& wrt, const py::dict& optim,
-                       bool plan_memory, uint64_t seed, bool optimize, const std::string& layout,
-                       const std::string& recompute, const std::string& dtype, bool cache_weights, bool winograd,
-                       bool deterministic, size_t max_arena_bytes, bool strict, const std::string& dump_passes) {
-             CompileOptions o;
-             if (mode == "infer")
-               o.mode = Mode::Infer;
-             else if (mode == "train")
-               o.mode = Mode::Train;
-             else if (mode == "grad")
-               o.mode = Mode::Grad;
-             else
-               throw Error("mode must be 'infer', 'train' or 'grad', got '" + mode + "'");
-             o.backend = backend;
-             o.compute = parse_dtype(compute);
-             o.loss = loss;
-             o.grad_of = grad_of;
-             o.wrt = wrt;
-             o.plan_memory = plan_memory;
-             o.seed = seed;
-             o.optimize = optimize;
-             o.layout = layout;
-             o.recompute = recompute;
-             o.activations = parse_dtype(dtype);
-             o.cache_weights = cache_weights;
-             o.winograd = winograd;
-             o.deterministic = deterministic;
-             o.max_arena_bytes = max_arena_bytes;
-             o.strict = strict;
-             o.dump_passes = dump_passes;
-             for (auto kv : optim) {
-               std::string k = py::str(kv.first);
-               py::handle v = kv.second;
-               if (k == "kind")
-                 o.optim.kind = v.cast<std::string>();
-               else if (k == "lr")
-                 o.optim.lr = v.cast<double>();
-               else if (k == "momentum")
-                 o.optim.momentum = v.cast<double>();
-               else if (k == "dampening")
-                 o.optim.dampening = v.cast<double>();
-               else if (k == "weight_decay")
-                 o.optim.weight_decay = v.cast<double>();
-               else if (k == "nesterov")
-                 o.optim.nesterov = v.cast<bool>();
-               else if (k == "beta1")
-                 o.optim.beta1 = v.cast<double>();
-               else if (k == "beta2")
-                 o.optim.beta2 = v.cast<double>();
-               else if (k == "eps")
-                 o.optim.eps = v.cast<double>();
-               else if (k == "amsgrad")
-                 o.optim.amsgrad = v.cast<bool>();
-               else
-                 throw Error("unknown optimizer option '" + k + "'");
-             }
-             return new PySession(g, std::move(store), o);
-           }),
-           py::arg("graph"), py::arg("store"), py::arg("mode") = "infer", py::arg("backend") = "cpu",
-           py::arg("compute") = "float32", py::arg("loss") = -1, py::arg("grad_of") = std::vector<int>{},
-           py::arg("wrt") = std::vector<int>{}, py::arg("optim") = py::dict(), py::arg("plan_memory") = true,
-           py::arg("seed") = 0, py::arg("optimize") = true, py::arg("layout") = "auto", py::arg("recompute") = "none",
-           py::arg("dtype") = "float32", py::arg("cache_weights") = true, py::arg("winograd") = true,
-           py::arg("deterministic") = false, py::arg("max_arena_bytes") = 0, py::arg("strict") = false,
-           py::arg("dump_passes") = "")
+      .def(
+          py::init([](const Graph& g, std::shared_ptr<ParamStore> store, const std::string& mode,
+                      const std::string& backend, const std::string& compute, int loss, const std::vector<int>& grad_of,
+                      const std::vector<int>& wrt, const py::dict& optim, bool plan_memory, uint64_t seed,
+                      bool optimize, const std::string& layout, const std::string& recompute, const std::string& dtype,
+                      bool cache_weights, bool winograd, bool deterministic, size_t max_arena_bytes, bool strict,
+                      const std::string& dump_passes, bool tf32, bool graphs) {
+            CompileOptions o;
+            if (mode == "infer")
+              o.mode = Mode::Infer;
+            else if (mode == "train")
+              o.mode = Mode::Train;
+            else if (mode == "grad")
+              o.mode = Mode::Grad;
+            else
+              throw Error("mode must be 'infer', 'train' or 'grad', got '" + mode + "'");
+            o.backend = backend;
+            o.compute = parse_dtype(compute);
+            o.loss = loss;
+            o.grad_of = grad_of;
+            o.wrt = wrt;
+            o.plan_memory = plan_memory;
+            o.seed = seed;
+            o.optimize = optimize;
+            o.layout = layout;
+            o.recompute = recompute;
+            o.activations = parse_dtype(dtype);
+            o.cache_weights = cache_weights;
+            o.winograd = winograd;
+            o.deterministic = deterministic;
+            o.max_arena_bytes = max_arena_bytes;
+            o.strict = strict;
+            o.dump_passes = dump_passes;
+            o.tf32 = tf32;
+            o.graphs = graphs;
+            for (auto kv : optim) {
+              std::string k = py::str(kv.first);
+              py::handle v = kv.second;
+              if (k == "kind")
+                o.optim.kind = v.cast<std::string>();
+              else if (k == "lr")
+                o.optim.lr = v.cast<double>();
+              else if (k == "momentum")
+                o.optim.momentum = v.cast<double>();
+              else if (k == "dampening")
+                o.optim.dampening = v.cast<double>();
+              else if (k == "weight_decay")
+                o.optim.weight_decay = v.cast<double>();
+              else if (k == "nesterov")
+                o.optim.nesterov = v.cast<bool>();
+              else if (k == "beta1")
+                o.optim.beta1 = v.cast<double>();
+              else if (k == "beta2")
+                o.optim.beta2 = v.cast<double>();
+              else if (k == "eps")
+                o.optim.eps = v.cast<double>();
+              else if (k == "amsgrad")
+                o.optim.amsgrad = v.cast<bool>();
+              else
+                throw Error("unknown optimizer option '" + k + "'");
+            }
+            return new PySession(g, std::move(store), o);
+          }),
+          py::arg("graph"), py::arg("store"), py::arg("mode") = "infer", py::arg("backend") = "cpu",
+          py::arg("compute") = "float32", py::arg("loss") = -1, py::arg("grad_of") = std::vector<int>{},
+          py::arg("wrt") = std::vector<int>{}, py::arg("optim") = py::dict(), py::arg("plan_memory") = true,
+          py::arg("seed") = 0, py::arg("optimize") = true, py::arg("layout") = "auto", py::arg("recompute") = "none",
+          py::arg("dtype") = "float32", py::arg("cache_weights") = true, py::arg("winograd") = true,
+          py::arg("deterministic") = false, py::arg("max_arena_bytes") = 0, py::arg("strict") = false,
+          py::arg("dump_passes") = "", py::arg("tf32") = true, py::arg("graphs") = true)
       .def("run", &PySession::run)
       .def("run_fetch", &PySession::run_fetch, py::arg("inputs"), py::arg("index") = 0)
       .def("step", &PySession::step)
@@ -404,6 +407,11 @@ PYBIND11_MODULE(_core, m) {
                p.s().copy_from_host(blocks[i].second, src[i].data(), n * sizeof(float));
            })
       .def("memory_report", [](PySession& p) { return report_dict(p.s().memory_report()); })
+      .def("synchronize",
+           [](PySession& p) {
+             py::gil_scoped_release nogil;
+             p.s().synchronize();
+           })
       .def("schedule", [](PySession& p) { return p.s().schedule(); })
       .def("kernels",
            [](PySession& p) {

@@ -48,34 +48,36 @@ class Ref2 : public cnn::Backend {
     std::memset(p, 0, (bytes + 63) / 64 * 64);
     return cnn::Buffer(p, cnn::BufferDeleter{device_free});
   }
-  void copy_in(void* dst, const void* src, size_t bytes) const override {
+  void copy_in(void* dst, const void* src, size_t bytes, cnn::Stream*) const override {
     g_copies_in++;
     if (bytes) std::memcpy(dst, src, bytes);
   }
-  void copy_out(void* dst, const void* src, size_t bytes) const override {
+  void copy_out(void* dst, const void* src, size_t bytes, cnn::Stream*) const override {
     g_copies_out++;
     if (bytes) std::memcpy(dst, src, bytes);
   }
-  float absmax(const float* x, size_t n, bool* finite) const override { return cnn::absmax(x, n, finite); }
-  int64_t first_non_finite(const float* x, size_t n) const override {
+  float absmax(const float* x, size_t n, bool* finite, cnn::Stream*) const override {
+    return cnn::absmax(x, n, finite);
+  }
+  int64_t first_non_finite(const float* x, size_t n, cnn::Stream*) const override {
     for (size_t i = 0; i < n; ++i)
       if (!(x[i] - x[i] == 0)) return int64_t(i);
     return -1;
   }
   void sgd_update(float* p, const float* g, float* m, size_t n, const cnn::SGDConfig& c, long step,
-                  cnn::OptimMaxima* maxima) const override {
+                  cnn::OptimMaxima* maxima, cnn::Stream*) const override {
     cnn::sgd_update(p, g, m, n, c, step, maxima);
   }
   void adam_update(float* p, const float* g, float* m, float* v, float* vmax, size_t n, const cnn::AdamConfig& c,
-                   long step, cnn::OptimMaxima* maxima) const override {
+                   long step, cnn::OptimMaxima* maxima, cnn::Stream*) const override {
     cnn::adam_update(p, g, m, v, vmax, n, c, step, maxima);
   }
   long sgd_first_non_finite(const float* p, const float* g, const float* m, size_t n, const cnn::SGDConfig& c,
-                            long step) const override {
+                            long step, cnn::Stream*) const override {
     return cnn::sgd_first_non_finite(p, g, m, n, c, step);
   }
   long adam_first_non_finite(const float* p, const float* g, const float* m, const float* v, const float* vmax,
-                             size_t n, const cnn::AdamConfig& c, long step) const override {
+                             size_t n, const cnn::AdamConfig& c, long step, cnn::Stream*) const override {
     return cnn::adam_first_non_finite(p, g, m, v, vmax, n, c, step);
   }
 };

@@ -180,6 +180,12 @@ struct CompileOptions {
   // A node with no kernel on a backend that has fast kernels runs the op's naive reference kernel; it is listed
   // by Session::reference_fallbacks() (Python warns once per compile). strict: refuse to compile instead.
   bool strict = false;
+  // Device backends (cuda): float32 convolutions and matrix products may use TF32 tensor-core math (10-bit
+  // mantissa products, float32 accumulation), as PyTorch's cudnn.allow_tf32 default; false: full float32.
+  bool tf32 = true;
+  // Device backends whose streams can record work (CUDA graphs): after the first run, each run's kernels are
+  // recorded once and replayed. false: every kernel is launched on every run (eager).
+  bool graphs = true;
   // A folder to write the graph after each compile pass into (<NN>-<pass>.txt, and plan.txt for the final
   // plan); empty: the CNNNATIVE_DUMP_PASSES environment variable, if set.
   std::string dump_passes;
@@ -278,6 +284,10 @@ class Session {
   // a backend whose memory the host cannot address (a memcpy on the cpu and reference backends).
   void copy_to_host(void* host_dst, const void* src, size_t bytes) const;
   void copy_from_host(void* dst, const void* host_src, size_t bytes);
+  // Waits until the work the session queued on its backend's stream has finished (a no-op on host backends:
+  // run() returns when its work is done there; a device backend's run() also returns only after its fetches
+  // reached the host).
+  void synchronize() const;
   size_t num_grads() const;
 
  private:

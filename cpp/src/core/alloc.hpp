@@ -7,6 +7,9 @@
 namespace cnn {
 void* counted_alloc(size_t bytes, size_t alignment = 64);  // zero-filled; never returns null (throws Error)
 void counted_free(void* p);
+// A backend that allocates its own memory (device memory, pinned host memory) counts each allocation here, so
+// allocation_count() covers it too.
+void count_allocation();
 
 // A buffer owns its memory through the release function of whoever allocated it: counted host memory here, a
 // backend's device memory elsewhere (Backend::allocate).

@@ -115,6 +115,36 @@ struct Bf16Registrar {
   }
 };
 
+// ---- the per-session execution context ----
+// A session's queue of work on its backend (a CUDA stream with its library handles): created once per session
+// (Backend::make_stream), handed to every kernel at creation (KernelCtx::stream) and run (RunCtx::stream), and to
+// the backend's copies, reductions and optimizer updates. Work queued on one stream runs in order; two sessions'
+// streams run concurrently. Host backends have none (nullptr): their work runs on the calling thread.
+class Stream {
+ public:
+  virtual ~Stream() = default;
+  // Waits until everything queued on the stream has finished (errors of that work surface here as Error).
+  virtual void synchronize() {}
+  // Per-run values that kernels read from the device rather than from RunCtx, so a captured replay sees the
+  // current run's (dropout's step and seed): the session sets them before each run.
+  virtual void set_run_info(uint64_t seed, int64_t step) {}
+  // Graph capture (CUDA graphs): the work queued between begin_capture() and end_capture(segment) is recorded as
+  // that segment, and replay(segment) queues it again with the same buffers. A stream that cannot capture
+  // returns false from can_capture(); the session then always runs its kernels eagerly.
+  virtual bool can_capture() const { return false; }
+  virtual void begin_capture() {}
+  virtual void end_capture(int segment) {}
+  virtual void replay(int segment) {}
+  virtual void drop_captures() {}  // forget every recorded segment (the next runs capture again)
+};
+
+// What a session asks its stream for (CompileOptions that only a device backend reads).
+struct StreamOptions {
+  bool tf32 = true;            // float32 convolutions and matrix products may use TF32 tensor-core math
+  bool graphs = true;          // record steady-state runs once and replay them (Stream::can_capture)
+  bool deterministic = false;  // library algorithms whose results do not depend on scheduling
+};
+
 // ---- the backend ----
 class Backend {
  public:
@@ -137,28 +167,38 @@ class Backend {
   // Whether the optimizer update and the guard's reductions may run (training sessions).
   virtual bool can_train() const { return true; }
 
-  // ---- memory ----
+  // ---- streams and memory ----
+  // The session's execution context (nullptr: none, work runs on the calling thread). Throws Error saying what
+  // is missing when the backend cannot run here (no device, no driver, a library not found).
+  virtual std::unique_ptr<Stream> make_stream(const StreamOptions& o) const { return nullptr; }
   virtual bool host_accessible() const { return true; }  // the host may read and write its buffers directly
   virtual Buffer allocate(size_t bytes) const { return make_buffer(bytes); }  // zero-filled, 64-byte aligned
-  // Copies are ordered after all work queued on the backend before them; copy_out returns when the host copy is
-  // complete (as a blocking cudaMemcpy on the default stream).
-  virtual void copy_in(void* dst, const void* host_src, size_t bytes) const;   // host -> backend
-  virtual void copy_out(void* host_dst, const void* src, size_t bytes) const;  // backend -> host
-  virtual void copy(void* dst, const void* src, size_t bytes) const;           // backend -> backend
-  virtual void synchronize() const {}
+  // Host memory the backend copies from and to fastest (pinned memory for a GPU): the session stages its feeds
+  // and fetches there. Zero-filled, 64-byte aligned.
+  virtual Buffer allocate_host(size_t bytes) const { return make_buffer(bytes); }
+  // Copies are queued on stream s (nullptr: the backend's default queue) after the work queued there before
+  // them. copy_in may return before the copy is done: host_src must stay unchanged until s is synchronized;
+  // copy_out returns when the host copy is complete.
+  virtual void copy_in(void* dst, const void* host_src, size_t bytes, Stream* s = nullptr) const;   // host -> backend
+  virtual void copy_out(void* host_dst, const void* src, size_t bytes, Stream* s = nullptr) const;  // backend -> host
+  virtual void copy(void* dst, const void* src, size_t bytes, Stream* s = nullptr) const;  // backend -> backend
+  virtual void synchronize(Stream* s = nullptr) const {
+    if (s) s->synchronize();
+  }
 
   // ---- the optimizer over flat blocks (p, g, state: n floats each) and the guard's reductions ----
-  virtual float absmax(const float* x, size_t n, bool* finite) const = 0;
-  virtual int64_t first_non_finite(const float* x, size_t n) const = 0;  // -1: all finite
+  // Queued on stream s; the ones that return a value (and those that fill maxima) return it on the host.
+  virtual float absmax(const float* x, size_t n, bool* finite, Stream* s = nullptr) const = 0;
+  virtual int64_t first_non_finite(const float* x, size_t n, Stream* s = nullptr) const = 0;  // -1: all finite
   virtual void sgd_update(float* p, const float* g, float* momentum, size_t n, const SGDConfig& c, long step,
-                          OptimMaxima* maxima) const = 0;
+                          OptimMaxima* maxima, Stream* s = nullptr) const = 0;
   virtual void adam_update(float* p, const float* g, float* m, float* v, float* vmax, size_t n, const AdamConfig& c,
-                           long step, OptimMaxima* maxima) const = 0;
+                           long step, OptimMaxima* maxima, Stream* s = nullptr) const = 0;
   // Dry runs (nothing written): the first element whose update would not be finite, or -1.
   virtual long sgd_first_non_finite(const float* p, const float* g, const float* momentum, size_t n, const SGDConfig& c,
-                                    long step) const = 0;
+                                    long step, Stream* s = nullptr) const = 0;
   virtual long adam_first_non_finite(const float* p, const float* g, const float* m, const float* v, const float* vmax,
-                                     size_t n, const AdamConfig& c, long step) const = 0;
+                                     size_t n, const AdamConfig& c, long step, Stream* s = nullptr) const = 0;
 
  private:
   std::string name_;
@@ -170,20 +210,22 @@ class Backend {
 class HostBackend : public Backend {
  public:
   using Backend::Backend;
-  float absmax(const float* x, size_t n, bool* finite) const override;
-  int64_t first_non_finite(const float* x, size_t n) const override;
+  float absmax(const float* x, size_t n, bool* finite, Stream* s = nullptr) const override;
+  int64_t first_non_finite(const float* x, size_t n, Stream* s = nullptr) const override;
   void sgd_update(float* p, const float* g, float* momentum, size_t n, const SGDConfig& c, long step,
-                  OptimMaxima* maxima) const override;
+                  OptimMaxima* maxima, Stream* s = nullptr) const override;
   void adam_update(float* p, const float* g, float* m, float* v, float* vmax, size_t n, const AdamConfig& c, long step,
-                   OptimMaxima* maxima) const override;
+                   OptimMaxima* maxima, Stream* s = nullptr) const override;
   long sgd_first_non_finite(const float* p, const float* g, const float* momentum, size_t n, const SGDConfig& c,
-                            long step) const override;
+                            long step, Stream* s = nullptr) const override;
   long adam_first_non_finite(const float* p, const float* g, const float* m, const float* v, const float* vmax,
-                             size_t n, const AdamConfig& c, long step) const override;
+                             size_t n, const AdamConfig& c, long step, Stream* s = nullptr) const override;
 };
 
 void register_backend(std::shared_ptr<Backend> b);
-// The backend registered as name; throws Error naming the registered ones otherwise.
+// The backend registered as name. A name not registered yet is looked for as a plugin library,
+// libcnnnative_<name>.so beside libcnnnative (or in CNNNATIVE_PLUGIN_PATH), loaded once; its static initializers
+// register the backend. Throws Error naming the registered ones, or saying why the plugin could not load.
 std::shared_ptr<const Backend> get_backend(const std::string& name);
 std::vector<std::string> backend_names();
 struct BackendRegistrar {

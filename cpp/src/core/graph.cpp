@@ -166,6 +166,7 @@ void* counted_alloc(size_t bytes, size_t alignment) {
 }
 void counted_free(void* p) { std::free(p); }
 uint64_t allocation_count() { return g_allocs.load(); }
+void count_allocation() { g_allocs++; }
 
 // ---- threads (core/threads.hpp) ----
 namespace {

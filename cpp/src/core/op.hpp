@@ -36,6 +36,8 @@ bool layouts_alias(Layout a, Layout b, const Shape& s);
 // Element offset of logical index (n, c, h, w) of a 4-D tensor of shape s in layout l (reference kernels).
 int64_t layout_offset(Layout l, const Shape& s, int64_t n, int64_t c, int64_t h, int64_t w);
 
+class Stream;  // core/backend.hpp: a session's execution context on its backend
+
 struct KernelCtx {
   const Node& node;
   std::vector<TensorDesc> in, out;  // float tensors carry the session's compute dtype here
@@ -45,6 +47,7 @@ struct KernelCtx {
   bool winograd = true;        // CompileOptions::winograd
   bool deterministic = false;  // CompileOptions::deterministic: a reduction order independent of the thread count
   std::vector<Layout> in_layout{}, out_layout{};  // empty or one per input/output; missing entries are plain
+  Stream* stream = nullptr;  // the session's stream (Backend::make_stream; nullptr on host backends)
   Layout layout_in(size_t i) const { return i < in_layout.size() ? in_layout[i] : Layout::plain; }
   Layout layout_out(size_t i) const { return i < out_layout.size() ? out_layout[i] : Layout::plain; }
 };
@@ -57,6 +60,10 @@ struct RunCtx {
   int64_t step;                 // 0-based count of completed runs of this session
   void* persist = nullptr;      // this kernel's own persistent region, persistent_bytes() (kept between runs)
   uint64_t params_version = 0;  // the ParamStore's version() when this run started (>= 1)
+  // The session's stream (nullptr on host backends). A kernel of a backend whose streams capture graphs queues
+  // the same work on every run after its first (no branch on step, seed or params_version; per-run values are
+  // read from the device, Stream::set_run_info), so that a recorded run can be replayed.
+  Stream* stream = nullptr;
 };
 
 class Kernel {

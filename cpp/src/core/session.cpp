@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <limits>
 #include <numeric>
 
@@ -40,6 +41,7 @@ class SessionImpl {
   const CompileOptions& opt;        // plan.opt
   const Backend& backend;           // *plan.backend
   std::shared_ptr<ParamStore> store;
+  std::unique_ptr<Stream> stream;  // the backend's execution context for this session (nullptr on host backends)
 
   std::vector<void*> ptr;  // per value
   std::vector<std::unique_ptr<Kernel>> kernels;
@@ -57,8 +59,16 @@ class SessionImpl {
   bool mirrored = false, convert_f64 = false;
   uint64_t mirror_version = 0;       // the store version the mirrors were taken at
   std::vector<Buffer> feed_copies;   // !host_accessible(): the feeds' backend buffers
+  std::vector<Buffer> feed_staging;  // !host_accessible(): host buffers the feeds are staged in (pinned on a GPU)
   std::vector<Buffer> fetch_copies;  // !host_accessible(): host copies of the fetches, written after each run
-  bool writes_store = false;         // train/grad in float32: BN running statistics, optimizer update
+  // Graph capture (Stream::can_capture and CompileOptions::graphs): per segment (0: the forward pass, or the
+  // whole schedule outside training; 1: the backward pass), whether it is recorded, and the store version an
+  // inference session recorded at (a moved version records again).
+  bool capture = false;
+  bool captured[2] = {false, false};
+  uint64_t captured_version = 0;
+  int64_t eager_runs = 0;     // runs completed before capturing (the first one warms up)
+  bool writes_store = false;  // train/grad in float32: BN running statistics, optimizer update
   size_t n_grad = 0;
   MemoryReport report;
   double lr = 0;
@@ -104,6 +114,12 @@ SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, con
   const int n_steps = int(g.nodes.size());
   const size_t fsz = dtype_size(opt.compute);
   ptr.assign(nv, nullptr);
+  StreamOptions so;
+  so.tf32 = opt.tf32;
+  so.graphs = opt.graphs;
+  so.deterministic = opt.deterministic;
+  stream = backend.make_stream(so);  // throws first when the backend cannot run here
+  capture = stream && opt.graphs && stream->can_capture();
 
   // ---- the store's blocks, or mirrors of them ----
   convert_f64 = opt.compute == DType::f64;
@@ -130,7 +146,9 @@ SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, con
   }
   if (!backend.host_accessible())
     for (size_t i = 0; i < plan.feed_values.size(); ++i) {
-      feed_copies.push_back(backend.allocate(std::max<size_t>(plan.value_bytes(plan.feed_values[i]), 64)));
+      const size_t bytes = std::max<size_t>(plan.value_bytes(plan.feed_values[i]), 64);
+      feed_copies.push_back(backend.allocate(bytes));
+      feed_staging.push_back(backend.allocate_host(bytes));
       ptr[plan.feed_values[i]] = feed_copies.back().get();
     }
 
@@ -153,6 +171,7 @@ SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, con
     ctx.cache_weights = opt.mode == Mode::Infer && opt.cache_weights;
     ctx.winograd = opt.winograd;
     ctx.deterministic = opt.deterministic;
+    ctx.stream = stream.get();
     for (size_t i = 0; i < n.inputs.size(); ++i) {
       TensorDesc d = g.values[n.inputs[i]].desc;
       d.dtype = plan.stored_dtype[n.inputs[i]];
@@ -219,7 +238,8 @@ SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, con
   prof_ns.assign(n_steps + 1, 0.0);
   prof_calls.assign(n_steps + 1, 0);
   if (!backend.host_accessible())
-    for (int v : plan.fetch_values) fetch_copies.push_back(make_buffer(std::max<size_t>(plan.value_bytes(v), 64)));
+    for (int v : plan.fetch_values)
+      fetch_copies.push_back(backend.allocate_host(std::max<size_t>(plan.value_bytes(v), 64)));
 
   // ---- optimizer state ----
   if (opt.mode == Mode::Train) {
@@ -248,16 +268,17 @@ void SessionImpl::refresh_mirrors() {
     for (size_t i = 0; i < store->num_params(); ++i) pp[i] = store->params()[i];
     for (size_t i = 0; i < store->num_buffers(); ++i) pb[i] = store->buffers()[i];
   } else {
-    backend.copy_in(mirror_params.get(), store->params(), store->num_params() * 4);
-    backend.copy_in(mirror_buffers.get(), store->buffers(), store->num_buffers() * 4);
+    backend.copy_in(mirror_params.get(), store->params(), store->num_params() * 4, stream.get());
+    backend.copy_in(mirror_buffers.get(), store->buffers(), store->num_buffers() * 4, stream.get());
+    backend.synchronize(stream.get());  // the store may be written as soon as this returns
   }
 }
 
 // A run on a backend with its own memory wrote the mirrors: the running statistics (train and grad runs) and the
 // parameters (the optimizer update of a train run) go back to the store.
 void SessionImpl::write_back_mirrors(bool params) {
-  if (params) backend.copy_out(store->params(), mirror_params.get(), store->num_params() * 4);
-  backend.copy_out(store->buffers(), mirror_buffers.get(), store->num_buffers() * 4);
+  if (params) backend.copy_out(store->params(), mirror_params.get(), store->num_params() * 4, stream.get());
+  backend.copy_out(store->buffers(), mirror_buffers.get(), store->num_buffers() * 4, stream.get());
 }
 
 namespace {
@@ -325,25 +346,26 @@ void SessionImpl::update() {
   float* v = static_cast<float*>(state_v.get());
   float* vmax = static_cast<float*>(state_vmax.get());
   const long t = long(steps + 1);
+  Stream* st = stream.get();
   bool finite = true;
-  const double G = backend.absmax(gr, n_grad, &finite);
+  const double G = backend.absmax(gr, n_grad, &finite, st);
   if (!finite) {
-    int64_t i = backend.first_non_finite(gr, n_grad);
+    int64_t i = backend.first_non_finite(gr, n_grad, st);
     float bad = 0;
-    backend.copy_out(&bad, gr + i, sizeof bad);
+    backend.copy_out(&bad, gr + i, sizeof bad, st);
     diverged("the gradient of " + locate(true, size_t(i)) + " is " + (std::isnan(bad) ? "nan" : "inf") +
              " (the loss was finite)");
   }
   if (maxima_version == 0 || maxima_version != store->version()) {  // written from outside: measure the blocks
-    maxima.p = backend.absmax(p, n_grad, &finite);
+    maxima.p = backend.absmax(p, n_grad, &finite, st);
     if (!finite) {
-      int64_t i = backend.first_non_finite(p, n_grad);
+      int64_t i = backend.first_non_finite(p, n_grad, st);
       diverged("parameter " + locate(true, size_t(i)) +
                " is not finite before the update (it was written so from outside)");
     }
-    maxima.m = m ? backend.absmax(m, n_grad, nullptr) : 0.f;
-    maxima.v =
-        std::max(v ? backend.absmax(v, n_grad, nullptr) : 0.f, vmax ? backend.absmax(vmax, n_grad, nullptr) : 0.f);
+    maxima.m = m ? backend.absmax(m, n_grad, nullptr, st) : 0.f;
+    maxima.v = std::max(v ? backend.absmax(v, n_grad, nullptr, st) : 0.f,
+                        vmax ? backend.absmax(vmax, n_grad, nullptr, st) : 0.f);
   }
   const double P = maxima.p, M = maxima.m, V = maxima.v;
   const double limit = 0.5 * double(std::numeric_limits<float>::max());
@@ -373,10 +395,10 @@ void SessionImpl::update() {
       dd = c.nesterov ? d + mu * b : b;
     }
     if (!below({d, b, dd, double(c.lr) * dd, P + double(c.lr) * dd})) {
-      long i = backend.sgd_first_non_finite(p, gr, m, n_grad, c, t);
+      long i = backend.sgd_first_non_finite(p, gr, m, n_grad, c, t, st);
       if (i >= 0) fail_at(i);
     }
-    backend.sgd_update(p, gr, m, n_grad, c, t, &maxima);
+    backend.sgd_update(p, gr, m, n_grad, c, t, &maxima, st);
   } else {
     AdamConfig c;
     c.lr = float(lr);
@@ -398,10 +420,10 @@ void SessionImpl::update() {
                     below({pv, d, mn, vn, s, d * d, std::sqrt(s) / bc2s, step_size * mn, step_size * mn / eps,
                            pv + step_size * mn / eps});
     if (!ok) {
-      long i = backend.adam_first_non_finite(p, gr, m, v, vmax, n_grad, c, t);
+      long i = backend.adam_first_non_finite(p, gr, m, v, vmax, n_grad, c, t, st);
       if (i >= 0) fail_at(i);
     }
-    backend.adam_update(p, gr, m, v, vmax, n_grad, c, t, &maxima);
+    backend.adam_update(p, gr, m, v, vmax, n_grad, c, t, &maxima, st);
   }
 }
 
@@ -425,16 +447,23 @@ void SessionImpl::run(const std::vector<const void*>& fd) {
                   ") at " + index_str(d.shape, bad) + "; nothing was run or updated");
     }
   }
+  Stream* st = stream.get();
   if (backend.host_accessible()) {
     for (auto& p : patches) node_in[p.node][p.slot] = const_cast<void*>(fd[p.feed]);
     for (size_t i = 0; i < plan.feed_values.size(); ++i) ptr[plan.feed_values[i]] = const_cast<void*>(fd[i]);
   } else {
-    for (size_t i = 0; i < plan.feed_values.size(); ++i)
-      backend.copy_in(feed_copies[i].get(), fd[i], plan.value_bytes(plan.feed_values[i]));
+    // staged through the session's host buffers (pinned on a GPU): the copies run asynchronously on the stream
+    for (size_t i = 0; i < plan.feed_values.size(); ++i) {
+      const size_t bytes = plan.value_bytes(plan.feed_values[i]);
+      std::memcpy(feed_staging[i].get(), fd[i], bytes);
+      backend.copy_in(feed_copies[i].get(), feed_staging[i].get(), bytes, st);
+    }
   }
   if (mirrored && store->version() != mirror_version) refresh_mirrors();
   RunCtx run_ctx{nullptr, nullptr, scratch.get(), opt.seed, steps};
   run_ctx.params_version = store->version();
+  run_ctx.stream = st;
+  if (st) st->set_run_info(opt.seed, steps);
   // A train/grad run writes the store (BN running statistics in the forward pass, the optimizer update): the
   // version moves when it ends, whether it succeeded or not, so inference sessions sharing the store re-prepare.
   struct Bump {
@@ -459,32 +488,64 @@ void SessionImpl::run(const std::vector<const void*>& fd) {
     prof_ns[s] += std::chrono::duration<double, std::nano>(clock::now() - t0).count();
     prof_calls[s]++;
   };
+  // Runs steps [from, to) as segment seg: eagerly, or (a capturing stream, after the first run) recorded once and
+  // replayed. An inference session records again when the store's version moved (prepared weights).
+  if (capture && opt.mode == Mode::Infer && captured[0] && captured_version != run_ctx.params_version) {
+    st->drop_captures();
+    captured[0] = captured[1] = false;
+  }
+  auto segment = [&](int seg, int from, int to) {
+    if (!capture || eager_runs == 0) {
+      for (int s = from; s < to; ++s) exec(s);
+      return;
+    }
+    if (!captured[seg]) {
+      st->begin_capture();
+      try {
+        for (int s = from; s < to; ++s) exec(s);
+        st->end_capture(seg);
+      } catch (...) {
+        st->drop_captures();
+        captured[0] = captured[1] = false;
+        throw;
+      }
+      captured[seg] = true;
+      captured_version = run_ctx.params_version;
+    }
+    st->replay(seg);
+  };
   const int n = int(kernels.size());
   const int nf = plan.num_forward_nodes;
   // !host_accessible(): the host reads the fetches from copies made after the run
   auto copy_fetches = [&]() {
     if (backend.host_accessible()) return;
-    backend.synchronize();
     for (size_t i = 0; i < plan.fetch_values.size(); ++i) {
       const int v = plan.fetch_values[i];
-      backend.copy_out(fetch_copies[i].get(), ptr[v], plan.value_bytes(v));
+      backend.copy_out(fetch_copies[i].get(), ptr[v], plan.value_bytes(v), st);
     }
+    backend.synchronize(st);
   };
   if (opt.mode == Mode::Train) {
     float* bufs = buffers_block();
     const size_t nb = buffers_backup ? store->num_buffers() * 4 : 0;
-    if (nb) backend.copy(buffers_backup.get(), bufs, nb);
+    if (nb) backend.copy(buffers_backup.get(), bufs, nb, st);
     auto restore = [&]() {
-      if (nb) backend.copy(bufs, buffers_backup.get(), nb);
+      if (nb) backend.copy(bufs, buffers_backup.get(), nb, st);
+      backend.synchronize(st);
     };
     try {
-      for (int s = 0; s < nf; ++s) exec(s);
+      segment(0, 0, nf);
     } catch (...) {  // e.g. a label out of range: leave the running statistics as they were
       restore();
       throw;
     }
     float loss_host = 0;
-    backend.copy_out(&loss_host, ptr[plan.loss_value], sizeof loss_host);
+    try {
+      backend.copy_out(&loss_host, ptr[plan.loss_value], sizeof loss_host, st);
+    } catch (...) {  // a device kernel's failure surfaces at the first wait
+      restore();
+      throw;
+    }
     const double L = loss_host;
     if (!std::isfinite(L)) {
       restore();
@@ -494,15 +555,15 @@ void SessionImpl::run(const std::vector<const void*>& fd) {
     try {
       // BN's running variance overflows first when training diverges (the normalized loss can stay finite)
       if (nb) {
-        int64_t bad = backend.first_non_finite(bufs, store->num_buffers());
+        int64_t bad = backend.first_non_finite(bufs, store->num_buffers(), st);
         if (bad >= 0) {
           float x = 0;
-          backend.copy_out(&x, bufs + bad, sizeof x);
+          backend.copy_out(&x, bufs + bad, sizeof x, st);
           diverged("running statistic " + locate(false, size_t(bad)) + " became " + (std::isnan(x) ? "nan" : "inf") +
                    " in the forward pass (the loss was finite)");
         }
       }
-      for (int s = nf; s < n; ++s) exec(s);
+      segment(1, nf, n);
       auto t0 = clock::now();
       update();
       prof_ns[n] += std::chrono::duration<double, std::nano>(clock::now() - t0).count();
@@ -515,15 +576,17 @@ void SessionImpl::run(const std::vector<const void*>& fd) {
     copy_fetches();
     last_loss = L;
     ++steps;
+    ++eager_runs;
     bump.s = nullptr;
     store->touch();
     maxima_version = store->version();
     if (mirrored) mirror_version = store->version();
     return;
   }
-  for (int s = 0; s < n; ++s) exec(s);
+  segment(0, 0, n);
   copy_fetches();
   ++steps;
+  ++eager_runs;
   if (writes_store) {  // a grad run: BN running statistics
     if (mirrored) write_back_mirrors(false);
     bump.s = nullptr;
@@ -615,12 +678,13 @@ void Session::reset_profile() {
   std::fill(impl_->prof_calls.begin(), impl_->prof_calls.end(), 0);
 }
 void Session::copy_to_host(void* host_dst, const void* src, size_t bytes) const {
-  impl_->backend.synchronize();
-  impl_->backend.copy_out(host_dst, src, bytes);
+  impl_->backend.copy_out(host_dst, src, bytes, impl_->stream.get());
 }
 void Session::copy_from_host(void* dst, const void* host_src, size_t bytes) {
-  impl_->backend.copy_in(dst, host_src, bytes);
+  impl_->backend.copy_in(dst, host_src, bytes, impl_->stream.get());
+  impl_->backend.synchronize(impl_->stream.get());  // host_src may change as soon as this returns
 }
+void Session::synchronize() const { impl_->backend.synchronize(impl_->stream.get()); }
 float* Session::grads() { return static_cast<float*>(impl_->grad_block.get()); }
 size_t Session::num_grads() const { return impl_->n_grad; }
 
