@@ -1,5 +1,7 @@
 // The cuda backend's shared pieces (common.hpp): error checks, device discovery, counted device memory, the
 // session stream with its library handles and CUDA graphs, cuDNN descriptors.
+#include <dlfcn.h>
+
 #include <cstring>
 #include <mutex>
 
@@ -39,9 +41,13 @@ int ensure_device() {
     int n = 0;
     const cudaError_t e = cudaGetDeviceCount(&n);
     if (e == cudaErrorInsufficientDriver || e == cudaErrorNoDevice || (e == cudaSuccess && n == 0)) {
+      void* drv = dlopen("libcuda.so.1", RTLD_LAZY | RTLD_NOLOAD);
+      if (!drv) drv = dlopen("libcuda.so.1", RTLD_LAZY);
       error = e == cudaErrorInsufficientDriver
-                  ? "device='cuda': the NVIDIA driver is missing or too old for CUDA 13 (cudaGetDeviceCount: " +
-                        std::string(cudaGetErrorString(e)) + ")"
+                  ? (drv ? "device='cuda': the NVIDIA driver is too old for CUDA 13 (cudaGetDeviceCount: " +
+                               std::string(cudaGetErrorString(e)) + "); update the driver"
+                         : std::string("device='cuda': no NVIDIA driver is installed (libcuda.so.1 not found), so "
+                                       "there is no GPU to run on here"))
                   : "device='cuda': no CUDA GPU was found (cudaGetDeviceCount: " +
                         std::string(e == cudaSuccess ? "0 devices" : cudaGetErrorString(e)) + ")";
       cudaGetLastError();

@@ -211,6 +211,18 @@ struct SceBase : Kernel {
   SceBase(int64_t n, int64_t k) : N(n), K(k) {}
   std::string impl() const override { return "cuda native"; }
   size_t persistent_bytes() const override { return sizeof(unsigned long long); }
+  // The first bad label of the last run (recorded by the kernels, read back here after the session saw the NaN).
+  std::string explain_failure(const RunCtx& r) override {
+    unsigned long long rec = ~0ull;
+    check(cudaMemcpyAsync(&rec, r.persist, sizeof rec, cudaMemcpyDeviceToHost, stream_of(r).stream),
+          "cudaMemcpyAsync (cross-entropy label check)");
+    stream_of(r).synchronize();
+    if (rec == ~0ull) return "";
+    const int64_t index = int64_t(rec >> 32);
+    const int32_t label = int32_t(uint32_t(rec & 0xffffffffull));
+    return "label " + std::to_string(label) + " at batch index " + std::to_string(index) + " is out of range [0, " +
+           std::to_string(K) + ")";
+  }
   unsigned long long* reset_error(const RunCtx& r) const {
     check(cudaMemsetAsync(r.persist, 0xff, sizeof(unsigned long long), stream_of(r).stream),
           "cudaMemsetAsync (cross-entropy label check)");
