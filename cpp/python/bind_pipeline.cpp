@@ -19,6 +19,16 @@ void bind_pipeline(py::module_& m) {
       "The compile pipeline's passes, in order.");
   m.def("backend_names", &cnn::backend_names, "The registered backends.");
   m.def(
+      "backend_kernels",
+      [](const std::string& name) {
+        cnn::get_backend(name);  // loads a plugin backend on first use (its kernels register then)
+        std::vector<std::string> ops;
+        for (const auto& op : cnn::op_names())
+          if (cnn::find_kernel_entry(name, op)) ops.push_back(op);
+        return ops;
+      },
+      py::arg("name"), "The ops a backend has its own kernel for (the others would run the op's reference kernel).");
+  m.def(
       "describe_backend",
       [](const std::string& name) {
         auto b = cnn::get_backend(name);  // loads a plugin backend on first use

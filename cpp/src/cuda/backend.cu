@@ -45,9 +45,7 @@ class CudaBackend : public Backend {
            "\ncuda_driver=" + std::to_string(drv) + "\nlibraries=" + libraries_info();
   }
 
-  std::unique_ptr<Stream> make_stream(const StreamOptions& o) const override {
-    return std::make_unique<CudaStream>(o);
-  }
+  std::unique_ptr<Stream> make_stream(const StreamOptions& o) const override { return std::make_unique<CudaStream>(o); }
   bool host_accessible() const override { return false; }
   Buffer allocate(size_t bytes) const override { return Buffer(device_alloc(bytes), BufferDeleter{device_free}); }
   Buffer allocate_host(size_t bytes) const override {

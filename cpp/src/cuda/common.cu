@@ -197,7 +197,8 @@ TensorDesc::~TensorDesc() {
   if (d) dnn_api().DestroyTensorDescriptor(d);
 }
 void TensorDesc::set4(int n, int c, int h, int w, int dtype) {
-  check_dnn(dnn_api().SetTensor4dDescriptorEx(d, dtype, n, c, h, w, c * h * w, h * w, w, 1), "cudnnSetTensor4dDescriptor");
+  check_dnn(dnn_api().SetTensor4dDescriptorEx(d, dtype, n, c, h, w, c * h * w, h * w, w, 1),
+            "cudnnSetTensor4dDescriptor");
 }
 void TensorDesc::set(const Shape& s, int dtype) {
   if (s.size() <= 4) {

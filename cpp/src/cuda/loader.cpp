@@ -7,8 +7,8 @@
 #include <string>
 #include <vector>
 
-#include "cuda/api.hpp"
 #include "cnnnative/cnnnative.hpp"
+#include "cuda/api.hpp"
 
 namespace cnn::cuda {
 namespace {
@@ -72,8 +72,9 @@ Loaded open_library(const char* env_file, const char* soname, const char* wheel_
   std::string where;
   for (const auto& t : tried) where += (where.empty() ? "" : ", ") + t;
   throw Error(std::string("device='cuda': ") + what + " (" + soname + ") was not found: looked in " + where +
-              " and the system's library path (" + (e ? e : "not found") + ")" + errors + ". Install it with `pip install " +
-              wheel + "` (or `pip install 'cnnnative[cuda]'`), or point " + env_file + " at the library file");
+              " and the system's library path (" + (e ? e : "not found") + ")" + errors +
+              ". Install it with `pip install " + wheel + "` (or `pip install 'cnnnative[cuda]'`), or point " +
+              env_file + " at the library file");
 }
 
 template <class F>
