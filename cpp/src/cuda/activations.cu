@@ -7,7 +7,9 @@
 //   tanh        y = tanh(x)                               tanh_grad       dx = dy * (1 - y * y)       (saved y)
 //   leaky_relu  y = x > 0 ? x : slope * x                 leaky_relu_grad dx = dy * (x > 0 ? 1 : slope) (saved x)
 // The derivative multiplies dy (no select), so relu_grad at y == 0 gives dy * 0 (0, or NaN for a non-finite dy) as
-// the reference does. Every kernel is elementwise (thread i reads element i and writes element i), so outputs may
+// the reference does. Products that feed a sum use __fmul_rn so that nvcc does not fuse them into an FMA (the
+// reference, built without FMA, rounds the product first: 1 - y*y fused differs by up to ~6e-5 relative near |y| = 1).
+// Every kernel is elementwise (thread i reads element i and writes element i), so outputs may
 // alias inputs (the ops' in-place forms).
 #include <cmath>
 
@@ -31,7 +33,7 @@ template <int K>
 __device__ __forceinline__ float dact(float s, float slope) {
   if (K == kRelu) return s > 0.f ? 1.f : 0.f;
   if (K == kSigmoid) return s * (1.f - s);
-  if (K == kTanh) return 1.f - s * s;
+  if (K == kTanh) return 1.f - __fmul_rn(s, s);  // rounded product, no FMA: the reference's rounding
   return s > 0.f ? 1.f : slope;
 }
 

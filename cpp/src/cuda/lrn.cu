@@ -5,6 +5,8 @@
 //   lrn       y_c  = x_c * D_c^-beta
 //   lrn_grad  dx_j = dy_j D_j^-beta - 2 beta alpha/size x_j sum_{c in [j - (size-1)/2, j + size/2]} dy_c x_c
 //   D_c^(-beta-1)
+// Products that feed a sum are __fmul_rn so that nvcc does not fuse them into FMAs: the reference (built without
+// FMA) rounds each product, and dx's difference of two terms magnifies any rounding change.
 // One thread per element; the backward recomputes each D_c it needs (O(size^2) reads per element, all from the
 // same pixel's channels; no scratch). The output never aliases an input (the op has no in-place form).
 #include <cmath>
@@ -46,9 +48,9 @@ __device__ __forceinline__ float denominator(const float* xp, const LrnParams& p
   const int c1 = min(c + p.hi, p.C - 1);
   for (int cc = max(c - p.lo, 0); cc <= c1; ++cc) {
     const float v = xp[cc * p.HW];
-    sum += v * v;
+    sum += __fmul_rn(v, v);
   }
-  return p.k + p.alpha_n * sum;
+  return p.k + __fmul_rn(p.alpha_n, sum);
 }
 
 __global__ void lrn_fwd_kernel(const float* __restrict__ x, float* __restrict__ y, LrnParams p) {
@@ -73,8 +75,8 @@ __global__ void lrn_bwd_kernel(const float* __restrict__ dy, const float* __rest
     float acc = 0.f;
     const int c1 = min(j + p.lo, p.C - 1);
     for (int c = max(j - p.hi, 0); c <= c1; ++c)
-      acc += dyp[c * p.HW] * xp[c * p.HW] * powf(denominator(xp, p, c), p.neg_beta1);
-    dx[o] = dy[o] * powf(denominator(xp, p, j), p.neg_beta) - p.coef * x[o] * acc;
+      acc += __fmul_rn(dyp[c * p.HW] * xp[c * p.HW], powf(denominator(xp, p, c), p.neg_beta1));
+    dx[o] = __fmul_rn(dy[o], powf(denominator(xp, p, j), p.neg_beta)) - __fmul_rn(p.coef * x[o], acc);
   }
 }
 
