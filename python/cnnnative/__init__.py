@@ -41,7 +41,7 @@ from ._core import cpu_has_avx512_bf16 as has_bf16  # noqa: E402
 __version__ = "0.1.0"
 __all__ = ["Error", "allocation_count", "get_num_threads", "set_num_threads", "has_avx512", "has_bf16"]
 
-from . import data, models, nn, optim  # noqa: E402
+from . import cuda, data, models, nn, optim  # noqa: E402
 from .nn import manual_seed  # noqa: E402
 from ._params import no_grad  # noqa: E402
 from .session import Session  # noqa: E402
@@ -49,5 +49,5 @@ from .train import load_checkpoint, save_checkpoint  # noqa: E402
 from .io import GraphModule, load, save  # noqa: E402
 from ._determinism import are_deterministic_algorithms_enabled, use_deterministic_algorithms  # noqa: E402
 
-__all__ += ["data", "models", "nn", "optim", "manual_seed", "no_grad", "Session", "load_checkpoint", "save_checkpoint",
+__all__ += ["cuda", "data", "models", "nn", "optim", "manual_seed", "no_grad", "Session", "load_checkpoint", "save_checkpoint",
             "GraphModule", "load", "save", "use_deterministic_algorithms", "are_deterministic_algorithms_enabled"]

@@ -148,7 +148,7 @@ def _train(args) -> int:
     sched = optim.CosineAnnealingLR(opt, T_max=epochs)
     out = args.out or args.resume or os.path.join("checkpoints", f"{args.model}.npz")
     common = dict(progress=not args.no_progress, log=lambda s: print(s, flush=True), recompute=args.recompute,
-                  dtype=cfg["dtype"], checkpoint=out, resume=args.resume, config={"cli": cfg})
+                  dtype=cfg["dtype"], checkpoint=out, resume=args.resume, config={"cli": cfg}, device=args.device)
     t0 = time.perf_counter()
     if task in ("digits", "synthetic"):
         transform = data.default_augment(flip=task == "synthetic") if cfg["augment"] else None
@@ -216,6 +216,8 @@ def main(argv=None) -> int:
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
                    help="bfloat16: mixed-precision training (float32 master weights; CPUs with AVX512-BF16)")
+    t.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="where to train: cpu (default) or cuda (an NVIDIA GPU; pip install '.[cuda]')")
     t.add_argument("--recompute", choices=["none", "cheap", "segments"], default="none",
                    help="recompute activations in the backward pass instead of keeping them (less memory)")
     c = sub.add_parser("convert", help="convert between .onnx and .cnn model files (needs the onnx package)")

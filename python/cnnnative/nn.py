@@ -737,7 +737,7 @@ class Module:
                 seed: int = 0, backend: str = "cpu", plan_memory: bool = True, optimize: bool = True,
                 layout: str = "auto", recompute="none", dtype: str = "float32", cache_weights: bool = True,
                 winograd: bool = True, deterministic=None, max_arena_bytes=None, strict: bool = False,
-                dump_passes=None):
+                dump_passes=None, device=None, tf32: bool = True, cuda_graphs: bool = True):
         """Compiles the model for one input shape: mode 'infer' (eval behaviour of BN/dropout) or
         'train' (one step = forward, loss, backward, optimizer update). optimize: fuse conv/BN/add/ReLU
         chains in inference; layout: 'auto' (oneDNN's blocked layouts between capable kernels) or
@@ -755,7 +755,12 @@ class Module:
         max_arena_bytes: refuse (cn.Error) a session needing more memory than this (default: the machine's
         physical memory). strict: refuse (cn.Error) a session in which a node would run an op's naive
         reference kernel on the cpu backend (by default that warns once; session.kernels() lists what runs
-        each node). dump_passes: a folder to write the graph into after each compile pass. Returns a Session. The session shares the model's parameters and buffers (one
+        each node). dump_passes: a folder to write the graph into after each compile pass. device: 'cpu'
+        (default) or 'cuda' (the GPU backend: cuDNN/cuBLAS, one device arena; numpy in and out as on the CPU; raises
+        cn.Error saying what is missing on a machine without GPU, driver or libraries). tf32 (cuda): float32
+        convolutions and matrix products may use TF32 tensor cores (PyTorch's default for cuDNN); False: full
+        float32. cuda_graphs (cuda): after the first run, each run's kernels are recorded once as CUDA graphs and
+        replayed. Returns a Session. The session shares the model's parameters and buffers (one
         ParamStore); it refuses to run (cn.Error) once a module, parameter or buffer of the model was
         added, removed or replaced: compile again. Plain attributes a forward() reads (a stride, a flag) are
         traced as constants at compile, as torch.jit.trace does."""
@@ -764,7 +769,7 @@ class Module:
                        backend=backend, plan_memory=plan_memory, optimize=optimize, layout=layout,
                        recompute=recompute, dtype=dtype, cache_weights=cache_weights,
                        winograd=winograd, deterministic=deterministic, max_arena_bytes=max_arena_bytes,
-                       strict=strict, dump_passes=dump_passes)
+                       strict=strict, dump_passes=dump_passes, device=device, tf32=tf32, cuda_graphs=cuda_graphs)
 
     def extra_repr(self) -> str:
         return ""

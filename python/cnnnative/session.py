@@ -52,7 +52,7 @@ class Session:
     def __init__(self, model, input_shape, mode="infer", optimizer=None, loss="cross_entropy", seed=0,
                  backend="cpu", plan_memory=True, optimize=True, layout="auto", recompute="none",
                  dtype="float32", cache_weights=True, winograd=True, deterministic=None,
-                 max_arena_bytes=None, strict=False, dump_passes=None):
+                 max_arena_bytes=None, strict=False, dump_passes=None, device=None, tf32=True, cuda_graphs=True):
         if mode not in ("infer", "train"):
             raise ValueError(f"compile: mode must be 'infer' or 'train', got {mode!r}")
         input_shape = tuple(int(s) for s in input_shape)
@@ -72,6 +72,9 @@ class Session:
             from . import _determinism
             deterministic = _determinism.enabled()
         self.deterministic = bool(deterministic)
+        from .cuda import resolve_device
+        backend = resolve_device(device, backend)  # device='cuda': a clear error here when it cannot run
+        self.device = "cuda" if backend == "cuda" else "cpu"
         self.model = model
         self.mode = mode
         self.dtype = dtype
@@ -112,7 +115,8 @@ class Session:
                                 optimize=bool(optimize), layout=str(layout), recompute=recompute, dtype=dtype,
                                 cache_weights=bool(cache_weights), winograd=bool(winograd),
                                 deterministic=self.deterministic, max_arena_bytes=arena_budget(max_arena_bytes),
-                                strict=bool(strict), dump_passes=_dump_dir(dump_passes), **kw)
+                                strict=bool(strict), dump_passes=_dump_dir(dump_passes), tf32=bool(tf32),
+                                graphs=bool(cuda_graphs), **kw)
         warn_reference_fallbacks(self._s)
         if optimizer is not None:
             optimizer._attach(self)
@@ -197,6 +201,11 @@ class Session:
 
     def memory_report(self) -> dict:
         return self._core_checked().memory_report()
+
+    def synchronize(self) -> None:
+        """Waits for the work this session queued on its device (run() and step() already return only once their
+        results reached the host; a no-op on the CPU)."""
+        self._core_checked().synchronize()
 
     def kernels(self) -> list:
         """One dict per schedule step: op, name, impl (what runs it: "onednn:<primitive> <implementation>",

@@ -434,7 +434,7 @@ def _schedule_settings(schedule):
 
 def fit(model, data, epochs, batch_size, optimizer, schedule=None, seed=0, progress=True, log=print,
         eval_batch_size=256, transform=None, recompute="none", dtype="float32", checkpoint=None, resume=None,
-        config=None):
+        config=None, device="cpu"):
     """Trains on data = (x_train, y_train, x_test, y_test); returns (history, session), history holding one
     dict per epoch. recompute: the training session's recomputation mode; dtype='bfloat16': mixed-precision
     training and bf16 evaluation (Module.compile).
@@ -452,13 +452,13 @@ def fit(model, data, epochs, batch_size, optimizer, schedule=None, seed=0, progr
     if len(loader) == 0:
         raise ValueError(f"batch size {batch_size} is larger than the training set ({len(x_tr)} samples)")
     sess = model.compile((batch_size,) + tuple(x_tr.shape[1:]), mode="train", optimizer=optimizer, seed=seed,
-                         recompute=recompute, dtype=dtype)
+                         recompute=recompute, dtype=dtype, device=device)
     num_classes = sess.num_classes
     from .data import check_labels
     for name, y in (("train labels", y_tr), ("test labels", y_te)):
         check_labels(y, num_classes, f"{name} (the model has {num_classes} classes)")
     bs_eval = min(eval_batch_size, len(x_te))
-    eval_sess = model.compile((bs_eval,) + tuple(x_te.shape[1:]), mode="infer", dtype=dtype)
+    eval_sess = model.compile((bs_eval,) + tuple(x_te.shape[1:]), mode="infer", dtype=dtype, device=device)
     run = None
     if checkpoint or resume:
         settings = {"task": "fit", "model": type(model).__name__, "parameters": model.num_parameters(),
@@ -507,19 +507,19 @@ def iou(logits: np.ndarray, masks: np.ndarray) -> float:
 
 def fit_dense(model, x_tr, t_tr, x_te, t_te, epochs, batch_size, optimizer, loss, schedule=None, seed=0,
               progress=True, log=print, metric=None, metric_name="metric", recompute="none", dtype="float32",
-              checkpoint=None, resume=None, config=None):
+              checkpoint=None, resume=None, config=None, device="cpu"):
     """Trains a dense-output model (segmentation, denoising) with loss 'mse' or 'bce_with_logits' on float
     targets of the output's shape; metric(pred, target) -> float is reported on the test set per epoch.
-    checkpoint, resume, config: as for fit."""
+    checkpoint, resume, config, device: as for fit."""
     from tqdm import tqdm
 
     loader = DataLoader(x_tr, t_tr.astype(np.float32), batch_size, shuffle=True, seed=seed, drop_last=True)
     if len(loader) == 0:
         raise ValueError(f"batch size {batch_size} is larger than the training set ({len(x_tr)} samples)")
     sess = model.compile((batch_size,) + tuple(x_tr.shape[1:]), mode="train", optimizer=optimizer, loss=loss,
-                         seed=seed, recompute=recompute, dtype=dtype)
+                         seed=seed, recompute=recompute, dtype=dtype, device=device)
     bs_eval = min(batch_size, len(x_te))
-    eval_sess = model.compile((bs_eval,) + tuple(x_te.shape[1:]), mode="infer", dtype=dtype)
+    eval_sess = model.compile((bs_eval,) + tuple(x_te.shape[1:]), mode="infer", dtype=dtype, device=device)
     run = None
     if checkpoint or resume:
         settings = {"task": "fit_dense", "model": type(model).__name__, "parameters": model.num_parameters(),

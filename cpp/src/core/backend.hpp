@@ -157,6 +157,10 @@ class Backend {
   // Whether node n (with these descs, stored in blocked layouts) may take bfloat16 activations here.
   bool bf16_capable(const Node& n, const std::vector<TensorDesc>& in, const std::vector<TensorDesc>& out) const;
 
+  // "key=value" lines about the backend and its device (a device backend checks here that it can run, and
+  // throws Error saying what is missing otherwise).
+  virtual std::string describe() const { return "name=" + name_; }
+
   // ---- capabilities ----
   virtual bool supports_compute(DType compute) const { return compute == DType::f32; }
   virtual bool supports_training_in(DType compute) const { return compute == DType::f32; }

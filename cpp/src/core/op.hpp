@@ -78,6 +78,9 @@ class Kernel {
   // What implements the node, for Session::kernels(): "onednn:<primitive>", "winograd", "native", "reference"
   // (the op's naive loops), possibly with a detail after a space ("onednn:convolution jit:avx512_core").
   virtual std::string impl() const { return "native"; }
+  // After a run whose loss came out non-finite: why, when this kernel recorded a reason it could not throw
+  // while it ran (a device kernel that met a label out of range); empty otherwise. May wait for the device.
+  virtual std::string explain_failure(const RunCtx& ctx) { return ""; }
 };
 
 using KernelFactory = std::function<std::unique_ptr<Kernel>(const KernelCtx&)>;

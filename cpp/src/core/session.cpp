@@ -549,6 +549,13 @@ void SessionImpl::run(const std::vector<const void*>& fd) {
     const double L = loss_host;
     if (!std::isfinite(L)) {
       restore();
+      for (int s = 0; s < nf; ++s) {  // a kernel that could not throw while it ran may know why
+        run_ctx.in = node_in[s].data();
+        run_ctx.out = node_out[s].data();
+        run_ctx.persist = persist_ptr[s];
+        const std::string why = kernels[s]->explain_failure(run_ctx);
+        if (!why.empty()) op_error(g.nodes[s], why + "; parameters and running statistics were not updated");
+      }
       throw Error(std::string("non-finite loss (") + (std::isnan(L) ? "nan" : "inf") + ") at step " +
                   std::to_string(steps) + "; parameters and running statistics were not updated");
     }

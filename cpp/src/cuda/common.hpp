@@ -69,6 +69,7 @@ class CudaStream : public Stream {
   void* small_host = nullptr;
 
  private:
+  void release();  // frees everything the constructor made (also after a partial construction)
   RunInfo* run_info_dev_ = nullptr;
   RunInfo* run_info_host_ = nullptr;  // pinned
   void* blas_workspace_ = nullptr;
