@@ -119,6 +119,75 @@ def test_a_backend_in_its_own_library_runs_inference_and_training(tmp_path):
     assert r.returncode == 0 and "ok" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
 
 
+def test_recorded_runs_replay_like_eager_runs(tmp_path):
+    """The session's CUDA-graph logic, on the CPU: "ref2graph" records kernel runs on its stream instead of running
+    them (as a stream capture does) and replays them with the current seed and step. Training with dropout and
+    batch norm, a step refused in the middle, and inference after a weight edit must equal the reference backend,
+    with two recordings per training session (forward, backward) and replays on every later step."""
+    lib = _build(tmp_path, "toy_backend.cpp", "libtoy_ref2.so", shared=True)
+    code = textwrap.dedent(f"""
+        import ctypes
+        import numpy as np
+        import cnnnative as cn
+        from cnnnative import nn
+        toy = ctypes.CDLL({lib!r}, mode=ctypes.RTLD_GLOBAL)
+        toy.toy_counter.restype = ctypes.c_long
+        captures, replays = (lambda: toy.toy_counter(5)), (lambda: toy.toy_counter(6))
+        rng = np.random.default_rng(0)
+        xs = [rng.standard_normal((4, 1, 12, 12)).astype(np.float32) for _ in range(6)]
+        ys = [rng.integers(0, 5, 4).astype(np.int32) for _ in range(6)]
+
+        def model():
+            cn.manual_seed(7)
+            return nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                                 nn.Dropout(0.3), nn.Linear(100, 5))
+
+        a, b = model(), model()
+        kw = dict(mode="train", seed=3)
+        ta = a.compile((4, 1, 12, 12), optimizer=cn.optim.Adam(lr=0.01), backend="ref2graph", **kw)
+        tb = b.compile((4, 1, 12, 12), optimizer=cn.optim.Adam(lr=0.01), backend="reference", **kw)
+        c0 = captures()
+        for i in range(6):
+            if i == 3:  # a label out of range: refused while replaying; nothing is updated on either backend
+                bad = ys[i].copy(); bad[1] = 9
+                for t in (ta, tb):
+                    try:
+                        t.step(xs[i], bad)
+                        raise AssertionError("a bad label was accepted")
+                    except cn.Error as e:
+                        assert "label 9" in str(e), e
+            la, lb = ta.step(xs[i], ys[i]), tb.step(xs[i], ys[i])
+            assert abs(la - lb) <= 1e-6 * max(1.0, abs(lb)), (i, la, lb)
+        assert captures() - c0 == 2, captures() - c0  # forward and backward, recorded once on step 2
+        assert replays() >= 2 * 5, replays()
+        sa, sb = a.state_dict(), b.state_dict()
+        for k in sb:
+            np.testing.assert_allclose(np.asarray(sa[k]), np.asarray(sb[k]), rtol=1e-6, atol=1e-7, err_msg=k)
+
+        # inference: recorded on the second run, recorded again after the weights changed
+        ia = a.compile((4, 1, 12, 12), backend="ref2graph")
+        ib = b.compile((4, 1, 12, 12), backend="reference")
+        c0 = captures()
+        for i in range(3):
+            np.testing.assert_allclose(ia.run(xs[i]), ib.run(xs[i]), rtol=1e-6, atol=1e-6)
+        assert captures() - c0 == 1
+        for m in (a, b):
+            with cn.no_grad():
+                m[6].weight[...] *= 0.5
+        np.testing.assert_allclose(ia.run(xs[0]), ib.run(xs[0]), rtol=1e-6, atol=1e-6)
+        assert captures() - c0 == 2
+        # cuda_graphs=False: no stream, no recording
+        c0 = captures()
+        e = a.compile((4, 1, 12, 12), backend="ref2graph", cuda_graphs=False)
+        for i in range(3):
+            np.testing.assert_allclose(e.run(xs[i]), ib.run(xs[i]), rtol=1e-6, atol=1e-6)
+        assert captures() == c0
+        print("ok")
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
+
+
 def test_unknown_backend_names_the_registered_ones():
     import numpy as np
     m = cnnnative.models.lenet5()

@@ -101,6 +101,29 @@ def test_cpp_errors_read_as_in_python(apps, tmp_path):
     assert r.returncode == 1 and "28x20 grayscale, the model takes [1, 1, 28, 28]" in r.stderr
 
 
+def test_cpp_cuda_device(apps, tmp_path):
+    """InferenceSession(model, n, "cuda"): on a GPU the same predictions as Python's CPU session (TF32 allowed, so
+    close, not equal); without one, one clear error, as Python's."""
+    exe, env = apps["classify"], apps["env"]
+    path = cn.save(cn.models.lenet5(seed=0), tmp_path / "m.cnn", (1, 1, 28, 28))
+    img = tmp_path / "a.pgm"
+    _write_pgm(img, np.arange(28 * 28).reshape(28, 28) % 251)
+    r = _run([exe, "--device", "cuda", str(path), str(img)], env)
+    if cn.cuda.is_available():
+        assert r.returncode == 0, r.stderr
+        cpu = _run([exe, str(path), str(img)], env)
+        got = np.array([float(v) for v in r.stdout.split("\t")[3].split()], np.float32)
+        want = np.array([float(v) for v in cpu.stdout.split("\t")[3].split()], np.float32)
+        np.testing.assert_allclose(got, want, rtol=1e-2, atol=1e-3)
+    else:
+        why = cn.cuda.why_unavailable()
+        assert r.returncode == 1 and "device='cuda'" in r.stderr, r.stderr
+        if "built without" not in why:  # the plugin is there: the same reason as Python gives
+            assert why in r.stderr
+    r = _run([exe, "--device", "tpu", str(path), str(img)], env)
+    assert r.returncode == 1 and 'device must be "cpu" or "cuda"' in r.stderr
+
+
 def test_threads_share_weights_bit_identical(apps, tmp_path):
     exe, env = apps["concurrent"], apps["env"]
     from test_model_file import resbn

@@ -9,7 +9,9 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <memory>
+#include <vector>
 
 #include "core/backend.hpp"
 #include "core/op.hpp"
@@ -17,7 +19,48 @@
 
 namespace {
 
-std::atomic<long> g_allocs{0}, g_frees{0}, g_copies_in{0}, g_copies_out{0}, g_runs{0};
+std::atomic<long> g_allocs{0}, g_frees{0}, g_copies_in{0}, g_copies_out{0}, g_runs{0}, g_captures{0}, g_replays{0};
+
+// "ref2graph"'s stream: records kernel runs as a CUDA stream capture does (nothing runs while recording; a replay
+// runs the recorded kernels with the buffers they were recorded with, and with this run's seed and step, as a
+// device kernel reads them from Stream::set_run_info's device copy). So the session's segment recording, replay
+// and re-recording run on the CPU exactly as they drive a GPU.
+struct ToyStream : cnn::Stream {
+  using Rec = std::function<void(uint64_t seed, int64_t step)>;
+  bool capturing = false;
+  std::vector<Rec> recording;
+  std::vector<std::vector<Rec>> segments;
+  uint64_t seed = 0;
+  int64_t step = 0;
+  void set_run_info(uint64_t s, int64_t t) override {
+    seed = s;
+    step = t;
+  }
+  bool can_capture() const override { return true; }
+  void begin_capture() override {
+    if (capturing) throw cnn::Error("ref2graph: capture already in progress");
+    capturing = true;
+    recording.clear();
+  }
+  void end_capture(int segment) override {
+    if (!capturing) throw cnn::Error("ref2graph: end_capture without begin_capture");
+    capturing = false;
+    if (int(segments.size()) <= segment) segments.resize(segment + 1);
+    segments[segment] = std::move(recording);
+    recording.clear();
+    g_captures++;
+  }
+  void replay(int segment) override {
+    if (segment >= int(segments.size()) || segments[segment].empty()) throw cnn::Error("ref2graph: replay of nothing");
+    g_replays++;
+    for (auto& r : segments[segment]) r(seed, step);
+  }
+  void drop_captures() override {
+    capturing = false;
+    recording.clear();
+    segments.clear();
+  }
+};
 
 void device_free(void* p) {
   g_frees++;
@@ -31,6 +74,17 @@ struct Wrapped : cnn::Kernel {
   size_t scratch_bytes() const override { return inner->scratch_bytes(); }
   size_t persistent_bytes() const override { return inner->persistent_bytes(); }
   void run(const cnn::RunCtx& r) override {
+    if (auto* ts = dynamic_cast<ToyStream*>(r.stream); ts && ts->capturing) {
+      cnn::RunCtx rc = r;  // the session's pointer tables are stable; seed and step come from the stream
+      ts->recording.push_back([this, rc](uint64_t seed, int64_t step) {
+        cnn::RunCtx c = rc;
+        c.seed = seed;
+        c.step = step;
+        g_runs++;
+        inner->run(c);
+      });
+      return;
+    }
     g_runs++;
     inner->run(r);
   }
@@ -91,6 +145,16 @@ class Ref2Fast : public Ref2 {
   bool host_accessible() const override { return true; }
 };
 
+// "ref2graph": ref2 with a stream that records and replays runs (ToyStream), as a CUDA graph does.
+class Ref2Graph : public Ref2 {
+ public:
+  Ref2Graph() : Ref2("ref2graph") {}
+  std::unique_ptr<cnn::Stream> make_stream(const cnn::StreamOptions& o) const override {
+    if (!o.graphs) return nullptr;  // compile(cuda_graphs=False): plain eager runs
+    return std::make_unique<ToyStream>();
+  }
+};
+
 // "ref2partial": host-inaccessible memory and no relu kernel: the reference kernel cannot stand in (compile error).
 class Ref2Partial : public Ref2 {
  public:
@@ -106,12 +170,14 @@ struct Init {
         return std::make_unique<Wrapped>(ref(c));
       };
       cnn::register_kernel("ref2", op, wrap);
+      cnn::register_kernel("ref2graph", op, wrap);
       if (op != "relu") cnn::register_kernel("ref2fast", op, wrap);
       if (op != "relu") cnn::register_kernel("ref2partial", op, wrap);
     }
     cnn::register_backend(std::make_shared<Ref2>());
     cnn::register_backend(std::make_shared<Ref2Fast>());
     cnn::register_backend(std::make_shared<Ref2Partial>());
+    cnn::register_backend(std::make_shared<Ref2Graph>());
   }
 } init;
 
@@ -123,6 +189,8 @@ extern "C" long toy_counter(int which) {
     case 1: return g_frees;
     case 2: return g_copies_in;
     case 3: return g_copies_out;
+    case 5: return g_captures;
+    case 6: return g_replays;
     default: return g_runs;
   }
 }

@@ -70,8 +70,15 @@ void load_image(const std::string& path, const cnn::Shape& in, float* dst) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  std::string device = "cpu";
+  if (argc >= 3 && std::string(argv[1]) == "--device") {  // classify --device cuda MODEL IMAGE...
+    device = argv[2];
+    argv += 2;
+    argc -= 2;
+  }
   if (argc < 3) {
-    std::fprintf(stderr, "usage: %s MODEL.cnn IMAGE...  (IMAGE: 8-bit binary PGM or raw float32)\n", argv[0]);
+    std::fprintf(stderr, "usage: %s [--device cpu|cuda] MODEL.cnn IMAGE...  (IMAGE: 8-bit binary PGM or raw float32)\n",
+                 argv[0]);
     return 2;
   }
   try {
@@ -81,7 +88,7 @@ int main(int argc, char** argv) {
     std::vector<float> batch(size_t(n * per));
     for (int64_t k = 0; k < n; ++k) load_image(argv[2 + k], model.input_shape(), batch.data() + k * per);
 
-    cnn::InferenceSession session(model, n);  // any batch size: the graph is replayed for N = n
+    cnn::InferenceSession session(model, n, device);  // any batch size: the graph is replayed for N = n
     std::vector<float> out = session.run(batch);
     const int64_t classes = session.output_size() / n;
     for (int64_t k = 0; k < n; ++k) {

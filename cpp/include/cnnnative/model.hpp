@@ -68,6 +68,9 @@ Graph rebatch(const Graph& graph, int64_t batch);
 class InferenceSession {
  public:
   InferenceSession(const Model& model, int64_t batch);
+  // device: "cpu" or "cuda" (an NVIDIA GPU through the cuda backend plugin, cuDNN and cuBLAS; throws Error saying
+  // what is missing on a machine without them). Input and output stay host memory either way.
+  InferenceSession(const Model& model, int64_t batch, const std::string& device);
   ~InferenceSession();
   InferenceSession(const InferenceSession&) = delete;
   InferenceSession& operator=(const InferenceSession&) = delete;

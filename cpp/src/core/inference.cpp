@@ -9,10 +9,15 @@
 
 namespace cnn {
 
-InferenceSession::InferenceSession(const Model& model, int64_t batch) {
+InferenceSession::InferenceSession(const Model& model, int64_t batch) : InferenceSession(model, batch, "cpu") {}
+
+InferenceSession::InferenceSession(const Model& model, int64_t batch, const std::string& device) {
   if (batch < 1) throw Error("InferenceSession: the batch size must be >= 1, got " + std::to_string(batch));
+  if (device != "cpu" && device != "cuda")
+    throw Error("InferenceSession: device must be \"cpu\" or \"cuda\", got \"" + device + "\"");
   CompileOptions o;
   o.mode = Mode::Infer;
+  o.backend = device;  // "cuda": the plugin libcnnnative_cuda.so beside libcnnnative, loaded now
   s_ = std::make_unique<Session>(rebatch(model.graph(), batch), model.params(), o);
   in_ = s_->feeds().at(0).desc.shape;
   out_ = s_->fetches().at(0).desc.shape;

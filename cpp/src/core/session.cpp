@@ -119,7 +119,8 @@ SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, con
   so.graphs = opt.graphs;
   so.deterministic = opt.deterministic;
   stream = backend.make_stream(so);  // throws first when the backend cannot run here
-  capture = stream && opt.graphs && stream->can_capture();
+  // recording needs fixed buffers: a host-accessible backend runs on the caller's feed buffers (patched per run)
+  capture = stream && opt.graphs && stream->can_capture() && !backend.host_accessible();
 
   // ---- the store's blocks, or mirrors of them ----
   convert_f64 = opt.compute == DType::f64;

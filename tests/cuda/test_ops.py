@@ -1,0 +1,275 @@
+"""Every op on the cuda backend against the CPU reference backend (the naive kernels that define the ops), float32
+with TF32 off: forward outputs (float ones: a workspace output such as max-pool's indices is each backend's own
+format, as the cpu backend's already differs from the reference's; dropout masks are compared separately and must be
+equal), then a grad session's input gradients, which run the ops' backward ops (conv2d_grad_data,
+max_pool2d_grad, ...) on the cuda backend. Each session runs three times, so the CUDA-graph replay is compared too.
+Fused ops (fused_conv2d, fused_linear) are formed by the compile pipeline and checked on small chains."""
+import numpy as np
+import pytest
+
+from cnnnative import _core
+import cnnnative as cn
+from cudacheck import BACKEND, assert_close, backward, check_op_cuda, forward, session, sync
+
+
+def _n(shape, seed=0, scale=1.0):
+    return (scale * np.random.default_rng(seed).standard_normal(shape)).astype(np.float32)
+
+
+def _away(shape, seed=0):
+    x = _n(shape, seed)
+    x[np.abs(x) < 0.05] += 0.1  # off the kink of relu / leaky_relu
+    return x
+
+
+def _distinct(shape, seed=0):
+    """Values without ties (max-pool gradients go to one element; a tie may pick either)."""
+    n = int(np.prod(shape))
+    return (np.random.default_rng(seed).permutation(n).reshape(shape) / n - 0.5).astype(np.float32)
+
+
+def _labels(n, classes, seed=0):
+    return np.random.default_rng(seed).integers(0, classes, n).astype(np.int32)
+
+
+def _bn_inputs(shape, seed=0):
+    c = shape[1]
+    rng = np.random.default_rng(seed)
+    return [_n(shape, seed), (0.5 + rng.random(c)).astype(np.float32), _n((c,), seed + 1, 0.2),
+            _n((c,), seed + 2, 0.2), (0.5 + rng.random(c)).astype(np.float32)]
+
+
+# id: (op, inputs, attrs, wrt (None: every float input), grad_outputs (None: forward only))
+CASES = {
+    "relu": ("relu", [_away((2, 3, 5, 4))], {}, None, (0,)),
+    "relu_large": ("relu", [_away((3, 64, 33, 17), 1)], {}, None, (0,)),
+    "sigmoid": ("sigmoid", [_n((3, 4, 5))], {}, None, (0,)),
+    "tanh": ("tanh", [_n((3, 4, 5))], {}, None, (0,)),
+    "leaky_relu": ("leaky_relu", [_away((2, 3, 4))], {"negative_slope": 0.2}, None, (0,)),
+    "leaky_relu_neg": ("leaky_relu", [_away((2, 3, 4))], {"negative_slope": -0.5}, None, (0,)),
+    "add": ("add", [_n((2, 3, 4)), _n((2, 3, 4), 1)], {}, None, (0,)),
+    "reshape": ("reshape", [_n((2, 3, 4))], {"shape": [2, -1]}, None, (0,)),
+    "flatten": ("flatten", [_n((2, 3, 2, 2))], {"start_dim": 1, "end_dim": -1}, None, (0,)),
+    "conv2d_3x3": ("conv2d", [_n((2, 3, 9, 9)), _n((8, 3, 3, 3), 1), _n((8,), 2)], {"padding": [1, 1]}, None, (0,)),
+    "conv2d_stride2_nobias": ("conv2d", [_n((2, 4, 9, 8)), _n((6, 4, 3, 3), 1)],
+                              {"stride": [2, 2], "padding": [1, 1]}, None, (0,)),
+    "conv2d_groups_dilation": ("conv2d", [_n((1, 4, 8, 8)), _n((4, 2, 2, 3), 1)],
+                               {"groups": 2, "stride": [2, 3], "padding": [0, 2], "dilation": [2, 1]}, None, (0,)),
+    "conv2d_depthwise": ("conv2d", [_n((2, 8, 7, 7)), _n((8, 1, 3, 3), 1), _n((8,), 2)],
+                         {"groups": 8, "padding": [1, 1]}, None, (0,)),
+    "conv2d_1x1": ("conv2d", [_n((2, 16, 6, 6)), _n((32, 16, 1, 1), 1), _n((32,), 2)], {}, None, (0,)),
+    "conv2d_7x7_s2": ("conv2d", [_n((2, 3, 32, 32)), _n((16, 3, 7, 7), 1)],
+                      {"stride": [2, 2], "padding": [3, 3]}, None, (0,)),
+    "conv2d_wide": ("conv2d", [_n((4, 64, 14, 14)), _n((64, 64, 3, 3), 1, 0.05), _n((64,), 2)],
+                    {"padding": [1, 1]}, None, (0,)),
+    "conv_transpose2d": ("conv_transpose2d", [_n((2, 4, 5, 5)), _n((4, 3, 2, 2), 1), _n((3,), 2)],
+                         {"stride": [2, 2]}, None, (0,)),
+    "conv_transpose2d_pad_outpad": ("conv_transpose2d", [_n((1, 4, 5, 5)), _n((4, 6, 3, 3), 1)],
+                                    {"stride": [2, 2], "padding": [1, 1], "output_padding": [1, 1]}, None, (0,)),
+    "conv_transpose2d_groups": ("conv_transpose2d", [_n((1, 4, 4, 4)), _n((4, 2, 3, 3), 1), _n((4,), 2)],
+                                {"groups": 2, "dilation": [2, 1], "padding": [1, 0]}, None, (0,)),
+    "linear": ("linear", [_n((5, 7)), _n((3, 7), 1), _n((3,), 2)], {}, None, (0,)),
+    "linear_nobias": ("linear", [_n((4, 6)), _n((9, 6), 1)], {}, None, (0,)),
+    "linear_large": ("linear", [_n((64, 512)), _n((100, 512), 1, 0.05), _n((100,), 2)], {}, None, (0,)),
+    "max_pool2d_infer": ("max_pool2d", [_distinct((2, 3, 8, 8))], {"kernel": [2, 2]}, None, None),
+    "max_pool2d": ("max_pool2d", [_distinct((2, 3, 8, 8))], {"kernel": [2, 2], "training": 1}, None, (0,)),
+    "max_pool2d_train": ("max_pool2d", [_distinct((2, 3, 9, 9))],
+                         {"kernel": [3, 3], "stride": [2, 2], "padding": [1, 1], "training": 1}, None, (0,)),
+    "max_pool2d_ceil": ("max_pool2d", [_distinct((1, 2, 7, 7))],
+                        {"kernel": [2, 2], "stride": [2, 2], "ceil_mode": 1, "training": 1}, None, (0,)),
+    "max_pool2d_dilation": ("max_pool2d", [_distinct((1, 2, 9, 9))], {"kernel": [2, 2], "dilation": [2, 2], "training": 1},
+                            None, (0,)),
+    "avg_pool2d": ("avg_pool2d", [_n((2, 3, 8, 8))], {"kernel": [2, 2]}, None, (0,)),
+    "avg_pool2d_pad_include": ("avg_pool2d", [_n((2, 3, 7, 7))],
+                               {"kernel": [3, 3], "stride": [2, 2], "padding": [1, 1]}, None, (0,)),
+    "avg_pool2d_pad_exclude": ("avg_pool2d", [_n((2, 3, 7, 7))],
+                               {"kernel": [3, 3], "stride": [2, 2], "padding": [1, 1], "count_include_pad": 0},
+                               None, (0,)),
+    "avg_pool2d_ceil": ("avg_pool2d", [_n((1, 2, 7, 7))], {"kernel": [2, 2], "ceil_mode": 1}, None, (0,)),
+    "global_avg_pool": ("global_avg_pool", [_n((2, 5, 7, 6))], {}, None, (0,)),
+    "adaptive_avg_pool2d": ("adaptive_avg_pool2d", [_n((2, 3, 7, 9))], {"output": [3, 4]}, None, (0,)),
+    "adaptive_avg_pool2d_up": ("adaptive_avg_pool2d", [_n((1, 2, 2, 3))], {"output": [5, 4]}, None, (0,)),
+    "batch_norm_train": ("batch_norm", _bn_inputs((4, 3, 5, 5)), {"training": 1, "track_running_stats": 0,
+                                                                  "eps": 1e-5}, [0, 1, 2], (0,)),
+    "batch_norm_train_2d": ("batch_norm", _bn_inputs((8, 6)), {"training": 1, "track_running_stats": 0, "eps": 1e-5},
+                            [0, 1, 2], (0,)),
+    "batch_norm_eval": ("batch_norm", _bn_inputs((3, 4, 5, 5), 1), {"training": 0, "eps": 1e-5}, [0, 1, 2], (0,)),
+    "lrn": ("lrn", [_n((2, 7, 5, 5))], {"size": 5, "alpha": 1e-2, "beta": 0.75, "k": 2.0}, None, (0,)),
+    "lrn_size3": ("lrn", [_n((2, 4, 3, 3))], {"size": 3}, None, (0,)),
+    "softmax": ("softmax", [_n((3, 5), 0, 3.0)], {}, None, (0,)),
+    "softmax_axis1": ("softmax", [_n((2, 7), 1, 3.0)], {"axis": 1}, None, (0,)),
+    "softmax_cross_entropy": ("softmax_cross_entropy", [_n((6, 10), 0, 3.0), _labels(6, 10)], {}, [0], (0,)),
+    "mse_loss": ("mse_loss", [_n((3, 4, 5)), _n((3, 4, 5), 1)], {}, None, (0,)),
+    "bce_with_logits": ("bce_with_logits", [_n((4, 6), 0, 3.0), np.random.default_rng(1).random((4, 6))
+                                            .astype(np.float32)], {}, None, (0,)),
+    "concat_axis1": ("concat", [_n((2, 3, 4, 4)), _n((2, 5, 4, 4), 1), _n((2, 1, 4, 4), 2)], {"axis": 1}, None,
+                     (0,)),
+    "concat_axis_last": ("concat", [_n((2, 3, 4)), _n((2, 3, 2), 1)], {"axis": -1}, None, (0,)),
+    "concat_axis0": ("concat", [_n((2, 3)), _n((1, 3), 1)], {"axis": 0}, None, (0,)),
+    "split": ("split", [_n((2, 9, 3, 3))], {"axis": 1, "sizes": [2, 3, 4]}, None, None),
+    "split_last": ("split", [_n((3, 31))], {"axis": -1, "sizes": [30, 1]}, None, None),  # split has no grad rule
+    "upsample_nearest2d": ("upsample_nearest2d", [_n((2, 3, 4, 5))], {"scale": [2, 3]}, None, (0,)),
+    "pad": ("pad", [_n((2, 3, 4, 5))], {"pads": [1, 2, 0, 1], "value": 0.5}, None, (0,)),
+    "pad_zero": ("pad", [_n((1, 2, 3, 3))], {"pads": [2, 0, 1, 0]}, None, (0,)),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_op_forward_backward_vs_reference(name):
+    op, inputs, attrs, wrt, grad_outputs = CASES[name]
+    check_op_cuda(op, inputs, attrs, wrt=wrt, grad_outputs=grad_outputs or (0,), grad=grad_outputs is not None)
+
+
+def test_every_forward_op_is_covered():
+    """The table names every op that has a grad rule or is a plain forward op (grad ops run in the grad sessions,
+    fused ops and reorder come from the compile pipeline and are checked below / not used by the cuda backend)."""
+    covered = {c[0] for c in CASES.values()} | {"dropout", "fill"}
+    derived = {n for n in _core.op_names() if n.endswith("_grad") or n.endswith(("_grad_data", "_grad_weights"))}
+    rest = set(_core.op_names()) - derived - covered - {"fused_conv2d", "fused_linear", "reorder"}
+    assert not rest, f"ops without a cuda test: {sorted(rest)}"
+
+
+def test_fill():
+    g = _core.Graph()
+    g.set_outputs(g.add_node("fill", [], {"shape": [3, 4], "value": 1.5}, "f"))
+    s = _core.Session(g, _core.ParamStore([]), "infer", backend=BACKEND, tf32=False)
+    for _ in range(3):
+        s.run([])
+        np.testing.assert_array_equal(np.array(s.fetch(0)), np.full((3, 4), 1.5, np.float32))
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_dropout_masks_equal_the_reference_per_step(p):
+    """The counter-based mask (seed, step, index) is the same on every backend; later runs (graph replays) must
+    pick up the new step from the device-side run info, not replay step 0's mask."""
+    x = _n((3, 7, 11))
+    cuda = forward("dropout", [x], {"p": p}, backend=BACKEND, runs=3, seed=7)
+    s, _, _ = session("dropout", [x], {"p": p}, "reference", seed=7)
+    masks = []
+    for r in range(3):
+        s.run([x])
+        y_ref, m_ref = np.array(s.fetch(0)), np.array(s.fetch(1))
+        y, m = cuda[r]
+        assert m.dtype == np.uint8 and m.shape == x.shape
+        np.testing.assert_array_equal(m, m_ref, err_msg=f"mask of run {r}")
+        assert_close(y, y_ref, f"dropout output run {r}", rtol=1e-6, atol=0)
+        masks.append(m)
+    assert (masks[0] != masks[1]).any() and (masks[1] != masks[2]).any(), "the mask did not change per step"
+
+
+def test_dropout_backward_uses_the_mask():
+    x = _n((4, 50), 3)
+    dy = _n((4, 50), 4)
+    p = 0.3
+    for r, (outs, (dx,)) in enumerate(backward("dropout", [x], {"p": p}, [dy], [0], backend=BACKEND, runs=3,
+                                               seed=5)):
+        y, m = outs
+        assert_close(dx, dy * m / (1 - p), f"dropout dx run {r}", rtol=1e-6, atol=1e-7)
+
+
+def test_dropout_grad_op():
+    dy = _n((3, 40))
+    mask = (np.random.default_rng(2).random((3, 40)) < 0.75).astype(np.uint8)
+    check_op_cuda("dropout_grad", [dy, mask], {"p": 0.25}, grad=False)
+
+
+def test_batch_norm_running_statistics():
+    """Training-mode BN with running statistics as parameters: the statistics the cuda session writes back to the
+    store after each run equal the reference's (momentum update with the unbiased variance)."""
+    shape, C = (6, 3, 4, 4), 3
+    results = {}
+    for backend in ("reference", BACKEND):
+        g = _core.Graph()
+        x = g.add_input("x", list(shape))
+        gamma, beta = g.add_input("gamma", [C]), g.add_input("beta", [C])
+        rm, rv = g.add_param("rm", [C], trainable=False), g.add_param("rv", [C], trainable=False)
+        outs = g.add_node("batch_norm", [x, gamma, beta, rm, rv], {"training": 1, "momentum": 0.1}, "bn")
+        g.set_outputs([outs[0]])
+        store = _core.ParamStore([("rm", [C], False), ("rv", [C], False)])
+        with cn.no_grad():
+            store.array("rm")[...] = 0.1
+            store.array("rv")[...] = 2.0
+        s = _core.Session(g, store, "grad", backend=backend, tf32=False, grad_of=[outs[0]], wrt=[x, gamma, beta])
+        res = []
+        for step in range(3):
+            xs = _n(shape, step)
+            s.run([xs, np.ones(C, np.float32), np.zeros(C, np.float32), _n(shape, 10 + step)])
+            sync(s)
+            res.append((np.array(s.fetch(0)), np.array(store.array("rm")), np.array(store.array("rv"))))
+        results[backend] = res
+    for step, (a, b) in enumerate(zip(results[BACKEND], results["reference"])):
+        for what, u, v in zip(("y", "running_mean", "running_var"), a, b):
+            assert_close(u, v, f"batch_norm {what} after step {step}")
+
+
+def _chain_graph(kind):
+    """Small chains the fusion pass turns into fused_conv2d / fused_linear (conv + BN + add + relu,
+    linear + relu), with parameters so that BN folds in inference."""
+    rng = np.random.default_rng(0)
+    if kind == "conv":
+        params = {"w": rng.standard_normal((6, 3, 3, 3)) * 0.3, "b": rng.standard_normal(6) * 0.1,
+                  "g": 0.5 + rng.random(6), "be": rng.standard_normal(6) * 0.1,
+                  "rm": rng.standard_normal(6) * 0.1, "rv": 0.5 + rng.random(6)}
+        store = _core.ParamStore([(k, list(v.shape), k not in ("rm", "rv")) for k, v in params.items()])
+        with cn.no_grad():
+            for k, v in params.items():
+                store.array(k)[...] = v
+        g = _core.Graph()
+        x = g.add_input("x", [2, 3, 8, 8])
+        skip = g.add_input("skip", [2, 6, 8, 8])
+        p = {k: g.add_param(k, list(v.shape), trainable=k not in ("rm", "rv")) for k, v in params.items()}
+        (y,) = g.add_node("conv2d", [x, p["w"], p["b"]], {"padding": [1, 1]}, "conv")
+        y = g.add_node("batch_norm", [y, p["g"], p["be"], p["rm"], p["rv"]], {"training": 0}, "bn")[0]
+        (y,) = g.add_node("add", [y, skip], {}, "sum")
+        (y,) = g.add_node("relu", [y], {}, "act")
+        g.set_outputs([y])
+        feeds = [_n((2, 3, 8, 8), 1), _n((2, 6, 8, 8), 2)]
+    else:
+        params = {"w": rng.standard_normal((5, 12)) * 0.3, "b": rng.standard_normal(5) * 0.1}
+        store = _core.ParamStore([(k, list(v.shape), True) for k, v in params.items()])
+        with cn.no_grad():
+            for k, v in params.items():
+                store.array(k)[...] = v
+        g = _core.Graph()
+        x = g.add_input("x", [4, 12])
+        (y,) = g.add_node("linear", [x, g.add_param("w", [5, 12]), g.add_param("b", [5])], {}, "fc")
+        (y,) = g.add_node("relu", [y], {}, "act")
+        g.set_outputs([y])
+        feeds = [_n((4, 12), 1)]
+    return g, store, feeds
+
+
+@pytest.mark.parametrize("kind", ["conv", "linear"])
+def test_fused_chains(kind):
+    outs = {}
+    for backend in ("reference", BACKEND):
+        g, store, feeds = _chain_graph(kind)
+        s = _core.Session(g, store, "infer", backend=backend, tf32=False)
+        runs = []
+        for _ in range(3 if backend == BACKEND else 1):
+            s.run(feeds)
+            sync(s)
+            runs.append(np.array(s.fetch(0)))
+        outs[backend] = runs
+        if backend == BACKEND:
+            print(f"\n[cuda] {kind} chain kernels: {s.schedule()}")
+    for r, y in enumerate(outs[BACKEND]):
+        assert_close(y, outs["reference"][0], f"{kind} chain run {r}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shape", [(64, 256, 28, 28), (8, 3, 224, 224)])
+def test_large_conv_vs_cpu(shape):
+    """Realistic sizes against the cpu backend (oneDNN; the reference kernel would take minutes)."""
+    x = _n(shape, 0, 0.5)
+    w = _n((64, shape[1], 3, 3), 1, 0.05)
+    attrs = {"padding": [1, 1], "stride": [2, 2]}
+    cpu = forward("conv2d", [x, w], attrs, backend="cpu")[0][0]
+    got = forward("conv2d", [x, w], attrs, backend=BACKEND, runs=2)
+    for r, (y,) in enumerate(got):
+        assert_close(y, cpu, f"conv2d {shape} run {r}")
+    dy = _n(cpu.shape, 2)
+    (_, g_cpu), = backward("conv2d", [x, w], attrs, [dy], [0, 1], backend="cpu")
+    (_, g_cuda), = backward("conv2d", [x, w], attrs, [dy], [0, 1], backend=BACKEND)
+    for name, a, b in zip(("dx", "dw"), g_cuda, g_cpu):
+        assert_close(a, b, f"conv2d {shape} {name}", atol=1e-4)
