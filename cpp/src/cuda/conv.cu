@@ -102,13 +102,19 @@ struct Conv {
               "cudnnSetConvolutionMathType");
   }
 
-  // The heuristics' first usable entry (deterministic ones first when asked for).
+  // The heuristics' first usable entry (deterministic ones first when asked for). Without TF32 the descriptor
+  // keeps FMA_MATH (use_math), so entries the heuristics paired with a non-tensor-op math type come first: one
+  // paired with tensor-op math is taken only when nothing else fits (cuDNN may refuse it at run time under FMA).
   const dnn::AlgoPerf& pick(const dnn::AlgoPerf* p, int n, const char* what) const {
+    auto tensor_op = [](const dnn::AlgoPerf& e) {
+      return e.math_type == dnn::TENSOR_OP_MATH || e.math_type == dnn::TENSOR_OP_MATH_ALLOW_CONVERSION;
+    };
     for (int pass = det ? 0 : 1; pass < 2; ++pass)
-      for (int i = 0; i < n; ++i)
-        if (p[i].status == dnn::SUCCESS && p[i].memory <= kWorkspaceLimit &&
-            (pass == 1 || p[i].determinism == dnn::DETERMINISTIC))
-          return p[i];
+      for (int any_math = tf32 ? 1 : 0; any_math < 2; ++any_math)
+        for (int i = 0; i < n; ++i)
+          if (p[i].status == dnn::SUCCESS && p[i].memory <= kWorkspaceLimit &&
+              (pass == 1 || p[i].determinism == dnn::DETERMINISTIC) && (any_math || !tensor_op(p[i])))
+            return p[i];
     fail(std::string("conv: cuDNN's heuristics found no ") + what + " algorithm with a workspace under 1 GiB");
   }
   // With TF32 allowed, the math type the heuristics paired with the algorithm; without, FMA stays.
