@@ -11,7 +11,13 @@ from cnnnative import _core
 
 
 def _plugin_expected() -> bool:
-    return shutil.which("nvcc") is not None and os.environ.get("CNNNATIVE_CUDA", "AUTO").upper() not in ("OFF", "0")
+    """The build makes the plugin when it finds nvcc of CUDA 13 (unless CNNNATIVE_CUDA=OFF)."""
+    nvcc = shutil.which("nvcc")
+    if nvcc is None or os.environ.get("CNNNATIVE_CUDA", "AUTO").upper() in ("OFF", "0", "FALSE", "NO"):
+        return False
+    import subprocess
+    out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=60).stdout
+    return "release 13." in out
 
 
 def _plugin_built() -> bool:

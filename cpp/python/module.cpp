@@ -407,6 +407,7 @@ PYBIND11_MODULE(_core, m) {
                p.s().copy_from_host(blocks[i].second, src[i].data(), n * sizeof(float));
            })
       .def("memory_report", [](PySession& p) { return report_dict(p.s().memory_report()); })
+      .def_property_readonly("graph_status", [](PySession& p) { return p.s().graph_status(); })
       .def("synchronize",
            [](PySession& p) {
              py::gil_scoped_release nogil;

@@ -202,6 +202,12 @@ class Session:
     def memory_report(self) -> dict:
         return self._core_checked().memory_report()
 
+    @property
+    def graph_status(self) -> str:
+        """CUDA graphs (device='cuda', cuda_graphs=True): 'off', 'recorded from the second run', 'replayed', or
+        'eager (recording failed: why)' when a kernel could not be recorded (runs then launch every kernel)."""
+        return self._core_checked().graph_status
+
     def synchronize(self) -> None:
         """Waits for the work this session queued on its device (run() and step() already return only once their
         results reached the host; a no-op on the CPU)."""

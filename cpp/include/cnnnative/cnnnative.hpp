@@ -288,6 +288,9 @@ class Session {
   // run() returns when its work is done there; a device backend's run() also returns only after its fetches
   // reached the host).
   void synchronize() const;
+  // Graph recording (CompileOptions::graphs on a backend whose streams record): "off", "recorded from the second
+  // run", "replayed", or "eager (recording failed: why)".
+  std::string graph_status() const;
   size_t num_grads() const;
 
  private:

@@ -136,6 +136,9 @@ class Stream {
   virtual void end_capture(int segment) {}
   virtual void replay(int segment) {}
   virtual void drop_captures() {}  // forget every recorded segment (the next runs capture again)
+  // Whether a recording must be redone when the parameter store's version moved (kernels that branch on
+  // RunCtx::params_version); a stream whose kernels read parameters in place every run says false.
+  virtual bool recapture_on_param_change() const { return true; }
 };
 
 // What a session asks its stream for (CompileOptions that only a device backend reads).
@@ -180,6 +183,10 @@ class Backend {
   // Host memory the backend copies from and to fastest (pinned memory for a GPU): the session stages its feeds
   // and fetches there. Zero-filled, 64-byte aligned.
   virtual Buffer allocate_host(size_t bytes) const { return make_buffer(bytes); }
+  // Makes host memory the session copies from and to often (the parameter store's blocks) faster to copy (page-
+  // locks it on a GPU); returns whether it did, and then unpin_host(p) must follow before the memory is freed.
+  virtual bool pin_host(void* p, size_t bytes) const { return false; }
+  virtual void unpin_host(void* p) const {}
   // Copies are queued on stream s (nullptr: the backend's default queue) after the work queued there before
   // them. copy_in may return before the copy is done: host_src must stay unchanged until s is synchronized;
   // copy_out returns when the host copy is complete.

@@ -83,6 +83,25 @@ class SessionImpl {
   std::vector<double> prof_ns;  // per step, plus one for the optimizer update
   std::vector<int64_t> prof_calls;
   std::vector<double> node_flops;
+  // Store blocks page-locked for this session's copies (Backend::pin_host), released when it ends.
+  struct Pinned {
+    const Backend* b = nullptr;
+    std::vector<void*> ptrs;
+    ~Pinned() {
+      for (void* p : ptrs) b->unpin_host(p);
+    }
+  } pinned;
+  std::string capture_failure;  // why recording was given up (runs are eager from then on); empty: none
+  // Declared last, so destroyed first: waits for the stream's work before any buffer above is freed.
+  struct Drain {
+    Stream* s = nullptr;
+    ~Drain() {
+      if (s) try {
+          s->synchronize();
+        } catch (...) {
+        }
+    }
+  } drain;
 
   float* params_block() { return mirrored ? static_cast<float*>(mirror_params.get()) : store->params(); }
   float* buffers_block() { return mirrored ? static_cast<float*>(mirror_buffers.get()) : store->buffers(); }
@@ -119,12 +138,19 @@ SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, con
   so.graphs = opt.graphs;
   so.deterministic = opt.deterministic;
   stream = backend.make_stream(so);  // throws first when the backend cannot run here
+  drain.s = stream.get();
   // recording needs fixed buffers: a host-accessible backend runs on the caller's feed buffers (patched per run)
   capture = stream && opt.graphs && stream->can_capture() && !backend.host_accessible();
 
   // ---- the store's blocks, or mirrors of them ----
   convert_f64 = opt.compute == DType::f64;
   mirrored = convert_f64 || !backend.host_accessible();
+  if (!backend.host_accessible()) {  // the store's blocks are copied in (and, training, out) through the stream
+    pinned.b = &backend;
+    for (auto [p, n] : {std::pair<void*, size_t>{store->params(), store->num_params() * 4},
+                        std::pair<void*, size_t>{store->buffers(), store->num_buffers() * 4}})
+      if (backend.pin_host(p, n)) pinned.ptrs.push_back(p);
+  }
   if (mirrored) {
     mirror_params = backend.allocate(std::max<size_t>(store->num_params(), 1) * fsz);
     mirror_buffers = backend.allocate(std::max<size_t>(store->num_buffers(), 1) * fsz);
@@ -491,7 +517,8 @@ void SessionImpl::run(const std::vector<const void*>& fd) {
   };
   // Runs steps [from, to) as segment seg: eagerly, or (a capturing stream, after the first run) recorded once and
   // replayed. An inference session records again when the store's version moved (prepared weights).
-  if (capture && opt.mode == Mode::Infer && captured[0] && captured_version != run_ctx.params_version) {
+  if (capture && opt.mode == Mode::Infer && captured[0] && captured_version != run_ctx.params_version &&
+      st->recapture_on_param_change()) {
     st->drop_captures();
     captured[0] = captured[1] = false;
   }
@@ -501,14 +528,21 @@ void SessionImpl::run(const std::vector<const void*>& fd) {
       return;
     }
     if (!captured[seg]) {
+      bool ok = false;
       st->begin_capture();
       try {
         for (int s = from; s < to; ++s) exec(s);
         st->end_capture(seg);
-      } catch (...) {
+        ok = true;
+      } catch (const std::exception& e) {  // nothing recorded ran: run the segment eagerly, now and from now on
         st->drop_captures();
         captured[0] = captured[1] = false;
-        throw;
+        capture = false;
+        capture_failure = e.what();
+      }
+      if (!ok) {
+        for (int s = from; s < to; ++s) exec(s);  // a real kernel error throws here
+        return;
       }
       captured[seg] = true;
       captured_version = run_ctx.params_version;
@@ -530,9 +564,13 @@ void SessionImpl::run(const std::vector<const void*>& fd) {
     float* bufs = buffers_block();
     const size_t nb = buffers_backup ? store->num_buffers() * 4 : 0;
     if (nb) backend.copy(buffers_backup.get(), bufs, nb, st);
-    auto restore = [&]() {
-      if (nb) backend.copy(bufs, buffers_backup.get(), nb, st);
-      backend.synchronize(st);
+    // on a failure: the running statistics as they were; never throws (the first error is the one to report)
+    auto restore = [&]() noexcept {
+      try {
+        if (nb) backend.copy(bufs, buffers_backup.get(), nb, st);
+        backend.synchronize(st);
+      } catch (...) {
+      }
     };
     try {
       segment(0, 0, nf);
@@ -591,7 +629,15 @@ void SessionImpl::run(const std::vector<const void*>& fd) {
     if (mirrored) mirror_version = store->version();
     return;
   }
-  segment(0, 0, n);
+  try {
+    segment(0, 0, n);
+  } catch (...) {  // nothing of this run may still be queued when the next one starts
+    try {
+      backend.synchronize(st);
+    } catch (...) {
+    }
+    throw;
+  }
   copy_fetches();
   ++steps;
   ++eager_runs;
@@ -691,6 +737,12 @@ void Session::copy_to_host(void* host_dst, const void* src, size_t bytes) const 
 void Session::copy_from_host(void* dst, const void* host_src, size_t bytes) {
   impl_->backend.copy_in(dst, host_src, bytes, impl_->stream.get());
   impl_->backend.synchronize(impl_->stream.get());  // host_src may change as soon as this returns
+}
+std::string Session::graph_status() const {
+  const auto& I = *impl_;
+  if (!I.capture_failure.empty()) return "eager (recording failed: " + I.capture_failure + ")";
+  if (!I.capture) return "off";
+  return I.captured[0] ? "replayed" : "recorded from the second run";
 }
 void Session::synchronize() const { impl_->backend.synchronize(impl_->stream.get()); }
 float* Session::grads() { return static_cast<float*>(impl_->grad_block.get()); }

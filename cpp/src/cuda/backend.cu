@@ -56,6 +56,19 @@ class CudaBackend : public Backend {
     std::memset(p, 0, bytes ? bytes : 64);
     return Buffer(p, BufferDeleter{pinned_free});
   }
+  bool pin_host(void* p, size_t bytes) const override {
+    if (!p || !bytes) return false;
+    ensure_device();
+    const cudaError_t e = cudaHostRegister(p, bytes, cudaHostRegisterDefault);
+    if (e != cudaSuccess) {  // already registered by another session, or not allowed: copies stay pageable
+      cudaGetLastError();
+      return false;
+    }
+    return true;
+  }
+  void unpin_host(void* p) const override {
+    if (p && cudaHostUnregister(p) != cudaSuccess) cudaGetLastError();
+  }
   void copy_in(void* dst, const void* src, size_t bytes, Stream* s) const override {
     if (!bytes) return;
     CudaStream* c = cuda(s);

@@ -2,6 +2,7 @@
 // session stream with its library handles and CUDA graphs, cuDNN descriptors.
 #include <dlfcn.h>
 
+#include <algorithm>
 #include <cstring>
 #include <mutex>
 
@@ -12,9 +13,36 @@ namespace cnn::cuda {
 
 void fail(const std::string& what) { throw Error("cuda: " + what); }
 
+namespace {
+// Errors after which the process's CUDA context is unusable: every later call returns them, so the call that
+// reports one is rarely the one that caused it.
+bool sticky(cudaError_t e) {
+  switch (e) {
+    case cudaErrorIllegalAddress:
+    case cudaErrorLaunchFailure:
+    case cudaErrorIllegalInstruction:
+    case cudaErrorMisalignedAddress:
+    case cudaErrorInvalidAddressSpace:
+    case cudaErrorInvalidPc:
+    case cudaErrorHardwareStackError:
+    case cudaErrorAssert:
+    case cudaErrorLaunchTimeout:
+    case cudaErrorECCUncorrectable: return true;
+    default: return false;
+  }
+}
+[[noreturn]] void fail_sticky(cudaError_t e, const char* what) {
+  fail(std::string("a device kernel failed earlier (") + cudaGetErrorName(e) + ": " + cudaGetErrorString(e) +
+       "), seen at " + what +
+       "; the CUDA context of this process is now unusable: restart the process (CUDA_LAUNCH_BLOCKING=1 and "
+       "compile(cuda_graphs=False) name the kernel)");
+}
+}  // namespace
+
 void check(cudaError_t e, const char* what) {
   if (e == cudaSuccess) return;
-  cudaGetLastError();  // clear a sticky-free error so later calls are not blamed for it
+  if (sticky(e)) fail_sticky(e, what);
+  cudaGetLastError();  // clear a non-sticky error so later calls are not blamed for it
   fail(std::string(what) + ": " + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")");
 }
 
@@ -30,7 +58,10 @@ void check_blas(blas::Status s, const char* what) {
 
 void check_launch(const char* kernel) {
   const cudaError_t e = cudaGetLastError();
-  if (e != cudaSuccess) fail(std::string("launching ") + kernel + ": " + cudaGetErrorString(e));
+  if (e == cudaSuccess) return;
+  const std::string what = std::string("launching ") + kernel;
+  if (sticky(e)) fail_sticky(e, what.c_str());
+  fail(what + ": " + cudaGetErrorString(e));
 }
 
 int ensure_device() {
@@ -66,11 +97,24 @@ int ensure_device() {
   return device;
 }
 
+namespace {
+// A process-wide stream for zero-filling new allocations (never destroyed: nothing to order at exit). A plain
+// cudaMemset would run on the legacy stream, which the sessions' non-blocking streams do not wait for.
+cudaStream_t fill_stream() {
+  static cudaStream_t s = [] {
+    cudaStream_t t = nullptr;
+    check(cudaStreamCreateWithFlags(&t, cudaStreamNonBlocking), "cudaStreamCreate (zero-fill)");
+    return t;
+  }();
+  return s;
+}
+}  // namespace
+
 void* device_alloc(size_t bytes) {
   ensure_device();
   void* p = nullptr;
-  const size_t n = (bytes + 255) / 256 * 256;
-  const cudaError_t e = cudaMalloc(&p, n ? n : 256);
+  const size_t n = std::max<size_t>((bytes + 255) / 256 * 256, 256);
+  const cudaError_t e = cudaMalloc(&p, n);
   if (e != cudaSuccess) {
     cudaGetLastError();
     size_t free_b = 0, total_b = 0;
@@ -78,8 +122,14 @@ void* device_alloc(size_t bytes) {
     throw Error("cuda: out of device memory allocating " + std::to_string(bytes >> 20) + " MiB (" +
                 std::to_string(free_b >> 20) + " MiB free of " + std::to_string(total_b >> 20) + " MiB)");
   }
+  // zeroed before anything queued after this returns can touch it
+  cudaError_t z = cudaMemsetAsync(p, 0, n, fill_stream());
+  if (z == cudaSuccess) z = cudaStreamSynchronize(fill_stream());
+  if (z != cudaSuccess) {
+    cudaFree(p);
+    check(z, "cudaMemsetAsync (zero-fill of a new allocation)");
+  }
   count_allocation();
-  check(cudaMemset(p, 0, n ? n : 256), "cudaMemset");
   return p;
 }
 
@@ -121,6 +171,20 @@ CudaStream::CudaStream(const StreamOptions& o) : opt(o) {
 CudaStream::~CudaStream() { release(); }
 
 void CudaStream::release() {
+  // At process exit (a C++ global session destroyed after the CUDA runtime's teardown) the driver reclaims
+  // everything: calling into cuDNN / cuBLAS then would crash.
+  const cudaError_t q = stream ? cudaStreamQuery(stream) : cudaSuccess;
+  if (q == cudaErrorCudartUnloading || q == cudaErrorContextIsDestroyed) {
+    graphs_.clear();
+    capturing_ = false;
+    blas = nullptr;
+    dnn = nullptr;
+    blas_workspace_ = run_info_dev_ = nullptr;
+    small_dev = small_host = nullptr;
+    run_info_host_ = nullptr;
+    stream = nullptr;
+    return;
+  }
   drop_captures();
   if (stream) cudaStreamSynchronize(stream);
   if (blas) blas_api().Destroy(blas);
@@ -142,7 +206,8 @@ void CudaStream::release() {
 void CudaStream::synchronize() { check(cudaStreamSynchronize(stream), "cudaStreamSynchronize (a kernel failed)"); }
 
 void CudaStream::set_run_info(uint64_t seed, int64_t step) {
-  // the previous run ended with a synchronization, so the pinned word is free to rewrite
+  // every run ends with a synchronization (also a failed one: the session waits before rethrowing), so the copy
+  // of the previous run is done and the pinned word is free to rewrite
   run_info_host_->seed = seed;
   run_info_host_->step = step;
   check(cudaMemcpyAsync(run_info_dev_, run_info_host_, sizeof(RunInfo), cudaMemcpyHostToDevice, stream),
@@ -157,7 +222,11 @@ void CudaStream::begin_capture() {
 void CudaStream::end_capture(int segment) {
   cudaGraph_t g = nullptr;
   capturing_ = false;
-  check(cudaStreamEndCapture(stream, &g), "cudaStreamEndCapture (a kernel did something a graph cannot record)");
+  const cudaError_t ec = cudaStreamEndCapture(stream, &g);
+  if (ec != cudaSuccess) {
+    if (g) cudaGraphDestroy(g);
+    check(ec, "cudaStreamEndCapture (a kernel did something a graph cannot record)");
+  }
   cudaGraphExec_t exec = nullptr;
   const cudaError_t e = cudaGraphInstantiate(&exec, g, 0);
   cudaGraphDestroy(g);

@@ -54,6 +54,7 @@ class CudaStream : public Stream {
   void end_capture(int segment) override;
   void replay(int segment) override;
   void drop_captures() override;
+  bool recapture_on_param_change() const override { return false; }  // kernels read parameters in place
 
   StreamOptions opt;
   cudaStream_t stream = nullptr;

@@ -117,6 +117,35 @@ void load_all() {
     s.dnn_path = d.path;
     auto& D = s.dnn;
     const char* dl = "cuDNN";
+    // libcudnn.so.9 is a shim that loads its sub-libraries on the first call, and aborts the process when one is
+    // missing (or cannot load: libcudnn_graph needs libz): load them here first, so that is an Error instead.
+    {
+      size_t (*version)() = nullptr;
+      resolve(d.handle, dl, "cudnnGetVersion", version);
+      Dl_info di{};
+      std::string dir = dladdr(reinterpret_cast<void*>(version), &di) && di.dli_fname ? di.dli_fname : "";
+      dir = dir.rfind('/') == std::string::npos ? std::string(".") : dir.substr(0, dir.rfind('/'));
+      for (const char* sub : {"libcudnn_graph.so.9", "libcudnn_ops.so.9", "libcudnn_cnn.so.9"}) {
+        const std::string p = dir + "/" + sub;
+        if (!dlopen(p.c_str(), RTLD_NOW | RTLD_GLOBAL)) {
+          const char* e = dlerror();
+          throw Error(std::string("device='cuda': cuDNN's sub-library ") + p + " cannot be loaded (" +
+                      (e ? e : "not found") + "); reinstall nvidia-cudnn-cu13");
+        }
+      }
+      size_t (*cudart)() = nullptr;
+      resolve(d.handle, dl, "cudnnGetCudartVersion", cudart);
+      if (cudart() / 1000 != 13)
+        throw Error("device='cuda': " + s.dnn_path + " is a cuDNN built for CUDA " + std::to_string(cudart() / 1000) +
+                    " (nvidia-cudnn-cu12?); the cuda backend needs the CUDA 13 build: pip install nvidia-cudnn-cu13");
+      for (const char* check : {"cudnnGraphVersionCheck", "cudnnOpsVersionCheck", "cudnnCnnVersionCheck"}) {
+        int (*fn)() = nullptr;
+        resolve(d.handle, dl, check, fn);
+        if (const int st = fn())
+          throw Error(std::string("device='cuda': cuDNN's ") + check + " failed with status " + std::to_string(st) +
+                      " (sub-libraries of different versions? reinstall nvidia-cudnn-cu13)");
+      }
+    }
 #define CNN_DNN(name) resolve(d.handle, dl, "cudnn" #name, D.name)
     CNN_DNN(GetVersion);
     CNN_DNN(GetErrorString);
