@@ -219,3 +219,12 @@ def flatten(x, start_dim: int = 0, end_dim: int = -1) -> Tensor:
 
 def add(a, b, *, name=None) -> Tensor:
     return _op("add", [a, b], name=name)[0]
+
+
+# op families defined in their own modules
+from ._fn_act import *  # noqa: E402,F401,F403
+from ._fn_binary import *  # noqa: E402,F401,F403
+from ._fn_norm import *  # noqa: E402,F401,F403
+from ._fn_reduce import *  # noqa: E402,F401,F403
+from ._fn_resize import *  # noqa: E402,F401,F403
+from ._fn_shape import *  # noqa: E402,F401,F403

@@ -1258,3 +1258,16 @@ class ZeroPad2d(ConstantPad2d):
 
 
 __all__ += ["ConstantPad2d", "ZeroPad2d"]
+
+
+# modules of the op families defined in their own files (they import Module from here: keep this at the end)
+from ._nn_act import *  # noqa: E402,F401,F403
+from ._nn_binary import *  # noqa: E402,F401,F403
+from ._nn_norm import *  # noqa: E402,F401,F403
+from ._nn_reduce import *  # noqa: E402,F401,F403
+from ._nn_resize import *  # noqa: E402,F401,F403
+from ._nn_shape import *  # noqa: E402,F401,F403
+from . import _nn_act, _nn_binary, _nn_norm, _nn_reduce, _nn_resize, _nn_shape  # noqa: E402
+
+__all__ += (_nn_act.__all__ + _nn_binary.__all__ + _nn_norm.__all__ + _nn_reduce.__all__ + _nn_resize.__all__
+            + _nn_shape.__all__)

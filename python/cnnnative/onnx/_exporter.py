@@ -11,6 +11,8 @@ import numpy as np
 
 from .._atomic import write_atomic
 from ..graph import GraphBuilder, Tensor
+from . import _ops_act, _ops_binary, _ops_norm, _ops_reduce, _ops_resize, _ops_shape  # noqa: F401 (register exporters)
+from . import _registry
 from ._common import UnsupportedError, require_onnx
 
 OPSET = 17
@@ -90,6 +92,9 @@ class _Emitter:
         I = [self.name(v) for v in ins]
         O = [self.name(v, name if len(outs) == 1 else f"{name}:{k}") for k, v in enumerate(outs)]
         a = attrs
+        fn = _registry.EXPORTERS.get(op)
+        if fn is not None:  # an op family's exporter (onnx/_registry.py)
+            return fn(self, ins, a, outs, name, I, O)
         if op == "conv2d":
             w = self.shape(ins[1])
             p = _pair(a.get("padding"), 0)

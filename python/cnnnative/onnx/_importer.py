@@ -438,8 +438,18 @@ HANDLERS = {
 ENGINE_OPS_NEEDED = {"ConvTranspose": ("conv_transpose2d",), "LRN": ("lrn",), "Concat": ("concat",),
                      "Resize": ("upsample_nearest2d",), "Upsample": ("upsample_nearest2d",), "Slice": ("split",),
                      "Pad": ("pad", "fill", "concat")}
+# the op families that register their mappers (onnx/_registry.py)
+from . import _ops_act, _ops_binary, _ops_norm, _ops_reduce, _ops_resize, _ops_shape  # noqa: E402,F401
+from ._registry import ENGINE_OPS as _REG_ENGINE_OPS  # noqa: E402
+from ._registry import IMPORTERS as _REG_IMPORTERS  # noqa: E402
+
+for _t, _fn in _REG_IMPORTERS.items():
+    if _t in HANDLERS:
+        raise RuntimeError(f"ONNX op {_t} is mapped twice")
+    HANDLERS[_t] = _fn
+ENGINE_OPS_NEEDED.update(_REG_ENGINE_OPS)
 FOLDABLE = set(FOLDABLE_OPS)
-KNOWN_OPS = set(SUPPORTED_OPS) | FOLDABLE
+KNOWN_OPS = set(SUPPORTED_OPS) | FOLDABLE | set(_REG_IMPORTERS)
 assert set(SUPPORTED_OPS) <= set(HANDLERS) | {"Constant"}
 
 

@@ -1,0 +1,4 @@
+"""cnnnative.nn: modules of the act op family (re-exported by nn.py)."""
+from __future__ import annotations
+
+__all__: list = []
