@@ -224,7 +224,9 @@ def main(argv=None) -> int:
     c.add_argument("src", help="input file (.onnx or .cnn)")
     c.add_argument("dst", help="output file (.cnn or .onnx)")
     c.add_argument("--input-shape", default=None,
-                   help="N,C,H,W to trace with (default: the source's declared shape with batch 1)")
+                   help="N,C,H,W to trace with (default: the source's declared shape with batch 1); for an "
+                   ".onnx source it also fixes the model's symbolic input dimensions, so that shape "
+                   "subgraphs (Shape, Gather, Concat, ...) fold at import")
     args = p.parse_args(argv)
     if args.cmake_dir:
         import cnnnative

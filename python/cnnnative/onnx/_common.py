@@ -17,9 +17,11 @@ SUPPORTED_OPS = (
 # Operators evaluated with numpy when every input is a constant (shape arithmetic, weight preprocessing).
 # Shape also folds on a traced tensor: its shape is known while a model is traced.
 FOLDABLE_OPS = (
-    "Add", "Cast", "Ceil", "Concat", "ConstantOfShape", "Div", "Equal", "Expand", "Flatten", "Floor",
-    "Gather", "Identity", "Max", "Min", "Mul", "Neg", "Range", "Reciprocal", "Reshape", "Shape", "Slice",
-    "Sqrt", "Squeeze", "Sub", "Transpose", "Unsqueeze", "Where",
+    "Abs", "Add", "And", "Cast", "Ceil", "Concat", "ConstantOfShape", "Div", "Equal", "Expand", "Flatten",
+    "Floor", "Gather", "Greater", "GreaterOrEqual", "Identity", "Less", "LessOrEqual", "Max", "Min", "Mod",
+    "Mul", "Neg", "Not", "Or", "Range", "Reciprocal", "ReduceMax", "ReduceMean", "ReduceMin", "ReduceProd",
+    "ReduceSum", "Reshape", "Shape", "Sign", "Size", "Slice", "Sqrt", "Squeeze", "Sub", "Transpose",
+    "Unsqueeze", "Where", "Xor",
 )
 
 # Limits of the importer. Where they overlap with the .cnn format's (cpp/src/core/serialize.hpp) they are the
@@ -36,6 +38,11 @@ FOLD_MAX_TOTAL_BYTES = 1 << 30  # bytes of all the constants computed while impo
 MAX_FILE_BYTES = 2 ** 31       # a protobuf message is at most 2 GiB
 
 
+def _short(name, limit=60):
+    name = str(name)
+    return name if len(name) <= limit else name[:limit] + "..."
+
+
 def _lines(problems):
     out = []
     for name, op, why in problems:
@@ -44,6 +51,32 @@ def _lines(problems):
         else:
             out.append(f"  - node {name!r} ({op}): {why}")
     return "\n".join(out)
+
+
+def _summary(problems, first=3):
+    """One line per op type (or model part), most frequent first: "Mul: 65 nodes (first: a, b, c, ...)"."""
+    groups = {}
+    for name, op, _ in problems:
+        groups.setdefault(op, []).append(name)
+    out = []
+    for op, names in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        unique = [_short(n) for n in dict.fromkeys(n for n in names if n)]
+        what = "node" if op not in _GRAPH_PARTS else "problem"
+        label = f"{len(names)} {what}{'s' if len(names) != 1 else ''}"
+        if len(unique) > first:
+            label += f" (first: {', '.join(unique[:first])}, ...)"
+        elif unique:
+            label += f" ({', '.join(unique)})"
+        out.append(f"  {op}: {label}")
+    return "\n".join(out)
+
+
+def _message(head, problems):
+    """The error text: the head, then (for several problems) one line per op type with counts, then one
+    line per problem."""
+    if len(problems) < 2:
+        return head + ":\n" + _lines(problems)
+    return f"{head}, by op type:\n{_summary(problems)}\ndetails:\n{_lines(problems)}"
 
 
 # problem kinds that are parts of the model rather than nodes: "graph output 'y': ..." instead of "node 'y' (...)"
@@ -58,7 +91,7 @@ class UnsupportedError(ValueError):
     def __init__(self, problems, context: str = "ONNX model"):
         self.problems = [tuple(p) for p in problems]
         n = len(self.problems)
-        super().__init__(f"{context}: {n} unsupported node{'s' if n != 1 else ''}:\n" + _lines(self.problems))
+        super().__init__(_message(f"{context}: {n} unsupported node{'s' if n != 1 else ''}", self.problems))
 
 
 class InvalidModelError(_core.Error):
@@ -70,7 +103,7 @@ class InvalidModelError(_core.Error):
     def __init__(self, problems, context: str = "ONNX model"):
         self.problems = [tuple(p) for p in problems]
         n = len(self.problems)
-        super().__init__(f"{context} is invalid: {n} problem{'s' if n != 1 else ''}:\n" + _lines(self.problems))
+        super().__init__(_message(f"{context} is invalid: {n} problem{'s' if n != 1 else ''}", self.problems))
 
 
 class ModelFileError(_core.Error, OSError):

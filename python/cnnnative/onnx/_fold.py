@@ -26,7 +26,7 @@ def fold_node(node, ins):
     """numpy value(s) of a node whose inputs are all constants (a traced tensor only for Shape)."""
     onnx = require_onnx()
     op, a = node.op, node.attrs
-    if op in ("Identity", "Shape"):
+    if op in ("Identity", "Shape", "Size"):
         if not ins or ins[0] is None:
             raise Invalid("missing input")
     if op == "Identity":
@@ -185,4 +185,49 @@ def fold_node(node, ins):
             raise Invalid(f"{op} of dtype {x.dtype}")
         with np.errstate(all="ignore"):
             return [np.asarray(f(x)).astype(x.dtype)]
+    if op in ("ReduceProd", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceMean"):
+        x = np.asarray(ins[0])
+        if x.dtype.kind not in "iuf":
+            raise Unsupported(f"{op} of dtype {x.dtype}")
+        axes = axes_arg(node, ins, 1)
+        if axes is not None and not axes and int(a.get("noop_with_empty_axes", 0)):
+            return [x]
+        axes = tuple(range(x.ndim)) if not axes else tuple(sorted({norm_axis(v, x.ndim, "axes") for v in axes}))
+        if x.ndim == 0:
+            return [x]
+        if x.size == 0 and op in ("ReduceMax", "ReduceMin", "ReduceMean"):
+            raise Unsupported(f"{op} of an empty tensor")
+        f = {"ReduceProd": np.prod, "ReduceSum": np.sum, "ReduceMax": np.max, "ReduceMin": np.min,
+             "ReduceMean": np.mean}[op]
+        with np.errstate(all="ignore"):
+            return [np.asarray(f(x, axis=axes, keepdims=bool(int(a.get("keepdims", 1))))).astype(x.dtype)]
+    if op in ("Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "Mod"):
+        x, y = (np.asarray(v) for v in ins[:2])
+        if x.dtype.kind not in "biuf" or y.dtype.kind not in "biuf":
+            raise Unsupported(f"{op} of dtypes {x.dtype} and {y.dtype}")
+        check_budget(broadcast_shapes(x.shape, y.shape), 8)
+        if op in ("And", "Or", "Xor"):
+            if x.dtype != bool or y.dtype != bool:
+                raise Invalid(f"{op} takes bool tensors, got {x.dtype} and {y.dtype}")
+            return [{"And": np.logical_and, "Or": np.logical_or, "Xor": np.logical_xor}[op](x, y)]
+        if op == "Mod":
+            if x.dtype.kind in "iu" and y.dtype.kind in "iu" and np.any(y == 0):
+                raise Invalid("integer modulo by zero")
+            with np.errstate(all="ignore"):
+                r = np.fmod(x, y) if int(a.get("fmod", 0)) else np.mod(x, y)
+            return [np.asarray(r).astype(np.result_type(x, y))]
+        f = {"Less": np.less, "Greater": np.greater, "LessOrEqual": np.less_equal,
+             "GreaterOrEqual": np.greater_equal}[op]
+        return [np.asarray(f(x, y))]
+    if op in ("Not", "Abs", "Sign"):
+        x = np.asarray(ins[0])
+        if op == "Not":
+            if x.dtype != bool:
+                raise Invalid(f"Not of dtype {x.dtype}")
+            return [np.logical_not(x)]
+        if x.dtype.kind not in "iuf":
+            raise Invalid(f"{op} of dtype {x.dtype}")
+        return [np.asarray(np.abs(x) if op == "Abs" else np.sign(x)).astype(x.dtype)]
+    if op == "Size":
+        return [np.array(numel(ins[0].shape), np.int64)]
     raise Unsupported(f"no constant folding for {op}")

@@ -16,8 +16,17 @@ At import (numpy, once), Program:
     AFFINE, affine merging, affine folding where the engine cannot; its docstring says why each stays in
     Python, and that Pad folding is the engine's compile pass fold_pad);
   - makes the constants read as weights module parameters and buffers (_assign_params);
-  - when the model declares its input shapes, traces it once, so one error lists every invalid
-    (InvalidModelError) or unsupported (UnsupportedError) node, op type and attribute at once.
+  - opsets outside [6, newest onnx knows] are brought into range by onnx.version_converter first (the error
+    says why when that fails);
+  - with import_model(..., input_shape=...) fixing every input dimension, traces the graph once to learn the
+    values of its shape subgraphs (Shape, Gather, Concat, Range, ConstantOfShape, Expand, ...) and builds
+    the Program again with them as constants, so that they fold and the rewrites see them (the model then
+    takes that shape only);
+  - when the model declares its input shapes (or input_shape gives them), traces it once, so one error lists
+    every invalid (InvalidModelError) or unsupported (UnsupportedError) node, op type and attribute at once.
+    Each node is checked on its own: the outputs of a node that failed are stood in for by engine inputs of
+    the shapes onnx.shape_inference gives them, so the nodes behind it are checked too (where no shape is
+    inferred, only unknown operators behind it are listed). The error groups the nodes by op type.
 While tracing (per input shape), Trace runs each node's mapper (_ops_*.py, through a NodeContext,
 _emit.py): auto_pad and asymmetric pads are resolved against the real sizes, Shape-derived arithmetic folds
 to constants, 1-D convs/pools run as 2-D with H = 1.
@@ -31,8 +40,8 @@ import numpy as np
 from .. import nn
 from ..graph import Tensor, current
 from . import _common, _rewrite
-from ._base import (AFFINE, LINEAR, Invalid, Node, Unsupported, check_budget, classify_failure, engine_ops, fmt_bytes,
-                    numel, other_domain, type_name, unknown_reason)
+from ._base import (AFFINE, LINEAR, Invalid, Node, Unsupported, broadcast_shapes, check_budget, classify_failure,
+                    engine_ops, fmt_bytes, numel, other_domain, type_name, unknown_reason)
 from ._common import (FOLDABLE_OPS, MAX_DIM, MAX_ELEMENTS, MAX_NODES, SUPPORTED_OPS, InvalidModelError,
                       UnsupportedError, require_onnx, sanitize)
 from ._emit import NodeContext
@@ -43,8 +52,8 @@ from ._ops_math import (activation, map_add, map_affine, map_batchnorm, map_drop
 from ._ops_pool import map_avgpool, map_global_avg, map_global_max, map_maxpool
 from ._ops_tensor import (map_concat, map_flatten, map_identity, map_pad, map_reshape, map_resize, map_slice,
                           map_squeeze_unsqueeze)
-from ._proto import (attr_value, constant_value, implied_type, inline_functions, load_model_proto, model_opset,
-                     tensor_array)
+from ._proto import (attr_value, constant_value, convert_opset, implied_type, infer_value_shapes, inline_functions,
+                     load_model_proto, max_opset, model_opset, skeleton, tensor_array)
 from ._rewrite import affine_layout
 from ._validate import attr_problems, check_names, check_structure, node_names, schema_of, schema_problems
 
@@ -56,17 +65,17 @@ _MIN_OPSET = 6
 class Program:
     """The importable graph. run(xs) replays it under the current GraphBuilder."""
 
-    def __init__(self, model, bind=None):
+    def __init__(self, model, bind=None, input_shape=None, shape_values=None):
         onnx = require_onnx()
         if not model.HasField("graph"):
             raise InvalidModelError([(None, "model", "no graph (an empty or non-ONNX file?)")])
         self.opset = model_opset(model)
+        self.source_opset = self.opset  # the file's opset; self.opset is the one imported (after conversion)
         self.static_problems = []  # unsupported: (name, op, why)
         self.invalid = []          # invalid: (name, op, why), raised by import_model
         self.failed = set()        # outputs of nodes that could not be parsed or folded (their readers are skipped)
+        self.activations = set()   # those of failed nodes that are not constants (stand-ins may replace them)
         self.folded_bytes = 0
-        if self.opset and self.opset < _MIN_OPSET:
-            self.static_problems.append((None, "model", f"opset {self.opset} is older than {_MIN_OPSET}"))
         if model.functions:
             model = inline_functions(onnx, model)
         g = model.graph
@@ -79,6 +88,23 @@ class Program:
         inv, order = check_structure(g, names, list(bind or {}))
         if inv:
             raise InvalidModelError(inv)
+        if self.opset and not _MIN_OPSET <= self.opset <= max_opset(onnx):
+            converted, why = convert_opset(onnx, model, self.opset)
+            if converted is None:
+                self.static_problems.append((None, "opset", why))
+            else:  # a valid graph converted: check it again, as the file's graph was
+                model, self.opset = converted, model_opset(converted)
+                g = model.graph
+                inv, uns = check_names(g)
+                if inv or uns:
+                    raise InvalidModelError(inv) if inv else UnsupportedError(uns)
+                names = node_names(g)
+                inv, order = check_structure(g, names, list(bind or {}))
+                if inv:
+                    raise InvalidModelError(inv)
+        # the graph without its large weights, for onnx's shape inference (input_shape=, error reports)
+        self._skeleton = skeleton(onnx, model)
+        self._shape_cache = {}
         self.consts = {}
         for t in g.initializer:
             try:
@@ -94,6 +120,7 @@ class Program:
         for k, v in (bind or {}).items():
             self.consts[k] = np.asarray(v)
         self.inputs = []  # (name, dims with None for symbolic ones, elem type)
+        self.dim_params = {}  # input name -> the dim_param (or None) of each dimension, for messages
         for vi in g.input:
             if vi.name in self.consts or vi.name in self.failed:
                 continue
@@ -103,6 +130,8 @@ class Program:
             dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
                     for d in tt.shape.dim] if tt.HasField("shape") else None
             self.inputs.append((vi.name, dims, tt.elem_type))
+            if dims is not None:
+                self.dim_params[vi.name] = [d.dim_param or None for d in tt.shape.dim]
             if tt.elem_type not in (onnx.TensorProto.FLOAT, 0) and vi.HasField("type"):
                 self.static_problems.append((vi.name, "input", "graph input of type "
                                              f"{type_name(onnx, tt.elem_type)} (only float32 inputs)"))
@@ -112,6 +141,8 @@ class Program:
                                              f"(dimensions up to {MAX_DIM}, {MAX_ELEMENTS} elements)"))
         self.input_names = [n for n, _, _ in self.inputs]
         self.output_names = [o.name for o in g.output]
+        self.fixed = fix_input_shapes(self.inputs, input_shape)  # name -> dims (None: left symbolic), or {}
+        self.inputs = [(n, self.fixed.get(n, dims), t) for n, dims, t in self.inputs]
         nodes = []
         for i in order:
             n, name = g.node[i], names[i]
@@ -121,6 +152,15 @@ class Program:
         if self.invalid:
             raise InvalidModelError(self.invalid)
         self.nodes = nodes
+        if shape_values:  # values a trace at the fixed input shapes folded (Shape-derived): constants now
+            keep = []
+            for n in self.nodes:
+                outs = [o for o in n.outputs if o]
+                if outs and all(o in shape_values for o in outs):
+                    self.consts.update((o, shape_values[o]) for o in outs)
+                else:
+                    keep.append(n)
+            self.nodes = keep
         self._fold_constants()
         _rewrite.canonicalize(self)
         _rewrite.merge_affines(self)
@@ -144,6 +184,8 @@ class Program:
         except (Invalid, Unsupported) as e:
             (self.invalid if isinstance(e, Invalid) else self.static_problems).append((name, n.op_type, str(e)))
             self.failed.update(o for o in n.output if o)
+            if n.op_type != "Constant":
+                self.activations.update(o for o in n.output if o)
             return None
         if not default:  # reported when the graph is replayed or checked
             return Node(f"{n.domain}.{n.op_type}", name, n.input, n.output, attrs, n.op_type)
@@ -163,6 +205,8 @@ class Program:
             else:
                 self.static_problems.extend((name, n.op_type, p) for p in uns)
             self.failed.update(o for o in n.output if o)
+            if n.op_type != "Constant":
+                self.activations.update(o for o in n.output if o)
             return None
         if n.op_type == "Constant":
             try:
@@ -209,6 +253,16 @@ class Program:
 
     def const(self, name):
         return self.consts.get(name) if name else None
+
+    # ---- shapes from onnx's shape inference ----
+    def value_shapes(self, input_dims):
+        """{value name: (dims with None where unknown, elem type)} by onnx.shape_inference (data propagation
+        on) for inputs of these dims ({name: dims}); {} when inference fails. Cached per input dims."""
+        key = tuple(sorted((k, tuple(v)) for k, v in input_dims.items()))
+        if key not in self._shape_cache:
+            self._shape_cache.clear()
+            self._shape_cache[key] = infer_value_shapes(require_onnx(), self._skeleton, input_dims)
+        return self._shape_cache[key]
 
     # ---- passes ----
     def _fold_constants(self):
@@ -319,8 +373,66 @@ class Program:
             shapes.append(dims)
         return shapes
 
+    def fix_hint(self):
+        """Which input dimensions are symbolic, and how to fix them (for errors that need every shape)."""
+        parts, example = [], None
+        for name, dims, _ in self.inputs:
+            if dims is None:
+                parts.append(f"input {name!r} declares no shape")
+                continue
+            params = [(p or "")[:40] for p in self.dim_params.get(name) or [None] * len(dims)]
+            free = [i for i, d in enumerate(dims) if d is None]
+            if not free:
+                continue
+            parts.append(f"input {name!r} {_fmt_dims(dims)} has symbolic dimension{'s' if len(free) > 1 else ''} " +
+                         ", ".join(f"{i}" + (f" ({params[i]!r})" if params[i] else "") for i in free))
+            if example is None and len(self.inputs) == 1:
+                example = [str(d) if d is not None else ("1" if i == 0 else params[i] or f"d{i}")
+                           for i, d in enumerate(dims)]
+        if example:
+            how = (f"fix them with cnnnative.onnx.import_model(..., input_shape=({', '.join(example)})) or "
+                   f"`python -m cnnnative convert IN OUT --input-shape {','.join(example)}`")
+        else:
+            how = "fix them with cnnnative.onnx.import_model(..., input_shape={input name: shape, ...})"
+        return "the ONNX model's input shape is not complete: " + "; ".join(parts or ["it has no inputs"]) + \
+            "; " + how
+
+    def shape_values(self, shapes):
+        """The values a trace at these input shapes folds (Shape of a traced tensor and the arithmetic on it:
+        Gather, Concat, Cast, Range, ConstantOfShape, Expand, Slice, Squeeze, ReduceProd, ...), by name: with
+        every input dimension fixed they are constants, which a second Program folds and rewrites at import
+        (an Expand of a constant to an activation's shape then is an affine's operand)."""
+        from ..graph import GraphBuilder
+        env = {}
+        with GraphBuilder(False) as builder:
+            xs = [builder.input(name, s) for name, s in zip(self.input_names, shapes)]
+            try:
+                self.run(xs, stand_ins=False, env_out=env)
+            except (InvalidModelError, UnsupportedError):
+                pass  # reported by the import's own trace
+        produced = {o for n in self.nodes for o in n.outputs if o}
+        return {k: v for k, v in env.items() if k in produced and isinstance(v, np.ndarray)}
+
     # ---- replay ----
-    def run(self, xs):
+    def _stand_in(self, trace, names, xs):
+        """Values of failed nodes replaced by fresh engine inputs of the shapes onnx's shape inference gives
+        them, so that the nodes reading them are checked on their own (the trace then fails anyway, listing
+        every node). False when a shape is unknown or the value is not float32 (shape arithmetic)."""
+        shapes = self.value_shapes({n: list(x.shape) for n, x in zip(self.input_names, xs)})
+        onnx = require_onnx()
+        dims = []
+        for name in names:
+            d, t = shapes.get(name, (None, None))
+            if d is None or t != onnx.TensorProto.FLOAT or any(v is None or v > MAX_DIM for v in d) or \
+                    not d or numel(d) > MAX_ELEMENTS:
+                return False
+            dims.append(d)
+        for name, d in zip(names, dims):
+            trace.stand_ins += 1
+            trace.env[name] = trace.builder.input(f"unchecked{trace.stand_ins}:{name[:200]}", d)
+        return True
+
+    def run(self, xs, stand_ins=True, env_out=None):
         """Emits the graph under the current GraphBuilder; returns the outputs (Tensor or numpy constant).
         Raises InvalidModelError listing every node that breaks the ONNX specification for these input
         shapes, else UnsupportedError listing every node that could not be emitted."""
@@ -331,28 +443,49 @@ class Program:
         for name, x in zip(self.input_names, xs):
             if not isinstance(x, Tensor):
                 raise TypeError(f"input {name!r}: expected a traced Tensor, got {type(x).__name__}")
+            fixed = self.fixed.get(name)
+            if fixed is not None and (len(x.shape) != len(fixed) or
+                                      any(f is not None and f != d for f, d in zip(fixed, x.shape))):
+                raise ValueError(f"input {name!r}: this model was imported with input_shape "
+                                 f"{_fmt_dims(fixed)} and takes that shape only, got {list(x.shape)} (import it "
+                                 "again with another input_shape; None leaves a dimension free)")
             trace.env[name] = x
         problems, invalid = list(self.static_problems), list(self.invalid)
         poisoned = set(self.failed)
+        activations = set(self.activations)  # poisoned values that are not constants
+        tainted = set()  # values computed from stand-ins
         for node in self.nodes:
-            if any(i in poisoned for i in node.inputs if i):
+            bad = [i for i in node.inputs if i and i in poisoned]
+            if bad and stand_ins and all(i in activations for i in bad) and self._stand_in(trace, bad, xs):
+                poisoned.difference_update(bad)  # checked on its own, as if its inputs were fine
+                tainted.update(bad)
+                bad = []
+            if bad:
                 poisoned.update(o for o in node.outputs if o)
                 if node.op not in HANDLERS and node.op not in FOLDABLE and not other_domain(node):
                     problems.append((node.name, node.onnx_op, "operator not supported"))
                 continue
+            from_stand_in = any(i in tainted for i in node.inputs if i)
+            if from_stand_in:
+                tainted.update(o for o in node.outputs if o)
             try:
                 outs = trace.node(node)
             except MemoryError:
                 raise
             except Exception as e:  # noqa: BLE001 - classified: invalid, unsupported, engine error, internal
-                classify_failure(node, e, invalid, problems)
+                # checked against an inferred shape, a node is not known to be invalid: listed as unsupported
+                classify_failure(node, e, problems if from_stand_in else invalid, problems)
                 poisoned.update(o for o in node.outputs if o)
+                if any(isinstance(trace.env.get(i), Tensor) for i in node.inputs if i):
+                    activations.update(o for o in node.outputs if o)
                 continue
             if not isinstance(outs, (list, tuple)):
                 outs = [outs]
             for o, v in zip(node.outputs, outs):
                 if o:
                     trace.env[o] = v
+        if env_out is not None:
+            env_out.update(trace.env)
         if invalid:
             raise InvalidModelError(invalid)
         if problems:
@@ -371,6 +504,56 @@ class Program:
         return res
 
 
+def _fmt_dims(dims):
+    return "(" + ", ".join("None" if d is None else str(d) for d in dims) + ("," if len(dims) == 1 else "") + ")"
+
+
+def fix_input_shapes(inputs, input_shape):
+    """{input name: dims} for import_model's input_shape (a shape for a one-input model, or {name: shape});
+    each dims is the declared shape with its symbolic dimensions replaced by the given ones (None in
+    input_shape leaves one symbolic). ValueError when a name is no input, a rank or a declared dimension
+    differs, or a value is not a positive int; TypeError for a shape that is not a sequence."""
+    if input_shape is None:
+        return {}
+    names = [n for n, _, _ in inputs]
+    if isinstance(input_shape, dict):
+        unknown = [k for k in input_shape if k not in names]
+        if unknown:
+            raise ValueError(f"input_shape names {unknown}, which are not inputs of the model (its inputs: "
+                             f"{names})")
+        given = dict(input_shape)
+    else:
+        if len(names) != 1:
+            raise ValueError(f"the model has {len(names)} inputs ({names}); pass input_shape as a dict "
+                             "{input name: shape}")
+        given = {names[0]: input_shape}
+    out = {}
+    for name, dims, _ in inputs:
+        if name not in given:
+            continue
+        shape = given[name]
+        if isinstance(shape, (str, bytes)) or not hasattr(shape, "__iter__"):
+            raise TypeError(f"input_shape for input {name!r}: expected a sequence of ints, got {shape!r}")
+        shape = list(shape)
+        for d in shape:
+            if d is not None and (isinstance(d, bool) or not isinstance(d, (int, np.integer))
+                                  or not 1 <= d <= MAX_DIM):
+                raise ValueError(f"input_shape for input {name!r}: {d!r} is not a dimension (an int in [1, "
+                                 f"{MAX_DIM}], or None to leave it symbolic)")
+        if dims is not None and len(dims) != len(shape):
+            raise ValueError(f"input_shape for input {name!r} has {len(shape)} dimensions; the model declares "
+                             f"{len(dims)}: {_fmt_dims(dims)}")
+        merged = []
+        for i, v in enumerate(shape):
+            d = dims[i] if dims is not None else None
+            if d is not None and v is not None and d != int(v):
+                raise ValueError(f"input_shape for input {name!r}: dimension {i} is {int(v)}, but the model "
+                                 f"declares it as {d} (declared shape {_fmt_dims(dims)})")
+            merged.append(int(v) if v is not None else d)
+        out[name] = merged
+    return out
+
+
 class Trace:
     """One replay of a Program under a GraphBuilder: `env` maps ONNX value names to traced tensors (or numpy
     values folded while tracing); node() runs one node's mapper."""
@@ -378,6 +561,7 @@ class Trace:
     def __init__(self, prog: Program, builder):
         self.prog, self.builder, self.env = prog, builder, {}
         self.folded_bytes = 0
+        self.stand_ins = 0  # engine inputs standing in for the outputs of failed nodes
 
     def tensor(self, name):
         v = self.env.get(name)
@@ -391,6 +575,12 @@ class Trace:
     def node(self, node):
         mapper = HANDLERS.get(node.op)
         vals = [self.value(i) for i in node.inputs]
+        if node.op == AFFINE and node.attrs.get("bcast") and vals and isinstance(vals[0], Tensor):
+            x = [int(d) for d in vals[0].shape]
+            for b in node.attrs["bcast"]:  # a constant collapsed at import (_rewrite._collapse)
+                if broadcast_shapes(x, b) != x:
+                    raise Unsupported(f"the constant operand of shape {b} broadcasts the input {x} to a larger "
+                                      "shape (only constants that broadcast into the input's shape)")
         if node.op in FOLDABLE and any(v is not None for v in vals) and \
                 all(v is None or isinstance(v, np.ndarray) for v in vals):
             outs = [np.asarray(v) for v in fold_node(node, vals)]
@@ -399,12 +589,12 @@ class Trace:
                 raise Unsupported(f"the constants computed while tracing add up to more than "
                                   f"{fmt_bytes(_common.FOLD_MAX_TOTAL_BYTES)}")
             return outs
-        if node.op == "Shape" and vals and isinstance(vals[0], Tensor):
+        if node.op in ("Shape", "Size") and vals and isinstance(vals[0], Tensor):
             return fold_node(node, vals)
         if mapper is None:
             if node.op in FOLDABLE and not other_domain(node):
-                raise Unsupported("supported on constants only (folded at import); here an input is computed "
-                                  "from the model input")
+                raise Unsupported("operator not supported on a tensor computed from the model input (it is "
+                                  "only folded, when its inputs are constants or shapes)")
             raise Unsupported(unknown_reason(node))
         return mapper(NodeContext(self, node, vals))
 
@@ -486,7 +676,7 @@ class OnnxModule(nn.Module):
         """The first input's declared shape with a symbolic batch replaced by `batch`."""
         s = self.input_shape
         if not s or any(d is None for d in s[1:]):
-            raise ValueError(f"the ONNX model does not declare a complete input shape ({s}); pass input_shape")
+            raise ValueError(self._program.fix_hint())
         return (batch if s[0] is None else s[0],) + tuple(s[1:])
 
     def forward(self, *xs):
@@ -498,20 +688,32 @@ class OnnxModule(nn.Module):
                 f"opset={self.opset}")
 
 
-def import_model(src, bind=None, validate=True) -> OnnxModule:
+def import_model(src, bind=None, validate=True, input_shape=None) -> OnnxModule:
     """ONNX model (path, bytes, file object or onnx.ModelProto) -> OnnxModule. `bind` maps graph input
-    names to arrays treated as constants (the backend uses it for weights fed at run time).
+    names to arrays treated as constants (the backend uses it for weights fed at run time). `input_shape`
+    fixes the inputs' symbolic dimensions: a shape for a one-input model, or {input name: shape}; None in a
+    shape leaves that dimension symbolic. Shape subgraphs then fold at import and the model takes that shape
+    only.
 
     Raises (listing every offending node at once, each with its name, op type and the bad value):
     InvalidModelError (a cnnnative.Error, hence a ValueError) for a model that breaks the ONNX specification,
     UnsupportedError (a ValueError) for a valid model the engine cannot run, ModelFileError (an OSError and a
-    cnnnative.Error) for a path that cannot be read, TypeError for a `src` of another kind."""
+    cnnnative.Error) for a path that cannot be read, TypeError for a `src` of another kind; ValueError for an
+    input_shape that does not fit the model's inputs."""
     model = load_model_proto(src)
-    prog = Program(model, bind)
+    prog = Program(model, bind, input_shape)
     if prog.invalid:  # found while folding constants: raised whatever the input shapes
         raise InvalidModelError(prog.invalid)
+    shapes = prog.dry_shapes()
+    if prog.fixed and shapes is not None and all(
+            prog.fixed.get(n) is not None and None not in prog.fixed[n] for n in prog.input_names):
+        known = prog.shape_values(shapes)  # every dimension fixed: fold the shape subgraphs at import
+        if known:
+            prog = Program(model, bind, input_shape, known)
+            if prog.invalid:
+                raise InvalidModelError(prog.invalid)
     module = OnnxModule(prog)
-    shapes = prog.dry_shapes() if validate else None
+    shapes = shapes if validate else None
     if shapes is None:
         probs = prog.static_problems + prog.unknown_op_problems()
         if probs:

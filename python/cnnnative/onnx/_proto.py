@@ -400,3 +400,88 @@ def inline_functions(onnx, model):
     except Exception as e:  # the inliner rejects a malformed function
         raise InvalidModelError([(None, "function", f"cannot inline the model's functions: "
                                   f"{type(e).__name__}: {str(e)[:300]}")]) from None
+
+
+# ---------------------------------------------------------------------------------------------------
+# the ONNX tools the importer uses on a validated graph: onnx.version_converter, onnx.shape_inference
+
+_CONVERT_TARGET = 17  # what version_converter brings an opset outside the importer's range to
+
+
+def max_opset(onnx):
+    """The newest opset of the default domain this onnx package knows."""
+    return int(onnx.defs.onnx_opset_version())
+
+
+def convert_opset(onnx, model, opset):
+    """(model converted by onnx.version_converter to an opset the importer handles, None) or (None, why).
+    Run only on a graph whose names and structure were checked."""
+    newest = max_opset(onnx)
+    if opset > newest:
+        return None, (f"opset {opset} is newer than this onnx package knows ({newest}); onnx.version_converter "
+                      "cannot convert it (upgrade onnx, or export the model at an opset in [6, "
+                      f"{newest}])")
+    target = min(_CONVERT_TARGET, newest)
+    try:
+        import onnx.version_converter
+        converted = onnx.version_converter.convert_version(model, target)
+    except Exception as e:  # noqa: BLE001 - the converter's reason, reported
+        why = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        return None, (f"opset {opset} is outside the importer's range [6, {newest}], and onnx.version_converter "
+                      f"could not convert it to opset {target}: {why}")
+    return converted, None
+
+
+def skeleton(onnx, model):
+    """The model's graph for onnx.shape_inference, serialized: nodes, typed inputs, small initializers (which
+    data propagation reads); larger initializers become typed graph inputs (their shape is what matters).
+    Declared value_info and output types are left out, so that shapes come from the operators alone."""
+    m = onnx.ModelProto()
+    m.ir_version = max(int(model.ir_version), 4)
+    m.opset_import.extend(model.opset_import)
+    src, g = model.graph, m.graph
+    g.name = "skeleton"
+    g.node.extend(src.node)
+    inits = {t.name for t in src.initializer}
+    g.input.extend(vi for vi in src.input if vi.name not in inits)
+    for t in src.initializer:
+        if numel(t.dims) <= 64 and t.data_location != onnx.TensorProto.EXTERNAL:
+            g.initializer.add().CopyFrom(t)
+        else:
+            g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    for o in src.output:
+        g.output.add().name = o.name
+    return m.SerializeToString()
+
+
+def infer_value_shapes(onnx, skeleton_bytes, input_dims):
+    """{value name: (dims, elem type)} that onnx.shape_inference (data propagation on) gives every value of the
+    skeleton whose inputs have input_dims ({name: dims, None for symbolic}); dims hold None where unknown.
+    {} when inference fails (the importer then does without)."""
+    m = onnx.ModelProto()
+    try:
+        m.ParseFromString(skeleton_bytes)
+        for vi in m.graph.input:
+            dims = input_dims.get(vi.name)
+            if dims is None:
+                continue
+            shape = vi.type.tensor_type.shape
+            shape.ClearField("dim")
+            for d in dims:
+                dim = shape.dim.add()
+                if d is None:
+                    dim.dim_param = "?"
+                else:
+                    dim.dim_value = int(d)
+        import onnx.shape_inference
+        m = onnx.shape_inference.infer_shapes(m, check_type=False, strict_mode=False, data_prop=True)
+    except Exception:  # noqa: BLE001 - shape inference is a help, never a requirement
+        return {}
+    out = {}
+    for vi in list(m.graph.input) + list(m.graph.value_info) + list(m.graph.output):
+        tt = vi.type.tensor_type
+        if not vi.type.HasField("tensor_type") or not tt.HasField("shape"):
+            continue
+        out[vi.name] = ([d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tt.shape.dim],
+                        tt.elem_type)
+    return out

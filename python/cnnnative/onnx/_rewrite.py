@@ -105,7 +105,7 @@ def canonicalize(prog):
                 k = 1 if cb else 0
                 c = np.asarray(prog.consts[ins[k]])
                 if c.dtype.kind == "f":
-                    c = c.astype(np.float64)
+                    c, bcast = _collapse(c.astype(np.float64))
                     x = ins[1 - k]
                     scale = shift = None
                     if n.op == "Add":
@@ -117,8 +117,10 @@ def canonicalize(prog):
                     elif k == 1:  # x / c
                         scale = 1.0 / c
                     if scale is not None or shift is not None:
-                        out.append(Node(AFFINE, n.name, [x], n.outputs, {"scale": scale, "shift": shift,
-                                                                         "from": n.op}, n.onnx_op))
+                        attrs = {"scale": scale, "shift": shift, "from": n.op}
+                        if bcast:
+                            attrs["bcast"] = [bcast]
+                        out.append(Node(AFFINE, n.name, [x], n.outputs, attrs, n.onnx_op))
                         continue
             elif not ca and n.op == "Sub":  # a - b = a + (-1) * b
                 neg = prog.fresh(n.outputs[0] + "__neg")
@@ -128,6 +130,18 @@ def canonicalize(prog):
                 continue
         out.append(n)
     prog.nodes = out
+
+
+def _collapse(c):
+    """(c with each axis along which all its values are equal reduced to size 1, the original shape or None
+    when nothing changed). A constant that an exporter expanded to an activation's full shape (Expand of a
+    scalar or a per-channel vector to Shape(x)) is then a per-channel or scalar affine; the trace checks that
+    the original shape broadcasts into the input's (attrs "bcast"), so the output shape stays the input's."""
+    shape = c.shape
+    for ax in range(c.ndim):
+        if c.shape[ax] > 1 and np.array_equal(c, np.broadcast_to(c.take([0], axis=ax), c.shape)):
+            c = c.take([0], axis=ax)
+    return (c, None) if c.shape == shape else (np.ascontiguousarray(c), list(shape))
 
 
 def _gemm_as_linear(prog, n, uses):
@@ -220,6 +234,8 @@ def fold_affines(prog):
             continue
         if _linear_left_to_engine(prog, p, a, rank):  # per output feature, axis 1 of [N, OUT]
             a.attrs["scale"], a.attrs["shift"] = vecs
+            continue
+        if a.attrs.get("bcast"):  # its broadcast is checked when traced: kept as a node
             continue
         _fold_into(prog, p, *vecs, uses)
         drop.add(id(a))
@@ -338,7 +354,10 @@ def merge_affines(prog):
         s, t = np.asarray(s1 * s2), np.asarray(t1 * s2 + t2)
         if isinstance(affine_layout(s, t), str):
             continue
+        bcast = p.attrs.get("bcast", []) + a.attrs.get("bcast", [])
         a.attrs = {"scale": s, "shift": t, "from": a.attrs["from"]}
+        if bcast:
+            a.attrs["bcast"] = bcast
         a.inputs[0] = p.inputs[0]
         drop.add(id(p))
         prod[a.outputs[0]] = a
