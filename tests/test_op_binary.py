@@ -370,7 +370,7 @@ def _torch_module():
     return SE().eval()
 
 
-@pytest.mark.parametrize("dynamo", [False, True])
+@pytest.mark.parametrize("dynamo", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_torch_onnx_export_imports(tmp_path, dynamo, broadcast_handlers):
     torch = pytest.importorskip("torch")
     pytest.importorskip("onnx")
