@@ -414,3 +414,48 @@ def test_onnx_mappers_directly(broadcast_handlers):
         None, {"x": x})[0]
     y = cn.onnx.import_model(model).compile(x.shape).run(x)
     assert_close(y, expected, 1e-5, 1e-6, "mappers")
+
+
+def _importer_delegates():
+    import inspect
+
+    from cnnnative.onnx import _ops_math
+    return "map_binary" in inspect.getsource(_ops_math.map_mul_div)
+
+
+@pytest.mark.parametrize("dynamo", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_constant_of_several_axes_is_a_buffer(tmp_path, dynamo):
+    """Constants that vary along more than one axis (no per-channel affine): model buffers read by binary ops,
+    saved with the model. Needs the importer edit that makes _ops_math delegate to this family."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    if dynamo:
+        pytest.importorskip("onnxscript")
+    if not _importer_delegates():
+        pytest.skip("the importer's Add/Sub/Mul/Div handlers do not delegate to _ops_binary yet")
+
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            g = torch.Generator().manual_seed(0)
+            self.register_buffer("pos", torch.randn(1, 1, 4, 5, generator=g))   # varies along H and W
+            self.register_buffer("bias", torch.randn(3, 1, 5, generator=g))     # along C and W
+            self.register_buffer("den", torch.rand(3, 4, 1, generator=g) + 0.5)
+
+        def forward(self, x):
+            return (x * self.pos + self.bias) / self.den - self.bias / (x * x + 1) + (self.pos - x)
+
+    x = np.random.default_rng(9).standard_normal((2, 3, 4, 5)).astype(np.float32)
+    path = str(tmp_path / "c.onnx")
+    with torch.no_grad():
+        torch.onnx.export(M().eval(), (torch.from_numpy(x),), path, dynamo=dynamo, input_names=["x"],
+                          output_names=["y"])
+    expected = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    ours = cn.onnx.import_model(path)
+    assert_close(ours.compile(x.shape).run(x), expected, 1e-5, 1e-6, "several-axis constants")
+    assert any(v.shape in ((1, 1, 4, 5), (3, 1, 5), (3, 4, 1)) for v in ours.state_dict().values())
+    back = tmp_path / "back.onnx"
+    cn.onnx.export_model(ours, str(back), x.shape)
+    again = cn.onnx.import_model(str(back))
+    assert_close(again.compile(x.shape).run(x), expected, 1e-5, 1e-6, "exported again")
