@@ -61,8 +61,8 @@ def _operand(b, v, what):
         if np.all(flat == flat[0]):
             return float(flat[0]), tuple(v.shape)
         raise TypeError(f"{what}: a constant array {list(v.shape)} with different values is an operand only as a "
-                        "parameter or buffer of the module being traced (register it: "
-                        "self.register_buffer(name, array), then use self.<name>)")
+                        "parameter or buffer of the module being traced: register it (self.register_buffer(name, "
+                        "array) or an nn.Parameter) and read it in forward() as self._tensor(name)")
     raise TypeError(f"{what}: expects a Tensor, a real number or a float array, got {type(v).__name__}")
 
 
