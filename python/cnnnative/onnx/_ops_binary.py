@@ -93,9 +93,10 @@ def map_sum(ctx: NodeContext):
     ts = [v for v in vals if isinstance(v, Tensor)]
     if not ts:
         raise Unsupported("Sum of constants that were not folded")
-    y = ts[0]
-    for v in vals:
-        if v is not ts[0]:
+    first = next(k for k, v in enumerate(vals) if isinstance(v, Tensor))
+    y = vals[first]
+    for k, v in enumerate(vals):
+        if k != first:  # by position: Sum(u, u, u) is 3u
             y = _binary(ctx, "Add", y, v)
     if len(vals) == 1:
         y = ctx.op("binary_scalar", [y], {"kind": 0, "value": 0.0})  # Sum of one input: a copy
