@@ -120,6 +120,25 @@ def test_reduce_sums_in_float64():
     assert got.shape == (1, 1) and got[0, 0] == float(x.size)
 
 
+@pytest.mark.parametrize("op,fn", [("reduce_mean", np.mean), ("reduce_sum", np.sum), ("reduce_max", np.max)])
+@pytest.mark.parametrize("shape,axes", [((3, 200001), [1]), ((1, 2, 300, 500), [0, 1, 2, 3])])
+def test_few_long_runs_are_cut_into_pieces(op, fn, shape, axes):
+    """Few outputs of long runs are summed in parallel pieces, combined in a fixed order (the thread count
+    does not change the result)."""
+    x = _r(*shape, seed=2)
+    got = check_op(op, [x], {"axes": axes, "keepdim": 0}, _np_reduce(fn, axes, 0), grad=False, rtol=1e-5)[0]
+    threads = cn.get_num_threads()
+    try:
+        cn.set_num_threads(1)
+        assert np.array_equal(run_forward(op, [x], {"axes": axes, "keepdim": 0})[0], got)
+    finally:
+        cn.set_num_threads(threads)
+    dy = _r(*got.shape, seed=3)
+    fast = run_backward(op, [x], {"axes": axes, "keepdim": 0}, [dy], [0])[0]
+    ref = run_backward(op, [x], {"axes": axes, "keepdim": 0}, [dy], [0], backend="reference")[0]
+    assert_close(fast, ref, 1e-6, 1e-7, f"{op} backward")
+
+
 @pytest.mark.parametrize("shape,axes", [((2, 3, 4), [2]), ((3, 4, 5), [1]), ((2, 2, 3), [0, 2])])
 def test_reduce_max_gradient_splits_ties_like_torch_amax(shape, axes):
     torch = _torch()
@@ -400,7 +419,7 @@ class _TorchReduce:
         return M()
 
 
-@pytest.mark.parametrize("dynamo", [False, True])
+@pytest.mark.parametrize("dynamo", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_torch_exported_reductions_and_softmaxes(dynamo):
     torch = _torch()
     torch.manual_seed(0)

@@ -96,10 +96,40 @@ struct ReduceFwd : Kernel {
       nouter = nout / L;
     }
   }
+  // A few long runs (a full reduction, a mean over the last axes of a small batch) are cut into pieces of
+  // kPiece elements summed in parallel into scratch, then combined in piece order.
+  static constexpr int64_t kPiece = int64_t(1) << 16;
+  int64_t pieces() const {
+    return inner_red && rsz.empty() && nout < 64 && L >= 2 * kPiece ? (L + kPiece - 1) / kPiece : 0;
+  }
+  size_t scratch_bytes() const override { return size_t(nout * pieces()) * sizeof(double); }
   void run(const RunCtx& r) override {
     const float* x = static_cast<const float*>(r.in[0]);
     float* y = static_cast<float*>(r.out[0]);
-    const int64_t nr = prod(rsz);
+    const int64_t nr = prod(rsz), np = pieces();
+    if (np) {
+      double* part = static_cast<double*>(r.scratch);
+#pragma omp parallel for schedule(static)
+      for (int64_t t = 0; t < nout * np; ++t) {
+        const int64_t o = t / np, i0 = t % np * kPiece, n = std::min(kPiece, L - i0);
+        const float* p = x + offset(o, ksz, kst) + i0;
+        if (kind == 2) {
+          float m = p[0];
+          for (int64_t i = 1; i < n; ++i) m = max_step(m, p[i]);
+          part[t] = m;
+        } else {
+          part[t] = 0;
+          red::lane_sum(p, n, 1, 1, part + t);
+        }
+      }
+      for (int64_t o = 0; o < nout; ++o) {
+        double a = part[o * np];
+        for (int64_t k = 1; k < np; ++k)
+          a = kind == 2 ? double(max_step(float(a), float(part[o * np + k]))) : a + part[o * np + k];
+        y[o] = kind == 2 ? float(a) : float(a * scale);
+      }
+      return;
+    }
     if (inner_red) {
 #pragma omp parallel for schedule(static)
       for (int64_t o = 0; o < nout; ++o) {
