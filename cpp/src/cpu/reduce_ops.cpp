@@ -331,17 +331,23 @@ struct SoftmaxFwd : Kernel {
       for (int64_t k = 1; k < K; ++k)
         for (int64_t v = 0; v < V; ++v) m[v] = std::max(m[v], xb[k * inner + v]);
       std::fill(s, s + V, 0.0);
-      for (int64_t k = 0; k < K; ++k)
-        for (int64_t v = 0; v < V; ++v) s[v] += std::exp(double(xb[k * inner + v] - m[v]));
       if (Log) {
+        for (int64_t k = 0; k < K; ++k)
+          for (int64_t v = 0; v < V; ++v) s[v] += double(std::exp(xb[k * inner + v] - m[v]));
         float sub[kLanes];
         for (int64_t v = 0; v < V; ++v) sub[v] = float(double(m[v]) + std::log(s[v]));
         for (int64_t k = 0; k < K; ++k)
           for (int64_t v = 0; v < V; ++v) yb[k * inner + v] = xb[k * inner + v] - sub[v];
-      } else {
+      } else {  // y = exp(x - m) first (y may be x: each element is read before it is written), then y /= s
+        for (int64_t k = 0; k < K; ++k)
+          for (int64_t v = 0; v < V; ++v) {
+            const float e = std::exp(xb[k * inner + v] - m[v]);
+            yb[k * inner + v] = e;
+            s[v] += double(e);
+          }
         for (int64_t v = 0; v < V; ++v) s[v] = 1.0 / s[v];
         for (int64_t k = 0; k < K; ++k)
-          for (int64_t v = 0; v < V; ++v) yb[k * inner + v] = float(std::exp(double(xb[k * inner + v] - m[v])) * s[v]);
+          for (int64_t v = 0; v < V; ++v) yb[k * inner + v] = float(double(yb[k * inner + v]) * s[v]);
       }
     }
   }
