@@ -69,19 +69,22 @@ def _check_torch_export(model, x, dynamo, opset=None, tol=1e-4):
     return mod
 
 
+@pytest.mark.parametrize("pool", ["avg", pytest.param("max", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("dynamo", [False, True])
-def test_torch_adaptive_avg_pool_1x1_imports(dynamo):
-    """torch's dynamo exporter writes ReduceMean(axes=[2, 3], keepdims=1) for AdaptiveAvgPool2d((1, 1)): it
-    imports as the engine's global average pooling, as GlobalAveragePool does."""
+def test_torch_adaptive_pool_1x1_imports(dynamo, pool):
+    """torch's dynamo exporter writes ReduceMean(axes=[2, 3], keepdims=1) for AdaptiveAvgPool2d((1, 1)) (and
+    ReduceMax for AdaptiveMaxPool2d((1, 1))): it imports as the engine's global pooling, as GlobalAveragePool
+    (GlobalMaxPool) does."""
     torch = _torch()
     tnn = torch.nn
     torch.manual_seed(0)
-    m = tnn.Sequential(tnn.Conv2d(3, 8, 3, padding=1), tnn.ReLU(), tnn.AdaptiveAvgPool2d((1, 1)), tnn.Flatten(),
-                       tnn.Linear(8, 4))
+    p = tnn.AdaptiveAvgPool2d((1, 1)) if pool == "avg" else tnn.AdaptiveMaxPool2d((1, 1))
+    m = tnn.Sequential(tnn.Conv2d(3, 8, 3, padding=1), tnn.ReLU(), p, tnn.Flatten(), tnn.Linear(8, 4))
     x = _r(2, 3, 9, 7)
     mod = _check_torch_export(m, x, dynamo)
     ops = [e.split()[0] for e in mod.compile(x.shape).schedule()]
-    assert "global_avg_pool" in ops and "reduce_mean" not in ops
+    assert ("global_avg_pool" if pool == "avg" else "max_pool2d") in ops
+    assert not {"reduce_mean", "reduce_max"} & set(ops)
 
 
 # ---------------------------------------------------------------------------------------------------
