@@ -92,7 +92,11 @@ def map_resize_general(ctx: NodeContext):
         for a, v in zip(axes, vals):
             full[a] = v
         # the output size in float32 arithmetic, as onnxruntime computes it
-        outs = [int(math.floor(float(np.float32(n) * np.float32(f)))) for n, f in zip(s, full)]
+        with np.errstate(over="ignore"):
+            prods = [float(np.float32(n) * np.float32(f)) for n, f in zip(s, full)]
+        if not all(math.isfinite(p) and p < 2 ** 62 for p in prods):
+            raise Unsupported(f"output size {prods} from scales {vals} (dimensions 1 to {MAX_DIM} are supported)")
+        outs = [int(math.floor(p)) for p in prods]
     elif sizes is not None:
         vals = int_vector(sizes, "sizes")
         if len(vals) != len(axes):
