@@ -433,8 +433,13 @@ TORCH_EXPORT_CASES = {
 }
 
 
-@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
-@pytest.mark.parametrize("name", list(TORCH_EXPORT_CASES))
+# the dynamo exporter takes seconds per model: one case in the quick run (the FCN / LRASPP head's), the rest slow
+_EXPORTS = [pytest.param(n, d, id=f"{n}-{'dynamo' if d else 'torchscript'}",
+                         marks=[pytest.mark.slow] if d and n != "bilinear_size" else [])
+            for n in TORCH_EXPORT_CASES for d in (False, True)]
+
+
+@pytest.mark.parametrize("name, dynamo", _EXPORTS)
 def test_import_torch_onnx_export(name, dynamo, tmp_path):
     torch = pytest.importorskip("torch")
     onnx = pytest.importorskip("onnx")
