@@ -30,7 +30,7 @@ def ln_ref(x, w=None, b=None, axis=-1, num_axes=None, eps=1e-5):
         y = y * w.reshape(pshape)
     if b is not None:
         y = y + b.reshape(pshape)
-    return [y, mu, var]
+    return [y, mu, 1 / np.sqrt(var + eps)]
 
 
 def gn_ref(x, groups, w=None, b=None, eps=1e-5):
@@ -44,7 +44,7 @@ def gn_ref(x, groups, w=None, b=None, eps=1e-5):
         y = y * w.reshape(pshape)
     if b is not None:
         y = y + b.reshape(pshape)
-    return [y, mu.reshape(N, groups), var.reshape(N, groups)]
+    return [y, mu.reshape(N, groups), 1 / np.sqrt(var.reshape(N, groups) + eps)]
 
 
 def _rng(name):
@@ -158,13 +158,13 @@ def test_cpu_vs_reference_large(case):
 def test_large_mean_statistics(op, xs, attrs):
     """Values 1e4 + N(0, 1): the statistics still match float64 (no E[x^2] - E[x]^2 cancellation)."""
     x = (1e4 + np.random.default_rng(3).standard_normal(xs)).astype(np.float32)
-    y, mean, var = run_forward(op, [x], {**attrs, "eps": 1e-5})
+    y, mean, rstd = run_forward(op, [x], {**attrs, "eps": 1e-5})
     if op == "layer_norm":
         ry, rm, rv = ln_ref(x.astype(np.float64), axis=attrs["axis"], num_axes=attrs["num_axes"])
     else:
         ry, rm, rv = gn_ref(x.astype(np.float64), attrs["groups"])
     assert_close(mean, rm, 3e-7, 0, "mean")  # a few float ulps (oneDNN sums in float)
-    assert_close(var, rv, 1e-4, 0, "var")
+    assert_close(rstd, rv, 1e-4, 0, "rstd")
     assert_close(y, ry, 1e-3, 2e-3, "y")  # x itself is quantized to ~1e-3 at 1e4
 
 
@@ -475,7 +475,7 @@ def test_import_group_normalization(opset):
             cno.import_model(_model(node, g3, x.shape, 18))
 
 
-def test_import_layer_normalization_axis_and_mean_output():
+def test_import_layer_normalization_axis_and_statistics_outputs():
     cno, _ = _onnx()
     from onnx import helper
     rng = np.random.default_rng(0)
@@ -488,6 +488,6 @@ def test_import_layer_normalization_axis_and_mean_output():
     node = helper.make_node("LayerNormalization", ["x", "s"], ["t", "y"], axis=-2, epsilon=1e-3)  # y: the Mean
     mean = cno.import_model(_model(node, inits, x.shape, 17)).compile(x.shape).run(x)
     assert_close(mean, rm, 1e-6, 1e-6, "mean")
-    node = helper.make_node("LayerNormalization", ["x", "s"], ["y", "", "inv"], axis=2)
-    with pytest.raises(ValueError, match="InvStdDev"):
-        cno.import_model(_model(node, inits, x.shape, 17, extra_outputs=["inv"]))
+    node = helper.make_node("LayerNormalization", ["x", "s"], ["t", "", "y"], axis=2, epsilon=1e-3)  # InvStdDev
+    rstd = cno.import_model(_model(node, inits, x.shape, 17)).compile(x.shape).run(x)
+    assert_close(rstd, ln_ref(x.astype(np.float64), axis=2, eps=1e-3)[2], 1e-5, 0, "rstd")

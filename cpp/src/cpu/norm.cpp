@@ -3,7 +3,8 @@
 // layer_norm over the last dims (inner = 1, torch's LayerNorm / ONNX LayerNormalization): oneDNN's
 // layer_normalization primitive (forward_training: it writes mean and variance; use_scale / use_shift as the node
 // has weight / bias). It computes a row's mean, then its variance as the mean of (x - mean)^2: two passes, no
-// E[x^2] - E[x]^2 cancellation, one thread per row, so the result is independent of the thread count.
+// E[x^2] - E[x]^2 cancellation, one thread per row, so the result is independent of the thread count. The variance
+// it writes to the rstd output is turned into 1 / sqrt(var + eps) in place afterwards (outer values).
 // Everything else is native (OpenMP), statistics in float64, two passes:
 //  - layer_norm with inner > 1 (over channels of NCHW, ConvNeXt's LayerNorm2d): a unit is (o, a block of up to
 //    kLanes consecutive inner positions); the L values of each lane are summed lane-parallel (contiguous reads);
@@ -63,7 +64,7 @@ struct LnUnits {
 };
 
 void ln_fwd_native(const Geo& g, double eps, const float* x, const float* w, const float* b, float* y, float* mean,
-                   float* var) {
+                   float* rstd) {
   const LnUnits un(g);
   const int64_t L = g.L, I = g.inner;
 #pragma omp parallel for schedule(static) if (g.numel() >= kParallel)
@@ -84,8 +85,7 @@ void ln_fwd_native(const Geo& g, double eps, const float* x, const float* w, con
     for (int64_t i = 0; i < n; ++i) {
       const double v = q[i] / double(L);
       mean[o * I + i0 + i] = mf[i] = float(s[i]);
-      var[o * I + i0 + i] = float(v);
-      rf[i] = float(1 / std::sqrt(v + eps));
+      rstd[o * I + i0 + i] = rf[i] = float(1 / std::sqrt(v + eps));
     }
     float* yo = y + o * L * I + i0;
     for (int64_t l = 0; l < L; ++l) {
@@ -96,8 +96,8 @@ void ln_fwd_native(const Geo& g, double eps, const float* x, const float* w, con
 }
 
 // dx, and (with w) dw/db.
-void ln_bwd_native(const Geo& g, double eps, const float* dy, const float* x, const float* mean, const float* var,
-                   const float* w, float* dx, float* dw, float* db) {
+void ln_bwd_native(const Geo& g, const float* dy, const float* x, const float* mean, const float* rstd, const float* w,
+                   float* dx, float* dw, float* db) {
   const LnUnits un(g);
   const int64_t L = g.L, I = g.inner;
   const bool par = g.numel() >= kParallel;
@@ -108,7 +108,7 @@ void ln_bwd_native(const Geo& g, double eps, const float* dy, const float* x, co
     for (int64_t i = 0; i < n; ++i) {
       sg[i] = sgx[i] = 0;
       mu[i] = mean[o * I + i0 + i];
-      rs[i] = 1 / std::sqrt(double(var[o * I + i0 + i]) + eps);
+      rs[i] = rstd[o * I + i0 + i];
     }
     const float *xo = x + o * L * I + i0, *dyo = dy + o * L * I + i0;
     for (int64_t l = 0; l < L; ++l) {
@@ -146,7 +146,7 @@ void ln_bwd_native(const Geo& g, double eps, const float* dy, const float* x, co
         double sw = 0, sb = 0;
         for (int64_t i = 0; i < I; ++i) {
           const double d = dy[base + i];
-          sw += d * ((x[base + i] - double(mean[o * I + i])) / std::sqrt(double(var[o * I + i]) + eps));
+          sw += d * ((x[base + i] - double(mean[o * I + i])) * double(rstd[o * I + i]));
           sb += d;
         }
         aw[l] += sw;
@@ -176,9 +176,16 @@ struct LnDnnl : Kernel {
   DnnlExec ex;
   size_t scratch = 0;
   std::string impl() const override { return impl_name; }
+  int64_t rows = 0;
+  double eps = 0;
   size_t scratch_bytes() const override { return scratch; }
-  void run(const RunCtx& r) override { ex.run(r); }
-  LnDnnl(const KernelCtx& c, const Geo& g) {
+  void run(const RunCtx& r) override {
+    ex.run(r);
+    float* v = static_cast<float*>(r.out[2]);  // the variance -> rstd
+#pragma omp parallel for schedule(static) if (rows >= kParallel)
+    for (int64_t i = 0; i < rows; ++i) v[i] = float(1 / std::sqrt(double(v[i]) + eps));
+  }
+  LnDnnl(const KernelCtx& c, const Geo& g) : rows(g.outer), eps(c.node.attrs.f("eps", 1e-5)) {
     using nf = dnnl::normalization_flags;
     const size_t nin = c.in.size();
     auto md = plain_desc(Shape{g.outer, g.L}, DType::f32), stat = plain_desc(Shape{g.outer}, DType::f32),
@@ -221,11 +228,10 @@ std::unique_ptr<Kernel> ln_fwd(const KernelCtx& c) {
 
 std::unique_ptr<Kernel> ln_bwd(const KernelCtx& c) {
   const Geo g(c.node, c.in[1].shape);
-  const double eps = c.node.attrs.f("eps", 1e-5);
   const bool affine = c.in.size() == 5;
-  return make([g, eps, affine](const RunCtx& r) {
+  return make([g, affine](const RunCtx& r) {
     auto in = [&](int i) { return static_cast<const float*>(r.in[i]); };
-    ln_bwd_native(g, eps, in(0), in(1), in(2), in(3), affine ? in(4) : nullptr, static_cast<float*>(r.out[0]),
+    ln_bwd_native(g, in(0), in(1), in(2), in(3), affine ? in(4) : nullptr, static_cast<float*>(r.out[0]),
                   affine ? static_cast<float*>(r.out[1]) : nullptr, affine ? static_cast<float*>(r.out[2]) : nullptr);
   });
 }
@@ -259,7 +265,7 @@ struct GnFwd : Kernel {
     const float* w = has_w ? static_cast<const float*>(r.in[1]) : nullptr;
     const float* b = has_b ? static_cast<const float*>(r.in[2]) : nullptr;
     float *y = static_cast<float*>(r.out[0]), *mean = static_cast<float*>(r.out[1]),
-          *var = static_cast<float*>(r.out[2]);
+          *rstd = static_cast<float*>(r.out[2]);
     const int64_t R = g.rows(), K = g.chunks(), M = g.M();
     double* part = static_cast<double*>(r.scratch);
     double* mu = part + R * K;
@@ -292,13 +298,12 @@ struct GnFwd : Kernel {
       for (int64_t k = 0; k < K; ++k) q += part[row * K + k];
       const double v = q / double(M);
       mean[row] = float(mu[row]);
-      var[row] = float(v);
-      part[row * K] = 1 / std::sqrt(v + eps);  // rstd, read below
+      rstd[row] = float(1 / std::sqrt(v + eps));
     }
 #pragma omp parallel for schedule(static) if (par)
     for (int64_t u = 0; u < R * K; ++u) {
       const int64_t row = u / K, c0 = (row % g.G) * g.Cg;
-      const float mf = mean[row], rf = float(part[row * K]);
+      const float mf = mean[row], rf = rstd[row];
       const float* xr = x + row * M;
       float* yr = y + row * M;
       chunk_runs(g, u % K, [&](int64_t p, int64_t j0, int64_t j1) {
@@ -311,21 +316,17 @@ struct GnFwd : Kernel {
 
 struct GnBwd : Kernel {
   Geo g;
-  double eps;
   bool affine;
-  GnBwd(const KernelCtx& c) : g(c.node, c.in[1].shape) {
-    eps = c.node.attrs.f("eps", 1e-5);
-    affine = c.in.size() == 5;
-  }
+  GnBwd(const KernelCtx& c) : g(c.node, c.in[1].shape) { affine = c.in.size() == 5; }
   void run(const RunCtx& r) override {
     auto in = [&](int i) { return static_cast<const float*>(r.in[i]); };
-    const float *dy = in(0), *x = in(1), *mean = in(2), *var = in(3), *w = affine ? in(4) : nullptr;
+    const float *dy = in(0), *x = in(1), *mean = in(2), *rstd = in(3), *w = affine ? in(4) : nullptr;
     float* dx = static_cast<float*>(r.out[0]);
     const int64_t R = g.rows(), M = g.M(), S = g.S;
     const bool par = g.numel() >= kParallel;
 #pragma omp parallel for schedule(static) if (par)
     for (int64_t row = 0; row < R; ++row) {
-      const double mu = mean[row], rs = 1 / std::sqrt(double(var[row]) + eps);
+      const double mu = mean[row], rs = rstd[row];
       const int64_t c0 = (row % g.G) * g.Cg;
       const float *xr = x + row * M, *dyr = dy + row * M;
       double sg = 0, sgx = 0;
@@ -357,7 +358,7 @@ struct GnBwd : Kernel {
       double aw = 0, ab = 0;
       for (int64_t n = 0; n < g.N; ++n) {
         const int64_t row = n * g.G + c / g.Cg;
-        const double mu = mean[row], rs = 1 / std::sqrt(double(var[row]) + eps);
+        const double mu = mean[row], rs = rstd[row];
         const int64_t base = (n * g.C + c) * S;
         double sw = 0, sb = 0;
         for (int64_t s = 0; s < S; ++s) {

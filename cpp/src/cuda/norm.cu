@@ -2,8 +2,8 @@
 // "rows": layer_norm's row (o, i) is the L values x[(o * L + l) * inner + i] (weight/bias index l); group_norm's
 // row (n, g) is the Cg * S contiguous values of its channels (weight/bias index c = g * Cg + j / S).
 //   forward: one block per row (grid-stride over rows): the row's sum, then the sum of squared deviations from
-//            the mean, both in float64 and reduced in a fixed order (deterministic); mean, var (biased) written as
-//            floats; y = (x - mean) * rstd * w + b in float64.
+//            the mean, both in float64 and reduced in a fixed order (deterministic); mean and rstd = 1 / sqrt(var +
+//            eps) (var biased) written as floats; y = (x - mean) * rstd * w + b in float64.
 //   backward dx: one block per row: sums of g = dy * w and g * xhat (float64); dx = rstd (g - mean g - xhat mean(g
 //            xhat)).
 //   backward dweight/dbias: one thread per parameter element, summing over the rows in order (float64): a gather,
@@ -70,7 +70,7 @@ __device__ void block_sum2(double& a, double& b) {
 }
 
 __global__ void norm_fwd_kernel(const float* x, const float* __restrict__ w, const float* __restrict__ b, float* y,
-                                float* __restrict__ mean, float* __restrict__ var, Geo g, double eps) {
+                                float* __restrict__ mean, float* __restrict__ rstd_out, Geo g, double eps) {
   const int64_t M = g.M();
   for (int64_t r = blockIdx.x; r < g.rows(); r += gridDim.x) {
     double s = 0, unused = 0;
@@ -87,7 +87,7 @@ __global__ void norm_fwd_kernel(const float* x, const float* __restrict__ w, con
     const double v = q / double(M), rstd = 1.0 / sqrt(v + eps);
     if (threadIdx.x == 0) {
       mean[r] = float(mu);
-      var[r] = float(v);
+      rstd_out[r] = float(rstd);
     }
     for (int64_t j = threadIdx.x; j < M; j += blockDim.x) {
       const int64_t o = g.offset(r, j), p = g.param(r, j);
@@ -100,11 +100,11 @@ __global__ void norm_fwd_kernel(const float* x, const float* __restrict__ w, con
 }
 
 __global__ void norm_bwd_dx_kernel(const float* __restrict__ dy, const float* __restrict__ x,
-                                   const float* __restrict__ mean, const float* __restrict__ var,
+                                   const float* __restrict__ mean, const float* __restrict__ rs,
                                    const float* __restrict__ w, float* __restrict__ dx, Geo g, double eps) {
   const int64_t M = g.M();
   for (int64_t r = blockIdx.x; r < g.rows(); r += gridDim.x) {
-    const double mu = mean[r], rstd = 1.0 / sqrt(double(var[r]) + eps);
+    const double mu = mean[r], rstd = rs[r];
     double sg = 0, sgx = 0;
     for (int64_t j = threadIdx.x; j < M; j += blockDim.x) {
       const int64_t o = g.offset(r, j);
@@ -126,7 +126,7 @@ __global__ void norm_bwd_dx_kernel(const float* __restrict__ dy, const float* __
 
 // dweight[p], dbias[p]: sums over every (row, j) with param(row, j) == p, in row order.
 __global__ void norm_bwd_params_kernel(const float* __restrict__ dy, const float* __restrict__ x,
-                                       const float* __restrict__ mean, const float* __restrict__ var,
+                                       const float* __restrict__ mean, const float* __restrict__ rs,
                                        float* __restrict__ dw, float* __restrict__ db, Geo g, double eps) {
   for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < g.params();
        p += int64_t(gridDim.x) * blockDim.x) {
@@ -135,7 +135,7 @@ __global__ void norm_bwd_params_kernel(const float* __restrict__ dy, const float
       const int64_t grp = p / g.Cg;
       for (int64_t n = 0; n < g.N; ++n) {
         const int64_t r = n * g.G + grp;
-        const double mu = mean[r], rstd = 1.0 / sqrt(double(var[r]) + eps);
+        const double mu = mean[r], rstd = rs[r];
         const int64_t base = (n * g.C + p) * g.S;
         for (int64_t s = 0; s < g.S; ++s) {
           sw += double(dy[base + s]) * ((double(x[base + s]) - mu) * rstd);
@@ -144,7 +144,7 @@ __global__ void norm_bwd_params_kernel(const float* __restrict__ dy, const float
       }
     } else {
       for (int64_t r = 0; r < g.rows(); ++r) {
-        const double mu = mean[r], rstd = 1.0 / sqrt(double(var[r]) + eps);
+        const double mu = mean[r], rstd = rs[r];
         const int64_t o = g.offset(r, p);
         sw += double(dy[o]) * ((double(x[o]) - mu) * rstd);
         sb += dy[o];

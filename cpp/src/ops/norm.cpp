@@ -2,17 +2,18 @@
 // per group). Both normalize "rows" of a tensor with their own biased statistics and apply an optional
 // per-element affine, so they share the geometry below and the reference kernels.
 //
-// layer_norm (x[, weight[, bias]]; axis, num_axes, eps) -> y, mean, var. x is seen as [outer, L, inner] with
+// layer_norm (x[, weight[, bias]]; axis, num_axes, eps) -> y, mean, rstd. x is seen as [outer, L, inner] with
 // L = prod(x.shape[axis : axis + num_axes]) (num_axes defaults to rank - axis): every (o, i) is one row of L values
 // normalized together. inner = 1 is torch's LayerNorm over the last num_axes dims (ONNX LayerNormalization);
 // axis = 1, num_axes = 1 of an NCHW tensor normalizes over channels per pixel (ConvNeXt's LayerNorm2d) with no
-// transposes. weight and bias have shape x.shape[axis : axis + num_axes]. mean and var (biased) have x's shape
-// with the normalized dims set to 1. y = (x - mean) / sqrt(var + eps) * weight + bias.
-// layer_norm_grad (dy, x, mean, var[, weight]; axis, num_axes, eps) -> dx[, dweight, dbias].
+// transposes. weight and bias have shape x.shape[axis : axis + num_axes]. mean and rstd = 1 / sqrt(var + eps) (var
+// biased; ONNX's Mean and InvStdDev) have x's shape with the normalized dims set to 1. y = (x - mean) * rstd *
+// weight + bias.
+// layer_norm_grad (dy, x, mean, rstd[, weight]; axis, num_axes, eps) -> dx[, dweight, dbias].
 //
-// group_norm (x [N, C, *][, weight [C][, bias [C]]]; groups, eps) -> y, mean [N, G], var [N, G]: each sample's C/G
+// group_norm (x [N, C, *][, weight [C][, bias [C]]]; groups, eps) -> y, mean [N, G], rstd [N, G]: each sample's C/G
 // consecutive channels (all their pixels) form one row; weight and bias are per channel. groups = C is
-// InstanceNorm. group_norm_grad (dy, x, mean, var[, weight]; groups, eps) -> dx[, dweight, dbias].
+// InstanceNorm. group_norm_grad (dy, x, mean, rstd[, weight]; groups, eps) -> dx[, dweight, dbias].
 //
 // Backward, per row with xhat = (x - mean) * rstd, g = dy * weight (weight = 1 when absent):
 // dx = rstd * (g - mean(g) - xhat * mean(g * xhat)); dweight = sum over rows of dy * xhat, dbias = sum of dy
@@ -125,10 +126,10 @@ std::vector<TensorDesc> infer_fwd(const Node& n, const std::vector<TensorDesc>& 
 
 std::vector<TensorDesc> infer_bwd(const Node& n, const std::vector<TensorDesc>& in) {
   if (in.size() != 4 && in.size() != 5)
-    op_error(n, "expects 4 or 5 inputs (dy, x, mean, var[, weight]), got " + std::to_string(in.size()) + ": " +
+    op_error(n, "expects 4 or 5 inputs (dy, x, mean, rstd[, weight]), got " + std::to_string(in.size()) + ": " +
                     descs_str(in));
   check_eps(n);
-  static const char* const names[] = {"dy", "x", "mean", "var", "weight"};
+  static const char* const names[] = {"dy", "x", "mean", "rstd", "weight"};
   for (size_t i = 0; i < in.size(); ++i) check_float(n, in[i], names[i]);
   const Shape& x = in[1].shape;
   if (in[0].shape != x) op_error(n, "dy must have x's shape " + shape_str(x) + ", got " + shape_str(in[0].shape));
@@ -155,7 +156,7 @@ struct FwdRef {
     const T* x = a.in(0);
     const T* w = nin > 1 ? a.in(1) : nullptr;
     const T* b = nin > 2 ? a.in(2) : nullptr;
-    T *y = a.out(0), *mean = a.out(1), *var = a.out(2);
+    T *y = a.out(0), *mean = a.out(1), *rstd_out = a.out(2);
     const int64_t M = g.M();
     for (int64_t r = 0; r < g.rows(); ++r) {
       double s = 0;
@@ -168,7 +169,7 @@ struct FwdRef {
       }
       const double v = q / double(M), rstd = 1 / std::sqrt(v + eps);
       mean[r] = T(mu);
-      var[r] = T(v);
+      rstd_out[r] = T(rstd);
       for (int64_t j = 0; j < M; ++j) {
         const int64_t o = g.offset(r, j), p = g.param(r, j);
         double t = (x[o] - mu) * rstd;
@@ -184,15 +185,14 @@ template <class T>
 struct BwdRef {
   static void run(const RefArgs<T>& a) {
     const Geo g = geo_of(a.k.node, a.in_shape(1));
-    const double eps = a.attrs().f("eps", 1e-5);
     const bool affine = a.k.in.size() == 5;
-    const T *dy = a.in(0), *x = a.in(1), *mean = a.in(2), *var = a.in(3);
+    const T *dy = a.in(0), *x = a.in(1), *mean = a.in(2), *rs = a.in(3);
     const T* w = affine ? a.in(4) : nullptr;
     T* dx = a.out(0);
     const int64_t M = g.M(), P = g.params();
     std::vector<double> dw(affine ? P : 0), db(affine ? P : 0);
     for (int64_t r = 0; r < g.rows(); ++r) {
-      const double mu = mean[r], rstd = 1 / std::sqrt(double(var[r]) + eps);
+      const double mu = mean[r], rstd = rs[r];
       double sg = 0, sgx = 0;
       for (int64_t j = 0; j < M; ++j) {
         const int64_t o = g.offset(r, j), p = g.param(r, j);
@@ -222,7 +222,7 @@ struct BwdRef {
 
 void grad_rule(GradCtx& c, const char* grad_op) {
   const Node& n = c.node();
-  if (c.dy(0) < 0 || c.dy(1) >= 0 || c.dy(2) >= 0) op_error(n, "gradients flow only through y, not through mean/var");
+  if (c.dy(0) < 0 || c.dy(1) >= 0 || c.dy(2) >= 0) op_error(n, "gradients flow only through y, not through mean/rstd");
   const bool affine = n.inputs.size() >= 2;
   bool any = c.need_dx(0);
   for (size_t i = 1; i < n.inputs.size(); ++i) any = any || c.need_dx(int(i));

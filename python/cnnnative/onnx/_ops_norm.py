@@ -2,8 +2,8 @@
 InstanceNormalization, GroupNormalization (opset 18: scale and bias per group; opset 21: per channel) to the engine
 ops layer_norm / group_norm, and back.
 
-Import: the normalized dims of LayerNormalization are x.shape[axis:]; its optional Mean output is the op's mean
-(same shape); InvStdDev is refused when a node reads it. InstanceNormalization is group_norm with one channel per
+Import: the normalized dims of LayerNormalization are x.shape[axis:]; its optional Mean and InvStdDev outputs are
+the engine op's mean and rstd outputs (same shapes). InstanceNormalization is group_norm with one channel per
 group. GroupNormalization-18's per-group scale and bias (the ONNX 1.16 fix made them per channel in opset 21) are
 imported only when they are per channel anyway (num_groups = C); otherwise the error says to export at opset 21.
 
@@ -52,15 +52,13 @@ def map_layer_norm(ctx: NodeContext):
     x = ctx.tensor(0, "X")
     s = list(x.shape)
     axis = norm_axis(ctx.attr("axis", -1), len(s))
-    outs = ctx.node.outputs
-    if len(outs) > 2 and outs[2]:
-        raise Unsupported("the InvStdDev output (only Y and Mean are supported)")
     ns = s[axis:]
     ins = [x, _param(ctx, 1, "Scale", ns)]
     if ctx.has(2):
         ins.append(_param(ctx, 2, "B", ns))
-    y, mean, _ = ctx.op("layer_norm", ins, {"axis": axis, "num_axes": len(s) - axis, "eps": _eps(ctx)}, n_out=True)
-    return [y, mean] if len(outs) > 1 and outs[1] else y
+    y, mean, rstd = ctx.op("layer_norm", ins, {"axis": axis, "num_axes": len(s) - axis, "eps": _eps(ctx)},
+                           n_out=True)
+    return [y, mean, rstd][:max(1, len(ctx.node.outputs))]
 
 
 def _group_norm(ctx, x, groups, scale_k, bias_k, per_group):
