@@ -491,3 +491,39 @@ def test_import_layer_normalization_axis_and_statistics_outputs():
     node = helper.make_node("LayerNormalization", ["x", "s"], ["t", "", "y"], axis=2, epsilon=1e-3)  # InvStdDev
     rstd = cno.import_model(_model(node, inits, x.shape, 17)).compile(x.shape).run(x)
     assert_close(rstd, ln_ref(x.astype(np.float64), axis=2, eps=1e-3)[2], 1e-5, 0, "rstd")
+
+
+@pytest.mark.parametrize("op, xs, attrs", [
+    ("layer_norm", (64, 300), {"axis": 1, "num_axes": 1}),
+    ("layer_norm", (4, 32, 12, 12), {"axis": 1, "num_axes": 1}),
+    ("group_norm", (2, 8, 48, 48), {"groups": 2}),
+])
+def test_in_place_and_thread_count_independent(op, xs, attrs):
+    """relu -> norm (the norm may overwrite relu's output) and the gradients, bitwise the same at 1 and 3 threads,
+    and equal to the reference backend."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal(xs).astype(np.float32)
+    dy = rng.standard_normal(xs).astype(np.float32)
+    ps = list(xs[1:2]) if op == "group_norm" or attrs["axis"] == 1 and len(xs) == 4 else list(xs[1:])
+    w = rng.standard_normal(ps).astype(np.float32)
+
+    saved = cn.get_num_threads()
+
+    def run(backend, threads):
+        g = _core.Graph()
+        xi, wi = g.add_input("x", list(xs)), g.add_input("w", ps)
+        r = g.add_node("relu", [xi], {}, "relu")
+        y = g.add_node(op, [r[0], wi], {**attrs, "eps": 1e-5}, "n")
+        g.set_outputs(y[:1])
+        cn.set_num_threads(threads)
+        try:
+            s = _core.Session(g, _core.ParamStore([]), "grad", backend=backend, grad_of=y[:1], wrt=[xi, wi])
+            s.run([x, w, dy])
+            return [s.fetch(i) for i in range(3)]
+        finally:
+            cn.set_num_threads(saved)
+    one, three = run("cpu", 1), run("cpu", 3)
+    for a, b in zip(one, three):
+        assert (a == b).all()
+    for k, (a, b) in enumerate(zip(one, run("reference", 1))):
+        assert_close(a, b, 1e-4, 1e-4 * np.abs(b).max(), f"{op} fetch {k}")
