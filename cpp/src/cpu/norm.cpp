@@ -101,8 +101,36 @@ void ln_bwd_native(const Geo& g, const float* dy, const float* x, const float* m
   const LnUnits un(g);
   const int64_t L = g.L, I = g.inner;
   const bool par = g.numel() >= kParallel;
+  if (I == 1) {  // contiguous rows: vectorized reductions (a fixed lane split, the same at any thread count)
 #pragma omp parallel for schedule(static) if (par)
-  for (int64_t u = 0; u < un.U; ++u) {
+    for (int64_t o = 0; o < g.outer; ++o) {
+      const float *xo = x + o * L, *dyo = dy + o * L;
+      const double mu = mean[o], rs = rstd[o];
+      double sg = 0, sgx = 0;
+      if (w) {
+#pragma omp simd reduction(+ : sg, sgx)
+        for (int64_t l = 0; l < L; ++l) {
+          const double gj = double(dyo[l]) * double(w[l]);
+          sg += gj;
+          sgx += gj * ((xo[l] - mu) * rs);
+        }
+      } else {
+#pragma omp simd reduction(+ : sg, sgx)
+        for (int64_t l = 0; l < L; ++l) {
+          sg += dyo[l];
+          sgx += double(dyo[l]) * ((xo[l] - mu) * rs);
+        }
+      }
+      sg /= double(L);
+      sgx /= double(L);
+      float* dxo = dx + o * L;
+#pragma omp simd
+      for (int64_t l = 0; l < L; ++l)
+        dxo[l] = float(rs * (double(dyo[l]) * (w ? double(w[l]) : 1.0) - sg - (xo[l] - mu) * rs * sgx));
+    }
+  }
+#pragma omp parallel for schedule(static) if (par && I > 1)
+  for (int64_t u = 0; u < (I == 1 ? 0 : un.U); ++u) {
     const int64_t o = un.o(u), i0 = un.i0(u), n = std::min(kLanes, I - i0);
     double sg[kLanes], sgx[kLanes], mu[kLanes], rs[kLanes];
     for (int64_t i = 0; i < n; ++i) {
@@ -133,14 +161,26 @@ void ln_bwd_native(const Geo& g, const float* dy, const float* x, const float* m
     }
   }
   if (!dw) return;
-  // dw[l] = sum_{o, i} dy * xhat, db[l] = sum dy: blocks of 16 l, rows in order.
-  constexpr int64_t kB = 16;
-  const int64_t nb = (L + kB - 1) / kB;
+  // dw[l] = sum_{o, i} dy * xhat, db[l] = sum dy: blocks of 16 l, rows in order
+  // (one l per block when the inner runs are long enough to stream: more blocks for the threads, e.g. C = 96)
+  constexpr int64_t kB = 32;
+  const int64_t B = I >= 64 ? 1 : kB, nb = (L + B - 1) / B;
 #pragma omp parallel for schedule(static) if (par)
   for (int64_t blk = 0; blk < nb; ++blk) {
-    const int64_t l0 = blk * kB, n = std::min(kB, L - l0);
+    const int64_t l0 = blk * B, n = std::min(B, L - l0);
     double aw[kB] = {}, ab[kB] = {};
-    for (int64_t o = 0; o < g.outer; ++o)
+    if (I == 1) {  // rows contiguous: l across the vector lanes
+      for (int64_t o = 0; o < g.outer; ++o) {
+        const float *xo = x + o * L + l0, *dyo = dy + o * L + l0;
+        const double mu = mean[o], rs = rstd[o];
+#pragma omp simd
+        for (int64_t l = 0; l < n; ++l) {
+          aw[l] += double(dyo[l]) * ((xo[l] - mu) * rs);
+          ab[l] += dyo[l];
+        }
+      }
+    }
+    for (int64_t o = 0; o < (I == 1 ? 0 : g.outer); ++o)
       for (int64_t l = 0; l < n; ++l) {
         const int64_t base = (o * L + l0 + l) * I;
         double sw = 0, sb = 0;
@@ -274,7 +314,8 @@ struct GnFwd : Kernel {
     for (int64_t u = 0; u < R * K; ++u) {
       const float* xr = x + u / K * M;
       double s = 0;
-      for (int64_t j = u % K * kChunk, e = std::min(M, j + kChunk); j < e; ++j) s += xr[j];
+#pragma omp simd reduction(+ : s)
+      for (int64_t j = u % K * kChunk; j < std::min(M, u % K * kChunk + kChunk); ++j) s += xr[j];
       part[u] = s;
     }
     for (int64_t row = 0; row < R; ++row) {  // chunk order
@@ -287,7 +328,8 @@ struct GnFwd : Kernel {
       const float* xr = x + u / K * M;
       const double m = mu[u / K];
       double q = 0;
-      for (int64_t j = u % K * kChunk, e = std::min(M, j + kChunk); j < e; ++j) {
+#pragma omp simd reduction(+ : q)
+      for (int64_t j = u % K * kChunk; j < std::min(M, u % K * kChunk + kChunk); ++j) {
         const double d = xr[j] - m;
         q += d * d;
       }
@@ -332,6 +374,7 @@ struct GnBwd : Kernel {
       double sg = 0, sgx = 0;
       for (int64_t p = 0; p < g.Cg; ++p) {
         double a = 0, bsum = 0;
+#pragma omp simd reduction(+ : a, bsum)
         for (int64_t j = p * S; j < (p + 1) * S; ++j) {
           a += dyr[j];
           bsum += double(dyr[j]) * (xr[j] - mu);
@@ -361,6 +404,7 @@ struct GnBwd : Kernel {
         const double mu = mean[row], rs = rstd[row];
         const int64_t base = (n * g.C + c) * S;
         double sw = 0, sb = 0;
+#pragma omp simd reduction(+ : sw, sb)
         for (int64_t s = 0; s < S; ++s) {
           sw += double(dy[base + s]) * (x[base + s] - mu);
           sb += dy[base + s];
