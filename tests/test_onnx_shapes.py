@@ -188,11 +188,12 @@ def test_input_shape_folds_a_shape_subgraph():
 
 
 def _binary_ops_limit(e):
-    """Without every dimension fixed, Shape-derived float values fold per trace, after the import's rewrites:
-    an activation times such a constant ([1, 60], [8]) needs the broadcasting binary ops of issue 13 (their
-    own family); until they are mapped that is the one problem allowed."""
-    assert {p[1] for p in e.problems} <= {"Mul", "Add"} and all("with a constant" in p[2] for p in e.problems), \
-        e.problems
+    """Without every dimension fixed, Shape-derived float values fold per trace, after the import made the
+    model's constants its buffers: an activation times such a constant varying along an axis ([1, 60], [8])
+    has no buffer to read. That is the one problem allowed, and the error says which dimensions to fix."""
+    assert {p[1] for p in e.problems} <= {"Mul", "Add"}, e.problems
+    assert all("folds at import once every input dimension is fixed" in p[2] and "input_shape=" in p[2]
+               for p in e.problems), e.problems
 
 
 def test_input_shape_is_checked_and_enforced():

@@ -24,9 +24,11 @@ At import (numpy, once), Program:
     takes that shape only);
   - when the model declares its input shapes (or input_shape gives them), traces it once, so one error lists
     every invalid (InvalidModelError) or unsupported (UnsupportedError) node, op type and attribute at once.
-    Each node is checked on its own: the outputs of a node that failed are stood in for by engine inputs of
-    the shapes onnx.shape_inference gives them, so the nodes behind it are checked too (where no shape is
-    inferred, only unknown operators behind it are listed). The error groups the nodes by op type.
+    Each node is checked on its own: the output of a node that failed is stood in for by an engine input of
+    the shape it would have (elementwise, broadcasting and Transpose nodes: stand_in_shape), so the nodes
+    behind it are checked too (behind other nodes, only unknown operators are listed). The error groups the
+    nodes by op type. (onnx.shape_inference is not used for this: it aborts the process on some hostile
+    graphs, an assertion in its C++.)
 While tracing (per input shape), Trace runs each node's mapper (_ops_*.py, through a NodeContext,
 _emit.py): auto_pad and asymmetric pads are resolved against the real sizes, Shape-derived arithmetic folds
 to constants, 1-D convs/pools run as 2-D with H = 1.
@@ -52,8 +54,8 @@ from ._ops_math import (activation, map_add, map_affine, map_batchnorm, map_drop
 from ._ops_pool import map_avgpool, map_global_avg, map_global_max, map_maxpool
 from ._ops_tensor import (map_concat, map_flatten, map_identity, map_pad, map_reshape, map_resize, map_slice,
                           map_squeeze_unsqueeze)
-from ._proto import (attr_value, constant_value, convert_opset, implied_type, infer_value_shapes, inline_functions,
-                     load_model_proto, max_opset, model_opset, skeleton, tensor_array)
+from ._proto import (attr_value, constant_value, convert_opset, implied_type, inline_functions, load_model_proto,
+                     max_opset, model_opset, tensor_array)
 from ._rewrite import affine_layout
 from ._validate import attr_problems, check_names, check_structure, node_names, schema_of, schema_problems
 
@@ -74,7 +76,7 @@ class Program:
         self.static_problems = []  # unsupported: (name, op, why)
         self.invalid = []          # invalid: (name, op, why), raised by import_model
         self.failed = set()        # outputs of nodes that could not be parsed or folded (their readers are skipped)
-        self.activations = set()   # those of failed nodes that are not constants (stand-ins may replace them)
+        self.failed_nodes = {}     # first output -> Node of a node that failed at parse (stand-ins may replace it)
         self.folded_bytes = 0
         if model.functions:
             model = inline_functions(onnx, model)
@@ -102,9 +104,6 @@ class Program:
                 inv, order = check_structure(g, names, list(bind or {}))
                 if inv:
                     raise InvalidModelError(inv)
-        # the graph without its large weights, for onnx's shape inference (input_shape=, error reports)
-        self._skeleton = skeleton(onnx, model)
-        self._shape_cache = {}
         self.consts = {}
         for t in g.initializer:
             try:
@@ -184,8 +183,7 @@ class Program:
         except (Invalid, Unsupported) as e:
             (self.invalid if isinstance(e, Invalid) else self.static_problems).append((name, n.op_type, str(e)))
             self.failed.update(o for o in n.output if o)
-            if n.op_type != "Constant":
-                self.activations.update(o for o in n.output if o)
+            self._keep_failed(n, name, attrs)
             return None
         if not default:  # reported when the graph is replayed or checked
             return Node(f"{n.domain}.{n.op_type}", name, n.input, n.output, attrs, n.op_type)
@@ -205,8 +203,8 @@ class Program:
             else:
                 self.static_problems.extend((name, n.op_type, p) for p in uns)
             self.failed.update(o for o in n.output if o)
-            if n.op_type != "Constant":
-                self.activations.update(o for o in n.output if o)
+            if not probs:  # unsupported, not invalid: the nodes behind it are still checked
+                self._keep_failed(n, name, attrs)
             return None
         if n.op_type == "Constant":
             try:
@@ -219,6 +217,10 @@ class Program:
             return None
         op = n.op_type if n.op_type.isidentifier() else "?" + n.op_type  # never an internal op's name
         return Node(op, name, n.input, n.output, attrs, n.op_type)
+
+    def _keep_failed(self, n, name, attrs):
+        if n.op_type != "Constant" and n.domain in ("", "ai.onnx") and n.output and n.output[0]:
+            self.failed_nodes[n.output[0]] = Node(n.op_type, name, n.input, n.output, attrs, n.op_type)
 
     # ---- graph helpers (used by the rewrites) ----
     def uses(self):
@@ -253,16 +255,6 @@ class Program:
 
     def const(self, name):
         return self.consts.get(name) if name else None
-
-    # ---- shapes from onnx's shape inference ----
-    def value_shapes(self, input_dims):
-        """{value name: (dims with None where unknown, elem type)} by onnx.shape_inference (data propagation
-        on) for inputs of these dims ({name: dims}); {} when inference fails. Cached per input dims."""
-        key = tuple(sorted((k, tuple(v)) for k, v in input_dims.items()))
-        if key not in self._shape_cache:
-            self._shape_cache.clear()
-            self._shape_cache[key] = infer_value_shapes(require_onnx(), self._skeleton, input_dims)
-        return self._shape_cache[key]
 
     # ---- passes ----
     def _fold_constants(self):
@@ -391,6 +383,10 @@ class Program:
             shapes.append(dims)
         return shapes
 
+    def all_fixed(self):
+        """Whether every input dimension is known (declared, or fixed by input_shape)."""
+        return all(dims is not None and None not in dims for _, dims, _ in self.inputs)
+
     def fix_hint(self):
         """Which input dimensions are symbolic, and how to fix them (for errors that need every shape)."""
         parts, example = [], None
@@ -432,22 +428,21 @@ class Program:
         return {k: v for k, v in env.items() if k in produced and isinstance(v, np.ndarray)}
 
     # ---- replay ----
-    def _stand_in(self, trace, names, xs):
-        """Values of failed nodes replaced by fresh engine inputs of the shapes onnx's shape inference gives
-        them, so that the nodes reading them are checked on their own (the trace then fails anyway, listing
-        every node). False when a shape is unknown or the value is not float32 (shape arithmetic)."""
-        shapes = self.value_shapes({n: list(x.shape) for n, x in zip(self.input_names, xs)})
-        onnx = require_onnx()
-        dims = []
-        for name in names:
-            d, t = shapes.get(name, (None, None))
-            if d is None or t != onnx.TensorProto.FLOAT or any(v is None or v > MAX_DIM for v in d) or \
-                    not d or numel(d) > MAX_ELEMENTS:
+    def _stand_in(self, trace, node, name):
+        """Replaces value `name` (output 0 of `node`, which failed) with a fresh engine input of the shape the
+        node would give (stand_in_shape), so that the nodes reading it are checked on their own; the trace
+        fails anyway, listing every node. False when that shape is not known."""
+        vals = []
+        for i in node.inputs:
+            try:
+                vals.append(trace.value(i) if i else None)
+            except Exception:  # noqa: BLE001 - an input that failed too: no shape to go by
                 return False
-            dims.append(d)
-        for name, d in zip(names, dims):
-            trace.stand_ins += 1
-            trace.env[name] = trace.builder.input(f"unchecked{trace.stand_ins}:{name[:200]}", d)
+        shape = stand_in_shape(node, vals)
+        if shape is None:
+            return False
+        trace.stand_ins += 1
+        trace.env[name] = trace.builder.input(f"unchecked{trace.stand_ins}:{name[:200]}", shape)
         return True
 
     def run(self, xs, stand_ins=True, env_out=None):
@@ -470,14 +465,14 @@ class Program:
             trace.env[name] = x
         problems, invalid = list(self.static_problems), list(self.invalid)
         poisoned = set(self.failed)
-        activations = set(self.activations)  # poisoned values that are not constants
         tainted = set()  # values computed from stand-ins
         for node in self.nodes:
             bad = [i for i in node.inputs if i and i in poisoned]
-            if bad and stand_ins and all(i in activations for i in bad) and self._stand_in(trace, bad, xs):
-                poisoned.difference_update(bad)  # checked on its own, as if its inputs were fine
-                tainted.update(bad)
-                bad = []
+            for i in bad if stand_ins else ():  # outputs of nodes that failed at parse
+                if i in self.failed_nodes and self._stand_in(trace, self.failed_nodes[i], i):
+                    poisoned.discard(i)
+                    tainted.add(i)
+            bad = [i for i in bad if i in poisoned]
             if bad:
                 poisoned.update(o for o in node.outputs if o)
                 if node.op not in HANDLERS and node.op not in FOLDABLE and not other_domain(node):
@@ -491,11 +486,17 @@ class Program:
             except MemoryError:
                 raise
             except Exception as e:  # noqa: BLE001 - classified: invalid, unsupported, engine error, internal
+                if isinstance(e, Unsupported) and any(isinstance(trace.env.get(i), np.ndarray) and i not in self.consts
+                                                      for i in node.inputs if i) and not self.all_fixed():
+                    e = Unsupported(f"{e}; an operand is computed from the input's shape, which folds at import "
+                                    f"once every input dimension is fixed ({self.fix_hint()})")
                 # checked against an inferred shape, a node is not known to be invalid: listed as unsupported
                 classify_failure(node, e, problems if from_stand_in else invalid, problems)
                 poisoned.update(o for o in node.outputs if o)
-                if any(isinstance(trace.env.get(i), Tensor) for i in node.inputs if i):
-                    activations.update(o for o in node.outputs if o)
+                if stand_ins and not isinstance(e, Invalid) and node.outputs and node.outputs[0] and \
+                        self._stand_in(trace, node, node.outputs[0]):
+                    poisoned.discard(node.outputs[0])  # its readers are checked on their own
+                    tainted.add(node.outputs[0])
                 continue
             if not isinstance(outs, (list, tuple)):
                 outs = [outs]
@@ -572,6 +573,57 @@ def fix_input_shapes(inputs, input_shape):
     return out
 
 
+# Output shapes a failed node would give, for its stand-in: operators whose first output has their first
+# input's shape, and those whose output is the broadcast of their inputs' shapes.
+_SAME_SHAPE = frozenset((
+    "Abs", "Acos", "Acosh", "Asin", "Asinh", "Atan", "Atanh", "BatchNormalization", "Cast", "CastLike", "Ceil", "Celu",
+    "Clip", "Cos", "Cosh", "Dropout", "Elu", "Erf", "Exp", "Floor", "Gelu", "GroupNormalization", "HardSigmoid",
+    "HardSwish", "Hardmax", "Identity", "InstanceNormalization", "LRN", "LayerNormalization", "LeakyRelu", "Log",
+    "LogSoftmax", "MeanVarianceNormalization", "Mish", "Neg", "Reciprocal", "Relu", "Round", "Selu", "Shrink",
+    "Sigmoid", "Sign", "Sin", "Sinh", "Softmax", "Softplus", "Softsign", "Sqrt", "Tan", "Tanh", "ThresholdedRelu",
+))
+_BROADCAST = frozenset(("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "PRelu", "Mod", "Where"))
+
+
+def stand_in_shape(node, vals):
+    """The shape of node's first output when it is a float32 tensor that follows from its inputs' shapes alone
+    (_SAME_SHAPE, _BROADCAST, Transpose), within the engine's limits; None otherwise."""
+    op = node.onnx_op
+    if not any(isinstance(v, Tensor) for v in vals):  # a constant that failed to fold: no activation
+        return None
+    shapes = [None if v is None else [int(d) for d in v.shape] for v in vals]
+    floats = [isinstance(v, Tensor) or (isinstance(v, np.ndarray) and v.dtype == np.float32) for v in vals]
+    try:
+        if op in _SAME_SHAPE and shapes and shapes[0] is not None:
+            if op == "Cast":
+                if int(node.attrs.get("to", 0)) != 1:
+                    return None
+            elif op == "CastLike":
+                if len(vals) < 2 or not floats[1]:
+                    return None
+            elif not floats[0]:
+                return None
+            shape = shapes[0]
+        elif op in _BROADCAST:
+            data = vals[1:] if op == "Where" else vals
+            if not data or any(v is None for v in vals) or not all(floats[-len(data):]):
+                return None
+            shape = broadcast_shapes(*[s for s in shapes if s is not None])
+        elif op == "Transpose" and shapes and shapes[0] is not None and floats[0]:
+            perm = node.attrs.get("perm")
+            perm = list(range(len(shapes[0])))[::-1] if perm is None else [int(p) for p in perm]
+            if sorted(perm) != list(range(len(shapes[0]))):
+                return None
+            shape = [shapes[0][p] for p in perm]
+        else:
+            return None
+    except (Invalid, Unsupported, TypeError, ValueError):
+        return None
+    if not shape or any(not 1 <= d <= MAX_DIM for d in shape) or numel(shape) > MAX_ELEMENTS:
+        return None
+    return list(shape)
+
+
 class Trace:
     """One replay of a Program under a GraphBuilder: `env` maps ONNX value names to traced tensors (or numpy
     values folded while tracing); node() runs one node's mapper."""
@@ -611,8 +663,8 @@ class Trace:
             return fold_node(node, vals)
         if mapper is None:
             if node.op in FOLDABLE and not other_domain(node):
-                raise Unsupported("operator not supported on a tensor computed from the model input (it is "
-                                  "only folded, when its inputs are constants or shapes)")
+                raise Unsupported("operator not supported on tensors computed from the model input (it is folded "
+                                  "only when its inputs are constants or shapes)")
             raise Unsupported(unknown_reason(node))
         return mapper(NodeContext(self, node, vals))
 
@@ -723,8 +775,7 @@ def import_model(src, bind=None, validate=True, input_shape=None) -> OnnxModule:
     if prog.invalid:  # found while folding constants: raised whatever the input shapes
         raise InvalidModelError(prog.invalid)
     shapes = prog.dry_shapes()
-    if prog.fixed and shapes is not None and all(
-            prog.fixed.get(n) is not None and None not in prog.fixed[n] for n in prog.input_names):
+    if prog.fixed and shapes is not None and prog.all_fixed():
         known = prog.shape_values(shapes)  # every dimension fixed: fold the shape subgraphs at import
         if known:
             prog = Program(model, bind, input_shape, known)

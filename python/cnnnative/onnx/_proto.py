@@ -403,7 +403,7 @@ def inline_functions(onnx, model):
 
 
 # ---------------------------------------------------------------------------------------------------
-# the ONNX tools the importer uses on a validated graph: onnx.version_converter, onnx.shape_inference
+# the ONNX tool the importer uses on a validated graph: onnx.version_converter (in a child process)
 
 _CONVERT_TARGET = 17  # what version_converter brings an opset outside the importer's range to
 
@@ -422,66 +422,51 @@ def convert_opset(onnx, model, opset):
                       "cannot convert it (upgrade onnx, or export the model at an opset in [6, "
                       f"{newest}])")
     target = min(_CONVERT_TARGET, newest)
-    try:
-        import onnx.version_converter
-        converted = onnx.version_converter.convert_version(model, target)
-    except Exception as e:  # noqa: BLE001 - the converter's reason, reported
-        why = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+    import onnx.version_converter
+
+    def convert(data):
+        return onnx.version_converter.convert_version(_parse(onnx, data), target).SerializeToString()
+    data, why = _isolated(convert, model.SerializeToString())
+    if data is None:
         return None, (f"opset {opset} is outside the importer's range [6, {newest}], and onnx.version_converter "
                       f"could not convert it to opset {target}: {why}")
-    return converted, None
+    return _parse(onnx, data), None
 
 
-def skeleton(onnx, model):
-    """The model's graph for onnx.shape_inference, serialized: nodes, typed inputs, small initializers (which
-    data propagation reads); larger initializers become typed graph inputs (their shape is what matters).
-    Declared value_info and output types are left out, so that shapes come from the operators alone."""
-    m = onnx.ModelProto()
-    m.ir_version = max(int(model.ir_version), 4)
-    m.opset_import.extend(model.opset_import)
-    src, g = model.graph, m.graph
-    g.name = "skeleton"
-    g.node.extend(src.node)
-    inits = {t.name for t in src.initializer}
-    g.input.extend(vi for vi in src.input if vi.name not in inits)
-    for t in src.initializer:
-        if numel(t.dims) <= 64 and t.data_location != onnx.TensorProto.EXTERNAL:
-            g.initializer.add().CopyFrom(t)
-        else:
-            g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
-    for o in src.output:
-        g.output.add().name = o.name
-    return m.SerializeToString()
+def _isolated(fn, data):
+    """(fn(data), None) computed in a forked child, or (None, why): onnx's C++ (the version converter runs
+    its shape inference) aborts the process on some hostile graphs (an assertion), which must not take the
+    importing process down. In-process where there is no fork()."""
+    if not hasattr(os, "fork"):
+        try:
+            return fn(data), None
+        except Exception as e:  # noqa: BLE001 - the reason, reported
+            return None, (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+    import warnings
+    r, w = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork() of a process with threads (3.12+)
+        pid = os.fork()
+    if pid == 0:  # the child: never returns
+        code = 1
+        try:
+            os.close(r)
+            try:
+                out = b"\0" + fn(data)
+            except BaseException as e:  # noqa: BLE001 - sent to the parent
+                out = b"\1" + (str(e).strip().splitlines() or [type(e).__name__])[0][:300].encode("utf-8", "replace")
+            with os.fdopen(w, "wb") as f:
+                f.write(out)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        out = f.read()
+    _, status = os.waitpid(pid, 0)
+    if out[:1] == b"\0":
+        return out[1:], None
+    if out[:1] == b"\1":
+        return None, out[1:].decode("utf-8", "replace")
+    return None, f"it crashed on this model (wait status {status})"
 
-
-def infer_value_shapes(onnx, skeleton_bytes, input_dims):
-    """{value name: (dims, elem type)} that onnx.shape_inference (data propagation on) gives every value of the
-    skeleton whose inputs have input_dims ({name: dims, None for symbolic}); dims hold None where unknown.
-    {} when inference fails (the importer then does without)."""
-    m = onnx.ModelProto()
-    try:
-        m.ParseFromString(skeleton_bytes)
-        for vi in m.graph.input:
-            dims = input_dims.get(vi.name)
-            if dims is None:
-                continue
-            shape = vi.type.tensor_type.shape
-            shape.ClearField("dim")
-            for d in dims:
-                dim = shape.dim.add()
-                if d is None:
-                    dim.dim_param = "?"
-                else:
-                    dim.dim_value = int(d)
-        import onnx.shape_inference
-        m = onnx.shape_inference.infer_shapes(m, check_type=False, strict_mode=False, data_prop=True)
-    except Exception:  # noqa: BLE001 - shape inference is a help, never a requirement
-        return {}
-    out = {}
-    for vi in list(m.graph.input) + list(m.graph.value_info) + list(m.graph.output):
-        tt = vi.type.tensor_type
-        if not vi.type.HasField("tensor_type") or not tt.HasField("shape"):
-            continue
-        out[vi.name] = ([d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tt.shape.dim],
-                        tt.elem_type)
-    return out
