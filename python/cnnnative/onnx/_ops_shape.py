@@ -91,8 +91,8 @@ def map_slice_general(ctx: NodeContext):
     starts, ends, axes, steps = slice_args(ctx.node, [None] + vals, r)
     st, sp, sz = [0] * r, [1] * r, list(s)
     for a, b, ax, step in zip(starts, ends, axes, steps):
-        sl = slice_bounds(s[ax], a, b, step)  # already clamped: stop -1 means "before index 0"
-        rng = range(sl.start, sl.stop, sl.step)
+        sl = slice_bounds(s[ax], a, b, step)  # already clamped: a stop of -1 or None is "before index 0"
+        rng = range(sl.start, -1 if sl.stop is None else sl.stop, sl.step)
         if len(rng) == 0:
             raise Unsupported(f"the result would be empty along axis {ax} (the engine has no zero-size tensors)")
         st[ax], sp[ax], sz[ax] = rng.start, rng.step, len(rng)
