@@ -422,3 +422,19 @@ def test_opset_conversion_failure_is_named(monkeypatch):
     m = _model([helper.make_node("Relu", ["x"], ["y"])], [("x", [1, 4])], [("y", [1, 4])], opset=5)
     e = _unsupported(m)
     assert "opset 5 is outside the importer's range" in str(e) and "No Adapter From Version $5" in str(e), str(e)
+
+
+def test_constants_expanded_to_full_shape_are_affines():
+    # a per-channel constant written at the activation's full shape (as an Expand to Shape(x) folds to) is a
+    # per-channel affine; one that would grow the result (a batch of 2 from 1) maps as the broadcasting op
+    from cnnnative.onnx._base import AFFINE
+    per_channel = np.broadcast_to(np.array([0.5, 2.0], np.float32).reshape(1, 2, 1, 1), (1, 2, 3, 3)).copy()
+    grow = np.full((2, 1, 1, 1), 1.5, np.float32)
+    for const in (per_channel, grow):
+        m = _model([helper.make_node("Mul", ["x", "c"], ["m"]), helper.make_node("Relu", ["m"], ["y"])],
+                   [("x", [1, 2, 3, 3])], [("y", None)], {"c": const})
+        mod = cno.import_model(m)
+        assert mod._program.nodes[0].op == AFFINE
+        x = _r(1, 2, 3, 3)
+        y = mod.compile(x.shape).run(x)
+        np.testing.assert_allclose(y, np.maximum(x * const, 0), rtol=1e-6)

@@ -650,9 +650,8 @@ class Trace:
         if node.op == AFFINE and node.attrs.get("bcast") and vals and isinstance(vals[0], Tensor):
             x = [int(d) for d in vals[0].shape]
             for b in node.attrs["bcast"]:  # a constant collapsed at import (_rewrite._collapse)
-                if broadcast_shapes(x, b) != x:
-                    raise Unsupported(f"the constant operand of shape {b} broadcasts the input {x} to a larger "
-                                      "shape (only constants that broadcast into the input's shape)")
+                if broadcast_shapes(x, b) != x:  # it grows the result: the original (broadcasting) node
+                    return self.node(node.attrs["orig"])
         if node.op in FOLDABLE and any(v is not None for v in vals) and \
                 all(v is None or isinstance(v, np.ndarray) for v in vals):
             outs = [np.asarray(v) for v in fold_node(node, vals)]

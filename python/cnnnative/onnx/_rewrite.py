@@ -118,8 +118,8 @@ def canonicalize(prog):
                         scale = 1.0 / c
                     if (scale is not None or shift is not None) and not isinstance(affine_layout(scale, shift), str):
                         attrs = {"scale": scale, "shift": shift, "from": n.op}
-                        if bcast:
-                            attrs["bcast"] = [bcast]
+                        if bcast:  # checked when traced; if it fails, the original node is mapped instead
+                            attrs["bcast"], attrs["orig"] = [bcast], n
                         out.append(Node(AFFINE, n.name, [x], n.outputs, attrs, n.onnx_op))
                         continue
             elif not ca and n.op == "Sub":  # a - b = a + (-1) * b
@@ -136,7 +136,8 @@ def _collapse(c):
     """(c with each axis along which all its values are equal reduced to size 1, the original shape or None
     when nothing changed). A constant that an exporter expanded to an activation's full shape (Expand of a
     scalar or a per-channel vector to Shape(x)) is then a per-channel or scalar affine; the trace checks that
-    the original shape broadcasts into the input's (attrs "bcast"), so the output shape stays the input's."""
+    the original shape broadcasts into the input's (attrs "bcast"), so that the output shape stays the
+    input's, and maps the original node (attrs "orig": a broadcasting binary op) where it does not."""
     shape = c.shape
     for ax in range(c.ndim):
         if c.shape[ax] > 1 and np.array_equal(c, np.broadcast_to(c.take([0], axis=ax), c.shape)):
@@ -339,8 +340,8 @@ def merge_affines(prog):
             continue
         p = prod.get(a.inputs[0])
         if p is None or p.op != AFFINE or id(p) in drop or uses[a.inputs[0]] != 1 \
-                or a.inputs[0] in prog.output_names:
-            continue
+                or a.inputs[0] in prog.output_names or "bcast" in p.attrs or "bcast" in a.attrs:
+            continue  # (a collapsed constant stays with its node: the trace may map the original instead)
         s1 = 1.0 if p.attrs["scale"] is None else np.asarray(p.attrs["scale"], np.float64)
         t1 = 0.0 if p.attrs["shift"] is None else np.asarray(p.attrs["shift"], np.float64)
         s2 = 1.0 if a.attrs["scale"] is None else np.asarray(a.attrs["scale"], np.float64)
@@ -354,10 +355,7 @@ def merge_affines(prog):
         s, t = np.asarray(s1 * s2), np.asarray(t1 * s2 + t2)
         if isinstance(affine_layout(s, t), str):
             continue
-        bcast = p.attrs.get("bcast", []) + a.attrs.get("bcast", [])
         a.attrs = {"scale": s, "shift": t, "from": a.attrs["from"]}
-        if bcast:
-            a.attrs["bcast"] = bcast
         a.inputs[0] = p.inputs[0]
         drop.add(id(p))
         prod[a.outputs[0]] = a
