@@ -62,8 +62,6 @@ EXPECTED_UNSUPPORTED = {
     "test_matmul_3d": "two computed tensors", "test_matmul_4d": "two computed tensors",
     "test_matmul_bcast": "two computed tensors", "test_matmul_1d_3d": "two computed tensors",
     "test_matmul_1d_1d": "1-D left operand",
-    # elementwise products of two full tensors (no broadcasting mul in the engine)
-    "test_mul": "more than one axis", "test_div": "more than one axis",
     # softmax over a non-last axis
     "test_softmax_axis_0": "last axis", "test_softmax_axis_1": "last axis",
     # Pad modes other than constant
@@ -164,7 +162,7 @@ test_Conv2d_depthwise_with_multiplier test_Conv2d_dilated test_Conv2d_groups tes
 test_Conv2d_no_bias test_Conv2d_padding test_Conv2d_strided test_ConvTranspose2d test_ConvTranspose2d_no_bias
 test_LeakyReLU test_LeakyReLU_with_negval test_Linear test_MaxPool1d test_MaxPool1d_stride
 test_MaxPool1d_stride_padding_dilation test_MaxPool2d test_MaxPool2d_stride_padding_dilation test_ReLU
-test_Sigmoid test_Softmax test_Tanh test_ZeroPad2d test_add test_add_bcast test_averagepool_1d_default
+test_Sigmoid test_Softmax test_Tanh test_ZeroPad2d test_add test_add_bcast test_div test_mul test_averagepool_1d_default
 test_averagepool_2d_ceil test_averagepool_2d_ceil_last_window_starts_on_pad test_averagepool_2d_default
 test_averagepool_2d_pads_count_include_pad test_averagepool_2d_precomputed_pads
 test_averagepool_2d_precomputed_pads_count_include_pad test_averagepool_2d_precomputed_same_upper

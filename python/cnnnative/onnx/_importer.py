@@ -270,6 +270,23 @@ class Program:
                 key = sanitize(name, taken)
                 self.params[name] = (key, tuple(v.shape), trainable)
                 self.param_values.append((key, np.ascontiguousarray(v, np.float32), trainable))
+        binary_consts = set()  # (node, input) of a broadcasting Add/Sub/Mul/Div whose other operand is computed
+        for n in self.nodes:
+            if n.op not in ("Add", "Sub", "Mul", "Div") or len(n.inputs) != 2:
+                continue
+            ca, cb = (i in self.consts for i in n.inputs)
+            if ca == cb:
+                continue
+            k = 0 if ca else 1
+            name = n.inputs[k]
+            v = np.asarray(self.consts[name])
+            if v.dtype.kind != "f" or v.size == 0 or np.all(v == v.reshape(-1)[0]):
+                continue  # one value: a number of binary_scalar; others: map_binary says why
+            binary_consts.add((id(n), k))
+            if name not in self.params:
+                key = sanitize(name, taken)
+                self.params[name] = (key, tuple(v.shape), False)
+                self.param_values.append((key, np.ascontiguousarray(v, np.float32), False))
         for n in self.nodes:
             if n.op != AFFINE:
                 continue
@@ -287,7 +304,8 @@ class Program:
                 keys.append(f"\0{key}")
             n.attrs.update(d=d, axis_from_end=axis_from_end, ndim=ndim, keys=keys)
         # the module holds the weights; keep no second copy unless a node also reads one as a constant
-        as_const = {i for n in self.nodes for k, i in enumerate(n.inputs) if i and k not in slots.get(n.op, {})}
+        as_const = {i for n in self.nodes for k, i in enumerate(n.inputs)
+                    if i and k not in slots.get(n.op, {}) and (id(n), k) not in binary_consts}
         for name in self.params:
             if name in self.consts and name not in as_const and name not in self.output_names:
                 del self.consts[name]

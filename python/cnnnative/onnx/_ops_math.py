@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..graph import Tensor
 from ._base import Invalid, Unsupported, norm_axis, scalar_value
 from ._emit import NodeContext
 
@@ -98,21 +97,22 @@ def map_affine(ctx: NodeContext):
     """y = x * scale + shift, the constants varying along at most one axis (_rewrite.affine_layout): an
     eval-mode batch_norm with mean 0, var 1, eps 0 over that axis as channels. Along axis 1 of a 2-D or 4-D
     tensor it reads x itself, so that after a conv2d the engine's inference fusion folds it into the conv."""
+    from ._ops_binary import map_affine_broadcast
     if "problem" in ctx.node.attrs:
-        raise Unsupported(ctx.node.attrs["problem"])
+        return map_affine_broadcast(ctx)
     x = ctx.tensor(0, "X")
     a = ctx.node.attrs
     s = list(x.shape)
     r = len(s)
     if a["ndim"] > r:
-        raise Unsupported(f"the constant operand has rank {a['ndim']} > the tensor's rank {r} (broadcast grows it)")
+        return map_affine_broadcast(ctx)
     params = [ctx.trace.tensor(k) for k in a["keys"]]  # weight, bias, running_mean, running_var
     if a["axis_from_end"] is None:
         x2 = ctx.reshape(x, [int(np.prod(s)), 1])
     else:
         axis = r - a["axis_from_end"]
         if s[axis] != a["d"]:
-            raise Unsupported(f"the constant of size {a['d']} along axis {axis} would broadcast the tensor {s}")
+            return map_affine_broadcast(ctx)
         if axis == 1 and r in (2, 4):
             x2 = x
         else:
@@ -121,44 +121,25 @@ def map_affine(ctx: NodeContext):
     return ctx.reshape(y, s)
 
 
-def _binary_tensors(ctx: NodeContext, what):
-    for k in range(2):
-        if not isinstance(ctx.vals[k], Tensor):
-            v = ctx.vals[k]
-            if isinstance(v, np.ndarray):
-                raise Unsupported(f"{what} with a constant of dtype {v.dtype} {list(v.shape)} "
-                                  "(float constants only, varying along at most one axis)")
-    return ctx.tensor(0, "A"), ctx.tensor(1, "B")
-
-
 def map_add(ctx: NodeContext):
-    a, b = _binary_tensors(ctx, "Add")
-    if a.shape != b.shape:
-        raise Unsupported(f"broadcasting Add of two computed tensors {list(a.shape)} + {list(b.shape)} "
-                          "(same shapes only)")
-    return ctx.op("add", [a, b])
+    """Add (same shapes: the engine's add; broadcasting, constants: _ops_binary)."""
+    from ._ops_binary import map_binary
+    return map_binary(ctx)
 
 
 def map_sum(ctx: NodeContext):
-    ts = [ctx.tensor(k, f"input {k}") for k in range(len(ctx.node.inputs))]
-    if any(t.shape != ts[0].shape for t in ts):
-        raise Unsupported(f"Sum of differently shaped tensors {[list(t.shape) for t in ts]}")
-    y = ts[0]
-    for t in ts[1:]:
-        y = ctx.op("add", [y, t])
-    return y
+    from ._ops_binary import map_sum as map_sum_broadcast
+    return map_sum_broadcast(ctx)
 
 
 def map_mul_div(ctx: NodeContext):
-    _binary_tensors(ctx, ctx.node.op)
-    if ctx.node.op == "Div" and isinstance(ctx.vals[0], np.ndarray):
-        raise Unsupported("a constant divided by a tensor (no reciprocal op)")
-    raise Unsupported(f"{ctx.node.op} of two computed tensors (only by constants: scalars or per-channel)")
+    from ._ops_binary import map_binary
+    return map_binary(ctx)
 
 
 def map_sub(ctx: NodeContext):
-    _binary_tensors(ctx, "Sub")
-    raise Unsupported("Sub of two computed tensors of different shapes")
+    from ._ops_binary import map_binary
+    return map_binary(ctx)
 
 
 def map_softmax(ctx: NodeContext):

@@ -116,7 +116,7 @@ def canonicalize(prog):
                         scale = c
                     elif k == 1:  # x / c
                         scale = 1.0 / c
-                    if scale is not None or shift is not None:
+                    if (scale is not None or shift is not None) and not isinstance(affine_layout(scale, shift), str):
                         out.append(Node(AFFINE, n.name, [x], n.outputs, {"scale": scale, "shift": shift,
                                                                          "from": n.op}, n.onnx_op))
                         continue
