@@ -322,18 +322,6 @@ def _resize_model(onnx, xs, opset, *, op="Resize", scales=None, sizes=None, attr
     return m
 
 
-@pytest.fixture(autouse=True)
-def _resize_importer():
-    """Until _importer.HANDLERS maps Resize / Upsample to _ops_resize.map_resize (the delegation edit this
-    branch asks for), point them there for these tests."""
-    from cnnnative.onnx import _importer, _ops_resize
-    saved = {k: _importer.HANDLERS.get(k) for k in ("Resize", "Upsample")}
-    for k in saved:
-        _importer.HANDLERS[k] = _ops_resize.map_resize
-    yield
-    _importer.HANDLERS.update(saved)
-
-
 ONNX_CASES = [  # (opset, op, kwargs of _resize_model)
     (13, "Resize", {"scales": [1, 1, 2, 2], "mode": "linear", "coordinate_transformation_mode": "half_pixel"}),
     (13, "Resize", {"scales": [1, 1, 1.5, 0.75], "mode": "linear",

@@ -114,40 +114,6 @@ def pad(x, pad, mode: str = "constant", value=None, *, name=None) -> Tensor:
     return _op("pad", [x], {"pads": [top, left, bottom, right], "value": v}, name=name)[0]
 
 
-def _int_scale(v, what):
-    f = float(v)
-    if not (f >= 1 and f == int(f)):
-        raise ValueError(f"interpolate(mode='nearest'): only integer {what} >= 1 are supported, got {v}")
-    return int(f)
-
-
-def interpolate(x, size=None, scale_factor=None, mode: str = "nearest", align_corners=None,
-                recompute_scale_factor=None, antialias=False, *, name=None) -> Tensor:
-    """Nearest-neighbour upsampling of x [N, C, H, W] by integer factors: scale_factor (a number or
-    (sh, sw)) or a size that is an integer multiple of the input. Other modes or factors raise."""
-    where = f"layer '{name}': " if name else ""
-    if mode != "nearest":
-        raise ValueError(f"{where}interpolate: only mode='nearest' is supported, got {mode!r}")
-    if x.dim() != 4:
-        raise ValueError(f"{where}interpolate: expected x [N, C, H, W], got {list(x.shape)}")
-    if (size is None) == (scale_factor is None):
-        raise ValueError(f"{where}interpolate: give exactly one of size and scale_factor")
-    h, w = x.shape[2], x.shape[3]
-    if size is not None:
-        oh, ow = _pair(size)
-        if oh % h or ow % w:
-            raise ValueError(f"{where}interpolate: size {[oh, ow]} must be an integer multiple of the input "
-                             f"{[h, w]} (only integer scale factors are supported)")
-        scale = [oh // h, ow // w]
-    else:
-        sf = scale_factor if isinstance(scale_factor, (list, tuple)) else (scale_factor, scale_factor)
-        try:
-            scale = [_int_scale(s, "scale factors") for s in sf]
-        except ValueError as e:
-            raise ValueError(f"{where}{e}") from None
-    return _op("upsample_nearest2d", [x], {"scale": scale}, name=name)[0]
-
-
 def cat(tensors, dim: int = 0, *, name=None) -> Tensor:
     """Concatenates tensors of one rank along dim (torch.cat; the default dim is torch's, 0)."""
     tensors = list(tensors)

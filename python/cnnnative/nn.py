@@ -24,7 +24,7 @@ from ._params import Buffer, Parameter, no_grad
 from .graph import GraphBuilder, Tensor, current
 
 __all__ = ["Module", "Parameter", "Buffer", "Sequential", "ModuleList", "ModuleDict", "Conv2d", "ConvTranspose2d",
-           "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Linear", "BatchNorm2d", "LocalResponseNorm", "Upsample",
+           "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Linear", "BatchNorm2d", "LocalResponseNorm",
            "ReLU", "Sigmoid", "Tanh", "LeakyReLU", "Dropout", "Flatten", "Identity", "functional", "init",
            "manual_seed", "no_init", "no_grad"]
 
@@ -1110,26 +1110,6 @@ class LocalResponseNorm(Module):
 
     def extra_repr(self):
         return f"{self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
-
-
-class Upsample(Module):
-    """torch.nn.Upsample for mode='nearest' with integer scale factors (or a size that is an integer
-    multiple of the input); anything else is a clear error at compile."""
-
-    def __init__(self, size=None, scale_factor=None, mode: str = "nearest", align_corners=None):
-        super().__init__()
-        if mode != "nearest":
-            raise ValueError(f"Upsample: only mode='nearest' is supported, got {mode!r}")
-        if (size is None) == (scale_factor is None):
-            raise ValueError("Upsample: give exactly one of size and scale_factor")
-        self.size, self.scale_factor, self.mode = size, scale_factor, mode
-
-    def forward(self, x):
-        return F.interpolate(x, self.size, self.scale_factor, self.mode, name=current().scope_name())
-
-    def extra_repr(self):
-        what = f"size={self.size}" if self.size is not None else f"scale_factor={self.scale_factor}"
-        return f"{what}, mode={self.mode!r}"
 
 
 class MaxPool2d(Module):

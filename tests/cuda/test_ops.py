@@ -98,6 +98,12 @@ CASES = {
     "lrn_size3": ("lrn", [_n((2, 4, 3, 3))], {"size": 3}, None, (0,)),
     "softmax": ("softmax", [_n((3, 5), 0, 3.0)], {}, None, (0,)),
     "softmax_axis1": ("softmax", [_n((2, 7), 1, 3.0)], {"axis": 1}, None, (0,)),
+    "reduce_mean": ("reduce_mean", [_n((2, 3, 4, 5), 0)], {"axes": [2, 3], "keepdim": 1}, None, (0,)),
+    "reduce_mean_channels": ("reduce_mean", [_n((2, 3, 4, 5), 1)], {"axes": [1], "keepdim": 0}, None, (0,)),
+    "reduce_sum": ("reduce_sum", [_n((2, 3, 4, 5), 2)], {"axes": [0, 2], "keepdim": 0}, None, (0,)),
+    "reduce_max": ("reduce_max", [_n((2, 3, 4, 5), 3)], {"axes": [1, 3], "keepdim": 1}, None, (0,)),
+    "softmax_axis": ("softmax_axis", [_n((2, 4, 3, 3), 0, 3.0)], {"axis": 1}, None, (0,)),
+    "log_softmax": ("log_softmax", [_n((2, 3, 7), 1, 3.0)], {"axis": -1}, None, (0,)),
     "softmax_cross_entropy": ("softmax_cross_entropy", [_n((6, 10), 0, 3.0), _labels(6, 10)], {}, [0], (0,)),
     "mse_loss": ("mse_loss", [_n((3, 4, 5)), _n((3, 4, 5), 1)], {}, None, (0,)),
     "bce_with_logits": ("bce_with_logits", [_n((4, 6), 0, 3.0), np.random.default_rng(1).random((4, 6))

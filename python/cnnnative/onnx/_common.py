@@ -8,10 +8,12 @@ from .. import _core
 
 # ONNX operators the importer maps onto engine ops (docs/onnx.md says how, and what is left out).
 SUPPORTED_OPS = (
-    "Add", "AveragePool", "BatchNormalization", "Concat", "Constant", "Conv", "ConvTranspose", "Div",
-    "Dropout", "Flatten", "Gemm", "GlobalAveragePool", "GlobalMaxPool", "Identity", "LeakyRelu", "LRN",
-    "MatMul", "MaxPool", "Mul", "Pad", "Relu", "Reshape", "Resize", "Sigmoid", "Slice", "Softmax",
-    "Squeeze", "Sub", "Sum", "Tanh", "Unsqueeze", "Upsample",
+    "Add", "AveragePool", "BatchNormalization", "Clip", "Concat", "Constant", "Conv", "ConvTranspose", "Div",
+    "Dropout", "Elu", "Erf", "Flatten", "Gelu", "Gemm", "GlobalAveragePool", "GlobalMaxPool", "GroupNormalization",
+    "HardSigmoid", "HardSwish", "Identity", "InstanceNormalization", "LRN", "LayerNormalization", "LeakyRelu",
+    "LogSoftmax", "MatMul", "MaxPool", "Mish", "Mul", "PRelu", "Pad", "ReduceMax", "ReduceMean", "ReduceSum",
+    "Relu", "Reshape", "Resize", "Sigmoid", "Slice", "Softmax", "Softplus", "Squeeze", "Sub", "Sum", "Tanh",
+    "Unsqueeze", "Upsample",
 )
 
 # Operators evaluated with numpy when every input is a constant (shape arithmetic, weight preprocessing).

@@ -39,9 +39,9 @@ from ._emit import NodeContext
 from ._fold import fold_node
 from ._ops_conv import map_conv, map_conv_transpose
 from ._ops_math import (activation, map_add, map_affine, map_batchnorm, map_dropout, map_gemm, map_linear, map_lrn,
-                        map_matmul, map_mul_div, map_softmax, map_sub, map_sum)
+                        map_matmul, map_mul_div, map_sub, map_sum)
 from ._ops_pool import map_avgpool, map_global_avg, map_global_max, map_maxpool
-from ._ops_tensor import (map_concat, map_flatten, map_identity, map_pad, map_reshape, map_resize, map_slice,
+from ._ops_tensor import (map_concat, map_flatten, map_identity, map_pad, map_reshape, map_slice,
                           map_squeeze_unsqueeze)
 from ._proto import (attr_value, constant_value, implied_type, inline_functions, load_model_proto, model_opset,
                      tensor_array)
@@ -122,6 +122,7 @@ class Program:
             raise InvalidModelError(self.invalid)
         self.nodes = nodes
         self._fold_constants()
+        _ops_act.fuse_patterns(self)  # multi-node spellings of GELU / thresholded Softplus -> one node
         _rewrite.canonicalize(self)
         _rewrite.merge_affines(self)
         _rewrite.fold_affines(self)
@@ -250,7 +251,8 @@ class Program:
         """Constants read as weights become module parameters (trainable) or buffers (BN statistics,
         affine constants); the rest (shapes, scales, pads) stay Python constants."""
         slots = {"Conv": {1: True, 2: True}, "ConvTranspose": {1: True, 2: True}, LINEAR: {1: True, 2: True},
-                 "Gemm": {1: True, 2: True}, "BatchNormalization": {1: True, 2: True, 3: False, 4: False}}
+                 "Gemm": {1: True, 2: True}, "BatchNormalization": {1: True, 2: True, 3: False, 4: False},
+                 "PRelu": {1: True}, **_REG_WEIGHT_SLOTS}
         self.params = {}       # onnx name -> (key, shape, trainable)
         self.param_values = []  # (key, float32 array, trainable)
         taken = set()
@@ -446,20 +448,20 @@ HANDLERS = {
     "GlobalAveragePool": map_global_avg, "GlobalMaxPool": map_global_max, "BatchNormalization": map_batchnorm,
     LINEAR: map_linear, "Gemm": map_gemm, "MatMul": map_matmul, "Relu": activation("relu"),
     "LeakyRelu": activation("leaky_relu", negative_slope=("alpha", 0.01)), "Sigmoid": activation("sigmoid"),
-    "Tanh": activation("tanh"), "Softmax": map_softmax, AFFINE: map_affine, "Add": map_add, "Sum": map_sum,
+    "Tanh": activation("tanh"), AFFINE: map_affine, "Add": map_add, "Sum": map_sum,
     "Sub": map_sub, "Mul": map_mul_div, "Div": map_mul_div, "Concat": map_concat, "Flatten": map_flatten,
     "Reshape": map_reshape, "Squeeze": map_squeeze_unsqueeze, "Unsqueeze": map_squeeze_unsqueeze,
-    "Identity": map_identity, "Dropout": map_dropout, "LRN": map_lrn, "Pad": map_pad, "Resize": map_resize,
-    "Upsample": map_resize, "Slice": map_slice,
+    "Identity": map_identity, "Dropout": map_dropout, "LRN": map_lrn, "Pad": map_pad, "Slice": map_slice,
 }
 # engine ops a mapper emits that a build of the engine may lack (checked at import when shapes are unknown)
 ENGINE_OPS_NEEDED = {"ConvTranspose": ("conv_transpose2d",), "LRN": ("lrn",), "Concat": ("concat",),
-                     "Resize": ("upsample_nearest2d",), "Upsample": ("upsample_nearest2d",), "Slice": ("split",),
+                     "Slice": ("split",),
                      "Pad": ("pad", "fill", "concat")}
 # the op families that register their mappers (onnx/_registry.py)
 from . import _ops_act, _ops_binary, _ops_norm, _ops_reduce, _ops_resize, _ops_shape  # noqa: E402,F401
 from ._registry import ENGINE_OPS as _REG_ENGINE_OPS  # noqa: E402
 from ._registry import IMPORTERS as _REG_IMPORTERS  # noqa: E402
+from ._registry import WEIGHT_SLOTS as _REG_WEIGHT_SLOTS  # noqa: E402
 
 for _t, _fn in _REG_IMPORTERS.items():
     if _t in HANDLERS:

@@ -1,11 +1,11 @@
 """Op mappers: BatchNormalization, the linear ops (LINEAR from Gemm/MatMul, Gemm, MatMul), activations,
 AFFINE (a per-channel y = x * scale + shift, as an eval-mode batch_norm with mean 0, var 1, eps 0),
-elementwise Add/Sum/Sub/Mul/Div of tensors, Softmax, Dropout, LRN."""
+elementwise Add/Sum/Sub/Mul/Div of tensors, Dropout, LRN."""
 from __future__ import annotations
 
 import numpy as np
 
-from ._base import Invalid, Unsupported, norm_axis, scalar_value
+from ._base import Invalid, Unsupported, scalar_value
 from ._emit import NodeContext
 
 
@@ -140,22 +140,6 @@ def map_mul_div(ctx: NodeContext):
 def map_sub(ctx: NodeContext):
     from ._ops_binary import map_binary
     return map_binary(ctx)
-
-
-def map_softmax(ctx: NodeContext):
-    x = ctx.tensor(0, "X")
-    s = list(x.shape)
-    r = len(s)
-    legacy = ctx.opset < 13
-    axis = norm_axis(ctx.attr("axis", 1 if legacy else -1), r)
-    if legacy:  # coerced to 2-D [prod(:axis), prod(axis:)]
-        shape2 = [int(np.prod(s[:axis])), int(np.prod(s[axis:]))]
-    else:
-        if int(np.prod(s[axis + 1:])) != 1:
-            raise Unsupported(f"axis={ctx.attr('axis', -1)} of a {s} tensor (the engine's softmax runs over the "
-                              "last axis)")
-        shape2 = [int(np.prod(s[:axis])), s[axis]]
-    return ctx.reshape(ctx.op("softmax", [ctx.reshape(x, shape2)]), s)
 
 
 def map_dropout(ctx: NodeContext):

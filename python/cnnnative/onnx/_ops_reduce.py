@@ -96,7 +96,7 @@ def map_softmax_any(ctx: NodeContext):
     return ctx.reshape(y, s)
 
 
-imports("LogSoftmax", engine_ops=("log_softmax",))(map_softmax_any)
+imports("Softmax", "LogSoftmax")(map_softmax_any)
 
 
 # ---------------------------------------------------------------------------------------------------

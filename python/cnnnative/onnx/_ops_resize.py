@@ -17,7 +17,7 @@ from . import _common
 from ._base import Invalid, Unsupported, int_vector, norm_axis
 from ._common import MAX_DIM
 from ._emit import NodeContext
-from ._registry import exports
+from ._registry import exports, imports
 from .. import _fn_resize as R
 
 _COORDS = {"half_pixel": R.HALF_PIXEL, "half_pixel_symmetric": R.HALF_PIXEL, "asymmetric": R.ASYMMETRIC,
@@ -43,6 +43,7 @@ def _resize_args(ctx: NodeContext, x):
     return mode, coord, nearest, ctx.constant(2, "scales"), ctx.constant(3, "sizes")
 
 
+@imports("Resize", "Upsample", engine_ops=("upsample_nearest2d", "resize2d"))
 def map_resize(ctx: NodeContext):
     """Resize / Upsample: the integer-factor nearest mapper first, this one for what it refuses."""
     from ._ops_tensor import map_resize as map_integer_nearest

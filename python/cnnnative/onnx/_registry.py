@@ -14,6 +14,7 @@ from __future__ import annotations
 IMPORTERS: dict = {}   # ONNX op type -> mapper(ctx)
 ENGINE_OPS: dict = {}  # ONNX op type -> engine ops its mapper emits (checked against the build)
 EXPORTERS: dict = {}   # engine op -> fn(ex, ins, attrs, outs, name, I, O)
+WEIGHT_SLOTS: dict = {}  # ONNX op type -> {input index: trainable}: inputs imported as module parameters
 
 
 def imports(*op_types, engine_ops=()):

@@ -25,7 +25,7 @@ _PARAM_SLOTS = {
     "Conv": (1, 2), "ConvTranspose": (1, 2), "BatchNormalization": (1, 2, 3, 4), "Gemm": (1, 2), "MatMul": (1,),
     "Reshape": (1,), "Pad": (1, 2, 3), "Resize": (1, 2, 3), "Upsample": (1,), "Dropout": (1, 2),
     "Slice": (1, 2, 3, 4), "Squeeze": (1,), "Unsqueeze": (1,), "Expand": (1,), "ConstantOfShape": (0,),
-    "Mul": (1,), "Div": (1,),
+    "Mul": (1,), "Div": (1,), "ReduceMean": (1,), "ReduceSum": (1,), "ReduceMax": (1,),
 }
 
 
