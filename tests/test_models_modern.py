@@ -31,12 +31,26 @@ def _build(name, **kw):
     return mm.MODERN_MODELS[name](**kw)
 
 
+def _randomize_ln(ref, seed=0):
+    """ConvNeXt: non-trivial LayerNorm affines, and layer scales of order 1 (torchvision starts them at 1e-6, which
+    would hide every block behind its shortcut in an eval comparison)."""
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for m in ref.modules():
+            if isinstance(m, torch.nn.LayerNorm):
+                m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=g))
+                m.bias.copy_(0.2 * torch.randn(m.bias.shape, generator=g))
+            if isinstance(getattr(m, "layer_scale", None), torch.nn.Parameter):
+                m.layer_scale.copy_(0.2 + 0.3 * torch.rand(m.layer_scale.shape, generator=g))
+
+
 def _pair(name, seed=0, randomize_bn=True, **kw):
     """(ours, torch twin) with the twin's weights copied into ours through state_dict (strict: same keys, shapes)."""
     torch.manual_seed(seed)
     ref = tw.build(name, **kw)
     if randomize_bn:
         _randomize_bn(ref, seed)
+        _randomize_ln(ref, seed)
     with nn.no_init():
         ours = _build(name, **kw)
     ours.load_state_dict({k: v.detach().numpy() for k, v in ref.state_dict().items()}, strict=True)
@@ -51,7 +65,7 @@ def test_builders_are_registered():
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=S) if n in ("resnext50_32x4d", "wide_resnet50_2",
-                                                                   "inception_v3") else n
+                                                                   "inception_v3", "convnext_tiny") else n
                                   for n in NAMES])
 def test_parameter_counts_and_state_dict_names(name):
     """torchvision's count at 1000 classes, ours and the twin's, and the same state_dict keys in the same order
@@ -103,6 +117,8 @@ EVAL_CASES = [
     pytest.param("wide_resnet50_2", (2, 3, 32, 32), {}, marks=S),
     pytest.param("inception_v3", (1, 3, 75, 75), {}, marks=S),  # the smallest input it takes
     pytest.param("inception_v3", (2, 3, 32, 32), {"cifar": True, "aux_logits": False}, marks=S),
+    ("convnext_tiny", (1, 3, 32, 32), {}),
+    pytest.param("convnext_tiny", (2, 3, 32, 32), {"cifar": True}, marks=S),
 ] + [pytest.param(n, (1, 3, 299 if n == "inception_v3" else 224) + (299 if n == "inception_v3" else 224,), {},
                   marks=S) for n in NAMES]
 
@@ -183,6 +199,7 @@ TRAIN_CASES = [
     pytest.param("wide_resnet50_2", (2, 3, 32, 32), {}, 0.05, marks=S),
     # without the aux head: cnnnative's Session.step counts num_batches_tracked of BN modules forward() never runs
     pytest.param("inception_v3", (2, 3, 32, 32), {"dropout": 0.0, "aux_logits": False}, 0.05, marks=S),
+    pytest.param("convnext_tiny", (2, 3, 32, 32), {"stochastic_depth_prob": 0.0}, 0.05, marks=S),
 ]
 
 

@@ -13,11 +13,13 @@ load_state_dict(strict=True) and parameter counts equal torchvision's (listed pe
   mnasnet1_0            4,383,312   inverted residuals, depthwise convs, ReLU
   regnet_y_400mf        4,344,144   grouped bottlenecks (group width 8) with squeeze-excitation
   inception_v3         27,161,264   factorized 7x7 / 3x3 convs; the aux head's weights kept, not run
+  convnext_tiny        28,589,128   7x7 depthwise, LayerNorm, GELU MLP over NHWC, layer scale
 
 Every builder takes num_classes, seed (as cnnnative.models: seeds this thread's generator; None continues it)
 and cifar=False. cifar=True, for 32x32 inputs, keeps every parameter's shape and only runs the stem at stride 1:
 the stem convolution's stride 2 becomes 1 (squeezenet1_1: also padding 1; inception_v3: also no maxpool1 /
-maxpool2, as it needs >= 75x75 otherwise); resnext50_32x4d and wide_resnet50_2
+maxpool2, as it needs >= 75x75 otherwise; convnext_tiny: the 4x4 patchify conv at stride 2, padding 1);
+resnext50_32x4d and wide_resnet50_2
 take cnnnative.models.ResNet's cifar stem (3x3 stride-1 conv1, no max pool: conv1's shape changes), as resnet50.
 Without cifar every model but inception_v3 (>= 75x75) runs at 32x32 as torchvision would (a 1x1 map at the end).
 
@@ -31,8 +33,9 @@ Initialization follows torchvision's per architecture (the same distributions, n
                        sigmoid), bias 0
   regnet_y_400mf       conv normal(0, sqrt(2 / (k*k*out))); BN 1/0; linear normal(0, 0.01), bias 0
   inception_v3         conv and linear trunc_normal(0, 0.1, [-2, 2]) (aux conv1 0.01, aux fc 0.001); BN 1/0
+  convnext_tiny        conv and linear trunc_normal(0, 0.02, [-2, 2]), bias 0; LayerNorm 1/0
 
-Stochastic depth (efficientnet_b0, torchvision's "row" mode): identity in eval and at p = 0; in training each
+Stochastic depth (efficientnet_b0, convnext_tiny; torchvision's "row" mode): identity in eval and at p = 0; in training each
 sample's residual branch is kept with probability 1 - p and scaled by 1 / (1 - p). The mask is a dropout node
 over a [N, 1, 1, 1] tensor of ones, so it draws from cnnnative's dropout generator (a stream keyed by the
 session's seed, the step and the node's name, "<block>.stochastic_depth.dropout"): reproducible per seed, not
@@ -40,6 +43,8 @@ torch's draws. Parity with torch in training uses stochastic_depth_prob=0."""
 from __future__ import annotations
 
 from collections import OrderedDict
+
+import numpy as np
 
 from . import functional as F
 from . import nn
@@ -50,7 +55,7 @@ __all__ = ["Conv2dNormActivation", "SqueezeExcitation", "StochasticDepth", "Grou
            "Fire", "MobileNetV2", "MobileNetV3", "EfficientNet", "MBConv", "ShuffleNetV2", "MNASNet", "RegNet",
            "resnext50_32x4d", "wide_resnet50_2", "squeezenet1_1", "mobilenet_v2", "mobilenet_v3_small",
            "mobilenet_v3_large", "efficientnet_b0", "shufflenet_v2_x1_0", "mnasnet1_0", "regnet_y_400mf",
-           "Inception3", "inception_v3", "MODERN_MODELS"]
+           "Inception3", "inception_v3", "ConvNeXt", "CNBlock", "convnext_tiny", "MODERN_MODELS"]
 
 
 def _make_divisible(v, divisor, min_value=None):
@@ -817,9 +822,83 @@ def inception_v3(num_classes: int = 1000, cifar: bool = False, aux_logits: bool 
     return Inception3(num_classes, aux_logits, dropout, cifar, in_channels)
 
 
+# ------------------------------------------------------------------ ConvNeXt-Tiny
+class _ChannelsLastLinear(nn.Linear):
+    """torch.nn.Linear applied over the last dim of [..., in_features] (ConvNeXt's MLP on NHWC): the leading dims
+    flattened into rows and restored. Parameters as nn.Linear's."""
+
+    def forward(self, x):
+        lead = tuple(x.shape[:-1])
+        y = super().forward(x.reshape(-1, x.shape[-1]))
+        return y.reshape(*lead, self.weight.shape[0])
+
+
+class CNBlock(nn.Module):
+    """ConvNeXt's block: x + stochastic_depth(layer_scale * block(x)), block = 7x7 depthwise conv (bias) - NHWC -
+    LayerNorm (eps 1e-6) - Linear (4x) - GELU - Linear - NCHW (block.0 .. block.6); layer_scale [C, 1, 1]."""
+
+    def __init__(self, dim, layer_scale, stochastic_depth_prob):
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim, bias=True), nn.Permute([0, 2, 3, 1]),
+            nn.LayerNorm(dim, eps=1e-6), _ChannelsLastLinear(dim, 4 * dim), nn.GELU(), _ChannelsLastLinear(4 * dim, dim),
+            nn.Permute([0, 3, 1, 2]))
+        self.layer_scale = nn.Parameter(np.full((dim, 1, 1), layer_scale, np.float32))
+        self.stochastic_depth = StochasticDepth(stochastic_depth_prob, "row")
+
+    def forward(self, x):
+        return self.stochastic_depth(self._tensor("layer_scale") * self.block(x)) + x
+
+
+class ConvNeXt(nn.Module):
+    """torchvision's ConvNeXt: features.0 the 4x4 stride-4 patchify conv + LayerNorm2d, then stages of CNBlocks
+    (features.1, 3, 5, 7) with LayerNorm2d + 2x2 stride-2 conv downsamplers between (features.2, 4, 6); classifier
+    LayerNorm2d - Flatten - Linear. Stochastic depth grows linearly to stochastic_depth_prob over the blocks."""
+
+    def __init__(self, stages=((96, 192, 3), (192, 384, 3), (384, 768, 9), (768, None, 3)), num_classes: int = 1000,
+                 stochastic_depth_prob: float = 0.1, layer_scale: float = 1e-6, cifar: bool = False,
+                 in_channels: int = 3):
+        super().__init__()
+        c0 = stages[0][0]
+        stride, padding = (2, 1) if cifar else (4, 0)
+        layers = [nn.Sequential(nn.Conv2d(in_channels, c0, kernel_size=4, stride=stride, padding=padding, bias=True),
+                                nn.LayerNorm2d(c0, eps=1e-6))]
+        total, k = sum(s[2] for s in stages), 0
+        for cin, cout, n in stages:
+            stage = []
+            for _ in range(n):
+                stage.append(CNBlock(cin, layer_scale, stochastic_depth_prob * k / (total - 1.0)))
+                k += 1
+            layers.append(nn.Sequential(*stage))
+            if cout is not None:
+                layers.append(nn.Sequential(nn.LayerNorm2d(cin, eps=1e-6), nn.Conv2d(cin, cout, kernel_size=2, stride=2)))
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        c = stages[-1][1] or stages[-1][0]
+        self.classifier = nn.Sequential(nn.LayerNorm2d(c, eps=1e-6), nn.Flatten(1), nn.Linear(c, num_classes))
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def forward(self, x):
+        return self.classifier(self.avgpool(self.features(x)))
+
+
+def convnext_tiny(num_classes: int = 1000, cifar: bool = False, stochastic_depth_prob: float = 0.1,
+                  in_channels: int = 3, seed: int | None = None) -> ConvNeXt:
+    """torchvision's convnext_tiny (28,589,128 parameters); cifar=True: the patchify conv at stride 2, padding 1
+    (a 2x2 map at the end of a 32x32 input instead of 1x1)."""
+    _seed(seed)
+    return ConvNeXt(((96, 192, 3), (192, 384, 3), (384, 768, 9), (768, None, 3)), num_classes,
+                    stochastic_depth_prob, 1e-6, cifar, in_channels)
+
+
 MODERN_MODELS = {
     "resnext50_32x4d": resnext50_32x4d, "wide_resnet50_2": wide_resnet50_2, "squeezenet1_1": squeezenet1_1,
     "mobilenet_v2": mobilenet_v2, "mobilenet_v3_small": mobilenet_v3_small, "mobilenet_v3_large": mobilenet_v3_large,
     "efficientnet_b0": efficientnet_b0, "shufflenet_v2_x1_0": shufflenet_v2_x1_0, "mnasnet1_0": mnasnet1_0,
     "regnet_y_400mf": regnet_y_400mf, "inception_v3": inception_v3,
+    "convnext_tiny": convnext_tiny,
 }

@@ -5,7 +5,7 @@ cnnnative.models_modern and torchvision's parameter counts hold. Imports torch, 
 needs: import this module only where torch is wanted.
 
 cifar=True (as cnnnative.models_modern): the stem convolution runs at stride 1 (same parameters), for 32x32 inputs
-(inception_v3: also no maxpool1 / maxpool2).
+(inception_v3: also no maxpool1 / maxpool2; convnext_tiny: the 4x4 patchify conv at stride 2, padding 1).
 Initialization: torch's defaults (the parity tests copy these weights into cnnnative, so torchvision's init
 overrides do not matter here)."""
 import math
@@ -624,12 +624,73 @@ class Inception3(nn.Module):
         return self.fc(self.dropout(torch.flatten(self.avgpool(x), 1)))
 
 
+# ------------------------------------------------------------------ ConvNeXt-Tiny
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of [N, C, H, W] (torchvision's convnext.LayerNorm2d)."""
+
+    def forward(self, x):
+        x = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class Permute(nn.Module):
+    def __init__(self, dims):
+        super().__init__()
+        self.dims = list(dims)
+
+    def forward(self, x):
+        return torch.permute(x, self.dims)
+
+
+class CNBlock(nn.Module):
+    def __init__(self, dim, layer_scale, sd_prob):
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim, bias=True), Permute([0, 2, 3, 1]),
+            nn.LayerNorm(dim, eps=1e-6), nn.Linear(dim, 4 * dim, bias=True), nn.GELU(),
+            nn.Linear(4 * dim, dim, bias=True), Permute([0, 3, 1, 2]))
+        self.layer_scale = nn.Parameter(torch.ones(dim, 1, 1) * layer_scale)
+        self.stochastic_depth = StochasticDepth(sd_prob, "row")
+
+    def forward(self, x):
+        return self.stochastic_depth(self.layer_scale * self.block(x)) + x
+
+
+class ConvNeXt(nn.Module):
+    """torchvision's ConvNeXt; stages (input channels, output channels or None, blocks)."""
+
+    def __init__(self, stages=((96, 192, 3), (192, 384, 3), (384, 768, 9), (768, None, 3)), num_classes=1000,
+                 stochastic_depth_prob=0.1, layer_scale=1e-6, cifar=False):
+        super().__init__()
+        c0 = stages[0][0]
+        stride, padding = (2, 1) if cifar else (4, 0)
+        layers = [nn.Sequential(nn.Conv2d(3, c0, kernel_size=4, stride=stride, padding=padding, bias=True),
+                                LayerNorm2d(c0, eps=1e-6))]
+        total, k = sum(s[2] for s in stages), 0
+        for cin, cout, n in stages:
+            stage = []
+            for _ in range(n):
+                stage.append(CNBlock(cin, layer_scale, stochastic_depth_prob * k / (total - 1.0)))
+                k += 1
+            layers.append(nn.Sequential(*stage))
+            if cout is not None:
+                layers.append(nn.Sequential(LayerNorm2d(cin, eps=1e-6), nn.Conv2d(cin, cout, kernel_size=2, stride=2)))
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        c = stages[-1][1] or stages[-1][0]
+        self.classifier = nn.Sequential(LayerNorm2d(c, eps=1e-6), nn.Flatten(1), nn.Linear(c, num_classes))
+
+    def forward(self, x):
+        return self.classifier(self.avgpool(self.features(x)))
+
+
 # torchvision's parameter counts at 1000 classes (the tests assert the twins and cnnnative's models have them)
 PARAM_COUNTS = {
     "resnext50_32x4d": 25_028_904, "wide_resnet50_2": 68_883_240, "squeezenet1_1": 1_235_496,
     "mobilenet_v2": 3_504_872, "mobilenet_v3_small": 2_542_856, "mobilenet_v3_large": 5_483_032,
     "efficientnet_b0": 5_288_548, "shufflenet_v2_x1_0": 2_278_604, "mnasnet1_0": 4_383_312,
     "regnet_y_400mf": 4_344_144, "inception_v3": 27_161_264,
+    "convnext_tiny": 28_589_128,
 }
 
 
@@ -656,4 +717,6 @@ def build(name, **kw):
         return RegNet(regnet_stages(16, 48, 27.89, 2.09, 8), 0.25, **kw)
     if name == "inception_v3":
         return Inception3(**kw)
+    if name == "convnext_tiny":
+        return ConvNeXt(**kw)
     raise ValueError(name)
