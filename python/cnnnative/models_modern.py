@@ -14,9 +14,10 @@ load_state_dict(strict=True) and parameter counts equal torchvision's (listed pe
   regnet_y_400mf        4,344,144   grouped bottlenecks (group width 8) with squeeze-excitation
   inception_v3         27,161,264   factorized 7x7 / 3x3 convs; the aux head's weights kept, not run
   convnext_tiny        28,589,128   7x7 depthwise, LayerNorm, GELU MLP over NHWC, layer scale
+  fcn_resnet50         35,322,218   dilated ResNet-50, FCN head, bilinear upsampling (21 classes; aux head kept)
 
 Every builder takes num_classes, seed (as cnnnative.models: seeds this thread's generator; None continues it)
-and cifar=False. cifar=True, for 32x32 inputs, keeps every parameter's shape and only runs the stem at stride 1:
+and, but fcn_resnet50 (segmentation, any input >= 8x8), cifar=False. cifar=True, for 32x32 inputs, keeps every parameter's shape and only runs the stem at stride 1:
 the stem convolution's stride 2 becomes 1 (squeezenet1_1: also padding 1; inception_v3: also no maxpool1 /
 maxpool2, as it needs >= 75x75 otherwise; convnext_tiny: the 4x4 patchify conv at stride 2, padding 1);
 resnext50_32x4d and wide_resnet50_2
@@ -55,7 +56,8 @@ __all__ = ["Conv2dNormActivation", "SqueezeExcitation", "StochasticDepth", "Grou
            "Fire", "MobileNetV2", "MobileNetV3", "EfficientNet", "MBConv", "ShuffleNetV2", "MNASNet", "RegNet",
            "resnext50_32x4d", "wide_resnet50_2", "squeezenet1_1", "mobilenet_v2", "mobilenet_v3_small",
            "mobilenet_v3_large", "efficientnet_b0", "shufflenet_v2_x1_0", "mnasnet1_0", "regnet_y_400mf",
-           "Inception3", "inception_v3", "ConvNeXt", "CNBlock", "convnext_tiny", "MODERN_MODELS"]
+           "Inception3", "inception_v3", "ConvNeXt", "CNBlock", "convnext_tiny", "FCN", "FCNHead",
+           "fcn_resnet50", "MODERN_MODELS"]
 
 
 def _make_divisible(v, divisor, min_value=None):
@@ -895,10 +897,96 @@ def convnext_tiny(num_classes: int = 1000, cifar: bool = False, stochastic_depth
                     stochastic_depth_prob, 1e-6, cifar, in_channels)
 
 
+# ------------------------------------------------------------------ FCN-ResNet50 (segmentation)
+class DilatedBottleneck(Bottleneck):
+    """cnnnative.models.Bottleneck whose 3x3 conv has a dilation (padding = dilation), as torchvision's with
+    replace_stride_with_dilation."""
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None, dilation=1):
+        super().__init__(inplanes, planes, stride, downsample)
+        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=stride, padding=dilation, dilation=dilation,
+                               bias=False)
+
+
+class _DilatedResNet50(nn.Module):
+    """torchvision's resnet50(replace_stride_with_dilation=[False, True, True]) up to layer4 (output stride 8; no
+    avgpool / fc, as IntermediateLayerGetter keeps it); forward returns layer4's output."""
+
+    def __init__(self, in_channels=3):
+        super().__init__()
+        self.inplanes, self.dilation = 64, 1
+        self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.layer1 = self._make_layer(64, 3)
+        self.layer2 = self._make_layer(128, 4, 2)
+        self.layer3 = self._make_layer(256, 6, 2, dilate=True)
+        self.layer4 = self._make_layer(512, 3, 2, dilate=True)
+
+    def _make_layer(self, planes, blocks, stride=1, dilate=False):
+        previous = self.dilation
+        if dilate:  # the stride becomes a dilation from the next block on
+            self.dilation *= stride
+            stride = 1
+        downsample = None
+        if stride != 1 or self.inplanes != planes * 4:
+            downsample = nn.Sequential(nn.Conv2d(self.inplanes, planes * 4, kernel_size=1, stride=stride, bias=False),
+                                       nn.BatchNorm2d(planes * 4))
+        layers = [DilatedBottleneck(self.inplanes, planes, stride, downsample, previous)]
+        self.inplanes = planes * 4
+        layers += [DilatedBottleneck(self.inplanes, planes, dilation=self.dilation) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+
+class FCNHead(nn.Sequential):
+    """3x3 conv (no bias) to in/4 channels - BN - ReLU - Dropout(0.1) - 1x1 conv to the classes (names 0 .. 4)."""
+
+    def __init__(self, in_channels, channels):
+        inter = in_channels // 4
+        super().__init__(nn.Conv2d(in_channels, inter, 3, padding=1, bias=False), nn.BatchNorm2d(inter), nn.ReLU(),
+                         nn.Dropout(0.1), nn.Conv2d(inter, channels, 1))
+
+
+class FCN(nn.Module):
+    """torchvision's fcn_resnet50: backbone.* (dilated ResNet-50), classifier (FCNHead(2048)), logits upsampled
+    bilinearly (align_corners=False) to the input's size: [N, num_classes, H, W]. aux_loss=True (torchvision's
+    weights have it) keeps aux_classifier (FCNHead(1024) on layer3) for loading, but forward returns the "out"
+    logits only, in training too (the aux head gets no gradient; torchvision trains with 0.5 x its loss)."""
+
+    def __init__(self, num_classes: int = 21, aux_loss: bool = True, in_channels: int = 3):
+        super().__init__()
+        self.backbone = _DilatedResNet50(in_channels)
+        self.classifier = FCNHead(2048, num_classes)
+        self.aux_classifier = FCNHead(1024, num_classes) if aux_loss else None
+        for m in self.backbone.modules():  # the backbone is torchvision's resnet50 (its init); heads: torch's
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x):
+        size = tuple(x.shape[2:])
+        return F.interpolate(self.classifier(self.backbone(x)), size=size, mode="bilinear", align_corners=False)
+
+
+def fcn_resnet50(num_classes: int = 21, aux_loss: bool = True, in_channels: int = 3,
+                 seed: int | None = None) -> FCN:
+    """torchvision's fcn_resnet50 (35,322,218 parameters with the aux head, as its weights; 21 classes);
+    output [N, num_classes, H, W]. A segmentation model: no cifar option (output stride 8, any H, W >= 8)."""
+    _seed(seed)
+    return FCN(num_classes, aux_loss, in_channels)
+
+
 MODERN_MODELS = {
     "resnext50_32x4d": resnext50_32x4d, "wide_resnet50_2": wide_resnet50_2, "squeezenet1_1": squeezenet1_1,
     "mobilenet_v2": mobilenet_v2, "mobilenet_v3_small": mobilenet_v3_small, "mobilenet_v3_large": mobilenet_v3_large,
     "efficientnet_b0": efficientnet_b0, "shufflenet_v2_x1_0": shufflenet_v2_x1_0, "mnasnet1_0": mnasnet1_0,
     "regnet_y_400mf": regnet_y_400mf, "inception_v3": inception_v3,
-    "convnext_tiny": convnext_tiny,
+    "convnext_tiny": convnext_tiny, "fcn_resnet50": fcn_resnet50,
 }

@@ -684,13 +684,93 @@ class ConvNeXt(nn.Module):
         return self.classifier(self.avgpool(self.features(x)))
 
 
+# ------------------------------------------------------------------ FCN-ResNet50
+class DilatedBottleneck(nn.Module):
+    """torchvision's Bottleneck with a dilation (the 3x3 conv's padding = dilation)."""
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None, dilation=1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, padding=dilation, dilation=dilation, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * 4)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        return self.relu(self.bn3(self.conv3(out)) + identity)
+
+
+class DilatedResNet50Backbone(nn.Module):
+    """ResNet-50 with replace_stride_with_dilation=[False, True, True] up to layer4 (output stride 8), no avgpool/fc;
+    returns (layer3, layer4)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inplanes, self.dilation = 64, 1
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.layer1 = self._make_layer(64, 3)
+        self.layer2 = self._make_layer(128, 4, 2)
+        self.layer3 = self._make_layer(256, 6, 2, dilate=True)
+        self.layer4 = self._make_layer(512, 3, 2, dilate=True)
+
+    def _make_layer(self, planes, blocks, stride=1, dilate=False):
+        previous = self.dilation
+        if dilate:
+            self.dilation *= stride
+            stride = 1
+        downsample = None
+        if stride != 1 or self.inplanes != planes * 4:
+            downsample = nn.Sequential(nn.Conv2d(self.inplanes, planes * 4, 1, stride, bias=False),
+                                       nn.BatchNorm2d(planes * 4))
+        layers = [DilatedBottleneck(self.inplanes, planes, stride, downsample, previous)]
+        self.inplanes = planes * 4
+        layers += [DilatedBottleneck(self.inplanes, planes, dilation=self.dilation) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def forward(self, x):
+        x = self.layer2(self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(x))))))
+        aux = self.layer3(x)
+        return aux, self.layer4(aux)
+
+
+class FCNHead(nn.Sequential):
+    def __init__(self, cin, channels):
+        inter = cin // 4
+        super().__init__(nn.Conv2d(cin, inter, 3, padding=1, bias=False), nn.BatchNorm2d(inter), nn.ReLU(),
+                         nn.Dropout(0.1), nn.Conv2d(inter, channels, 1))
+
+
+class FCNResNet50(nn.Module):
+    """torchvision's fcn_resnet50 (aux_loss=True keeps aux_classifier's weights, as its weights have them); forward
+    returns the "out" logits only, upsampled bilinearly (align_corners=False) to the input size."""
+
+    def __init__(self, num_classes=21, aux_loss=True):
+        super().__init__()
+        self.backbone = DilatedResNet50Backbone()
+        self.classifier = FCNHead(2048, num_classes)
+        self.aux_classifier = FCNHead(1024, num_classes) if aux_loss else None
+
+    def forward(self, x):
+        _, out = self.backbone(x)
+        return F.interpolate(self.classifier(out), size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
 # torchvision's parameter counts at 1000 classes (the tests assert the twins and cnnnative's models have them)
 PARAM_COUNTS = {
     "resnext50_32x4d": 25_028_904, "wide_resnet50_2": 68_883_240, "squeezenet1_1": 1_235_496,
     "mobilenet_v2": 3_504_872, "mobilenet_v3_small": 2_542_856, "mobilenet_v3_large": 5_483_032,
     "efficientnet_b0": 5_288_548, "shufflenet_v2_x1_0": 2_278_604, "mnasnet1_0": 4_383_312,
     "regnet_y_400mf": 4_344_144, "inception_v3": 27_161_264,
-    "convnext_tiny": 28_589_128,
+    "convnext_tiny": 28_589_128, "fcn_resnet50": 35_322_218,
 }
 
 
@@ -719,4 +799,6 @@ def build(name, **kw):
         return Inception3(**kw)
     if name == "convnext_tiny":
         return ConvNeXt(**kw)
+    if name == "fcn_resnet50":
+        return FCNResNet50(**kw)
     raise ValueError(name)
