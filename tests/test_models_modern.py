@@ -23,6 +23,7 @@ from test_models_parity import _apply_shifts, _randomize_bn, _rel  # noqa: E402
 
 S = pytest.mark.slow
 NAMES = list(tw.PARAM_COUNTS)
+_SEG = ("fcn_resnet50", "lraspp_mobilenet_v3_large")  # [N, classes, H, W] logits, no cifar option
 
 
 def _build(name, **kw):
@@ -121,9 +122,11 @@ EVAL_CASES = [
     pytest.param("convnext_tiny", (2, 3, 32, 32), {"cifar": True}, marks=S),
     pytest.param("fcn_resnet50", (1, 3, 32, 32), {}, marks=S),
     pytest.param("fcn_resnet50", (2, 3, 24, 40), {"num_classes": 3, "aux_loss": False}, marks=S),
+    ("lraspp_mobilenet_v3_large", (1, 3, 32, 32), {}),
+    pytest.param("lraspp_mobilenet_v3_large", (2, 3, 48, 40), {"num_classes": 3}, marks=S),
 ] + [pytest.param(n, (1, 3, 299 if n == "inception_v3" else 224) + (299 if n == "inception_v3" else 224,), {},
-                  marks=S) for n in NAMES if n != "fcn_resnet50"] + [
-    pytest.param("fcn_resnet50", (1, 3, 128, 128), {}, marks=S)]
+                  marks=S) for n in NAMES if n not in _SEG] + [
+    pytest.param(n, (1, 3, 128, 128), {}, marks=S) for n in _SEG]
 
 
 @pytest.mark.parametrize("name,shape,kw", EVAL_CASES)
@@ -204,6 +207,7 @@ TRAIN_CASES = [
     pytest.param("inception_v3", (2, 3, 32, 32), {"dropout": 0.0, "aux_logits": False}, 0.05, marks=S),
     pytest.param("convnext_tiny", (2, 3, 32, 32), {"stochastic_depth_prob": 0.0}, 0.05, marks=S),
     pytest.param("fcn_resnet50", (2, 3, 32, 32), {"aux_loss": False}, 0.05, marks=S),
+    pytest.param("lraspp_mobilenet_v3_large", (2, 3, 32, 32), {}, 0.05, marks=S),
 ]
 
 
@@ -229,7 +233,7 @@ def test_training_step_matches_torch(name, shape, kw, lr):
     update must be within max(1e-3, 3x torch float32's error) of float64's (L2, relative), and all updates together
     within 1e-3 + 2x torch float32's (4x for the _KINKY models, whose per-parameter floor is 5e-2; measured:
     wide_resnet50_2 0.9x, inception_v3 1.7x, fcn_resnet50 3.4x, the others <= 1.3x)."""
-    seg = name == "fcn_resnet50"  # [N, classes, H, W] logits: mse against a random map
+    seg = name in _SEG  # [N, classes, H, W] logits: mse against a random map
     kw = dict(kw, num_classes=3) if seg else dict(kw, cifar=True, num_classes=10)
     if name.startswith("mobilenet_v3"):
         kw["dropout"] = 0.0

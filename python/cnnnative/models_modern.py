@@ -15,9 +15,10 @@ load_state_dict(strict=True) and parameter counts equal torchvision's (listed pe
   inception_v3         27,161,264   factorized 7x7 / 3x3 convs; the aux head's weights kept, not run
   convnext_tiny        28,589,128   7x7 depthwise, LayerNorm, GELU MLP over NHWC, layer scale
   fcn_resnet50         35,322,218   dilated ResNet-50, FCN head, bilinear upsampling (21 classes; aux head kept)
+  lraspp_mobilenet_v3_large  3,221,538  dilated MobileNetV3-Large, Lite R-ASPP head (21 classes)
 
 Every builder takes num_classes, seed (as cnnnative.models: seeds this thread's generator; None continues it)
-and, but fcn_resnet50 (segmentation, any input >= 8x8), cifar=False. cifar=True, for 32x32 inputs, keeps every parameter's shape and only runs the stem at stride 1:
+and, but the segmentation models fcn_resnet50 and lraspp_mobilenet_v3_large, cifar=False. cifar=True, for 32x32 inputs, keeps every parameter's shape and only runs the stem at stride 1:
 the stem convolution's stride 2 becomes 1 (squeezenet1_1: also padding 1; inception_v3: also no maxpool1 /
 maxpool2, as it needs >= 75x75 otherwise; convnext_tiny: the 4x4 patchify conv at stride 2, padding 1);
 resnext50_32x4d and wide_resnet50_2
@@ -57,7 +58,7 @@ __all__ = ["Conv2dNormActivation", "SqueezeExcitation", "StochasticDepth", "Grou
            "resnext50_32x4d", "wide_resnet50_2", "squeezenet1_1", "mobilenet_v2", "mobilenet_v3_small",
            "mobilenet_v3_large", "efficientnet_b0", "shufflenet_v2_x1_0", "mnasnet1_0", "regnet_y_400mf",
            "Inception3", "inception_v3", "ConvNeXt", "CNBlock", "convnext_tiny", "FCN", "FCNHead",
-           "fcn_resnet50", "MODERN_MODELS"]
+           "fcn_resnet50", "LRASPP", "lraspp_mobilenet_v3_large", "MODERN_MODELS"]
 
 
 def _make_divisible(v, divisor, min_value=None):
@@ -313,15 +314,15 @@ class InvertedResidualV3(nn.Module):
     """MobileNetV3's block (block.0 ..): [1x1 expand] - kxk depthwise - [SE with Hardsigmoid] - 1x1 project, BN
     eps 0.001 / momentum 0.01, ReLU ("RE") or Hardswish ("HS"); residual when stride 1 and widths match."""
 
-    def __init__(self, cin, kernel, expanded, cout, use_se, act, stride):
+    def __init__(self, cin, kernel, expanded, cout, use_se, act, stride, dilation=1):
         super().__init__()
         self.use_res_connect = stride == 1 and cin == cout
         activation = nn.Hardswish if act == "HS" else nn.ReLU
         layers = []
         if expanded != cin:
             layers.append(Conv2dNormActivation(cin, expanded, kernel_size=1, norm=_bn_v3, activation=activation))
-        layers.append(Conv2dNormActivation(expanded, expanded, kernel_size=kernel, stride=stride, groups=expanded,
-                                           norm=_bn_v3, activation=activation))
+        layers.append(Conv2dNormActivation(expanded, expanded, kernel_size=kernel, stride=1 if dilation > 1 else stride,
+                                           groups=expanded, norm=_bn_v3, activation=activation, dilation=dilation))
         if use_se:
             layers.append(SqueezeExcitation(expanded, _make_divisible(expanded // 4, 8),
                                             scale_activation=nn.Hardsigmoid))
@@ -352,12 +353,16 @@ class MobileNetV3(nn.Module):
     }
 
     def __init__(self, arch: str, num_classes: int = 1000, dropout: float = 0.2, cifar: bool = False,
-                 in_channels: int = 3):
+                 in_channels: int = 3, dilated: bool = False):
         super().__init__()
         setting, last_channel = self.SETTINGS[arch]
         layers = [Conv2dNormActivation(in_channels, setting[0][0], stride=1 if cifar else 2, norm=_bn_v3,
                                        activation=nn.Hardswish)]
-        layers += [InvertedResidualV3(*cfg) for cfg in setting]
+        # dilated (segmentation backbones, torchvision's dilated=True): the last stage (from its stride-2 block on)
+        # runs at stride 1 with dilation 2
+        last = max(i for i, cfg in enumerate(setting) if cfg[6] == 2)
+        layers += [InvertedResidualV3(*cfg, dilation=2 if dilated and i >= last else 1)
+                   for i, cfg in enumerate(setting)]
         c = setting[-1][3]
         layers.append(Conv2dNormActivation(c, 6 * c, kernel_size=1, norm=_bn_v3, activation=nn.Hardswish))
         self.features = nn.Sequential(*layers)
@@ -983,10 +988,59 @@ def fcn_resnet50(num_classes: int = 21, aux_loss: bool = True, in_channels: int 
     return FCN(num_classes, aux_loss, in_channels)
 
 
+# ------------------------------------------------------------------ LRASPP-MobileNetV3-Large (segmentation)
+class LRASPPHead(nn.Module):
+    """Lite R-ASPP: cbr(high) * scale(high) (a sigmoid gate from the global average), upsampled bilinearly to the
+    low-level map and classified, plus a 1x1 classifier of the low-level map."""
+
+    def __init__(self, low_channels, high_channels, num_classes, inter_channels):
+        super().__init__()
+        self.cbr = nn.Sequential(nn.Conv2d(high_channels, inter_channels, 1, bias=False),
+                                 nn.BatchNorm2d(inter_channels), nn.ReLU(inplace=True))
+        self.scale = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(high_channels, inter_channels, 1, bias=False),
+                                   nn.Sigmoid())
+        self.low_classifier = nn.Conv2d(low_channels, num_classes, 1)
+        self.high_classifier = nn.Conv2d(inter_channels, num_classes, 1)
+
+    def forward(self, low, high):
+        x = self.cbr(high) * self.scale(high)
+        x = F.interpolate(x, size=tuple(low.shape[2:]), mode="bilinear", align_corners=False)
+        return self.low_classifier(low) + self.high_classifier(x)
+
+
+class LRASPP(nn.Module):
+    """torchvision's lraspp_mobilenet_v3_large: backbone.0 .. backbone.16 = the features of a dilated
+    MobileNetV3-Large (torchvision's init), "low" taken after backbone.4 (output stride 8, 40 channels), "high"
+    after backbone.16 (960 channels, output stride 16); classifier = LRASPPHead (128 channels); logits upsampled
+    bilinearly (align_corners=False) to the input: [N, num_classes, H, W]."""
+
+    def __init__(self, num_classes: int = 21, inter_channels: int = 128, in_channels: int = 3):
+        super().__init__()
+        self.backbone = MobileNetV3("large", in_channels=in_channels, dilated=True).features
+        self.classifier = LRASPPHead(40, 960, num_classes, inter_channels)
+
+    def forward(self, x):
+        h = x
+        for i, m in enumerate(self.backbone):
+            h = m(h)
+            if i == 4:
+                low = h
+        out = self.classifier(low, h)
+        return F.interpolate(out, size=tuple(x.shape[2:]), mode="bilinear", align_corners=False)
+
+
+def lraspp_mobilenet_v3_large(num_classes: int = 21, in_channels: int = 3, seed: int | None = None) -> LRASPP:
+    """torchvision's lraspp_mobilenet_v3_large (3,221,538 parameters at 21 classes); output [N, num_classes, H, W].
+    A segmentation model: no cifar option (any input >= 16x16)."""
+    _seed(seed)
+    return LRASPP(num_classes, 128, in_channels)
+
+
 MODERN_MODELS = {
     "resnext50_32x4d": resnext50_32x4d, "wide_resnet50_2": wide_resnet50_2, "squeezenet1_1": squeezenet1_1,
     "mobilenet_v2": mobilenet_v2, "mobilenet_v3_small": mobilenet_v3_small, "mobilenet_v3_large": mobilenet_v3_large,
     "efficientnet_b0": efficientnet_b0, "shufflenet_v2_x1_0": shufflenet_v2_x1_0, "mnasnet1_0": mnasnet1_0,
     "regnet_y_400mf": regnet_y_400mf, "inception_v3": inception_v3,
     "convnext_tiny": convnext_tiny, "fcn_resnet50": fcn_resnet50,
+    "lraspp_mobilenet_v3_large": lraspp_mobilenet_v3_large,
 }

@@ -187,14 +187,15 @@ def _bn_v3(c):
 
 
 class InvertedResidualV3(nn.Module):
-    def __init__(self, cin, kernel, expanded, cout, use_se, act, stride):
+    def __init__(self, cin, kernel, expanded, cout, use_se, act, stride, dilation=1):
         super().__init__()
         self.use_res_connect = stride == 1 and cin == cout
         act = nn.Hardswish if act == "HS" else nn.ReLU
         layers = []
         if expanded != cin:
             layers.append(conv_norm_act(cin, expanded, 1, norm=_bn_v3, act=act))
-        layers.append(conv_norm_act(expanded, expanded, kernel, stride, groups=expanded, norm=_bn_v3, act=act))
+        layers.append(conv_norm_act(expanded, expanded, kernel, 1 if dilation > 1 else stride, groups=expanded,
+                                    norm=_bn_v3, act=act, dilation=dilation))
         if use_se:
             layers.append(SqueezeExcitation(expanded, make_divisible(expanded // 4, 8), scale_act=nn.Hardsigmoid))
         layers.append(conv_norm_act(expanded, cout, 1, norm=_bn_v3, act=None))
@@ -221,11 +222,13 @@ MOBILENET_V3_SETTINGS = {
 
 
 class MobileNetV3(nn.Module):
-    def __init__(self, arch, num_classes=1000, dropout=0.2, cifar=False):
+    def __init__(self, arch, num_classes=1000, dropout=0.2, cifar=False, dilated=False):
         super().__init__()
         setting, last_channel = MOBILENET_V3_SETTINGS[arch]
         layers = [conv_norm_act(3, setting[0][0], 3, 1 if cifar else 2, norm=_bn_v3, act=nn.Hardswish)]
-        layers += [InvertedResidualV3(*cfg) for cfg in setting]
+        # dilated (segmentation backbones): the last stage (from the last stride-2 block on) at dilation 2, stride 1
+        last = max(i for i, cfg in enumerate(setting) if cfg[6] == 2)
+        layers += [InvertedResidualV3(*cfg, dilation=2 if dilated and i >= last else 1) for i, cfg in enumerate(setting)]
         c = setting[-1][3]
         layers.append(conv_norm_act(c, 6 * c, 1, norm=_bn_v3, act=nn.Hardswish))
         self.features = nn.Sequential(*layers)
@@ -764,6 +767,42 @@ class FCNResNet50(nn.Module):
         return F.interpolate(self.classifier(out), size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
+# ------------------------------------------------------------------ LRASPP-MobileNetV3-Large
+class LRASPPHead(nn.Module):
+    def __init__(self, low_channels, high_channels, num_classes, inter_channels):
+        super().__init__()
+        self.cbr = nn.Sequential(nn.Conv2d(high_channels, inter_channels, 1, bias=False),
+                                 nn.BatchNorm2d(inter_channels), nn.ReLU(inplace=True))
+        self.scale = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(high_channels, inter_channels, 1, bias=False),
+                                   nn.Sigmoid())
+        self.low_classifier = nn.Conv2d(low_channels, num_classes, 1)
+        self.high_classifier = nn.Conv2d(inter_channels, num_classes, 1)
+
+    def forward(self, low, high):
+        x = self.cbr(high) * self.scale(high)
+        x = F.interpolate(x, size=low.shape[-2:], mode="bilinear", align_corners=False)
+        return self.low_classifier(low) + self.high_classifier(x)
+
+
+class LRASPP(nn.Module):
+    """torchvision's lraspp_mobilenet_v3_large: backbone = the dilated MobileNetV3-Large's features 0..16, "low"
+    after features.4 (output stride 8, 40 channels), "high" after features.16 (960 channels)."""
+
+    def __init__(self, num_classes=21, inter_channels=128):
+        super().__init__()
+        self.backbone = MobileNetV3("large", dilated=True).features
+        self.classifier = LRASPPHead(40, 960, num_classes, inter_channels)
+
+    def forward(self, x):
+        h = x
+        for i, m in enumerate(self.backbone):
+            h = m(h)
+            if i == 4:
+                low = h
+        out = self.classifier(low, h)
+        return F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
 # torchvision's parameter counts at 1000 classes (the tests assert the twins and cnnnative's models have them)
 PARAM_COUNTS = {
     "resnext50_32x4d": 25_028_904, "wide_resnet50_2": 68_883_240, "squeezenet1_1": 1_235_496,
@@ -771,6 +810,7 @@ PARAM_COUNTS = {
     "efficientnet_b0": 5_288_548, "shufflenet_v2_x1_0": 2_278_604, "mnasnet1_0": 4_383_312,
     "regnet_y_400mf": 4_344_144, "inception_v3": 27_161_264,
     "convnext_tiny": 28_589_128, "fcn_resnet50": 35_322_218,
+    "lraspp_mobilenet_v3_large": 3_221_538,
 }
 
 
@@ -801,4 +841,6 @@ def build(name, **kw):
         return ConvNeXt(**kw)
     if name == "fcn_resnet50":
         return FCNResNet50(**kw)
+    if name == "lraspp_mobilenet_v3_large":
+        return LRASPP(**kw)
     raise ValueError(name)
