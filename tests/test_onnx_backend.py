@@ -59,9 +59,7 @@ EXPECTED_UNSUPPORTED = {
     "test_training_dropout_default_mask": "random masks", "test_training_dropout_mask": "random masks",
     # Gemm / MatMul shapes the linear op cannot take
     "test_gemm_transposeA": "transA=1", "test_gemm_all_attributes": "transA=1",
-    "test_matmul_3d": "two computed tensors", "test_matmul_4d": "two computed tensors",
-    "test_matmul_bcast": "two computed tensors", "test_matmul_1d_3d": "two computed tensors",
-    "test_matmul_1d_1d": "1-D left operand",
+            "test_matmul_1d_1d": "1-D left operand",
     # reductions: bool / empty inputs; ReduceSumSquare's expansion squares the data input with Mul(x, x), whose
     # second operand the backend binds as a constant
     "test_reduce_max_bool_inputs": "float32 only",
@@ -72,10 +70,8 @@ EXPECTED_UNSUPPORTED = {
         "do_not_keepdims_random", "empty_set", "keepdims_example", "keepdims_random",
         "negative_axes_keepdims_example", "negative_axes_keepdims_random")},
     # Pad modes other than constant
-    "test_ReflectionPad2d": "mode='reflect'", "test_ReplicationPad2d": "mode='edge'",
-    "test_operator_pad": "mode='reflect'",
-    # Slice
-    "test_slice_neg_steps": "steps=-1", "test_slice_start_out_of_bounds": "empty",
+            # Slice
+    "test_slice_start_out_of_bounds": "empty",
     # Resize: cubic, antialiased downsampling and tf_crop_and_resize are not implemented
     **{n: "mode='cubic'" for n in (
         "test_resize_downsample_scales_cubic", "test_resize_downsample_scales_cubic_A_n0p5_exclude_outside",
@@ -231,6 +227,45 @@ test_reduce_sum_keepdims_random test_reduce_sum_negative_axes_keepdims_example t
 test_softmax_axis_1 test_softmax_axis_2 test_softmax_default_axis test_softmax_example
 test_softmax_functional_dim3 test_softmax_large_number test_softmax_lastdim test_softmax_negative_axis
 """.split())
+
+
+# issue 13's op families (activations, broadcast binary, reductions, norms, shape ops, resize)
+EXPECTED_PASS.update("""
+test_ELU test_PReLU_1d test_PReLU_2d test_PReLU_3d test_ReflectionPad2d test_ReplicationPad2d test_Softplus
+test_clip_default_inbounds test_elu test_elu_default test_elu_example test_erf test_gelu_default_1
+test_gelu_default_2 test_gelu_tanh_1 test_gelu_tanh_2 test_group_normalization_epsilon
+test_group_normalization_example test_hardsigmoid test_hardsigmoid_default test_hardsigmoid_example test_hardswish
+test_hardswish_expanded test_instancenorm_epsilon test_instancenorm_example test_layer_normalization_2d_axis0
+test_layer_normalization_2d_axis1 test_layer_normalization_2d_axis_negative_1
+test_layer_normalization_2d_axis_negative_2 test_layer_normalization_3d_axis0_epsilon
+test_layer_normalization_3d_axis1_epsilon test_layer_normalization_3d_axis2_epsilon
+test_layer_normalization_3d_axis_negative_1_epsilon test_layer_normalization_3d_axis_negative_2_epsilon
+test_layer_normalization_3d_axis_negative_3_epsilon test_layer_normalization_4d_axis0
+test_layer_normalization_4d_axis1 test_layer_normalization_4d_axis2 test_layer_normalization_4d_axis3
+test_layer_normalization_4d_axis_negative_1 test_layer_normalization_4d_axis_negative_2
+test_layer_normalization_4d_axis_negative_3 test_layer_normalization_4d_axis_negative_4
+test_layer_normalization_default_axis test_matmul_1d_3d test_matmul_3d test_matmul_4d test_matmul_bcast test_mish
+test_mish_expanded test_operator_clip test_operator_pad test_operator_symbolic_override test_slice_neg_steps
+test_softplus test_softplus_example
+""".split())
+EXPECTED_UNSUPPORTED.update({
+    "test_PReLU_1d_multiparam": "one slope per channel",
+    "test_PReLU_2d_multiparam": "one slope per channel",
+    "test_PReLU_3d_multiparam": "one slope per channel",
+    "test_clip": "must be a constant",
+    "test_clip_default_int8_inbounds": "float32 only",
+    "test_clip_default_int8_max": "float32 only",
+    "test_clip_default_int8_min": "float32 only",
+    "test_clip_default_max": "must be a constant",
+    "test_clip_default_min": "must be a constant",
+    "test_clip_example": "must be a constant",
+    "test_clip_inbounds": "must be a constant",
+    "test_clip_min_greater_than_max": "must be a constant",
+    "test_clip_outbounds": "must be a constant",
+    "test_clip_splitbounds": "must be a constant",
+    "test_prelu_broadcast": "one slope per channel",
+    "test_prelu_example": "one slope per channel",
+})
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -335,35 +335,6 @@ def test_functional_errors(call, exc, pattern):
 onnx = pytest.importorskip("onnx")  # noqa: E402
 
 
-@pytest.fixture
-def general_mappers(monkeypatch):
-    """Routes what the built-in Slice, Pad and MatMul mappers refuse to this family's general mappers, as the
-    delegation edit of _ops_tensor.map_slice / map_pad and _ops_math.map_matmul does (idempotent once it is in)."""
-    from cnnnative.onnx import _fold, _importer, _ops_shape
-    from cnnnative.onnx._base import slice_bounds
-
-    def bounds(dim, start, end, step):  # the proposed _fold fix: a backward slice to index 0 has stop None, not -1
-        b = slice_bounds(dim, start, end, step)
-        return slice(b.start, None if b.stop < 0 else b.stop, b.step)
-
-    monkeypatch.setattr(_fold, "slice_bounds", bounds)
-    slice0, pad0 = _importer.HANDLERS["Slice"], _importer.HANDLERS["Pad"]
-
-    def slice_(ctx):
-        try:
-            return slice0(ctx)
-        except Exception:  # noqa: BLE001 - steps != 1: the general mapper decides
-            return _ops_shape.map_slice_general(ctx)
-
-    def pad_(ctx):
-        mode = ctx.attr("mode", "constant")
-        return pad0(ctx) if mode in ("constant", b"constant") else _ops_shape.map_pad_general(ctx)
-
-    monkeypatch.setitem(_importer.HANDLERS, "Slice", slice_)
-    monkeypatch.setitem(_importer.HANDLERS, "Pad", pad_)
-    monkeypatch.setitem(_importer.HANDLERS, "MatMul", _ops_shape.map_matmul_general)
-
-
 def _ort(proto, x):
     ort = pytest.importorskip("onnxruntime")
     s = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -374,7 +345,7 @@ def _rel(a, b):
     return float(np.max(np.abs(a - b)) / (np.max(np.abs(b)) + 1e-12))
 
 
-def test_onnx_roundtrip(general_mappers):
+def test_onnx_roundtrip():
     import cnnnative.onnx as cno
     net = _Net()
     x = _x(2, 3, 6, 5, seed=15)
@@ -400,7 +371,7 @@ def test_onnx_export_negative_step_slice():
 
 
 @pytest.mark.parametrize("dynamo", [False, pytest.param(True, marks=pytest.mark.slow)])
-def test_import_torch_export(dynamo, general_mappers, tmp_path):
+def test_import_torch_export(dynamo, tmp_path):
     torch = pytest.importorskip("torch")
     if dynamo:
         pytest.importorskip("onnxscript")
@@ -457,7 +428,7 @@ def test_import_split_forms(form):
     ([1, -4], [4, -1], [1, -1], [1, 1]),               # negative indices, step 1
     ([2 ** 62, 1], [-(2 ** 62), 2 ** 62], [2, 3], [-1, 3]),
 ])
-def test_import_slice_steps(starts, ends, axes, steps, general_mappers):
+def test_import_slice_steps(starts, ends, axes, steps):
     import cnnnative.onnx as cno
     h = onnx.helper
     inits = [_i64("st", starts), _i64("en", ends), _i64("ax", axes), _i64("sp", steps)]
@@ -469,7 +440,7 @@ def test_import_slice_steps(starts, ends, axes, steps, general_mappers):
 
 
 @pytest.mark.parametrize("mode", ["reflect", "edge"])
-def test_import_pad_modes(mode, general_mappers):
+def test_import_pad_modes(mode):
     import cnnnative.onnx as cno
     h = onnx.helper
     proto = _model([h.make_node("Pad", ["x", "p"], ["y"], mode=mode)], [("x", [2, 3, 4, 5])], ["y"],
@@ -480,7 +451,7 @@ def test_import_pad_modes(mode, general_mappers):
 
 @pytest.mark.parametrize("sa,sb", [((2, 3, 4), (2, 4, 5)), ((2, 1, 3, 4), (3, 4, 2)), ((2, 3, 4), (4,)),
                                    ((4,), (2, 4, 3))])
-def test_import_matmul_two_activations(sa, sb, general_mappers):
+def test_import_matmul_two_activations(sa, sb):
     """Both operands computed from the one model input: a Slice and a Reshape of it."""
     import cnnnative.onnx as cno
     h = onnx.helper

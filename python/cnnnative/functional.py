@@ -37,7 +37,14 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, n
 
 
 def linear(x, weight, bias=None, *, name=None) -> Tensor:
-    return _op("linear", [x, weight] + ([bias] if bias is not None else []), name=name)[0]
+    """torch.nn.functional.linear: y = x W^T + b over the last axis of an x of any rank >= 1."""
+    s = list(x.shape)
+    ins = [weight] + ([bias] if bias is not None else [])
+    if len(s) == 2:
+        return _op("linear", [x] + ins, name=name)[0]
+    x2 = x.reshape(-1, s[-1]) if len(s) > 2 else x.reshape(1, s[0])
+    y = _op("linear", [x2] + ins, name=name)[0]
+    return y.reshape(*(s[:-1] + [int(weight.shape[0])]))
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *, name=None) -> Tensor:
@@ -93,8 +100,9 @@ def pad(x, pad, mode: str = "constant", value=None, *, name=None) -> Tensor:
     0 and that layer computes the same with its own padding (session.passes() shows it); a pad followed by a
     pad with the same value merges into it. Other modes, ranks, negative amounts or padding of N and C raise ValueError."""
     where = f"layer '{name}': " if name else ""
-    if mode != "constant":
-        raise ValueError(f"{where}pad: only mode='constant' is supported, got {mode!r}")
+    if mode != "constant" or x.dim() != 4 or len(pad) not in (2, 4) or min(int(p) for p in pad) < 0:
+        from ._fn_shape import pad_nd  # reflect / replicate, other ranks, cropping: the general pad op
+        return pad_nd(x, pad, mode, value, name=name)
     if x.dim() != 4:
         raise ValueError(f"{where}pad: expected x [N, C, H, W], got {list(x.shape)}")
     try:

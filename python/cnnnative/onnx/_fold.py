@@ -113,7 +113,8 @@ def fold_node(node, ins):
         starts, ends, axes, steps = slice_args(node, ins, x.ndim)
         sl = [slice(None)] * x.ndim
         for s, e, ax, st in zip(starts, ends, axes, steps):
-            sl[ax] = slice_bounds(x.shape[ax], s, e, st)
+            b = slice_bounds(x.shape[ax], s, e, st)
+            sl[ax] = slice(b.start, None if b.stop < 0 else b.stop, b.step)  # a backward slice reaching index 0
         return [x[tuple(sl)]]
     if op == "Range":
         if len(ins) != 3 or any(v is None for v in ins):

@@ -298,7 +298,7 @@ class Program:
         affine constants); the rest (shapes, scales, pads) stay Python constants."""
         slots = {"Conv": {1: True, 2: True}, "ConvTranspose": {1: True, 2: True}, LINEAR: {1: True, 2: True},
                  "Gemm": {1: True, 2: True}, "BatchNormalization": {1: True, 2: True, 3: False, 4: False},
-                 "PRelu": {1: True}, **_REG_WEIGHT_SLOTS}
+                 "PRelu": {1: True}, "MatMul": {0: True, 1: True}, **_REG_WEIGHT_SLOTS}
         self.params = {}       # onnx name -> (key, shape, trainable)
         self.param_values = []  # (key, float32 array, trainable)
         taken = set()

@@ -82,7 +82,9 @@ def map_gemm(ctx: NodeContext):
 
 
 def map_matmul(ctx: NodeContext):
-    raise Unsupported("MatMul of two computed tensors (only a constant 1-D/2-D right operand, as a linear layer)")
+    """MatMul the LINEAR rewrite did not take (two computed tensors, broadcast batches, 1-D operands)."""
+    from ._ops_shape import map_matmul_general
+    return map_matmul_general(ctx)
 
 
 def activation(op, **attrs):

@@ -83,8 +83,9 @@ def map_identity(ctx: NodeContext):
 def map_pad(ctx: NodeContext):
     x = ctx.tensor(0, "data")
     mode = ctx.attr("mode", "constant")
-    if mode != "constant":
-        raise Unsupported(f"mode={mode!r} (only 'constant')")
+    if mode != "constant":  # reflect / edge: the general pad op
+        from ._ops_shape import map_pad_general
+        return map_pad_general(ctx)
     r = len(x.shape)
     if ctx.opset < 11:
         pads, value = ctx.attr("pads", ctx.attr("paddings")), float(ctx.attr("value", 0.0))
@@ -254,10 +255,11 @@ def map_slice(ctx: NodeContext):
     s = list(x.shape)
     vals = [ctx.constant(k) for k in range(1, len(ctx.node.inputs))] if ctx.opset >= 10 else []
     starts, ends, axes, steps = slice_args(ctx.node, [None] + vals, len(s))
+    if any(int(step) != 1 for step in steps):  # steps: the general slice op
+        from ._ops_shape import map_slice_general
+        return map_slice_general(ctx)
     y = x
     for st, en, ax, step in zip(starts, ends, axes, steps):
-        if int(step) != 1:
-            raise Unsupported(f"steps={int(step)} (only 1)")
         sl = slice_bounds(s[ax], st, en, 1)
         y = ctx.crop(y, ax, sl.start, max(0, sl.stop - sl.start))
     return y

@@ -181,7 +181,8 @@ def _ranks(prog):
         r[k] = np.ndim(v)
     same = {"Relu", "Sigmoid", "Tanh", "LeakyRelu", "BatchNormalization", "Conv", "ConvTranspose", "MaxPool",
             "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LRN", "Dropout", "Identity", AFFINE,
-            "Concat", "Resize", "Upsample", "Pad", "Softmax", "LogSoftmax", "Sum", "Slice", "Add", LINEAR}
+            "Concat", "Resize", "Upsample", "Pad", "Softmax", "LogSoftmax", "Sum", "Slice", "Add", LINEAR,
+            "Transpose", "Split"}
     for n in prog.nodes:
         x = r.get(n.inputs[0]) if n.inputs else None
         if n.op in same:
