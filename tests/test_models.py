@@ -26,7 +26,7 @@ def test_registry():
     expected = {"lenet5", "alexnet", "vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg13_bn", "vgg16_bn",
                 "vgg19_bn", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "googlenet", "densenet121",
                 "unet", "conv_autoencoder"}
-    assert set(cn.models.MODELS) == expected
+    assert set(cn.models.MODELS) == expected | set(cn.models_modern.MODERN_MODELS)
     with pytest.raises(ValueError, match="unknown model 'resnet7'; available: alexnet, conv_autoencoder"):
         cn.models.get_model("resnet7")
     m = cn.models.get_model("resnet18", num_classes=10, cifar=True)

@@ -58,8 +58,6 @@ def _pair(name, seed=0, randomize_bn=True, **kw):
     return ours, ref
 
 
-@pytest.mark.skipif("mobilenet_v2" not in cn.models.MODELS,
-                    reason="models.py does not register models_modern's builders yet (MODELS.update)")
 def test_builders_are_registered():
     for name in NAMES:
         assert cn.models.MODELS[name] is mm.MODERN_MODELS[name], name

@@ -12,7 +12,7 @@ _DEFAULTS = {"digits": (12, 32, 0.05), "synthetic": (4, 32, 0.02), "segment": (6
 
 
 def _task(model_name: str) -> str:
-    if model_name == "unet":
+    if model_name in ("unet", "fcn_resnet50", "lraspp_mobilenet_v3_large"):
         return "segment"
     if model_name == "conv_autoencoder":
         return "denoise"
@@ -136,7 +136,8 @@ def _train(args) -> int:
             kw["cifar"] = True
         model = models.get_model(args.model, seed=seed, **kw)
     elif task == "segment":
-        model = models.get_model("unet", in_channels=1, num_classes=1, depth=3, base=16, seed=seed)
+        kw = {"depth": 3, "base": 16} if args.model == "unet" else {}
+        model = models.get_model(args.model, in_channels=1, num_classes=1, seed=seed, **kw)
     else:
         model = models.get_model("conv_autoencoder", in_channels=1, base=16, seed=seed)
     print(f"model {args.model}: {model.num_parameters():,} parameters; data: {source}: "

@@ -586,6 +586,13 @@ MODELS = {
 }
 
 
+# the modern architectures (issue 13), registered under torchvision's names; models_modern imports ResNet,
+# Bottleneck and BasicConv2d from this module, so this import stays below their definitions
+from .models_modern import MODERN_MODELS  # noqa: E402
+
+MODELS.update(MODERN_MODELS)
+
+
 def get_model(name: str, **kw) -> nn.Module:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(MODELS))}")

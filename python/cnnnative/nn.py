@@ -1064,8 +1064,8 @@ class Linear(Module):
             self.register_parameter("bias", None)
 
     def forward(self, x):
-        if x.dim() != 2 or x.shape[1] != self.in_features:
-            raise ValueError(f"layer '{current().scope_name()}' (Linear): expected input [N, {self.in_features}], "
+        if x.dim() < 1 or x.shape[-1] != self.in_features:  # as torch: over the last axis of any rank
+            raise ValueError(f"layer '{current().scope_name()}' (Linear): expected input [..., {self.in_features}], "
                              f"got {list(x.shape)}")
         return F.linear(x, self._tensor("weight"), self._tensor("bias") if self.bias is not None else None,
                         name=current().scope_name())

@@ -38,6 +38,10 @@ WORKLOADS = {
     # the same step with recomputation (cnnnative keeps only block outputs; PyTorch runs as usual)
     "resnet50_train_mb16_recompute": ("resnet50", {"num_classes": 1000}, (3, 224, 224), 16, "train",
                                       {"recompute": "segments"}),
+    # the CNNs people deploy (issue 13), inference against ORT at b1 and b16
+    **{f"{m}_infer_mb{b}": (m, {"num_classes": 1000}, (3, 224, 224), b, "infer")
+       for m in ("mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0", "shufflenet_v2_x1_0", "densenet121",
+                 "squeezenet1_1", "googlenet") for b in (1, 16)},
 }
 
 
@@ -61,7 +65,9 @@ def _build(workload):
     try:
         import torch
 
-        from .torch_models import build
+        from . import torch_models, torch_models_modern
+        from ..models_modern import MODERN_MODELS
+        build = torch_models_modern.build if name in MODERN_MODELS else torch_models.build
         twin = build(name, num_classes=ncls, **{k: v for k, v in kw.items() if k != "num_classes"})
         twin.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in model.state_dict().items()})
     except ImportError:
