@@ -65,10 +65,6 @@ EXPECTED_UNSUPPORTED = {
     "test_reduce_max_bool_inputs": "float32 only",
     **{f"test_reduce_{n}": "zero-size input" for n in ("max_empty_set", "max_empty_set_bool", "sum_empty_set",
                                                         "sum_empty_set_non_reduced_axis_zero")},
-    **{f"test_reduce_sum_square_{n}_expanded": "is a constant here" for n in (
-        "default_axes_keepdims_example", "default_axes_keepdims_random", "do_not_keepdims_example",
-        "do_not_keepdims_random", "empty_set", "keepdims_example", "keepdims_random",
-        "negative_axes_keepdims_example", "negative_axes_keepdims_random")},
     # Pad modes other than constant
             # Slice
     "test_slice_start_out_of_bounds": "empty",
@@ -231,6 +227,11 @@ test_softmax_functional_dim3 test_softmax_large_number test_softmax_lastdim test
 
 # issue 13's op families (activations, broadcast binary, reductions, norms, shape ops, resize)
 EXPECTED_PASS.update("""
+test_reduce_sum_square_default_axes_keepdims_example_expanded test_reduce_sum_square_default_axes_keepdims_random_expanded
+test_reduce_sum_square_do_not_keepdims_example_expanded test_reduce_sum_square_do_not_keepdims_random_expanded
+test_reduce_sum_square_empty_set_expanded test_reduce_sum_square_keepdims_example_expanded
+test_reduce_sum_square_keepdims_random_expanded test_reduce_sum_square_negative_axes_keepdims_example_expanded
+test_reduce_sum_square_negative_axes_keepdims_random_expanded
 test_ELU test_PReLU_1d test_PReLU_2d test_PReLU_3d test_ReflectionPad2d test_ReplicationPad2d test_Softplus
 test_clip_default_inbounds test_elu test_elu_default test_elu_example test_erf test_gelu_default_1
 test_gelu_default_2 test_gelu_tanh_1 test_gelu_tanh_2 test_group_normalization_epsilon

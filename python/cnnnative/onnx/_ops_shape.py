@@ -166,6 +166,8 @@ def map_matmul_general(ctx: NodeContext):
     a 1-D A is a row and a 1-D B a column, their axis removed from the result."""
     a, b = ctx.tensor(0, "A"), ctx.tensor(1, "B")
     sa, sb = list(a.shape), list(b.shape)
+    if not sa or not sb:
+        raise Invalid(f"MatMul operands must be at least 1-D, got {sa} @ {sb}")
     if max(len(sa), len(sb)) > 6:
         raise Unsupported(f"operands of rank > 6 ({sa} @ {sb})")
     a2 = a if len(sa) > 1 else ctx.reshape(a, [1, sa[0]])
