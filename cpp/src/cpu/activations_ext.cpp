@@ -12,6 +12,7 @@
 // ones are plain only.
 #include "core/backend.hpp"
 #include "cpu/dnnl_common.hpp"
+#include "cpu/eltwise_alg.hpp"
 #include "ops/activations_math.hpp"
 
 namespace cnn {
@@ -21,27 +22,8 @@ namespace {
 using alg = dnnl::algorithm;
 constexpr int64_t kParallelElems = 1 << 15;
 
-struct OneDnnAlg {
-  alg a;
-  float alpha = 0.f, beta = 0.f;
-};
-
-// The oneDNN algorithm computing node's activation, if it computes the reference's formula.
-bool onednn_alg(const Node& n, OneDnnAlg* out) {
-  act::Params p = act::params_of(n.op, n.attrs);
-  switch (p.kind) {
-    case act::kClip: *out = {alg::eltwise_clip_v2, float(p.a), float(p.b)}; return p.a <= p.b;
-    case act::kHardsigmoid: *out = {alg::eltwise_hardsigmoid, float(p.a), float(p.b)}; return true;
-    case act::kHardswish: *out = {alg::eltwise_hardswish, 1.f / 6.f, 0.5f}; return true;
-    case act::kSilu: *out = {alg::eltwise_swish, 1.f, 0.f}; return true;
-    case act::kGeluErf: *out = {alg::eltwise_gelu_erf}; return true;
-    case act::kGeluTanh: *out = {alg::eltwise_gelu_tanh}; return true;
-    case act::kMish: *out = {alg::eltwise_mish}; return true;
-    case act::kElu: *out = {alg::eltwise_elu, float(p.a)}; return true;
-    case act::kSoftplus: return false;  // native: log1p (see above)
-    default: return false;
-  }
-}
+// The oneDNN algorithm computing node's activation, if it computes the reference's formula (cpu/eltwise_alg.hpp).
+bool onednn_alg(const Node& n, OneDnnAlg* out) { return cpu::onednn_alg(act::params_of(n.op, n.attrs), out); }
 
 struct EltFwd : Kernel {
   std::string impl_name;
