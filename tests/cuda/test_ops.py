@@ -247,9 +247,10 @@ def test_batch_norm_running_statistics():
             assert_close(u, v, f"batch_norm {what} after step {step}")
 
 
-def _chain_graph(kind):
-    """Small chains the fusion pass turns into fused_conv2d / fused_linear (conv + BN + add + relu,
-    linear + relu), with parameters so that BN folds in inference."""
+def _chain_graph(kind, act="relu", act_attrs=None):
+    """Small chains the fusion pass turns into fused_conv2d / fused_linear (conv + BN + add + act,
+    linear + act; act relu or one of the activations fused as act 3), with parameters so that BN folds in
+    inference."""
     rng = np.random.default_rng(0)
     if kind == "conv":
         params = {"w": rng.standard_normal((6, 3, 3, 3)) * 0.3, "b": rng.standard_normal(6) * 0.1,
@@ -266,7 +267,7 @@ def _chain_graph(kind):
         (y,) = g.add_node("conv2d", [x, p["w"], p["b"]], {"padding": [1, 1]}, "conv")
         y = g.add_node("batch_norm", [y, p["g"], p["be"], p["rm"], p["rv"]], {"training": 0}, "bn")[0]
         (y,) = g.add_node("add", [y, skip], {}, "sum")
-        (y,) = g.add_node("relu", [y], {}, "act")
+        (y,) = g.add_node(act, [y], act_attrs or {}, "act")
         g.set_outputs([y])
         feeds = [_n((2, 3, 8, 8), 1), _n((2, 6, 8, 8), 2)]
     else:
@@ -278,17 +279,23 @@ def _chain_graph(kind):
         g = _core.Graph()
         x = g.add_input("x", [4, 12])
         (y,) = g.add_node("linear", [x, g.add_param("w", [5, 12]), g.add_param("b", [5])], {}, "fc")
-        (y,) = g.add_node("relu", [y], {}, "act")
+        (y,) = g.add_node(act, [y], act_attrs or {}, "act")
         g.set_outputs([y])
         feeds = [_n((4, 12), 1)]
     return g, store, feeds
 
 
+CHAIN_ACTS = [("relu", {}), ("clip", {"min": 0.0, "max": 6.0}), ("hardsigmoid", {"alpha": 0.2, "beta": 0.5}),
+              ("hardswish", {}), ("silu", {}), ("gelu", {}), ("gelu", {"approximate": 1}), ("mish", {}),
+              ("elu", {"alpha": 0.7})]
+
+
+@pytest.mark.parametrize("act,act_attrs", CHAIN_ACTS)
 @pytest.mark.parametrize("kind", ["conv", "linear"])
-def test_fused_chains(kind):
+def test_fused_chains(kind, act, act_attrs):
     outs = {}
     for backend in ("reference", BACKEND):
-        g, store, feeds = _chain_graph(kind)
+        g, store, feeds = _chain_graph(kind, act, act_attrs)
         s = _core.Session(g, store, "infer", backend=backend, tf32=False)
         runs = []
         for _ in range(3 if backend == BACKEND else 1):
@@ -298,8 +305,9 @@ def test_fused_chains(kind):
         outs[backend] = runs
         if backend == BACKEND:
             print(f"\n[cuda] {kind} chain kernels: {s.schedule()}")
+            assert not any(k.split()[0] == act for k in s.schedule()), s.schedule()
     for r, y in enumerate(outs[BACKEND]):
-        assert_close(y, outs["reference"][0], f"{kind} chain run {r}")
+        assert_close(y, outs["reference"][0], f"{kind} {act} chain run {r}")
 
 
 @pytest.mark.slow

@@ -1,14 +1,27 @@
 // Inference fusion pass (see fuse.hpp). Attributes of the fused nodes (ops/conv_fused.cpp):
 //   fused_conv2d: the conv2d attrs, plus has_bias, bn (0/1, with bn_eps), sum (0/1), act (0 none, 1 relu,
-//                 2 leaky_relu with negative_slope); inputs x, w, [b], [gamma, beta, mean, var], [residual]
-//   fused_linear: has_bias, bn (0/1, with bn_eps), act, negative_slope; inputs x, w, [b], [gamma, beta, mean, var]
+//                 2 leaky_relu with negative_slope, 3 another activation of ops/activations_math.hpp: act_kind
+//                 = its act::Kind, act_a and act_b = its two parameters, as act::params_of gives them);
+//                 inputs x, w, [b], [gamma, beta, mean, var], [residual]
+//   fused_linear: has_bias, bn (0/1, with bn_eps), act (with negative_slope or act_kind, act_a, act_b);
+//                 inputs x, w, [b], [gamma, beta, mean, var]
+// act 3 takes the activations act::fusable accepts: clip with min <= max (ReLU6, hardtanh), hardsigmoid,
+// hardswish, silu, gelu (erf and tanh), mish, elu: those whose oneDNN eltwise post-op computes the reference's
+// formula (the cpu kernels), and which the cuda epilogues compute with act::fwd. softplus and erf stay separate.
 #include "core/fuse.hpp"
 
 #include <algorithm>
+#include <set>
+#include <string>
+
+#include "ops/activations_math.hpp"
 
 namespace cnn {
 
 namespace {
+// The activation ops of ops/activations.cpp act::fusable may accept (params_of maps any other name to erf).
+const std::set<std::string> kFusedActs{"clip", "hardsigmoid", "hardswish", "silu", "gelu", "mish", "elu"};
+
 // Per value: how many node inputs read it (a kept value counts 2 more, so it is never an internal link of a
 // chain) and the last node reading it (the only one when the count is 1).
 void count_readers(const Graph& g, const std::vector<int>& keep, std::vector<int>& uses, std::vector<int>& consumer) {
@@ -31,7 +44,12 @@ FusionReport fuse_for_inference(Graph& g, const std::vector<int>& keep, bool fus
   // The single consumer of value v, or -1.
   std::vector<bool> removed(n, false);  // absorbed into a chain already
   auto next_of = [&](int v) { return uses[v] == 1 && !removed[consumer[v]] ? consumer[v] : -1; };
-  auto is_act = [&](int s) { return s >= 0 && (g.nodes[s].op == "relu" || g.nodes[s].op == "leaky_relu"); };
+  auto is_act = [&](int s) {
+    if (s < 0 || g.nodes[s].inputs.size() != 1 || g.nodes[s].outputs.size() != 1) return false;
+    const Node& a = g.nodes[s];
+    if (a.op == "relu" || a.op == "leaky_relu") return true;
+    return kFusedActs.count(a.op) && act::fusable(act::params_of(a.op, a.attrs));
+  };
 
   std::vector<int> replace_at(n, -1);  // node index -> index into fused
   std::vector<Node> fused;
@@ -75,9 +93,17 @@ FusionReport fuse_for_inference(Graph& g, const std::vector<int>& keep, bool fus
     }
     if (is_act(t)) {
       const Node& r = g.nodes[t];
-      bool leaky = r.op == "leaky_relu";
-      f.attrs.ints["act"] = {leaky ? 2 : 1};
-      if (leaky) f.attrs.floats["negative_slope"] = r.attrs.f("negative_slope", 0.01);
+      if (r.op == "relu" || r.op == "leaky_relu") {
+        bool leaky = r.op == "leaky_relu";
+        f.attrs.ints["act"] = {leaky ? 2 : 1};
+        if (leaky) f.attrs.floats["negative_slope"] = r.attrs.f("negative_slope", 0.01);
+      } else {
+        act::Params p = act::params_of(r.op, r.attrs);
+        f.attrs.ints["act"] = {act::kFusedOther};
+        f.attrs.ints["act_kind"] = {p.kind};
+        f.attrs.floats["act_a"] = p.a;
+        f.attrs.floats["act_b"] = p.b;
+      }
       chain.push_back(t);
       y = r.outputs[0];
     }

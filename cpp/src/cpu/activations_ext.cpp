@@ -12,6 +12,8 @@
 // ones are plain only.
 #include "core/backend.hpp"
 #include "cpu/dnnl_common.hpp"
+#include "cpu/eltwise_alg.hpp"
+#include "cpu/eltwise_kernels.hpp"
 #include "ops/activations_math.hpp"
 
 namespace cnn {
@@ -21,70 +23,8 @@ namespace {
 using alg = dnnl::algorithm;
 constexpr int64_t kParallelElems = 1 << 15;
 
-struct OneDnnAlg {
-  alg a;
-  float alpha = 0.f, beta = 0.f;
-};
-
-// The oneDNN algorithm computing node's activation, if it computes the reference's formula.
-bool onednn_alg(const Node& n, OneDnnAlg* out) {
-  act::Params p = act::params_of(n.op, n.attrs);
-  switch (p.kind) {
-    case act::kClip: *out = {alg::eltwise_clip_v2, float(p.a), float(p.b)}; return p.a <= p.b;
-    case act::kHardsigmoid: *out = {alg::eltwise_hardsigmoid, float(p.a), float(p.b)}; return true;
-    case act::kHardswish: *out = {alg::eltwise_hardswish, 1.f / 6.f, 0.5f}; return true;
-    case act::kSilu: *out = {alg::eltwise_swish, 1.f, 0.f}; return true;
-    case act::kGeluErf: *out = {alg::eltwise_gelu_erf}; return true;
-    case act::kGeluTanh: *out = {alg::eltwise_gelu_tanh}; return true;
-    case act::kMish: *out = {alg::eltwise_mish}; return true;
-    case act::kElu: *out = {alg::eltwise_elu, float(p.a)}; return true;
-    case act::kSoftplus: return false;  // native: log1p (see above)
-    default: return false;
-  }
-}
-
-struct EltFwd : Kernel {
-  std::string impl_name;
-  std::string impl() const override { return impl_name; }
-  DnnlExec ex;
-  size_t scratch = 0;
-  EltFwd(const KernelCtx& c, const OneDnnAlg& e) {
-    auto md = md_of(c.in[0], c.layout_in(0));
-    auto pk = c.training ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference;
-    dnnl::eltwise_forward::primitive_desc pd(engine(), pk, e.a, md, md, e.alpha, e.beta, user_scratchpad_attr());
-    ex = DnnlExec(dnnl::eltwise_forward(pd));
-    impl_name = onednn_impl(pd);
-    ex.bind(DNNL_ARG_SRC, md, Src::in(0));
-    ex.bind(DNNL_ARG_DST, md, Src::out(0));
-    scratch = pd.scratchpad_desc().get_size();
-    if (scratch) ex.bind(DNNL_ARG_SCRATCHPAD, pd.scratchpad_desc(), Src::scratch(0));
-  }
-  size_t scratch_bytes() const override { return scratch; }
-  void run(const RunCtx& r) override { ex.run(r); }
-};
-
-// in: dy, x
-struct EltBwd : Kernel {
-  std::string impl_name;
-  std::string impl() const override { return impl_name; }
-  DnnlExec ex;
-  size_t scratch = 0;
-  EltBwd(const KernelCtx& c, const OneDnnAlg& e) {
-    auto md = md_of(c.in[1], c.layout_in(1));
-    dnnl::eltwise_forward::primitive_desc hint(engine(), dnnl::prop_kind::forward_training, e.a, md, md, e.alpha,
-                                               e.beta);
-    dnnl::eltwise_backward::primitive_desc pd(engine(), e.a, md, md, md, e.alpha, e.beta, hint, user_scratchpad_attr());
-    ex = DnnlExec(dnnl::eltwise_backward(pd));
-    impl_name = onednn_impl(pd);
-    ex.bind(DNNL_ARG_DIFF_DST, md, Src::in(0));
-    ex.bind(DNNL_ARG_SRC, md, Src::in(1));
-    ex.bind(DNNL_ARG_DIFF_SRC, md, Src::out(0));
-    scratch = pd.scratchpad_desc().get_size();
-    if (scratch) ex.bind(DNNL_ARG_SCRATCHPAD, pd.scratchpad_desc(), Src::scratch(0));
-  }
-  size_t scratch_bytes() const override { return scratch; }
-  void run(const RunCtx& r) override { ex.run(r); }
-};
+// The oneDNN algorithm computing node's activation, if it computes the reference's formula (cpu/eltwise_alg.hpp).
+bool onednn_alg(const Node& n, OneDnnAlg* out) { return cpu::onednn_alg(act::params_of(n.op, n.attrs), out); }
 
 // Native elementwise loops (plain float32): forward y = f(x), backward dx = dy * f'(x).
 struct NativeAct : Kernel {
@@ -113,12 +53,12 @@ struct NativeAct : Kernel {
 
 std::unique_ptr<Kernel> make_fwd(const KernelCtx& c) {
   OneDnnAlg e;
-  if (onednn_alg(c.node, &e)) return std::make_unique<EltFwd>(c, e);
+  if (onednn_alg(c.node, &e)) return std::make_unique<EltwiseFwd>(c, e.a, e.alpha, e.beta);
   return std::make_unique<NativeAct>(c, false);
 }
 std::unique_ptr<Kernel> make_bwd(const KernelCtx& c) {
   OneDnnAlg e;
-  if (onednn_alg(c.node, &e)) return std::make_unique<EltBwd>(c, e);
+  if (onednn_alg(c.node, &e)) return std::make_unique<EltwiseBwd>(c, e.a, e.a, e.alpha, /*use_dst=*/false, e.beta);
   return std::make_unique<NativeAct>(c, true);
 }
 

@@ -18,6 +18,7 @@
 
 #include "core/op.hpp"
 #include "cpu/dnnl_common.hpp"
+#include "cpu/eltwise_alg.hpp"
 
 namespace cnn {
 namespace cpu {
@@ -80,8 +81,9 @@ int impl_rank(const std::string& impl);
 struct FusedConvAttrs {
   bool bias, bn, sum;      // has a bias input, folds a batch norm, adds a residual
   int bn_in, residual_in;  // input index of gamma (beta, mean, var follow) and of the residual
-  int act;                 // 0 none, 1 relu, 2 leaky_relu
+  int act;                 // 0 none, 1 relu, 2 leaky_relu, 3 act_kind (see core/fuse.cpp)
   float eps, alpha;        // BN epsilon, leaky_relu slope
+  OneDnnAlg elt;           // the activation's eltwise post-op (act != 0)
   int64_t K;               // output channels
   explicit FusedConvAttrs(const KernelCtx& c) {
     const Attrs& a = c.node.attrs;
@@ -92,6 +94,7 @@ struct FusedConvAttrs {
     residual_in = bn_in + (bn ? 4 : 0);
     act = int(a.i("act", 0));
     alpha = act == 2 ? float(a.f("negative_slope", 0.01)) : 0.f;
+    fused_eltwise(c.node, &elt);
     eps = float(a.f("bn_eps", 1e-5));
     K = c.in[1].shape[0];
   }

@@ -6,8 +6,9 @@
 // their persistent region and reorder again only when the parameter store's version moved (RunCtx::params_version);
 // training kernels reorder into scratch on every run. fused_conv2d folds BN(eval) into that weight reorder
 // (per-channel scale) and the bias (K floats), both prepared with the weights, and runs the residual as a sum
-// post-op and relu / leaky_relu as an eltwise post-op. Scratch: the oneDNN scratchpad (shared by the kernel's
-// primitives, which run one after another), then (training, or cache_weights off) the blocked weights.
+// post-op and its activation as an eltwise post-op (cpu/eltwise_alg.hpp). Scratch: the oneDNN scratchpad (shared
+// by the kernel's primitives, which run one after another), then (training, or cache_weights off) the blocked
+// weights.
 // Primitives are built once; run() only binds.
 #include <algorithm>
 #include <cstring>
@@ -382,7 +383,7 @@ struct ConvFused : Kernel, FusedConvAttrs {
       if (wmd) p.w_any = *wmd;
       dnnl::post_ops po;
       if (sum) po.append_sum(1.f);
-      if (with_act) po.append_eltwise(dnnl::algorithm::eltwise_relu, alpha, 0.f);
+      if (with_act) po.append_eltwise(elt.a, elt.alpha, elt.beta);
       auto attr = user_scratchpad_attr();
       attr.set_post_ops(po);
       return p.fwd(bias || bn, attr, dnnl::prop_kind::forward_inference);
@@ -396,9 +397,8 @@ struct ConvFused : Kernel, FusedConvAttrs {
     if (c.deterministic) wmd = pd.weights_desc();
     size_t act_pad = 0;
     if (sep_act) {
-      dnnl::eltwise_forward::primitive_desc epd(engine(), dnnl::prop_kind::forward_inference,
-                                                dnnl::algorithm::eltwise_relu, d.dst, d.dst, alpha, 0.f,
-                                                user_scratchpad_attr());
+      dnnl::eltwise_forward::primitive_desc epd(engine(), dnnl::prop_kind::forward_inference, elt.a, d.dst, d.dst,
+                                                elt.alpha, elt.beta, user_scratchpad_attr());
       act_ex = DnnlExec(dnnl::eltwise_forward(epd));
       act_ex.bind(DNNL_ARG_SRC, d.dst, Src::out(0));
       act_ex.bind(DNNL_ARG_DST, d.dst, Src::out(0));

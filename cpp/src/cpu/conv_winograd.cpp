@@ -90,7 +90,8 @@ struct WinoBwdWeights : Kernel {
 };
 
 // fused_conv2d (inference) as Winograd: BN folds into the filter transform (per-output-channel scale) and the
-// bias; the residual sum and the activation run in the output transform. The transformed filter (4x the
+// bias; the residual sum and the activation (relu or leaky_relu: make_conv_fused sends act 3 to the direct
+// kernel) run in the output transform. The transformed filter (4x the
 // filter's bytes) is rebuilt into scratch on every run rather than kept: for the batches this path takes (at
 // least kWinoInferTiles tiles) that costs about 2 % of the convolution and keeps inference memory flat.
 constexpr int64_t kWinoInferTiles = 64;
@@ -131,9 +132,12 @@ struct WinoFused : Kernel, FusedConvAttrs {
 int64_t tiles(const wino::Geom& g) { return g.N * ((g.OH() + 3) / 4) * ((g.OW() + 3) / 4); }
 
 std::unique_ptr<Kernel> make_conv_fused(const KernelCtx& c) {
-  if (auto g = winograd_geom(c, c.in[0], c.in[1].shape, c.out[0], c.layout_in(0), c.layout_out(0)))
-    if (tiles(*g) >= kWinoInferTiles && wino::Conv::worthwhile(*g, omp_get_max_threads(), c.deterministic))
-      return std::make_unique<WinoFused>(c, *g);
+  // the output transform applies relu and leaky_relu only: other activations (act 3) take the direct kernel,
+  // which has them as an eltwise post-op
+  if (c.node.attrs.i("act", 0) <= 2)
+    if (auto g = winograd_geom(c, c.in[0], c.in[1].shape, c.out[0], c.layout_in(0), c.layout_out(0)))
+      if (tiles(*g) >= kWinoInferTiles && wino::Conv::worthwhile(*g, omp_get_max_threads(), c.deterministic))
+        return std::make_unique<WinoFused>(c, *g);
   return make_direct_fused(c);
 }
 

@@ -3,57 +3,13 @@
 // backward takes the saved tensor's (dy is reordered to it if it differs), add the first non-plain operand's.
 #include "core/backend.hpp"
 #include "cpu/dnnl_common.hpp"
+#include "cpu/eltwise_kernels.hpp"
 
 namespace cnn {
 namespace cpu {
 namespace {
 
 using alg = dnnl::algorithm;
-
-struct EltwiseFwd : Kernel {
-  std::string impl_name;  // Kernel::impl(), fixed at construction
-  std::string impl() const override { return impl_name; }
-  DnnlExec ex;
-  size_t scratch = 0;
-  EltwiseFwd(const KernelCtx& c, alg a, float alpha) {
-    auto md = md_of(c.in[0], c.layout_in(0));
-    auto attr = user_scratchpad_attr();
-    auto pk = c.training ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference;
-    dnnl::eltwise_forward::primitive_desc pd(engine(), pk, a, md, md, alpha, 0.f, attr);
-    ex = DnnlExec(dnnl::eltwise_forward(pd));
-    impl_name = onednn_impl(pd);
-    ex.bind(DNNL_ARG_SRC, md, Src::in(0));
-    ex.bind(DNNL_ARG_DST, md, Src::out(0));
-    scratch = pd.scratchpad_desc().get_size();
-    if (scratch) ex.bind(DNNL_ARG_SCRATCHPAD, pd.scratchpad_desc(), Src::scratch(0));
-  }
-  size_t scratch_bytes() const override { return scratch; }
-  void run(const RunCtx& r) override { ex.run(r); }
-};
-
-// dy = in 0, saved = in 1 (dst for *_use_dst_for_bwd algorithms, src otherwise)
-struct EltwiseBwd : Kernel {
-  std::string impl_name;  // Kernel::impl(), fixed at construction
-  std::string impl() const override { return impl_name; }
-  DnnlExec ex;
-  size_t scratch = 0;
-  EltwiseBwd(const KernelCtx& c, alg fwd_alg, alg bwd_alg, float alpha, bool use_dst) {
-    auto md = md_of(c.in[0], c.layout_in(0));
-    dnnl::eltwise_forward::primitive_desc hint(engine(), dnnl::prop_kind::forward_training, fwd_alg, md, md, alpha,
-                                               0.f);
-    auto attr = user_scratchpad_attr();
-    dnnl::eltwise_backward::primitive_desc pd(engine(), bwd_alg, md, md, md, alpha, 0.f, hint, attr);
-    ex = DnnlExec(dnnl::eltwise_backward(pd));
-    impl_name = onednn_impl(pd);
-    ex.bind(DNNL_ARG_DIFF_DST, md, Src::in(0));
-    ex.bind(use_dst ? DNNL_ARG_DST : DNNL_ARG_SRC, md, Src::in(1));
-    ex.bind(DNNL_ARG_DIFF_SRC, md, Src::out(0));
-    scratch = pd.scratchpad_desc().get_size();
-    if (scratch) ex.bind(DNNL_ARG_SCRATCHPAD, pd.scratchpad_desc(), Src::scratch(0));
-  }
-  size_t scratch_bytes() const override { return scratch; }
-  void run(const RunCtx& r) override { ex.run(r); }
-};
 
 struct Add : Kernel {
   std::string impl_name;  // Kernel::impl(), fixed at construction

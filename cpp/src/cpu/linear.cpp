@@ -4,7 +4,7 @@
 // reorder runs. Inference: the weights are format_tag::any, so oneDNN picks its blocked brgemm layout (the
 // plain-weights gemm path is ~5x slower for ResNet-50's fc at batch 16), and the kernel keeps them reordered
 // in its persistent region, redone when the parameter store's version moved (like the convolutions, see
-// dnnl_common.hpp; with cache_weights off, into scratch on every run). fused_linear (inference) adds relu / leaky_relu
+// dnnl_common.hpp; with cache_weights off, into scratch on every run). fused_linear (inference) adds its activation
 // as an eltwise post-op, and folds an eval-mode batch norm over the out features (attr bn) into the prepared weights
 // and bias as fused_conv2d does (FusedConvAttrs::fold_bn, conv_common.hpp: fused_linear's attributes are
 // fused_conv2d's without the residual): s = gamma / sqrt(var + eps) scales the weight rows inside the weight reorder,
@@ -64,7 +64,8 @@ bool linear_has_bias(const KernelCtx& c) {
 }
 
 // x = in 0 [N, IN], w = in 1 [OUT, IN], b = in 2 [OUT] -> y = out 0 [N, OUT]; fused_linear: act (1 relu,
-// 2 leaky_relu with negative_slope) as a post-op, BN folded (gamma, beta, mean, var after b).
+// 2 leaky_relu with negative_slope, 3 act_kind: cpu/eltwise_alg.hpp) as a post-op, BN folded (gamma, beta, mean,
+// var after b).
 struct LinearFwd : LinearKernel {
   DnnlExec reorder_w;
   size_t persist = 0, scale_off = 0, shift_off = 0;
@@ -76,11 +77,10 @@ struct LinearFwd : LinearKernel {
     const int64_t OUT = c.in[1].shape[0];
     memory::desc b = bn ? plain_desc(Shape{OUT}, DType::f32) : has_bias ? plain_desc(c.in[2]) : memory::desc();
     auto attr = user_scratchpad_attr();
-    int act = c.node.op == "fused_linear" ? int(c.node.attrs.i("act", 0)) : 0;
-    if (act) {
+    OneDnnAlg e;
+    if (c.node.op == "fused_linear" && fused_eltwise(c.node, &e)) {
       dnnl::post_ops po;
-      po.append_eltwise(dnnl::algorithm::eltwise_relu, act == 2 ? float(c.node.attrs.f("negative_slope", 0.01)) : 0.f,
-                        0.f);
+      po.append_eltwise(e.a, e.alpha, e.beta);
       attr.set_post_ops(po);
     }
     auto pk = c.training ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference;
@@ -179,7 +179,7 @@ struct BlockGemm {
   PartExec exec;
   std::string impl_name;  // the kernels' Kernel::impl(): the full block's matmul
   BlockGemm(int64_t M_, int64_t N_, int64_t K, int64_t am, int64_t ak, int64_t bk, int64_t bnn, int64_t ldc_,
-            bool with_bias, int act, float alpha)
+            bool with_bias, const OneDnnAlg* act)
       : M(M_), N(N_), a_m(am), a_k(ak), b_k(bk), b_n(bnn), ldc(ldc_), bias(with_bias) {
     bm = std::min(M, kBlock);
     bn = std::min(N, kBlock);
@@ -189,7 +189,7 @@ struct BlockGemm {
     dnnl::primitive_attr attr = user_scratchpad_attr();
     if (act) {
       dnnl::post_ops po;
-      po.append_eltwise(dnnl::algorithm::eltwise_relu, alpha, 0.f);
+      po.append_eltwise(act->a, act->alpha, act->beta);
       attr.set_post_ops(po);
     }
     using dt = memory::data_type;
@@ -248,9 +248,9 @@ struct LinearFwdDet : Kernel {
     const int64_t N = c.in[0].shape[0];
     IN = c.in[0].shape[1];
     OUT = c.in[1].shape[0];
-    const int act = c.node.op == "fused_linear" ? int(c.node.attrs.i("act", 0)) : 0;
-    const float alpha = act == 2 ? float(c.node.attrs.f("negative_slope", 0.01)) : 0.f;
-    gemm.emplace(N, OUT, IN, IN, 1, 1, IN, OUT, has_bias || bn, act, alpha);
+    OneDnnAlg e;
+    const bool act = c.node.op == "fused_linear" && fused_eltwise(c.node, &e);
+    gemm.emplace(N, OUT, IN, IN, 1, 1, IN, OUT, has_bias || bn, act ? &e : nullptr);
     prepared.cached = c.cache_weights;
     ScratchLayout L, P;
     L.add(gemm->scratch_bytes());
@@ -293,7 +293,7 @@ struct LinearGradDataDet : Kernel {
   std::optional<BlockGemm> gemm;
   explicit LinearGradDataDet(const KernelCtx& c) {
     const int64_t N = c.in[0].shape[0], OUT = c.in[0].shape[1], IN = c.out[0].shape[1];
-    gemm.emplace(N, IN, OUT, OUT, 1, IN, 1, IN, false, 0, 0.f);
+    gemm.emplace(N, IN, OUT, OUT, 1, IN, 1, IN, false, nullptr);
   }
   size_t scratch_bytes() const override { return gemm->scratch_bytes(); }
   void run(const RunCtx& r) override {
@@ -312,7 +312,7 @@ struct LinearGradWeightsDet : Kernel {
   explicit LinearGradWeightsDet(const KernelCtx& c)
       : N(c.in[0].shape[0]), OUT(c.in[0].shape[1]), has_bias(c.out.size() == 2) {
     const int64_t IN = c.in[1].shape[1];
-    gemm.emplace(OUT, IN, N, 1, OUT, IN, 1, IN, false, 0, 0.f);
+    gemm.emplace(OUT, IN, N, 1, OUT, IN, 1, IN, false, nullptr);
   }
   size_t scratch_bytes() const override { return gemm->scratch_bytes(); }
   void run(const RunCtx& r) override {

@@ -8,7 +8,7 @@
 //   fused_conv2d (x, w, [b], [gamma, beta, mean, var], [residual]) -> y
 //       BN folded on the device every run (fold_bn_kernel: w * s and t = beta + (b - mean) * s into the persistent
 //       region), the residual copied into y (unless y already is it) and accumulated by the convolution (beta = 1),
-//       then one elementwise pass adds the bias and applies relu / leaky_relu (epilogue_kernel).
+//       then one elementwise pass adds the bias and applies the activation (epilogue_kernel).
 // Groups and dilation go through the convolution descriptor. Math type: TENSOR_OP_MATH (TF32 allowed) when
 // StreamOptions::tf32, else FMA_MATH (no TF32 on float data). Algorithms: cuDNN's heuristics (Get*Algorithm_v7),
 // the first that succeeds with a workspace under kWorkspaceLimit, a deterministic one first when
@@ -24,6 +24,7 @@
 #include <string>
 
 #include "cuda/common.hpp"
+#include "ops/activations_math.hpp"
 
 namespace cnn::cuda {
 namespace {
@@ -179,9 +180,10 @@ struct Conv {
 
 // ---- own kernels ----
 
-// y[n, k, i] = act(y[n, k, i] + bias[k]) (bias may be null); act 0 none, 1 relu, 2 leaky_relu(alpha).
-__global__ void epilogue_kernel(float* y, const float* bias, int64_t total, int64_t hw, int64_t K, int act,
-                                float alpha) {
+// y[n, k, i] = act(y[n, k, i] + bias[k]) (bias may be null); act 0 none, 1 relu, 2 leaky_relu(alpha),
+// 3 act::fwd(kind, ., a, b) (ops/activations_math.hpp).
+__global__ void epilogue_kernel(float* y, const float* bias, int64_t total, int64_t hw, int64_t K, int act, float alpha,
+                                int kind, float a, float b) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
     float v = y[i];
     if (bias) v += bias[(i / hw) % K];
@@ -189,6 +191,8 @@ __global__ void epilogue_kernel(float* y, const float* bias, int64_t total, int6
       v = v > 0.f ? v : 0.f;
     else if (act == 2)
       v = v > 0.f ? v : alpha * v;
+    else if (act == act::kFusedOther)
+      v = act::fwd<float>(kind, v, a, b);
     y[i] = v;
   }
 }
@@ -420,6 +424,7 @@ struct FusedConv : Kernel {
   bool bias, bn, sum;
   int bn_in, residual_in, act;
   float alpha;
+  act::FusedAct fa;  // act 3's kind and parameters
   double eps;
   int64_t K, per, total, hw;
   size_t w_bytes = 0, persist = 0;  // persistent region (bn): folded weights [K, per], then t [K] at w_bytes
@@ -433,6 +438,7 @@ struct FusedConv : Kernel {
     residual_in = bn_in + (bn ? 4 : 0);
     act = int(at.i("act", 0));
     alpha = act == 2 ? float(at.f("negative_slope", 0.01)) : 0.f;
+    fa = act::fused_act(at);
     eps = at.f("bn_eps", 1e-5);
     const Shape &ws = c.in[1].shape, &ys = c.out[0].shape;
     K = ws[0];
@@ -472,8 +478,8 @@ struct FusedConv : Kernel {
             "cudaMemcpyAsync (fused_conv2d residual)");
     conv.forward(st.dnn, r.in[0], w, r.out[0], r.scratch, sum ? &kOne : &kZero);
     if (b || act) {
-      epilogue_kernel<<<blocks_for(total), kThreads, 0, st.stream>>>(static_cast<float*>(r.out[0]), b, total, hw, K,
-                                                                     act, alpha);
+      epilogue_kernel<<<blocks_for(total), kThreads, 0, st.stream>>>(
+          static_cast<float*>(r.out[0]), b, total, hw, K, act, alpha, fa.p.kind, float(fa.p.a), float(fa.p.b));
       check_launch("epilogue_kernel");
     }
   }

@@ -24,6 +24,7 @@
 #include <string>
 
 #include "cuda/common.hpp"
+#include "ops/activations_math.hpp"
 
 namespace cnn::cuda {
 namespace {
@@ -58,11 +59,12 @@ struct Gemm {
   }
 };
 
-// y [rows, out] in place: y = act(bn(y + b)); b, gamma.. may be null (no bias / no batch norm).
+// y [rows, out] in place: y = act(bn(y + b)); b, gamma.. may be null (no bias / no batch norm); act 1 relu,
+// 2 leaky_relu (slope), 3 act::fwd(kind, ., a, ab) (ops/activations_math.hpp).
 __global__ void linear_epilogue(float* __restrict__ y, int64_t total, int64_t out, const float* __restrict__ b,
                                 const float* __restrict__ gamma, const float* __restrict__ beta,
                                 const float* __restrict__ mean, const float* __restrict__ var, double eps, int act,
-                                float slope) {
+                                float slope, int kind, float a, float ab) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t o = i % out;
     float v = y[i];
@@ -75,6 +77,8 @@ __global__ void linear_epilogue(float* __restrict__ y, int64_t total, int64_t ou
       v = v > 0.f ? v : 0.f;
     else if (act == 2)
       v = v > 0.f ? v : slope * v;
+    else if (act == act::kFusedOther)
+      v = act::fwd<float>(kind, v, a, ab);
     y[i] = v;
   }
 }
@@ -102,7 +106,7 @@ __global__ void column_sum(const float* __restrict__ dy, float* __restrict__ db,
 }
 
 // linear (x, w, [b]) and fused_linear (x, w, [b], [gamma, beta, mean, var]; has_bias, bn, bn_eps, act,
-// negative_slope) -> y
+// negative_slope, act_kind, act_a, act_b) -> y
 struct LinearFwd : Kernel {
   Gemm g;
   int64_t total = 0, OUT = 0;
@@ -110,6 +114,7 @@ struct LinearFwd : Kernel {
   int bn_in = 0, act = 0;
   double eps = 1e-5;
   float slope = 0.f;
+  act::FusedAct fa;  // act 3's kind and parameters
   std::string impl() const override { return "cublas gemm" + std::string(bn || bias || act ? " + cuda epilogue" : ""); }
   explicit LinearFwd(const KernelCtx& c) {
     const bool fused = c.node.op == "fused_linear";
@@ -123,6 +128,7 @@ struct LinearFwd : Kernel {
       eps = c.node.attrs.f("bn_eps", 1e-5);
       act = int(c.node.attrs.i("act", 0));
       slope = act == 2 ? float(c.node.attrs.f("negative_slope", 0.01)) : 0.f;
+      fa = act::fused_act(c.node.attrs);
     }
     g.ta = blas::OP_T;
     g.tb = blas::OP_N;
@@ -141,7 +147,8 @@ struct LinearFwd : Kernel {
     auto in = [&](int i) { return static_cast<const float*>(r.in[i]); };
     linear_epilogue<<<blocks_for(total), kThreads, 0, s.stream>>>(
         y, total, OUT, bias ? in(2) : nullptr, bn ? in(bn_in) : nullptr, bn ? in(bn_in + 1) : nullptr,
-        bn ? in(bn_in + 2) : nullptr, bn ? in(bn_in + 3) : nullptr, eps, act, slope);
+        bn ? in(bn_in + 2) : nullptr, bn ? in(bn_in + 3) : nullptr, eps, act, slope, fa.p.kind, float(fa.p.a),
+        float(fa.p.b));
     check_launch("linear_epilogue");
   }
 };

@@ -151,5 +151,64 @@ inline Params params_of(const std::string& op_name, const Attrs& at) {
   return {kErf, 0, 0};
 }
 
+// The inverse of params_of: the forward op and attributes computing p (fused nodes' reference decomposition).
+inline std::string op_of(const Params& p, Attrs* at) {
+  switch (p.kind) {
+    case kClip:
+      at->floats["min"] = p.a;
+      at->floats["max"] = p.b;
+      return "clip";
+    case kHardsigmoid:
+      at->floats["alpha"] = p.a;
+      at->floats["beta"] = p.b;
+      return "hardsigmoid";
+    case kHardswish: return "hardswish";
+    case kSilu: return "silu";
+    case kGeluErf: at->ints["approximate"] = {0}; return "gelu";
+    case kGeluTanh: at->ints["approximate"] = {1}; return "gelu";
+    case kMish: return "mish";
+    case kElu: at->floats["alpha"] = p.a; return "elu";
+    case kSoftplus:
+      at->floats["beta"] = p.a;
+      at->floats["threshold"] = p.b;
+      return "softplus";
+    default: return "erf";
+  }
+}
+
+// Whether the fusion pass (core/fuse.cpp) may fold p into a fused_conv2d / fused_linear: the kinds whose oneDNN
+// eltwise equals the reference (cpu/activations_ext.cpp's onednn_alg), so every backend's epilogue can apply it.
+// Not softplus (oneDNN's soft_relu drops log1p's accuracy) nor erf (no eltwise); clip only with min <= max
+// (oneDNN's clip_v2 differs from min(max(x, a), b) when a > b).
+inline bool fusable(const Params& p) {
+  switch (p.kind) {
+    case kClip: return p.a <= p.b;
+    case kHardsigmoid:
+    case kHardswish:
+    case kSilu:
+    case kGeluErf:
+    case kGeluTanh:
+    case kMish:
+    case kElu: return true;
+    default: return false;
+  }
+}
+
+// fused_conv2d / fused_linear's activation, from their attributes (core/fuse.cpp): act 0 none, 1 relu,
+// 2 leaky_relu (negative_slope), kFusedOther an activation of this header: act_kind (a Kind), act_a, act_b.
+constexpr int kFusedOther = 3;
+struct FusedAct {
+  int act = 0;
+  float slope = 0.f;  // leaky_relu's
+  Params p;           // act == kFusedOther
+};
+inline FusedAct fused_act(const Attrs& at) {
+  FusedAct f;
+  f.act = int(at.i("act", 0));
+  if (f.act == 2) f.slope = float(at.f("negative_slope", 0.01));
+  if (f.act == kFusedOther) f.p = {int(at.i("act_kind", kErf)), at.f("act_a", 0.0), at.f("act_b", 0.0)};
+  return f;
+}
+
 }  // namespace act
 }  // namespace cnn

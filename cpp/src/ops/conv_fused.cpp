@@ -1,17 +1,20 @@
 // Fused inference ops made by core/fuse.cpp (not built by users; no gradient):
 //   fused_conv2d (x, w, [b], [gamma, beta, running_mean, running_var], [residual]) -> y
 //       y = act( BN_eval( conv2d(x, w, b) ) + residual ), each part present per attrs has_bias, bn (bn_eps),
-//       sum, act (0 none, 1 relu, 2 leaky_relu with negative_slope); plus the conv2d attrs.
+//       sum, act (0 none, 1 relu, 2 leaky_relu with negative_slope, 3 the activation act_kind of
+//       ops/activations_math.hpp with parameters act_a, act_b; see core/fuse.cpp); plus the conv2d attrs.
 //   fused_linear (x, w, [b], [gamma, beta, running_mean, running_var]) -> y = act( BN_eval( linear(x, w, b) ) );
 //       attrs has_bias, bn (bn_eps), act, negative_slope: fused_conv2d's, without sum (the BN is over the out
 //       features, axis 1 of y [N, OUT]).
 // y may share the residual's buffer (inplace_input). Shape inference and the reference kernel are the
-// composition of the parts' own: the reference runs conv2d's, batch_norm's, add's and relu's reference kernels
+// composition of the parts' own: the reference runs conv2d's, batch_norm's, add's and the activation's (relu,
+// leaky_relu, or act 3's op from act::op_of) reference kernels
 // one after another (through a scratch copy when y aliases the residual), so it is exact by construction.
 #include <algorithm>
 #include <deque>
 
 #include "core/op.hpp"
+#include "ops/activations_math.hpp"
 
 namespace cnn {
 namespace {
@@ -31,8 +34,12 @@ Parts parts(const Node& n, bool conv) {
   p.sum = conv && n.attrs.i("sum", 0) != 0;
   if (!conv && n.attrs.i("sum", 0) != 0) op_error(n, "has no residual input (attribute 'sum' is fused_conv2d's)");
   p.act = int(n.attrs.i("act", 0));
-  if (p.act < 0 || p.act > 2)
-    op_error(n, "attribute 'act' must be 0 (none), 1 (relu) or 2 (leaky_relu), got " + std::to_string(p.act));
+  if (p.act < 0 || p.act > act::kFusedOther)
+    op_error(
+        n, "attribute 'act' must be 0 (none), 1 (relu), 2 (leaky_relu) or 3 (act_kind), got " + std::to_string(p.act));
+  if (p.act == act::kFusedOther && !act::fusable(act::fused_act(n.attrs).p))
+    op_error(n, "attribute 'act_kind' " + std::to_string(n.attrs.i("act_kind", -1)) +
+                    " (with act_a, act_b) is not an activation the fused ops apply");
   p.bn0 = 2 + (p.bias ? 1 : 0);
   p.res = p.bn0 + (p.bn ? 4 : 0);
   p.count = size_t(p.res + (p.sum ? 1 : 0));
@@ -93,7 +100,14 @@ struct FusedRef : Kernel {
     add(c, sub_node(f, conv ? "conv2d" : "linear", "base"), base_in, y);
     if (p.bn) add(c, sub_node(f, "batch_norm", "bn"), {y, p.bn0, p.bn0 + 1, p.bn0 + 2, p.bn0 + 3}, y);
     if (p.sum) add(c, sub_node(f, "add", "sum"), {kTmp, p.res}, kOut);
-    if (p.act) add(c, sub_node(f, p.act == 1 ? "relu" : "leaky_relu", "act"), {kOut}, kOut);
+    if (p.act == act::kFusedOther) {
+      Node a;
+      a.name = f.name + "/act";
+      a.op = act::op_of(act::fused_act(f.attrs).p, &a.attrs);
+      add(c, std::move(a), {kOut}, kOut);
+    } else if (p.act) {
+      add(c, sub_node(f, p.act == 1 ? "relu" : "leaky_relu", "act"), {kOut}, kOut);
+    }
     for (auto& k : ks) sub_scratch = std::max(sub_scratch, k->scratch_bytes());
     sub_scratch = (sub_scratch + 63) / 64 * 64;
     if (p.sum) tmp_bytes = c.out[0].bytes();
