@@ -58,7 +58,6 @@ EXPECTED_UNSUPPORTED = {
     "test_training_dropout": "random masks", "test_training_dropout_default": "random masks",
     "test_training_dropout_default_mask": "random masks", "test_training_dropout_mask": "random masks",
     # Gemm / MatMul shapes the linear op cannot take
-    "test_gemm_transposeA": "transA=1", "test_gemm_all_attributes": "transA=1",
             "test_matmul_1d_1d": "1-D left operand",
     # reductions: bool / empty inputs; ReduceSumSquare's expansion squares the data input with Mul(x, x), whose
     # second operand the backend binds as a constant
@@ -227,6 +226,7 @@ test_softmax_functional_dim3 test_softmax_large_number test_softmax_lastdim test
 
 # issue 13's op families (activations, broadcast binary, reductions, norms, shape ops, resize)
 EXPECTED_PASS.update("""
+test_gemm_all_attributes test_gemm_transposeA
 test_reduce_sum_square_default_axes_keepdims_example_expanded test_reduce_sum_square_default_axes_keepdims_random_expanded
 test_reduce_sum_square_do_not_keepdims_example_expanded test_reduce_sum_square_do_not_keepdims_random_expanded
 test_reduce_sum_square_empty_set_expanded test_reduce_sum_square_keepdims_example_expanded

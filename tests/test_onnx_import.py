@@ -635,3 +635,32 @@ def test_engine_pad_exports_and_imports_back():
         ref = model.compile(x.shape).run(x)
         assert _rel(back.compile(x.shape).run(x), ref) < 1e-6
         assert _rel(ReferenceEvaluator(proto).run(None, {proto.graph.input[0].name: x})[0], ref) < 1e-5
+
+
+@pytest.mark.parametrize("trans_a, trans_b, alpha, beta, c_shape, computed_b", [
+    (1, 0, 1.0, 1.0, (5,), False), (1, 1, 0.5, 2.0, (4, 1), False), (0, 0, 1.0, 1.0, (1,), True),
+    (1, 0, 2.0, 0.5, (4, 5), True), (0, 1, 1.0, 1.0, None, True)])
+def test_gemm_general_forms(trans_a, trans_b, alpha, beta, c_shape, computed_b):
+    """Gemm beyond a linear layer: transA, a B computed from the input, alpha/beta, C broadcast from [N], [M, 1],
+    [1] or [M, N] (matmul with transposes, scaled, plus C)."""
+    m_, k_, n_ = 4, 3, 5
+    a_shape = (k_, m_) if trans_a else (m_, k_)
+    b_shape = (n_, k_) if trans_b else (k_, n_)
+    inits = {}
+    nodes = []
+    if computed_b:  # B = Tanh(x2) with x2 a reshape of the input's own values: B is computed, not a weight
+        x_elems = int(np.prod(a_shape))
+        inits["bs"] = np.array(b_shape, np.int64)
+        inits["wb"] = _r(x_elems, int(np.prod(b_shape)))
+        nodes += [helper.make_node("Reshape", ["x", "flat"], ["xf"]), helper.make_node("MatMul", ["xf", "wb"], ["bf"]),
+                  helper.make_node("Tanh", ["bf"], ["bt"]), helper.make_node("Reshape", ["bt", "bs"], ["B"])]
+        inits["flat"] = np.array([1, x_elems], np.int64)
+    else:
+        inits["B"] = _r(*b_shape)
+    ins = ["x", "B"]
+    if c_shape is not None:
+        inits["C"] = _r(*c_shape)
+        ins.append("C")
+    nodes.append(helper.make_node("Gemm", ins, ["y"], transA=trans_a, transB=trans_b, alpha=alpha, beta=beta))
+    m = _model(nodes, [("x", list(a_shape))], [("y", [m_, n_])], inits)
+    _check(m, _r(*a_shape))

@@ -61,24 +61,36 @@ def map_linear(ctx: NodeContext):
 
 
 def map_gemm(ctx: NodeContext):
-    if int(ctx.attr("transA", 0)):
-        raise Unsupported("transA=1 (the engine has no transpose; only A [M, K] is supported)")
-    if not int(ctx.attr("transB", 0)) or float(ctx.attr("alpha", 1.0)) != 1.0:
-        raise Unsupported("B must be a constant when transB=0 or alpha != 1 (it is transposed/scaled at import)")
-    if ctx.has(2) and float(ctx.attr("beta", 1.0)) != 1.0:
-        raise Unsupported("C must be a constant when beta != 1")
+    """Y = alpha * A' B' + beta * C. The linear op where it applies (A [M, K], B a [N, K] weight after the
+    import's transposes and scaling, C a bias of N values); otherwise a matmul with transposes, scaled, plus C
+    broadcast (a computed B, transA=1, alpha or beta != 1 with computed operands, C of another broadcastable shape)."""
+    ta, tb = int(ctx.attr("transA", 0)), int(ctx.attr("transB", 0))
+    alpha, beta = float(ctx.attr("alpha", 1.0)), float(ctx.attr("beta", 1.0))
     x, w = ctx.tensor(0, "A"), ctx.tensor(1, "B")
     if len(x.shape) != 2 or len(w.shape) != 2:
         raise Invalid(f"A and B must be 2-D, got {list(x.shape)} and {list(w.shape)}")
-    if x.shape[1] != w.shape[1]:
-        raise Invalid(f"inner dimensions differ: A {list(x.shape)}, B^T {list(w.shape)}")
-    ins = [x, w]
-    if ctx.has(2):
-        bias = ctx.tensor(2, "C")
-        if int(np.prod(bias.shape)) != w.shape[0]:
-            raise Unsupported(f"C {list(bias.shape)} is not a bias of {w.shape[0]} values")
-        ins.append(ctx.reshape(bias, [w.shape[0]]))
-    return ctx.op("linear", ins)
+    k_a = x.shape[0] if ta else x.shape[1]
+    k_b = w.shape[1] if tb else w.shape[0]
+    if k_a != k_b:
+        raise Invalid(f"inner dimensions differ: A{'^T' if ta else ''} {list(x.shape)}, "
+                      f"B{'^T' if tb else ''} {list(w.shape)}")
+    n_out = w.shape[0] if tb else w.shape[1]
+    bias = ctx.tensor(2, "C") if ctx.has(2) else None
+    if not ta and tb and alpha == 1.0 and (bias is None or (beta == 1.0 and int(np.prod(bias.shape)) == n_out)):
+        ins = [x, w] + ([ctx.reshape(bias, [n_out])] if bias is not None else [])
+        return ctx.op("linear", ins)
+    ctx.need("matmul")
+    y = ctx.op("matmul", [x, w], {"trans_a": ta, "trans_b": tb})
+    if alpha != 1.0:
+        y = ctx.op("binary_scalar", [y], {"kind": 3, "value": alpha})
+    if bias is not None and beta != 0.0:
+        c = bias if beta == 1.0 else ctx.op("binary_scalar", [bias], {"kind": 3, "value": beta})
+        m_out = x.shape[1] if ta else x.shape[0]
+        cs = list(c.shape)
+        if len(cs) > 2 or any(d not in (1, want) for d, want in zip(cs[::-1], [n_out, m_out])):
+            raise Invalid(f"C {cs} does not broadcast to [{m_out}, {n_out}]")
+        y = ctx.op("binary_add", [y, c])
+    return y
 
 
 def map_matmul(ctx: NodeContext):
