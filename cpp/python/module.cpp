@@ -414,6 +414,24 @@ PYBIND11_MODULE(_core, m) {
              p.s().synchronize();
            })
       .def("schedule", [](PySession& p) { return p.s().schedule(); })
+      .def("memory_plan",
+           [](PySession& p) {
+             py::list out;
+             for (auto& b : p.s().memory_plan()) {
+               py::dict d;
+               d["value"] = b.value;
+               d["node"] = b.node;
+               d["op"] = b.op;
+               d["kind"] = b.kind;
+               d["bytes"] = b.bytes;
+               d["offset"] = b.offset;
+               d["first"] = b.first;
+               d["last"] = b.last;
+               out.append(d);
+             }
+             return out;
+           })
+      .def_property_readonly("num_forward_steps", [](PySession& p) { return p.s().num_forward_steps(); })
       .def("kernels",
            [](PySession& p) {
              py::list out;

@@ -202,6 +202,19 @@ class Session:
     def memory_report(self) -> dict:
         return self._core_checked().memory_report()
 
+    def memory_plan(self) -> list:
+        """The planner's decisions, one dict per block: every arena buffer (value, node, op, kind 'activation',
+        'recomputed' or 'gradient', bytes, offset in the arena, first and last schedule step it is live on), then
+        every kernel workspace (kind 'workspace', offset in the scratch block, live on its one step).
+        memory_report() has the arena's size and lower bound; num_forward_steps where the backward pass starts.
+        cnnnative.viz.memory_plan draws it."""
+        return self._core_checked().memory_plan()
+
+    @property
+    def num_forward_steps(self) -> int:
+        """The number of schedule steps of the forward pass (all of them for an inference session)."""
+        return self._core_checked().num_forward_steps
+
     @property
     def graph_status(self) -> str:
         """CUDA graphs (device='cuda', cuda_graphs=True): 'off', 'recorded from the second run', 'replayed', or

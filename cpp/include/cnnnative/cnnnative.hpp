@@ -233,6 +233,21 @@ struct PassInfo {
   double ms = 0;
 };
 
+// One block of the session's memory plan (Session::memory_plan()): an arena buffer (a planned value and the values
+// written in place over it) or a kernel's workspace at one step.
+struct PlannedBuffer {
+  std::string value;  // the planned value (arena), or "" (workspace)
+  std::string node;   // the node that produces it (arena) or runs with it (workspace)
+  std::string op;
+  // "activation" (produced by the forward pass, or a forward value re-laid out for a backward kernel), "recomputed"
+  // (a forward value produced again in the backward pass), "gradient" (a gradient the backward pass produces),
+  // "workspace" (a kernel's scratch, in the scratch block)
+  std::string kind;
+  size_t bytes = 0;         // as stored, before alignment
+  size_t offset = 0;        // in the arena, or in the scratch block (always 0: one step uses it at a time)
+  int first = 0, last = 0;  // schedule steps it is live on, inclusive
+};
+
 class SessionImpl;
 
 // A graph compiled for one input shape and mode: kernels created once, one arena allocated once.
@@ -271,6 +286,10 @@ class Session {
   // memory: host memory for the cpu and reference backends, device memory for a backend the host cannot address.
   std::vector<std::pair<std::string, float*>> optimizer_state();
   MemoryReport memory_report() const;
+  // Every arena buffer with its offset and lifetime, then every kernel workspace (steps with scratch > 0): what
+  // the planner decided, for pictures and inspection. The arena's size is memory_report().arena_bytes.
+  std::vector<PlannedBuffer> memory_plan() const;
+  int num_forward_steps() const;              // the schedule's first steps that are the forward pass
   std::vector<std::string> schedule() const;  // "op name" per step, for inspection
   std::vector<KernelInfo> kernels() const;    // per step: what implements it and in which layouts
   std::vector<PassInfo> passes() const;       // the compile pipeline as it ran

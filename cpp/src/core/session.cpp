@@ -691,6 +691,47 @@ std::vector<std::pair<std::string, float*>> Session::optimizer_state() {
   return v;
 }
 MemoryReport Session::memory_report() const { return impl_->report; }
+std::vector<PlannedBuffer> Session::memory_plan() const {
+  const auto& I = *impl_;
+  const Plan& p = I.plan;
+  std::vector<PlannedBuffer> v;
+  for (size_t i = 0; i < p.planned.size(); ++i) {
+    const int val = p.planned[i];
+    const Value& value = I.g.values[val];
+    PlannedBuffer b;
+    b.value = value.name;
+    const int s = value.producer;
+    if (s >= 0) {
+      b.node = I.g.nodes[s].name;
+      b.op = I.g.nodes[s].op;
+    }
+    const bool backward = s >= p.num_forward_nodes && p.opt.mode != Mode::Infer;
+    const bool recomputed = b.node.size() > 10 && b.node.compare(b.node.size() - 10, 10, "/recompute") == 0;
+    // the backward pass also re-lays out forward values for its kernels (reorders named after them): activations
+    const bool grad = value.name.find("grad") != std::string::npos || value.name.find("/seed") != std::string::npos;
+    b.kind = !backward ? "activation" : recomputed ? "recomputed" : grad ? "gradient" : "activation";
+    b.bytes = p.requests[i].size;
+    b.offset = p.memory.offsets[i];
+    b.first = p.requests[i].first;
+    b.last = p.requests[i].last;
+    v.push_back(std::move(b));
+  }
+  for (size_t s = 0; s < I.kernels.size(); ++s) {
+    const size_t bytes = I.kernels[s]->scratch_bytes();
+    if (!bytes) continue;
+    PlannedBuffer b;
+    b.node = I.g.nodes[s].name;
+    b.op = I.g.nodes[s].op;
+    b.kind = "workspace";
+    b.bytes = bytes;
+    b.first = b.last = int(s);
+    v.push_back(std::move(b));
+  }
+  return v;
+}
+int Session::num_forward_steps() const {
+  return impl_->plan.opt.mode == Mode::Infer ? int(impl_->g.nodes.size()) : impl_->plan.num_forward_nodes;
+}
 std::vector<std::string> Session::schedule() const {
   std::vector<std::string> v;
   for (auto& n : impl_->g.nodes) v.push_back(n.op + " " + n.name);
