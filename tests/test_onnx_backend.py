@@ -372,7 +372,6 @@ def test_engine_op_coverage_matches_build():
 # replaced by random ones, against onnxruntime
 
 LIGHT = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light")
-LIGHT_UNSUPPORTED = {"shufflenet": "Transpose"}  # channel shuffle: Reshape-Transpose-Reshape of activations
 
 
 def _randomize_weights(m, seed=0):
@@ -408,10 +407,6 @@ def _randomize_weights(m, seed=0):
 def test_light_model_vs_onnxruntime(name):
     ort = pytest.importorskip("onnxruntime")
     m = _randomize_weights(onnx.load(os.path.join(LIGHT, f"light_{name}.onnx")))
-    if name in LIGHT_UNSUPPORTED:
-        with pytest.raises(cno.UnsupportedError, match=LIGHT_UNSUPPORTED[name]):
-            cno.import_model(m)
-        return
     mod = cno.import_model(m)
     shape = mod.example_input_shape(2)
     x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
