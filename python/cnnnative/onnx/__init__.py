@@ -5,7 +5,7 @@
     convert(src, dst)                            .onnx <-> .cnn (the `python -m cnnnative convert` CLI)
     cnnnative.onnx.backend                       onnx.backend.base.Backend implementation (prepare/run)
 
-Needs the `onnx` package (pip install 'cnnnative[onnx]'); it is imported on first use, never by
+Needs the `onnx` package (pip install onnx, or '.[onnx]' in the repository); it is imported on first use, never by
 `import cnnnative`. Import raises only these errors, each listing every offending node at once (name, op type,
 the bad value): InvalidModelError (a cnnnative.Error, hence a ValueError) for a model that breaks the ONNX
 specification, UnsupportedError (a ValueError) for a valid one the engine cannot run, ModelFileError (an OSError

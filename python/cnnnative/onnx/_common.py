@@ -124,8 +124,8 @@ def require_onnx():
     try:
         import onnx
     except ImportError as e:  # pragma: no cover - exercised only without onnx
-        raise ImportError("cnnnative.onnx needs the 'onnx' package: pip install 'cnnnative[onnx]' "
-                          "(or pip install onnx)") from e
+        raise ImportError("cnnnative.onnx needs the 'onnx' package: pip install onnx "
+                          "(or pip install '.[onnx]' in cnnnative's repository)") from e
     return onnx
 
 
