@@ -1,8 +1,10 @@
 """Embedding from C++: examples/cpp built with CMake against the installed package (find_package(cnnnative)
-via `python -m cnnnative --cmake-dir`), then run: classify must print Python's predictions for the same model
-and images, errors must read as in Python, and 4 threads x 20 runs sharing one model's weights (each thread its
-own session, then all threads one session) must match a single-threaded run bit for bit. Skips without cmake or a C++ compiler, or without the CMake package."""
+via `python -m cnnnative --cmake-dir`), then run: classify must print Python's predictions (class, softmax
+probability, outputs) for the same model and images, errors must read as in Python, and 4 threads x 20 runs sharing
+one model's weights (each thread its own session, then all threads one session) must match a single-threaded run
+bit for bit. Skips without cmake or a C++ compiler, or without the CMake package."""
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -76,11 +78,12 @@ def test_classify_matches_python(apps, tmp_path):
     want = cn.load(path).compile((4, 1, 28, 28)).run(x)
     np.testing.assert_allclose(want, model.compile((4, 1, 28, 28)).run(x), rtol=1e-6, atol=1e-6)
     for line, f, y in zip(lines, files, want):
-        name, cls, score, logits = line.split("\t")
+        name, cls, prob, logits = line.split("\t")
         got = np.array([float(v) for v in logits.split()], np.float32)
         assert name == f and int(cls) == int(np.argmax(y))
         np.testing.assert_allclose(got, y, rtol=1e-5, atol=1e-6)
-        assert float(score) == got.max()
+        e = np.exp(got.astype(np.float64) - got.max())  # the probability: softmax of the outputs, printed %.6f
+        assert re.fullmatch(r"[01]\.\d{6}", prob) and abs(float(prob) - 1 / e.sum()) <= 5e-7
 
 
 def test_cpp_errors_read_as_in_python(apps, tmp_path):

@@ -3,12 +3,14 @@
 // IMAGE is a binary PGM ("P5", 8-bit) or a raw float32 file (little-endian, C*H*W values, used as is).
 // Preprocessing of a PGM: pixel p -> p / maxval (p / 255 for the usual 8-bit images), no resizing or
 // normalization: the image must be H x W of the model's input [N, 1, H, W]. All images run as one batch.
-// Output, tab-separated: file, predicted class (argmax of the model's output), its score, then every output
-// value; floats are printed with %.9g, so they read back as the exact float32 values.
+// Output, one tab-separated line per image: file, predicted class (argmax of the model's output), its
+// probability (softmax of the outputs, which are read as logits), then every output value; outputs are printed
+// with %.9g, so they read back as the exact float32 values.
 // Errors (unreadable model or image, wrong size) print "classify: MESSAGE" to stderr and exit 1.
 #include <cnnnative/model.hpp>
 
 #include <cctype>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -49,20 +51,22 @@ void load_image(const std::string& path, const cnn::Shape& in, float* dst) {
   if (b.size() >= 2 && b[0] == 'P' && b[1] == '5') {
     size_t i = 2;
     long w = pgm_number(b, i, path), h = pgm_number(b, i, path), maxval = pgm_number(b, i, path);
-    if (maxval < 1 || maxval > 255) throw cnn::Error("image '" + path + "': only 8-bit PGM (maxval <= 255) is supported");
+    if (maxval < 1 || maxval > 255)
+      throw cnn::Error("image '" + path + "': only 8-bit PGM (maxval <= 255) is supported");
     ++i;  // the single whitespace byte before the pixels
     if (in.size() != 4 || in[1] != 1 || in[2] != h || in[3] != w)
-      throw cnn::Error("image '" + path + "': " + std::to_string(w) + "x" + std::to_string(h) + " grayscale, the model takes " +
-                       cnn::shape_str(in) + " (N, C, H, W)");
+      throw cnn::Error("image '" + path + "': " + std::to_string(w) + "x" + std::to_string(h) +
+                       " grayscale, the model takes " + cnn::shape_str(in) + " (N, C, H, W)");
     if (b.size() < i || b.size() - i < size_t(w * h)) throw cnn::Error("image '" + path + "': truncated PGM");
     for (long k = 0; k < w * h; ++k) dst[k] = float(b[i + k]) / float(maxval);
     return;
   }
   if (int64_t(b.size()) != per * 4)
-    throw cnn::Error("image '" + path + "': " + std::to_string(b.size()) + " bytes; a raw float32 input for " + cnn::shape_str(in) +
-                     " has " + std::to_string(per * 4));
+    throw cnn::Error("image '" + path + "': " + std::to_string(b.size()) + " bytes; a raw float32 input for " +
+                     cnn::shape_str(in) + " has " + std::to_string(per * 4));
   for (int64_t k = 0; k < per; ++k) {  // little-endian float32
-    uint32_t u = uint32_t(b[4 * k]) | uint32_t(b[4 * k + 1]) << 8 | uint32_t(b[4 * k + 2]) << 16 | uint32_t(b[4 * k + 3]) << 24;
+    uint32_t u =
+        uint32_t(b[4 * k]) | uint32_t(b[4 * k + 1]) << 8 | uint32_t(b[4 * k + 2]) << 16 | uint32_t(b[4 * k + 3]) << 24;
     std::memcpy(dst + k, &u, 4);
   }
 }
@@ -96,7 +100,9 @@ int main(int argc, char** argv) {
       int64_t best = 0;
       for (int64_t c = 1; c < classes; ++c)
         if (y[c] > y[best]) best = c;
-      std::printf("%s\t%lld\t%.9g\t", argv[2 + k], (long long)best, y[best]);
+      double sum = 0;  // softmax, shifted by the largest output
+      for (int64_t c = 0; c < classes; ++c) sum += std::exp(double(y[c]) - double(y[best]));
+      std::printf("%s\t%lld\t%.6f\t", argv[2 + k], (long long)best, 1.0 / sum);
       for (int64_t c = 0; c < classes; ++c) std::printf(c ? " %.9g" : "%.9g", y[c]);
       std::printf("\n");
     }

@@ -59,8 +59,8 @@ int main(int argc, char** argv) {
         }
       });
     for (auto& th : pool) th.join();
-    std::printf("threads=%d runs=%d batch=%lld: %d results, %d differ from the single-threaded run, %d thread errors\n", threads,
-                runs, (long long)batch, done.load(), mismatches.load(), failures.load());
+    std::printf("threads=%d runs=%d batch=%lld: %d results, %d differ from the single-threaded run, %d thread errors\n",
+                threads, runs, (long long)batch, done.load(), mismatches.load(), failures.load());
 
     // One session, all threads: each run must still return that thread's own result.
     std::atomic<int> shared_mismatches{0}, shared_done{0};
