@@ -189,6 +189,19 @@ def _convert(args, p) -> int:
     return 0
 
 
+def _demo(args) -> int:
+    import cnnnative
+    from . import demos
+    try:
+        files = demos.run(args.name, args.out, image=args.image)
+    except (ImportError, cnnnative.Error, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    for f in files:
+        print(f"wrote {f}")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m cnnnative", description="cnnnative: a native CNN engine")
     p.add_argument("--cmake-dir", action="store_true", help="print the folder holding cnnnative's CMake files")
@@ -228,6 +241,13 @@ def main(argv=None) -> int:
                    help="N,C,H,W to trace with (default: the source's declared shape with batch 1); for an "
                    ".onnx source it also fixes the model's symbolic input dimensions, so that shape "
                    "subgraphs (Shape, Gather, Concat, ...) fold at import")
+    d = sub.add_parser("demo", help="draw what convolution and pooling do (needs matplotlib)",
+                       description="filters: classic kernels on photos; conv: stride, padding, dilation and the "
+                       "output size; pool: max against average pooling. The code: python/cnnnative/demos/")
+    d.add_argument("name", choices=["filters", "conv", "pool"], help="which demo")
+    d.add_argument("--out", default="demo_out", help="folder for the PNG files (default: demo_out)")
+    d.add_argument("--image", default=None, help="your picture (PNG, JPEG, PGM, ... or .npy) instead of the "
+                   "bundled ones")
     args = p.parse_args(argv)
     if args.cmake_dir:
         import cnnnative
@@ -240,6 +260,8 @@ def main(argv=None) -> int:
         return 1
     if args.cmd == "convert":
         return _convert(args, p)
+    if args.cmd == "demo":
+        return _demo(args)
     if args.cmd != "train":
         p.print_help()
         return 2
