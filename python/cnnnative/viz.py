@@ -264,6 +264,7 @@ def history(hist, out, smooth_steps=True, figsize=(11, 7), dpi=_DPI) -> str:
         best = min(vals) if main == "MSE" else max(vals)
         scale = 100 if main.endswith("_acc") else 1
         unit = "%" if scale == 100 else ""
+        ax_metric.plot([best[1]], [best[0] * scale], "*", color="black", ms=9, zorder=3)
         ax_metric.annotate(f"best {best[0] * scale:.4g}{unit} (epoch {best[1]:g})", (best[1], best[0] * scale),
                            textcoords="offset points", xytext=(0, -14), ha="center", fontsize=8)
         if main == "MSE" and all(v > 0 for v, _ in vals):
@@ -546,7 +547,7 @@ def _session_label(sess, plan) -> str:
 
 
 def memory_plan(sess_or_model, out, input_shape=None, modes=("infer", "train", "segments", "cheap"), loss=None,
-                figsize=None, dpi=_DPI) -> str:
+                title=None, figsize=None, dpi=_DPI) -> str:
     """The memory plan: every arena buffer as a rectangle (x: the schedule steps it is live on, y: its offset in
     the arena, MiB), coloured by kind (activation, recomputed, gradient); the kernel workspaces in a band above
     the arena (they share one scratch block); the arena's size and the planner's lower bound (most bytes live
@@ -555,7 +556,7 @@ def memory_plan(sess_or_model, out, input_shape=None, modes=("infer", "train", "
     sess_or_model: a compiled Session (one panel), or a Module with input_shape: one panel per mode, side by
     side on the same y scale, of 'infer', 'train', 'segments' (train with recompute='segments'), 'cheap'
     (recompute='cheap'). loss (training panels): default 'cross_entropy' for [N, classes] outputs, else 'mse'.
-    Returns the PNG's path."""
+    title: default the model's class name. Returns the PNG's path."""
     path = _out_path(out, "memory_plan")
     _check_size(figsize, dpi, "memory_plan")
     if hasattr(sess_or_model, "named_modules"):
@@ -582,13 +583,13 @@ def memory_plan(sess_or_model, out, input_shape=None, modes=("infer", "train", "
                                                                             else "")
             panels.append(_plan_of(s, f"{label} {list(input_shape)}"))
             del s
-        title = type(sess_or_model).__name__
+        title = title or f"{type(sess_or_model).__name__}: memory plans"
     else:
         if input_shape is not None:
             raise ValueError("memory_plan: input_shape applies to a model; a session has its own")
         panels = [_plan_of(sess_or_model, "")]
         panels[0]["label"] = _session_label(sess_or_model, panels[0]["plan"])
-        title = "memory plan"
+        title = title or "memory plan"
     tops = []
     for p in panels:
         work = [b for b in p["plan"] if b["kind"] == "workspace"]
@@ -987,12 +988,15 @@ def html_report(sections, out, title="cnnnative report") -> str:
     return write_atomic(path, lambda f: f.write(doc.encode("utf-8")))
 
 
-def readme_images(out_dir="docs/img", epochs=8, seed=0, memory_model="resnet18", dpi=90, log=print) -> list:
+def readme_images(out_dir="docs/img", epochs=8, seed=0, memory_model="resnet18", threads=1, dpi=90, log=print) -> list:
     """Regenerates the README's pictures in out_dir: lenet5_history.png (LeNet-5 trained with
     cnnnative.train.fit on the bundled digits: loss, accuracy, learning rate, throughput), lenet5_filters.png
     (its first convolution after training) and <memory_model>_memory_plan.png (the memory plan of a CIFAR
     ResNet-18 at batch 32, or of LeNet-5 at batch 64 with memory_model='lenet5': inference, training and both
-    recomputation modes). Returns the paths."""
+    recomputation modes). threads: the training threads (one by default: its throughput panel stays steady on a
+    busy machine; None: as set). Returns the paths. From the repository root:
+    python -c "from cnnnative import viz; viz.readme_images()"."""
+    import cnnnative
     from . import data, models, optim
     from .train import fit
 
@@ -1008,7 +1012,13 @@ def readme_images(out_dir="docs/img", epochs=8, seed=0, memory_model="resnet18",
     def record(line):  # fit logs once per epoch, after its schedule step: the next epoch's learning rate
         lrs.append(opt.lr)
         log(line)
-    hist, _ = fit(model, ds, epochs, 32, opt, sched, seed=seed, progress=False, log=record)
+    before = cnnnative.get_num_threads()
+    if threads is not None:
+        cnnnative.set_num_threads(int(threads))
+    try:
+        hist, _ = fit(model, ds, epochs, 32, opt, sched, seed=seed, progress=False, log=record)
+    finally:
+        cnnnative.set_num_threads(before)
     for r, lr in zip(hist, lrs):
         r.setdefault("lr", lr)
     h = {"model": "lenet5", "task": "classify", "metric": "test_acc", "epochs": hist}
@@ -1018,6 +1028,8 @@ def readme_images(out_dir="docs/img", epochs=8, seed=0, memory_model="resnet18",
         m, shape = models.resnet18(num_classes=10, cifar=True, seed=seed), (32, 3, 32, 32)
     else:
         m, shape = models.lenet5(seed=seed), (64, 1, 28, 28)
+    name = "CIFAR ResNet-18" if memory_model == "resnet18" else "LeNet-5"
     paths.append(memory_plan(m, os.path.join(out_dir, f"{memory_model}_memory_plan.png"), input_shape=shape,
+                             title=f"{name}, batch {shape[0]}: the memory plan of inference and of a training step",
                              figsize=(18, 5.2), dpi=dpi))
     return paths
