@@ -147,7 +147,12 @@ def build_optimizer(cfg):
 def cli_settings(path) -> tuple:
     """(CLI settings, checkpoint info) of a checkpoint written by `python -m cnnnative train`; ValueError
     naming the file otherwise."""
-    from .train import checkpoint_info
+    from .train import _Reader, checkpoint_info
+    with _Reader(path) as r:
+        if not r.has_training_state():
+            raise ValueError(f"checkpoint {path} holds model weights only, without the settings of a 'python -m "
+                             f"cnnnative train' run (which model, which data); load it from Python with "
+                             f"cnnnative.load_checkpoint(model, path)")
     info = checkpoint_info(path)
     saved = (info.get("config") or {}).get("cli")
     if not isinstance(saved, dict) or not isinstance(saved.get("model"), str):
@@ -272,20 +277,19 @@ def read_png(path) -> np.ndarray:
         raise ImageError(f"{path}: PNG data holds {len(raw)} bytes, {width}x{height} needs {want}")
     rows = _unfilter(raw, height, rowbytes, max(1, bits // 8), path)
     if depth == 16:
-        vals = rows.view(">u2").reshape(height, width, channels).astype(np.float32) / 65535
+        vals = rows.view(">u2").reshape(height, width, channels).astype(np.int64)
     elif depth == 8:
-        vals = rows.reshape(height, width, channels).astype(np.float32)
+        vals = rows.reshape(height, width, channels).astype(np.int64)
     else:
-        vals = np.unpackbits(rows, axis=1).reshape(height, -1, depth)[:, :width]
-        vals = (vals * (1 << np.arange(depth - 1, -1, -1))).sum(-1)[:, :, None].astype(np.float32)
+        vals = np.unpackbits(rows, axis=1).reshape(height, -1, depth)[:, :width].astype(np.int64)
+        vals = (vals << np.arange(depth - 1, -1, -1)).sum(-1)[:, :, None]
     if ctype == 3:
         if palette is None:
             raise ImageError(f"{path}: palette PNG without a PLTE chunk")
-        idx = vals[:, :, 0].astype(np.intp)
-        if idx.max() >= len(palette):
-            raise ImageError(f"{path}: palette index {idx.max()} beyond the {len(palette)} colours")
-        return palette[idx].astype(np.float32) / 255
-    return vals if depth == 16 else vals / ((1 << depth) - 1)
+        if vals.max() >= len(palette):
+            raise ImageError(f"{path}: palette index {vals.max()} beyond the {len(palette)} colours")
+        return (palette[vals[:, :, 0]] / 255).astype(np.float32)
+    return (vals / ((1 << depth) - 1)).astype(np.float32)
 
 
 def write_png(path, image) -> str:
@@ -382,7 +386,7 @@ def read_input(path, spec, model_name) -> np.ndarray:
         if a.dtype not in (np.uint8, np.uint16) or a.ndim not in (2, 3):
             raise ImageError(f"{path}: array of shape {a.shape} and dtype {a.dtype}; a pixel .npy holds uint8 or "
                              f"uint16 (H, W) or (H, W, C) (a float .npy holds model input)")
-        img = (a / np.iinfo(a.dtype).max).astype(np.float32)
+        img = (a / np.iinfo(a.dtype).max).astype(np.float32)  # as the image readers: float64, then float32
         img = img[:, :, None] if img.ndim == 2 else img
     elif ext == ".png":
         img = read_png(path)

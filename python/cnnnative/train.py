@@ -75,7 +75,13 @@ def accuracy(model, x, y, batch_size=256, session=None) -> float:
 SMOOTHING = 0.9  # the per-step loss is smoothed as an exponential moving average with this factor, debiased
 
 _TASK_OF_LOSS = {"cross_entropy": "classify", "bce_with_logits": "segment", "mse": "denoise"}
-_CSV_FIRST, _CSV_LAST = ("epoch", "loss"), ("lr", "images_per_s", "seconds")
+_FIRST, _LAST = ("epoch", "loss", "train_acc", "test_acc"), ("lr", "images_per_s", "seconds")
+
+
+def _ordered(rec: dict) -> dict:
+    """An epoch record with its keys in the files' order (records restored from a checkpoint come sorted)."""
+    keys = [k for k in _FIRST if k in rec] + sorted(k for k in rec if k not in _FIRST + _LAST)
+    return {k: rec[k] for k in keys + [k for k in _LAST if k in rec]}
 
 
 def history_paths(history_file) -> tuple:
@@ -121,14 +127,12 @@ class History(list):
         def clean(rec):
             return {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in rec.items()}
         return {"model": self.model, "task": self.task, "metric": self.metric,
-                "epochs": [clean(r) for r in self], "steps": [clean(s) for s in self.steps]}
+                "epochs": [clean(_ordered(r)) for r in self], "steps": [clean(s) for s in self.steps]}
 
     def csv_text(self) -> str:
         import csv
         import io
-        keys = [k for r in self for k in r]
-        middle = [k for k in dict.fromkeys(keys) if k not in _CSV_FIRST + _CSV_LAST]
-        columns = list(_CSV_FIRST) + middle + list(_CSV_LAST)
+        columns = list(_ordered({k: None for r in self for k in r}))
         out = io.StringIO()
         w = csv.writer(out, lineterminator="\n")
         w.writerow(columns)
@@ -504,7 +508,7 @@ def _start(run, resume, recompute, epochs, log, history):
     if not resume:
         return 1
     records, meta = run.resume(resume)
-    history.extend(records)
+    history.extend(_ordered(r) for r in records)
     losses = meta.get("step_losses")
     if losses is None:
         log(f"note: {os.fspath(resume)} was written by an older version without the loss of each step; the "
