@@ -93,7 +93,24 @@ def _kill_and_resume(tmp_path, args, epochs=4, kill_after=2):
     assert _epoch_lines(b2.stdout) == full_lines[kill_after:]
     assert _final(b2.stdout) == _final(a.stdout)
     assert_same_checkpoint(full, part)
+    assert_same_history(full, part)
     return a, b1, b2
+
+
+def assert_same_history(a, b):
+    """The history files next to two checkpoints (.json: epochs and steps; .csv) equal but for the timings."""
+    def read(ck):
+        js, cs = cn.train.history_paths(ck)
+        with open(js) as f:
+            doc = json.load(f)
+        doc["epochs"] = [{k: v for k, v in e.items() if k not in _TIMING} for e in doc["epochs"]]
+        with open(cs) as f:
+            rows = [line.split(",")[:-2] for line in f.read().splitlines()]  # timing columns come last
+        return doc, rows
+    da, ra = read(a)
+    db, rb = read(b)
+    assert da == db and ra == rb
+    assert len(da["steps"]) == checkpoint_info(a)["optimizer"]["step"]
 
 
 def _digits_idx(path, n_train=160, n_test=48, seed=0):

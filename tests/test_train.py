@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -167,4 +168,6 @@ def test_cli_writes_a_checkpoint_every_epoch(tmp_path):
     assert info["epoch"] == 1 and info["epochs"] == 3 and len(info["history"]) == 1
     assert info["config"]["cli"]["model"] == "lenet5"
     load_checkpoint(cn.models.lenet5(seed=1), str(tmp_path / "ck.npz"))
-    assert os.listdir(tmp_path) == ["ck.npz"]
+    assert sorted(os.listdir(tmp_path)) == ["ck.history.csv", "ck.history.json", "ck.npz"]  # no temporary file
+    with open(tmp_path / "ck.history.json") as f:
+        assert [e["epoch"] for e in json.load(f)["epochs"]] == [1]

@@ -1,7 +1,9 @@
 """Training and evaluation loops used by the CLI (and usable directly): fixed-shape sessions, a
 tqdm bar per epoch, per-epoch loss/accuracy/throughput, checkpoints written atomically at the end of every
 epoch, and runs resumed from them (fit(..., checkpoint=PATH, resume=PATH)) with the numbers an
-uninterrupted run gives (same thread count).
+uninterrupted run gives (same thread count). The returned History holds one record per epoch (loss, the
+metric, the learning rate, throughput) and one per step (loss and its smoothed value); fit(...,
+history_file=PREFIX) also writes it as PREFIX.history.json and .csv at the end of every epoch.
 
 Checkpoint format: a .npz (zip of .npy members, stored uncompressed, never pickle):
   <name>.npy                       one per model.state_dict() entry, as save_checkpoint always wrote them
@@ -9,7 +11,8 @@ Checkpoint format: a .npz (zip of .npy members, stored uncompressed, never pickl
   train_state/meta.json            resumable checkpoints only: JSON with format/version, epoch and epochs,
                                    the settings a resume must match, the caller's config (the CLI's
                                    arguments), the optimizer's hyper-parameters and step count, the schedule's
-                                   state, the DataLoader's generator states and the history so far
+                                   state, the DataLoader's generator states, the history so far and the
+                                   loss of every step so far ("step_losses")
   train_state/optimizer.<s>.npy    the optimizer's flat float32 state blocks (momentum_buffer; exp_avg, ...)
 
 Loading checks everything before anything is written: member names (no duplicates, nothing but .npy and
@@ -63,6 +66,93 @@ def predict(model, x: np.ndarray, batch_size: int = 256, session=None) -> np.nda
 
 def accuracy(model, x, y, batch_size=256, session=None) -> float:
     return float(np.mean(np.argmax(predict(model, x, batch_size, session), axis=1) == y))
+
+
+# ------------------------------------------------------------------------------------------------------
+# training history
+# ------------------------------------------------------------------------------------------------------
+
+SMOOTHING = 0.9  # the per-step loss is smoothed as an exponential moving average with this factor, debiased
+
+_TASK_OF_LOSS = {"cross_entropy": "classify", "bce_with_logits": "segment", "mse": "denoise"}
+_FIRST, _LAST = ("epoch", "loss", "train_acc", "test_acc"), ("lr", "images_per_s", "seconds")
+
+
+def _ordered(rec: dict) -> dict:
+    """An epoch record with its keys in the files' order (records restored from a checkpoint come sorted)."""
+    keys = [k for k in _FIRST if k in rec] + sorted(k for k in rec if k not in _FIRST + _LAST)
+    return {k: rec[k] for k in keys + [k for k in _LAST if k in rec]}
+
+
+def history_paths(history_file) -> tuple:
+    """(json path, csv path) for fit's history_file: a path ending in .json or .csv names both files (the
+    other extension beside it); any other path is a prefix (a trailing .npz is dropped, so a checkpoint's
+    path works): PREFIX.history.json and PREFIX.history.csv."""
+    p = os.fspath(history_file)
+    root, ext = os.path.splitext(p)
+    if ext.lower() in (".json", ".csv"):
+        return root + ".json", root + ".csv"
+    if ext.lower() == ".npz":
+        p = root
+    return p + ".history.json", p + ".history.csv"
+
+
+class History(list):
+    """What fit and fit_dense return first: a list with one dict per epoch ({"epoch", "loss", "lr",
+    "images_per_s", "seconds"} and "train_acc"/"test_acc" for classifiers or the metric of fit_dense, e.g.
+    "IoU" or "MSE"), plus `steps`: one dict per training step {"step", "epoch", "loss", "loss_smooth"}
+    (loss_smooth: the debiased exponential moving average with factor SMOOTHING). model, task ("classify",
+    "segment", "denoise") and metric ("test_acc", the metric's name or None) describe the run; to_dict() is
+    the history file's JSON and write(history_file) writes it and the CSV (one row per epoch) atomically."""
+
+    def __init__(self, records=(), model=None, task=None, metric=None):
+        super().__init__(records)
+        self.model, self.task, self.metric = model, task, metric
+        self.steps = []
+        self._ema = 0.0
+
+    def add_step(self, step: int, epoch: int, loss: float) -> None:
+        """Records training step `step` (counted from 1 over the whole run) of `epoch` with its loss."""
+        loss = float(loss)
+        n = len(self.steps) + 1
+        self._ema = SMOOTHING * self._ema + (1 - SMOOTHING) * loss
+        self.steps.append({"step": int(step), "epoch": int(epoch), "loss": loss,
+                           "loss_smooth": self._ema / (1 - SMOOTHING ** n)})
+
+    def step_losses(self) -> list:
+        return [s["loss"] for s in self.steps]
+
+    def to_dict(self) -> dict:
+        """{"model", "task", "metric", "epochs": [...], "steps": [...]}; non-finite numbers become null."""
+        def clean(rec):
+            return {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in rec.items()}
+        return {"model": self.model, "task": self.task, "metric": self.metric,
+                "epochs": [clean(_ordered(r)) for r in self], "steps": [clean(s) for s in self.steps]}
+
+    def csv_text(self) -> str:
+        import csv
+        import io
+        columns = list(_ordered({k: None for r in self for k in r}))
+        out = io.StringIO()
+        w = csv.writer(out, lineterminator="\n")
+        w.writerow(columns)
+        for r in self:
+            w.writerow([("" if r.get(k) is None else repr(r[k]) if isinstance(r[k], float) else r[k])
+                        for k in columns])
+        return out.getvalue()
+
+    def write(self, history_file) -> tuple:
+        """Writes the JSON and CSV files (see history_paths), each atomically; returns their paths."""
+        js, cs = history_paths(history_file)
+        d = self.to_dict()
+        lines = [json.dumps({k: d[k] for k in ("model", "task", "metric")}, allow_nan=False)[:-1] + ","]
+        for key in ("epochs", "steps"):  # one record a line
+            recs = [" " + json.dumps(r, allow_nan=False) for r in d[key]]
+            lines.append(f' "{key}": [' + ("\n" + ",\n".join(recs) + "\n" if recs else "") + "]" +
+                         ("," if key == "epochs" else "}"))
+        blob = ("\n".join(lines) + "\n").encode()
+        text = self.csv_text().encode()
+        return write_atomic(js, lambda f: f.write(blob)), write_atomic(cs, lambda f: f.write(text))
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -320,7 +410,8 @@ class _Resumable:
                 "settings": self.settings, "config": self.config,
                 "optimizer": {k: opt[k] for k in ("kind", "defaults", "param_groups", "step")},
                 "schedule": self.schedule.state_dict() if self.schedule is not None else None,
-                "loader": self.loader.state_dict(), "history": history,
+                "loader": self.loader.state_dict(), "history": list(history),
+                "step_losses": history.step_losses(),
                 "runtime": {"threads": cnnnative.get_num_threads(), "recompute": recompute,
                             "cnnnative": cnnnative.__version__}}
         arrays = {_OPT + k: v for k, v in opt["state"].items()}
@@ -352,6 +443,11 @@ class _Resumable:
                     and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in h.values())
                     for i, h in enumerate(history)):
                 r._fail(f"history is not one record of numbers per epoch 1..{epoch}")
+            losses = meta.get("step_losses")  # absent in checkpoints of older versions
+            if losses is not None and (not isinstance(losses, list) or len(losses) != epoch * len(self.loader)
+                                       or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                  for v in losses)):
+                r._fail(f"step_losses is not one number per step of {epoch} epochs of {len(self.loader)} steps")
             weights = r.model_state(self.model.state_dict(), strict=True)
             own_opt = self.sess.optimizer_state()
             names = {k[len(_OPT):] for k in r.members if k.startswith(_OPT)}
@@ -406,18 +502,28 @@ def _after_checkpoint(epoch):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _start(run, resume, recompute, epochs, log):
-    """(history, first epoch) after restoring `resume` (if any)."""
+def _start(run, resume, recompute, epochs, log, history):
+    """The first epoch to train after restoring `resume` (if any) into the model, the optimizer, ... and the
+    History `history`."""
     if not resume:
-        return [], 1
-    history, meta = run.resume(resume)
+        return 1
+    records, meta = run.resume(resume)
+    history.extend(_ordered(r) for r in records)
+    losses = meta.get("step_losses")
+    if losses is None:
+        log(f"note: {os.fspath(resume)} was written by an older version without the loss of each step; the "
+            f"history's steps begin with epoch {meta['epoch'] + 1}")
+    else:
+        per_epoch = len(run.loader)
+        for i, v in enumerate(losses):
+            history.add_step(i + 1, i // per_epoch + 1, v)
     _note_runtime(meta, recompute, log)
     if meta["epoch"] >= epochs:
         log(f"checkpoint {os.fspath(resume)}: the run finished all {epochs} epochs; nothing to do")
     else:
         log(f"resuming from {os.fspath(resume)}: epoch {meta['epoch']}/{epochs} done, continuing with epoch "
             f"{meta['epoch'] + 1}")
-    return history, meta["epoch"] + 1
+    return meta["epoch"] + 1
 
 
 def _optimizer_settings(optimizer):
@@ -434,10 +540,14 @@ def _schedule_settings(schedule):
 
 def fit(model, data, epochs, batch_size, optimizer, schedule=None, seed=0, progress=True, log=print,
         eval_batch_size=256, transform=None, recompute="none", dtype="float32", checkpoint=None, resume=None,
-        config=None, device="cpu"):
-    """Trains on data = (x_train, y_train, x_test, y_test); returns (history, session), history holding one
-    dict per epoch. recompute: the training session's recomputation mode; dtype='bfloat16': mixed-precision
-    training and bf16 evaluation (Module.compile).
+        config=None, device="cpu", history_file=None, model_name=None):
+    """Trains on data = (x_train, y_train, x_test, y_test); returns (history, session), history a History: one
+    dict per epoch {"epoch", "loss", "train_acc", "test_acc", "lr" (the learning rate of that epoch),
+    "images_per_s", "seconds"} and history.steps, one dict per step. recompute: the training session's
+    recomputation mode; dtype='bfloat16': mixed-precision training and bf16 evaluation (Module.compile).
+    history_file: a path prefix (PREFIX.history.json and .csv; a checkpoint's path works) or a .json/.csv path,
+    written atomically at the end of every epoch (see History.write); model_name: the model's name there
+    (default: its class name).
 
     checkpoint: a path written atomically at the end of every epoch with the weights and the whole training
     state. resume: a checkpoint of the same run (same model, data, batch size, optimizer, schedule, seed,
@@ -467,13 +577,16 @@ def fit(model, data, epochs, batch_size, optimizer, schedule=None, seed=0, progr
                     "schedule": _schedule_settings(schedule), "transform": _describe(transform),
                     "data": fingerprint(x_tr, y_tr, x_te, y_te)}
         run = _Resumable(model, sess, optimizer, schedule, loader, epochs, settings, config, log)
-    history, first = _start(run, resume, recompute, epochs, log)
+    history = History(model=model_name or type(model).__name__, task="classify", metric="test_acc")
+    first = _start(run, resume, recompute, epochs, log, history)
     for epoch in range(first, epochs + 1):
         t0 = time.perf_counter()
+        lr = float(optimizer.lr)
         total, correct, loss_sum, seen = 0, 0, 0.0, 0
         bar = tqdm(loader, desc=f"epoch {epoch}/{epochs}", leave=False, disable=not progress, unit="batch")
         for xb, yb in bar:
             loss = sess.step(xb, yb)
+            history.add_step((epoch - 1) * len(loader) + total + 1, epoch, loss)
             correct += int(np.sum(np.argmax(sess.output(), axis=1) == yb))
             seen += len(yb)
             loss_sum += loss * len(yb)
@@ -486,10 +599,12 @@ def fit(model, data, epochs, batch_size, optimizer, schedule=None, seed=0, progr
             schedule.step()
         test_acc = accuracy(model, x_te, y_te, bs_eval, eval_sess)
         rec = {"epoch": epoch, "loss": loss_sum / seen, "train_acc": correct / seen, "test_acc": test_acc,
-               "images_per_s": seen / dt, "seconds": dt}
+               "lr": lr, "images_per_s": seen / dt, "seconds": dt}
         history.append(rec)
         if checkpoint:
             run.save(checkpoint, epoch, history, recompute)
+        if history_file is not None:
+            history.write(history_file)
         log(f"epoch {epoch:2d}/{epochs}  loss {rec['loss']:.4f}  train acc {rec['train_acc']:.4f}  "
             f"test acc {test_acc:.4f}  {rec['images_per_s']:.0f} img/s")
         if checkpoint:
@@ -507,10 +622,12 @@ def iou(logits: np.ndarray, masks: np.ndarray) -> float:
 
 def fit_dense(model, x_tr, t_tr, x_te, t_te, epochs, batch_size, optimizer, loss, schedule=None, seed=0,
               progress=True, log=print, metric=None, metric_name="metric", recompute="none", dtype="float32",
-              checkpoint=None, resume=None, config=None, device="cpu"):
+              checkpoint=None, resume=None, config=None, device="cpu", history_file=None, model_name=None):
     """Trains a dense-output model (segmentation, denoising) with loss 'mse' or 'bce_with_logits' on float
-    targets of the output's shape; metric(pred, target) -> float is reported on the test set per epoch.
-    checkpoint, resume, config, device: as for fit."""
+    targets of the output's shape; metric(pred, target) -> float is reported on the test set per epoch (as
+    history[i][metric_name]). Returns (History, session); the history's task is "segment" for
+    'bce_with_logits', "denoise" for 'mse'. checkpoint, resume, config, device, history_file, model_name: as
+    for fit."""
     from tqdm import tqdm
 
     loader = DataLoader(x_tr, t_tr.astype(np.float32), batch_size, shuffle=True, seed=seed, drop_last=True)
@@ -528,13 +645,17 @@ def fit_dense(model, x_tr, t_tr, x_te, t_te, epochs, batch_size, optimizer, loss
                     "optimizer": _optimizer_settings(optimizer), "schedule": _schedule_settings(schedule),
                     "data": fingerprint(x_tr, t_tr, x_te, t_te)}
         run = _Resumable(model, sess, optimizer, schedule, loader, epochs, settings, config, log)
-    history, first = _start(run, resume, recompute, epochs, log)
+    history = History(model=model_name or type(model).__name__, task=_TASK_OF_LOSS.get(loss),
+                      metric=metric_name if metric is not None else None)
+    first = _start(run, resume, recompute, epochs, log, history)
     for epoch in range(first, epochs + 1):
         t0 = time.perf_counter()
+        lr = float(optimizer.lr)
         loss_sum, seen = 0.0, 0
         bar = tqdm(loader, desc=f"epoch {epoch}/{epochs}", leave=False, disable=not progress, unit="batch")
-        for xb, tb in bar:
+        for i, (xb, tb) in enumerate(bar):
             lv = sess.step(xb, tb)
+            history.add_step((epoch - 1) * len(loader) + i + 1, epoch, lv)
             loss_sum += lv * len(xb)
             seen += len(xb)
             bar.set_postfix(loss=f"{lv:.4f}")
@@ -543,12 +664,15 @@ def fit_dense(model, x_tr, t_tr, x_te, t_te, epochs, batch_size, optimizer, loss
         if schedule is not None:
             schedule.step()
         pred = predict(model, x_te, bs_eval, eval_sess)
-        rec = {"epoch": epoch, "loss": loss_sum / seen, "images_per_s": seen / dt, "seconds": dt}
+        rec = {"epoch": epoch, "loss": loss_sum / seen}
         if metric is not None:
             rec[metric_name] = float(metric(pred, t_te))
+        rec.update(lr=lr, images_per_s=seen / dt, seconds=dt)
         history.append(rec)
         if checkpoint:
             run.save(checkpoint, epoch, history, recompute)
+        if history_file is not None:
+            history.write(history_file)
         extra = f"  test {metric_name} {rec[metric_name]:.4f}" if metric is not None else ""
         log(f"epoch {epoch:2d}/{epochs}  loss {rec['loss']:.4f}{extra}  {rec['images_per_s']:.0f} img/s")
         if checkpoint:
