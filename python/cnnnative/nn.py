@@ -733,13 +733,17 @@ class Module:
             raise TypeError(f"forward() must return one Tensor, got {type(y).__name__}")
         return b, x, y
 
-    def compile(self, input_shape, mode: str = "infer", optimizer=None, loss: str = "cross_entropy",
+    def compile(self, input_shape=None, mode: str = "infer", optimizer=None, loss: str | None = None,
                 seed: int = 0, backend: str = "cpu", plan_memory: bool = True, optimize: bool = True,
                 layout: str = "auto", recompute="none", dtype: str = "float32", cache_weights: bool = True,
                 winograd: bool = True, deterministic=None, max_arena_bytes=None, strict: bool = False,
                 dump_passes=None, device=None, tf32: bool = True, cuda_graphs: bool = True):
         """Compiles the model for one input shape: mode 'infer' (eval behaviour of BN/dropout) or
-        'train' (one step = forward, loss, backward, optimizer update). optimize: fuse conv/BN/add/ReLU
+        'train' (one step = forward, loss, backward, optimizer update). input_shape: the full shape (N, C, H, W),
+        or a batch size N for a model that declares its input shape (an `input_shape` attribute (1, C, H, W), as
+        the zoo models do), or None for the declared shape itself. mode='train' needs an optimizer
+        (cn.optim.SGD/Adam/AdamW); loss ('cross_entropy' by default, 'mse', 'bce_with_logits') and optimizer
+        apply to training only (given with mode='infer', a ValueError). optimize: fuse conv/BN/add/ReLU
         chains in inference; layout: 'auto' (oneDNN's blocked layouts between capable kernels) or
         'plain' (NCHW everywhere), for comparison. recompute (training): 'none'; 'cheap' recomputes
         BN/ReLU/add outputs in the backward pass instead of keeping them; 'segments' (or True) keeps only
