@@ -13,6 +13,8 @@ __all__ = ["ReLU6", "Hardtanh", "Hardsigmoid", "Hardswish", "SiLU", "GELU", "Mis
 
 
 class _Inplace(Module):
+    """inplace is accepted as in PyTorch (nn.SiLU(inplace=True)) and changes nothing: the engine decides itself
+    where an activation overwrites its input (the memory planner), so the numbers are the same either way."""
     _fn = None
 
     def __init__(self, inplace: bool = False):

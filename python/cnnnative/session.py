@@ -176,12 +176,19 @@ class Session:
         from .nn import StructureWatch
         self._watch = StructureWatch(model)
         self._store = store
-        self._s = _core.Session(g, store, mode, backend=backend, plan_memory=plan_memory, seed=int(seed),
-                                optimize=bool(optimize), layout=str(layout), recompute=recompute, dtype=dtype,
-                                cache_weights=bool(cache_weights), winograd=bool(winograd),
-                                deterministic=self.deterministic, max_arena_bytes=arena_budget(max_arena_bytes),
-                                strict=bool(strict), dump_passes=_dump_dir(dump_passes), tf32=bool(tf32),
-                                graphs=bool(cuda_graphs), **kw)
+        try:
+            self._s = _core.Session(g, store, mode, backend=backend, plan_memory=plan_memory, seed=int(seed),
+                                    optimize=bool(optimize), layout=str(layout), recompute=recompute, dtype=dtype,
+                                    cache_weights=bool(cache_weights), winograd=bool(winograd),
+                                    deterministic=self.deterministic, max_arena_bytes=arena_budget(max_arena_bytes),
+                                    strict=bool(strict), dump_passes=_dump_dir(dump_passes), tf32=bool(tf32),
+                                    graphs=bool(cuda_graphs), **kw)
+        except _core.Error as e:  # a node the compiler refused: say which module it came from
+            from .nn import locate_node_error
+            msg = locate_node_error(str(e), model)
+            if msg == str(e):
+                raise
+            raise _core.Error(msg).with_traceback(e.__traceback__) from None
         warn_reference_fallbacks(self._s)
         if optimizer is not None:
             optimizer._attach(self)
