@@ -888,13 +888,13 @@ class Sequential(_Indexed):
     OrderedDict (their names). Indexing is by position; a slice is a Sequential keeping the names; insert,
     del and pop renumber the modules "0", "1", ... as torch's deletion does."""
 
-    def __init__(self, *mods):
+    def __init__(self, *args):
         super().__init__()
-        if len(mods) == 1 and isinstance(mods[0], (OrderedDict, dict)):
-            for k, m in mods[0].items():
+        if len(args) == 1 and isinstance(args[0], (OrderedDict, dict)):
+            for k, m in args[0].items():
                 self.add_module(k, m)
         else:
-            for i, m in enumerate(mods):
+            for i, m in enumerate(args):
                 self.add_module(str(i), m)
 
     def __getitem__(self, idx):
@@ -1201,10 +1201,10 @@ class ConvTranspose2d(Module):
                                   self.padding, self.output_padding, self.groups, self.dilation, name=b.scope_name())
 
     def extra_repr(self):
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}" + (f", output_padding={self.output_padding}" if any(self.output_padding)
-                                             else "")
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+                + (f", padding={self.padding}" if any(self.padding) else "")
                 + (f", dilation={self.dilation}" if self.dilation != (1, 1) else "")
+                + (f", output_padding={self.output_padding}" if any(self.output_padding) else "")
                 + (f", groups={self.groups}" if self.groups > 1 else "")
                 + ("" if self.bias is not None else ", bias=False"))
 
@@ -1279,7 +1279,7 @@ class BatchNorm2d(Module):
                             name=b.scope_name())
 
     def extra_repr(self):
-        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine=True, "
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine=True, bias=True, "
                 "track_running_stats=True")
 
 
