@@ -460,3 +460,24 @@ def test_compile_errors_after_tracing_name_the_module_of_their_node():
     with pytest.raises(cn.Error, match=r"^layer '2' \(Conv2d\): op '(fused_)?conv2d' \(node '2'\): cannot create its "
                                        r"cpu kernel"):
         model.compile((1, 3, 8, 8))
+
+
+def test_functional_conv2d_takes_torchs_padding_strings():
+    torch = pytest.importorskip("torch")
+
+    class Net(nn.Module):
+        def __init__(self, padding):
+            super().__init__()
+            self.padding = padding
+            self.weight = nn.Parameter(_x((4, 3, 2, 3), 4))
+
+        def forward(self, x):
+            return nn.functional.conv2d(x, self._tensor("weight"), padding=self.padding, dilation=(2, 1))
+
+    x = _x((2, 3, 7, 6))
+    for padding in ("same", "valid"):
+        want = torch.nn.functional.conv2d(torch.tensor(x), torch.tensor(_x((4, 3, 2, 3), 4)), padding=padding,
+                                          dilation=(2, 1)).numpy()
+        assert_close(Net(padding).compile(x.shape).run(x), want, 1e-4, 1e-5, padding)
+    with pytest.raises(ValueError, match=r"^model \(Net\): conv2d: Invalid padding string 'full'"):
+        Net("full").compile(x.shape)

@@ -1124,9 +1124,7 @@ class Conv2d(Module):
                 raise ValueError(f"{layer}: padding='same' is not supported for strided convolutions "
                                  f"(stride={self.stride})")
             self.padding = padding
-            totals = [d * (k - 1) if padding == "same" else 0 for d, k in zip(self.dilation, self.kernel_size)]
-            # (left, right, top, bottom): torch puts the odd one after
-            self._pads = (totals[1] // 2, totals[1] - totals[1] // 2, totals[0] // 2, totals[0] - totals[0] // 2)
+            self._pads = F.same_pads(self.kernel_size, self.dilation) if padding == "same" else (0, 0, 0, 0)
         else:
             self.padding = _pair(layer, "padding", padding)
             ph, pw = self.padding
