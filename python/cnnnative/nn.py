@@ -1083,12 +1083,10 @@ def _channels_and_groups(layer: str, in_channels, out_channels, groups) -> tuple
 
 
 def _expect_channels(module, x, c: int, what: str) -> None:
-    """A 4-D input [N, c, H, W] for a convolution or a batch norm, or cn.Error in torch's terms."""
+    """c channels on axis 1 of a convolution's or batch norm's input, or cn.Error in torch's terms (the rank is the
+    op's to check: batch_norm also takes [N, C])."""
     name = current().scope_name()
-    if x.dim() != 4:
-        raise _core.Error(f"layer '{name}' ({type(module).__name__}): expected a 4-D input [N, {c}, H, W], got "
-                          f"{list(x.shape)}")
-    if x.shape[1] != c:
+    if x.dim() >= 2 and x.shape[1] != c:
         raise _core.Error(f"layer '{name}' ({type(module).__name__}): {what}, expected input{list(x.shape)} to have "
                           f"{c} channels, but got {x.shape[1]} channels instead")
 
