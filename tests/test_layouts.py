@@ -66,12 +66,13 @@ def test_reorders_only_at_the_edges():
     net = resnet_stack()
     x = _x((2, 3, 12, 12))
     for mode in ("infer", "train"):
-        assert _reorders(Session(net, x.shape, mode=mode, layout="plain")) == []
+        opt = {"optimizer": cn.optim.SGD(lr=0.01)} if mode == "train" else {}
+        assert _reorders(Session(net, x.shape, mode=mode, layout="plain", **opt)) == []
         # the stem conv reads the plain 3-channel input (oneDNN's choice); every 16/32-channel activation is
         # nChw16c; the pooled [N, 32, 1, 1] is byte-identical to plain, so flatten reads it without a reorder
-        assert _reorders(Session(net, x.shape, mode=mode, layout="nChw16c")) == []
+        assert _reorders(Session(net, x.shape, mode=mode, layout="nChw16c", **opt)) == []
         # nhwc: the input is reordered once (3 channels: nhwc differs from plain)
-        assert _reorders(Session(net, x.shape, mode=mode, layout="nhwc")) == ["x@nhwc"]
+        assert _reorders(Session(net, x.shape, mode=mode, layout="nhwc", **opt)) == ["x@nhwc"]
     # LeNet: the plain-only flatten gets a plain copy of pool2's output; conv2 (6 input channels) reads plain
     lenet = Session(cn.models.lenet5(), (4, 1, 28, 28), layout="nChw16c")
     assert _reorders(lenet) == ["pool1@plain", "pool2@plain"]
@@ -94,7 +95,7 @@ def test_blocked_layout_pads_channels_and_sizes_buffers_by_layout():
 def test_steps_allocate_nothing_with_layouts(layout):
     net = resnet_stack()
     x, y = _x((2, 3, 12, 12)), _labels(2, 5)
-    s = Session(net, x.shape, mode="train", layout=layout)
+    s = Session(net, x.shape, mode="train", optimizer=cn.optim.SGD(lr=0.01), layout=layout)
     s.step(x, y)
     i = Session(net, x.shape, layout=layout)
     i.run(x)

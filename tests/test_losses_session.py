@@ -67,7 +67,7 @@ def test_losses_without_torch():
 
 def test_target_shape_and_dtype_are_checked():
     m = _net()
-    sess = m.compile((4, 1, 6, 6), mode="train", loss="mse")
+    sess = m.compile((4, 1, 6, 6), mode="train", optimizer=cn.optim.SGD(lr=0.01), loss="mse")
     x, t = _data()
     with pytest.raises(cn.Error, match=r"input 'target': expected shape \[4, 2, 6, 6\].*got \[4, 2, 6\]"):
         sess.step(x, t[..., 0])
@@ -77,7 +77,7 @@ def test_target_shape_and_dtype_are_checked():
     with pytest.raises(ValueError, match=r"unknown loss 'l1' \(supported: cross_entropy, mse, bce_with_logits\)"):
         m.compile((4, 1, 6, 6), mode="train", loss="l1")
     with pytest.raises(ValueError, match=r"cross_entropy needs \[N, classes\] logits, the model gives \[4, 2, 6, 6\]"):
-        m.compile((4, 1, 6, 6), mode="train", loss="cross_entropy")
+        m.compile((4, 1, 6, 6), mode="train", optimizer=cn.optim.SGD(lr=0.01), loss="cross_entropy")
 
 
 def test_non_finite_target_updates_no_parameter():
@@ -113,7 +113,7 @@ def test_functional_losses_check_shapes_and_reduction():
 def test_nan_input_is_refused_before_anything_runs(mode):
     """ReLU maps NaN to 0, so a NaN image would give a finite loss while poisoning BN statistics: refused."""
     m = cn.models.get_model("resnet18", seed=0, num_classes=10)
-    sess = m.compile((2, 3, 32, 32), mode=mode)
+    sess = m.compile((2, 3, 32, 32), mode=mode, **({"optimizer": cn.optim.SGD(lr=0.01)} if mode == "train" else {}))
     x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
     x[1, 2, 3, 4] = np.nan
     before = {k: v.copy() for k, v in m.state_dict().items()}

@@ -53,18 +53,18 @@ def test_fuse_pass_folds_batch_norm_of_an_nn_model_in_inference():
     ops = [k["op"] for k in s.kernels()]
     assert "batch_norm" not in ops and ops.count("fused_conv2d") == 2, ops
     # not in training (BN must see the batch) nor with optimize=False
-    t = _net().compile((2, 3, 8, 8), mode="train")
+    t = _net().compile((2, 3, 8, 8), mode="train", optimizer=cn.optim.SGD(lr=0.01))
     assert not _passes(t)["fuse"]["ran"] and "batch_norm" in [k["op"] for k in t.kernels()]
     assert not _passes(_net().compile((2, 3, 8, 8), optimize=False))["fuse"]["ran"]
 
 
 def test_swap_and_autodiff_passes_run_in_training_only():
-    t = _passes(_net().compile((2, 3, 8, 8), mode="train"))
+    t = _passes(_net().compile((2, 3, 8, 8), mode="train", optimizer=cn.optim.SGD(lr=0.01)))
     assert t["swap_relu_pool"]["ran"] and t["swap_relu_pool"]["summary"].startswith("1 pairs")
     assert t["autodiff"]["ran"] and "backward nodes" in t["autodiff"]["summary"]
     assert t["autodiff"]["nodes"] > t["swap_relu_pool"]["nodes"]
     assert not t["recompute"]["ran"]
-    r = _passes(_net().compile((2, 3, 8, 8), mode="train", recompute="segments"))
+    r = _passes(_net().compile((2, 3, 8, 8), mode="train", optimizer=cn.optim.SGD(lr=0.01), recompute="segments"))
     assert r["recompute"]["ran"]
     i = _passes(_net().compile((2, 3, 8, 8)))
     assert not i["swap_relu_pool"]["ran"] and not i["autodiff"]["ran"]
@@ -78,7 +78,7 @@ def test_layout_pass_and_plain_policy():
 
 
 def test_interface_storage_inplace_and_plan_passes():
-    s = _net().compile((2, 3, 8, 8), mode="train")
+    s = _net().compile((2, 3, 8, 8), mode="train", optimizer=cn.optim.SGD(lr=0.01))
     p = _passes(s)
     assert p["interface"]["summary"] == "2 feeds, 2 fetches"  # x, labels -> logits, loss
     n_params = len(list(_net().parameters()))
@@ -90,7 +90,7 @@ def test_interface_storage_inplace_and_plan_passes():
 
 def test_dump_passes_writes_the_graph_after_each_pass(tmp_path, monkeypatch):
     d = tmp_path / "dump"
-    s = _net().compile((2, 3, 8, 8), mode="train", dump_passes=d)
+    s = _net().compile((2, 3, 8, 8), mode="train", optimizer=cn.optim.SGD(lr=0.01), dump_passes=d)
     files = sorted(os.listdir(d))
     ran = [p["name"] for p in s.passes() if p["ran"]]
     assert files[0] == "00-input.txt" and files[-1] == "plan.txt"
@@ -147,8 +147,8 @@ def _graph_with(op, attrs, shape=(2, 4, 6, 6)):
 
 def test_a_reference_fallback_warns_once_and_strict_refuses(monkeypatch):
     # a kernel-less op on the cpu backend: pretend by asking for an op only the reference backend has
-    ops_without_cpu_kernel = [k["op"] for k in _net().compile((2, 3, 8, 8), mode="train").kernels()
-                              if k["impl"] == "reference"]
+    train = _net().compile((2, 3, 8, 8), mode="train", optimizer=cn.optim.SGD(lr=0.01))
+    ops_without_cpu_kernel = [k["op"] for k in train.kernels() if k["impl"] == "reference"]
     assert ops_without_cpu_kernel == [], ops_without_cpu_kernel  # every op of an ordinary model has a fast kernel
     from cnnnative.session import warn_reference_fallbacks
 
@@ -165,6 +165,6 @@ def test_a_reference_fallback_warns_once_and_strict_refuses(monkeypatch):
 
 
 def test_strict_compiles_when_every_node_has_a_fast_kernel():
-    s = _net().compile((2, 3, 8, 8), mode="train", strict=True)
+    s = _net().compile((2, 3, 8, 8), mode="train", optimizer=cn.optim.SGD(lr=0.01), strict=True)
     x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
     assert np.isfinite(s.step(x, np.array([0, 1], np.int32)))

@@ -115,7 +115,7 @@ def test_segments_keep_block_outputs_resnet50_memory():
 
 def test_recompute_steps_allocate_nothing():
     m = cn.models.get_model("resnet18", seed=0, num_classes=10)
-    s = m.compile((2, 3, 32, 32), mode="train", recompute="segments")
+    s = m.compile((2, 3, 32, 32), mode="train", optimizer=cn.optim.SGD(lr=0.01), recompute="segments")
     x, y = _data((2, 3, 32, 32), 10)
     s.step(x, y)
     before = cn.allocation_count()
@@ -131,13 +131,14 @@ def test_recompute_option_errors():
     with pytest.raises(ValueError, match="mode='train' only"):
         m.compile((2, 1, 28, 28), recompute="segments")
     r = cn.models.get_model("resnet18", seed=0, num_classes=10)
-    assert r.compile((2, 3, 32, 32), mode="train", recompute=True).memory_report()["num_recomputed"] > 0
-    assert r.compile((2, 3, 32, 32), mode="train", recompute=False).memory_report()["num_recomputed"] == 0
+    sgd = cn.optim.SGD(lr=0.01)
+    assert r.compile((2, 3, 32, 32), mode="train", optimizer=sgd, recompute=True).memory_report()["num_recomputed"] > 0
+    assert r.compile((2, 3, 32, 32), mode="train", optimizer=sgd, recompute=False).memory_report()["num_recomputed"] == 0
 
 
 def test_non_finite_input_rejected_state_untouched_with_recompute():
     m = cn.models.get_model("resnet18", seed=0, num_classes=10)
-    s = m.compile((2, 3, 32, 32), mode="train", recompute="segments")
+    s = m.compile((2, 3, 32, 32), mode="train", optimizer=cn.optim.SGD(lr=0.01), recompute="segments")
     before = {k: v.copy() for k, v in m.state_dict().items()}
     x, y = _data((2, 3, 32, 32), 10)
     x[0, 0, 0, 0] = np.nan

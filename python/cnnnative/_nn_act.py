@@ -2,6 +2,8 @@
 extra_repr: ReLU6, Hardtanh, Hardsigmoid, Hardswish, SiLU, GELU, Mish, ELU, Softplus, PReLU."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from . import _fn_act as F
@@ -13,6 +15,8 @@ __all__ = ["ReLU6", "Hardtanh", "Hardsigmoid", "Hardswish", "SiLU", "GELU", "Mis
 
 
 class _Inplace(Module):
+    """inplace is accepted as in PyTorch (nn.SiLU(inplace=True)) and changes nothing: the engine decides itself
+    where an activation overwrites its input (the memory planner), so the numbers are the same either way."""
     _fn = None
 
     def __init__(self, inplace: bool = False):
@@ -33,9 +37,15 @@ class ReLU6(_Inplace):
 class Hardsigmoid(_Inplace):
     _fn = staticmethod(F.hardsigmoid)
 
+    def extra_repr(self):
+        return ""  # torch's Hardsigmoid does not show inplace
+
 
 class Hardswish(_Inplace):
     _fn = staticmethod(F.hardswish)
+
+    def extra_repr(self):
+        return ""  # torch's Hardswish does not show inplace
 
 
 class SiLU(_Inplace):
@@ -47,8 +57,20 @@ class Mish(_Inplace):
 
 
 class Hardtanh(Module):
-    def __init__(self, min_val: float = -1.0, max_val: float = 1.0, inplace: bool = False):
+    """torch.nn.Hardtanh: x clamped to [min_val, max_val]; min_value / max_value are torch's deprecated names for
+    them (used, with torch's DeprecationWarning)."""
+
+    def __init__(self, min_val: float = -1.0, max_val: float = 1.0, inplace: bool = False,
+                 min_value: float | None = None, max_value: float | None = None):
         super().__init__()
+        if min_value is not None:
+            warnings.warn("keyword argument `min_value` is deprecated and rename to `min_val`", DeprecationWarning,
+                          stacklevel=2)
+            min_val = min_value
+        if max_value is not None:
+            warnings.warn("keyword argument `max_value` is deprecated and rename to `max_val`", DeprecationWarning,
+                          stacklevel=2)
+            max_val = max_value
         if min_val > max_val:
             raise ValueError(f"Hardtanh: min_val ({min_val}) cannot be greater than max_val ({max_val})")
         self.min_val, self.max_val, self.inplace = min_val, max_val, bool(inplace)

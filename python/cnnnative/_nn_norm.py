@@ -8,9 +8,23 @@ import numpy as np
 from . import _fn_norm as F
 from ._params import Parameter
 from .graph import current
-from .nn import Module
+from .nn import Module, _int_arg
 
 __all__ = ["LayerNorm", "LayerNorm2d", "GroupNorm", "InstanceNorm1d", "InstanceNorm2d"]
+
+
+def _affine_params(module, affine: bool, bias: bool, n: int) -> None:
+    """weight (ones) and bias (zeros) of n channels when affine, the bias left None with bias=False (torch's
+    keyword); both None without affine."""
+    if affine:
+        module.weight = Parameter(np.ones(n))
+        if bias:
+            module.bias = Parameter(np.zeros(n))
+        else:
+            module.register_parameter("bias", None)
+    else:
+        module.register_parameter("weight", None)
+        module.register_parameter("bias", None)
 
 
 class LayerNorm(Module):
@@ -66,29 +80,27 @@ class LayerNorm2d(LayerNorm):
 
 
 class GroupNorm(Module):
-    """torch.nn.GroupNorm(num_groups, num_channels, eps=1e-5, affine=True)."""
+    """torch.nn.GroupNorm(num_groups, num_channels, eps=1e-5, affine=True, *, bias=True) (bias=False: a weight and
+    no bias, as torch)."""
 
-    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True):
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True, *,
+                 bias: bool = True):
         super().__init__()
-        if int(num_groups) < 1 or int(num_channels) % int(num_groups):
+        self.num_groups = _int_arg("GroupNorm", "num_groups", num_groups)
+        self.num_channels = _int_arg("GroupNorm", "num_channels", num_channels)
+        if self.num_channels % self.num_groups:
             raise ValueError(f"GroupNorm: num_channels ({num_channels}) must be divisible by num_groups "
                              f"({num_groups})")
-        self.num_groups, self.num_channels = int(num_groups), int(num_channels)
         self.eps = F._eps("GroupNorm", eps)
         self.affine = bool(affine)
-        if self.affine:
-            self.weight = Parameter(np.ones(self.num_channels))
-            self.bias = Parameter(np.zeros(self.num_channels))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        _affine_params(self, self.affine, bias, self.num_channels)
 
     def forward(self, x):
         if x.dim() < 2 or x.shape[1] != self.num_channels:
             raise ValueError(f"layer '{current().scope_name()}' (GroupNorm): expected an input [N, "
                              f"{self.num_channels}, ...], got {list(x.shape)}")
-        w = self._tensor("weight") if self.affine else None
-        b = self._tensor("bias") if self.affine else None
+        w = self._tensor("weight") if self.weight is not None else None
+        b = self._tensor("bias") if self.bias is not None else None
         return F.group_norm(x, self.num_groups, w, b, self.eps, name=current().scope_name())
 
     def extra_repr(self):
@@ -99,29 +111,24 @@ class _InstanceNorm(Module):
     _rank = 4
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = False,
-                 track_running_stats: bool = False):
+                 track_running_stats: bool = False, *, bias: bool = True):
         super().__init__()
         name = type(self).__name__
         if track_running_stats:
             raise ValueError(f"{name}: track_running_stats=True is not supported (instance norm here always "
                              "normalizes with each sample's own statistics); use track_running_stats=False")
-        self.num_features, self.momentum = int(num_features), momentum
+        self.num_features, self.momentum = _int_arg(name, "num_features", num_features), momentum
         self.eps = F._eps(name, eps)
         self.affine, self.track_running_stats = bool(affine), False
-        if self.affine:
-            self.weight = Parameter(np.ones(self.num_features))
-            self.bias = Parameter(np.zeros(self.num_features))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        _affine_params(self, self.affine, bias, self.num_features)
 
     def forward(self, x):
         if x.dim() != self._rank or x.shape[1] != self.num_features:
             dims = ", ".join(["N", str(self.num_features)] + ["L"] * (self._rank == 3) + ["H", "W"] * (self._rank == 4))
             raise ValueError(f"layer '{current().scope_name()}' ({type(self).__name__}): expected an input [{dims}], "
                              f"got {list(x.shape)}")
-        w = self._tensor("weight") if self.affine else None
-        b = self._tensor("bias") if self.affine else None
+        w = self._tensor("weight") if self.weight is not None else None
+        b = self._tensor("bias") if self.bias is not None else None
         return F.instance_norm(x, weight=w, bias=b, eps=self.eps, name=current().scope_name())
 
     def extra_repr(self):

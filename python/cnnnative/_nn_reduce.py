@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from . import _fn_reduce as _F
 from .graph import current
-from .nn import Module
+from .nn import Module, _is_int, _output_size
 
 __all__ = ["Softmax", "LogSoftmax", "AdaptiveMaxPool2d"]
 
@@ -14,6 +14,8 @@ class Softmax(Module):
 
     def __init__(self, dim=None):
         super().__init__()
+        if dim is not None and not _is_int(dim):
+            raise TypeError(f"Softmax: dim must be an int or None, got {type(dim).__name__} {dim!r}")
         self.dim = dim
 
     def forward(self, x):
@@ -28,6 +30,8 @@ class LogSoftmax(Module):
 
     def __init__(self, dim=None):
         super().__init__()
+        if dim is not None and not _is_int(dim):
+            raise TypeError(f"LogSoftmax: dim must be an int or None, got {type(dim).__name__} {dim!r}")
         self.dim = dim
 
     def forward(self, x):
@@ -45,7 +49,7 @@ class AdaptiveMaxPool2d(Module):
         super().__init__()
         if return_indices:
             raise ValueError("AdaptiveMaxPool2d: return_indices=True is not supported")
-        self.output_size = output_size
+        self.output_size = _output_size("AdaptiveMaxPool2d", output_size)
         self.return_indices = return_indices
 
     def forward(self, x):

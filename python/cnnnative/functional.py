@@ -15,6 +15,7 @@ def _op(op, inputs, attrs=None, name=None):
 
 
 def relu(x: Tensor, inplace: bool = False, *, name=None) -> Tensor:
+    """max(x, 0). inplace (torch's) changes nothing: the memory planner decides what runs in place."""
     return _op("relu", [x], name=name)[0]
 
 
@@ -30,7 +31,30 @@ def leaky_relu(x: Tensor, negative_slope: float = 0.01, inplace: bool = False, *
     return _op("leaky_relu", [x], {"negative_slope": float(negative_slope)}, name=name)[0]
 
 
+def same_pads(kernel_size, dilation) -> tuple:
+    """padding='same' as torch computes it: (left, right, top, bottom) summing to dilation * (kernel - 1) per dim,
+    the odd one after."""
+    (kh, kw), (dh, dw) = _pair(kernel_size), _pair(dilation)
+    th, tw = dh * (kh - 1), dw * (kw - 1)
+    return tw // 2, tw - tw // 2, th // 2, th - th // 2
+
+
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, name=None) -> Tensor:
+    """torch.nn.functional.conv2d; padding an int, (pad_h, pad_w), 'valid' or 'same' (stride 1)."""
+    if isinstance(padding, str):
+        if padding not in ("same", "valid"):
+            raise ValueError(f"conv2d: Invalid padding string {padding!r}, should be one of {{'same', 'valid'}}")
+        if padding == "valid":
+            padding = 0
+        else:
+            if _pair(stride) != [1, 1]:
+                raise ValueError("conv2d: padding='same' is not supported for strided convolutions")
+            left, right, top, bottom = same_pads(weight.shape[2:], dilation)
+            if (left, top) != (right, bottom):  # an even kernel: torch pads the extra row / column after
+                b = current()
+                x = pad(x, (left, right, top, bottom), name=b.node_name("pad") if name is None else f"{name}.pad")
+                left = top = 0
+            padding = (top, left)
     attrs = {"stride": _pair(stride), "padding": _pair(padding), "dilation": _pair(dilation), "groups": int(groups)}
     ins = [x, weight] + ([bias] if bias is not None else [])
     return _op("conv2d", ins, attrs, name=name)[0]

@@ -22,6 +22,11 @@ Initialization follows torchvision's (same distributions, numpy's generator): to
   googlenet    conv and linear weights trunc_normal(0, 0.01, [-2, 2]); BN 1/0
   alexnet, lenet5, unet, conv_autoencoder: torch's defaults.
 
+Every model declares the input it is built for as `input_shape` (1, C, H, W): torchvision's evaluation crop
+(224x224; inception_v3 299x299; the segmentation models 520x520), 32x32 with cifar=True, 28x28 for lenet5 and
+conv_autoencoder, 64x64 for unet; model.compile(16) compiles for a batch of 16 of it. Any other size the model
+takes is given in full (compile((16, 3, 64, 64))).
+
 A model asked for an input it cannot take fails at compile, naming the layer and the shapes."""
 from __future__ import annotations
 
@@ -42,6 +47,13 @@ def _seed(seed):
         nn.manual_seed(seed)
 
 
+def _image_input(in_channels, cifar, size=224):
+    """A classifier's declared input shape (compile(16) compiles for a batch of 16 of it): torchvision's evaluation
+    crop (224x224; Inception v3 299x299) with cifar=False, 32x32 with cifar=True. Any other size the model can take
+    is given in full: compile((16, 3, 64, 64))."""
+    return (1, int(in_channels), 32, 32) if cifar else (1, int(in_channels), size, size)
+
+
 def _expect_4d(name, x, channels=None):
     if x.dim() != 4 or (channels is not None and x.shape[1] != channels):
         c = "C" if channels is None else str(channels)
@@ -54,6 +66,7 @@ class LeNet5(nn.Module):
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1):
         super().__init__()
+        self.input_shape = (1, in_channels, 28, 28)  # the declared input: compile(16) is (16, C, 28, 28)
         self.conv1 = nn.Conv2d(in_channels, 6, 5, padding=2)
         self.pool1 = nn.MaxPool2d(2)
         self.conv2 = nn.Conv2d(6, 16, 5)
@@ -83,6 +96,7 @@ def lenet5(num_classes: int = 10, in_channels: int = 1, seed: int | None = None)
 class AlexNet(nn.Module):
     def __init__(self, num_classes: int = 1000, dropout: float = 0.5, cifar: bool = False, in_channels: int = 3):
         super().__init__()
+        self.input_shape = _image_input(in_channels, cifar)
         stem = nn.Conv2d(in_channels, 64, 3, padding=1) if cifar else nn.Conv2d(in_channels, 64, 11, stride=4,
                                                                                   padding=2)
         self.features = nn.Sequential(
@@ -136,6 +150,8 @@ def _vgg_features(cfg, batch_norm, in_channels=3):
 class VGG(nn.Module):
     def __init__(self, features, num_classes: int = 1000, dropout: float = 0.5, cifar: bool = False):
         super().__init__()
+        stem = next((m for m in features.modules() if isinstance(m, nn.Conv2d)), None)
+        self.input_shape = _image_input(3 if stem is None else stem.in_channels, cifar)
         pool = 1 if cifar else 7
         self.features = features
         self.avgpool = nn.AdaptiveAvgPool2d((pool, pool))
@@ -244,6 +260,7 @@ class ResNet(nn.Module):
     def __init__(self, block, layers, num_classes: int = 1000, cifar: bool = False, in_channels: int = 3,
                  zero_init_residual: bool = False):
         super().__init__()
+        self.input_shape = _image_input(in_channels, cifar)
         self.inplanes = 64
         if cifar:
             self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
@@ -339,6 +356,7 @@ class GoogLeNet(nn.Module):
 
     def __init__(self, num_classes: int = 1000, dropout: float = 0.2, cifar: bool = False, in_channels: int = 3):
         super().__init__()
+        self.input_shape = _image_input(in_channels, cifar)
         if cifar:
             self.conv1 = BasicConv2d(in_channels, 64, kernel_size=3, stride=1, padding=1)
             self.maxpool1 = nn.Identity()
@@ -432,6 +450,7 @@ class DenseNet(nn.Module):
     def __init__(self, growth_rate=32, block_config=(6, 12, 24, 16), num_init_features=64, bn_size=4, drop_rate=0.0,
                  num_classes=1000, cifar=False, in_channels=3):
         super().__init__()
+        self.input_shape = _image_input(in_channels, cifar)
         if cifar:
             stem = [("conv0", nn.Conv2d(in_channels, num_init_features, kernel_size=3, stride=1, padding=1,
                                         bias=False)),
@@ -512,6 +531,7 @@ class UNet(nn.Module):
 
     def __init__(self, in_channels: int = 1, num_classes: int = 1, depth: int = 4, base: int = 64):
         super().__init__()
+        self.input_shape = (1, in_channels, max(64, 2 ** depth), max(64, 2 ** depth))  # the CLI's segment size
         if depth < 1 or base < 1:
             raise ValueError(f"unet: depth and base must be >= 1, got depth={depth}, base={base}")
         self.depth = int(depth)
@@ -553,6 +573,7 @@ class ConvAutoencoder(nn.Module):
 
     def __init__(self, in_channels: int = 1, base: int = 16, final_activation: str | None = "sigmoid"):
         super().__init__()
+        self.input_shape = (1, in_channels, 28, 28)  # the CLI's denoising digits
         if final_activation not in ("sigmoid", None):
             raise ValueError(f"conv_autoencoder: final_activation must be 'sigmoid' or None, got {final_activation!r}")
         self.encoder = nn.Sequential(

@@ -51,7 +51,7 @@ import numpy as np
 from . import functional as F
 from . import nn
 from .graph import current
-from .models import BasicConv2d, Bottleneck, ResNet, _seed
+from .models import BasicConv2d, Bottleneck, ResNet, _image_input, _seed
 
 __all__ = ["Conv2dNormActivation", "SqueezeExcitation", "StochasticDepth", "GroupedBottleneck", "SqueezeNet",
            "Fire", "MobileNetV2", "MobileNetV3", "EfficientNet", "MBConv", "ShuffleNetV2", "MNASNet", "RegNet",
@@ -221,6 +221,7 @@ class SqueezeNet(nn.Module):
 
     def __init__(self, num_classes: int = 1000, dropout: float = 0.5, cifar: bool = False, in_channels: int = 3):
         super().__init__()
+        self.input_shape = _image_input(in_channels, cifar)
         self.num_classes = num_classes
         stem = (nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1) if cifar
                 else nn.Conv2d(in_channels, 64, kernel_size=3, stride=2))
@@ -281,6 +282,7 @@ class MobileNetV2(nn.Module):
     def __init__(self, num_classes: int = 1000, width_mult: float = 1.0, dropout: float = 0.2, cifar: bool = False,
                  in_channels: int = 3):
         super().__init__()
+        self.input_shape = _image_input(in_channels, cifar)
         cin = _make_divisible(32 * width_mult, 8)
         self.last_channel = _make_divisible(1280 * max(1.0, width_mult), 8)
         features = [Conv2dNormActivation(in_channels, cin, stride=1 if cifar else 2, activation=nn.ReLU6)]
@@ -355,6 +357,7 @@ class MobileNetV3(nn.Module):
     def __init__(self, arch: str, num_classes: int = 1000, dropout: float = 0.2, cifar: bool = False,
                  in_channels: int = 3, dilated: bool = False):
         super().__init__()
+        self.input_shape = _image_input(in_channels, cifar)
         setting, last_channel = self.SETTINGS[arch]
         layers = [Conv2dNormActivation(in_channels, setting[0][0], stride=1 if cifar else 2, norm=_bn_v3,
                                        activation=nn.Hardswish)]
@@ -424,6 +427,7 @@ class EfficientNet(nn.Module):
     def __init__(self, setting, num_classes: int = 1000, dropout: float = 0.2, stochastic_depth_prob: float = 0.2,
                  cifar: bool = False, in_channels: int = 3):
         super().__init__()
+        self.input_shape = _image_input(in_channels, cifar)
         layers = [Conv2dNormActivation(in_channels, setting[0][3], stride=1 if cifar else 2, activation=nn.SiLU)]
         total, k = sum(s[5] for s in setting), 0
         for t, kernel, stride, cin, cout, n in setting:
@@ -489,6 +493,7 @@ class ShuffleNetV2(nn.Module):
     def __init__(self, stages_repeats=(4, 8, 4), stages_out_channels=(24, 116, 232, 464, 1024),
                  num_classes: int = 1000, cifar: bool = False, in_channels: int = 3):
         super().__init__()
+        self.input_shape = _image_input(in_channels, cifar)
         cin = stages_out_channels[0]
         self.conv1 = nn.Sequential(nn.Conv2d(in_channels, cin, 3, 1 if cifar else 2, 1, bias=False),
                                    nn.BatchNorm2d(cin), nn.ReLU(inplace=True))
@@ -548,6 +553,7 @@ class MNASNet(nn.Module):
 
     def __init__(self, num_classes: int = 1000, dropout: float = 0.2, cifar: bool = False, in_channels: int = 3):
         super().__init__()
+        self.input_shape = _image_input(in_channels, cifar)
         layers = [nn.Conv2d(in_channels, 32, 3, padding=1, stride=1 if cifar else 2, bias=False), _mnas_bn(32),
                   nn.ReLU(inplace=True),
                   nn.Conv2d(32, 32, 3, padding=1, stride=1, groups=32, bias=False), _mnas_bn(32),
@@ -623,6 +629,7 @@ class RegNet(nn.Module):
     def __init__(self, stages, group_width, se_ratio=None, num_classes: int = 1000, stem_width: int = 32,
                  cifar: bool = False, in_channels: int = 3):
         super().__init__()
+        self.input_shape = _image_input(in_channels, cifar)
         self.stem = Conv2dNormActivation(in_channels, stem_width, stride=1 if cifar else 2, activation=nn.ReLU)
         blocks, w_in = [], stem_width
         for i, (w, d) in enumerate(stages):
@@ -782,6 +789,7 @@ class Inception3(nn.Module):
     def __init__(self, num_classes: int = 1000, aux_logits: bool = True, dropout: float = 0.5, cifar: bool = False,
                  in_channels: int = 3):
         super().__init__()
+        self.input_shape = _image_input(in_channels, cifar, 299)
         self.Conv2d_1a_3x3 = BasicConv2d(in_channels, 32, kernel_size=3, stride=1 if cifar else 2)
         self.Conv2d_2a_3x3 = BasicConv2d(32, 32, kernel_size=3)
         self.Conv2d_2b_3x3 = BasicConv2d(32, 64, kernel_size=3, padding=1)
@@ -866,6 +874,7 @@ class ConvNeXt(nn.Module):
                  stochastic_depth_prob: float = 0.1, layer_scale: float = 1e-6, cifar: bool = False,
                  in_channels: int = 3):
         super().__init__()
+        self.input_shape = _image_input(in_channels, cifar)
         c0 = stages[0][0]
         stride, padding = (2, 1) if cifar else (4, 0)
         layers = [nn.Sequential(nn.Conv2d(in_channels, c0, kernel_size=4, stride=stride, padding=padding, bias=True),
@@ -965,6 +974,7 @@ class FCN(nn.Module):
 
     def __init__(self, num_classes: int = 21, aux_loss: bool = True, in_channels: int = 3):
         super().__init__()
+        self.input_shape = (1, in_channels, 520, 520)  # torchvision's evaluation size for its weights
         self.backbone = _DilatedResNet50(in_channels)
         self.classifier = FCNHead(2048, num_classes)
         self.aux_classifier = FCNHead(1024, num_classes) if aux_loss else None
@@ -1016,6 +1026,7 @@ class LRASPP(nn.Module):
 
     def __init__(self, num_classes: int = 21, inter_channels: int = 128, in_channels: int = 3):
         super().__init__()
+        self.input_shape = (1, in_channels, 520, 520)  # torchvision's evaluation size for its weights
         self.backbone = MobileNetV3("large", in_channels=in_channels, dilated=True).features
         self.classifier = LRASPPHead(40, 960, num_classes, inter_channels)
 

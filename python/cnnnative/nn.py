@@ -9,6 +9,7 @@ import contextlib
 import itertools
 import math
 import operator
+import re
 import threading
 import types
 from collections import abc
@@ -261,6 +262,48 @@ class StructureWatch:
                 self._why = _describe(old, now)
                 self._model = self._structure = None
         return self._why
+
+
+# errors raised while a module's forward() is traced (the core's shape errors, the layers' own checks) that get the
+# module path and class of the innermost module tracing them (exactly these types: their constructor takes the
+# message alone)
+_LOCATABLE = (ValueError, TypeError, IndexError, _core.Error)
+_NODE = re.compile(r"\(node '([^']*)'\)")
+
+
+def _label(path: str, cls: str) -> str:
+    return f"layer '{path}' ({cls})" if path else f"model ({cls})"
+
+
+def _locate(msg: str, path: str, cls: str) -> str:
+    """msg led by the module it came from: "layer 'layer2.0.conv1' (Conv2d): <msg>" ("model (<Class>): <msg>" for
+    the model itself). A message naming its layer already keeps its words (its class added where it lacks one)."""
+    if msg.startswith("layer '' ("):  # a layer's own check, traced as the model itself
+        return "model " + msg[len("layer '' "):]
+    named = f"layer '{path}': "
+    if path and msg.startswith(named):
+        return f"{_label(path, cls)}: {msg[len(named):]}"
+    if msg.startswith("layer '"):
+        return msg
+    return f"{_label(path, cls)}: {msg}"
+
+
+def locate_node_error(msg: str, model) -> str:
+    """A core error naming a graph node ("op 'conv2d' (node 'layer2.0.conv1/grad_weights'): ..."), raised while a
+    session is compiled, led by the module the node came from: node names are module paths, with ".<op>" for the
+    ops a forward() calls itself and "/<suffix>" for the nodes the compiler derives (gradients, fused nodes).
+    Unchanged when no module is found or the message already names its layer."""
+    m = _NODE.search(msg)
+    if m is None or msg.startswith("layer '"):
+        return msg
+    node = m.group(1).split("/")[0]
+    best = None
+    for path, mod in model.named_modules():
+        if path and (node == path or node.startswith(path + ".")) and (best is None or len(path) > len(best[0])):
+            best = (path, mod)
+    if best is None:
+        return msg
+    return f"{_label(best[0], type(best[1]).__name__)}: {msg}"
 
 
 class Module:
@@ -703,8 +746,16 @@ class Module:
     def __call__(self, *args):
         b = current()
         name = getattr(self, "_trace_name", None)
-        with b.scope(name if name is not None else b.scope_name()):
-            return self.forward(*args)
+        path = name if name is not None else b.scope_name()
+        with b.scope(path):
+            try:
+                return self.forward(*args)
+            except _LOCATABLE as e:
+                if type(e) not in _LOCATABLE or getattr(e, "_cn_located", False):
+                    raise
+                located = type(e)(_locate(str(e), path, type(self).__name__))
+                located._cn_located = True
+                raise located.with_traceback(e.__traceback__) from None
 
     def _tensor(self, attr: str) -> Tensor:
         """The traced value of one of this module's parameters or buffers."""
@@ -733,13 +784,17 @@ class Module:
             raise TypeError(f"forward() must return one Tensor, got {type(y).__name__}")
         return b, x, y
 
-    def compile(self, input_shape, mode: str = "infer", optimizer=None, loss: str = "cross_entropy",
+    def compile(self, input_shape=None, mode: str = "infer", optimizer=None, loss: str | None = None,
                 seed: int = 0, backend: str = "cpu", plan_memory: bool = True, optimize: bool = True,
                 layout: str = "auto", recompute="none", dtype: str = "float32", cache_weights: bool = True,
                 winograd: bool = True, deterministic=None, max_arena_bytes=None, strict: bool = False,
                 dump_passes=None, device=None, tf32: bool = True, cuda_graphs: bool = True):
         """Compiles the model for one input shape: mode 'infer' (eval behaviour of BN/dropout) or
-        'train' (one step = forward, loss, backward, optimizer update). optimize: fuse conv/BN/add/ReLU
+        'train' (one step = forward, loss, backward, optimizer update). input_shape: the full shape (N, C, H, W),
+        or a batch size N for a model that declares its input shape (an `input_shape` attribute (1, C, H, W), as
+        the zoo models do), or None for the declared shape itself. mode='train' needs an optimizer
+        (cn.optim.SGD/Adam/AdamW); loss ('cross_entropy' by default, 'mse', 'bce_with_logits') and optimizer
+        apply to training only (given with mode='infer', a ValueError). optimize: fuse conv/BN/add/ReLU
         chains in inference; layout: 'auto' (oneDNN's blocked layouts between capable kernels) or
         'plain' (NCHW everywhere), for comparison. recompute (training): 'none'; 'cheap' recomputes
         BN/ReLU/add outputs in the backward pass instead of keeping them; 'segments' (or True) keeps only
@@ -833,13 +888,13 @@ class Sequential(_Indexed):
     OrderedDict (their names). Indexing is by position; a slice is a Sequential keeping the names; insert,
     del and pop renumber the modules "0", "1", ... as torch's deletion does."""
 
-    def __init__(self, *mods):
+    def __init__(self, *args):
         super().__init__()
-        if len(mods) == 1 and isinstance(mods[0], (OrderedDict, dict)):
-            for k, m in mods[0].items():
+        if len(args) == 1 and isinstance(args[0], (OrderedDict, dict)):
+            for k, m in args[0].items():
                 self.add_module(k, m)
         else:
-            for i, m in enumerate(mods):
+            for i, m in enumerate(args):
                 self.add_module(str(i), m)
 
     def __getitem__(self, idx):
@@ -979,38 +1034,129 @@ class ModuleDict(Module):
             self[pair[0]] = pair[1]
 
 
-def _pair(v):
-    return (int(v), int(v)) if isinstance(v, int) else tuple(int(x) for x in v)
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _int_arg(layer: str, name: str, v, low: int = 1) -> int:
+    """A size argument: an int (not a bool or a float: TypeError, as torch's tensor constructors) >= low."""
+    if not _is_int(v):
+        raise TypeError(f"{layer}: {name} must be an int, got {type(v).__name__} {v!r}")
+    if v < low:
+        raise ValueError(f"{layer}: {name} must be {'a positive int' if low == 1 else f'>= {low}'}, got {v}")
+    return int(v)
+
+
+# torch's wording for each pair argument's lower bound (its convolution and pooling kernels' checks)
+_PAIR_RULES = {"kernel_size": (1, "kernel size should be greater than zero"),
+               "stride": (1, "non-positive stride is not supported"),
+               "padding": (0, "negative padding is not supported"),
+               "dilation": (1, "non-positive dilation is not supported"),
+               "output_padding": (0, "negative output_padding is not supported")}
+
+
+def _pair(layer: str, name: str, v) -> tuple:
+    """A (H, W) argument: an int (both) or 2 ints, each at least the bound of _PAIR_RULES[name]."""
+    vals = (v, v) if _is_int(v) else tuple(v) if isinstance(v, (tuple, list)) else None
+    if vals is None or not all(_is_int(x) for x in vals):
+        raise TypeError(f"{layer}: {name} must be an int or a tuple of 2 ints, got {v!r}")
+    if len(vals) != 2:
+        raise ValueError(f"{layer}: {name} must be an int or 2 ints (for H and W), got {v!r}")
+    low, msg = _PAIR_RULES[name]
+    if min(vals) < low:
+        raise ValueError(f"{layer}: {msg}, got {name}={v!r}")
+    return int(vals[0]), int(vals[1])
+
+
+def _channels_and_groups(layer: str, in_channels, out_channels, groups) -> tuple:
+    cin, cout = _int_arg(layer, "in_channels", in_channels), _int_arg(layer, "out_channels", out_channels)
+    if not _is_int(groups):
+        raise TypeError(f"{layer}: groups must be an int, got {type(groups).__name__} {groups!r}")
+    if groups < 1:
+        raise ValueError(f"{layer}: groups must be a positive integer, got {groups}")
+    if cin % groups:
+        raise ValueError(f"{layer}: in_channels must be divisible by groups, got in_channels={cin}, groups={groups}")
+    if cout % groups:
+        raise ValueError(f"{layer}: out_channels must be divisible by groups, got out_channels={cout}, "
+                         f"groups={groups}")
+    return cin, cout, int(groups)
+
+
+def _expect_channels(module, x, c: int, what: str) -> None:
+    """c channels on axis 1 of a convolution's or batch norm's input, or cn.Error in torch's terms (the rank is the
+    op's to check: batch_norm also takes [N, C])."""
+    name = current().scope_name()
+    if x.dim() >= 2 and x.shape[1] != c:
+        raise _core.Error(f"layer '{name}' ({type(module).__name__}): {what}, expected input{list(x.shape)} to have "
+                          f"{c} channels, but got {x.shape[1]} channels instead")
+
+
+_PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 
 class Conv2d(Module):
+    """torch.nn.Conv2d. padding: an int, (pad_h, pad_w), 'valid' (none) or 'same' (stride 1 only: the output has
+    the input's size; with an even kernel the extra row and column go after, as torch pads). padding_mode:
+    'zeros', 'reflect' or 'replicate' (those two pad first, then convolve unpadded, as torch); 'circular' is not
+    supported."""
+
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                  bias=True, padding_mode="zeros"):
         super().__init__()
-        if padding_mode != "zeros":
-            raise ValueError("Conv2d: only padding_mode='zeros' is supported")
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(f"Conv2d: in_channels ({in_channels}) and out_channels ({out_channels}) "
-                             f"must be divisible by groups ({groups})")
-        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
-        self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
-        self.padding, self.dilation, self.groups = _pair(padding), _pair(dilation), int(groups)
-        fan_in = in_channels // groups * self.kernel_size[0] * self.kernel_size[1]
-        self.weight = _kaiming_uniform((out_channels, in_channels // groups, *self.kernel_size), fan_in)
+        layer = type(self).__name__
+        self.in_channels, self.out_channels, self.groups = _channels_and_groups(layer, in_channels, out_channels,
+                                                                               groups)
+        self.kernel_size, self.stride = _pair(layer, "kernel_size", kernel_size), _pair(layer, "stride", stride)
+        self.dilation = _pair(layer, "dilation", dilation)
+        if padding_mode not in _PADDING_MODES:
+            raise ValueError(f"{layer}: padding_mode must be one of {{{', '.join(map(repr, _PADDING_MODES))}}}, but "
+                             f"got padding_mode={padding_mode!r}")
+        if padding_mode == "circular":
+            raise ValueError(f"{layer}: padding_mode='circular' is not supported ('zeros', 'reflect' and 'replicate' "
+                             "are)")
+        self.padding_mode = padding_mode
+        if isinstance(padding, str):
+            if padding not in ("same", "valid"):
+                raise ValueError(f"{layer}: Invalid padding string {padding!r}, should be one of {{'same', 'valid'}}")
+            if padding == "same" and self.stride != (1, 1):
+                raise ValueError(f"{layer}: padding='same' is not supported for strided convolutions "
+                                 f"(stride={self.stride})")
+            self.padding = padding
+            self._pads = F.same_pads(self.kernel_size, self.dilation) if padding == "same" else (0, 0, 0, 0)
+        else:
+            self.padding = _pair(layer, "padding", padding)
+            ph, pw = self.padding
+            self._pads = (pw, pw, ph, ph)
+        fan_in = self.in_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]
+        self.weight = _kaiming_uniform((self.out_channels, self.in_channels // self.groups, *self.kernel_size),
+                                       fan_in)
         if bias:
-            self.bias = _kaiming_uniform((out_channels,), fan_in)
+            self.bias = _kaiming_uniform((self.out_channels,), fan_in)
         else:
             self.register_parameter("bias", None)
 
     def forward(self, x):
         b = current()
+        _expect_channels(self, x, self.in_channels,
+                         f"given groups={self.groups}, weight of size {list(self.weight.shape)}")
+        left, right, top, bottom = self._pads
+        pad = (top, left)
+        if self.padding_mode != "zeros" and any(self._pads):
+            x = F.pad(x, self._pads, mode=self.padding_mode, name=b.node_name("pad"))
+            pad = (0, 0)
+        elif (left, top) != (right, bottom):  # 'same' with an even kernel: one more row / column after
+            x = F.pad(x, self._pads, name=b.node_name("pad"))
+            pad = (0, 0)
         return F.conv2d(x, self._tensor("weight"), self._tensor("bias") if self.bias is not None else None,
-                        self.stride, self.padding, self.dilation, self.groups, name=b.scope_name())
+                        self.stride, pad, self.dilation, self.groups, name=b.scope_name())
 
     def extra_repr(self):
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}" + (f", groups={self.groups}" if self.groups > 1 else "")
-                + ("" if self.bias is not None else ", bias=False"))
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+                + (f", padding={self.padding}" if self.padding not in ((0, 0), "valid") else "")
+                + (f", dilation={self.dilation}" if self.dilation != (1, 1) else "")
+                + (f", groups={self.groups}" if self.groups > 1 else "")
+                + ("" if self.bias is not None else ", bias=False")
+                + (f", padding_mode={self.padding_mode}" if self.padding_mode != "zeros" else ""))
 
 
 class ConvTranspose2d(Module):
@@ -1021,34 +1167,40 @@ class ConvTranspose2d(Module):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, output_padding=0, groups=1,
                  bias=True, dilation=1, padding_mode="zeros"):
         super().__init__()
+        layer = type(self).__name__
         if padding_mode != "zeros":
-            raise ValueError("ConvTranspose2d: only padding_mode='zeros' is supported")
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(f"ConvTranspose2d: in_channels ({in_channels}) and out_channels ({out_channels}) "
-                             f"must be divisible by groups ({groups})")
-        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
-        self.kernel_size, self.stride, self.padding = _pair(kernel_size), _pair(stride), _pair(padding)
-        self.output_padding, self.dilation, self.groups = _pair(output_padding), _pair(dilation), int(groups)
+            raise ValueError(f'{layer}: Only "zeros" padding mode is supported for ConvTranspose2d, got '
+                             f"padding_mode={padding_mode!r}")
+        self.in_channels, self.out_channels, self.groups = _channels_and_groups(layer, in_channels, out_channels,
+                                                                               groups)
+        self.kernel_size, self.stride = _pair(layer, "kernel_size", kernel_size), _pair(layer, "stride", stride)
+        self.padding, self.dilation = _pair(layer, "padding", padding), _pair(layer, "dilation", dilation)
+        self.output_padding = _pair(layer, "output_padding", output_padding)
+        self.padding_mode = padding_mode
         if any(op >= max(s, d) for op, s, d in zip(self.output_padding, self.stride, self.dilation)):
-            raise ValueError(f"ConvTranspose2d: output_padding {self.output_padding} must be smaller than either "
-                             f"stride {self.stride} or dilation {self.dilation}")
-        fan_in = out_channels // groups * self.kernel_size[0] * self.kernel_size[1]
-        self.weight = _kaiming_uniform((in_channels, out_channels // groups, *self.kernel_size), fan_in)
+            raise ValueError(f"{layer}: output padding must be smaller than either stride or dilation, got "
+                             f"output_padding={self.output_padding}, stride={self.stride}, dilation={self.dilation}")
+        fan_in = self.out_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]
+        self.weight = _kaiming_uniform((self.in_channels, self.out_channels // self.groups, *self.kernel_size),
+                                       fan_in)
         if bias:
-            self.bias = _kaiming_uniform((out_channels,), fan_in)
+            self.bias = _kaiming_uniform((self.out_channels,), fan_in)
         else:
             self.register_parameter("bias", None)
 
     def forward(self, x):
         b = current()
+        _expect_channels(self, x, self.in_channels,
+                         f"given transposed=1, weight of size {list(self.weight.shape)}")
         return F.conv_transpose2d(x, self._tensor("weight"),
                                   self._tensor("bias") if self.bias is not None else None, self.stride,
                                   self.padding, self.output_padding, self.groups, self.dilation, name=b.scope_name())
 
     def extra_repr(self):
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}" + (f", output_padding={self.output_padding}" if any(self.output_padding)
-                                             else "")
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+                + (f", padding={self.padding}" if any(self.padding) else "")
+                + (f", dilation={self.dilation}" if self.dilation != (1, 1) else "")
+                + (f", output_padding={self.output_padding}" if any(self.output_padding) else "")
                 + (f", groups={self.groups}" if self.groups > 1 else "")
                 + ("" if self.bias is not None else ", bias=False"))
 
@@ -1056,46 +1208,75 @@ class ConvTranspose2d(Module):
 class Linear(Module):
     def __init__(self, in_features, out_features, bias=True):
         super().__init__()
-        self.in_features, self.out_features = int(in_features), int(out_features)
-        self.weight = _kaiming_uniform((out_features, in_features), in_features)
+        layer = type(self).__name__
+        self.in_features = _int_arg(layer, "in_features", in_features)
+        self.out_features = _int_arg(layer, "out_features", out_features)
+        self.weight = _kaiming_uniform((self.out_features, self.in_features), self.in_features)
         if bias:
-            self.bias = _kaiming_uniform((out_features,), in_features)
+            self.bias = _kaiming_uniform((self.out_features,), self.in_features)
         else:
             self.register_parameter("bias", None)
 
     def forward(self, x):
         if x.dim() < 1 or x.shape[-1] != self.in_features:  # as torch: over the last axis of any rank
-            raise ValueError(f"layer '{current().scope_name()}' (Linear): expected input [..., {self.in_features}], "
-                             f"got {list(x.shape)}")
+            raise ValueError(f"layer '{current().scope_name()}' ({type(self).__name__}): expected input "
+                             f"[..., {self.in_features}], got {list(x.shape)}")
         return F.linear(x, self._tensor("weight"), self._tensor("bias") if self.bias is not None else None,
                         name=current().scope_name())
 
     def extra_repr(self):
-        return f"in_features={self.in_features}, out_features={self.out_features}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}")
+
+
+def _eps_arg(layer: str, eps) -> float:
+    try:
+        v = float(eps)
+    except (TypeError, ValueError):
+        raise TypeError(f"{layer}: eps must be a float, got {eps!r}") from None
+    if not 0 <= v < math.inf:
+        raise ValueError(f"{layer}: eps must be a finite float >= 0, got {eps!r}")
+    return v
 
 
 class BatchNorm2d(Module):
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True):
+    """torch.nn.BatchNorm2d with affine=True and track_running_stats=True (the others are refused, as are
+    momentum=None, torch's cumulative average, and bias=False)."""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True, *, bias=True):
         super().__init__()
+        layer = type(self).__name__
         if not affine:
-            raise ValueError("BatchNorm2d: affine=False is not supported")
+            raise ValueError(f"{layer}: affine=False is not supported")
         if not track_running_stats:
-            raise ValueError("BatchNorm2d: track_running_stats=False is not supported")
-        self.num_features, self.eps, self.momentum = int(num_features), float(eps), float(momentum)
-        self.weight = Parameter(np.ones(num_features))
-        self.bias = Parameter(np.zeros(num_features))
-        self.register_buffer("running_mean", np.zeros(num_features))
-        self.register_buffer("running_var", np.ones(num_features))
+            raise ValueError(f"{layer}: track_running_stats=False is not supported")
+        if not bias:
+            raise ValueError(f"{layer}: bias=False is not supported")
+        if momentum is None:
+            raise ValueError(f"{layer}: momentum=None (a cumulative moving average) is not supported; give a "
+                             "momentum in [0, 1]")
+        if isinstance(momentum, bool) or not isinstance(momentum, (int, float, np.floating, np.integer)) \
+                or not 0 <= momentum <= 1:
+            raise ValueError(f"{layer}: momentum must be a number in [0, 1], got {momentum!r}")
+        self.num_features = _int_arg(layer, "num_features", num_features)
+        self.eps, self.momentum = _eps_arg(layer, eps), float(momentum)
+        self.affine, self.track_running_stats = True, True
+        self.weight = Parameter(np.ones(self.num_features))
+        self.bias = Parameter(np.zeros(self.num_features))
+        self.register_buffer("running_mean", np.zeros(self.num_features))
+        self.register_buffer("running_var", np.ones(self.num_features))
         object.__setattr__(self, "_extra_state", {"num_batches_tracked": np.zeros((), np.int64)})
 
     def forward(self, x):
         b = current()
+        _expect_channels(self, x, self.num_features, f"running_mean of {self.num_features} elements")
         return F.batch_norm(x, self._tensor("running_mean"), self._tensor("running_var"), self._tensor("weight"),
                             self._tensor("bias"), training=b.training, momentum=self.momentum, eps=self.eps,
                             name=b.scope_name())
 
     def extra_repr(self):
-        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine=True, bias=True, "
+                "track_running_stats=True")
 
 
 class LocalResponseNorm(Module):
@@ -1103,7 +1284,8 @@ class LocalResponseNorm(Module):
 
     def __init__(self, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0):
         super().__init__()
-        self.size, self.alpha, self.beta, self.k = int(size), float(alpha), float(beta), float(k)
+        self.size = _int_arg(type(self).__name__, "size", size)
+        self.alpha, self.beta, self.k = float(alpha), float(beta), float(k)
 
     def forward(self, x):
         return F.local_response_norm(x, self.size, self.alpha, self.beta, self.k, name=current().scope_name())
@@ -1112,29 +1294,92 @@ class LocalResponseNorm(Module):
         return f"{self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
 
 
+def _pool_args(module, kernel_size, stride, padding, dilation=1):
+    """A pooling's kernel_size, stride (None or (): the kernel's), padding and dilation, checked as torch's kernels
+    check them; kept as given (an int stays an int, as torch keeps them and shows them in its repr)."""
+    layer = type(module).__name__
+    if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0):
+        stride = kernel_size
+    k, p, d = _pair(layer, "kernel_size", kernel_size), _pair(layer, "padding", padding), _pair(layer, "dilation",
+                                                                                                 dilation)
+    _pair(layer, "stride", stride)
+    for pi, ki, di in zip(p, k, d):
+        if 2 * pi > (ki - 1) * di + 1:
+            raise ValueError(f"{layer}: pad should be at most half of effective kernel size, but got pad={pi}, "
+                             f"kernel_size={ki} and dilation={di}")
+    return kernel_size, stride, padding, dilation
+
+
+def _flag(layer: str, name: str, v) -> bool:
+    if not isinstance(v, (bool, np.bool_, int, np.integer)):
+        raise TypeError(f"{layer}: {name} must be a bool, got {type(v).__name__} {v!r}")
+    return bool(v)
+
+
 class MaxPool2d(Module):
-    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+    """torch.nn.MaxPool2d (return_indices=True is not supported)."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False, ceil_mode=False):
         super().__init__()
-        self.kernel_size, self.stride = kernel_size, stride if stride is not None else kernel_size
-        self.padding, self.dilation, self.ceil_mode = padding, dilation, ceil_mode
+        layer = type(self).__name__
+        if _flag(layer, "return_indices", return_indices):
+            raise ValueError(f"{layer}: return_indices=True is not supported")
+        self.return_indices = False
+        self.kernel_size, self.stride, self.padding, self.dilation = _pool_args(self, kernel_size, stride, padding,
+                                                                                dilation)
+        self.ceil_mode = _flag(layer, "ceil_mode", ceil_mode)
 
     def forward(self, x):
         return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
                             name=current().scope_name())
 
     def extra_repr(self):
-        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+        return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+                f"dilation={self.dilation}, ceil_mode={self.ceil_mode}")
 
 
 class AvgPool2d(Module):
-    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
+    """torch.nn.AvgPool2d. divisor_override (every window's sum divided by it) is supported where every window's
+    own divisor is kernel_size's area: ceil_mode=False with count_include_pad=True or padding 0."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+                 divisor_override=None):
         super().__init__()
-        self.kernel_size, self.stride = kernel_size, stride if stride is not None else kernel_size
-        self.padding, self.ceil_mode, self.count_include_pad = padding, ceil_mode, count_include_pad
+        layer = type(self).__name__
+        self.kernel_size, self.stride, self.padding, _ = _pool_args(self, kernel_size, stride, padding)
+        self.ceil_mode = _flag(layer, "ceil_mode", ceil_mode)
+        self.count_include_pad = _flag(layer, "count_include_pad", count_include_pad)
+        if divisor_override is not None:
+            divisor_override = _int_arg(layer, "divisor_override", divisor_override)
+            if self.ceil_mode or (not self.count_include_pad and any(self.padding)):
+                raise ValueError(f"{layer}: divisor_override is supported with ceil_mode=False and "
+                                 "count_include_pad=True (or padding 0) only")
+        self.divisor_override = divisor_override
 
     def forward(self, x):
-        return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad,
-                            name=current().scope_name())
+        b = current()
+        name = b.scope_name()
+        y = F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad,
+                         name=name if self.divisor_override is None else b.node_name("avg_pool2d"))
+        if self.divisor_override is None:
+            return y
+        # every window was divided by the kernel's area: the sum divided by the override instead
+        kh, kw = _pair(type(self).__name__, "kernel_size", self.kernel_size)
+        area = kh * kw
+        return F.mul(y, area / self.divisor_override, name=name)
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+def _output_size(layer: str, v):
+    """An adaptive pool's output_size: an int, or 2 of int / None (None keeps that input dim)."""
+    vals = (v, v) if _is_int(v) or v is None else tuple(v) if isinstance(v, (tuple, list)) else None
+    if vals is None or len(vals) != 2 or not all(s is None or _is_int(s) for s in vals):
+        raise TypeError(f"{layer}: output_size must be an int or 2 ints (None keeps that dim), got {v!r}")
+    if any(s is not None and s < 1 for s in vals):
+        raise ValueError(f"{layer}: output_size must be positive, got {v!r}")
+    return v if _is_int(v) or v is None else tuple(vals)
 
 
 class AdaptiveAvgPool2d(Module):
@@ -1143,10 +1388,18 @@ class AdaptiveAvgPool2d(Module):
 
     def __init__(self, output_size):
         super().__init__()
-        self.output_size = output_size
+        self.output_size = _output_size(type(self).__name__, output_size)
 
     def forward(self, x):
         return F.adaptive_avg_pool2d(x, self.output_size, name=current().scope_name())
+
+    def extra_repr(self):
+        return f"output_size={self.output_size}"
+
+
+_INPLACE_DOC = """ inplace is accepted as in PyTorch (nn.ReLU(inplace=True)) and changes nothing: the engine decides
+    itself where an activation overwrites its input (the memory planner reuses buffers whose last reader is done;
+    inference fuses the activation into the convolution before it), so the numbers are the same either way."""
 
 
 class _Act(Module):
@@ -1157,10 +1410,15 @@ class _Act(Module):
 
 
 class ReLU(_Act):
+    __doc__ = "torch.nn.ReLU: max(x, 0)." + _INPLACE_DOC
     _fn = staticmethod(F.relu)
 
     def __init__(self, inplace: bool = False):
         super().__init__()
+        self.inplace = _flag(type(self).__name__, "inplace", inplace)
+
+    def extra_repr(self):
+        return "inplace=True" if self.inplace else ""
 
 
 class Sigmoid(_Act):
@@ -1172,32 +1430,55 @@ class Tanh(_Act):
 
 
 class LeakyReLU(Module):
+    __doc__ = "torch.nn.LeakyReLU: x for x >= 0, negative_slope * x below." + _INPLACE_DOC
+
     def __init__(self, negative_slope: float = 0.01, inplace: bool = False):
         super().__init__()
         self.negative_slope = float(negative_slope)
+        self.inplace = _flag(type(self).__name__, "inplace", inplace)
 
     def forward(self, x):
         return F.leaky_relu(x, self.negative_slope, name=current().scope_name())
 
+    def extra_repr(self):
+        return f"negative_slope={self.negative_slope}" + (", inplace=True" if self.inplace else "")
+
 
 class Dropout(Module):
+    __doc__ = ("torch.nn.Dropout: in training, zeroes each element with probability p and scales the rest by "
+               "1/(1-p); the identity in inference. p=1 (everything dropped) is not supported." + _INPLACE_DOC)
+
     def __init__(self, p: float = 0.5, inplace: bool = False):
         super().__init__()
-        if not 0 <= p < 1:
-            raise ValueError(f"Dropout: p must be in [0, 1), got {p}")
+        layer = type(self).__name__
+        if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)) or not 0 <= p <= 1:
+            raise ValueError(f"{layer}: dropout probability has to be between 0 and 1, but got {p!r}")
+        if p == 1:
+            raise ValueError(f"{layer}: p=1 (every element dropped) is not supported; p must be in [0, 1)")
         self.p = float(p)
+        self.inplace = _flag(layer, "inplace", inplace)
 
     def forward(self, x):
         return F.dropout(x, self.p, training=current().training, name=current().scope_name())
+
+    def extra_repr(self):
+        return f"p={self.p}, inplace={self.inplace}"
 
 
 class Flatten(Module):
     def __init__(self, start_dim: int = 1, end_dim: int = -1):
         super().__init__()
-        self.start_dim, self.end_dim = start_dim, end_dim
+        layer = type(self).__name__
+        for name, v in (("start_dim", start_dim), ("end_dim", end_dim)):
+            if not _is_int(v):
+                raise TypeError(f"{layer}: {name} must be an int, got {type(v).__name__} {v!r}")
+        self.start_dim, self.end_dim = int(start_dim), int(end_dim)
 
     def forward(self, x):
         return x.flatten(self.start_dim, self.end_dim)
+
+    def extra_repr(self):
+        return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
 
 
 class Identity(Module):

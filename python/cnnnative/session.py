@@ -3,11 +3,14 @@ step(x, y) for one training step (loss 'cross_entropy', 'mse' or 'bce_with_logit
 No Python runs per element; a step's work is one call into C++."""
 from __future__ import annotations
 
+from collections import abc
+
 import numpy as np
 
 from . import _core
 from . import _params
 from . import functional as F
+from .optim import Optimizer
 
 # loss name -> (functional, target dtype); cross_entropy takes int32 class labels [N], the others float32
 # targets of the model output's shape.
@@ -37,6 +40,59 @@ def _dump_dir(d) -> str:
     return d
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _example_shape(model, batch: int) -> tuple:
+    """A full input shape to show in an error: the batch, the channels (or features) the model's first
+    convolution (or linear layer) takes, and 32x32 pixels."""
+    for _, m in model.named_modules():
+        if hasattr(m, "in_channels") and hasattr(m, "kernel_size"):
+            return (batch, int(m.in_channels), 32, 32)
+        if hasattr(m, "in_features"):
+            return (batch, int(m.in_features))
+    return (batch, 3, 32, 32)
+
+
+def declared_input_shape(model):
+    """The input shape a model declares (its `input_shape` attribute: (N, C, ...) with any batch N, as the zoo
+    models and loaded model files have), checked; None when it declares none."""
+    shape = getattr(model, "input_shape", None)
+    if shape is None:
+        return None
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, (tuple, list)) or len(shape) < 2 \
+            or not all(_is_int(s) and s > 0 for s in shape):
+        raise ValueError(f"{type(model).__name__}.input_shape must be (N, C, ...) with positive int sizes, got "
+                         f"{shape!r}")
+    return tuple(int(s) for s in shape)
+
+
+def resolve_input_shape(model, input_shape) -> tuple:
+    """compile()'s input shape: a full shape (N, C, ...), a batch size N (with the model's declared input shape
+    for the rest), or None (the declared shape as it is)."""
+    if input_shape is None or _is_int(input_shape):
+        declared = declared_input_shape(model)
+        call = "compile()" if input_shape is None else f"compile({int(input_shape)})"
+        if declared is None:
+            n = 16 if input_shape is None else int(input_shape)
+            raise ValueError(f"{call}: {type(model).__name__} declares no input shape; give the full shape, e.g. "
+                             f"compile({_example_shape(model, max(n, 1))}), or declare one (model.input_shape = "
+                             f"{_example_shape(model, 1)}, any batch size)")
+        if input_shape is None:
+            return declared
+        if input_shape <= 0:
+            raise ValueError(f"{call}: the batch size must be positive")
+        return (int(input_shape),) + declared[1:]
+    if isinstance(input_shape, (str, bytes)) or not isinstance(input_shape, abc.Iterable):
+        raise TypeError(f"compile: input_shape must be a shape (N, C, ...) of ints or a batch size (int), got "
+                        f"{type(input_shape).__name__} {input_shape!r}")
+    shape = tuple(input_shape)
+    if len(shape) < 2 or not all(_is_int(s) and s > 0 for s in shape):
+        raise ValueError(f"compile: input_shape must be (N, C, ...) with positive int sizes, got {input_shape!r}")
+    return tuple(int(s) for s in shape)
+
+
 def warn_reference_fallbacks(core_session) -> None:
     """One warning per compile naming the nodes that run an op's naive reference kernel on a backend that has
     fast kernels (compile(strict=True) refuses such a session instead)."""
@@ -49,15 +105,13 @@ def warn_reference_fallbacks(core_session) -> None:
 
 
 class Session:
-    def __init__(self, model, input_shape, mode="infer", optimizer=None, loss="cross_entropy", seed=0,
+    def __init__(self, model, input_shape=None, mode="infer", optimizer=None, loss=None, seed=0,
                  backend="cpu", plan_memory=True, optimize=True, layout="auto", recompute="none",
                  dtype="float32", cache_weights=True, winograd=True, deterministic=None,
                  max_arena_bytes=None, strict=False, dump_passes=None, device=None, tf32=True, cuda_graphs=True):
         if mode not in ("infer", "train"):
             raise ValueError(f"compile: mode must be 'infer' or 'train', got {mode!r}")
-        input_shape = tuple(int(s) for s in input_shape)
-        if len(input_shape) < 2 or any(s <= 0 for s in input_shape):
-            raise ValueError(f"compile: input_shape must be (N, C, ...) with positive sizes, got {input_shape}")
+        input_shape = resolve_input_shape(model, input_shape)
         if recompute is True:
             recompute = "segments"
         elif recompute is False or recompute is None:
@@ -68,6 +122,22 @@ class Session:
             raise ValueError(f"compile: dtype must be 'float32' or 'bfloat16', got {dtype!r}")
         if recompute != "none" and mode != "train":
             raise ValueError("compile: recompute applies to mode='train' only (inference keeps no activations for backward)")
+        if mode == "train":
+            loss = "cross_entropy" if loss is None else loss
+            if loss not in _LOSSES:
+                raise ValueError(f"compile: unknown loss {loss!r} (supported: {', '.join(_LOSSES)})")
+            if optimizer is None:
+                raise ValueError("compile(mode='train') needs an optimizer, e.g. "
+                                 "compile(..., mode='train', optimizer=cn.optim.SGD(model.parameters(), lr=0.01))")
+            if not isinstance(optimizer, Optimizer):
+                raise TypeError(f"compile: optimizer must be a cnnnative.optim optimizer (SGD, Adam, AdamW), got "
+                                f"{type(optimizer).__name__}")
+        else:
+            if optimizer is not None:
+                raise ValueError("compile: optimizer applies to mode='train' only (an inference session does not "
+                                 "update weights)")
+            if loss is not None:
+                raise ValueError(f"compile: loss applies to mode='train' only, got loss={loss!r} with mode='infer'")
         if deterministic is None:
             from . import _determinism
             deterministic = _determinism.enabled()
@@ -85,8 +155,6 @@ class Session:
         g = b.graph
         kw = {}
         if mode == "train":
-            if loss not in _LOSSES:
-                raise ValueError(f"compile: unknown loss {loss!r} (supported: {', '.join(_LOSSES)})")
             fn, target_dtype = _LOSSES[loss]
             if loss == "cross_entropy":
                 if len(y.shape) != 2:
@@ -98,9 +166,6 @@ class Session:
             with b:
                 target = b.input("labels" if loss == "cross_entropy" else "target", target_shape, target_dtype)
                 lv = fn(y, target)
-            if optimizer is None:
-                from .optim import SGD
-                optimizer = SGD(lr=0.01)
             kw = dict(loss=lv.vid, optim=optimizer.config())
             self.loss = loss
             self.target_shape = tuple(target_shape)
@@ -111,12 +176,19 @@ class Session:
         from .nn import StructureWatch
         self._watch = StructureWatch(model)
         self._store = store
-        self._s = _core.Session(g, store, mode, backend=backend, plan_memory=plan_memory, seed=int(seed),
-                                optimize=bool(optimize), layout=str(layout), recompute=recompute, dtype=dtype,
-                                cache_weights=bool(cache_weights), winograd=bool(winograd),
-                                deterministic=self.deterministic, max_arena_bytes=arena_budget(max_arena_bytes),
-                                strict=bool(strict), dump_passes=_dump_dir(dump_passes), tf32=bool(tf32),
-                                graphs=bool(cuda_graphs), **kw)
+        try:
+            self._s = _core.Session(g, store, mode, backend=backend, plan_memory=plan_memory, seed=int(seed),
+                                    optimize=bool(optimize), layout=str(layout), recompute=recompute, dtype=dtype,
+                                    cache_weights=bool(cache_weights), winograd=bool(winograd),
+                                    deterministic=self.deterministic, max_arena_bytes=arena_budget(max_arena_bytes),
+                                    strict=bool(strict), dump_passes=_dump_dir(dump_passes), tf32=bool(tf32),
+                                    graphs=bool(cuda_graphs), **kw)
+        except _core.Error as e:  # a node the compiler refused: say which module it came from
+            from .nn import locate_node_error
+            msg = locate_node_error(str(e), model)
+            if msg == str(e):
+                raise
+            raise _core.Error(msg).with_traceback(e.__traceback__) from None
         warn_reference_fallbacks(self._s)
         if optimizer is not None:
             optimizer._attach(self)
