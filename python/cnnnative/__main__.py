@@ -130,6 +130,9 @@ def _train(args) -> int:
     print(f"checkpoint saved to {os.path.abspath(out)}")
     print("history: " + ", ".join(os.path.abspath(p) for p in history_paths(out)))
     print(_final_line(task, history, ds))
+    if args.plot:
+        from .report import plot_history
+        print(f"wrote {os.path.abspath(plot_history(out))}")
     return 0
 
 
@@ -351,6 +354,12 @@ def _convert(args, p) -> int:
     return 0
 
 
+def _report(args, parser) -> int:
+    from .report import report
+    report(args.checkpoint, args.out_dir, args.threads)
+    return 0
+
+
 def _demo(args) -> int:
     import cnnnative
     from . import demos
@@ -441,6 +450,8 @@ def _parser(prog):
                    help="classifiers only: random shift/rotation/brightness per batch (plus flips for the "
                         "synthetic task) (default: off)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar (default: a bar per epoch)")
+    t.add_argument("--plot", action="store_true", help="draw the training curves into CHECKPOINT.history.png at "
+                   "the end (needs matplotlib; 'report CHECKPOINT' draws everything)")
     t.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
                    help="bfloat16: mixed-precision training (float32 master weights; CPUs with AVX512-BF16) "
                         "(default: float32)")
@@ -478,6 +489,17 @@ def _parser(prog):
                    "(default: next to each input file)")
     r.add_argument("--batch-size", type=int, default=None, help="inference batch size (default: 64)")
     r.add_argument("--threads", type=int, default=0, help="threads (default: 0, all cores)")
+
+    rp = subs["report"] = sub.add_parser(
+        "report", help="draw a checkpoint's run: curves, filters, feature maps, memory plan, ... (needs matplotlib)",
+        description=_para("Draws the training curves, the first convolution's filters, feature maps of one test "
+                    "input, the confusion matrix and augmentations (classifiers), predicted masks (segmentation) "
+                    "or noisy/denoised/clean triples (autoencoder), the per-node profile and the memory plan of "
+                    "inference and of a training step with and without recompute, as PNG files and one "
+                    "self-contained MODEL.report.html."))
+    rp.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint written by 'train'")
+    rp.add_argument("--out-dir", default=None, help="folder for the pictures (default: the checkpoint's folder)")
+    rp.add_argument("--threads", type=int, default=None, help="threads (default: all cores)")
 
     x = subs["export"] = sub.add_parser(
         "export", help="write a checkpoint's model as a .cnn or .onnx file",
@@ -561,11 +583,12 @@ def main(argv=None) -> int:
             sp.error(f"--{name.replace('_', '-')} must be positive")
     if args.cmd == "train":
         _check_train_options(args, sp)
-    run = {"train": _train, "evaluate": _evaluate, "predict": _predict, "export": _export, "demo": _demo}[args.cmd]
+    run = {"train": _train, "evaluate": _evaluate, "predict": _predict, "export": _export, "demo": _demo,
+           "report": _report}[args.cmd]
     import cnnnative
     try:
         return run(args) if args.cmd in ("train", "demo") else run(args, sp)
-    except (cnnnative.Error, ValueError, OSError) as e:
+    except (cnnnative.Error, ValueError, OSError, ImportError) as e:  # ImportError: an optional package missing
         print(f"error: {e}", file=sys.stderr)
         return 1
 
