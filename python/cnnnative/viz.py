@@ -151,6 +151,8 @@ def _load_history(hist) -> dict:
                              "(*.history.json)") from None
     fmt = ("a list of per-epoch records (what cnnnative.train.fit returns) or a dict {'epochs': [...], "
            "'steps': [...], 'model', 'task', 'metric'}")
+    if hasattr(hist, "to_dict"):  # what cnnnative.train.fit returns: epochs and steps
+        hist = hist.to_dict()
     if isinstance(hist, (list, tuple)):
         hist = {"epochs": list(hist)}
     if not isinstance(hist, dict):
@@ -1007,21 +1009,14 @@ def readme_images(out_dir="docs/img", epochs=8, seed=0, memory_model="resnet18",
     model = models.lenet5(seed=seed)
     opt = optim.SGD(lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
     sched = optim.CosineAnnealingLR(opt, epochs)
-    lrs = [opt.lr]
-
-    def record(line):  # fit logs once per epoch, after its schedule step: the next epoch's learning rate
-        lrs.append(opt.lr)
-        log(line)
     before = cnnnative.get_num_threads()
     if threads is not None:
         cnnnative.set_num_threads(int(threads))
     try:
-        hist, _ = fit(model, ds, epochs, 32, opt, sched, seed=seed, progress=False, log=record)
+        hist, _ = fit(model, ds, epochs, 32, opt, sched, seed=seed, progress=False, log=log, model_name="lenet5")
     finally:
         cnnnative.set_num_threads(before)
-    for r, lr in zip(hist, lrs):
-        r.setdefault("lr", lr)
-    h = {"model": "lenet5", "task": "classify", "metric": "test_acc", "epochs": hist}
+    h = hist.to_dict()  # per-epoch records with the learning rate, and the per-step losses
     paths = [history(h, os.path.join(out_dir, "lenet5_history.png"), figsize=(10, 6.4), dpi=dpi),
              filters(model, os.path.join(out_dir, "lenet5_filters.png"), figsize=(5, 3.6), dpi=dpi)]
     if memory_model == "resnet18":
