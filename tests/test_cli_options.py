@@ -92,14 +92,14 @@ def test_train_help_lists_models_and_every_default():
     for name in models.MODELS:
         assert re.search(rf"\b{name}\b", out), name
     options = re.split(r"\n(?=  -)", out.split("\noptions:\n", 1)[1].split("\n\n", 1)[0])
-    assert len(options) == 18  # -h and the 17 options
+    assert len(options) == 19  # -h and the 18 options
     for opt in options:
         if not opt.lstrip().startswith("-h"):
             assert "default" in opt, opt
     table = out.split("defaults per task", 1)[1]
     for row in ("digits     lenet5", "denoise    conv_autoencoder", "adamw", "2000"):
         assert row in table, table
-    for sub in ("evaluate", "predict", "export"):
+    for sub in ("evaluate", "predict", "export", "report"):
         rc, text, _ = _run([sub, "--help"])
         assert rc == 0
         for opt in re.split(r"\n(?=  -)", text.split("\noptions:\n", 1)[1]):

@@ -451,7 +451,7 @@ def _parser(prog):
                         "synthetic task) (default: off)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar (default: a bar per epoch)")
     t.add_argument("--plot", action="store_true", help="draw the training curves into CHECKPOINT.history.png at "
-                   "the end (needs matplotlib; 'report CHECKPOINT' draws everything)")
+                   "the end (needs matplotlib; 'report CHECKPOINT' draws everything; default: off)")
     t.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
                    help="bfloat16: mixed-precision training (float32 master weights; CPUs with AVX512-BF16) "
                         "(default: float32)")
