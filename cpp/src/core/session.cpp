@@ -780,6 +780,7 @@ std::vector<std::pair<std::string, float*>> Session::optimizer_state() {
 MemoryReport Session::memory_report() const { return impl_->report; }
 std::vector<PlannedBuffer> Session::memory_plan() const {
   const auto& I = *impl_;
+  std::lock_guard<std::recursive_mutex> hold(I.mu);  // a run may switch the kernel set
   const Plan& p = I.plan;
   std::vector<PlannedBuffer> v;
   for (size_t i = 0; i < p.planned.size(); ++i) {
@@ -827,6 +828,7 @@ std::vector<std::string> Session::schedule() const {
 std::vector<KernelInfo> Session::kernels() const {
   std::vector<KernelInfo> v;
   const auto& I = *impl_;
+  std::lock_guard<std::recursive_mutex> hold(I.mu);  // a run may switch the kernel set
   const Plan& p = I.plan;
   for (size_t s = 0; s < I.active->kernels.size(); ++s) {
     const Node& n = I.g.nodes[s];
@@ -849,6 +851,7 @@ const std::string& Session::backend() const { return impl_->backend.name(); }
 std::vector<NodeProfile> Session::profile() const {
   std::vector<NodeProfile> v;
   const auto& I = *impl_;
+  std::lock_guard<std::recursive_mutex> hold(I.mu);
   for (size_t s = 0; s < I.active->kernels.size(); ++s)
     v.push_back({I.g.nodes[s].op, I.g.nodes[s].name, I.prof_ns[s] * 1e-6, I.prof_calls[s], I.node_flops[s]});
   if (I.opt.mode == Mode::Train)
