@@ -243,6 +243,7 @@ struct Governor {
   bool sampled = false, no_proc = false;
   std::chrono::steady_clock::time_point last, since;
   double load = 0;  // other processes' runnable threads on our CPUs, smoothed
+  int cpus = 1;     // CPUs this process may run on, at the last sample
   int wanted = 0;   // 0: none yet
 };
 Governor& governor() {
@@ -256,15 +257,15 @@ ThreadChoice auto_choice(int max) {
   Governor& G = governor();
   std::lock_guard<std::mutex> hold(G.mu);
   const auto now = std::chrono::steady_clock::now();
-  const int cpus = usable_cpus();
   const double age = G.sampled ? std::chrono::duration<double>(now - G.last).count() : 1e9;
   if (age >= kSampleEveryS) {
     const int running = runnable_threads();
     G.no_proc = running < 0;
     if (!G.no_proc) {
       // the machine's other runnable threads, the share of them that competes for the CPUs we may use
+      G.cpus = usable_cpus();
       const int own = running > 1 ? own_runnable_threads() : 1;
-      const double others = std::max(0, running - own) * std::min(1.0, double(cpus) / online_cpus());
+      const double others = std::max(0, running - own) * std::min(1.0, double(G.cpus) / online_cpus());
       G.load = G.sampled ? G.load + (1.0 - std::exp(-age / kSmoothingS)) * (others - G.load) : others;
       G.sampled = true;
       G.last = now;
@@ -272,7 +273,7 @@ ThreadChoice auto_choice(int max) {
   }
   int w = max;
   if (G.sampled && !G.no_proc) {
-    const double free_cpus = cpus - G.load;
+    const double free_cpus = G.cpus - G.load;
     int cur = G.wanted > 0 ? G.wanted : max;
     if (std::fabs(free_cpus - cur) >= kHysteresis) cur = int(std::lround(free_cpus));
     w = std::clamp(cur, 1, max);
