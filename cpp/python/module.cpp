@@ -483,6 +483,17 @@ PYBIND11_MODULE(_core, m) {
   m.def("allocation_count", &allocation_count);
   m.def("set_num_threads", &set_num_threads);
   m.def("get_num_threads", &get_num_threads);
+  m.def("set_num_threads_auto", &set_num_threads_auto);
+  m.def("threads_info", []() {
+    const ThreadsInfo t = threads_info();
+    py::dict d;
+    d["mode"] = t.mode;
+    d["max"] = t.max;
+    d["current"] = t.current;
+    d["cpus"] = t.cpus;
+    d["load"] = t.load;
+    return d;
+  });
   m.def("op_names", &op_names);
   bind_planner(m);
   bind_probe(m);

@@ -34,12 +34,36 @@ except ImportError:  # pragma: no cover - only in editable/in-place layouts
     _preload_dnnl()
     from . import _core  # noqa: F401
 
-from ._core import Error, allocation_count, get_num_threads, set_num_threads  # noqa: E402
+from ._core import Error, allocation_count, get_num_threads  # noqa: E402
 from ._core import cpu_has_avx512 as has_avx512  # noqa: E402
 from ._core import cpu_has_avx512_bf16 as has_bf16  # noqa: E402
 
+
+def set_num_threads(n) -> None:
+    """The OpenMP threads of every later compile and run, from any thread of the process.
+
+    An int fixes the count (runs with the same seed and count are bitwise reproducible). "auto", the default when
+    neither this nor OMP_NUM_THREADS set one, follows the machine's load: a run uses the CPUs that other processes
+    leave free, between 1 and get_num_threads(); a session switches to kernels for a new count once that count has
+    held for ~0.5 s (see threads_info())."""
+    if isinstance(n, str):
+        if n != "auto":
+            raise Error(f"set_num_threads: n must be a thread count or 'auto', got {n!r}")
+        _core.set_num_threads_auto()
+    else:
+        _core.set_num_threads(n)
+
+
+def threads_info() -> dict:
+    """How runs choose their thread count: {"mode": "auto" | "fixed" | "environment" (OMP_NUM_THREADS), "max": the
+    most threads a run uses (get_num_threads()), "current": the count a run started now would use, "cpus": the CPUs
+    this process may run on, "load": auto mode's estimate of other processes' runnable threads on them (smoothed;
+    -1 where /proc is missing and the count stays at max; 0 outside auto mode)}."""
+    return _core.threads_info()
+
+
 __version__ = "0.1.0"
-__all__ = ["Error", "allocation_count", "get_num_threads", "set_num_threads", "has_avx512", "has_bf16"]
+__all__ = ["Error", "allocation_count", "get_num_threads", "set_num_threads", "threads_info", "has_avx512", "has_bf16"]
 
 from . import cuda, data, models, nn, optim  # noqa: E402
 from .nn import manual_seed  # noqa: E402

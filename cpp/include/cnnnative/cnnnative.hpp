@@ -251,7 +251,8 @@ struct PlannedBuffer {
 class SessionImpl;
 
 // A graph compiled for one input shape and mode: kernels created once, one arena allocated once.
-// run()/step() perform no allocation of their own.
+// run()/step() perform no allocation of their own, except a run for a thread count the session has no kernels for
+// yet (see num_threads()).
 //
 // Threads: a session may be used from several threads; its calls are serialized by the session's own lock
 // (run() takes it; so do set_lr, set_step_count). Outputs (fetch(), loss()) belong to the last run, so a caller
@@ -277,7 +278,10 @@ class Session {
   void set_lr(double lr);
   double lr() const;
   int64_t step_count() const;
-  int num_threads() const;  // OpenMP threads the last run used (set_num_threads, from any thread); 0 before any
+  // OpenMP threads the last run used (set_num_threads, from any thread, or the automatic count); 0 before any. The
+  // session holds kernels for at most two counts (oneDNN fixes a primitive's threads when it is created): the one
+  // it was compiled with and the last other one; a run for a new count creates its kernels (and allocates) once.
+  int num_threads() const;
   // Resume: the number of completed runs (Adam's bias correction and the dropout streams depend on it).
   void set_step_count(int64_t steps);
   // Train: the optimizer's state blocks by name ("momentum_buffer" for SGD with momentum; "exp_avg",
@@ -320,8 +324,23 @@ class Session {
 // optimizer state, scratch). A step after the first must leave it unchanged.
 uint64_t allocation_count();
 // The OpenMP thread count of every later compile and run, from any thread of the process (1 <= n <=
-// max(1024, 4 x hardware threads)). get_num_threads: that count, or OpenMP's default when never set.
+// max(1024, 4 x hardware threads)); it turns the automatic count off. get_num_threads: that count; in auto mode the
+// most threads a run uses (OpenMP's default: the CPUs this process may use).
 void set_num_threads(int n);
 int get_num_threads();
+// Auto mode, the default unless set_num_threads was called or OMP_NUM_THREADS is in the environment: every run
+// uses as many threads as there are CPUs that other processes leave free (runnable threads on the machine, smoothed
+// over ~0.4 s), between 1 and get_num_threads(). A session switches to kernels created for a new count once it has
+// held ~0.5 s (docs/ARCHITECTURE.md, "Threads"). Runs are then bitwise reproducible only with deterministic
+// kernels (CompileOptions::deterministic); a fixed count makes them so for the same count.
+void set_num_threads_auto();
+struct ThreadsInfo {
+  std::string mode;  // "auto", "fixed" (set_num_threads) or "environment" (OMP_NUM_THREADS, never set)
+  int max = 1;       // get_num_threads()
+  int current = 1;   // the count a run started now would use (auto: the wanted count)
+  int cpus = 1;      // CPUs this process may run on (its affinity mask)
+  double load = 0;   // auto: other processes' runnable threads on those CPUs (smoothed); -1: no /proc, no auto
+};
+ThreadsInfo threads_info();
 
 }  // namespace cnn

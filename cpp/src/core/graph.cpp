@@ -1,8 +1,16 @@
 // Graph building, dtypes/shapes, attributes, the op registry, the parameter store and the allocation
 // counter. Shape inference runs in add_node so a bad model fails while it is built, naming the node.
+#include <dirent.h>
+#include <fcntl.h>
 #include <omp.h>
+#include <sched.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -170,8 +178,114 @@ void count_allocation() { g_allocs++; }
 
 // ---- threads (core/threads.hpp) ----
 namespace {
-std::atomic<int> g_threads{0};  // 0: never set, OpenMP's default
+constexpr int kAuto = -1;
+// > 0: fixed by set_num_threads; kAuto: set_num_threads_auto (auto even with OMP_NUM_THREADS); 0: never set (auto
+// unless OMP_NUM_THREADS is in the environment)
+std::atomic<int> g_threads{0};
+// OpenMP's count before anyone set one (OMP_NUM_THREADS, else the CPUs of the affinity mask), read when the library
+// loads: omp_get_max_threads() later answers for the calling thread, which set_num_threads may have changed.
+const int g_default_threads = std::max(1, omp_get_max_threads());
+const bool g_env_threads = std::getenv("OMP_NUM_THREADS") != nullptr;
+
+int usable_cpus() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0) return CPU_COUNT(&set);
+  return int(std::max(1u, std::thread::hardware_concurrency()));
 }
+int online_cpus() {
+  const long n = sysconf(_SC_NPROCESSORS_ONLN);
+  return n > 0 ? int(n) : usable_cpus();
+}
+
+// A small /proc file into buf (NUL-terminated), without allocating; false when it cannot be read.
+bool read_small_file(const char* path, char* buf, size_t cap) {
+  const int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  const ssize_t n = ::read(fd, buf, cap - 1);
+  ::close(fd);
+  if (n <= 0) return false;
+  buf[n] = 0;
+  return true;
+}
+// Runnable threads on the machine now, the caller included (/proc/loadavg: "1.0 0.9 0.8 running/total last");
+// -1 without /proc. CNNNATIVE_LOADAVG_FILE names another file in that format: tests/test_thread_governor.py plays
+// a load with it on any machine, a busy one included.
+int runnable_threads() {
+  char b[256];
+  double l1, l5, l15;
+  int running = 0, total = 0;
+  const char* file = std::getenv("CNNNATIVE_LOADAVG_FILE");
+  if (!read_small_file(file && *file ? file : "/proc/loadavg", b, sizeof b)) return -1;
+  if (std::sscanf(b, "%lf %lf %lf %d/%d", &l1, &l5, &l15, &running, &total) != 5 || running < 0) return -1;
+  return running;
+}
+// This process's threads that are running or runnable now (state R), the caller included: OpenMP workers still
+// spinning after the last parallel region, other threads of the application.
+int own_runnable_threads() {
+  DIR* d = ::opendir("/proc/self/task");
+  if (!d) return 1;
+  int n = 0;
+  char path[64], b[512];
+  while (const dirent* e = ::readdir(d)) {
+    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+    std::snprintf(path, sizeof path, "/proc/self/task/%s/stat", e->d_name);
+    if (!read_small_file(path, b, sizeof b)) continue;  // the thread ended meanwhile
+    const char* p = std::strrchr(b, ')');               // "tid (comm) S ...": comm may hold anything
+    if (p && p[1] == ' ' && p[2] == 'R') ++n;
+  }
+  ::closedir(d);
+  return std::max(n, 1);
+}
+
+struct Governor {
+  std::mutex mu;
+  bool sampled = false, no_proc = false;
+  std::chrono::steady_clock::time_point last, since;
+  double load = 0;  // other processes' runnable threads on our CPUs, smoothed
+  int cpus = 1;     // CPUs this process may run on, at the last sample
+  int wanted = 0;   // 0: none yet
+};
+Governor& governor() {
+  static Governor g;
+  return g;
+}
+constexpr double kSampleEveryS = 0.01, kSmoothingS = 0.4, kHysteresis = 0.6;
+
+// Auto mode's count for a machine with `max` threads wanted at most; samples the load when the last sample is old.
+ThreadChoice auto_choice(int max) {
+  Governor& G = governor();
+  std::lock_guard<std::mutex> hold(G.mu);
+  const auto now = std::chrono::steady_clock::now();
+  const double age = G.sampled ? std::chrono::duration<double>(now - G.last).count() : 1e9;
+  if (age >= kSampleEveryS) {
+    const int running = runnable_threads();
+    G.no_proc = running < 0;
+    if (!G.no_proc) {
+      // the machine's other runnable threads, the share of them that competes for the CPUs we may use
+      G.cpus = usable_cpus();
+      const int own = running > 1 ? own_runnable_threads() : 1;
+      const double others = std::max(0, running - own) * std::min(1.0, double(G.cpus) / online_cpus());
+      G.load = G.sampled ? G.load + (1.0 - std::exp(-age / kSmoothingS)) * (others - G.load) : others;
+      G.sampled = true;
+      G.last = now;
+    }
+  }
+  int w = max;
+  if (G.sampled && !G.no_proc) {
+    const double free_cpus = G.cpus - G.load;
+    int cur = G.wanted > 0 ? G.wanted : max;
+    if (std::fabs(free_cpus - cur) >= kHysteresis) cur = int(std::lround(free_cpus));
+    w = std::clamp(cur, 1, max);
+  }
+  if (w != G.wanted) {
+    G.wanted = w;
+    G.since = now;
+  }
+  return {w, true, std::chrono::duration<double>(now - G.since).count()};
+}
+}  // namespace
+
 void set_num_threads(int n) {
   // libgomp itself crashes somewhere past ~50,000 threads; no machine has use for more than a few per core.
   const int hw = int(std::max(1u, std::thread::hardware_concurrency()));
@@ -182,14 +296,38 @@ void set_num_threads(int n) {
   g_threads.store(n, std::memory_order_relaxed);
   omp_set_num_threads(n);
 }
+void set_num_threads_auto() { g_threads.store(kAuto, std::memory_order_relaxed); }
 int get_num_threads() {
   const int n = g_threads.load(std::memory_order_relaxed);
-  return n > 0 ? n : omp_get_max_threads();
+  return n > 0 ? n : g_default_threads;
+}
+ThreadChoice choose_num_threads() {
+  const int n = g_threads.load(std::memory_order_relaxed);
+  if (n > 0) return {n, false, 0.0};
+  if (n == 0 && g_env_threads) return {g_default_threads, false, 0.0};
+  return auto_choice(g_default_threads);
+}
+void use_num_threads(int n) {
+  if (omp_get_max_threads() != n) omp_set_num_threads(n);
 }
 int apply_num_threads() {
+  const int n = choose_num_threads().count;
+  use_num_threads(n);
+  return n;
+}
+ThreadsInfo threads_info() {
   const int n = g_threads.load(std::memory_order_relaxed);
-  if (n > 0 && omp_get_max_threads() != n) omp_set_num_threads(n);
-  return omp_get_max_threads();
+  ThreadsInfo t;
+  t.mode = n > 0 ? "fixed" : n == 0 && g_env_threads ? "environment" : "auto";
+  t.max = get_num_threads();
+  t.cpus = usable_cpus();
+  t.current = choose_num_threads().count;
+  if (t.mode == "auto") {
+    Governor& G = governor();
+    std::lock_guard<std::mutex> hold(G.mu);
+    t.load = G.no_proc ? -1.0 : G.load;
+  }
+  return t;
 }
 
 // ---- parameter store ----

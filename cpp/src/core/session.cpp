@@ -3,8 +3,10 @@
 // creates one kernel per step and runs them. Owns those buffers; borrows parameters and buffers from the shared
 // ParamStore (or keeps mirrors of them: float64 copies for a float64 session, backend copies for a backend whose
 // memory the host cannot address, refreshed whenever the store's version moves). run() allocates nothing: every
-// pointer table is built here. Every run hands the kernels the store's version (prepared weights are rebuilt
-// when it moved); a train/grad run that writes the store bumps it when it ends.
+// pointer table is built here. The one exception is a run for a thread count the session holds no kernels for
+// (set_num_threads, or auto mode's load-driven count): it creates a second kernel set (choose_set). Every run hands
+// the kernels the store's version (prepared weights are rebuilt when it moved); a train/grad run that writes the
+// store bumps it when it ends.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -13,6 +15,7 @@
 #include <limits>
 #include <numeric>
 
+#include <omp.h>
 #include <unistd.h>
 
 #include "core/alloc.hpp"
@@ -34,6 +37,9 @@ class SessionImpl {
   void check_budget(size_t need, size_t budget) const;
   void refresh_mirrors();
   void write_back_mirrors(bool params);
+  struct KernelSet;
+  std::unique_ptr<KernelSet> build_set(int threads, size_t bytes_used);
+  void choose_set();
 
   mutable std::recursive_mutex mu;  // serializes run() and the setters across threads
   Plan plan;                        // what the compile pipeline decided
@@ -44,16 +50,30 @@ class SessionImpl {
   std::unique_ptr<Stream> stream;  // the backend's execution context for this session (nullptr on host backends)
 
   std::vector<void*> ptr;  // per value
-  std::vector<std::unique_ptr<Kernel>> kernels;
-  std::vector<std::vector<void*>> node_in, node_out;
   struct Patch {
     int node, slot, feed;
   };
   std::vector<Patch> patches;  // node inputs that are caller buffers (host-accessible backends)
+  // The kernels and what depends on the thread count they were created for: oneDNN fixes a primitive's threads
+  // when it creates it (its work split, its scratchpad), so a run with another count needs kernels created for it.
+  struct KernelSet {
+    int threads = 0;
+    std::vector<std::unique_ptr<Kernel>> kernels;
+    std::vector<std::vector<void*>> node_in, node_out;
+    Buffer scratch, prepared;        // prepared: the kernels' persistent regions, filled on the set's first run
+    std::vector<void*> persist_ptr;  // per step: the kernel's persistent region (nullptr when it keeps none)
+    size_t scratch_bytes = 0, prepared_bytes = 0;
+  };
+  // sets[0]: created with the session, for the count then in effect; sets[1]: the last other count a run used
+  // (created by that run; a third count replaces it). Runs use *active.
+  std::unique_ptr<KernelSet> sets[2];
+  KernelSet* active = nullptr;
+  int pending_threads = 0, pending_runs = 0;  // auto mode: a count other than the active one, runs in a row wanting it
+  int failed_threads = 0;                     // auto mode: a count whose kernels could not be created (not retried)
+  size_t budget = 0, fixed_bytes = 0;         // check_budget's: the memory budget, gradients and optimizer state
 
   Buffer buffers_backup;  // Train: the running statistics before the running step
-  Buffer arena, scratch, grad_block, state_m, state_v, state_vmax, prepared;
-  std::vector<void*> persist_ptr;  // per step: the kernel's persistent region (nullptr when it keeps none)
+  Buffer arena, grad_block, state_m, state_v, state_vmax;
   // Mirrors of the store's blocks: float64 copies (f64 sessions) or backend copies (!host_accessible()).
   Buffer mirror_params, mirror_buffers;
   bool mirrored = false, convert_f64 = false;
@@ -180,8 +200,8 @@ SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, con
     }
 
   // ---- the arena ----
-  const size_t budget = opt.max_arena_bytes ? opt.max_arena_bytes : physical_memory_bytes();
-  const size_t fixed_bytes = opt.mode == Mode::Train ? store->num_params() * 4 * 4 : 0;  // grads + up to 3 state blocks
+  budget = opt.max_arena_bytes ? opt.max_arena_bytes : physical_memory_bytes();
+  fixed_bytes = opt.mode == Mode::Train ? store->num_params() * 4 * 4 : 0;  // grads + up to 3 state blocks
   check_budget(plan.memory.arena_bytes + fixed_bytes, budget);
   arena = backend.allocate(std::max<size_t>(plan.memory.arena_bytes, 64));
   for (size_t i = 0; i < plan.planned.size(); ++i)
@@ -190,78 +210,10 @@ SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, con
     if (plan.alias_of[v] != int(v)) ptr[v] = ptr[plan.alias_of[v]];
 
   // ---- kernels ----
-  size_t scratch_bytes = 0;
-  for (int s = 0; s < n_steps; ++s) {
-    const Node& n = g.nodes[s];
-    KernelCtx ctx{n, {}, {}, opt.compute};
-    ctx.training = opt.mode != Mode::Infer;
-    ctx.cache_weights = opt.mode == Mode::Infer && opt.cache_weights;
-    ctx.winograd = opt.winograd;
-    ctx.deterministic = opt.deterministic;
-    ctx.stream = stream.get();
-    for (size_t i = 0; i < n.inputs.size(); ++i) {
-      TensorDesc d = g.values[n.inputs[i]].desc;
-      d.dtype = plan.stored_dtype[n.inputs[i]];
-      ctx.in.push_back(d);
-      ctx.in_layout.push_back(plan.in_view[s][i]);
-    }
-    for (int v : n.outputs) {
-      TensorDesc d = g.values[v].desc;
-      d.dtype = plan.stored_dtype[v];
-      ctx.out.push_back(d);
-      ctx.out_layout.push_back(plan.layout[v]);
-    }
-    try {
-      kernels.push_back((*plan.kernels[s].factory)(ctx));
-    } catch (const Error&) {
-      throw;
-    } catch (const std::exception& e) {  // oneDNN refusing a primitive, an allocation failing, ...
-      op_error(n, "cannot create its " + backend.name() + " kernel for inputs " + descs_str(ctx.in) + ": " + e.what());
-    }
-    const auto& flops = get_op(n.op).flops;
-    node_flops.push_back(flops ? flops(ctx.in, ctx.out) : 0.0);
-    scratch_bytes = std::max(scratch_bytes, kernels.back()->scratch_bytes());
-    std::vector<void*> in, out;
-    for (size_t i = 0; i < n.inputs.size(); ++i) {
-      in.push_back(ptr[n.inputs[i]]);
-      if (plan.storage[n.inputs[i]] == Storage::Feed && backend.host_accessible()) {
-        int fi =
-            int(std::find(plan.feed_values.begin(), plan.feed_values.end(), n.inputs[i]) - plan.feed_values.begin());
-        patches.push_back({s, int(i), fi});
-      }
-    }
-    for (int v : n.outputs) out.push_back(ptr[v]);
-    node_in.push_back(std::move(in));
-    node_out.push_back(std::move(out));
-  }
-  // A backend factory may itself hand a node to the op's reference kernel (a configuration its library refuses):
-  // reported like a node without a kernel.
-  if (backend.has_fast_kernels()) {
-    for (int s = 0; s < n_steps; ++s)
-      if (!plan.kernels[s].reference && kernels[s]->impl() == "reference")
-        plan.reference_fallbacks.push_back(g.nodes[s].op + " " + g.nodes[s].name);
-    if (opt.strict && !plan.reference_fallbacks.empty()) {
-      std::string list;
-      for (const auto& f : plan.reference_fallbacks) list += (list.empty() ? "" : ", ") + f;
-      throw Error("compile(strict): the " + backend.name() + " backend runs " + list +
-                  " on the op's naive reference kernel (no fast kernel for this configuration)");
-    }
-  }
-  // kernels' persistent regions (prepared weights): one block, 64-byte aligned slices, filled on the first run
-  std::vector<size_t> persist_off;
-  size_t persist_total = 0;
-  for (auto& k : kernels) {
-    persist_off.push_back(persist_total);
-    persist_total += (k->persistent_bytes() + 63) / 64 * 64;
-  }
-  check_budget(plan.memory.arena_bytes + fixed_bytes + scratch_bytes + persist_total, budget);
-  scratch = backend.allocate(std::max<size_t>(scratch_bytes, 64));
-  if (persist_total) prepared = backend.allocate(persist_total);
-  for (size_t s = 0; s < kernels.size(); ++s)
-    persist_ptr.push_back(kernels[s]->persistent_bytes() ? static_cast<char*>(prepared.get()) + persist_off[s]
-                                                         : nullptr);
-  report.prepared_bytes = persist_total;
-  report.scratch_bytes = scratch_bytes;
+  sets[0] = build_set(omp_get_max_threads(), plan.memory.arena_bytes + fixed_bytes);  // the count applied above
+  active = sets[0].get();
+  report.prepared_bytes = active->prepared_bytes;
+  report.scratch_bytes = active->scratch_bytes;
   prof_ns.assign(n_steps + 1, 0.0);
   prof_calls.assign(n_steps + 1, 0);
   if (!backend.host_accessible())
@@ -306,6 +258,140 @@ void SessionImpl::refresh_mirrors() {
 void SessionImpl::write_back_mirrors(bool params) {
   if (params) backend.copy_out(store->params(), mirror_params.get(), store->num_params() * 4, stream.get());
   backend.copy_out(store->buffers(), mirror_buffers.get(), store->num_buffers() * 4, stream.get());
+}
+
+// Creates one kernel per step for `threads` OpenMP threads (applied to the calling thread, where oneDNN reads it),
+// with the pointer tables, the scratch block and the persistent regions they run with. bytes_used: what the session
+// already holds, for the budget. The first set also records what describes the plan rather than the kernels (flops,
+// the feed patches, the reference fallbacks).
+std::unique_ptr<SessionImpl::KernelSet> SessionImpl::build_set(int threads, size_t bytes_used) {
+  use_num_threads(threads);
+  auto ks = std::make_unique<KernelSet>();
+  ks->threads = threads;
+  const bool first = !sets[0];
+  const int n_steps = int(g.nodes.size());
+  auto& kernels = ks->kernels;
+  size_t scratch_bytes = 0;
+  for (int s = 0; s < n_steps; ++s) {
+    const Node& n = g.nodes[s];
+    KernelCtx ctx{n, {}, {}, opt.compute};
+    ctx.training = opt.mode != Mode::Infer;
+    ctx.cache_weights = opt.mode == Mode::Infer && opt.cache_weights;
+    ctx.winograd = opt.winograd;
+    ctx.deterministic = opt.deterministic;
+    ctx.stream = stream.get();
+    for (size_t i = 0; i < n.inputs.size(); ++i) {
+      TensorDesc d = g.values[n.inputs[i]].desc;
+      d.dtype = plan.stored_dtype[n.inputs[i]];
+      ctx.in.push_back(d);
+      ctx.in_layout.push_back(plan.in_view[s][i]);
+    }
+    for (int v : n.outputs) {
+      TensorDesc d = g.values[v].desc;
+      d.dtype = plan.stored_dtype[v];
+      ctx.out.push_back(d);
+      ctx.out_layout.push_back(plan.layout[v]);
+    }
+    try {
+      kernels.push_back((*plan.kernels[s].factory)(ctx));
+    } catch (const Error&) {
+      throw;
+    } catch (const std::exception& e) {  // oneDNN refusing a primitive, an allocation failing, ...
+      op_error(n, "cannot create its " + backend.name() + " kernel for inputs " + descs_str(ctx.in) + ": " + e.what());
+    }
+    if (first) {
+      const auto& flops = get_op(n.op).flops;
+      node_flops.push_back(flops ? flops(ctx.in, ctx.out) : 0.0);
+    }
+    scratch_bytes = std::max(scratch_bytes, kernels.back()->scratch_bytes());
+    std::vector<void*> in, out;
+    for (size_t i = 0; i < n.inputs.size(); ++i) {
+      in.push_back(ptr[n.inputs[i]]);
+      if (first && plan.storage[n.inputs[i]] == Storage::Feed && backend.host_accessible()) {
+        int fi =
+            int(std::find(plan.feed_values.begin(), plan.feed_values.end(), n.inputs[i]) - plan.feed_values.begin());
+        patches.push_back({s, int(i), fi});
+      }
+    }
+    for (int v : n.outputs) out.push_back(ptr[v]);
+    ks->node_in.push_back(std::move(in));
+    ks->node_out.push_back(std::move(out));
+  }
+  // A backend factory may itself hand a node to the op's reference kernel (a configuration its library refuses):
+  // reported like a node without a kernel.
+  if (first && backend.has_fast_kernels()) {
+    for (int s = 0; s < n_steps; ++s)
+      if (!plan.kernels[s].reference && kernels[s]->impl() == "reference")
+        plan.reference_fallbacks.push_back(g.nodes[s].op + " " + g.nodes[s].name);
+    if (opt.strict && !plan.reference_fallbacks.empty()) {
+      std::string list;
+      for (const auto& f : plan.reference_fallbacks) list += (list.empty() ? "" : ", ") + f;
+      throw Error("compile(strict): the " + backend.name() + " backend runs " + list +
+                  " on the op's naive reference kernel (no fast kernel for this configuration)");
+    }
+  }
+  // kernels' persistent regions (prepared weights): one block, 64-byte aligned slices, filled on the first run
+  std::vector<size_t> persist_off;
+  size_t persist_total = 0;
+  for (auto& k : kernels) {
+    persist_off.push_back(persist_total);
+    persist_total += (k->persistent_bytes() + 63) / 64 * 64;
+  }
+  check_budget(bytes_used + scratch_bytes + persist_total, budget);
+  ks->scratch = backend.allocate(std::max<size_t>(scratch_bytes, 64));
+  if (persist_total) ks->prepared = backend.allocate(persist_total);
+  for (size_t s = 0; s < kernels.size(); ++s)
+    ks->persist_ptr.push_back(kernels[s]->persistent_bytes() ? static_cast<char*>(ks->prepared.get()) + persist_off[s]
+                                                             : nullptr);
+  ks->scratch_bytes = scratch_bytes;
+  ks->prepared_bytes = persist_total;
+  return ks;
+}
+
+// Picks the kernel set this run uses and applies its count to the calling thread. A fixed count switches at once;
+// auto mode switches when the wanted count has held for kSwitchAfterS and this session saw it on kSwitchRuns runs in
+// a row (a load that lasts, not a burst). A switch to a count without kernels creates them (and allocates).
+void SessionImpl::choose_set() {
+  constexpr double kSwitchAfterS = 0.5;
+  constexpr int kSwitchRuns = 3;
+  const ThreadChoice c = choose_num_threads();
+  if (!backend.host_accessible()) {  // a device backend: the host threads only stage copies; one set
+    use_num_threads(c.count);
+    threads_used = c.count;
+    return;
+  }
+  bool switch_now = c.count != active->threads && !(c.automatic && c.count == failed_threads);
+  if (switch_now && c.automatic) {
+    if (c.count != pending_threads) pending_runs = 0;
+    pending_threads = c.count;
+    switch_now = ++pending_runs >= kSwitchRuns && c.stable_s >= kSwitchAfterS;
+  } else {
+    pending_runs = 0;
+  }
+  if (switch_now) {
+    KernelSet* next = nullptr;
+    for (auto& k : sets)
+      if (k && k->threads == c.count) next = k.get();
+    if (!next) {
+      try {
+        auto ks = build_set(c.count,
+                            plan.memory.arena_bytes + fixed_bytes + sets[0]->scratch_bytes + sets[0]->prepared_bytes);
+        sets[1] = std::move(ks);  // replaces the last other count's set (when that was the active one: left below)
+        next = sets[1].get();
+      } catch (const std::exception&) {
+        if (!c.automatic) throw;   // the count the caller fixed cannot run: say why
+        failed_threads = c.count;  // auto: keep running on the kernels that work
+      }
+    }
+    if (next) {
+      active = next;
+      pending_runs = 0;
+      report.prepared_bytes = active->prepared_bytes;
+      report.scratch_bytes = active->scratch_bytes;
+    }
+  }
+  use_num_threads(active->threads);
+  threads_used = active->threads;
 }
 
 namespace {
@@ -456,7 +542,6 @@ void SessionImpl::update() {
 
 void SessionImpl::run(const std::vector<const void*>& fd) {
   std::lock_guard<std::recursive_mutex> hold(mu);
-  threads_used = apply_num_threads();
   if (fd.size() != plan.feeds.size())
     throw Error("run: expected " + std::to_string(plan.feeds.size()) + " inputs, got " + std::to_string(fd.size()));
   // A NaN/inf input would not always reach the loss (ReLU maps NaN to 0) yet poison BN statistics: refuse it
@@ -474,9 +559,11 @@ void SessionImpl::run(const std::vector<const void*>& fd) {
                   ") at " + index_str(d.shape, bad) + "; nothing was run or updated");
     }
   }
+  choose_set();
+  KernelSet& K = *active;
   Stream* st = stream.get();
   if (backend.host_accessible()) {
-    for (auto& p : patches) node_in[p.node][p.slot] = const_cast<void*>(fd[p.feed]);
+    for (auto& p : patches) K.node_in[p.node][p.slot] = const_cast<void*>(fd[p.feed]);
     for (size_t i = 0; i < plan.feed_values.size(); ++i) ptr[plan.feed_values[i]] = const_cast<void*>(fd[i]);
   } else {
     // staged through the session's host buffers (pinned on a GPU): the copies run asynchronously on the stream
@@ -487,7 +574,7 @@ void SessionImpl::run(const std::vector<const void*>& fd) {
     }
   }
   if (mirrored && store->version() != mirror_version) refresh_mirrors();
-  RunCtx run_ctx{nullptr, nullptr, scratch.get(), opt.seed, steps};
+  RunCtx run_ctx{nullptr, nullptr, K.scratch.get(), opt.seed, steps};
   run_ctx.params_version = store->version();
   run_ctx.stream = st;
   if (st) st->set_run_info(opt.seed, steps);
@@ -501,12 +588,12 @@ void SessionImpl::run(const std::vector<const void*>& fd) {
   } bump{writes_store ? store.get() : nullptr};
   using clock = std::chrono::steady_clock;
   auto exec = [&](int s) {
-    run_ctx.in = node_in[s].data();
-    run_ctx.out = node_out[s].data();
-    run_ctx.persist = persist_ptr[s];
+    run_ctx.in = K.node_in[s].data();
+    run_ctx.out = K.node_out[s].data();
+    run_ctx.persist = K.persist_ptr[s];
     auto t0 = clock::now();
     try {
-      kernels[s]->run(run_ctx);
+      K.kernels[s]->run(run_ctx);
     } catch (const Error&) {
       throw;
     } catch (const std::exception& e) {
@@ -549,7 +636,7 @@ void SessionImpl::run(const std::vector<const void*>& fd) {
     }
     st->replay(seg);
   };
-  const int n = int(kernels.size());
+  const int n = int(K.kernels.size());
   const int nf = plan.num_forward_nodes;
   // !host_accessible(): the host reads the fetches from copies made after the run
   auto copy_fetches = [&]() {
@@ -589,10 +676,10 @@ void SessionImpl::run(const std::vector<const void*>& fd) {
     if (!std::isfinite(L)) {
       restore();
       for (int s = 0; s < nf; ++s) {  // a kernel that could not throw while it ran may know why
-        run_ctx.in = node_in[s].data();
-        run_ctx.out = node_out[s].data();
-        run_ctx.persist = persist_ptr[s];
-        const std::string why = kernels[s]->explain_failure(run_ctx);
+        run_ctx.in = K.node_in[s].data();
+        run_ctx.out = K.node_out[s].data();
+        run_ctx.persist = K.persist_ptr[s];
+        const std::string why = K.kernels[s]->explain_failure(run_ctx);
         if (!why.empty()) op_error(g.nodes[s], why + "; parameters and running statistics were not updated");
       }
       throw Error(std::string("non-finite loss (") + (std::isnan(L) ? "nan" : "inf") + ") at step " +
@@ -693,6 +780,7 @@ std::vector<std::pair<std::string, float*>> Session::optimizer_state() {
 MemoryReport Session::memory_report() const { return impl_->report; }
 std::vector<PlannedBuffer> Session::memory_plan() const {
   const auto& I = *impl_;
+  std::lock_guard<std::recursive_mutex> hold(I.mu);  // a run may switch the kernel set
   const Plan& p = I.plan;
   std::vector<PlannedBuffer> v;
   for (size_t i = 0; i < p.planned.size(); ++i) {
@@ -716,8 +804,8 @@ std::vector<PlannedBuffer> Session::memory_plan() const {
     b.last = p.requests[i].last;
     v.push_back(std::move(b));
   }
-  for (size_t s = 0; s < I.kernels.size(); ++s) {
-    const size_t bytes = I.kernels[s]->scratch_bytes();
+  for (size_t s = 0; s < I.active->kernels.size(); ++s) {
+    const size_t bytes = I.active->kernels[s]->scratch_bytes();
     if (!bytes) continue;
     PlannedBuffer b;
     b.node = I.g.nodes[s].name;
@@ -740,10 +828,11 @@ std::vector<std::string> Session::schedule() const {
 std::vector<KernelInfo> Session::kernels() const {
   std::vector<KernelInfo> v;
   const auto& I = *impl_;
+  std::lock_guard<std::recursive_mutex> hold(I.mu);  // a run may switch the kernel set
   const Plan& p = I.plan;
-  for (size_t s = 0; s < I.kernels.size(); ++s) {
+  for (size_t s = 0; s < I.active->kernels.size(); ++s) {
     const Node& n = I.g.nodes[s];
-    KernelInfo k{n.op, n.name, I.kernels[s]->impl(), {}, {}, "", ""};
+    KernelInfo k{n.op, n.name, I.active->kernels[s]->impl(), {}, {}, "", ""};
     for (Layout l : p.in_view[s]) k.in_layouts.push_back(layout_name(l));
     for (int o : n.outputs) k.out_layouts.push_back(layout_name(p.layout[o]));
     if (!n.inputs.empty()) k.in_dtype = dtype_name(p.stored_dtype[n.inputs[0]]);
@@ -762,7 +851,8 @@ const std::string& Session::backend() const { return impl_->backend.name(); }
 std::vector<NodeProfile> Session::profile() const {
   std::vector<NodeProfile> v;
   const auto& I = *impl_;
-  for (size_t s = 0; s < I.kernels.size(); ++s)
+  std::lock_guard<std::recursive_mutex> hold(I.mu);
+  for (size_t s = 0; s < I.active->kernels.size(); ++s)
     v.push_back({I.g.nodes[s].op, I.g.nodes[s].name, I.prof_ns[s] * 1e-6, I.prof_calls[s], I.node_flops[s]});
   if (I.opt.mode == Mode::Train)
     v.push_back({"optimizer_update", I.opt.optim.kind, I.prof_ns.back() * 1e-6, I.prof_calls.back(), 0.0});

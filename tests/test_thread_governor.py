@@ -1,0 +1,263 @@
+"""The thread count follows the machine's load when nobody fixed one (core/threads.hpp, docs/ARCHITECTURE.md
+"Threads"): auto mode is the default, a fixed count or OMP_NUM_THREADS turns it off; with CPU-bound processes taking
+the CPUs an auto-mode session drops to 1 thread and returns to the maximum when they stop. A session holds kernels
+for at most two counts (oneDNN fixes a primitive's threads when it creates it): a switch creates them once
+(allocating), a switch back is free, and results across switches are those of a session created for that count."""
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+import cnnnative as cn
+
+
+@pytest.fixture
+def auto_mode():
+    """Auto mode for one test (conftest.py fixes the suite's count); the count as it was afterwards."""
+    info = cn.threads_info()
+    cn.set_num_threads("auto")
+    yield
+    cn.set_num_threads("auto" if info["mode"] == "auto" else info["max"])
+
+
+@pytest.fixture
+def fixed_count():
+    n = cn.get_num_threads()
+    yield
+    cn.set_num_threads(n)
+
+
+def _child(code, **env):
+    e = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    e.update(env)
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120,
+                       env=e)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def test_auto_mode_is_the_default_and_a_fixed_count_or_omp_num_threads_turns_it_off():
+    out = _child("""
+        import cnnnative as cn
+        i = cn.threads_info()
+        print(i["mode"], i["max"] == cn.get_num_threads(), 1 <= i["current"] <= i["max"], i["load"] >= 0)
+        cn.set_num_threads(1)
+        i = cn.threads_info()
+        print(i["mode"], i["max"], i["current"], i["load"])
+        cn.set_num_threads("auto")
+        print(cn.threads_info()["mode"])
+        try:
+            cn.set_num_threads("fast")
+        except cn.Error as e:
+            print(e)
+    """)
+    assert out.splitlines() == ["auto True True True", "fixed 1 1 0.0", "auto",
+                                "set_num_threads: n must be a thread count or 'auto', got 'fast'"]
+    out = _child("""
+        import cnnnative as cn
+        i = cn.threads_info()
+        print(i["mode"], i["max"], i["current"], cn.get_num_threads())
+        cn.set_num_threads("auto")  # explicitly asked for: auto even with OMP_NUM_THREADS
+        print(cn.threads_info()["mode"])
+    """, OMP_NUM_THREADS="1")
+    assert out.splitlines() == ["environment 1 1 1", "auto"]
+
+
+def _data(shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def test_a_session_switches_kernels_when_the_fixed_count_changes_and_keeps_two_sets(fixed_count):
+    cn.set_num_threads(2)
+    model = cn.models.lenet5(seed=0)
+    sess = model.compile((8, 1, 28, 28))
+    x = _data((8, 1, 28, 28))
+    y2 = sess.run(x).copy()
+    assert sess.num_threads == 2
+    counts = []
+    for n in (1, 1, 2, 2, 1, 3, 3, 2):
+        cn.set_num_threads(n)
+        before = cn.allocation_count()
+        y = sess.run(x).copy()
+        counts.append(cn.allocation_count() - before)
+        assert sess.num_threads == n
+        cn.set_num_threads(n)
+        fresh = cn.models.lenet5(seed=0).compile((8, 1, 28, 28))
+        np.testing.assert_allclose(y, fresh.run(x), rtol=1e-5, atol=1e-6, err_msg=f"{n} threads")
+    np.testing.assert_allclose(sess.run(x), sess.run(x))
+    # the kernels for 1 thread are created once (the second set) and reused; 2 is the session's own set; 3
+    # replaces the set for 1, and going back to 2 creates nothing
+    assert counts[0] > 0 and counts[1] == counts[2] == counts[3] == counts[4] == 0, counts
+    assert counts[5] > 0 and counts[6] == counts[7] == 0, counts
+    np.testing.assert_allclose(y, y2, rtol=1e-5, atol=1e-6)
+
+
+def test_training_keeps_training_through_switches(fixed_count):
+    # Deterministic kernels: a step's result does not depend on the thread count, so a session that changes count
+    # between steps trains bitwise like one that never does.
+    shape = (8, 1, 28, 28)
+    x, t = _data(shape, 1), np.random.default_rng(2).integers(0, 10, 8).astype(np.int32)
+
+    def train(counts, deterministic):
+        cn.set_num_threads(counts[0])
+        model = cn.models.lenet5(seed=0)
+        sess = model.compile(shape, mode="train", optimizer=cn.optim.SGD(lr=0.05, momentum=0.9),
+                             deterministic=deterministic, seed=0)
+        losses = []
+        for n in counts:
+            cn.set_num_threads(n)
+            losses.append(sess.step(x, t))
+            assert sess.num_threads == n
+        return np.array(losses), model.state_dict()
+
+    switching = [2, 2, 1, 1, 2, 1, 3, 2]
+    la, wa = train(switching, True)
+    lb, wb = train([1] * len(switching), True)
+    assert np.array_equal(la, lb)
+    for k in wa:
+        assert np.array_equal(wa[k], wb[k]), k
+    assert la[-1] < la[0]  # it trains
+    # default (fast) kernels: the same training up to rounding
+    lc, wc = train(switching, None)
+    np.testing.assert_allclose(lc, lb, rtol=1e-4)
+    for k in wa:
+        np.testing.assert_allclose(wc[k], wb[k], rtol=1e-3, atol=1e-5, err_msg=k)
+
+
+def _play(path, running):
+    """A /proc/loadavg with `running` runnable threads on the machine (CNNNATIVE_LOADAVG_FILE reads it instead)."""
+    path.write_text(f"0.50 0.40 0.30 {running}/400 4242\n")
+
+
+def test_auto_mode_follows_a_played_load_and_switches_kernels_once_it_holds(auto_mode, tmp_path, monkeypatch):
+    # A played load makes this test independent of what else runs on the machine: 1 runnable thread (this one),
+    # then two per CPU of the machine, then 1 again, then no file at all.
+    top = cn.threads_info()["max"]
+    if top < 2:
+        pytest.skip("auto mode has nothing to reduce with 1 thread at most")
+    f = tmp_path / "loadavg"
+    _play(f, 1)
+    monkeypatch.setenv("CNNNATIVE_LOADAVG_FILE", str(f))
+    shape = (16, 1, 28, 28)
+    x = _data(shape)
+    t = np.random.default_rng(2).integers(0, 10, 16).astype(np.int32)
+    model = cn.models.lenet5(seed=0)
+    sess = model.compile(shape)
+    trainer = cn.models.lenet5(seed=0).compile(shape, mode="train", optimizer=cn.optim.SGD(lr=0.05, momentum=0.9),
+                                               deterministic=True)
+    losses, log = [], []
+    step = lambda: (losses.append(trainer.step(x, t)), log.append(trainer.num_threads))
+
+    def until(count, seconds=20):
+        end, runs = time.monotonic() + seconds, 0
+        while time.monotonic() < end:
+            before, n = cn.allocation_count(), sess.num_threads
+            sess.run(x)
+            runs += 1
+            if cn.allocation_count() != before:
+                assert sess.num_threads != n, "a run allocated without switching its thread count"
+            step()
+            if sess.num_threads == count and trainer.num_threads == count:
+                return runs
+        raise AssertionError(f"not at {count} threads after {seconds} s: {cn.threads_info()}, session at "
+                             f"{sess.num_threads}, training session at {trainer.num_threads}")
+
+    until(top)
+    assert cn.threads_info()["current"] == top and cn.threads_info()["load"] < 0.5
+    _play(f, 1 + 2 * os.cpu_count())
+    runs = until(1)
+    assert runs >= 3  # a load has to hold before kernels are rebuilt for it
+    assert cn.threads_info()["current"] == 1
+    cn.set_num_threads(1)
+    ref1 = cn.models.lenet5(seed=0).compile(shape)
+    cn.set_num_threads("auto")
+    np.testing.assert_allclose(sess.run(x), ref1.run(x), rtol=1e-5, atol=1e-6)
+    # back to the top count: both kernel sets exist by now, so the switch back allocates nothing
+    _play(f, 1)
+    before = cn.allocation_count()
+    until(top)
+    assert cn.allocation_count() == before
+    # a fixed count is never changed by the load
+    _play(f, 1 + 2 * os.cpu_count())
+    cn.set_num_threads(top)
+    for _ in range(30):
+        sess.run(x)
+        step()
+        assert sess.num_threads == trainer.num_threads == top
+    # no load file (no /proc): no sample, no reduction
+    cn.set_num_threads("auto")
+    until(1)
+    monkeypatch.setenv("CNNNATIVE_LOADAVG_FILE", str(tmp_path / "missing"))
+    until(top)
+    assert cn.threads_info()["load"] == -1
+    # the training session trained through every switch as it does on one thread (deterministic kernels)
+    assert 1 in log and top in log
+    cn.set_num_threads(1)
+    ref = cn.models.lenet5(seed=0).compile(shape, mode="train", optimizer=cn.optim.SGD(lr=0.05, momentum=0.9),
+                                           deterministic=True)
+    assert np.array_equal(np.array(losses), np.array([ref.step(x, t) for _ in losses]))
+
+
+def _busy_loop():
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"], stdin=subprocess.DEVNULL)
+
+
+def _run_until(sess, x, done, seconds, log):
+    """Runs sess until done() (True) or `seconds` pass (False); checks every run allocates nothing except a switch."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        before, n = cn.allocation_count(), sess.num_threads
+        sess.run(x)
+        if cn.allocation_count() != before:
+            assert sess.num_threads != n, "a run allocated without switching its thread count"
+        log.append(sess.num_threads)
+        if done():
+            return True
+    return False
+
+
+def test_auto_mode_drops_to_one_thread_while_cpu_bound_processes_run_and_returns_after(auto_mode):
+    MAX = cn.threads_info()["max"]
+    if not 2 <= MAX <= 16:
+        pytest.skip(f"needs 2-16 threads at most (this process may use {MAX}): one CPU-bound process per CPU")
+    model = cn.models.lenet5(seed=0)
+    x = _data((16, 1, 28, 28))
+    sess = model.compile((16, 1, 28, 28))
+    log = []
+    if not _run_until(sess, x, lambda: sess.num_threads == MAX, 3, log):
+        pytest.skip(f"the machine is busy already (load {cn.threads_info()['load']:.1f} on {MAX} CPUs): auto mode "
+                    f"stays below {MAX} threads before this test adds any load")
+    busy = [_busy_loop() for _ in range(MAX)]
+    try:
+        # a fixed count is never changed by the load
+        cn.set_num_threads(MAX)
+        end = time.monotonic() + 1.5
+        while time.monotonic() < end:
+            sess.run(x)
+            assert sess.num_threads == MAX
+        ref = cn.models.lenet5(seed=0).compile((16, 1, 28, 28))
+        cn.set_num_threads("auto")
+        assert _run_until(sess, x, lambda: sess.num_threads == 1, 30, log), \
+            f"still {sess.num_threads} threads with {MAX} CPU-bound processes on {MAX} CPUs: {cn.threads_info()}"
+        y1 = sess.run(x).copy()
+        cn.set_num_threads(1)
+        ref1 = cn.models.lenet5(seed=0).compile((16, 1, 28, 28))
+        cn.set_num_threads("auto")
+        np.testing.assert_allclose(y1, ref1.run(x), rtol=1e-5, atol=1e-6)
+    finally:
+        for p in busy:
+            p.kill()
+        for p in busy:
+            p.wait()
+    if not _run_until(sess, x, lambda: sess.num_threads == MAX, 60, log):
+        info = cn.threads_info()
+        assert info["load"] >= 0.4, f"still {sess.num_threads} threads after the CPU-bound processes stopped: {info}"
+        pytest.skip(f"the machine stayed busy after this test's load stopped (load {info['load']:.1f})")
+    np.testing.assert_allclose(sess.run(x), ref.run(x), rtol=1e-5, atol=1e-6)
+    # every switch happened after the count had held for a while: no flapping from run to run
+    switches = sum(a != b for a, b in zip(log, log[1:]))
+    assert switches <= 4, switches
