@@ -80,6 +80,12 @@ def _final_line(task, history, ds):
             f"{noisy_mse / history[-1]['MSE']:.1f}x lower)")
 
 
+def _threads_text() -> str:
+    import cnnnative
+    info = cnnnative.threads_info()
+    return f"auto (up to {info['max']})" if info["mode"] == "auto" else str(info["max"])
+
+
 def _train(args) -> int:
     import numpy as np
 
@@ -107,7 +113,7 @@ def _train(args) -> int:
         return 0
     model = _tasks.build_model(cfg)
     print(f"model {args.model}: {model.num_parameters():,} parameters; data: {source}: "
-          f"{len(ds[0])} train / {len(ds[2])} test; threads {cnnnative.get_num_threads()}", flush=True)
+          f"{len(ds[0])} train / {len(ds[2])} test; threads {_threads_text()}", flush=True)
     opt = _tasks.build_optimizer(cfg)
     sched = optim.CosineAnnealingLR(opt, T_max=epochs)
     out = args.out or args.resume or os.path.join("checkpoints", f"{args.model}.npz")
