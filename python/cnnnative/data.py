@@ -388,9 +388,22 @@ class DataLoader:
     """Mini-batch iterator; each iter() is one epoch with a fresh permutation.
 
     state_dict()/load_state_dict() save and restore the shuffle and augmentation generators
-    (numpy bit-generator states) between epochs, so a resumed run draws the same batches."""
+    (numpy bit-generator states) between epochs, so a resumed run draws the same batches.
 
-    def __init__(self, x, y, batch_size, shuffle=True, seed=0, drop_last=False, transform=None):
+    Sharding (data-parallel training, as torch's DistributedSampler): num_replicas=W, rank=r. Every rank holds
+    the same seed, so all draw the same permutation each epoch; global batch k is the W x batch_size samples
+    order[k*W*B:(k+1)*W*B] and rank r takes every W-th of them from the r-th (slice[r::W]): the ranks' shards
+    of an epoch are disjoint and cover it, and together they form exactly the batches a single loader with
+    batch_size W x B draws (the same seed gives the same global batches on any number of ranks). Equal shard
+    sizes: with drop_last the samples beyond the last full global batch are dropped (len() is
+    n // (W x B) on every rank); without, the epoch's order is padded by repeating its first samples to a multiple
+    of W (torch's rule), so every rank has ceil(n / W) samples and the same number of batches. set_epoch(e)
+    positions the shuffle at the start of epoch e (0-based), for a loop that does not iterate every epoch.
+    The augmentation generator differs per rank (seeded with the rank). state_dict() holds the global batch size,
+    so a checkpoint resumes on any number of ranks with the same global batch."""
+
+    def __init__(self, x, y, batch_size, shuffle=True, seed=0, drop_last=False, transform=None,
+                 num_replicas=1, rank=0):
         x = np.asarray(x, dtype=np.float32)
         y = np.asarray(y)
         if x.ndim < 1 or y.ndim < 1:
@@ -403,11 +416,19 @@ class DataLoader:
                 or batch_size < 1):
             raise ValueError(
                 f"batch_size must be a positive integer, got {batch_size!r}")
+        for name, v in (("num_replicas", num_replicas), ("rank", rank)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise ValueError(f"{name} must be an int, got {v!r}")
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f"DataLoader: need num_replicas >= 1 and 0 <= rank < num_replicas, got "
+                             f"num_replicas={num_replicas}, rank={rank}")
+        self.num_replicas, self.rank = int(num_replicas), int(rank)
+        self.seed = int(seed)
         self.x = x
         # class labels become int32; float targets (regression, masks) stay float32
         self.y = y.astype(np.float32 if y.dtype.kind == "f" else np.int32, copy=False)
         self.transform = transform
-        self._aug_rng = np.random.default_rng([int(seed), 1])
+        self._aug_rng = np.random.default_rng([int(seed), 1] + ([self.rank] if self.num_replicas > 1 else []))
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
@@ -417,13 +438,13 @@ class DataLoader:
         """JSON-able state: the generators' bit_generator.state and the loader's settings."""
         return {"shuffle_rng": self._rng.bit_generator.state,
                 "augment_rng": self._aug_rng.bit_generator.state,
-                "num_samples": int(self.x.shape[0]), "batch_size": self.batch_size,
+                "num_samples": int(self.x.shape[0]), "batch_size": self.batch_size * self.num_replicas,
                 "shuffle": self.shuffle, "drop_last": self.drop_last}
 
     def _check_state_dict(self, state):
         if not isinstance(state, dict):
             raise ValueError("DataLoader.load_state_dict: expected a dict from state_dict()")
-        for k, own in (("num_samples", int(self.x.shape[0])), ("batch_size", self.batch_size),
+        for k, own in (("num_samples", int(self.x.shape[0])), ("batch_size", self.batch_size * self.num_replicas),
                        ("shuffle", self.shuffle), ("drop_last", self.drop_last)):
             if state.get(k) != own:
                 raise ValueError(
@@ -446,13 +467,39 @@ class DataLoader:
         self._rng.bit_generator.state = shuffle_st
         self._aug_rng.bit_generator.state = aug_st
 
+    def set_epoch(self, epoch):
+        """Positions the shuffle where it is at the start of epoch `epoch` (0-based) of a loader fresh from
+        this seed: the next iter() draws that epoch's permutation (the same on every rank)."""
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+            raise ValueError(f"set_epoch: epoch must be an int >= 0, got {epoch!r}")
+        rng = np.random.default_rng(self.seed)
+        if self.shuffle:
+            for _ in range(int(epoch)):
+                rng.permutation(self.x.shape[0])
+        self._rng = rng
+
     def __len__(self):
-        n, bs = self.x.shape[0], self.batch_size
-        return n // bs if self.drop_last else -(-n // bs)
+        n, bs, w = self.x.shape[0], self.batch_size, self.num_replicas
+        if self.drop_last:
+            return n // (bs * w)
+        per_rank = -(-n // w)
+        return -(-per_rank // bs)
+
+    def _shard(self, order):
+        """This rank's samples of an epoch's order, in the order its batches take them."""
+        w, r = self.num_replicas, self.rank
+        if w == 1:
+            return order
+        if self.drop_last:
+            return order[:len(self) * self.batch_size * w][r::w]
+        pad = -len(order) % w
+        if pad:  # torch's rule: repeat the order from its start
+            order = np.concatenate([order, np.resize(order, pad)])
+        return order[r::w]
 
     def __iter__(self):
         n = self.x.shape[0]
-        order = self._rng.permutation(n) if self.shuffle else np.arange(n)
+        order = self._shard(self._rng.permutation(n) if self.shuffle else np.arange(n))
         bs = self.batch_size
         for b in range(len(self)):
             idx = order[b * bs:(b + 1) * bs]
