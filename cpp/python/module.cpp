@@ -99,7 +99,25 @@ class PySession {
 
   Session& s() { return s_; }
 
+  // hook(grads, loss) -> loss between the backward pass and the update (Session::set_grad_hook): grads is a
+  // writable float32 view of the flat gradient block, valid during the call only; None removes it.
+  void set_grad_hook(py::object hook) {
+    if (hook.is_none()) {
+      s_.set_grad_hook(nullptr);
+      hook_ = py::none();
+      return;
+    }
+    if (!PyCallable_Check(hook.ptr())) throw Error("set_grad_hook: the hook must be callable or None");
+    s_.set_grad_hook([this](float* g, size_t n, double loss) {
+      py::gil_scoped_acquire gil;
+      py::array_t<float> view({py::ssize_t(n)}, {py::ssize_t(sizeof(float))}, g, py::none());
+      return hook_(view, loss).cast<double>();
+    });
+    hook_ = std::move(hook);
+  }
+
  private:
+  py::object hook_ = py::none();
   py::array new_fetch_array(size_t i) {
     const auto& f = s_.fetches().at(i);
     DType t = is_float(f.desc.dtype) ? compute_ : f.desc.dtype;
@@ -347,6 +365,7 @@ PYBIND11_MODULE(_core, m) {
       .def("run_fetch", &PySession::run_fetch, py::arg("inputs"), py::arg("index") = 0)
       .def("step", &PySession::step)
       .def("fetch", &PySession::fetch)
+      .def("set_grad_hook", &PySession::set_grad_hook, py::arg("hook"))
       .def_property_readonly("feeds", [](PySession& p) { return infos(p.s().feeds()); })
       .def_property_readonly("fetches", [](PySession& p) { return infos(p.s().fetches()); })
       .def_property_readonly("loss", [](PySession& p) { return p.s().loss(); })

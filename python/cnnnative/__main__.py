@@ -95,6 +95,13 @@ def _train(args) -> int:
 
     if args.threads:
         cnnnative.set_num_threads(args.threads)
+    world = 1
+    if args.distributed:  # under mpirun: every rank runs this; only rank 0 prints (errors print on every rank)
+        from . import distributed
+        distributed.init()
+        world = distributed.world_size()
+        if distributed.rank() != 0:
+            sys.stdout = open(os.devnull, "w")
     task = task_of(args.model)
     info = None
     if args.resume:
@@ -102,6 +109,10 @@ def _train(args) -> int:
     else:
         cfg = _tasks.settings(args, task)
     epochs, bs, seed = cfg["epochs"], cfg["batch_size"], cfg["seed"]
+    if bs % world:
+        raise ValueError(f"--distributed: the batch size {bs} is the global batch, split over the {world} processes: "
+                         f"it must be a multiple of {world}")
+    bs //= world  # per process
     ds, source, cfg["input"] = _tasks.load_data(cfg)
     if task in ("digits", "synthetic"):
         # the number of classes is a setting (--num-classes), never read off the labels
@@ -113,13 +124,14 @@ def _train(args) -> int:
         return 0
     model = _tasks.build_model(cfg)
     print(f"model {args.model}: {model.num_parameters():,} parameters; data: {source}: "
-          f"{len(ds[0])} train / {len(ds[2])} test; threads {_threads_text()}", flush=True)
+          f"{len(ds[0])} train / {len(ds[2])} test; threads {_threads_text()}"
+          + (f"; {world} processes x batch {bs} = global batch {bs * world}" if args.distributed else ""), flush=True)
     opt = _tasks.build_optimizer(cfg)
     sched = optim.CosineAnnealingLR(opt, T_max=epochs)
     out = args.out or args.resume or os.path.join("checkpoints", f"{args.model}.npz")
     common = dict(progress=not args.no_progress, log=lambda s: print(s, flush=True), recompute=args.recompute,
                   dtype=cfg["dtype"], checkpoint=out, resume=args.resume, config={"cli": cfg}, device=args.device,
-                  history_file=out, model_name=args.model)
+                  history_file=out, model_name=args.model, distributed=args.distributed)
     t0 = time.perf_counter()
     if task in ("digits", "synthetic"):
         transform = data.default_augment(flip=task == "synthetic") if cfg["augment"] else None
@@ -466,6 +478,10 @@ def _parser(prog):
     t.add_argument("--recompute", choices=["none", "cheap", "segments"], default="none",
                    help="recompute activations in the backward pass instead of keeping them (less memory) "
                         "(default: none)")
+    t.add_argument("--distributed", action="store_true",
+                   help="data-parallel training over MPI: run under 'mpirun -np N' (pip install '.[mpi]'); "
+                        "--batch-size is the global batch, split over the N processes; rank 0 prints and writes "
+                        "the checkpoint (default: off)")
 
     e = subs["evaluate"] = sub.add_parser(
         "evaluate", help="loss and metric of a trained checkpoint on its test data",
@@ -592,10 +608,13 @@ def main(argv=None) -> int:
     run = {"train": _train, "evaluate": _evaluate, "predict": _predict, "export": _export, "demo": _demo,
            "report": _report}[args.cmd]
     import cnnnative
+    from . import distributed
     try:
         return run(args) if args.cmd in ("train", "demo") else run(args, sp)
-    except (cnnnative.Error, ValueError, OSError, ImportError) as e:  # ImportError: an optional package missing
-        print(f"error: {e}", file=sys.stderr)
+    except (cnnnative.Error, ValueError, OSError, ImportError, distributed.DistributedError) as e:
+        print(f"error: {e}", file=sys.stderr)  # ImportError: an optional package missing
+        if distributed.world_size() > 1:  # the other ranks may be waiting for this one: end the job
+            distributed.abort(1)
         return 1
 
 

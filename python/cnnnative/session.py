@@ -108,7 +108,8 @@ class Session:
     def __init__(self, model, input_shape=None, mode="infer", optimizer=None, loss=None, seed=0,
                  backend="cpu", plan_memory=True, optimize=True, layout="auto", recompute="none",
                  dtype="float32", cache_weights=True, winograd=True, deterministic=None,
-                 max_arena_bytes=None, strict=False, dump_passes=None, device=None, tf32=True, cuda_graphs=True):
+                 max_arena_bytes=None, strict=False, dump_passes=None, device=None, tf32=True, cuda_graphs=True,
+                 distributed=False):
         if mode not in ("infer", "train"):
             raise ValueError(f"compile: mode must be 'infer' or 'train', got {mode!r}")
         input_shape = resolve_input_shape(model, input_shape)
@@ -193,9 +194,13 @@ class Session:
         if optimizer is not None:
             optimizer._attach(self)
         self._bn = [m for m in model.modules() if hasattr(m, "_extra_state")] if mode == "train" else []
+        if distributed:
+            from . import distributed as dist
+            dist.attach(self)  # same model and settings on every rank, rank 0's weights, gradient averaging
 
     _watch = None
     _store = None
+    _dist = None  # distributed=True: the gradient averaging hook (cnnnative.distributed)
 
     def _core_checked(self):
         """The core session, once the model's registered structure is known to be the one compiled: after a
@@ -228,7 +233,29 @@ class Session:
         loss='cross_entropy', a float32 target of the output's shape for 'mse' and 'bce_with_logits'."""
         if self.mode != "train":
             raise ValueError("step(): this session was compiled with mode='infer'; use run(x)")
+        if self._dist is not None:
+            return self._distributed_step(x, y)
         loss = self._core_checked().step(x, y)
+        for m in self._bn:
+            m._extra_state["num_batches_tracked"] += 1
+        return loss
+
+    def _distributed_step(self, x, y) -> float:
+        """step() of a distributed session: the gradients are averaged over the ranks before the update and the
+        loss returned is the mean over the ranks. A failure on any rank before the exchange raises
+        DistributedError on every rank (and no rank updates)."""
+        from .distributed import DistributedError
+        hook = self._dist
+        hook.reached = False
+        hook.step = self._core_checked().step_count
+        try:
+            loss = self._core_checked().step(x, y)
+        except DistributedError:
+            raise
+        except Exception as e:
+            if hook.reached:  # the update itself failed: the same averaged gradients failed it on every rank
+                raise
+            hook.announce_failure(e)
         for m in self._bn:
             m._extra_state["num_batches_tracked"] += 1
         return loss

@@ -413,7 +413,7 @@ class _Resumable:
                 "loader": self.loader.state_dict(), "history": list(history),
                 "step_losses": history.step_losses(),
                 "runtime": {"threads": cnnnative.get_num_threads(), "recompute": recompute,
-                            "cnnnative": cnnnative.__version__}}
+                            "world_size": self.loader.num_replicas, "cnnnative": cnnnative.__version__}}
         arrays = {_OPT + k: v for k, v in opt["state"].items()}
         return _write_checkpoint(self.model, path, meta, arrays)
 
@@ -482,10 +482,10 @@ class _Resumable:
         return list(history), meta
 
 
-def _note_runtime(meta, recompute, log):
+def _note_runtime(meta, recompute, log, world_size=1):
     import cnnnative
     rt = meta.get("runtime") or {}
-    now = {"threads": cnnnative.get_num_threads(), "recompute": recompute}
+    now = {"threads": cnnnative.get_num_threads(), "recompute": recompute, "world_size": world_size}
     diff = [f"{k} {rt.get(k)!r} -> {v!r}" for k, v in now.items() if k in rt and rt.get(k) != v]
     if diff:
         log("note: " + ", ".join(diff) + " since the checkpoint; the continued run may differ in the last bits "
@@ -517,7 +517,7 @@ def _start(run, resume, recompute, epochs, log, history):
         per_epoch = len(run.loader)
         for i, v in enumerate(losses):
             history.add_step(i + 1, i // per_epoch + 1, v)
-    _note_runtime(meta, recompute, log)
+    _note_runtime(meta, recompute, log, run.loader.num_replicas)
     if meta["epoch"] >= epochs:
         log(f"checkpoint {os.fspath(resume)}: the run finished all {epochs} epochs; nothing to do")
     else:
@@ -538,9 +538,39 @@ def _schedule_settings(schedule):
     return sd
 
 
+def _quiet(*args, **kwargs):
+    pass
+
+
+class _Parallel:
+    """fit's view of data parallelism: the world size and rank (1 and 0 without distributed=True), logging and
+    progress on rank 0 only, sums over the ranks for the epoch's statistics."""
+
+    def __init__(self, distributed, log, progress):
+        self.dist = None
+        self.world, self.rank = 1, 0
+        if distributed:
+            from . import distributed as dist
+            dist.init()
+            self.dist, self.world, self.rank = dist, dist.world_size(), dist.rank()
+        self.log = log if self.rank == 0 else _quiet
+        self.progress = progress and self.rank == 0
+
+    def sum(self, *values):
+        """The sums over the ranks of float values (the values themselves on one process)."""
+        a = np.array(values, np.float64)
+        if self.dist is not None:
+            self.dist.allreduce_(a)
+        return [float(v) for v in a]
+
+    def session(self, model, shape, **kw):
+        from .session import Session
+        return Session(model, shape, mode="train", distributed=self.dist is not None, **kw)
+
+
 def fit(model, data, epochs, batch_size, optimizer, schedule=None, seed=0, progress=True, log=print,
         eval_batch_size=256, transform=None, recompute="none", dtype="float32", checkpoint=None, resume=None,
-        config=None, device="cpu", history_file=None, model_name=None):
+        config=None, device="cpu", history_file=None, model_name=None, distributed=False):
     """Trains on data = (x_train, y_train, x_test, y_test); returns (history, session), history a History: one
     dict per epoch {"epoch", "loss", "train_acc", "test_acc", "lr" (the learning rate of that epoch),
     "images_per_s", "seconds"} and history.steps, one dict per step. recompute: the training session's
@@ -554,15 +584,26 @@ def fit(model, data, epochs, batch_size, optimizer, schedule=None, seed=0, progr
     transform, epochs; refused with a ValueError naming what differs) to continue from: the returned history
     covers all epochs, and with the same thread count the continued run gives bitwise what an uninterrupted
     run gives. A checkpoint of a finished run trains nothing. config: a JSON-able dict stored in the
-    checkpoint as is (the CLI keeps its arguments there; see checkpoint_info)."""
+    checkpoint as is (the CLI keeps its arguments there; see checkpoint_info).
+
+    distributed=True (run under mpirun; cnnnative.distributed): data-parallel training. batch_size is the
+    per-rank batch; each step trains on a global batch of batch_size x world size (the loader's shards, see
+    DataLoader), with the gradients averaged over the ranks: the same steps as one process with that global
+    batch. Every rank logs nothing but rank 0; losses and accuracies are over the global batch; checkpoints and
+    history files are written by rank 0 only and hold the global batch size, so they resume on any number of
+    ranks with the same global batch (e.g. 2 ranks x 32 resume on 1 process with batch_size=64). Every rank
+    reads `resume` (a path every rank sees)."""
     from tqdm import tqdm
 
+    par = _Parallel(distributed, log, progress)
+    log, progress = par.log, par.progress
     x_tr, y_tr, x_te, y_te = data
-    loader = DataLoader(x_tr, y_tr, batch_size, shuffle=True, seed=seed, drop_last=True, transform=transform)
+    loader = DataLoader(x_tr, y_tr, batch_size, shuffle=True, seed=seed, drop_last=True, transform=transform,
+                        num_replicas=par.world, rank=par.rank)
     if len(loader) == 0:
-        raise ValueError(f"batch size {batch_size} is larger than the training set ({len(x_tr)} samples)")
-    sess = model.compile((batch_size,) + tuple(x_tr.shape[1:]), mode="train", optimizer=optimizer, seed=seed,
-                         recompute=recompute, dtype=dtype, device=device)
+        raise ValueError(f"batch size {batch_size * par.world} is larger than the training set ({len(x_tr)} samples)")
+    sess = par.session(model, (batch_size,) + tuple(x_tr.shape[1:]), optimizer=optimizer, seed=seed,
+                       recompute=recompute, dtype=dtype, device=device)
     num_classes = sess.num_classes
     from .data import check_labels
     for name, y in (("train labels", y_tr), ("test labels", y_te)):
@@ -572,7 +613,7 @@ def fit(model, data, epochs, batch_size, optimizer, schedule=None, seed=0, progr
     run = None
     if checkpoint or resume:
         settings = {"task": "fit", "model": type(model).__name__, "parameters": model.num_parameters(),
-                    "batch_size": int(batch_size), "seed": int(seed), "dtype": dtype, "loss": "cross_entropy",
+                    "batch_size": int(batch_size) * par.world, "seed": int(seed), "dtype": dtype, "loss": "cross_entropy",
                     "eval_batch_size": int(bs_eval), "optimizer": _optimizer_settings(optimizer),
                     "schedule": _schedule_settings(schedule), "transform": _describe(transform),
                     "data": fingerprint(x_tr, y_tr, x_te, y_te)}
@@ -585,25 +626,26 @@ def fit(model, data, epochs, batch_size, optimizer, schedule=None, seed=0, progr
         total, correct, loss_sum, seen = 0, 0, 0.0, 0
         bar = tqdm(loader, desc=f"epoch {epoch}/{epochs}", leave=False, disable=not progress, unit="batch")
         for xb, yb in bar:
-            loss = sess.step(xb, yb)
+            loss = sess.step(xb, yb)  # distributed: the mean over the global batch
             history.add_step((epoch - 1) * len(loader) + total + 1, epoch, loss)
             correct += int(np.sum(np.argmax(sess.output(), axis=1) == yb))
-            seen += len(yb)
-            loss_sum += loss * len(yb)
+            seen += len(yb) * par.world
+            loss_sum += loss * len(yb) * par.world
             total += 1
             if total % 10 == 0:
                 bar.set_postfix(loss=f"{loss:.4f}")
         bar.close()
         dt = time.perf_counter() - t0
+        correct = par.sum(correct)[0]
         if schedule is not None:
             schedule.step()
         test_acc = accuracy(model, x_te, y_te, bs_eval, eval_sess)
         rec = {"epoch": epoch, "loss": loss_sum / seen, "train_acc": correct / seen, "test_acc": test_acc,
                "lr": lr, "images_per_s": seen / dt, "seconds": dt}
         history.append(rec)
-        if checkpoint:
+        if checkpoint and par.rank == 0:
             run.save(checkpoint, epoch, history, recompute)
-        if history_file is not None:
+        if history_file is not None and par.rank == 0:
             history.write(history_file)
         log(f"epoch {epoch:2d}/{epochs}  loss {rec['loss']:.4f}  train acc {rec['train_acc']:.4f}  "
             f"test acc {test_acc:.4f}  {rec['images_per_s']:.0f} img/s")
@@ -622,25 +664,29 @@ def iou(logits: np.ndarray, masks: np.ndarray) -> float:
 
 def fit_dense(model, x_tr, t_tr, x_te, t_te, epochs, batch_size, optimizer, loss, schedule=None, seed=0,
               progress=True, log=print, metric=None, metric_name="metric", recompute="none", dtype="float32",
-              checkpoint=None, resume=None, config=None, device="cpu", history_file=None, model_name=None):
+              checkpoint=None, resume=None, config=None, device="cpu", history_file=None, model_name=None,
+              distributed=False):
     """Trains a dense-output model (segmentation, denoising) with loss 'mse' or 'bce_with_logits' on float
     targets of the output's shape; metric(pred, target) -> float is reported on the test set per epoch (as
     history[i][metric_name]). Returns (History, session); the history's task is "segment" for
     'bce_with_logits', "denoise" for 'mse'. checkpoint, resume, config, device, history_file, model_name: as
-    for fit."""
+    for fit; distributed: as for fit (batch_size per rank)."""
     from tqdm import tqdm
 
-    loader = DataLoader(x_tr, t_tr.astype(np.float32), batch_size, shuffle=True, seed=seed, drop_last=True)
+    par = _Parallel(distributed, log, progress)
+    log, progress = par.log, par.progress
+    loader = DataLoader(x_tr, t_tr.astype(np.float32), batch_size, shuffle=True, seed=seed, drop_last=True,
+                        num_replicas=par.world, rank=par.rank)
     if len(loader) == 0:
-        raise ValueError(f"batch size {batch_size} is larger than the training set ({len(x_tr)} samples)")
-    sess = model.compile((batch_size,) + tuple(x_tr.shape[1:]), mode="train", optimizer=optimizer, loss=loss,
-                         seed=seed, recompute=recompute, dtype=dtype, device=device)
+        raise ValueError(f"batch size {batch_size * par.world} is larger than the training set ({len(x_tr)} samples)")
+    sess = par.session(model, (batch_size,) + tuple(x_tr.shape[1:]), optimizer=optimizer, loss=loss,
+                       seed=seed, recompute=recompute, dtype=dtype, device=device)
     bs_eval = min(batch_size, len(x_te))
     eval_sess = model.compile((bs_eval,) + tuple(x_te.shape[1:]), mode="infer", dtype=dtype, device=device)
     run = None
     if checkpoint or resume:
         settings = {"task": "fit_dense", "model": type(model).__name__, "parameters": model.num_parameters(),
-                    "batch_size": int(batch_size), "seed": int(seed), "dtype": dtype, "loss": loss,
+                    "batch_size": int(batch_size) * par.world, "seed": int(seed), "dtype": dtype, "loss": loss,
                     "metric": metric_name if metric is not None else None,
                     "optimizer": _optimizer_settings(optimizer), "schedule": _schedule_settings(schedule),
                     "data": fingerprint(x_tr, t_tr, x_te, t_te)}
@@ -656,8 +702,8 @@ def fit_dense(model, x_tr, t_tr, x_te, t_te, epochs, batch_size, optimizer, loss
         for i, (xb, tb) in enumerate(bar):
             lv = sess.step(xb, tb)
             history.add_step((epoch - 1) * len(loader) + i + 1, epoch, lv)
-            loss_sum += lv * len(xb)
-            seen += len(xb)
+            loss_sum += lv * len(xb) * par.world
+            seen += len(xb) * par.world
             bar.set_postfix(loss=f"{lv:.4f}")
         bar.close()
         dt = time.perf_counter() - t0
@@ -669,9 +715,9 @@ def fit_dense(model, x_tr, t_tr, x_te, t_te, epochs, batch_size, optimizer, loss
             rec[metric_name] = float(metric(pred, t_te))
         rec.update(lr=lr, images_per_s=seen / dt, seconds=dt)
         history.append(rec)
-        if checkpoint:
+        if checkpoint and par.rank == 0:
             run.save(checkpoint, epoch, history, recompute)
-        if history_file is not None:
+        if history_file is not None and par.rank == 0:
             history.write(history_file)
         extra = f"  test {metric_name} {rec[metric_name]:.4f}" if metric is not None else ""
         log(f"epoch {epoch:2d}/{epochs}  loss {rec['loss']:.4f}{extra}  {rec['images_per_s']:.0f} img/s")

@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -303,6 +304,13 @@ class Session {
   std::vector<NodeProfile> profile() const;
   void reset_profile();
   float* grads();  // Train/Grad: the flat gradient block (params order)
+  // Train: called by run() after the backward pass and before the optimizer update, with the flat gradient block
+  // (grads(), num_grads() floats, in the backend's memory) and the step's loss. It may rewrite the gradients in
+  // place (data-parallel training all-reduces them here) and returns the loss the step reports (loss()). An
+  // exception it throws fails the step like a kernel error: parameters, optimizer state and running statistics
+  // stay as they were before the step. An empty hook (the default) removes it.
+  using GradHook = std::function<double(float* grads, size_t n, double loss)>;
+  void set_grad_hook(GradHook hook);
   // Copies between the session's backend memory (grads(), optimizer_state()) and the host: what callers use for
   // a backend whose memory the host cannot address (a memcpy on the cpu and reference backends).
   void copy_to_host(void* host_dst, const void* src, size_t bytes) const;

@@ -95,6 +95,7 @@ class SessionImpl {
   int64_t steps = 0;
   int threads_used = 0;  // OpenMP threads of the last run
   double last_loss = NAN;
+  Session::GradHook grad_hook;  // Train: between the backward pass and the update (Session::set_grad_hook)
   // Largest magnitudes of the parameters and optimizer state, as the last update left them, and the store version
   // after that update: while nobody else wrote the store, they bound what the next update can produce, so a step is
   // checked for overflow with one pass over the gradients (update()).
@@ -672,7 +673,7 @@ void SessionImpl::run(const std::vector<const void*>& fd) {
       restore();
       throw;
     }
-    const double L = loss_host;
+    double L = loss_host;
     if (!std::isfinite(L)) {
       restore();
       for (int s = 0; s < nf; ++s) {  // a kernel that could not throw while it ran may know why
@@ -697,6 +698,10 @@ void SessionImpl::run(const std::vector<const void*>& fd) {
         }
       }
       segment(1, nf, n);
+      if (grad_hook) {
+        backend.synchronize(st);  // the gradients are final
+        L = grad_hook(static_cast<float*>(grad_block.get()), n_grad, L);
+      }
       auto t0 = clock::now();
       update();
       prof_ns[n] += std::chrono::duration<double, std::nano>(clock::now() - t0).count();
@@ -877,6 +882,11 @@ std::string Session::graph_status() const {
 }
 void Session::synchronize() const { impl_->backend.synchronize(impl_->stream.get()); }
 float* Session::grads() { return static_cast<float*>(impl_->grad_block.get()); }
+void Session::set_grad_hook(GradHook hook) {
+  std::lock_guard<std::recursive_mutex> hold(impl_->mu);
+  if (hook && impl_->opt.mode != Mode::Train) throw Error("set_grad_hook: only a training session has an update");
+  impl_->grad_hook = std::move(hook);
+}
 size_t Session::num_grads() const { return impl_->n_grad; }
 
 }  // namespace cnn
