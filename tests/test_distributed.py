@@ -297,3 +297,25 @@ def test_cli_trains_with_distributed_and_prints_once(tmp_path):
     assert sum(s.startswith("epoch  1/1") for s in lines) == 1
     info = checkpoint_info(tmp_path / "ck.npz")
     assert info["settings"]["batch_size"] == 64 and info["config"]["cli"]["batch_size"] == 64
+
+
+def test_batchnorm_running_statistics_are_rank_0s_on_every_rank(tmp_path):
+    r = _mpirun(tmp_path, """
+        import numpy as np
+        import cnnnative as cn
+        from cnnnative import distributed as dist
+        from cnnnative import nn
+        dist.init()
+        cn.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+        sess = dist.DistributedSession(model, (4, 1, 8, 8), optimizer=cn.optim.SGD(model.parameters(), lr=0.1))
+        rng = np.random.default_rng(dist.rank())  # each rank its own data: its own batch statistics
+        for _ in range(3):
+            sess.step(rng.normal(size=(4, 1, 8, 8)).astype(np.float32), rng.integers(0, 3, 4).astype(np.int32))
+        mine = np.array(model.state_dict()["1.running_mean"])
+        rank0 = mine.copy()
+        dist._comm.Bcast(rank0, root=0)
+        print(f"rank {dist.rank()} same={(mine == rank0).all()} moved={bool(np.abs(mine).max() > 0)}", flush=True)
+    """, timeout=30)
+    assert r.returncode == 0, r.stdout
+    assert "rank 0 same=True moved=True" in r.stdout and "rank 1 same=True moved=True" in r.stdout

@@ -9,7 +9,8 @@ parameters and buffers to every rank); allreduce_(array) (in place); check_same(
 must agree on every rank); DistributedSession(model, input_shape, optimizer=...) (or
 Session(..., mode='train', distributed=True)): a training session whose step(x, y) returns the loss averaged
 over all ranks. BatchNorm keeps per-process batch statistics (as PyTorch DDP without SyncBatchNorm); the
-running statistics are those of each rank's own shard.
+running statistics are rank 0's, broadcast after every step (as DDP's broadcast_buffers), so they are identical
+on every rank.
 
 Failures: an exception in one rank's step (a bad label, a non-finite loss) is announced to the others through
 the status word every step exchanges before the gradients, and every rank raises DistributedError naming the
@@ -227,6 +228,24 @@ class _GradAverager:
         self.comm_seconds += time.perf_counter() - t0
         return float(status[1] / world)
 
+    def sync_buffers(self, buffers):
+        """Rank 0's float buffers (BN running statistics) to every rank after a step, in one broadcast, as PyTorch
+        DDP's broadcast_buffers: the running statistics are identical on every rank (rank 0's)."""
+        if not buffers or self.comm.Get_size() == 1:
+            return
+        from ._params import no_grad
+        if self.comm.Get_rank() == 0:
+            flat = np.concatenate([np.asarray(b, np.float32).ravel() for b in buffers])
+        else:
+            flat = np.empty(sum(b.size for b in buffers), np.float32)
+        self.comm.Bcast(flat, root=0)
+        if self.comm.Get_rank() != 0:
+            with no_grad():
+                at = 0
+                for b in buffers:
+                    b[...] = flat[at:at + b.size].reshape(b.shape)
+                    at += b.size
+
     def announce_failure(self, error):
         """This rank failed before the exchange: take part in it with a failure flag and the error's text, so
         the other ranks raise too instead of waiting."""
@@ -251,6 +270,7 @@ def attach(session, bucket_bytes: int = BUCKET_BYTES) -> None:
                {"input_shape": list(session.input_shape), "loss": session.loss, "dtype": session.dtype,
                 "optimizer": session.optimizer.config()})
     hook = _GradAverager(comm, bucket_bytes)
+    hook.buffers = [b for _, b in model.named_buffers() if np.asarray(b).dtype == np.float32]
     session._dist = hook
     session._s.set_grad_hook(hook)
 

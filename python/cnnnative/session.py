@@ -256,6 +256,7 @@ class Session:
             if hook.reached:  # the update itself failed: the same averaged gradients failed it on every rank
                 raise
             hook.announce_failure(e)
+        hook.sync_buffers(hook.buffers)
         for m in self._bn:
             m._extra_state["num_batches_tracked"] += 1
         return loss
