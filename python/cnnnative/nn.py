@@ -788,7 +788,8 @@ class Module:
                 seed: int = 0, backend: str = "cpu", plan_memory: bool = True, optimize: bool = True,
                 layout: str = "auto", recompute="none", dtype: str = "float32", cache_weights: bool = True,
                 winograd: bool = True, deterministic=None, max_arena_bytes=None, strict: bool = False,
-                dump_passes=None, device=None, tf32: bool = True, cuda_graphs: bool = True):
+                dump_passes=None, device=None, tf32: bool = True, cuda_graphs: bool = True,
+                distributed: bool = False):
         """Compiles the model for one input shape: mode 'infer' (eval behaviour of BN/dropout) or
         'train' (one step = forward, loss, backward, optimizer update). input_shape: the full shape (N, C, H, W),
         or a batch size N for a model that declares its input shape (an `input_shape` attribute (1, C, H, W), as
@@ -815,7 +816,8 @@ class Module:
         cn.Error saying what is missing on a machine without GPU, driver or libraries). tf32 (cuda): float32
         convolutions and matrix products may use TF32 tensor cores (PyTorch's default for cuDNN); False: full
         float32. cuda_graphs (cuda): after the first run, each run's kernels are recorded once as CUDA graphs and
-        replayed. Returns a Session. The session shares the model's parameters and buffers (one
+        replayed. distributed (mode='train', under mpirun; cnnnative.distributed): every step averages the
+        gradients over the processes before the update (docs/distributed.md). Returns a Session. The session shares the model's parameters and buffers (one
         ParamStore); it refuses to run (cn.Error) once a module, parameter or buffer of the model was
         added, removed or replaced: compile again. Plain attributes a forward() reads (a stride, a flag) are
         traced as constants at compile, as torch.jit.trace does."""
@@ -824,7 +826,8 @@ class Module:
                        backend=backend, plan_memory=plan_memory, optimize=optimize, layout=layout,
                        recompute=recompute, dtype=dtype, cache_weights=cache_weights,
                        winograd=winograd, deterministic=deterministic, max_arena_bytes=max_arena_bytes,
-                       strict=strict, dump_passes=dump_passes, device=device, tf32=tf32, cuda_graphs=cuda_graphs)
+                       strict=strict, dump_passes=dump_passes, device=device, tf32=tf32, cuda_graphs=cuda_graphs,
+                       distributed=distributed)
 
     def extra_repr(self) -> str:
         return ""
