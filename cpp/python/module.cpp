@@ -67,6 +67,13 @@ std::string shape_dtype(const py::array& a) {
 // A session plus the numpy glue. Thread safety: every call converts its inputs into locals (with the GIL), then
 // releases the GIL and takes the session's lock for the run and the copies of its results, so two Python threads
 // sharing a session get their own outputs (runs are serialized) and sessions in different threads run in parallel.
+// The session's lock taken with the GIL released, then the GIL held again: a run holds the session lock and may
+// need the GIL (a Python grad hook, set_grad_hook), so no thread may wait for that lock while holding the GIL.
+std::unique_lock<std::recursive_mutex> lock_without_gil(const Session& s) {
+  py::gil_scoped_release nogil;
+  return s.lock();
+}
+
 class PySession {
  public:
   PySession(const Graph& g, std::shared_ptr<ParamStore> store, const CompileOptions& o)
@@ -102,12 +109,14 @@ class PySession {
   // hook(grads, loss) -> loss between the backward pass and the update (Session::set_grad_hook): grads is a
   // writable float32 view of the flat gradient block, valid during the call only; None removes it.
   void set_grad_hook(py::object hook) {
+    if (!hook.is_none() && !PyCallable_Check(hook.ptr()))
+      throw Error("set_grad_hook: the hook must be callable or None");
+    auto hold = lock_without_gil(s_);  // no run is in progress from here on
     if (hook.is_none()) {
       s_.set_grad_hook(nullptr);
       hook_ = py::none();
       return;
     }
-    if (!PyCallable_Check(hook.ptr())) throw Error("set_grad_hook: the hook must be callable or None");
     s_.set_grad_hook([this](float* g, size_t n, double loss) {
       py::gil_scoped_acquire gil;
       py::array_t<float> view({py::ssize_t(n)}, {py::ssize_t(sizeof(float))}, g, py::none());
@@ -387,7 +396,7 @@ PYBIND11_MODULE(_core, m) {
            [](PySession& p) {
              py::dict d;
              const size_t n = p.s().num_grads();
-             auto hold = p.s().lock();  // a consistent snapshot between steps
+             auto hold = lock_without_gil(p.s());  // a consistent snapshot between steps
              for (auto& kv : p.s().optimizer_state()) {
                py::array_t<float> a{py::ssize_t(n)};
                p.s().copy_to_host(a.mutable_data(), kv.second, n * sizeof(float));
@@ -399,7 +408,7 @@ PYBIND11_MODULE(_core, m) {
       // checked before any is written.
       .def("load_optimizer_state",
            [](PySession& p, const py::dict& d) {
-             auto hold = p.s().lock();
+             auto hold = lock_without_gil(p.s());
              auto blocks = p.s().optimizer_state();
              const size_t n = p.s().num_grads();
              std::vector<py::array_t<float, py::array::c_style | py::array::forcecast>> src;
@@ -425,7 +434,11 @@ PYBIND11_MODULE(_core, m) {
              for (size_t i = 0; i < blocks.size(); ++i)
                p.s().copy_from_host(blocks[i].second, src[i].data(), n * sizeof(float));
            })
-      .def("memory_report", [](PySession& p) { return report_dict(p.s().memory_report()); })
+      .def("memory_report",
+           [](PySession& p) {
+             auto hold = lock_without_gil(p.s());
+             return report_dict(p.s().memory_report());
+           })
       .def_property_readonly("graph_status", [](PySession& p) { return p.s().graph_status(); })
       .def("synchronize",
            [](PySession& p) {
@@ -435,6 +448,7 @@ PYBIND11_MODULE(_core, m) {
       .def("schedule", [](PySession& p) { return p.s().schedule(); })
       .def("memory_plan",
            [](PySession& p) {
+             auto hold = lock_without_gil(p.s());
              py::list out;
              for (auto& b : p.s().memory_plan()) {
                py::dict d;
@@ -453,6 +467,7 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("num_forward_steps", [](PySession& p) { return p.s().num_forward_steps(); })
       .def("kernels",
            [](PySession& p) {
+             auto hold = lock_without_gil(p.s());
              py::list out;
              for (auto& k : p.s().kernels()) {
                py::dict d;
@@ -485,6 +500,7 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("backend", [](PySession& p) { return p.s().backend(); })
       .def("profile",
            [](PySession& p) {
+             auto hold = lock_without_gil(p.s());
              py::list l;
              for (auto& e : p.s().profile()) {
                py::dict d;
@@ -497,7 +513,10 @@ PYBIND11_MODULE(_core, m) {
              }
              return l;
            })
-      .def("reset_profile", [](PySession& p) { p.s().reset_profile(); });
+      .def("reset_profile", [](PySession& p) {
+        auto hold = lock_without_gil(p.s());
+        p.s().reset_profile();
+      });
 
   m.def("allocation_count", &allocation_count);
   m.def("set_num_threads", &set_num_threads);

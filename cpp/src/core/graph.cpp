@@ -1,9 +1,9 @@
 // Graph building, dtypes/shapes, attributes, the op registry, the parameter store and the allocation
 // counter. Shape inference runs in add_node so a bad model fails while it is built, naming the node.
-#include <dirent.h>
 #include <fcntl.h>
 #include <omp.h>
 #include <sched.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -221,20 +221,32 @@ int runnable_threads() {
   return running;
 }
 // This process's threads that are running or runnable now (state R), the caller included: OpenMP workers still
-// spinning after the last parallel region, other threads of the application.
+// spinning after the last parallel region, other threads of the application. The directory is read with
+// getdents64 into a stack buffer (opendir would allocate on every sample).
 int own_runnable_threads() {
-  DIR* d = ::opendir("/proc/self/task");
-  if (!d) return 1;
+  const int fd = ::open("/proc/self/task", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return 1;
   int n = 0;
+  alignas(8) char dents[4096];
   char path[64], b[512];
-  while (const dirent* e = ::readdir(d)) {
-    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
-    std::snprintf(path, sizeof path, "/proc/self/task/%s/stat", e->d_name);
-    if (!read_small_file(path, b, sizeof b)) continue;  // the thread ended meanwhile
-    const char* p = std::strrchr(b, ')');               // "tid (comm) S ...": comm may hold anything
-    if (p && p[1] == ' ' && p[2] == 'R') ++n;
+  for (;;) {
+    const long got = ::syscall(SYS_getdents64, fd, dents, sizeof dents);
+    if (got <= 0) break;
+    for (long off = 0; off < got;) {
+      // struct linux_dirent64: u64 d_ino, s64 d_off, u16 d_reclen, u8 d_type, char d_name[]
+      unsigned short reclen;
+      std::memcpy(&reclen, dents + off + 16, sizeof reclen);
+      const char* name = dents + off + 19;
+      off += reclen;
+      if (reclen == 0) break;
+      if (name[0] < '0' || name[0] > '9') continue;
+      std::snprintf(path, sizeof path, "/proc/self/task/%s/stat", name);
+      if (!read_small_file(path, b, sizeof b)) continue;  // the thread ended meanwhile
+      const char* p = std::strrchr(b, ')');               // "tid (comm) S ...": comm may hold anything
+      if (p && p[1] == ' ' && p[2] == 'R') ++n;
+    }
   }
-  ::closedir(d);
+  ::close(fd);
   return std::max(n, 1);
 }
 

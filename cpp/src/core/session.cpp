@@ -375,13 +375,16 @@ void SessionImpl::choose_set() {
       if (k && k->threads == c.count) next = k.get();
     if (!next) {
       try {
-        auto ks = build_set(c.count,
-                            plan.memory.arena_bytes + fixed_bytes + sets[0]->scratch_bytes + sets[0]->prepared_bytes);
+        // while it is built, the sets held now still exist: the budget counts them all
+        size_t held = sets[0]->scratch_bytes + sets[0]->prepared_bytes;
+        if (sets[1]) held += sets[1]->scratch_bytes + sets[1]->prepared_bytes;
+        auto ks = build_set(c.count, plan.memory.arena_bytes + fixed_bytes + held);
         sets[1] = std::move(ks);  // replaces the last other count's set (when that was the active one: left below)
         next = sets[1].get();
       } catch (const std::exception&) {
-        if (!c.automatic) throw;   // the count the caller fixed cannot run: say why
-        failed_threads = c.count;  // auto: keep running on the kernels that work
+        use_num_threads(active->threads);  // build_set set the new count on this thread
+        if (!c.automatic) throw;           // the count the caller fixed cannot run: say why
+        failed_threads = c.count;          // auto: keep running on the kernels that work
       }
     }
     if (next) {
@@ -782,7 +785,10 @@ std::vector<std::pair<std::string, float*>> Session::optimizer_state() {
   if (I.state_vmax) v.push_back({"max_exp_avg_sq", static_cast<float*>(I.state_vmax.get())});
   return v;
 }
-MemoryReport Session::memory_report() const { return impl_->report; }
+MemoryReport Session::memory_report() const {
+  std::lock_guard<std::recursive_mutex> hold(impl_->mu);  // a run may switch the kernel set (scratch, prepared)
+  return impl_->report;
+}
 std::vector<PlannedBuffer> Session::memory_plan() const {
   const auto& I = *impl_;
   std::lock_guard<std::recursive_mutex> hold(I.mu);  // a run may switch the kernel set
@@ -864,6 +870,7 @@ std::vector<NodeProfile> Session::profile() const {
   return v;
 }
 void Session::reset_profile() {
+  std::lock_guard<std::recursive_mutex> hold(impl_->mu);
   std::fill(impl_->prof_ns.begin(), impl_->prof_ns.end(), 0.0);
   std::fill(impl_->prof_calls.begin(), impl_->prof_calls.end(), 0);
 }
