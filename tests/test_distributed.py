@@ -108,6 +108,32 @@ def test_shards_shuffle_per_epoch_follow_the_seed_and_set_epoch():
         DataLoader(x, y, 5, seed=3).load_state_dict(dl.state_dict())
 
 
+def test_every_ranks_augmentation_resumes_from_rank_0s_loader_state():
+    """A checkpoint holds rank 0's loader state only; every rank's augmentation stream must still continue as in
+    the uninterrupted run (and differ between ranks)."""
+    x, y = np.zeros((40, 1, 2, 2), np.float32), np.arange(40)
+
+    def noise(xb, rng):
+        return xb + rng.standard_normal(xb.shape).astype(np.float32)
+
+    def loader(rank):
+        return DataLoader(x, y, 5, seed=3, drop_last=True, transform=noise, num_replicas=2, rank=rank)
+
+    def epoch(dl):
+        return np.concatenate([xb.ravel() for xb, _ in dl])
+
+    whole = {r: loader(r) for r in (0, 1)}
+    for dl in whole.values():
+        epoch(dl)
+    state = whole[0].state_dict()  # after epoch 1: what rank 0 writes in the checkpoint
+    later = {r: epoch(whole[r]) for r in (0, 1)}
+    assert not np.allclose(later[0], later[1])
+    for r in (0, 1):
+        resumed = loader(r)
+        resumed.load_state_dict(state)
+        assert np.array_equal(epoch(resumed), later[r]), r
+
+
 def test_without_mpi_rank_and_world_size_are_those_of_one_process():
     from cnnnative import distributed as dist
     if not dist.is_initialized():

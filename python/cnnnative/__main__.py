@@ -148,7 +148,7 @@ def _train(args) -> int:
     print(f"checkpoint saved to {os.path.abspath(out)}")
     print("history: " + ", ".join(os.path.abspath(p) for p in history_paths(out)))
     print(_final_line(task, history, ds))
-    if args.plot:
+    if args.plot and (not args.distributed or distributed.rank() == 0):  # rank 0 wrote the history
         from .report import plot_history
         print(f"wrote {os.path.abspath(plot_history(out))}")
     return 0

@@ -399,7 +399,8 @@ class DataLoader:
     n // (W x B) on every rank); without, the epoch's order is padded by repeating its first samples to a multiple
     of W (torch's rule), so every rank has ceil(n / W) samples and the same number of batches. set_epoch(e)
     positions the shuffle at the start of epoch e (0-based), for a loop that does not iterate every epoch.
-    The augmentation generator differs per rank (seeded with the rank). state_dict() holds the global batch size,
+    The augmentation generator differs per rank (seeded with the rank, again at every epoch from the shuffle
+    generator's position, so that a resume restores every rank's stream). state_dict() holds the global batch size,
     so a checkpoint resumes on any number of ranks with the same global batch."""
 
     def __init__(self, x, y, batch_size, shuffle=True, seed=0, drop_last=False, transform=None,
@@ -499,6 +500,12 @@ class DataLoader:
 
     def __iter__(self):
         n = self.x.shape[0]
+        if self.num_replicas > 1:
+            # each rank's augmentation stream restarts every epoch from the seed, the rank and the shuffle
+            # generator's position (the same on every rank, and restored by load_state_dict): a run resumed from a
+            # checkpoint (which holds rank 0's state only) augments as the uninterrupted run does on every rank
+            pos = self._rng.bit_generator.state["state"]
+            self._aug_rng = np.random.default_rng([self.seed, 1, self.rank, pos["state"], pos["inc"]])
         order = self._shard(self._rng.permutation(n) if self.shuffle else np.arange(n))
         bs = self.batch_size
         for b in range(len(self)):

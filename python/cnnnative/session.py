@@ -247,9 +247,10 @@ class Session:
         from .distributed import DistributedError
         hook = self._dist
         hook.reached = False
-        hook.step = self._core_checked().step_count
-        try:
-            loss = self._core_checked().step(x, y)
+        try:  # inside: a rank whose session refuses (structure changed) still announces it to the others
+            core = self._core_checked()
+            hook.step = core.step_count
+            loss = core.step(x, y)
         except DistributedError:
             raise
         except Exception as e:
