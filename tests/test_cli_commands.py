@@ -347,3 +347,19 @@ def test_export_option_errors(lenet, tmp_path):
         rc, _, err = _run(["export", str(ck), *args])
         assert rc == 2 and msg in err, err
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("ctype,depth", [(2, 4), (6, 1), (4, 2), (3, 16), (0, 3), (5, 8)])
+def test_png_colour_type_and_bit_depth_the_spec_forbids_are_one_error(tmp_path, ctype, depth):
+    import struct
+    import zlib
+
+    from cnnnative._tasks import ImageError
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    path = tmp_path / "bad.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 4, 4, depth, ctype, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\x00" * 80)) + chunk(b"IEND", b""))
+    with pytest.raises(ImageError, match=f"colour type {ctype}, bit depth {depth}"):
+        read_png(str(path))

@@ -182,6 +182,7 @@ class ImageError(ValueError):
 
 _PNG_SIG = b"\x89PNG\r\n\x1a\n"
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+_PNG_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}  # the PNG spec's pairs
 
 
 def _png_chunks(blob, path):
@@ -254,7 +255,7 @@ def read_png(path) -> np.ndarray:
     if header is None or not idat:
         raise ImageError(f"{path}: PNG without {'IHDR' if header is None else 'IDAT'} chunk")
     width, height, depth, ctype, _, _, interlace = header
-    if ctype not in _PNG_CHANNELS or depth not in (1, 2, 4, 8, 16) or width == 0 or height == 0:
+    if depth not in _PNG_DEPTHS.get(ctype, ()) or width == 0 or height == 0:
         raise ImageError(f"{path}: unsupported PNG (colour type {ctype}, bit depth {depth}, {width}x{height})")
     if interlace:
         try:
