@@ -1,7 +1,5 @@
 """The CLI after training: evaluate CHECKPOINT, predict CHECKPOINT FILES..., export CHECKPOINT OUT.cnn|.onnx,
 each checked against the model the checkpoint holds (loaded from Python)."""
-import contextlib
-import io
 import os
 import re
 
@@ -9,28 +7,13 @@ import numpy as np
 import pytest
 
 import cnnnative as cn
-from cnnnative.__main__ import main as cli_main
 from cnnnative._tasks import read_png, write_png
+from cli_util import keep_threads, run_cli  # noqa: F401 (keep_threads: an autouse fixture)
 
 pytest.importorskip("sklearn")
 
 
-def _run(args):
-    """(exit status, stdout, stderr) of the CLI run in-process; argparse errors give status 2."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            rc = cli_main(args)
-        except SystemExit as e:
-            rc = e.code
-    return rc, out.getvalue(), err.getvalue()
-
-
-@pytest.fixture(autouse=True)
-def _keep_threads():
-    n = cn.get_num_threads()
-    yield
-    cn.set_num_threads(n)
+_run = run_cli
 
 
 @pytest.fixture(scope="module")

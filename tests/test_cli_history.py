@@ -16,6 +16,7 @@ import pytest
 import cnnnative as cn
 from cnnnative.__main__ import main as cli_main
 from cnnnative.train import SMOOTHING, History, checkpoint_info, fit, fit_dense, history_paths
+from cli_util import keep_threads  # noqa: F401 (an autouse fixture: the process keeps its thread count)
 
 _TIMING = ("images_per_s", "seconds")
 
@@ -100,12 +101,7 @@ def test_non_finite_numbers_become_null():
     json.dumps(doc, allow_nan=False)  # valid JSON for any reader
 
 
-@pytest.fixture(autouse=True)
-def _keep_threads():
-    """The CLI runs below use --threads 1 (fast on a loaded machine); the process keeps its thread count."""
-    n = cn.get_num_threads()
-    yield
-    cn.set_num_threads(n)
+# the CLI runs below use --threads 1 (fast on a loaded machine); keep_threads (imported above) restores the count
 
 
 def _train(args):

@@ -1,8 +1,6 @@
 """The CLI's options: an option that does not apply to the chosen model is an error naming why (never silently
 ignored); --help lists every model and every option's default; --version; the program name of the console
 script; conv_autoencoder honours --optimizer."""
-import contextlib
-import io
 import os
 import re
 import subprocess
@@ -10,29 +8,15 @@ import sys
 
 import pytest
 
-import cnnnative as cn
 from cnnnative import models
 from cnnnative.__main__ import main as cli_main
 from cnnnative.train import checkpoint_info
+from cli_util import keep_threads, run_cli  # noqa: F401 (keep_threads: an autouse fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _run(args):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            rc = cli_main(args)
-        except SystemExit as e:
-            rc = e.code
-    return rc, out.getvalue(), err.getvalue()
-
-
-@pytest.fixture(autouse=True)
-def _keep_threads():
-    n = cn.get_num_threads()
-    yield
-    cn.set_num_threads(n)
+_run = run_cli
 
 
 @pytest.mark.parametrize("args, msg", [
