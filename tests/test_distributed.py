@@ -157,12 +157,17 @@ _EQUIV = """
     # rank 1 starts from other weights: the broadcast must make them rank 0's
     model = cn.models.lenet5(seed=1 if dist.rank() == 0 else 99)
     opt = cn.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    sess = dist.DistributedSession(model, (16, 1, 28, 28), optimizer=opt)
+    import os
+    bucket, overlap = int(os.environ["BUCKET"]), os.environ["OVERLAP"] == "1"
+    sess = dist.DistributedSession(model, (16, 1, 28, 28), optimizer=opt, bucket_bytes=bucket, overlap=overlap)
     loader = DataLoader(x, y, 16, seed=5, drop_last=True, num_replicas=dist.world_size(), rank=dist.rank())
     losses = []
     for epoch in range(2):
         for xb, yb in loader:
             losses.append(sess.step(xb, yb))
+    h = sess._dist
+    print("rank", dist.rank(), "buckets", len(h.buckets), "overlap", h.overlap, "early", h.issued_in_backward,
+          flush=True)
     if dist.rank() == 0:
         np.savez("out.npz", losses=np.array(losses), **{k: np.array(v) for k, v in model.state_dict().items()})
     w = np.array(model.state_dict()["fc3.weight"])
@@ -173,10 +178,20 @@ _EQUIV = """
 """
 
 
-def test_two_processes_match_one_process_with_the_double_batch(tmp_path):
-    r = _mpirun(tmp_path, _EQUIV)
+@pytest.mark.parametrize("bucket,overlap", [(25 << 20, True), (4096, True), (4096, False)])
+def test_two_processes_match_one_process_with_the_double_batch(tmp_path, bucket, overlap):
+    r = _mpirun(tmp_path, _EQUIV, env={"BUCKET": str(bucket), "OVERLAP": str(int(overlap))})
     assert r.returncode == 0, r.stdout
     assert "rank 0 ok" in r.stdout and "rank 1 ok" in r.stdout
+    # LeNet-5's 61,706 parameters: one bucket of 25 MiB, or 4 KiB buckets cut at parameter boundaries (a bucket
+    # holds at least one whole parameter); with overlap, every bucket but the first layer's starts during the
+    # backward pass
+    info = next(s for s in r.stdout.splitlines() if s.startswith("rank 0 buckets"))
+    n = int(info.split()[3])
+    assert n == (1 if bucket > 1e6 else 4), info  # fc3+fc2, fc1, conv2, conv1
+    assert f"overlap {overlap}" in info
+    early = int(info.split()[-1])  # over the 12 steps
+    assert early >= 12 * (n - 1) if overlap else early == 0, info
     got = np.load(tmp_path / "out.npz")
     cn.set_num_threads(1)
     x, y = _data()
@@ -345,3 +360,65 @@ def test_batchnorm_running_statistics_are_rank_0s_on_every_rank(tmp_path):
     """, timeout=30)
     assert r.returncode == 0, r.stdout
     assert "rank 0 same=True moved=True" in r.stdout and "rank 1 same=True moved=True" in r.stdout
+
+
+_SYNC_BN = """
+    import os
+    import numpy as np
+    import cnnnative as cn
+    from cnnnative import distributed as dist, nn
+    dist.init()
+    cn.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(48, 3, 8, 8)) + 4).astype(np.float32)
+    y = rng.integers(0, 5, 48).astype(np.int32)
+    cn.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2),
+                          nn.BatchNorm2d(16), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 3 * 3, 5))
+    if dist.world_size() > 1:
+        nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    B = 24 // dist.world_size()
+    sess = dist.DistributedSession(model, (B, 3, 8, 8), optimizer=cn.optim.SGD(model.parameters(), lr=0.1,
+                                   momentum=0.9), bucket_bytes=2048)
+    losses = []
+    for s in range(2):
+        lo = 24 * s + B * dist.rank()
+        losses.append(sess.step(x[lo:lo + B], y[lo:lo + B]))
+    if os.environ.get("FAIL") == "1":  # rank 1: a label out of range, found after every statistics exchange of
+        yb = y[:B].copy()              # the forward pass; rank 0 then waits in the backward pass's first one
+        if dist.rank() == 1:
+            yb[0] = 9
+        before = np.array(model.state_dict()["1.running_mean"])
+        try:
+            sess.step(x[:B], yb)
+        except dist.DistributedError as e:
+            same = (np.array(model.state_dict()["1.running_mean"]) == before).all()
+            print(f"rank {dist.rank()} caught: {e} | unchanged={same}", flush=True)
+        losses.append(sess.step(x[:B], y[:B]))
+    stats = np.array(model.state_dict()["4.running_var"])
+    ref = stats.copy()
+    dist._comm.Bcast(ref, root=0)
+    if dist.rank() == 0:
+        np.savez(f"out{dist.world_size()}.npz", losses=np.array(losses),
+                 **{k: np.array(v) for k, v in model.state_dict().items()})
+    print("rank", dist.rank(), "ok", "same", bool((stats == ref).all()), flush=True)
+"""
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_sync_batchnorm_two_processes_match_one_process_with_the_double_batch(tmp_path, fail):
+    env = {"FAIL": str(int(fail))}
+    r2 = _mpirun(tmp_path, _SYNC_BN, np_=2, env=env, timeout=60)
+    assert r2.returncode == 0, r2.stdout
+    r1 = _mpirun(tmp_path, _SYNC_BN, np_=1, env=env, timeout=60)
+    assert r1.returncode == 0, r1.stdout
+    assert "rank 0 ok same True" in r2.stdout and "rank 1 ok same True" in r2.stdout
+    one, two = np.load(tmp_path / "out1.npz"), np.load(tmp_path / "out2.npz")
+    if fail:
+        for rank in (0, 1):
+            line = next(s for s in r2.stdout.splitlines() if s.startswith(f"rank {rank} caught"))
+            assert "step 2 failed on 1 of 2 ranks (rank 1:" in line and "unchanged=True" in line, line
+    np.testing.assert_allclose(two["losses"][:2], one["losses"][:2], rtol=1e-5)
+    if not fail:
+        for k in one.files:
+            np.testing.assert_allclose(two[k], one[k], rtol=1e-5, atol=2e-6, err_msg=k)

@@ -125,8 +125,49 @@ class PySession {
     hook_ = std::move(hook);
   }
 
+  // hook(step) after the listed backward steps (Session::set_step_hook); None removes it.
+  void set_step_hook(std::vector<int> steps, py::object hook) {
+    if (!hook.is_none() && !PyCallable_Check(hook.ptr()))
+      throw Error("set_step_hook: the hook must be callable or None");
+    auto hold = lock_without_gil(s_);
+    if (hook.is_none()) {
+      s_.set_step_hook({}, nullptr);
+      step_hook_ = py::none();
+      return;
+    }
+    s_.set_step_hook(std::move(steps), [this](int step) {
+      py::gil_scoped_acquire gil;
+      step_hook_(step);
+    });
+    step_hook_ = std::move(hook);
+  }
+
+  // fn(view) sums a float64 view in place across the job's processes (Session::set_allreduce); None removes it.
+  // Its exceptions fail the step as a cnnnative error carrying their text (they surface through a kernel).
+  void set_allreduce(py::object fn) {
+    if (!fn.is_none() && !PyCallable_Check(fn.ptr())) throw Error("set_allreduce: fn must be callable or None");
+    auto hold = lock_without_gil(s_);
+    if (fn.is_none()) {
+      s_.set_allreduce(nullptr);
+      allreduce_ = py::none();
+      return;
+    }
+    s_.set_allreduce([this](double* d, size_t n) {
+      py::gil_scoped_acquire gil;
+      try {
+        py::array_t<double> view({py::ssize_t(n)}, {py::ssize_t(sizeof(double))}, d, py::none());
+        allreduce_(view);
+      } catch (py::error_already_set& e) {
+        throw Error(std::string("allreduce failed: ") + e.what());
+      }
+    });
+    allreduce_ = std::move(fn);
+  }
+
  private:
   py::object hook_ = py::none();
+  py::object step_hook_ = py::none();
+  py::object allreduce_ = py::none();
   py::array new_fetch_array(size_t i) {
     const auto& f = s_.fetches().at(i);
     DType t = is_float(f.desc.dtype) ? compute_ : f.desc.dtype;
@@ -375,6 +416,25 @@ PYBIND11_MODULE(_core, m) {
       .def("step", &PySession::step)
       .def("fetch", &PySession::fetch)
       .def("set_grad_hook", &PySession::set_grad_hook, py::arg("hook"))
+      .def("set_step_hook", &PySession::set_step_hook, py::arg("steps"), py::arg("hook"))
+      .def("set_allreduce", &PySession::set_allreduce, py::arg("fn"))
+      .def_property_readonly("collective_sizes", [](PySession& p) { return p.s().collective_sizes(); })
+      // A writable float32 view of the flat gradient block (host-accessible backends; kept alive by the session)
+      .def("grad_view",
+           [](py::object self) {
+             PySession& p = self.cast<PySession&>();
+             if (p.s().backend() != "cpu" && p.s().backend() != "reference")
+               throw Error("grad_view: the gradient block of a '" + p.s().backend() + "' session is not host memory");
+             const size_t n = p.s().num_grads();
+             return py::array_t<float>({py::ssize_t(n)}, {py::ssize_t(sizeof(float))}, p.s().grads(), self);
+           })
+      // [(name, offset, count, step)] per trainable parameter (Session::grad_ready)
+      .def("grad_ready",
+           [](PySession& p) {
+             py::list out;
+             for (auto& r : p.s().grad_ready()) out.append(py::make_tuple(r.name, r.offset, r.count, r.step));
+             return out;
+           })
       .def_property_readonly("feeds", [](PySession& p) { return infos(p.s().feeds()); })
       .def_property_readonly("fetches", [](PySession& p) { return infos(p.s().fetches()); })
       .def_property_readonly("loss", [](PySession& p) { return p.s().loss(); })

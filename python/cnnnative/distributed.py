@@ -200,38 +200,172 @@ def _raise_failures(messages, step, own_error=None):
     raise err
 
 
-class _GradAverager:
-    """The grad hook of a distributed training session: a status word (failures, loss) all-reduced first, then
-    the flat gradient block summed in buckets and scaled by 1/world size."""
+class _CommThread:
+    """One background thread that runs the gradient buckets' allreduces in the order they are queued (on its own
+    communicator), so the exchange of the last layers' gradients overlaps the backward pass of the first ones.
+    busy_seconds: time spent inside MPI."""
 
-    def __init__(self, comm, bucket_bytes):
+    def __init__(self, comm):
+        import queue
+        import threading
         self.comm = comm
-        self.bucket = max(1, int(bucket_bytes) // 4)
+        self.tasks = queue.Queue()
+        self.busy_seconds = 0.0
+        self.error = None
+        self.thread = threading.Thread(target=self._loop, name="cnnnative-allreduce", daemon=True)
+        self.thread.start()
+
+    def _loop(self):
+        import time
+        MPI = _mpi()
+        while True:
+            view = self.tasks.get()
+            try:
+                if view is None:
+                    return
+                if self.error is None:
+                    t0 = time.perf_counter()
+                    self.comm.Allreduce(MPI.IN_PLACE, view, op=MPI.SUM)
+                    self.busy_seconds += time.perf_counter() - t0
+            except BaseException as e:  # noqa: B902 - reported by wait()
+                self.error = e
+            finally:
+                self.tasks.task_done()
+
+    def submit(self, view):
+        self.tasks.put(view)
+
+    def wait(self):
+        """Returns when every queued allreduce finished; re-raises the first one's error."""
+        self.tasks.join()
+        if self.error is not None:
+            raise DistributedError(f"gradient allreduce failed: {self.error}") from self.error
+
+
+class _GradAverager:
+    """What a distributed training session runs each step:
+      - the flat gradient block is cut into buckets at parameter boundaries, from its end (the last layers,
+        whose gradients the backward pass finishes first) to its start; bucket k is all-reduced (summed) as soon
+        as it and every bucket before it are final (the core's step hook, Session.grad_ready), on the
+        communication thread (overlap=True, with MPI_THREAD_MULTIPLE), else all at the end of the backward pass;
+      - SyncBatchNorm layers all-reduce their per-channel sums from inside the forward and backward passes (the
+        core's allreduce callback, on a communicator of their own), each exchange carrying a failure flag;
+      - between the backward pass and the update (the grad hook): wait for the buckets, one status word (failure
+        flag, loss) summed over the ranks, then scale the gradients by 1 / world size.
+    A rank that fails anywhere in a step makes every exchange its peers still wait for (drain()), flagged, so
+    every rank raises DistributedError naming the failed ranks and none updates."""
+
+    def __init__(self, comm, core, bucket_bytes, overlap):
+        MPI = _mpi()
+        self.comm = comm
+        self.core = core
+        self.world = comm.Get_size()
         self.reached = False
         self.step = 0
-        self.comm_seconds = 0.0
+        self.comm_seconds = 0.0  # in the grad hook: waiting for the buckets, the status word
+        self.bn_seconds = 0.0    # SyncBatchNorm's exchanges
+        self.grads = core.grad_view()
+        self.buckets, self.bucket_steps = self._plan(core.grad_ready(), self.grads.shape[0],
+                                                     max(1, int(bucket_bytes) // 4), core.num_forward_steps)
+        self.overlap = bool(overlap) and self.world > 1 and MPI.Query_thread() == MPI.THREAD_MULTIPLE
+        self.gcomm = comm.Dup()
+        self.bcomm = comm.Dup()
+        self.sizes = list(core.collective_sizes)
+        self.thread = _CommThread(self.gcomm) if self.overlap else None
+        self.issued = 0   # buckets queued this step
+        self.bn_done = 0  # SyncBatchNorm exchanges made this step
+        self.flagged = False  # a peer's failure was seen in a SyncBatchNorm exchange
+        self.issued_in_backward = 0  # buckets whose exchange started before the backward pass ended (all steps)
+        if self.overlap:
+            # the step after which the first k buckets are all final, for each k where that count grows
+            self.issue_after = {}
+            k = 0
+            for s in sorted(set(self.bucket_steps)):
+                while k < len(self.buckets) and self.bucket_steps[k] <= s:
+                    k += 1
+                self.issue_after[s] = k
+            core.set_step_hook(sorted(self.issue_after), self._on_step)
+        if self.sizes:
+            core.set_allreduce(self._bn_allreduce)
+
+    @staticmethod
+    def _plan(ready, n, bucket, nf):
+        """Buckets [(lo, hi)] of the flat block in exchange order (from its end), cut at parameter offsets, and
+        per bucket the backward step after which its gradients are final (parameters without a gradient in this
+        graph: the first backward step)."""
+        ready = sorted(ready, key=lambda r: r[1])
+        cuts, steps = [], []
+        hi = n
+        lo_step = nf
+        for name, off, cnt, step in reversed(ready):
+            lo_step = max(lo_step, step if step >= 0 else nf)
+            if hi - off >= bucket or off == ready[0][1]:
+                lo = 0 if off == ready[0][1] else off
+                cuts.append((lo, hi))
+                steps.append(lo_step)
+                hi, lo_step = lo, nf
+        if hi > 0 or not cuts:
+            cuts.append((0, hi))
+            steps.append(lo_step)
+        return cuts, steps
+
+    def begin(self, step):
+        self.step = step
+        self.reached = False
+        self.issued = 0
+        self.bn_done = 0
+        self.flagged = False
+
+    def _issue(self, upto):
+        while self.issued < upto:
+            lo, hi = self.buckets[self.issued]
+            self.thread.submit(self.grads[lo:hi])
+            self.issued += 1
+
+    def _on_step(self, step):
+        before = self.issued
+        self._issue(self.issue_after[step])
+        self.issued_in_backward += self.issued - before
+
+    def _bn_allreduce(self, view):
+        import time
+        MPI = _mpi()
+        t0 = time.perf_counter()
+        n = view.shape[0]
+        buf = np.empty(n + 1, np.float64)
+        buf[:n] = view
+        buf[n] = 0.0
+        self.bcomm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+        self.bn_done += 1
+        self.bn_seconds += time.perf_counter() - t0
+        if buf[n] > 0:
+            self.flagged = True
+            raise DistributedError("a peer failed during this step")
+        view[:] = buf[:n]
 
     def __call__(self, grads, loss):
         import time
         MPI = _mpi()
         self.reached = True
         t0 = time.perf_counter()
+        if self.overlap:
+            self._issue(len(self.buckets))
+            self.thread.wait()
+        else:
+            for lo, hi in self.buckets:
+                self.gcomm.Allreduce(MPI.IN_PLACE, grads[lo:hi], op=MPI.SUM)
         status = np.array([0.0, loss], np.float64)
         self.comm.Allreduce(MPI.IN_PLACE, status, op=MPI.SUM)
         if status[0] > 0:
             _raise_failures(self.comm.allgather(None), self.step)
-        n = grads.shape[0]
-        for i in range(0, n, self.bucket):
-            self.comm.Allreduce(MPI.IN_PLACE, grads[i:i + self.bucket], op=MPI.SUM)
-        world = self.comm.Get_size()
-        grads *= np.float32(1.0 / world)
+        grads *= np.float32(1.0 / self.world)
         self.comm_seconds += time.perf_counter() - t0
-        return float(status[1] / world)
+        return float(status[1] / self.world)
 
     def sync_buffers(self, buffers):
         """Rank 0's float buffers (BN running statistics) to every rank after a step, in one broadcast, as PyTorch
         DDP's broadcast_buffers: the running statistics are identical on every rank (rank 0's)."""
-        if not buffers or self.comm.Get_size() == 1:
+        if not buffers or self.world == 1:
             return
         from ._params import no_grad
         if self.comm.Get_rank() == 0:
@@ -246,38 +380,65 @@ class _GradAverager:
                     b[...] = flat[at:at + b.size].reshape(b.shape)
                     at += b.size
 
-    def announce_failure(self, error):
-        """This rank failed before the exchange: take part in it with a failure flag and the error's text, so
-        the other ranks raise too instead of waiting."""
+    def drain(self, error):
+        """This rank's step failed before the status word (its own error, or a peer's seen in a SyncBatchNorm
+        exchange): make the exchanges the peers still wait for, flagged, then the status word with the failure
+        flag and the error's text (None for a peer's failure), and raise DistributedError on every rank. The
+        SyncBatchNorm exchanges come before waiting for the buckets: a peer's backward pass (which queues its
+        buckets) may be waiting in one of them."""
         MPI = _mpi()
+        if self.overlap:
+            self._issue(len(self.buckets))
+        for n in self.sizes[self.bn_done:]:
+            buf = np.zeros(n + 1, np.float64)
+            buf[n] = 1.0
+            self.bcomm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+        self.bn_done = len(self.sizes)
+        if self.overlap:
+            try:
+                self.thread.wait()
+            except DistributedError:
+                pass  # the step fails anyway; the status word says why
+        else:
+            for lo, hi in self.buckets:
+                self.gcomm.Allreduce(MPI.IN_PLACE, self.grads[lo:hi], op=MPI.SUM)
         status = np.array([1.0, 0.0], np.float64)
         self.comm.Allreduce(MPI.IN_PLACE, status, op=MPI.SUM)
-        _raise_failures(self.comm.allgather(f"{type(error).__name__}: {error}"), self.step, error)
+        mine = None if self.flagged else f"{type(error).__name__}: {error}"
+        _raise_failures(self.comm.allgather(mine), self.step, error)
+
+    announce_failure = drain
 
 
-def attach(session, bucket_bytes: int = BUCKET_BYTES) -> None:
+def attach(session, bucket_bytes: int = BUCKET_BYTES, overlap: bool = True) -> None:
     """Makes a training Session data-parallel (Session(..., distributed=True) calls this): checks the model
     and the settings agree on every rank, broadcasts rank 0's parameters and buffers, and installs the gradient
-    averaging between backward and update."""
+    exchange: buckets of `bucket_bytes` all-reduced during the backward pass as they become final (overlap=True,
+    needs MPI_THREAD_MULTIPLE: mpi4py's default) or after it, plus SyncBatchNorm's exchanges."""
     comm = init()
     if session.mode != "train":
         raise ValueError("distributed=True applies to mode='train' only (inference needs no communication)")
     if session.device != "cpu":
         raise ValueError(f"distributed=True runs on the cpu backend only, this session is on {session.device!r}")
+    if int(bucket_bytes) < 4:
+        raise ValueError(f"distributed: bucket_bytes must be at least 4, got {bucket_bytes!r}")
     model = session.model
     broadcast_parameters(model)
-    check_same("the training settings (per-rank input shape, loss, optimizer, dtype)",
+    check_same("the training settings (per-rank input shape, loss, optimizer, dtype, SyncBatchNorm exchanges)",
                {"input_shape": list(session.input_shape), "loss": session.loss, "dtype": session.dtype,
-                "optimizer": session.optimizer.config()})
-    hook = _GradAverager(comm, bucket_bytes)
+                "optimizer": session.optimizer.config(), "sync_bn": list(session._s.collective_sizes),
+                "bucket_bytes": int(bucket_bytes)})
+    hook = _GradAverager(comm, session._s, bucket_bytes, overlap)
     hook.buffers = [b for _, b in model.named_buffers() if np.asarray(b).dtype == np.float32]
     session._dist = hook
     session._s.set_grad_hook(hook)
 
 
-def DistributedSession(model, input_shape=None, optimizer=None, loss=None, **kw):
+def DistributedSession(model, input_shape=None, optimizer=None, loss=None, bucket_bytes=BUCKET_BYTES, overlap=True,
+                       **kw):
     """model.compile(input_shape, mode='train', optimizer=..., loss=...) as a data-parallel session: every rank
     compiles it for its per-rank batch; step(x, y) trains on this rank's shard and returns the global mean loss
-    (the global batch is the per-rank batch x world_size())."""
+    (the global batch is the per-rank batch x world_size()). bucket_bytes, overlap: attach()'s."""
     from .session import Session
-    return Session(model, input_shape, mode="train", optimizer=optimizer, loss=loss, distributed=True, **kw)
+    return Session(model, input_shape, mode="train", optimizer=optimizer, loss=loss,
+                   distributed={"bucket_bytes": bucket_bytes, "overlap": overlap}, **kw)

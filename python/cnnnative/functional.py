@@ -164,9 +164,13 @@ concat = cat
 
 
 def batch_norm(x, running_mean, running_var, weight, bias, training=False, momentum=0.1, eps=1e-5,
-               track_running_stats=True, *, name=None) -> Tensor:
+               track_running_stats=True, *, sync=False, name=None) -> Tensor:
+    """sync=True (SyncBatchNorm): in a data-parallel training session the batch statistics are the whole job's
+    (cnnnative.distributed); elsewhere it is plain batch normalization."""
     attrs = {"eps": float(eps), "momentum": float(momentum), "training": int(training),
              "track_running_stats": int(track_running_stats)}
+    if sync and training:
+        attrs["sync"] = 1
     return _op("batch_norm", [x, weight, bias, running_mean, running_var], attrs, name=name)[0]
 
 

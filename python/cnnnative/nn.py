@@ -25,7 +25,7 @@ from ._params import Buffer, Parameter, no_grad
 from .graph import GraphBuilder, Tensor, current
 
 __all__ = ["Module", "Parameter", "Buffer", "Sequential", "ModuleList", "ModuleDict", "Conv2d", "ConvTranspose2d",
-           "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Linear", "BatchNorm2d", "LocalResponseNorm",
+           "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Linear", "BatchNorm2d", "SyncBatchNorm", "LocalResponseNorm",
            "ReLU", "Sigmoid", "Tanh", "LeakyReLU", "Dropout", "Flatten", "Identity", "functional", "init",
            "manual_seed", "no_init", "no_grad"]
 
@@ -1275,11 +1275,52 @@ class BatchNorm2d(Module):
         _expect_channels(self, x, self.num_features, f"running_mean of {self.num_features} elements")
         return F.batch_norm(x, self._tensor("running_mean"), self._tensor("running_var"), self._tensor("weight"),
                             self._tensor("bias"), training=b.training, momentum=self.momentum, eps=self.eps,
-                            name=b.scope_name())
+                            sync=self._sync, name=b.scope_name())
+
+    _sync = False
 
     def extra_repr(self):
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine=True, bias=True, "
                 "track_running_stats=True")
+
+
+class SyncBatchNorm(BatchNorm2d):
+    """torch.nn.SyncBatchNorm: batch normalization whose training statistics are computed over the whole
+    data-parallel job's batch (every process's shard), not each process's own: in a distributed training
+    session (cnnnative.distributed) the per-channel sums are all-reduced in the forward pass (two exchanges of
+    C + 1 doubles) and the backward pass (one of 2C + 1), so N processes x batch B train exactly as one process
+    x batch N*B. The running statistics come out identical on every process. In a single process, in
+    inference and in model files it is BatchNorm2d. process_group is not supported (the whole job
+    synchronizes). convert_sync_batchnorm(module) replaces every BatchNorm2d of a model, as torch's does."""
+
+    _sync = True
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
+                 process_group=None, *, bias=True):
+        if process_group is not None:
+            raise ValueError("SyncBatchNorm: process_group is not supported (the whole job synchronizes)")
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, bias=bias)
+
+    @classmethod
+    def convert_sync_batchnorm(cls, module, process_group=None):
+        """Returns `module` with every BatchNorm2d replaced by a SyncBatchNorm holding the same parameters and
+        running statistics (in place for children; a BatchNorm2d passed itself is returned converted), as
+        torch.nn.SyncBatchNorm.convert_sync_batchnorm."""
+        if process_group is not None:
+            raise ValueError("SyncBatchNorm.convert_sync_batchnorm: process_group is not supported")
+        if type(module) is BatchNorm2d:
+            new = cls(module.num_features, module.eps, module.momentum)
+            with no_grad():
+                for k in ("weight", "bias", "running_mean", "running_var"):
+                    getattr(new, k)[...] = getattr(module, k)
+            new._extra_state["num_batches_tracked"] = np.array(module._extra_state["num_batches_tracked"])
+            new.train(module.training)
+            return new
+        for name, child in list(module._modules.items()):
+            converted = cls.convert_sync_batchnorm(child)
+            if converted is not child:
+                setattr(module, name, converted)
+        return module
 
 
 class LocalResponseNorm(Module):

@@ -196,7 +196,12 @@ class Session:
         self._bn = [m for m in model.modules() if hasattr(m, "_extra_state")] if mode == "train" else []
         if distributed:
             from . import distributed as dist
-            dist.attach(self)  # same model and settings on every rank, rank 0's weights, gradient averaging
+            opts = distributed if isinstance(distributed, dict) else {}
+            unknown = sorted(set(opts) - {"bucket_bytes", "overlap"})
+            if unknown:
+                raise ValueError(f"compile: distributed options are 'bucket_bytes' and 'overlap', got {unknown}")
+            # same model and settings on every rank, rank 0's weights, gradient averaging
+            dist.attach(self, **opts)
 
     _watch = None
     _store = None
@@ -244,19 +249,15 @@ class Session:
         """step() of a distributed session: the gradients are averaged over the ranks before the update and the
         loss returned is the mean over the ranks. A failure on any rank before the exchange raises
         DistributedError on every rank (and no rank updates)."""
-        from .distributed import DistributedError
         hook = self._dist
-        hook.reached = False
+        hook.begin(hook.step + 1 if self._s is None else self._s.step_count)
         try:  # inside: a rank whose session refuses (structure changed) still announces it to the others
             core = self._core_checked()
-            hook.step = core.step_count
             loss = core.step(x, y)
-        except DistributedError:
-            raise
         except Exception as e:
-            if hook.reached:  # the update itself failed: the same averaged gradients failed it on every rank
+            if hook.reached:  # the status word was exchanged: every rank raises the same (or the update failed)
                 raise
-            hook.announce_failure(e)
+            hook.drain(e)
         hook.sync_buffers(hook.buffers)
         for m in self._bn:
             m._extra_state["num_batches_tracked"] += 1

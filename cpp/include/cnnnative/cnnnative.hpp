@@ -311,6 +311,31 @@ class Session {
   // stay as they were before the step. An empty hook (the default) removes it.
   using GradHook = std::function<double(float* grads, size_t n, double loss)>;
   void set_grad_hook(GradHook hook);
+  // Train: where each trainable parameter's gradient becomes final during the backward pass: per parameter with a
+  // slot in the gradient block (params order), its name, offset and count (floats) in grads(), and the schedule
+  // step after which no later step writes it (-1: nothing in this graph writes it; it stays zero). Data-parallel
+  // training starts a bucket's exchange as soon as its last gradient is final (set_step_hook).
+  struct GradReady {
+    std::string name;
+    size_t offset = 0, count = 0;
+    int step = -1;
+  };
+  std::vector<GradReady> grad_ready() const;
+  // Train: hook(step) is called by run() right after each backward schedule step listed in `steps` ran (steps in
+  // [num_forward_steps(), schedule().size())), in schedule order, before the grad hook and the update; the
+  // gradients grad_ready() names final at that step may be read from another thread from then on until the grad
+  // hook returns. An exception it throws fails the step like a kernel error. An empty hook removes it.
+  using StepHook = std::function<void(int step)>;
+  void set_step_hook(std::vector<int> steps, StepHook hook);
+  // Train: the job-wide sum kernels use to synchronize statistics across processes (batch_norm nodes with
+  // sync=1: SyncBatchNorm): allreduce(data, n) sums n doubles in place over every process. Called from run(),
+  // outside parallel regions; an exception it throws fails the step. Empty (the default): each process
+  // normalizes with its own batch. collective_sizes(): the n of every call one training step makes, in order
+  // (per batch_norm node with sync=1: C + 1 then C; per batch_norm_grad: 2C + 1), the same on every process that
+  // compiled the same model: a process that failed mid-step makes the remaining calls so no peer waits forever.
+  using Allreduce = std::function<void(double* data, size_t n)>;
+  void set_allreduce(Allreduce fn);
+  std::vector<size_t> collective_sizes() const;
   // Copies between the session's backend memory (grads(), optimizer_state()) and the host: what callers use for
   // a backend whose memory the host cannot address (a memcpy on the cpu and reference backends).
   void copy_to_host(void* host_dst, const void* src, size_t bytes) const;

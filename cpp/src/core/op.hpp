@@ -64,6 +64,10 @@ struct RunCtx {
   // the same work on every run after its first (no branch on step, seed or params_version; per-run values are
   // read from the device, Stream::set_run_info), so that a recorded run can be replayed.
   Stream* stream = nullptr;
+  // Data-parallel training (Session::set_allreduce): sums n doubles in place across the processes of the job.
+  // nullptr in a single-process session; kernels that synchronize statistics (batch_norm with sync=1) then use
+  // their own batch only. Called outside parallel regions; may throw (a peer failed).
+  const std::function<void(double*, size_t)>* allreduce = nullptr;
 };
 
 class Kernel {

@@ -95,7 +95,10 @@ class SessionImpl {
   int64_t steps = 0;
   int threads_used = 0;  // OpenMP threads of the last run
   double last_loss = NAN;
-  Session::GradHook grad_hook;  // Train: between the backward pass and the update (Session::set_grad_hook)
+  Session::GradHook grad_hook;   // Train: between the backward pass and the update (Session::set_grad_hook)
+  Session::StepHook step_hook;   // Train: after the marked backward steps (Session::set_step_hook)
+  std::vector<char> step_marks;  // per step: call step_hook after it
+  Session::Allreduce allreduce;  // Session::set_allreduce: RunCtx::allreduce when set
   // Largest magnitudes of the parameters and optimizer state, as the last update left them, and the store version
   // after that update: while nobody else wrote the store, they bound what the next update can produce, so a step is
   // checked for overflow with one pass over the gradients (update()).
@@ -581,6 +584,7 @@ void SessionImpl::run(const std::vector<const void*>& fd) {
   RunCtx run_ctx{nullptr, nullptr, K.scratch.get(), opt.seed, steps};
   run_ctx.params_version = store->version();
   run_ctx.stream = st;
+  if (allreduce && opt.mode == Mode::Train) run_ctx.allreduce = &allreduce;
   if (st) st->set_run_info(opt.seed, steps);
   // A train/grad run writes the store (BN running statistics in the forward pass, the optimizer update): the
   // version moves when it ends, whether it succeeded or not, so inference sessions sharing the store re-prepare.
@@ -613,9 +617,13 @@ void SessionImpl::run(const std::vector<const void*>& fd) {
     st->drop_captures();
     captured[0] = captured[1] = false;
   }
+  const bool hooked = step_hook && opt.mode == Mode::Train;
   auto segment = [&](int seg, int from, int to) {
     if (!capture || eager_runs == 0) {
-      for (int s = from; s < to; ++s) exec(s);
+      for (int s = from; s < to; ++s) {
+        exec(s);
+        if (hooked && step_marks[s]) step_hook(s);
+      }
       return;
     }
     if (!captured[seg]) {
@@ -639,6 +647,11 @@ void SessionImpl::run(const std::vector<const void*>& fd) {
       captured_version = run_ctx.params_version;
     }
     st->replay(seg);
+    if (hooked) {  // a recorded segment runs as one: its steps' results are all there once it finished
+      backend.synchronize(st);
+      for (int s = from; s < to; ++s)
+        if (step_marks[s]) step_hook(s);
+    }
   };
   const int n = int(K.kernels.size());
   const int nf = plan.num_forward_nodes;
@@ -895,5 +908,56 @@ void Session::set_grad_hook(GradHook hook) {
   impl_->grad_hook = std::move(hook);
 }
 size_t Session::num_grads() const { return impl_->n_grad; }
+std::vector<Session::GradReady> Session::grad_ready() const {
+  const auto& I = *impl_;
+  std::vector<GradReady> v;
+  if (I.opt.mode == Mode::Infer) return v;
+  for (size_t i = 0; i < I.g.params.size(); ++i) {
+    const auto& e = I.store->find(I.g.values[I.g.params[i]].name);
+    if (!e.trainable) continue;
+    const int gv = I.plan.param_grads[i];
+    // the gradient block holds no aliases (verify_plan): the node producing gv is its only writer
+    v.push_back({e.name, e.offset, size_t(numel(e.shape)), gv >= 0 ? I.g.values[gv].producer : -1});
+  }
+  std::sort(v.begin(), v.end(), [](const GradReady& a, const GradReady& b) { return a.offset < b.offset; });
+  return v;
+}
+void Session::set_step_hook(std::vector<int> steps, StepHook hook) {
+  auto& I = *impl_;
+  std::lock_guard<std::recursive_mutex> hold(I.mu);
+  if (hook && I.opt.mode != Mode::Train) throw Error("set_step_hook: only a training session has a backward pass");
+  const int n = int(I.g.nodes.size()), nf = I.plan.num_forward_nodes;
+  std::vector<char> marks(size_t(n), 0);
+  for (int s : steps) {
+    if (s < nf || s >= n)
+      throw Error("set_step_hook: step " + std::to_string(s) + " is not a backward step (" + std::to_string(nf) +
+                  " to " + std::to_string(n - 1) + ")");
+    marks[size_t(s)] = 1;
+  }
+  I.step_marks = hook ? std::move(marks) : std::vector<char>();
+  I.step_hook = std::move(hook);
+}
+void Session::set_allreduce(Allreduce fn) {
+  std::lock_guard<std::recursive_mutex> hold(impl_->mu);
+  if (fn && impl_->opt.mode != Mode::Train) throw Error("set_allreduce: only a training session synchronizes");
+  impl_->allreduce = std::move(fn);
+}
+std::vector<size_t> Session::collective_sizes() const {
+  const auto& I = *impl_;
+  std::vector<size_t> v;
+  if (I.opt.mode != Mode::Train) return v;
+  for (const Node& n : I.g.nodes) {
+    if (!n.attrs.i("sync", 0) || !n.attrs.i("training", 0)) continue;
+    // the protocol of batch_norm's kernels (ops/batch_norm.cpp, cpu/batch_norm.cpp)
+    if (n.op == "batch_norm") {
+      const size_t C = size_t(I.g.values[n.inputs[0]].desc.shape[1]);
+      v.push_back(C + 1);
+      v.push_back(C);
+    } else if (n.op == "batch_norm_grad") {
+      v.push_back(2 * size_t(I.g.values[n.inputs[1]].desc.shape[1]) + 1);
+    }
+  }
+  return v;
+}
 
 }  // namespace cnn

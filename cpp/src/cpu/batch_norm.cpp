@@ -66,12 +66,18 @@ struct Chunks {
 };
 
 // Per-channel float constants (Cp of each, zero in the padding lanes) and float64 partial sums in the scratch.
+// sync: 4C + 1 float64 per-channel totals exchanged with the other processes (SyncBatchNorm) and this process's
+// own, after the constants.
 struct BnScratch {
-  size_t partials = 0, consts = 0, total = 0;
-  BnScratch(const Chunks& chunks, int nconst, bool sums) {
+  size_t partials = 0, consts = 0, synced = 0, total = 0;
+  BnScratch(const Chunks& chunks, int nconst, bool sums, bool sync) {
     partials = sums ? size_t(2 * chunks.U * chunks.lv.V) * sizeof(double) : 0;
     consts = size_t(nconst * chunks.lv.Cp) * sizeof(float);
-    total = partials + consts;
+    synced = sync ? size_t(4 * chunks.lv.C + 1) * sizeof(double) : 0;
+    total = partials + consts + synced;
+  }
+  double* sync_buf(void* scratch) const {
+    return reinterpret_cast<double*>(static_cast<char*>(scratch) + partials + consts);
   }
 };
 
@@ -103,10 +109,15 @@ struct BatchNormFwd : Kernel {
   bool training, update;
   double momentum, eps;
 
+  bool sync;  // SyncBatchNorm: the batch statistics are the whole job's (RunCtx::allreduce, when set)
+
   explicit BatchNormFwd(const KernelCtx& c)
-      : chunks(c.in[0].shape, c.layout_in(0)), scratch_plan(chunks, 3, c.node.attrs.i("training", 0) != 0) {
+      : chunks(c.in[0].shape, c.layout_in(0)),
+        scratch_plan(chunks, 3, c.node.attrs.i("training", 0) != 0,
+                     c.node.attrs.i("training", 0) && c.node.attrs.i("sync", 0)) {
     const Attrs& at = c.node.attrs;
     training = at.i("training", 0);
+    sync = training && at.i("sync", 0);
     update = training && at.i("track_running_stats", 1);
     momentum = at.f("momentum", 0.1);
     eps = at.f("eps", 1e-5);
@@ -127,14 +138,16 @@ struct BatchNormFwd : Kernel {
     const int64_t V = chunks.lv.V;
     red::lane_stats(a.x + chunks.offset(u), chunks.count(u), V, V, a.sum + u * V, a.m2 + u * V);
   }
-  // channel c's mean and variance from its chunks, in (n, chunk) order; outputs, running stats, constants
-  void finish(const Args& a, int64_t c) const {
+  // channel c's sum and M2 about `mean` from its chunks, in (n, chunk) order
+  double channel_sum(const Args& a, int64_t c) const {
     const int64_t s0 = chunks.slot0(c), ns = chunks.n_stride(), V = chunks.lv.V, per_c = chunks.lv.per_c, K = chunks.K;
-    const double m = double(per_c) * double(chunks.lv.S);
     double total = 0;
     for (int64_t n = 0; n < per_c; ++n)
       for (int64_t k = 0; k < K; ++k) total += a.sum[s0 + n * ns + k * V];
-    const double mean = total / m;
+    return total;
+  }
+  double channel_m2(const Args& a, int64_t c, double mean) const {
+    const int64_t s0 = chunks.slot0(c), ns = chunks.n_stride(), V = chunks.lv.V, per_c = chunks.lv.per_c, K = chunks.K;
     double M2 = 0;
     for (int64_t n = 0; n < per_c; ++n)
       for (int64_t k = 0; k < K; ++k) {
@@ -142,7 +155,30 @@ struct BatchNormFwd : Kernel {
         const double cnt = double(chunks.count_of(k)), d = a.sum[s] / cnt - mean;
         M2 += a.m2[s] + cnt * d * d;
       }
-    const double var = std::max(0.0, M2 / m);
+    return M2;
+  }
+  double count() const { return double(chunks.lv.per_c) * double(chunks.lv.S); }
+  // channel c's mean and variance from its chunks; outputs, running stats, constants
+  void finish(const Args& a, int64_t c) const {
+    const double m = count(), mean = channel_sum(a, c) / m;
+    set_stats(a, c, mean, std::max(0.0, channel_m2(a, c, mean) / m), m);
+  }
+  // The whole job's statistics (SyncBatchNorm), exactly as one process would combine its chunks: the sums and
+  // counts first (the global mean), then every process's M2 about that mean (Chan's update: M2 + cnt*(mean_p -
+  // mean)^2 per chunk), so no E[x^2] - E[x]^2 cancellation. Two exchanges of C + 1 doubles.
+  void finish_synced(const Args& a, const RunCtx& r) const {
+    const int64_t C = chunks.lv.C;
+    double* buf = scratch_plan.sync_buf(r.scratch);
+    for (int64_t c = 0; c < C; ++c) buf[c] = channel_sum(a, c);
+    buf[C] = count();
+    (*r.allreduce)(buf, size_t(C + 1));
+    const double m = buf[C];
+    for (int64_t c = 0; c < C; ++c) buf[C + 1 + c] = buf[c] / m;  // the global means
+    for (int64_t c = 0; c < C; ++c) buf[c] = channel_m2(a, c, buf[C + 1 + c]);
+    (*r.allreduce)(buf, size_t(C));
+    for (int64_t c = 0; c < C; ++c) set_stats(a, c, buf[C + 1 + c], std::max(0.0, buf[c] / m), m);
+  }
+  void set_stats(const Args& a, int64_t c, double mean, double var, double m) const {
     a.save_mean[c] = float(mean);
     a.save_var[c] = float(var);
     if (update) {
@@ -181,7 +217,8 @@ struct BatchNormFwd : Kernel {
     const int64_t C = lv.C, U = chunks.U, K = chunks.K;
     std::fill(a.mean_c, a.mean_c + 3 * lv.Cp, 0.f);
     const Schedule sch(chunks);
-    if (training && sch.by_group) {
+    const bool synced = sync && r.allreduce;
+    if (training && sch.by_group && !synced) {
       const int64_t Gn = sch.groups, per_c = lv.per_c, cpg = lv.kind == red::LaneView::Plain ? 1 : lv.V;
 #pragma omp parallel for schedule(static) if (chunks.par)
       for (int64_t j = 0; j < Gn; ++j) {
@@ -197,8 +234,12 @@ struct BatchNormFwd : Kernel {
     if (training) {
 #pragma omp parallel for schedule(static) if (chunks.par)
       for (int64_t u = 0; u < U; ++u) stats(a, u);
+      if (synced) {
+        finish_synced(a, r);
+      } else {
 #pragma omp parallel for schedule(static) if (chunks.par)
-      for (int64_t c = 0; c < C; ++c) finish(a, c);
+        for (int64_t c = 0; c < C; ++c) finish(a, c);
+      }
     } else {
       for (int64_t c = 0; c < C; ++c) set_consts(a, c, a.running_mean[c], a.running_var[c]);
     }
@@ -219,8 +260,13 @@ struct BatchNormBwd : Kernel {
   bool training;
   double eps;
 
-  explicit BatchNormBwd(const KernelCtx& c) : chunks(c.in[1].shape, c.layout_in(1)), scratch_plan(chunks, 4, true) {
+  bool sync;  // SyncBatchNorm: dx from the whole job's sums (RunCtx::allreduce, when set)
+
+  explicit BatchNormBwd(const KernelCtx& c)
+      : chunks(c.in[1].shape, c.layout_in(1)),
+        scratch_plan(chunks, 4, true, c.node.attrs.i("training", 0) && c.node.attrs.i("sync", 0)) {
     training = c.node.attrs.i("training", 0);
+    sync = training && c.node.attrs.i("sync", 0);
     eps = c.node.attrs.f("eps", 1e-5);
   }
   size_t scratch_bytes() const override { return scratch_plan.total; }
@@ -238,22 +284,42 @@ struct BatchNormBwd : Kernel {
     const int64_t o = chunks.offset(u), V = chunks.lv.V;
     red::lane_dot(a.dy + o, a.x + o, chunks.count(u), V, V, a.mean_c + chunks.chan0(u), a.sdy + u * V, a.sdyx + u * V);
   }
-  void finish(const Args& a, int64_t c) const {
+  // channel c's sum dy and sum dy*(x - mean) from its chunks, in (n, chunk) order
+  void channel_sums(const Args& a, int64_t c, double& s1, double& s2) const {
     const int64_t s0 = chunks.slot0(c), ns = chunks.n_stride(), V = chunks.lv.V, per_c = chunks.lv.per_c, K = chunks.K;
-    const double m = double(per_c) * double(chunks.lv.S);
-    double s1 = 0, s2 = 0;
+    s1 = s2 = 0;
     for (int64_t n = 0; n < per_c; ++n)
       for (int64_t k = 0; k < K; ++k) {
         const int64_t s = s0 + n * ns + k * V;
         s1 += a.sdy[s];
         s2 += a.sdyx[s];
       }
+  }
+  double count() const { return double(chunks.lv.per_c) * double(chunks.lv.S); }
+  void finish(const Args& a, int64_t c) const {
+    double s1, s2;
+    channel_sums(a, c, s1, s2);
+    set_coefs(a, c, s1, s2, s1, s2, count());
+  }
+  // dgamma, dbeta: this process's sums (the gradient exchange adds the other processes' parts); dx's correction
+  // terms: the job's sums (g1, g2) over the job's count m.
+  void set_coefs(const Args& a, int64_t c, double s1, double s2, double g1, double g2, double m) const {
     const double inv = 1 / std::sqrt(double(a.var[c]) + eps), g = double(a.gamma[c]) * inv;
     a.dbeta[c] = float(s1);
     a.dgamma[c] = float(s2 * inv);
     a.coef_a[c] = float(g);
-    a.coef_b[c] = training ? float(-g * inv * inv * s2 / m) : 0.f;
-    a.coef_c[c] = training ? float(-g * s1 / m) : 0.f;
+    a.coef_b[c] = training ? float(-g * inv * inv * g2 / m) : 0.f;
+    a.coef_c[c] = training ? float(-g * g1 / m) : 0.f;
+  }
+  void finish_synced(const Args& a, const RunCtx& r) const {
+    const int64_t C = chunks.lv.C;
+    double* buf = scratch_plan.sync_buf(r.scratch);
+    double* local = buf + 2 * C + 1;
+    for (int64_t c = 0; c < C; ++c) channel_sums(a, c, local[c], local[C + c]);
+    std::copy(local, local + 2 * C, buf);
+    buf[2 * C] = count();
+    (*r.allreduce)(buf, size_t(2 * C + 1));
+    for (int64_t c = 0; c < C; ++c) set_coefs(a, c, local[c], local[C + c], buf[c], buf[C + c], buf[2 * C]);
   }
   void apply(const Args& a, int64_t u) const {
     const int64_t o = chunks.offset(u), c0 = chunks.chan0(u), V = chunks.lv.V;
@@ -282,7 +348,8 @@ struct BatchNormBwd : Kernel {
     std::fill(a.mean_c, a.mean_c + 4 * lv.Cp, 0.f);
     std::copy(mean, mean + C, a.mean_c);
     const Schedule sch(chunks);
-    if (sch.by_group) {
+    const bool synced = sync && r.allreduce;
+    if (sch.by_group && !synced) {
       const int64_t Gn = sch.groups, per_c = lv.per_c, cpg = lv.kind == red::LaneView::Plain ? 1 : lv.V;
 #pragma omp parallel for schedule(static) if (chunks.par)
       for (int64_t j = 0; j < Gn; ++j) {
@@ -296,8 +363,12 @@ struct BatchNormBwd : Kernel {
     }
 #pragma omp parallel for schedule(static) if (chunks.par)
     for (int64_t u = 0; u < U; ++u) sums(a, u);
+    if (synced) {
+      finish_synced(a, r);
+    } else {
 #pragma omp parallel for schedule(static) if (chunks.par)
-    for (int64_t c = 0; c < C; ++c) finish(a, c);
+      for (int64_t c = 0; c < C; ++c) finish(a, c);
+    }
 #pragma omp parallel for schedule(static) if (chunks.par)
     for (int64_t u = 0; u < U; ++u) apply(a, u);
   }

@@ -3,7 +3,11 @@
 // when training. Side effect, deliberate: training with track_running_stats updates inputs 3 and 4 in place
 // (rm = (1-momentum) rm + momentum mean, rv likewise with the unbiased variance). training=0 uses the running
 // stats. batch_norm_grad(dy, x, gamma, mean, var; eps, training) -> dx, dgamma, dbeta; y/dx may alias x/dy.
+// sync=1 (both ops, torch.nn.SyncBatchNorm): in a data-parallel training run (RunCtx::allreduce set) the batch
+// statistics and dx's correction sums are the whole job's; dgamma/dbeta stay this process's (the gradient
+// exchange sums them). Without an allreduce (one process) sync=1 is plain batch normalization.
 #include <cmath>
+#include <vector>
 
 #include "core/op.hpp"
 
@@ -20,7 +24,7 @@ struct Dims {
 void check_attrs(const Node& n) {
   for (const char* k : {"eps", "momentum"})
     if (n.attrs.ints.count(k)) op_error(n, std::string("attribute '") + k + "' must be a float");
-  for (const char* k : {"training", "track_running_stats"}) {
+  for (const char* k : {"training", "track_running_stats", "sync"}) {
     int64_t v = n.attrs.i(k, 0);
     if (v != 0 && v != 1) op_error(n, std::string("attribute '") + k + "' must be 0 or 1, got " + std::to_string(v));
   }
@@ -75,10 +79,33 @@ struct FwdRef {
     T* rm = static_cast<T*>(a.r.in[3]);
     T* rv = static_cast<T*>(a.r.in[4]);
     T* y = a.out(0);
-    const int64_t m = d.per_channel();
+    const bool synced = training && a.attrs().i("sync", 0) && a.r.allreduce;
+    double m = double(d.per_channel());
+    // sync: the job's per-channel sums and count, then its sums of squares about the job's mean
+    std::vector<double> gsum, gsq;
+    if (synced) {
+      gsum.assign(size_t(d.C + 1), 0.0);
+      for (int64_t c = 0; c < d.C; ++c)
+        for (int64_t n = 0; n < d.N; ++n)
+          for (int64_t s = 0; s < d.S; ++s) gsum[size_t(c)] += x[(n * d.C + c) * d.S + s];
+      gsum[size_t(d.C)] = m;
+      (*a.r.allreduce)(gsum.data(), gsum.size());
+      m = gsum[size_t(d.C)];
+      gsq.assign(size_t(d.C), 0.0);
+      for (int64_t c = 0; c < d.C; ++c)
+        for (int64_t n = 0; n < d.N; ++n)
+          for (int64_t s = 0; s < d.S; ++s) {
+            double t = x[(n * d.C + c) * d.S + s] - gsum[size_t(c)] / m;
+            gsq[size_t(c)] += t * t;
+          }
+      (*a.r.allreduce)(gsq.data(), gsq.size());
+    }
     for (int64_t c = 0; c < d.C; ++c) {
       double mean = rm[c], var = rv[c];
-      if (training) {
+      if (training && synced) {
+        mean = gsum[size_t(c)] / m;
+        var = gsq[size_t(c)] / m;
+      } else if (training) {
         double sum = 0, sq = 0;
         for (int64_t n = 0; n < d.N; ++n)
           for (int64_t s = 0; s < d.S; ++s) sum += x[(n * d.C + c) * d.S + s];
@@ -89,6 +116,8 @@ struct FwdRef {
             sq += t * t;
           }
         var = sq / m;
+      }
+      if (training) {
         a.out(1)[c] = T(mean);
         a.out(2)[c] = T(var);
         if (track) {
@@ -114,18 +143,28 @@ struct BwdRef {
     const double eps = a.attrs().f("eps", 1e-5);
     const T *dy = a.in(0), *x = a.in(1), *gamma = a.in(2), *mean = a.in(3), *var = a.in(4);
     T *dx = a.out(0), *dgamma = a.out(1), *dbeta = a.out(2);
-    const double m = double(d.per_channel());
+    double m = double(d.per_channel());
+    // per channel: sum dy, sum dy * xhat (this process's; with sync, dx uses the job's)
+    std::vector<double> sums(size_t(2 * d.C + 1), 0.0);
     for (int64_t c = 0; c < d.C; ++c) {
       const double mu = mean[c], inv = 1 / std::sqrt(double(var[c]) + eps);
-      double sdy = 0, sdyxhat = 0;
       for (int64_t n = 0; n < d.N; ++n)
         for (int64_t s = 0; s < d.S; ++s) {
           int64_t i = (n * d.C + c) * d.S + s;
-          sdy += dy[i];
-          sdyxhat += double(dy[i]) * (x[i] - mu) * inv;
+          sums[size_t(c)] += dy[i];
+          sums[size_t(d.C + c)] += double(dy[i]) * (x[i] - mu) * inv;
         }
-      dbeta[c] = T(sdy);
-      dgamma[c] = T(sdyxhat);
+      dbeta[c] = T(sums[size_t(c)]);
+      dgamma[c] = T(sums[size_t(d.C + c)]);
+    }
+    if (training && a.attrs().i("sync", 0) && a.r.allreduce) {
+      sums[size_t(2 * d.C)] = m;
+      (*a.r.allreduce)(sums.data(), sums.size());
+      m = sums[size_t(2 * d.C)];
+    }
+    for (int64_t c = 0; c < d.C; ++c) {
+      const double mu = mean[c], inv = 1 / std::sqrt(double(var[c]) + eps);
+      const double sdy = sums[size_t(c)], sdyxhat = sums[size_t(d.C + c)];
       const double g = double(gamma[c]) * inv;
       for (int64_t n = 0; n < d.N; ++n)
         for (int64_t s = 0; s < d.S; ++s) {
@@ -153,6 +192,7 @@ struct Registrar {
       Attrs a;
       a.floats["eps"] = n.attrs.f("eps", 1e-5);
       a.ints["training"] = {training ? 1 : 0};
+      if (n.attrs.i("sync", 0)) a.ints["sync"] = {1};
       std::vector<int> ins{c.dy(0), c.input(0), c.input(1), training ? c.output(1) : c.input(3),
                            training ? c.output(2) : c.input(4)};
       std::vector<int> g = c.emit("batch_norm_grad", ins, a);
