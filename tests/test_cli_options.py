@@ -76,7 +76,7 @@ def test_train_help_lists_models_and_every_default():
     for name in models.MODELS:
         assert re.search(rf"\b{name}\b", out), name
     options = re.split(r"\n(?=  -)", out.split("\noptions:\n", 1)[1].split("\n\n", 1)[0])
-    assert len(options) == 20  # -h and the 19 options
+    assert len(options) == 21  # -h and the 20 options
     for opt in options:
         if not opt.lstrip().startswith("-h"):
             assert "default" in opt, opt

@@ -328,16 +328,23 @@ def test_cli_trains_with_distributed_and_prints_once(tmp_path):
     r = _mpirun(tmp_path, """
         import sys
         from cnnnative.__main__ import main
-        sys.exit(main(["train", "lenet5", "--distributed", "--epochs", "1", "--batch-size", "64", "--no-progress",
-                       "--threads", "1", "--out", "ck.npz"]))
+        sys.exit(main(["train", "lenet5", "--distributed", "--sync-bn", "--epochs", "1", "--batch-size", "64",
+                       "--no-progress", "--threads", "1", "--out", "ck.npz"]))
     """, timeout=90)
     assert r.returncode == 0, r.stdout
     lines = r.stdout.splitlines()
     head = [s for s in lines if s.startswith("model lenet5")]
-    assert len(head) == 1 and "2 processes x batch 32 = global batch 64" in head[0]
+    assert len(head) == 1 and "2 processes x batch 32 = global batch 64" in head[0] and "SyncBatchNorm" in head[0]
     assert sum(s.startswith("epoch  1/1") for s in lines) == 1
     info = checkpoint_info(tmp_path / "ck.npz")
     assert info["settings"]["batch_size"] == 64 and info["config"]["cli"]["batch_size"] == 64
+
+
+def test_sync_bn_without_distributed_is_refused(capsys):
+    from cnnnative.__main__ import main
+    with pytest.raises(SystemExit):
+        main(["train", "lenet5", "--sync-bn", "--epochs", "1"])
+    assert "--sync-bn synchronizes BatchNorm statistics across the processes of --distributed" in capsys.readouterr().err
 
 
 def test_batchnorm_running_statistics_are_rank_0s_on_every_rank(tmp_path):

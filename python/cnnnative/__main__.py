@@ -123,9 +123,13 @@ def _train(args) -> int:
         print(_final_line(task, info["history"], ds))
         return 0
     model = _tasks.build_model(cfg)
+    if args.sync_bn:  # the whole job's batch statistics (nn.SyncBatchNorm); state_dict keys unchanged
+        from .nn import SyncBatchNorm
+        SyncBatchNorm.convert_sync_batchnorm(model)
     print(f"model {args.model}: {model.num_parameters():,} parameters; data: {source}: "
           f"{len(ds[0])} train / {len(ds[2])} test; threads {_threads_text()}"
-          + (f"; {world} processes x batch {bs} = global batch {bs * world}" if args.distributed else ""), flush=True)
+          + (f"; {world} processes x batch {bs} = global batch {bs * world}" if args.distributed else "")
+          + ("; BatchNorm statistics over the global batch (SyncBatchNorm)" if args.sync_bn else ""), flush=True)
     opt = _tasks.build_optimizer(cfg)
     sched = optim.CosineAnnealingLR(opt, T_max=epochs)
     out = args.out or args.resume or os.path.join("checkpoints", f"{args.model}.npz")
@@ -482,6 +486,10 @@ def _parser(prog):
                    help="data-parallel training over MPI: run under 'mpirun -np N' (pip install '.[mpi]'); "
                         "--batch-size is the global batch, split over the N processes; rank 0 prints and writes "
                         "the checkpoint (default: off)")
+    t.add_argument("--sync-bn", action="store_true",
+                   help="with --distributed: BatchNorm layers normalize with the whole global batch's statistics "
+                        "(SyncBatchNorm; N processes x batch B then train as 1 process x batch N*B) instead of "
+                        "each process's own (default: off)")
 
     e = subs["evaluate"] = sub.add_parser(
         "evaluate", help="loss and metric of a trained checkpoint on its test data",
@@ -577,6 +585,8 @@ def _check_train_options(args, t) -> None:
         t.error(f"--lr must be positive, got {args.lr}")
     if args.weight_decay is not None and not args.weight_decay >= 0:
         t.error(f"--weight-decay must be >= 0, got {args.weight_decay}")
+    if args.sync_bn and not args.distributed:
+        t.error("--sync-bn synchronizes BatchNorm statistics across the processes of --distributed training")
 
 
 def main(argv=None) -> int:

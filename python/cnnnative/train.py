@@ -589,8 +589,9 @@ def fit(model, data, epochs, batch_size, optimizer, schedule=None, seed=0, progr
     distributed=True (run under mpirun; cnnnative.distributed): data-parallel training. batch_size is the
     per-rank batch; each step trains on a global batch of batch_size x world size (the loader's shards, see
     DataLoader), with the gradients averaged over the ranks: the same steps as one process with that global
-    batch for models without BatchNorm or dropout (BN normalizes over each rank's shard; dropout draws its masks
-    per rank, the same stream on every rank). Every rank logs nothing but rank 0; losses and accuracies are over the global batch; checkpoints and
+    batch for models without BatchNorm or dropout (BN normalizes over each rank's shard unless the model's BN
+    layers are nn.SyncBatchNorm, which normalize over the global batch; dropout draws its masks per rank, the
+    same stream on every rank). Every rank logs nothing but rank 0; losses and accuracies are over the global batch; checkpoints and
     history files are written by rank 0 only and hold the global batch size, so they resume on any number of
     ranks with the same global batch (e.g. 2 ranks x 32 resume on 1 process with batch_size=64). Every rank
     reads `resume` (a path every rank sees)."""
