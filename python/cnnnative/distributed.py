@@ -262,7 +262,8 @@ class _GradAverager:
         self.world = comm.Get_size()
         self.reached = False
         self.step = 0
-        self.comm_seconds = 0.0  # in the grad hook: waiting for the buckets, the status word
+        self.comm_seconds = 0.0  # in the grad hook: waiting for (or making) the buckets' exchanges, the status word
+        self.wait_seconds = 0.0  # overlap: in the grad hook, waiting for the communication thread
         self.bn_seconds = 0.0    # SyncBatchNorm's exchanges
         self.grads = core.grad_view()
         self.buckets, self.bucket_steps = self._plan(core.grad_ready(), self.grads.shape[0],
@@ -309,6 +310,15 @@ class _GradAverager:
             steps.append(lo_step)
         return cuts, steps
 
+    def comm_stats(self):
+        """Seconds so far: 'exchange' (the communication thread inside MPI, or the buckets' allreduces after the
+        backward pass without overlap), 'exposed' (the grad hook: what the step waited for, the status word
+        included), 'overlapped' (exchange time that ran while the backward pass did: exchange - wait, with
+        overlap), 'sync_bn' (SyncBatchNorm's exchanges, inside the passes)."""
+        busy = self.thread.busy_seconds if self.thread is not None else self.comm_seconds
+        over = max(0.0, busy - self.wait_seconds) if self.thread is not None else 0.0
+        return {"exchange": busy, "exposed": self.comm_seconds, "overlapped": over, "sync_bn": self.bn_seconds}
+
     def begin(self, step):
         self.step = step
         self.reached = False
@@ -351,6 +361,7 @@ class _GradAverager:
         if self.overlap:
             self._issue(len(self.buckets))
             self.thread.wait()
+            self.wait_seconds += time.perf_counter() - t0
         else:
             for lo, hi in self.buckets:
                 self.gcomm.Allreduce(MPI.IN_PLACE, grads[lo:hi], op=MPI.SUM)
