@@ -2,7 +2,8 @@
 against PyTorch DDP (gloo).
 
     python bench/distributed.py [--steps 30] [--warmup 5] [--models lenet5,resnet18]
-                                [--engines cnnnative,pytorch] [--json out.json]
+                                [--engines cnnnative,pytorch] [--bucket-mb 25] [--no-overlap-compare]
+                                [--json out.json]
 
 For each engine, model and process count N (1, 2), the script starts `mpirun -np N --oversubscribe` on itself
 (--worker), 1 thread per process, the same per-rank batch (64 for LeNet-5, 32 for CIFAR ResNet-18), SGD with
@@ -11,8 +12,11 @@ run between barriers and rank 0 reports.
 
 * cnnnative: a distributed training session (cnnnative.distributed, MPI through mpi4py). Reported: global
   images/s, ms per step, the ms per step spent in the gradient allreduce (status word + buckets; measured inside
-  the hook, so it includes waiting for the slower rank) and its share of the step. The allreduce runs after the
-  backward pass (no overlap is implemented), so "overlapped" is 0 by construction.
+  the hook, so it includes waiting for the slower rank) and its share of the step. A second run per (model, N)
+  with overlap=False (skip it with --no-overlap-compare) gives the second table: ms/step with and without
+  overlap, the time the communication thread spent inside MPI ("exchange"), the time the step waited for it after
+  the backward pass ("exposed") and the part of the exchange that ran during the backward pass ("overlapped").
+  --bucket-mb sets the bucket size (25 MiB, the library's default, as DDP's).
 * pytorch: the torch twins of the same models (cnnnative/bench/torch_models.py, torchvision's structure, the
   parity tests' models) under DistributedDataParallel with the gloo backend (default 25 MB buckets, allreduce
   overlapped with backward by DDP), torch.set_num_threads(1). The same mpirun starts the workers; each reads its
@@ -65,7 +69,7 @@ def _model(name):
     return cn.models.resnet18(**_KW[name]), _SHAPE[name]
 
 
-def worker(name, steps, warmup):
+def worker(name, steps, warmup, overlap=True, bucket_mb=25.0):
     import cnnnative as cn
     from cnnnative import distributed as dist
     dist.init()
@@ -73,23 +77,26 @@ def worker(name, steps, warmup):
     model, shape = _model(name)
     b = _BATCH[name]
     opt = cn.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    sess = dist.DistributedSession(model, (b,) + shape, optimizer=opt)
+    sess = dist.DistributedSession(model, (b,) + shape, optimizer=opt, overlap=overlap,
+                                   bucket_bytes=int(bucket_mb * (1 << 20)))
     x, y = _data(name, dist.rank())
     for _ in range(warmup):
         sess.step(x, y)
     dist.barrier()
-    comm0 = sess._dist.comm_seconds
+    c0 = sess._dist.comm_stats()
     t0 = time.perf_counter()
     for _ in range(steps):
         sess.step(x, y)
     dist.barrier()
     dt = time.perf_counter() - t0
-    comm = sess._dist.comm_seconds - comm0
+    c = {k: (v - c0[k]) / steps * 1e3 for k, v in sess._dist.comm_stats().items()}
     if dist.rank() == 0:
         w = dist.world_size()
+        h = sess._dist
         print(json.dumps({"engine": "cnnnative", "model": name, "processes": w, "images_per_s": steps * b * w / dt,
-                          "ms_per_step": dt / steps * 1e3, "allreduce_ms_per_step": comm / steps * 1e3,
-                          "allreduce_share": comm / dt, "overlapped_ms": 0.0,
+                          "ms_per_step": dt / steps * 1e3, "allreduce_ms_per_step": c["exposed"],
+                          "allreduce_share": c["exposed"] / (dt / steps * 1e3), "overlap": h.overlap,
+                          "buckets": len(h.buckets), "exchange_ms": c["exchange"], "overlapped_ms": c["overlapped"],
                           "gradient_mb": sess._s.memory_report()["grad_bytes"] / 1e6}), flush=True)
 
 
@@ -183,13 +190,30 @@ def print_table(rows, engines):
         print(line)
     print("img/s: global images/s; ms/step: per training step; eff: img/s(N) / (N x img/s(1)) of the same engine")
     if "cnnnative" in engines:
-        print("cnnnative allreduce: ms/step inside the gradient hook (incl. waiting for the slower rank), "
-              "share = of the step; no overlap")
+        print("cnnnative allreduce: ms/step the step waited for the exchange after its backward pass (the "
+              "gradient hook, incl. waiting for the slower rank), share = of the step")
     if "pytorch" in engines:
         print("PyTorch no_sync: ms/step under ddp.no_sync() (no allreduce); exposed = ms/step - no_sync: the "
               "communication DDP did not hide behind backward (noise can make it negative)")
     if both:
         print("cnnnative/PyTorch: ratio of ms/step, below 1 = cnnnative faster")
+
+
+def print_overlap(rows, plain):
+    """cnnnative with and without overlap of the exchange with the backward pass, per (model, processes)."""
+    by = {(r["model"], r["processes"]): r for r in rows if r["engine"] == "cnnnative"}
+    print()
+    print(f"{'model':<10}{'procs':>6}{'buckets':>8}{'ms/step':>9}{'no overlap':>11}{'exchange':>9}{'exposed':>9}"
+          f"{'overlapped':>11}")
+    for p in plain:
+        r = by.get((p["model"], p["processes"]))
+        if r is None:
+            continue
+        print(f"{r['model']:<10}{r['processes']:>6}{r['buckets']:>8}{r['ms_per_step']:>9.2f}{p['ms_per_step']:>11.2f}"
+              f"{r['exchange_ms']:>9.2f}{r['allreduce_ms_per_step']:>9.2f}{r['overlapped_ms']:>11.2f}")
+    print("ms/step: with overlap (the default), no overlap: the same run with overlap=False; exchange: ms/step the "
+          "communication thread spent inside MPI; exposed: ms/step the step waited after its backward pass; "
+          "overlapped: exchange time that ran while the backward pass did (exchange - waiting)")
 
 
 def main():
@@ -199,12 +223,18 @@ def main():
     ap.add_argument("--models", default="lenet5,resnet18")
     ap.add_argument("--engines", default="cnnnative,pytorch",
                     help="comma-separated: cnnnative, pytorch (PyTorch DDP with gloo; skipped without torch)")
+    ap.add_argument("--bucket-mb", type=float, default=25.0,
+                    help="cnnnative's gradient bucket size in MiB (cnnnative.distributed.BUCKET_BYTES: 25)")
+    ap.add_argument("--no-overlap-compare", action="store_true",
+                    help="skip the second cnnnative run per model and process count with overlap=False")
     ap.add_argument("--json", default=None)
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--worker-engine", default="cnnnative", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
-        return (torch_worker if a.worker_engine == "pytorch" else worker)(a.worker, a.steps, a.warmup)
+        if a.worker_engine == "pytorch":
+            return torch_worker(a.worker, a.steps, a.warmup)
+        return worker(a.worker, a.steps, a.warmup, a.worker_engine != "cnnnative-no-overlap", a.bucket_mb)
     engines = [e for e in a.engines.split(",") if e]
     for e in engines:
         if e not in ENGINES:
@@ -223,23 +253,32 @@ def main():
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMP_NUM_THREADS="1",
                MASTER_ADDR="127.0.0.1")
     env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # one machine: gloo's rendezvous and traffic over loopback
-    rows = []
+    rows, plain = [], []
+    runs = list(engines)
+    if "cnnnative" in engines and not a.no_overlap_compare:
+        runs.append("cnnnative-no-overlap")
     for name in models:
         for n in (1, 2):
-            for e in engines:
+            for e in runs:
                 env["MASTER_PORT"] = str(_free_port())
                 r = subprocess.run([mpirun if os.path.exists(mpirun) else "mpirun", "-np", str(n), "--oversubscribe",
                                     "-x", "MASTER_ADDR", "-x", "MASTER_PORT", "-x", "GLOO_SOCKET_IFNAME",
                                     sys.executable, __file__, "--worker", name, "--worker-engine", e,
-                                    "--steps", str(a.steps), "--warmup", str(a.warmup)],
+                                    "--steps", str(a.steps), "--warmup", str(a.warmup), "--bucket-mb",
+                                    str(a.bucket_mb)],
                                    capture_output=True, text=True, env=env)
                 if r.returncode != 0:
                     sys.exit(f"{e}: {name} on {n} processes failed:\n{r.stdout}{r.stderr}")
-                rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
+                (plain if e == "cnnnative-no-overlap" else rows).append(json.loads(r.stdout.strip().splitlines()[-1]))
     one = {(r["engine"], r["model"]): r["images_per_s"] for r in rows if r["processes"] == 1}
     for r in rows:
         r["efficiency"] = r["images_per_s"] / (r["processes"] * one[r["engine"], r["model"]])
     print_table(rows, engines)
+    if plain:
+        print_overlap(rows, plain)
+        for r in plain:
+            r["engine"] = "cnnnative-no-overlap"
+        rows += plain
     if a.json:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=1)

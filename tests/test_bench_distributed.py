@@ -19,6 +19,7 @@ def _need_mpi():
         pytest.skip("mpirun missing (pip install '.[mpi]')")
 
 
+@pytest.mark.slow  # four mpirun jobs and two more for cnnnative without overlap: ~30 s
 def test_both_engines_side_by_side(tmp_path):
     _need_mpi()
     pytest.importorskip("torch")
@@ -28,11 +29,12 @@ def test_both_engines_side_by_side(tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     rows = json.loads(out.read_text())
-    assert sorted((x["engine"], x["processes"]) for x in rows) == [("cnnnative", 1), ("cnnnative", 2),
-                                                                  ("pytorch", 1), ("pytorch", 2)]
+    assert sorted((x["engine"], x["processes"]) for x in rows) == [
+        ("cnnnative", 1), ("cnnnative", 2), ("cnnnative-no-overlap", 1), ("cnnnative-no-overlap", 2),
+        ("pytorch", 1), ("pytorch", 2)]
     for x in rows:
         assert x["images_per_s"] > 0 and x["ms_per_step"] > 0 and x["gradient_mb"] > 0
-        if x["processes"] == 1:
+        if x["processes"] == 1 and x["engine"] != "cnnnative-no-overlap":
             assert x["efficiency"] == 1.0
     cn = next(x for x in rows if x["engine"] == "cnnnative")
     assert {"allreduce_ms_per_step", "overlapped_ms", "allreduce_share"} <= set(cn)
@@ -40,6 +42,10 @@ def test_both_engines_side_by_side(tmp_path):
     assert {"no_sync_ms_per_step", "exposed_comm_ms_per_step"} <= set(pt)
     assert pt["gradient_mb"] == pytest.approx(cn["gradient_mb"], rel=0.01)  # the same model (gradient bytes)
     assert "PyTorch DDP (gloo)" in r.stdout and "cnnnative/PyTorch" in r.stdout
+    two = next(x for x in rows if x["engine"] == "cnnnative" and x["processes"] == 2)
+    assert two["overlap"] is True and two["buckets"] == 1 and two["exchange_ms"] > 0
+    assert not next(x for x in rows if x["engine"] == "cnnnative-no-overlap" and x["processes"] == 2)["overlap"]
+    assert "overlapped" in r.stdout and "no overlap" in r.stdout
 
 
 def test_without_torch_the_comparison_is_skipped():
