@@ -263,3 +263,42 @@ def test_int8_user_errors():
         m.compile(4, calibration=[x])
     s = m.compile(4, dtype="int8", calibration=[x + 0.5])
     assert s.run(x).shape == (4, 10)
+
+
+@pytest.mark.parametrize("scale, dtype, match", [
+    (-1.0, S8, r"node 'x/quantize'.*'scale' must be a finite scale > 0"),
+    (float("nan"), S8, r"node 'x/quantize'.*'scale' must be a finite scale > 0"),
+    (0.1, 2, r"node 'x/quantize'.*'dtype' must be 3 \(uint8\) or 5 \(int8\)"),
+])
+def test_hostile_quantized_file_is_one_error_naming_the_node(tmp_path, scale, dtype, match):
+    """A .cnn file whose quantize node carries a bad scale or dtype: refused while the graph is replayed, with
+    the node's name, before any weight is read."""
+    import sys
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from test_model_file import build
+    out_dt = dtype if dtype in (U8, S8) else S8
+    b = build(input_shape=[1, 4], extra=[], values=[(0, 0, "x", [1, 4]), (3, out_dt, "x/quantize", [1, 4]),
+                                                    (3, 0, "x/dequantize", [1, 4])],
+              nodes=[{"op": "quantize", "name": "x/quantize", "ints": {"dtype": [dtype]}, "floats": {"scale": scale},
+                      "inputs": [0], "outputs": [1]},
+                     {"op": "dequantize", "name": "x/dequantize", "ints": {}, "floats": {"scale": 0.1},
+                      "inputs": [1], "outputs": [2]}],
+              inputs=[0], outputs=[2], tensors=[])
+    p = tmp_path / "bad.cnn"
+    p.write_bytes(bytes(b))
+    with pytest.raises(cn.Error, match=match):
+        cn.load(p)
+
+
+@pytest.mark.slow
+def test_resnet50_int8_agrees_with_float32():
+    cn.manual_seed(0)
+    m = cn.models.resnet50()
+    rng = np.random.default_rng(0)
+    batches = [rng.standard_normal((8, 3, 224, 224)).astype(np.float32) for _ in range(2)]
+    held_out = rng.standard_normal((16, 3, 224, 224)).astype(np.float32)
+    s = cn.quantize(m, batches, method="percentile").compile(16)
+    assert sum(k["op"] == "qconv2d" for k in s.kernels()) == 53
+    a, b = m.compile(16).run(held_out), s.run(held_out)
+    assert (a.argmax(1) == b.argmax(1)).mean() >= 0.99
+    assert _cos(a, b).min() >= 0.99
