@@ -302,3 +302,26 @@ def test_resnet50_int8_agrees_with_float32():
     a, b = m.compile(16).run(held_out), s.run(held_out)
     assert (a.argmax(1) == b.argmax(1)).mean() >= 0.99
     assert _cos(a, b).min() >= 0.99
+
+
+def test_int8_model_exports_as_qdq_and_runs_in_onnxruntime(tmp_path):
+    """A quantized model exports as ONNX QDQ (QuantizeLinear / DequantizeLinear, zero point 0 of the quantized
+    type, float weights); ONNX Runtime's outputs agree with the int8 session's within the quantization error."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    import cnnnative.onnx as cox
+    cn.manual_seed(0)
+    m = cn.models.resnet18(num_classes=100)
+    rng = np.random.default_rng(0)
+    q = cn.quantize(m, [rng.standard_normal((4, 3, 64, 64)).astype(np.float32) for _ in range(2)])
+    proto = cox.export_model(q, tmp_path / "q.onnx", input_shape=(8, 3, 64, 64))
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("QuantizeLinear") == ops.count("DequantizeLinear") == sum(
+        n["op"] == "quantize" for n in q.graph.nodes()) > 20
+    zps = {i.name: i.data_type for i in proto.graph.initializer if i.name.endswith(".zero_point")}
+    assert set(zps.values()) == {2, 3}  # uint8 (after ReLU) and int8 (the input, downsample branches)
+    x = rng.standard_normal((8, 3, 64, 64)).astype(np.float32)
+    got = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    ours = q.compile(8).run(x)
+    assert (got.argmax(1) == ours.argmax(1)).mean() >= 0.99
+    assert _cos(got, ours).min() >= 0.99
