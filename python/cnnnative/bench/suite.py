@@ -75,8 +75,11 @@ def _compile_kw(workload):
 
 def _ort_quantize(workload, src):
     """The float ONNX file `src` quantized by ONNX Runtime's quantize_static (QDQ, per-channel int8 weights, uint8
-    activations, min-max calibration on the workload's calibration batches); returns the new file."""
+    activations, min-max calibration on the workload's calibration batches) after ORT's recommended pre-processing
+    (quant_pre_process: graph optimization, so folded biases are initializers, and shape inference); returns the
+    new file."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -84,9 +87,11 @@ def _ort_quantize(workload, src):
 
         def get_next(self):
             return next(self.it, None)
-    dst = src[:-5] + "_int8.onnx"
-    quantize_static(src, dst, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+    pre, dst = src[:-5] + "_pre.onnx", src[:-5] + "_int8.onnx"
+    quant_pre_process(src, pre)
+    quantize_static(pre, dst, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    os.unlink(pre)
     return dst
 
 
