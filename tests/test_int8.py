@@ -325,3 +325,21 @@ def test_int8_model_exports_as_qdq_and_runs_in_onnxruntime(tmp_path):
     ours = q.compile(8).run(x)
     assert (got.argmax(1) == ours.argmax(1)).mean() >= 0.99
     assert _cos(got, ours).min() >= 0.99
+
+
+@pytest.mark.skipif(not cn.cuda.is_available(), reason="needs a GPU")
+def test_quantized_model_runs_on_cuda_as_simulated_quantization():
+    """The cuda backend has quantize/dequantize kernels but no int8 ops: the QDQ graph runs in float between them,
+    as the cpu does with optimize=False."""
+    m = cn.models.lenet5(seed=0)
+    rng = np.random.default_rng(0)
+    q = cn.quantize(m, [rng.random((8, 1, 28, 28)).astype(np.float32)])
+    x = rng.random((8, 1, 28, 28)).astype(np.float32)
+    got = q.compile(8, device="cuda", tf32=False).run(x)
+    want = _run_unoptimized(q, x)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def _run_unoptimized(q, x):
+    s = _core.Session(q._graph_for(x.shape), q._ensure_store(), "infer", optimize=False)
+    return s.run_fetch([x], 0)
