@@ -67,13 +67,11 @@ def _kl_threshold(hist: np.ndarray, edges_max: float, levels: int) -> float:
         if not nz.any():
             continue
         # Q: each of `levels` chunks of hist[:i] spread evenly over its non-zero bins
-        chunks = np.array_split(np.arange(i), levels)
-        q = np.zeros(i)
-        for c in chunks:
-            m = nz[c]
-            cnt = m.sum()
-            if cnt:
-                q[c[m]] = hist[c].sum() / cnt
+        starts = (np.arange(levels) * i) // levels
+        sizes = np.diff(np.append(starts, i))
+        sums = np.add.reduceat(hist[:i], starts)
+        cnt = np.add.reduceat(nz.astype(np.float64), starts)
+        q = np.repeat(np.divide(sums, cnt, out=np.zeros_like(sums), where=cnt > 0), sizes) * nz
         ps, qs = p.sum(), q.sum()
         if qs == 0:
             continue
