@@ -25,6 +25,7 @@ __all__ = ["quantize"]
 
 _METHODS = ("minmax", "percentile", "entropy")
 _BINS = 2048
+_GROUP_BYTES = 256 << 20  # calibration: activation bytes one float session fetches per run (at most)
 
 
 def _batches(calibration):
@@ -117,41 +118,59 @@ def quantize(model, calibration, method: str = "minmax", percentile: float = 99.
     outputs = list(g.outputs)
     points = _core.quant_points(g)
     measured = [v for v, tie in points if tie < 0]
-    g.set_outputs(outputs + measured)
-    sessions = {}
-
-    def run_all(x):
-        n = x.shape[0]
-        if n not in sessions:
-            gg = g if n == shape[0] else _core.rebatch(g, n)
-            sessions[n] = _core.Session(gg, store, "infer")
-        s = sessions[n]
-        s.run_fetch([x], 0)
-        return [s.fetch(len(outputs) + k) for k in range(len(measured))]
-
+    # The values are fetched as extra outputs of float sessions, a group of them per session, so that what one
+    # session keeps alive stays under _GROUP_BYTES (every output lives to the end of a run).
+    groups, cur, size = [], [], 0
+    for v in measured:
+        nbytes = 4 * int(np.prod(g.shape(v)))
+        if cur and size + nbytes > _GROUP_BYTES:
+            groups.append(cur)
+            cur, size = [], 0
+        cur.append(v)
+        size += nbytes
+    if cur:
+        groups.append(cur)
     lo = np.full(len(measured), np.inf)
     hi = np.full(len(measured), -np.inf)
-    for x in batches:
-        for k, a in enumerate(run_all(x)):
-            lo[k] = min(lo[k], float(a.min()))
-            hi[k] = max(hi[k], float(a.max()))
-    absmax = np.maximum(np.abs(lo), np.abs(hi))
-    thresh = absmax.copy()
-    if method != "minmax":
-        hists = np.zeros((len(measured), _BINS))
+    thresh = np.zeros(len(measured))
+    index = {v: k for k, v in enumerate(measured)}
+    for grp in groups:  # one group's sessions at a time: their arenas hold the group's values
+        g.set_outputs(outputs + grp)
+        sessions = {}
+
+        def run(x):
+            n = x.shape[0]
+            if n not in sessions:
+                sessions[n] = _core.Session(g if n == shape[0] else _core.rebatch(g, n), store, "infer")
+            s = sessions[n]
+            s.run_fetch([x], 0)
+            for j, v in enumerate(grp):
+                yield index[v], s.fetch(len(outputs) + j)
+
         for x in batches:
-            for k, a in enumerate(run_all(x)):
+            for k, a in run(x):
+                lo[k] = min(lo[k], float(a.min()))
+                hi[k] = max(hi[k], float(a.max()))
+        absmax = np.maximum(np.abs(lo), np.abs(hi))
+        if method == "minmax":
+            for v in grp:
+                thresh[index[v]] = absmax[index[v]]
+            continue
+        hists = {index[v]: np.zeros(_BINS) for v in grp}
+        for x in batches:
+            for k, a in run(x):
                 if absmax[k] > 0:
                     hists[k] += np.histogram(np.abs(a), bins=_BINS, range=(0.0, absmax[k]))[0]
-        for k in range(len(measured)):
+        for k, h in hists.items():
             if absmax[k] <= 0:
                 continue
             if method == "percentile":
-                c = np.cumsum(hists[k])
+                c = np.cumsum(h)
                 i = int(np.searchsorted(c, c[-1] * percentile / 100.0))
                 thresh[k] = absmax[k] * min(i + 1, _BINS) / _BINS
             else:
-                thresh[k] = _kl_threshold(hists[k], absmax[k], 255 if lo[k] >= 0 else 127)
+                thresh[k] = _kl_threshold(h, absmax[k], 255 if lo[k] >= 0 else 127)
+        sessions.clear()
     g.set_outputs(outputs)
     specs = {}
     for k, v in enumerate(measured):
