@@ -343,3 +343,17 @@ def test_quantized_model_runs_on_cuda_as_simulated_quantization():
 def _run_unoptimized(q, x):
     s = _core.Session(q._graph_for(x.shape), q._ensure_store(), "infer", optimize=False)
     return s.run_fetch([x], 0)
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "squeezenet1_1", "googlenet", "efficientnet_b0"])
+def test_zoo_models_quantize_with_float_fallbacks(name):
+    """Depthwise and grouped convs, ReLU6 / SiLU post-ops, concat, squeeze-excitation multiplies: what has an int8
+    kernel runs int8, the rest in float between dequantize and quantize, never an error or a reference kernel."""
+    m = cn.models.get_model(name, seed=0, num_classes=100)
+    rng = np.random.default_rng(0)
+    shape = (2, 3, 64, 64)
+    s = cn.quantize(m, [rng.standard_normal(shape).astype(np.float32) for _ in range(2)]).compile(2, strict=True)
+    ks = s.kernels()
+    assert sum(k["op"] == "qconv2d" for k in ks) >= 20
+    x = rng.standard_normal(shape).astype(np.float32)
+    assert _cos(m.compile(shape).run(x), s.run(x)).min() >= 0.99
