@@ -357,3 +357,60 @@ def test_zoo_models_quantize_with_float_fallbacks(name):
     assert sum(k["op"] == "qconv2d" for k in ks) >= 20
     x = rng.standard_normal(shape).astype(np.float32)
     assert _cos(m.compile(shape).run(x), s.run(x)).min() >= 0.99
+
+
+def _ort_qdq(tmp_path, m, shape, calib, symmetric):
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+    import cnnnative.onnx as cox
+    cox.export_model(m, tmp_path / "f.onnx", input_shape=shape, dynamic_batch=False)
+    quant_pre_process(str(tmp_path / "f.onnx"), str(tmp_path / "fp.onnx"))
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{"input": b} for b in calib])
+
+        def get_next(self):
+            return next(self.it, None)
+    kw = dict(activation_type=QuantType.QInt8, extra_options={"ActivationSymmetric": True}) if symmetric else {}
+    quantize_static(str(tmp_path / "fp.onnx"), str(tmp_path / "q.onnx"), Reader(), quant_format=QuantFormat.QDQ,
+                    per_channel=True, weight_type=QuantType.QInt8, **kw)
+    return str(tmp_path / "q.onnx")
+
+
+def test_onnx_qdq_round_trip_and_onnxruntime_quantize_static_import(tmp_path):
+    """Our QDQ export imports back to the same int8 session (bit for bit); a model quantized by onnxruntime's
+    quantize_static (symmetric int8 activations, per-channel weights) imports with its int8 weights folded to
+    float, runs int8 kernels, and agrees with onnxruntime running it."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    import cnnnative.onnx as cox
+    cn.manual_seed(0)
+    m = cn.models.resnet18(num_classes=100)
+    rng = np.random.default_rng(0)
+    shape = (4, 3, 64, 64)
+    calib = [rng.standard_normal(shape).astype(np.float32) for _ in range(2)]
+    x = rng.standard_normal(shape).astype(np.float32)
+    q = cn.quantize(m, calib)
+    cox.export_model(q, tmp_path / "ours.onnx", input_shape=shape)
+    back = cox.import_model(tmp_path / "ours.onnx").compile(shape)
+    np.testing.assert_array_equal(back.run(x), q.compile(4).run(x))
+    assert sum(k["op"] == "qconv2d" for k in back.kernels()) == 20
+
+    path = _ort_qdq(tmp_path, m, shape, calib, symmetric=True)
+    s = cox.import_model(path).compile(shape)
+    assert sum(k["op"] == "qconv2d" for k in s.kernels()) == 20
+    want = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    got = s.run(x)
+    assert (got.argmax(1) == want.argmax(1)).mean() >= 0.99
+    assert _cos(got, want).min() >= 0.999
+
+
+def test_onnx_asymmetric_activations_refused_with_a_hint(tmp_path):
+    pytest.importorskip("onnxruntime")
+    import cnnnative.onnx as cox
+    m = cn.models.lenet5(seed=0)
+    rng = np.random.default_rng(0)
+    path = _ort_qdq(tmp_path, m, (2, 1, 28, 28), [rng.random((2, 1, 28, 28)).astype(np.float32)], symmetric=False)
+    with pytest.raises(Exception, match="non-zero zero point.*ActivationSymmetric"):
+        cox.import_model(path).compile((2, 1, 28, 28))

@@ -699,7 +699,7 @@ ENGINE_OPS_NEEDED = {"ConvTranspose": ("conv_transpose2d",), "LRN": ("lrn",), "C
                      "Slice": ("split",),
                      "Pad": ("pad", "fill", "concat")}
 # the op families that register their mappers (onnx/_registry.py)
-from . import _ops_act, _ops_binary, _ops_norm, _ops_reduce, _ops_resize, _ops_shape  # noqa: E402,F401
+from . import _ops_act, _ops_binary, _ops_norm, _ops_quant, _ops_reduce, _ops_resize, _ops_shape  # noqa: E402,F401
 from ._registry import ENGINE_OPS as _REG_ENGINE_OPS  # noqa: E402
 from ._registry import IMPORTERS as _REG_IMPORTERS  # noqa: E402
 from ._registry import WEIGHT_SLOTS as _REG_WEIGHT_SLOTS  # noqa: E402
