@@ -414,3 +414,38 @@ def test_onnx_asymmetric_activations_refused_with_a_hint(tmp_path):
     path = _ort_qdq(tmp_path, m, (2, 1, 28, 28), [rng.random((2, 1, 28, 28)).astype(np.float32)], symmetric=False)
     with pytest.raises(Exception, match="non-zero zero point.*ActivationSymmetric"):
         cox.import_model(path).compile((2, 1, 28, 28))
+
+
+def test_int8_session_follows_weight_changes():
+    """Quantized weights are prepared from the float parameters when the store's version moves: a weight update
+    after compile is seen by the next run, as a fresh compile sees it (cache_weights=False prepares every run)."""
+    m = cn.models.lenet5(seed=0)
+    rng = np.random.default_rng(0)
+    x = rng.random((4, 1, 28, 28)).astype(np.float32)
+    q = cn.quantize(m, [x])
+    s, s_pc = q.compile(4), q.compile(4)
+    before = s.run(x)
+    sd = {k: np.array(v) for k, v in m.state_dict().items()}
+    sd["conv1.weight"] = sd["conv1.weight"] * 1.5
+    sd["fc3.bias"] = sd["fc3.bias"] + 1.0
+    m.load_state_dict(sd)
+    after = s.run(x)
+    assert not np.array_equal(before, after)
+    np.testing.assert_array_equal(after, q.compile(4).run(x))
+    np.testing.assert_array_equal(after, s_pc.run(x))
+
+
+def test_hostile_onnx_qdq_weights_are_one_error(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    import cnnnative.onnx as cox
+    from onnx import TensorProto, helper, numpy_helper
+    w = numpy_helper.from_array(np.ones((4, 1, 3, 3), np.int8), "w_q")
+    ws = numpy_helper.from_array(np.array([0.1, 0.0, 0.1, 0.1], np.float32), "w_scale")  # a zero scale
+    nodes = [helper.make_node("DequantizeLinear", ["w_q", "w_scale"], ["w"], name="w_dq", axis=0),
+             helper.make_node("Conv", ["x", "w"], ["y"], name="conv")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6, 6])], [w, ws])
+    p = tmp_path / "bad.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), p)
+    with pytest.raises(Exception, match="w_dq.*scales must be finite and > 0"):
+        cox.import_model(p)
