@@ -449,3 +449,24 @@ def test_hostile_onnx_qdq_weights_are_one_error(tmp_path):
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), p)
     with pytest.raises(Exception, match="w_dq.*scales must be finite and > 0"):
         cox.import_model(p)
+
+
+def test_quantized_graph_inputs_and_outputs_are_plain():
+    """An int8 value fetched as a graph output comes back in NCHW order (the layout pass reorders it out of nhwc),
+    and an int8 graph input feeds the int8 kernels (reordered into nhwc)."""
+    rng = np.random.default_rng(4)
+    x = _grid(rng, (2, 16, 5, 6), 0.1, -128, 127)
+    want = np.rint(x / np.float32(0.1)).astype(np.int8)
+    for backend in ("cpu", "reference"):
+        g = _core.Graph()
+        i = g.add_input("x", list(x.shape))
+        g.set_outputs([_q(g, i, 0.1, S8)])
+        s = _core.Session(g, _core.ParamStore([]), "infer", backend=backend)
+        np.testing.assert_array_equal(s.run_fetch([x], 0), want)
+        g = _core.Graph()
+        i = g.add_input("xq", list(x.shape), "int8")
+        y = g.add_node("qmax_pool2d", [i], {"kernel": [2, 2], "stride": [2, 2]})[0]
+        g.set_outputs([_dq(g, y, 0.1)])
+        s = _core.Session(g, _core.ParamStore([]), "infer", backend=backend)
+        got = s.run_fetch([want], 0)
+        np.testing.assert_allclose(got, x[:, :, :4, :6].reshape(2, 16, 2, 2, 3, 2).max((3, 5)), atol=1e-6)
