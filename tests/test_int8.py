@@ -261,6 +261,8 @@ def test_int8_user_errors():
                   optimizer=cn.optim.SGD(m.parameters(), lr=0.1))
     with pytest.raises(ValueError, match="applies to dtype='int8'"):
         m.compile(4, calibration=[x])
+    with pytest.raises(ValueError, match="does not take layout, cache_weights"):
+        m.compile(4, dtype="int8", calibration=[x], layout="plain", cache_weights=False)
     s = m.compile(4, dtype="int8", calibration=[x + 0.5])
     assert s.run(x).shape == (4, 10)
 

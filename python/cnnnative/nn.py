@@ -831,12 +831,20 @@ class Module:
             if calibration is None:
                 raise ValueError("compile: dtype='int8' needs calibration data: compile(..., dtype='int8', "
                                  "calibration=batches) with an iterable of input batches (or cnnnative.quantize)")
+            unsupported = [k for k, v, d in (("optimize", optimize, True), ("layout", layout, "auto"),
+                                             ("cache_weights", cache_weights, True), ("recompute", recompute, "none"),
+                                             ("deterministic", bool(deterministic), False),
+                                             ("distributed", distributed, False)) if v != d]
+            if unsupported:
+                raise ValueError(f"compile: dtype='int8' does not take {', '.join(unsupported)} (the int8 session "
+                                 "needs the fused, nhwc int8 kernels)")
             from .quantize import quantize
             q = quantize(self, calibration, method=calibration_method)
             if input_shape is None:
                 input_shape = q.input_shape
             return q.compile(input_shape, backend=backend, plan_memory=plan_memory, seed=seed, winograd=winograd,
-                             max_arena_bytes=max_arena_bytes, strict=strict, dump_passes=dump_passes)
+                             max_arena_bytes=max_arena_bytes, strict=strict, dump_passes=dump_passes, device=device,
+                             tf32=tf32, cuda_graphs=cuda_graphs)
         if calibration is not None:
             raise ValueError(f"compile: calibration applies to dtype='int8' only, got dtype={dtype!r}")
         return Session(self, input_shape, mode=mode, optimizer=optimizer, loss=loss, seed=seed,
