@@ -401,11 +401,14 @@ def test_onnx_qdq_round_trip_and_onnxruntime_quantize_static_import(tmp_path):
 
     path = _ort_qdq(tmp_path, m, shape, calib, symmetric=True)
     s = cox.import_model(path).compile(shape)
-    assert sum(k["op"] == "qconv2d" for k in s.kernels()) == 20
+    ops = [k["op"] for k in s.kernels()]
+    # onnxruntime's quantize between each conv and its ReLU / residual add is absorbed: every add and ReLU is a
+    # post-op of an int8 convolution
+    assert ops.count("qconv2d") == 20 and "add" not in ops and "relu" not in ops, ops
     want = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
     got = s.run(x)
     assert (got.argmax(1) == want.argmax(1)).mean() >= 0.99
-    assert _cos(got, want).min() >= 0.999
+    assert _cos(got, want).min() >= 0.998  # without the intermediate roundings onnxruntime does
 
 
 def test_onnx_asymmetric_activations_refused_with_a_hint(tmp_path):

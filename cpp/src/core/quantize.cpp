@@ -98,6 +98,65 @@ Int8Report quantize_for_inference(Graph& g, const std::vector<int>& keep) {
     nd = std::move(out);
   }
   if (rep.qconv + rep.qlinear + rep.qpool == 0) return rep;
+  // A QDQ model quantized elsewhere (onnxruntime's quantize_static) puts a quantize between a convolution and its
+  // ReLU or residual add: qconv2d -> dequantize -> [add(., dequantize(r))] -> [relu] -> quantize. The add and the
+  // ReLU join the qconv2d as its sum and eltwise post-ops (the intermediate rounding disappears).
+  // The rewritten node moves to the quantize's position (the residual may be computed after the convolution), and
+  // the search repeats: a qconv2d that took an add may take a following ReLU next.
+  auto only_reader = [&](int v) { return kept.count(v) || readers[v].size() != 1 ? -1 : readers[v][0]; };
+  for (bool changed = true; changed;) {
+    changed = false;
+    for (auto& r : readers) r.clear();
+    for (int s = 0; s < n; ++s)
+      if (!removed[s])
+        for (int v : g.nodes[s].inputs) readers[v].push_back(s);
+    for (int s = 0; s < n; ++s) {
+      Node a = g.nodes[s];
+      if (removed[s] || a.op != "qconv2d" || a.attrs.i("out_dtype", 0) == int64_t(DType::f32) ||
+          a.attrs.i("act", 0) != 0)
+        continue;
+      const int d = only_reader(a.outputs[0]);
+      if (d < 0 || g.nodes[d].op != "dequantize") continue;
+      std::vector<int> chain{d};
+      int y = g.nodes[d].outputs[0], t = only_reader(y), res = -1;
+      double res_scale = 0;
+      if (t >= 0 && g.nodes[t].op == "add" && a.attrs.i("sum", 0) == 0) {
+        const Node& ad = g.nodes[t];
+        const int other = ad.inputs[0] == y ? ad.inputs[1] : ad.inputs[0];
+        const int dr = (ad.inputs[0] == y) != (ad.inputs[1] == y) ? dq_of(other) : -1;
+        if (dr >= 0 && g.values[g.nodes[dr].inputs[0]].desc.shape == g.values[a.outputs[0]].desc.shape) {
+          res = g.nodes[dr].inputs[0];
+          res_scale = g.nodes[dr].attrs.f("scale", 1.0);
+          chain.push_back(t);
+          y = ad.outputs[0];
+          t = only_reader(y);
+        }
+      }
+      const bool relu = t >= 0 && g.nodes[t].op == "relu";
+      if (relu) {
+        chain.push_back(t);
+        y = g.nodes[t].outputs[0];
+        t = only_reader(y);
+      }
+      if (chain.size() == 1 || t < 0 || g.nodes[t].op != "quantize") continue;
+      chain.push_back(t);
+      if (res >= 0) {
+        a.inputs.push_back(res);
+        a.attrs.ints["sum"] = {1};
+        a.attrs.floats["res_scale"] = res_scale;
+      }
+      if (relu) a.attrs.ints["act"] = {1};
+      a.attrs.ints["out_dtype"] = {g.nodes[t].attrs.i("dtype", 3)};
+      a.attrs.floats["out_scale"] = g.nodes[t].attrs.f("scale", 1.0);
+      a.outputs = g.nodes[t].outputs;
+      for (int k : chain) removed[k] = true;
+      removed[s] = true;
+      removed[t] = false;
+      g.nodes[t] = std::move(a);
+      rep.removed_nodes += int(chain.size());
+      changed = true;
+    }
+  }
   // dequantize nodes nobody reads any more
   std::vector<int> uses(g.values.size(), 0);
   for (int s = 0; s < n; ++s)

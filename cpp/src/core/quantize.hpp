@@ -5,6 +5,8 @@
 //   dequantize -> linear | fused_linear [-> quantize]                                into qlinear,
 //   dequantize -> max_pool2d | global_avg_pool -> quantize (same dtype and scale)    into qmax_pool2d /
 //   qglobal_avg_pool,
+// then absorbs qconv2d -> dequantize -> [add(., dequantize(r))] -> [relu] -> quantize (QDQ models quantized
+// elsewhere) into the qconv2d's sum / ReLU post-ops,
 // so the activations between those ops stay uint8/int8; a dequantize left without readers disappears. Any other op
 // keeps its float kernel between a dequantize and a quantize (the fallback). A conv with a residual needs an int8
 // output (oneDNN's sum post-op reads the residual in the output's buffer).
