@@ -145,8 +145,8 @@ bool pass_int8(CompileState& st, std::string& summary) {
   if (!qdq || (p.backend->kernel("qconv2d") == nullptr && p.backend->has_fast_kernels())) return false;
   const Int8Report r = quantize_for_inference(p.graph, kept_values(st));
   summary = std::to_string(r.qconv) + " int8 convolutions, " + std::to_string(r.qlinear) + " int8 linear, " +
-            std::to_string(r.qpool) + " int8 pools, " + std::to_string(r.removed_nodes) +
-            " quantize/dequantize removed";
+            std::to_string(r.qpool) + " int8 pools, " + std::to_string(r.qview) + " int8 views, " +
+            std::to_string(r.removed_nodes) + " nodes removed";
   return true;
 }
 

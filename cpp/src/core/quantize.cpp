@@ -56,8 +56,8 @@ Int8Report quantize_for_inference(Graph& g, const std::vector<int>& keep) {
   for (int s = 0; s < n; ++s) {
     Node& nd = g.nodes[s];
     if (removed[s] || nd.outputs.size() != 1 || nd.inputs.empty()) continue;
-    const bool conv = is_conv(nd), lin = is_linear(nd), pool = is_pool(nd);
-    if (!conv && !lin && !pool) continue;
+    const bool conv = is_conv(nd), lin = is_linear(nd), pool = is_pool(nd), view = is_view(nd);
+    if (!conv && !lin && !pool && !view) continue;
     const int d = dq_of(nd.inputs[0]);
     if (d < 0) continue;
     const int q = q_after(nd.outputs[0]);
@@ -68,13 +68,18 @@ Int8Report quantize_for_inference(Graph& g, const std::vector<int>& keep) {
     out.attrs = nd.attrs;
     out.inputs = nd.inputs;
     out.inputs[0] = xq;
-    if (pool) {
+    if (pool || view) {
       if (q < 0 || !same_scale(g.nodes[q].attrs.f("scale", 1.0), in_scale) ||
           DType(g.nodes[q].attrs.i("dtype", -1)) != g.values[xq].desc.dtype)
         continue;
-      out.op = nd.op == "max_pool2d" ? "qmax_pool2d" : "qglobal_avg_pool";
-      out.attrs.ints.erase("training");
-      rep.qpool++;
+      if (pool) {
+        out.op = nd.op == "max_pool2d" ? "qmax_pool2d" : "qglobal_avg_pool";
+        out.attrs.ints.erase("training");
+        rep.qpool++;
+      } else {  // the same bytes under a new shape: the view runs on the int8 value itself
+        out.op = nd.op;
+        rep.qview++;
+      }
     } else {
       const int res = residual_index(nd);
       if (res >= 0) {
@@ -97,7 +102,7 @@ Int8Report quantize_for_inference(Graph& g, const std::vector<int>& keep) {
     }
     nd = std::move(out);
   }
-  if (rep.qconv + rep.qlinear + rep.qpool == 0) return rep;
+  if (rep.qconv + rep.qlinear + rep.qpool + rep.qview == 0) return rep;
   // A QDQ model quantized elsewhere (onnxruntime's quantize_static) puts a quantize between a convolution and its
   // ReLU or residual add: qconv2d -> dequantize -> [add(., dequantize(r))] -> [relu] -> quantize. The add and the
   // ReLU join the qconv2d as its sum and eltwise post-ops (the intermediate rounding disappears).

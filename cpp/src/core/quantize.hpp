@@ -5,6 +5,7 @@
 //   dequantize -> linear | fused_linear [-> quantize]                                into qlinear,
 //   dequantize -> max_pool2d | global_avg_pool -> quantize (same dtype and scale)    into qmax_pool2d /
 //   qglobal_avg_pool,
+//   dequantize -> flatten | reshape -> quantize (same dtype and scale) into the view of the int8 value,
 // then absorbs qconv2d -> dequantize -> [add(., dequantize(r))] -> [relu] -> quantize (QDQ models quantized
 // elsewhere) into the qconv2d's sum / ReLU post-ops,
 // so the activations between those ops stay uint8/int8; a dequantize left without readers disappears. Any other op
@@ -21,7 +22,7 @@
 namespace cnn {
 
 struct Int8Report {
-  int qconv = 0, qlinear = 0, qpool = 0, removed_nodes = 0;
+  int qconv = 0, qlinear = 0, qpool = 0, qview = 0, removed_nodes = 0;
 };
 Int8Report quantize_for_inference(Graph& g, const std::vector<int>& keep);
 
