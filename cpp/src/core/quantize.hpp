@@ -27,7 +27,8 @@ struct Int8Report {
 Int8Report quantize_for_inference(Graph& g, const std::vector<int>& keep);
 
 // The values of graph g worth quantizing: float activations (graph inputs or node outputs, 2-D or 4-D, not graph
-// outputs) that, once g is fused for inference, an int8-capable op reads as its data (or residual), plus the inputs
+// outputs) that, once g is fused for inference, an int8-capable op reads as its data (or residual): convolutions with
+// 16+ output channels, linear layers, pools over 16+ channels (narrower ones ran faster in float32), plus the inputs
 // of views and pools whose output is such a value. tie >= 0: the value must share that value's scale and dtype
 // (a pool's or view's output, its input's); -1: calibrate it.
 struct QuantPoint {
