@@ -475,3 +475,60 @@ def test_quantized_graph_inputs_and_outputs_are_plain():
         s = _core.Session(g, _core.ParamStore([]), "infer", backend=backend)
         got = s.run_fetch([want], 0)
         np.testing.assert_allclose(got, x[:, :, :4, :6].reshape(2, 16, 2, 2, 3, 2).max((3, 5)), atol=1e-6)
+
+
+class _ConvNet(cn.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = cn.nn.Conv2d(3, 32, 3, padding=1)
+        self.c2 = cn.nn.Conv2d(32, 32, 3, padding=1)
+
+    def forward(self, x):
+        return self.c2(self.c1(x).relu()).relu()
+
+
+def test_onnx_qlinearconv_and_qlinearmatmul_import(tmp_path):
+    """QOperator models: QLinearConv (quantize_static's QOperator format) and QLinearMatMul import as dequantize ->
+    conv / linear -> quantize with the int8 weights folded to float, run int8 kernels and agree with onnxruntime."""
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    import cnnnative.onnx as cox
+    cn.manual_seed(0)
+    rng = np.random.default_rng(0)
+    shape = (4, 3, 8, 8)
+    calib = [rng.standard_normal(shape).astype(np.float32) for _ in range(2)]
+    cox.export_model(_ConvNet(), tmp_path / "f.onnx", input_shape=shape, dynamic_batch=False)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{"input": b} for b in calib])
+
+        def get_next(self):
+            return next(self.it, None)
+    quantize_static(str(tmp_path / "f.onnx"), str(tmp_path / "q.onnx"), Reader(), quant_format=QuantFormat.QOperator,
+                    per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    extra_options={"ActivationSymmetric": True})
+    assert [n.op_type for n in onnx.load(tmp_path / "q.onnx").graph.node].count("QLinearConv") == 2
+    x = rng.standard_normal(shape).astype(np.float32)
+    s = cox.import_model(tmp_path / "q.onnx").compile(shape)
+    assert sum(k["op"] == "qconv2d" for k in s.kernels()) == 2
+    want = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    np.testing.assert_allclose(s.run(x), want, atol=0.02 * np.abs(want).max())
+
+    # QLinearMatMul, built by hand: x [4, 32] -> int8 -> (x @ W) -> int8 -> float
+    w = rng.integers(-127, 128, (32, 10)).astype(np.int8)
+    c = {"xs": np.float32(0.05), "ws": np.float32(0.01), "ys": np.float32(0.1), "z": np.int8(0)}
+    inits = [numpy_helper.from_array(np.asarray(v), k) for k, v in c.items()] + [numpy_helper.from_array(w, "w")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "z"], ["xq"], name="q"),
+             helper.make_node("QLinearMatMul", ["xq", "xs", "z", "w", "ws", "z", "ys", "z"], ["yq"], name="mm"),
+             helper.make_node("DequantizeLinear", ["yq", "ys", "z"], ["y"], name="dq")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 32])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 10])], inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "mm.onnx")
+    xm = rng.standard_normal((4, 32)).astype(np.float32)
+    want = ort.InferenceSession(str(tmp_path / "mm.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": xm})[0]
+    s = cox.import_model(tmp_path / "mm.onnx").compile((4, 32))
+    assert any(k["op"] == "qlinear" for k in s.kernels())
+    np.testing.assert_allclose(s.run(xm), want, atol=0.1 * 1.001)  # within one output step

@@ -160,6 +160,7 @@ class Program:
                 else:
                     keep.append(n)
             self.nodes = keep
+        _ops_quant.expand_qlinear(self)  # QLinearConv / QLinearMatMul -> DequantizeLinear, Conv / MatMul, QuantizeLinear
         self._fold_constants()
         _ops_act.fuse_patterns(self)  # multi-node spellings of GELU / thresholded Softplus -> one node
         _rewrite.canonicalize(self)
@@ -710,7 +711,7 @@ for _t, _fn in _REG_IMPORTERS.items():
     HANDLERS[_t] = _fn
 ENGINE_OPS_NEEDED.update(_REG_ENGINE_OPS)
 FOLDABLE = set(FOLDABLE_OPS)
-KNOWN_OPS = set(SUPPORTED_OPS) | FOLDABLE | set(_REG_IMPORTERS)
+KNOWN_OPS = set(SUPPORTED_OPS) | FOLDABLE | set(_REG_IMPORTERS) | {"QLinearConv", "QLinearMatMul"}
 assert set(SUPPORTED_OPS) <= set(HANDLERS) | {"Constant"}
 
 

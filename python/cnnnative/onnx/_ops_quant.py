@@ -103,3 +103,42 @@ def export_dequantize(ex, ins, attrs, outs, name, I, O):
     scale = ex.const(f"{name}.scale", np.array(float(attrs["scale"]), np.float32))
     zp = ex.const(f"{name}.zero_point", np.array(0, _BY_NAME[ex.graph.dtype(ins[0])]))
     ex.node("DequantizeLinear", [I[0], scale, zp], O, name)
+
+
+def expand_qlinear(prog):
+    """QOperator models: QLinearConv / QLinearMatMul become DequantizeLinear -> Conv / MatMul -> QuantizeLinear at
+    import, before constant folding, so their int8 weights (and QLinearConv's int32 bias, scaled by x_scale *
+    w_scale) fold to float weights and the int8 compile pass makes them int8 kernels again."""
+    from ._base import Node
+    out = []
+    for n in prog.nodes:
+        if n.op not in ("QLinearConv", "QLinearMatMul"):
+            out.append(n)
+            continue
+        conv = n.op == "QLinearConv"
+        ins = list(n.inputs) + [""] * (9 - len(n.inputs))
+        x, xs, xz, w, ws, wz, ys, yz = ins[:8]
+        if not (x and xs and w and ws and ys):
+            raise Invalid(f"{n.onnx_op} {n.name!r}: missing inputs")
+
+        def tmp(suffix):
+            return prog.fresh(f"{n.name}/{suffix}")
+        xf, wf, yf = tmp("x"), tmp("w"), tmp("y")
+        out.append(Node("DequantizeLinear", f"{n.name}/dequantize_x", [x, xs, xz], [xf], {}, "DequantizeLinear"))
+        out.append(Node("DequantizeLinear", f"{n.name}/dequantize_w", [w, ws, wz], [wf],
+                        {"axis": 0 if conv else 1}, "DequantizeLinear"))
+        mid = [xf, wf]
+        if conv and ins[8]:
+            if xs not in prog.consts or ws not in prog.consts:
+                raise Unsupported(f"QLinearConv {n.name!r}: the scales must be constants")
+            bs = prog.fresh(f"{n.name}/bias_scale")
+            prog.consts[bs] = (np.asarray(prog.consts[xs], np.float64) *
+                               np.asarray(prog.consts[ws], np.float64)).astype(np.float32).reshape(-1)
+            bf = tmp("b")
+            out.append(Node("DequantizeLinear", f"{n.name}/dequantize_b", [ins[8], bs], [bf], {"axis": 0},
+                            "DequantizeLinear"))
+            mid.append(bf)
+        out.append(Node("Conv" if conv else "MatMul", n.name, mid, [yf], dict(n.attrs) if conv else {},
+                        "Conv" if conv else "MatMul"))
+        out.append(Node("QuantizeLinear", f"{n.name}/quantize", [yf, ys, yz], list(n.outputs), {}, "QuantizeLinear"))
+    prog.nodes = out
