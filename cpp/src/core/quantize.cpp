@@ -1,6 +1,7 @@
 // The int8 pass and the calibration helpers (see quantize.hpp).
 #include "core/quantize.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <set>
 #include <string>
