@@ -86,6 +86,27 @@ def test_classify_matches_python(apps, tmp_path):
         assert re.fullmatch(r"[01]\.\d{6}", prob) and abs(float(prob) - 1 / e.sum()) <= 5e-7
 
 
+def test_classify_int8_model(apps, tmp_path):
+    """A quantized model file (cn.quantize) runs its int8 kernels from C++ too: the same outputs as Python's."""
+    exe, env = apps["classify"], apps["env"]
+    rng = np.random.default_rng(1)
+    calib = [rng.random((8, 1, 28, 28)).astype(np.float32) for _ in range(2)]
+    path = cn.save(cn.quantize(cn.models.lenet5(seed=0), calib), tmp_path / "lenet5_int8.cnn")
+    imgs = rng.integers(0, 256, (3, 28, 28)).astype(np.uint8)
+    files = []
+    for i, img in enumerate(imgs):
+        files.append(str(tmp_path / f"img{i}.pgm"))
+        _write_pgm(files[-1], img)
+    r = _run([exe, str(path), *files], env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    s = cn.load(path).compile((3, 1, 28, 28))
+    assert sum(k["op"] == "qconv2d" for k in s.kernels()) == 1  # conv1 (6 channels) stays float32
+    want = s.run(imgs[:, None].astype(np.float32) / np.float32(255))
+    for line, y in zip(r.stdout.strip().splitlines(), want):
+        got = np.array([float(v) for v in line.split("\t")[3].split()], np.float32)
+        np.testing.assert_allclose(got, y, rtol=1e-5, atol=1e-6)
+
+
 def test_cpp_errors_read_as_in_python(apps, tmp_path):
     exe, env = apps["classify"], apps["env"]
     data = cn.io.dumps(cn.models.lenet5(seed=0), (1, 1, 28, 28))

@@ -39,7 +39,9 @@ def test_plugin_built_when_nvcc_is_present():
 def test_every_op_has_a_cuda_kernel():
     if not _plugin_built():
         pytest.skip("the cuda plugin is not built here")
-    assert sorted(set(_core.op_names()) - set(_core.backend_kernels("cuda"))) == []
+    # the int8 ops exist only where the int8 pass made them, which it does on backends that have them (cpu)
+    cpu_int8 = {"qconv2d", "qlinear", "qmax_pool2d", "qglobal_avg_pool"}
+    assert sorted(set(_core.op_names()) - set(_core.backend_kernels("cuda")) - cpu_int8) == []
 
 
 def test_unavailable_is_one_clear_error_and_the_cpu_still_works():

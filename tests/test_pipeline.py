@@ -12,7 +12,7 @@ import pytest
 import cnnnative as cn
 from cnnnative import _core, nn
 
-PASSES = ["check", "fold_pad", "fuse", "swap_relu_pool", "autodiff", "recompute", "layouts", "interface", "storage",
+PASSES = ["check", "fold_pad", "fuse", "int8", "swap_relu_pool", "autodiff", "recompute", "layouts", "interface", "storage",
           "lifetimes", "inplace", "memory_plan", "kernels"]
 
 

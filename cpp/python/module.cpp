@@ -11,6 +11,7 @@
 #include <cnnnative/cnnnative.hpp>
 
 #include "core/op.hpp"
+#include "core/quantize.hpp"
 
 namespace py = pybind11;
 using namespace cnn;
@@ -28,6 +29,7 @@ DType parse_dtype(const std::string& s) {
   if (s == "int32") return DType::i32;
   if (s == "uint8") return DType::u8;
   if (s == "bfloat16") return DType::bf16;
+  if (s == "int8") return DType::s8;
   throw Error("unknown dtype '" + s + "'");
 }
 
@@ -37,6 +39,7 @@ py::dtype np_dtype(DType t) {
     case DType::f64: return py::dtype::of<double>();
     case DType::i32: return py::dtype::of<int32_t>();
     case DType::u8: return py::dtype::of<uint8_t>();
+    case DType::s8: return py::dtype::of<int8_t>();
     default: throw Error(std::string("no numpy dtype for ") + dtype_name(t));
   }
 }
@@ -593,6 +596,23 @@ PYBIND11_MODULE(_core, m) {
     return d;
   });
   m.def("op_names", &op_names);
+  // int8 calibration (cnnnative.quantize, core/quantize.hpp)
+  m.def(
+      "quant_points",
+      [](const Graph& g) {
+        std::vector<std::pair<int, int>> r;
+        for (const QuantPoint& p : quant_points(g)) r.push_back({p.value, p.tie});
+        return r;
+      },
+      "Values a quantized model of this graph quantizes: [(value id, value whose scale it shares or -1)].");
+  m.def(
+      "insert_qdq",
+      [](const Graph& g, const std::vector<std::tuple<int, double, std::string>>& specs) {
+        std::vector<QdqSpec> s;
+        for (auto& [v, scale, dt] : specs) s.push_back({v, scale, parse_dtype(dt)});
+        return insert_qdq(g, s);
+      },
+      "The graph with dequantize(quantize(v, scale, dtype)) read in place of each value v: [(id, scale, dtype)].");
   bind_planner(m);
   bind_probe(m);
   bind_pipeline(m);

@@ -71,7 +71,9 @@ from ._params import no_grad  # noqa: E402
 from .session import Session  # noqa: E402
 from .train import load_checkpoint, save_checkpoint  # noqa: E402
 from .io import GraphModule, load, save  # noqa: E402
+from .quantize import quantize  # noqa: E402
 from ._determinism import are_deterministic_algorithms_enabled, use_deterministic_algorithms  # noqa: E402
 
 __all__ += ["cuda", "data", "models", "nn", "optim", "manual_seed", "no_grad", "Session", "load_checkpoint", "save_checkpoint",
-            "GraphModule", "load", "save", "use_deterministic_algorithms", "are_deterministic_algorithms_enabled"]
+            "GraphModule", "load", "save", "quantize", "use_deterministic_algorithms",
+            "are_deterministic_algorithms_enabled"]

@@ -789,7 +789,7 @@ class Module:
                 layout: str = "auto", recompute="none", dtype: str = "float32", cache_weights: bool = True,
                 winograd: bool = True, deterministic=None, max_arena_bytes=None, strict: bool = False,
                 dump_passes=None, device=None, tf32: bool = True, cuda_graphs: bool = True,
-                distributed: bool = False):
+                distributed: bool = False, calibration=None, calibration_method: str = "minmax"):
         """Compiles the model for one input shape: mode 'infer' (eval behaviour of BN/dropout) or
         'train' (one step = forward, loss, backward, optimizer update). input_shape: the full shape (N, C, H, W),
         or a batch size N for a model that declares its input shape (an `input_shape` attribute (1, C, H, W), as
@@ -820,8 +820,33 @@ class Module:
         gradients over the processes before the update (docs/distributed.md). Returns a Session. The session shares the model's parameters and buffers (one
         ParamStore); it refuses to run (cn.Error) once a module, parameter or buffer of the model was
         added, removed or replaced: compile again. Plain attributes a forward() reads (a stride, a flag) are
-        traced as constants at compile, as torch.jit.trace does."""
+        traced as constants at compile, as torch.jit.trace does. dtype='int8' (inference): int8 post-training
+        quantization calibrated on `calibration` (an iterable of input batches) with `calibration_method`
+        ('minmax', 'percentile', 'entropy'); the same as cnnnative.quantize(model, calibration).compile(...)."""
         from .session import Session
+        if dtype == "int8":
+            if mode != "infer":
+                raise ValueError("compile: dtype='int8' is post-training quantization for inference; it cannot "
+                                 f"train (mode={mode!r}): train in float32, then quantize")
+            if calibration is None:
+                raise ValueError("compile: dtype='int8' needs calibration data: compile(..., dtype='int8', "
+                                 "calibration=batches) with an iterable of input batches (or cnnnative.quantize)")
+            unsupported = [k for k, v, d in (("optimize", optimize, True), ("layout", layout, "auto"),
+                                             ("cache_weights", cache_weights, True), ("recompute", recompute, "none"),
+                                             ("deterministic", bool(deterministic), False),
+                                             ("distributed", distributed, False)) if v != d]
+            if unsupported:
+                raise ValueError(f"compile: dtype='int8' does not take {', '.join(unsupported)} (the int8 session "
+                                 "needs the fused, nhwc int8 kernels)")
+            from .quantize import quantize
+            q = quantize(self, calibration, method=calibration_method)
+            if input_shape is None:
+                input_shape = q.input_shape
+            return q.compile(input_shape, backend=backend, plan_memory=plan_memory, seed=seed, winograd=winograd,
+                             max_arena_bytes=max_arena_bytes, strict=strict, dump_passes=dump_passes, device=device,
+                             tf32=tf32, cuda_graphs=cuda_graphs)
+        if calibration is not None:
+            raise ValueError(f"compile: calibration applies to dtype='int8' only, got dtype={dtype!r}")
         return Session(self, input_shape, mode=mode, optimizer=optimizer, loss=loss, seed=seed,
                        backend=backend, plan_memory=plan_memory, optimize=optimize, layout=layout,
                        recompute=recompute, dtype=dtype, cache_weights=cache_weights,

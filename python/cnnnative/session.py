@@ -119,8 +119,11 @@ class Session:
             recompute = "none"
         if recompute not in ("none", "cheap", "segments"):
             raise ValueError(f"compile: recompute must be 'none', 'cheap', 'segments' (or True/False), got {recompute!r}")
+        if dtype == "int8":
+            raise ValueError("compile: dtype='int8' needs calibration data: model.compile(..., dtype='int8', "
+                             "calibration=batches) or cnnnative.quantize(model, batches).compile(...)")
         if dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"compile: dtype must be 'float32' or 'bfloat16', got {dtype!r}")
+            raise ValueError(f"compile: dtype must be 'float32', 'bfloat16' or 'int8', got {dtype!r}")
         if recompute != "none" and mode != "train":
             raise ValueError("compile: recompute applies to mode='train' only (inference keeps no activations for backward)")
         if mode == "train":

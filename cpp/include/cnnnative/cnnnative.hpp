@@ -14,7 +14,7 @@
 
 namespace cnn {
 
-enum class DType : int { f32 = 0, f64 = 1, i32 = 2, u8 = 3, bf16 = 4 };
+enum class DType : int { f32 = 0, f64 = 1, i32 = 2, u8 = 3, bf16 = 4, s8 = 5 };
 size_t dtype_size(DType t);
 const char* dtype_name(DType t);
 bool is_float(DType t);

@@ -14,6 +14,7 @@
 #include "core/fuse.hpp"
 #include "core/layout.hpp"
 #include "core/op.hpp"
+#include "core/quantize.hpp"
 #include "core/recompute.hpp"
 
 namespace cnn {
@@ -131,6 +132,21 @@ bool pass_fuse(CompileState& st, std::string& summary) {
             " with batch norm folded, " + std::to_string(sum) + " with the residual add), " +
             std::to_string(r.fused_linear) + " fused linear (" + std::to_string(linear_bn) +
             " with batch norm folded), " + std::to_string(r.removed_nodes) + " nodes removed";
+  return true;
+}
+
+// ---- int8: dequantize -> conv / linear / pool [-> quantize] chains run as int8 kernels (core/quantize.hpp) ----
+bool pass_int8(CompileState& st, std::string& summary) {
+  Plan& p = st.plan;
+  if (p.opt.mode != Mode::Infer || !p.opt.optimize) return false;
+  bool qdq = false;
+  for (const Node& n : p.graph.nodes) qdq = qdq || n.op == "dequantize";
+  // the int8 ops exist where the backend implements them, or where every node runs its reference kernel anyway
+  if (!qdq || (p.backend->kernel("qconv2d") == nullptr && p.backend->has_fast_kernels())) return false;
+  const Int8Report r = quantize_for_inference(p.graph, kept_values(st));
+  summary = std::to_string(r.qconv) + " int8 convolutions, " + std::to_string(r.qlinear) + " int8 linear, " +
+            std::to_string(r.qpool) + " int8 pools, " + std::to_string(r.qview) + " int8 views, " +
+            std::to_string(r.removed_nodes) + " nodes removed";
   return true;
 }
 
@@ -407,12 +423,19 @@ bool verify_enabled() {
 
 const std::vector<Pass>& compile_pipeline() {
   static const std::vector<Pass> passes{
-      {"check", pass_check},       {"fold_pad", pass_fold_pad},
-      {"fuse", pass_fuse},         {"swap_relu_pool", pass_swap_relu_pool},
-      {"autodiff", pass_autodiff}, {"recompute", pass_recompute},
-      {"layouts", pass_layouts},   {"interface", pass_interface},
-      {"storage", pass_storage},   {"lifetimes", pass_lifetimes},
-      {"inplace", pass_inplace},   {"memory_plan", pass_memory_plan},
+      {"check", pass_check},
+      {"fold_pad", pass_fold_pad},
+      {"fuse", pass_fuse},
+      {"int8", pass_int8},
+      {"swap_relu_pool", pass_swap_relu_pool},
+      {"autodiff", pass_autodiff},
+      {"recompute", pass_recompute},
+      {"layouts", pass_layouts},
+      {"interface", pass_interface},
+      {"storage", pass_storage},
+      {"lifetimes", pass_lifetimes},
+      {"inplace", pass_inplace},
+      {"memory_plan", pass_memory_plan},
       {"kernels", pass_kernels},
   };
   return passes;

@@ -31,6 +31,7 @@ size_t dtype_size(DType t) {
     case DType::i32: return 4;
     case DType::u8: return 1;
     case DType::bf16: return 2;
+    case DType::s8: return 1;
   }
   return 0;
 }
@@ -41,6 +42,7 @@ const char* dtype_name(DType t) {
     case DType::i32: return "int32";
     case DType::u8: return "uint8";
     case DType::bf16: return "bfloat16";
+    case DType::s8: return "int8";
   }
   return "?";
 }

@@ -101,6 +101,9 @@ bool layouts_alias(Layout a, Layout b, const Shape& s) {
 }
 
 // ---- the pass ----
+// Values a reorder node may convert: float activations and quantized (uint8 / int8) ones.
+static bool reorderable(DType t) { return is_float(t) || t == DType::u8 || t == DType::s8; }
+
 LayoutResult assign_layouts(Graph& g, const Backend& backend, const LayoutPolicy& policy, bool training,
                             int num_forward_nodes, const std::vector<int*>& must_be_plain) {
   LayoutResult res;
@@ -115,7 +118,7 @@ LayoutResult assign_layouts(Graph& g, const Backend& backend, const LayoutPolicy
     if (policy.aliases(lay[v], to, g.values[v].desc.shape)) return v;
     auto it = copies.find({v, to});
     if (it != copies.end()) return it->second;
-    if (!is_float(g.values[v].desc.dtype))
+    if (!reorderable(g.values[v].desc.dtype))
       throw Error("internal: layout pass: non-float value '" + g.values[v].name + "' is " + layout_name(lay[v]) +
                   " but a consumer wants " + layout_name(to));
     Attrs a;
@@ -174,7 +177,7 @@ LayoutResult assign_layouts(Graph& g, const Backend& backend, const LayoutPolicy
   }
   if (res.num_forward_nodes < 0) res.num_forward_nodes = int(nodes.size());
   for (int* v : must_be_plain)
-    if (*v >= 0 && lay[*v] != Layout::plain && is_float(g.values[*v].desc.dtype)) *v = in_layout(*v, Layout::plain);
+    if (*v >= 0 && lay[*v] != Layout::plain && reorderable(g.values[*v].desc.dtype)) *v = in_layout(*v, Layout::plain);
   g.nodes = std::move(nodes);
   for (size_t i = 0; i < g.nodes.size(); ++i)
     for (int v : g.nodes[i].outputs) g.values[v].producer = int(i);

@@ -646,7 +646,7 @@ Model decode_impl(ByteSource& file) {
     const std::string what = "value " + std::to_string(i);
     uint8_t kind = gr.u8(what + " kind"), dtype = gr.u8(what + " dtype");
     if (kind > uint8_t(ValueKind::Intermediate)) gr.fail(what + ": unknown kind " + std::to_string(kind));
-    if (dtype > uint8_t(DType::bf16)) gr.fail(what + ": unknown dtype " + std::to_string(dtype));
+    if (dtype > uint8_t(DType::s8)) gr.fail(what + ": unknown dtype " + std::to_string(dtype));
     v.kind = ValueKind(kind);
     v.desc.dtype = DType(dtype);
     v.name = gr.str(what + " name");

@@ -30,6 +30,7 @@ dnnl::memory::data_type dt_of(DType t) {
     case DType::bf16: return dnnl::memory::data_type::bf16;
     case DType::i32: return dnnl::memory::data_type::s32;
     case DType::u8: return dnnl::memory::data_type::u8;
+    case DType::s8: return dnnl::memory::data_type::s8;
     default: throw Error(std::string("oneDNN kernels do not take ") + dtype_name(t));
   }
 }

@@ -21,7 +21,7 @@ struct AddRef {
 template <class T>
 struct CopyRef {  // reshape: same bytes, new shape
   static void run(const RefArgs<T>& a) {
-    if (a.r.out[0] != a.r.in[0]) std::memcpy(a.out(0), a.in(0), size_t(numel(a.in_shape(0))) * sizeof(T));
+    if (a.r.out[0] != a.r.in[0]) std::memcpy(a.r.out[0], a.r.in[0], a.k.in[0].bytes());  // any dtype (int8 too)
   }
 };
 template <class T>

@@ -32,6 +32,12 @@ WORKLOADS = {
                                       {"dtype": "bfloat16"}),
     "resnet50_train_mb16_bf16": ("resnet50", {"num_classes": 1000}, (3, 224, 224), 16, "train",
                                  {"dtype": "bfloat16"}),
+    # int8 post-training quantization (cnnnative.quantize), against float32 PyTorch / ORT and ORT running the same
+    # network quantized by onnxruntime.quantization.quantize_static (QDQ, per-channel int8 weights, uint8
+    # activations), both calibrated on the same batches
+    **{f"{m}_infer_mb{b}_int8": (m, {"num_classes": 1000} if m != "lenet5" else {},
+                                 (3, 224, 224) if m != "lenet5" else (1, 28, 28), b, "infer", {"dtype": "int8"})
+       for m, b in (("resnet50", 16), ("resnet50", 1), ("resnet18", 16), ("lenet5", 256))},
     # the direct convolution kernels only (Winograd off), to show what the Winograd path adds
     "resnet18cifar_train_mb64_direct": ("resnet18", {"num_classes": 10, "cifar": True}, (3, 32, 32), 64, "train",
                                         {"winograd": False}),
@@ -49,6 +55,44 @@ def _spec(workload):
     w = WORKLOADS[workload]
     return w[:5] + ((w[5] if len(w) > 5 else {}),)
 QUICK = ["lenet5_infer_mb256", "lenet5_infer_mb1", "lenet5_train_mb64", "resnet18_infer_mb16"]
+
+
+def _calibration(workload):
+    """Calibration batches for the int8 workloads, from the inputs' distribution (not the timed input itself):
+    at least 32 samples, in batches of the workload's batch size (the exported ONNX model's fixed batch)."""
+    _, _, chw, bs, _, _ = _spec(workload)
+    rng = np.random.default_rng(1)
+    return [rng.standard_normal((bs,) + chw).astype(np.float32) for _ in range(max(1, 32 // bs))]
+
+
+def _compile_kw(workload):
+    """cnnnative compile kwargs of a workload (the int8 ones with their calibration batches)."""
+    ckw = dict(_spec(workload)[5])
+    if ckw.get("dtype") == "int8":
+        ckw["calibration"] = _calibration(workload)
+    return ckw
+
+
+def _ort_quantize(workload, src):
+    """The float ONNX file `src` quantized by ONNX Runtime's quantize_static (QDQ, per-channel int8 weights, uint8
+    activations, min-max calibration on the workload's calibration batches) after ORT's recommended pre-processing
+    (quant_pre_process: graph optimization, so folded biases are initializers, and shape inference); returns the
+    new file."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{"x": b} for b in _calibration(workload)])
+
+        def get_next(self):
+            return next(self.it, None)
+    pre, dst = src[:-5] + "_pre.onnx", src[:-5] + "_int8.onnx"
+    quant_pre_process(src, pre)
+    quantize_static(pre, dst, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    os.unlink(pre)
+    return dst
 
 
 def _build(workload):
@@ -81,7 +125,8 @@ def _engines(workload, threads, check=True, percall=False):
     import cnnnative as cn
 
     model, twin, x, y, mode = _build(workload)
-    ckw = _spec(workload)[5]
+    ckw = _compile_kw(workload)
+    int8 = ckw.get("dtype") == "int8"
     engines, note = {}, ""
     if mode == "infer":
         sess = model.compile(x.shape, mode="infer", **ckw)
@@ -105,12 +150,17 @@ def _engines(workload, threads, check=True, percall=False):
             with torch.inference_mode():
                 ref = twin(tx).numpy()
             err = float(np.max(np.abs(ours - ref)) / (np.max(np.abs(ref)) + 1e-12))
-            tol = 5e-2 if ckw.get("dtype") == "bfloat16" else 1e-3
+            tol = 5e-2 if ckw.get("dtype") == "bfloat16" else 0.25 if int8 else 1e-3
             if check and err > tol:
                 raise RuntimeError(f"{workload}: cnnnative and PyTorch outputs differ (rel err {err:.2e})")
             note = f"max rel err vs PyTorch {err:.1e}"
-            if ckw.get("dtype") == "bfloat16":
+            if ckw.get("dtype") in ("bfloat16", "int8"):
                 note += f", top-1 agreement {float(np.mean(ours.argmax(1) == ref.argmax(1))):.3f}"
+            if int8:
+                cos = (ours * ref).sum(1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(ref, axis=1))
+                note += f", min cosine {float(cos.min()):.4f}"
+                if check and cos.min() < 0.99:
+                    raise RuntimeError(f"{workload}: int8 output's cosine to float32 {cos.min():.4f} < 0.99")
 
             def t_infer():
                 with torch.inference_mode():
@@ -135,6 +185,13 @@ def _engines(workload, threads, check=True, percall=False):
                     raise RuntimeError(f"{workload}: cnnnative and ONNX Runtime outputs differ ({oerr:.2e})")
                 note += f", vs ORT {oerr:.1e}"
                 engines["onnxruntime"] = lambda: osess.run(None, {"x": x})
+                if int8:
+                    qpath = _ort_quantize(workload, f.name)
+                    _ONNX_FILES[workload + ":int8"] = qpath
+                    qsess = ort.InferenceSession(qpath, so, providers=["CPUExecutionProvider"])
+                    qref = qsess.run(None, {"x": x})[0]
+                    note += f", ORT int8 top-1 agreement {float(np.mean(qref.argmax(1) == ref.argmax(1))):.3f}"
+                    engines["onnxruntime_int8"] = lambda: qsess.run(None, {"x": x})
             except ImportError:
                 pass
         else:
@@ -203,7 +260,7 @@ def _child(workload, engine, threads):
         base = rss()
         model = cn.models.get_model(name, seed=0, **kw)
         if mode == "infer":
-            sess = model.compile(x.shape, cache_weights=engine == "cnnnative", **ckw)
+            sess = model.compile(x.shape, cache_weights=engine == "cnnnative", **_compile_kw(workload))
             fn = lambda: sess.run(x)
         else:
             sess = model.compile(x.shape, mode="train", optimizer=cn.optim.SGD(lr=1e-3, momentum=0.9), **ckw)
@@ -243,8 +300,8 @@ def _child(workload, engine, threads):
 
 def _rss(workload, engine, threads):
     env = dict(os.environ)
-    if engine == "onnxruntime":
-        env["CNN_BENCH_ONNX"] = _ONNX_FILES.get(workload, "")
+    if engine.startswith("onnxruntime"):
+        env["CNN_BENCH_ONNX"] = _ONNX_FILES.get(workload + (":int8" if engine.endswith("int8") else ""), "")
     r = subprocess.run([sys.executable, "-m", "cnnnative.bench", "--child", workload, engine, "--threads",
                         str(threads)], capture_output=True, text=True, timeout=1800, env=env)
     try:
@@ -340,9 +397,10 @@ def main(argv=None) -> int:
                       "gflops": flops / med * 1e-6, "pct_peak": flops / med * 1e-6 / pk * 100}
             if not args.no_rss:
                 row[k]["rss_increase_mib"] = _rss(n, k, args.threads)
-        if workload_onnx := _ONNX_FILES.pop(n, None):
-            os.unlink(workload_onnx)
-        for k in ("cnnnative_percall", "pytorch", "onnxruntime"):
+        for key in (n, n + ":int8"):
+            if workload_onnx := _ONNX_FILES.pop(key, None):
+                os.unlink(workload_onnx)
+        for k in ("cnnnative_percall", "pytorch", "onnxruntime", "onnxruntime_int8"):
             if k in row:
                 row[f"ratio_vs_{k}"] = row["cnnnative"]["median_ms"] / row[k]["median_ms"]
         rows.append(row)
@@ -350,7 +408,7 @@ def main(argv=None) -> int:
     lines = [head, "", "| workload | engine | median ms (min-max) | img/s | GFLOP/s | % peak | peak RSS +MiB | ratio |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        for k in ("cnnnative", "cnnnative_percall", "pytorch", "onnxruntime"):
+        for k in ("cnnnative", "cnnnative_percall", "pytorch", "onnxruntime", "onnxruntime_int8"):
             if k not in r:
                 continue
             e = r[k]
@@ -360,7 +418,9 @@ def main(argv=None) -> int:
                          f"{e['images_per_s']:.0f} | {e['gflops']:.1f} | {e['pct_peak']:.1f} | {rss} | {ratio} |")
     lines.append("")
     lines.append("ratio = cnnnative median time / that engine's median time (below 1: cnnnative faster). "
-                 "% peak: of the float32 FMA peak, or for cnnnative's bfloat16 rows of the bf16 dot-product peak.")
+                 "% peak: of the float32 FMA peak, or for cnnnative's bfloat16 rows of the bf16 dot-product peak (int8 "
+                 "rows: of the float32 peak too, so above 100 % is possible). *_int8 workloads: cnnnative int8, "
+                 "PyTorch and onnxruntime float32, onnxruntime_int8 the QDQ model of quantize_static.")
     md = "\n".join(lines)
     print()
     print(md)

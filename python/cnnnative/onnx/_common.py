@@ -23,7 +23,7 @@ FOLDABLE_OPS = (
     "Floor", "Gather", "Greater", "GreaterOrEqual", "Identity", "Less", "LessOrEqual", "Max", "Min", "Mod",
     "Mul", "Neg", "Not", "Or", "Range", "Reciprocal", "ReduceMax", "ReduceMean", "ReduceMin", "ReduceProd",
     "ReduceSum", "Reshape", "Shape", "Sign", "Size", "Slice", "Sqrt", "Squeeze", "Sub", "Transpose",
-    "Unsqueeze", "Where", "Xor",
+    "Unsqueeze", "Where", "Xor", "QuantizeLinear", "DequantizeLinear",
 )
 
 # Limits of the importer. Where they overlap with the .cnn format's (cpp/src/core/serialize.hpp) they are the

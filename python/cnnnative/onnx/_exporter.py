@@ -11,7 +11,7 @@ import numpy as np
 
 from .._atomic import write_atomic
 from ..graph import GraphBuilder, Tensor
-from . import _ops_act, _ops_binary, _ops_norm, _ops_reduce, _ops_resize, _ops_shape  # noqa: F401 (register exporters)
+from . import _ops_act, _ops_binary, _ops_norm, _ops_quant, _ops_reduce, _ops_resize, _ops_shape  # noqa: F401,E501 (register exporters)
 from . import _registry
 from ._common import UnsupportedError, require_onnx
 

@@ -231,4 +231,7 @@ def fold_node(node, ins):
         return [np.asarray(np.abs(x) if op == "Abs" else np.sign(x)).astype(x.dtype)]
     if op == "Size":
         return [np.array(numel(ins[0].shape), np.int64)]
+    if op in ("QuantizeLinear", "DequantizeLinear"):  # QDQ weights and biases (onnx/_ops_quant.py)
+        from ._ops_quant import fold_qdq
+        return [fold_qdq(op, a, ins)]
     raise Unsupported(f"no constant folding for {op}")

@@ -160,6 +160,7 @@ class Program:
                 else:
                     keep.append(n)
             self.nodes = keep
+        _ops_quant.expand_qlinear(self)  # QLinearConv / QLinearMatMul -> DequantizeLinear, Conv / MatMul, QuantizeLinear
         self._fold_constants()
         _ops_act.fuse_patterns(self)  # multi-node spellings of GELU / thresholded Softplus -> one node
         _rewrite.canonicalize(self)
@@ -699,7 +700,7 @@ ENGINE_OPS_NEEDED = {"ConvTranspose": ("conv_transpose2d",), "LRN": ("lrn",), "C
                      "Slice": ("split",),
                      "Pad": ("pad", "fill", "concat")}
 # the op families that register their mappers (onnx/_registry.py)
-from . import _ops_act, _ops_binary, _ops_norm, _ops_reduce, _ops_resize, _ops_shape  # noqa: E402,F401
+from . import _ops_act, _ops_binary, _ops_norm, _ops_quant, _ops_reduce, _ops_resize, _ops_shape  # noqa: E402,F401
 from ._registry import ENGINE_OPS as _REG_ENGINE_OPS  # noqa: E402
 from ._registry import IMPORTERS as _REG_IMPORTERS  # noqa: E402
 from ._registry import WEIGHT_SLOTS as _REG_WEIGHT_SLOTS  # noqa: E402
@@ -710,7 +711,7 @@ for _t, _fn in _REG_IMPORTERS.items():
     HANDLERS[_t] = _fn
 ENGINE_OPS_NEEDED.update(_REG_ENGINE_OPS)
 FOLDABLE = set(FOLDABLE_OPS)
-KNOWN_OPS = set(SUPPORTED_OPS) | FOLDABLE | set(_REG_IMPORTERS)
+KNOWN_OPS = set(SUPPORTED_OPS) | FOLDABLE | set(_REG_IMPORTERS) | {"QLinearConv", "QLinearMatMul"}
 assert set(SUPPORTED_OPS) <= set(HANDLERS) | {"Constant"}
 
 

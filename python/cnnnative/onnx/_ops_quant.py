@@ -1,0 +1,144 @@
+"""ONNX QDQ models and int8 models (cnnnative.quantize).
+
+Export: the engine's quantize / dequantize pairs are ONNX's QDQ format, QuantizeLinear / DequantizeLinear with a
+per-tensor scale and a zero point of 0 whose type (uint8 / int8) gives the quantized type. Weights stay float
+initializers (the engine quantizes them per output channel at compile).
+
+Import (QDQ models as onnxruntime.quantization.quantize_static writes them): DequantizeLinear of constant int8
+weights and int32 biases folds into float weights at import (per-tensor or per-axis scales); QuantizeLinear /
+DequantizeLinear on computed tensors become the engine's quantize / dequantize, which the int8 compile pass turns
+into int8 kernels around convolutions, linear layers and pools. The engine's activations are symmetric: a
+non-zero activation zero point (onnxruntime's default asymmetric uint8) is refused with a hint; quantize with
+symmetric int8 activations (quantize_static(..., activation_type=QuantType.QInt8,
+extra_options={"ActivationSymmetric": True}))."""
+from __future__ import annotations
+
+import numpy as np
+
+from ._base import Invalid, Unsupported
+from ._emit import NodeContext
+from ._registry import exports, imports
+
+_NP = {3: np.uint8, 5: np.int8}
+_BY_NAME = {"uint8": np.uint8, "int8": np.int8}
+_ENGINE = {np.dtype(np.uint8): 3, np.dtype(np.int8): 5}
+
+
+def fold_qdq(op, attrs, ins):
+    """numpy QuantizeLinear / DequantizeLinear of constants (per-tensor, or per-axis with 1-D scales)."""
+    if len(ins) < 2 or ins[0] is None or ins[1] is None:
+        raise Invalid("needs x and y_scale / x_scale")
+    x, scale = np.asarray(ins[0]), np.asarray(ins[1], np.float64)
+    zp = np.asarray(ins[2]) if len(ins) > 2 and ins[2] is not None else None
+    if scale.ndim > 1 or (zp is not None and zp.shape != scale.shape):
+        raise Unsupported(f"scale {list(scale.shape)} / zero point: only per-tensor or per-axis (1-D) scales")
+    if not np.all(np.isfinite(scale)) or not np.all(scale > 0):
+        raise Invalid("scales must be finite and > 0")
+    if scale.ndim == 1:
+        axis = int(attrs.get("axis", 1))
+        axis = axis + x.ndim if axis < 0 else axis
+        if not 0 <= axis < x.ndim or x.shape[axis] != scale.size:
+            raise Invalid(f"{scale.size} scales along axis {attrs.get('axis', 1)} of a {list(x.shape)} tensor")
+        shape = [1] * x.ndim
+        shape[axis] = scale.size
+        scale = scale.reshape(shape)
+        zp = None if zp is None else zp.reshape(shape)
+    if op == "DequantizeLinear":
+        if x.dtype.kind not in "iu":
+            raise Invalid(f"DequantizeLinear of dtype {x.dtype}")
+        z = 0 if zp is None else zp.astype(np.float64)
+        return ((x.astype(np.float64) - z) * scale).astype(np.float32)
+    qt = np.dtype(np.uint8) if zp is None else zp.dtype
+    if qt not in _ENGINE:
+        raise Unsupported(f"QuantizeLinear to {qt}")
+    info = np.iinfo(qt)
+    z = 0 if zp is None else zp.astype(np.float64)
+    return np.clip(np.rint(x.astype(np.float64) / scale) + z, info.min, info.max).astype(qt)
+
+
+def _scalar_qparams(ctx: NodeContext, default_type):
+    scale = ctx.constant(1, "scale")
+    if scale is None:
+        raise Invalid("needs a scale")
+    scale = np.asarray(scale, np.float64)
+    if scale.size != 1:
+        raise Unsupported(f"a per-axis scale {list(scale.shape)} on a computed tensor (only weights take one)")
+    s = float(scale.reshape(-1)[0])
+    if not (np.isfinite(s) and s > 0):
+        raise Invalid(f"scale must be finite and > 0, got {s}")
+    zp = ctx.constant(2, "zero point")
+    qt = np.dtype(default_type) if zp is None else np.asarray(zp).dtype
+    if qt not in _ENGINE:
+        raise Unsupported(f"quantized type {qt} (uint8 and int8 only)")
+    if zp is not None and np.any(np.asarray(zp) != 0):
+        raise Unsupported("a non-zero zero point (asymmetric activations); the engine's are symmetric: quantize "
+                          "with activation_type=QuantType.QInt8, extra_options={'ActivationSymmetric': True}")
+    return s, _ENGINE[qt]
+
+
+@imports("QuantizeLinear", engine_ops=("quantize",))
+def map_quantize(ctx: NodeContext):
+    s, dt = _scalar_qparams(ctx, np.uint8)
+    return ctx.op("quantize", [ctx.tensor(0, "x")], {"scale": s, "dtype": dt})
+
+
+@imports("DequantizeLinear", engine_ops=("dequantize",))
+def map_dequantize(ctx: NodeContext):
+    x = ctx.tensor(0, "x")
+    s, dt = _scalar_qparams(ctx, np.uint8)
+    if {3: "uint8", 5: "int8"}[dt] != x.dtype:
+        raise Invalid(f"zero point type does not match the quantized input ({x.dtype})")
+    return ctx.op("dequantize", [x], {"scale": s})
+
+
+@exports("quantize")
+def export_quantize(ex, ins, attrs, outs, name, I, O):
+    scale = ex.const(f"{name}.scale", np.array(float(attrs["scale"]), np.float32))
+    zp = ex.const(f"{name}.zero_point", np.array(0, _NP[int(attrs["dtype"])]))
+    ex.node("QuantizeLinear", [I[0], scale, zp], O, name)
+
+
+@exports("dequantize")
+def export_dequantize(ex, ins, attrs, outs, name, I, O):
+    scale = ex.const(f"{name}.scale", np.array(float(attrs["scale"]), np.float32))
+    zp = ex.const(f"{name}.zero_point", np.array(0, _BY_NAME[ex.graph.dtype(ins[0])]))
+    ex.node("DequantizeLinear", [I[0], scale, zp], O, name)
+
+
+def expand_qlinear(prog):
+    """QOperator models: QLinearConv / QLinearMatMul become DequantizeLinear -> Conv / MatMul -> QuantizeLinear at
+    import, before constant folding, so their int8 weights (and QLinearConv's int32 bias, scaled by x_scale *
+    w_scale) fold to float weights and the int8 compile pass makes them int8 kernels again."""
+    from ._base import Node
+    out = []
+    for n in prog.nodes:
+        if n.op not in ("QLinearConv", "QLinearMatMul"):
+            out.append(n)
+            continue
+        conv = n.op == "QLinearConv"
+        ins = list(n.inputs) + [""] * (9 - len(n.inputs))
+        x, xs, xz, w, ws, wz, ys, yz = ins[:8]
+        if not (x and xs and w and ws and ys):
+            raise Invalid(f"{n.onnx_op} {n.name!r}: missing inputs")
+
+        def tmp(suffix):
+            return prog.fresh(f"{n.name}/{suffix}")
+        xf, wf, yf = tmp("x"), tmp("w"), tmp("y")
+        out.append(Node("DequantizeLinear", f"{n.name}/dequantize_x", [x, xs, xz], [xf], {}, "DequantizeLinear"))
+        out.append(Node("DequantizeLinear", f"{n.name}/dequantize_w", [w, ws, wz], [wf],
+                        {"axis": 0 if conv else 1}, "DequantizeLinear"))
+        mid = [xf, wf]
+        if conv and ins[8]:
+            if xs not in prog.consts or ws not in prog.consts:
+                raise Unsupported(f"QLinearConv {n.name!r}: the scales must be constants")
+            bs = prog.fresh(f"{n.name}/bias_scale")
+            prog.consts[bs] = (np.asarray(prog.consts[xs], np.float64) *
+                               np.asarray(prog.consts[ws], np.float64)).astype(np.float32).reshape(-1)
+            bf = tmp("b")
+            out.append(Node("DequantizeLinear", f"{n.name}/dequantize_b", [ins[8], bs], [bf], {"axis": 0},
+                            "DequantizeLinear"))
+            mid.append(bf)
+        out.append(Node("Conv" if conv else "MatMul", n.name, mid, [yf], dict(n.attrs) if conv else {},
+                        "Conv" if conv else "MatMul"))
+        out.append(Node("QuantizeLinear", f"{n.name}/quantize", [yf, ys, yz], list(n.outputs), {}, "QuantizeLinear"))
+    prog.nodes = out
