@@ -799,8 +799,8 @@ class Module:
         chains in inference; layout: 'auto' (oneDNN's blocked layouts between capable kernels) or
         'plain' (NCHW everywhere), for comparison. recompute (training): None/'auto' (the default) is
         'lean': BN/ReLU/add outputs, convolutions and pooling of few flops per output byte ('lean:<flops per
-        byte>' sets the threshold; 'lean' = 64) and every other multi-reader value (ResNet block outputs) are
-        recomputed in the backward pass instead of kept - ResNet-50 b16: about 0.55x the arena of 'none' for a
+        byte>' sets the threshold; 'lean' = 80) and every other multi-reader value (ResNet block outputs) are
+        recomputed in the backward pass instead of kept - ResNet-50 b16: about 0.4x the arena of 'none' for a
         few % of step time; 'none' (or False) keeps every activation the backward pass reads; 'cheap' recomputes
         BN/ReLU/add outputs only; 'segments' (or True) keeps only segment boundaries (e.g. ResNet block
         outputs) and recomputes the rest - about a third of the memory of 'none' for one extra forward pass.

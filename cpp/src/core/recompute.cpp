@@ -58,7 +58,7 @@ std::string recompute_name(const RecomputePolicy& p) {
 
 std::vector<RecomputePolicy> recompute_ladder() {
   std::vector<RecomputePolicy> l{{Recompute::none, 0}, {Recompute::cheap, 0}};
-  for (double t : {0.0, 32.0, kLeanFlopsPerByte, 96.0, 128.0, 192.0, 256.0}) l.push_back({Recompute::lean, t});
+  for (double t : {0.0, 32.0, 64.0, kLeanFlopsPerByte, 128.0, 192.0, 256.0}) l.push_back({Recompute::lean, t});
   l.push_back({Recompute::segments, 0});
   return l;
 }

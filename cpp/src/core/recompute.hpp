@@ -27,10 +27,11 @@ struct RecomputePolicy {
   }
 };
 
-// lean's default threshold: 64 flops per byte = 2 x 128 multiply-adds per 4-byte output element, i.e. 1x1
-// convolutions from up to 128 channels, pooling. ResNet-50 b16: arena 550 MiB (1,296 with "none") at ~1.03x
-// the step time; 32: 648 MiB, 128: 354 MiB at ~1.07x (bench/RESULTS.md, "Memory plan at scale").
-constexpr double kLeanFlopsPerByte = 64;
+// lean's default threshold: 80 flops per byte of output freed, i.e. 1x1 convolutions from up to 160 channels
+// (2 x 160 multiply-adds per 4-byte element), a 7x7 stem over 3 channels (73.5), pooling. ResNet-50 b16: arena
+// 501 MiB (1,296 with "none") for a few % of step time; 32: 648 MiB, 64: 550, 128: 354 at ~1.15x
+// (bench/RESULTS.md, "Lean training memory by default").
+constexpr double kLeanFlopsPerByte = 80;
 
 // "none" | "cheap" | "lean" | "lean:<flops per byte>" | "segments"; "auto" is "lean" for training sessions and
 // "none" for gradient sessions (mode_train); compile_plan makes a training "auto" "cheap" instead where that
