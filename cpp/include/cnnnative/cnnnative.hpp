@@ -157,7 +157,8 @@ struct CompileOptions {
   // "none", "cheap" (BN/ReLU/add outputs, recomputed from kept conv outputs), "lean" (cheap, plus convolutions
   // and pooling of few flops per output byte and every other multi-reader value such as ResNet block outputs;
   // "lean:<flops per byte>" sets the threshold) or "segments" (only segment boundaries such as ResNet block
-  // outputs are kept; one extra forward over the rest). "auto": "lean" in Train, "none" in Grad.
+  // outputs are kept; one extra forward over the rest). "auto": "lean" in Train ("cheap" where that plans
+  // the smaller arena), "none" in Grad.
   std::string recompute = "auto";
   // Train: > 0 picks the recompute choice (recompute_ladder(): none, cheap, lean at rising thresholds,
   // segments) with the least recomputation whose arena + parameters, buffers, gradients and optimizer state fit
