@@ -1,7 +1,7 @@
 """Training memory and step time per recomputation mode, side by side in one process (modes alternate).
 
     python bench/recompute.py [--model resnet50] [--batch 16] [--size 224] [--rounds 3] [--cifar]
-                              [--modes none,cheap,lean,segments]
+                              [--modes none,cheap,lean,segments] [--threads N]
 
 Prints, per mode (the first is the yardstick; "default" is what compile does without recompute=, e.g. "lean";
 "lean:<flops per byte>" sets lean's threshold): arena, arena + persistent (parameters, gradients, optimizer
@@ -28,7 +28,10 @@ def main():
     ap.add_argument("--cifar", action="store_true")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--modes", default="none,cheap,lean,segments")
+    ap.add_argument("--threads", type=int, default=None, help="a fixed thread count (default: the automatic one)")
     a = ap.parse_args()
+    if a.threads:
+        cn.set_num_threads(a.threads)
     kw = {"num_classes": a.classes}
     if a.cifar:
         kw["cifar"] = True
