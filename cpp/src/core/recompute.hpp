@@ -22,14 +22,11 @@ enum class Recompute { none, cheap, lean, segments };
 struct RecomputePolicy {
   Recompute mode = Recompute::none;
   double max_flops_per_byte = 0;
-  bool operator==(const RecomputePolicy& o) const {
-    return mode == o.mode && (mode != Recompute::lean || max_flops_per_byte == o.max_flops_per_byte);
-  }
 };
 
 // lean's default threshold: 80 flops per byte of output freed, i.e. 1x1 convolutions from up to 160 channels
 // (2 x 160 multiply-adds per 4-byte element), a 7x7 stem over 3 channels (73.5), pooling. ResNet-50 b16: arena
-// 501 MiB (1,296 with "none") for a few % of step time; 32: 648 MiB, 64: 550, 128: 354 at ~1.15x
+// 501 MiB (1,296 with "none") at 1.03-1.08x the step time; 32: 648 MiB, 64: 550, 128: 354 at 1.05-1.15x
 // (bench/RESULTS.md, "Lean training memory by default").
 constexpr double kLeanFlopsPerByte = 80;
 
