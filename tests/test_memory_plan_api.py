@@ -16,7 +16,8 @@ def _aligned(n):
     return (n + 63) // 64 * 64
 
 
-@pytest.mark.parametrize("mode,kw", [("infer", {}), ("train", {}), ("train", {"recompute": "segments"})])
+@pytest.mark.parametrize("mode,kw", [("infer", {}), ("train", {}), ("train", {"recompute": "none"}),
+                                     ("train", {"recompute": "segments"})])
 def test_memory_plan_agrees_with_the_report(mode, kw):
     s = _compile(mode, **kw)
     rep = s.memory_report()
@@ -45,4 +46,8 @@ def test_memory_plan_agrees_with_the_report(mode, kw):
     else:
         assert "gradient" in kinds and 0 < s.num_forward_steps < n_steps
         assert all(b["first"] >= s.num_forward_steps for b in arena if b["kind"] in ("gradient", "recomputed"))
-        assert ("recomputed" in kinds) == (kw.get("recompute") == "segments")
+        assert ("recomputed" in kinds) == (rep["num_recomputed"] > 0)
+        if kw.get("recompute") == "none":
+            assert rep["num_recomputed"] == 0
+        if kw.get("recompute") == "segments":
+            assert rep["num_recomputed"] > 0

@@ -311,7 +311,8 @@ def test_chained_pads_with_one_value_merge_into_one(mode):
         else:
             s = a.compile(x.shape, mode="train", optimizer=cn.optim.SGD(lr=0.01), loss="mse")
             ref = b.compile(x.shape, mode="train", optimizer=cn.optim.SGD(lr=0.01), loss="mse", optimize=False)
-            assert _ops(s).count("pad") == (1 if merged else 2), _ops(s)
+            # the forward pass (the default training compile may rerun a pad in the backward pass)
+            assert _ops(s)[:s.num_forward_steps].count("pad") == (1 if merged else 2), _ops(s)
             t = np.random.default_rng(6).standard_normal(s.output_shape).astype(np.float32)
             for _ in range(2):
                 assert abs(s.step(x, t) - ref.step(x, t)) < 1e-4

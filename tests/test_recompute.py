@@ -7,7 +7,7 @@ import pytest
 import cnnnative as cn
 from cnnnative import nn
 
-MODES = ("none", "cheap", "segments")
+MODES = ("none", "cheap", "lean", "segments")
 
 
 def _data(shape, classes, seed=0):
@@ -30,7 +30,7 @@ def _train(build, shape, mode, steps=2, loss="cross_entropy", target=None, optim
 def _check_same(build, shape, rtol=1e-5, recomputes=True, **kw):
     ref_l, ref_sd, ref_r, _ = _train(build, shape, "none", **kw)
     arenas = {"none": ref_r["arena_bytes"]}
-    for mode in ("cheap", "segments"):
+    for mode in ("cheap", "lean", "segments", None):  # None: the default, 'auto' ('lean' or 'cheap')
         l, sd, r, s = _train(build, shape, mode, **kw)
         np.testing.assert_allclose(l, ref_l, rtol=rtol)
         assert sd.keys() == ref_sd.keys()
@@ -40,6 +40,11 @@ def _check_same(build, shape, rtol=1e-5, recomputes=True, **kw):
             assert (r["num_recomputed"] > 0) == recomputes, mode
             assert any(n.endswith("/recompute") for n in s.schedule()) == recomputes
         arenas[mode] = r["arena_bytes"]
+        if mode is None:
+            assert r["recompute"] in ("lean", "cheap")
+            assert arenas[None] == min(arenas["lean"], arenas["cheap"])
+        else:
+            assert r["recompute"] == mode
     assert arenas["segments"] <= arenas["cheap"] <= arenas["none"], arenas
     return arenas
 
@@ -109,8 +114,89 @@ def test_segments_keep_block_outputs_resnet50_memory():
         reps[mode] = s.memory_report()
         assert reps[mode]["arena_bytes"] <= 1.01 * reps[mode]["lower_bound_bytes"]
     assert reps["cheap"]["arena_bytes"] < 0.9 * reps["none"]["arena_bytes"]
+    # lean: the stem, the 1x1 convolutions from <= 160 channels and every other block output recomputed
+    assert reps["lean"]["arena_bytes"] < 0.5 * reps["none"]["arena_bytes"]
     assert reps["segments"]["arena_bytes"] < 0.4 * reps["none"]["arena_bytes"]
     assert reps["segments"]["persistent_bytes"] == reps["none"]["persistent_bytes"]
+
+
+def test_default_training_compile_is_lean():
+    """The default training compile recomputes (recompute='auto'); an explicit 'none' opts out; inference and
+    gradient-check sessions keep everything."""
+    m = cn.models.get_model("resnet18", seed=0, num_classes=10)
+    sgd = cn.optim.SGD(lr=0.01)
+    default = m.compile((2, 3, 32, 32), mode="train", optimizer=sgd).memory_report()
+    none = m.compile((2, 3, 32, 32), mode="train", optimizer=sgd, recompute="none").memory_report()
+    assert default["recompute"] == "lean" and default["num_recomputed"] > 0
+    assert default["arena_bytes"] < 0.7 * none["arena_bytes"]
+    assert none["recompute"] == "none" and none["num_recomputed"] == 0
+    assert m.compile((2, 3, 32, 32)).memory_report()["num_recomputed"] == 0
+    assert m.compile((2, 3, 32, 32), recompute="none").memory_report()["num_recomputed"] == 0
+
+
+def test_auto_falls_back_to_cheap_where_lean_plans_more():
+    """MobileNetV2: recomputing its depthwise stages one value at a time keeps more alive than 'cheap'; the
+    default takes whichever plans the smaller arena."""
+    m = cn.models.get_model("mobilenet_v2", seed=0, num_classes=10)
+    arena = {}
+    for mode in ("lean", "cheap", None):
+        s = m.compile((2, 3, 64, 64), mode="train", optimizer=cn.optim.SGD(lr=0.01), recompute=mode)
+        arena[mode] = s.memory_report()["arena_bytes"]
+    assert arena[None] == min(arena["lean"], arena["cheap"])
+
+
+def test_lean_threshold_trades_memory():
+    """'lean:<flops per byte>': 0 recomputes no convolution; a higher threshold recomputes more of them."""
+    m = cn.models.resnet50(seed=0)
+    rep = {}
+    for mode in ("cheap", "lean:0", "lean", "lean:128"):
+        s = m.compile((2, 3, 224, 224), mode="train", optimizer=cn.optim.SGD(lr=0.1), recompute=mode)
+        rep[mode] = s.memory_report()
+        assert rep[mode]["recompute"] == mode
+    a = {k: r["arena_bytes"] for k, r in rep.items()}
+    assert a["lean:128"] < a["lean"] < a["lean:0"] < a["cheap"], a
+    n = {k: r["num_recomputed"] for k, r in rep.items()}
+    assert n["lean:128"] > n["lean"] > n["lean:0"] > n["cheap"], n
+
+
+def _need(rep):
+    return rep["arena_bytes"] + rep["persistent_bytes"]
+
+
+def test_memory_budget_picks_least_recompute_that_fits():
+    m = cn.models.get_model("resnet18", seed=0, num_classes=10)
+    shape = (4, 3, 32, 32)
+
+    def compile_(**kw):
+        return m.compile(shape, mode="train", optimizer=cn.optim.SGD(lr=0.01, momentum=0.9), **kw).memory_report()
+
+    none, cheap, seg = (compile_(recompute=r) for r in ("none", "cheap", "segments"))
+    assert compile_(memory_budget=_need(none))["recompute"] == "none"
+    assert compile_(memory_budget=_need(none) - 1)["recompute"] == "cheap"
+    assert compile_(memory_budget=_need(cheap))["recompute"] == "cheap"
+    r = compile_(memory_budget=_need(cheap) - 1)  # the first lean threshold (or segments) that fits
+    assert r["recompute"] not in ("none", "cheap") and _need(r) <= _need(cheap) - 1
+    assert r["recompute"] == compile_(recompute=r["recompute"])["recompute"]
+    smallest = min(_need(compile_(recompute=q)) for q in ("lean:0", "lean:32", "lean:64", "lean", "lean:128",
+                                                          "lean:192", "lean:256", "segments"))
+    assert smallest <= _need(seg)
+    assert _need(compile_(memory_budget=smallest)) == smallest
+    with pytest.raises(cn.Error, match=f"cannot be met.*arena \\+ persistent bytes: {smallest}$"):
+        compile_(memory_budget=smallest - 1)
+
+
+def test_memory_budget_option_errors():
+    m = cn.models.get_model("resnet18", seed=0, num_classes=10)
+    sgd = cn.optim.SGD(lr=0.01)
+    with pytest.raises(ValueError, match="not both"):
+        m.compile((2, 3, 32, 32), mode="train", optimizer=sgd, recompute="cheap", memory_budget=10**9)
+    with pytest.raises(ValueError, match="mode='train' only"):
+        m.compile((2, 3, 32, 32), memory_budget=10**9)
+    for bad in (0, -5, 1.5e9, "1GB", True):
+        with pytest.raises(ValueError, match="memory_budget must be"):
+            m.compile((2, 3, 32, 32), mode="train", optimizer=sgd, memory_budget=bad)
+    with pytest.raises(cn.Error, match=r"cannot be met: the smallest plan, recompute='[a-z:0-9]+', needs"):
+        m.compile((2, 3, 32, 32), mode="train", optimizer=sgd, memory_budget=1000)
 
 
 def test_recompute_steps_allocate_nothing():
@@ -126,8 +212,9 @@ def test_recompute_steps_allocate_nothing():
 
 def test_recompute_option_errors():
     m = cn.models.lenet5(seed=0)
-    with pytest.raises(ValueError, match="recompute must be"):
-        m.compile((2, 1, 28, 28), mode="train", recompute="all")
+    for bad in ("all", "lean:", "lean:x", "lean:-1", 3):
+        with pytest.raises(ValueError, match="recompute must be"):
+            m.compile((2, 1, 28, 28), mode="train", optimizer=cn.optim.SGD(lr=0.01), recompute=bad)
     with pytest.raises(ValueError, match="mode='train' only"):
         m.compile((2, 1, 28, 28), recompute="segments")
     r = cn.models.get_model("resnet18", seed=0, num_classes=10)

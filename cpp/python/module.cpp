@@ -250,6 +250,7 @@ py::dict report_dict(const MemoryReport& r) {
   d["num_planned_buffers"] = r.num_planned;
   d["num_inplace"] = r.num_inplace;
   d["num_recomputed"] = r.num_recomputed;
+  d["recompute"] = r.recompute;
   d["num_relu_pool_swapped"] = r.num_relu_pool_swapped;
   return d;
 }
@@ -350,7 +351,7 @@ PYBIND11_MODULE(_core, m) {
                       const std::vector<int>& wrt, const py::dict& optim, bool plan_memory, uint64_t seed,
                       bool optimize, const std::string& layout, const std::string& recompute, const std::string& dtype,
                       bool cache_weights, bool winograd, bool deterministic, size_t max_arena_bytes, bool strict,
-                      const std::string& dump_passes, bool tf32, bool graphs) {
+                      const std::string& dump_passes, bool tf32, bool graphs, size_t memory_budget) {
             CompileOptions o;
             if (mode == "infer")
               o.mode = Mode::Infer;
@@ -379,6 +380,7 @@ PYBIND11_MODULE(_core, m) {
             o.dump_passes = dump_passes;
             o.tf32 = tf32;
             o.graphs = graphs;
+            o.memory_budget = memory_budget;
             for (auto kv : optim) {
               std::string k = py::str(kv.first);
               py::handle v = kv.second;
@@ -410,10 +412,10 @@ PYBIND11_MODULE(_core, m) {
           py::arg("graph"), py::arg("store"), py::arg("mode") = "infer", py::arg("backend") = "cpu",
           py::arg("compute") = "float32", py::arg("loss") = -1, py::arg("grad_of") = std::vector<int>{},
           py::arg("wrt") = std::vector<int>{}, py::arg("optim") = py::dict(), py::arg("plan_memory") = true,
-          py::arg("seed") = 0, py::arg("optimize") = true, py::arg("layout") = "auto", py::arg("recompute") = "none",
+          py::arg("seed") = 0, py::arg("optimize") = true, py::arg("layout") = "auto", py::arg("recompute") = "auto",
           py::arg("dtype") = "float32", py::arg("cache_weights") = true, py::arg("winograd") = true,
           py::arg("deterministic") = false, py::arg("max_arena_bytes") = 0, py::arg("strict") = false,
-          py::arg("dump_passes") = "", py::arg("tf32") = true, py::arg("graphs") = true)
+          py::arg("dump_passes") = "", py::arg("tf32") = true, py::arg("graphs") = true, py::arg("memory_budget") = 0)
       .def("run", &PySession::run)
       .def("run_fetch", &PySession::run_fetch, py::arg("inputs"), py::arg("index") = 0)
       .def("step", &PySession::step)

@@ -786,10 +786,11 @@ class Module:
 
     def compile(self, input_shape=None, mode: str = "infer", optimizer=None, loss: str | None = None,
                 seed: int = 0, backend: str = "cpu", plan_memory: bool = True, optimize: bool = True,
-                layout: str = "auto", recompute="none", dtype: str = "float32", cache_weights: bool = True,
+                layout: str = "auto", recompute=None, dtype: str = "float32", cache_weights: bool = True,
                 winograd: bool = True, deterministic=None, max_arena_bytes=None, strict: bool = False,
                 dump_passes=None, device=None, tf32: bool = True, cuda_graphs: bool = True,
-                distributed: bool = False, calibration=None, calibration_method: str = "minmax"):
+                distributed: bool = False, memory_budget=None, calibration=None,
+                calibration_method: str = "minmax"):
         """Compiles the model for one input shape: mode 'infer' (eval behaviour of BN/dropout) or
         'train' (one step = forward, loss, backward, optimizer update). input_shape: the full shape (N, C, H, W),
         or a batch size N for a model that declares its input shape (an `input_shape` attribute (1, C, H, W), as
@@ -797,10 +798,16 @@ class Module:
         (cn.optim.SGD/Adam/AdamW); loss ('cross_entropy' by default, 'mse', 'bce_with_logits') and optimizer
         apply to training only (given with mode='infer', a ValueError). optimize: fuse conv/BN/add/ReLU
         chains in inference; layout: 'auto' (oneDNN's blocked layouts between capable kernels) or
-        'plain' (NCHW everywhere), for comparison. recompute (training): 'none'; 'cheap' recomputes
-        BN/ReLU/add outputs in the backward pass instead of keeping them; 'segments' (or True) keeps only
-        segment boundaries (e.g. ResNet block outputs) and recomputes the rest - about half the training
-        memory of 'none' for one extra forward pass. dtype='bfloat16' (inference, CPUs with AVX512-BF16):
+        'plain' (NCHW everywhere), for comparison. recompute (training): None/'auto' (the default) is
+        'lean': BN/ReLU/add outputs, convolutions and pooling of few flops per output byte ('lean:<flops per
+        byte>' sets the threshold; 'lean' = 80) and every other multi-reader value (ResNet block outputs) are
+        recomputed in the backward pass instead of kept - ResNet-50 b16: about 0.4x the arena of 'none' for a
+        few % of step time; 'none' (or False) keeps every activation the backward pass reads; 'cheap' recomputes
+        BN/ReLU/add outputs only; 'segments' (or True) keeps only segment boundaries (e.g. ResNet block
+        outputs) and recomputes the rest - about a third of the memory of 'none' for one extra forward pass.
+        memory_budget (training, bytes): picks the least recomputation (none, cheap, lean at rising
+        thresholds, segments) whose arena + parameters, buffers, gradients and optimizer state fit; cn.Error
+        naming the smallest reachable size when none does (give recompute or memory_budget, not both). dtype='bfloat16' (inference, CPUs with AVX512-BF16):
         activations between convolutions, BN, pooling and eltwise ops are stored and computed in bfloat16
         (float32 accumulation; inputs, outputs and weights stay float32) - about twice as fast, outputs
         within ~1e-2 relative of float32. cache_weights: inference keeps weights prepared (reordered, BN
@@ -832,7 +839,9 @@ class Module:
                 raise ValueError("compile: dtype='int8' needs calibration data: compile(..., dtype='int8', "
                                  "calibration=batches) with an iterable of input batches (or cnnnative.quantize)")
             unsupported = [k for k, v, d in (("optimize", optimize, True), ("layout", layout, "auto"),
-                                             ("cache_weights", cache_weights, True), ("recompute", recompute, "none"),
+                                             ("cache_weights", cache_weights, True),
+                                             ("recompute", recompute not in (None, False, "none", "auto"), False),
+                                             ("memory_budget", memory_budget, None),
                                              ("deterministic", bool(deterministic), False),
                                              ("distributed", distributed, False)) if v != d]
             if unsupported:
@@ -852,7 +861,7 @@ class Module:
                        recompute=recompute, dtype=dtype, cache_weights=cache_weights,
                        winograd=winograd, deterministic=deterministic, max_arena_bytes=max_arena_bytes,
                        strict=strict, dump_passes=dump_passes, device=device, tf32=tf32, cuda_graphs=cuda_graphs,
-                       distributed=distributed)
+                       distributed=distributed, memory_budget=memory_budget)
 
     def extra_repr(self) -> str:
         return ""

@@ -104,27 +104,57 @@ def warn_reference_fallbacks(core_session) -> None:
                       "compile(strict=True) refuses this)", RuntimeWarning, stacklevel=3)
 
 
+def _recompute_choice(recompute, mode, memory_budget) -> str:
+    """compile(recompute=...) for the core: None = 'auto' ('lean' in training), True = 'segments', False = 'none'."""
+    if recompute is None:
+        return "auto"
+    if memory_budget is not None:
+        raise ValueError("compile: give recompute= or memory_budget=, not both (memory_budget picks the recompute "
+                         "choice)")
+    if recompute is True:
+        return "segments"
+    if recompute is False:
+        return "none"
+    ok = recompute in ("auto", "none", "cheap", "lean", "segments")
+    if isinstance(recompute, str) and recompute.startswith("lean:"):
+        try:
+            ok = float(recompute[5:]) >= 0
+        except ValueError:
+            ok = False
+    if not ok:
+        raise ValueError("compile: recompute must be None/'auto' (the default: 'lean' in training), 'none', 'cheap', "
+                         f"'lean', 'lean:<flops per byte>', 'segments' (or True/False), got {recompute!r}")
+    return recompute
+
+
+def _budget_bytes(memory_budget, mode) -> int:
+    """compile(memory_budget=...) for the core: a positive byte count, or 0 for None."""
+    if memory_budget is None:
+        return 0
+    if (not isinstance(memory_budget, (int, np.integer)) or isinstance(memory_budget, bool)
+            or memory_budget <= 0):
+        raise ValueError(f"compile: memory_budget must be a positive int (bytes) or None, got {memory_budget!r}")
+    if mode != "train":
+        raise ValueError("compile: memory_budget applies to mode='train' only (it picks what training recomputes)")
+    return int(memory_budget)
+
+
 class Session:
     def __init__(self, model, input_shape=None, mode="infer", optimizer=None, loss=None, seed=0,
-                 backend="cpu", plan_memory=True, optimize=True, layout="auto", recompute="none",
+                 backend="cpu", plan_memory=True, optimize=True, layout="auto", recompute=None,
                  dtype="float32", cache_weights=True, winograd=True, deterministic=None,
                  max_arena_bytes=None, strict=False, dump_passes=None, device=None, tf32=True, cuda_graphs=True,
-                 distributed=False):
+                 distributed=False, memory_budget=None):
         if mode not in ("infer", "train"):
             raise ValueError(f"compile: mode must be 'infer' or 'train', got {mode!r}")
         input_shape = resolve_input_shape(model, input_shape)
-        if recompute is True:
-            recompute = "segments"
-        elif recompute is False or recompute is None:
-            recompute = "none"
-        if recompute not in ("none", "cheap", "segments"):
-            raise ValueError(f"compile: recompute must be 'none', 'cheap', 'segments' (or True/False), got {recompute!r}")
+        recompute = _recompute_choice(recompute, mode, memory_budget)
         if dtype == "int8":
             raise ValueError("compile: dtype='int8' needs calibration data: model.compile(..., dtype='int8', "
                              "calibration=batches) or cnnnative.quantize(model, batches).compile(...)")
         if dtype not in ("float32", "bfloat16"):
             raise ValueError(f"compile: dtype must be 'float32', 'bfloat16' or 'int8', got {dtype!r}")
-        if recompute != "none" and mode != "train":
+        if recompute not in ("none", "auto") and mode != "train":
             raise ValueError("compile: recompute applies to mode='train' only (inference keeps no activations for backward)")
         if mode == "train":
             loss = "cross_entropy" if loss is None else loss
@@ -186,7 +216,8 @@ class Session:
                                     cache_weights=bool(cache_weights), winograd=bool(winograd),
                                     deterministic=self.deterministic, max_arena_bytes=arena_budget(max_arena_bytes),
                                     strict=bool(strict), dump_passes=_dump_dir(dump_passes), tf32=bool(tf32),
-                                    graphs=bool(cuda_graphs), **kw)
+                                    graphs=bool(cuda_graphs), memory_budget=_budget_bytes(memory_budget, mode),
+                                    **kw)
         except _core.Error as e:  # a node the compiler refused: say which module it came from
             from .nn import locate_node_error
             msg = locate_node_error(str(e), model)

@@ -569,7 +569,7 @@ class _Parallel:
 
 
 def fit(model, data, epochs, batch_size, optimizer, schedule=None, seed=0, progress=True, log=print,
-        eval_batch_size=256, transform=None, recompute="none", dtype="float32", checkpoint=None, resume=None,
+        eval_batch_size=256, transform=None, recompute="auto", dtype="float32", checkpoint=None, resume=None,
         config=None, device="cpu", history_file=None, model_name=None, distributed=False):
     """Trains on data = (x_train, y_train, x_test, y_test); returns (history, session), history a History: one
     dict per epoch {"epoch", "loss", "train_acc", "test_acc", "lr" (the learning rate of that epoch),
@@ -665,7 +665,7 @@ def iou(logits: np.ndarray, masks: np.ndarray) -> float:
 
 
 def fit_dense(model, x_tr, t_tr, x_te, t_te, epochs, batch_size, optimizer, loss, schedule=None, seed=0,
-              progress=True, log=print, metric=None, metric_name="metric", recompute="none", dtype="float32",
+              progress=True, log=print, metric=None, metric_name="metric", recompute="auto", dtype="float32",
               checkpoint=None, resume=None, config=None, device="cpu", history_file=None, model_name=None,
               distributed=False):
     """Trains a dense-output model (segmentation, denoising) with loss 'mse' or 'bce_with_logits' on float

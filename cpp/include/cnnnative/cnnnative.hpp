@@ -154,9 +154,16 @@ struct CompileOptions {
   // "auto" keeps Grad-mode sessions (gradient checks) plain; an explicit layout applies to them too.
   std::string layout = "auto";
   // Train/Grad: forward activations the backward pass recomputes instead of keeping (core/recompute.hpp):
-  // "none", "cheap" (BN/ReLU/add outputs, recomputed from kept conv outputs) or "segments" (only segment
-  // boundaries such as ResNet block outputs are kept; one extra forward over the rest).
-  std::string recompute = "none";
+  // "none", "cheap" (BN/ReLU/add outputs, recomputed from kept conv outputs), "lean" (cheap, plus convolutions
+  // and pooling of few flops per output byte and every other multi-reader value such as ResNet block outputs;
+  // "lean:<flops per byte>" sets the threshold) or "segments" (only segment boundaries such as ResNet block
+  // outputs are kept; one extra forward over the rest). "auto": "lean" in Train ("cheap" where that plans
+  // the smaller arena), "none" in Grad.
+  std::string recompute = "auto";
+  // Train: > 0 picks the recompute choice (recompute_ladder(): none, cheap, lean at rising thresholds,
+  // segments) with the least recomputation whose arena + parameters, buffers, gradients and optimizer state fit
+  // in this many bytes; none fits: an Error naming the smallest reachable size. Replaces `recompute`.
+  size_t memory_budget = 0;
   // cpu backend: bf16 stores activations (and in training their gradients) between bf16-capable kernels as
   // bfloat16 in blocked layouts (oneDNN accumulates in f32); inputs, outputs, parameters, their gradients and
   // optimizer state stay float32 (mixed-precision training with float32 master weights). Needs AVX512-BF16.
@@ -198,6 +205,7 @@ struct MemoryReport {
   size_t prepared_bytes = 0;  // inference: weights kept prepared (reordered, BN folded) by the kernels
   size_t num_planned = 0, num_inplace = 0;
   size_t num_recomputed = 0;         // nodes the recompute option added to the backward pass
+  std::string recompute;             // the recompute choice the plan was made with ("none", "lean", ...)
   size_t num_relu_pool_swapped = 0;  // relu -> max_pool2d pairs run as max_pool2d -> relu (training)
   size_t persistent_bytes() const {
     return param_bytes + grad_bytes + optimizer_state_bytes + buffer_bytes + prepared_bytes;

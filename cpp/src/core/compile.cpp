@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -199,12 +200,15 @@ bool pass_autodiff(CompileState& st, std::string& summary) {
 // ---- recompute: forward values the backward pass recomputes instead of keeping (core/recompute.hpp) ----
 bool pass_recompute(CompileState& st, std::string& summary) {
   Plan& p = st.plan;
-  const Recompute mode = parse_recompute(p.opt.recompute);
-  if (p.opt.mode == Mode::Infer || mode == Recompute::none) return false;
+  const RecomputePolicy policy = parse_recompute(p.opt.recompute, p.opt.mode == Mode::Train);
+  if (p.opt.mode == Mode::Infer) return false;
+  p.report.recompute = recompute_name(policy);
+  if (policy.mode == Recompute::none) return false;
   std::vector<int> keep = p.graph.outputs;
   if (p.loss_value >= 0) keep.push_back(p.loss_value);
-  p.report.num_recomputed = size_t(recompute_pass(p.graph, p.num_forward_nodes, mode, keep).num_cloned_nodes);
-  summary = std::to_string(p.report.num_recomputed) + " nodes recomputed in the backward pass";
+  p.report.num_recomputed = size_t(recompute_pass(p.graph, p.num_forward_nodes, policy, keep).num_cloned_nodes);
+  summary =
+      p.report.recompute + ": " + std::to_string(p.report.num_recomputed) + " nodes recomputed in the backward pass";
   return true;
 }
 
@@ -441,7 +445,77 @@ const std::vector<Pass>& compile_pipeline() {
   return passes;
 }
 
+namespace {
+
+// What a training plan holds besides its arena: parameters, buffers, gradients and the optimizer's state blocks
+// (as the session allocates them).
+size_t persistent_bytes(const Plan& p) {
+  const MemoryReport& r = p.report;
+  const OptimConfig& oc = p.opt.optim;
+  const size_t blocks = oc.kind == "sgd" ? (oc.momentum != 0 ? 1 : 0) : oc.amsgrad ? 3 : 2;
+  return r.param_bytes + r.buffer_bytes + r.grad_bytes + blocks * r.grad_bytes;
+}
+
+std::string mib_text(size_t bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f MiB", double(bytes) / 1048576.0);
+  return buf;
+}
+
+// A plan tried among others: the chosen one is planned again when pass dumps were asked for, so they show it.
+Plan chosen_plan(Plan p, const Graph& graph, const ParamStore& store, const CompileOptions& opt,
+                 const std::string& recompute) {
+  if (opt.dump_passes.empty() && !std::getenv("CNNNATIVE_DUMP_PASSES")) return p;
+  CompileOptions o = opt;
+  o.memory_budget = 0;
+  o.recompute = recompute;
+  return compile_plan(graph, store, o);
+}
+
+// recompute="auto" in training: "lean", unless "cheap" plans a smaller arena (lean's choices are made value by
+// value; where recomputed copies outlive what they replace, as in MobileNetV2's narrow blocks, cheap wins).
+Plan compile_auto(const Graph& graph, const ParamStore& store, const CompileOptions& opt) {
+  CompileOptions o = opt;
+  o.dump_passes.clear();
+  o.recompute = "lean";
+  Plan lean = compile_plan(graph, store, o);
+  o.recompute = "cheap";
+  Plan cheap = compile_plan(graph, store, o);
+  if (cheap.report.arena_bytes < lean.report.arena_bytes)
+    return chosen_plan(std::move(cheap), graph, store, opt, "cheap");
+  return chosen_plan(std::move(lean), graph, store, opt, "lean");
+}
+
+// compile(memory_budget=...): the first choice of recompute_ladder() whose plan fits.
+Plan compile_within_budget(const Graph& graph, const ParamStore& store, const CompileOptions& opt) {
+  if (opt.mode != Mode::Train) throw Error("compile: memory_budget applies to training sessions");
+  CompileOptions o = opt;
+  o.memory_budget = 0;
+  o.dump_passes.clear();
+  size_t best = SIZE_MAX;
+  std::string best_name, best_parts;
+  for (const RecomputePolicy& pol : recompute_ladder()) {
+    o.recompute = recompute_name(pol);
+    Plan p = compile_plan(graph, store, o);
+    const size_t need = p.report.arena_bytes + persistent_bytes(p);
+    if (need <= opt.memory_budget) return chosen_plan(std::move(p), graph, store, opt, o.recompute);
+    if (need < best) {
+      best = need;
+      best_name = o.recompute;
+      best_parts = "arena " + mib_text(p.report.arena_bytes) + " + persistent " + mib_text(persistent_bytes(p));
+    }
+  }
+  throw Error(
+      "compile: memory_budget of " + mib_text(opt.memory_budget) + " cannot be met: the smallest plan, recompute='" +
+      best_name + "', needs " + mib_text(best) + " (" + best_parts +
+      ", parameters, buffers, gradients and optimizer state); its arena + persistent bytes: " + std::to_string(best));
+}
+
+}  // namespace
+
 Plan compile_plan(const Graph& graph, const ParamStore& store, const CompileOptions& opt) {
+  if (opt.memory_budget > 0) return compile_within_budget(graph, store, opt);
+  if (opt.mode == Mode::Train && opt.recompute == "auto") return compile_auto(graph, store, opt);
   CompileState st{Plan{}, store, {}, {}};
   st.plan.graph = graph;
   st.plan.opt = opt;

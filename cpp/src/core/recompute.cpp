@@ -1,5 +1,8 @@
 #include "core/recompute.hpp"
 
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <set>
 #include <unordered_map>
@@ -19,15 +22,50 @@ size_t bytes_of(const Value& v) { return size_t(numel(v.desc.shape)) * dtype_siz
 
 }  // namespace
 
-Recompute parse_recompute(const std::string& s) {
-  if (s == "none") return Recompute::none;
-  if (s == "cheap") return Recompute::cheap;
-  if (s == "segments") return Recompute::segments;
-  throw Error("compile: recompute must be 'none', 'cheap' or 'segments', got '" + s + "'");
+RecomputePolicy parse_recompute(const std::string& s, bool mode_train) {
+  RecomputePolicy p;
+  if (s == "none") return p;
+  if (s == "auto") {
+    if (mode_train) p = {Recompute::lean, kLeanFlopsPerByte};
+    return p;
+  }
+  if (s == "cheap") return {Recompute::cheap, 0};
+  if (s == "segments") return {Recompute::segments, 0};
+  if (s == "lean") return {Recompute::lean, kLeanFlopsPerByte};
+  if (s.rfind("lean:", 0) == 0) {
+    const std::string num = s.substr(5);
+    char* end = nullptr;
+    const double t = num.empty() ? -1 : std::strtod(num.c_str(), &end);
+    if (t >= 0 && std::isfinite(t) && end && *end == 0) return {Recompute::lean, t};
+  }
+  throw Error(
+      "compile: recompute must be 'auto', 'none', 'cheap', 'lean', 'lean:<flops per byte>' or 'segments', got '" + s +
+      "'");
 }
 
-RecomputeResult recompute_pass(Graph& g, int nf, Recompute mode, const std::vector<int>& keep) {
+std::string recompute_name(const RecomputePolicy& p) {
+  switch (p.mode) {
+    case Recompute::none: return "none";
+    case Recompute::cheap: return "cheap";
+    case Recompute::segments: return "segments";
+    case Recompute::lean: break;
+  }
+  if (p.max_flops_per_byte == kLeanFlopsPerByte) return "lean";
+  char buf[48];
+  std::snprintf(buf, sizeof buf, "lean:%g", p.max_flops_per_byte);
+  return buf;
+}
+
+std::vector<RecomputePolicy> recompute_ladder() {
+  std::vector<RecomputePolicy> l{{Recompute::none, 0}, {Recompute::cheap, 0}};
+  for (double t : {0.0, 32.0, 64.0, kLeanFlopsPerByte, 128.0, 192.0, 256.0}) l.push_back({Recompute::lean, t});
+  l.push_back({Recompute::segments, 0});
+  return l;
+}
+
+RecomputeResult recompute_pass(Graph& g, int nf, const RecomputePolicy& policy, const std::vector<int>& keep) {
   RecomputeResult res;
+  const Recompute mode = policy.mode;
   if (mode == Recompute::none || nf >= int(g.nodes.size())) return res;
   const size_t nv = g.values.size();
   auto is_fwd_value = [&](int v) { return g.values[v].producer >= 0 && g.values[v].producer < nf; };
@@ -111,16 +149,41 @@ RecomputeResult recompute_pass(Graph& g, int nf, Recompute mode, const std::vect
   // Recompute set. A cheap value is recomputed only when its inputs are at hand in the backward pass anyway
   // (read by it, kept, fed, or recomputed themselves): recomputing ReLU(conv) would keep the conv output
   // alive instead of the ReLU output, gaining nothing.
-  std::vector<bool> R(nv, false);
+  // lean: also costly nodes at most policy.max_flops_per_byte per output byte, and values with several forward
+  // readers unless one of their recomputed inputs already depends on such a value (chain[]): a recomputed copy
+  // lives from its first backward reader on, so a cascade (every block output of a stage rebuilt from the
+  // first) would hold as much as keeping them.
+  std::vector<bool> R(nv, false), chain(nv, false);
   auto at_hand = [&](int u) { return !is_fwd_value(u) || kept[u] || bwd_read[u] || R[u]; };
+  auto cheap_enough = [&](const Node& n) {
+    if (is_cheap(n.op)) return true;
+    if (mode != Recompute::lean || get_op(n.op).recompute != RecomputeClass::costly) return false;
+    const auto& flops = get_op(n.op).flops;
+    if (!flops) return false;
+    std::vector<TensorDesc> in, out;
+    size_t out_bytes = 0;
+    for (int u : n.inputs) in.push_back(g.values[u].desc);
+    for (int v : n.outputs) out.push_back(g.values[v].desc), out_bytes += bytes_of(g.values[v]);
+    return out_bytes > 0 && flops(in, out) <= policy.max_flops_per_byte * double(out_bytes);
+  };
   for (int s = 0; s < nf; ++s) {
     const Node& n = g.nodes[s];
-    bool inputs_ok = true;
-    for (int u : n.inputs) inputs_ok = inputs_ok && at_hand(u);
+    bool inputs_ok = true, in_chain = false;
+    for (int u : n.inputs) {
+      inputs_ok = inputs_ok && at_hand(u);
+      in_chain = in_chain || chain[u];
+    }
     const bool in_segment = mode == Recompute::segments && seg[s] >= 0;
+    const bool cheap = is_cheap(n.op), ok = cheap_enough(n);
     for (int v : n.outputs) {
       if (kept[v] || !inputs_ok) continue;
-      R[v] = in_segment || (is_cheap(n.op) && fwd_readers[v] <= 1);
+      if (mode == Recompute::lean) {
+        const bool multi = fwd_readers[v] > 1;
+        R[v] = ok && !(multi && in_chain);
+        chain[v] = R[v] && (multi || in_chain);
+      } else {
+        R[v] = in_segment || (cheap && fwd_readers[v] <= 1);
+      }
     }
   }
 

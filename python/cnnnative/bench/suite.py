@@ -23,7 +23,11 @@ WORKLOADS = {
     "lenet5_infer_mb1": ("lenet5", {}, (1, 28, 28), 1, "infer"),
     "lenet5_train_mb64": ("lenet5", {}, (1, 28, 28), 64, "train"),
     "resnet18cifar_train_mb64": ("resnet18", {"num_classes": 10, "cifar": True}, (3, 32, 32), 64, "train"),
+    # the default training compile: recompute="auto" = "lean" (docs/ARCHITECTURE.md, "Recomputation")
     "resnet50_train_mb16": ("resnet50", {"num_classes": 1000}, (3, 224, 224), 16, "train"),
+    # the opt-out: every activation the backward pass reads kept (the default before issue 16)
+    "resnet50_train_mb16_norecompute": ("resnet50", {"num_classes": 1000}, (3, 224, 224), 16, "train",
+                                        {"recompute": "none"}),
     # bfloat16 activations (AVX512-BF16 CPUs; skipped elsewhere), against float32 PyTorch and ORT
     "resnet50_infer_mb16_bf16": ("resnet50", {"num_classes": 1000}, (3, 224, 224), 16, "infer",
                                  {"dtype": "bfloat16"}),
