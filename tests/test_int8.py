@@ -218,7 +218,9 @@ def lenet_digits():
     xtr, ytr, xte, yte = load_digits()
     cn.manual_seed(0)
     m = cn.models.lenet5()
-    opt = cn.optim.SGD(m.parameters(), lr=0.05, momentum=0.9, nesterov=True)
+    # Adam: ~98 % on the digits whatever the thread count (SGD at lr 0.05 reached 93 % on 2 threads and 83 % on
+    # 1, so the accuracy test depended on the machine's load under the automatic thread count)
+    opt = cn.optim.Adam(m.parameters(), lr=2e-3)
     s = m.compile(32, mode="train", optimizer=opt)
     rng = np.random.default_rng(0)
     for _ in range(12):
