@@ -235,15 +235,20 @@ class BackgroundLoad:
         self.stop()
 
 
-def _settle(engines, seconds):
-    """Calls the engines in turn for `seconds` (each at least once): what a condition's rounds start with, so the
-    load (or its end) has reached every engine and cnnnative's automatic thread count has followed it."""
-    end = time.perf_counter() + seconds
+def _settle(engines, seconds, runs=12):
+    """What a condition's rounds start with, untimed: the engines in turn for `seconds` (each at least once), then
+    cnnnative alone until it made `runs` runs, so the load (or its end) has reached every engine and cnnnative's
+    automatic thread count has followed it (the governor's count holds after 3 runs and ~0.5 s; under load a
+    session then times 3 runs at that count and a probe of 4 at the other: docs/ARCHITECTURE.md, "Threads")."""
+    end, made = time.perf_counter() + seconds, 0
     while True:
-        for fn in engines.values():
+        for k, fn in engines.items():
             fn()
+            made += k == "cnnnative"
         if time.perf_counter() >= end:
-            return
+            break
+    for _ in range(runs - made):
+        engines["cnnnative"]()
 
 
 def _time_conditions(engines, rounds, reps, conditions, load, settle_s, sess):
@@ -453,8 +458,8 @@ def main(argv=None) -> int:
                     help="with --background-load: time every workload quiet and busy in alternating blocks and "
                          "print their ratios side by side")
     ap.add_argument("--settle", type=float, default=1.5, metavar="SECONDS",
-                    help="with --background-load: seconds of untimed calls at the start of each quiet or busy "
-                         "block (the load reaches every engine; auto mode needs ~1 s to follow it)")
+                    help="with --background-load: seconds of untimed calls of every engine at the start of each "
+                         "quiet or busy block, then cnnnative alone up to 12 runs (auto mode follows the load)")
     ap.add_argument("--out", default="bench_results", help="folder for results.md/json/png")
     ap.add_argument("--no-rss", action="store_true", help="skip the fresh-process peak RSS runs")
     ap.add_argument("--child", nargs=2, metavar=("WORKLOAD", "ENGINE"), help=argparse.SUPPRESS)
