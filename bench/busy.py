@@ -13,6 +13,13 @@ blocks (quiet, busy, quiet, ...; the three settings in a rotating order inside e
 
 (--workloads picks some, --settings the thread settings: e.g. --settings 1,2 for fixed counts only.)
 
+    python bench/busy.py --ramp [--seconds 5] [--workloads ...]
+
+--ramp measures how fast auto mode follows a load that starts and stops while a session runs: per workload one
+auto-mode session runs back to back through three phases of --seconds each, quiet, busy (the load starts as the
+phase begins) and quiet again (it stops), and the script prints per phase the seconds until the last change of
+thread count, the runs per count, and the mean ms per run in the phase's first second and in the rest.
+
 Each setting has its own session, compiled for it; every timing follows a second of warm-up runs (what auto mode
 needs to settle, and what any training run longer than a second gives it). Reported: the mean milliseconds per run
 over the blocks (the mean, not the median: descheduling stalls are the point), and the thread counts auto mode ran
@@ -57,6 +64,52 @@ def _time(fn, sess, seconds, warmup_s=1.0):
     return statistics.fmean(times), threads
 
 
+def _ramp(cn, sessions, workloads, args):
+    """Auto mode through quiet -> busy -> quiet phases of one run each (see the module's docstring)."""
+    import os
+    cn.set_num_threads("auto")
+    print("| workload | phase | s to the last change of count | runs per count | ms, first second | ms, rest |")
+    print("|---|---|---|---|---|---|")
+    rows = []
+    for w in workloads:
+        sess, call = sessions[w, "auto"]
+        end = time.perf_counter() + 2.0  # the session settles on the quiet machine's count first
+        while time.perf_counter() < end:
+            call()
+        procs = []
+        try:
+            for phase in ("quiet", "busy", "quiet after"):
+                if phase == "busy":
+                    procs = _load(args.load)
+                elif procs:
+                    _stop(procs)
+                    procs = []
+                t0 = time.perf_counter()
+                log = []  # (seconds since the phase began, ms, threads)
+                while time.perf_counter() - t0 < args.seconds:
+                    a = time.perf_counter()
+                    call()
+                    b = time.perf_counter()
+                    log.append((b - t0, (b - a) * 1e3, sess.num_threads))
+                last = max((t for (t, _, n), (_, _, m) in zip(log[1:], log) if n != m), default=0.0)
+                counts = dict(sorted(collections.Counter(n for _, _, n in log).items()))
+                first = [m for t, m, _ in log if t <= 1.0]
+                rest = [m for t, m, _ in log if t > 1.0]
+                f = f"{statistics.fmean(first):.2f}" if first else "-"
+                r = f"{statistics.fmean(rest):.2f}" if rest else "-"
+                print(f"| {w} | {phase} | {last:.2f} | {counts} | {f} | {r} |", flush=True)
+                rows.append({"workload": w, "phase": phase, "last_change_s": last, "runs": counts,
+                             "first_s_ms": statistics.fmean(first) if first else None,
+                             "rest_ms": statistics.fmean(rest) if rest else None})
+        finally:
+            _stop(procs)
+    print(f"\nphases of {args.seconds:g} s; busy: {args.load} CPU-bound process(es); load average "
+          f"{os.getloadavg()[0]:.2f} at the end")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"ramp": rows, "seconds": args.seconds, "load_processes": args.load}, fh, indent=1)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=3, help="quiet/busy block pairs")
@@ -67,6 +120,7 @@ def main():
                     help="comma-separated: lenet5_train_b64, lenet5_infer_b256, resnet18_infer_b16")
     ap.add_argument("--settings", default=None, help="comma-separated thread settings (counts or 'auto'; "
                     "default: 1, all CPUs, auto)")
+    ap.add_argument("--ramp", action="store_true", help="load starting and stopping mid-run (see above)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
@@ -94,6 +148,8 @@ def main():
     side = 224 if args.imagenet else 32
     x_r = rng.standard_normal((16, 3, side, side)).astype(np.float32)
     x_i = rng.standard_normal((256, 1, 28, 28)).astype(np.float32)
+    if args.ramp:
+        settings = {"auto": "auto"}
     sessions = {}  # (workload, setting) -> (session, call)
     for name, n in settings.items():
         cn.set_num_threads(n)
@@ -106,6 +162,8 @@ def main():
         s = r.compile(x_r.shape)
         sessions["resnet18_infer_b16", name] = (s, lambda s=s: s.run(x_r))
 
+    if args.ramp:
+        return _ramp(cn, sessions, workloads, args)
     ms = collections.defaultdict(list)  # (workload, condition, setting) -> per-block means
     auto_threads = collections.defaultdict(collections.Counter)  # (workload, condition) -> count -> runs
     names = list(settings)
