@@ -147,3 +147,45 @@ def test_suite_refuses_compare_quiet_without_load_and_bad_counts(tmp_path):
         r = subprocess.run([sys.executable, "-m", "cnnnative.bench", "--workloads", "lenet5_infer_mb1",
                             "--out", str(tmp_path), *extra], capture_output=True, text=True, timeout=120)
         assert r.returncode != 0 and msg in r.stderr, (extra, r.stderr)
+
+
+def test_busy_script_ramp_phases_and_no_load_left(tmp_path):
+    """bench/busy.py --ramp: one auto-mode session through quiet, busy and quiet phases; the load it starts mid-run
+    is gone when it ends."""
+    import os
+    script = os.path.join(os.path.dirname(__file__), "..", "bench", "busy.py")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    out = tmp_path / "ramp.json"
+    loops_before = _busy_loops()
+    p = subprocess.Popen([sys.executable, script, "--ramp", "--seconds", "0.5", "--workloads", "lenet5_infer_b256",
+                          "--json", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    stdout, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err
+    rows = json.loads(out.read_text())["ramp"]
+    assert [(r["workload"], r["phase"]) for r in rows] == [("lenet5_infer_b256", ph)
+                                                          for ph in ("quiet", "busy", "quiet after")]
+    top = cn.threads_info()["max"]
+    for r in rows:
+        assert sum(r["runs"].values()) > 0 and {int(k) for k in r["runs"]} <= set(range(1, top + 1))
+        assert r["first_s_ms"] > 0
+    assert "| lenet5_infer_b256 | busy |" in stdout
+    assert _busy_loops() - loops_before == set()  # the script's load processes are gone (orphans would remain)
+
+
+def _busy_loops():
+    """Pids of live `python -c 'while True: pass'` processes (bench/busy.py's load)."""
+    import os
+    pids = set()
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if state != "Z" and b"while True: pass" in argv:
+            pids.add(int(d))
+    return pids
