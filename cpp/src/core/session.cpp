@@ -445,7 +445,10 @@ void SessionImpl::choose_set() {
 int SessionImpl::trial_count(int low) {
   const int top = get_num_threads();
   Trial& t = trial;
-  if (low >= top || top == failed_threads) {
+  // the two counts must fit the two sets a session holds: sets[1] is the one a switch replaces, so sets[0] (the
+  // compile's count) must be one of them, or every probe would rebuild kernels (possible with more than 2 CPUs)
+  const bool fits = sets[0]->threads == low || sets[0]->threads == top;
+  if (low >= top || top == failed_threads || !fits) {
     t = Trial{};
     return low;
   }
