@@ -44,3 +44,148 @@ def test_train_profile_script_lenet(tmp_path):
         assert "% of the peak over the whole step" in out
     except ImportError:
         pass
+
+
+def _load_pids(parent):
+    """Pids of the suite's CPU-bound load processes started by process `parent` (their last argument)."""
+    import os
+    pids = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")[:-1]
+            with open(f"/proc/{d}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and len(argv) >= 4 and argv[-3] == b"-c" and b"while True" in argv[-2] \
+                and argv[-1] == str(parent).encode():
+            pids.append(int(d))
+    return pids
+
+
+def test_background_load_starts_stops_and_stops_on_errors():
+    import os
+
+    from cnnnative.bench.suite import BackgroundLoad
+    load = BackgroundLoad(2)
+    assert not load.running and load.pids() == []
+    try:
+        load.start()
+        pids = load.pids()
+        assert len(pids) == 2 and sorted(_load_pids(os.getpid())) == sorted(pids)
+        load.start()  # already running: the same processes
+        assert load.pids() == pids
+    finally:
+        load.stop()
+    assert not load.running and _load_pids(os.getpid()) == []
+    load.stop()  # stopping twice is harmless
+    try:
+        with BackgroundLoad(1) as load:
+            load.start()
+            assert len(_load_pids(os.getpid())) == 1
+            raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        pass
+    assert _load_pids(os.getpid()) == []
+    with BackgroundLoad(0) as load:  # no load: nothing starts
+        load.start()
+        assert not load.running
+    import pytest
+    with pytest.raises(ValueError):
+        BackgroundLoad(-1)
+
+
+def test_background_load_dies_with_a_killed_parent():
+    """A benchmark killed by SIGKILL (no finally, no atexit) leaves no core spinning."""
+    import os
+    import signal
+    import time
+    code = ("import time\nfrom cnnnative.bench.suite import BackgroundLoad\n"
+            "l = BackgroundLoad(1)\nl.start()\nprint(l.pids()[0], flush=True)\ntime.sleep(120)\n")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(p.stdout.readline())
+        assert _load_pids(p.pid) == [pid]
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+        deadline = time.monotonic() + 30
+        while _load_pids(p.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _load_pids(p.pid) == []
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_suite_compares_quiet_and_busy_and_stops_its_load(tmp_path):
+    p = subprocess.Popen([sys.executable, "-m", "cnnnative.bench", "--workloads", "lenet5_infer_mb1", "--rounds", "2",
+                          "--no-rss", "--background-load", "1", "--compare-quiet", "--settle", "0",
+                          "--out", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err
+    assert _load_pids(p.pid) == []
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["background_load"] == 1 and res["conditions"] == ["quiet", "busy"] and res["cpu_model"]
+    assert [(r["workload"], r["machine"]) for r in res["rows"]] == [("lenet5_infer_mb1", "quiet"),
+                                                                    ("lenet5_infer_mb1", "busy")]
+    for r in res["rows"]:
+        # every timed cnnnative run is counted under the thread count it used; two blocks, each with a load average
+        assert sum(r["cnnnative_threads"].values()) == r["reps"] and len(r["load_average"]) == 2
+        assert r["cnnnative"]["mean_ms"] > 0
+    md = (tmp_path / "results.md").read_text()
+    assert "| lenet5_infer_mb1 (busy) | cnnnative |" in md and "busy = 1 CPU-bound process" in md
+    assert "| workload | quiet: cnnnative / PyTorch | busy: cnnnative / PyTorch |" in md or "torch absent" in md
+
+
+def test_suite_refuses_compare_quiet_without_load_and_bad_counts(tmp_path):
+    for extra, msg in ((["--compare-quiet"], "give --background-load N"),
+                       (["--background-load", "-1"], "--background-load takes a count"),
+                       (["--threads", "0"], "a thread count >= 1 or 'auto'")):
+        r = subprocess.run([sys.executable, "-m", "cnnnative.bench", "--workloads", "lenet5_infer_mb1",
+                            "--out", str(tmp_path), *extra], capture_output=True, text=True, timeout=120)
+        assert r.returncode != 0 and msg in r.stderr, (extra, r.stderr)
+
+
+def test_busy_script_ramp_phases_and_no_load_left(tmp_path):
+    """bench/busy.py --ramp: one auto-mode session through quiet, busy and quiet phases; the load it starts mid-run
+    is gone when it ends."""
+    import os
+    script = os.path.join(os.path.dirname(__file__), "..", "bench", "busy.py")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    out = tmp_path / "ramp.json"
+    loops_before = _busy_loops()
+    p = subprocess.Popen([sys.executable, script, "--ramp", "--seconds", "0.5", "--workloads", "lenet5_infer_b256",
+                          "--json", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    stdout, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err
+    rows = json.loads(out.read_text())["ramp"]
+    assert [(r["workload"], r["phase"]) for r in rows] == [("lenet5_infer_b256", ph)
+                                                          for ph in ("quiet", "busy", "quiet after")]
+    top = cn.threads_info()["max"]
+    for r in rows:
+        assert sum(r["runs"].values()) > 0 and {int(k) for k in r["runs"]} <= set(range(1, top + 1))
+        assert r["first_s_ms"] > 0
+    assert "| lenet5_infer_b256 | busy |" in stdout
+    assert _busy_loops() - loops_before == set()  # the script's load processes are gone (orphans would remain)
+
+
+def _busy_loops():
+    """Pids of live `python -c 'while True: pass'` processes (bench/busy.py's load)."""
+    import os
+    pids = set()
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if state != "Z" and b"while True: pass" in argv:
+            pids.add(int(d))
+    return pids

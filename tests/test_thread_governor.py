@@ -161,7 +161,8 @@ def test_auto_mode_follows_a_played_load_and_switches_kernels_once_it_holds(auto
             if cn.allocation_count() != before:
                 assert sess.num_threads != n, "a run allocated without switching its thread count"
             step()
-            if sess.num_threads == count and trainer.num_threads == count:
+            # the governor's count, and both sessions on it (under load a session may also probe the top count)
+            if sess.num_threads == count and trainer.num_threads == count and cn.threads_info()["current"] == count:
                 return runs
         raise AssertionError(f"not at {count} threads after {seconds} s: {cn.threads_info()}, session at "
                              f"{sess.num_threads}, training session at {trainer.num_threads}")
@@ -200,6 +201,64 @@ def test_auto_mode_follows_a_played_load_and_switches_kernels_once_it_holds(auto
     ref = cn.models.lenet5(seed=0).compile(shape, mode="train", optimizer=cn.optim.SGD(lr=0.05, momentum=0.9),
                                            deterministic=True)
     assert np.array_equal(np.array(losses), np.array([ref.step(x, t) for _ in losses]))
+
+
+def test_auto_mode_under_load_probes_the_top_count_on_its_own_runs(auto_mode, tmp_path, monkeypatch):
+    # With the governor settled on 1 thread, a session times a few runs at the top count (a probe) and keeps the
+    # faster; which one wins depends on the machine, so this checks the protocol: only the two counts, a probe of at
+    # least 4 runs (the first untimed), kernels created once per count, results those of a session made for the
+    # count, and no probes with a fixed count.
+    top = cn.threads_info()["max"]
+    if top < 2:
+        pytest.skip("auto mode has nothing to reduce with 1 thread at most")
+    f = tmp_path / "loadavg"
+    _play(f, 1)
+    monkeypatch.setenv("CNNNATIVE_LOADAVG_FILE", str(f))
+    shape = (16, 1, 28, 28)
+    x = _data(shape)
+    sess = cn.models.lenet5(seed=0).compile(shape)
+    log = []
+    assert _run_until(sess, x, lambda: sess.num_threads == top, 20, log)
+    _play(f, 1 + 2 * os.cpu_count())
+    log.clear()
+    allocs = []
+
+    def probed():
+        # the first 1-thread run, then a run at the top count after it, then back to 1 or staying at top for 4+
+        if 1 not in log:
+            return False
+        after = log[log.index(1):]
+        if top not in after:
+            return False
+        probe = after[after.index(top):]
+        return len(probe) >= 5 or (len(probe) >= 4 and probe[-1] == 1)
+
+    end = time.monotonic() + 30
+    while time.monotonic() < end and not probed():
+        before = cn.allocation_count()
+        sess.run(x)
+        allocs.append(cn.allocation_count() - before)
+        log.append(sess.num_threads)
+    assert probed(), f"no probe of {top} threads within 30 s: {log[-40:]}"
+    assert set(log) <= {1, top}, set(log)
+    first = log.index(1)
+    after = log[first:]
+    probe = after[after.index(top):]
+    run_len = next((i for i, n in enumerate(probe) if n != top), len(probe))
+    assert run_len >= 4, probe  # the probe's first run is not timed: at least 1 + 3 runs
+    # the session ran at the top count before the load and at 1 thread from `first` on: it holds kernels for both,
+    # so probing and coming back create nothing
+    assert sum(allocs[first + 1:]) == 0, allocs
+    cn.set_num_threads(sess.num_threads)
+    ref = cn.models.lenet5(seed=0).compile(shape)
+    cn.set_num_threads("auto")
+    np.testing.assert_allclose(sess.run(x), ref.run(x), rtol=1e-5, atol=1e-6)
+    # a fixed count ends the trials: every run at that count while the played load stays
+    cn.set_num_threads(1)
+    end = time.monotonic() + 1.5
+    while time.monotonic() < end:
+        sess.run(x)
+        assert sess.num_threads == 1
 
 
 def _busy_loop():

@@ -45,7 +45,8 @@ def set_num_threads(n) -> None:
     An int fixes the count (runs with the same seed and count are bitwise reproducible). "auto", the default when
     neither this nor OMP_NUM_THREADS set one, follows the machine's load: a run uses the CPUs that other processes
     leave free, between 1 and get_num_threads(); a session switches to kernels for a new count once that count has
-    held for ~0.5 s (see threads_info())."""
+    held for ~0.5 s, and while the count is below get_num_threads() it times a few runs at get_num_threads() now and
+    then and keeps whichever ran faster (session.num_threads says what a run used; see threads_info())."""
     if isinstance(n, str):
         if n != "auto":
             raise Error(f"set_num_threads: n must be a thread count or 'auto', got {n!r}")

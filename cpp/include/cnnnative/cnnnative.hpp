@@ -372,13 +372,16 @@ int get_num_threads();
 // Auto mode, the default unless set_num_threads was called or OMP_NUM_THREADS is in the environment: every run
 // uses as many threads as there are CPUs that other processes leave free (runnable threads on the machine, smoothed
 // over ~0.4 s), between 1 and get_num_threads(). A session switches to kernels created for a new count once it has
-// held ~0.5 s (docs/ARCHITECTURE.md, "Threads"). Runs are then bitwise reproducible only with deterministic
-// kernels (CompileOptions::deterministic); a fixed count makes them so for the same count.
+// held ~0.5 s (docs/ARCHITECTURE.md, "Threads"); while that count is below get_num_threads(), a session also times
+// a few of its runs at get_num_threads() now and then and keeps whichever count ran faster. Runs are then bitwise
+// reproducible only with deterministic kernels (CompileOptions::deterministic); a fixed count makes them so for the
+// same count.
 void set_num_threads_auto();
 struct ThreadsInfo {
   std::string mode;  // "auto", "fixed" (set_num_threads) or "environment" (OMP_NUM_THREADS, never set)
   int max = 1;       // get_num_threads()
-  int current = 1;   // the count a run started now would use (auto: the wanted count)
+  int current = 1;   // the count a run started now would use (auto: the governor's wanted count; a session under
+                     // load may run get_num_threads() instead, when its own runs were faster with it)
   int cpus = 1;      // CPUs this process may run on (its affinity mask)
   double load = 0;   // auto: other processes' runnable threads on those CPUs (smoothed); -1: no /proc, no auto
 };

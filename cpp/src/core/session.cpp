@@ -40,6 +40,8 @@ class SessionImpl {
   struct KernelSet;
   std::unique_ptr<KernelSet> build_set(int threads, size_t bytes_used);
   void choose_set();
+  int trial_count(int settled);
+  void end_run();
 
   mutable std::recursive_mutex mu;  // serializes run() and the setters across threads
   Plan plan;                        // what the compile pipeline decided
@@ -70,7 +72,30 @@ class SessionImpl {
   KernelSet* active = nullptr;
   int pending_threads = 0, pending_runs = 0;  // auto mode: a count other than the active one, runs in a row wanting it
   int failed_threads = 0;                     // auto mode: a count whose kernels could not be created (not retried)
-  size_t budget = 0, fixed_bytes = 0;         // check_budget's: the memory budget, gradients and optimizer state
+  int settled = 0;  // auto mode: the governor's count once it held (what runs use, unless a trial says otherwise)
+  // Auto mode on a loaded machine: the governor settled on fewer threads than the most a run may use (top). Which is
+  // faster depends on the session: a descheduled thread stalls each parallel region it has a share of, which costs
+  // small kernels far more than large ones, while fewer threads get a smaller share of the CPUs other processes
+  // also want. So the session times its own runs: it uses `choice` (the governor's count at first), probes the
+  // other count (top or the governor's) with kTrialRuns runs once three runs at `choice` are timed, and again every
+  // `every_s` seconds; the faster by 10 % becomes the choice. every_s is 1 s after a change of choice and doubles
+  // up to 16 s while the choice holds; a new governor count or a fixed count ends the trials. Timed: the wall time of a
+  // run that completed; not timed: a count's first run after a switch (its workers wake, a set's first run prepares its
+  // weights).
+  struct Trial {
+    int low = 0;                                    // the governor's count the trials are for; 0: none
+    int choice = 0;                                 // the count runs use between probes
+    int probe = 0;                                  // the other count while a probe runs; 0: none
+    int runs = 0;                                   // runs of the current probe, its first one included
+    bool skip = false;                              // the next run at `choice` follows a switch: not timed
+    double probe_ms = 0, choice_ms[3] = {0, 0, 0};  // the probe's timed runs; the last 3 timed runs at `choice`
+    int nchoice = 0;
+    double every_s = 1;
+    std::chrono::steady_clock::time_point next;
+  } trial;
+  std::chrono::steady_clock::time_point run_t0;  // when the running run chose its kernels
+  int64_t runs_at_t0 = 0;                        // eager_runs then: the run completed when it moved
+  size_t budget = 0, fixed_bytes = 0;            // check_budget's: the memory budget, gradients and optimizer state
 
   Buffer buffers_backup;  // Train: the running statistics before the running step
   Buffer arena, grad_block, state_m, state_v, state_vmax;
@@ -354,7 +379,8 @@ std::unique_ptr<SessionImpl::KernelSet> SessionImpl::build_set(int threads, size
 
 // Picks the kernel set this run uses and applies its count to the calling thread. A fixed count switches at once;
 // auto mode switches when the wanted count has held for kSwitchAfterS and this session saw it on kSwitchRuns runs in
-// a row (a load that lasts, not a burst). A switch to a count without kernels creates them (and allocates).
+// a row (a load that lasts, not a burst), and on a loaded machine may run the most threads instead when its own
+// runs were faster with them (trial_count). A switch to a count without kernels creates them (and allocates).
 void SessionImpl::choose_set() {
   constexpr double kSwitchAfterS = 0.5;
   constexpr int kSwitchRuns = 3;
@@ -364,41 +390,121 @@ void SessionImpl::choose_set() {
     threads_used = c.count;
     return;
   }
-  bool switch_now = c.count != active->threads && !(c.automatic && c.count == failed_threads);
-  if (switch_now && c.automatic) {
-    if (c.count != pending_threads) pending_runs = 0;
-    pending_threads = c.count;
-    switch_now = ++pending_runs >= kSwitchRuns && c.stable_s >= kSwitchAfterS;
+  run_t0 = std::chrono::steady_clock::now();
+  runs_at_t0 = eager_runs;
+  if (!settled) settled = active->threads;
+  int target = c.count;
+  if (c.automatic) {
+    if (c.count != settled && c.count != failed_threads) {
+      if (c.count != pending_threads) pending_runs = 0;
+      pending_threads = c.count;
+      if (++pending_runs >= kSwitchRuns && c.stable_s >= kSwitchAfterS) {
+        settled = c.count;
+        pending_runs = 0;
+      }
+    } else {
+      pending_runs = 0;
+    }
+    target = trial_count(settled);
   } else {
     pending_runs = 0;
+    settled = c.count;
+    trial = Trial{};
   }
-  if (switch_now) {
+  if (target != active->threads && !(c.automatic && target == failed_threads)) {
     KernelSet* next = nullptr;
     for (auto& k : sets)
-      if (k && k->threads == c.count) next = k.get();
+      if (k && k->threads == target) next = k.get();
     if (!next) {
       try {
         // while it is built, the sets held now still exist: the budget counts them all
         size_t held = sets[0]->scratch_bytes + sets[0]->prepared_bytes;
         if (sets[1]) held += sets[1]->scratch_bytes + sets[1]->prepared_bytes;
-        auto ks = build_set(c.count, plan.memory.arena_bytes + fixed_bytes + held);
+        auto ks = build_set(target, plan.memory.arena_bytes + fixed_bytes + held);
         sets[1] = std::move(ks);  // replaces the last other count's set (when that was the active one: left below)
         next = sets[1].get();
       } catch (const std::exception&) {
         use_num_threads(active->threads);  // build_set set the new count on this thread
         if (!c.automatic) throw;           // the count the caller fixed cannot run: say why
-        failed_threads = c.count;          // auto: keep running on the kernels that work
+        failed_threads = target;           // auto: keep running on the kernels that work
+        if (target == settled) settled = active->threads;
+        trial = Trial{};
       }
     }
     if (next) {
       active = next;
-      pending_runs = 0;
       report.prepared_bytes = active->prepared_bytes;
       report.scratch_bytes = active->scratch_bytes;
     }
   }
   use_num_threads(active->threads);
   threads_used = active->threads;
+}
+
+// Auto mode: the count this run uses, given the governor's settled count (see Trial).
+int SessionImpl::trial_count(int low) {
+  const int top = get_num_threads();
+  Trial& t = trial;
+  // the two counts must fit the two sets a session holds: sets[1] is the one a switch replaces, so sets[0] (the
+  // compile's count) must be one of them, or every probe would rebuild kernels (possible with more than 2 CPUs)
+  const bool fits = sets[0]->threads == low || sets[0]->threads == top;
+  if (low >= top || top == failed_threads || !fits) {
+    t = Trial{};
+    return low;
+  }
+  if (t.low != low) {  // the governor settled on fewer threads: its count first, a probe of the top count later
+    t = Trial{};
+    t.low = t.choice = low;
+    t.skip = true;
+    t.next = std::chrono::steady_clock::now();  // the first probe once three runs at `low` are timed
+  }
+  return t.probe ? t.probe : t.choice;
+}
+
+// After a run (also one that threw): a completed run's time feeds the trial of its count (see Trial).
+void SessionImpl::end_run() {
+  constexpr int kTrialRuns = 3;
+  Trial& t = trial;
+  if (!t.low || eager_runs == runs_at_t0) return;
+  const auto now = std::chrono::steady_clock::now();
+  const double ms = std::chrono::duration<double, std::milli>(now - run_t0).count();
+  const int ran = active->threads;
+  auto after = [&](double s) {
+    return now + std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(s));
+  };
+  if (t.probe) {
+    if (ran != t.probe) return;
+    if (t.runs++ > 0) t.probe_ms += ms;  // the probe's first run is not timed
+    if (t.runs < kTrialRuns + 1) return;
+    const double probe = t.probe_ms / kTrialRuns;
+    double cur = 0;
+    for (int i = 0; i < t.nchoice; ++i) cur += t.choice_ms[i];
+    cur /= std::max(1, t.nchoice);
+    if (probe < 0.9 * cur) {
+      t.choice = t.probe;
+      t.every_s = 1;
+      t.nchoice = 0;
+    } else {
+      t.every_s = std::min(16.0, 2 * t.every_s);
+    }
+    t.probe = t.runs = 0;
+    t.probe_ms = 0;
+    t.skip = true;  // the next run switches back (or stays on the new choice's warm kernels: timed from the next)
+    t.next = after(t.every_s);
+    return;
+  }
+  if (ran != t.choice) return;
+  if (t.skip) {
+    t.skip = false;
+    return;
+  }
+  t.choice_ms[t.nchoice < 3 ? t.nchoice : 0] = ms;
+  if (t.nchoice < 3) {
+    ++t.nchoice;
+  } else {  // keep the last three: shift
+    std::rotate(t.choice_ms, t.choice_ms + 1, t.choice_ms + 3);
+  }
+  if (t.nchoice >= 3 && now >= t.next) t.probe = t.choice == t.low ? get_num_threads() : t.low;
 }
 
 namespace {
@@ -567,6 +673,10 @@ void SessionImpl::run(const std::vector<const void*>& fd) {
     }
   }
   choose_set();
+  struct EndRun {
+    SessionImpl* s;
+    ~EndRun() { s->end_run(); }
+  } end_run_{this};
   KernelSet& K = *active;
   Stream* st = stream.get();
   if (backend.host_accessible()) {

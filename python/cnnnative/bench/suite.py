@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import platform
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -200,7 +202,7 @@ def _engines(workload, threads, check=True, percall=False):
                 pass
         else:
             engines["pytorch"] = torch_train_step(twin, x, y)
-    return engines, flops, note, x.shape[0]
+    return engines, flops, note, x.shape[0], sess
 
 
 def torch_train_step(twin, x, y):
@@ -221,10 +223,12 @@ def torch_train_step(twin, x, y):
 _ONNX_FILES = {}  # workload -> exported .onnx (for the ORT fresh-process run), removed after use
 
 
-def _time(engines, rounds, reps):
+def _time(engines, rounds, reps, warmup=2, after=None):
+    """{engine: [ms per call]}: `warmup` calls of each engine, then `rounds` rounds in which each engine in turn
+    makes `reps` timed calls. after(engine), when given, follows every timed call (outside the timing)."""
     times = {k: [] for k in engines}
-    for fn in engines.values():  # warm-up
-        for _ in range(2):
+    for fn in engines.values():
+        for _ in range(warmup):
             fn()
     for _ in range(rounds):
         for k, fn in engines.items():
@@ -233,7 +237,116 @@ def _time(engines, rounds, reps):
                 t0 = time.perf_counter()
                 fn()
                 times[k].append((time.perf_counter() - t0) * 1e3)
+                if after is not None:
+                    after(k)
     return times
+
+
+# A CPU-bound process that dies with the process that started it (PR_SET_PDEATHSIG = 1), even one killed by
+# SIGKILL, so an interrupted benchmark never leaves a core spinning.
+_LOAD_CODE = ("import ctypes, os, signal, sys\n"
+              "ctypes.CDLL(None).prctl(1, signal.SIGKILL)\n"
+              "if os.getppid() != int(sys.argv[1]):\n"
+              "    sys.exit(0)\n"
+              "while True:\n"
+              "    pass\n")
+
+
+class BackgroundLoad:
+    """`n` CPU-bound processes (another user's compile or training job on a shared machine) that the suite starts
+    for its busy rounds and stops after them: start() and stop() may be called in any order and any number of
+    times; leaving a `with` block, an exception or Ctrl-C included, stops them, and each process also dies with
+    its parent (Linux), so none outlives the benchmark."""
+
+    def __init__(self, n: int):
+        if n < 0:
+            raise ValueError(f"a background load is a count of processes >= 0, got {n}")
+        self.n = n
+        self.procs: list[subprocess.Popen] = []
+
+    @property
+    def running(self) -> bool:
+        return bool(self.procs)
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def start(self) -> None:
+        if self.procs or not self.n:
+            return
+        try:
+            for _ in range(self.n):
+                self.procs.append(subprocess.Popen([sys.executable, "-c", _LOAD_CODE, str(os.getpid())],
+                                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL))
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        procs, self.procs = self.procs, []
+        for p in procs:
+            p.kill()
+        for p in procs:
+            p.wait()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def _settle(engines, seconds, runs=12):
+    """What a condition's rounds start with, untimed: the engines in turn for `seconds` (each at least once), then
+    cnnnative alone until it made `runs` runs, so the load (or its end) has reached every engine and cnnnative's
+    automatic thread count has followed it (the governor's count holds after 3 runs and ~0.5 s; under load a
+    session then times 3 runs at that count and a probe of 4 at the other: docs/ARCHITECTURE.md, "Threads")."""
+    end, made = time.perf_counter() + seconds, 0
+    while True:
+        for k, fn in engines.items():
+            fn()
+            made += k == "cnnnative"
+        if time.perf_counter() >= end:
+            break
+    for _ in range(runs - made):
+        engines["cnnnative"]()
+
+
+def _time_conditions(engines, rounds, reps, conditions, load, settle_s, sess):
+    """Times the engines under each condition ("quiet": no load, "busy": `load` running) in alternating blocks
+    (quiet busy | busy quiet | quiet busy ...), the engines alternating inside each block as in _time. Returns
+    {condition: {engine: [ms]}}, {condition: Counter(cnnnative's thread count per timed run)} and {condition:
+    [1-minute load average at each block's start]}."""
+    times = {c: {k: [] for k in engines} for c in conditions}
+    threads = {c: collections.Counter() for c in conditions}
+    loadavg = {c: [] for c in conditions}
+    for rnd in range(rounds):
+        for c in (conditions if rnd % 2 == 0 else conditions[::-1]):
+            if c == "busy":
+                load.start()
+            else:
+                load.stop()
+            _settle(engines, settle_s)
+            loadavg[c].append(os.getloadavg()[0])
+
+            def after(k, c=c):
+                if k == "cnnnative":
+                    threads[c][sess.num_threads] += 1
+            for k, v in _time(engines, 1, reps, warmup=0, after=after).items():
+                times[c][k].extend(v)
+    load.stop()
+    return times, threads, loadavg
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _peak_rss_kib():
@@ -258,9 +371,11 @@ def _child(workload, engine, threads):
     ncls = kw.get("num_classes", 10)
     y = rng.integers(0, ncls, bs).astype(np.int32)
     rss = _peak_rss_kib
-    if engine in ("cnnnative", "cnnnative_percall"):
-        import cnnnative as cn
+    import cnnnative as cn
+    if threads is not None:
         cn.set_num_threads(threads)
+    threads_ref = cn.get_num_threads()  # auto mode: the count a quiet machine gets
+    if engine in ("cnnnative", "cnnnative_percall"):
         base = rss()
         model = cn.models.get_model(name, seed=0, **kw)
         if mode == "infer":
@@ -273,7 +388,7 @@ def _child(workload, engine, threads):
         import torch
 
         from .torch_models import build
-        torch.set_num_threads(threads)
+        torch.set_num_threads(threads_ref)
         twin = build(name, num_classes=ncls, **{k: v for k, v in kw.items() if k != "num_classes"})
         tx = torch.from_numpy(x)
         if engine == "pytorch":
@@ -294,7 +409,7 @@ def _child(workload, engine, threads):
             del twin
             base = rss()
             so = ort.SessionOptions()
-            so.intra_op_num_threads = threads
+            so.intra_op_num_threads = threads_ref
             osess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
             fn = lambda: osess.run(None, {"x": x})
     for _ in range(3):
@@ -306,8 +421,10 @@ def _rss(workload, engine, threads):
     env = dict(os.environ)
     if engine.startswith("onnxruntime"):
         env["CNN_BENCH_ONNX"] = _ONNX_FILES.get(workload + (":int8" if engine.endswith("int8") else ""), "")
-    r = subprocess.run([sys.executable, "-m", "cnnnative.bench", "--child", workload, engine, "--threads",
-                        str(threads)], capture_output=True, text=True, timeout=1800, env=env)
+    cmd = [sys.executable, "-m", "cnnnative.bench", "--child", workload, engine]
+    if threads is not None:
+        cmd += ["--threads", str(threads)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=env)
     try:
         return json.loads(r.stdout.strip().splitlines()[-1])["rss_increase_mib"]
     except (IndexError, ValueError, KeyError):
@@ -321,7 +438,7 @@ def _chart(rows, path):
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    names = [r["workload"] for r in rows]
+    names = [r["workload"] + (f" ({r['machine']})" if r.get("machine", "quiet") != "quiet" else "") for r in rows]
     fig, ax = plt.subplots(figsize=(9, 0.5 + 0.45 * len(rows)))
     ys = np.arange(len(rows))
     for off, key, label in ((-0.2, "ratio_vs_pytorch", "cnnnative / PyTorch"),
@@ -337,6 +454,51 @@ def _chart(rows, path):
     return path
 
 
+def _threads_arg(v):
+    if v == "auto":
+        return v
+    try:
+        n = int(v)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"a thread count >= 1 or 'auto', got {v!r}")
+    return n
+
+
+def _stats(v, bs, flops, pk):
+    med = statistics.median(v)
+    return {"median_ms": med, "mean_ms": statistics.fmean(v), "min_ms": min(v), "max_ms": max(v),
+            "images_per_s": bs / med * 1e3, "gflops": flops / med * 1e-6, "pct_peak": flops / med * 1e-6 / pk * 100}
+
+
+def _compare_table(rows, conditions):
+    """Markdown: per workload, the ratios of each condition side by side and what the load did to each engine."""
+    by = collections.defaultdict(dict)
+    for r in rows:
+        by[r["workload"]][r["machine"]] = r
+    refs = [k for k in ("pytorch", "onnxruntime", "onnxruntime_int8") if any(f"ratio_vs_{k}" in r for r in rows)]
+    label = {"pytorch": "PyTorch", "onnxruntime": "ORT", "onnxruntime_int8": "ORT int8"}
+    head = ["workload"] + [f"{c}: cnnnative / {label[k]}" for k in refs for c in conditions]
+    head += [f"{label.get(e, e)} busy / quiet" for e in ["cnnnative"] + refs] if len(conditions) > 1 else []
+    head += [f"cnnnative threads ({c}: runs)" for c in conditions]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for w, per in by.items():
+        cells = [w]
+        for k in refs:
+            for c in conditions:
+                v = per[c].get(f"ratio_vs_{k}")
+                cells.append(f"{v:.2f}" if v is not None else "-")
+        if len(conditions) > 1:
+            for e in ["cnnnative"] + refs:
+                q, b = per["quiet"].get(e), per["busy"].get(e)
+                cells.append(f"{b['median_ms'] / q['median_ms']:.2f}x" if q and b else "-")
+        for c in conditions:
+            cells.append(str(per[c].get("cnnnative_threads", "-")))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m cnnnative.bench")
     ap.add_argument("--quick", action="store_true", help="small workloads, few reps (< 3 minutes)")
@@ -345,19 +507,39 @@ def main(argv=None) -> int:
                     help="comma-separated substrings: the workloads whose name contains one (e.g. resnet50_infer)")
     ap.add_argument("--percall", action="store_true",
                     help="also time cnnnative with weights prepared on every run (cache_weights=False)")
-    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--threads", type=_threads_arg, default=None,
+                    help="N: every engine runs N threads; 'auto': cnnnative's count follows the machine's load "
+                         "(cn.set_num_threads('auto')). Default: cnnnative's default (auto, or OMP_NUM_THREADS). "
+                         "PyTorch and ORT run cn.get_num_threads() threads (N, or the CPUs)")
     ap.add_argument("--rounds", type=int, default=None)
+    ap.add_argument("--background-load", type=int, default=0, metavar="N",
+                    help="run N CPU-bound processes during the timed rounds (a busy machine; rows labelled busy) "
+                         "and stop them at the end")
+    ap.add_argument("--compare-quiet", action="store_true",
+                    help="with --background-load: time every workload quiet and busy in alternating blocks and "
+                         "print their ratios side by side")
+    ap.add_argument("--settle", type=float, default=1.5, metavar="SECONDS",
+                    help="with --background-load: seconds of untimed calls of every engine at the start of each "
+                         "quiet or busy block, then cnnnative alone up to 12 runs (auto mode follows the load)")
     ap.add_argument("--out", default="bench_results", help="folder for results.md/json/png")
     ap.add_argument("--no-rss", action="store_true", help="skip the fresh-process peak RSS runs")
     ap.add_argument("--child", nargs=2, metavar=("WORKLOAD", "ENGINE"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.background_load < 0:
+        ap.error(f"--background-load takes a count of processes >= 0, got {args.background_load}")
+    if args.compare_quiet and not args.background_load:
+        ap.error("--compare-quiet compares with a busy machine: give --background-load N")
+    if args.settle < 0:
+        ap.error(f"--settle takes seconds >= 0, got {args.settle}")
     import cnnnative as cn
     from cnnnative import _core
 
     if args.child:
         _child(args.child[0], args.child[1], args.threads)
         return 0
-    cn.set_num_threads(args.threads)
+    if args.threads is not None:
+        cn.set_num_threads(args.threads)
+    ref_threads = cn.get_num_threads()  # the reference engines' count: the fixed one, or auto mode's maximum
     names = args.workloads.split(",") if args.workloads else (QUICK if args.quick else list(WORKLOADS))
     for n in names:
         if n not in WORKLOADS:
@@ -382,49 +564,84 @@ def main(argv=None) -> int:
         ov = onnxruntime.__version__
     except ImportError:
         ov = "absent"
+    conditions = (["quiet", "busy"] if args.compare_quiet else ["busy"]) if args.background_load else ["quiet"]
     bf = f", bf16 dot-product peak {bpeak:.0f} GFLOP/s" if bpeak else ""
-    head = (f"machine: {platform.machine()}, {os.cpu_count()} cores, threads {args.threads}, float32; measured "
-            f"FMA peak {peak:.0f} GFLOP/s ({lanes} lanes){bf}; cnnnative {cn.__version__}, torch {tv}, "
+    mode = cn.threads_info()["mode"]
+    th = f"{ref_threads}" if mode != "auto" else f"auto (up to {ref_threads}; PyTorch and ORT {ref_threads})"
+    head = (f"machine: {_cpu_model()}, {platform.machine()}, {os.cpu_count()} cores, threads {th}, float32; "
+            f"measured FMA peak {peak:.0f} GFLOP/s ({lanes} lanes){bf}; cnnnative {cn.__version__}, torch {tv}, "
             f"onnxruntime {ov}")
+    if args.background_load:
+        n = args.background_load
+        head += (f"; busy = {n} CPU-bound process{'es' if n > 1 else ''} started by the suite"
+                 + (", quiet and busy blocks alternating" if args.compare_quiet else ""))
+    load_start = os.getloadavg()
+    head += f"; load average at start {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}"
     print(head, flush=True)
+    # a SIGTERM unwinds like Ctrl-C, so the background load stops (it also dies with this process: _LOAD_CODE)
+    if args.background_load:
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     rows = []
-    for n in names:
-        engines, flops, note, bs = _engines(n, args.threads, percall=args.percall)
-        one = statistics.median(_time({"cnnnative": engines["cnnnative"]}, 1, 2)["cnnnative"])
-        reps = max(1, min(50, int((300 if args.quick else 1500) / max(one, 1e-3) / rounds / len(engines))))
-        times = _time(engines, rounds, reps)
-        row = {"workload": n, "note": note, "flops": flops, "reps": rounds * reps}
-        for k, v in times.items():
-            med = statistics.median(v)
-            pk = bpeak if k.startswith("cnnnative") and _spec(n)[5].get("dtype") == "bfloat16" else peak
-            row[k] = {"median_ms": med, "min_ms": min(v), "max_ms": max(v), "images_per_s": bs / med * 1e3,
-                      "gflops": flops / med * 1e-6, "pct_peak": flops / med * 1e-6 / pk * 100}
-            if not args.no_rss:
-                row[k]["rss_increase_mib"] = _rss(n, k, args.threads)
-        for key in (n, n + ":int8"):
-            if workload_onnx := _ONNX_FILES.pop(key, None):
-                os.unlink(workload_onnx)
-        for k in ("cnnnative_percall", "pytorch", "onnxruntime", "onnxruntime_int8"):
-            if k in row:
-                row[f"ratio_vs_{k}"] = row["cnnnative"]["median_ms"] / row[k]["median_ms"]
-        rows.append(row)
-        print(f"{n}: " + ", ".join(f"{k} {row[k]['median_ms']:.2f} ms" for k in times) + f" ({note})", flush=True)
+    with BackgroundLoad(args.background_load) as load:
+        for n in names:
+            engines, flops, note, bs, sess = _engines(n, ref_threads, percall=args.percall)
+            one = statistics.median(_time({"cnnnative": engines["cnnnative"]}, 1, 2)["cnnnative"])
+            reps = max(1, min(50, int((300 if args.quick else 1500) / max(one, 1e-3) / rounds / len(engines))))
+            if args.background_load:
+                times, threads, loadavg = _time_conditions(engines, rounds, reps, conditions, load, args.settle,
+                                                           sess)
+            else:
+                threads = {"quiet": collections.Counter()}
+
+                def after(k):
+                    if k == "cnnnative":
+                        threads["quiet"][sess.num_threads] += 1
+                times = {"quiet": _time(engines, rounds, reps, after=after)}
+                loadavg = {"quiet": [os.getloadavg()[0]]}
+            rss = {k: (_rss(n, k, args.threads) if not args.no_rss else None) for k in engines}
+            for c in conditions:
+                row = {"workload": n, "machine": c, "note": note, "flops": flops, "reps": rounds * reps,
+                       "cnnnative_threads": dict(sorted(threads[c].items())),
+                       "load_average": [round(a, 2) for a in loadavg[c]]}
+                for k, v in times[c].items():
+                    pk = bpeak if k.startswith("cnnnative") and _spec(n)[5].get("dtype") == "bfloat16" else peak
+                    row[k] = _stats(v, bs, flops, pk)
+                    if not args.no_rss:
+                        row[k]["rss_increase_mib"] = rss[k]
+                for k in ("cnnnative_percall", "pytorch", "onnxruntime", "onnxruntime_int8"):
+                    if k in row:
+                        row[f"ratio_vs_{k}"] = row["cnnnative"]["median_ms"] / row[k]["median_ms"]
+                rows.append(row)
+                print(f"{n}{'' if c == 'quiet' and not args.background_load else f' ({c})'}: "
+                      + ", ".join(f"{k} {row[k]['median_ms']:.2f} ms" for k in times[c])
+                      + f"; cnnnative threads {row['cnnnative_threads']}, load average {row['load_average']}"
+                      + f" ({note})", flush=True)
+            for key in (n, n + ":int8"):
+                if workload_onnx := _ONNX_FILES.pop(key, None):
+                    os.unlink(workload_onnx)
+    load_end = os.getloadavg()
     lines = [head, "", "| workload | engine | median ms (min-max) | img/s | GFLOP/s | % peak | peak RSS +MiB | ratio |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        label = r["workload"] + (f" ({r['machine']})" if args.background_load else "")
         for k in ("cnnnative", "cnnnative_percall", "pytorch", "onnxruntime", "onnxruntime_int8"):
             if k not in r:
                 continue
             e = r[k]
             rss = f"{e['rss_increase_mib']:.0f}" if e.get("rss_increase_mib") is not None else "-"
             ratio = "1.00" if k == "cnnnative" else f"{r['cnnnative']['median_ms'] / e['median_ms']:.2f}"
-            lines.append(f"| {r['workload']} | {k} | {e['median_ms']:.2f} ({e['min_ms']:.2f}-{e['max_ms']:.2f}) | "
+            lines.append(f"| {label} | {k} | {e['median_ms']:.2f} ({e['min_ms']:.2f}-{e['max_ms']:.2f}) | "
                          f"{e['images_per_s']:.0f} | {e['gflops']:.1f} | {e['pct_peak']:.1f} | {rss} | {ratio} |")
     lines.append("")
     lines.append("ratio = cnnnative median time / that engine's median time (below 1: cnnnative faster). "
                  "% peak: of the float32 FMA peak, or for cnnnative's bfloat16 rows of the bf16 dot-product peak (int8 "
                  "rows: of the float32 peak too, so above 100 % is possible). *_int8 workloads: cnnnative int8, "
                  "PyTorch and onnxruntime float32, onnxruntime_int8 the QDQ model of quantize_static.")
+    if args.background_load:
+        lines += ["", *_compare_table(rows, conditions), "",
+                  "busy / quiet: an engine's busy median over its quiet median. cnnnative threads: the thread count "
+                  "of its timed runs (auto mode follows the load)."]
+    lines.append(f"load average at end {load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f}")
     md = "\n".join(lines)
     print()
     print(md)
@@ -432,7 +649,9 @@ def main(argv=None) -> int:
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(md + "\n")
     with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"header": head, "peak_gflops": peak, "rows": rows}, f, indent=1)
+        json.dump({"header": head, "peak_gflops": peak, "cpu_model": _cpu_model(), "threads": th,
+                   "background_load": args.background_load, "conditions": conditions,
+                   "load_average_start": load_start, "load_average_end": load_end, "rows": rows}, f, indent=1)
     png = _chart(rows, os.path.join(args.out, "ratios.png"))
     print(f"\nwrote {args.out}/results.md, results.json" + (", ratios.png" if png else " (no matplotlib: no chart)"))
     return 0
