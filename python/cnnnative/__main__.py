@@ -481,7 +481,7 @@ def _parser(prog):
                    help="where to train: cpu or cuda (an NVIDIA GPU; pip install '.[cuda]') (default: cpu)")
     t.add_argument("--recompute", choices=["auto", "none", "cheap", "lean", "segments"], default="auto",
                    help="recompute activations in the backward pass instead of keeping them (less memory); "
-                        "auto = lean (default: auto)")
+                        "auto = the smallest plan of none/cheap/lean, lean for the ResNets (default: auto)")
     t.add_argument("--distributed", action="store_true",
                    help="data-parallel training over MPI: run under 'mpirun -np N' (pip install '.[mpi]'); "
                         "--batch-size is the global batch, split over the N processes; rank 0 prints and writes "

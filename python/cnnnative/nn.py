@@ -798,8 +798,9 @@ class Module:
         (cn.optim.SGD/Adam/AdamW); loss ('cross_entropy' by default, 'mse', 'bce_with_logits') and optimizer
         apply to training only (given with mode='infer', a ValueError). optimize: fuse conv/BN/add/ReLU
         chains in inference; layout: 'auto' (oneDNN's blocked layouts between capable kernels) or
-        'plain' (NCHW everywhere), for comparison. recompute (training): None/'auto' (the default) is
-        'lean': BN/ReLU/add outputs, convolutions and pooling of few flops per output byte ('lean:<flops per
+        'plain' (NCHW everywhere), for comparison. recompute (training): None/'auto' (the default) plans
+        'none', 'cheap' and 'lean' and takes the smallest arena (more recomputation only for at least 1/16 less;
+        memory_report()['recompute'] says which; 'lean' for the ResNets). 'lean': BN/ReLU/add outputs, convolutions and pooling of few flops per output byte ('lean:<flops per
         byte>' sets the threshold; 'lean' = 80) and every other multi-reader value (ResNet block outputs) are
         recomputed in the backward pass instead of kept - ResNet-50 b16: about 0.4x the arena of 'none' for a
         few % of step time; 'none' (or False) keeps every activation the backward pass reads; 'cheap' recomputes

@@ -105,7 +105,8 @@ def warn_reference_fallbacks(core_session) -> None:
 
 
 def _recompute_choice(recompute, mode, memory_budget) -> str:
-    """compile(recompute=...) for the core: None = 'auto' ('lean' in training), True = 'segments', False = 'none'."""
+    """compile(recompute=...) for the core: None = 'auto' (the smallest of 'none', 'cheap', 'lean' in training),
+    True = 'segments', False = 'none'."""
     if recompute is None:
         return "auto"
     if memory_budget is not None:
@@ -122,7 +123,7 @@ def _recompute_choice(recompute, mode, memory_budget) -> str:
         except ValueError:
             ok = False
     if not ok:
-        raise ValueError("compile: recompute must be None/'auto' (the default: 'lean' in training), 'none', 'cheap', "
+        raise ValueError("compile: recompute must be None/'auto' (the default), 'none', 'cheap', "
                          f"'lean', 'lean:<flops per byte>', 'segments' (or True/False), got {recompute!r}")
     return recompute
 
