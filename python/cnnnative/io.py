@@ -35,13 +35,20 @@ def _core_model(model, input_shape) -> "_core.Model":
         raise ValueError("save: input_shape is required to trace the model, e.g. (1, 1, 28, 28)")
     shape = _shape(input_shape)
     store = model._ensure_store()
+    graph, extra = traced_graph(model, shape)
+    return _core.Model(graph, store, list(shape), extra)
+
+
+def traced_graph(model, shape):
+    """(graph, extra state) of a Module traced in inference mode for `shape`: what model files and quantization
+    start from. Extra state: (module path.name, int) pairs such as BatchNorm's num_batches_tracked."""
     b, _, y = model.trace(shape, training=False)
     b.graph.set_outputs([y.vid])
     extra = []
     for mname, m in model.named_modules():
         for n, v in getattr(m, "_extra_state", {}).items():
             extra.append((f"{mname}.{n}" if mname else n, int(np.asarray(v))))
-    return _core.Model(b.graph, store, list(shape), extra)
+    return b.graph, extra
 
 
 def save(model, path, input_shape=None) -> str:

@@ -85,19 +85,13 @@ def _kl_threshold(hist: np.ndarray, edges_max: float, levels: int) -> float:
 
 
 def _graph_of(model, shape):
-    from .io import GraphModule
+    from .io import GraphModule, traced_graph
     from .nn import Module
     if isinstance(model, GraphModule):
         return model._graph_for(shape), model._extra_list()
     if not isinstance(model, Module):
         raise TypeError(f"quantize: expected a cnnnative.nn.Module, got {type(model).__name__}")
-    b, _, y = model.trace(shape, training=False)
-    b.graph.set_outputs([y.vid])
-    extra = []
-    for mname, m in model.named_modules():
-        for n, v in getattr(m, "_extra_state", {}).items():
-            extra.append((f"{mname}.{n}" if mname else n, int(np.asarray(v))))
-    return b.graph, extra
+    return traced_graph(model, shape)
 
 
 def quantize(model, calibration, method: str = "minmax", percentile: float = 99.99):
