@@ -356,7 +356,6 @@ class _GradAverager:
     def __call__(self, grads, loss):
         import time
         MPI = _mpi()
-        self.reached = True
         t0 = time.perf_counter()
         if self.overlap:
             self._issue(len(self.buckets))
@@ -367,6 +366,7 @@ class _GradAverager:
                 self.gcomm.Allreduce(MPI.IN_PLACE, grads[lo:hi], op=MPI.SUM)
         status = np.array([0.0, loss], np.float64)
         self.comm.Allreduce(MPI.IN_PLACE, status, op=MPI.SUM)
+        self.reached = True  # from here on a failure is the same on every rank: no drain
         if status[0] > 0:
             _raise_failures(self.comm.allgather(None), self.step)
         grads *= np.float32(1.0 / self.world)
@@ -417,8 +417,6 @@ class _GradAverager:
         self.comm.Allreduce(MPI.IN_PLACE, status, op=MPI.SUM)
         mine = None if self.flagged else f"{type(error).__name__}: {error}"
         _raise_failures(self.comm.allgather(mine), self.step, error)
-
-    announce_failure = drain
 
 
 def attach(session, bucket_bytes: int = BUCKET_BYTES, overlap: bool = True) -> None:
