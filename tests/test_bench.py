@@ -46,6 +46,17 @@ def test_train_profile_script_lenet(tmp_path):
         pass
 
 
+def _started_load_pids(parent, n, timeout=10.0):
+    """_load_pids once n of them show: a child just forked still shows its parent's command line until it execs."""
+    import time
+    end = time.monotonic() + timeout
+    while True:
+        pids = _load_pids(parent)
+        if len(pids) >= n or time.monotonic() > end:
+            return pids
+        time.sleep(0.01)
+
+
 def _load_pids(parent):
     """Pids of the suite's CPU-bound load processes started by process `parent` (their last argument)."""
     import os
@@ -75,7 +86,7 @@ def test_background_load_starts_stops_and_stops_on_errors():
     try:
         load.start()
         pids = load.pids()
-        assert len(pids) == 2 and sorted(_load_pids(os.getpid())) == sorted(pids)
+        assert len(pids) == 2 and sorted(_started_load_pids(os.getpid(), 2)) == sorted(pids)
         load.start()  # already running: the same processes
         assert load.pids() == pids
     finally:
@@ -85,7 +96,7 @@ def test_background_load_starts_stops_and_stops_on_errors():
     try:
         with BackgroundLoad(1) as load:
             load.start()
-            assert len(_load_pids(os.getpid())) == 1
+            assert len(_started_load_pids(os.getpid(), 1)) == 1
             raise KeyboardInterrupt
     except KeyboardInterrupt:
         pass
