@@ -133,20 +133,27 @@ def _play(path, running):
     path.write_text(f"0.50 0.40 0.30 {running}/400 4242\n")
 
 
-def test_auto_mode_follows_a_played_load_and_switches_kernels_once_it_holds(auto_mode, tmp_path, monkeypatch):
-    # A played load makes this test independent of what else runs on the machine: 1 runnable thread (this one),
-    # then two per CPU of the machine, then 1 again, then no file at all.
-    top = cn.threads_info()["max"]
-    if top < 2:
+@pytest.fixture
+def played_load(auto_mode, tmp_path, monkeypatch):
+    """Auto mode reading a played /proc/loadavg, which makes a test independent of what else runs on the machine:
+    play(n) says n runnable threads; it starts at 1 (this one). Returns (play, file)."""
+    if cn.threads_info()["max"] < 2:
         pytest.skip("auto mode has nothing to reduce with 1 thread at most")
     f = tmp_path / "loadavg"
     _play(f, 1)
     monkeypatch.setenv("CNNNATIVE_LOADAVG_FILE", str(f))
+    return (lambda running: _play(f, running)), f
+
+
+def test_auto_mode_follows_a_played_load_and_switches_kernels_once_it_holds(played_load, tmp_path, monkeypatch):
+    # 1 runnable thread (this one), then two per CPU of the machine, then 1 again, then no file at all.
+    top = cn.threads_info()["max"]
+    _, f = played_load
     shape = (16, 1, 28, 28)
     x = _data(shape)
     t = np.random.default_rng(2).integers(0, 10, 16).astype(np.int32)
     model = cn.models.lenet5(seed=0)
-    sess = model.compile(shape)
+    sess = model.compile(shape, batch_pieces=False)  # kernel sets only: batch pieces have their own test
     trainer = cn.models.lenet5(seed=0).compile(shape, mode="train", optimizer=cn.optim.SGD(lr=0.05, momentum=0.9),
                                                deterministic=True)
     losses, log = [], []
@@ -155,11 +162,11 @@ def test_auto_mode_follows_a_played_load_and_switches_kernels_once_it_holds(auto
     def until(count, seconds=20):
         end, runs = time.monotonic() + seconds, 0
         while time.monotonic() < end:
-            before, n = cn.allocation_count(), sess.num_threads
+            before, n = cn.allocation_count(), (sess.num_threads, sess.batch_pieces)
             sess.run(x)
             runs += 1
-            if cn.allocation_count() != before:
-                assert sess.num_threads != n, "a run allocated without switching its thread count"
+            if cn.allocation_count() != before:  # a switch of the count, or between whole batches and pieces
+                assert (sess.num_threads, sess.batch_pieces) != n, "a run allocated without switching its thread count"
             step()
             # the governor's count, and both sessions on it (under load a session may also probe the top count)
             if sess.num_threads == count and trainer.num_threads == count and cn.threads_info()["current"] == count:
@@ -203,23 +210,20 @@ def test_auto_mode_follows_a_played_load_and_switches_kernels_once_it_holds(auto
     assert np.array_equal(np.array(losses), np.array([ref.step(x, t) for _ in losses]))
 
 
-def test_auto_mode_under_load_probes_the_top_count_on_its_own_runs(auto_mode, tmp_path, monkeypatch):
+def test_auto_mode_under_load_probes_the_top_count_on_its_own_runs(played_load):
     # With the governor settled on 1 thread, a session times a few runs at the top count (a probe) and keeps the
     # faster; which one wins depends on the machine, so this checks the protocol: only the two counts, a probe of at
     # least 4 runs (the first untimed), kernels created once per count, results those of a session made for the
-    # count, and no probes with a fixed count.
+    # count, and no probes with a fixed count. (Whole batches: batch pieces, the top count's other form for an
+    # inference batch, have their own test below.)
     top = cn.threads_info()["max"]
-    if top < 2:
-        pytest.skip("auto mode has nothing to reduce with 1 thread at most")
-    f = tmp_path / "loadavg"
-    _play(f, 1)
-    monkeypatch.setenv("CNNNATIVE_LOADAVG_FILE", str(f))
+    play, _ = played_load
     shape = (16, 1, 28, 28)
     x = _data(shape)
-    sess = cn.models.lenet5(seed=0).compile(shape)
+    sess = cn.models.lenet5(seed=0).compile(shape, batch_pieces=False)
     log = []
     assert _run_until(sess, x, lambda: sess.num_threads == top, 20, log)
-    _play(f, 1 + 2 * os.cpu_count())
+    play(1 + 2 * os.cpu_count())
     log.clear()
     allocs = []
 
@@ -266,13 +270,14 @@ def _busy_loop():
 
 
 def _run_until(sess, x, done, seconds, log):
-    """Runs sess until done() (True) or `seconds` pass (False); checks every run allocates nothing except a switch."""
+    """Runs sess until done() (True) or `seconds` pass (False); checks every run allocates nothing except a switch
+    (of the thread count, or between whole batches and batch pieces)."""
     end = time.monotonic() + seconds
     while time.monotonic() < end:
-        before, n = cn.allocation_count(), sess.num_threads
+        before, n = cn.allocation_count(), (sess.num_threads, sess.batch_pieces)
         sess.run(x)
         if cn.allocation_count() != before:
-            assert sess.num_threads != n, "a run allocated without switching its thread count"
+            assert (sess.num_threads, sess.batch_pieces) != n, "a run allocated without switching its thread count"
         log.append(sess.num_threads)
         if done():
             return True
@@ -320,3 +325,86 @@ def test_auto_mode_drops_to_one_thread_while_cpu_bound_processes_run_and_returns
     # every switch happened after the count had held for a while: no flapping from run to run
     switches = sum(a != b for a, b in zip(log, log[1:]))
     assert switches <= 4, switches
+
+
+def _expected_piece(batch, workers):
+    """The piece size the session picks: the smallest divisor of the batch giving at most 4 pieces per worker."""
+    return next(p for p in range(1, batch + 1) if batch % p == 0 and batch // p <= 4 * workers)
+
+
+def test_under_load_an_inference_batch_runs_in_pieces_that_free_workers_take(played_load):
+    # The top count's probe under load runs an inference batch as pieces over single-threaded workers: the results
+    # are the whole batch's (to float rounding), the workers are made once (no pieced run after the first allocates),
+    # and the pieces are what batch_pieces says.
+    top = cn.threads_info()["max"]
+    play, _ = played_load
+    shape = (32, 1, 28, 28)
+    x = _data(shape)
+    sess = cn.models.lenet5(seed=0).compile(shape)
+    ref = cn.models.lenet5(seed=0).compile(shape, batch_pieces=False).run(x).copy()
+    # no load (once the governor's smoothed load from earlier tests has gone): whole batches on every thread
+    assert _run_until(sess, x, lambda: sess.num_threads == top and sess.batch_pieces is None and
+                      cn.threads_info()["current"] == top, 20, [])
+    for _ in range(5):
+        sess.run(x)
+        assert sess.batch_pieces is None
+    np.testing.assert_allclose(sess.run(x), ref, rtol=1e-5, atol=1e-6)
+    play(1 + 2 * os.cpu_count())
+    runs = []  # (threads, pieces, allocations)
+    end = time.monotonic() + 30
+    while time.monotonic() < end and sum(r[1] is not None for r in runs) < 8:
+        before = cn.allocation_count()
+        y = sess.run(x)
+        runs.append((sess.num_threads, sess.batch_pieces, cn.allocation_count() - before))
+        np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-6)
+    pieced = [r for r in runs if r[1] is not None]
+    assert len(pieced) >= 8, f"fewer than 8 runs in pieces within 30 s: {runs[-30:]}"
+    p = _expected_piece(32, top)
+    assert {r[1] for r in pieced} == {(p, 32 // p, top)}
+    first = runs.index(pieced[0])
+    # before the governor settles on 1 thread, whole batches at the top count; from then on the top count's runs are
+    # the pieces
+    assert all(r[0] == top for r in pieced) and all(r[0] == 1 for r in runs[first:] if r[1] is None)
+    assert sum(r[2] for r in runs[first + 1:]) == 0, runs
+    # a fixed count ends the trials, and with them the pieces
+    cn.set_num_threads(top)
+    for _ in range(20):
+        sess.run(x)
+        assert sess.batch_pieces is None and sess.num_threads == top
+
+
+class _SoftmaxOverBatch(cn.nn.Module):
+    """Each output depends on every sample of the batch (softmax along dim 0): its batch must never be split."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = cn.nn.Conv2d(1, 4, 3)
+
+    def forward(self, x):
+        return cn.functional.softmax(self.conv(x).flatten(1), dim=0)
+
+
+def test_batches_that_cannot_be_split_always_run_whole(played_load):
+    # Under the same played load: a graph that mixes samples, batch_pieces=False, deterministic mode and a batch
+    # too small for 2 pieces per worker all run their top-count probes as whole batches.
+    top = cn.threads_info()["max"]
+    play, _ = played_load
+    mixing = _SoftmaxOverBatch()
+    cases = {
+        "mixes samples": (mixing.compile((32, 1, 28, 28)), (32, 1, 28, 28)),
+        "batch_pieces=False": (cn.models.lenet5(seed=0).compile((32, 1, 28, 28), batch_pieces=False), (32, 1, 28, 28)),
+        "deterministic": (cn.models.lenet5(seed=0).compile((32, 1, 28, 28), deterministic=True), (32, 1, 28, 28)),
+        "batch too small": (cn.models.lenet5(seed=0).compile((2 * top - 1, 1, 28, 28)), (2 * top - 1, 1, 28, 28)),
+    }
+    xs = {k: _data(shape) for k, (_, shape) in cases.items()}
+    refs = {k: s.run(xs[k]).copy() for k, (s, _) in cases.items()}
+    play(1 + 2 * os.cpu_count())
+    at_top = dict.fromkeys(cases, 0)
+    end = time.monotonic() + 30
+    while time.monotonic() < end and min(at_top.values()) < 4:
+        for k, (s, _) in cases.items():
+            y = s.run(xs[k])
+            assert s.batch_pieces is None, k
+            np.testing.assert_allclose(y, refs[k], rtol=1e-5, atol=1e-6, err_msg=k)
+            at_top[k] += s.num_threads == top
+    assert min(at_top.values()) >= 4, f"top-count probes within 30 s: {at_top}"

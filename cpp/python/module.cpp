@@ -351,7 +351,7 @@ PYBIND11_MODULE(_core, m) {
                       const std::vector<int>& wrt, const py::dict& optim, bool plan_memory, uint64_t seed,
                       bool optimize, const std::string& layout, const std::string& recompute, const std::string& dtype,
                       bool cache_weights, bool winograd, bool deterministic, size_t max_arena_bytes, bool strict,
-                      const std::string& dump_passes, bool tf32, bool graphs, size_t memory_budget) {
+                      const std::string& dump_passes, bool tf32, bool graphs, size_t memory_budget, bool batch_pieces) {
             CompileOptions o;
             if (mode == "infer")
               o.mode = Mode::Infer;
@@ -381,6 +381,7 @@ PYBIND11_MODULE(_core, m) {
             o.tf32 = tf32;
             o.graphs = graphs;
             o.memory_budget = memory_budget;
+            o.batch_pieces = batch_pieces;
             for (auto kv : optim) {
               std::string k = py::str(kv.first);
               py::handle v = kv.second;
@@ -415,7 +416,8 @@ PYBIND11_MODULE(_core, m) {
           py::arg("seed") = 0, py::arg("optimize") = true, py::arg("layout") = "auto", py::arg("recompute") = "auto",
           py::arg("dtype") = "float32", py::arg("cache_weights") = true, py::arg("winograd") = true,
           py::arg("deterministic") = false, py::arg("max_arena_bytes") = 0, py::arg("strict") = false,
-          py::arg("dump_passes") = "", py::arg("tf32") = true, py::arg("graphs") = true, py::arg("memory_budget") = 0)
+          py::arg("dump_passes") = "", py::arg("tf32") = true, py::arg("graphs") = true, py::arg("memory_budget") = 0,
+          py::arg("batch_pieces") = true)
       .def("run", &PySession::run)
       .def("run_fetch", &PySession::run_fetch, py::arg("inputs"), py::arg("index") = 0)
       .def("step", &PySession::step)
@@ -450,6 +452,12 @@ PYBIND11_MODULE(_core, m) {
             p.s().set_lr(lr);
           })
       .def_property_readonly("num_threads", [](PySession& p) { return p.s().num_threads(); })
+      .def_property_readonly("batch_pieces",
+                             [](PySession& p) -> py::object {
+                               const Session::BatchPieces b = p.s().batch_pieces();
+                               if (!b.count) return py::none();
+                               return py::make_tuple(b.piece, b.count, b.workers);
+                             })
       .def_property(
           "step_count", [](PySession& p) { return p.s().step_count(); },
           [](PySession& p, int64_t n) {

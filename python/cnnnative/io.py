@@ -118,11 +118,11 @@ class GraphModule(Module):
     def compile(self, input_shape=None, mode: str = "infer", optimizer=None, loss: str = "cross_entropy",
                 seed: int = 0, backend: str = "cpu", plan_memory: bool = True, winograd: bool = True,
                 max_arena_bytes=None, strict: bool = False, dump_passes=None, device=None, tf32: bool = True,
-                cuda_graphs: bool = True):
+                cuda_graphs: bool = True, batch_pieces: bool = True):
         """An inference Session for input_shape (default: the saved shape; an int is a batch size).
         winograd=False keeps oneDNN's direct kernels for the 3x3 convolutions (see Module.compile);
         max_arena_bytes refuses a session needing more memory (default: the machine's physical memory);
-        strict, dump_passes, device, tf32 and cuda_graphs as in Module.compile."""
+        strict, dump_passes, device, tf32, cuda_graphs and batch_pieces as in Module.compile."""
         if mode != "infer":
             raise _core.Error(f"compile: a model loaded from a file compiles for inference only (mode='infer'), "
                               f"got mode={mode!r}; training a loaded model is not supported")
@@ -132,7 +132,7 @@ class GraphModule(Module):
             input_shape = (int(input_shape),) + self.input_shape[1:]
         return _GraphSession(self, input_shape, backend=backend, plan_memory=plan_memory, seed=seed, winograd=winograd,
                              max_arena_bytes=max_arena_bytes, strict=strict, dump_passes=dump_passes,
-                             device=device, tf32=tf32, cuda_graphs=cuda_graphs)
+                             device=device, tf32=tf32, cuda_graphs=cuda_graphs, batch_pieces=batch_pieces)
 
     def extra_repr(self) -> str:
         return (f"input_shape={list(self.input_shape)}, output_shape={list(self.output_shape)}, "
@@ -143,7 +143,8 @@ class _GraphSession(Session):
     """A Session over a loaded graph (no tracing): inference only."""
 
     def __init__(self, gm: GraphModule, input_shape, backend="cpu", plan_memory=True, seed=0, winograd=True,
-                 max_arena_bytes=None, strict=False, dump_passes=None, device=None, tf32=True, cuda_graphs=True):
+                 max_arena_bytes=None, strict=False, dump_passes=None, device=None, tf32=True, cuda_graphs=True,
+                 batch_pieces=True):
         from .cuda import resolve_device
         backend = resolve_device(device, backend)
         self.device = "cuda" if backend == "cuda" else "cpu"
@@ -161,7 +162,7 @@ class _GraphSession(Session):
         self._s = _core.Session(g, self._store, "infer", backend=backend, plan_memory=plan_memory, seed=int(seed),
                                 winograd=bool(winograd), max_arena_bytes=arena_budget(max_arena_bytes),
                                 strict=bool(strict), dump_passes=_dump_dir(dump_passes), tf32=bool(tf32),
-                                graphs=bool(cuda_graphs))
+                                graphs=bool(cuda_graphs), batch_pieces=bool(batch_pieces))
         warn_reference_fallbacks(self._s)
         self.deterministic = False
         self.output_shape = tuple(self._s.fetches[0][1])

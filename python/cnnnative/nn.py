@@ -790,7 +790,7 @@ class Module:
                 winograd: bool = True, deterministic=None, max_arena_bytes=None, strict: bool = False,
                 dump_passes=None, device=None, tf32: bool = True, cuda_graphs: bool = True,
                 distributed: bool = False, memory_budget=None, calibration=None,
-                calibration_method: str = "minmax"):
+                calibration_method: str = "minmax", batch_pieces: bool = True):
         """Compiles the model for one input shape: mode 'infer' (eval behaviour of BN/dropout) or
         'train' (one step = forward, loss, backward, optimizer update). input_shape: the full shape (N, C, H, W),
         or a batch size N for a model that declares its input shape (an `input_shape` attribute (1, C, H, W), as
@@ -830,7 +830,11 @@ class Module:
         added, removed or replaced: compile again. Plain attributes a forward() reads (a stride, a flag) are
         traced as constants at compile, as torch.jit.trace does. dtype='int8' (inference): int8 post-training
         quantization calibrated on `calibration` (an iterable of input batches) with `calibration_method`
-        ('minmax', 'percentile', 'entropy'); the same as cnnnative.quantize(model, calibration).compile(...)."""
+        ('minmax', 'percentile', 'entropy'); the same as cnnnative.quantize(model, calibration).compile(...).
+        batch_pieces (inference, cpu, automatic thread count): on a machine other processes keep busy, a run may
+        split its batch into pieces that single-threaded workers take as they become free, when the model treats
+        samples independently and that runs faster (session.batch_pieces tells what the last run did); False:
+        always the whole batch."""
         from .session import Session
         if dtype == "int8":
             if mode != "infer":
@@ -854,7 +858,7 @@ class Module:
                 input_shape = q.input_shape
             return q.compile(input_shape, backend=backend, plan_memory=plan_memory, seed=seed, winograd=winograd,
                              max_arena_bytes=max_arena_bytes, strict=strict, dump_passes=dump_passes, device=device,
-                             tf32=tf32, cuda_graphs=cuda_graphs)
+                             tf32=tf32, cuda_graphs=cuda_graphs, batch_pieces=batch_pieces)
         if calibration is not None:
             raise ValueError(f"compile: calibration applies to dtype='int8' only, got dtype={dtype!r}")
         return Session(self, input_shape, mode=mode, optimizer=optimizer, loss=loss, seed=seed,
@@ -862,7 +866,7 @@ class Module:
                        recompute=recompute, dtype=dtype, cache_weights=cache_weights,
                        winograd=winograd, deterministic=deterministic, max_arena_bytes=max_arena_bytes,
                        strict=strict, dump_passes=dump_passes, device=device, tf32=tf32, cuda_graphs=cuda_graphs,
-                       distributed=distributed, memory_budget=memory_budget)
+                       distributed=distributed, memory_budget=memory_budget, batch_pieces=batch_pieces)
 
     def extra_repr(self) -> str:
         return ""

@@ -145,7 +145,7 @@ class Session:
                  backend="cpu", plan_memory=True, optimize=True, layout="auto", recompute=None,
                  dtype="float32", cache_weights=True, winograd=True, deterministic=None,
                  max_arena_bytes=None, strict=False, dump_passes=None, device=None, tf32=True, cuda_graphs=True,
-                 distributed=False, memory_budget=None):
+                 distributed=False, memory_budget=None, batch_pieces=True):
         if mode not in ("infer", "train"):
             raise ValueError(f"compile: mode must be 'infer' or 'train', got {mode!r}")
         input_shape = resolve_input_shape(model, input_shape)
@@ -218,7 +218,7 @@ class Session:
                                     deterministic=self.deterministic, max_arena_bytes=arena_budget(max_arena_bytes),
                                     strict=bool(strict), dump_passes=_dump_dir(dump_passes), tf32=bool(tf32),
                                     graphs=bool(cuda_graphs), memory_budget=_budget_bytes(memory_budget, mode),
-                                    **kw)
+                                    batch_pieces=bool(batch_pieces), **kw)
         except _core.Error as e:  # a node the compiler refused: say which module it came from
             from .nn import locate_node_error
             msg = locate_node_error(str(e), model)
@@ -315,6 +315,13 @@ class Session:
     def num_threads(self) -> int:
         """OpenMP threads the last run used (cn.set_num_threads applies to runs from any thread); 0 before any."""
         return self._core_checked().num_threads
+
+    @property
+    def batch_pieces(self):
+        """How the last run split its batch: (piece, count, workers) when it ran as `count` pieces of `piece`
+        samples over `workers` single-threaded workers (inference on a loaded machine: compile's batch_pieces),
+        None for a whole-batch run."""
+        return self._core_checked().batch_pieces
 
     @property
     def step_count(self) -> int:

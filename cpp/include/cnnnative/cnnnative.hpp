@@ -181,6 +181,12 @@ struct CompileOptions {
   // the problem alone (cn.use_deterministic_algorithms; docs/ARCHITECTURE.md, "Determinism"). Results are
   // bitwise reproducible for the same seed and thread count either way.
   bool deterministic = false;
+  // Infer mode, cpu backend, auto thread count: on a loaded machine a run may split its batch into pieces that
+  // single-threaded workers take as they become free (Session::batch_pieces), when the graph treats every sample on
+  // its own (its values keep the batch as their first dimension; no op reduces, concatenates or permutes along it)
+  // and that is faster. Results equal a whole-batch run's to float rounding (kernels may pick other algorithms for
+  // the smaller batch). false: always the whole batch. Never in deterministic mode.
+  bool batch_pieces = true;
   // Memory budget: compile refuses (Error naming the sizes and the largest planned values) a session whose
   // arena + scratch + prepared weights (+ gradients and optimizer state in training) exceed it, before
   // allocating. 0 = the machine's physical memory.
@@ -291,6 +297,16 @@ class Session {
   // session holds kernels for at most two counts (oneDNN fixes a primitive's threads when it is created): the one
   // it was compiled with and the last other one; a run for a new count creates its kernels (and allocates) once.
   int num_threads() const;
+  // An inference run in auto thread mode on a loaded machine may run its batch as pieces: one worker per thread,
+  // each with kernels for one thread, takes the next piece of the batch as soon as it is free, so a thread whose CPU
+  // another process shares does fewer pieces instead of holding back every parallel region (docs/ARCHITECTURE.md,
+  // "Threads"). The session times such runs against its whole-batch runs and keeps what is faster. What the last
+  // run did: pieces of `piece` samples, `count` of them, over `workers` threads; all 0 for a whole-batch run.
+  struct BatchPieces {
+    int64_t piece = 0, count = 0;
+    int workers = 0;
+  };
+  BatchPieces batch_pieces() const;
   // Resume: the number of completed runs (Adam's bias correction and the dropout streams depend on it).
   void set_step_count(int64_t steps);
   // Train: the optimizer's state blocks by name ("momentum_buffer" for SGD with momentum; "exp_avg",

@@ -8,16 +8,19 @@
 // the kernels the store's version (prepared weights are rebuilt when it moved); a train/grad run that writes the
 // store bumps it when it ends.
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <exception>
 #include <limits>
 #include <numeric>
 
 #include <omp.h>
 #include <unistd.h>
 
+#include "cnnnative/model.hpp"
 #include "core/alloc.hpp"
 #include "core/backend.hpp"
 #include "core/compile.hpp"
@@ -29,8 +32,12 @@ namespace cnn {
 
 class SessionImpl {
  public:
-  SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, const CompileOptions& o);
+  // fixed_threads > 0: every run uses that many threads, whatever the process setting (a batch piece's worker)
+  SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, const CompileOptions& o, int fixed_threads = 0);
   void run(const std::vector<const void*>& feeds);
+  void run_pieces(const std::vector<const void*>& feeds);
+  bool make_pieces(int workers);
+  const void* fetch_ptr(size_t i) const;
   void update();
   std::string locate(bool trainable, size_t flat) const;
   [[noreturn]] void diverged(const std::string& what) const;
@@ -93,6 +100,23 @@ class SessionImpl {
     double every_s = 1;
     std::chrono::steady_clock::time_point next;
   } trial;
+  // Batch pieces (Session::batch_pieces): an inference session that may run its batch as pieces keeps the graph it
+  // was compiled from; the first run that wants pieces compiles it for the piece size once per worker (fixed to one
+  // thread) and checks that the graph treats samples independently. Workers share the ParamStore; each holds its
+  // own small arena and prepared weights. The pieces' outputs land in `outs`, which fetch() reads after such a run.
+  int fixed_threads = 0;
+  std::unique_ptr<Graph> source;  // null: this session never runs in pieces
+  struct Pieces {
+    int64_t piece = 0, count = 0;
+    std::vector<std::unique_ptr<SessionImpl>> workers;
+    std::vector<size_t> feed_bytes, fetch_bytes;  // per piece
+    std::vector<Buffer> outs;                     // per fetch: the whole batch
+  };
+  std::unique_ptr<Pieces> pieces;
+  bool pieces_failed = false;  // made once and refused (not separable, no piece size, compile failed): not retried
+  bool use_pieces = false;     // choose_set's decision for the running run
+  bool pieced_last = false;    // the last completed run ran in pieces (fetch() reads `outs`)
+  int ran_threads = 0;         // threads the running run uses (the pieces' workers for a pieced run)
   std::chrono::steady_clock::time_point run_t0;  // when the running run chose its kernels
   int64_t runs_at_t0 = 0;                        // eager_runs then: the run completed when it moved
   size_t budget = 0, fixed_bytes = 0;            // check_budget's: the memory budget, gradients and optimizer state
@@ -169,14 +193,16 @@ std::string mib(size_t b) {
 }
 }  // namespace
 
-SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, const CompileOptions& o)
-    : plan((apply_num_threads(),  // oneDNN sizes its primitives for the thread count at creation
+SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, const CompileOptions& o, int fixed)
+    : plan(((fixed > 0 ? use_num_threads(fixed) : (void)apply_num_threads()),  // oneDNN sizes its primitives for
+                                                                               // the thread count at creation
             st ? compile_plan(graph, *st, o) : throw Error("compile: no parameter store"))),
       g(plan.graph),
       opt(plan.opt),
       backend(*plan.backend),
       store(std::move(st)),
       lr(o.optim.lr) {
+  fixed_threads = fixed;
   report = plan.report;
   const size_t nv = g.values.size();
   const int n_steps = int(g.nodes.size());
@@ -248,6 +274,11 @@ SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, con
   if (!backend.host_accessible())
     for (int v : plan.fetch_values)
       fetch_copies.push_back(backend.allocate_host(std::max<size_t>(plan.value_bytes(v), 64)));
+
+  if (!fixed && opt.mode == Mode::Infer && opt.batch_pieces && !opt.deterministic && opt.compute == DType::f32 &&
+      backend.host_accessible() && backend.has_fast_kernels() && opt.dump_passes.empty() &&
+      !std::getenv("CNNNATIVE_DUMP_PASSES"))
+    source = std::make_unique<Graph>(graph);
 
   // ---- optimizer state ----
   if (opt.mode == Mode::Train) {
@@ -384,10 +415,11 @@ std::unique_ptr<SessionImpl::KernelSet> SessionImpl::build_set(int threads, size
 void SessionImpl::choose_set() {
   constexpr double kSwitchAfterS = 0.5;
   constexpr int kSwitchRuns = 3;
-  const ThreadChoice c = choose_num_threads();
+  const ThreadChoice c = fixed_threads > 0 ? ThreadChoice{fixed_threads, false, 0.0} : choose_num_threads();
+  use_pieces = false;
   if (!backend.host_accessible()) {  // a device backend: the host threads only stage copies; one set
     use_num_threads(c.count);
-    threads_used = c.count;
+    threads_used = ran_threads = c.count;
     return;
   }
   run_t0 = std::chrono::steady_clock::now();
@@ -406,6 +438,14 @@ void SessionImpl::choose_set() {
       pending_runs = 0;
     }
     target = trial_count(settled);
+    // the trials' top count, for a session that can: the batch in pieces over that many single-threaded workers
+    // instead of every kernel split over all threads (no second kernel set; the workers hold their own)
+    if (trial.low && target == get_num_threads() && target > settled && make_pieces(target)) {
+      use_pieces = true;
+      use_num_threads(active->threads);  // make_pieces' compiles set one thread on this thread
+      threads_used = ran_threads = target;
+      return;
+    }
   } else {
     pending_runs = 0;
     settled = c.count;
@@ -438,7 +478,7 @@ void SessionImpl::choose_set() {
     }
   }
   use_num_threads(active->threads);
-  threads_used = active->threads;
+  threads_used = ran_threads = active->threads;
 }
 
 // Auto mode: the count this run uses, given the governor's settled count (see Trial).
@@ -468,7 +508,7 @@ void SessionImpl::end_run() {
   if (!t.low || eager_runs == runs_at_t0) return;
   const auto now = std::chrono::steady_clock::now();
   const double ms = std::chrono::duration<double, std::milli>(now - run_t0).count();
-  const int ran = active->threads;
+  const int ran = ran_threads;
   auto after = [&](double s) {
     return now + std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(s));
   };
@@ -677,6 +717,11 @@ void SessionImpl::run(const std::vector<const void*>& fd) {
     SessionImpl* s;
     ~EndRun() { s->end_run(); }
   } end_run_{this};
+  if (use_pieces) {
+    run_pieces(fd);
+    return;
+  }
+  pieced_last = false;
   KernelSet& K = *active;
   Stream* st = stream.get();
   if (backend.host_accessible()) {
@@ -867,6 +912,122 @@ void SessionImpl::run(const std::vector<const void*>& fd) {
   }
 }
 
+namespace {
+// Whether graph g (its batch `batch`) treats every sample on its own: every value but the parameters keeps the batch
+// as its first dimension, and no op works along that dimension (an axis, axes or permutation naming it, a slice
+// without explicit axes) or mixes samples in training mode. Conservative: a false "no" only costs the pieces.
+bool batch_separable(const Graph& g, int64_t batch) {
+  for (const Value& v : g.values) {
+    if (v.kind == ValueKind::Param || v.kind == ValueKind::Buffer) continue;
+    if (v.desc.shape.empty() || v.desc.shape[0] != batch) return false;
+  }
+  for (const Node& n : g.nodes) {
+    if (n.attrs.i("training", 0) != 0 || n.attrs.i("sync", 0) != 0) return false;
+    const int64_t r = n.inputs.empty() ? 0 : int64_t(g.values[n.inputs[0]].desc.shape.size());
+    auto batch_axis = [&](int64_t a) { return a == 0 || a == -r; };
+    if (n.attrs.ints.count("axis") && batch_axis(n.attrs.i("axis"))) return false;
+    for (int64_t a : n.attrs.is("axes", {}))
+      if (batch_axis(a)) return false;
+    const std::vector<int64_t> perm = n.attrs.is("perm", {});
+    if (!perm.empty() && perm[0] != 0) return false;
+    if ((n.attrs.ints.count("starts") || n.attrs.ints.count("steps")) && !n.attrs.ints.count("axes")) return false;
+  }
+  return true;
+}
+}  // namespace
+
+// Compiles the pieces once (see Pieces): the piece is the smallest divisor of the batch that makes at most 4 pieces
+// per worker, and there must be at least 2 per worker (what lets a fast worker take over a slow one's share).
+bool SessionImpl::make_pieces(int workers) {
+  if (pieces && int(pieces->workers.size()) == workers) return true;
+  if (pieces_failed || !source || workers < 2) return false;
+  pieces.reset();
+  try {
+    int64_t batch = -1;
+    bool same = true;
+    for (const auto* infos : {&plan.feeds, &plan.fetches})
+      for (const FeedInfo& f : *infos) {
+        const int64_t b = f.desc.shape.empty() ? -1 : f.desc.shape[0];
+        if (batch < 0) batch = b;
+        same = same && b == batch && b > 0;
+      }
+    int64_t piece = 0;
+    for (int64_t p = 1; same && p <= batch && !piece; ++p)
+      if (batch % p == 0 && batch / p <= 4 * workers) piece = p;
+    if (!piece || batch / piece < 2 * workers || !batch_separable(*source, batch)) {
+      pieces_failed = true;
+      return false;
+    }
+    Graph gp = rebatch(*source, piece);
+    if (!batch_separable(gp, piece)) {
+      pieces_failed = true;
+      return false;
+    }
+    auto pc = std::make_unique<Pieces>();
+    pc->piece = piece;
+    pc->count = batch / piece;
+    for (int w = 0; w < workers; ++w) pc->workers.push_back(std::make_unique<SessionImpl>(gp, store, opt, 1));
+    const Plan& wp = pc->workers[0]->plan;
+    if (wp.feeds.size() != plan.feeds.size() || wp.fetches.size() != plan.fetches.size()) {
+      pieces_failed = true;
+      return false;
+    }
+    for (const FeedInfo& f : plan.feeds)
+      pc->feed_bytes.push_back(size_t(numel(f.desc.shape) / batch * piece) * dtype_size(f.desc.dtype));
+    for (const FeedInfo& f : plan.fetches) {
+      pc->fetch_bytes.push_back(size_t(numel(f.desc.shape) / batch * piece) * dtype_size(f.desc.dtype));
+      pc->outs.push_back(backend.allocate(std::max<size_t>(pc->fetch_bytes.back() * size_t(pc->count), 64)));
+    }
+    pieces = std::move(pc);
+    return true;
+  } catch (const std::exception&) {  // a piece size some op refuses, memory: whole batches it is
+    pieces_failed = true;
+    return false;
+  }
+}
+
+// One run as pieces: each worker thread takes the next piece until none is left, runs it on its own session and
+// copies its outputs into the whole batch's. The first error stops the others at their next piece and is raised.
+void SessionImpl::run_pieces(const std::vector<const void*>& fd) {
+  Pieces& P = *pieces;
+  pieced_last = false;
+  std::atomic<int64_t> next{0};
+  std::exception_ptr err;
+  std::mutex err_mu;
+  const int W = int(P.workers.size());
+#pragma omp parallel num_threads(W)
+  {
+    SessionImpl& w = *P.workers[size_t(omp_get_thread_num())];
+    std::vector<const void*> f(fd.size());
+    for (;;) {
+      const int64_t i = next.fetch_add(1);
+      if (i >= P.count) break;
+      try {
+        for (size_t k = 0; k < fd.size(); ++k) f[k] = static_cast<const char*>(fd[k]) + size_t(i) * P.feed_bytes[k];
+        w.run(f);
+        for (size_t k = 0; k < P.outs.size(); ++k)
+          std::memcpy(static_cast<char*>(P.outs[k].get()) + size_t(i) * P.fetch_bytes[k], w.fetch_ptr(k),
+                      P.fetch_bytes[k]);
+      } catch (...) {
+        std::lock_guard<std::mutex> hold(err_mu);
+        if (!err) err = std::current_exception();
+        next.store(P.count);
+      }
+    }
+  }
+  if (err) std::rethrow_exception(err);
+  pieced_last = true;
+  ++steps;
+  ++eager_runs;
+}
+
+const void* SessionImpl::fetch_ptr(size_t i) const {
+  if (i >= plan.fetch_values.size()) throw Error("fetch index out of range");
+  if (pieced_last) return pieces->outs[i].get();
+  if (!fetch_copies.empty()) return fetch_copies[i].get();
+  return ptr[plan.fetch_values[i]];
+}
+
 // ---- Session facade ----
 Session::Session(const Graph& g, std::shared_ptr<ParamStore> store, const CompileOptions& opt)
     : impl_(std::make_unique<SessionImpl>(g, std::move(store), opt)) {}
@@ -877,11 +1038,11 @@ void Session::run(const std::vector<const void*>& feeds) { impl_->run(feeds); }
 std::unique_lock<std::recursive_mutex> Session::lock() const {
   return std::unique_lock<std::recursive_mutex>(impl_->mu);
 }
-const void* Session::fetch(size_t i) const {
+const void* Session::fetch(size_t i) const { return impl_->fetch_ptr(i); }
+Session::BatchPieces Session::batch_pieces() const {
   const auto& I = *impl_;
-  if (i >= I.plan.fetch_values.size()) throw Error("fetch index out of range");
-  if (!I.fetch_copies.empty()) return I.fetch_copies[i].get();
-  return I.ptr[I.plan.fetch_values[i]];
+  if (!I.pieced_last) return {};
+  return {I.pieces->piece, I.pieces->count, int(I.pieces->workers.size())};
 }
 double Session::loss() const { return impl_->last_loss; }
 void Session::set_lr(double lr) {

@@ -330,8 +330,9 @@ def _time_conditions(engines, rounds, reps, conditions, load, settle_s, sess):
             loadavg[c].append(os.getloadavg()[0])
 
             def after(k, c=c):
-                if k == "cnnnative":
-                    threads[c][sess.num_threads] += 1
+                if k == "cnnnative":  # "2p": 2 workers on batch pieces (Session.batch_pieces)
+                    pieces = getattr(sess, "batch_pieces", None)
+                    threads[c][f"{sess.num_threads}p" if pieces else sess.num_threads] += 1
             for k, v in _time(engines, 1, reps, warmup=0, after=after).items():
                 times[c][k].extend(v)
     load.stop()
@@ -601,7 +602,7 @@ def main(argv=None) -> int:
             rss = {k: (_rss(n, k, args.threads) if not args.no_rss else None) for k in engines}
             for c in conditions:
                 row = {"workload": n, "machine": c, "note": note, "flops": flops, "reps": rounds * reps,
-                       "cnnnative_threads": dict(sorted(threads[c].items())),
+                       "cnnnative_threads": dict(sorted(threads[c].items(), key=lambda kv: str(kv[0]))),
                        "load_average": [round(a, 2) for a in loadavg[c]]}
                 for k, v in times[c].items():
                     pk = bpeak if k.startswith("cnnnative") and _spec(n)[5].get("dtype") == "bfloat16" else peak
@@ -640,7 +641,7 @@ def main(argv=None) -> int:
     if args.background_load:
         lines += ["", *_compare_table(rows, conditions), "",
                   "busy / quiet: an engine's busy median over its quiet median. cnnnative threads: the thread count "
-                  "of its timed runs (auto mode follows the load)."]
+                  "of its timed runs (auto mode follows the load; 2p: the batch in pieces over 2 workers)."]
     lines.append(f"load average at end {load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f}")
     md = "\n".join(lines)
     print()
