@@ -413,9 +413,11 @@ class _ConvNet(cn.nn.Module):
 
 
 @pytest.mark.parametrize("act_type", ["default", "QUInt8"])
-def test_onnxruntime_qoperator_with_zero_points_matches_onnxruntime(tmp_path, act_type):
-    """QOperator format (QLinearConv) with onnxruntime's default asymmetric activations: QLinearConv imports with
-    its zero points and agrees with onnxruntime."""
+@pytest.mark.parametrize("net", ["convs", "residual"])
+def test_onnxruntime_qoperator_with_zero_points_matches_onnxruntime(tmp_path, act_type, net):
+    """QOperator format with onnxruntime's default asymmetric activations: QLinearConv with its zero points, a
+    MaxPool over the int8 tensor, and (the residual net) onnxruntime's com.microsoft QLinearAdd,
+    QLinearGlobalAveragePool and QGemm, expanded at import: agrees with onnxruntime."""
     pytest.importorskip("onnxruntime")
     onnx = pytest.importorskip("onnx")
     from onnxruntime.quantization import QuantFormat, QuantType
@@ -423,13 +425,17 @@ def test_onnxruntime_qoperator_with_zero_points_matches_onnxruntime(tmp_path, ac
     rng = np.random.default_rng(1)
     shape = (8, 3, 16, 16)
     kw = {} if act_type == "default" else {"activation_type": QuantType.QUInt8}
-    path = _quantize_with_ort(tmp_path, _ConvNet(), shape, _calib(rng, shape), quant_format=QuantFormat.QOperator,
-                              **kw)
+    model = _ConvNet() if net == "convs" else _Net()
+    path = _quantize_with_ort(tmp_path, model, shape, _calib(rng, shape), quant_format=QuantFormat.QOperator, **kw)
     kinds = [n.op_type for n in onnx.load(path).graph.node]
-    assert kinds.count("QLinearConv") == 2, kinds
+    assert kinds.count("QLinearConv") == (2 if net == "convs" else 3), kinds
+    if net == "residual":
+        assert {"QLinearAdd", "QLinearGlobalAveragePool", "QGemm"} <= set(kinds), kinds
     s, max_steps, frac, _ = _compare_with_ort(path, shape, rng)
     ops = [k["op"] for k in s.kernels()]
-    assert ops.count("qconv2d") == 2 and "qmax_pool2d" in ops, ops
+    assert ops.count("qconv2d") == (2 if net == "convs" else 3) and "qmax_pool2d" in ops, ops
+    if net == "residual":
+        assert "qlinear" in ops and "add" not in ops, ops
     assert max_steps <= 1 and frac <= 0.01, (max_steps, frac)
 
 

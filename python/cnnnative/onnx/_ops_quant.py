@@ -16,7 +16,10 @@ step), and the int8 kernels keep that grid for each row on it (ops/quant.hpp, qu
 products are the model's. Per-channel symmetric weights (the largest value of each row at 127) come back on their
 own grid. Asymmetric weights (non-zero weight zero points, rare) fold to float too and are requantized
 symmetric per channel: they run, not bit-exactly. The export drops weight_scale (it writes float weights). A
-MaxPool over a quantized tensor (QOperator models) is the engine's qmax_pool2d (onnx/_ops_pool.py)."""
+MaxPool over a quantized tensor (QOperator models) is the engine's qmax_pool2d (onnx/_ops_pool.py).
+
+QOperator models: QLinearConv, QLinearMatMul and onnxruntime's com.microsoft QLinearAdd, QLinearGlobalAveragePool
+and QGemm expand into the QDQ pattern at import (expand_qlinear)."""
 from __future__ import annotations
 
 import numpy as np
@@ -127,13 +130,67 @@ def export_dequantize(ex, ins, attrs, outs, name, I, O):
     ex.node("DequantizeLinear", [I[0], scale, zp], O, name)
 
 
+_MS = "com.microsoft."  # the importer's op names of com.microsoft nodes
+
+
+def _bias_scale(prog, n, a_s, b_s, what):
+    """The constant scale of an int32 bias quantized with a_scale * b_scale (per tensor, or per output channel)."""
+    if a_s not in prog.consts or b_s not in prog.consts:
+        raise Unsupported(f"{n.onnx_op} {n.name!r}: the scales must be constants ({what})")
+    name = prog.fresh(f"{n.name}/bias_scale")
+    prog.consts[name] = (np.asarray(prog.consts[a_s], np.float64) *
+                         np.asarray(prog.consts[b_s], np.float64)).astype(np.float32).reshape(-1)
+    return name
+
+
+def _expand_ms(prog, n, out):
+    """onnxruntime's com.microsoft QOperator ops quantize_static writes (QLinearAdd, QLinearGlobalAveragePool,
+    QGemm) as DequantizeLinear -> the float op -> QuantizeLinear, as the standard ones below."""
+    from ._base import Node
+    op = n.op[len(_MS):]
+    ins = list(n.inputs) + [""] * 9
+
+    def dq(x, s, z, tag, **attrs):
+        y = prog.fresh(f"{n.name}/{tag}")
+        out.append(Node("DequantizeLinear", f"{n.name}/dequantize_{tag}", [x, s, z], [y], attrs, "DequantizeLinear"))
+        return y
+
+    def q(y, s, z):
+        out.append(Node("QuantizeLinear", f"{n.name}/quantize", [y, s, z], list(n.outputs[:1]), {}, "QuantizeLinear"))
+    if op == "QLinearAdd":
+        a, b, y = dq(ins[0], ins[1], ins[2], "a"), dq(ins[3], ins[4], ins[5], "b"), prog.fresh(f"{n.name}/y")
+        out.append(Node("Add", n.name, [a, b], [y], {}, "Add"))
+        q(y, ins[6], ins[7])
+    elif op == "QLinearGlobalAveragePool":
+        if int(n.attrs.get("channels_last", 0)):
+            raise Unsupported(f"QLinearGlobalAveragePool {n.name!r}: channels_last=1")
+        x, y = dq(ins[0], ins[1], ins[2], "x"), prog.fresh(f"{n.name}/y")
+        out.append(Node("GlobalAveragePool", n.name, [x], [y], {}, "GlobalAveragePool"))
+        q(y, ins[3], ins[4])
+    else:  # QGemm: A, a_scale, a_zp, B, b_scale, b_zp, [C int32 bias], [y_scale, y_zp] (no y_scale: float out)
+        tb = int(n.attrs.get("transB", 0))
+        a, b = dq(ins[0], ins[1], ins[2], "a"), dq(ins[3], ins[4], ins[5], "b", axis=0 if tb else 1)
+        mid = [a, b]
+        if ins[6]:
+            mid.append(dq(ins[6], _bias_scale(prog, n, ins[1], ins[4], "with a bias"), "", "c", axis=0))
+        attrs = {k: n.attrs[k] for k in ("alpha", "transA", "transB") if k in n.attrs}
+        y = prog.fresh(f"{n.name}/y") if ins[7] else n.outputs[0]
+        out.append(Node("Gemm", n.name, mid, [y], attrs, "Gemm"))
+        if ins[7]:
+            q(y, ins[7], ins[8])
+
+
 def expand_qlinear(prog):
-    """QOperator models: QLinearConv / QLinearMatMul become DequantizeLinear -> Conv / MatMul -> QuantizeLinear at
-    import, before constant folding, so their int8 weights (and QLinearConv's int32 bias, scaled by x_scale *
-    w_scale) fold to float weights and the int8 compile pass makes them int8 kernels again."""
+    """QOperator models: QLinearConv / QLinearMatMul (and onnxruntime's com.microsoft QLinearAdd,
+    QLinearGlobalAveragePool, QGemm) become DequantizeLinear -> Conv / MatMul (Add, GlobalAveragePool, Gemm) ->
+    QuantizeLinear at import, before constant folding, so their int8 weights (and the int32 biases, scaled by
+    x_scale * w_scale) fold to float weights and the int8 compile pass makes them int8 kernels again."""
     from ._base import Node
     out = []
     for n in prog.nodes:
+        if n.op in (_MS + "QLinearAdd", _MS + "QLinearGlobalAveragePool", _MS + "QGemm"):
+            _expand_ms(prog, n, out)
+            continue
         if n.op not in ("QLinearConv", "QLinearMatMul"):
             out.append(n)
             continue
@@ -151,11 +208,7 @@ def expand_qlinear(prog):
                         {"axis": 0 if conv else 1}, "DequantizeLinear"))
         mid = [xf, wf]
         if conv and ins[8]:
-            if xs not in prog.consts or ws not in prog.consts:
-                raise Unsupported(f"QLinearConv {n.name!r}: the scales must be constants")
-            bs = prog.fresh(f"{n.name}/bias_scale")
-            prog.consts[bs] = (np.asarray(prog.consts[xs], np.float64) *
-                               np.asarray(prog.consts[ws], np.float64)).astype(np.float32).reshape(-1)
+            bs = _bias_scale(prog, n, xs, ws, "with a bias")
             bf = tmp("b")
             out.append(Node("DequantizeLinear", f"{n.name}/dequantize_b", [ins[8], bs], [bf], {"axis": 0},
                             "DequantizeLinear"))
