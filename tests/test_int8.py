@@ -404,13 +404,16 @@ def test_onnx_qdq_round_trip_and_onnxruntime_quantize_static_import(tmp_path):
     path = _ort_qdq(tmp_path, m, shape, calib, symmetric=True)
     s = cox.import_model(path).compile(shape)
     ops = [k["op"] for k in s.kernels()]
-    # onnxruntime's quantize between each conv and its ReLU / residual add is absorbed: every add and ReLU is a
-    # post-op of an int8 convolution
+    # onnxruntime's quantize between each conv and its ReLU / residual add is absorbed (its rounding kept as the
+    # qconv2d's mid rounding): every add and ReLU is a post-op of an int8 convolution
     assert ops.count("qconv2d") == 20 and "add" not in ops and "relu" not in ops, ops
     want = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
     got = s.run(x)
     assert (got.argmax(1) == want.argmax(1)).mean() >= 0.99
-    assert _cos(got, want).min() >= 0.998  # without the intermediate roundings onnxruntime does
+    # the same roundings as onnxruntime (measured: identical logits); a value within float32 precision of a
+    # rounding tie may round the other way and move what follows, hence a bound, not equality
+    assert _cos(got, want).min() >= 0.998
+    assert np.mean(np.abs(got - want) > 1e-6) <= 0.2
 
 
 def test_onnx_asymmetric_activations_import_and_agree_with_onnxruntime(tmp_path):

@@ -222,6 +222,45 @@ def test_pools_and_views_on_one_grid_run_int8_with_zero_points():
                                                                       optimize=False))
 
 
+@pytest.mark.parametrize("relu_grid", ["same", "other"])
+def test_int8_pass_keeps_the_rounding_between_a_conv_and_its_add(relu_grid):
+    """conv -> quantize -> dequantize -> add(., dequantize(r)) -> quantize -> dequantize -> relu -> quantize (what
+    onnxruntime writes): the int8 pass makes one qconv2d with the add as its sum post-op and the conv's grid as its
+    mid rounding, and takes the ReLU too when it quantizes onto the add's grid (else the ReLU stays float); either
+    way the session computes what the unfused graph does (weights on a per-channel grid, so the int8 kernel's
+    requantization gives them back exactly)."""
+    rng = np.random.default_rng(8)
+    K = 16
+    wq = rng.integers(-127, 128, (K, 16, 3, 3))
+    wq[:, 0, 0, 0] = 127
+    wsc = rng.uniform(0.002, 0.01, K).astype(np.float32)
+    w = (wq * wsc[:, None, None, None].astype(np.float64)).astype(np.float32)
+    b = (rng.standard_normal(K) * 0.05).astype(np.float32)
+    xs, xz, s1, z1, rs, rz, s2, z2 = 0.0213, 117, 0.0371, -11, 0.0297, 9, 0.0443, -20
+    s3, z3 = (s2, z2) if relu_grid == "same" else (0.0251, -128)
+    x, _, _ = _on_grid(rng, (2, 16, 8, 8), xs, xz, U8)
+    r, _, _ = _on_grid(rng, (2, K, 8, 8), rs, rz, S8)
+
+    def build(g, i):
+        c = g.add_node("conv2d", [_dq(g, _q(g, i[0], xs, U8, xz), xs, xz), i[1], i[2]], {"padding": [1, 1]})[0]
+        c = _dq(g, _q(g, c, s1, S8, z1), s1, z1)
+        a = g.add_node("add", [c, _dq(g, _q(g, i[3], rs, S8, rz), rs, rz)])[0]
+        a = _dq(g, _q(g, a, s2, S8, z2), s2, z2)
+        y = g.add_node("relu", [a])[0]
+        return _dq(g, _q(g, y, s3, S8, z3), s3, z3)
+    feeds = [x, w, b, r]
+    sess = _session(build, feeds, "cpu")
+    ks = sess.kernels()
+    q = [k for k in ks if k["op"] == "qconv2d"]
+    assert len(q) == 1 and "add" not in [k["op"] for k in ks], ks
+    assert ("relu" in [k["op"] for k in ks]) == (relu_grid == "other"), ks
+    got = sess.run_fetch(feeds, 0)
+    want = _run(build, feeds, "cpu", optimize=False)
+    d = np.rint(np.abs(got - want) / s3)
+    assert d.max() <= 1 and np.mean(d != 0) <= 0.002, (d.max(), np.mean(d != 0))
+    np.testing.assert_allclose(_run(build, feeds, "reference"), want, atol=s3 * 1.001)
+
+
 def test_weight_scale_keeps_a_per_tensor_grid_exactly():
     """Weights on one int8 grid (per-tensor quantized): with weight_scale the int8 conv computes with exactly
     those integers; without it, per-channel requantization lands elsewhere. A row off the grid (or BN folded in)
