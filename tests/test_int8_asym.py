@@ -543,3 +543,25 @@ def test_onnx_export_writes_the_zero_point_and_imports_back(tmp_path):
     assert [k["op"] for k in back.kernels()].count("qconv2d") == 3
     d = np.abs(back.run(x) - m.compile(shape).run(x)) / _output_step(path)
     assert d.max() <= 2  # measured: at most one step
+
+
+@pytest.mark.parametrize("ints, match", [
+    ({"dtype": [U8], "zero_point": [300]}, r"node 'x/quantize'.*'zero_point' must be one integer in uint8's range"),
+    ({"dtype": [S8], "zero_point": [-129]}, r"node 'x/quantize'.*'zero_point' must be one integer in int8's range"),
+])
+def test_hostile_zero_point_in_a_model_file_is_one_error_naming_the_node(tmp_path, ints, match):
+    """A .cnn file whose quantize node carries a zero point outside its type: refused while the graph is replayed."""
+    import sys
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from test_model_file import build
+    b = build(input_shape=[1, 4], extra=[], values=[(0, 0, "x", [1, 4]), (3, ints["dtype"][0], "x/quantize", [1, 4]),
+                                                    (3, 0, "x/dequantize", [1, 4])],
+              nodes=[{"op": "quantize", "name": "x/quantize", "ints": ints, "floats": {"scale": 0.1},
+                      "inputs": [0], "outputs": [1]},
+                     {"op": "dequantize", "name": "x/dequantize", "ints": {}, "floats": {"scale": 0.1},
+                      "inputs": [1], "outputs": [2]}],
+              inputs=[0], outputs=[2], tensors=[])
+    p = tmp_path / "bad.cnn"
+    p.write_bytes(bytes(b))
+    with pytest.raises(cn.Error, match=match):
+        cn.load(p)
