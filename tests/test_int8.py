@@ -404,23 +404,36 @@ def test_onnx_qdq_round_trip_and_onnxruntime_quantize_static_import(tmp_path):
     path = _ort_qdq(tmp_path, m, shape, calib, symmetric=True)
     s = cox.import_model(path).compile(shape)
     ops = [k["op"] for k in s.kernels()]
-    # onnxruntime's quantize between each conv and its ReLU / residual add is absorbed: every add and ReLU is a
-    # post-op of an int8 convolution
+    # onnxruntime's quantize between each conv and its ReLU / residual add is absorbed (its rounding kept as the
+    # qconv2d's mid rounding): every add and ReLU is a post-op of an int8 convolution
     assert ops.count("qconv2d") == 20 and "add" not in ops and "relu" not in ops, ops
     want = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
     got = s.run(x)
     assert (got.argmax(1) == want.argmax(1)).mean() >= 0.99
-    assert _cos(got, want).min() >= 0.998  # without the intermediate roundings onnxruntime does
+    # the same roundings as onnxruntime (measured: identical logits); a value within float32 precision of a
+    # rounding tie may round the other way and move what follows, hence a bound, not equality
+    assert _cos(got, want).min() >= 0.998
+    assert np.mean(np.abs(got - want) > 1e-6) <= 0.2
 
 
-def test_onnx_asymmetric_activations_refused_with_a_hint(tmp_path):
-    pytest.importorskip("onnxruntime")
+def test_onnx_asymmetric_activations_import_and_agree_with_onnxruntime(tmp_path):
+    """onnxruntime's asymmetric activations (zero points) import (once refused): LeNet-5 quantized with them
+    agrees with onnxruntime to within one output step (tests/test_int8_asym.py has the detailed checks)."""
+    ort = pytest.importorskip("onnxruntime")
     import cnnnative.onnx as cox
     m = cn.models.lenet5(seed=0)
     rng = np.random.default_rng(0)
-    path = _ort_qdq(tmp_path, m, (2, 1, 28, 28), [rng.random((2, 1, 28, 28)).astype(np.float32)], symmetric=False)
-    with pytest.raises(Exception, match="non-zero zero point.*ActivationSymmetric"):
-        cox.import_model(path).compile((2, 1, 28, 28))
+    shape = (2, 1, 28, 28)
+    path = _ort_qdq(tmp_path, m, shape, [rng.random(shape).astype(np.float32)], symmetric=False)
+    x = rng.random(shape).astype(np.float32)
+    got = cox.import_model(path).compile(shape).run(x)
+    want = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    import onnx
+    from onnx import numpy_helper
+    g = onnx.load(path).graph
+    last = [n for n in g.node if n.output[0] == g.output[0].name][0]
+    step = float(numpy_helper.to_array([t for t in g.initializer if t.name == last.input[1]][0]))
+    assert np.abs(got - want).max() <= 1.001 * step
 
 
 def test_int8_session_follows_weight_changes():

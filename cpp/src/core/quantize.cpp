@@ -42,6 +42,20 @@ bool int8_reader(const Graph& g, const Node& n, size_t i) {
 
 bool same_scale(double a, double b) { return std::fabs(a - b) <= 1e-6 * std::max(std::fabs(a), std::fabs(b)); }
 
+// The int8 grid of a quantize / dequantize node (q's dtype: the quantize's attribute or the dequantize's input).
+struct Grid {
+  double scale;
+  int64_t zp;
+  DType dtype;
+};
+Grid grid_of(const Graph& g, const Node& n) {
+  return {n.attrs.f("scale", 1.0), n.attrs.i("zero_point", 0),
+          n.op == "quantize" ? DType(n.attrs.i("dtype", -1)) : g.values[n.inputs[0]].desc.dtype};
+}
+bool same_grid(const Grid& a, const Grid& b) {
+  return same_scale(a.scale, b.scale) && a.zp == b.zp && a.dtype == b.dtype;
+}
+
 }  // namespace
 
 Int8Report quantize_for_inference(Graph& g, const std::vector<int>& keep) {
@@ -69,7 +83,7 @@ Int8Report quantize_for_inference(Graph& g, const std::vector<int>& keep) {
     const int d = dq_of(nd.inputs[0]);
     if (d < 0) continue;
     const int q = q_after(nd.outputs[0]);
-    const double in_scale = g.nodes[d].attrs.f("scale", 1.0);
+    const Grid in = grid_of(g, g.nodes[d]);
     const int xq = g.nodes[d].inputs[0];
     Node out;
     out.name = nd.name;
@@ -77,9 +91,8 @@ Int8Report quantize_for_inference(Graph& g, const std::vector<int>& keep) {
     out.inputs = nd.inputs;
     out.inputs[0] = xq;
     if (pool || view) {
-      if (q < 0 || !same_scale(g.nodes[q].attrs.f("scale", 1.0), in_scale) ||
-          DType(g.nodes[q].attrs.i("dtype", -1)) != g.values[xq].desc.dtype)
-        continue;
+      // max and the rounded mean commute with the integer shift by the zero point: exact on the same grid
+      if (q < 0 || !same_grid(grid_of(g, g.nodes[q]), in)) continue;
       if (pool) {
         out.op = nd.op == "max_pool2d" ? "qmax_pool2d" : "qglobal_avg_pool";
         out.attrs.ints.erase("training");
@@ -95,12 +108,17 @@ Int8Report quantize_for_inference(Graph& g, const std::vector<int>& keep) {
         if (dr < 0 || q < 0) continue;  // the sum post-op reads an int8 residual into an int8 output
         out.inputs[res] = g.nodes[dr].inputs[0];
         out.attrs.floats["res_scale"] = g.nodes[dr].attrs.f("scale", 1.0);
+        out.attrs.ints["res_zp"] = {g.nodes[dr].attrs.i("zero_point", 0)};
       }
       out.op = conv ? "qconv2d" : "qlinear";
       if (nd.op == "conv2d" || nd.op == "linear") out.attrs.ints["has_bias"] = {nd.inputs.size() > 2 ? 1 : 0};
-      out.attrs.floats["in_scale"] = in_scale;
+      out.attrs.floats["in_scale"] = in.scale;
+      out.attrs.ints["in_zp"] = {in.zp};
       out.attrs.ints["out_dtype"] = {q >= 0 ? g.nodes[q].attrs.i("dtype", 3) : int64_t(DType::f32)};
-      if (q >= 0) out.attrs.floats["out_scale"] = g.nodes[q].attrs.f("scale", 1.0);
+      if (q >= 0) {
+        out.attrs.floats["out_scale"] = g.nodes[q].attrs.f("scale", 1.0);
+        out.attrs.ints["out_zp"] = {g.nodes[q].attrs.i("zero_point", 0)};
+      }
       (conv ? rep.qconv : rep.qlinear)++;
     }
     out.outputs = q >= 0 ? g.nodes[q].outputs : nd.outputs;
@@ -113,7 +131,11 @@ Int8Report quantize_for_inference(Graph& g, const std::vector<int>& keep) {
   if (rep.qconv + rep.qlinear + rep.qpool + rep.qview == 0) return rep;
   // A QDQ model quantized elsewhere (onnxruntime's quantize_static) puts a quantize between a convolution and its
   // ReLU or residual add: qconv2d -> dequantize -> [add(., dequantize(r))] -> [relu] -> quantize. The add and the
-  // ReLU join the qconv2d as its sum and eltwise post-ops (the intermediate rounding disappears).
+  // ReLU join the qconv2d as its sum and eltwise post-ops, and the model's rounding between them stays: the
+  // qconv2d's grid becomes its mid rounding (mid_scale / mid_zp / mid_dtype) before the residual and the ReLU.
+  // A ReLU alone on the same grid needs none (round and max(., zp) commute), nor does a ReLU after an add whose
+  // output grid is the ReLU's; a second intermediate grid (a ReLU on another grid after a fused add) is not fused.
+  // The dequantize must be on the qconv2d's output grid, so that the chain's value is the rounded one.
   // The rewritten node moves to the quantize's position (the residual may be computed after the convolution), and
   // the search repeats: a qconv2d that took an add may take a following ReLU next.
   auto only_reader = [&](int v) { return kept.count(v) || readers[v].size() != 1 ? -1 : readers[v][0]; };
@@ -130,9 +152,12 @@ Int8Report quantize_for_inference(Graph& g, const std::vector<int>& keep) {
         continue;
       const int d = only_reader(a.outputs[0]);
       if (d < 0 || g.nodes[d].op != "dequantize") continue;
+      const Grid out{a.attrs.f("out_scale", 1.0), a.attrs.i("out_zp", 0), DType(a.attrs.i("out_dtype", 0))};
+      if (!same_grid(grid_of(g, g.nodes[d]), out)) continue;
       std::vector<int> chain{d};
       int y = g.nodes[d].outputs[0], t = only_reader(y), res = -1;
       double res_scale = 0;
+      int64_t res_zp = 0;
       if (t >= 0 && g.nodes[t].op == "add" && a.attrs.i("sum", 0) == 0) {
         const Node& ad = g.nodes[t];
         const int other = ad.inputs[0] == y ? ad.inputs[1] : ad.inputs[0];
@@ -140,6 +165,7 @@ Int8Report quantize_for_inference(Graph& g, const std::vector<int>& keep) {
         if (dr >= 0 && g.values[g.nodes[dr].inputs[0]].desc.shape == g.values[a.outputs[0]].desc.shape) {
           res = g.nodes[dr].inputs[0];
           res_scale = g.nodes[dr].attrs.f("scale", 1.0);
+          res_zp = g.nodes[dr].attrs.i("zero_point", 0);
           chain.push_back(t);
           y = ad.outputs[0];
           t = only_reader(y);
@@ -152,15 +178,25 @@ Int8Report quantize_for_inference(Graph& g, const std::vector<int>& keep) {
         t = only_reader(y);
       }
       if (chain.size() == 1 || t < 0 || g.nodes[t].op != "quantize") continue;
+      const bool has_mid = a.attrs.has("mid_dtype");
+      const bool need_mid = res >= 0 || !same_grid(grid_of(g, g.nodes[t]), out);
+      if (need_mid && has_mid) continue;  // one intermediate rounding per node
       chain.push_back(t);
+      if (need_mid) {
+        a.attrs.ints["mid_dtype"] = {int64_t(out.dtype)};
+        a.attrs.floats["mid_scale"] = out.scale;
+        a.attrs.ints["mid_zp"] = {out.zp};
+      }
       if (res >= 0) {
         a.inputs.push_back(res);
         a.attrs.ints["sum"] = {1};
         a.attrs.floats["res_scale"] = res_scale;
+        a.attrs.ints["res_zp"] = {res_zp};
       }
       if (relu) a.attrs.ints["act"] = {1};
       a.attrs.ints["out_dtype"] = {g.nodes[t].attrs.i("dtype", 3)};
       a.attrs.floats["out_scale"] = g.nodes[t].attrs.f("scale", 1.0);
+      a.attrs.ints["out_zp"] = {g.nodes[t].attrs.i("zero_point", 0)};
       a.outputs = g.nodes[t].outputs;
       for (int k : chain) removed[k] = true;
       removed[s] = true;

@@ -10,6 +10,8 @@
 // composition of the parts' own: the reference runs conv2d's, batch_norm's, add's and the activation's (relu,
 // leaky_relu, or act 3's op from act::op_of) reference kernels
 // one after another (through a scratch copy when y aliases the residual), so it is exact by construction.
+#include "ops/conv_fused.hpp"
+
 #include <algorithm>
 #include <deque>
 
@@ -17,22 +19,15 @@
 #include "ops/activations_math.hpp"
 
 namespace cnn {
-namespace {
 
-struct Parts {
-  bool bias, bn, sum;
-  int act;
-  int bn0;  // index of gamma
-  int res;  // index of the residual
-  size_t count;
-};
-
-Parts parts(const Node& n, bool conv) {
-  Parts p;
+FusedParts fused_parts(const Node& n, bool conv) {
+  FusedParts p;
   p.bias = n.attrs.i("has_bias", 0) != 0;
   p.bn = n.attrs.i("bn", 0) != 0;
   p.sum = conv && n.attrs.i("sum", 0) != 0;
-  if (!conv && n.attrs.i("sum", 0) != 0) op_error(n, "has no residual input (attribute 'sum' is fused_conv2d's)");
+  if (!conv && n.attrs.i("sum", 0) != 0)
+    op_error(n, "has no residual input (attribute 'sum' is " +
+                    std::string(n.op == "qlinear" ? "qconv2d" : "fused_conv2d") + "'s)");
   p.act = int(n.attrs.i("act", 0));
   if (p.act < 0 || p.act > act::kFusedOther)
     op_error(
@@ -45,6 +40,8 @@ Parts parts(const Node& n, bool conv) {
   p.count = size_t(p.res + (p.sum ? 1 : 0));
   return p;
 }
+
+namespace {
 
 Node sub_node(const Node& f, const std::string& op, const std::string& part) {
   Node n;
@@ -60,7 +57,7 @@ Node sub_node(const Node& f, const std::string& op, const std::string& part) {
 }
 
 std::vector<TensorDesc> infer_fused(const Node& n, const std::vector<TensorDesc>& in, bool conv) {
-  Parts p = parts(n, conv);
+  FusedParts p = fused_parts(n, conv);
   if (in.size() != p.count)
     op_error(n, "expects " + std::to_string(p.count) + " inputs for its attributes, got " + std::to_string(in.size()) +
                     ": " + descs_str(in));
@@ -93,7 +90,7 @@ struct FusedRef : Kernel {
   std::string impl() const override { return "reference"; }
   FusedRef(const KernelCtx& c, bool conv) {
     const Node& f = c.node;
-    Parts p = parts(f, conv);
+    FusedParts p = fused_parts(f, conv);
     const int y = p.sum ? kTmp : kOut;
     std::vector<int> base_in{0, 1};
     if (p.bias) base_in.push_back(2);
@@ -147,7 +144,7 @@ struct Registrar {
     c.name = "fused_conv2d";
     c.infer = [](const Node& n, const std::vector<TensorDesc>& in) { return infer_fused(n, in, true); };
     c.inplace_input = [](const Node& n) {
-      Parts p = parts(n, true);
+      FusedParts p = fused_parts(n, true);
       return p.sum ? p.res : -1;
     };
     c.ref = [](const KernelCtx& k) -> std::unique_ptr<Kernel> { return std::make_unique<FusedRef>(k, true); };

@@ -1,17 +1,25 @@
-// Int8 inference ops (docs/ARCHITECTURE.md, "int8"). A quantized value holds q with real = scale * q, zero point
-// 0 (symmetric): uint8 for values known non-negative (after a ReLU), int8 otherwise.
-//   quantize (x float) -> q: attrs scale > 0, dtype (3 uint8 | 5 int8); q = saturate(round_half_even(x / scale))
-//   dequantize (q uint8/int8) -> x float32 = scale * q; attr scale > 0
+// Int8 inference ops (docs/ARCHITECTURE.md, "int8"). A quantized value holds q with real = scale * (q - zp), zp
+// the zero point (0: symmetric): uint8 or int8.
+//   quantize (x float) -> q: attrs scale > 0, dtype (3 uint8 | 5 int8), zero_point (default 0, in the dtype's
+//       range); q = saturate(round_half_even(x / scale) + zero_point)
+//   dequantize (q uint8/int8) -> x float32 = scale * (q - zero_point); attrs scale > 0, zero_point (q's range)
 // The ops below are made by the int8 pass (core/quantize.cpp) from dequantize -> op [-> quantize] chains:
 //   qconv2d (xq, w, [b], [gamma, beta, mean, var], [residual q]) -> y: fused_conv2d's inputs and attributes
-//       (ops/conv_fused.cpp) plus in_scale (x's), res_scale (the residual's), out_dtype (0 float32, 3, 5) and
-//       out_scale (an int8 output's). The weights, BN folded (w' = w * s, b' = beta + (b - mean) * s), are
-//       quantized per output channel, symmetric: ws[k] = max|w'[k]| / 127, wq = round(w' / ws[k]);
-//       y = act(in_scale * ws[k] * sum(xq * wq) + b'[k] + res_scale * residual), then quantized by out_scale
+//       (ops/conv_fused.cpp) plus in_scale / in_zp (x's), res_scale / res_zp (the residual's), out_dtype
+//       (0 float32, 3, 5) with out_scale / out_zp (an int8 output's), and optionally mid_dtype (3, 5) with
+//       mid_scale / mid_zp (all zero points default 0). The weights, BN folded (w' = w * s,
+//       b' = beta + (b - mean) * s), are quantized per output channel, symmetric: ws[k] = max|w'[k]| / 127,
+//       wq = round(w' / ws[k]); without BN a row on the grid of the optional attribute weight_scale keeps it
+//       (quantize_weights). With acc = sum((xq - in_zp) * wq) over the taps inside x (a padded tap is real 0):
+//       v = in_scale * ws[k] * acc + b'[k]; with mid: v = mid_scale * (saturate(round(v / mid_scale) + mid_zp)
+//       - mid_zp) (the model's rounding between the convolution and its residual add / activation, kept
+//       exact); y = act(v + res_scale * (residual - res_zp)), then saturate(round(y / out_scale) + out_zp)
 //       unless out_dtype is float32.
 //   qlinear (xq, w, [b], [gamma, beta, mean, var]) -> y: the same over fused_linear (no residual).
-//   qmax_pool2d (xq) -> yq: max_pool2d's attributes (inference), the same dtype and scale in and out.
-//   qglobal_avg_pool (xq) -> yq [N, C, 1, 1]: the mean rounded half to even, the same dtype and scale.
+//   qmax_pool2d (xq) -> yq: max_pool2d's attributes (inference), the same dtype, scale and zero point in and out.
+//   qglobal_avg_pool (xq) -> yq [N, C, 1, 1]: the mean rounded half to even, the same dtype, scale and zero
+//       point (the max and the rounded mean commute with the integer shift by the zero point, so neither op
+//       needs it).
 // Reference kernels are plain loops with exact integer sums (the yardstick of the cpu kernels, cpu/quant.cpp).
 #include "ops/quant.hpp"
 
@@ -21,28 +29,56 @@
 
 #include "core/op.hpp"
 #include "ops/activations_math.hpp"
+#include "ops/conv_fused.hpp"
 
 namespace cnn {
 
 bool is_int8(DType t) { return t == DType::u8 || t == DType::s8; }
 
-float quantize_value(double v, DType t) {
-  double r = std::nearbyint(v);
+float quantize_value(double v, DType t, int32_t zero_point) {
+  double r = std::nearbyint(v) + double(zero_point);
   double lo = t == DType::u8 ? 0.0 : -128.0, hi = t == DType::u8 ? 255.0 : 127.0;
   if (!(r >= lo)) r = lo;  // NaN saturates to the low end
   if (r > hi) r = hi;
   return float(r);
 }
 
-void quantize_weights(const float* w, const float* s, int64_t K, int64_t per_k, int8_t* wq, float* ws) {
+void quantize_weights(const float* w, const float* s, int64_t K, int64_t per_k, int8_t* wq, float* ws, double grid) {
   for (int64_t k = 0; k < K; ++k) {
+    const float* row = w + k * per_k;
+    bool on_grid = grid > 0.0 && !s;
+    for (int64_t i = 0; i < per_k && on_grid; ++i) {
+      const double q = double(row[i]) / grid, r = std::nearbyint(q);
+      on_grid = std::fabs(q - r) <= 1e-3 && r >= -128.0 && r <= 127.0;
+    }
+    if (on_grid) {
+      ws[k] = float(grid);
+      for (int64_t i = 0; i < per_k; ++i) wq[k * per_k + i] = int8_t(std::nearbyint(double(row[i]) / grid));
+      continue;
+    }
     const float sk = s ? s[k] : 1.f;
     float m = 0.f;
-    for (int64_t i = 0; i < per_k; ++i) m = std::max(m, std::fabs(w[k * per_k + i] * sk));
+    for (int64_t i = 0; i < per_k; ++i) m = std::max(m, std::fabs(row[i] * sk));
     ws[k] = m > 0.f ? m / 127.f : 1.f;
     for (int64_t i = 0; i < per_k; ++i)
-      wq[k * per_k + i] = int8_t(quantize_value(double(w[k * per_k + i] * sk) / double(ws[k]), DType::s8));
+      wq[k * per_k + i] = int8_t(quantize_value(double(row[i] * sk) / double(ws[k]), DType::s8));
   }
+}
+
+QParams qparams(const Attrs& a) {
+  QParams p;
+  p.in_scale = a.f("in_scale", 1.0);
+  p.out_scale = a.f("out_scale", 1.0);
+  p.res_scale = a.f("res_scale", 1.0);
+  p.mid_scale = a.f("mid_scale", 1.0);
+  p.weight_scale = a.f("weight_scale", 0.0);
+  p.in_zp = int32_t(a.i("in_zp", 0));
+  p.out_zp = int32_t(a.i("out_zp", 0));
+  p.res_zp = int32_t(a.i("res_zp", 0));
+  p.mid_zp = int32_t(a.i("mid_zp", 0));
+  p.mid_dtype = DType(a.i("mid_dtype", 0));
+  p.mid = is_int8(p.mid_dtype);
+  return p;
 }
 
 namespace {
@@ -61,6 +97,20 @@ double scale_attr(const Node& n, const char* key) {
   return s;
 }
 
+// An integer zero point in t's range (0 when absent).
+int32_t zero_point_attr(const Node& n, const char* key, DType t) {
+  if (n.attrs.floats.count(key))
+    op_error(n, std::string("attribute '") + key + "' must be an integer, got the float " +
+                    std::to_string(n.attrs.floats.at(key)));
+  std::vector<int64_t> v = n.attrs.is(key, {0});
+  const int64_t lo = t == DType::u8 ? 0 : -128, hi = t == DType::u8 ? 255 : 127;
+  if (v.size() != 1 || v[0] < lo || v[0] > hi)
+    op_error(n, std::string("attribute '") + key + "' must be one integer in " + dtype_name(t) + "'s range [" +
+                    std::to_string(lo) + ", " + std::to_string(hi) + "], got " +
+                    (v.size() == 1 ? std::to_string(v[0]) : std::to_string(v.size()) + " values"));
+  return int32_t(v[0]);
+}
+
 void expect_int8(const Node& n, const TensorDesc& d, const char* what) {
   if (!is_int8(d.dtype)) op_error(n, std::string(what) + " must be uint8 or int8 (quantized), got " + descs_str({d}));
 }
@@ -71,14 +121,15 @@ struct QuantizeRef {
   static void run(const RefArgs<T>& a) {
     const double s = a.attrs().f("scale", 1.0);
     const DType t = DType(a.attrs().i("dtype", 3));
+    const int32_t zp = int32_t(a.attrs().i("zero_point", 0));
     const T* x = a.in(0);
     const int64_t n = numel(a.in_shape(0));
     if (t == DType::u8) {
       uint8_t* y = a.template out<uint8_t>(0);
-      for (int64_t i = 0; i < n; ++i) y[i] = uint8_t(quantize_value(double(x[i]) / s, t));
+      for (int64_t i = 0; i < n; ++i) y[i] = uint8_t(quantize_value(double(x[i]) / s, t, zp));
     } else {
       int8_t* y = a.template out<int8_t>(0);
-      for (int64_t i = 0; i < n; ++i) y[i] = int8_t(quantize_value(double(x[i]) / s, t));
+      for (int64_t i = 0; i < n; ++i) y[i] = int8_t(quantize_value(double(x[i]) / s, t, zp));
     }
   }
 };
@@ -87,14 +138,15 @@ template <class T>
 struct DequantizeRef {
   static void run(const RefArgs<T>& a) {
     const double s = a.attrs().f("scale", 1.0);
+    const int32_t zp = int32_t(a.attrs().i("zero_point", 0));
     T* y = a.out(0);
     const int64_t n = numel(a.in_shape(0));
     if (a.k.in[0].dtype == DType::u8) {
       const uint8_t* x = a.template in<uint8_t>(0);
-      for (int64_t i = 0; i < n; ++i) y[i] = T(double(x[i]) * s);
+      for (int64_t i = 0; i < n; ++i) y[i] = T(double(int32_t(x[i]) - zp) * s);
     } else {
       const int8_t* x = a.template in<int8_t>(0);
-      for (int64_t i = 0; i < n; ++i) y[i] = T(double(x[i]) * s);
+      for (int64_t i = 0; i < n; ++i) y[i] = T(double(int32_t(x[i]) - zp) * s);
     }
   }
 };
@@ -103,44 +155,41 @@ struct DequantizeRef {
 inline int32_t q_at(const void* p, DType t, int64_t i) {
   return t == DType::u8 ? int32_t(static_cast<const uint8_t*>(p)[i]) : int32_t(static_cast<const int8_t*>(p)[i]);
 }
-inline void q_store(void* p, DType t, int64_t i, double v) {
+inline void q_store(void* p, DType t, int64_t i, double v, int32_t zp = 0) {
   if (t == DType::u8)
-    static_cast<uint8_t*>(p)[i] = uint8_t(quantize_value(v, t));
+    static_cast<uint8_t*>(p)[i] = uint8_t(quantize_value(v, t, zp));
   else
-    static_cast<int8_t*>(p)[i] = int8_t(quantize_value(v, t));
+    static_cast<int8_t*>(p)[i] = int8_t(quantize_value(v, t, zp));
 }
 
 // ---- qconv2d / qlinear ----
-struct QParts {
-  bool bias, bn, sum;
-  int bn0, res;
-  size_t count;
-};
-QParts qparts(const Node& n, bool conv) {
-  QParts p;
-  p.bias = n.attrs.i("has_bias", 0) != 0;
-  p.bn = n.attrs.i("bn", 0) != 0;
-  p.sum = conv && n.attrs.i("sum", 0) != 0;
-  p.bn0 = 2 + (p.bias ? 1 : 0);
-  p.res = p.bn0 + (p.bn ? 4 : 0);
-  p.count = size_t(p.res + (p.sum ? 1 : 0));
-  return p;
-}
-
 std::vector<TensorDesc> infer_q(const Node& n, const std::vector<TensorDesc>& in, bool conv) {
   if (in.empty()) op_error(n, "expects inputs (xq, w, ...), got none");
-  QParts p = qparts(n, conv);
+  const FusedParts p = fused_parts(n, conv);
   if (in.size() != p.count)
     op_error(n, "expects " + std::to_string(p.count) + " inputs for its attributes, got " + descs_str(in));
   expect_int8(n, in[0], "x");
   scale_attr(n, "in_scale");
+  zero_point_attr(n, "in_zp", in[0].dtype);
   const DType od = dtype_attr(n, "out_dtype", true);
-  if (od != DType::f32) scale_attr(n, "out_scale");
+  if (od != DType::f32) {
+    scale_attr(n, "out_scale");
+    zero_point_attr(n, "out_zp", od);
+  } else if (n.attrs.has("out_zp")) {
+    op_error(n, "attribute 'out_zp' needs a quantized output (out_dtype 3 or 5), got out_dtype 0 (float32)");
+  }
+  if (n.attrs.has("mid_dtype")) {
+    const DType md = dtype_attr(n, "mid_dtype", false);
+    scale_attr(n, "mid_scale");
+    zero_point_attr(n, "mid_zp", md);
+  }
+  if (n.attrs.has("weight_scale")) scale_attr(n, "weight_scale");
   std::vector<TensorDesc> f = in;
   f[0].dtype = DType::f32;
   if (p.sum) {
     expect_int8(n, in[p.res], "residual");
     scale_attr(n, "res_scale");
+    zero_point_attr(n, "res_zp", in[p.res].dtype);
     if (od == DType::f32) op_error(n, "a residual needs a quantized (uint8/int8) output");
     f[p.res].dtype = DType::f32;
   }
@@ -156,7 +205,7 @@ struct Prepared {
   std::vector<int8_t> wq;
   std::vector<float> ws, bias;
 };
-Prepared prepare(const KernelCtx& k, const RunCtx& r, const QParts& p) {
+Prepared prepare(const KernelCtx& k, const RunCtx& r, const FusedParts& p) {
   const Shape& w = k.in[1].shape;
   const int64_t K = w[0], per_k = numel(w) / K;
   Prepared o;
@@ -174,7 +223,8 @@ Prepared prepare(const KernelCtx& k, const RunCtx& r, const QParts& p) {
   }
   o.wq.resize(size_t(numel(w)));
   o.ws.resize(size_t(K));
-  quantize_weights(static_cast<const float*>(r.in[1]), s.data(), K, per_k, o.wq.data(), o.ws.data());
+  quantize_weights(static_cast<const float*>(r.in[1]), p.bn ? s.data() : nullptr, K, per_k, o.wq.data(), o.ws.data(),
+                   k.node.attrs.f("weight_scale", 0.0));
   return o;
 }
 
@@ -191,29 +241,30 @@ struct QRef : Kernel {
   QRef(const KernelCtx& k, bool cv) : c(k), conv(cv) {}
   std::string impl() const override { return "reference"; }
   void run(const RunCtx& r) override {
-    const QParts p = qparts(c.node, conv);
+    const FusedParts p = fused_parts(c.node, conv);
     const Prepared w = prepare(c, r, p);
     const Attrs& a = c.node.attrs;
-    const double in_s = a.f("in_scale", 1.0), res_s = a.f("res_scale", 1.0), out_s = a.f("out_scale", 1.0);
+    const QParams qp = qparams(a);
     const DType xt = c.in[0].dtype, ot = c.out[0].dtype, rt = p.sum ? c.in[p.res].dtype : DType::u8;
     const act::FusedAct f = act::fused_act(a);
     const Shape &xs = c.in[0].shape, &wsh = c.in[1].shape, &ys = c.out[0].shape;
     const int64_t N = xs[0], K = wsh[0];
     auto emit = [&](int64_t i, int64_t k, int64_t acc) {
-      double v = in_s * double(w.ws[k]) * double(acc) + double(w.bias[k]);
-      if (p.sum) v += res_s * double(q_at(r.in[p.res], rt, i));
+      double v = qp.in_scale * double(w.ws[k]) * double(acc) + double(w.bias[k]);
+      if (qp.mid) v = qp.mid_scale * (double(quantize_value(v / qp.mid_scale, qp.mid_dtype, qp.mid_zp)) - qp.mid_zp);
+      if (p.sum) v += qp.res_scale * double(q_at(r.in[p.res], rt, i) - qp.res_zp);
       v = apply_act(f, v);
       if (ot == DType::f32)
         static_cast<float*>(r.out[0])[i] = float(v);
       else
-        q_store(r.out[0], ot, i, v / out_s);
+        q_store(r.out[0], ot, i, v / qp.out_scale, qp.out_zp);
     };
     if (!conv) {
       const int64_t IN = xs[1];
       for (int64_t n = 0; n < N; ++n)
         for (int64_t k = 0; k < K; ++k) {
           int64_t acc = 0;
-          for (int64_t i = 0; i < IN; ++i) acc += int64_t(q_at(r.in[0], xt, n * IN + i)) * w.wq[k * IN + i];
+          for (int64_t i = 0; i < IN; ++i) acc += int64_t(q_at(r.in[0], xt, n * IN + i) - qp.in_zp) * w.wq[k * IN + i];
           emit(n * K + k, k, acc);
         }
       return;
@@ -240,7 +291,7 @@ struct QRef : Kernel {
                 for (int64_t s = 0; s < S; ++s) {
                   int64_t iw = ow * sw - pw + s * dw;
                   if (iw < 0 || iw >= W) continue;
-                  acc += int64_t(q_at(r.in[0], xt, ((n * C + c0 + c) * H + ih) * W + iw)) *
+                  acc += int64_t(q_at(r.in[0], xt, ((n * C + c0 + c) * H + ih) * W + iw) - qp.in_zp) *
                          w.wq[((k * Cg + c) * R + rr) * S + s];
                 }
               }
@@ -334,7 +385,9 @@ OpRegistrar quantize_op{[] {
       [](const Node& n, const std::vector<TensorDesc>& in) -> std::vector<TensorDesc> {
         if (in.size() != 1 || !is_float(in[0].dtype)) op_error(n, "expects 1 float input, got " + descs_str(in));
         scale_attr(n, "scale");
-        return {TensorDesc{in[0].shape, dtype_attr(n, "dtype", false)}};
+        const DType t = dtype_attr(n, "dtype", false);
+        zero_point_attr(n, "zero_point", t);
+        return {TensorDesc{in[0].shape, t}};
       },
       ref_kernel<QuantizeRef>(), nullptr);
   s.recompute = RecomputeClass::cheap;
@@ -348,6 +401,7 @@ OpRegistrar dequantize_op{[] {
         if (in.size() != 1) op_error(n, "expects 1 input, got " + descs_str(in));
         expect_int8(n, in[0], "x");
         scale_attr(n, "scale");
+        zero_point_attr(n, "zero_point", in[0].dtype);
         return {TensorDesc{in[0].shape, DType::f32}};
       },
       ref_kernel<DequantizeRef>(), nullptr);
@@ -360,7 +414,7 @@ OpRegistrar qconv_op{[] {
       "qconv2d", [](const Node& n, const std::vector<TensorDesc>& in) { return infer_q(n, in, true); },
       [](const KernelCtx& c) -> std::unique_ptr<Kernel> { return std::make_unique<QRef>(c, true); }, "conv");
   s.inplace_input = [](const Node& n) {
-    QParts p = qparts(n, true);
+    const FusedParts p = fused_parts(n, true);
     return p.sum ? p.res : -1;
   };
   return s;

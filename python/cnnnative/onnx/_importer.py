@@ -105,6 +105,7 @@ class Program:
                 if inv:
                     raise InvalidModelError(inv)
         self.consts = {}
+        self.weight_grids = {}  # constant name -> the int8 grid step its DequantizeLinear had (_ops_quant.weight_grid)
         for t in g.initializer:
             try:
                 self.consts[t.name] = tensor_array(onnx, t, "the tensor")
@@ -240,6 +241,8 @@ class Program:
             return orig
         name = self.fresh((orig or "const") + "_" + suffix)
         self.consts[name] = value
+        if orig in self.weight_grids:  # a hint only: the engine keeps the grid for the rows still on it
+            self.weight_grids[name] = self.weight_grids[orig]
         return name
 
     def fresh(self, base):
@@ -265,8 +268,12 @@ class Program:
             ins = [i for i in n.inputs if i]
             if n.op in FOLDABLE and ins and all(i in self.consts for i in ins):
                 try:
-                    outs = fold_node(n, [self.consts[i] if i else None for i in n.inputs])
+                    ins = [self.consts[i] if i else None for i in n.inputs]
+                    outs = fold_node(n, ins)
                     self.count_folded(outs)
+                    grid = _ops_quant.weight_grid(n.op, n.attrs, ins)
+                    if grid is not None and n.outputs and n.outputs[0]:
+                        self.weight_grids[n.outputs[0]] = grid
                 except Exception as e:  # noqa: BLE001 - classified by node_failed
                     self.node_failed(n, e)
                     continue

@@ -74,7 +74,11 @@ def map_conv(ctx: NodeContext):
             x = ctx.pad(x, 2 + ax, pb - m, pe - m, 0.0)
             sym.append(m)
     ins = [x, w] + ([bias] if bias is not None else [])
-    y = ctx.op("conv2d", ins, {"stride": strides, "padding": sym, "dilation": dil, "groups": group})
+    attrs = {"stride": strides, "padding": sym, "dilation": dil, "groups": group}
+    grid = ctx.trace.prog.weight_grids.get(ctx.node.inputs[1])
+    if grid is not None:  # per-tensor int8 weights (QDQ): the int8 kernels keep their grid (_ops_quant.py)
+        attrs["weight_scale"] = grid
+    y = ctx.op("conv2d", ins, attrs)
     if one_d:
         y = ctx.reshape(y, [y.shape[0], y.shape[1], y.shape[3]])
     return y

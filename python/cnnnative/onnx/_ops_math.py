@@ -49,7 +49,8 @@ def map_linear(ctx: NodeContext):
     if x.shape[-1] != w.shape[1]:
         raise Invalid(f"inner dimensions differ: {list(x.shape)} x weight of {w.shape[1]} inputs")
     x2 = x if r == 2 else ctx.reshape(x, [-1, x.shape[-1]])
-    y = ctx.op("linear", [x2, w] + ([bias] if bias is not None else []))
+    grid = ctx.trace.prog.weight_grids.get(ctx.node.inputs[1])  # per-tensor int8 weights (_ops_quant.py)
+    y = ctx.op("linear", [x2, w] + ([bias] if bias is not None else []), {"weight_scale": grid} if grid else None)
     out = list(x.shape[:-1]) + ([] if ctx.attr("vector") else [w.shape[0]])
     y = ctx.reshape(y, out)
     if post is not None:

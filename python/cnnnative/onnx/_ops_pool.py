@@ -71,7 +71,11 @@ def _pool(ctx: NodeContext, kind):
         x = ctx.pad(x, 2 + ax, pb - m, pe - m, NEG_BIG if kind == "max" else 0.0)
         sym.append(m)
     attrs = {"kernel": ks, "stride": strides, "padding": sym, "ceil_mode": ceil}
-    if kind == "max":
+    if kind == "max" and x.dtype in ("uint8", "int8"):  # a quantized tensor (QOperator models): the int8 op
+        if len(ctx.node.outputs) > 1 and ctx.node.outputs[1]:
+            raise Unsupported("the Indices output of a MaxPool over a quantized tensor")
+        y = ctx.op("qmax_pool2d", [x], dict(attrs, dilation=dil))
+    elif kind == "max":
         attrs.update(dilation=dil, training=int(ctx.builder.training))
         y = ctx.op("max_pool2d", [x], attrs, n_out=True)[0]
     else:
