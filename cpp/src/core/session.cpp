@@ -11,11 +11,13 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstdio>
 #include <cstring>
 #include <exception>
 #include <limits>
 #include <numeric>
+#include <thread>
 
 #include <omp.h>
 #include <unistd.h>
@@ -104,13 +106,38 @@ class SessionImpl {
   // was compiled from; the first run that wants pieces compiles it for the piece size once per worker (fixed to one
   // thread) and checks that the graph treats samples independently. Workers share the ParamStore; each holds its
   // own small arena and prepared weights. The pieces' outputs land in `outs`, which fetch() reads after such a run.
+  //
+  // A run (run_pieces) never waits for a worker that the machine has descheduled: there is no barrier. The caller is
+  // worker 0; workers 1.. are threads of their own, woken per run. The feeds are copied into `staged` first (by the
+  // run's parity, so a worker one run late still reads its own run's copy), pieces are taken from `next`, and a
+  // piece's outputs are copied by whoever finishes it first (`state`: a compare-and-swap on the run's number). When
+  // no piece is left to take, the caller waits for the pieces others hold no longer than such a piece should take
+  // (1.5x the caller's own pieces), then runs any still unfinished itself; the run ends when every piece's outputs
+  // are in place. A worker finishing a piece of an earlier run finds its number gone and drops the result.
   int fixed_threads = 0;
   std::unique_ptr<Graph> source;  // null: this session never runs in pieces
   struct Pieces {
+    static constexpr uint64_t kWon = 1, kCopied = 2;  // state bits below the run number (state = run << 2 | bits)
     int64_t piece = 0, count = 0;
-    std::vector<std::unique_ptr<SessionImpl>> workers;
-    std::vector<size_t> feed_bytes, fetch_bytes;  // per piece
-    std::vector<Buffer> outs;                     // per fetch: the whole batch
+    std::vector<std::unique_ptr<SessionImpl>> workers;  // [0]: the caller's; [w]: worker thread w's
+    std::vector<size_t> feed_bytes, fetch_bytes;        // per piece
+    std::vector<Buffer> outs;                           // per fetch: the whole batch
+    std::vector<Buffer> staged[2];                      // per feed: the whole batch, by the run's parity
+    std::unique_ptr<std::atomic<uint64_t>[]> state;     // per piece
+    std::unique_ptr<std::atomic<int64_t>[]> taken_ns;   // per piece: when it was taken (steady clock)
+    std::atomic<uint64_t> next{0};                      // run << 32 | the next piece to take
+    std::mutex mu;                                      // guards run, stop and the failure
+    std::condition_variable wake;
+    uint64_t run = 0;
+    bool stop = false;
+    uint64_t failed_run = 0;  // a worker's error in that run (the caller raises it)
+    std::exception_ptr failure;
+    std::vector<std::thread> threads;
+    ~Pieces();
+    int64_t take(uint64_t r);                         // the next piece of run r, or -1
+    bool finish(size_t w, uint64_t r, int64_t i);     // piece i of run r done on worker w: copy its outputs if first
+    void run_piece(size_t w, uint64_t r, int64_t i);  // runs piece i of run r on worker w (from `staged`)
+    void serve(size_t w);                             // worker thread w
   };
   std::unique_ptr<Pieces> pieces;
   bool pieces_failed = false;  // made once and refused (not separable, no piece size, compile failed): not retried
@@ -978,6 +1005,15 @@ bool SessionImpl::make_pieces(int workers) {
       pc->fetch_bytes.push_back(size_t(numel(f.desc.shape) / batch * piece) * dtype_size(f.desc.dtype));
       pc->outs.push_back(backend.allocate(std::max<size_t>(pc->fetch_bytes.back() * size_t(pc->count), 64)));
     }
+    for (auto& st : pc->staged)
+      for (size_t b : pc->feed_bytes) st.push_back(backend.allocate(std::max<size_t>(b * size_t(pc->count), 64)));
+    pc->state.reset(new std::atomic<uint64_t>[size_t(pc->count)]);
+    pc->taken_ns.reset(new std::atomic<int64_t>[size_t(pc->count)]);
+    for (int64_t i = 0; i < pc->count; ++i) {
+      pc->state[i].store(0);
+      pc->taken_ns[i].store(0);
+    }
+    for (int w = 1; w < workers; ++w) pc->threads.emplace_back([p = pc.get(), w] { p->serve(size_t(w)); });
     pieces = std::move(pc);
     return true;
   } catch (const std::exception&) {  // a piece size some op refuses, memory: whole batches it is
@@ -986,36 +1022,114 @@ bool SessionImpl::make_pieces(int workers) {
   }
 }
 
-// One run as pieces: each worker thread takes the next piece until none is left, runs it on its own session and
-// copies its outputs into the whole batch's. The first error stops the others at their next piece and is raised.
-void SessionImpl::run_pieces(const std::vector<const void*>& fd) {
-  Pieces& P = *pieces;
-  pieced_last = false;
-  std::atomic<int64_t> next{0};
-  std::exception_ptr err;
-  std::mutex err_mu;
-  const int W = int(P.workers.size());
-#pragma omp parallel num_threads(W)
+SessionImpl::Pieces::~Pieces() {
   {
-    SessionImpl& w = *P.workers[size_t(omp_get_thread_num())];
-    std::vector<const void*> f(fd.size());
-    for (;;) {
-      const int64_t i = next.fetch_add(1);
-      if (i >= P.count) break;
+    std::lock_guard<std::mutex> hold(mu);
+    stop = true;
+  }
+  wake.notify_all();
+  for (auto& t : threads) t.join();
+}
+
+int64_t SessionImpl::Pieces::take(uint64_t r) {
+  uint64_t v = next.load();
+  for (;;) {
+    if ((v >> 32) != (r & 0xffffffffu) || int64_t(v & 0xffffffffu) >= count) return -1;
+    if (next.compare_exchange_weak(v, v + 1)) break;
+  }
+  const int64_t i = int64_t(v & 0xffffffffu);
+  taken_ns[i].store(std::chrono::steady_clock::now().time_since_epoch().count());
+  return i;
+}
+
+void SessionImpl::Pieces::run_piece(size_t w, uint64_t r, int64_t i) {
+  std::vector<const void*> f;
+  for (size_t k = 0; k < feed_bytes.size(); ++k)
+    f.push_back(static_cast<const char*>(staged[r & 1][k].get()) + size_t(i) * feed_bytes[k]);
+  workers[w]->run(f);
+}
+
+bool SessionImpl::Pieces::finish(size_t w, uint64_t r, int64_t i) {
+  uint64_t expect = r << 2;
+  if (!state[i].compare_exchange_strong(expect, (r << 2) | kWon)) return false;  // another was first, or a late run
+  for (size_t k = 0; k < outs.size(); ++k)
+    std::memcpy(static_cast<char*>(outs[k].get()) + size_t(i) * fetch_bytes[k], workers[w]->fetch_ptr(k),
+                fetch_bytes[k]);
+  state[i].store((r << 2) | kWon | kCopied);
+  return true;
+}
+
+void SessionImpl::Pieces::serve(size_t w) {
+  uint64_t seen = 0;
+  for (;;) {
+    {
+      std::unique_lock<std::mutex> lk(mu);
+      wake.wait(lk, [&] { return stop || run != seen; });
+      if (stop) return;
+      seen = run;
+    }
+    for (int64_t i; (i = take(seen)) >= 0;) {
       try {
-        for (size_t k = 0; k < fd.size(); ++k) f[k] = static_cast<const char*>(fd[k]) + size_t(i) * P.feed_bytes[k];
-        w.run(f);
-        for (size_t k = 0; k < P.outs.size(); ++k)
-          std::memcpy(static_cast<char*>(P.outs[k].get()) + size_t(i) * P.fetch_bytes[k], w.fetch_ptr(k),
-                      P.fetch_bytes[k]);
+        run_piece(w, seen, i);
+        finish(w, seen, i);
       } catch (...) {
-        std::lock_guard<std::mutex> hold(err_mu);
-        if (!err) err = std::current_exception();
-        next.store(P.count);
+        std::lock_guard<std::mutex> hold(mu);
+        if (run == seen && failed_run != seen) {  // a late run's error is nobody's business
+          failed_run = seen;
+          failure = std::current_exception();
+        }
+        break;
       }
     }
   }
-  if (err) std::rethrow_exception(err);
+}
+
+// One run as pieces (see Pieces).
+void SessionImpl::run_pieces(const std::vector<const void*>& fd) {
+  Pieces& P = *pieces;
+  pieced_last = false;
+  uint64_t r;
+  {
+    std::lock_guard<std::mutex> hold(P.mu);
+    r = ++P.run;
+  }
+  for (size_t k = 0; k < fd.size(); ++k)
+    std::memcpy(P.staged[r & 1][k].get(), fd[k], P.feed_bytes[k] * size_t(P.count));
+  for (int64_t i = 0; i < P.count; ++i) P.state[i].store(r << 2);
+  P.next.store((r & 0xffffffffu) << 32);
+  P.wake.notify_all();
+  using clock = std::chrono::steady_clock;
+  auto raise_failure = [&] {
+    std::lock_guard<std::mutex> hold(P.mu);
+    if (P.failed_run == r) std::rethrow_exception(P.failure);
+  };
+  // the caller's share: pieces until none is left to take, timed
+  double own_ns = 0;
+  int own = 0;
+  for (int64_t i; (i = P.take(r)) >= 0;) {
+    const auto t0 = clock::now();
+    P.run_piece(0, r, i);
+    P.finish(0, r, i);
+    own_ns += std::chrono::duration<double, std::nano>(clock::now() - t0).count();
+    ++own;
+  }
+  // the pieces others hold: wait while they should still be running, then run them here
+  const double patience = 1.5 * (own ? own_ns / own : 0.0);
+  for (int64_t i = 0; i < P.count; ++i) {
+    for (;;) {
+      if (P.state[i].load() & Pieces::kWon) break;
+      raise_failure();
+      const double held = double(clock::now().time_since_epoch().count() - P.taken_ns[i].load());
+      if (held > patience) {
+        P.run_piece(0, r, i);
+        P.finish(0, r, i);
+        break;
+      }
+      std::this_thread::yield();
+    }
+  }
+  for (int64_t i = 0; i < P.count; ++i)
+    while (!(P.state[i].load() & Pieces::kCopied)) std::this_thread::yield();  // a winner copying its outputs
   pieced_last = true;
   ++steps;
   ++eager_runs;
