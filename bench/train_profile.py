@@ -1,11 +1,12 @@
-"""Per-node profile of the float32 training steps whose PyTorch ratio misses the performance issue's target.
+"""Per-node profile of the float32 workloads whose ratio misses the performance issue's target: training steps
+against PyTorch, and ResNet-50 b1 inference (latency) against ONNX Runtime.
 
-    python bench/train_profile.py [--workloads lenet5_train_mb64,resnet18cifar_train_mb64,resnet50_train_mb16]
-                                  [--rounds 3] [--top 10]
+    python bench/train_profile.py [--workloads lenet5_train_mb64,resnet18cifar_train_mb64,resnet50_train_mb16,
+                                               resnet50_infer_mb1] [--rounds 3] [--top 10]
 
-For each workload (the benchmark suite's definitions, `python -m cnnnative.bench`): times cnnnative's step and
-PyTorch's eager step side by side (alternating, medians), then runs `sess.profile()` over the same number of
-steps and prints markdown: the step's time by node group (conv forward / grad_data / grad_weights, linear,
+For each workload (the benchmark suite's definitions, `python -m cnnnative.bench`): times cnnnative's step (or run)
+and the reference engine's side by side (alternating, medians; PyTorch's eager step for training, ONNX Runtime for
+inference, PyTorch too where it runs), then runs `sess.profile()` over the same number of steps and prints markdown: the step's time by node group (conv forward / grad_data / grad_weights, linear,
 batch norm, ReLU, add, pooling, reorders, optimizer) with GFLOP/s and % of the FMA peak measured in the same
 process, the largest nodes, and the roofline line: the FLOPs of one step, the time they take at 100 % of the
 peak, and the % of the peak a step at the target ratio would need. FLOPs are those of direct convolution
@@ -19,9 +20,12 @@ import sys
 
 import cnnnative as cn
 from cnnnative import _core
-from cnnnative.bench.suite import _build, _spec, _time, torch_train_step
+from cnnnative.bench.suite import _build, _engines, _spec, _time, torch_train_step
 
-TARGETS = {"lenet5_train_mb64": 0.2, "resnet18cifar_train_mb64": 0.5, "resnet50_train_mb16": 0.45}
+# workload: (the engine the target ratio is against, the target)
+TARGETS = {"lenet5_train_mb64": ("pytorch", 0.2), "resnet18cifar_train_mb64": ("pytorch", 0.5),
+           "resnet50_train_mb16": ("pytorch", 0.45), "resnet50_infer_mb1": ("onnxruntime", 0.8)}
+NAMES = {"pytorch": "PyTorch", "onnxruntime": "ONNX Runtime"}
 GROUPS = [  # (label, predicate on op name); first match wins
     ("conv forward", lambda op: op in ("conv2d", "fused_conv2d")),
     ("conv grad_data", lambda op: op == "conv2d_grad_data"),
@@ -39,41 +43,50 @@ GROUPS = [  # (label, predicate on op name); first match wins
 
 def profile_workload(workload, rounds, top, peak):
     name, kw, chw, bs, mode, ckw = _spec(workload)
-    model, twin, x, y, _ = _build(workload)
-    sess = model.compile(x.shape, mode="train", optimizer=cn.optim.SGD(lr=1e-3, momentum=0.9), **ckw)
-    engines = {"cnnnative": lambda: sess.step(x, y)}
-    if twin is not None:
-        import torch
-        torch.set_num_threads(cn.get_num_threads())
-        engines["pytorch"] = torch_train_step(twin, x, y)
-    reps = 50 if name == "lenet5" else 1
+    if mode == "infer":  # the suite's engines: cnnnative, PyTorch, ONNX Runtime on the same weights and input
+        engines, _, _, _, sess = _engines(workload, cn.get_num_threads())
+        engines = {k: v for k, v in engines.items() if k in ("cnnnative", "pytorch", "onnxruntime")}
+        step = engines["cnnnative"]
+        unit = "run"
+    else:
+        model, twin, x, y, _ = _build(workload)
+        sess = model.compile(x.shape, mode="train", optimizer=cn.optim.SGD(lr=1e-3, momentum=0.9), **ckw)
+        step = lambda: sess.step(x, y)
+        engines = {"cnnnative": step}
+        if twin is not None:
+            import torch
+            torch.set_num_threads(cn.get_num_threads())
+            engines["pytorch"] = torch_train_step(twin, x, y)
+        unit = "step"
+    reps = 50 if name == "lenet5" else 5 if mode == "infer" else 1
     times = _time(engines, rounds, reps)
     med = {k: statistics.median(v) for k, v in times.items()}
 
     sess.profile(reset=True)
     steps = rounds * reps
     for _ in range(steps):
-        sess.step(x, y)
+        step()
     rows = sess.profile()
     node_ms = sum(r["ms"] * r["calls"] for r in rows) / steps
     flops = sum((r["gflops"] or 0) * r["ms"] * 1e6 * r["calls"] for r in rows) / steps  # per step
 
     out = [f"### {workload}", ""]
-    line = f"cnnnative {med['cnnnative']:.2f} ms per step"
-    target = TARGETS.get(workload)
-    if "pytorch" in med:
-        ratio = med["cnnnative"] / med["pytorch"]
-        line += f", PyTorch {med['pytorch']:.2f} ms: ratio {ratio:.2f}"
-        if target:
-            need = flops / (target * med["pytorch"] * 1e-3) / 1e9
-            line += (f" (target {target}). One step is {flops / 1e6:,.0f} MFLOP (convolutions and linear layers); "
-                     f"at 100 % of the measured peak ({peak:.0f} GFLOP/s) that alone takes "
-                     f"{flops / (peak * 1e9) * 1e3:.2f} ms = {flops / (peak * 1e9) * 1e3 / med['pytorch']:.2f}× "
-                     f"PyTorch's step; the target ({target * med['pytorch']:.2f} ms) needs "
-                     f"{need:.0f} GFLOP/s = {need / peak * 100:.0f} % of the peak over the whole step")
+    line = f"cnnnative {med['cnnnative']:.2f} ms per {unit}"
+    against, target = TARGETS.get(workload, ("onnxruntime" if mode == "infer" else "pytorch", None))
+    for k in ("pytorch", "onnxruntime"):
+        if k in med:
+            line += f", {NAMES[k]} {med[k]:.2f} ms: ratio {med['cnnnative'] / med[k]:.2f}"
+    if target and against in med:
+        ref = med[against]
+        need = flops / (target * ref * 1e-3) / 1e9
+        line += (f" (target {target} against {NAMES[against]}). One {unit} is {flops / 1e6:,.0f} MFLOP "
+                 f"(convolutions and linear layers, direct-convolution count); at 100 % of the measured peak "
+                 f"({peak:.0f} GFLOP/s) that alone takes {flops / (peak * 1e9) * 1e3:.2f} ms = "
+                 f"{flops / (peak * 1e9) * 1e3 / ref:.2f}× {NAMES[against]}'s; the target ({target * ref:.2f} ms) "
+                 f"needs {need:.0f} GFLOP/s = {need / peak * 100:.0f} % of the peak over the whole {unit}")
     out += [line + ".", "",
-            f"Nodes sum to {node_ms:.2f} ms per step (profiled over {steps} steps).", "",
-            "| group | ms per step | share | GFLOP/s | % of peak |", "|---|---|---|---|---|"]
+            f"Nodes sum to {node_ms:.2f} ms per {unit} (profiled over {steps} {unit}s).", "",
+            f"| group | ms per {unit} | share | GFLOP/s | % of peak |", "|---|---|---|---|---|"]
     acc = collections.OrderedDict((g, [0.0, 0.0]) for g, _ in GROUPS)
     for r in rows:
         g = next(label for label, pred in GROUPS if pred(r["op"]))
@@ -100,7 +113,7 @@ def main(argv=None):
     ap.add_argument("--top", type=int, default=10)
     a = ap.parse_args(argv)
     peak = max(_core.fma_peak_gflops(20_000_000)[0] for _ in range(3))
-    print(f"float32 training, {cn.get_num_threads()} threads; measured FMA peak {peak:.0f} GFLOP/s\n")
+    print(f"float32, {cn.get_num_threads()} threads; measured FMA peak {peak:.0f} GFLOP/s\n")
     for w in a.workloads.split(","):
         print(profile_workload(w.strip(), a.rounds, a.top, peak))
         sys.stdout.flush()

@@ -247,11 +247,21 @@ def test_inference_fused_blocks_match_direct_and_reference(kw):
 
 
 def test_inference_small_batches_keep_the_direct_kernel():
-    """Under 64 output tiles (batch 1 at 16x16: 16 tiles) the transformed filter would cost more than it saves."""
+    """Under 16 output tiles (batch 1 at 12x12: 9 tiles) the transformed filter would cost more than it saves."""
     cn.manual_seed(0)
     net = BlockNet()
-    wino, direct, _, _ = _infer_three(net, (1, 3, 16, 16))
+    wino, direct, _, _ = _infer_three(net, (1, 3, 12, 12))
     np.testing.assert_array_equal(wino, direct)
+
+
+def test_inference_at_batch_1_takes_winograd_from_16_tiles():
+    """Batch 1 at 16x16 (16 tiles of 4x4): Winograd (ResNet-50 b1's 14x14 and 28x28 layers run faster with it)."""
+    cn.manual_seed(0)
+    net = BlockNet()
+    wino, direct, ref, x = _infer_three(net, (1, 3, 16, 16))
+    assert any(k["impl"].startswith("winograd") for k in net.compile(x.shape).kernels())
+    assert _rel(wino, ref) < 1e-4 and _rel(direct, ref) < 1e-5
+    assert not np.array_equal(wino, direct)
 
 
 def test_inference_resnet18_top1_and_values():
