@@ -372,7 +372,7 @@ def test_under_load_an_inference_batch_runs_in_pieces_that_free_workers_take(pla
     # before the governor settles on 1 thread, whole batches at the top count; from then on the top count's runs are
     # the pieces
     assert all(r[0] == top for r in pieced) and all(r[0] == 1 for r in runs[first:] if r[1] is None)
-    assert sum(r[2] for r in runs[first + 1:]) == 0, runs
+    assert sum(r[2] for r in runs[first + 1:] if r[1] is not None) == 0, runs  # (a 1-thread probe makes its set)
     # a fixed count ends the trials, and with them the pieces
     cn.set_num_threads(top)
     for _ in range(20):

@@ -107,27 +107,30 @@ class SessionImpl {
   // thread) and checks that the graph treats samples independently. Workers share the ParamStore; each holds its
   // own small arena and prepared weights. The pieces' outputs land in `outs`, which fetch() reads after such a run.
   //
-  // A run (run_pieces) never waits for a worker that the machine has descheduled: there is no barrier. The caller is
-  // worker 0; workers 1.. are threads of their own, woken per run. The feeds are copied into `staged` first (by the
-  // run's parity, so a worker one run late still reads its own run's copy), pieces are taken from `next`, and a
-  // piece's outputs are copied by whoever finishes it first (`state`: a compare-and-swap on the run's number). When
-  // no piece is left to take, the caller waits for the pieces others hold no longer than such a piece should take
-  // (1.5x the caller's own pieces), then runs any still unfinished itself; the run ends when every piece's outputs
-  // are in place. A worker finishing a piece of an earlier run finds its number gone and drops the result.
+  // A run (run_pieces) never waits for a worker that the machine has descheduled: there is no barrier. The workers
+  // are threads of their own, woken per run; the caller copies the feeds into `staged` (by the run's parity, so a
+  // worker one run late still reads its own run's copy), wakes them and sleeps until the last piece's outputs are in
+  // place (a sleeping caller is woken promptly; a caller computing pieces itself could be preempted holding one and
+  // end the run a time slice late). Pieces are taken from `next`; a piece's outputs are copied by whoever finishes it
+  // first (`state`: a compare-and-swap on the run's number). A worker with no piece left to take waits for those
+  // others hold only as long as a piece takes (1.5x the last one), then runs them itself. A worker finishing a piece
+  // of an earlier run finds its number gone and drops the result.
   int fixed_threads = 0;
   std::unique_ptr<Graph> source;  // null: this session never runs in pieces
   struct Pieces {
     static constexpr uint64_t kWon = 1, kCopied = 2;  // state bits below the run number (state = run << 2 | bits)
     int64_t piece = 0, count = 0;
-    std::vector<std::unique_ptr<SessionImpl>> workers;  // [0]: the caller's; [w]: worker thread w's
+    std::vector<std::unique_ptr<SessionImpl>> workers;  // [w]: worker thread w's
     std::vector<size_t> feed_bytes, fetch_bytes;        // per piece
     std::vector<Buffer> outs;                           // per fetch: the whole batch
     std::vector<Buffer> staged[2];                      // per feed: the whole batch, by the run's parity
     std::unique_ptr<std::atomic<uint64_t>[]> state;     // per piece
     std::unique_ptr<std::atomic<int64_t>[]> taken_ns;   // per piece: when it was taken (steady clock)
     std::atomic<uint64_t> next{0};                      // run << 32 | the next piece to take
+    std::atomic<int64_t> remaining{0};                  // pieces of the current run whose outputs are not in place
+    std::atomic<int64_t> piece_ns{int64_t(1) << 50};    // how long a piece takes (the last one finished; none yet)
     std::mutex mu;                                      // guards run, stop and the failure
-    std::condition_variable wake;
+    std::condition_variable wake, done;                 // wake: the workers, for a run; done: the caller
     uint64_t run = 0;
     bool stop = false;
     uint64_t failed_run = 0;  // a worker's error in that run (the caller raises it)
@@ -138,6 +141,7 @@ class SessionImpl {
     bool finish(size_t w, uint64_t r, int64_t i);     // piece i of run r done on worker w: copy its outputs if first
     void run_piece(size_t w, uint64_t r, int64_t i);  // runs piece i of run r on worker w (from `staged`)
     void serve(size_t w);                             // worker thread w
+    void help(size_t w, uint64_t r);  // once no piece is left: runs those held longer than a piece takes
   };
   std::unique_ptr<Pieces> pieces;
   bool pieces_failed = false;  // made once and refused (not separable, no piece size, compile failed): not retried
@@ -522,6 +526,9 @@ int SessionImpl::trial_count(int low) {
   if (t.low != low) {  // the governor settled on fewer threads: its count first, a probe of the top count later
     t = Trial{};
     t.low = t.choice = low;
+    // ... unless the top count runs as batch pieces: those do at least what the governor's count would (the worker
+    // on a free CPU alone does that much), so they come first and the governor's count is the probe
+    if (make_pieces(top)) t.choice = top;
     t.skip = true;
     t.next = std::chrono::steady_clock::now();  // the first probe once three runs at `low` are timed
   }
@@ -1013,7 +1020,7 @@ bool SessionImpl::make_pieces(int workers) {
       pc->state[i].store(0);
       pc->taken_ns[i].store(0);
     }
-    for (int w = 1; w < workers; ++w) pc->threads.emplace_back([p = pc.get(), w] { p->serve(size_t(w)); });
+    for (int w = 0; w < workers; ++w) pc->threads.emplace_back([p = pc.get(), w] { p->serve(size_t(w)); });
     pieces = std::move(pc);
     return true;
   } catch (const std::exception&) {  // a piece size some op refuses, memory: whole batches it is
@@ -1056,7 +1063,27 @@ bool SessionImpl::Pieces::finish(size_t w, uint64_t r, int64_t i) {
     std::memcpy(static_cast<char*>(outs[k].get()) + size_t(i) * fetch_bytes[k], workers[w]->fetch_ptr(k),
                 fetch_bytes[k]);
   state[i].store((r << 2) | kWon | kCopied);
+  if (remaining.fetch_sub(1) == 1) {  // the run's last piece: wake the caller
+    std::lock_guard<std::mutex> hold(mu);
+    done.notify_all();
+  }
   return true;
+}
+
+void SessionImpl::Pieces::help(size_t w, uint64_t r) {
+  using clock = std::chrono::steady_clock;
+  for (int64_t i = 0; i < count; ++i)
+    for (;;) {
+      const uint64_t st = state[i].load();
+      if ((st >> 2) != r || (st & kWon)) break;  // done, or a later run began
+      const double held = double(clock::now().time_since_epoch().count() - taken_ns[i].load());
+      if (held > 1.5 * double(piece_ns.load())) {
+        run_piece(w, r, i);
+        finish(w, r, i);
+        break;
+      }
+      std::this_thread::yield();
+    }
 }
 
 void SessionImpl::Pieces::serve(size_t w) {
@@ -1068,17 +1095,21 @@ void SessionImpl::Pieces::serve(size_t w) {
       if (stop) return;
       seen = run;
     }
-    for (int64_t i; (i = take(seen)) >= 0;) {
-      try {
+    try {
+      for (int64_t i; (i = take(seen)) >= 0;) {
+        const auto t0 = std::chrono::steady_clock::now();
         run_piece(w, seen, i);
-        finish(w, seen, i);
-      } catch (...) {
-        std::lock_guard<std::mutex> hold(mu);
-        if (run == seen && failed_run != seen) {  // a late run's error is nobody's business
-          failed_run = seen;
-          failure = std::current_exception();
-        }
-        break;
+        if (finish(w, seen, i))
+          piece_ns.store(
+              int64_t(std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - t0).count()));
+      }
+      help(w, seen);
+    } catch (...) {
+      std::lock_guard<std::mutex> hold(mu);
+      if (run == seen && failed_run != seen) {  // a late run's error is nobody's business
+        failed_run = seen;
+        failure = std::current_exception();
+        done.notify_all();
       }
     }
   }
@@ -1091,45 +1122,23 @@ void SessionImpl::run_pieces(const std::vector<const void*>& fd) {
   uint64_t r;
   {
     std::lock_guard<std::mutex> hold(P.mu);
-    r = ++P.run;
+    r = P.run + 1;
   }
   for (size_t k = 0; k < fd.size(); ++k)
     std::memcpy(P.staged[r & 1][k].get(), fd[k], P.feed_bytes[k] * size_t(P.count));
-  for (int64_t i = 0; i < P.count; ++i) P.state[i].store(r << 2);
-  P.next.store((r & 0xffffffffu) << 32);
-  P.wake.notify_all();
-  using clock = std::chrono::steady_clock;
-  auto raise_failure = [&] {
-    std::lock_guard<std::mutex> hold(P.mu);
-    if (P.failed_run == r) std::rethrow_exception(P.failure);
-  };
-  // the caller's share: pieces until none is left to take, timed
-  double own_ns = 0;
-  int own = 0;
-  for (int64_t i; (i = P.take(r)) >= 0;) {
-    const auto t0 = clock::now();
-    P.run_piece(0, r, i);
-    P.finish(0, r, i);
-    own_ns += std::chrono::duration<double, std::nano>(clock::now() - t0).count();
-    ++own;
-  }
-  // the pieces others hold: wait while they should still be running, then run them here
-  const double patience = 1.5 * (own ? own_ns / own : 0.0);
+  const int64_t now = std::chrono::steady_clock::now().time_since_epoch().count();
   for (int64_t i = 0; i < P.count; ++i) {
-    for (;;) {
-      if (P.state[i].load() & Pieces::kWon) break;
-      raise_failure();
-      const double held = double(clock::now().time_since_epoch().count() - P.taken_ns[i].load());
-      if (held > patience) {
-        P.run_piece(0, r, i);
-        P.finish(0, r, i);
-        break;
-      }
-      std::this_thread::yield();
-    }
+    P.state[i].store(r << 2);
+    P.taken_ns[i].store(now);  // until taken (a helper between a take and its time stamp sees this run's start)
   }
-  for (int64_t i = 0; i < P.count; ++i)
-    while (!(P.state[i].load() & Pieces::kCopied)) std::this_thread::yield();  // a winner copying its outputs
+  P.remaining.store(P.count);
+  P.next.store((r & 0xffffffffu) << 32);
+  std::unique_lock<std::mutex> lk(P.mu);
+  P.run = r;
+  P.wake.notify_all();
+  P.done.wait(lk, [&] { return P.remaining.load() == 0 || P.failed_run == r; });
+  if (P.remaining.load() != 0) std::rethrow_exception(P.failure);
+  lk.unlock();
   pieced_last = true;
   ++steps;
   ++eager_runs;
