@@ -167,23 +167,16 @@ def map_resize(ctx: NodeContext):
     x = ctx.tensor(0, "X")
     s = list(x.shape)
     r = len(s)
+    from ._ops_resize import _resize_args  # the opset-dependent inputs and attributes, shared with the general mapper
     op = ctx.node.op
-    mode = ctx.attr("mode", "nearest")
+    mode, coord_mode, nearest_mode, scales, sizes = _resize_args(ctx, x)
     if mode != "nearest":
         raise Unsupported(f"mode={mode!r} (only 'nearest')")
-    if op == "Upsample" or ctx.opset < 11:
-        coord_mode, nearest_mode = "asymmetric", "floor"
-        scales = ctx.attr("scales") if (op == "Upsample" and ctx.opset < 9) else ctx.constant(1, "scales")
-        sizes = None
-    else:
-        coord_mode = ctx.attr("coordinate_transformation_mode", "half_pixel")
-        nearest_mode = ctx.attr("nearest_mode", "round_prefer_floor")
+    if not (op == "Upsample" or ctx.opset < 11):
         if coord_mode not in _COORD_MODES:
             raise Invalid(f"coordinate_transformation_mode={coord_mode!r}: one of {', '.join(_COORD_MODES)}")
         if nearest_mode not in _NEAREST_MODES:
             raise Invalid(f"nearest_mode={nearest_mode!r}: one of {', '.join(_NEAREST_MODES)}")
-        scales = ctx.constant(2, "scales")
-        sizes = ctx.constant(3, "sizes")
         if int(ctx.attr("antialias", 0)):
             raise Unsupported("antialias=1")
     axes = ctx.attr("axes")
