@@ -269,6 +269,26 @@ def test_int8_user_errors():
     assert s.run(x).shape == (4, 10)
 
 
+def qdq_model_file(tmp_path, quantize_ints, scale):
+    """A .cnn file of x -> quantize (these int attributes, this scale) -> dequantize (scale 0.1), written by hand
+    (test_model_file.build), so that its attributes can be anything a hostile file holds."""
+    import sys
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from test_model_file import build
+    dtype = quantize_ints.get("dtype", [S8])[0]
+    out_dt = dtype if dtype in (U8, S8) else S8
+    b = build(input_shape=[1, 4], extra=[], values=[(0, 0, "x", [1, 4]), (3, out_dt, "x/quantize", [1, 4]),
+                                                    (3, 0, "x/dequantize", [1, 4])],
+              nodes=[{"op": "quantize", "name": "x/quantize", "ints": quantize_ints, "floats": {"scale": scale},
+                      "inputs": [0], "outputs": [1]},
+                     {"op": "dequantize", "name": "x/dequantize", "ints": {}, "floats": {"scale": 0.1},
+                      "inputs": [1], "outputs": [2]}],
+              inputs=[0], outputs=[2], tensors=[])
+    p = tmp_path / "bad.cnn"
+    p.write_bytes(bytes(b))
+    return p
+
+
 @pytest.mark.parametrize("scale, dtype, match", [
     (-1.0, S8, r"node 'x/quantize'.*'scale' must be a finite scale > 0"),
     (float("nan"), S8, r"node 'x/quantize'.*'scale' must be a finite scale > 0"),
@@ -277,19 +297,7 @@ def test_int8_user_errors():
 def test_hostile_quantized_file_is_one_error_naming_the_node(tmp_path, scale, dtype, match):
     """A .cnn file whose quantize node carries a bad scale or dtype: refused while the graph is replayed, with
     the node's name, before any weight is read."""
-    import sys
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
-    from test_model_file import build
-    out_dt = dtype if dtype in (U8, S8) else S8
-    b = build(input_shape=[1, 4], extra=[], values=[(0, 0, "x", [1, 4]), (3, out_dt, "x/quantize", [1, 4]),
-                                                    (3, 0, "x/dequantize", [1, 4])],
-              nodes=[{"op": "quantize", "name": "x/quantize", "ints": {"dtype": [dtype]}, "floats": {"scale": scale},
-                      "inputs": [0], "outputs": [1]},
-                     {"op": "dequantize", "name": "x/dequantize", "ints": {}, "floats": {"scale": 0.1},
-                      "inputs": [1], "outputs": [2]}],
-              inputs=[0], outputs=[2], tensors=[])
-    p = tmp_path / "bad.cnn"
-    p.write_bytes(bytes(b))
+    p = qdq_model_file(tmp_path, {"dtype": [dtype]}, scale)
     with pytest.raises(cn.Error, match=match):
         cn.load(p)
 

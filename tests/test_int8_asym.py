@@ -553,15 +553,6 @@ def test_hostile_zero_point_in_a_model_file_is_one_error_naming_the_node(tmp_pat
     """A .cnn file whose quantize node carries a zero point outside its type: refused while the graph is replayed."""
     import sys
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
-    from test_model_file import build
-    b = build(input_shape=[1, 4], extra=[], values=[(0, 0, "x", [1, 4]), (3, ints["dtype"][0], "x/quantize", [1, 4]),
-                                                    (3, 0, "x/dequantize", [1, 4])],
-              nodes=[{"op": "quantize", "name": "x/quantize", "ints": ints, "floats": {"scale": 0.1},
-                      "inputs": [0], "outputs": [1]},
-                     {"op": "dequantize", "name": "x/dequantize", "ints": {}, "floats": {"scale": 0.1},
-                      "inputs": [1], "outputs": [2]}],
-              inputs=[0], outputs=[2], tensors=[])
-    p = tmp_path / "bad.cnn"
-    p.write_bytes(bytes(b))
+    from test_int8 import qdq_model_file
     with pytest.raises(cn.Error, match=match):
-        cn.load(p)
+        cn.load(qdq_model_file(tmp_path, ints, 0.1))
