@@ -106,22 +106,43 @@ def test_qconv2d_against_reference_and_float(case):
     assert np.abs(ref - np.clip(t, lo, hi)).mean() < 0.1 * np.abs(t).mean() + ys
 
 
-def torch_free_conv(x, w, b, case):
-    """Plain float64 convolution (groups, stride, zero padding) in numpy."""
+def qlinear_matmul_model(path, w, c, rows):
+    """Saves x [rows, K] -> QuantizeLinear -> QLinearMatMul(w [K, M]) -> DequantizeLinear as an ONNX model; c: the
+    scales and zero points xs, xz, ws, wz, ys, yz."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    inits = [numpy_helper.from_array(np.asarray(c[k]), k) for k in ("xs", "xz", "ws", "wz", "ys", "yz")]
+    inits.append(numpy_helper.from_array(w, "w"))
+    nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"], name="q"),
+             helper.make_node("QLinearMatMul", ["xq", "xs", "xz", "w", "ws", "wz", "ys", "yz"], ["yq"], name="mm"),
+             helper.make_node("DequantizeLinear", ["yq", "ys", "yz"], ["y"], name="dq")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, w.shape[0]])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [rows, w.shape[1]])], inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def np_grouped_conv(x, w, stride, pad, groups):
+    """Plain convolution (groups, stride, zero padding) in numpy, summed in the inputs' dtype (float64 for float
+    references, int64 for exact integer sums)."""
     N, C, H, W = x.shape
     K, Cg, R, S = w.shape
-    G, st, p = case["groups"], case["stride"], case["padding"]
-    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (p, p), (p, p)))
-    OH = (H + 2 * p - R) // st + 1
-    OW = (W + 2 * p - S) // st + 1
-    y = np.zeros((N, K, OH, OW))
-    Kg = K // G
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    OH = (H + 2 * pad - R) // stride + 1
+    OW = (W + 2 * pad - S) // stride + 1
+    y = np.zeros((N, K, OH, OW), np.result_type(x, w))
+    Kg = K // groups
     for k in range(K):
         c0 = k // Kg * Cg
         for r in range(R):
             for s in range(S):
-                patch = xp[:, c0:c0 + Cg, r:r + st * OH:st, s:s + st * OW:st]
+                patch = xp[:, c0:c0 + Cg, r:r + stride * OH:stride, s:s + stride * OW:stride]
                 y[:, k] += np.einsum("nchw,c->nhw", patch, w[k, :, r, s])
+    return y
+
+
+def torch_free_conv(x, w, b, case):
+    """Plain float64 convolution (groups, stride, zero padding) in numpy, plus the bias."""
+    y = np_grouped_conv(x.astype(np.float64), w.astype(np.float64), case["stride"], case["padding"], case["groups"])
     return y + b[None, :, None, None]
 
 
@@ -515,7 +536,6 @@ def test_onnx_qlinearconv_and_qlinearmatmul_import(tmp_path):
     conv / linear -> quantize with the int8 weights folded to float, run int8 kernels and agree with onnxruntime."""
     ort = pytest.importorskip("onnxruntime")
     onnx = pytest.importorskip("onnx")
-    from onnx import TensorProto, helper, numpy_helper
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     import cnnnative.onnx as cox
     cn.manual_seed(0)
@@ -542,14 +562,9 @@ def test_onnx_qlinearconv_and_qlinearmatmul_import(tmp_path):
 
     # QLinearMatMul, built by hand: x [4, 32] -> int8 -> (x @ W) -> int8 -> float
     w = rng.integers(-127, 128, (32, 10)).astype(np.int8)
-    c = {"xs": np.float32(0.05), "ws": np.float32(0.01), "ys": np.float32(0.1), "z": np.int8(0)}
-    inits = [numpy_helper.from_array(np.asarray(v), k) for k, v in c.items()] + [numpy_helper.from_array(w, "w")]
-    nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "z"], ["xq"], name="q"),
-             helper.make_node("QLinearMatMul", ["xq", "xs", "z", "w", "ws", "z", "ys", "z"], ["yq"], name="mm"),
-             helper.make_node("DequantizeLinear", ["yq", "ys", "z"], ["y"], name="dq")]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 32])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 10])], inits)
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "mm.onnx")
+    z = np.int8(0)
+    qlinear_matmul_model(tmp_path / "mm.onnx", w, {"xs": np.float32(0.05), "xz": z, "ws": np.float32(0.01), "wz": z,
+                                                   "ys": np.float32(0.1), "yz": z}, 4)
     xm = rng.standard_normal((4, 32)).astype(np.float32)
     want = ort.InferenceSession(str(tmp_path / "mm.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": xm})[0]
     s = cox.import_model(tmp_path / "mm.onnx").compile((4, 32))

@@ -9,6 +9,7 @@ import pytest
 import cnnnative as cn
 import cnnnative.functional as F
 from cnnnative import _core
+from test_int8 import np_grouped_conv, qlinear_matmul_model
 
 U8, S8 = 3, 5
 _RANGE = {U8: (0, 255), S8: (-128, 127)}
@@ -57,19 +58,7 @@ def test_quantize_dequantize_with_zero_points_against_numpy():
 
 def _np_conv_int(xq, in_zp, wq, stride, pad, groups):
     """sum((xq - in_zp) * wq) over the taps inside x: int64 numpy (a padded tap is real 0)."""
-    N, C, H, W = xq.shape
-    K, Cg, R, S = wq.shape
-    xp = np.pad(xq.astype(np.int64) - in_zp, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    OH, OW = (H + 2 * pad - R) // stride + 1, (W + 2 * pad - S) // stride + 1
-    y = np.zeros((N, K, OH, OW), np.int64)
-    Kg = K // groups
-    for k in range(K):
-        c0 = k // Kg * Cg
-        for r in range(R):
-            for s_ in range(S):
-                win = xp[:, c0:c0 + Cg, r:r + stride * OH:stride, s_:s_ + stride * OW:stride]
-                y[:, k] += np.einsum("nchw,c->nhw", win, wq[k, :, r, s_].astype(np.int64))
-    return y
+    return np_grouped_conv(xq.astype(np.int64) - in_zp, wq.astype(np.int64), stride, pad, groups)
 
 
 def _np_weights(w, grid=0.0):
@@ -480,20 +469,13 @@ def test_onnxruntime_qoperator_with_zero_points_matches_onnxruntime(tmp_path, ac
 
 def test_qlinearmatmul_with_zero_points_matches_onnxruntime(tmp_path):
     ort = pytest.importorskip("onnxruntime")
-    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnx")
     import cnnnative.onnx as cox
-    from onnx import TensorProto, helper, numpy_helper
     rng = np.random.default_rng(7)
     w = rng.integers(-127, 128, (64, 24)).astype(np.int8)
     c = {"xs": np.float32(0.05), "xz": np.uint8(131), "ws": np.float32(0.01), "wz": np.int8(0),
          "ys": np.float32(0.2), "yz": np.uint8(100)}
-    inits = [numpy_helper.from_array(np.asarray(v), k) for k, v in c.items()] + [numpy_helper.from_array(w, "w")]
-    nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"], name="q"),
-             helper.make_node("QLinearMatMul", ["xq", "xs", "xz", "w", "ws", "wz", "ys", "yz"], ["yq"], name="mm"),
-             helper.make_node("DequantizeLinear", ["yq", "ys", "yz"], ["y"], name="dq")]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 64])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 24])], inits)
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "mm.onnx")
+    qlinear_matmul_model(tmp_path / "mm.onnx", w, c, 8)
     x = (rng.standard_normal((8, 64)) * 2).astype(np.float32)
     want = ort.InferenceSession(str(tmp_path / "mm.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     s = cox.import_model(tmp_path / "mm.onnx").compile((8, 64))
