@@ -36,8 +36,11 @@ def test_max_arena_bytes_is_a_hard_budget(tmp_path):
     assert model.compile((64, 1, 28, 28), max_arena_bytes=total + 64)  # enough
     with pytest.raises(cn.Error, match=r"over the budget of [\d.]+ MiB \(max_arena_bytes\); largest values: 'conv1'"):
         model.compile((64, 1, 28, 28), max_arena_bytes=total // 2)
+    # a training compile counts its gradients and optimizer state too: a budget its activations alone fit fails
+    train = model.compile((64, 1, 28, 28), mode="train", optimizer=cn.optim.SGD(lr=0.1)).memory_report()
     with pytest.raises(cn.Error, match=r"gradients and optimizer state"):
-        model.compile((64, 1, 28, 28), mode="train", optimizer=cn.optim.SGD(lr=0.1), max_arena_bytes=total)
+        model.compile((64, 1, 28, 28), mode="train", optimizer=cn.optim.SGD(lr=0.1),
+                      max_arena_bytes=train["arena_bytes"] + train["scratch_bytes"])
     loaded = cn.load(cn.save(model, tmp_path / "m.cnn", (1, 1, 28, 28)))
     with pytest.raises(cn.Error, match="max_arena_bytes"):
         loaded.compile(64, max_arena_bytes=1000)

@@ -1,7 +1,8 @@
 """session.kernels() on the cpu backend: what each cpu kernel (cpp/src/cpu/) says implements its node
 (Kernel::impl()): "onednn:<primitive kind> <oneDNN implementation>" for oneDNN primitives (" deterministic(...)"
 appended by the deterministic variants), "winograd <work split>[ deterministic]" for the Winograd F(4x4, 3x3)
-kernels, "native" for our own loops ("native copy" where the node is a copy), "reference" for an op's naive loops."""
+kernels, "native" for our own loops ("native copy" where the node is a copy, "native small-channel" for the few-channel
+convolutions of cpu/conv_small.cpp), "reference" for an op's naive loops."""
 import os
 import re
 
@@ -12,7 +13,7 @@ import cnnnative as cn
 from cnnnative import nn
 
 IMPL = re.compile(r"^(onednn:[a-z_]+( \S.*)?|winograd (tile-chunks|points|output-blocks)( deterministic)?"
-                  r"|native( copy)?|reference)$")
+                  r"|native( copy| small-channel)?|reference)$")
 CONV_OPS = ("conv2d", "fused_conv2d", "conv2d_grad_data", "conv2d_grad_weights")
 
 
@@ -63,9 +64,16 @@ def test_lenet_training():
     _check_all(s)
     convs = _impls(s, CONV_OPS)
     assert {op for op, _, _ in convs} == {"conv2d", "conv2d_grad_data", "conv2d_grad_weights"}
-    for op, name, impl in convs:  # 6 and 16 channels: never Winograd
-        assert impl.startswith("onednn:convolution "), (op, name, impl)
-        assert "deterministic" not in impl
+    # 1 -> 6 and 6 -> 16 channels: never Winograd; the native small-channel kernels take conv1's forward and weight
+    # gradient (1 input, 6 output channels) and conv2's data gradient (6 channels), oneDNN the rest
+    native = {"conv1", "conv1/grad_weights", "conv2/grad_data"}
+    assert native <= {name for _, name, _ in convs}
+    for op, name, impl in convs:
+        if name in native:
+            assert impl == "native small-channel", (op, name, impl)
+        else:
+            assert impl.startswith("onednn:convolution "), (op, name, impl)
+            assert "deterministic" not in impl
     for op, name, impl in _impls(s, ("linear", "linear_grad_data", "linear_grad_weights")):
         assert impl.startswith("onednn:inner_product "), (op, name, impl)
     for op, name, impl in _impls(s, ("softmax_cross_entropy", "softmax_cross_entropy_grad")):
@@ -85,8 +93,9 @@ def test_deterministic_kernels_say_so():
     _check_all(s)
     convs = _impls(s, CONV_OPS)
     assert convs
-    for op, name, impl in convs:
-        assert impl.startswith("onednn:convolution ") and impl.endswith(" deterministic(minibatch parts)"), impl
+    for op, name, impl in convs:  # the native small-channel kernels' sums do not depend on the thread count
+        assert impl == "native small-channel" or (
+            impl.startswith("onednn:convolution ") and impl.endswith(" deterministic(minibatch parts)")), impl
     linears = _impls(s, ("linear", "linear_grad_data", "linear_grad_weights"))
     assert linears
     for op, name, impl in linears:

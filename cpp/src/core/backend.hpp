@@ -38,6 +38,9 @@ namespace cnn {
 struct LayoutPolicy {
   enum Kind { plain, nhwc, blocked } kind = plain;
   int block = 16;
+  // "auto": the layouts are ours to choose (kernels may pick others than the policy's, e.g. plain for the native
+  // small-channel convolutions); an explicit layout is kept wherever a kernel runs in it.
+  bool automatic = false;
   // bfloat16 activations (inference, CompileOptions::activations): every float value stored in a blocked
   // layout is bf16, every other value (plain graph inputs/outputs, parameters, non-4-D tensors) float32, so a
   // reorder into or out of a blocked layout also converts. Ops keep blocked layouts only if they are registered

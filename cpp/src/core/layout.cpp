@@ -47,7 +47,7 @@ LayoutPolicy LayoutPolicy::parse(const std::string& s) {
   LayoutPolicy p;
   p.block = __builtin_cpu_supports("avx512f") ? 16 : 8;
   if (s == "auto" || s == "blocked")
-    p.kind = blocked;
+    p.kind = blocked, p.automatic = s == "auto";
   else if (s == "nChw16c" || s == "nChw8c")
     p.kind = blocked, p.block = s == "nChw16c" ? 16 : 8;
   else if (s == "nhwc")

@@ -3,6 +3,7 @@
 //   conv_direct.cpp    oneDNN convolution_direct kernels (training, inference, deterministic, fused, bf16);
 //   conv_winograd.cpp  the Winograd F(4x4, 3x3) kernels (cpu/winograd.hpp) and, per op, the choice between a
 //                      Winograd and a direct kernel (the kernel registration);
+//   conv_small.cpp     native AVX-512 kernels for few-channel convolutions in plain layout (small_*_ok);
 //   conv_layouts.cpp   the layout rules: the (x, y) layout pair each node runs in, ranked by oneDNN's implementation.
 // Shared here: the oneDNN descriptors of one convolution (ConvDescs), fused_conv2d's attributes (FusedConvAttrs),
 // the ranking of oneDNN implementations (also conv_transpose2d's), and the direct kernels' factories.
@@ -115,6 +116,17 @@ std::unique_ptr<Kernel> make_direct_fwd(const KernelCtx& c);          // conv2d 
 std::unique_ptr<Kernel> make_direct_bwd_data(const KernelCtx& c);     // conv2d_grad_data (dy, w) -> dx
 std::unique_ptr<Kernel> make_direct_bwd_weights(const KernelCtx& c);  // conv2d_grad_weights (dy, x) -> dw [, db]
 std::unique_ptr<Kernel> make_direct_fused(const KernelCtx& c);        // fused_conv2d
+
+// The native small-channel kernels (conv_small.cpp): float32, plain x and y, stride 1, dilation 1, one group, AVX-512;
+// the forward with at most 8 output channels, the data gradient with at most 8 input channels, the weight gradient
+// with at most 4 input channels. x, w, y are the forward shapes. The layout rules give such nodes plain x and y,
+// and the kernel factories build these kernels for them when both layouts are plain.
+bool small_fwd_ok(const Attrs& a, DType t, const Shape& x, const Shape& w, const Shape& y);
+bool small_bwd_data_ok(const Attrs& a, DType t, const Shape& x, const Shape& w, const Shape& y);
+bool small_bwd_weights_ok(const Attrs& a, DType t, const Shape& x, const Shape& w, const Shape& y);
+std::unique_ptr<Kernel> make_small_fwd(const KernelCtx& c);          // conv2d (x, w [, b]) -> y
+std::unique_ptr<Kernel> make_small_bwd_data(const KernelCtx& c);     // conv2d_grad_data (dy, w) -> dx
+std::unique_ptr<Kernel> make_small_bwd_weights(const KernelCtx& c);  // conv2d_grad_weights (dy, x) -> dw [, db]
 
 }  // namespace conv
 }  // namespace cpu

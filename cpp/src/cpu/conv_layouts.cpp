@@ -1,7 +1,8 @@
 // The layout rules of conv2d, conv2d_grad_data, conv2d_grad_weights and fused_conv2d on the cpu backend (and
-// their bfloat16 registration): per node and direction, the (x, y) layout pair whose oneDNN implementation ranks
-// best, starting from the policy's layout for y and oneDNN's own pick for x. The kernels (conv_direct.cpp,
-// conv_winograd.cpp) then run in whatever pair the layout pass gave them.
+// their bfloat16 registration): plain x and y where a native small-channel kernel takes the node (conv_small.cpp),
+// else per node and direction, the (x, y) layout pair whose oneDNN implementation ranks best, starting from the
+// policy's layout for y and oneDNN's own pick for x. The kernels (conv_direct.cpp, conv_winograd.cpp) then run in
+// whatever pair the layout pass gave them.
 #include <map>
 #include <mutex>
 #include <optional>
@@ -91,7 +92,14 @@ ConvLayouts conv_layouts(const Attrs& a, DType t, const Shape& x, const Shape& w
   return pick;
 }
 
+// The native small-channel kernels run in plain layout: nodes in their range get plain x and y under the
+// "auto" and "plain" policies (an explicit blocked or nhwc policy is kept; bf16 sessions keep oneDNN's bf16 kernels).
+bool native_layouts(const LayoutPolicy& p) { return !p.bf16 && (p.automatic || p.kind == LayoutPolicy::plain); }
+
 LayoutChoice conv_fwd_rule(const LayoutQuery& q) {  // conv2d and fused_conv2d: (x, w, [b], [bn x4], [residual]) -> y
+  if (q.node.op == "conv2d" && native_layouts(q.policy) &&
+      small_fwd_ok(q.node.attrs, q.in[0].dtype, q.in[0].shape, q.in[1].shape, q.out[0].shape))
+    return {std::vector<Layout>(q.in.size(), Layout::plain), {Layout::plain}};  // the native small-channel kernel
   ConvLayouts l = conv_layouts(q.node.attrs, q.in[0].dtype, q.in[0].shape, q.in[1].shape, q.out[0].shape, q.policy,
                                q.training ? Dir::fwd_train : Dir::fwd_infer);
   LayoutChoice c;
@@ -102,11 +110,17 @@ LayoutChoice conv_fwd_rule(const LayoutQuery& q) {  // conv2d and fused_conv2d: 
   return c;
 }
 LayoutChoice conv_grad_data_rule(const LayoutQuery& q) {  // (dy, w) -> dx
+  if (native_layouts(q.policy) &&
+      small_bwd_data_ok(q.node.attrs, q.in[0].dtype, q.out[0].shape, q.in[1].shape, q.in[0].shape))
+    return {{Layout::plain, Layout::plain}, {Layout::plain}};
   ConvLayouts l =
       conv_layouts(q.node.attrs, q.in[0].dtype, q.out[0].shape, q.in[1].shape, q.in[0].shape, q.policy, Dir::bwd_data);
   return {{l.y, Layout::plain}, {l.x}};
 }
 LayoutChoice conv_grad_weights_rule(const LayoutQuery& q) {  // (dy, x) -> dw [, db]
+  if (native_layouts(q.policy) &&
+      small_bwd_weights_ok(q.node.attrs, q.in[0].dtype, q.in[1].shape, q.out[0].shape, q.in[0].shape))
+    return {{Layout::plain, Layout::plain}, std::vector<Layout>(q.out.size(), Layout::plain)};
   ConvLayouts l = conv_layouts(q.node.attrs, q.in[0].dtype, q.in[1].shape, q.out[0].shape, q.in[0].shape, q.policy,
                                Dir::bwd_weights);
   return {{l.y, l.x}, std::vector<Layout>(q.out.size(), Layout::plain)};

@@ -1,5 +1,6 @@
 // The Winograd F(4x4, 3x3) kernels (cpu/winograd.hpp) for conv2d, conv2d_grad_data, conv2d_grad_weights and
-// fused_conv2d, and, per op, the kernel registered for the cpu backend: a Winograd kernel when the node qualifies
+// fused_conv2d, and, per op, the kernel registered for the cpu backend: a native small-channel kernel for plain nodes
+// in its range (conv_small.cpp), a Winograd kernel when the node qualifies
 // (winograd_geom) and the Winograd split is worthwhile, else the direct oneDNN kernel (conv_direct.cpp). See
 // conv_common.hpp for how the conv2d files divide the work.
 #include <omp.h>
@@ -146,7 +147,17 @@ std::unique_ptr<Kernel> make_conv_fused(const KernelCtx& c) {
   return make_direct_fused(c);
 }
 
+// Both activations plain float32 and the node within a native small-channel kernel's range (conv_small.cpp; the
+// layout rules give such nodes plain layouts): that kernel.
+bool plain_f32(const KernelCtx& c, const TensorDesc& x, Layout lx, const TensorDesc& y, Layout ly) {
+  return c.compute == DType::f32 && x.dtype == DType::f32 && y.dtype == DType::f32 && lx == Layout::plain &&
+         ly == Layout::plain;
+}
+
 std::unique_ptr<Kernel> make_conv_fwd(const KernelCtx& c) {  // inference sessions: the same tile threshold
+  if (plain_f32(c, c.in[0], c.layout_in(0), c.out[0], c.layout_out(0)) &&
+      small_fwd_ok(c.node.attrs, DType::f32, c.in[0].shape, c.in[1].shape, c.out[0].shape))
+    return make_small_fwd(c);
   if (auto g = winograd_geom(c, c.in[0], c.in[1].shape, c.out[0], c.layout_in(0), c.layout_out(0)))
     if ((c.training || tiles(*g) >= kWinoInferTiles) &&
         wino::Conv::worthwhile(*g, omp_get_max_threads(), c.deterministic))
@@ -154,6 +165,9 @@ std::unique_ptr<Kernel> make_conv_fwd(const KernelCtx& c) {  // inference sessio
   return make_direct_fwd(c);
 }
 std::unique_ptr<Kernel> make_conv_bwd_data(const KernelCtx& c) {
+  if (plain_f32(c, c.out[0], c.layout_out(0), c.in[0], c.layout_in(0)) &&
+      small_bwd_data_ok(c.node.attrs, DType::f32, c.out[0].shape, c.in[1].shape, c.in[0].shape))
+    return make_small_bwd_data(c);
   // the forward convolution: x = dx (out 0), y = dy (in 0)
   if (auto f = winograd_geom(c, c.out[0], c.in[1].shape, c.in[0], c.layout_out(0), c.layout_in(0))) {
     wino::Geom g;
@@ -171,6 +185,9 @@ std::unique_ptr<Kernel> make_conv_bwd_data(const KernelCtx& c) {
 }
 
 std::unique_ptr<Kernel> make_conv_bwd_weights(const KernelCtx& c) {
+  if (plain_f32(c, c.in[1], c.layout_in(1), c.in[0], c.layout_in(0)) &&
+      small_bwd_weights_ok(c.node.attrs, DType::f32, c.in[1].shape, c.out[0].shape, c.in[0].shape))
+    return make_small_bwd_weights(c);
   // the forward convolution: x = in 1, w = dw (out 0), y = dy (in 0); dw leaves plain [K, C, 3, 3]
   if (c.layout_out(0) == Layout::plain)
     if (auto g = winograd_geom(c, c.in[1], c.out[0].shape, c.in[0], c.layout_in(1), c.layout_in(0)))

@@ -1,0 +1,461 @@
+// Native AVX-512 kernels for convolutions with few channels on one side (LeNet's 1 -> 6 and 6 -> 16 layers, a
+// grayscale or RGB first layer, a few-channel output layer), float32, plain NCHW, stride 1, dilation 1, one group,
+// filters up to 7x7. oneDNN vectorizes convolutions over channel blocks of 16: with 1 or 6 channels most of each
+// vector is padding (LeNet-5 b64 training on the 2-core Xeon: conv1 forward at 24 % of the FMA peak, conv1's weight
+// gradient at 21 %, conv2's data gradient at 25 %), and the 6-channel activations in nChw16c carry 10 padding
+// channels through every pooling, ReLU and reorder. These kernels vectorize over the output width instead (16
+// columns per vector) and keep the activations in plain layout:
+//   SmallFwd   conv2d with at most 8 output channels: y[n,k,oh,:] = b[k] + sum_c,i,j w[k,c,i,j] x[n,c,oh+i-ph,:+j-pw],
+//              accumulators for 2 output rows x (up to 8) channels x (up to 2) vectors in registers, the filter
+//              packed per run as [C][KH][KW][channel block] and its taps broadcast; and conv2d_grad_data with at
+//              most 8 input channels: the same loop on dy with the filter transposed and rotated 180 degrees
+//              (dx = conv(dy, w^T rotated), padding k-1-p; rows in the padding are skipped);
+//   SmallBwdW  conv2d_grad_weights with at most 4 input and 16 output channels: per filter row, accumulators for
+//              (up to 8) output channels x the filter's columns, each a vector of 16 partial sums over output
+//              columns, reduced once at the end; the bias gradient in the same pass.
+// Every kernel pads its input into a per-thread buffer (no bounds checks in the inner loops; masked stores at the
+// right edge). Reduction orders are fixed: the forward and data-gradient outputs are each summed by one thread in
+// (c, i, j) order; the weight gradient sums over fixed chunks of the batch, then the chunks in order, so results do
+// not depend on the thread count or scheduling (deterministic mode takes them too).
+// CNNNATIVE_SMALL_CONV=0 turns them off (the layout rules then pick oneDNN's kernels): tests compare both.
+#include <immintrin.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <utility>
+
+#include "cpu/conv_common.hpp"
+
+namespace cnn {
+namespace cpu {
+namespace conv {
+
+namespace {
+
+#define SMALL_AVX512 __attribute__((target("avx512f")))
+
+constexpr int64_t kMaxSmallOut = 8;    // SmallFwd / SmallBwdData: output channels of the computed convolution
+constexpr int64_t kMaxSmallInW = 4;    // SmallBwdW: input channels
+constexpr int64_t kMaxSmallWOut = 16;  // and output channels
+constexpr int64_t kMaxTap = 7;         // filter height and width
+constexpr int kAccRegs = 24;           // accumulators kept in the 32 zmm registers
+
+bool enabled() {  // read at every layout choice, so a test can compare both paths in one process
+  const char* e = std::getenv("CNNNATIVE_SMALL_CONV");
+  return __builtin_cpu_supports("avx512f") && !(e && std::string(e) == "0");
+}
+
+// The geometry of a stride-1 convolution in[N, CI, H, W] -> out[N, CO, OH, OW] with filter [CO, CI, KH, KW] and
+// padding ph, pw on both sides (for the data gradient: the equivalent forward convolution of dy).
+struct Geom {
+  int64_t N, CI, CO, H, W, OH, OW, KH, KW, ph, pw;
+  int64_t nv() const { return OW > 16 ? 2 : 1; }  // vectors per output-row chunk
+  int64_t chunk() const { return nv() * 16; }     // output columns per chunk
+  int64_t chunks() const { return (OW + chunk() - 1) / chunk(); }
+  int64_t HP() const { return OH + KH - 1; }                                   // rows of a padded input plane
+  int64_t WP() const { return (chunks() * chunk() + KW - 1 + 15) / 16 * 16; }  // columns (16-aligned rows)
+};
+
+// The shared conditions: float32, 4-D, stride 1, dilation 1, one group, a filter of at most kMaxTap taps a side,
+// padding below the filter size.
+bool plain_stride1(const Attrs& a, const Shape& x, const Shape& w, const Shape& y) {
+  if (!enabled() || x.size() != 4 || w.size() != 4 || y.size() != 4 || a.i("groups", 1) != 1) return false;
+  if (pair_attr(a, "stride", 1) != dims{1, 1} || pair_attr(a, "dilation", 1) != dims{1, 1}) return false;
+  const dims p = pair_attr(a, "padding", 0);
+  if (w[2] > kMaxTap || w[3] > kMaxTap || p[0] < 0 || p[1] < 0 || p[0] >= w[2] || p[1] >= w[3]) return false;
+  return x[1] == w[1] && y[1] == w[0];
+}
+
+Geom fwd_geom(const Attrs& a, const Shape& x, const Shape& w, const Shape& y) {
+  const dims p = pair_attr(a, "padding", 0);
+  return {x[0], x[1], y[1], x[2], x[3], y[2], y[3], w[2], w[3], p[0], p[1]};
+}
+// dx = conv(dy, w^T flipped) with padding k-1-p: dy [N, K, OH, OW] is the input, dx [N, C, H, W] the output
+Geom bwd_data_geom(const Attrs& a, const Shape& x, const Shape& w, const Shape& y) {
+  const dims p = pair_attr(a, "padding", 0);
+  return {x[0], y[1], x[1], y[2], y[3], x[2], x[3], w[2], w[3], w[2] - 1 - p[0], w[3] - 1 - p[1]};
+}
+
+// Keeps a loaded vector in a register: GCC otherwise folds the load into each FMA that uses it, so a vector
+// feeding 3 FMAs is loaded 3 times (mostly unaligned loads split over two cache lines; the weight gradient ran at
+// 1.9 FMAs per ns that way).
+#define in_register(v) asm("" : "+v"(v))
+
+__mmask16 tail_mask(int64_t n) { return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << std::max<int64_t>(n, 0)) - 1); }
+
+// Rows [r0, r0 + rows) of the padded planes of image n, all input channels, into buf (g.CI x rows x g.WP):
+// buffer row r, column c hold in[n, ci, r0 + r - ph, c - pw], zero outside the input. One masked load and store
+// per 16 columns (masked-off lanes are not read, so the loads may start before or end after an input row): a
+// memset/memcpy/memset per row cost as much as LeNet's convolutions themselves.
+SMALL_AVX512 void pad_rows(const Geom& g, const float* in, int64_t n, int64_t r0, int64_t rows, float* buf) {
+  const int64_t WP = g.WP(), nb = WP / 16;
+  auto mask = [&](int64_t b) {  // the lanes of 16-column block b inside the input row
+    const int64_t lo = std::clamp<int64_t>(g.pw - 16 * b, 0, 16), hi = std::clamp<int64_t>(g.pw + g.W - 16 * b, 0, 16);
+    return __mmask16(((1u << hi) - 1) & ~((1u << lo) - 1));
+  };
+  const __m512 zero = _mm512_setzero_ps();
+  for (int64_t ci = 0; ci < g.CI; ++ci) {
+    const float* plane = in + (n * g.CI + ci) * g.H * g.W;
+    for (int64_t r = 0; r < rows; ++r) {
+      float* dst = buf + (ci * rows + r) * WP;
+      const int64_t ih = r0 + r - g.ph;
+      if (ih < 0 || ih >= g.H) {
+        for (int64_t b = 0; b < nb; ++b) _mm512_storeu_ps(dst + 16 * b, zero);
+        continue;
+      }
+      const float* src = plane + ih * g.W - g.pw;  // column c of the padded row is src[c]
+      for (int64_t b = 0; b < nb; ++b) _mm512_storeu_ps(dst + 16 * b, _mm512_maskz_loadu_ps(mask(b), src + 16 * b));
+    }
+  }
+}
+
+// Output rows oh0, oh0 + 1 (the second only if < OH), channels k0 .. k0 + CB - 1, columns ow0 .. ow0 + 16 NV - 1
+// of image n. buf holds padded rows r0 .. r0 + rows - 1 of each input channel (pad_rows), among them oh0 .. oh0 +
+// KH; wp is this channel block's packed filter, [CI][KH][KW][CB] (pack_fwd); bias per output channel or nullptr.
+// The filter width is a template parameter and the taps of one filter row are unrolled, each input vector
+// feeding both output rows: with a runtime width and the row choice inside the tap loop the same work ran 3.3x
+// slower (1.4 against 4.7 FMAs per ns in a standalone test of LeNet's 16 -> 6 data gradient).
+template <int CB, int NV, int KW>
+SMALL_AVX512 void fwd_block(const Geom& g, const float* buf, int64_t rows, int64_t r0, const float* wp,
+                            const float* bias, int64_t k0, int64_t oh0, int64_t ow0, float* out, int64_t n) {
+  const bool second = oh0 + 1 < g.OH;
+  __m512 a0[CB][NV], a1[CB][NV];
+#pragma GCC unroll 8
+  for (int k = 0; k < CB; ++k) {
+    const __m512 b = _mm512_set1_ps(bias ? bias[k0 + k] : 0.f);
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) a0[k][v] = a1[k][v] = b;
+  }
+  const int64_t WP = g.WP(), KH = g.KH;
+  // input row oh0 + rr feeds output row oh0 through filter row rr and output row oh0 + 1 through rr - 1; rows
+  // in the padding contribute nothing (the data gradient has many)
+  const int64_t rr_lo = std::max<int64_t>(0, g.ph - oh0), rr_hi = std::min<int64_t>(KH + 1, g.H + g.ph - oh0);
+  for (int64_t ci = 0; ci < g.CI; ++ci) {
+    const float* wc = wp + ci * KH * KW * CB;
+    const float* base = buf + (ci * rows + oh0 - r0) * WP + ow0;
+    for (int64_t rr = rr_lo; rr < rr_hi; ++rr) {
+      const float* row = base + rr * WP;
+      const float* w0 = wc + rr * KW * CB;        // filter row rr (output row oh0)
+      const float* w1 = wc + (rr - 1) * KW * CB;  // filter row rr - 1 (output row oh0 + 1)
+      const bool use0 = rr < KH, use1 = second && rr >= 1;
+      if (use0 && use1) {
+#pragma GCC unroll 7
+        for (int j = 0; j < KW; ++j) {
+          __m512 xv[NV];
+#pragma GCC unroll 2
+          for (int v = 0; v < NV; ++v) xv[v] = _mm512_loadu_ps(row + j + 16 * v);
+#pragma GCC unroll 8
+          for (int k = 0; k < CB; ++k) {
+            __m512 t0 = _mm512_set1_ps(w0[j * CB + k]), t1 = _mm512_set1_ps(w1[j * CB + k]);
+            if (NV > 1) {
+              in_register(t0);
+              in_register(t1);
+            }
+#pragma GCC unroll 2
+            for (int v = 0; v < NV; ++v) {
+              a0[k][v] = _mm512_fmadd_ps(t0, xv[v], a0[k][v]);
+              a1[k][v] = _mm512_fmadd_ps(t1, xv[v], a1[k][v]);
+            }
+          }
+        }
+      } else if (use0) {  // (two copies, not a reference to a0 or a1: that would keep both in memory)
+#pragma GCC unroll 7
+        for (int j = 0; j < KW; ++j) {
+          __m512 xv[NV];
+#pragma GCC unroll 2
+          for (int v = 0; v < NV; ++v) xv[v] = _mm512_loadu_ps(row + j + 16 * v);
+#pragma GCC unroll 8
+          for (int k = 0; k < CB; ++k) {
+            __m512 t = _mm512_set1_ps(w0[j * CB + k]);
+            if (NV > 1) in_register(t);
+#pragma GCC unroll 2
+            for (int v = 0; v < NV; ++v) a0[k][v] = _mm512_fmadd_ps(t, xv[v], a0[k][v]);
+          }
+        }
+      } else if (use1) {
+#pragma GCC unroll 7
+        for (int j = 0; j < KW; ++j) {
+          __m512 xv[NV];
+#pragma GCC unroll 2
+          for (int v = 0; v < NV; ++v) xv[v] = _mm512_loadu_ps(row + j + 16 * v);
+#pragma GCC unroll 8
+          for (int k = 0; k < CB; ++k) {
+            __m512 t = _mm512_set1_ps(w1[j * CB + k]);
+            if (NV > 1) in_register(t);
+#pragma GCC unroll 2
+            for (int v = 0; v < NV; ++v) a1[k][v] = _mm512_fmadd_ps(t, xv[v], a1[k][v]);
+          }
+        }
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int k = 0; k < CB; ++k) {
+    float* dst = out + ((n * g.CO + k0 + k) * g.OH + oh0) * g.OW + ow0;
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) {
+      const __mmask16 m = tail_mask(g.OW - ow0 - 16 * v);
+      _mm512_mask_storeu_ps(dst + 16 * v, m, a0[k][v]);
+      if (second) _mm512_mask_storeu_ps(dst + g.OW + 16 * v, m, a1[k][v]);
+    }
+  }
+}
+
+using FwdBlockFn = void (*)(const Geom&, const float*, int64_t, int64_t, const float*, const float*, int64_t, int64_t,
+                            int64_t, float*, int64_t);
+template <int NV, int KW, int... CB>
+constexpr FwdBlockFn fwd_pick_cb(int cb, std::integer_sequence<int, CB...>) {
+  FwdBlockFn f = nullptr;
+  ((cb == CB + 1 ? (f = fwd_block<CB + 1, NV, KW>, 0) : 0), ...);
+  return f;
+}
+template <int NV, int... KW>
+constexpr FwdBlockFn fwd_pick(int cb, int kw, std::integer_sequence<int, KW...>) {
+  FwdBlockFn f = nullptr;
+  ((kw == KW + 1 ? (f = fwd_pick_cb<NV, KW + 1>(cb, std::make_integer_sequence<int, kMaxSmallOut>{}), 0) : 0), ...);
+  return f;
+}
+
+// The channel blocks of a forward-style run: 2 rows x CB x NV accumulators <= kAccRegs, blocks of equal size
+int64_t block_cb(const Geom& g) {
+  const int64_t cbmax = std::min<int64_t>(kAccRegs / (2 * g.nv()), kMaxSmallOut), nb = (g.CO + cbmax - 1) / cbmax;
+  return (g.CO + nb - 1) / nb;
+}
+// w [CO, CI, KH, KW] (flip: w [CI', CO', KH, KW] of the forward convolution whose data gradient this is, taken
+// transposed and rotated 180 degrees) -> per block of cb output channels [CI][KH][KW][cb]
+void pack_fwd(const Geom& g, const float* w, bool flip, float* wp) {
+  const int64_t cb = block_cb(g), KK = g.KH * g.KW;
+  for (int64_t k0 = 0; k0 < g.CO; k0 += cb) {
+    const int64_t nb = std::min(cb, g.CO - k0);
+    float* blk = wp + k0 * g.CI * KK;
+    for (int64_t ci = 0; ci < g.CI; ++ci)
+      for (int64_t t = 0; t < KK; ++t)
+        for (int64_t k = 0; k < nb; ++k)
+          blk[(ci * KK + t) * nb + k] =
+              flip ? w[((ci * g.CO) + k0 + k) * KK + KK - 1 - t] : w[((k0 + k) * g.CI + ci) * KK + t];
+  }
+}
+
+// out = conv(in, w) (+ bias), g as above, wp the packed filter (pack_fwd). A work item is a band of output rows of one
+// image (the whole image while its padded input rows stay under kBandBytes), padded once into the thread's buffer:
+// items of a few thousand FMAs each would spend more on scheduling and padding than on the convolution.
+constexpr int64_t kBandBytes = 96 * 1024;
+int64_t band_rows(const Geom& g) {  // output rows per item: even, at least 2
+  int64_t b = (g.OH + 1) / 2 * 2;
+  while (b > 2 && g.CI * (b + g.KH - 1) * g.WP() * int64_t(sizeof(float)) > kBandBytes) b -= 2;
+  return b;
+}
+int64_t fwd_buf_floats(const Geom& g) { return g.CI * (band_rows(g) + g.KH - 1) * g.WP(); }
+SMALL_AVX512 void run_fwd(const Geom& g, const float* in, const float* wp, const float* bias, float* out, float* bufs,
+                          int nthreads) {
+  const int64_t B = band_rows(g), bands = (g.OH + B - 1) / B, rows = B + g.KH - 1, cbmax = block_cb(g);
+  const int64_t items = g.N * bands;
+  FwdBlockFn fn[kMaxSmallOut + 1];
+  for (int cb = 1; cb <= kMaxSmallOut; ++cb)
+    fn[cb] = g.nv() == 2 ? fwd_pick<2>(cb, int(g.KW), std::make_integer_sequence<int, kMaxTap>{})
+                         : fwd_pick<1>(cb, int(g.KW), std::make_integer_sequence<int, kMaxTap>{});
+#pragma omp parallel for schedule(dynamic) num_threads(nthreads)
+  for (int64_t it = 0; it < items; ++it) {
+    const int64_t n = it / bands, r0 = (it % bands) * B;
+    float* buf = bufs + omp_get_thread_num() * fwd_buf_floats(g);
+    // padded rows r0 .. r0 + rows - 1; an odd OH's last band reads one row of zeros past the plane, unused
+    pad_rows(g, in, n, r0, rows, buf);
+    for (int64_t oh0 = r0; oh0 < std::min(r0 + B, g.OH); oh0 += 2)
+      for (int64_t k0 = 0; k0 < g.CO; k0 += cbmax) {
+        const int cb = int(std::min(cbmax, g.CO - k0));
+        for (int64_t c = 0; c < g.chunks(); ++c)
+          fn[cb](g, buf, rows, r0, wp + k0 * g.CI * g.KH * g.KW, bias, k0, oh0, c * g.chunk(), out, n);
+      }
+  }
+}
+
+// conv2d (x, w [, b]) -> y and conv2d_grad_data (dy, w) -> dx: the filter packed into the scratch on every run
+// (parameters change between steps; it is CO x CI x KH x KW floats), then run_fwd.
+struct SmallFwd : Kernel {
+  Geom g;
+  bool bias, grad_data;
+  int nthreads;
+  SmallFwd(const KernelCtx& c, bool grad_data_)
+      : g(grad_data_ ? bwd_data_geom(c.node.attrs, c.out[0].shape, c.in[1].shape, c.in[0].shape)
+                     : fwd_geom(c.node.attrs, c.in[0].shape, c.in[1].shape, c.out[0].shape)),
+        bias(!grad_data_ && c.in.size() > 2),
+        grad_data(grad_data_),
+        nthreads(omp_get_max_threads()) {}
+  std::string impl() const override { return "native small-channel"; }
+  size_t wp_floats() const { return size_t(g.CO * g.CI * g.KH * g.KW + 15) / 16 * 16; }
+  size_t scratch_bytes() const override { return (wp_floats() + size_t(nthreads) * fwd_buf_floats(g)) * sizeof(float); }
+  void run(const RunCtx& r) override {
+    float* wp = static_cast<float*>(r.scratch);
+    pack_fwd(g, static_cast<const float*>(r.in[1]), grad_data, wp);
+    run_fwd(g, static_cast<const float*>(r.in[0]), wp, bias ? static_cast<const float*>(r.in[2]) : nullptr,
+            static_cast<float*>(r.out[0]), wp + wp_floats(), std::min(nthreads, omp_get_max_threads()));
+  }
+};
+
+// Weight gradient: per work item (a chunk of the batch, one input channel, a block of CB output channels), for
+// each filter row i, vacc[i][k][j] (a vector of 16 column partial sums) += dy[n, k, oh, :] * xpad[n, c, oh + i, j + :];
+// bacc[k] += dy[n, k, oh, :] for the bias (input channel 0 only).
+template <int CB, int KW, bool BIAS>
+SMALL_AVX512 void bwdw_rows(const Geom& g, const float* dy, const float* xpad, int64_t n, int64_t k0, int64_t i,
+                            __m512* vacc, __m512* bacc) {
+  __m512 acc[CB][KW], bsum[CB];
+#pragma GCC unroll 8
+  for (int k = 0; k < CB; ++k) {
+    if (BIAS) bsum[k] = bacc[k];
+#pragma GCC unroll 7
+    for (int j = 0; j < KW; ++j) acc[k][j] = vacc[k * KW + j];
+  }
+  const int64_t WP = g.WP(), OW = g.OW, OH = g.OH, nvec = (OW + 15) / 16, plane = OH * OW;
+  const __mmask16 last = tail_mask(OW - 16 * (nvec - 1));
+  const float* d0 = dy + (n * g.CO + k0) * plane;  // dy[n, k0, 0, 0]; channel k at + k * plane
+  const float* xr = xpad + i * WP;
+  for (int64_t oh = 0; oh < OH; ++oh, d0 += OW, xr += WP) {
+    for (int64_t v = 0; v < nvec; ++v) {
+      const __mmask16 m = v + 1 < nvec ? __mmask16(0xFFFF) : last;
+      __m512 d[CB];
+#pragma GCC unroll 8
+      for (int k = 0; k < CB; ++k) d[k] = _mm512_maskz_loadu_ps(m, d0 + k * plane + 16 * v);
+      if (BIAS)
+#pragma GCC unroll 8
+        for (int k = 0; k < CB; ++k) bsum[k] = _mm512_add_ps(bsum[k], d[k]);
+#pragma GCC unroll 7
+      for (int j = 0; j < KW; ++j) {
+        __m512 xv = _mm512_loadu_ps(xr + 16 * v + j);
+        in_register(xv);
+#pragma GCC unroll 8
+        for (int k = 0; k < CB; ++k) acc[k][j] = _mm512_fmadd_ps(d[k], xv, acc[k][j]);
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int k = 0; k < CB; ++k) {
+    if (BIAS) bacc[k] = bsum[k];
+#pragma GCC unroll 7
+    for (int j = 0; j < KW; ++j) vacc[k * KW + j] = acc[k][j];
+  }
+}
+
+using BwdwFn = void (*)(const Geom&, const float*, const float*, int64_t, int64_t, int64_t, __m512*, __m512*);
+template <int KW, bool BIAS, int... CB>
+constexpr BwdwFn bwdw_pick_cb(int cb, std::integer_sequence<int, CB...>) {
+  BwdwFn f = nullptr;
+  ((cb == CB + 1 ? (f = bwdw_rows<CB + 1, KW, BIAS>, 0) : 0), ...);
+  return f;
+}
+template <bool BIAS, int... KW>
+constexpr BwdwFn bwdw_pick(int cb, int kw, std::integer_sequence<int, KW...>) {
+  BwdwFn f = nullptr;
+  ((kw == KW + 1 ? (f = bwdw_pick_cb<KW + 1, BIAS>(cb, std::make_integer_sequence<int, kMaxSmallOut>{}), 0) : 0), ...);
+  return f;
+}
+
+struct SmallBwdW : Kernel {
+  Geom g;  // the forward convolution x -> y
+  bool bias;
+  int nthreads;
+  int64_t nchunks, cb;  // batch chunks (fixed: the reduction order does not depend on the thread count), CB
+  SmallBwdW(const KernelCtx& c)
+      : g(fwd_geom(c.node.attrs, c.in[1].shape, c.out[0].shape, c.in[0].shape)),
+        bias(c.out.size() > 1),
+        nthreads(omp_get_max_threads()) {
+    nchunks = std::min<int64_t>(g.N, 8);
+    // registers: CB x KW accumulators, CB bias sums, CB dy vectors and one x vector; blocks of equal size
+    const int64_t cbmax = std::min<int64_t>(kMaxSmallOut, 31 / (g.KW + 2));
+    cb = (g.CO + (g.CO + cbmax - 1) / cbmax - 1) / ((g.CO + cbmax - 1) / cbmax);
+  }
+  std::string impl() const override { return "native small-channel"; }
+  int64_t kblocks() const { return (g.CO + cb - 1) / cb; }
+  size_t dw_floats() const { return size_t(g.CO) * g.CI * g.KH * g.KW; }
+  // per chunk: its dw and db partial sums; per thread: one padded plane and the vector accumulators
+  size_t partial_floats() const { return dw_floats() + g.CO; }
+  size_t thread_floats() const { return size_t(g.HP()) * g.WP() + size_t(g.KH * g.CO * g.KW + g.CO) * 16; }
+  size_t scratch_bytes() const override {
+    return (nchunks * partial_floats() + 16 + size_t(nthreads) * thread_floats()) * sizeof(float) + 64;
+  }
+  // One chunk of the batch and one input channel, all output channels: its partial sums into the chunk's slot
+  SMALL_AVX512 void item(int64_t chunk, int64_t ci, int64_t KB, int64_t KK, const float* dy, const float* x,
+                         float* partial, float* tbase) const {
+    const int64_t n0 = g.N * chunk / nchunks, n1 = g.N * (chunk + 1) / nchunks;
+    float* tb = tbase + omp_get_thread_num() * thread_floats();
+    __m512* vacc = reinterpret_cast<__m512*>(tb);  // [KH][CO][KW] then the bias sums [CO]
+    __m512* bacc = vacc + g.KH * g.CO * g.KW;
+    float* xpad = tb + (g.KH * g.CO * g.KW + g.CO) * 16;
+    for (int64_t v = 0; v < g.KH * g.CO * g.KW + g.CO; ++v) vacc[v] = _mm512_setzero_ps();
+    Geom one = g;  // xpad holds one input channel
+    one.CI = 1;
+    for (int64_t n = n0; n < n1; ++n) {
+      pad_rows(one, x + (n * g.CI + ci) * g.H * g.W, 0, 0, g.HP(), xpad);
+      for (int64_t kb = 0; kb < KB; ++kb) {
+        const int64_t k0 = kb * cb;
+        const int ncb = int(std::min(cb, g.CO - k0));
+        BwdwFn f = bwdw_pick<false>(ncb, int(g.KW), std::make_integer_sequence<int, kMaxTap>{});
+        BwdwFn fb = bwdw_pick<true>(ncb, int(g.KW), std::make_integer_sequence<int, kMaxTap>{});
+        for (int64_t i = 0; i < g.KH; ++i)
+          (bias && ci == 0 && i == 0 ? fb : f)(g, dy, xpad, n, k0, i, vacc + (i * g.CO + k0) * g.KW, bacc + k0);
+      }
+    }
+    float* p = partial + chunk * partial_floats();
+    alignas(64) float lanes[16];
+    for (int64_t i = 0; i < g.KH; ++i)
+      for (int64_t k = 0; k < g.CO; ++k)
+        for (int64_t j = 0; j < g.KW; ++j) {
+          _mm512_store_ps(lanes, vacc[(i * g.CO + k) * g.KW + j]);
+          float s = 0.f;
+          for (int l = 0; l < 16; ++l) s += lanes[l];
+          p[(k * g.CI + ci) * KK + i * g.KW + j] = s;
+        }
+    if (bias && ci == 0)
+      for (int64_t k = 0; k < g.CO; ++k) {
+        _mm512_store_ps(lanes, bacc[k]);
+        float s = 0.f;
+        for (int l = 0; l < 16; ++l) s += lanes[l];
+        p[dw_floats() + k] = s;
+      }
+  }
+  SMALL_AVX512 void run(const RunCtx& r) override {
+    const float* dy = static_cast<const float*>(r.in[0]);
+    const float* x = static_cast<const float*>(r.in[1]);
+    float* dw = static_cast<float*>(r.out[0]);
+    float* db = bias ? static_cast<float*>(r.out[1]) : nullptr;
+    float* partial = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(r.scratch) + 63) / 64 * 64);
+    float* tbase = partial + (nchunks * partial_floats() + 15) / 16 * 16;
+    const int64_t KB = kblocks(), items = nchunks * g.CI, KK = g.KH * g.KW;
+#pragma omp parallel for schedule(dynamic) num_threads(std::min(nthreads, omp_get_max_threads()))
+    for (int64_t it = 0; it < items; ++it) item(it / g.CI, it % g.CI, KB, KK, dy, x, partial, tbase);
+    const size_t total = partial_floats() - (bias ? 0 : g.CO);
+    for (size_t e = 0; e < total; ++e) {
+      float s = 0.f;
+      for (int64_t ch = 0; ch < nchunks; ++ch) s += partial[ch * partial_floats() + e];
+      if (e < dw_floats())
+        dw[e] = s;
+      else
+        db[e - dw_floats()] = s;
+    }
+  }
+};
+
+}  // namespace
+
+// Rows narrower than 8 columns (the computed output's: y for the forward and weight gradient, dx for the data
+// gradient) would waste most of each vector.
+bool small_fwd_ok(const Attrs& a, DType t, const Shape& x, const Shape& w, const Shape& y) {
+  return t == DType::f32 && plain_stride1(a, x, w, y) && w[0] <= kMaxSmallOut && y[3] >= 8;
+}
+bool small_bwd_data_ok(const Attrs& a, DType t, const Shape& x, const Shape& w, const Shape& y) {
+  return t == DType::f32 && plain_stride1(a, x, w, y) && w[1] <= kMaxSmallOut && x[3] >= 8;
+}
+bool small_bwd_weights_ok(const Attrs& a, DType t, const Shape& x, const Shape& w, const Shape& y) {
+  return t == DType::f32 && plain_stride1(a, x, w, y) && w[1] <= kMaxSmallInW && w[0] <= kMaxSmallWOut && y[3] >= 8;
+}
+
+std::unique_ptr<Kernel> make_small_fwd(const KernelCtx& c) { return std::make_unique<SmallFwd>(c, false); }
+std::unique_ptr<Kernel> make_small_bwd_data(const KernelCtx& c) { return std::make_unique<SmallFwd>(c, true); }
+std::unique_ptr<Kernel> make_small_bwd_weights(const KernelCtx& c) { return std::make_unique<SmallBwdW>(c); }
+
+}  // namespace conv
+}  // namespace cpu
+}  // namespace cnn
