@@ -10,7 +10,11 @@ import cnnnative as cn
 from cnnnative import _core
 
 pytestmark = pytest.mark.skipif(not cn.has_avx512(), reason="the native small-channel kernels need AVX-512")
-NATIVE = "native small-channel"
+NATIVE = "native small-channel"  # the data gradient from 16 images: "native small-channel batch-lanes"
+
+
+def is_native(impl):
+    return impl.startswith(NATIVE)
 
 
 def np_conv(x, w, b, pad):
@@ -76,8 +80,8 @@ def test_against_reference_onednn_and_numpy(case, monkeypatch):
     want = expected_native(N, C, K, H, W, KH, KW, pad)
     for node, native in want.items():
         name = next(n for n in impls if n.startswith(node) and "@" not in n)
-        assert (impls[name] == NATIVE) == native, (node, impls[name])
-        assert impls0[name] != NATIVE
+        assert is_native(impls[name]) == native, (node, impls[name])
+        assert not is_native(impls0[name])
     # float64 numpy: y, and the gradients of sum(y * dy)
     y64 = np_conv(x, w, b, pad)
     ph, pw = pad
@@ -95,6 +99,29 @@ def test_against_reference_onednn_and_numpy(case, monkeypatch):
         assert rel(ref[i], w64) < 2e-6, label
 
 
+@pytest.mark.parametrize("N,C,K,H,W,k,pad", [
+    (64, 6, 16, 14, 14, 5, (0, 0)),   # LeNet-5 conv2: 4 full groups of 16 images
+    (20, 3, 5, 11, 19, 3, (1, 1)),    # a second group of 4 images (masked lanes), positions not a multiple of 16
+    (16, 1, 7, 9, 8, 5, (2, 2)),      # one group, a 1-channel dx
+])
+def test_batch_lanes_data_gradient_against_rows(N, C, K, H, W, k, pad, monkeypatch):
+    """From 16 images the data gradient puts the batch in the vector lanes (no FMA on padding); the row kernel
+    (CNNNATIVE_SMALL_CONV=rows) is the slow path it is checked against, both against float64."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    w = (rng.standard_normal((K, C, k, k)) * 0.2).astype(np.float32)
+    OH, OW = H + 2 * pad[0] - k + 1, W + 2 * pad[1] - k + 1
+    dy = rng.standard_normal((N, K, OH, OW)).astype(np.float32)
+    (_, dx_l, _), impls = run_conv(x, w, None, pad, dy, monkeypatch=monkeypatch)
+    monkeypatch.setenv("CNNNATIVE_SMALL_CONV", "rows")
+    (_, dx_r, _), impls_r = run_conv(x, w, None, pad, dy)
+    assert impls["conv/grad_data"] == NATIVE + " batch-lanes" and impls_r["conv/grad_data"] == NATIVE
+    wt = np.flip(w, (2, 3)).transpose(1, 0, 2, 3)
+    dx64 = np_conv(dy, wt, None, (k - 1, k - 1))[:, :, pad[0]:pad[0] + H, pad[1]:pad[1] + W]
+    assert rel(dx_l, dx64) < 2e-6 and rel(dx_r, dx64) < 2e-6
+    np.testing.assert_allclose(dx_l, dx_r, rtol=1e-5, atol=1e-5)
+
+
 def test_finite_differences_double_precision():
     """The native gradients of L = sum(y * r) against central differences of the float64 numpy forward."""
     rng = np.random.default_rng(3)
@@ -104,7 +131,7 @@ def test_finite_differences_double_precision():
     b = rng.standard_normal(K).astype(np.float32)
     r = rng.standard_normal((N, K, H + 2 - 2, W + 4 - 4)).astype(np.float32)
     (y, dx, dw, db), impls = run_conv(x, w, b, pad, r)
-    assert impls["conv"] == NATIVE and impls["conv/grad_data"] == NATIVE and impls["conv/grad_weights"] == NATIVE
+    assert all(is_native(impls[n]) for n in ("conv", "conv/grad_data", "conv/grad_weights"))
     loss = lambda x_, w_, b_: float((np_conv(x_, w_, b_, pad) * r).sum())  # noqa: E731
     eps = 1e-6
     x64, w64, b64 = x.astype(np.float64), w.astype(np.float64), b.astype(np.float64)
@@ -137,7 +164,7 @@ def test_thread_count_does_not_change_results(monkeypatch):
         two, impls = run_conv(x, w, b, (2, 2), dy)
     finally:
         cn.set_num_threads(old)
-    assert impls["conv/grad_weights"] == NATIVE
+    assert is_native(impls["conv/grad_weights"]) and impls["conv/grad_data"] == NATIVE + " batch-lanes"
     for a, c in zip(one, two):
         np.testing.assert_array_equal(a, c)
 
@@ -153,7 +180,7 @@ def test_other_convolutions_keep_onednn(kw):
     y = g.add_node("conv2d", [xi, wi], attrs, "conv")[0]
     g.set_outputs([y])
     s = _core.Session(g, _core.ParamStore([]), "grad", backend="cpu", grad_of=[y], wrt=[xi, wi], layout="auto")
-    assert all(k["impl"] != NATIVE for k in s.kernels())
+    assert not any(is_native(k["impl"]) for k in s.kernels())
 
 
 class LeNet(cn.nn.Module):
@@ -183,8 +210,8 @@ def test_lenet_training_matches_onednn_path(monkeypatch):
         m = LeNet()
         s = m.compile(x.shape, mode="train", optimizer=cn.optim.SGD(lr=0.05, momentum=0.9))
         impls = {k["name"]: k["impl"] for k in s.kernels()}
-        assert (impls["conv1"] == NATIVE) == native
-        assert (impls["conv2/grad_data"] == NATIVE) == native
+        assert is_native(impls["conv1"]) == native
+        assert is_native(impls["conv2/grad_data"]) == native
         losses = [float(s.step(x, y)) for _ in range(5)]
         runs.append((losses, m.state_dict()))
     np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-5)
@@ -200,7 +227,7 @@ def test_pytorch_gradients():
     b = rng.standard_normal(6).astype(np.float32)
     dy = rng.standard_normal((8, 6, 28, 28)).astype(np.float32)
     (y, dx, dw, db), impls = run_conv(x, w, b, (2, 2), dy)
-    assert impls["conv"] == NATIVE
+    assert is_native(impls["conv"])
     xt, wt, bt = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
     yt = torch.nn.functional.conv2d(xt, wt, bt, padding=2)
     yt.backward(torch.tensor(dy))
