@@ -45,6 +45,10 @@ constexpr int64_t kMaxSmallWOut = 16;  // and output channels
 constexpr int64_t kMaxTap = 7;         // filter height and width
 constexpr int kAccRegs = 24;           // accumulators kept in the 32 zmm registers
 
+bool lanes_enabled() {  // CNNNATIVE_SMALL_CONV=rows: the row kernels only (tests compare the two)
+  const char* e = std::getenv("CNNNATIVE_SMALL_CONV");
+  return !(e && std::string(e) == "rows");
+}
 bool enabled() {  // read at every layout choice, so a test can compare both paths in one process
   const char* e = std::getenv("CNNNATIVE_SMALL_CONV");
   return __builtin_cpu_supports("avx512f") && !(e && std::string(e) == "0");
@@ -400,22 +404,13 @@ struct SmallBwdW : Kernel {
       }
     }
     float* p = partial + chunk * partial_floats();
-    alignas(64) float lanes[16];
+    // _mm512_reduce_add_ps: a fixed tree over the lanes (a scalar loop over them is a chain of dependent adds)
     for (int64_t i = 0; i < g.KH; ++i)
       for (int64_t k = 0; k < g.CO; ++k)
-        for (int64_t j = 0; j < g.KW; ++j) {
-          _mm512_store_ps(lanes, vacc[(i * g.CO + k) * g.KW + j]);
-          float s = 0.f;
-          for (int l = 0; l < 16; ++l) s += lanes[l];
-          p[(k * g.CI + ci) * KK + i * g.KW + j] = s;
-        }
+        for (int64_t j = 0; j < g.KW; ++j)
+          p[(k * g.CI + ci) * KK + i * g.KW + j] = _mm512_reduce_add_ps(vacc[(i * g.CO + k) * g.KW + j]);
     if (bias && ci == 0)
-      for (int64_t k = 0; k < g.CO; ++k) {
-        _mm512_store_ps(lanes, bacc[k]);
-        float s = 0.f;
-        for (int l = 0; l < 16; ++l) s += lanes[l];
-        p[dw_floats() + k] = s;
-      }
+      for (int64_t k = 0; k < g.CO; ++k) p[dw_floats() + k] = _mm512_reduce_add_ps(bacc[k]);
   }
   SMALL_AVX512 void run(const RunCtx& r) override {
     const float* dy = static_cast<const float*>(r.in[0]);
@@ -463,6 +458,25 @@ SMALL_AVX512 inline void transpose16(__m512 r[16]) {
     r[8 + m] = _mm512_shuffle_f32x4(c1, c3, 0x88);
     r[12 + m] = _mm512_shuffle_f32x4(c1, c3, 0xDD);
   }
+}
+
+// Channel ch of images 16g .. 16g + 15 of src [N, CH, rows, cols] into the lanes layout: position (r, q) of the
+// plane goes to dst + (r * cols + q) * CH * 16 + ch * 16 as a vector of 16 images (zeros past the batch); 16
+// positions of a row at a time through a 16x16 register transpose.
+SMALL_AVX512 void to_lanes(const float* src, int64_t N, int64_t CH, int64_t rows, int64_t cols, int64_t g, int64_t ch,
+                           float* dst) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t q0 = 0; q0 < cols; q0 += 16) {
+      const __mmask16 m = tail_mask(cols - q0);
+      __m512 t[16];
+      for (int64_t l = 0; l < 16; ++l) {
+        const int64_t n = g * 16 + l;
+        t[l] = n < N ? _mm512_maskz_loadu_ps(m, src + ((n * CH + ch) * rows + r) * cols + q0) : _mm512_setzero_ps();
+      }
+      transpose16(t);
+      float* d = dst + (r * cols + q0) * CH * 16 + ch * 16;
+      for (int64_t q = 0; q < 16 && q0 + q < cols; ++q) _mm512_storeu_ps(d + q * CH * 16, t[q]);
+    }
 }
 
 // conv2d_grad_data (dy, w) -> dx with the batch in the vector lanes: 16 images per vector, every tap clipped to
@@ -541,20 +555,8 @@ struct SmallBwdDataLanes : Kernel {
 #pragma omp parallel num_threads(nt)
     {
 #pragma omp for schedule(static)
-      for (int64_t gk = 0; gk < G * K; ++gk) {  // dy -> D, 16 images x 16 positions at a time
-        const int64_t g = gk / K, k = gk % K;
-        float* dst = D + g * P * K * 16 + k * 16;
-        for (int64_t p0 = 0; p0 < P; p0 += 16) {
-          const __mmask16 m = tail_mask(P - p0);
-          __m512 t[16];
-          for (int64_t l = 0; l < 16; ++l) {
-            const int64_t n = g * 16 + l;
-            t[l] = n < N ? _mm512_maskz_loadu_ps(m, dy + (n * K + k) * P + p0) : _mm512_setzero_ps();
-          }
-          transpose16(t);
-          for (int64_t q = 0; q < 16 && p0 + q < P; ++q) _mm512_storeu_ps(dst + (p0 + q) * K * 16, t[q]);
-        }
-      }
+      for (int64_t gk = 0; gk < G * K; ++gk)  // dy -> D
+        to_lanes(dy, N, K, OH, OW, gk / K, gk % K, D + gk / K * P * K * 16);
 #pragma omp for schedule(dynamic)
       for (int64_t gh = 0; gh < G * H; ++gh) {  // D -> O, one row of dx points
         const int64_t g = gh / H, ih = gh % H;
@@ -601,8 +603,7 @@ std::unique_ptr<Kernel> make_small_fwd(const KernelCtx& c) { return std::make_un
 // From 16 images the batch-lanes kernel (no FMA on padding), below it the row kernel; CNNNATIVE_SMALL_CONV=rows
 // keeps the row kernel (tests compare the two).
 std::unique_ptr<Kernel> make_small_bwd_data(const KernelCtx& c) {
-  const char* e = std::getenv("CNNNATIVE_SMALL_CONV");
-  if (c.out[0].shape[0] >= 16 && !(e && std::string(e) == "rows")) return std::make_unique<SmallBwdDataLanes>(c);
+  if (c.out[0].shape[0] >= 16 && lanes_enabled()) return std::make_unique<SmallBwdDataLanes>(c);
   return std::make_unique<SmallFwd>(c, true);
 }
 std::unique_ptr<Kernel> make_small_bwd_weights(const KernelCtx& c) { return std::make_unique<SmallBwdW>(c); }
