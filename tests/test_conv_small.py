@@ -235,3 +235,55 @@ def test_pytorch_gradients():
     np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(dw, wt.grad.numpy(), rtol=1e-4, atol=2e-3)
     np.testing.assert_allclose(db, bt.grad.numpy(), rtol=1e-4, atol=2e-3)
+
+
+@pytest.mark.parametrize("act", ["relu", "leaky_relu", None])
+def test_fused_inference_batch_norm_and_activation(act, monkeypatch):
+    """Inference folds conv -> BN -> activation into one fused_conv2d; with 5 output channels it runs natively
+    (the BN folded into the packed filter and bias, the activation on store), against oneDNN and the reference."""
+    nn = cn.nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 5, 3, padding=1), nn.BatchNorm2d(5)
+            self.act = {"relu": nn.ReLU(), "leaky_relu": nn.LeakyReLU(0.1), None: nn.Identity()}[act]
+
+        def forward(self, x):
+            return self.act(self.bn(self.conv(x)))
+
+    rng = np.random.default_rng(2)
+    cn.manual_seed(0)
+    m = Net()
+    sd = m.state_dict()
+    sd["bn.running_mean"] = rng.standard_normal(5).astype(np.float32)
+    sd["bn.running_var"] = rng.uniform(0.5, 2.0, 5).astype(np.float32)
+    sd["bn.weight"] = rng.standard_normal(5).astype(np.float32)
+    sd["bn.bias"] = rng.standard_normal(5).astype(np.float32)
+    m.load_state_dict(sd)
+    x = rng.standard_normal((4, 3, 12, 20)).astype(np.float32)
+    outs = {}
+    for native in ("1", "0"):
+        monkeypatch.setenv("CNNNATIVE_SMALL_CONV", native)
+        s = m.compile(x.shape)
+        impls = {k["op"]: k["impl"] for k in s.kernels()}
+        assert impls["fused_conv2d"].startswith(NATIVE) == (native == "1"), impls
+        outs[native] = s.run(x)
+    ref = m.compile(x.shape, backend="reference").run(x)
+    if act == "relu":
+        assert (ref == 0).any() and (outs["1"] >= 0).all()
+    np.testing.assert_allclose(outs["1"], ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(outs["1"], outs["0"], rtol=1e-5, atol=1e-5)
+
+
+def test_lenet_inference_runs_conv1_natively(monkeypatch):
+    """LeNet-5 inference: conv1 (+ ReLU moved before the pool) fused and native, outputs as oneDNN's."""
+    x = np.random.default_rng(4).standard_normal((32, 1, 28, 28)).astype(np.float32)
+    outs = {}
+    for native in ("1", "0"):
+        monkeypatch.setenv("CNNNATIVE_SMALL_CONV", native)
+        s = cn.models.lenet5(seed=0).compile(x.shape)
+        impls = {k["name"]: k["impl"] for k in s.kernels()}
+        assert impls["conv1"].startswith(NATIVE) == (native == "1")
+        outs[native] = s.run(x)
+    np.testing.assert_allclose(outs["1"], outs["0"], rtol=1e-5, atol=1e-5)

@@ -122,9 +122,10 @@ std::unique_ptr<Kernel> make_direct_fused(const KernelCtx& c);        // fused_c
 // with at most 4 input channels. x, w, y are the forward shapes. The layout rules give such nodes plain x and y,
 // and the kernel factories build these kernels for them when both layouts are plain.
 bool small_fwd_ok(const Attrs& a, DType t, const Shape& x, const Shape& w, const Shape& y);
+bool small_fused_ok(const Attrs& a, DType t, const Shape& x, const Shape& w, const Shape& y);  // and fused_conv2d's
 bool small_bwd_data_ok(const Attrs& a, DType t, const Shape& x, const Shape& w, const Shape& y);
 bool small_bwd_weights_ok(const Attrs& a, DType t, const Shape& x, const Shape& w, const Shape& y);
-std::unique_ptr<Kernel> make_small_fwd(const KernelCtx& c);          // conv2d (x, w [, b]) -> y
+std::unique_ptr<Kernel> make_small_fwd(const KernelCtx& c);          // conv2d (x, w [, b]) -> y, fused_conv2d
 std::unique_ptr<Kernel> make_small_bwd_data(const KernelCtx& c);     // conv2d_grad_data (dy, w) -> dx
 std::unique_ptr<Kernel> make_small_bwd_weights(const KernelCtx& c);  // conv2d_grad_weights (dy, x) -> dw [, db]
 

@@ -97,8 +97,8 @@ ConvLayouts conv_layouts(const Attrs& a, DType t, const Shape& x, const Shape& w
 bool native_layouts(const LayoutPolicy& p) { return !p.bf16 && (p.automatic || p.kind == LayoutPolicy::plain); }
 
 LayoutChoice conv_fwd_rule(const LayoutQuery& q) {  // conv2d and fused_conv2d: (x, w, [b], [bn x4], [residual]) -> y
-  if (q.node.op == "conv2d" && native_layouts(q.policy) &&
-      small_fwd_ok(q.node.attrs, q.in[0].dtype, q.in[0].shape, q.in[1].shape, q.out[0].shape))
+  if (native_layouts(q.policy) && (q.node.op == "conv2d" ? small_fwd_ok : small_fused_ok)(
+                                      q.node.attrs, q.in[0].dtype, q.in[0].shape, q.in[1].shape, q.out[0].shape))
     return {std::vector<Layout>(q.in.size(), Layout::plain), {Layout::plain}};  // the native small-channel kernel
   ConvLayouts l = conv_layouts(q.node.attrs, q.in[0].dtype, q.in[0].shape, q.in[1].shape, q.out[0].shape, q.policy,
                                q.training ? Dir::fwd_train : Dir::fwd_infer);

@@ -5,7 +5,8 @@
 // gradient at 21 %, conv2's data gradient at 25 %), and the 6-channel activations in nChw16c carry 10 padding
 // channels through every pooling, ReLU and reorder. These kernels vectorize over the output width instead (16
 // columns per vector) and keep the activations in plain layout:
-//   SmallFwd   conv2d with at most 8 output channels: y[n,k,oh,:] = b[k] + sum_c,i,j w[k,c,i,j] x[n,c,oh+i-ph,:+j-pw],
+//   SmallFwd   conv2d (and fused_conv2d without a residual: folded BN, relu / leaky_relu) with at most 8 output
+//   channels: y[n,k,oh,:] = b[k] + sum_c,i,j w[k,c,i,j] x[n,c,oh+i-ph,:+j-pw],
 //              accumulators for 2 output rows x (up to 8) channels x (up to 2) vectors in registers, the filter
 //              packed per run as [C][KH][KW][channel block] and its taps broadcast; and conv2d_grad_data with at
 //              most 8 input channels below 16 images: the same loop on dy with the filter transposed and rotated
@@ -26,6 +27,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -58,6 +60,8 @@ bool enabled() {  // read at every layout choice, so a test can compare both pat
 // padding ph, pw on both sides (for the data gradient: the equivalent forward convolution of dy).
 struct Geom {
   int64_t N, CI, CO, H, W, OH, OW, KH, KW, ph, pw;
+  int act = 0;  // the forward's activation on store (fused_conv2d): 0 none, 1 relu, 2 leaky_relu (slope alpha)
+  float alpha = 0.f;
   int64_t nv() const { return OW > 16 ? 2 : 1; }  // vectors per output-row chunk
   int64_t chunk() const { return nv() * 16; }     // output columns per chunk
   int64_t chunks() const { return (OW + chunk() - 1) / chunk(); }
@@ -198,6 +202,18 @@ SMALL_AVX512 void fwd_block(const Geom& g, const float* buf, int64_t rows, int64
       }
     }
   }
+  if (g.act) {  // relu: max(0, v) keeps a NaN (maxps returns its second operand then); leaky: v < 0 is false for NaN
+    const __m512 zero = _mm512_setzero_ps(), slope = _mm512_set1_ps(g.alpha);
+#pragma GCC unroll 8
+    for (int k = 0; k < CB; ++k)
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) {
+        __m512* ab[2] = {&a0[k][v], &a1[k][v]};
+        for (__m512* a : ab)
+          *a = g.act == 1 ? _mm512_max_ps(zero, *a)
+                          : _mm512_mask_mul_ps(*a, _mm512_cmp_ps_mask(*a, zero, _CMP_LT_OQ), *a, slope);
+      }
+  }
 #pragma GCC unroll 8
   for (int k = 0; k < CB; ++k) {
     float* dst = out + ((n * g.CO + k0 + k) * g.OH + oh0) * g.OW + ow0;
@@ -231,8 +247,9 @@ int64_t block_cb(const Geom& g) {
   return (g.CO + nb - 1) / nb;
 }
 // w [CO, CI, KH, KW] (flip: w [CI', CO', KH, KW] of the forward convolution whose data gradient this is, taken
-// transposed and rotated 180 degrees) -> per block of cb output channels [CI][KH][KW][cb]
-void pack_fwd(const Geom& g, const float* w, bool flip, float* wp) {
+// transposed and rotated 180 degrees; scale: a folded batch norm's per-output-channel scale) -> per block of cb
+// output channels [CI][KH][KW][cb]
+void pack_fwd(const Geom& g, const float* w, bool flip, float* wp, const float* scale = nullptr) {
   const int64_t cb = block_cb(g), KK = g.KH * g.KW;
   for (int64_t k0 = 0; k0 < g.CO; k0 += cb) {
     const int64_t nb = std::min(cb, g.CO - k0);
@@ -240,8 +257,9 @@ void pack_fwd(const Geom& g, const float* w, bool flip, float* wp) {
     for (int64_t ci = 0; ci < g.CI; ++ci)
       for (int64_t t = 0; t < KK; ++t)
         for (int64_t k = 0; k < nb; ++k)
-          blk[(ci * KK + t) * nb + k] =
-              flip ? w[((ci * g.CO) + k0 + k) * KK + KK - 1 - t] : w[((k0 + k) * g.CI + ci) * KK + t];
+          blk[(ci * KK + t) * nb + k] = flip    ? w[((ci * g.CO) + k0 + k) * KK + KK - 1 - t]
+                                        : scale ? w[((k0 + k) * g.CI + ci) * KK + t] * scale[k0 + k]
+                                                : w[((k0 + k) * g.CI + ci) * KK + t];
   }
 }
 
@@ -278,26 +296,46 @@ SMALL_AVX512 void run_fwd(const Geom& g, const float* in, const float* wp, const
   }
 }
 
-// conv2d (x, w [, b]) -> y and conv2d_grad_data (dy, w) -> dx: the filter packed into the scratch on every run
-// (parameters change between steps; it is CO x CI x KH x KW floats), then run_fwd.
+// conv2d (x, w [, b]) -> y, fused_conv2d (inference: a folded batch norm, relu or leaky_relu; no residual sum) and
+// conv2d_grad_data (dy, w) -> dx: the filter packed into the scratch on every run (parameters change between
+// steps; it is CO x CI x KH x KW floats), then run_fwd.
 struct SmallFwd : Kernel {
   Geom g;
   bool bias, grad_data;
+  std::optional<FusedConvAttrs> fused;
   int nthreads;
   SmallFwd(const KernelCtx& c, bool grad_data_)
       : g(grad_data_ ? bwd_data_geom(c.node.attrs, c.out[0].shape, c.in[1].shape, c.in[0].shape)
                      : fwd_geom(c.node.attrs, c.in[0].shape, c.in[1].shape, c.out[0].shape)),
         bias(!grad_data_ && c.in.size() > 2),
         grad_data(grad_data_),
-        nthreads(omp_get_max_threads()) {}
+        nthreads(omp_get_max_threads()) {
+    if (c.node.op == "fused_conv2d") {
+      fused.emplace(c);
+      bias = fused->bias;
+      g.act = fused->act;
+      g.alpha = fused->alpha;
+    }
+  }
   std::string impl() const override { return "native small-channel"; }
   size_t wp_floats() const { return size_t(g.CO * g.CI * g.KH * g.KW + 15) / 16 * 16; }
-  size_t scratch_bytes() const override { return (wp_floats() + size_t(nthreads) * fwd_buf_floats(g)) * sizeof(float); }
+  size_t st_floats() const { return fused && fused->bn ? size_t(2 * g.CO + 15) / 16 * 16 : 0; }
+  size_t scratch_bytes() const override {
+    return (wp_floats() + st_floats() + size_t(nthreads) * fwd_buf_floats(g)) * sizeof(float);
+  }
   void run(const RunCtx& r) override {
     float* wp = static_cast<float*>(r.scratch);
-    pack_fwd(g, static_cast<const float*>(r.in[1]), grad_data, wp);
-    run_fwd(g, static_cast<const float*>(r.in[0]), wp, bias ? static_cast<const float*>(r.in[2]) : nullptr,
-            static_cast<float*>(r.out[0]), wp + wp_floats(), std::min(nthreads, omp_get_max_threads()));
+    const float* b = bias ? static_cast<const float*>(r.in[2]) : nullptr;
+    const float* scale = nullptr;
+    if (fused && fused->bn) {  // BN(conv(x, w) + b) = conv(x, w * s) + t
+      float* s = wp + wp_floats();
+      fused->fold_bn(r, s, s + g.CO);
+      scale = s;
+      b = s + g.CO;
+    }
+    pack_fwd(g, static_cast<const float*>(r.in[1]), grad_data, wp, scale);
+    run_fwd(g, static_cast<const float*>(r.in[0]), wp, b, static_cast<float*>(r.out[0]), wp + wp_floats() + st_floats(),
+            std::min(nthreads, omp_get_max_threads()));
   }
 };
 
@@ -591,6 +629,9 @@ struct SmallBwdDataLanes : Kernel {
 // gradient) would waste most of each vector.
 bool small_fwd_ok(const Attrs& a, DType t, const Shape& x, const Shape& w, const Shape& y) {
   return t == DType::f32 && plain_stride1(a, x, w, y) && w[0] <= kMaxSmallOut && y[3] >= 8;
+}
+bool small_fused_ok(const Attrs& a, DType t, const Shape& x, const Shape& w, const Shape& y) {
+  return a.i("sum", 0) == 0 && a.i("act", 0) <= 2 && small_fwd_ok(a, t, x, w, y);
 }
 bool small_bwd_data_ok(const Attrs& a, DType t, const Shape& x, const Shape& w, const Shape& y) {
   return t == DType::f32 && plain_stride1(a, x, w, y) && w[1] <= kMaxSmallOut && x[3] >= 8;

@@ -137,7 +137,17 @@ struct WinoFused : Kernel, FusedConvAttrs {
 
 int64_t tiles(const wino::Geom& g) { return g.N * ((g.OH() + 3) / 4) * ((g.OW() + 3) / 4); }
 
+// Both activations plain float32 and the node within a native small-channel kernel's range (conv_small.cpp; the
+// layout rules give such nodes plain layouts): that kernel.
+bool plain_f32(const KernelCtx& c, const TensorDesc& x, Layout lx, const TensorDesc& y, Layout ly) {
+  return c.compute == DType::f32 && x.dtype == DType::f32 && y.dtype == DType::f32 && lx == Layout::plain &&
+         ly == Layout::plain;
+}
+
 std::unique_ptr<Kernel> make_conv_fused(const KernelCtx& c) {
+  if (plain_f32(c, c.in[0], c.layout_in(0), c.out[0], c.layout_out(0)) &&
+      small_fused_ok(c.node.attrs, DType::f32, c.in[0].shape, c.in[1].shape, c.out[0].shape))
+    return make_small_fwd(c);
   // the output transform applies relu and leaky_relu only: other activations (act 3) take the direct kernel,
   // which has them as an eltwise post-op
   if (c.node.attrs.i("act", 0) <= 2)
@@ -145,13 +155,6 @@ std::unique_ptr<Kernel> make_conv_fused(const KernelCtx& c) {
       if (tiles(*g) >= kWinoInferTiles && wino::Conv::worthwhile(*g, omp_get_max_threads(), c.deterministic))
         return std::make_unique<WinoFused>(c, *g);
   return make_direct_fused(c);
-}
-
-// Both activations plain float32 and the node within a native small-channel kernel's range (conv_small.cpp; the
-// layout rules give such nodes plain layouts): that kernel.
-bool plain_f32(const KernelCtx& c, const TensorDesc& x, Layout lx, const TensorDesc& y, Layout ly) {
-  return c.compute == DType::f32 && x.dtype == DType::f32 && y.dtype == DType::f32 && lx == Layout::plain &&
-         ly == Layout::plain;
 }
 
 std::unique_ptr<Kernel> make_conv_fwd(const KernelCtx& c) {  // inference sessions: the same tile threshold
