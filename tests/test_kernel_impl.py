@@ -1,7 +1,8 @@
 """session.kernels() on the cpu backend: what each cpu kernel (cpp/src/cpu/) says implements its node
 (Kernel::impl()): "onednn:<primitive kind> <oneDNN implementation>" for oneDNN primitives (" deterministic(...)"
 appended by the deterministic variants), "winograd <work split>[ deterministic]" for the Winograd F(4x4, 3x3)
-kernels, "native" for our own loops ("native copy" where the node is a copy), "reference" for an op's naive loops."""
+kernels, "native" for our own loops ("native copy" where the node is a copy, "native 2x2" for the AVX-512 2x2 stride-2
+max pooling of plain layouts), "reference" for an op's naive loops."""
 import os
 import re
 
@@ -12,7 +13,7 @@ import cnnnative as cn
 from cnnnative import nn
 
 IMPL = re.compile(r"^(onednn:[a-z_]+( \S.*)?|winograd (tile-chunks|points|output-blocks)( deterministic)?"
-                  r"|native( copy)?|reference)$")
+                  r"|native( copy| 2x2)?|reference)$")
 CONV_OPS = ("conv2d", "fused_conv2d", "conv2d_grad_data", "conv2d_grad_weights")
 
 
