@@ -2,7 +2,8 @@
 (Kernel::impl()): "onednn:<primitive kind> <oneDNN implementation>" for oneDNN primitives (" deterministic(...)"
 appended by the deterministic variants), "winograd <work split>[ deterministic]" for the Winograd F(4x4, 3x3)
 kernels, "native" for our own loops ("native copy" where the node is a copy, "native small-channel" for the few-channel
-convolutions of cpu/conv_small.cpp), "reference" for an op's naive loops."""
+convolutions of cpu/conv_small.cpp, "native 2x2" for the AVX-512 2x2 stride-2 max pooling of plain layouts),
+"reference" for an op's naive loops."""
 import os
 import re
 
@@ -13,7 +14,7 @@ import cnnnative as cn
 from cnnnative import nn
 
 IMPL = re.compile(r"^(onednn:[a-z_]+( \S.*)?|winograd (tile-chunks|points|output-blocks)( deterministic)?"
-                  r"|native( copy| small-channel( batch-lanes)?)?|reference)$")
+                  r"|native( copy| 2x2| small-channel( batch-lanes)?)?|reference)$")
 CONV_OPS = ("conv2d", "fused_conv2d", "conv2d_grad_data", "conv2d_grad_weights")
 
 

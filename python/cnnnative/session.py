@@ -372,7 +372,8 @@ class Session:
 
     def kernels(self) -> list:
         """One dict per schedule step: op, name, impl (what runs it: "onednn:<primitive> <implementation>",
-        "winograd", "native" for our own AVX-512/AVX2 loops, "reference" for an op's naive loops), in_layouts /
+        "winograd", "native" for our own AVX-512/AVX2 loops ("native 2x2": the AVX-512 2x2 stride-2 max pooling of
+        plain layouts), "reference" for an op's naive loops), in_layouts /
         out_layouts (plain, nhwc, nChw16c, nChw8c) and the stored dtypes of input 0 and output 0."""
         return self._s.kernels()
 
