@@ -243,10 +243,12 @@ constexpr FwdBlockFn fwd_pick(int cb, int kw, std::integer_sequence<int, KW...>)
 }
 
 // The channel blocks of a forward-style run: 2 rows x CB x NV accumulators <= kAccRegs, blocks of equal size
-int64_t block_cb(const Geom& g) {
-  const int64_t cbmax = std::min<int64_t>(kAccRegs / (2 * g.nv()), kMaxSmallOut), nb = (g.CO + cbmax - 1) / cbmax;
-  return (g.CO + nb - 1) / nb;
+// The size of the fewest equal blocks of at most `most` channels that cover n (6 = 3 + 3, not 4 + 2)
+int64_t equal_blocks(int64_t n, int64_t most) {
+  const int64_t nb = (n + most - 1) / most;
+  return (n + nb - 1) / nb;
 }
+int64_t block_cb(const Geom& g) { return equal_blocks(g.CO, std::min<int64_t>(kAccRegs / (2 * g.nv()), kMaxSmallOut)); }
 // w [CO, CI, KH, KW] (flip: w [CI', CO', KH, KW] of the forward convolution whose data gradient this is, taken
 // transposed and rotated 180 degrees; scale: a folded batch norm's per-output-channel scale) -> per block of cb
 // output channels [CI][KH][KW][cb]
@@ -340,9 +342,9 @@ struct SmallFwd : Kernel {
   }
 };
 
-// Weight gradient: per work item (a chunk of the batch, one input channel, a block of CB output channels), for
-// each filter row i, vacc[i][k][j] (a vector of 16 column partial sums) += dy[n, k, oh, :] * xpad[n, c, oh + i, j + :];
-// bacc[k] += dy[n, k, oh, :] for the bias (input channel 0 only).
+// Weight gradient: per image of a work item (a chunk of the batch and one input channel), block of CB output
+// channels and filter row i, vacc[i][k][j] (a vector of 16 column partial sums) += dy[n, k, oh, :] * xpad[n, c, oh + i,
+// j + :]; bacc[k] += dy[n, k, oh, :] for the bias (input channel 0 only).
 template <int CB, int KW, bool BIAS>
 SMALL_AVX512 void bwdw_rows(const Geom& g, const float* dy, const float* xpad, int64_t n, int64_t k0, int64_t i,
                             __m512* vacc, __m512* bacc) {
@@ -407,9 +409,8 @@ struct SmallBwdW : Kernel {
         bias(c.out.size() > 1),
         nthreads(omp_get_max_threads()) {
     nchunks = std::min<int64_t>(g.N, 8);
-    // registers: CB x KW accumulators, CB bias sums, CB dy vectors and one x vector; blocks of equal size
-    const int64_t cbmax = std::min<int64_t>(kMaxSmallOut, 31 / (g.KW + 2));
-    cb = (g.CO + (g.CO + cbmax - 1) / cbmax - 1) / ((g.CO + cbmax - 1) / cbmax);
+    // registers: CB x KW accumulators, CB bias sums, CB dy vectors and one x vector
+    cb = equal_blocks(g.CO, std::min<int64_t>(kMaxSmallOut, 31 / (g.KW + 2)));
   }
   std::string impl() const override { return "native small-channel"; }
   int64_t kblocks() const { return (g.CO + cb - 1) / cb; }
