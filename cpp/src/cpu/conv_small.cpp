@@ -41,7 +41,7 @@ namespace {
 
 #define SMALL_AVX512 __attribute__((target("avx512f")))
 
-constexpr int64_t kMaxSmallOut = 8;    // SmallFwd / SmallBwdData: output channels of the computed convolution
+constexpr int64_t kMaxSmallOut = 8;    // SmallFwd, SmallBwdDataLanes: output channels of the computed convolution
 constexpr int64_t kMaxSmallInW = 4;    // SmallBwdW: input channels
 constexpr int64_t kMaxSmallWOut = 16;  // and output channels
 constexpr int64_t kMaxTap = 7;         // filter height and width
@@ -122,6 +122,26 @@ SMALL_AVX512 void pad_rows(const Geom& g, const float* in, int64_t n, int64_t r0
   }
 }
 
+// One input row's taps into one output row's accumulators a: fwd_block's first and last rows, which feed only one
+// of its two output rows. Always inlined, so that the accumulators stay in registers.
+template <int CB, int NV, int KW>
+SMALL_AVX512 __attribute__((always_inline)) inline void row_taps(const float* row, const float* wr,
+                                                                 __m512 (&a)[CB][NV]) {
+#pragma GCC unroll 7
+  for (int j = 0; j < KW; ++j) {
+    __m512 xv[NV];
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) xv[v] = _mm512_loadu_ps(row + j + 16 * v);
+#pragma GCC unroll 8
+    for (int k = 0; k < CB; ++k) {
+      __m512 t = _mm512_set1_ps(wr[j * CB + k]);
+      if (NV > 1) in_register(t);
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) a[k][v] = _mm512_fmadd_ps(t, xv[v], a[k][v]);
+    }
+  }
+}
+
 // Output rows oh0, oh0 + 1 (the second only if < OH), channels k0 .. k0 + CB - 1, columns ow0 .. ow0 + 16 NV - 1
 // of image n. buf holds padded rows r0 .. r0 + rows - 1 of each input channel (pad_rows), among them oh0 .. oh0 +
 // KH; wp is this channel block's packed filter, [CI][KH][KW][CB] (pack_fwd); bias per output channel or nullptr.
@@ -171,48 +191,26 @@ SMALL_AVX512 void fwd_block(const Geom& g, const float* buf, int64_t rows, int64
             }
           }
         }
-      } else if (use0) {  // two copies, not one loop on a reference to a0 or a1: a reference (even in an
-                          // always-inlined helper) kept both arrays in memory, 173 stack accesses in fwd_block<6,2,5>
-#pragma GCC unroll 7
-        for (int j = 0; j < KW; ++j) {
-          __m512 xv[NV];
-#pragma GCC unroll 2
-          for (int v = 0; v < NV; ++v) xv[v] = _mm512_loadu_ps(row + j + 16 * v);
-#pragma GCC unroll 8
-          for (int k = 0; k < CB; ++k) {
-            __m512 t = _mm512_set1_ps(w0[j * CB + k]);
-            if (NV > 1) in_register(t);
-#pragma GCC unroll 2
-            for (int v = 0; v < NV; ++v) a0[k][v] = _mm512_fmadd_ps(t, xv[v], a0[k][v]);
-          }
-        }
+      } else if (use0) {
+        row_taps<CB, NV, KW>(row, w0, a0);
       } else if (use1) {
-#pragma GCC unroll 7
-        for (int j = 0; j < KW; ++j) {
-          __m512 xv[NV];
-#pragma GCC unroll 2
-          for (int v = 0; v < NV; ++v) xv[v] = _mm512_loadu_ps(row + j + 16 * v);
-#pragma GCC unroll 8
-          for (int k = 0; k < CB; ++k) {
-            __m512 t = _mm512_set1_ps(w1[j * CB + k]);
-            if (NV > 1) in_register(t);
-#pragma GCC unroll 2
-            for (int v = 0; v < NV; ++v) a1[k][v] = _mm512_fmadd_ps(t, xv[v], a1[k][v]);
-          }
-        }
+        row_taps<CB, NV, KW>(row, w1, a1);
       }
     }
   }
   if (g.act) {  // relu: max(0, v) keeps a NaN (maxps returns its second operand then); leaky: v < 0 is false for NaN
+    // (by value: taking the accumulators' addresses kept them in memory through the whole loop above)
     const __m512 zero = _mm512_setzero_ps(), slope = _mm512_set1_ps(g.alpha);
+    const bool relu = g.act == 1;
 #pragma GCC unroll 8
     for (int k = 0; k < CB; ++k)
 #pragma GCC unroll 2
       for (int v = 0; v < NV; ++v) {
-        __m512* ab[2] = {&a0[k][v], &a1[k][v]};
-        for (__m512* a : ab)
-          *a = g.act == 1 ? _mm512_max_ps(zero, *a)
-                          : _mm512_mask_mul_ps(*a, _mm512_cmp_ps_mask(*a, zero, _CMP_LT_OQ), *a, slope);
+        const __m512 u = a0[k][v], w = a1[k][v];
+        a0[k][v] =
+            relu ? _mm512_max_ps(zero, u) : _mm512_mask_mul_ps(u, _mm512_cmp_ps_mask(u, zero, _CMP_LT_OQ), u, slope);
+        a1[k][v] =
+            relu ? _mm512_max_ps(zero, w) : _mm512_mask_mul_ps(w, _mm512_cmp_ps_mask(w, zero, _CMP_LT_OQ), w, slope);
       }
   }
 #pragma GCC unroll 8
@@ -242,12 +240,12 @@ constexpr FwdBlockFn fwd_pick(int cb, int kw, std::integer_sequence<int, KW...>)
   return f;
 }
 
-// The channel blocks of a forward-style run: 2 rows x CB x NV accumulators <= kAccRegs, blocks of equal size
 // The size of the fewest equal blocks of at most `most` channels that cover n (6 = 3 + 3, not 4 + 2)
 int64_t equal_blocks(int64_t n, int64_t most) {
   const int64_t nb = (n + most - 1) / most;
   return (n + nb - 1) / nb;
 }
+// The channel blocks of a forward-style run: 2 rows x CB x NV accumulators <= kAccRegs
 int64_t block_cb(const Geom& g) { return equal_blocks(g.CO, std::min<int64_t>(kAccRegs / (2 * g.nv()), kMaxSmallOut)); }
 // w [CO, CI, KH, KW] (flip: w [CI', CO', KH, KW] of the forward convolution whose data gradient this is, taken
 // transposed and rotated 180 degrees; scale: a folded batch norm's per-output-channel scale) -> per block of cb
@@ -422,25 +420,28 @@ struct SmallBwdW : Kernel {
     return (nchunks * partial_floats() + 16 + size_t(nthreads) * thread_floats()) * sizeof(float) + 64;
   }
   // One chunk of the batch and one input channel, all output channels: its partial sums into the chunk's slot
-  SMALL_AVX512 void item(int64_t chunk, int64_t ci, int64_t KB, int64_t KK, const float* dy, const float* x,
-                         float* partial, float* tbase) const {
-    const int64_t n0 = g.N * chunk / nchunks, n1 = g.N * (chunk + 1) / nchunks;
+  SMALL_AVX512 void item(int64_t chunk, int64_t ci, const float* dy, const float* x, float* partial,
+                         float* tbase) const {
+    const int64_t n0 = g.N * chunk / nchunks, n1 = g.N * (chunk + 1) / nchunks, KB = kblocks(), KK = g.KH * g.KW;
     float* tb = tbase + omp_get_thread_num() * thread_floats();
     __m512* vacc = reinterpret_cast<__m512*>(tb);  // [KH][CO][KW] then the bias sums [CO]
     __m512* bacc = vacc + g.KH * g.CO * g.KW;
     float* xpad = tb + (g.KH * g.CO * g.KW + g.CO) * 16;
     for (int64_t v = 0; v < g.KH * g.CO * g.KW + g.CO; ++v) vacc[v] = _mm512_setzero_ps();
+    BwdwFn f[kMaxSmallWOut], fb[kMaxSmallWOut];  // per channel block: without, with the bias sums
+    for (int64_t kb = 0; kb < KB; ++kb) {
+      const int ncb = int(std::min(cb, g.CO - kb * cb));
+      f[kb] = bwdw_pick<false>(ncb, int(g.KW), std::make_integer_sequence<int, kMaxTap>{});
+      fb[kb] = bwdw_pick<true>(ncb, int(g.KW), std::make_integer_sequence<int, kMaxTap>{});
+    }
     Geom one = g;  // xpad holds one input channel
     one.CI = 1;
     for (int64_t n = n0; n < n1; ++n) {
       pad_rows(one, x + (n * g.CI + ci) * g.H * g.W, 0, 0, g.HP(), xpad);
       for (int64_t kb = 0; kb < KB; ++kb) {
         const int64_t k0 = kb * cb;
-        const int ncb = int(std::min(cb, g.CO - k0));
-        BwdwFn f = bwdw_pick<false>(ncb, int(g.KW), std::make_integer_sequence<int, kMaxTap>{});
-        BwdwFn fb = bwdw_pick<true>(ncb, int(g.KW), std::make_integer_sequence<int, kMaxTap>{});
         for (int64_t i = 0; i < g.KH; ++i)
-          (bias && ci == 0 && i == 0 ? fb : f)(g, dy, xpad, n, k0, i, vacc + (i * g.CO + k0) * g.KW, bacc + k0);
+          (bias && ci == 0 && i == 0 ? fb : f)[kb](g, dy, xpad, n, k0, i, vacc + (i * g.CO + k0) * g.KW, bacc + k0);
       }
     }
     float* p = partial + chunk * partial_floats();
@@ -459,9 +460,8 @@ struct SmallBwdW : Kernel {
     float* db = bias ? static_cast<float*>(r.out[1]) : nullptr;
     float* partial = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(r.scratch) + 63) / 64 * 64);
     float* tbase = partial + (nchunks * partial_floats() + 15) / 16 * 16;
-    const int64_t KB = kblocks(), items = nchunks * g.CI, KK = g.KH * g.KW;
 #pragma omp parallel for schedule(dynamic) num_threads(std::min(nthreads, omp_get_max_threads()))
-    for (int64_t it = 0; it < items; ++it) item(it / g.CI, it % g.CI, KB, KK, dy, x, partial, tbase);
+    for (int64_t it = 0; it < nchunks * g.CI; ++it) item(it / g.CI, it % g.CI, dy, x, partial, tbase);
     const size_t total = partial_floats() - (bias ? 0 : g.CO);
     for (size_t e = 0; e < total; ++e) {
       float s = 0.f;
