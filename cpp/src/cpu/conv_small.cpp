@@ -29,6 +29,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 #include "cpu/conv_common.hpp"
@@ -95,6 +96,19 @@ Geom bwd_data_geom(const Attrs& a, const Shape& x, const Shape& w, const Shape& 
 #define in_register(v) asm("" : "+v"(v))
 
 __mmask16 tail_mask(int64_t n) { return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << std::max<int64_t>(n, 0)) - 1); }
+
+// make(std::integral_constant<int, v>) for a run-time v in 1 .. N (a null function pointer otherwise): the kernels'
+// channel-block sizes and filter widths are template parameters, chosen per run from these tables.
+template <class Make, int... I>
+auto pick_impl(int v, Make make, std::integer_sequence<int, I...>) {
+  decltype(make(std::integral_constant<int, 1>{})) f = nullptr;
+  ((v == I + 1 ? (f = make(std::integral_constant<int, I + 1>{}), 0) : 0), ...);
+  return f;
+}
+template <int N, class Make>
+auto pick(int v, Make make) {
+  return pick_impl(v, make, std::make_integer_sequence<int, N>{});
+}
 
 // Rows [r0, r0 + rows) of the padded planes of image n, all input channels, into buf (g.CI x rows x g.WP):
 // buffer row r, column c hold in[n, ci, r0 + r - ph, c - pw], zero outside the input. One masked load and store
@@ -225,21 +239,6 @@ SMALL_AVX512 void fwd_block(const Geom& g, const float* buf, int64_t rows, int64
   }
 }
 
-using FwdBlockFn = void (*)(const Geom&, const float*, int64_t, int64_t, const float*, const float*, int64_t, int64_t,
-                            int64_t, float*, int64_t);
-template <int NV, int KW, int... CB>
-constexpr FwdBlockFn fwd_pick_cb(int cb, std::integer_sequence<int, CB...>) {
-  FwdBlockFn f = nullptr;
-  ((cb == CB + 1 ? (f = fwd_block<CB + 1, NV, KW>, 0) : 0), ...);
-  return f;
-}
-template <int NV, int... KW>
-constexpr FwdBlockFn fwd_pick(int cb, int kw, std::integer_sequence<int, KW...>) {
-  FwdBlockFn f = nullptr;
-  ((kw == KW + 1 ? (f = fwd_pick_cb<NV, KW + 1>(cb, std::make_integer_sequence<int, kMaxSmallOut>{}), 0) : 0), ...);
-  return f;
-}
-
 // The size of the fewest equal blocks of at most `most` channels that cover n (6 = 3 + 3, not 4 + 2)
 int64_t equal_blocks(int64_t n, int64_t most) {
   const int64_t nb = (n + most - 1) / most;
@@ -278,10 +277,14 @@ SMALL_AVX512 void run_fwd(const Geom& g, const float* in, const float* wp, const
                           int nthreads) {
   const int64_t B = band_rows(g), bands = (g.OH + B - 1) / B, rows = B + g.KH - 1, cbmax = block_cb(g);
   const int64_t items = g.N * bands;
+  using FwdBlockFn = decltype(&fwd_block<1, 1, 1>);
   FwdBlockFn fn[kMaxSmallOut + 1];
   for (int cb = 1; cb <= kMaxSmallOut; ++cb)
-    fn[cb] = g.nv() == 2 ? fwd_pick<2>(cb, int(g.KW), std::make_integer_sequence<int, kMaxTap>{})
-                         : fwd_pick<1>(cb, int(g.KW), std::make_integer_sequence<int, kMaxTap>{});
+    fn[cb] = pick<kMaxTap>(int(g.KW), [&](auto KW) {
+      return pick<kMaxSmallOut>(cb, [&](auto CB) {
+        return g.nv() == 2 ? &fwd_block<CB.value, 2, KW.value> : &fwd_block<CB.value, 1, KW.value>;
+      });
+    });
 #pragma omp parallel for schedule(dynamic) num_threads(nthreads)
   for (int64_t it = 0; it < items; ++it) {
     const int64_t n = it / bands, r0 = (it % bands) * B;
@@ -383,20 +386,6 @@ SMALL_AVX512 void bwdw_rows(const Geom& g, const float* dy, const float* xpad, i
   }
 }
 
-using BwdwFn = void (*)(const Geom&, const float*, const float*, int64_t, int64_t, int64_t, __m512*, __m512*);
-template <int KW, bool BIAS, int... CB>
-constexpr BwdwFn bwdw_pick_cb(int cb, std::integer_sequence<int, CB...>) {
-  BwdwFn f = nullptr;
-  ((cb == CB + 1 ? (f = bwdw_rows<CB + 1, KW, BIAS>, 0) : 0), ...);
-  return f;
-}
-template <bool BIAS, int... KW>
-constexpr BwdwFn bwdw_pick(int cb, int kw, std::integer_sequence<int, KW...>) {
-  BwdwFn f = nullptr;
-  ((kw == KW + 1 ? (f = bwdw_pick_cb<KW + 1, BIAS>(cb, std::make_integer_sequence<int, kMaxSmallOut>{}), 0) : 0), ...);
-  return f;
-}
-
 struct SmallBwdW : Kernel {
   Geom g;  // the forward convolution x -> y
   bool bias;
@@ -428,11 +417,17 @@ struct SmallBwdW : Kernel {
     __m512* bacc = vacc + g.KH * g.CO * g.KW;
     float* xpad = tb + (g.KH * g.CO * g.KW + g.CO) * 16;
     for (int64_t v = 0; v < g.KH * g.CO * g.KW + g.CO; ++v) vacc[v] = _mm512_setzero_ps();
+    using BwdwFn = decltype(&bwdw_rows<1, 1, false>);
     BwdwFn f[kMaxSmallWOut], fb[kMaxSmallWOut];  // per channel block: without, with the bias sums
     for (int64_t kb = 0; kb < KB; ++kb) {
       const int ncb = int(std::min(cb, g.CO - kb * cb));
-      f[kb] = bwdw_pick<false>(ncb, int(g.KW), std::make_integer_sequence<int, kMaxTap>{});
-      fb[kb] = bwdw_pick<true>(ncb, int(g.KW), std::make_integer_sequence<int, kMaxTap>{});
+      auto rows = [&](auto BIAS) {
+        return pick<kMaxTap>(int(g.KW), [&](auto KW) {
+          return pick<kMaxSmallOut>(ncb, [&](auto CB) { return &bwdw_rows<CB.value, KW.value, BIAS.value>; });
+        });
+      };
+      f[kb] = rows(std::false_type{});
+      fb[kb] = rows(std::true_type{});
     }
     Geom one = g;  // xpad holds one input channel
     one.CI = 1;
@@ -556,15 +551,6 @@ SMALL_AVX512 void lanes_point(const float* D, const float* wp, int64_t K, int64_
 #pragma GCC unroll 8
   for (int c = 0; c < C; ++c) _mm512_storeu_ps(o + c * 16, _mm512_add_ps(a0[c], a1[c]));
 }
-using LanesFn = void (*)(const float*, const float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
-                         int64_t, int64_t, float*);
-template <int... C>
-constexpr LanesFn lanes_pick(int c, std::integer_sequence<int, C...>) {
-  LanesFn f = nullptr;
-  ((c == C + 1 ? (f = lanes_point<C + 1>, 0) : 0), ...);
-  return f;
-}
-
 struct SmallBwdDataLanes : Kernel {
   int64_t N, C, K, H, W, OH, OW, KH, KW, ph, pw;  // the forward convolution x [N,C,H,W] -> y [N,K,OH,OW]
   int nthreads;
@@ -591,7 +577,7 @@ struct SmallBwdDataLanes : Kernel {
         for (int64_t t = 0; t < KH * KW; ++t) wp[(t * K + k) * C + c] = w[(k * C + c) * KH * KW + t];
     const int64_t G = groups(), P = OH * OW, Q = H * W;
     const int nt = std::min(nthreads, omp_get_max_threads());
-    LanesFn fn = lanes_pick(int(C), std::make_integer_sequence<int, kMaxSmallOut>{});
+    auto fn = pick<kMaxSmallOut>(int(C), [](auto CC) { return &lanes_point<CC.value>; });
 #pragma omp parallel num_threads(nt)
     {
 #pragma omp for schedule(static)
