@@ -67,6 +67,13 @@ def profile_workload(workload, rounds, top, peak):
     for _ in range(steps):
         step()
     rows = sess.profile()
+    # a step trained in pieces (compile's batch_pieces): the 'pieces/' rows are the first worker's piece on one
+    # thread while the others ran theirs; counted with all workers' FLOPs, against the all-thread peak
+    pieces = sess.batch_pieces if mode != "infer" else None
+    workers = pieces[2] if pieces else 1
+    for r in rows:
+        if r["name"].startswith("pieces/") and r["gflops"]:
+            r["gflops"] *= workers
     node_ms = sum(r["ms"] * r["calls"] for r in rows) / steps
     flops = sum((r["gflops"] or 0) * r["ms"] * 1e6 * r["calls"] for r in rows) / steps  # per step
 
@@ -85,7 +92,9 @@ def profile_workload(workload, rounds, top, peak):
                  f"{flops / (peak * 1e9) * 1e3 / ref:.2f}× {NAMES[against]}'s; the target ({target * ref:.2f} ms) "
                  f"needs {need:.0f} GFLOP/s = {need / peak * 100:.0f} % of the peak over the whole {unit}")
     out += [line + ".", "",
-            f"Nodes sum to {node_ms:.2f} ms per {unit} (profiled over {steps} {unit}s).", "",
+            f"Nodes sum to {node_ms:.2f} ms per {unit} (profiled over {steps} {unit}s)."
+            + (f" The steps ran in pieces: {workers} workers of {pieces[0]} samples, one thread each; 'pieces/' "
+               f"nodes are the first worker's times, their GFLOP/s count all {workers} pieces." if pieces else ""), "",
             f"| group | ms per {unit} | share | GFLOP/s | % of peak |", "|---|---|---|---|---|"]
     acc = collections.OrderedDict((g, [0.0, 0.0]) for g, _ in GROUPS)
     for r in rows:

@@ -12,3 +12,15 @@ os.environ.setdefault("CNNNATIVE_VERIFY_PASSES", "1")
 import cnnnative  # noqa: E402
 
 cnnnative.set_num_threads(cnnnative.get_num_threads())
+
+import pytest  # noqa: E402
+
+_SUITE_THREADS = cnnnative.get_num_threads()
+
+
+@pytest.fixture(autouse=True)
+def _suite_thread_count():
+    """Every test starts at the suite's fixed count, whatever the test before it set (a test that sets 1 thread and
+    does not restore it would otherwise run every later test single-threaded)."""
+    cnnnative.set_num_threads(_SUITE_THREADS)
+    yield

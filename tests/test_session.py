@@ -165,7 +165,8 @@ def test_residual_module_traces_and_trains():
 
 def test_profile_reports_every_node_and_flops():
     m = cn.models.lenet5(seed=0)
-    sess = m.compile((16, 1, 28, 28), mode="train", optimizer=cn.optim.SGD(lr=0.01))
+    # whole-batch steps: steps trained in pieces add their workers' rows (tests/test_train_pieces.py)
+    sess = m.compile((16, 1, 28, 28), mode="train", optimizer=cn.optim.SGD(lr=0.01), batch_pieces=False)
     x, y = _batch()
     for _ in range(3):
         sess.step(x, y)

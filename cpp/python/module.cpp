@@ -246,6 +246,7 @@ py::dict report_dict(const MemoryReport& r) {
   d["buffer_bytes"] = r.buffer_bytes;
   d["scratch_bytes"] = r.scratch_bytes;
   d["prepared_bytes"] = r.prepared_bytes;
+  d["pieces_bytes"] = r.pieces_bytes;
   d["persistent_bytes"] = r.persistent_bytes();
   d["num_planned_buffers"] = r.num_planned;
   d["num_inplace"] = r.num_inplace;

@@ -833,7 +833,11 @@ class Module:
         ('minmax', 'percentile', 'entropy'); the same as cnnnative.quantize(model, calibration).compile(...).
         batch_pieces (inference, cpu, automatic thread count): on a machine other processes keep busy, a run may
         split its batch into pieces that single-threaded workers take as they become free, when the model treats
-        samples independently and that runs faster (session.batch_pieces tells what the last run did); False:
+        samples independently and that runs faster (session.batch_pieces tells what the last run did). Training
+        (cpu, float32, 2+ threads): a small model (at most 2^20 parameters) that treats samples independently up
+        to its mean loss (no BatchNorm or Dropout in training mode) runs each step as one equal piece of the batch
+        per thread (at least 8 samples each), every piece's forward and backward pass on one thread, and averages
+        the pieces' gradients before the update; results equal a whole-batch step's to float rounding. False:
         always the whole batch."""
         from .session import Session
         if dtype == "int8":

@@ -319,8 +319,8 @@ class Session:
     @property
     def batch_pieces(self):
         """How the last run split its batch: (piece, count, workers) when it ran as `count` pieces of `piece`
-        samples over `workers` single-threaded workers (inference on a loaded machine: compile's batch_pieces),
-        None for a whole-batch run."""
+        samples over `workers` single-threaded workers (inference on a loaded machine, or a training step of a
+        small model with 2+ threads, where count == workers: compile's batch_pieces), None for a whole-batch run."""
         return self._core_checked().batch_pieces
 
     @property
@@ -387,7 +387,9 @@ class Session:
 
     def profile(self, reset: bool = False, top: int | None = None) -> list:
         """Per-node time since the last reset: op, name, calls, ms per call, GFLOP/s (conv/linear),
-        share of the total; sorted by time. The optimizer update is its own entry in training."""
+        share of the total; sorted by time. The optimizer update is its own entry in training. Steps trained in
+        pieces (compile's batch_pieces) add the first worker's nodes as 'pieces/<name>' (its piece of the batch on
+        one thread; the other workers ran theirs at the same time) and 'pieces_mean' (the gradients' average)."""
         rows = self._core_checked().profile()
         total = sum(r["total_ms"] for r in rows) or 1.0
         out = []

@@ -184,8 +184,12 @@ struct CompileOptions {
   // Infer mode, cpu backend, auto thread count: on a loaded machine a run may split its batch into pieces that
   // single-threaded workers take as they become free (Session::batch_pieces), when the graph treats every sample on
   // its own (its values keep the batch as their first dimension; no op reduces, concatenates or permutes along it)
-  // and that is faster. Results equal a whole-batch run's to float rounding (kernels may pick other algorithms for
-  // the smaller batch). false: always the whole batch. Never in deterministic mode.
+  // and that is faster. Train mode, cpu backend, float32, 2+ threads: a small network (at most 2^20 parameters,
+  // a 64 MiB arena) whose graph treats every sample on its own up to a mean loss (no batch norm or dropout in
+  // training mode) runs each step's forward and backward passes as one equal piece of the batch per thread (at
+  // least 8 samples each), each on one thread with no barrier between nodes, and averages the pieces' gradients
+  // before the update (data parallelism inside the process). Results equal a whole-batch run's to float rounding.
+  // false: always the whole batch. Never in deterministic mode.
   bool batch_pieces = true;
   // Memory budget: compile refuses (Error naming the sizes and the largest planned values) a session whose
   // arena + scratch + prepared weights (+ gradients and optimizer state in training) exceed it, before
@@ -209,6 +213,9 @@ struct MemoryReport {
   size_t arena_bytes = 0, lower_bound_bytes = 0, naive_bytes = 0;
   size_t param_bytes = 0, grad_bytes = 0, optimizer_state_bytes = 0, buffer_bytes = 0, scratch_bytes = 0;
   size_t prepared_bytes = 0;  // inference: weights kept prepared (reordered, BN folded) by the kernels
+  // batch pieces (CompileOptions::batch_pieces), once a run made them: the workers' arenas, scratch, prepared
+  // weights and (training) gradient blocks, and the pieces' input and output copies
+  size_t pieces_bytes = 0;
   size_t num_planned = 0, num_inplace = 0;
   size_t num_recomputed = 0;         // nodes the recompute option added to the backward pass
   std::string recompute;             // the recompute choice the plan was made with ("none", "lean", ...)
@@ -301,7 +308,8 @@ class Session {
   // each with kernels for one thread, takes the next piece of the batch as soon as it is free, so a thread whose CPU
   // another process shares does fewer pieces instead of holding back every parallel region (docs/ARCHITECTURE.md,
   // "Threads"). The session times such runs against its whole-batch runs and keeps what is faster. What the last
-  // run did: pieces of `piece` samples, `count` of them, over `workers` threads; all 0 for a whole-batch run.
+  // run did: pieces of `piece` samples, `count` of them, over `workers` threads; all 0 for a whole-batch run. A
+  // training step in pieces (CompileOptions::batch_pieces) reports count == workers.
   struct BatchPieces {
     int64_t piece = 0, count = 0;
     int workers = 0;

@@ -144,6 +144,37 @@ class SessionImpl {
     void help(size_t w, uint64_t r);  // once no piece is left: runs those held longer than a piece takes
   };
   std::unique_ptr<Pieces> pieces;
+  // Training in pieces (CompileOptions::batch_pieces; docs/ARCHITECTURE.md, "Training in pieces"): a training
+  // session whose graph treats every sample on its own up to a loss that is a mean over the batch may run each
+  // step's forward and backward passes as one equal piece of the batch per thread, on workers compiled for that
+  // piece and one thread (their own arenas and gradient blocks, the shared ParamStore), inside one OpenMP parallel
+  // region: no node is split over threads, so no node waits at a barrier. The gradients are the mean of the
+  // pieces' (summed in worker order: deterministic for a thread count), then the session's own update runs as
+  // after a whole-batch step. Small networks only (kTrainPiecesMaxParams, kTrainPiecesMaxArena): with large nodes
+  // the barriers cost little and the pieces' extra arenas and gradient pass would not pay. A step whose pieces fail
+  // (an error, a non-finite loss) runs again as a whole batch, which reports the error as a whole-batch step does.
+  struct TrainPieces {
+    int64_t piece = 0;
+    std::vector<std::unique_ptr<SessionImpl>> workers;  // [w]: piece w of every step, one thread
+    std::vector<size_t> feed_bytes, fetch_bytes;        // one piece's bytes, per feed and per fetch (the loss: 0)
+    std::vector<Buffer> outs;                           // per fetch but the loss: the whole batch
+    std::vector<std::vector<const void*>> feeds;        // [w]: worker w's feed pointers (set per step)
+    std::vector<const float*> grads;                    // [w]: worker w's gradient block
+    float loss = 0;                                     // the step's loss: the mean of the pieces'
+    double combine_ns = 0;                              // profile: the gradients' mean
+    int64_t combine_calls = 0;
+  };
+  std::unique_ptr<Graph> train_source;  // null: this session never trains in pieces
+  std::unique_ptr<TrainPieces> tpieces;
+  int tpieces_failed = 0;     // a worker count whose pieces could not be made (not retried)
+  bool tpieced_last = false;  // the last completed step ran in pieces (fetch() reads tpieces' outputs)
+  bool make_train_pieces(int workers);
+  // a batch piece's worker: what it holds (its arena, gradient block in training, scratch and prepared weights)
+  size_t worker_bytes() const {
+    return plan.memory.arena_bytes + n_grad * 4 + active->scratch_bytes + active->prepared_bytes;
+  }
+  bool train_in_pieces(const std::vector<const void*>& feeds, double& loss);
+  void piece_pass(const std::vector<const void*>& feeds, int64_t step);
   bool pieces_failed = false;  // made once and refused (not separable, no piece size, compile failed): not retried
   bool use_pieces = false;     // choose_set's decision for the running run
   bool pieced_last = false;    // the last completed run ran in pieces (fetch() reads `outs`)
@@ -221,6 +252,50 @@ std::string mib(size_t b) {
   char buf[64];
   std::snprintf(buf, sizeof buf, "%.1f MiB", double(b) / 1048576.0);
   return buf;
+}
+
+// Training in pieces (see TrainPieces) is for small networks: at most this many parameters (the pieces' gradients
+// are averaged in one extra pass) and this large an arena (each worker holds its own for its piece).
+constexpr size_t kTrainPiecesMaxParams = size_t(1) << 20;
+constexpr size_t kTrainPiecesMaxArena = size_t(64) << 20;
+constexpr int64_t kTrainPiecesMinPiece = 8;  // samples per piece, at least
+
+// Whether node n works along the batch (its first input's first dimension): an axis, axes or permutation naming it,
+// or a slice without explicit axes.
+bool along_batch(const Graph& g, const Node& n) {
+  const int64_t r = n.inputs.empty() ? 0 : int64_t(g.values[n.inputs[0]].desc.shape.size());
+  auto batch_axis = [&](int64_t a) { return a == 0 || a == -r; };
+  if (n.attrs.ints.count("axis") && batch_axis(n.attrs.i("axis"))) return true;
+  for (int64_t a : n.attrs.is("axes", {}))
+    if (batch_axis(a)) return true;
+  const std::vector<int64_t> perm = n.attrs.is("perm", {});
+  if (!perm.empty() && perm[0] != 0) return true;
+  return (n.attrs.ints.count("starts") || n.attrs.ints.count("steps")) && !n.attrs.ints.count("axes");
+}
+
+// Whether training graph g can train in pieces: its loss is a mean over the batch of per-sample terms (the loss ops
+// of compile(mode="train"), all with mean reduction over equally many elements per sample, so the mean of equal
+// pieces' losses and gradients is the whole batch's), every other value but the parameters keeps the batch as its
+// first dimension, and no op works along that dimension (an axis, axes or permutation naming it, a slice without
+// explicit axes) or mixes samples or their random streams (batch norm or dropout in training mode, synchronized
+// ops; max pooling's training flag only keeps its indices). Conservative: a false "no" only costs the pieces.
+bool train_separable(const Graph& g, int loss) {
+  if (loss < 0 || loss >= int(g.values.size()) || g.values[loss].producer < 0) return false;
+  const Node& L = g.nodes[size_t(g.values[loss].producer)];
+  if (L.op != "softmax_cross_entropy" && L.op != "mse_loss" && L.op != "bce_with_logits") return false;
+  int64_t batch = -1;
+  for (size_t v = 0; v < g.values.size(); ++v) {
+    const Value& val = g.values[v];
+    if (val.kind == ValueKind::Param || val.kind == ValueKind::Buffer || int(v) == loss) continue;
+    if (val.desc.shape.empty() || val.desc.shape[0] < 1 || (batch >= 0 && val.desc.shape[0] != batch)) return false;
+    batch = val.desc.shape[0];
+  }
+  for (const Node& n : g.nodes) {
+    if (&n == &L) continue;
+    if ((n.attrs.i("training", 0) != 0 && n.op != "max_pool2d") || n.attrs.i("sync", 0) != 0) return false;
+    if (along_batch(g, n)) return false;
+  }
+  return batch > 0;
 }
 }  // namespace
 
@@ -310,6 +385,13 @@ SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, con
       backend.host_accessible() && backend.has_fast_kernels() && opt.dump_passes.empty() &&
       !std::getenv("CNNNATIVE_DUMP_PASSES"))
     source = std::make_unique<Graph>(graph);
+  const char* tp_env = std::getenv("CNNNATIVE_TRAIN_PIECES");
+  if (!fixed && opt.mode == Mode::Train && opt.batch_pieces && !opt.deterministic && opt.compute == DType::f32 &&
+      opt.activations == DType::f32 && backend.host_accessible() && backend.has_fast_kernels() &&
+      opt.dump_passes.empty() && !std::getenv("CNNNATIVE_DUMP_PASSES") && !(tp_env && std::string(tp_env) == "0") &&
+      n_grad <= kTrainPiecesMaxParams && plan.memory.arena_bytes <= kTrainPiecesMaxArena &&
+      train_separable(graph, opt.loss))
+    train_source = std::make_unique<Graph>(graph);
 
   // ---- optimizer state ----
   if (opt.mode == Mode::Train) {
@@ -755,7 +837,7 @@ void SessionImpl::run(const std::vector<const void*>& fd) {
     run_pieces(fd);
     return;
   }
-  pieced_last = false;
+  pieced_last = tpieced_last = false;
   KernelSet& K = *active;
   Stream* st = stream.get();
   if (backend.host_accessible()) {
@@ -865,20 +947,31 @@ void SessionImpl::run(const std::vector<const void*>& fd) {
       } catch (...) {
       }
     };
-    try {
-      segment(0, 0, nf);
-    } catch (...) {  // e.g. a label out of range: leave the running statistics as they were
-      restore();
-      throw;
+    // in pieces (see TrainPieces) when the session can; a step whose pieces failed runs as a whole batch below
+    double L = 0;
+    bool pieced = false, fell_back = false;
+    if (train_source && !hooked && ran_threads >= 2) {
+      const bool made = make_train_pieces(ran_threads);
+      use_num_threads(active->threads);  // the workers' compiles set one thread on this thread
+      pieced = made && train_in_pieces(fd, L);
+      fell_back = made && !pieced;
     }
-    float loss_host = 0;
-    try {
-      backend.copy_out(&loss_host, ptr[plan.loss_value], sizeof loss_host, st);
-    } catch (...) {  // a device kernel's failure surfaces at the first wait
-      restore();
-      throw;
+    if (!pieced) {
+      try {
+        segment(0, 0, nf);
+      } catch (...) {  // e.g. a label out of range: leave the running statistics as they were
+        restore();
+        throw;
+      }
+      float loss_host = 0;
+      try {
+        backend.copy_out(&loss_host, ptr[plan.loss_value], sizeof loss_host, st);
+      } catch (...) {  // a device kernel's failure surfaces at the first wait
+        restore();
+        throw;
+      }
+      L = loss_host;
     }
-    double L = loss_host;
     if (!std::isfinite(L)) {
       restore();
       for (int s = 0; s < nf; ++s) {  // a kernel that could not throw while it ran may know why
@@ -902,7 +995,7 @@ void SessionImpl::run(const std::vector<const void*>& fd) {
                    " in the forward pass (the loss was finite)");
         }
       }
-      segment(1, nf, n);
+      if (!pieced) segment(1, nf, n);
       if (grad_hook) {
         backend.synchronize(st);  // the gradients are final
         L = grad_hook(static_cast<float*>(grad_block.get()), n_grad, L);
@@ -917,6 +1010,12 @@ void SessionImpl::run(const std::vector<const void*>& fd) {
     }
     if (mirrored) write_back_mirrors(true);
     copy_fetches();
+    tpieced_last = pieced;
+    if (fell_back) {  // the pieces failed where the whole batch did not: whole batches from now on
+      tpieces_failed = ran_threads;
+      tpieces.reset();
+      report.pieces_bytes = 0;
+    }
     last_loss = L;
     ++steps;
     ++eager_runs;
@@ -957,14 +1056,7 @@ bool batch_separable(const Graph& g, int64_t batch) {
   }
   for (const Node& n : g.nodes) {
     if (n.attrs.i("training", 0) != 0 || n.attrs.i("sync", 0) != 0) return false;
-    const int64_t r = n.inputs.empty() ? 0 : int64_t(g.values[n.inputs[0]].desc.shape.size());
-    auto batch_axis = [&](int64_t a) { return a == 0 || a == -r; };
-    if (n.attrs.ints.count("axis") && batch_axis(n.attrs.i("axis"))) return false;
-    for (int64_t a : n.attrs.is("axes", {}))
-      if (batch_axis(a)) return false;
-    const std::vector<int64_t> perm = n.attrs.is("perm", {});
-    if (!perm.empty() && perm[0] != 0) return false;
-    if ((n.attrs.ints.count("starts") || n.attrs.ints.count("steps")) && !n.attrs.ints.count("axes")) return false;
+    if (along_batch(g, n)) return false;
   }
   return true;
 }
@@ -1021,7 +1113,12 @@ bool SessionImpl::make_pieces(int workers) {
       pc->taken_ns[i].store(0);
     }
     for (int w = 0; w < workers; ++w) pc->threads.emplace_back([p = pc.get(), w] { p->serve(size_t(w)); });
+    size_t bytes = 0;
+    for (const auto& w : pc->workers) bytes += w->worker_bytes();
+    for (size_t b : pc->fetch_bytes) bytes += b * size_t(pc->count);
+    for (size_t b : pc->feed_bytes) bytes += 2 * b * size_t(pc->count);
     pieces = std::move(pc);
+    report.pieces_bytes = bytes;
     return true;
   } catch (const std::exception&) {  // a piece size some op refuses, memory: whole batches it is
     pieces_failed = true;
@@ -1144,9 +1241,151 @@ void SessionImpl::run_pieces(const std::vector<const void*>& fd) {
   ++eager_runs;
 }
 
+// Makes the training pieces for `workers` threads once (see TrainPieces): one worker per piece, compiled for the
+// piece and one thread, in Train mode with a plain SGD (they keep no optimizer state; the session's own update
+// runs). Leaves one thread set on this thread (the caller restores its count).
+bool SessionImpl::make_train_pieces(int workers) {
+  if (tpieces && int(tpieces->workers.size()) == workers) return true;
+  if (!train_source || workers < 2 || workers == tpieces_failed) return false;
+  tpieces.reset();
+  report.pieces_bytes = 0;
+  const int64_t batch = plan.feeds.empty() || plan.feeds[0].desc.shape.empty() ? 0 : plan.feeds[0].desc.shape[0];
+  if (batch % workers != 0 || batch / workers < kTrainPiecesMinPiece) {
+    tpieces_failed = workers;
+    return false;
+  }
+  try {
+    auto tp = std::make_unique<TrainPieces>();
+    tp->piece = batch / workers;
+    const Graph gp = rebatch(*train_source, tp->piece);
+    CompileOptions wo = opt;
+    wo.optim = OptimConfig{};
+    wo.batch_pieces = false;
+    for (int w = 0; w < workers; ++w) tp->workers.push_back(std::make_unique<SessionImpl>(gp, store, wo, 1));
+    const Plan& wp = tp->workers[0]->plan;
+    if (wp.feeds.size() != plan.feeds.size() || wp.fetch_values != plan.fetch_values ||
+        wp.loss_value != plan.loss_value || tp->workers[0]->n_grad != n_grad) {
+      tpieces_failed = workers;
+      return false;
+    }
+    for (const FeedInfo& f : plan.feeds) {
+      if (f.desc.shape.empty() || f.desc.shape[0] != batch) {
+        tpieces_failed = workers;
+        return false;
+      }
+      tp->feed_bytes.push_back(size_t(numel(f.desc.shape) / workers) * dtype_size(f.desc.dtype));
+    }
+    for (size_t k = 0; k < plan.fetches.size(); ++k) {
+      const TensorDesc& d = plan.fetches[k].desc;
+      const bool is_loss = plan.fetch_values[k] == plan.loss_value;
+      if (!is_loss && (d.shape.empty() || d.shape[0] != batch)) {
+        tpieces_failed = workers;
+        return false;
+      }
+      tp->fetch_bytes.push_back(is_loss ? 0 : size_t(numel(d.shape) / workers) * dtype_size(d.dtype));
+      tp->outs.push_back(is_loss ? Buffer() : backend.allocate(std::max<size_t>(tp->fetch_bytes.back() * workers, 64)));
+    }
+    for (const auto& w : tp->workers) {
+      tp->feeds.emplace_back(plan.feeds.size(), nullptr);
+      tp->grads.push_back(static_cast<const float*>(w->grad_block.get()));
+    }
+    size_t bytes = 0;
+    for (const auto& w : tp->workers) bytes += w->worker_bytes();
+    for (size_t b : tp->fetch_bytes) bytes += b * size_t(workers);
+    tpieces = std::move(tp);
+    report.pieces_bytes = bytes;
+    return true;
+  } catch (const std::exception&) {  // a piece size some op refuses, memory: whole batches it is
+    tpieces_failed = workers;
+    return false;
+  }
+}
+
+// A worker's forward and backward passes over its piece (one thread, the calling one): the loss and the gradients
+// land in its own arena and gradient block. Nothing else: no checks (the session checked the whole batch's feeds),
+// no update, no store version (the graph has nothing that writes the store in the forward pass).
+void SessionImpl::piece_pass(const std::vector<const void*>& fd, int64_t step) {
+  KernelSet& K = *active;
+  for (auto& p : patches) K.node_in[p.node][p.slot] = const_cast<void*>(fd[p.feed]);
+  for (size_t i = 0; i < plan.feed_values.size(); ++i) ptr[plan.feed_values[i]] = const_cast<void*>(fd[i]);
+  RunCtx rc{nullptr, nullptr, K.scratch.get(), opt.seed, step};
+  rc.params_version = store->version();
+  using clock = std::chrono::steady_clock;
+  for (size_t s = 0; s < K.kernels.size(); ++s) {
+    rc.in = K.node_in[s].data();
+    rc.out = K.node_out[s].data();
+    rc.persist = K.persist_ptr[s];
+    const auto t0 = clock::now();
+    K.kernels[s]->run(rc);
+    prof_ns[s] += std::chrono::duration<double, std::nano>(clock::now() - t0).count();
+    prof_calls[s]++;
+  }
+}
+
+// One training step's forward and backward passes in pieces (see TrainPieces): thread t of one parallel region
+// runs worker t's piece on one thread, then, past a barrier, averages its share of the gradient block. L: the
+// step's loss. false: a piece failed or the loss is not finite (the caller runs the whole batch, which says why).
+bool SessionImpl::train_in_pieces(const std::vector<const void*>& fd, double& L) {
+  TrainPieces& T = *tpieces;
+  const int W = int(T.workers.size());
+  std::atomic<int> failed{0};
+  float* out = static_cast<float*>(grad_block.get());
+  const int64_t step = steps;
+  std::atomic<int64_t> combine_ns{0};
+#pragma omp parallel num_threads(W)
+  {
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    use_num_threads(1);  // the kernels were made for one thread; a nested region must not spawn more
+    for (int w = t; w < W; w += nt) {
+      try {
+        std::vector<const void*>& f = T.feeds[size_t(w)];
+        for (size_t k = 0; k < fd.size(); ++k) f[k] = static_cast<const char*>(fd[k]) + size_t(w) * T.feed_bytes[k];
+        SessionImpl& wk = *T.workers[size_t(w)];
+        wk.piece_pass(f, step);
+        for (size_t k = 0; k < T.outs.size(); ++k)
+          if (T.fetch_bytes[k])
+            std::memcpy(static_cast<char*>(T.outs[k].get()) + size_t(w) * T.fetch_bytes[k],
+                        wk.ptr[wk.plan.fetch_values[k]], T.fetch_bytes[k]);
+      } catch (...) {
+        failed.store(1);
+      }
+    }
+#pragma omp barrier
+    if (!failed.load()) {
+      const auto t0 = std::chrono::steady_clock::now();
+      const size_t lo = n_grad * size_t(t) / size_t(nt), hi = n_grad * size_t(t + 1) / size_t(nt);
+      const float scale = 1.f / float(W);
+      const float* const* g = T.grads.data();
+      if (W == 2) {
+#pragma omp simd
+        for (size_t i = lo; i < hi; ++i) out[i] = (g[0][i] + g[1][i]) * scale;
+      } else {
+        for (size_t i = lo; i < hi; ++i) {
+          float a = g[0][i];
+          for (int w = 1; w < W; ++w) a += g[size_t(w)][i];
+          out[i] = a * scale;
+        }
+      }
+      if (t == 0)
+        combine_ns.store(
+            int64_t(std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - t0).count()));
+    }
+  }
+  use_num_threads(active->threads);
+  if (failed.load()) return false;
+  double sum = 0;
+  for (const auto& w : T.workers) sum += double(*static_cast<const float*>(w->ptr[w->plan.loss_value]));
+  L = sum / double(W);
+  T.loss = float(L);
+  T.combine_ns += double(combine_ns.load());
+  T.combine_calls++;
+  return std::isfinite(L);
+}
+
 const void* SessionImpl::fetch_ptr(size_t i) const {
   if (i >= plan.fetch_values.size()) throw Error("fetch index out of range");
   if (pieced_last) return pieces->outs[i].get();
+  if (tpieced_last) return plan.fetch_values[i] == plan.loss_value ? &tpieces->loss : tpieces->outs[i].get();
   if (!fetch_copies.empty()) return fetch_copies[i].get();
   return ptr[plan.fetch_values[i]];
 }
@@ -1164,6 +1403,7 @@ std::unique_lock<std::recursive_mutex> Session::lock() const {
 const void* Session::fetch(size_t i) const { return impl_->fetch_ptr(i); }
 Session::BatchPieces Session::batch_pieces() const {
   const auto& I = *impl_;
+  if (I.tpieced_last) return {I.tpieces->piece, int64_t(I.tpieces->workers.size()), int(I.tpieces->workers.size())};
   if (!I.pieced_last) return {};
   return {I.pieces->piece, I.pieces->count, int(I.pieces->workers.size())};
 }
@@ -1274,12 +1514,29 @@ std::vector<NodeProfile> Session::profile() const {
     v.push_back({I.g.nodes[s].op, I.g.nodes[s].name, I.prof_ns[s] * 1e-6, I.prof_calls[s], I.node_flops[s]});
   if (I.opt.mode == Mode::Train)
     v.push_back({"optimizer_update", I.opt.optim.kind, I.prof_ns.back() * 1e-6, I.prof_calls.back(), 0.0});
+  // steps trained in pieces: the first worker's nodes ("pieces/" + name; the other workers ran theirs at the same
+  // time) and the gradients' mean
+  if (I.tpieces && I.tpieces->combine_calls) {
+    const SessionImpl& w = *I.tpieces->workers[0];
+    for (size_t s = 0; s < w.active->kernels.size(); ++s)
+      v.push_back(
+          {w.g.nodes[s].op, "pieces/" + w.g.nodes[s].name, w.prof_ns[s] * 1e-6, w.prof_calls[s], w.node_flops[s]});
+    v.push_back({"pieces_mean", "gradients", I.tpieces->combine_ns * 1e-6, I.tpieces->combine_calls, 0.0});
+  }
   return v;
 }
 void Session::reset_profile() {
   std::lock_guard<std::recursive_mutex> hold(impl_->mu);
   std::fill(impl_->prof_ns.begin(), impl_->prof_ns.end(), 0.0);
   std::fill(impl_->prof_calls.begin(), impl_->prof_calls.end(), 0);
+  if (auto* tp = impl_->tpieces.get()) {
+    for (auto& w : tp->workers) {
+      std::fill(w->prof_ns.begin(), w->prof_ns.end(), 0.0);
+      std::fill(w->prof_calls.begin(), w->prof_calls.end(), 0);
+    }
+    tp->combine_ns = 0;
+    tp->combine_calls = 0;
+  }
 }
 void Session::copy_to_host(void* host_dst, const void* src, size_t bytes) const {
   impl_->backend.copy_out(host_dst, src, bytes, impl_->stream.get());
