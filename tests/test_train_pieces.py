@@ -247,3 +247,15 @@ def test_steps_after_the_first_allocate_nothing():
     for _ in range(3):
         sess.step(x, y)
     assert cn.allocation_count() == before and sess.batch_pieces == (16, 2, 2)
+
+
+def test_a_memory_budget_holds_for_the_session_and_its_pieces():
+    x, y = data(32)
+    _, free, _ = train(Net, x, y, 1, True)
+    r = free.memory_report()
+    held = r["arena_bytes"] + 4 * r["param_bytes"] + r["scratch_bytes"] + r["prepared_bytes"]  # what compile counts
+    assert free.batch_pieces == (16, 2, 2) and r["pieces_bytes"] > 0
+    _, tight, _ = train(Net, x, y, 2, True, max_arena_bytes=held + 4096)
+    assert tight.batch_pieces is None and tight.memory_report()["pieces_bytes"] == 0
+    _, roomy, _ = train(Net, x, y, 2, True, max_arena_bytes=held + r["pieces_bytes"] + (1 << 20))
+    assert roomy.batch_pieces == (16, 2, 2)

@@ -49,7 +49,7 @@ class SessionImpl {
   struct KernelSet;
   std::unique_ptr<KernelSet> build_set(int threads, size_t bytes_used);
   void choose_set();
-  int trial_count(int settled);
+  int trial_option(int settled);
   void end_run();
 
   mutable std::recursive_mutex mu;  // serializes run() and the setters across threads
@@ -85,23 +85,29 @@ class SessionImpl {
   // Auto mode on a loaded machine: the governor settled on fewer threads than the most a run may use (top). Which is
   // faster depends on the session: a descheduled thread stalls each parallel region it has a share of, which costs
   // small kernels far more than large ones, while fewer threads get a smaller share of the CPUs other processes
-  // also want. So the session times its own runs: it uses `choice` (the governor's count at first), probes the
-  // other count (top or the governor's) with kTrialRuns runs once three runs at `choice` are timed, and again every
-  // `every_s` seconds; the faster by 10 % becomes the choice. every_s is 1 s after a change of choice and doubles
-  // up to 16 s while the choice holds; a new governor count or a fixed count ends the trials. Timed: the wall time of a
-  // run that completed; not timed: a count's first run after a switch (its workers wake, a set's first run prepares its
-  // weights).
+  // also want. So the session times its own runs over up to three options: the governor's count (kLow), the top
+  // count with every kernel split over all threads (kTop), and, for a session that can, the batch in pieces over
+  // top single-threaded workers (kPieces, see Pieces). It uses `choice` (the pieces where it can, else the
+  // governor's count), probes one other option with kTrialRuns runs once three runs of `choice` are timed (the
+  // others in turn), and again every `every_s` seconds; the faster by 10 % becomes the choice. every_s is 1 s after
+  // a change of choice and doubles up to 16 s while the choice holds; a new governor count or a fixed count ends the
+  // trials. Timed: the wall time of a run that completed; not timed: an option's first run after a switch (its
+  // workers wake, a set's first run prepares its weights).
+  static constexpr int kLow = 1, kTop = 2, kPieces = 3;
   struct Trial {
     int low = 0;                                    // the governor's count the trials are for; 0: none
-    int choice = 0;                                 // the count runs use between probes
-    int probe = 0;                                  // the other count while a probe runs; 0: none
+    int choice = 0;                                 // the option runs use between probes
+    int probe = 0;                                  // the option a running probe times; 0: none
+    int last_probe = 0;                             // the option probed last (the next probe takes another)
     int runs = 0;                                   // runs of the current probe, its first one included
-    bool skip = false;                              // the next run at `choice` follows a switch: not timed
-    double probe_ms = 0, choice_ms[3] = {0, 0, 0};  // the probe's timed runs; the last 3 timed runs at `choice`
+    bool skip = false;                              // the next run of `choice` follows a switch: not timed
+    bool pieces = false;                            // kPieces is an option
+    double probe_ms = 0, choice_ms[3] = {0, 0, 0};  // the probe's timed runs; the last 3 timed runs of `choice`
     int nchoice = 0;
     double every_s = 1;
     std::chrono::steady_clock::time_point next;
   } trial;
+  int ran_option = 0;  // the trial option the running run uses (0: no trials)
   // Batch pieces (Session::batch_pieces): an inference session that may run its batch as pieces keeps the graph it
   // was compiled from; the first run that wants pieces compiles it for the piece size once per worker (fixed to one
   // thread) and checks that the graph treats samples independently. Workers share the ParamStore; each holds its
@@ -166,6 +172,7 @@ class SessionImpl {
   };
   std::unique_ptr<Graph> train_source;  // null: this session never trains in pieces
   std::unique_ptr<TrainPieces> tpieces;
+  size_t pieces_limit = 0;    // the caller's budget (max_arena_bytes, else memory_budget), 0: none
   int tpieces_failed = 0;     // a worker count whose pieces could not be made (not retried)
   bool tpieced_last = false;  // the last completed step ran in pieces (fetch() reads tpieces' outputs)
   bool make_train_pieces(int workers);
@@ -392,6 +399,7 @@ SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, con
       n_grad <= kTrainPiecesMaxParams && plan.memory.arena_bytes <= kTrainPiecesMaxArena &&
       train_separable(graph, opt.loss))
     train_source = std::make_unique<Graph>(graph);
+  pieces_limit = o.max_arena_bytes ? o.max_arena_bytes : o.memory_budget;  // plan.opt no longer has memory_budget
 
   // ---- optimizer state ----
   if (opt.mode == Mode::Train) {
@@ -550,19 +558,24 @@ void SessionImpl::choose_set() {
     } else {
       pending_runs = 0;
     }
-    target = trial_count(settled);
-    // the trials' top count, for a session that can: the batch in pieces over that many single-threaded workers
-    // instead of every kernel split over all threads (no second kernel set; the workers hold their own)
-    if (trial.low && target == get_num_threads() && target > settled && make_pieces(target)) {
-      use_pieces = true;
-      use_num_threads(active->threads);  // make_pieces' compiles set one thread on this thread
-      threads_used = ran_threads = target;
-      return;
+    ran_option = trial_option(settled);
+    target = ran_option == kTop || ran_option == kPieces ? get_num_threads() : settled;
+    // the trials' pieces: the batch over top single-threaded workers (no second kernel set; the workers hold their
+    // own)
+    if (ran_option == kPieces) {
+      if (make_pieces(target)) {
+        use_pieces = true;
+        use_num_threads(active->threads);  // make_pieces' compiles set one thread on this thread
+        threads_used = ran_threads = target;
+        return;
+      }
+      ran_option = kTop;  // (made when the trials began: not reached)
     }
   } else {
     pending_runs = 0;
     settled = c.count;
     trial = Trial{};
+    ran_option = 0;
   }
   if (target != active->threads && !(c.automatic && target == failed_threads)) {
     KernelSet* next = nullptr;
@@ -582,6 +595,7 @@ void SessionImpl::choose_set() {
         failed_threads = target;           // auto: keep running on the kernels that work
         if (target == settled) settled = active->threads;
         trial = Trial{};
+        ran_option = 0;
       }
     }
     if (next) {
@@ -594,8 +608,8 @@ void SessionImpl::choose_set() {
   threads_used = ran_threads = active->threads;
 }
 
-// Auto mode: the count this run uses, given the governor's settled count (see Trial).
-int SessionImpl::trial_count(int low) {
+// Auto mode: the option this run uses (see Trial), given the governor's settled count low; 0: no trials (low).
+int SessionImpl::trial_option(int low) {
   const int top = get_num_threads();
   Trial& t = trial;
   // the two counts must fit the two sets a session holds: sets[1] is the one a switch replaces, so sets[0] (the
@@ -603,16 +617,17 @@ int SessionImpl::trial_count(int low) {
   const bool fits = sets[0]->threads == low || sets[0]->threads == top;
   if (low >= top || top == failed_threads || !fits) {
     t = Trial{};
-    return low;
+    return 0;
   }
-  if (t.low != low) {  // the governor settled on fewer threads: its count first, a probe of the top count later
+  if (t.low != low) {  // the governor settled on fewer threads: the pieces first where they can run, else its count
     t = Trial{};
-    t.low = t.choice = low;
-    // ... unless the top count runs as batch pieces: those do at least what the governor's count would (the worker
-    // on a free CPU alone does that much), so they come first and the governor's count is the probe
-    if (make_pieces(top)) t.choice = top;
+    t.low = low;
+    // the pieces do at least what the governor's count would (the worker on a free CPU alone does that much)
+    t.pieces = make_pieces(top);
+    t.choice = t.pieces ? kPieces : kLow;
+    t.last_probe = kLow;  // the first probe: the top count (whole batches), then the governor's count
     t.skip = true;
-    t.next = std::chrono::steady_clock::now();  // the first probe once three runs at `low` are timed
+    t.next = std::chrono::steady_clock::now();  // the first probe once three runs of the choice are timed
   }
   return t.probe ? t.probe : t.choice;
 }
@@ -621,10 +636,10 @@ int SessionImpl::trial_count(int low) {
 void SessionImpl::end_run() {
   constexpr int kTrialRuns = 3;
   Trial& t = trial;
-  if (!t.low || eager_runs == runs_at_t0) return;
+  if (!t.low || !ran_option || eager_runs == runs_at_t0) return;
   const auto now = std::chrono::steady_clock::now();
   const double ms = std::chrono::duration<double, std::milli>(now - run_t0).count();
-  const int ran = ran_threads;
+  const int ran = ran_option;
   auto after = [&](double s) {
     return now + std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(s));
   };
@@ -660,7 +675,12 @@ void SessionImpl::end_run() {
   } else {  // keep the last three: shift
     std::rotate(t.choice_ms, t.choice_ms + 1, t.choice_ms + 3);
   }
-  if (t.nchoice >= 3 && now >= t.next) t.probe = t.choice == t.low ? get_num_threads() : t.low;
+  if (t.nchoice >= 3 && now >= t.next) {  // the options other than the choice in turn
+    int o = t.last_probe;
+    do o = o % (t.pieces ? kPieces : kTop) + 1;
+    while (o == t.choice);
+    t.probe = t.last_probe = o;
+  }
 }
 
 namespace {
@@ -1292,6 +1312,14 @@ bool SessionImpl::make_train_pieces(int workers) {
     size_t bytes = 0;
     for (const auto& w : tp->workers) bytes += w->worker_bytes();
     for (size_t b : tp->fetch_bytes) bytes += b * size_t(workers);
+    // a budget the caller set (max_arena_bytes, memory_budget) holds for the session and its pieces together
+    size_t held = plan.memory.arena_bytes + fixed_bytes;
+    for (const auto& k : sets)
+      if (k) held += k->scratch_bytes + k->prepared_bytes;
+    if (pieces_limit && held + bytes > pieces_limit) {
+      tpieces_failed = workers;
+      return false;
+    }
     tpieces = std::move(tp);
     report.pieces_bytes = bytes;
     return true;
