@@ -10,24 +10,12 @@ batch_pieces=False (every node split over all threads) and PyTorch's eager step 
 markdown table with the thread count and the CPU; timings mean something only on a machine nothing else loads.
 """
 import argparse
-import platform
 import statistics
 
 import numpy as np
 
 import cnnnative as cn
-from cnnnative.bench.suite import _build, _time, torch_train_step
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from cnnnative.bench.suite import _build, _cpu_model, _time, torch_train_step
 
 
 def bench(batch, rounds):
@@ -60,7 +48,7 @@ def main(argv=None):
     ap.add_argument("--batches", default="32,64,128")
     ap.add_argument("--rounds", type=int, default=5)
     a = ap.parse_args(argv)
-    print(f"{cpu_name()}, {cn.get_num_threads()} threads, float32, SGD with momentum; medians of {a.rounds} rounds "
+    print(f"{_cpu_model()}, {cn.get_num_threads()} threads, float32, SGD with momentum; medians of {a.rounds} rounds "
           f"of 50 steps per engine, alternating\n")
     print("| model | pieces (samples × workers) | pieces ms | whole-batch ms | whole / pieces | PyTorch ms | "
           "pieces / PyTorch | whole / PyTorch |")

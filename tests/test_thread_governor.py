@@ -332,16 +332,22 @@ def _expected_piece(batch, workers):
     return next(p for p in range(1, batch + 1) if batch % p == 0 and batch // p <= 4 * workers)
 
 
-def test_under_load_an_inference_batch_runs_in_pieces_that_free_workers_take(played_load):
-    # The top count's probe under load runs an inference batch as pieces over single-threaded workers: the results
-    # are the whole batch's (to float rounding), the workers are made once (no pieced run after the first allocates),
-    # and the pieces are what batch_pieces says.
+def _lenet_b32_under_played_load(played_load):
+    """(top count, play, x, a LeNet-5 b32 inference session in auto mode, the whole batch's output)."""
     top = cn.threads_info()["max"]
     play, _ = played_load
     shape = (32, 1, 28, 28)
     x = _data(shape)
     sess = cn.models.lenet5(seed=0).compile(shape)
     ref = cn.models.lenet5(seed=0).compile(shape, batch_pieces=False).run(x).copy()
+    return top, play, x, sess, ref
+
+
+def test_under_load_an_inference_batch_runs_in_pieces_that_free_workers_take(played_load):
+    # The top count's probe under load runs an inference batch as pieces over single-threaded workers: the results
+    # are the whole batch's (to float rounding), the workers are made once (no pieced run after the first allocates),
+    # and the pieces are what batch_pieces says.
+    top, play, x, sess, ref = _lenet_b32_under_played_load(played_load)
     # no load (once the governor's smoothed load from earlier tests has gone): whole batches on every thread
     assert _run_until(sess, x, lambda: sess.num_threads == top and sess.batch_pieces is None and
                       cn.threads_info()["current"] == top, 20, [])
@@ -396,12 +402,7 @@ def test_under_load_the_trials_time_pieces_whole_batches_and_the_governors_count
     # batch on the top count (every kernel split over all threads: on some machines the fastest under load, ResNet-18
     # b16 in bench/busy.py) and the whole batch on the governor's count. Each is timed on the session's own runs;
     # which wins is the machine's business, so this checks that all three run and give the whole batch's results.
-    top = cn.threads_info()["max"]
-    play, _ = played_load
-    shape = (32, 1, 28, 28)
-    x = _data(shape)
-    sess = cn.models.lenet5(seed=0).compile(shape)
-    ref = cn.models.lenet5(seed=0).compile(shape, batch_pieces=False).run(x).copy()
+    top, play, x, sess, ref = _lenet_b32_under_played_load(played_load)
     assert _run_until(sess, x, lambda: sess.num_threads == top and cn.threads_info()["current"] == top, 20, [])
     play(1 + 2 * os.cpu_count())
     seen = set()  # from the first run in pieces on (before it, whole batches on the top count until the count holds)
