@@ -1269,11 +1269,12 @@ bool SessionImpl::make_train_pieces(int workers) {
   if (!train_source || workers < 2 || workers == tpieces_failed) return false;
   tpieces.reset();
   report.pieces_bytes = 0;
-  const int64_t batch = plan.feeds.empty() || plan.feeds[0].desc.shape.empty() ? 0 : plan.feeds[0].desc.shape[0];
-  if (batch % workers != 0 || batch / workers < kTrainPiecesMinPiece) {
+  auto refuse = [&] {  // not for this count: whole batches
     tpieces_failed = workers;
     return false;
-  }
+  };
+  const int64_t batch = plan.feeds.empty() || plan.feeds[0].desc.shape.empty() ? 0 : plan.feeds[0].desc.shape[0];
+  if (batch % workers != 0 || batch / workers < kTrainPiecesMinPiece) return refuse();
   try {
     auto tp = std::make_unique<TrainPieces>();
     tp->piece = batch / workers;
@@ -1284,24 +1285,16 @@ bool SessionImpl::make_train_pieces(int workers) {
     for (int w = 0; w < workers; ++w) tp->workers.push_back(std::make_unique<SessionImpl>(gp, store, wo, 1));
     const Plan& wp = tp->workers[0]->plan;
     if (wp.feeds.size() != plan.feeds.size() || wp.fetch_values != plan.fetch_values ||
-        wp.loss_value != plan.loss_value || tp->workers[0]->n_grad != n_grad) {
-      tpieces_failed = workers;
-      return false;
-    }
+        wp.loss_value != plan.loss_value || tp->workers[0]->n_grad != n_grad)
+      return refuse();
     for (const FeedInfo& f : plan.feeds) {
-      if (f.desc.shape.empty() || f.desc.shape[0] != batch) {
-        tpieces_failed = workers;
-        return false;
-      }
+      if (f.desc.shape.empty() || f.desc.shape[0] != batch) return refuse();
       tp->feed_bytes.push_back(size_t(numel(f.desc.shape) / workers) * dtype_size(f.desc.dtype));
     }
     for (size_t k = 0; k < plan.fetches.size(); ++k) {
       const TensorDesc& d = plan.fetches[k].desc;
       const bool is_loss = plan.fetch_values[k] == plan.loss_value;
-      if (!is_loss && (d.shape.empty() || d.shape[0] != batch)) {
-        tpieces_failed = workers;
-        return false;
-      }
+      if (!is_loss && (d.shape.empty() || d.shape[0] != batch)) return refuse();
       tp->fetch_bytes.push_back(is_loss ? 0 : size_t(numel(d.shape) / workers) * dtype_size(d.dtype));
       tp->outs.push_back(is_loss ? Buffer() : backend.allocate(std::max<size_t>(tp->fetch_bytes.back() * workers, 64)));
     }
@@ -1316,16 +1309,12 @@ bool SessionImpl::make_train_pieces(int workers) {
     size_t held = plan.memory.arena_bytes + fixed_bytes;
     for (const auto& k : sets)
       if (k) held += k->scratch_bytes + k->prepared_bytes;
-    if (pieces_limit && held + bytes > pieces_limit) {
-      tpieces_failed = workers;
-      return false;
-    }
+    if (pieces_limit && held + bytes > pieces_limit) return refuse();
     tpieces = std::move(tp);
     report.pieces_bytes = bytes;
     return true;
   } catch (const std::exception&) {  // a piece size some op refuses, memory: whole batches it is
-    tpieces_failed = workers;
-    return false;
+    return refuse();
   }
 }
 
@@ -1384,13 +1373,13 @@ bool SessionImpl::train_in_pieces(const std::vector<const void*>& fd, double& L)
       const size_t lo = n_grad * size_t(t) / size_t(nt), hi = n_grad * size_t(t + 1) / size_t(nt);
       const float scale = 1.f / float(W);
       const float* const* g = T.grads.data();
-      if (W == 2) {
+      if (W == 2) {  // the usual case, as one vectorized loop (a loop over the workers inside it is not vectorized)
 #pragma omp simd
         for (size_t i = lo; i < hi; ++i) out[i] = (g[0][i] + g[1][i]) * scale;
       } else {
         for (size_t i = lo; i < hi; ++i) {
           float a = g[0][i];
-          for (int w = 1; w < W; ++w) a += g[size_t(w)][i];
+          for (int w = 1; w < W; ++w) a += g[w][i];
           out[i] = a * scale;
         }
       }
