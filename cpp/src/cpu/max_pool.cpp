@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <limits>
+#include <type_traits>
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #define CNN_MAXPOOL_X86 1
@@ -97,22 +98,32 @@ void forward_portable_t(const float* x, float* y, int32_t* ws, int64_t H, int64_
   }
 }
 
-template <int SW>
-void forward_portable_sw(const float* x, float* y, int32_t* ws, int64_t H, int64_t W, int64_t OH, int64_t OW,
-                         const Window& g) {
+// The forward kernels' template parameters, chosen once per call: f(std::bool_constant<WS>) with WS whether a
+// workspace is written, and f(std::integral_constant<int, SW>, std::bool_constant<WS>) with SW the column stride
+// the kernel is specialized for (1, 2, or 0: any).
+template <class F>
+void with_ws(bool ws, F f) {
   if (ws)
-    forward_portable_t<SW, true>(x, y, ws, H, W, OH, OW, g);
+    f(std::true_type{});
   else
-    forward_portable_t<SW, false>(x, y, ws, H, W, OH, OW, g);
+    f(std::false_type{});
+}
+template <class F>
+void with_sw_ws(int sw, bool ws, F f) {
+  with_ws(ws, [&](auto w) {
+    switch (sw) {
+      case 1: return f(std::integral_constant<int, 1>{}, w);
+      case 2: return f(std::integral_constant<int, 2>{}, w);
+      default: return f(std::integral_constant<int, 0>{}, w);
+    }
+  });
 }
 
 void forward_portable(const float* x, float* y, int32_t* ws, int64_t H, int64_t W, int64_t OH, int64_t OW,
                       const Window& g) {
-  switch (g.sw) {
-    case 1: return forward_portable_sw<1>(x, y, ws, H, W, OH, OW, g);
-    case 2: return forward_portable_sw<2>(x, y, ws, H, W, OH, OW, g);
-    default: return forward_portable_sw<0>(x, y, ws, H, W, OH, OW, g);
-  }
+  with_sw_ws(g.sw, ws != nullptr, [&](auto sw, auto w) {
+    forward_portable_t<decltype(sw)::value, decltype(w)::value>(x, y, ws, H, W, OH, OW, g);
+  });
 }
 
 // dx = 0, then dx[ws] += dy in (oh, ow) order (an index outside the plane is skipped).
@@ -312,15 +323,6 @@ MAXPOOL_AVX512 void forward_avx512_t(const float* x, float* y, int32_t* ws, int6
   }
 }
 
-template <int SW>
-void forward_avx512_sw(const float* x, float* y, int32_t* ws, int64_t H, int64_t W, int64_t OH, int64_t OW,
-                       const Window& g) {
-  if (ws)
-    forward_avx512_t<SW, true>(x, y, ws, H, W, OH, OW, g);
-  else
-    forward_avx512_t<SW, false>(x, y, ws, H, W, OH, OW, g);
-}
-
 // 2x2 stride 2, no padding: 16 windows from two rows of 32 inputs, split into even and odd columns. A ceil_mode
 // window past the last column has no odd element (lanes >= FW - ow), one past the last row no second row.
 template <bool WS>
@@ -430,18 +432,11 @@ void forward(const float* x, float* y, int32_t* ws, int64_t H, int64_t W, int64_
              bool avx512) {
 #if CNN_MAXPOOL_X86
   if (avx512) {
-    if (is_2x2(g)) {
-      if (ws)
-        forward_2x2_t<true>(x, y, ws, H, W, OH, OW);
-      else
-        forward_2x2_t<false>(x, y, ws, H, W, OH, OW);
-      return;
-    }
-    switch (g.sw) {
-      case 1: return forward_avx512_sw<1>(x, y, ws, H, W, OH, OW, g);
-      case 2: return forward_avx512_sw<2>(x, y, ws, H, W, OH, OW, g);
-      default: return forward_avx512_sw<0>(x, y, ws, H, W, OH, OW, g);
-    }
+    if (is_2x2(g))
+      return with_ws(ws != nullptr, [&](auto w) { forward_2x2_t<decltype(w)::value>(x, y, ws, H, W, OH, OW); });
+    return with_sw_ws(g.sw, ws != nullptr, [&](auto sw, auto w) {
+      forward_avx512_t<decltype(sw)::value, decltype(w)::value>(x, y, ws, H, W, OH, OW, g);
+    });
   }
 #endif
   forward_portable(x, y, ws, H, W, OH, OW, g);
