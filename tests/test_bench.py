@@ -146,9 +146,14 @@ def test_suite_compares_quiet_and_busy_and_stops_its_load(tmp_path):
         # every timed cnnnative run is counted under the thread count it used; two blocks, each with a load average
         assert sum(r["cnnnative_threads"].values()) == r["reps"] and len(r["load_average"]) == 2
         assert r["cnnnative"]["mean_ms"] > 0
+        for k in ("pytorch", "onnxruntime"):  # ratios of medians and of means (throughput), side by side
+            if k in r:
+                assert r[f"ratio_vs_{k}"] == r["cnnnative"]["median_ms"] / r[k]["median_ms"]
+                assert r[f"mean_ratio_vs_{k}"] == r["cnnnative"]["mean_ms"] / r[k]["mean_ms"]
     md = (tmp_path / "results.md").read_text()
     assert "| lenet5_infer_mb1 (busy) | cnnnative |" in md and "busy = 1 CPU-bound process" in md
-    assert "| workload | quiet: cnnnative / PyTorch | busy: cnnnative / PyTorch |" in md or "torch absent" in md
+    assert ("| workload | quiet: cnnnative / PyTorch, median (mean) | busy: cnnnative / PyTorch, median (mean) |"
+            in md or "torch absent" in md)
 
 
 def test_suite_refuses_compare_quiet_without_load_and_bad_counts(tmp_path):

@@ -358,6 +358,7 @@ def test_under_load_an_inference_batch_runs_in_pieces_that_free_workers_take(pla
     play(1 + 2 * os.cpu_count())
     # and a real CPU-bound process, so that a worker is now and then descheduled holding a piece: the caller then runs
     # that piece itself, and whichever finishes first delivers it (the results must not care)
+    tasks_before = set(os.listdir("/proc/self/task"))
     busy = _busy_loop()
     try:
         runs = []  # (threads, pieces, allocations)
@@ -379,6 +380,17 @@ def test_under_load_an_inference_batch_runs_in_pieces_that_free_workers_take(pla
     # pieces (the first choice), whole batches on the governor's count or on the top count
     assert all(r[0] == top for r in pieced) and all(r[0] in (1, top) for r in runs[first:] if r[1] is None)
     assert sum(r[2] for r in runs[first + 1:] if r[1] is not None) == 0, runs  # (a 1-thread probe makes its set)
+    # with one worker per CPU the process may use, each worker is pinned to its own CPU (none otherwise)
+    allowed = os.sched_getaffinity(0)
+    pinned = []
+    for t in set(os.listdir("/proc/self/task")) - tasks_before:
+        try:
+            cpus = os.sched_getaffinity(int(t))
+        except OSError:  # a thread that ended since
+            continue
+        if len(cpus) == 1 and len(allowed) > 1:
+            pinned.append(next(iter(cpus)))
+    assert sorted(pinned) == (sorted(allowed) if len(allowed) == top else []), (pinned, allowed, top)
     # a fixed count ends the trials, and with them the pieces
     cn.set_num_threads(top)
     for _ in range(20):

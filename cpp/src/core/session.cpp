@@ -20,6 +20,7 @@
 #include <thread>
 
 #include <omp.h>
+#include <sched.h>
 #include <unistd.h>
 
 #include "cnnnative/model.hpp"
@@ -121,12 +122,17 @@ class SessionImpl {
   // first (`state`: a compare-and-swap on the run's number). A worker with no piece left to take waits for those
   // others hold only as long as a piece takes (1.5x the last one), then runs them itself. A worker finishing a piece
   // of an earlier run finds its number gone and drops the result.
+  // With as many workers as the caller may use CPUs, worker w is pinned to the w-th of them (`cpu`): unpinned, the
+  // kernel's wake-up placement often queued both workers on one CPU while another process held the other, and a run
+  // got about 1.2 CPUs where an ORT run got 1.4 (docs/ARCHITECTURE.md, "Batch pieces"). With fewer workers than
+  // CPUs there is no right CPU to pick, so none is pinned. CNNNATIVE_PIECES_PIN=0 turns it off.
   int fixed_threads = 0;
   std::unique_ptr<Graph> source;  // null: this session never runs in pieces
   struct Pieces {
     static constexpr uint64_t kWon = 1, kCopied = 2;  // state bits below the run number (state = run << 2 | bits)
     int64_t piece = 0, count = 0;
     std::vector<std::unique_ptr<SessionImpl>> workers;  // [w]: worker thread w's
+    std::vector<int> cpu;                               // [w]: the CPU worker thread w is pinned to; -1: none
     std::vector<size_t> feed_bytes, fetch_bytes;        // per piece
     std::vector<Buffer> outs;                           // per fetch: the whole batch
     std::vector<Buffer> staged[2];                      // per feed: the whole batch, by the run's parity
@@ -1132,6 +1138,13 @@ bool SessionImpl::make_pieces(int workers) {
       pc->state[i].store(0);
       pc->taken_ns[i].store(0);
     }
+    pc->cpu.assign(size_t(workers), -1);
+    const char* pin_env = std::getenv("CNNNATIVE_PIECES_PIN");
+    cpu_set_t allowed;  // the caller's CPUs, which its new threads inherit
+    if (!(pin_env && std::string(pin_env) == "0") && sched_getaffinity(0, sizeof allowed, &allowed) == 0 &&
+        CPU_COUNT(&allowed) == workers)
+      for (int c = 0, w = 0; c < CPU_SETSIZE && w < workers; ++c)
+        if (CPU_ISSET(c, &allowed)) pc->cpu[size_t(w++)] = c;
     for (int w = 0; w < workers; ++w) pc->threads.emplace_back([p = pc.get(), w] { p->serve(size_t(w)); });
     size_t bytes = 0;
     for (const auto& w : pc->workers) bytes += w->worker_bytes();
@@ -1204,6 +1217,12 @@ void SessionImpl::Pieces::help(size_t w, uint64_t r) {
 }
 
 void SessionImpl::Pieces::serve(size_t w) {
+  if (cpu[w] >= 0) {  // best effort: a refused pin leaves the thread where the kernel puts it
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(cpu[w], &one);
+    (void)sched_setaffinity(0, sizeof one, &one);  // 0: this thread
+  }
   uint64_t seen = 0;
   for (;;) {
     {

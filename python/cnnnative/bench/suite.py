@@ -480,20 +480,21 @@ def _compare_table(rows, conditions):
         by[r["workload"]][r["machine"]] = r
     refs = [k for k in ("pytorch", "onnxruntime", "onnxruntime_int8") if any(f"ratio_vs_{k}" in r for r in rows)]
     label = {"pytorch": "PyTorch", "onnxruntime": "ORT", "onnxruntime_int8": "ORT int8"}
-    head = ["workload"] + [f"{c}: cnnnative / {label[k]}" for k in refs for c in conditions]
-    head += [f"{label.get(e, e)} busy / quiet" for e in ["cnnnative"] + refs] if len(conditions) > 1 else []
+    head = ["workload"] + [f"{c}: cnnnative / {label[k]}, median (mean)" for k in refs for c in conditions]
+    head += [f"{label.get(e, e)} busy / quiet, median (mean)" for e in ["cnnnative"] + refs] if len(conditions) > 1 else []
     head += [f"cnnnative threads ({c}: runs)" for c in conditions]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for w, per in by.items():
         cells = [w]
         for k in refs:
             for c in conditions:
-                v = per[c].get(f"ratio_vs_{k}")
-                cells.append(f"{v:.2f}" if v is not None else "-")
+                v, m = per[c].get(f"ratio_vs_{k}"), per[c].get(f"mean_ratio_vs_{k}")
+                cells.append(f"{v:.2f} ({m:.2f})" if v is not None else "-")
         if len(conditions) > 1:
             for e in ["cnnnative"] + refs:
                 q, b = per["quiet"].get(e), per["busy"].get(e)
-                cells.append(f"{b['median_ms'] / q['median_ms']:.2f}x" if q and b else "-")
+                cells.append(f"{b['median_ms'] / q['median_ms']:.2f}x ({b['mean_ms'] / q['mean_ms']:.2f}x)"
+                             if q and b else "-")
         for c in conditions:
             cells.append(str(per[c].get("cnnnative_threads", "-")))
         lines.append("| " + " | ".join(cells) + " |")
@@ -612,6 +613,7 @@ def main(argv=None) -> int:
                 for k in ("cnnnative_percall", "pytorch", "onnxruntime", "onnxruntime_int8"):
                     if k in row:
                         row[f"ratio_vs_{k}"] = row["cnnnative"]["median_ms"] / row[k]["median_ms"]
+                        row[f"mean_ratio_vs_{k}"] = row["cnnnative"]["mean_ms"] / row[k]["mean_ms"]
                 rows.append(row)
                 print(f"{n}{'' if c == 'quiet' and not args.background_load else f' ({c})'}: "
                       + ", ".join(f"{k} {row[k]['median_ms']:.2f} ms" for k in times[c])
@@ -640,7 +642,11 @@ def main(argv=None) -> int:
                  "PyTorch and onnxruntime float32, onnxruntime_int8 the QDQ model of quantize_static.")
     if args.background_load:
         lines += ["", *_compare_table(rows, conditions), "",
-                  "busy / quiet: an engine's busy median over its quiet median. cnnnative threads: the thread count "
+                  "Ratios of medians, and in parentheses of means (the throughput of back-to-back runs: on a busy "
+                  "machine the runs that lost the CPU to the load count in full, and a run shorter than the "
+                  "scheduler's time slice either gets the second CPU or not, so its times have two modes and the "
+                  "median picks one). busy / quiet: an engine's busy median (mean) over its quiet median (mean). "
+                  "cnnnative threads: the thread count "
                   "of its timed runs (auto mode follows the load; 2p: the batch in pieces over 2 workers)."]
     lines.append(f"load average at end {load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f}")
     md = "\n".join(lines)
