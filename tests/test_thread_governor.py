@@ -427,6 +427,45 @@ def test_under_load_the_trials_time_pieces_whole_batches_and_the_governors_count
     assert seen == {(top, True), (top, False), (1, False)}, seen
 
 
+class _WideHead(cn.nn.Module):
+    """A convolution and a linear layer with weights of twice one core's L2 cache: each piece would stream them."""
+
+    def __init__(self, l2_bytes):
+        super().__init__()
+        self.conv = cn.nn.Conv2d(1, 8, 3)
+        self.fc = cn.nn.Linear(8 * 26 * 26, 2 * l2_bytes // (4 * 8 * 26 * 26) + 1)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).flatten(1))
+
+
+def test_under_load_the_first_choice_is_pieces_for_small_weights_and_all_threads_for_large(played_load):
+    # The trials' first choice: the pieces where the weights fit one core's L2 cache (LeNet-5), whole batches on
+    # every thread where they do not (each single-threaded piece would stream them from memory again); the trials
+    # may change it later, so this looks at the first choice only. A session that cannot run pieces starts with
+    # the governor's count.
+    top, play, x, small, _ = _lenet_b32_under_played_load(played_load)
+    l2 = os.sysconf("SC_LEVEL2_CACHE_SIZE") if "SC_LEVEL2_CACHE_SIZE" in os.sysconf_names else 0
+    big = _WideHead(l2 if l2 > 0 else 1 << 20).compile(x.shape)
+    whole = cn.models.lenet5(seed=0).compile(x.shape, batch_pieces=False)
+    sessions = {"small": small, "big": big, "whole": whole}
+    for s in sessions.values():  # no load (once the governor's smoothed load from earlier tests has gone): no trials
+        assert _run_until(s, x, lambda: s.auto_choice is None and cn.threads_info()["current"] == top, 20, [])
+    play(1 + 2 * os.cpu_count())
+    first = {}
+    end = time.monotonic() + 30
+    while time.monotonic() < end and len(first) < len(sessions):
+        for k, s in sessions.items():
+            s.run(x)
+            if k not in first and s.auto_choice is not None:
+                first[k] = s.auto_choice
+    assert first == {"small": "pieces", "big": "all", "whole": "fewer"}, first
+    cn.set_num_threads(top)  # a fixed count ends the trials
+    for s in sessions.values():
+        s.run(x)
+        assert s.auto_choice is None
+
+
 def test_batches_that_cannot_be_split_always_run_whole(played_load):
     # Under the same played load: a graph that mixes samples, batch_pieces=False, deterministic mode and a batch
     # too small for 2 pieces per worker all run their top-count probes as whole batches.

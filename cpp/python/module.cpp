@@ -453,6 +453,12 @@ PYBIND11_MODULE(_core, m) {
             p.s().set_lr(lr);
           })
       .def_property_readonly("num_threads", [](PySession& p) { return p.s().num_threads(); })
+      .def_property_readonly("auto_choice",
+                             [](PySession& p) -> py::object {
+                               const std::string c = p.s().auto_choice();
+                               if (c.empty()) return py::none();
+                               return py::str(c);
+                             })
       .def_property_readonly("batch_pieces",
                              [](PySession& p) -> py::object {
                                const Session::BatchPieces b = p.s().batch_pieces();

@@ -324,6 +324,14 @@ class Session:
         return self._core_checked().batch_pieces
 
     @property
+    def auto_choice(self):
+        """What auto thread mode chooses for this session's runs on a loaded machine (it times the options on the
+        session's own runs and keeps the fastest): 'pieces' (the batch in pieces, see batch_pieces), 'all' (whole
+        batches on every thread) or 'fewer' (whole batches on the reduced count the load leaves); None when no
+        choice is being made (a quiet machine, or a fixed count: cn.set_num_threads(n))."""
+        return self._core_checked().auto_choice
+
+    @property
     def step_count(self) -> int:
         """Completed runs/steps. Settable (resume): Adam's bias correction and the dropout streams follow it."""
         return self._core_checked().step_count

@@ -88,12 +88,13 @@ class SessionImpl {
   // small kernels far more than large ones, while fewer threads get a smaller share of the CPUs other processes
   // also want. So the session times its own runs over up to three options: the governor's count (kLow), the top
   // count with every kernel split over all threads (kTop), and, for a session that can, the batch in pieces over
-  // top single-threaded workers (kPieces, see Pieces). It uses `choice` (the pieces where it can, else the
-  // governor's count), probes one other option with kTrialRuns runs once three runs of `choice` are timed (the
-  // others in turn), and again every `every_s` seconds; the faster by 10 % becomes the choice. every_s is 1 s after
-  // a change of choice and doubles up to 16 s while the choice holds; a new governor count or a fixed count ends the
-  // trials. Timed: the wall time of a run that completed; not timed: an option's first run after a switch (its
-  // workers wake, a set's first run prepares its weights).
+  // top single-threaded workers (kPieces, see Pieces). It uses `choice` (first the pieces where it can and the
+  // weights fit one core's L2 cache, the top count where they do not, else the governor's count), probes one other
+  // option with kTrialRuns runs once three runs of `choice` are timed (the others in turn), and again every `every_s`
+  // seconds; the faster by 10 % becomes the choice. every_s is 1 s after a change of choice and doubles up to 16 s
+  // while the choice holds; a new governor count or a fixed count ends the trials. Timed: the wall time of a run that
+  // completed; not timed: an option's first run after a switch (its workers wake, a set's first run prepares its
+  // weights).
   static constexpr int kLow = 1, kTop = 2, kPieces = 3;
   struct Trial {
     int low = 0;                                    // the governor's count the trials are for; 0: none
@@ -614,6 +615,16 @@ void SessionImpl::choose_set() {
   threads_used = ran_threads = active->threads;
 }
 
+namespace {
+size_t l2_bytes() {  // one core's L2 cache (1 MiB where the system does not say)
+  static const size_t b = [] {
+    const long v = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    return v > 0 ? size_t(v) : size_t(1) << 20;
+  }();
+  return b;
+}
+}  // namespace
+
 // Auto mode: the option this run uses (see Trial), given the governor's settled count low; 0: no trials (low).
 int SessionImpl::trial_option(int low) {
   const int top = get_num_threads();
@@ -625,12 +636,14 @@ int SessionImpl::trial_option(int low) {
     t = Trial{};
     return 0;
   }
-  if (t.low != low) {  // the governor settled on fewer threads: the pieces first where they can run, else its count
+  if (t.low != low) {  // the governor settled on fewer threads: the first choice (see Trial)
     t = Trial{};
     t.low = low;
-    // the pieces do at least what the governor's count would (the worker on a free CPU alone does that much)
+    // the pieces do at least what the governor's count would (the worker on a free CPU alone does that much), and
+    // the most where the weights stay in a core's cache; larger weights each piece streams again from memory (8
+    // times a run for ResNet-18 b16's 46 MB), and whole batches on the top count ran faster there
     t.pieces = make_pieces(top);
-    t.choice = t.pieces ? kPieces : kLow;
+    t.choice = !t.pieces ? kLow : store->num_params() * 4 <= l2_bytes() ? kPieces : kTop;
     t.last_probe = kLow;  // the first probe: the top count (whole batches), then the governor's count
     t.skip = true;
     t.next = std::chrono::steady_clock::now();  // the first probe once three runs of the choice are timed
@@ -1442,6 +1455,11 @@ Session::BatchPieces Session::batch_pieces() const {
   if (I.tpieced_last) return {I.tpieces->piece, int64_t(I.tpieces->workers.size()), int(I.tpieces->workers.size())};
   if (!I.pieced_last) return {};
   return {I.pieces->piece, I.pieces->count, int(I.pieces->workers.size())};
+}
+std::string Session::auto_choice() const {
+  const auto& t = impl_->trial;
+  if (!t.low) return "";
+  return t.choice == SessionImpl::kPieces ? "pieces" : t.choice == SessionImpl::kTop ? "all" : "fewer";
 }
 double Session::loss() const { return impl_->last_loss; }
 void Session::set_lr(double lr) {
