@@ -57,6 +57,8 @@ CASES = [  # N, C, K, H, W, KH, KW, pad, bias
     (2, 2, 8, 9, 21, 3, 5, (1, 2), False),     # a 3x5 filter, 8 output channels (blocks of 6 + 2), no bias
     (1, 4, 3, 6, 8, 7, 7, (3, 3), True),       # one image (one chunk), 7x7 filter, the narrowest row
     (2, 16, 4, 12, 17, 3, 3, (0, 0), True),    # many input channels, few outputs (an output layer)
+    (2, 2, 4, 9, 20, 3, 1, (1, 0), True),      # a 3x1 filter: one tap a row (no shifted vectors), 20 columns
+    (2, 3, 4, 6, 18, 1, 1, (0, 0), False),     # 1x1: a single tap
 ]
 
 
@@ -103,6 +105,7 @@ def test_against_reference_onednn_and_numpy(case, monkeypatch):
     (64, 6, 16, 14, 14, 5, (0, 0)),   # LeNet-5 conv2: 4 full groups of 16 images
     (20, 3, 5, 11, 19, 3, (1, 1)),    # a second group of 4 images (masked lanes), positions not a multiple of 16
     (16, 1, 7, 9, 8, 5, (2, 2)),      # one group, a 1-channel dx
+    (40, 2, 4, 8, 10, 3, (1, 1)),     # three groups: a pair of groups per call, then the last one alone
 ])
 def test_batch_lanes_data_gradient_against_rows(N, C, K, H, W, k, pad, monkeypatch):
     """From 16 images the data gradient puts the batch in the vector lanes (no FMA on padding); the row kernel

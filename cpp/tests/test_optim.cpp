@@ -108,15 +108,25 @@ static double max_rel_ff(const std::vector<float>& a, const std::vector<float>& 
 
 // ------------------------------------------------------------------ SGD
 
+static float absmax(const std::vector<float>& a) {
+  float m = 0.f;
+  for (float x : a) m = std::max(m, std::fabs(x));
+  return m;
+}
+
 struct SgdState {
   std::vector<float> p, buf;
+  OptimMaxima mx;  // the last step's maxima of |p| and |buf| (the divergence guard's)
 };
 
 static SgdState run_sgd_float(const std::vector<float>& p0, const std::vector<std::vector<float>>& grads,
                               const SGDConfig& c) {
-  SgdState s{p0, std::vector<float>(p0.size(), 0.f)};
-  for (std::size_t t = 0; t < grads.size(); ++t)
-    sgd_update(s.p.data(), grads[t].data(), c.momentum != 0.f ? s.buf.data() : nullptr, s.p.size(), c, long(t + 1));
+  SgdState s{p0, std::vector<float>(p0.size(), 0.f), {}};
+  for (std::size_t t = 0; t < grads.size(); ++t) {
+    s.mx = OptimMaxima{};
+    sgd_update(s.p.data(), grads[t].data(), c.momentum != 0.f ? s.buf.data() : nullptr, s.p.size(), c, long(t + 1),
+               &s.mx);
+  }
   return s;
 }
 
@@ -160,7 +170,12 @@ static void test_sgd_variant(const char* name, const SGDConfig& c) {
       CHECK(e < 1e-6, "SGD %s n=%zu %s vs scalar rel %.3g", name, n, optim_simd_name(OptimSimd(l)), e);
       CHECK(kExpectBitwise ? bitwise_equal(s.p, ref.p) && bitwise_equal(s.buf, ref.buf) : true,
             "SGD %s n=%zu %s not bitwise equal to scalar", name, n, optim_simd_name(OptimSimd(l)));
+      CHECK(s.mx.p == absmax(s.p) && s.mx.m == (c.momentum != 0.f ? absmax(s.buf) : 0.f),
+            "SGD %s n=%zu %s maxima %g %g, the arrays' %g %g", name, n, optim_simd_name(OptimSimd(l)), s.mx.p, s.mx.m,
+            absmax(s.p), absmax(s.buf));
     }
+    CHECK(ref.mx.p == absmax(ref.p), "SGD %s n=%zu scalar maximum %g, the array's %g", name, n, ref.mx.p,
+          absmax(ref.p));
     optim_set_simd_level(best);
   }
   std::printf("ok  SGD %-22s\n", name);
@@ -170,15 +185,18 @@ static void test_sgd_variant(const char* name, const SGDConfig& c) {
 
 struct AdamState {
   std::vector<float> p, m, v, vmax;
+  OptimMaxima mx;  // the last step's maxima of |p|, |m| and v (vmax under AMSGrad)
 };
 
 static AdamState run_adam_float(const std::vector<float>& p0, const std::vector<std::vector<float>>& grads,
                                 const AdamConfig& c) {
   const std::size_t n = p0.size();
-  AdamState s{p0, std::vector<float>(n, 0.f), std::vector<float>(n, 0.f), std::vector<float>(n, 0.f)};
-  for (std::size_t t = 0; t < grads.size(); ++t)
+  AdamState s{p0, std::vector<float>(n, 0.f), std::vector<float>(n, 0.f), std::vector<float>(n, 0.f), {}};
+  for (std::size_t t = 0; t < grads.size(); ++t) {
+    s.mx = OptimMaxima{};
     adam_update(s.p.data(), grads[t].data(), s.m.data(), s.v.data(), c.amsgrad ? s.vmax.data() : nullptr, n, c,
-                long(t + 1));
+                long(t + 1), &s.mx);
+  }
   return s;
 }
 
@@ -228,7 +246,11 @@ static void test_adam_variant(const char* name, const AdamConfig& c) {
                                  bitwise_equal(s.vmax, ref.vmax)
                            : true,
             "Adam %s n=%zu %s not bitwise equal to scalar", name, n, optim_simd_name(OptimSimd(l)));
+      CHECK(s.mx.p == ref.mx.p && s.mx.m == ref.mx.m && s.mx.v == ref.mx.v,
+            "Adam %s n=%zu %s maxima differ from scalar", name, n, optim_simd_name(OptimSimd(l)));
     }
+    CHECK(ref.mx.p == absmax(ref.p) && ref.mx.m == absmax(ref.m) && ref.mx.v == absmax(c.amsgrad ? ref.vmax : ref.v),
+          "Adam %s n=%zu scalar maxima %g %g %g", name, n, ref.mx.p, ref.mx.m, ref.mx.v);
     optim_set_simd_level(best);
   }
   std::printf("ok  Adam %-21s\n", name);
