@@ -520,82 +520,67 @@ SMALL_AVX512 void to_lanes(const float* src, int64_t N, int64_t CH, int64_t rows
 // its FMAs on padding that way. Three passes: dy into D [group][oh][ow][k][16 images] (zeros past the batch), one
 // dx point (all its channels, two accumulators each, for even and odd k) per call into O [group][h][w][c][16],
 // then O back into dx. Used from 16 images up; each dx value is summed by one thread in (i, j, k) order.
-template <int C>
-SMALL_AVX512 void lanes_point(const float* D, const float* wp, int64_t K, int64_t OW, int64_t KW, int64_t i_lo,
-                              int64_t i_hi, int64_t j_lo, int64_t j_hi, int64_t oh0, int64_t ow0, float* o) {
-  __m512 a0[C], a1[C];
+// NG groups of 16 images at once (1 or 2: the second group's D and O at + dg and + og floats): with two, each
+// broadcast weight feeds both groups' FMAs (one group loads a weight per FMA, 7 loads per 6 FMAs; LeNet-5's conv2
+// data gradient for a b32 piece on one thread went 0.136 -> 0.123 ms). Even and odd k sum into separate
+// accumulators (two chains per channel), added at the end: the same sums in the same order for either NG.
+template <int C, int NG>
+SMALL_AVX512 void lanes_point(const float* D, int64_t dg, const float* wp, int64_t K, int64_t OW, int64_t KW,
+                              int64_t i_lo, int64_t i_hi, int64_t j_lo, int64_t j_hi, int64_t oh0, int64_t ow0,
+                              float* o, int64_t og) {
+  __m512 a0[NG][C], a1[NG][C];
+#pragma GCC unroll 2
+  for (int q = 0; q < NG; ++q)
 #pragma GCC unroll 8
-  for (int c = 0; c < C; ++c) a0[c] = a1[c] = _mm512_setzero_ps();
+    for (int c = 0; c < C; ++c) a0[q][c] = a1[q][c] = _mm512_setzero_ps();
   for (int64_t i = i_lo; i <= i_hi; ++i)
     for (int64_t j = j_lo; j <= j_hi; ++j) {
       const float* d = D + ((oh0 - i) * OW + ow0 - j) * K * 16;  // dy[.., k, oh0 - i, ow0 - j] at + k * 16
       const float* wk = wp + (i * KW + j) * K * C;               // w[k, c, i, j] at + k * C + c
       int64_t k = 0;
       for (; k + 1 < K; k += 2) {
-        __m512 d0 = _mm512_loadu_ps(d + k * 16), d1 = _mm512_loadu_ps(d + k * 16 + 16);
-        in_register(d0);
-        in_register(d1);
-#pragma GCC unroll 8
-        for (int c = 0; c < C; ++c) {
-          a0[c] = _mm512_fmadd_ps(_mm512_set1_ps(wk[k * C + c]), d0, a0[c]);
-          a1[c] = _mm512_fmadd_ps(_mm512_set1_ps(wk[k * C + C + c]), d1, a1[c]);
+        __m512 d0[NG], d1[NG];
+#pragma GCC unroll 2
+        for (int q = 0; q < NG; ++q) {
+          d0[q] = _mm512_loadu_ps(d + q * dg + k * 16);
+          d1[q] = _mm512_loadu_ps(d + q * dg + k * 16 + 16);
+          in_register(d0[q]);
+          in_register(d1[q]);
         }
-      }
-      if (k < K) {
-        __m512 d0 = _mm512_loadu_ps(d + k * 16);
-        in_register(d0);
-#pragma GCC unroll 8
-        for (int c = 0; c < C; ++c) a0[c] = _mm512_fmadd_ps(_mm512_set1_ps(wk[k * C + c]), d0, a0[c]);
-      }
-    }
-#pragma GCC unroll 8
-  for (int c = 0; c < C; ++c) _mm512_storeu_ps(o + c * 16, _mm512_add_ps(a0[c], a1[c]));
-}
-// The same point for two groups of 16 images at once (D and D + dg, o and o + og): each broadcast weight feeds both
-// groups' FMAs (one call loaded a weight per FMA, 7 loads per 6 FMAs; LeNet-5's conv2 data gradient for a b32 piece on
-// one thread 0.136 -> 0.123 ms). The sums are lanes_point's, in its order.
-template <int C>
-SMALL_AVX512 void lanes_point2(const float* D, int64_t dg, const float* wp, int64_t K, int64_t OW, int64_t KW,
-                               int64_t i_lo, int64_t i_hi, int64_t j_lo, int64_t j_hi, int64_t oh0, int64_t ow0,
-                               float* o, int64_t og) {
-  __m512 a0[C], a1[C], b0[C], b1[C];
-#pragma GCC unroll 8
-  for (int c = 0; c < C; ++c) a0[c] = a1[c] = b0[c] = b1[c] = _mm512_setzero_ps();
-  for (int64_t i = i_lo; i <= i_hi; ++i)
-    for (int64_t j = j_lo; j <= j_hi; ++j) {
-      const float* d = D + ((oh0 - i) * OW + ow0 - j) * K * 16;
-      const float* wk = wp + (i * KW + j) * K * C;
-      int64_t k = 0;
-      for (; k + 1 < K; k += 2) {
-        __m512 d0 = _mm512_loadu_ps(d + k * 16), d1 = _mm512_loadu_ps(d + k * 16 + 16);
-        __m512 e0 = _mm512_loadu_ps(d + dg + k * 16), e1 = _mm512_loadu_ps(d + dg + k * 16 + 16);
 #pragma GCC unroll 8
         for (int c = 0; c < C; ++c) {
           __m512 t0 = _mm512_set1_ps(wk[k * C + c]), t1 = _mm512_set1_ps(wk[k * C + C + c]);
-          in_register(t0);
-          in_register(t1);
-          a0[c] = _mm512_fmadd_ps(t0, d0, a0[c]);
-          b0[c] = _mm512_fmadd_ps(t0, e0, b0[c]);
-          a1[c] = _mm512_fmadd_ps(t1, d1, a1[c]);
-          b1[c] = _mm512_fmadd_ps(t1, e1, b1[c]);
+          if (NG > 1) {  // one broadcast for both groups (with one, it folds into the FMA)
+            in_register(t0);
+            in_register(t1);
+          }
+#pragma GCC unroll 2
+          for (int q = 0; q < NG; ++q) {
+            a0[q][c] = _mm512_fmadd_ps(t0, d0[q], a0[q][c]);
+            a1[q][c] = _mm512_fmadd_ps(t1, d1[q], a1[q][c]);
+          }
         }
       }
       if (k < K) {
-        __m512 d0 = _mm512_loadu_ps(d + k * 16), e0 = _mm512_loadu_ps(d + dg + k * 16);
+        __m512 d0[NG];
+#pragma GCC unroll 2
+        for (int q = 0; q < NG; ++q) {
+          d0[q] = _mm512_loadu_ps(d + q * dg + k * 16);
+          in_register(d0[q]);
+        }
 #pragma GCC unroll 8
         for (int c = 0; c < C; ++c) {
           __m512 t0 = _mm512_set1_ps(wk[k * C + c]);
-          in_register(t0);
-          a0[c] = _mm512_fmadd_ps(t0, d0, a0[c]);
-          b0[c] = _mm512_fmadd_ps(t0, e0, b0[c]);
+          if (NG > 1) in_register(t0);
+#pragma GCC unroll 2
+          for (int q = 0; q < NG; ++q) a0[q][c] = _mm512_fmadd_ps(t0, d0[q], a0[q][c]);
         }
       }
     }
+#pragma GCC unroll 2
+  for (int q = 0; q < NG; ++q)
 #pragma GCC unroll 8
-  for (int c = 0; c < C; ++c) {
-    _mm512_storeu_ps(o + c * 16, _mm512_add_ps(a0[c], a1[c]));
-    _mm512_storeu_ps(o + og + c * 16, _mm512_add_ps(b0[c], b1[c]));
-  }
+    for (int c = 0; c < C; ++c) _mm512_storeu_ps(o + q * og + c * 16, _mm512_add_ps(a0[q][c], a1[q][c]));
 }
 struct SmallBwdDataLanes : Kernel {
   int64_t N, C, K, H, W, OH, OW, KH, KW, ph, pw;  // the forward convolution x [N,C,H,W] -> y [N,K,OH,OW]
@@ -623,8 +608,8 @@ struct SmallBwdDataLanes : Kernel {
         for (int64_t t = 0; t < KH * KW; ++t) wp[(t * K + k) * C + c] = w[(k * C + c) * KH * KW + t];
     const int64_t G = groups(), P = OH * OW, Q = H * W;
     const int nt = std::min(nthreads, omp_get_max_threads());
-    auto fn = pick<kMaxSmallOut>(int(C), [](auto CC) { return &lanes_point<CC.value>; });
-    auto fn2 = pick<kMaxSmallOut>(int(C), [](auto CC) { return &lanes_point2<CC.value>; });
+    auto fn = pick<kMaxSmallOut>(int(C), [](auto CC) { return &lanes_point<CC.value, 1>; });
+    auto fn2 = pick<kMaxSmallOut>(int(C), [](auto CC) { return &lanes_point<CC.value, 2>; });
     const int64_t GP = (G + 1) / 2;  // pairs of groups (the last one alone when G is odd)
 #pragma omp parallel num_threads(nt)
     {
@@ -638,10 +623,8 @@ struct SmallBwdDataLanes : Kernel {
         for (int64_t iw = 0; iw < W; ++iw) {
           const int64_t j_lo = std::max<int64_t>(0, iw + pw - OW + 1), j_hi = std::min<int64_t>(KW - 1, iw + pw);
           float* o = O + ((g * Q + ih * W + iw) * C) * 16;
-          if (g + 1 < G)
-            fn2(D + g * P * K * 16, P * K * 16, wp, K, OW, KW, i_lo, i_hi, j_lo, j_hi, ih + ph, iw + pw, o, Q * C * 16);
-          else
-            fn(D + g * P * K * 16, wp, K, OW, KW, i_lo, i_hi, j_lo, j_hi, ih + ph, iw + pw, o);
+          (g + 1 < G ? fn2 : fn)(D + g * P * K * 16, P * K * 16, wp, K, OW, KW, i_lo, i_hi, j_lo, j_hi, ih + ph,
+                                 iw + pw, o, Q * C * 16);
         }
       }
 #pragma omp for schedule(static)
