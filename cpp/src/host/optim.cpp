@@ -223,7 +223,7 @@ CNN_AVX2 void fold8(const Max8& v, OptimMaxima* mx) {
 
 // The loops with the maxima (MX) or without: see sgd_loop16 below for why each is its own instantiation.
 template <bool MX>
-__attribute__((target("avx2"))) void sgd_loop8(float* p, const float* g, float* buf, std::size_t n, const SgdK& k,
+__attribute__((target("avx2"))) void sgd_loop8(float* p, const float* g, float* buf, std::size_t n, const SgdK k,
                                                OptimMaxima* mx) {
   const __m256i all = _mm256_set1_epi32(-1);
   Max8 acc{_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
@@ -236,7 +236,7 @@ __attribute__((target("avx2"))) void sgd_loop8(float* p, const float* g, float* 
 
 template <bool MX>
 __attribute__((target("avx2"))) void adam_loop8(float* p, const float* g, float* m, float* v, float* vmax,
-                                                std::size_t n, const AdamK& k, OptimMaxima* mx) {
+                                                std::size_t n, const AdamK k, OptimMaxima* mx) {
   const __m256i all = _mm256_set1_epi32(-1);
   Max8 acc{_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
   Max8* a = MX ? &acc : nullptr;
@@ -248,20 +248,18 @@ __attribute__((target("avx2"))) void adam_loop8(float* p, const float* g, float*
 
 __attribute__((target("avx2"))) void sgd_avx2(float* p, const float* g, float* buf, std::size_t n, const SgdK& kref,
                                               OptimMaxima* mx) {
-  const SgdK k = kref;  // local copy: stores through p cannot alias it
-  if (mx)
-    sgd_loop8<true>(p, g, buf, n, k, mx);
+  if (mx)  // the loops take the config by value: stores through p cannot alias it
+    sgd_loop8<true>(p, g, buf, n, kref, mx);
   else
-    sgd_loop8<false>(p, g, buf, n, k, nullptr);
+    sgd_loop8<false>(p, g, buf, n, kref, nullptr);
 }
 
 __attribute__((target("avx2"))) void adam_avx2(float* p, const float* g, float* m, float* v, float* vmax, std::size_t n,
                                                const AdamK& kref, OptimMaxima* mx) {
-  const AdamK k = kref;  // local copy: stores through p cannot alias it
-  if (mx)
-    adam_loop8<true>(p, g, m, v, vmax, n, k, mx);
+  if (mx)  // the loops take the config by value: stores through p cannot alias it
+    adam_loop8<true>(p, g, m, v, vmax, n, kref, mx);
   else
-    adam_loop8<false>(p, g, m, v, vmax, n, k, nullptr);
+    adam_loop8<false>(p, g, m, v, vmax, n, kref, nullptr);
 }
 
 #undef CNN_AVX2
@@ -342,7 +340,7 @@ CNN_AVX512 void fold16(const Max16& v, OptimMaxima* mx) {
 // accumulators stayed in memory, a store-to-load chain of two maxima per 16 floats (LeNet-5's SGD update with momentum,
 // 61,706 parameters on one thread: 28 -> 25.5 us, and the loop became a candidate for unswitching on the config).
 template <bool MX>
-__attribute__((target("avx512f"))) void sgd_loop16(float* p, const float* g, float* buf, std::size_t n, const SgdK& k,
+__attribute__((target("avx512f"))) void sgd_loop16(float* p, const float* g, float* buf, std::size_t n, const SgdK k,
                                                    OptimMaxima* mx) {
   Max16 acc{_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
   Max16* a = MX ? &acc : nullptr;
@@ -357,7 +355,7 @@ __attribute__((target("avx512f"))) void sgd_loop16(float* p, const float* g, flo
 
 template <bool MX>
 __attribute__((target("avx512f"))) void adam_loop16(float* p, const float* g, float* m, float* v, float* vmax,
-                                                    std::size_t n, const AdamK& k, OptimMaxima* mx) {
+                                                    std::size_t n, const AdamK k, OptimMaxima* mx) {
   Max16 acc{_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
   Max16* a = MX ? &acc : nullptr;
   std::size_t i = 0;
@@ -371,20 +369,18 @@ __attribute__((target("avx512f"))) void adam_loop16(float* p, const float* g, fl
 
 __attribute__((target("avx512f"))) void sgd_avx512(float* p, const float* g, float* buf, std::size_t n,
                                                    const SgdK& kref, OptimMaxima* mx) {
-  const SgdK k = kref;  // local copy: stores through p cannot alias it
-  if (mx)
-    sgd_loop16<true>(p, g, buf, n, k, mx);
+  if (mx)  // the loops take the config by value: stores through p cannot alias it
+    sgd_loop16<true>(p, g, buf, n, kref, mx);
   else
-    sgd_loop16<false>(p, g, buf, n, k, nullptr);
+    sgd_loop16<false>(p, g, buf, n, kref, nullptr);
 }
 
 __attribute__((target("avx512f"))) void adam_avx512(float* p, const float* g, float* m, float* v, float* vmax,
                                                     std::size_t n, const AdamK& kref, OptimMaxima* mx) {
-  const AdamK k = kref;  // local copy: stores through p cannot alias it
-  if (mx)
-    adam_loop16<true>(p, g, m, v, vmax, n, k, mx);
+  if (mx)  // the loops take the config by value: stores through p cannot alias it
+    adam_loop16<true>(p, g, m, v, vmax, n, kref, mx);
   else
-    adam_loop16<false>(p, g, m, v, vmax, n, k, nullptr);
+    adam_loop16<false>(p, g, m, v, vmax, n, kref, nullptr);
 }
 
 // max |x| over x[0, n) and whether every element is finite (a NaN/inf makes the x*0 sum NaN).
