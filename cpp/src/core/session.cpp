@@ -261,6 +261,11 @@ size_t physical_memory_bytes() {
   long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
   return pages > 0 && page > 0 ? size_t(pages) * size_t(page) : SIZE_MAX;
 }
+// An environment switch set to "0" (CNNNATIVE_TRAIN_PIECES, CNNNATIVE_PIECES_PIN): that feature is off
+bool switched_off(const char* var) {
+  const char* v = std::getenv(var);
+  return v && std::string(v) == "0";
+}
 std::string mib(size_t b) {
   if (b < (size_t(1) << 20)) return std::to_string(b) + " bytes";
   char buf[64];
@@ -399,10 +404,9 @@ SessionImpl::SessionImpl(const Graph& graph, std::shared_ptr<ParamStore> st, con
       backend.host_accessible() && backend.has_fast_kernels() && opt.dump_passes.empty() &&
       !std::getenv("CNNNATIVE_DUMP_PASSES"))
     source = std::make_unique<Graph>(graph);
-  const char* tp_env = std::getenv("CNNNATIVE_TRAIN_PIECES");
   if (!fixed && opt.mode == Mode::Train && opt.batch_pieces && !opt.deterministic && opt.compute == DType::f32 &&
       opt.activations == DType::f32 && backend.host_accessible() && backend.has_fast_kernels() &&
-      opt.dump_passes.empty() && !std::getenv("CNNNATIVE_DUMP_PASSES") && !(tp_env && std::string(tp_env) == "0") &&
+      opt.dump_passes.empty() && !std::getenv("CNNNATIVE_DUMP_PASSES") && !switched_off("CNNNATIVE_TRAIN_PIECES") &&
       n_grad <= kTrainPiecesMaxParams && plan.memory.arena_bytes <= kTrainPiecesMaxArena &&
       train_separable(graph, opt.loss))
     train_source = std::make_unique<Graph>(graph);
@@ -1152,9 +1156,8 @@ bool SessionImpl::make_pieces(int workers) {
       pc->taken_ns[i].store(0);
     }
     pc->cpu.assign(size_t(workers), -1);
-    const char* pin_env = std::getenv("CNNNATIVE_PIECES_PIN");
     cpu_set_t allowed;  // the caller's CPUs, which its new threads inherit
-    if (!(pin_env && std::string(pin_env) == "0") && sched_getaffinity(0, sizeof allowed, &allowed) == 0 &&
+    if (!switched_off("CNNNATIVE_PIECES_PIN") && sched_getaffinity(0, sizeof allowed, &allowed) == 0 &&
         CPU_COUNT(&allowed) == workers)
       for (int c = 0, w = 0; c < CPU_SETSIZE && w < workers; ++c)
         if (CPU_ISSET(c, &allowed)) pc->cpu[size_t(w++)] = c;
