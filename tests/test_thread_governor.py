@@ -347,6 +347,9 @@ def test_under_load_an_inference_batch_runs_in_pieces_that_free_workers_take(pla
     # The top count's probe under load runs an inference batch as pieces over single-threaded workers: the results
     # are the whole batch's (to float rounding), the workers are made once (no pieced run after the first allocates),
     # and the pieces are what batch_pieces says.
+    # Threads from here on are this session's: its workers are made at its first run in pieces, which may come while
+    # the governor's smoothed load from earlier tests has not yet gone (a snapshot taken later missed them in CI).
+    tasks_before = set(os.listdir("/proc/self/task"))
     top, play, x, sess, ref = _lenet_b32_under_played_load(played_load)
     # no load (once the governor's smoothed load from earlier tests has gone): whole batches on every thread
     assert _run_until(sess, x, lambda: sess.num_threads == top and sess.batch_pieces is None and
@@ -358,7 +361,6 @@ def test_under_load_an_inference_batch_runs_in_pieces_that_free_workers_take(pla
     play(1 + 2 * os.cpu_count())
     # and a real CPU-bound process, so that a worker is now and then descheduled holding a piece: the caller then runs
     # that piece itself, and whichever finishes first delivers it (the results must not care)
-    tasks_before = set(os.listdir("/proc/self/task"))
     busy = _busy_loop()
     try:
         runs = []  # (threads, pieces, allocations)
