@@ -125,6 +125,38 @@ def test_batch_lanes_data_gradient_against_rows(N, C, K, H, W, k, pad, monkeypat
     np.testing.assert_allclose(dx_l, dx_r, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("layout", [1, 2, 3])  # nhwc, nChw16c, nChw8c (core Layout values)
+@pytest.mark.parametrize("N,C,K,H,W,k,pad", [
+    (32, 6, 16, 14, 14, 5, (0, 0)),   # LeNet-5 conv2: 16 channels, one block of nChw16c (aliases nhwc)
+    (20, 3, 21, 11, 19, 3, (1, 1)),   # 21 channels: blocks with padding channels, runs of 16 + 5 in nhwc
+])
+def test_batch_lanes_data_gradient_reads_dy_in_any_layout(layout, N, C, K, H, W, k, pad):
+    """The batch-lanes kernel reads dy in the layout its producer left it in (a blocked pooling gradient in
+    LeNet-5) instead of a reorder to plain: dy made by a reorder node to that layout gives dx bit for bit as plain dy
+    does (the same sums in the same order), and no other reorder is inserted."""
+    rng = np.random.default_rng(11)
+    w = (rng.standard_normal((K, C, k, k)) * 0.2).astype(np.float32)
+    OH, OW = H + 2 * pad[0] - k + 1, W + 2 * pad[1] - k + 1
+    dy = rng.standard_normal((N, K, OH, OW)).astype(np.float32)
+    outs = []
+    for lay in (0, layout):
+        g = _core.Graph()
+        di, wi = g.add_input("dy", list(dy.shape)), g.add_input("w", list(w.shape))
+        r = g.add_node("reorder", [di], {"from": [0], "to": [lay]}, "dy_in_layout")[0]
+        dx = g.add_node("conv2d_grad_data", [r, wi], {"padding": list(pad), "input_shape": [N, C, H, W]}, "gd")[0]
+        g.set_outputs([dx])
+        s = _core.Session(g, _core.ParamStore([]), "infer")
+        s.run([dy, w])
+        outs.append(s.fetch(0).copy())
+        impls = {q["name"]: q["impl"] for q in s.kernels()}
+        assert impls["gd"] == NATIVE + " batch-lanes", impls
+        assert sorted(impls) == ["dy_in_layout", "gd"], impls  # dx is plain: no reorder before or after
+    wt = np.flip(w, (2, 3)).transpose(1, 0, 2, 3)
+    dx64 = np_conv(dy, wt, None, (k - 1, k - 1))[:, :, pad[0]:pad[0] + H, pad[1]:pad[1] + W]
+    assert rel(outs[1], dx64) < 2e-6
+    np.testing.assert_array_equal(outs[1], outs[0])
+
+
 def test_finite_differences_double_precision():
     """The native gradients of L = sum(y * r) against central differences of the float64 numpy forward."""
     rng = np.random.default_rng(3)

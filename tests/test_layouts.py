@@ -78,6 +78,19 @@ def test_reorders_only_at_the_edges():
     assert _reorders(lenet) == ["pool1@plain", "pool2@plain"]
 
 
+def test_lenet_training_reorders_only_where_the_bytes_differ():
+    # The default (auto) LeNet-5 b32 training step: conv2 (oneDNN) writes nChw16c and pool2 follows it. With 16
+    # channels nChw16c is byte for byte nhwc, so oneDNN's weight gradient reads pool2's gradient as nhwc without a
+    # copy, and the native data gradient (the batch in the lanes, from 16 images) reads it as it is, not in plain.
+    # What is left: pool1's 6-channel output in nhwc for that weight gradient, pool2's output in plain for the
+    # plain-only flatten, and flatten's gradient back in nChw16c for pool2's gradient.
+    m = cn.models.lenet5(seed=0)
+    s = Session(m, (32, 1, 28, 28), mode="train", optimizer=cn.optim.SGD(lr=0.05, momentum=0.9), batch_pieces=False)
+    assert sorted(_reorders(s)) == ["flatten/grad@nChw16c", "pool1@nhwc", "pool2@plain"]
+    # (pool1's nhwc copy stays: with 6 channels nhwc and nChw16c differ; test_lenet_training_steps_match_reference
+    # runs the same model at b16 in every layout against the reference backend)
+
+
 def test_blocked_layout_pads_channels_and_sizes_buffers_by_layout():
     m = cn.models.lenet5(seed=0)
     shape = (8, 1, 28, 28)

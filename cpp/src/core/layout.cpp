@@ -91,6 +91,10 @@ LayoutRule rule_policy() {
 bool layouts_alias(Layout a, Layout b, const Shape& s) {
   if (a == b) return true;
   if (s.size() != 4) return false;
+  // nhwc and the blocked layout whose block is C: every pixel's C channels in one run, pixels in (n, h, w) order
+  // (LeNet-5's 16-channel conv2: its gradient in nChw16c feeds oneDNN's weight gradient, which asks for nhwc)
+  auto one_block = [&](Layout l) { return l == Layout::nhwc || (block_of(l) > 1 && block_of(l) == s[1]); };
+  if (one_block(a) && one_block(b)) return true;
   // both must alias plain (no two distinct non-plain layouts alias each other otherwise)
   auto plainish = [&](Layout l) {
     if (l == Layout::plain) return true;

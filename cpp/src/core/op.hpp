@@ -30,7 +30,8 @@ const char* layout_name(Layout l);
 size_t layout_bytes(const TensorDesc& d, Layout l);
 // Two layouts that put every element of a tensor of shape s at the same offset (and so need no reorder):
 // equal ones, nhwc and plain when C == 1 or H*W == 1, a blocked one and plain when H*W == 1 and the block
-// divides C. A consumer may read a value in any layout that aliases the one it is stored in.
+// divides C, nhwc and a blocked one whose block is C. A consumer may read a value in any layout that aliases the
+// one it is stored in.
 bool layouts_alias(Layout a, Layout b, const Shape& s);
 
 // Element offset of logical index (n, c, h, w) of a 4-D tensor of shape s in layout l (reference kernels).

@@ -125,8 +125,11 @@ bool small_fwd_ok(const Attrs& a, DType t, const Shape& x, const Shape& w, const
 bool small_fused_ok(const Attrs& a, DType t, const Shape& x, const Shape& w, const Shape& y);  // and fused_conv2d's
 bool small_bwd_data_ok(const Attrs& a, DType t, const Shape& x, const Shape& w, const Shape& y);
 bool small_bwd_weights_ok(const Attrs& a, DType t, const Shape& x, const Shape& w, const Shape& y);
-std::unique_ptr<Kernel> make_small_fwd(const KernelCtx& c);          // conv2d (x, w [, b]) -> y, fused_conv2d
-std::unique_ptr<Kernel> make_small_bwd_data(const KernelCtx& c);     // conv2d_grad_data (dy, w) -> dx
+std::unique_ptr<Kernel> make_small_fwd(const KernelCtx& c);       // conv2d (x, w [, b]) -> y, fused_conv2d
+std::unique_ptr<Kernel> make_small_bwd_data(const KernelCtx& c);  // conv2d_grad_data (dy, w) -> dx
+// Whether make_small_bwd_data builds the batch-lanes kernel for a data gradient of x's shape (from 16 images): it
+// reads dy in any layout (plain, nhwc, nChw16c, nChw8c), so that layout rule takes dy as it comes.
+bool small_bwd_data_any_dy(const Shape& x);
 std::unique_ptr<Kernel> make_small_bwd_weights(const KernelCtx& c);  // conv2d_grad_weights (dy, x) -> dw [, db]
 
 }  // namespace conv

@@ -112,7 +112,7 @@ LayoutChoice conv_fwd_rule(const LayoutQuery& q) {  // conv2d and fused_conv2d: 
 LayoutChoice conv_grad_data_rule(const LayoutQuery& q) {  // (dy, w) -> dx
   if (native_layouts(q.policy) &&
       small_bwd_data_ok(q.node.attrs, q.in[0].dtype, q.out[0].shape, q.in[1].shape, q.in[0].shape))
-    return {{Layout::plain, Layout::plain}, {Layout::plain}};
+    return {{small_bwd_data_any_dy(q.out[0].shape) ? q.in_layout[0] : Layout::plain, Layout::plain}, {Layout::plain}};
   ConvLayouts l =
       conv_layouts(q.node.attrs, q.in[0].dtype, q.out[0].shape, q.in[1].shape, q.in[0].shape, q.policy, Dir::bwd_data);
   return {{l.y, Layout::plain}, {l.x}};

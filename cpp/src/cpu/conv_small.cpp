@@ -11,7 +11,8 @@
 //              packed per run as [C][KH][KW][channel block] and its taps broadcast; and conv2d_grad_data with at
 //              most 8 input channels below 16 images: the same loop on dy with the filter transposed and rotated
 //              180 degrees (dx = conv(dy, w^T rotated), padding k-1-p; rows in the padding are skipped);
-//   SmallBwdDataLanes  conv2d_grad_data with at most 8 input channels from 16 images: the batch in the lanes;
+//   SmallBwdDataLanes  conv2d_grad_data with at most 8 input channels from 16 images: the batch in the lanes, dy
+//              read in any layout (a blocked pooling gradient as it is);
 //   SmallBwdW  conv2d_grad_weights with at most 4 input and 16 output channels: per filter row, accumulators for
 //              (up to 8) output channels x the filter's columns, each a vector of 16 partial sums over output
 //              columns, reduced once at the end; the bias gradient in the same pass.
@@ -514,6 +515,29 @@ SMALL_AVX512 void to_lanes(const float* src, int64_t N, int64_t CH, int64_t rows
     }
 }
 
+// The same from src stored with each pixel's channels in runs (nhwc: one run of CH; nChw16c / nChw8c: runs of 16 / 8
+// in channel blocks), pixels [p0, p1) of the rows * cols: each run of 16 images through one transpose, no zeros
+// stored for a blocked layout's padding channels. An activation gradient coming from a blocked node (LeNet-5's
+// pooling after conv2) is read in place, not reordered to plain first.
+SMALL_AVX512 void to_lanes_runs(const float* src, Layout L, int64_t N, int64_t CH, int64_t P, int64_t g, int64_t p0,
+                                int64_t p1, float* dst) {
+  const int64_t B = L == Layout::nChw8c ? 8 : 16, CB = (CH + B - 1) / B;
+  for (int64_t p = p0; p < p1; ++p)
+    for (int64_t k0 = 0; k0 < CH; k0 += B) {
+      const int64_t len = std::min(B, CH - k0);
+      const __mmask16 m = tail_mask(len);
+      __m512 t[16];
+      for (int64_t l = 0; l < 16; ++l) {
+        const int64_t n = g * 16 + l;
+        const int64_t at = L == Layout::nhwc ? (n * P + p) * CH + k0 : ((n * CB + k0 / B) * P + p) * B;
+        t[l] = n < N ? _mm512_maskz_loadu_ps(m, src + at) : _mm512_setzero_ps();
+      }
+      transpose16(t);
+      float* d = dst + (p * CH + k0) * 16;
+      for (int64_t q = 0; q < len; ++q) _mm512_storeu_ps(d + q * 16, t[q]);
+    }
+}
+
 // conv2d_grad_data (dy, w) -> dx with the batch in the vector lanes: 16 images per vector, every tap clipped to
 // the part of dy it reaches, so no FMA multiplies padding. The row kernel (SmallFwd on dy) vectorizes over dx's
 // columns, where a tap past dy's edge still costs its lanes: LeNet-5's 10x10 -> 14x14 data gradient spent 40 % of
@@ -585,7 +609,8 @@ SMALL_AVX512 void lanes_point(const float* D, int64_t dg, const float* wp, int64
 struct SmallBwdDataLanes : Kernel {
   int64_t N, C, K, H, W, OH, OW, KH, KW, ph, pw;  // the forward convolution x [N,C,H,W] -> y [N,K,OH,OW]
   int nthreads;
-  SmallBwdDataLanes(const KernelCtx& c) : nthreads(omp_get_max_threads()) {
+  Layout ly;  // dy's layout: plain, or any that small_bwd_data_any_dy allows
+  SmallBwdDataLanes(const KernelCtx& c) : nthreads(omp_get_max_threads()), ly(c.layout_in(0)) {
     const Shape &x = c.out[0].shape, &w = c.in[1].shape, &y = c.in[0].shape;
     const dims p = pair_attr(c.node.attrs, "padding", 0);
     N = x[0], C = x[1], H = x[2], W = x[3], K = y[1], OH = y[2], OW = y[3], KH = w[2], KW = w[3], ph = p[0], pw = p[1];
@@ -613,9 +638,15 @@ struct SmallBwdDataLanes : Kernel {
     const int64_t GP = (G + 1) / 2;  // pairs of groups (the last one alone when G is odd)
 #pragma omp parallel num_threads(nt)
     {
+      if (ly == Layout::plain) {
 #pragma omp for schedule(static)
-      for (int64_t gk = 0; gk < G * K; ++gk)  // dy -> D
-        to_lanes(dy, N, K, OH, OW, gk / K, gk % K, D + gk / K * P * K * 16);
+        for (int64_t gk = 0; gk < G * K; ++gk)  // dy -> D
+          to_lanes(dy, N, K, OH, OW, gk / K, gk % K, D + gk / K * P * K * 16);
+      } else {
+#pragma omp for schedule(static)
+        for (int64_t gr = 0; gr < G * OH; ++gr)  // dy -> D, a row of pixels at a time
+          to_lanes_runs(dy, ly, N, K, P, gr / OH, gr % OH * OW, (gr % OH + 1) * OW, D + gr / OH * P * K * 16);
+      }
 #pragma omp for schedule(dynamic)
       for (int64_t gh = 0; gh < GP * H; ++gh) {  // D -> O, one row of dx points of a pair of groups
         const int64_t g = 2 * (gh / H), ih = gh % H;
@@ -665,8 +696,9 @@ bool small_bwd_weights_ok(const Attrs& a, DType t, const Shape& x, const Shape& 
 std::unique_ptr<Kernel> make_small_fwd(const KernelCtx& c) { return std::make_unique<SmallFwd>(c, false); }
 // From 16 images the batch-lanes kernel (no FMA on padding), below it the row kernel; CNNNATIVE_SMALL_CONV=rows
 // keeps the row kernel (tests compare the two).
+bool small_bwd_data_any_dy(const Shape& x) { return x.size() == 4 && x[0] >= 16 && lanes_enabled(); }
 std::unique_ptr<Kernel> make_small_bwd_data(const KernelCtx& c) {
-  if (c.out[0].shape[0] >= 16 && lanes_enabled()) return std::make_unique<SmallBwdDataLanes>(c);
+  if (small_bwd_data_any_dy(c.out[0].shape)) return std::make_unique<SmallBwdDataLanes>(c);
   return std::make_unique<SmallFwd>(c, true);
 }
 std::unique_ptr<Kernel> make_small_bwd_weights(const KernelCtx& c) { return std::make_unique<SmallBwdW>(c); }

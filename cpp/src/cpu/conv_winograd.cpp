@@ -168,9 +168,10 @@ std::unique_ptr<Kernel> make_conv_fwd(const KernelCtx& c) {  // inference sessio
   return make_direct_fwd(c);
 }
 std::unique_ptr<Kernel> make_conv_bwd_data(const KernelCtx& c) {
-  if (plain_f32(c, c.out[0], c.layout_out(0), c.in[0], c.layout_in(0)) &&
+  if (plain_f32(c, c.out[0], c.layout_out(0), c.in[0],
+                small_bwd_data_any_dy(c.out[0].shape) ? Layout::plain : c.layout_in(0)) &&
       small_bwd_data_ok(c.node.attrs, DType::f32, c.out[0].shape, c.in[1].shape, c.in[0].shape))
-    return make_small_bwd_data(c);
+    return make_small_bwd_data(c);  // dy in any layout for the batch-lanes kernel
   // the forward convolution: x = dx (out 0), y = dy (in 0)
   if (auto f = winograd_geom(c, c.out[0], c.in[1].shape, c.in[0], c.layout_out(0), c.layout_in(0))) {
     wino::Geom g;
