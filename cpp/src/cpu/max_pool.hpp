@@ -28,13 +28,14 @@ inline bool is_2x2(const Window& g) {
   return g.kh == 2 && g.kw == 2 && g.sh == 2 && g.sw == 2 && g.ph == 0 && g.pw == 0;
 }
 
-// x [H, W] -> y [OH, OW] and, unless ws is null, the workspace [OH, OW]. OH, OW: PyTorch's output sizes for g
-// (ceil_mode or not). avx512: use the AVX-512 loops (only where avx512() said so).
-void forward(const float* x, float* y, int32_t* ws, int64_t H, int64_t W, int64_t OH, int64_t OW, const Window& g,
-             bool avx512);
-// dy, ws [OH, OW] -> dx [H, W] (every element written).
-void backward(const float* dy, const int32_t* ws, float* dx, int64_t H, int64_t W, int64_t OH, int64_t OW,
-              const Window& g, bool avx512);
+// `planes` planes one after the other: x [planes, H, W] -> y [planes, OH, OW] and, unless ws is null, the workspace
+// [planes, OH, OW]. OH, OW: PyTorch's output sizes for g (ceil_mode or not). avx512: use the AVX-512 loops (only
+// where avx512() said so). The result of a plane does not depend on the others or on how the planes are split.
+void forward(const float* x, float* y, int32_t* ws, int64_t planes, int64_t H, int64_t W, int64_t OH, int64_t OW,
+             const Window& g, bool avx512);
+// dy, ws [planes, OH, OW] -> dx [planes, H, W] (every element written).
+void backward(const float* dy, const int32_t* ws, float* dx, int64_t planes, int64_t H, int64_t W, int64_t OH,
+              int64_t OW, const Window& g, bool avx512);
 
 }  // namespace maxpool
 }  // namespace cpu

@@ -7,8 +7,11 @@
 // in plain NCHW, see max_native and MaxNative: flat argmax indices instead). Average pooling with large windows
 // and one configuration oneDNN gets wrong run natively (any layout): see AvgNative. global_avg_pool's forward is
 // native (GlobalAvgFwd: float64 sums, float32 or bf16), its backward (a broadcast) oneDNN's.
+#include <omp.h>
+
 #include <algorithm>
 #include <cstdint>
+#include <utility>
 
 #include "core/backend.hpp"
 #include "cpu/dnnl_common.hpp"
@@ -226,9 +229,9 @@ std::unique_ptr<Kernel> avg_kernel(const KernelCtx& c, bool bwd) {
 // oneDNN's pooling is slow in plain NCHW (LeNet-5 b64 training, pool1 [64, 6, 28, 28] 2x2/2: 0.161 ms forward /
 // 0.184 ms backward in plain, against 0.070 / 0.099 in nChw16c), and plain is the layout small-channel activations
 // want (nChw16c pads 6 channels to 16). So in plain layout max pooling runs natively (cpu/max_pool.hpp: PyTorch's
-// values, the workspace holds flat argmax indices h * W + w per (n, c) plane), one plane per OpenMP iteration:
-// race-free and independent of the thread count. Kernel::impl() is "native 2x2" where the AVX-512 2x2 stride-2
-// loops run, "native" otherwise (the generic loops: AVX-512 or portable).
+// values, the workspace holds flat argmax indices h * W + w per (n, c) plane), a contiguous share of the planes
+// per thread in one call: race-free and independent of the thread count. Kernel::impl() is "native 2x2" where the
+// AVX-512 2x2 stride-2 loops run, "native" otherwise (the generic loops: AVX-512 or portable).
 
 // The single decision for a max_pool2d node and its max_pool2d_grad, so that the workspace one writes is the one
 // the other reads: float32, plain activations and workspace, no dilation, indices that fit int32. The forward
@@ -272,17 +275,27 @@ struct MaxNative : Kernel {
       const float* x = static_cast<const float*>(r.in[0]);
       float* y = static_cast<float*>(r.out[0]);
       int32_t* ws = with_ws ? static_cast<int32_t*>(r.out[1]) : nullptr;
-#pragma omp parallel for schedule(static)
-      for (int64_t p = 0; p < NC; ++p)
-        maxpool::forward(x + p * HW, y + p * OHW, ws ? ws + p * OHW : nullptr, H, W, OH, OW, win, avx512);
+#pragma omp parallel
+      {
+        const auto [p0, p1] = my_planes();
+        maxpool::forward(x + p0 * HW, y + p0 * OHW, ws ? ws + p0 * OHW : nullptr, p1 - p0, H, W, OH, OW, win, avx512);
+      }
       return;
     }
     const float* dy = static_cast<const float*>(r.in[0]);
     const int32_t* ws = static_cast<const int32_t*>(r.in[2]);
     float* dx = static_cast<float*>(r.out[0]);
-#pragma omp parallel for schedule(static)
-    for (int64_t p = 0; p < NC; ++p)
-      maxpool::backward(dy + p * OHW, ws + p * OHW, dx + p * HW, H, W, OH, OW, win, avx512);
+#pragma omp parallel
+    {
+      const auto [p0, p1] = my_planes();
+      maxpool::backward(dy + p0 * OHW, ws + p0 * OHW, dx + p0 * HW, p1 - p0, H, W, OH, OW, win, avx512);
+    }
+  }
+  // This thread's planes of the NC: a contiguous share (as schedule(static) gives), passed in one call.
+  std::pair<int64_t, int64_t> my_planes() const {
+    const int64_t t = omp_get_thread_num(), n = omp_get_num_threads(), q = NC / n, rem = NC % n;
+    const int64_t p0 = t * q + std::min(t, rem);
+    return {p0, p0 + q + (t < rem ? 1 : 0)};
   }
 };
 
