@@ -468,6 +468,37 @@ def test_under_load_the_first_choice_is_pieces_for_small_weights_and_all_threads
         assert s.auto_choice is None
 
 
+def test_probes_wait_until_the_runs_since_paid_fifty_times_their_cost(played_load):
+    # A probe costs 1 + 3 runs of another option; it waits until the session ran 1 / 0.02 times that (at the
+    # choice's time per run) since the trials began or the last probe ended, so that probes take at most ~2 % of a
+    # session's time however slow its runs (ResNet-18 b16 lost 6 % to them in its first seconds under load). Here:
+    # LeNet-5 b32 in whole batches (first choice: the governor's 1 thread; the probe: the top count).
+    top = cn.threads_info()["max"]
+    play, _ = played_load
+    x = _data((32, 1, 28, 28))
+    s = cn.models.lenet5(seed=0).compile(x.shape, batch_pieces=False)
+    assert _run_until(s, x, lambda: s.auto_choice is None and cn.threads_info()["current"] == top, 20, [])
+    play(1 + 2 * os.cpu_count())
+    began, choice_ms, probe_at = None, [], None
+    end = time.monotonic() + 30
+    while time.monotonic() < end and probe_at is None:
+        t0 = time.perf_counter()
+        s.run(x)
+        ms = (time.perf_counter() - t0) * 1000
+        if began is None:
+            began = time.perf_counter() if s.auto_choice is not None else None
+            continue
+        assert s.auto_choice == "fewer"
+        if s.num_threads == top:
+            probe_at = time.perf_counter()
+        else:
+            choice_ms.append(ms)
+    assert began is not None and probe_at is not None, "no probe within 30 s"
+    # (the session times its runs inside run(); the test's times include the call, so its bound is the lower one)
+    assert probe_at - began >= 0.5 * 4 * min(choice_ms) / 0.02 / 1000, (probe_at - began, min(choice_ms))
+    assert len(choice_ms) > 20  # without the wait, the first probe came after 3 timed runs
+
+
 def test_batches_that_cannot_be_split_always_run_whole(played_load):
     # Under the same played load: a graph that mixes samples, batch_pieces=False, deterministic mode and a batch
     # too small for 2 pieces per worker all run their top-count probes as whole batches.

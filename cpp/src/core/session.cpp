@@ -92,7 +92,11 @@ class SessionImpl {
   // weights fit one core's L2 cache, the top count where they do not, else the governor's count), probes one other
   // option with kTrialRuns runs once three runs of `choice` are timed (the others in turn), and again every `every_s`
   // seconds; the faster by 10 % becomes the choice. every_s is 1 s after a change of choice and doubles up to 16 s
-  // while the choice holds; a new governor count or a fixed count ends the trials. Timed: the wall time of a run that
+  // while the choice holds. A probe also waits until the runs since the last one (or since the trials began) took
+  // 1 / kTrialShare times what it will cost (its 1 + kTrialRuns runs at the choice's time): probes of a slow model
+  // come further apart, so that they cost at most about kTrialShare of its time (ResNet-18 b16 at ~200 ms a run
+  // spent 4 of every ~15 runs in probes in its first seconds, 6 % slower than a fixed count). A new governor count
+  // or a fixed count ends the trials. Timed: the wall time of a run that
   // completed; not timed: an option's first run after a switch (its workers wake, a set's first run prepares its
   // weights).
   static constexpr int kLow = 1, kTop = 2, kPieces = 3;
@@ -107,7 +111,7 @@ class SessionImpl {
     double probe_ms = 0, choice_ms[3] = {0, 0, 0};  // the probe's timed runs; the last 3 timed runs of `choice`
     int nchoice = 0;
     double every_s = 1;
-    std::chrono::steady_clock::time_point next;
+    std::chrono::steady_clock::time_point next, since;  // since: when the last probe ended (or the trials began)
   } trial;
   int ran_option = 0;  // the trial option the running run uses (0: no trials)
   // Batch pieces (Session::batch_pieces): an inference session that may run its batch as pieces keeps the graph it
@@ -650,7 +654,7 @@ int SessionImpl::trial_option(int low) {
     t.choice = !t.pieces ? kLow : store->num_params() * 4 <= l2_bytes() ? kPieces : kTop;
     t.last_probe = kLow;  // the first probe: the top count (whole batches), then the governor's count
     t.skip = true;
-    t.next = std::chrono::steady_clock::now();  // the first probe once three runs of the choice are timed
+    t.next = t.since = std::chrono::steady_clock::now();  // the first probe once three runs of the choice are timed
   }
   return t.probe ? t.probe : t.choice;
 }
@@ -658,11 +662,17 @@ int SessionImpl::trial_option(int low) {
 // After a run (also one that threw): a completed run's time feeds the trial of its count (see Trial).
 void SessionImpl::end_run() {
   constexpr int kTrialRuns = 3;
+  constexpr double kTrialShare = 0.02;  // the most of a session's time probes may take (see Trial)
   Trial& t = trial;
   if (!t.low || !ran_option || eager_runs == runs_at_t0) return;
   const auto now = std::chrono::steady_clock::now();
   const double ms = std::chrono::duration<double, std::milli>(now - run_t0).count();
   const int ran = ran_option;
+  auto choice_ms = [&] {  // the choice's recent time per run
+    double sum = 0;
+    for (int i = 0; i < t.nchoice; ++i) sum += t.choice_ms[i];
+    return sum / std::max(1, t.nchoice);
+  };
   auto after = [&](double s) {
     return now + std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(s));
   };
@@ -671,10 +681,7 @@ void SessionImpl::end_run() {
     if (t.runs++ > 0) t.probe_ms += ms;  // the probe's first run is not timed
     if (t.runs < kTrialRuns + 1) return;
     const double probe = t.probe_ms / kTrialRuns;
-    double cur = 0;
-    for (int i = 0; i < t.nchoice; ++i) cur += t.choice_ms[i];
-    cur /= std::max(1, t.nchoice);
-    if (probe < 0.9 * cur) {
+    if (probe < 0.9 * choice_ms()) {
       t.choice = t.probe;
       t.every_s = 1;
       t.nchoice = 0;
@@ -685,6 +692,7 @@ void SessionImpl::end_run() {
     t.probe_ms = 0;
     t.skip = true;  // the next run switches back (or stays on the new choice's warm kernels: timed from the next)
     t.next = after(t.every_s);
+    t.since = now;
     return;
   }
   if (ran != t.choice) return;
@@ -698,7 +706,9 @@ void SessionImpl::end_run() {
   } else {  // keep the last three: shift
     std::rotate(t.choice_ms, t.choice_ms + 1, t.choice_ms + 3);
   }
-  if (t.nchoice >= 3 && now >= t.next) {  // the options other than the choice in turn
+  const double probe_cost_s = (kTrialRuns + 1) * choice_ms() / 1000;
+  if (t.nchoice >= 3 && now >= t.next && now - t.since >= std::chrono::duration<double>(probe_cost_s / kTrialShare)) {
+    // the options other than the choice in turn
     int o = t.last_probe;
     do o = o % (t.pieces ? kPieces : kTop) + 1;
     while (o == t.choice);
