@@ -46,6 +46,19 @@ def test_train_profile_script_lenet(tmp_path):
         pass
 
 
+def test_piece_profile_script(tmp_path):
+    """bench/piece_profile.py: one worker's piece of the LeNet-5 step, per node."""
+    import os
+    script = os.path.join(os.path.dirname(__file__), "..", "bench", "piece_profile.py")
+    r = subprocess.run([sys.executable, script, "--steps", "5", "--warmup", "2", "--runs", "2", "--top", "40"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "run 1: " in out and "run 2: " in out and "ms per step (batch 32, 1 thread(s))" in out
+    for node in ("conv1 ", "conv2/grad_data ", "pool1/grad ", "sgd "):
+        assert "  " + node in out, node
+
+
 def _started_load_pids(parent, n, timeout=10.0):
     """_load_pids once n of them show: a child just forked still shows its parent's command line until it execs."""
     import time
