@@ -327,8 +327,10 @@ class Session:
     def auto_choice(self):
         """What auto thread mode chooses for this session's runs on a loaded machine (it times the options on the
         session's own runs and keeps the fastest): 'pieces' (the batch in pieces, see batch_pieces), 'all' (whole
-        batches on every thread) or 'fewer' (whole batches on the reduced count the load leaves); None when no
-        choice is being made (a quiet machine, or a fixed count: cn.set_num_threads(n))."""
+        batches on every thread), 'more' (inference: whole batches on one thread more than the CPUs, which gets a
+        static split the scheduler's fair share of a CPU another process holds) or 'fewer' (whole batches on the
+        reduced count the load leaves); None when no choice is being made (a quiet machine, or a fixed count:
+        cn.set_num_threads(n))."""
         return self._core_checked().auto_choice
 
     @property

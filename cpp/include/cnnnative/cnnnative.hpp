@@ -317,8 +317,8 @@ class Session {
   BatchPieces batch_pieces() const;
   // Auto thread mode on a loaded machine: what the session's trials currently choose for its runs between probes
   // (docs/ARCHITECTURE.md, "Trials under load"): "pieces" (the batch in pieces, see batch_pieces), "all" (whole
-  // batches on every thread), "fewer" (whole batches on the governor's reduced count); "" when no trials run (a quiet
-  // machine, a fixed thread count).
+  // batches on every thread), "more" (inference: whole batches on one thread more than the CPUs), "fewer" (whole
+  // batches on the governor's reduced count); "" when no trials run (a quiet machine, a fixed thread count).
   std::string auto_choice() const;
   // Resume: the number of completed runs (Adam's bias correction and the dropout streams depend on it).
   void set_step_count(int64_t steps);

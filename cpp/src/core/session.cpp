@@ -4,7 +4,7 @@
 // ParamStore (or keeps mirrors of them: float64 copies for a float64 session, backend copies for a backend whose
 // memory the host cannot address, refreshed whenever the store's version moves). run() allocates nothing: every
 // pointer table is built here. The one exception is a run for a thread count the session holds no kernels for
-// (set_num_threads, or auto mode's load-driven count): it creates a second kernel set (choose_set). Every run hands
+// (set_num_threads, or auto mode's load-driven count): it creates another kernel set (choose_set). Every run hands
 // the kernels the store's version (prepared weights are rebuilt when it moved); a train/grad run that writes the
 // store bumps it when it ends.
 #include <algorithm>
@@ -76,9 +76,11 @@ class SessionImpl {
     std::vector<void*> persist_ptr;  // per step: the kernel's persistent region (nullptr when it keeps none)
     size_t scratch_bytes = 0, prepared_bytes = 0;
   };
-  // sets[0]: created with the session, for the count then in effect; sets[1]: the last other count a run used
-  // (created by that run; a third count replaces it). Runs use *active.
-  std::unique_ptr<KernelSet> sets[2];
+  // sets[0]: created with the session, for the count then in effect; sets[1], sets[2]: the last two other counts
+  // runs used (created by those runs; a fourth count replaces the one used longest ago). Runs use *active.
+  static constexpr int kSets = 3;
+  std::unique_ptr<KernelSet> sets[kSets];
+  uint64_t set_used[kSets] = {0, 0, 0}, set_clock = 0;  // when each set was last made active (least recently: evicted)
   KernelSet* active = nullptr;
   int pending_threads = 0, pending_runs = 0;  // auto mode: a count other than the active one, runs in a row wanting it
   int failed_threads = 0;                     // auto mode: a count whose kernels could not be created (not retried)
@@ -86,11 +88,16 @@ class SessionImpl {
   // Auto mode on a loaded machine: the governor settled on fewer threads than the most a run may use (top). Which is
   // faster depends on the session: a descheduled thread stalls each parallel region it has a share of, which costs
   // small kernels far more than large ones, while fewer threads get a smaller share of the CPUs other processes
-  // also want. So the session times its own runs over up to three options: the governor's count (kLow), the top
-  // count with every kernel split over all threads (kTop), and, for a session that can, the batch in pieces over
-  // top single-threaded workers (kPieces, see Pieces). It uses `choice` (first the pieces where it can and the
-  // weights fit one core's L2 cache, the top count where they do not, else the governor's count), probes one other
-  // option with kTrialRuns runs once three runs of `choice` are timed (the others in turn), and again every `every_s`
+  // also want. So the session times its own runs over up to four options: the governor's count (kLow), the top
+  // count with every kernel split over all threads (kTop), for a session that can, the batch in pieces over top
+  // single-threaded workers (kPieces, see Pieces), and for inference, one thread more than the top count (kMore):
+  // with another process on one of two cores, 2 threads split statically run at the speed of the one sharing its
+  // core (2x slower), while 3 get the kernel's fair share of both cores, 2 of 4 runnable threads (ResNet-18 b16 at
+  // 224x224 under one CPU-bound process: 178 ms against 206 ms; a LeNet-5 training step, with its tens of parallel
+  // regions a step each waiting for a descheduled thread, ran 6x slower, so training never probes it). It uses
+  // `choice` (first the pieces where it can and the weights fit one core's L2 cache; where they do not, one thread
+  // more for inference, the top count for training; else the governor's count), probes one other option with
+  // kTrialRuns runs once three runs of `choice` are timed (the others in turn), and again every `every_s`
   // seconds; the faster by 10 % becomes the choice. every_s is 1 s after a change of choice and doubles up to 16 s
   // while the choice holds. A probe also waits until the runs since the last one (or since the trials began) took
   // 1 / kTrialShare times what it will cost (its 1 + kTrialRuns runs at the choice's time): probes of a slow model
@@ -99,7 +106,7 @@ class SessionImpl {
   // or a fixed count ends the trials. Timed: the wall time of a run that
   // completed; not timed: an option's first run after a switch (its workers wake, a set's first run prepares its
   // weights).
-  static constexpr int kLow = 1, kTop = 2, kPieces = 3;
+  static constexpr int kLow = 1, kTop = 2, kPieces = 3, kMore = 4;
   struct Trial {
     int low = 0;                                    // the governor's count the trials are for; 0: none
     int choice = 0;                                 // the option runs use between probes
@@ -108,6 +115,7 @@ class SessionImpl {
     int runs = 0;                                   // runs of the current probe, its first one included
     bool skip = false;                              // the next run of `choice` follows a switch: not timed
     bool pieces = false;                            // kPieces is an option
+    bool more = false;                              // kMore is an option
     double probe_ms = 0, choice_ms[3] = {0, 0, 0};  // the probe's timed runs; the last 3 timed runs of `choice`
     int nchoice = 0;
     double every_s = 1;
@@ -574,7 +582,9 @@ void SessionImpl::choose_set() {
       pending_runs = 0;
     }
     ran_option = trial_option(settled);
-    target = ran_option == kTop || ran_option == kPieces ? get_num_threads() : settled;
+    target = ran_option == kTop || ran_option == kPieces ? get_num_threads()
+             : ran_option == kMore                       ? get_num_threads() + 1
+                                                         : settled;
     // the trials' pieces: the batch over top single-threaded workers (no second kernel set; the workers hold their
     // own)
     if (ran_option == kPieces) {
@@ -599,11 +609,22 @@ void SessionImpl::choose_set() {
     if (!next) {
       try {
         // while it is built, the sets held now still exist: the budget counts them all
-        size_t held = sets[0]->scratch_bytes + sets[0]->prepared_bytes;
-        if (sets[1]) held += sets[1]->scratch_bytes + sets[1]->prepared_bytes;
+        size_t held = 0;
+        for (auto& k : sets)
+          if (k) held += k->scratch_bytes + k->prepared_bytes;
         auto ks = build_set(target, plan.memory.arena_bytes + fixed_bytes + held);
-        sets[1] = std::move(ks);  // replaces the last other count's set (when that was the active one: left below)
-        next = sets[1].get();
+        // an empty slot, else the other count's set used longest ago (never sets[0]; the active one, if it goes,
+        // is left below)
+        int slot = 0;
+        for (int i = 1; i < kSets && !slot; ++i)
+          if (!sets[i]) slot = i;
+        if (!slot) {
+          slot = 1;
+          for (int i = 2; i < kSets; ++i)
+            if (set_used[i] < set_used[slot]) slot = i;
+        }
+        sets[slot] = std::move(ks);
+        next = sets[slot].get();
       } catch (const std::exception&) {
         use_num_threads(active->threads);  // build_set set the new count on this thread
         if (!c.automatic) throw;           // the count the caller fixed cannot run: say why
@@ -615,6 +636,8 @@ void SessionImpl::choose_set() {
     }
     if (next) {
       active = next;
+      for (int i = 0; i < kSets; ++i)
+        if (sets[i].get() == active) set_used[i] = ++set_clock;
       report.prepared_bytes = active->prepared_bytes;
       report.scratch_bytes = active->scratch_bytes;
     }
@@ -637,9 +660,9 @@ size_t l2_bytes() {  // one core's L2 cache (1 MiB where the system does not say
 int SessionImpl::trial_option(int low) {
   const int top = get_num_threads();
   Trial& t = trial;
-  // the two counts must fit the two sets a session holds: sets[1] is the one a switch replaces, so sets[0] (the
-  // compile's count) must be one of them, or every probe would rebuild kernels (possible with more than 2 CPUs)
-  const bool fits = sets[0]->threads == low || sets[0]->threads == top;
+  // the counts must fit the three sets a session holds: the other two are the ones a switch replaces, so sets[0]
+  // (the compile's count) must be one of them, or probes would rebuild kernels (possible with more than 2 CPUs)
+  const bool fits = sets[0]->threads == low || sets[0]->threads == top || sets[0]->threads == top + 1;
   if (low >= top || top == failed_threads || !fits) {
     t = Trial{};
     return 0;
@@ -651,7 +674,8 @@ int SessionImpl::trial_option(int low) {
     // the most where the weights stay in a core's cache; larger weights each piece streams again from memory (8
     // times a run for ResNet-18 b16's 46 MB), and whole batches on the top count ran faster there
     t.pieces = make_pieces(top);
-    t.choice = !t.pieces ? kLow : store->num_params() * 4 <= l2_bytes() ? kPieces : kTop;
+    t.more = opt.mode == Mode::Infer && top + 1 != failed_threads;
+    t.choice = !t.pieces ? kLow : store->num_params() * 4 <= l2_bytes() ? kPieces : t.more ? kMore : kTop;
     t.last_probe = kLow;  // the first probe: the top count (whole batches), then the governor's count
     t.skip = true;
     t.next = t.since = std::chrono::steady_clock::now();  // the first probe once three runs of the choice are timed
@@ -710,8 +734,8 @@ void SessionImpl::end_run() {
   if (t.nchoice >= 3 && now >= t.next && now - t.since >= std::chrono::duration<double>(probe_cost_s / kTrialShare)) {
     // the options other than the choice in turn
     int o = t.last_probe;
-    do o = o % (t.pieces ? kPieces : kTop) + 1;
-    while (o == t.choice);
+    do o = o % kMore + 1;
+    while (o == t.choice || (o == kPieces && !t.pieces) || (o == kMore && !t.more));
     t.probe = t.last_probe = o;
   }
 }
@@ -1472,7 +1496,12 @@ Session::BatchPieces Session::batch_pieces() const {
 std::string Session::auto_choice() const {
   const auto& t = impl_->trial;
   if (!t.low) return "";
-  return t.choice == SessionImpl::kPieces ? "pieces" : t.choice == SessionImpl::kTop ? "all" : "fewer";
+  switch (t.choice) {
+    case SessionImpl::kPieces: return "pieces";
+    case SessionImpl::kTop: return "all";
+    case SessionImpl::kMore: return "more";
+    default: return "fewer";
+  }
 }
 double Session::loss() const { return impl_->last_loss; }
 void Session::set_lr(double lr) {
