@@ -19,6 +19,7 @@ CASES = {
     "2x2_s2_15_ceil": ((2, 3, 15, 15), 2, 2, 0, 1),
     "2x2_s2_odd_wide_ceil": ((1, 2, 5, 37), 2, 2, 0, 1),  # a row of more than 16 windows, a partial last one
     "2x2_s2_two_full": ((3, 1, 7, 65), 2, 2, 0, 0),  # rows of exactly 2 x 16 windows (no partial chunk), odd H and W
+    "2x2_s2_16_ceil": ((2, 2, 5, 31), 2, 2, 0, 1),  # 16 windows a row, the last one's odd column past the image
     "3x3_s2_p1": ((2, 3, 15, 15), 3, 2, 1, 0),  # ResNet's stem pool
     "3x3_s2_p1_ceil": ((1, 2, 14, 70), 3, 2, 1, 1),
     "3x3_s1_p1": ((2, 2, 9, 9), 3, 1, 1, 0),  # overlapping windows: dx sums several dy
@@ -231,7 +232,8 @@ def test_nan_propagates(name, isa, monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["2x2_s2_28", "2x2_s2_15", "2x2_s2_15_ceil", "2x2_s2_odd_wide_ceil", "2x2_s2_two_full",
-                                  "3x3_s2_p1", "3x3_s2_p1_ceil", "3x3_s1", "5x5_s3_p2_ceil", "17x17_s4_p8_ceil"])
+                                  "2x2_s2_16_ceil", "3x3_s2_p1", "3x3_s2_p1_ceil", "3x3_s1", "5x5_s3_p2_ceil",
+                                  "17x17_s4_p8_ceil"])
 def test_fast_path_bit_identical_to_generic_loops(name, monkeypatch):
     """The AVX-512 loops (the 2x2 fast path; the generic windows' vector loops) against the portable loops that
     CNNNATIVE_POOL_ISA=0 leaves, on ties, NaN and distinct values: the same bits for y, workspace and dx."""

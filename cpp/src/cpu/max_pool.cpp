@@ -375,7 +375,9 @@ template <bool WS>
 MAXPOOL_AVX512 void forward_2x2_t(const float* x, float* y, int32_t* ws, int64_t planes, int64_t H, int64_t W,
                                   int64_t OH, int64_t OW) {
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  const int64_t full = OW / 16 * 16;  // chunks [0, full) are full ones
+  // chunks [0, full) are full ones; the last chunk always takes computed masks, even with 16 windows: with ceil_mode
+  // its last window may have no odd column
+  const int64_t full = std::max<int64_t>(OW - 1, 0) / 16 * 16;
   const Masks2x2 all{0xFFFF, 0xFFFF, 0xFFFF, 0xFFFF}, tail = masks_2x2(W, OW, full);
   for (int64_t p = 0; p < planes; ++p, x += H * W, y += OH * OW, ws += WS ? OH * OW : 0)
     for (int64_t oh = 0; oh < OH; ++oh) {
@@ -427,7 +429,7 @@ MAXPOOL_AVX512 __attribute__((always_inline)) inline void bwd_chunk_2x2(const fl
 MAXPOOL_AVX512 void backward_2x2(const float* dy, const int32_t* ws, float* dx, int64_t planes, int64_t H, int64_t W,
                                  int64_t OH, int64_t OW) {
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  const int64_t full = OW / 16 * 16;
+  const int64_t full = std::max<int64_t>(OW - 1, 0) / 16 * 16;  // as in forward_2x2_t
   const Masks2x2 all{0xFFFF, 0xFFFF, 0xFFFF, 0xFFFF}, tail = masks_2x2(W, OW, full);
   const int64_t rows = std::min(2 * OH, H), cols = std::min(2 * OW, W);
   for (int64_t p = 0; p < planes; ++p, dy += OH * OW, ws += OH * OW, dx += H * W) {
