@@ -3,6 +3,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 import cnnnative as cn
 from cnnnative import _core
 
@@ -12,6 +14,55 @@ def test_peak_probes():
     assert gflops > 0 and lanes in (1, 8, 16)
     b = _core.bf16_peak_gflops(200_000)
     assert (b > 0) == cn.has_bf16()
+
+
+def test_read_bandwidth_probe():
+    gbs = _core.read_bandwidth_gbs(4 << 20, 2)
+    assert 0 < gbs < 1e5
+    with pytest.raises(ValueError, match="reps must be >= 1"):
+        _core.read_bandwidth_gbs(1 << 20, 0)
+
+
+def _bench_module(name):
+    import importlib.util
+    import os
+    path = os.path.join(os.path.dirname(__file__), "..", "bench", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_roofline_maps_ort_profiler_names_to_modules():
+    """bench/roofline.py: ONNX Runtime's fused nodes (named after their last output) to torchvision module names."""
+    node = _bench_module("roofline").ort_node
+    assert node("/layer4/layer4.0/relu_1/Relu_output_0_nchwc_kernel_time") == "layer4.0.conv2"
+    assert node("/layer1/layer1.2/relu_2/Relu_output_0_nchwc_kernel_time") == "layer1.2.conv3"
+    assert node("/layer1/layer1.0/relu/Relu_output_0_kernel_time") == "layer1.0.conv1"
+    assert node("/layer4/layer4.0/downsample/downsample.0/Conv_output_0_nchwc_kernel_time") == \
+        "layer4.0.downsample.0"
+    assert node("/relu/Relu_output_0_nchwc_kernel_time") == "conv1"
+    assert node("/fc/Gemm_kernel_time") == "fc"
+    assert node("/maxpool/MaxPool_kernel_time") is None
+    assert node("ReorderInput_kernel_time") is None
+
+
+@pytest.mark.slow
+def test_roofline_script_resnet18():
+    """bench/roofline.py end to end: every convolution and the linear layer with both engines' times."""
+    import os
+    pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    script = os.path.join(os.path.dirname(__file__), "..", "bench", "roofline.py")
+    r = subprocess.run([sys.executable, script, "--workload", "resnet18_infer_mb16", "--rounds", "1", "--runs", "1"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    rows = [ln for ln in r.stdout.splitlines() if ln.startswith(("| conv1 |", "| layer", "| fc |"))]
+    assert len(rows) == 21  # ResNet-18: 20 convolutions and fc
+    for ln in rows:
+        cells = [c.strip() for c in ln.strip("|").split("|")]
+        assert len(cells) == 11 and "nan" not in cells, ln  # every node timed by all four, ORT's name mapped
+    assert "| the best of all four per node |" in r.stdout and "roofline bound on average" in r.stdout
 
 
 def test_suite_runs_one_workload(tmp_path):
