@@ -14,7 +14,10 @@ both engines) it prints:
   the default, oneDNN's direct kernels in nChw16c only, oneDNN's nhwc brgconv), and what ONNX Runtime's kernel
   takes (its own profiler, `SessionOptions.enable_profiling`, on the model the suite exports; node names mapped to
   the PyTorch module names, torchvision's ResNet naming);
-- the fastest of all four per node, and its share of the node's roofline bound.
+- the fastest of all four per node, and its share of the node's roofline bound;
+- for the --cold N nodes with the most weights: each alone, with its weights in cache and after a buffer several
+  times the weights was read (what the hardware delivers when a run streams the weights from memory; the roofline
+  assumes loads that overlap the FMAs perfectly).
 
 Then the sums: the roofline floor, each engine's nodes, and the per-node best over both engines' kernels, against
 the target ratio times ORT's whole run (timed without the profiler, alternating with cnnnative's). Where even the
@@ -29,6 +32,7 @@ import json
 import os
 import re
 import statistics
+import time
 
 import numpy as np
 
@@ -118,12 +122,48 @@ def ort_profile(path, x, threads, runs):
     return dict(nodes), unmatched
 
 
+def cold_check(twin, shapes, names, flush_bytes, runs=30):
+    """{node: (ms with its weights in cache, ms with them flushed)}: the node alone (a one-layer cnnnative model of
+    the same geometry, default compile), timed back to back and after reading a buffer of `flush_bytes` before each
+    run (the median of `runs`): what streaming the weights from memory adds to it."""
+    import torch
+    mods = dict(twin.named_modules())
+    flush = np.ones(flush_bytes // 4, dtype=np.float32)
+    out = {}
+    for name in names:
+        m = mods[name]
+        if isinstance(m, torch.nn.Conv2d):
+            layer = cn.nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, stride=m.stride, padding=m.padding,
+                                 bias=m.bias is not None)
+        else:
+            layer = cn.nn.Linear(m.in_features, m.out_features)
+        shape = shapes[name][0]
+        sess = cn.nn.Sequential(layer).compile(shape, mode="infer")
+        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        for _ in range(5):
+            sess.run(x)
+        res = []
+        for cold in (False, True):
+            ts = []
+            for _ in range(runs):
+                if cold:
+                    flush.sum()
+                t0 = time.perf_counter()
+                sess.run(x)
+                ts.append((time.perf_counter() - t0) * 1e3)
+            res.append(statistics.median(ts))
+        out[name] = tuple(res)
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workload", default="resnet50_infer_mb1")
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--runs", type=int, default=15)
     ap.add_argument("--target", type=float, default=0.8, help="the target ratio against ORT's whole run")
+    ap.add_argument("--cold", type=int, default=4, metavar="N",
+                    help="time the N nodes with the most weights alone, with their weights in cache and flushed")
     a = ap.parse_args(argv)
     _, _, _, _, mode, ckw = _spec(a.workload)
     if mode != "infer":
@@ -137,6 +177,8 @@ def main(argv=None):
     weight_bytes = sum(4 * v[2] for v in shapes.values())
     peak = max(_core.fma_peak_gflops(20_000_000)[0] for _ in range(5))
     bw = _core.read_bandwidth_gbs(max(weight_bytes, 64 << 20))
+    flush_bytes = max(4 * weight_bytes, 256 << 20)  # several times the weights: past what the caches keep
+    bw_mem = _core.read_bandwidth_gbs(flush_bytes, 3)
 
     # whole runs, alternating (medians)
     whole = _time({k: engines[k] for k in ("cnnnative", "onnxruntime")}, a.rounds, a.runs)
@@ -165,7 +207,8 @@ def main(argv=None):
 
     print(f"### {a.workload}: per-node roofline, cnnnative's kernels and ONNX Runtime's ({threads} threads)\n")
     print(f"FMA peak {peak:.0f} GFLOP/s and streaming-read bandwidth {bw:.0f} GB/s ({weight_bytes / 2**20:.0f} MiB of "
-          f"weights; a {max(weight_bytes, 64 << 20) / 2**20:.0f} MiB buffer), both measured in this process. Whole "
+          f"weights; a {max(weight_bytes, 64 << 20) / 2**20:.0f} MiB buffer; {bw_mem:.0f} GB/s over "
+          f"{flush_bytes / 2**20:.0f} MiB), measured in this process. Whole "
           f"runs (alternating, medians): cnnnative {cn_ms:.2f} ms, ONNX Runtime {ort_ms:.2f} ms, ratio "
           f"{cn_ms / ort_ms:.2f}; the target {a.target} is {a.target * ort_ms:.2f} ms.\n")
     print("| node | MFLOP | MB moved | bound | roofline ms | default | direct | nhwc | ORT | best | of roofline |")
@@ -208,6 +251,18 @@ def main(argv=None):
           f"{floor / ort_ms:.2f}×. The target {a.target}× ({a.target * ort_ms:.2f} ms) needs the nodes at "
           f"{tot['roof'] / (a.target * ort_ms - other) * 100:.0f} % of their roofline bound on average (time-weighted); "
           f"the per-node best of both engines reaches {tot['roof'] / tot['best'] * 100:.0f} %.")
+    if a.cold > 0:
+        names = sorted(shapes, key=lambda n: -shapes[n][2])[:a.cold]
+        cold = cold_check(twin, shapes, names, flush_bytes)
+        print(f"\nThe {len(names)} nodes with the most weights, alone (a one-layer model of the same geometry), with "
+              f"their weights in cache and after reading {flush_bytes / 2**20:.0f} MiB before each run:\n")
+        print("| node | weights MiB | alone, in cache | alone, flushed | in the network (default) | roofline ms |")
+        print("|---|---|---|---|---|---|")
+        for n in names:
+            ishape, oshape, wn, mflop = shapes[n]
+            nd = min(node["default"][n]) if node["default"].get(n) else float("nan")
+            roof = max(mflop / peak, (4 * wn + 4 * int(np.prod(ishape)) + 4 * int(np.prod(oshape))) / 1e6 / bw)
+            print(f"| {n} | {4 * wn / 2**20:.1f} | {cold[n][0]:.3f} | {cold[n][1]:.3f} | {nd:.3f} | {roof:.3f} |")
 
 
 if __name__ == "__main__":

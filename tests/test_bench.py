@@ -54,15 +54,19 @@ def test_roofline_script_resnet18():
     pytest.importorskip("torch")
     pytest.importorskip("onnxruntime")
     script = os.path.join(os.path.dirname(__file__), "..", "bench", "roofline.py")
-    r = subprocess.run([sys.executable, script, "--workload", "resnet18_infer_mb16", "--rounds", "1", "--runs", "1"],
+    r = subprocess.run([sys.executable, script, "--workload", "resnet18_infer_mb16", "--rounds", "1", "--runs", "1",
+                        "--cold", "1"],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
-    rows = [ln for ln in r.stdout.splitlines() if ln.startswith(("| conv1 |", "| layer", "| fc |"))]
+    roof = r.stdout.split("| alone, flushed |")[0]
+    rows = [ln for ln in roof.splitlines() if ln.startswith(("| conv1 |", "| layer", "| fc |"))]
     assert len(rows) == 21  # ResNet-18: 20 convolutions and fc
     for ln in rows:
         cells = [c.strip() for c in ln.strip("|").split("|")]
         assert len(cells) == 11 and "nan" not in cells, ln  # every node timed by all four, ORT's name mapped
     assert "| the best of all four per node |" in r.stdout and "roofline bound on average" in r.stdout
+    cold = r.stdout.split("| alone, flushed |")[1].splitlines()[2]  # the node with the most weights: layer4's 3x3
+    assert cold.startswith("| layer4.") and "nan" not in cold, cold
 
 
 def test_suite_runs_one_workload(tmp_path):
