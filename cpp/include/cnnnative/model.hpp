@@ -59,12 +59,15 @@ Model load_model(const std::string& path);
 // killed saves of the same path left behind.
 void save_model(const Model& model, const std::string& path);
 
-// The graph replayed with every input's first (batch) dimension set to `batch`; shape inference re-runs,
-// so an op that bakes the batch size in (a reshape to [N, ...]) fails with its own message.
+// The graph replayed with every input's first (batch) dimension set to `batch`; shape inference re-runs. Sizes
+// traced at the old batch follow the new one where they are the batch (a reshape's target such as [N, -1] or
+// [N, C, H*W], a slice keeping the whole batch); a node whose output would not follow the batch (a constant or
+// another attribute sized from the traced batch) is refused with an Error naming it.
 Graph rebatch(const Graph& graph, int64_t batch);
 
 // Inference for one batch size. Reads the Model's weights in place (shares its ParamStore; it may outlive
-// the Model). One session must not run on two threads at once; give each thread its own session.
+// the Model). One session may be used from several threads: its runs are serialized on its lock (for throughput
+// give each thread its own session).
 class InferenceSession {
  public:
   InferenceSession(const Model& model, int64_t batch);

@@ -218,20 +218,90 @@ void save_model(const Model& model, const std::string& path) {
 }
 
 // ---- rebatching ----
+namespace {
+// Whether node n takes the batch out of the outermost place of its first input: an axis, axes or permutation naming
+// dimension 0, a reduction over every axis, or a slice that does not keep the whole of dimension 0.
+bool moves_batch(const Graph& g, const Node& n) {
+  const Shape& x = n.inputs.empty() ? Shape{} : g.values[size_t(n.inputs[0])].desc.shape;
+  const int64_t r = int64_t(x.size());
+  auto batch_axis = [&](int64_t a) { return a == 0 || a == -r; };
+  if (n.attrs.ints.count("axis") && batch_axis(n.attrs.i("axis"))) return true;
+  const std::vector<int64_t> axes = n.attrs.is("axes", {});
+  for (int64_t a : axes)
+    if (batch_axis(a)) return true;
+  if (n.op.rfind("reduce", 0) == 0 && axes.empty()) return true;
+  const std::vector<int64_t> perm = n.attrs.is("perm", {});
+  if (!perm.empty() && perm[0] != 0) return true;
+  if (n.op == "slice") {
+    const std::vector<int64_t> st = n.attrs.is("starts", {}), sp = n.attrs.is("steps", {}),
+                               sz = n.attrs.is("sizes", {});
+    return x.empty() || st.empty() || sp.empty() || sz.empty() || st[0] != 0 || sp[0] != 1 || sz[0] != x[0];
+  }
+  return false;
+}
+}  // namespace
+
+// The batch is the outermost part of the inputs' first dimension, and of every value computed from them by nodes
+// that do not move it (moves_batch) while their first dimension stays a multiple of the traced batch B0: such a
+// value holds B0 * k rows and must hold batch * k after rebatching. Attributes that carry sizes traced at B0 follow
+// the batch (a reshape's target shape, a slice keeping all of dimension 0); any other node whose output does not
+// follow it (a constant or an attribute computed from the traced batch) is refused, naming it, instead of giving a
+// session that silently computes some other thing.
 Graph rebatch(const Graph& graph, int64_t batch) {
   if (batch < 1) throw Error("rebatch: the batch size must be >= 1, got " + std::to_string(batch));
   std::vector<Shape> shapes;
+  int64_t b0 = -1;
   for (int v : graph.inputs) {
-    Shape s = graph.values.at(v).desc.shape;
-    if (s.empty()) throw Error("rebatch: input '" + graph.values[v].name + "' has no batch dimension");
+    Shape s = graph.values.at(size_t(v)).desc.shape;
+    if (s.empty()) throw Error("rebatch: input '" + graph.values[size_t(v)].name + "' has no batch dimension");
+    b0 = b0 == -1 || b0 == s[0] ? s[0] : 0;  // 0: the inputs disagree, nothing follows the batch
     s[0] = batch;
     shapes.push_back(s);
   }
+  Graph src = graph;
+  std::vector<char> outer(graph.values.size(), 0);
+  if (b0 > 0 && batch != b0) {
+    for (int v : graph.inputs) outer[size_t(v)] = 1;
+    for (Node& n : src.nodes) {
+      const bool keep = std::any_of(n.inputs.begin(), n.inputs.end(), [&](int v) { return outer[size_t(v)]; }) &&
+                        !moves_batch(graph, n);
+      for (int o : n.outputs) {
+        const Shape& s = graph.values[size_t(o)].desc.shape;
+        outer[size_t(o)] = keep && !s.empty() && s[0] % b0 == 0;
+      }
+      if (!keep || n.outputs.empty() || !outer[size_t(n.outputs[0])]) continue;
+      if (n.op == "reshape") {  // the traced output shape, its rows scaled: a -1 or an explicit B0 alike
+        Shape s = graph.values[size_t(n.outputs[0])].desc.shape;
+        s[0] = s[0] / b0 * batch;
+        n.attrs.ints["shape"] = s;
+      } else if (n.op == "slice") {  // keeps all of dimension 0 (moves_batch)
+        std::vector<int64_t> sz = n.attrs.is("sizes", {});
+        sz[0] = sz[0] / b0 * batch;
+        n.attrs.ints["sizes"] = sz;
+      }
+    }
+  }
+  Graph g;
   try {
-    return fmt::replay(graph, shapes, false);
+    g = fmt::replay(src, shapes, false);
   } catch (const Error& e) {
     throw Error("batch size " + std::to_string(batch) + ": " + e.what());
   }
+  for (const Node& n : graph.nodes)
+    for (int o : n.outputs) {
+      if (!outer[size_t(o)]) continue;
+      const Shape& was = graph.values[size_t(o)].desc.shape;
+      const Shape& now = g.values[size_t(o)].desc.shape;
+      const int64_t want = was[0] / b0 * batch;
+      if (now.empty() || now[0] != want)
+        throw Error("batch size " + std::to_string(batch) + ": node '" + n.name + "' ('" + n.op +
+                    "') does not follow the batch: traced at batch " + std::to_string(b0) + " it gave " +
+                    shape_str(was) + ", at batch " + std::to_string(batch) + " it gives " + shape_str(now) +
+                    " where the first dimension should be " + std::to_string(want) +
+                    " (a size computed from the traced batch); run the model at batch " + std::to_string(b0) +
+                    ", or build it so that no size depends on the batch (x.flatten(1), reshape(-1, ...))");
+    }
+  return g;
 }
 
 }  // namespace cnn
