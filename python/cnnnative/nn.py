@@ -1,8 +1,9 @@
 """cnnnative.nn: PyTorch-style modules. A module holds numpy parameters and buffers and writes its
-forward() as in PyTorch; compile() traces forward() into a C++ graph and returns a Session. After the
-first compile every parameter is a numpy view of the model's ParamStore (one flat block), shared by all
-sessions compiled from the model. Parameters and buffers are read-only outside `with cn.no_grad():`
-(= `with model.edit():`); see cnnnative._params."""
+forward() as in PyTorch; compile() traces forward() into a C++ graph (every module's `training` set to the
+compile mode meanwhile) and returns a Session. After the first compile every parameter is a numpy view of the
+model's ParamStore (one flat block), shared by all sessions compiled from the model, and from its submodules
+(model.features) or Sequential slices compiled after it. Parameters and buffers are read-only outside
+`with cn.no_grad():` (= `with model.edit():`); see cnnnative._params."""
 from __future__ import annotations
 
 import contextlib
@@ -210,6 +211,38 @@ class _StoreRecord:
         self.store, self.sig, self.arrays = store, sig, arrays
 
 
+# Every array Module._ensure_store() installs is one entry of its store: the view carries the entry's name
+# (_cn_entry), so that a module whose arrays all are such views of one store (a submodule or a Sequential slice of a
+# compiled model: torchvision's model.features) compiles onto that store, sharing it with the model's sessions,
+# instead of moving the arrays into a store of its own (which would leave the model's sessions on memory that is no
+# longer the model's). An array the store moved into a new one (a containing model compiled with a structure of its
+# own) points to its successor (_cn_moved_to), so that a session of the old store says why it can no longer run.
+def _entry_of(a):
+    """(store, entry name) of an array installed by Module._ensure_store() in a live store, else None."""
+    store = _params.store_of(a)
+    name = getattr(a, "_cn_entry", None) if store is not None else None
+    return None if name is None else (store, name)
+
+
+def _mark(a, attr: str, value) -> None:
+    try:
+        setattr(a, attr, value)
+    except AttributeError:  # a plain ndarray (not one the library hands out): nothing to remember
+        pass
+
+
+def _moved(old, new) -> bool:
+    """Whether `new` is where _ensure_store() moved `old` (through any number of moves)."""
+    a = old
+    for _ in range(64):
+        a = getattr(a, "_cn_moved_to", None)
+        if a is None:
+            return False
+        if a is new:
+            return True
+    return False
+
+
 def _structure(model) -> list:
     """The registered structure of a model as compiled: every module, parameter and buffer by name, with the
     objects themselves (compared by identity)."""
@@ -224,17 +257,28 @@ def _structure(model) -> list:
 
 
 def _describe(old: list, new: list) -> str:
+    """What changed between two _structure() lists. Arrays only moved into another store (a model holding them
+    compiled since, see _ensure_store) are named as moved when nothing else changed (else they are a consequence of
+    the change, which is what is named)."""
     o, n = dict(old), dict(new)
-    what = []
+    what, moved = [], []
     for key, v in old:
         if key not in n:
             what.append(f"{key[0]} '{key[1] or '(model)'}' removed")
         elif n[key] is not v:
-            what.append(f"{key[0]} '{key[1] or '(model)'}' replaced")
+            if key[0] != "module" and _moved(v, n[key]):
+                moved.append(f"{key[0]} '{key[1]}' moved")
+            else:
+                what.append(f"{key[0]} '{key[1] or '(model)'}' replaced")
     what += [f"{key[0]} '{key[1]}' added" for key, _ in new if key not in o]
+    tail = ""
+    if not what and moved:
+        what = moved
+        tail = ("; a model holding these modules was compiled since and moved them into its parameter store, and a "
+                "session keeps the store it was compiled with")
     if not what:
         what = ["modules reordered"]
-    return ", ".join(what[:6]) + (f" and {len(what) - 6} more" if len(what) > 6 else "")
+    return ", ".join(what[:6]) + (f" and {len(what) - 6} more" if len(what) > 6 else "") + tail
 
 
 class StructureWatch:
@@ -304,6 +348,11 @@ def locate_node_error(msg: str, model) -> str:
     if best is None:
         return msg
     return f"{_label(best[0], type(best[1]).__name__)}: {msg}"
+
+
+# the modules' training flags are set for the mode being traced and restored after (Module.trace): one trace at a
+# time, so that two threads tracing one model in different modes neither see nor restore each other's flags
+_trace_lock = threading.RLock()
 
 
 class Module:
@@ -678,24 +727,37 @@ class Module:
                 return
 
     def _ensure_store(self):
-        """Moves every parameter and buffer (non-persistent ones too: the graph reads them) into one ParamStore
-        (flat blocks) and replaces the module attributes by numpy views of it. Kept while the model's arrays
-        are the views it installed; once one was added, removed or replaced, a new store is made and the
-        current values move into it (arrays handed out before keep the old memory: writes to them no longer
-        reach the model: they are retired, read-only for good, see cnnnative._params). Sessions compiled
-        before such a change refuse to run (StructureWatch)."""
+        """The ParamStore this module's sessions run on, every parameter and buffer (non-persistent ones too: the
+        graph reads them) a numpy view of it:
+          - the store it made before, while the module's arrays are still the views it installed;
+          - else the store of another module all of them already are installed views of: a submodule (or a
+            Sequential slice holding the same module objects) of a compiled model shares the model's store, so
+            its sessions and the model's see each other's updates and neither moves the other's arrays (its
+            traced graph names them by that store's entries, see _name_tensors);
+          - else a new store (flat blocks) with the current values, whose views replace the module attributes.
+            The arrays replaced (and handed out before) keep the old memory: writes to them no longer reach the
+            model, so they are retired, read-only for good (see cnnnative._params); sessions compiled on the old
+            store (this module's, or another model's holding the same arrays) refuse to run (StructureWatch)."""
         entries = [(n, a, True) for n, a in self.named_parameters()] + \
                   [(n, a, False) for n, a in self.named_buffers()]
         sig = [(n, tuple(a.shape), t) for n, a, t in entries]
         rec = self._store_record()
         if rec is not None and rec.sig == sig and all(a is b for (_, a, _), b in zip(entries, rec.arrays)):
-            self._name_tensors()
+            self._name_tensors(by_entry=False)
             return rec.store
+        shared = self._shared_store(entries)
+        if shared is not None and (rec is None or shared is not rec.store):
+            if rec is not None:  # its own store holds none of its arrays any more (a model holding it moved them)
+                object.__setattr__(self, "_store", None)
+            self._name_tensors(by_entry=False)
+            return shared
         store = _core.ParamStore([(n, list(s), t) for n, s, t in sig])
         views = {}
         for n, a, _ in entries:
             view = store.array(n)  # a read-only Parameter (trainable entries) or Buffer over the store
             _params.write(view, a)
+            view._cn_entry = n
+            _mark(a, "_cn_moved_to", view)
             views[id(a)] = view
         for m in self.modules():
             for kind in ("_parameters", "_buffers"):
@@ -709,15 +771,33 @@ class Module:
         _params.retire([a for _, a, _ in entries], rec.store if rec is not None else None)
         store.touch()
         _structure_changed()  # the arrays are new objects: sessions of other models holding them re-check
-        self._name_tensors()
+        self._name_tensors(by_entry=False)
         return store
 
-    def _name_tensors(self) -> None:
-        """Names each module for tracing (its path) and each of its parameters/buffers by the store entry it
-        lives in: its first name, so a module or array reachable by several names is one graph parameter."""
+    @staticmethod
+    def _shared_store(entries):
+        """The store every array of `entries` is an installed view of (each its own entry), or None."""
+        store, names = None, set()
+        for _, a, _ in entries:
+            e = _entry_of(a)
+            if e is None or (store is not None and e[0] is not store) or e[1] in names:
+                return None
+            store = e[0]
+            names.add(e[1])
+        return store
+
+    def _name_tensors(self, by_entry: bool = True) -> None:
+        """Names each module for tracing (its path in this module) and each of its parameters/buffers for the
+        graph: by the store entry it is a view of (by_entry: what a graph compiled on that store must call it;
+        for a module on its own store that is its first name here, for a submodule sharing a model's store the
+        model's name), else by its first name here (what state_dict() calls it), so a module or array reachable
+        by several names is one graph parameter. _ensure_store() leaves the names state_dict() gives (the ONNX
+        exporter's); trace() and every graph built for a store name by entry."""
         first = {}
         for n, a in itertools.chain(self.named_parameters(), self.named_buffers()):
-            first.setdefault(id(a), n)
+            if id(a) not in first:
+                e = _entry_of(a) if by_entry else None
+                first[id(a)] = n if e is None else e[1]
         for path, m in self.named_modules():
             object.__setattr__(m, "_trace_name", path)
             names = {}
@@ -774,7 +854,28 @@ class Module:
             full = f"{self._trace_name}.{attr}" if self._trace_name else attr
         return b.param(full, a.shape, trainable)
 
+    @contextlib.contextmanager
+    def _training_as(self, training: bool):
+        """Every module's `training` flag set to `training` inside (as model.train(training) would set them), each
+        restored to what it was when left, also on an exception."""
+        saved = [(m, m.__dict__.get("training", True)) for m in self.modules()]
+        try:
+            for m, _ in saved:
+                object.__setattr__(m, "training", bool(training))
+            yield
+        finally:
+            for m, was in saved:
+                object.__setattr__(m, "training", was)
+
     def trace(self, input_shape, training: bool) -> tuple[GraphBuilder, Tensor, Tensor]:
+        """Traces forward() for one input shape, in training mode or not. While forward() runs, every module's
+        `training` is `training` (PyTorch's semantics of compiling for that mode: `F.dropout(x, p,
+        training=self.training)` and `if self.training:` branches follow the mode, as the built-in Dropout and
+        BatchNorm2d do); afterwards each module's flag is what it was before (model.train()/eval() unchanged)."""
+        with _trace_lock, self._training_as(training):
+            return self._trace(input_shape, training)
+
+    def _trace(self, input_shape, training: bool) -> tuple[GraphBuilder, Tensor, Tensor]:
         self._name_tensors()
         b = GraphBuilder(training)
         with b:
@@ -825,9 +926,12 @@ class Module:
         convolutions and matrix products may use TF32 tensor cores (PyTorch's default for cuDNN); False: full
         float32. cuda_graphs (cuda): after the first run, each run's kernels are recorded once as CUDA graphs and
         replayed. distributed (mode='train', under mpirun; cnnnative.distributed): every step averages the
-        gradients over the processes before the update (docs/distributed.md). Returns a Session. The session shares the model's parameters and buffers (one
-        ParamStore); it refuses to run (cn.Error) once a module, parameter or buffer of the model was
-        added, removed or replaced: compile again. Plain attributes a forward() reads (a stride, a flag) are
+        gradients over the processes before the update (docs/distributed.md). Returns a Session. forward() is traced
+        with every module's `training` set to the mode (True for 'train', False for 'infer'; each restored after),
+        so `self.training` in user code follows the mode as the built-in Dropout and BatchNorm2d do. The session
+        shares the model's parameters and buffers (one ParamStore; a submodule or Sequential slice of a compiled
+        model shares that model's store, so their sessions see each other's updates); it refuses to run (cn.Error)
+        once a module, parameter or buffer of the model was added, removed or replaced: compile again. Plain attributes a forward() reads (a stride, a flag) are
         traced as constants at compile, as torch.jit.trace does. dtype='int8' (inference): int8 post-training
         quantization calibrated on `calibration` (an iterable of input batches) with `calibration_method`
         ('minmax', 'percentile', 'entropy'); the same as cnnnative.quantize(model, calibration).compile(...).
