@@ -452,6 +452,14 @@ PYBIND11_MODULE(_core, m) {
             py::gil_scoped_release nogil;  // set_lr waits for a run in progress
             p.s().set_lr(lr);
           })
+      .def(
+          "set_frozen",
+          [](PySession& p, const std::vector<std::string>& names) {
+            py::gil_scoped_release nogil;  // waits for a run in progress
+            p.s().set_frozen(names);
+          },
+          py::arg("names"), "Train: parameters (store entry names) the update leaves as they are; [] updates all")
+      .def_property_readonly("frozen", [](PySession& p) { return p.s().frozen(); })
       .def_property_readonly("num_threads", [](PySession& p) { return p.s().num_threads(); })
       .def_property_readonly("auto_choice",
                              [](PySession& p) -> py::object {

@@ -29,17 +29,97 @@ def _is_real(v) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def _latest(a):
+    """The array a parameter handed out earlier now lives in: Module._ensure_store() moves a module's arrays into
+    its store when the model is first compiled, and marks each old array with its successor (_cn_moved_to)."""
+    for _ in range(64):
+        nxt = getattr(a, "_cn_moved_to", None)
+        if nxt is None:
+            break
+        a = nxt
+    return a
+
+
 class Optimizer:
     kind = ""
 
     def __init__(self, params=None, **hyper):
-        # params is accepted for PyTorch familiarity; the update always covers every parameter of the model
+        """params as torch.optim takes them: None (every parameter of the model the optimizer is compiled with),
+        an iterable of parameters (model.fc.parameters(): only those are updated, the others stay as they are, as
+        in PyTorch fine-tuning), or parameter groups ({'params': ..., option: value}) whose options equal the
+        optimizer's own (groups with options of their own, a per-group lr say, are refused: one set of
+        hyper-parameters applies to every parameter updated)."""
+        name = type(self).__name__
         lr = hyper["lr"]
         if not (lr >= 0 and math.isfinite(lr)):
-            raise ValueError(f"{type(self).__name__}: lr must be finite and >= 0, got {lr}")
+            raise ValueError(f"{name}: lr must be finite and >= 0, got {lr}")
         self.defaults = dict(hyper)
         self.param_groups = [dict(hyper)]
         self._sessions = []
+        self._params = None if params is None else self._collect(name, params, hyper)
+
+    @staticmethod
+    def _collect(name, params, hyper) -> list:
+        if isinstance(params, np.ndarray):
+            raise TypeError(f"{name}: params must be an iterable of parameters or of parameter groups (dicts), "
+                            f"got one array; pass [array] or model.parameters()")
+        items = list(params)
+        if not items:
+            raise ValueError(f"{name}: got an empty parameter list")
+        out = []
+        for i, it in enumerate(items):
+            if isinstance(it, dict):
+                if "params" not in it:
+                    raise ValueError(f"{name}: parameter group {i} has no 'params'")
+                unknown = sorted(k for k in it if k != "params" and k not in hyper)
+                if unknown:
+                    raise ValueError(f"{name}: parameter group {i} has unknown options {unknown}; "
+                                     f"{name} takes {sorted(hyper)}")
+                own = {k: v for k, v in it.items() if k != "params" and _plain({k: v})[k] != _plain(hyper)[k]}
+                if own:
+                    raise ValueError(
+                        f"{name}: parameter group {i} sets its own {', '.join(f'{k}={v!r}' for k, v in own.items())}"
+                        f"; cnnnative applies one set of hyper-parameters to every parameter it updates. Train the "
+                        f"groups with separate optimizers and sessions, or leave parameters out of the optimizer to "
+                        f"keep them fixed")
+                group = it["params"]
+                group = [group] if isinstance(group, np.ndarray) else list(group)
+                if not group:
+                    raise ValueError(f"{name}: parameter group {i} is empty")
+                out.extend(group)
+            elif isinstance(it, np.ndarray):
+                out.append(it)
+            else:
+                raise TypeError(f"{name}: params must hold parameters (arrays) or parameter groups (dicts), got "
+                                f"{type(it).__name__} at position {i}")
+        return out
+
+    def _frozen_for(self, session) -> list:
+        """Store entries the update of `session` must leave as they are: the store's trainable parameters that are
+        not the session's model's (a submodule compiled onto its parent's store), and, where the optimizer was given
+        parameters, the model's parameters it was not given. Raises ValueError for a given parameter that is not
+        one of the model's."""
+        from . import nn as _nn
+        store = getattr(session, "_store", None)
+        model = getattr(session, "model", None)
+        if store is None or model is None:
+            return []
+        trainable = [n for n in store.names() if isinstance(store.array(n), _nn.Parameter)]
+        own = set()
+        for pname, p in model.named_parameters():
+            e = _nn._entry_of(p)
+            if e is not None and e[0] is store:
+                own.add(e[1])
+        keep = own
+        if self._params is not None:
+            keep = set()
+            for i, p in enumerate(self._params):
+                e = _nn._entry_of(_latest(p))
+                if e is None or e[0] is not store or e[1] not in own:
+                    raise ValueError(f"{type(self).__name__}: parameter {i} of the optimizer (shape "
+                                     f"{list(np.shape(p))}) is not a parameter of the model it is compiled with")
+                keep.add(e[1])
+        return [n for n in trainable if n not in keep]
 
     @property
     def lr(self) -> float:
@@ -60,6 +140,10 @@ class Optimizer:
         return None
 
     def _attach(self, session) -> None:
+        if getattr(session, "mode", "train") == "train" and getattr(session, "_s", None) is not None:
+            frozen = self._frozen_for(session)
+            if frozen:
+                session._s.set_frozen(frozen)
         self._sessions.append(session)
         session.lr = self.lr
         pending = self.__dict__.pop("_pending_state", None)

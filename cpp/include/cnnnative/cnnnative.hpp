@@ -299,6 +299,11 @@ class Session {
   double loss() const;                // Train: the last loss
   void set_lr(double lr);
   double lr() const;
+  // Train: parameters the update leaves as they are (their gradients are still computed), by store entry name; the
+  // others are updated as before. An empty list updates every parameter (the default). Throws Error for a name
+  // that is not a trainable parameter of the session's store, and outside training.
+  void set_frozen(const std::vector<std::string>& names);
+  std::vector<std::string> frozen() const;
   int64_t step_count() const;
   // OpenMP threads the last run used (set_num_threads, from any thread, or the automatic count); 0 before any. The
   // session holds kernels for at most two counts (oneDNN fixes a primitive's threads when it is created): the one

@@ -241,6 +241,10 @@ class SessionImpl {
   // checked for overflow with one pass over the gradients (update()).
   OptimMaxima maxima;
   uint64_t maxima_version = 0;  // 0: unknown (recomputed from the blocks)
+  // Session::set_frozen: the frozen entries' names, and the [begin, end) ranges of the parameter block the update
+  // writes (the complement of the frozen entries; unused while `frozen` is empty).
+  std::vector<std::string> frozen;
+  std::vector<std::pair<size_t, size_t>> update_ranges;
   std::vector<double> prof_ns;  // per step, plus one for the optimizer update
   std::vector<int64_t> prof_calls;
   std::vector<double> node_flops;
@@ -839,6 +843,20 @@ void SessionImpl::update() {
     diverged(std::string("the update (lr ") + lrs + ") would make " + locate(true, size_t(i)) +
              " or its optimizer state non-finite");
   };
+  // the update over the whole block, or over the ranges frozen parameters leave (Session::set_frozen), each range's
+  // maxima combined (the guard above bounds the frozen ones too: their values are in P)
+  auto each_range = [&](auto&& fn) {
+    if (frozen.empty()) return fn(size_t(0), n_grad, &maxima);
+    OptimMaxima all;
+    for (const auto& [a, e] : update_ranges) {
+      OptimMaxima one;
+      fn(a, e - a, &one);
+      all.p = std::max(all.p, one.p);
+      all.m = std::max(all.m, one.m);
+      all.v = std::max(all.v, one.v);
+    }
+    maxima = all;
+  };
   if (oc.kind == "sgd") {
     SGDConfig c;
     c.lr = float(lr);
@@ -857,7 +875,9 @@ void SessionImpl::update() {
       long i = backend.sgd_first_non_finite(p, gr, m, n_grad, c, t, st);
       if (i >= 0) fail_at(i);
     }
-    backend.sgd_update(p, gr, m, n_grad, c, t, &maxima, st);
+    each_range([&](size_t a, size_t n, OptimMaxima* mx) {
+      backend.sgd_update(p + a, gr + a, m ? m + a : nullptr, n, c, t, mx, st);
+    });
   } else {
     AdamConfig c;
     c.lr = float(lr);
@@ -882,7 +902,10 @@ void SessionImpl::update() {
       long i = backend.adam_first_non_finite(p, gr, m, v, vmax, n_grad, c, t, st);
       if (i >= 0) fail_at(i);
     }
-    backend.adam_update(p, gr, m, v, vmax, n_grad, c, t, &maxima, st);
+    each_range([&](size_t a, size_t n, OptimMaxima* mx) {
+      backend.adam_update(p + a, gr + a, m ? m + a : nullptr, v ? v + a : nullptr, vmax ? vmax + a : nullptr, n, c, t,
+                          mx, st);
+    });
   }
 }
 
@@ -1510,6 +1533,38 @@ void Session::set_lr(double lr) {
   impl_->lr = lr;
 }
 double Session::lr() const { return impl_->lr; }
+void Session::set_frozen(const std::vector<std::string>& names) {
+  SessionImpl& I = *impl_;
+  if (I.opt.mode != Mode::Train) throw Error("set_frozen: only a training session updates parameters");
+  std::lock_guard<std::recursive_mutex> hold(I.mu);
+  std::vector<std::pair<size_t, size_t>> frozen_ranges;
+  std::vector<std::string> kept;
+  for (const std::string& n : names) {
+    const ParamStore::Entry* e = nullptr;
+    for (const auto& x : I.store->entries())
+      if (x.name == n) e = &x;
+    if (!e || !e->trainable)
+      throw Error("set_frozen: '" + n + "' is not a trainable parameter of this session's model");
+    if (std::find(kept.begin(), kept.end(), n) != kept.end()) continue;
+    kept.push_back(n);
+    frozen_ranges.push_back({e->offset, e->offset + size_t(numel(e->shape))});
+  }
+  std::sort(frozen_ranges.begin(), frozen_ranges.end());
+  std::vector<std::pair<size_t, size_t>> ranges;
+  size_t at = 0;
+  for (const auto& [a, e] : frozen_ranges) {
+    if (a > at) ranges.push_back({at, a});
+    at = std::max(at, e);
+  }
+  if (at < I.n_grad) ranges.push_back({at, I.n_grad});
+  I.frozen = std::move(kept);
+  I.update_ranges = std::move(ranges);
+  I.maxima_version = 0;  // the maxima are measured again before the next update
+}
+std::vector<std::string> Session::frozen() const {
+  std::lock_guard<std::recursive_mutex> hold(impl_->mu);
+  return impl_->frozen;
+}
 int64_t Session::step_count() const { return impl_->steps; }
 int Session::num_threads() const { return impl_->threads_used; }
 void Session::set_step_count(int64_t steps) {
