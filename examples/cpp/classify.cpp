@@ -6,25 +6,37 @@
 // Output, one tab-separated line per image: file, predicted class (argmax of the model's output), its
 // probability (softmax of the outputs, which are read as logits), then every output value; outputs are printed
 // with %.9g, so they read back as the exact float32 values.
-// Errors (unreadable model or image, wrong size) print "classify: MESSAGE" to stderr and exit 1.
+// Errors (unreadable model or image, wrong size, an image argument that is a folder) print "classify: MESSAGE"
+// to stderr and exit 1.
 #include <cnnnative/model.hpp>
 
 #include <cctype>
+#include <cerrno>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
-#include <iterator>
+#include <exception>
 #include <string>
 #include <vector>
 
 namespace {
 
-std::vector<unsigned char> read_file(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) throw cnn::Error("image '" + path + "': cannot open");
-  return std::vector<unsigned char>(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+// The bytes of the file at `path`, at most `limit` of them (a larger file is refused without reading it all).
+std::vector<unsigned char> read_file(const std::string& path, size_t limit) {
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) throw cnn::Error("image '" + path + "': cannot open: " + std::strerror(errno));
+  std::vector<unsigned char> b;
+  unsigned char buf[1 << 16];
+  size_t n;
+  while (b.size() <= limit && (n = std::fread(buf, 1, sizeof buf, f)) > 0) b.insert(b.end(), buf, buf + n);
+  const int err = std::ferror(f) ? (errno ? errno : EIO) : 0;  // a folder: EISDIR
+  std::fclose(f);
+  if (err) throw cnn::Error("image '" + path + "': cannot read: " + std::strerror(err));
+  if (b.size() > limit)
+    throw cnn::Error("image '" + path + "': over " + std::to_string(limit) +
+                     " bytes, larger than any input of the model");
+  return b;
 }
 
 // Next header token of a PGM: skips whitespace and # comments.
@@ -47,7 +59,8 @@ long pgm_number(const std::vector<unsigned char>& b, size_t& i, const std::strin
 // Writes C*H*W floats for one image of the model's input [N, C, H, W] into `dst`.
 void load_image(const std::string& path, const cnn::Shape& in, float* dst) {
   const int64_t per = cnn::numel(in) / in[0];
-  std::vector<unsigned char> b = read_file(path);
+  // a raw float32 input has per * 4 bytes, a PGM one byte per pixel after a header of a few bytes
+  std::vector<unsigned char> b = read_file(path, size_t(per) * 4 + 65536);
   if (b.size() >= 2 && b[0] == 'P' && b[1] == '5') {
     size_t i = 2;
     long w = pgm_number(b, i, path), h = pgm_number(b, i, path), maxval = pgm_number(b, i, path);
@@ -107,6 +120,9 @@ int main(int argc, char** argv) {
       std::printf("\n");
     }
   } catch (const cnn::Error& e) {
+    std::fprintf(stderr, "classify: %s\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {  // the last resort: out of memory, ...
     std::fprintf(stderr, "classify: %s\n", e.what());
     return 1;
   }

@@ -355,6 +355,44 @@ def _export(args, parser) -> int:
     return 0
 
 
+def _missing_folders(path) -> list:
+    """The folders above `path` that do not exist yet, the deepest first."""
+    out = []
+    d = os.path.dirname(os.path.abspath(path))
+    while not os.path.lexists(d):
+        out.append(d)
+        parent = os.path.dirname(d)
+        if parent == d:
+            break
+        d = parent
+    return out
+
+
+def _os_error_line(e, src, dst) -> str:
+    """One line for an OSError of convert: the file it concerns (SRC, DST or a folder on the way to DST) and
+    what went wrong, without the temporary file's name."""
+    from . import _atomic
+    what = e.strerror or str(e) or type(e).__name__
+    dst_abs = os.path.abspath(dst)
+    if e.filename is not None:
+        name = os.path.abspath(os.fsdecode(e.filename))
+        if name == dst_abs or name.startswith(dst_abs + ".tmp."):
+            return f"cannot write {dst}: {what}"
+        if dst_abs.startswith(name.rstrip(os.sep) + os.sep):  # a folder on the way to DST (SRC itself, maybe)
+            if os.path.lexists(name) and not os.path.isdir(name):
+                return f"cannot write {dst}: {name} is not a folder"
+            return f"cannot write {dst}: cannot create the folder {name}: {what}"
+        if name == os.path.abspath(src):
+            return f"cannot read {src}: {what}"
+        return f"{name}: {what}"
+    tb = e.__traceback__
+    while tb is not None:  # no file named (a full disk, a file size limit): raised while writing DST?
+        if tb.tb_frame.f_code.co_filename == _atomic.__file__:
+            return f"cannot write {dst}: {what}"
+        tb = tb.tb_next
+    return f"converting {src} to {dst}: {what}"
+
+
 def _convert(args, p) -> int:
     import cnnnative
     shape = None
@@ -363,15 +401,26 @@ def _convert(args, p) -> int:
             shape = tuple(int(v) for v in args.input_shape.split(","))
         except ValueError:
             p.error(f"--input-shape must be comma-separated integers, got {args.input_shape!r}")
+    created = _missing_folders(args.dst)  # removed again (when still empty) if the conversion fails
     try:
         from . import onnx as cnx
         out = cnx.convert(args.src, args.dst, input_shape=shape)
-    except ImportError as e:
-        print(f"error: {e}", file=sys.stderr)  # it says how to install onnx
-        return 1
-    except (cnnnative.Error, ValueError, RuntimeError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except BaseException as e:
+        for d in created:
+            try:
+                os.rmdir(d)
+            except OSError:
+                break
+        if isinstance(e, ImportError):
+            print(f"error: {e}", file=sys.stderr)  # it says how to install onnx
+            return 1
+        if isinstance(e, OSError):  # the destination unwritable, a full disk, ...: atomic writes leave nothing
+            print(f"error: {_os_error_line(e, args.src, args.dst)}", file=sys.stderr)
+            return 1
+        if isinstance(e, (cnnnative.Error, ValueError, RuntimeError)):
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        raise
     print(f"wrote {out}")
     return 0
 

@@ -183,23 +183,49 @@ class ImageError(ValueError):
 _PNG_SIG = b"\x89PNG\r\n\x1a\n"
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
 _PNG_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}  # the PNG spec's pairs
+_PNG_KEPT = {b"IHDR": 13, b"PLTE": 768}  # chunks read whole, with their largest valid length
+_PIECE = 1 << 20
+# The most values (height x width x channels) the image readers decode: far beyond any input of the zoo's models,
+# far below what would exhaust memory (the readers hold a few bytes of temporaries per value).
+MAX_IMAGE_VALUES = 1 << 26
 
 
-def _png_chunks(blob, path):
-    pos = len(_PNG_SIG)
-    while pos + 12 <= len(blob):
-        n, kind = struct.unpack(">I4s", blob[pos:pos + 8])
-        body = blob[pos + 8:pos + 8 + n]
-        if len(body) != n or pos + 12 + n > len(blob):
+def _png_chunks(f, path):
+    """Yields (kind, data) for each chunk of the PNG file f (positioned after the signature) up to IEND, checking
+    every CRC. IHDR and PLTE come whole (after their CRC is checked); IDAT comes in pieces of at most 1 MiB, each
+    yielded before the chunk's CRC is checked at its end; the other chunks are read in pieces for the CRC and come
+    as (kind, None). Memory stays bounded whatever lengths the file declares."""
+    while True:
+        head = f.read(8)
+        if not head:
+            raise ImageError(f"{path}: truncated PNG (no IEND chunk)")
+        if len(head) < 8:
+            raise ImageError(f"{path}: truncated PNG chunk header")
+        n, kind = struct.unpack(">I4s", head)
+        if n > 0x7FFFFFFF or n > _PNG_KEPT.get(kind, n):
+            raise ImageError(f"{path}: PNG chunk {kind!r} declares an invalid length {n}")
+        crc, left, parts = zlib.crc32(kind), n, []
+        while left:
+            piece = f.read(min(left, _PIECE))
+            if not piece:
+                raise ImageError(f"{path}: truncated PNG chunk {kind!r}")
+            crc = zlib.crc32(piece, crc)
+            left -= len(piece)
+            if kind == b"IDAT":
+                yield kind, piece
+            elif kind in _PNG_KEPT:
+                parts.append(piece)
+        tail = f.read(4)
+        if len(tail) != 4:
             raise ImageError(f"{path}: truncated PNG chunk {kind!r}")
-        (crc,) = struct.unpack(">I", blob[pos + 8 + n:pos + 12 + n])
-        if zlib.crc32(kind + body) != crc:
+        if struct.unpack(">I", tail)[0] != crc:
             raise ImageError(f"{path}: PNG chunk {kind!r} fails its CRC check (damaged file)")
-        yield kind, body
+        if kind in _PNG_KEPT:
+            yield kind, b"".join(parts)
+        elif kind != b"IDAT":
+            yield kind, None
         if kind == b"IEND":
             return
-        pos += 12 + n
-    raise ImageError(f"{path}: truncated PNG (no IEND chunk)")
 
 
 def _unfilter(raw, height, rowbytes, bpp, path):
@@ -235,47 +261,72 @@ def _unfilter(raw, height, rowbytes, bpp, path):
     return out
 
 
-def read_png(path) -> np.ndarray:
+def read_png(path, check=None) -> np.ndarray:
     """A PNG file as float32 (H, W, C) in [0, 1], C = 1 (gray), 2 (gray + alpha), 3 (RGB) or 4 (RGBA); every
-    bit depth and colour type of non-interlaced PNG (interlaced ones through matplotlib when installed)."""
+    bit depth and colour type of non-interlaced PNG (interlaced ones through matplotlib when installed).
+    check(height, width, channels), when given, is called with what the IHDR chunk declares (channels: the C
+    returned, 3 for a palette image) before any pixel data is decompressed, and raises to refuse the image.
+    Images of more than MAX_IMAGE_VALUES values are refused, and the data is decompressed to at most the size
+    the header declares: data inflating past it is refused."""
     with open(path, "rb") as f:
-        blob = f.read()
-    if not blob.startswith(_PNG_SIG):
-        raise ImageError(f"{path}: not a PNG file (bad signature)")
-    header, palette, idat = None, None, []
-    for kind, body in _png_chunks(blob, path):
-        if kind == b"IHDR":
-            if len(body) != 13:
-                raise ImageError(f"{path}: bad PNG header")
-            header = struct.unpack(">IIBBBBB", body)
-        elif kind == b"PLTE":
-            palette = np.frombuffer(body, np.uint8).reshape(-1, 3)
-        elif kind == b"IDAT":
-            idat.append(body)
-    if header is None or not idat:
-        raise ImageError(f"{path}: PNG without {'IHDR' if header is None else 'IDAT'} chunk")
-    width, height, depth, ctype, _, _, interlace = header
-    if depth not in _PNG_DEPTHS.get(ctype, ()) or width == 0 or height == 0:
-        raise ImageError(f"{path}: unsupported PNG (colour type {ctype}, bit depth {depth}, {width}x{height})")
-    if interlace:
-        try:
-            import matplotlib.image as mpimg
-        except ImportError:
-            raise ImageError(f"{path}: interlaced PNG; save it without interlacing (or install matplotlib, "
-                             f"which reads it)") from None
-        a = np.asarray(mpimg.imread(path), np.float32)
-        return a[:, :, None] if a.ndim == 2 else a
-    channels = _PNG_CHANNELS[ctype]
-    bits = channels * depth
-    rowbytes = (width * bits + 7) // 8
-    want = height * (rowbytes + 1)
-    d = zlib.decompressobj()
-    try:
-        raw = d.decompress(b"".join(idat), want + 1)
-    except zlib.error as e:
-        raise ImageError(f"{path}: damaged PNG data ({e})") from None
+        if f.read(len(_PNG_SIG)) != _PNG_SIG:
+            raise ImageError(f"{path}: not a PNG file (bad signature)")
+        chunks = _png_chunks(f, path)
+        kind, body = next(chunks)
+        if kind != b"IHDR" or len(body) != 13:
+            raise ImageError(f"{path}: bad PNG header (the first chunk must be a 13-byte IHDR, got {kind!r})")
+        width, height, depth, ctype, compression, filtering, interlace = struct.unpack(">IIBBBBB", body)
+        if (depth not in _PNG_DEPTHS.get(ctype, ()) or width == 0 or height == 0 or compression or filtering
+                or interlace > 1):
+            raise ImageError(f"{path}: unsupported PNG (colour type {ctype}, bit depth {depth}, {width}x{height}"
+                             + (f", compression {compression}, filter {filtering}, interlace {interlace}"
+                                if compression or filtering or interlace > 1 else "") + ")")
+        channels = _PNG_CHANNELS[ctype]
+        shown = 3 if ctype == 3 else channels
+        if check is not None:
+            check(height, width, shown)
+        if height * width * shown > MAX_IMAGE_VALUES:
+            raise ImageError(f"{path}: PNG declares {width}x{height} pixels with {shown} channel"
+                             f"{'s' if shown != 1 else ''}, more than the {MAX_IMAGE_VALUES} values read")
+        if interlace:
+            try:
+                import matplotlib.image as mpimg
+            except ImportError:
+                raise ImageError(f"{path}: interlaced PNG; save it without interlacing (or install matplotlib, "
+                                 f"which reads it)") from None
+            a = np.asarray(mpimg.imread(path), np.float32)
+            return a[:, :, None] if a.ndim == 2 else a
+        bits = channels * depth
+        rowbytes = (width * bits + 7) // 8
+        want = height * (rowbytes + 1)
+        d = zlib.decompressobj()
+        raw = bytearray()
+        palette, seen_idat, damaged = None, False, None
+        for kind, body in chunks:
+            if kind == b"IHDR":
+                raise ImageError(f"{path}: PNG with a second IHDR chunk")
+            if kind == b"PLTE":
+                if len(body) % 3 or not body:
+                    raise ImageError(f"{path}: PNG palette of {len(body)} bytes (1 to 256 RGB triples)")
+                palette = np.frombuffer(body, np.uint8).reshape(-1, 3)
+            elif kind == b"IDAT":
+                seen_idat = True
+                if damaged is not None or d.eof:  # data after the end of the stream is ignored
+                    continue
+                try:  # at most one byte past the declared size: short of it, the whole piece is consumed
+                    raw += d.decompress(body, want + 1 - len(raw))
+                except zlib.error as e:  # reported once every chunk's CRC is checked: damage shows as such
+                    damaged = e
+                if len(raw) > want:
+                    raise ImageError(f"{path}: PNG data inflates past the {want} bytes its {width}x{height} header "
+                                     f"declares (a damaged or hostile file)")
+    if not seen_idat:
+        raise ImageError(f"{path}: PNG without IDAT chunk")
+    if damaged is not None:
+        raise ImageError(f"{path}: damaged PNG data ({damaged})")
     if len(raw) != want:
         raise ImageError(f"{path}: PNG data holds {len(raw)} bytes, {width}x{height} needs {want}")
+    raw = bytes(raw)
     rows = _unfilter(raw, height, rowbytes, max(1, bits // 8), path)
     if depth == 16:
         vals = rows.view(">u2").reshape(height, width, channels).astype(np.int64)
@@ -307,8 +358,10 @@ def write_png(path, image) -> str:
     return write_atomic(path, lambda f: f.write(blob))
 
 
-def read_pnm(path) -> np.ndarray:
-    """A PGM (P2, P5) or PPM (P3, P6) file as float32 (H, W, C) in [0, 1] (value / maxval)."""
+def read_pnm(path, check=None) -> np.ndarray:
+    """A PGM (P2, P5) or PPM (P3, P6) file as float32 (H, W, C) in [0, 1] (value / maxval). check(height,
+    width, channels), when given, is called with what the header declares before the pixels are parsed, and
+    raises to refuse the image; images of more than MAX_IMAGE_VALUES values are refused."""
     with open(path, "rb") as f:
         blob = f.read()
     magic = blob[:2]
@@ -335,7 +388,12 @@ def read_pnm(path) -> np.ndarray:
     if width < 1 or height < 1 or not 1 <= maxval <= 65535:
         raise ImageError(f"{path}: invalid size {width}x{height} or maxval {maxval}")
     channels = 3 if magic in (b"P3", b"P6") else 1
+    if check is not None:
+        check(height, width, channels)
     count = width * height * channels
+    if count > MAX_IMAGE_VALUES:
+        raise ImageError(f"{path}: declares {width}x{height} pixels with {channels} channel"
+                         f"{'s' if channels != 1 else ''}, more than the {MAX_IMAGE_VALUES} values read")
     if magic in (b"P5", b"P6"):
         pos += 1  # the single whitespace after maxval
         dt = np.dtype(">u2" if maxval > 255 else "u1")
@@ -344,8 +402,11 @@ def read_pnm(path) -> np.ndarray:
             raise ImageError(f"{path}: truncated pixel data ({len(data)} of {count * dt.itemsize} bytes)")
         vals = np.frombuffer(data, dt).astype(np.int64)
     else:
+        tokens = blob[pos:].split(maxsplit=count)  # the values, then whatever follows them in one piece
+        if len(tokens) > count:
+            raise ImageError(f"{path}: more pixel values than {width}x{height}x{channels} = {count}")
         try:
-            vals = np.array(blob[pos:].split(), np.int64)
+            vals = np.array(tokens, np.int64)
         except ValueError:
             raise ImageError(f"{path}: pixel data holds a value that is not an integer") from None
         if vals.size != count:
@@ -355,50 +416,100 @@ def read_pnm(path) -> np.ndarray:
     return (vals.reshape(height, width, channels) / maxval).astype(np.float32)
 
 
+def read_npy(path, check=None) -> np.ndarray:
+    """The array of a .npy file (format 1.0 or 2.0, no Python objects). check(shape, dtype), when given, is
+    called with what the header declares before any data is read, and raises to refuse the file; a file shorter
+    than its header declares is refused (nothing the size of the declared shape is allocated before)."""
+    from numpy.lib import format as npf
+    with open(path, "rb") as f:
+        try:
+            version = npf.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = npf.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, fortran, dtype = npf.read_array_header_2_0(f)
+            else:
+                raise ValueError(f".npy format version {version[0]}.{version[1]}; 1.0 and 2.0 are read")
+        except (ValueError, OSError, EOFError) as e:
+            raise ImageError(f"{path}: not a readable .npy file ({e})") from None
+        if any(d < 0 for d in shape):
+            raise ImageError(f"{path}: not a readable .npy file (its header declares shape {shape})")
+        if dtype.hasobject:
+            raise ImageError(f"{path}: holds Python objects (dtype {dtype}); a .npy of numbers is read")
+        if check is not None:
+            check(tuple(shape), dtype)
+        nbytes = dtype.itemsize
+        for d in shape:
+            nbytes *= d
+        have = os.fstat(f.fileno()).st_size - f.tell()
+        if have < nbytes:
+            raise ImageError(f"{path}: truncated .npy file: its header declares shape {tuple(shape)} of {dtype} "
+                             f"({nbytes} bytes of data), the file holds {max(have, 0)}")
+        data = bytearray(nbytes)
+        if f.readinto(data) != nbytes:
+            raise ImageError(f"{path}: truncated .npy file (shorter than its header declares)")
+    return np.frombuffer(data, dtype).reshape(shape, order="F" if fortran else "C")
+
+
 def read_input(path, spec, model_name) -> np.ndarray:
     """The model inputs (N, C, H, W) float32 in one file: an image (PGM/PPM, PNG) or an 8/16-bit integer
     .npy of pixels is scaled to [0, 1], brought to the model's channels (an alpha channel must be opaque; a
     gray model takes colour images only when R = G = B), upscaled when it has the size of the training's
     source images and normalized as the training data was; a float .npy ((H, W), (C, H, W) or (N, C, H, W))
     is taken as model input as is (as cnnnative.data's loaders return it). ImageError names the file and the
-    expected shape."""
+    expected shape. The size (shape) a file declares in its header is checked before its data is read or
+    decompressed: a small file declaring a huge image is refused without the memory for it."""
     c, h, w = spec["shape"]
     ext = os.path.splitext(path)[1].lower()
     want = f"model {model_name} takes {describe_input(spec)}"
+    sizes = [(h, w)] + ([tuple(spec["source_size"])] if spec["source_size"] else [])
     if not os.path.isfile(path):
         raise ImageError(f"{path}: no such file")
+    not_images = (f"{path}: model {model_name} was trained on synthetic data, not images; give .npy files of float "
+                  f"model input of shape ({c}, {h}, {w}) (as cnnnative.data.synthetic_images returns it)")
+
+    def fits(ih, iw, ic):
+        """Refuses an image of ih x iw pixels and ic channels (an alpha channel counted) that cannot become
+        the model's input, whatever its pixels."""
+        ic = ic - 1 if ic in (2, 4) else ic  # the alpha channel must be opaque, then is dropped
+        if (ih, iw) not in sizes or not (ic == c or (c == 1 and ic == 3)):
+            raise ImageError(f"{path}: image is {ih}x{iw} with {ic} channel{'s' if ic != 1 else ''}; {want}")
+
     if ext == ".npy":
-        try:
-            a = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as e:
-            raise ImageError(f"{path}: not a readable .npy file ({e})") from None
+        def check_npy(shape, dtype):
+            if dtype.kind == "f":
+                n = shape[0] if len(shape) == 4 else 1
+                core = shape[-3:] if len(shape) in (3, 4) else (1,) + shape if len(shape) == 2 and c == 1 else None
+                if core != (c, h, w):
+                    raise ImageError(f"{path}: array of shape {shape}; {want}: a float .npy holds model input of "
+                                     f"shape ({c}, {h}, {w}) or (N, {c}, {h}, {w})")
+                if n == 0:
+                    raise ImageError(f"{path}: array of shape {shape} holds no samples")
+                return
+            if dtype not in (np.uint8, np.uint16) or len(shape) not in (2, 3):
+                raise ImageError(f"{path}: array of shape {shape} and dtype {dtype}; a pixel .npy holds uint8 or "
+                                 f"uint16 (H, W) or (H, W, C) (a float .npy holds model input)")
+            if not spec["images"]:
+                raise ImageError(not_images)
+            fits(shape[0], shape[1], shape[2] if len(shape) == 3 else 1)
+
+        a = read_npy(path, check_npy)
         if a.dtype.kind == "f":
-            shape = tuple(a.shape)
-            if a.ndim == 2 and c == 1:
+            if a.ndim == 2:
                 a = a[None]
             if a.ndim == 3:
                 a = a[None]
-            if a.ndim != 4 or tuple(a.shape[1:]) != (c, h, w):
-                raise ImageError(f"{path}: array of shape {shape}; {want}: a float .npy holds model input of "
-                                 f"shape ({c}, {h}, {w}) or (N, {c}, {h}, {w})")
             if not np.isfinite(a).all():
                 raise ImageError(f"{path}: holds values that are not finite")
             return np.ascontiguousarray(a, np.float32)
-        if a.dtype not in (np.uint8, np.uint16) or a.ndim not in (2, 3):
-            raise ImageError(f"{path}: array of shape {a.shape} and dtype {a.dtype}; a pixel .npy holds uint8 or "
-                             f"uint16 (H, W) or (H, W, C) (a float .npy holds model input)")
         img = (a / np.iinfo(a.dtype).max).astype(np.float32)  # as the image readers: float64, then float32
         img = img[:, :, None] if img.ndim == 2 else img
-    elif ext == ".png":
-        img = read_png(path)
-    elif ext in (".pgm", ".ppm", ".pnm"):
-        img = read_pnm(path)
+    elif ext in (".png", ".pgm", ".ppm", ".pnm"):
+        if not spec["images"]:
+            raise ImageError(not_images)
+        img = (read_png if ext == ".png" else read_pnm)(path, fits)
     else:
         raise ImageError(f"{path}: unknown file type {ext or '(none)'!r}; give .pgm/.ppm, .png or .npy files")
-    if not spec["images"]:
-        raise ImageError(f"{path}: model {model_name} was trained on synthetic data, not images; give .npy files "
-                         f"of float model input of shape ({c}, {h}, {w}) (as cnnnative.data.synthetic_images "
-                         f"returns it)")
     ih, iw, ic = img.shape
     if ic in (2, 4):
         if not np.all(img[:, :, -1] >= 1.0):
@@ -408,7 +519,6 @@ def read_input(path, spec, model_name) -> np.ndarray:
         if not (np.array_equal(img[:, :, 0], img[:, :, 1]) and np.array_equal(img[:, :, 0], img[:, :, 2])):
             raise ImageError(f"{path}: a colour image ({ih}x{iw}, 3 channels); {want}")
         img, ic = img[:, :, :1], 1
-    sizes = [(h, w)] + ([tuple(spec["source_size"])] if spec["source_size"] else [])
     if ic != c or (ih, iw) not in sizes:
         raise ImageError(f"{path}: image is {ih}x{iw} with {ic} channel{'s' if ic != 1 else ''}; {want}")
     x = np.ascontiguousarray(img.transpose(2, 0, 1))
