@@ -473,12 +473,6 @@ def test_write_failure_midway_keeps_the_old_file(tmp_path):
     assert _listing(tmp_path) == ["m.cnn"] and p.read_bytes() == old
 
 
-def test_save_needs_an_input_shape(tmp_path):
-    with pytest.raises(ValueError, match="input_shape is required"):
-        cn.save(cn.models.lenet5(), tmp_path / "a.cnn")
-    assert not (tmp_path / "a.cnn").exists()
-
-
 def _dead_pid():
     """The pid of a child that has exited and been reaped (kill(pid, 0) fails with ESRCH)."""
     c = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -552,3 +546,53 @@ def test_save_killed_midway_keeps_the_old_file_and_the_next_save_cleans_up(tmp_p
     cn.save(cn.models.lenet5(seed=2), p, (1, 1, 28, 28))
     assert _listing(tmp_path) == ["m.cnn"]
     assert p.read_bytes() == cn.io.dumps(cn.models.lenet5(seed=2), (1, 1, 28, 28))
+
+
+def test_save_takes_input_shapes_as_compile_does(tmp_path):
+    """cn.save(model, path, 1) (a batch size) and cn.save(zoo_model, path) (its declared shape), as compile()."""
+    m = cn.models.lenet5(seed=0)
+    p1 = cn.save(m, tmp_path / "a.cnn", 4)
+    p2 = cn.save(m, tmp_path / "b.cnn")
+    assert cn.load(p1).input_shape == (4, 1, 28, 28)
+    assert cn.load(p2).input_shape == tuple(m.input_shape)
+    assert cn.load(cn.io.dumps(cn.load(p1), 2)).input_shape == (2, 1, 28, 28)
+
+    class NoShape(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.fc(x)
+
+    with pytest.raises(ValueError, match="NoShape declares no input shape; give the full input_shape"):
+        cn.save(NoShape(), tmp_path / "c.cnn")
+    with pytest.raises(TypeError, match="input_shape must be a shape"):
+        cn.save(NoShape(), tmp_path / "c.cnn", "1,3")
+    assert not (tmp_path / "c.cnn").exists()
+
+
+def test_paths_with_a_nul_byte_are_refused(tmp_path):
+    """A NUL cut the path in the system calls: save wrote 'a.cnn' for 'a.cnn\\0.bak', load read it."""
+    from cnnnative import _core
+    m = cn.models.lenet5(seed=0)
+    bad = str(tmp_path / "a.cnn") + "\0.bak"
+    with pytest.raises(ValueError, match="embedded null byte"):
+        cn.save(m, bad, 1)
+    assert not (tmp_path / "a.cnn").exists()
+    cn.save(m, tmp_path / "a.cnn", 1)
+    with pytest.raises(ValueError, match="embedded null byte"):
+        cn.load(str(tmp_path / "a.cnn") + "\0junk")
+    # the C++ loader and writer refuse it too (C++ callers and anything that passes the Python layer)
+    with pytest.raises(cn.Error, match="the path contains a NUL byte"):
+        _core.Model.load(str(tmp_path / "a.cnn") + "\0junk")
+    core = cn.io._core_model(m, (1, 1, 28, 28))
+    with pytest.raises(cn.Error, match="the path contains a NUL byte"):
+        core.save(bad)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.cnn"]
+
+
+def test_modern_zoo_models_are_functions_of_cnnnative_models():
+    for name in ("mobilenet_v2", "efficientnet_b0", "convnext_tiny", "shufflenet_v2_x1_0", "inception_v3"):
+        assert getattr(cn.models, name) is cn.models.MODELS[name]
+        assert name in cn.models.__all__

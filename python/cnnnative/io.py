@@ -25,14 +25,30 @@ def _shape(input_shape) -> tuple:
     return s
 
 
+def _is_batch(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
 def _core_model(model, input_shape) -> "_core.Model":
+    """input_shape as compile() takes it: a full shape, a batch size N with the shape the model declares (its
+    `input_shape`, as the zoo's and loaded models have), or None for the declared shape itself."""
     if isinstance(model, GraphModule):
+        if _is_batch(input_shape):
+            input_shape = (int(input_shape),) + tuple(model.input_shape[1:])
         shape = model.input_shape if input_shape is None else _shape(input_shape)
         return _core.Model(model._graph_for(shape), model._ensure_store(), list(shape), model._extra_list())
     if not isinstance(model, Module):
         raise TypeError(f"save: expected a cnnnative.nn.Module, got {type(model).__name__}")
-    if input_shape is None:
-        raise ValueError("save: input_shape is required to trace the model, e.g. (1, 1, 28, 28)")
+    if input_shape is None or _is_batch(input_shape):
+        from .session import declared_input_shape
+        declared = declared_input_shape(model)
+        if declared is None:
+            raise ValueError(f"save: {type(model).__name__} declares no input shape; give the full input_shape to "
+                             f"trace it with, e.g. (1, 1, 28, 28)")
+        input_shape = declared if input_shape is None else (int(input_shape),) + declared[1:]
+    elif isinstance(input_shape, (str, bytes)) or not hasattr(input_shape, "__iter__"):
+        raise TypeError(f"save: input_shape must be a shape (N, C, ...) or a batch size, got "
+                        f"{type(input_shape).__name__} {input_shape!r}")
     shape = _shape(input_shape)
     store = model._ensure_store()
     graph, extra = traced_graph(model, shape)
@@ -53,11 +69,21 @@ def traced_graph(model, shape):
 
 def save(model, path, input_shape=None) -> str:
     """Writes `model` to `path` (a .cnn file): traced with input_shape in inference mode (BatchNorm uses its
-    running statistics, dropout is off). A GraphModule keeps its input shape unless one is given (only the
+    running statistics, dropout is off). input_shape as compile() takes it: (N, C, H, W), a batch size N, or None
+    for a model that declares its input shape (the zoo's). A GraphModule keeps its input shape unless one is given (only the
     batch size may change). The write is atomic: on failure `path` is unchanged. Returns the path."""
-    path = os.fspath(path)
+    path = _path(path)
     _core_model(model, input_shape).save(path)
     return path
+
+
+def _path(p) -> str:
+    p = os.fspath(p)
+    if isinstance(p, bytes):
+        p = os.fsdecode(p)
+    if "\0" in p:
+        raise ValueError(f"embedded null byte in the path {p[:p.index(chr(0))]!r}...")  # as open() says
+    return p
 
 
 def dumps(model, input_shape=None) -> bytes:
@@ -70,7 +96,7 @@ def load(source) -> "GraphModule":
     if isinstance(source, (bytes, bytearray, memoryview)):
         m = _core.Model.from_bytes(memoryview(source).cast("B"))
     else:
-        m = _core.Model.load(os.fspath(source))
+        m = _core.Model.load(_path(source))
     return GraphModule(m)
 
 

@@ -612,6 +612,9 @@ MODELS = {
 from .models_modern import MODERN_MODELS  # noqa: E402
 
 MODELS.update(MODERN_MODELS)
+# as functions of this module too, like the classic ones: cn.models.mobilenet_v2(...), as torchvision.models has them
+globals().update(MODERN_MODELS)
+__all__ += sorted(MODERN_MODELS)
 
 
 def get_model(name: str, **kw) -> nn.Module:

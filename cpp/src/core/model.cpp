@@ -97,6 +97,8 @@ class FileSource final : public fmt::ByteSource {
  public:
   explicit FileSource(const std::string& path) : path_(path) {
     auto fail = [&](const std::string& m) -> Error { return Error("model file '" + path + "': " + m); };
+    if (path.find('\0') != std::string::npos)  // open() would cut it there (and so would what())
+      throw Error("model file '" + path.substr(0, path.find('\0')) + "...': the path contains a NUL byte");
     f_.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (f_.fd < 0) throw fail("cannot open: " + errno_str(errno));
     struct stat st;
@@ -169,6 +171,8 @@ void remove_stale_temporaries(const std::string& path) {
 }
 
 void write_atomic(const std::string& path, const std::vector<uint8_t>& bytes) {
+  if (path.find('\0') != std::string::npos)  // the system calls would write the path cut at it
+    throw Error("save_model('" + path.substr(0, path.find('\0')) + "...'): the path contains a NUL byte");
   static std::atomic<unsigned> counter{0};
   const std::string tmp = path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(counter++);
   auto fail = [&](const std::string& m, int e) {
