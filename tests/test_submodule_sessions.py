@@ -162,3 +162,17 @@ def test_submodule_compiled_first_says_its_arrays_moved():
     train.step(x, y)
     np.testing.assert_allclose(feat.run(x), _fresh(m.features).run(x), rtol=1e-6, atol=1e-6)
     train.step(x, y)  # the model's session is unaffected by the submodule's compile
+
+
+def test_saving_a_submodule_of_a_compiled_model_writes_it_alone():
+    """cn.save(model.features) after the model compiled: the file holds the features' tensors by their own names
+    (not the model's store with the classifier), and the model's sessions keep running."""
+    m = _net()
+    x, y = _batch()
+    train = m.compile(SHAPE, mode="train", optimizer=cn.optim.SGD(lr=0.1))
+    train.step(x, y)
+    g = cn.load(cn.io.dumps(m.features, SHAPE))
+    assert sorted(g.state_dict()) == sorted(k for k in m.features.state_dict())
+    np.testing.assert_array_equal(g.compile(SHAPE).run(x), _fresh(m.features).run(x))
+    train.step(x, y)  # still runs
+    assert sorted(cn.load(cn.io.dumps(m, SHAPE)).state_dict()) == sorted(m.state_dict())

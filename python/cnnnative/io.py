@@ -9,8 +9,8 @@ from collections import OrderedDict
 
 import numpy as np
 
-from . import _core
-from .nn import Module
+from . import _core, _params
+from .nn import Module, _entry_of
 from .session import Session, _dump_dir, arena_budget, warn_reference_fallbacks
 
 __all__ = ["save", "load", "dumps", "GraphModule", "FORMAT_VERSION"]
@@ -51,14 +51,24 @@ def _core_model(model, input_shape) -> "_core.Model":
                         f"{type(input_shape).__name__} {input_shape!r}")
     shape = _shape(input_shape)
     store = model._ensure_store()
-    graph, extra = traced_graph(model, shape)
+    own = [(n, a, True) for n, a in model.named_parameters()] + [(n, a, False) for n, a in model.named_buffers()]
+    if len(store.names()) != len(own) or any(_entry_of(a) != (store, n) for n, a, _ in own):
+        # a submodule compiled onto its model's store (model.features): the file holds this module alone, by its
+        # own names, from a store of its own
+        store = _core.ParamStore([(n, list(a.shape), t) for n, a, t in own])
+        for n, a, _ in own:
+            _params.write(store.array(n), a)
+        graph, extra = traced_graph(model, shape, by_entry=False)
+    else:
+        graph, extra = traced_graph(model, shape)
     return _core.Model(graph, store, list(shape), extra)
 
 
-def traced_graph(model, shape):
+def traced_graph(model, shape, by_entry: bool = True):
     """(graph, extra state) of a Module traced in inference mode for `shape`: what model files and quantization
-    start from. Extra state: (module path.name, int) pairs such as BatchNorm's num_batches_tracked."""
-    b, _, y = model.trace(shape, training=False)
+    start from. Extra state: (module path.name, int) pairs such as BatchNorm's num_batches_tracked. by_entry: as
+    Module.trace."""
+    b, _, y = model.trace(shape, training=False, by_entry=by_entry)
     b.graph.set_outputs([y.vid])
     extra = []
     for mname, m in model.named_modules():

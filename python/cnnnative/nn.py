@@ -867,16 +867,18 @@ class Module:
             for m, was in saved:
                 object.__setattr__(m, "training", was)
 
-    def trace(self, input_shape, training: bool) -> tuple[GraphBuilder, Tensor, Tensor]:
+    def trace(self, input_shape, training: bool, by_entry: bool = True) -> tuple[GraphBuilder, Tensor, Tensor]:
         """Traces forward() for one input shape, in training mode or not. While forward() runs, every module's
         `training` is `training` (PyTorch's semantics of compiling for that mode: `F.dropout(x, p,
         training=self.training)` and `if self.training:` branches follow the mode, as the built-in Dropout and
-        BatchNorm2d do); afterwards each module's flag is what it was before (model.train()/eval() unchanged)."""
+        BatchNorm2d do); afterwards each module's flag is what it was before (model.train()/eval() unchanged).
+        by_entry: the graph names parameters by the store entries they are views of (what a session on that store
+        needs); False: by their names in this module (state_dict()'s, for a file of this module alone)."""
         with _trace_lock, self._training_as(training):
-            return self._trace(input_shape, training)
+            return self._trace(input_shape, training, by_entry)
 
-    def _trace(self, input_shape, training: bool) -> tuple[GraphBuilder, Tensor, Tensor]:
-        self._name_tensors()
+    def _trace(self, input_shape, training: bool, by_entry: bool = True) -> tuple[GraphBuilder, Tensor, Tensor]:
+        self._name_tensors(by_entry)
         b = GraphBuilder(training)
         with b:
             x = b.input("x", input_shape)

@@ -762,7 +762,7 @@ class OnnxModule(nn.Module):
         outs = self._program.run(list(xs))
         return outs[0] if len(outs) == 1 else tuple(outs)
 
-    def trace(self, input_shape, training: bool):
+    def trace(self, input_shape, training: bool, by_entry: bool = True):
         """Module.trace, for the batch the caller compiles. Where the file fixes the input's batch (what
         torch.onnx.export writes without dynamic axes) and the caller asks for another, the program runs at the
         file's batch and the graph is then rebatched (`_core.rebatch`): sizes the exporter computed from its batch
@@ -773,10 +773,10 @@ class OnnxModule(nn.Module):
         if (len(self.input_shapes) == 1 and fixed and fixed[0] is not None and len(shape) == len(fixed)
                 and shape[0] != fixed[0]):
             from .. import _core
-            b, x, y = super().trace((fixed[0],) + shape[1:], training)
+            b, x, y = super().trace((fixed[0],) + shape[1:], training, by_entry)
             b.graph = _core.rebatch(b.graph, shape[0])
             return b, x, y
-        return super().trace(input_shape, training)
+        return super().trace(input_shape, training, by_entry)
 
     def extra_repr(self):
         return (f"inputs={self.input_names}, outputs={self.output_names}, nodes={len(self._program.nodes)}, "
