@@ -128,3 +128,27 @@ def test_flags_restored_when_forward_raises():
     m.train()
     assert m.compile((4, 1, 4, 4)).run(_data()[0]).shape == (4, 4)
     assert m.training and m.fc.training
+
+
+def test_onnx_export_traces_with_training_false():
+    """The ONNX exporter traces in eval mode: an `if not self.training` branch is in the file, whatever the flag."""
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from cnnnative.onnx import export_model
+
+    class Soft(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x):
+            y = self.fc(x)
+            return y if self.training else F.softmax(y, dim=1)
+
+    m = Soft()
+    m.train()  # the flag the user left: the export must still take the eval branch
+    proto = export_model(m, None, (2, 4))
+    assert m.training
+    x = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
+    out = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    np.testing.assert_allclose(out.sum(1), 1.0, rtol=1e-5)

@@ -453,7 +453,7 @@ def feature_map_arrays(model, x, layers=None) -> dict:
             patched.append(m)
         model._name_tensors()
         b = GraphBuilder(False)
-        with b:
+        with b, model._training_as(False):  # self.training in forward() is False, as in compile()
             xin = b.input("x", x.shape)
             model(xin)
     finally:

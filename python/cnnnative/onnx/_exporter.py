@@ -5,6 +5,8 @@ opset 17, with the state_dict as initializers. The batch dimension is exported a
 graph does not depend on it (no batch-specific constants or reshapes); otherwise it stays fixed."""
 from __future__ import annotations
 
+import contextlib
+
 import os
 
 import numpy as np
@@ -204,7 +206,8 @@ def trace_records(model, input_shape):
     for name, m in model.named_modules():
         object.__setattr__(m, "_trace_name", name)
     rec = _Recorder()
-    with rec:
+    training_as = getattr(model, "_training_as", None)  # self.training in forward() is False, as in compile()
+    with rec, (training_as(False) if training_as else contextlib.nullcontext()):
         x = rec.input("x", input_shape)
         y = model(x)
     ys = list(y) if isinstance(y, (tuple, list)) else [y]
