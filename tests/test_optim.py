@@ -187,3 +187,27 @@ def test_schedule_load_state_dict_refuses_bad_states():
         with pytest.raises(ValueError):
             cos.load_state_dict(bad)
     assert cos.last_epoch == 0 and cos.T_max == 4 and opt.lr == 0.5
+
+
+def test_cosine_schedule_follows_pytorch_past_t_max():
+    """torch's CosineAnnealingLR climbs back after T_max (its closed form has no clamp); so does ours."""
+    torch = pytest.importorskip("torch")
+    opt = cn.optim.SGD(lr=0.1)
+    cos = cn.optim.CosineAnnealingLR(opt, T_max=3, eta_min=0.001)
+    topt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    tcos = torch.optim.lr_scheduler.CosineAnnealingLR(topt, T_max=3, eta_min=0.001)
+    for _ in range(9):
+        cos.step()
+        topt.step()
+        tcos.step()
+        assert opt.lr == pytest.approx(topt.param_groups[0]["lr"], rel=1e-9, abs=1e-12)
+
+
+def test_a_bad_lr_changes_nothing():
+    m, x, y = _linear_problem()
+    opt = cn.optim.SGD(lr=0.1)
+    sess = m.compile(x.shape, mode="train", optimizer=opt)
+    for bad in (float("nan"), -1.0, float("inf"), True, "0.1"):
+        with pytest.raises(ValueError, match="lr must be finite and >= 0"):
+            opt.lr = bad
+        assert opt.lr == 0.1 and opt.param_groups[0]["lr"] == 0.1 and sess.lr == 0.1

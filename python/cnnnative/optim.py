@@ -127,6 +127,9 @@ class Optimizer:
 
     @lr.setter
     def lr(self, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (value >= 0 and math.isfinite(value)):
+            # checked before anything changes: the optimizer and its sessions keep the rate they had
+            raise ValueError(f"{type(self).__name__}: lr must be finite and >= 0, got {value!r}")
         self.param_groups[0]["lr"] = float(value)
         for s in self._sessions:
             s.lr = float(value)
@@ -312,5 +315,6 @@ class CosineAnnealingLR(_Schedule):
         self.T_max, self.eta_min = int(T_max), float(eta_min)
 
     def get_lr(self):
-        t = min(self.last_epoch, self.T_max)
+        # PyTorch's closed form, past T_max too: the rate climbs back after eta_min, as torch's does (no clamp)
+        t = self.last_epoch
         return self.eta_min + (self.base_lr - self.eta_min) * (1 + math.cos(math.pi * t / self.T_max)) / 2
