@@ -174,3 +174,21 @@ def test_onnx_exported_at_a_fixed_batch_runs_at_another(tmp_path, dynamo):
     y = m.compile((3, 3, 8, 8)).run(x)
     assert y.shape == (3, 4)
     np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_onnx_model_with_a_symbolic_batch_compiles_and_saves_by_batch_size(tmp_path):
+    """input_shape (None, 1, 28, 28): compile(4), compile(), cn.save(om, p) and cn.save(om, p, 4) as for any model
+    that declares its shape (they raised 'input_shape must be (N, C, ...) with positive int sizes')."""
+    pytest.importorskip("onnx")
+    from cnnnative.onnx import export_model, import_model
+    m = cn.models.lenet5(seed=0)
+    path = str(tmp_path / "l5.onnx")
+    export_model(m, path, (1, 1, 28, 28))  # dynamic batch by default
+    om = import_model(path)
+    assert om.input_shape == (None, 1, 28, 28)
+    x = _x((4, 1, 28, 28), 2)
+    want = m.compile(4).run(x)
+    np.testing.assert_allclose(om.compile(4).run(x), want, rtol=1e-5, atol=1e-6)
+    assert om.compile().input_shape == (1, 1, 28, 28)
+    assert cn.load(cn.save(om, tmp_path / "a.cnn", 4)).input_shape == (4, 1, 28, 28)
+    assert cn.load(cn.save(om, tmp_path / "b.cnn")).input_shape == (1, 1, 28, 28)

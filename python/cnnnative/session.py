@@ -57,10 +57,13 @@ def _example_shape(model, batch: int) -> tuple:
 
 def declared_input_shape(model):
     """The input shape a model declares (its `input_shape` attribute: (N, C, ...) with any batch N, as the zoo
-    models and loaded model files have), checked; None when it declares none."""
+    models and loaded model files have; an imported ONNX model's symbolic batch None reads as 1), checked; None when
+    it declares none."""
     shape = getattr(model, "input_shape", None)
     if shape is None:
         return None
+    if isinstance(shape, (tuple, list)) and len(shape) >= 2 and shape[0] is None:
+        shape = (1,) + tuple(shape[1:])  # a symbolic batch (an imported ONNX model's): any batch size, as N is
     if isinstance(shape, (str, bytes)) or not isinstance(shape, (tuple, list)) or len(shape) < 2 \
             or not all(_is_int(s) and s > 0 for s in shape):
         raise ValueError(f"{type(model).__name__}.input_shape must be (N, C, ...) with positive int sizes, got "
