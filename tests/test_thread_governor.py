@@ -556,3 +556,54 @@ def test_batches_that_cannot_be_split_always_run_whole(played_load):
             settled[k] = settled[k] or s.num_threads == 1
             at_top[k] += settled[k] and s.num_threads == top
     assert min(at_top.values()) >= 4, f"top-count probes within 30 s: {at_top}"
+
+
+def test_under_load_inference_pieces_stay_within_max_arena_bytes(played_load):
+    """compile(max_arena_bytes=...) bounds the session and its batch pieces together, as it does for training: with
+    room for the session alone, a loaded machine runs whole batches (the pieces' workers took 3.7 MB past the cap)."""
+    top = cn.threads_info()["max"]
+    play, _ = played_load
+    shape = (256, 1, 28, 28)
+    x = _data(shape)
+    r = cn.models.lenet5(seed=0).compile(shape, batch_pieces=False).memory_report()
+    # room for the session and the kernel sets of three more thread counts, not for the pieces' workers (~3.7 MB)
+    sets = r["scratch_bytes"] + r["prepared_bytes"]
+    need = r["arena_bytes"] + 4 * sets + 65536
+    capped = cn.models.lenet5(seed=0).compile(shape, max_arena_bytes=need)
+    free = cn.models.lenet5(seed=0).compile(shape)
+    play(1 + 2 * os.cpu_count())
+    # the uncapped twin runs in pieces under the same played load (the condition the cap must change), and they
+    # would not fit the cap
+    assert _run_until(free, x, lambda: free.batch_pieces is not None, 20, []), "no pieces without the cap"
+    assert r["arena_bytes"] + sets + free.memory_report()["pieces_bytes"] > need
+    end, runs = time.monotonic() + 20, 0
+    while time.monotonic() < end and (runs < 200 or capped.auto_choice is None):
+        capped.run(x)
+        runs += 1
+        assert capped.batch_pieces is None
+        assert capped.memory_report()["pieces_bytes"] == 0
+    # its trials ran (the first choice for small weights is the pieces, which the cap refused)
+    assert capped.auto_choice is not None and capped.auto_choice != "pieces" and top >= 2
+
+
+def test_profile_of_a_session_that_ran_in_pieces_says_so(played_load):
+    """viz.profile (and `report`, which now compiles its profiling session with batch_pieces=False) on a session whose
+    runs went to batch pieces: profile() has no per-node timings of them, and the error says why and what to do."""
+    pytest.importorskip("matplotlib")
+    from cnnnative import viz
+    top, play, x, sess, _ = _lenet_b32_under_played_load(played_load)
+    whole = cn.models.lenet5(seed=0).compile(x.shape, batch_pieces=False)
+    play(1 + 2 * os.cpu_count())
+    assert _run_until(sess, x, lambda: sess.batch_pieces is not None, 20, []), "no pieces under the played load"
+    pieced, end = 0, time.monotonic() + 20  # five runs in a row in pieces (a probe may run a whole batch between)
+    while pieced < 5 and time.monotonic() < end:
+        if pieced == 0:
+            sess.profile(reset=True)
+        sess.run(x)
+        whole.run(x)
+        pieced = pieced + 1 if sess.batch_pieces is not None else 0
+    assert pieced == 5
+    assert all(r["calls"] == 0 for r in sess.profile())
+    with pytest.raises(ValueError, match="ran its batches in pieces .* compile it with batch_pieces=False"):
+        viz.profile(sess, os.devnull + ".png")
+    assert whole.batch_pieces is None and any(r["calls"] > 0 for r in whole.profile())

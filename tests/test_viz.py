@@ -228,8 +228,11 @@ def test_memory_plan_of_a_session_and_of_a_model(tmp_path):
 
 def test_memory_plan_errors(tmp_path):
     m = cn.models.lenet5(seed=0)
-    with pytest.raises(ValueError, match=r"needs input_shape"):
-        viz.memory_plan(m, tmp_path / "m.png")
+    shapeless = cn.nn.Sequential(cn.nn.Linear(4, 2))  # declares no input shape: memory_plan needs one given
+    with pytest.raises(ValueError, match=r"memory_plan: compile\(\): Sequential declares no input shape"):
+        viz.memory_plan(shapeless, tmp_path / "m.png")
+    with pytest.raises(TypeError, match=r"memory_plan: compile: input_shape must be a shape"):
+        viz.memory_plan(m, tmp_path / "m.png", input_shape="8")
     with pytest.raises(ValueError, match="unknown mode 'recompute'; modes are infer, train, segments, cheap"):
         viz.memory_plan(m, tmp_path / "m.png", input_shape=(8, 1, 28, 28), modes=("infer", "recompute"))
     with pytest.raises(TypeError, match="expected a compiled cnnnative Session or a Module"):

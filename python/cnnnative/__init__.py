@@ -1,6 +1,8 @@
 """cnnnative: a native CNN engine (C++/oneDNN core, planned memory) with a PyTorch-like API."""
 from __future__ import annotations
 
+import numbers
+
 import os as _os
 
 # GNU OpenMP spins 300000 rounds (~0.1-0.3 ms) in every barrier before it sleeps. One oneDNN primitive is one
@@ -51,8 +53,10 @@ def set_num_threads(n) -> None:
         if n != "auto":
             raise Error(f"set_num_threads: n must be a thread count or 'auto', got {n!r}")
         _core.set_num_threads_auto()
+    elif isinstance(n, bool) or not isinstance(n, numbers.Integral):  # True is not 1 thread, nor 2.0 two
+        raise Error(f"set_num_threads: n must be a thread count (int) or 'auto', got {type(n).__name__} {n!r}")
     else:
-        _core.set_num_threads(n)
+        _core.set_num_threads(int(n))
 
 
 def threads_info() -> dict:

@@ -135,6 +135,10 @@ class GraphModule(Module):
               [(n, b.shape, False) for n, b in self.named_buffers()]
         object.__setattr__(self, "_store", (store, sig))
 
+    def _is_quantized(self) -> bool:
+        """Whether the graph holds quantize/dequantize nodes (what cnnnative.quantize and int8 ONNX files give)."""
+        return any(o.split()[0] in ("quantize", "dequantize") for o in self.graph.node_ops())
+
     def _extra_list(self):
         return [(n, int(v)) for n, v in self._extra_state.items()]
 
@@ -160,8 +164,9 @@ class GraphModule(Module):
         max_arena_bytes refuses a session needing more memory (default: the machine's physical memory);
         strict, dump_passes, device, tf32, cuda_graphs and batch_pieces as in Module.compile."""
         if mode != "infer":
-            raise _core.Error(f"compile: a model loaded from a file compiles for inference only (mode='infer'), "
-                              f"got mode={mode!r}; training a loaded model is not supported")
+            what = "an int8 model (cnnnative.quantize)" if self._is_quantized() else "a model loaded from a file"
+            raise _core.Error(f"compile: {what} compiles for inference only (mode='infer'), got mode={mode!r}; "
+                              f"training it is not supported (train the float model, then quantize or save it)")
         if input_shape is None:
             input_shape = self.input_shape
         elif isinstance(input_shape, (int, np.integer)):

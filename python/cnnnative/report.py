@@ -37,7 +37,9 @@ def _pictures(model, cfg, ds, spec, out_dir, log, batch_eval):
         add("Feature maps of one test input (the engine's own inference session)", viz.feature_maps, model,
             x_te[0], path("feature_maps"))
     bs = min(batch_eval, len(x_te))
-    sess = model.compile((bs,) + tuple(x_te.shape[1:]), mode="infer", dtype=cfg.get("dtype", "float32"))
+    # whole batches: under load a session may run its batch in pieces, which profile() does not time per node
+    sess = model.compile((bs,) + tuple(x_te.shape[1:]), mode="infer", dtype=cfg.get("dtype", "float32"),
+                         batch_pieces=False)
     out = predict(model, x_te, bs, sess)
     if task in ("digits", "synthetic"):
         acc = float(np.mean(out.argmax(1) == t_te))

@@ -562,8 +562,11 @@ def memory_plan(sess_or_model, out, input_shape=None, modes=("infer", "train", "
     path = _out_path(out, "memory_plan")
     _check_size(figsize, dpi, "memory_plan")
     if hasattr(sess_or_model, "named_modules"):
-        if input_shape is None:
-            raise ValueError("memory_plan: a model needs input_shape=(N, C, H, W) to be compiled for")
+        from .session import resolve_input_shape
+        try:  # as compile() takes it: a shape, a batch size, or None for the shape the model declares
+            input_shape = resolve_input_shape(sess_or_model, input_shape)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"memory_plan: {e}") from None
         if isinstance(modes, str):
             modes = (modes,)
         bad = [m for m in modes if m not in _PLAN_MODES]
@@ -673,6 +676,10 @@ def profile(sess, out, top=20, figsize=None, dpi=_DPI) -> str:
         raise TypeError(f"profile: expected a Session or the rows of Session.profile(), got {type(sess).__name__}")
     rows = sorted((r for r in rows if r["calls"] > 0), key=lambda r: -r["share"])
     if not rows:
+        if getattr(sess, "batch_pieces", None) is not None:
+            raise ValueError("profile: the session ran its batches in pieces (auto threads on a busy machine), "
+                             "which profile() does not time per node; compile it with batch_pieces=False (or a fixed "
+                             "thread count) to profile it")
         raise ValueError("profile: the session has no timings yet: run it (sess.run / sess.step) a few times "
                          "before drawing its profile")
     shown = rows[:top]
@@ -750,6 +757,8 @@ def confusion_matrix(y_true, y_pred, out, num_classes=None, labels=None, figsize
             num_classes = len(labels)
         elif len(labels) != num_classes:
             raise ValueError(f"confusion_matrix: {len(labels)} labels given for num_classes={num_classes}")
+    if num_classes is None and np.ndim(y_pred) == 2:  # [N, classes] scores: their columns are the classes
+        num_classes = int(np.shape(y_pred)[1])
     if num_classes is None:
         t, p = _labels(y_true, "y_true"), _labels(y_pred, "y_pred")
         if not t.size:

@@ -1223,6 +1223,15 @@ bool SessionImpl::make_pieces(int workers) {
     for (const auto& w : pc->workers) bytes += w->worker_bytes();
     for (size_t b : pc->fetch_bytes) bytes += b * size_t(pc->count);
     for (size_t b : pc->feed_bytes) bytes += 2 * b * size_t(pc->count);
+    // a budget the caller set (max_arena_bytes, memory_budget) holds for the session and its pieces together: over
+    // it, whole batches (pc and its workers are freed here)
+    size_t held = plan.memory.arena_bytes + fixed_bytes;
+    for (const auto& k : sets)
+      if (k) held += k->scratch_bytes + k->prepared_bytes;
+    if (pieces_limit && held + bytes > pieces_limit) {
+      pieces_failed = true;
+      return false;
+    }
     pieces = std::move(pc);
     report.pieces_bytes = bytes;
     return true;
