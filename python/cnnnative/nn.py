@@ -231,16 +231,26 @@ def _mark(a, attr: str, value) -> None:
         pass
 
 
-def _moved(old, new) -> bool:
-    """Whether `new` is where _ensure_store() moved `old` (through any number of moves)."""
-    a = old
+def _moves(a):
+    """The arrays _ensure_store() moved `a` into, in order (each move marks the old array with its successor)."""
     for _ in range(64):
         a = getattr(a, "_cn_moved_to", None)
         if a is None:
-            return False
-        if a is new:
-            return True
-    return False
+            return
+        yield a
+
+
+def _moved(old, new) -> bool:
+    """Whether `new` is where _ensure_store() moved `old` (through any number of moves)."""
+    return any(a is new for a in _moves(old))
+
+
+def _latest(a):
+    """The array `a` lives in now: the last one _ensure_store() moved it into, or itself."""
+    last = a
+    for last in _moves(a):
+        pass
+    return last
 
 
 def _structure(model) -> list:

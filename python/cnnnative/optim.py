@@ -29,17 +29,6 @@ def _is_real(v) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _latest(a):
-    """The array a parameter handed out earlier now lives in: Module._ensure_store() moves a module's arrays into
-    its store when the model is first compiled, and marks each old array with its successor (_cn_moved_to)."""
-    for _ in range(64):
-        nxt = getattr(a, "_cn_moved_to", None)
-        if nxt is None:
-            break
-        a = nxt
-    return a
-
-
 class Optimizer:
     kind = ""
 
@@ -114,7 +103,7 @@ class Optimizer:
         if self._params is not None:
             keep = set()
             for i, p in enumerate(self._params):
-                e = _nn._entry_of(_latest(p))
+                e = _nn._entry_of(_nn._latest(p))
                 if e is None or e[0] is not store or e[1] not in own:
                     raise ValueError(f"{type(self).__name__}: parameter {i} of the optimizer (shape "
                                      f"{list(np.shape(p))}) is not a parameter of the model it is compiled with")
