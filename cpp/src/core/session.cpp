@@ -195,6 +195,13 @@ class SessionImpl {
   int tpieces_failed = 0;     // a worker count whose pieces could not be made (not retried)
   bool tpieced_last = false;  // the last completed step ran in pieces (fetch() reads tpieces' outputs)
   bool make_train_pieces(int workers);
+  // what the session itself holds against a budget the caller set: its arena, fixed blocks and kernel sets
+  size_t held_bytes() const {
+    size_t held = plan.memory.arena_bytes + fixed_bytes;
+    for (const auto& k : sets)
+      if (k) held += k->scratch_bytes + k->prepared_bytes;
+    return held;
+  }
   // a batch piece's worker: what it holds (its arena, gradient block in training, scratch and prepared weights)
   size_t worker_bytes() const {
     return plan.memory.arena_bytes + n_grad * 4 + active->scratch_bytes + active->prepared_bytes;
@@ -1225,10 +1232,7 @@ bool SessionImpl::make_pieces(int workers) {
     for (size_t b : pc->feed_bytes) bytes += 2 * b * size_t(pc->count);
     // a budget the caller set (max_arena_bytes, memory_budget) holds for the session and its pieces together: over
     // it, whole batches (pc and its workers are freed here)
-    size_t held = plan.memory.arena_bytes + fixed_bytes;
-    for (const auto& k : sets)
-      if (k) held += k->scratch_bytes + k->prepared_bytes;
-    if (pieces_limit && held + bytes > pieces_limit) {
+    if (pieces_limit && held_bytes() + bytes > pieces_limit) {
       pieces_failed = true;
       return false;
     }
@@ -1407,10 +1411,7 @@ bool SessionImpl::make_train_pieces(int workers) {
     for (const auto& w : tp->workers) bytes += w->worker_bytes();
     for (size_t b : tp->fetch_bytes) bytes += b * size_t(workers);
     // a budget the caller set (max_arena_bytes, memory_budget) holds for the session and its pieces together
-    size_t held = plan.memory.arena_bytes + fixed_bytes;
-    for (const auto& k : sets)
-      if (k) held += k->scratch_bytes + k->prepared_bytes;
-    if (pieces_limit && held + bytes > pieces_limit) return refuse();
+    if (pieces_limit && held_bytes() + bytes > pieces_limit) return refuse();
     tpieces = std::move(tp);
     report.pieces_bytes = bytes;
     return true;
@@ -1550,8 +1551,10 @@ void Session::set_frozen(const std::vector<std::string>& names) {
   std::vector<std::string> kept;
   for (const std::string& n : names) {
     const ParamStore::Entry* e = nullptr;
-    for (const auto& x : I.store->entries())
-      if (x.name == n) e = &x;
+    try {
+      e = &I.store->find(n);
+    } catch (const Error&) {  // not in the store: said below, with what set_frozen takes
+    }
     if (!e || !e->trainable)
       throw Error("set_frozen: '" + n + "' is not a trainable parameter of this session's model");
     if (std::find(kept.begin(), kept.end(), n) != kept.end()) continue;
